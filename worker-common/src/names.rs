@@ -1,0 +1,67 @@
+//! Shard function and the names of bus subjects. One place, so gateway and coordinator agree.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Fixed per deployment: changing it moves every agent to another shard.
+pub const SHARD_COUNT: u16 = 1024;
+
+/// The shard of an agent. xxh3 is stable across builds and platforms (the std hasher is not).
+pub fn shard_of(instance_uid: &[u8]) -> u16 {
+    (xxh3_64(instance_uid) % u64::from(SHARD_COUNT)) as u16
+}
+
+/// Subject names within one region.
+#[derive(Clone, Debug)]
+pub struct Subjects {
+    region: String,
+}
+
+impl Subjects {
+    pub fn new(region: &str) -> Self {
+        Self { region: region.to_owned() }
+    }
+
+    /// gateway -> owner of `shard`, request/reply.
+    pub fn uplink(&self, shard: u16) -> String {
+        format!("opamp.{}.up.{shard:04}", self.region)
+    }
+
+    /// Every shard's uplink subject (a single owner of all shards subscribes to this).
+    pub fn uplink_all(&self) -> String {
+        format!("opamp.{}.up.*", self.region)
+    }
+
+    /// owner -> the gateway holding an agent's connection.
+    pub fn downlink(&self, gateway_id: &str) -> String {
+        format!("opamp.{}.gw.{gateway_id}.down", self.region)
+    }
+
+    /// Agent events: connected, disconnected, silent, unhealthy, config_applied, config_failed.
+    pub fn event(&self, kind: &str) -> String {
+        format!("opamp.{}.evt.{kind}", self.region)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_is_stable_and_in_range() {
+        // Pinned values: if these change, every deployed agent changes shard.
+        assert_eq!(shard_of(&[0u8; 16]), shard_of(&[0u8; 16]));
+        assert_eq!(shard_of(b""), (xxh3_64(b"") % 1024) as u16);
+        assert_eq!(xxh3_64(b""), 0x2d06_8005_38d3_94c2);
+        for i in 0..1000u32 {
+            assert!(shard_of(&i.to_le_bytes()) < SHARD_COUNT);
+        }
+    }
+
+    #[test]
+    fn subjects() {
+        let s = Subjects::new("eu1");
+        assert_eq!(s.uplink(7), "opamp.eu1.up.0007");
+        assert_eq!(s.downlink("gw-a"), "opamp.eu1.gw.gw-a.down");
+        assert_eq!(s.event("silent"), "opamp.eu1.evt.silent");
+    }
+}
