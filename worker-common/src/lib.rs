@@ -1,13 +1,14 @@
 //! Plumbing shared by Flotilla's roles: typed configuration ([`config`]), the [`bus::Bus`] between
 //! gateways and coordinators with its in-process implementation, the [`store::Store`] of agent
 //! state and configs with its embedded implementation, the shard function and subject names
-//! ([`names`]), the OpAMP WebSocket frame codec ([`codec`]) and logging ([`telemetry`]).
+//! ([`names`]), the error-kind mapping ([`error`]), the OpAMP WebSocket frame codec ([`codec`]) and logging ([`telemetry`]).
 //!
 //! This crate depends only on `flotilla-proto`; it never reaches for the gateway or coordinator.
 
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod error;
 pub mod names;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,322 @@
+//! The OpAMP server state machine for one agent message: merge the (compressed) report into the
+//! stored record, detect sequence gaps, and decide what the reply carries. Pure: no I/O, no clock
+//! (the caller passes `now`), so every protocol rule is unit-tested here.
+
+use crate::configs;
+use flotilla_common::names::shard_of;
+use flotilla_common::store::StoredConfig;
+use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
+use flotilla_proto::opamp::{
+    AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags,
+    CommandType, ConnectionSettingsOffers, OpAmpConnectionSettings, RemoteConfigStatuses,
+    ServerCapabilities, ServerToAgent, ServerToAgentCommand, ServerToAgentFlags, any_value,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What this server can do, sent in every reply (every HTTP reply is a connection's first).
+pub const SERVER_CAPABILITIES: u64 = ServerCapabilities::AcceptsStatus as u64
+    | ServerCapabilities::OffersRemoteConfig as u64
+    | ServerCapabilities::AcceptsEffectiveConfig as u64
+    | ServerCapabilities::AcceptsPackagesStatus as u64
+    | ServerCapabilities::OffersConnectionSettings as u64;
+
+/// How many heartbeat intervals without a message make an agent silent.
+pub const SILENT_AFTER_INTERVALS: u32 = 3;
+
+pub fn has(caps: u64, cap: Cap) -> bool {
+    caps & cap as u64 != 0
+}
+
+/// Server-side facts the decision depends on.
+pub struct Ctx<'a> {
+    pub now_unix_ms: u64,
+    pub heartbeat_interval: Duration,
+    pub configs: &'a [StoredConfig],
+}
+
+/// Something that happened to an agent, published on `opamp.<region>.evt.<kind>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Connected,
+    Disconnected,
+    Silent,
+    Unhealthy,
+    ConfigApplied,
+    ConfigFailed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+            Self::Silent => "silent",
+            Self::Unhealthy => "unhealthy",
+            Self::ConfigApplied => "config_applied",
+            Self::ConfigFailed => "config_failed",
+        }
+    }
+}
+
+/// What to do with the silence deadline after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    Arm(u64),
+    Clear,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub reply: ServerToAgent,
+    /// The record to store, keyed by its instance_uid (which may be newly assigned).
+    pub record: AgentRecord,
+    pub deadline: Deadline,
+    pub events: Vec<EventKind>,
+}
+
+/// Processes one AgentToServer. `stored` is the record under the message's uid, if any.
+pub fn process(
+    stored: Option<AgentRecord>,
+    msg: AgentToServer,
+    origin: Origin,
+    ctx: &Ctx<'_>,
+) -> Outcome {
+    let mut reply = ServerToAgent {
+        instance_uid: msg.instance_uid.clone(),
+        capabilities: SERVER_CAPABILITIES,
+        ..Default::default()
+    };
+
+    // A uid the agent asks us to replace, or one that is not 16 bytes, gets a new UUIDv7 from the
+    // same shard, so the record stays with the owner that is answering now.
+    let requested = msg.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0;
+    let (uid, stored) = if requested || msg.instance_uid.len() != 16 {
+        let new = new_uid_in_shard(shard_of(&msg.instance_uid));
+        reply.agent_identification =
+            Some(AgentIdentification { new_instance_uid: new.as_bytes().to_vec() });
+        (new, None)
+    } else {
+        (Uuid::from_slice(&msg.instance_uid).expect("16 bytes"), stored)
+    };
+
+    let in_sequence = stored.as_ref().is_some_and(|r| msg.sequence_num == r.sequence_num.wrapping_add(1));
+    let was_connected = stored.as_ref().is_some_and(|r| r.status == AgentStatus::Connected as i32);
+    let mut rec = stored.unwrap_or_else(|| AgentRecord {
+        instance_uid: uid.as_bytes().to_vec(),
+        first_seen_unix_ms: ctx.now_unix_ms,
+        ..Default::default()
+    });
+    let before = rec.clone();
+    let mut events = Vec::new();
+
+    merge(&mut rec, &msg);
+    if !in_sequence {
+        reply.flags |= ServerToAgentFlags::ReportFullState as u64;
+    }
+    if let Some(ac) = &msg.available_components {
+        let known = before.available_components.as_ref().is_some_and(|k| k.hash == ac.hash && !k.components.is_empty());
+        if ac.components.is_empty() && !known {
+            reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
+        }
+    }
+    rec.last_seen_unix_ms = ctx.now_unix_ms;
+
+    if msg.agent_disconnect.is_some() {
+        rec.status = AgentStatus::Disconnected as i32;
+        rec.origin = None;
+        events.push(EventKind::Disconnected);
+    } else {
+        rec.status = AgentStatus::Connected as i32;
+        rec.origin = Some(origin);
+        if !was_connected {
+            events.push(EventKind::Connected);
+        }
+    }
+    events.extend(status_events(&before, &rec));
+
+    let deadline = match silence_deadline(&rec, ctx) {
+        Some(at) => Deadline::Arm(at),
+        None => Deadline::Clear,
+    };
+
+    // A queued restart goes alone (the spec forbids other fields beside a command); whatever else
+    // is due follows on the next message, which a restarted agent sends in full anyway.
+    if reply.flags & ServerToAgentFlags::ReportFullState as u64 == 0
+        && reply.agent_identification.is_none()
+        && take_restart(&mut rec, ctx.now_unix_ms)
+    {
+        reply.command = Some(ServerToAgentCommand { r#type: CommandType::Restart as i32 });
+        return Outcome { reply, record: rec, deadline, events };
+    }
+
+    if msg.agent_disconnect.is_none() {
+        fill_offers(&mut reply, &mut rec, ctx);
+    }
+    Outcome { reply, record: rec, deadline, events }
+}
+
+/// Merges the sub-messages present in `msg`; an absent one means "unchanged".
+fn merge(rec: &mut AgentRecord, msg: &AgentToServer) {
+    rec.sequence_num = msg.sequence_num;
+    rec.capabilities = msg.capabilities;
+    macro_rules! take {
+        ($($field:ident <- $src:ident),*) => {
+            $(if msg.$src.is_some() { rec.$field = msg.$src.clone(); })*
+        };
+    }
+    take!(
+        description <- agent_description,
+        health <- health,
+        effective_config <- effective_config,
+        remote_config_status <- remote_config_status,
+        package_statuses <- package_statuses,
+        custom_capabilities <- custom_capabilities,
+        connection_settings_status <- connection_settings_status
+    );
+    if let Some(ac) = &msg.available_components {
+        // The first report carries only the hash; keep the components we know for that hash.
+        let keep = ac.components.is_empty()
+            && rec.available_components.as_ref().is_some_and(|k| k.hash == ac.hash);
+        if !keep {
+            rec.available_components = Some(ac.clone());
+        }
+    }
+}
+
+fn status_events(before: &AgentRecord, after: &AgentRecord) -> Vec<EventKind> {
+    let mut events = Vec::new();
+    let healthy = |r: &AgentRecord| r.health.as_ref().map(|h| h.healthy);
+    if healthy(after) == Some(false) && healthy(before) != Some(false) {
+        events.push(EventKind::Unhealthy);
+    }
+    let rcs = |r: &AgentRecord| r.remote_config_status.as_ref().map(|s| (s.status, s.last_remote_config_hash.clone()));
+    if rcs(after) != rcs(before) {
+        match after.remote_config_status.as_ref().map(|s| s.status()) {
+            Some(RemoteConfigStatuses::Applied) => events.push(EventKind::ConfigApplied),
+            Some(RemoteConfigStatuses::Failed) => events.push(EventKind::ConfigFailed),
+            _ => {}
+        }
+    }
+    events
+}
+
+/// When a connected agent becomes silent: agents that promise heartbeats, and HTTP pollers (which
+/// poll at the heartbeat interval, 30 s by default), are silent after 3 intervals without a
+/// message. A WebSocket agent without ReportsHeartbeat promises nothing; its connection's close
+/// tells us it is gone.
+pub fn silence_deadline(rec: &AgentRecord, ctx: &Ctx<'_>) -> Option<u64> {
+    if rec.status != AgentStatus::Connected as i32 {
+        return None;
+    }
+    let http = rec.origin.as_ref().is_some_and(|o| o.transport() == Transport::Http);
+    if !http && !has(rec.capabilities, Cap::ReportsHeartbeat) {
+        return None;
+    }
+    let window = ctx.heartbeat_interval * SILENT_AFTER_INTERVALS;
+    Some(rec.last_seen_unix_ms + window.as_millis() as u64)
+}
+
+fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
+    let due = rec.restart_expires_unix_ms > now_unix_ms && has(rec.capabilities, Cap::AcceptsRestartCommand);
+    if rec.restart_expires_unix_ms != 0 && (due || rec.restart_expires_unix_ms <= now_unix_ms) {
+        rec.restart_expires_unix_ms = 0;
+    }
+    due
+}
+
+/// Adds what differs between the desired state and what the agent reported: the remote config,
+/// and the connection settings (heartbeat interval).
+fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) {
+    if let Some(cfg) = desired_config(rec, ctx.configs) {
+        let reported = rec.remote_config_status.as_ref().map(|s| configs::hex(&s.last_remote_config_hash));
+        if reported.as_deref() != Some(cfg.hash.as_str()) {
+            reply.remote_config = Some(configs::remote_config_message(cfg));
+        }
+    }
+    if let Some(offer) = settings_offer(rec, ctx.heartbeat_interval) {
+        // Offered once per settings hash, and again while the agent reports another hash: an
+        // offer on every reply could make agents that reconnect on new settings loop.
+        let reported = rec.connection_settings_status.as_ref().map(|s| s.last_connection_settings_hash.as_slice());
+        if rec.offered_settings_hash != offer.hash || reported.is_some_and(|h| h != offer.hash.as_slice()) {
+            rec.offered_settings_hash = offer.hash.clone();
+            reply.connection_settings = Some(offer);
+        }
+    }
+}
+
+/// The config this agent should run, if it accepts remote config and one matches it.
+pub fn desired_config<'a>(rec: &AgentRecord, configs: &'a [StoredConfig]) -> Option<&'a StoredConfig> {
+    if !has(rec.capabilities, Cap::AcceptsRemoteConfig) {
+        return None;
+    }
+    configs::resolve(configs, &attributes(rec))
+}
+
+/// The connection settings offered to agents that report heartbeats. The interval is always filled
+/// in: an `opamp` offer without it would switch heartbeats off (proto3 cannot tell 0 from unset).
+fn settings_offer(rec: &AgentRecord, interval: Duration) -> Option<ConnectionSettingsOffers> {
+    if !has(rec.capabilities, Cap::ReportsHeartbeat) {
+        return None;
+    }
+    let mut offer = ConnectionSettingsOffers {
+        opamp: Some(OpAmpConnectionSettings {
+            heartbeat_interval_seconds: interval.as_secs(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    offer.hash = Sha256::digest(offer.encode_to_vec()).to_vec();
+    Some(offer)
+}
+
+/// The agent's attributes as strings: non-identifying first, identifying on top (they win a clash).
+pub fn attributes(rec: &AgentRecord) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(d) = &rec.description {
+        for kv in d.non_identifying_attributes.iter().chain(&d.identifying_attributes) {
+            out.insert(kv.key.clone(), any_value_string(kv.value.as_ref().and_then(|v| v.value.as_ref())));
+        }
+    }
+    out
+}
+
+pub fn any_value_string(v: Option<&any_value::Value>) -> String {
+    use any_value::Value;
+    match v {
+        None => String::new(),
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BytesValue(b)) => configs::hex(b),
+        Some(Value::ArrayValue(a)) => {
+            let items: Vec<_> = a.values.iter().map(|v| any_value_string(v.value.as_ref())).collect();
+            format!("[{}]", items.join(","))
+        }
+        Some(Value::KvlistValue(kv)) => {
+            let items: Vec<_> = kv
+                .values
+                .iter()
+                .map(|p| format!("{}={}", p.key, any_value_string(p.value.as_ref().and_then(|v| v.value.as_ref()))))
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+    }
+}
+
+fn new_uid_in_shard(shard: u16) -> Uuid {
+    loop {
+        let uid = Uuid::now_v7();
+        if shard_of(uid.as_bytes()) == shard {
+            return uid;
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "agent_tests.rs"]
+mod tests;

@@ -1,0 +1,229 @@
+use super::*;
+use flotilla_common::store::ConfigFile;
+use flotilla_proto::opamp::{
+    AgentDescription, AgentDisconnect, AnyValue, ComponentHealth, KeyValue, RemoteConfigStatus,
+};
+
+const NOW: u64 = 1_700_000_000_000;
+const CAPS: u64 = Cap::ReportsStatus as u64
+    | Cap::AcceptsRemoteConfig as u64
+    | Cap::ReportsRemoteConfig as u64
+    | Cap::ReportsHeartbeat as u64
+    | Cap::AcceptsRestartCommand as u64;
+
+fn ws() -> Origin {
+    Origin { gateway_id: "g1".into(), connection_id: 7, transport: Transport::Websocket as i32, peer_addr: String::new() }
+}
+
+fn ctx(configs: &[StoredConfig]) -> Ctx<'_> {
+    Ctx { now_unix_ms: NOW, heartbeat_interval: Duration::from_secs(30), configs }
+}
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }) }
+}
+
+fn full(uid: Uuid, seq: u64) -> AgentToServer {
+    AgentToServer {
+        instance_uid: uid.as_bytes().to_vec(),
+        sequence_num: seq,
+        capabilities: CAPS,
+        agent_description: Some(AgentDescription {
+            identifying_attributes: vec![kv("service.name", "otelcol")],
+            non_identifying_attributes: vec![kv("env", "prod")],
+        }),
+        health: Some(ComponentHealth { healthy: true, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn heartbeat(uid: Uuid, seq: u64) -> AgentToServer {
+    AgentToServer { instance_uid: uid.as_bytes().to_vec(), sequence_num: seq, capabilities: CAPS, ..Default::default() }
+}
+
+fn prod_config() -> StoredConfig {
+    let files = BTreeMap::from([("c.yaml".to_string(), ConfigFile { body: "a: 1".into(), content_type: "text/yaml".into() })]);
+    StoredConfig {
+        name: "prod".into(),
+        version: 1,
+        selector: BTreeMap::from([("env".into(), "prod".into())]),
+        hash: configs::hex(&configs::hash_of_files(&files)),
+        files,
+        created_unix_ms: 0,
+    }
+}
+
+fn full_state_asked(o: &Outcome) -> bool {
+    o.reply.flags & ServerToAgentFlags::ReportFullState as u64 != 0
+}
+
+#[test]
+fn unknown_agent_gets_full_state_request_then_in_sequence_messages_do_not() {
+    let uid = Uuid::now_v7();
+    let first = process(None, full(uid, 0), ws(), &ctx(&[]));
+    assert!(full_state_asked(&first));
+    assert_eq!(first.reply.instance_uid, uid.as_bytes().to_vec());
+    assert_eq!(first.reply.capabilities, SERVER_CAPABILITIES);
+    assert_eq!(first.events, vec![EventKind::Connected]);
+
+    let second = process(Some(first.record), full(uid, 1), ws(), &ctx(&[]));
+    assert!(!full_state_asked(&second));
+    assert!(second.events.is_empty());
+}
+
+#[test]
+fn gaps_and_repeats_ask_for_full_state() {
+    let uid = Uuid::now_v7();
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record;
+    let gap = process(Some(rec.clone()), heartbeat(uid, 5), ws(), &ctx(&[]));
+    assert!(full_state_asked(&gap));
+    let repeat = process(Some(rec), heartbeat(uid, 0), ws(), &ctx(&[]));
+    assert!(full_state_asked(&repeat), "a duplicate is answered, with a full-state request");
+}
+
+#[test]
+fn compressed_reports_keep_previous_sub_messages() {
+    let uid = Uuid::now_v7();
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record;
+    let mut unhealthy = heartbeat(uid, 1);
+    unhealthy.health = Some(ComponentHealth { healthy: false, last_error: "exporter down".into(), ..Default::default() });
+    let out = process(Some(rec), unhealthy, ws(), &ctx(&[]));
+    let rec = out.record;
+    assert_eq!(attributes(&rec).get("env").map(String::as_str), Some("prod"), "description kept");
+    assert_eq!(rec.health.as_ref().unwrap().last_error, "exporter down", "health replaced");
+    assert_eq!(out.events, vec![EventKind::Unhealthy]);
+}
+
+#[test]
+fn config_is_offered_until_the_agent_reports_its_hash() {
+    let uid = Uuid::now_v7();
+    let configs = [prod_config()];
+    let out = process(None, full(uid, 0), ws(), &ctx(&configs));
+    let offered = out.reply.remote_config.clone().expect("config offered");
+    assert_eq!(configs::hex(&offered.config_hash), configs[0].hash);
+    assert_eq!(offered.config.unwrap().config_map["c.yaml"].body, b"a: 1");
+
+    // Still APPLYING with the new hash: not offered again. APPLIED: no offer, an event.
+    let mut applying = heartbeat(uid, 1);
+    applying.remote_config_status = Some(RemoteConfigStatus {
+        last_remote_config_hash: offered.config_hash.clone(),
+        status: RemoteConfigStatuses::Applying as i32,
+        error_message: String::new(),
+    });
+    let out = process(Some(out.record), applying, ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none());
+    let mut applied = heartbeat(uid, 2);
+    applied.remote_config_status = Some(RemoteConfigStatus {
+        last_remote_config_hash: offered.config_hash,
+        status: RemoteConfigStatuses::Applied as i32,
+        error_message: String::new(),
+    });
+    let out = process(Some(out.record), applied, ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none());
+    assert_eq!(out.events, vec![EventKind::ConfigApplied]);
+}
+
+#[test]
+fn no_config_for_agents_without_accepts_remote_config() {
+    let uid = Uuid::now_v7();
+    let mut msg = full(uid, 0);
+    msg.capabilities = Cap::ReportsStatus as u64;
+    let out = process(None, msg, ws(), &ctx(&[prod_config()]));
+    assert!(out.reply.remote_config.is_none());
+    assert!(out.reply.connection_settings.is_none(), "no heartbeat offer without ReportsHeartbeat");
+    assert_eq!(out.deadline, Deadline::Clear, "a WS agent without heartbeats is never silent");
+}
+
+#[test]
+fn heartbeat_interval_is_offered_once_and_again_when_the_agent_reports_another_hash() {
+    let uid = Uuid::now_v7();
+    let out = process(None, full(uid, 0), ws(), &ctx(&[]));
+    let offer = out.reply.connection_settings.clone().expect("offered");
+    assert_eq!(offer.opamp.unwrap().heartbeat_interval_seconds, 30);
+    assert_eq!(out.deadline, Deadline::Arm(NOW + 90_000));
+    let out = process(Some(out.record), heartbeat(uid, 1), ws(), &ctx(&[]));
+    assert!(out.reply.connection_settings.is_none());
+    let mut stale = heartbeat(uid, 2);
+    stale.connection_settings_status = Some(flotilla_proto::opamp::ConnectionSettingsStatus {
+        last_connection_settings_hash: vec![1, 2, 3],
+        ..Default::default()
+    });
+    let out = process(Some(out.record), stale, ws(), &ctx(&[]));
+    assert!(out.reply.connection_settings.is_some());
+}
+
+#[test]
+fn requested_or_invalid_uid_gets_a_new_uuid_v7_in_the_same_shard() {
+    let temp = Uuid::now_v7();
+    let mut msg = full(temp, 0);
+    msg.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    let out = process(None, msg, ws(), &ctx(&[]));
+    let new = out.reply.agent_identification.expect("new uid").new_instance_uid;
+    assert_eq!(new.len(), 16);
+    assert_ne!(new, temp.as_bytes().to_vec());
+    assert_eq!(Uuid::from_slice(&new).unwrap().get_version_num(), 7);
+    assert_eq!(shard_of(&new), shard_of(temp.as_bytes()));
+    assert_eq!(out.reply.instance_uid, temp.as_bytes().to_vec(), "reply echoes the uid sent");
+    assert_eq!(out.record.instance_uid, new);
+
+    let mut bad = full(temp, 0);
+    bad.instance_uid = b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec();
+    let out = process(None, bad, ws(), &ctx(&[]));
+    assert_eq!(out.reply.agent_identification.unwrap().new_instance_uid.len(), 16);
+}
+
+#[test]
+fn disconnect_is_answered_and_clears_liveness() {
+    let uid = Uuid::now_v7();
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()])).record;
+    let mut bye = heartbeat(uid, 1);
+    bye.agent_disconnect = Some(AgentDisconnect {});
+    let out = process(Some(rec), bye, ws(), &ctx(&[prod_config()]));
+    assert_eq!(out.reply.instance_uid, uid.as_bytes().to_vec());
+    assert!(out.reply.remote_config.is_none(), "nothing is pushed to a leaving agent");
+    assert_eq!(out.record.status, AgentStatus::Disconnected as i32);
+    assert_eq!(out.deadline, Deadline::Clear);
+    assert_eq!(out.events, vec![EventKind::Disconnected]);
+}
+
+#[test]
+fn queued_restart_goes_alone_and_once() {
+    let uid = Uuid::now_v7();
+    let mut rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()])).record;
+    rec.restart_expires_unix_ms = NOW + 1000;
+    let out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&[prod_config()]));
+    assert_eq!(out.reply.command.map(|c| c.r#type), Some(CommandType::Restart as i32));
+    assert!(out.reply.remote_config.is_none() && out.reply.connection_settings.is_none());
+    let out = process(Some(out.record), heartbeat(uid, 2), ws(), &ctx(&[prod_config()]));
+    assert!(out.reply.command.is_none());
+    assert!(out.reply.remote_config.is_some(), "the config follows after the command");
+}
+
+#[test]
+fn http_pollers_are_judged_by_the_poll_interval_even_without_heartbeat_capability() {
+    let uid = Uuid::now_v7();
+    let mut msg = full(uid, 0);
+    msg.capabilities = Cap::ReportsStatus as u64;
+    let http = Origin { transport: Transport::Http as i32, ..ws() };
+    let out = process(None, msg, http, &ctx(&[]));
+    assert_eq!(out.deadline, Deadline::Arm(NOW + 90_000));
+}
+
+#[test]
+fn available_components_hash_without_map_asks_for_the_map_once() {
+    let uid = Uuid::now_v7();
+    let mut msg = full(uid, 0);
+    msg.available_components = Some(flotilla_proto::opamp::AvailableComponents { hash: vec![9], components: Default::default() });
+    let out = process(None, msg.clone(), ws(), &ctx(&[]));
+    let ask = ServerToAgentFlags::ReportAvailableComponents as u64;
+    assert_ne!(out.reply.flags & ask, 0);
+    let mut with_map = msg.clone();
+    with_map.sequence_num = 1;
+    with_map.available_components.as_mut().unwrap().components.insert("otlp".into(), Default::default());
+    let out = process(Some(out.record), with_map, ws(), &ctx(&[]));
+    assert_eq!(out.reply.flags & ask, 0);
+    msg.sequence_num = 2;
+    let out = process(Some(out.record), msg, ws(), &ctx(&[]));
+    assert_eq!(out.reply.flags & ask, 0, "hash known: no new request");
+    assert_eq!(out.record.available_components.unwrap().components.len(), 1);
+}

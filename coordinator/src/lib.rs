@@ -1,0 +1,17 @@
+//! The coordinator role: owns agents' state. It processes every agent message that gateways
+//! forward over the Bus (the OpAMP state machine in [`agent`]), keeps agent records and silence
+//! deadlines in the Store, chooses each agent's config ([`configs`]), pushes desired state to
+//! connected agents back through their gateway, and serves the admin API ([`api`]).
+//!
+//! Main types: [`Coordinator`] (the running service), [`agent::process`] (one message in, one
+//! reply and a new record out). It reaches the gateway only through the Bus and never depends on
+//! the gateway crate.
+
+pub mod agent;
+pub mod api;
+pub mod configs;
+mod metrics;
+mod service;
+pub mod views;
+
+pub use service::{Coordinator, CoordinatorConfig, RestartOutcome, ServiceError, error_reply};

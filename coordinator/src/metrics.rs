@@ -1,0 +1,37 @@
+//! The coordinator's Prometheus metrics, all named `flotilla_coordinator_*`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub uplinks: Family<Labels, Counter>,
+    pub uplink_seconds: Histogram,
+    pub pushes: Family<Labels, Counter>,
+    pub events: Family<Labels, Counter>,
+    pub agents: Family<Labels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            uplinks: Family::default(),
+            uplink_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            pushes: Family::default(),
+            events: Family::default(),
+            agents: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("flotilla_coordinator");
+        r.register("uplinks", "Agent messages processed, by result", m.uplinks.clone());
+        r.register("uplink_seconds", "Time to process one agent message", m.uplink_seconds.clone());
+        r.register("pushes", "ServerToAgent pushes to connected agents, by result", m.pushes.clone());
+        r.register("agent_events", "Agent events emitted, by kind", m.events.clone());
+        r.register("agents", "Known agents by status (refreshed every few seconds)", m.agents.clone());
+        m
+    }
+}

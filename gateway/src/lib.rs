@@ -1,0 +1,234 @@
+//! The gateway role: terminates agents' OpAMP connections (WebSocket and plain HTTP on one port,
+//! path `/v1/opamp`), checks sizes and framing, forwards each AgentToServer over the Bus to the
+//! owner of the agent's shard and answers with the owner's reply, and delivers pushes that owners
+//! address to its live connections.
+//!
+//! Main types: [`Gateway`] (the listener and its sessions), [`table::ConnectionTable`]. It keeps no
+//! state that outlives it and never talks to the Store (Redis) or depends on the coordinator.
+
+mod http;
+mod metrics;
+pub mod table;
+mod ws;
+
+use bytes::Bytes;
+use flotilla_common::bus::{Bus, BusError, BusMessage};
+use flotilla_common::names::{Subjects, shard_of};
+use flotilla_proto::bus::{Downlink, DownlinkAck, Origin, Transport, Uplink, UplinkReply, uplink};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics::Metrics;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use table::ConnectionTable;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// The OpAMP endpoint path.
+pub const OPAMP_PATH: &str = "/v1/opamp";
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub region: String,
+    pub gateway_id: String,
+    /// Largest AgentToServer accepted (after decompression, including the WS header).
+    pub max_message_size: usize,
+    /// How long one bus request to the owner may take.
+    pub uplink_timeout: Duration,
+    /// How long to keep retrying an owner that does not answer (e.g. during a shard handoff)
+    /// before telling the agent to come back later.
+    pub uplink_deadline: Duration,
+    /// What agents are told to wait when no owner answers (retry_info / Retry-After).
+    pub retry_after: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(region: &str, gateway_id: &str, max_message_size: usize) -> Self {
+        Self {
+            region: region.into(),
+            gateway_id: gateway_id.into(),
+            max_message_size,
+            uplink_timeout: Duration::from_secs(2),
+            uplink_deadline: Duration::from_secs(5),
+            retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Gateway {
+    cfg: GatewayConfig,
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    table: ConnectionTable,
+    next_connection: AtomicU64,
+    metrics: Metrics,
+}
+
+impl Gateway {
+    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>, registry: &mut Registry) -> Arc<Self> {
+        Arc::new(Self {
+            subjects: Subjects::new(&cfg.region),
+            cfg,
+            bus,
+            table: ConnectionTable::default(),
+            next_connection: AtomicU64::new(1),
+            metrics: Metrics::new(registry),
+        })
+    }
+
+    /// Accepts agents on `listener` and delivers pushes until `cancel`; then closes WebSocket
+    /// sessions with 1001 (going away), lets HTTP requests in flight finish, and returns.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) -> Result<(), BusError> {
+        let mut downlinks = self.bus.subscribe(&self.subjects.downlink(&self.cfg.gateway_id)).await?;
+        let tracker = TaskTracker::new();
+        let this = self.clone();
+        let down_cancel = cancel.clone();
+        tracker.spawn(
+            async move {
+                loop {
+                    let incoming = tokio::select! {
+                        i = downlinks.next() => i,
+                        () = down_cancel.cancelled() => None,
+                    };
+                    let Some(incoming) = incoming else { break };
+                    this.deliver(incoming).await;
+                }
+            }
+            .instrument(info_span!("downlink")),
+        );
+        info!(gateway = %self.cfg.gateway_id, addr = ?listener.local_addr().ok(), "gateway accepting agents");
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = cancel.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let conn_cancel = cancel.clone();
+            let conn_tracker = tracker.clone();
+            tracker.spawn(
+                async move { this.serve_io(stream, peer, conn_cancel, conn_tracker).await }
+                    .instrument(info_span!("conn", %peer)),
+            );
+        }
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+
+    /// Serves HTTP/1.1 on one accepted connection (TLS or not); upgrades go to [`ws`].
+    async fn serve_io<I>(self: Arc<Self>, io: I, peer: SocketAddr, cancel: CancellationToken, tracker: TaskTracker)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let svc_cancel = cancel.clone();
+        let service = service_fn(move |req| {
+            let this = this.clone();
+            let cancel = svc_cancel.clone();
+            let tracker = tracker.clone();
+            async move { Ok::<_, std::convert::Infallible>(this.route(req, peer, cancel, tracker).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "connection ended with an error");
+        }
+    }
+
+    fn origin(&self, transport: Transport, peer: SocketAddr) -> Origin {
+        Origin {
+            gateway_id: self.cfg.gateway_id.clone(),
+            connection_id: self.next_connection.fetch_add(1, Ordering::Relaxed),
+            transport: transport as i32,
+            peer_addr: peer.to_string(),
+        }
+    }
+
+    /// Sends one decoded-and-checked AgentToServer to its owner, retrying an owner that does not
+    /// answer until the uplink deadline.
+    async fn forward(&self, agent_to_server: &[u8], instance_uid: &[u8], origin: &Origin) -> Result<UplinkReply, BusError> {
+        let uplink = Uplink { origin: Some(origin.clone()), kind: Some(uplink::Kind::AgentToServer(agent_to_server.to_vec())) };
+        self.request_owner(instance_uid, uplink).await
+    }
+
+    async fn request_owner(&self, instance_uid: &[u8], uplink: Uplink) -> Result<UplinkReply, BusError> {
+        let started = Instant::now();
+        let deadline = started + self.cfg.uplink_deadline;
+        let payload = Bytes::from(uplink.encode_to_vec());
+        let mut msg = BusMessage::new(self.subjects.uplink(shard_of(instance_uid)), payload);
+        msg.headers = vec![
+            ("Flotilla-Gateway".into(), self.cfg.gateway_id.clone()),
+            ("Flotilla-Connection".into(), uplink.origin.as_ref().map_or(0, |o| o.connection_id).to_string()),
+        ];
+        let mut backoff = Duration::from_millis(25);
+        loop {
+            match self.bus.request(msg.clone(), self.cfg.uplink_timeout).await {
+                Ok(bytes) => {
+                    self.metrics.uplink_seconds.observe(started.elapsed().as_secs_f64());
+                    return UplinkReply::decode(bytes).map_err(|_| BusError::Closed);
+                }
+                Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_))) => {
+                    if Instant::now() + backoff >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Tells the owner that a WebSocket carrying `instance_uid` closed.
+    async fn connection_closed(&self, instance_uid: &[u8], origin: Origin) {
+        let uplink = Uplink {
+            origin: Some(origin),
+            kind: Some(uplink::Kind::Closed(flotilla_proto::bus::ConnectionClosed { instance_uid: instance_uid.to_vec() })),
+        };
+        if let Err(e) = self.request_owner(instance_uid, uplink).await {
+            debug!(error = %e, "disconnect not recorded; the agent will be found silent instead");
+        }
+    }
+
+    async fn deliver(&self, incoming: flotilla_common::bus::Incoming) {
+        let delivered = match Downlink::decode(incoming.msg.payload) {
+            Ok(d) => self.table.deliver(d.connection_id, &d.instance_uid, d.server_to_agent),
+            Err(_) => false,
+        };
+        if let Some(reply) = incoming.reply {
+            let _ = reply.send(DownlinkAck { delivered }.encode_to_vec().into()).await;
+        }
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+}

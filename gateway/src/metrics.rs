@@ -1,0 +1,34 @@
+//! The gateway's Prometheus metrics, all named `flotilla_gateway_*`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub messages: Family<Labels, Counter>,
+    pub rejected: Family<Labels, Counter>,
+    pub uplink_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            connections: Gauge::default(),
+            messages: Family::default(),
+            rejected: Family::default(),
+            uplink_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+        };
+        let r = registry.sub_registry_with_prefix("flotilla_gateway");
+        r.register("websocket_connections", "Open agent WebSocket connections", m.connections.clone());
+        r.register("messages", "OpAMP messages, by transport and direction", m.messages.clone());
+        r.register("rejected", "Agent messages refused, by reason", m.rejected.clone());
+        r.register("uplink_seconds", "Agent message to owner reply, as seen by the gateway", m.uplink_seconds.clone());
+        m
+    }
+}

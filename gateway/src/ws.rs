@@ -1,0 +1,191 @@
+//! The WebSocket transport: the upgrade, and one session per agent connection. A session reads
+//! one message at a time and forwards it to the owner before reading the next, so an agent's
+//! messages reach its owner in order; pushes for the connection are written in between.
+
+use crate::Gateway;
+use crate::http::{HttpResponse, error_message, text};
+use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};
+use flotilla_common::error::ErrorKind;
+use flotilla_proto::bus::Transport;
+use flotilla_proto::opamp::AgentToServer;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::{HeaderValue, Request, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prost::Message as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, handshake::derive_accept_key};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info_span};
+
+/// Pushes queued per connection before further ones are dropped (desired state is re-sent).
+const PUSH_QUEUE: usize = 8;
+
+fn header_has(req: &Request<Incoming>, name: http::HeaderName, token: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+impl Gateway {
+    pub(crate) fn upgrade(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) -> HttpResponse {
+        let key = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec());
+        let is_upgrade = header_has(&req, UPGRADE, "websocket") && header_has(&req, CONNECTION, "upgrade");
+        let (Some(key), true) = (key, is_upgrade) else {
+            return self.reject(
+                "not_opamp",
+                text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade, or a POST with Content-Type: application/x-protobuf"),
+            );
+        };
+        if req.headers().get(SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+            let mut r = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 is required");
+            r.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            return r;
+        }
+        let accept = derive_accept_key(&key);
+        let this = self.clone();
+        tracker.spawn(
+            async move {
+                match hyper::upgrade::on(req).await {
+                    Ok(upgraded) => {
+                        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(this.ws_config())).await;
+                        this.session(ws, peer, cancel).await;
+                    }
+                    Err(e) => debug!(error = %e, "upgrade failed"),
+                }
+            }
+            .instrument(info_span!("ws", %peer)),
+        );
+        let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
+        *r.body_mut() = Default::default();
+        let h = r.headers_mut();
+        h.remove(http::header::CONTENT_TYPE);
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+        r
+    }
+
+    /// Small buffers: tungstenite's 128 KiB default read buffer alone would cost more per idle
+    /// agent than the whole budget. Messages larger than the buffer are still read, in pieces.
+    fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(self.cfg.max_message_size))
+            .max_frame_size(Some(self.cfg.max_message_size))
+    }
+
+    async fn session<S>(self: Arc<Self>, ws: WebSocketStream<S>, peer: SocketAddr, cancel: CancellationToken)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let origin = self.origin(Transport::Websocket, peer);
+        let (tx, mut pushes) = mpsc::channel(PUSH_QUEUE);
+        self.table.insert(origin.connection_id, tx);
+        self.metrics.connections.inc();
+        let (mut sink, mut stream) = ws.split();
+        let mut bound: Vec<u8> = Vec::new();
+        let count = |dir| self.metrics.messages.get_or_create(&vec![("transport", "websocket"), ("direction", dir)]).inc();
+
+        let close: Option<CloseFrame> = loop {
+            let reply = tokio::select! {
+                () = cancel.cancelled() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+                Some(push) = pushes.recv() => push,
+                frame = stream.next() => match frame {
+                    Some(Ok(Message::Binary(data))) => {
+                        count("in");
+                        match self.ws_message(&data, &origin, &mut bound).await {
+                            Some(reply) => reply,
+                            None => continue,
+                        }
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        // Not an OpAMP message; opamp-go's server also just reads on.
+                        self.metrics.rejected.get_or_create(&vec![("reason", "text_frame")]).inc();
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
+                    Some(Err(WsError::Capacity(e))) => {
+                        self.metrics.rejected.get_or_create(&vec![("reason", "too_large")]).inc();
+                        debug!(error = %e, "message too big");
+                        let code = ErrorKind::PayloadTooLarge.ws_close_code();
+                        break Some(close_frame(CloseCode::from(code), "message too big"));
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "connection lost");
+                        break None;
+                    }
+                },
+            };
+            if let Err(e) = sink.send(Message::Binary(encode_ws_frame(&reply).into())).await {
+                debug!(error = %e, "write failed");
+                break None;
+            }
+            count("out");
+        };
+
+        if let Some(frame) = close {
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        self.table.remove(origin.connection_id);
+        self.metrics.connections.dec();
+        if !bound.is_empty() {
+            self.connection_closed(&bound, origin).await;
+        }
+    }
+
+    /// Handles one binary message; returns the reply to write, if any.
+    async fn ws_message(&self, data: &[u8], origin: &flotilla_proto::bus::Origin, bound: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let payload = decode_ws_frame(data);
+        let msg = match AgentToServer::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.rejected.get_or_create(&vec![("reason", "bad_request")]).inc();
+                return Some(error_message(Vec::new(), ErrorKind::BadRequest, format!("malformed AgentToServer: {e}"), None));
+            }
+        };
+        if msg.instance_uid != *bound {
+            self.table.bind(origin.connection_id, &msg.instance_uid);
+            bound.clone_from(&msg.instance_uid);
+        }
+        match self.forward(payload, &msg.instance_uid, origin).await {
+            Ok(reply) => {
+                if !reply.new_instance_uid.is_empty() {
+                    self.table.bind(origin.connection_id, &reply.new_instance_uid);
+                    bound.clone_from(&reply.new_instance_uid);
+                }
+                Some(reply.server_to_agent)
+            }
+            Err(e) => {
+                debug!(error = %e, "no owner answered");
+                self.metrics.rejected.get_or_create(&vec![("reason", "unavailable")]).inc();
+                let ns = self.cfg.retry_after.as_nanos() as u64;
+                let text = format!("no server could take this agent's message ({e}); retry later");
+                Some(error_message(msg.instance_uid, ErrorKind::Unavailable, text, Some(ns)))
+            }
+        }
+    }
+}
+
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame { code, reason: reason.into() }
+}
