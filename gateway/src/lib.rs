@@ -195,10 +195,11 @@ impl Gateway {
                     return UplinkReply::decode(bytes).map_err(|_| BusError::Closed);
                 }
                 Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_))) => {
-                    if Instant::now() + backoff >= deadline {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
                         return Err(e);
                     }
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(backoff.min(remaining)).await;
                     backoff = (backoff * 2).min(Duration::from_millis(500));
                 }
                 Err(e) => return Err(e),

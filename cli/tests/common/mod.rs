@@ -1,0 +1,79 @@
+//! Shared helpers of the black-box tests: start `flotilla serve`'s app in-process on loopback
+//! ports, and talk to its API.
+#![allow(dead_code)]
+
+use flotilla::app::{self, Running};
+use flotilla_common::config::ServeConfig;
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    pub running: Option<Running>,
+    pub api: String,
+    pub ws_url: String,
+    pub http_url: String,
+}
+
+pub fn config(data_dir: &Path) -> ServeConfig {
+    ServeConfig {
+        opamp_listen: "127.0.0.1:0".parse().unwrap(),
+        api_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        ..ServeConfig::default()
+    }
+}
+
+pub async fn start(cfg: ServeConfig) -> Server {
+    let running = app::start(cfg).await.expect("server starts");
+    Server {
+        api: format!("http://{}", running.api_addr),
+        ws_url: format!("ws://{}/v1/opamp", running.opamp_addr),
+        http_url: format!("http://{}/v1/opamp", running.opamp_addr),
+        running: Some(running),
+    }
+}
+
+impl Server {
+    pub async fn stop(mut self) {
+        self.running.take().unwrap().shutdown(Duration::from_secs(10)).await;
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::get(format!("{}{path}", self.api)).await.expect("API reachable");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new().put(format!("{}{path}", self.api)).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let r = reqwest::Client::new().post(format!("{}{path}", self.api)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn agent(&self, uid: uuid::Uuid) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/agents/{uid}")).await;
+        assert_eq!(status, 200, "agent {uid}: {body}");
+        body
+    }
+
+    /// Polls the agent's API view until `pred` holds, or fails after `timeout`.
+    pub async fn wait_agent(&self, uid: uuid::Uuid, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get(&format!("/api/v1/agents/{uid}")).await;
+            if status == 200 && pred(&body) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "agent {uid} never reached the expected state; last: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn full_state_requested(m: &flotilla_proto::opamp::ServerToAgent) -> bool {
+    m.flags & flotilla_proto::opamp::ServerToAgentFlags::ReportFullState as u64 != 0
+}

@@ -1,0 +1,50 @@
+//! When no owner answers (no coordinator, or a shard between owners), agents are told to come
+//! back later instead of hanging: UNAVAILABLE with retry_info on WebSocket, 503 with Retry-After
+//! on HTTP. The gateway keeps serving and the connection stays open.
+
+use flotilla_common::bus::{Bus, InProcessBus};
+use flotilla_gateway::{Gateway, GatewayConfig};
+use flotilla_loadtest::client::{HttpClient, WsClient};
+use flotilla_loadtest::sim::SimAgent;
+use flotilla_proto::opamp::{ServerErrorResponseType, server_error_response::Details};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn agents_are_told_to_retry_when_no_owner_answers() {
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
+    let mut cfg = GatewayConfig::new("test", "gw1", 1 << 20);
+    cfg.uplink_deadline = Duration::from_millis(300);
+    cfg.retry_after = Duration::from_secs(7);
+    let gateway = Gateway::new(cfg, bus, &mut Registry::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
+
+    let mut agent = SimAgent::new("otelcol", &[]);
+    let mut ws = WsClient::connect(&format!("ws://{addr}/v1/opamp")).await.unwrap();
+    let started = Instant::now();
+    let reply = ws.request(&agent.full_report()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250), "the owner is retried for a while first");
+    let err = reply.error_response.expect("error response");
+    assert_eq!(err.r#type, ServerErrorResponseType::Unavailable as i32);
+    assert_eq!(err.details, Some(Details::RetryInfo(flotilla_proto::opamp::RetryInfo { retry_after_nanoseconds: 7_000_000_000 })));
+    assert_eq!(reply.instance_uid, agent.uid.as_bytes().to_vec());
+    assert_eq!(gateway.connections(), 1, "the connection stays open");
+
+    let http = HttpClient::new(&format!("http://{addr}/v1/opamp"));
+    let r = http.post(&agent.full_report(), false).await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "7");
+
+    // Shutdown closes live sessions with 1001 (going away).
+    cancel.cancel();
+    match ws.next_event(Duration::from_secs(5)).await.unwrap() {
+        flotilla_loadtest::client::WsEvent::Closed(Some(f)) => assert_eq!(u16::from(f.code), 1001),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    task.await.unwrap().unwrap();
+}
