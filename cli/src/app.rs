@@ -30,7 +30,9 @@ pub struct Running {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
 /// Starts every role of `cfg` (the embedded single-process mode).
@@ -40,10 +42,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     }
     let mut registry = Registry::default();
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
-    let store = Arc::new(
-        EmbeddedStore::open(&cfg.data_dir)
-            .with_context(|| format!("cannot open the data directory {}", cfg.data_dir.display()))?,
-    );
+    let store =
+        Arc::new(EmbeddedStore::open(&cfg.data_dir).with_context(|| {
+            format!("cannot open the data directory {}", cfg.data_dir.display())
+        })?);
     let coordinator = Coordinator::new(
         CoordinatorConfig::new(&cfg.region, &cfg.node_id, cfg.heartbeat_interval),
         bus.clone(),
@@ -61,12 +63,14 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
 
     let rest_cancel = CancellationToken::new();
     let gw_cancel = CancellationToken::new();
-    let router = ops_router(Arc::new(registry)).merge(flotilla_coordinator::api::router(coordinator.clone()));
+    let router = ops_router(Arc::new(registry))
+        .merge(flotilla_coordinator::api::router(coordinator.clone()));
     let api_stop = rest_cancel.clone();
     let mut rest = vec![
         tokio::spawn(
             async move {
-                let serve = axum::serve(api, router).with_graceful_shutdown(async move { api_stop.cancelled().await });
+                let serve = axum::serve(api, router)
+                    .with_graceful_shutdown(async move { api_stop.cancelled().await });
                 if let Err(e) = serve.await {
                     warn!(error = %e, "API server failed");
                 }
@@ -94,7 +98,12 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         .instrument(info_span!("gateway")),
     );
     info!(%opamp_addr, %api_addr, "flotilla serving (embedded mode)");
-    Ok(Running { opamp_addr, api_addr, gateway: (gw_cancel, gw_task), rest: (rest_cancel, rest) })
+    Ok(Running {
+        opamp_addr,
+        api_addr,
+        gateway: (gw_cancel, gw_task),
+        rest: (rest_cancel, rest),
+    })
 }
 
 impl Running {
@@ -129,7 +138,10 @@ fn ops_router(registry: Arc<Registry>) -> Router {
                     let mut out = String::new();
                     match prometheus_client::encoding::text::encode(&mut out, &registry) {
                         Ok(()) => (
-                            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
                             out,
                         )
                             .into_response(),

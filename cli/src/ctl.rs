@@ -8,7 +8,12 @@ use std::path::PathBuf;
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// Base URL of the admin API.
-    #[arg(long, env = "FLOTILLA_API", default_value = "http://127.0.0.1:4321", global = true)]
+    #[arg(
+        long,
+        env = "FLOTILLA_API",
+        default_value = "http://127.0.0.1:4321",
+        global = true
+    )]
     pub api: String,
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -46,7 +51,9 @@ pub enum AgentsCommand {
         #[arg(long)]
         json: bool,
     },
-    Get { uid: String },
+    Get {
+        uid: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +69,9 @@ pub enum ConfigsCommand {
         selector: Option<String>,
     },
     List,
-    Get { name: String },
+    Get {
+        name: String,
+    },
 }
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
@@ -71,8 +80,16 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let url = |path: &str| format!("{api}{path}");
     let out = match args.command {
         CtlCommand::Health => call(client.get(url("/api/v1/fleet/health"))).await?,
-        CtlCommand::Agents(AgentsCommand::Get { uid }) => call(client.get(url(&format!("/api/v1/agents/{uid}")))).await?,
-        CtlCommand::Agents(AgentsCommand::List { selector, status, health, limit, json }) => {
+        CtlCommand::Agents(AgentsCommand::Get { uid }) => {
+            call(client.get(url(&format!("/api/v1/agents/{uid}")))).await?
+        }
+        CtlCommand::Agents(AgentsCommand::List {
+            selector,
+            status,
+            health,
+            limit,
+            json,
+        }) => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(selector.map(|s| ("selector", s)));
             query.extend(status.map(|s| ("status", s)));
@@ -84,9 +101,17 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
             page
         }
-        CtlCommand::Configs(ConfigsCommand::List) => call(client.get(url("/api/v1/configs"))).await?,
-        CtlCommand::Configs(ConfigsCommand::Get { name }) => call(client.get(url(&format!("/api/v1/configs/{name}")))).await?,
-        CtlCommand::Configs(ConfigsCommand::Put { name, files, selector }) => {
+        CtlCommand::Configs(ConfigsCommand::List) => {
+            call(client.get(url("/api/v1/configs"))).await?
+        }
+        CtlCommand::Configs(ConfigsCommand::Get { name }) => {
+            call(client.get(url(&format!("/api/v1/configs/{name}")))).await?
+        }
+        CtlCommand::Configs(ConfigsCommand::Put {
+            name,
+            files,
+            selector,
+        }) => {
             let mut body_files = serde_json::Map::new();
             for path in files {
                 let file_name = path
@@ -94,36 +119,55 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     .and_then(|n| n.to_str())
                     .with_context(|| format!("{} has no usable file name", path.display()))?
                     .to_owned();
-                let body = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let body = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 body_files.insert(file_name, Value::String(body));
             }
             let mut sel = serde_json::Map::new();
             for pair in selector.iter().flat_map(|s| s.split(',')) {
-                let Some((k, v)) = pair.split_once('=') else { bail!("selector must be k=v pairs, got {pair:?}") };
+                let Some((k, v)) = pair.split_once('=') else {
+                    bail!("selector must be k=v pairs, got {pair:?}")
+                };
                 sel.insert(k.trim().into(), Value::String(v.trim().into()));
             }
             let body = json!({"selector": sel, "files": body_files});
-            call(client.put(url(&format!("/api/v1/configs/{name}"))).json(&body)).await?
+            call(
+                client
+                    .put(url(&format!("/api/v1/configs/{name}")))
+                    .json(&body),
+            )
+            .await?
         }
-        CtlCommand::Restart { uid } => call(client.post(url(&format!("/api/v1/agents/{uid}/restart")))).await?,
+        CtlCommand::Restart { uid } => {
+            call(client.post(url(&format!("/api/v1/agents/{uid}/restart")))).await?
+        }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
 async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let resp = req.send().await.context("cannot reach the Flotilla API (is `flotilla serve` running? see --api)")?;
+    let resp = req
+        .send()
+        .await
+        .context("cannot reach the Flotilla API (is `flotilla serve` running? see --api)")?;
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        let msg = body.get("error").and_then(Value::as_str).unwrap_or("no error message");
+        let msg = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("no error message");
         bail!("API answered {status}: {msg}");
     }
     Ok(body)
 }
 
 fn print_agent_table(page: &Value) {
-    println!("{:<36}  {:<12}  {:<9}  {:<10}  {:<24}  SERVICE", "INSTANCE UID", "STATUS", "HEALTHY", "CONFIG", "LAST SEEN");
+    println!(
+        "{:<36}  {:<12}  {:<9}  {:<10}  {:<24}  SERVICE",
+        "INSTANCE UID", "STATUS", "HEALTHY", "CONFIG", "LAST SEEN"
+    );
     for a in page["agents"].as_array().into_iter().flatten() {
         let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
         println!(
@@ -136,7 +180,11 @@ fn print_agent_table(page: &Value) {
             s(&a["identifying_attributes"]["service.name"]),
         );
     }
-    println!("{} of {} agents", page["agents"].as_array().map_or(0, Vec::len), page["total"]);
+    println!(
+        "{} of {} agents",
+        page["agents"].as_array().map_or(0, Vec::len),
+        page["total"]
+    );
     if let Some(c) = page["next_cursor"].as_str() {
         println!("more: --cursor {c}");
     }

@@ -8,7 +8,11 @@ use std::time::Duration;
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, about = "OpAMP control plane for large agent fleets")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "OpAMP control plane for large agent fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,7 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run Flotilla (both roles, embedded store and bus, unless told otherwise).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Admin CLI over the API.
     Ctl(ctl::CtlArgs),
 }
@@ -29,7 +33,7 @@ const GRACE: Duration = Duration::from_secs(20);
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Ctl(args) => ctl::run(args).await,
     };
     match result {

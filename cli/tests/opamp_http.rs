@@ -33,25 +33,51 @@ async fn polls_get_capabilities_every_time_and_config_on_the_next_poll_gzipped_w
     assert!(full_state_requested(&reply));
     for m in agent.handle(&reply) {
         let r = http.post(&m, false).await.unwrap().message.unwrap();
-        assert_eq!(r.capabilities & 1, 1, "every HTTP reply carries capabilities");
+        assert_eq!(
+            r.capabilities & 1,
+            1,
+            "every HTTP reply carries capabilities"
+        );
     }
 
     let body = format!("receivers: {{otlp: {{}}}}\n# {}\n", "padding ".repeat(100));
-    let (status, _) = srv.put("/api/v1/configs/all", json!({"files": {"collector.yaml": body}})).await;
+    let (status, _) = srv
+        .put(
+            "/api/v1/configs/all",
+            json!({"files": {"collector.yaml": body}}),
+        )
+        .await;
     assert_eq!(status, 200);
     // Nothing can be pushed to a poller: the config comes with the next poll's reply, gzipped.
     let poll = http.post(&agent.heartbeat(), true).await.unwrap();
-    assert_eq!(poll.headers.get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
-    assert!(poll.raw.len() < poll.message.as_ref().unwrap().encoded_len(), "the body really is compressed");
+    assert_eq!(
+        poll.headers
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap()),
+        Some("gzip")
+    );
+    assert!(
+        poll.raw.len() < poll.message.as_ref().unwrap().encoded_len(),
+        "the body really is compressed"
+    );
     let reply = poll.message.unwrap();
     assert!(reply.remote_config.is_some());
     for m in agent.handle(&reply) {
         http.post(&m, false).await.unwrap();
     }
-    srv.wait_agent(agent.uid, Duration::from_secs(5), |v| v["remote_config_status"]["status"] == "APPLIED").await;
+    srv.wait_agent(agent.uid, Duration::from_secs(5), |v| {
+        v["remote_config_status"]["status"] == "APPLIED"
+    })
+    .await;
     let poll = http.post(&agent.heartbeat(), false).await.unwrap();
-    assert!(poll.message.unwrap().remote_config.is_none(), "no re-offer once applied");
-    assert!(poll.headers.get("content-encoding").is_none(), "no gzip when not asked");
+    assert!(
+        poll.message.unwrap().remote_config.is_none(),
+        "no re-offer once applied"
+    );
+    assert!(
+        poll.headers.get("content-encoding").is_none(),
+        "no gzip when not asked"
+    );
     srv.stop().await;
 }
 
@@ -68,21 +94,33 @@ async fn oversize_bodies_and_gzip_bombs_get_413_and_malformed_ones_bad_request()
     // 10 MB of zeros gzip to about 10 KB: under the limit on the wire, far over it unpacked.
     let bomb = gzip(&vec![0u8; 10 << 20]);
     assert!(bomb.len() < 64 * 1024);
-    let r = http.post_raw(bomb, &[("Content-Encoding", "gzip".into())]).await.unwrap();
+    let r = http
+        .post_raw(bomb, &[("Content-Encoding", "gzip".into())])
+        .await
+        .unwrap();
     assert_eq!(r.status, 413);
 
     let r = http.post_raw(vec![0x0a, 0xff, 0x01], &[]).await.unwrap();
     assert_eq!(r.status, 400);
     let err = r.message.unwrap().error_response.unwrap();
     assert_eq!(err.r#type, ServerErrorResponseType::BadRequest as i32);
-    let r = http.post_raw(b"not gzip".to_vec(), &[("Content-Encoding", "gzip".into())]).await.unwrap();
+    let r = http
+        .post_raw(b"not gzip".to_vec(), &[("Content-Encoding", "gzip".into())])
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
-    let r = http.post_raw(vec![], &[("Content-Encoding", "br".into())]).await.unwrap();
+    let r = http
+        .post_raw(vec![], &[("Content-Encoding", "br".into())])
+        .await
+        .unwrap();
     assert_eq!(r.status, 415);
 
     // The server keeps serving.
     let mut agent = SimAgent::new("otelcol", &[]);
-    assert_eq!(http.post(&agent.full_report(), true).await.unwrap().status, 200);
+    assert_eq!(
+        http.post(&agent.full_report(), true).await.unwrap().status,
+        200
+    );
     srv.stop().await;
 }
 
@@ -94,11 +132,20 @@ async fn instance_uid_header_must_agree_with_the_body() {
     let mut agent = SimAgent::new("otelcol", &[]);
     let body = agent.full_report().encode_to_vec();
     let other = uuid::Uuid::now_v7().to_string();
-    let r = http.post_raw(body.clone(), &[("OpAMP-Instance-UID", other)]).await.unwrap();
+    let r = http
+        .post_raw(body.clone(), &[("OpAMP-Instance-UID", other)])
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
-    let r = http.post_raw(body.clone(), &[("OpAMP-Instance-UID", "nope".into())]).await.unwrap();
+    let r = http
+        .post_raw(body.clone(), &[("OpAMP-Instance-UID", "nope".into())])
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
-    let r = http.post_raw(body, &[("OpAMP-Instance-UID", agent.uid.to_string())]).await.unwrap();
+    let r = http
+        .post_raw(body, &[("OpAMP-Instance-UID", agent.uid.to_string())])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     srv.stop().await;
 }
@@ -116,9 +163,19 @@ async fn pollers_that_stop_without_disconnect_become_silent_and_disconnect_is_ho
     let mut polite = SimAgent::new("otelcol", &[]);
     http.post(&polite.full_report(), false).await.unwrap();
     http.post(&polite.disconnect(), false).await.unwrap();
-    srv.wait_agent(polite.uid, Duration::from_secs(2), |v| v["status"] == "disconnected").await;
-    srv.wait_agent(quiet.uid, Duration::from_secs(8), |v| v["status"] == "silent").await;
-    assert_eq!(srv.agent(polite.uid).await["status"], "disconnected", "a disconnected agent is not silent");
+    srv.wait_agent(polite.uid, Duration::from_secs(2), |v| {
+        v["status"] == "disconnected"
+    })
+    .await;
+    srv.wait_agent(quiet.uid, Duration::from_secs(8), |v| {
+        v["status"] == "silent"
+    })
+    .await;
+    assert_eq!(
+        srv.agent(polite.uid).await["status"],
+        "disconnected",
+        "a disconnected agent is not silent"
+    );
     srv.stop().await;
 }
 
@@ -132,7 +189,12 @@ async fn non_opamp_requests_are_refused_clearly() {
     let r = reqwest::get(&srv.http_url).await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("WebSocket upgrade"));
-    let r = reqwest::Client::new().get(&srv.http_url).header("Content-Type", "application/x-protobuf").send().await.unwrap();
+    let r = reqwest::Client::new()
+        .get(&srv.http_url)
+        .header("Content-Type", "application/x-protobuf")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     srv.stop().await;
 }

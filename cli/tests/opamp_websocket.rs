@@ -34,13 +34,24 @@ async fn first_reply_carries_capabilities_and_sequence_gaps_and_repeats_ask_for_
     assert_eq!(first.instance_uid, agent.uid.as_bytes().to_vec());
     assert_eq!(first.capabilities & 0x1, 0x1, "AcceptsStatus");
     assert!(full_state_requested(&first), "unknown agent");
-    assert_eq!(first.connection_settings.unwrap().opamp.unwrap().heartbeat_interval_seconds, 30);
+    assert_eq!(
+        first
+            .connection_settings
+            .unwrap()
+            .opamp
+            .unwrap()
+            .heartbeat_interval_seconds,
+        30
+    );
 
     let in_order = ws.request(&agent.full_report()).await.unwrap();
     assert!(!full_state_requested(&in_order));
     let hb = agent.heartbeat();
     assert!(!full_state_requested(&ws.request(&hb).await.unwrap()));
-    assert!(full_state_requested(&ws.request(&hb).await.unwrap()), "a repeated sequence_num is answered and asks for full state");
+    assert!(
+        full_state_requested(&ws.request(&hb).await.unwrap()),
+        "a repeated sequence_num is answered and asks for full state"
+    );
     let mut gap = agent.heartbeat();
     gap.sequence_num += 10;
     assert!(full_state_requested(&ws.request(&gap).await.unwrap()));
@@ -49,7 +60,10 @@ async fn first_reply_carries_capabilities_and_sequence_gaps_and_repeats_ask_for_
     assert_eq!(view["status"], "connected");
     assert_eq!(view["healthy"], true);
     assert_eq!(view["non_identifying_attributes"]["env"], "prod");
-    assert_eq!(view["health"]["components"]["pipeline:traces"]["healthy"], true);
+    assert_eq!(
+        view["health"]["components"]["pipeline:traces"]["healthy"],
+        true
+    );
     srv.stop().await;
 }
 
@@ -60,14 +74,19 @@ async fn headerless_frames_are_accepted_and_text_frames_ignored() {
     let mut agent = SimAgent::new("otelcol", &[]);
     let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
     ws.send_text("hello").await.unwrap();
-    ws.send_raw(agent.full_report().encode_to_vec()).await.unwrap();
+    ws.send_raw(agent.full_report().encode_to_vec())
+        .await
+        .unwrap();
     let reply = ws.recv(T).await.unwrap();
     assert_eq!(reply.instance_uid, agent.uid.as_bytes().to_vec());
     assert!(reply.error_response.is_none());
     // An empty message after the header is a valid (empty) AgentToServer: answered, with a new uid.
     ws.send_raw(vec![0]).await.unwrap();
     let reply = ws.recv(T).await.unwrap();
-    assert_eq!(reply.agent_identification.unwrap().new_instance_uid.len(), 16);
+    assert_eq!(
+        reply.agent_identification.unwrap().new_instance_uid.len(),
+        16
+    );
     srv.stop().await;
 }
 
@@ -80,10 +99,23 @@ async fn malformed_messages_get_bad_request_and_the_connection_stays_usable() {
     let reply = ws.recv(T).await.unwrap();
     let err = reply.error_response.expect("error response");
     assert_eq!(err.r#type, ServerErrorResponseType::BadRequest as i32);
-    assert!(err.error_message.contains("malformed AgentToServer"), "{}", err.error_message);
-    assert!(reply.remote_config.is_none() && reply.capabilities == 0, "error_response goes alone");
+    assert!(
+        err.error_message.contains("malformed AgentToServer"),
+        "{}",
+        err.error_message
+    );
+    assert!(
+        reply.remote_config.is_none() && reply.capabilities == 0,
+        "error_response goes alone"
+    );
     let mut agent = SimAgent::new("otelcol", &[]);
-    assert!(ws.request(&agent.full_report()).await.unwrap().error_response.is_none());
+    assert!(
+        ws.request(&agent.full_report())
+            .await
+            .unwrap()
+            .error_response
+            .is_none()
+    );
     srv.stop().await;
 }
 
@@ -96,7 +128,11 @@ async fn oversize_messages_close_with_1009_and_others_are_unaffected() {
     let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
     let mut agent = SimAgent::new("otelcol", &[]);
     let mut big = agent.full_report();
-    big.agent_description.as_mut().unwrap().non_identifying_attributes.push(flotilla_loadtest::sim::kv("blob", &"x".repeat(10_000)));
+    big.agent_description
+        .as_mut()
+        .unwrap()
+        .non_identifying_attributes
+        .push(flotilla_loadtest::sim::kv("blob", &"x".repeat(10_000)));
     ws.send(&big).await.unwrap();
     match ws.next_event(T).await.unwrap() {
         WsEvent::Closed(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
@@ -104,7 +140,13 @@ async fn oversize_messages_close_with_1009_and_others_are_unaffected() {
     }
     let mut other = SimAgent::new("otelcol", &[]);
     let mut ws2 = WsClient::connect(&srv.ws_url).await.unwrap();
-    assert!(ws2.request(&other.full_report()).await.unwrap().error_response.is_none());
+    assert!(
+        ws2.request(&other.full_report())
+            .await
+            .unwrap()
+            .error_response
+            .is_none()
+    );
     srv.stop().await;
 }
 
@@ -121,7 +163,12 @@ async fn config_is_pushed_to_connected_agents_and_applied_and_failed_are_tracked
     let mut ws_dev = connect(&srv, &mut dev).await;
 
     let body = "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}\n";
-    let (status, cfg) = srv.put("/api/v1/configs/prod-base", json!({"selector": {"env": "prod"}, "files": {"collector.yaml": body}})).await;
+    let (status, cfg) = srv
+        .put(
+            "/api/v1/configs/prod-base",
+            json!({"selector": {"env": "prod"}, "files": {"collector.yaml": body}}),
+        )
+        .await;
     assert_eq!(status, 200, "{cfg}");
     assert_eq!(cfg["version"], 1);
     let hash = cfg["hash"].as_str().unwrap().to_owned();
@@ -129,23 +176,56 @@ async fn config_is_pushed_to_connected_agents_and_applied_and_failed_are_tracked
     for (agent, ws) in [(&mut good, &mut ws_good), (&mut bad, &mut ws_bad)] {
         let push = ws.recv(T).await.expect("pushed without the agent asking");
         let rc = push.remote_config.clone().expect("remote config");
-        assert_eq!(rc.config.unwrap().config_map["collector.yaml"].body, body.as_bytes());
+        assert_eq!(
+            rc.config.unwrap().config_map["collector.yaml"].body,
+            body.as_bytes()
+        );
         for msg in agent.handle(&push) {
             ws.request(&msg).await.unwrap();
         }
     }
-    let v = srv.wait_agent(good.uid, T, |v| v["remote_config_status"]["status"] == "APPLIED").await;
+    let v = srv
+        .wait_agent(good.uid, T, |v| {
+            v["remote_config_status"]["status"] == "APPLIED"
+        })
+        .await;
     assert_eq!(v["remote_config_status"]["hash"], hash);
-    assert_eq!(v["desired_config"], json!({"name": "prod-base", "version": 1, "hash": hash}));
+    assert_eq!(
+        v["desired_config"],
+        json!({"name": "prod-base", "version": 1, "hash": hash})
+    );
     assert_eq!(v["effective_config"]["collector.yaml"]["body"], body);
-    assert_eq!(v["effective_config_hash"], hash, "effective config hashes like the config sent");
-    let v = srv.wait_agent(bad.uid, T, |v| v["remote_config_status"]["status"] == "FAILED").await;
-    assert_eq!(v["remote_config_status"]["error"], "config rejected: invalid pipeline");
+    assert_eq!(
+        v["effective_config_hash"], hash,
+        "effective config hashes like the config sent"
+    );
+    let v = srv
+        .wait_agent(bad.uid, T, |v| {
+            v["remote_config_status"]["status"] == "FAILED"
+        })
+        .await;
+    assert_eq!(
+        v["remote_config_status"]["error"],
+        "config rejected: invalid pipeline"
+    );
 
     // The dev agent matches no config and gets nothing; a heartbeat of the applied agent gets no re-offer.
-    assert!(ws_dev.recv(Duration::from_millis(300)).await.is_err(), "nothing pushed to a non-matching agent");
-    assert!(ws_good.request(&good.heartbeat()).await.unwrap().remote_config.is_none());
-    assert_eq!(srv.agent(dev.uid).await["desired_config"], serde_json::Value::Null);
+    assert!(
+        ws_dev.recv(Duration::from_millis(300)).await.is_err(),
+        "nothing pushed to a non-matching agent"
+    );
+    assert!(
+        ws_good
+            .request(&good.heartbeat())
+            .await
+            .unwrap()
+            .remote_config
+            .is_none()
+    );
+    assert_eq!(
+        srv.agent(dev.uid).await["desired_config"],
+        serde_json::Value::Null
+    );
     srv.stop().await;
 }
 
@@ -155,7 +235,9 @@ async fn restart_is_delivered_alone_to_capable_agents_and_refused_to_others() {
     let srv = start(config(dir.path())).await;
     let mut agent = SimAgent::new("otelcol", &[]);
     let mut ws = connect(&srv, &mut agent).await;
-    let (status, body) = srv.post(&format!("/api/v1/agents/{}/restart", agent.uid)).await;
+    let (status, body) = srv
+        .post(&format!("/api/v1/agents/{}/restart", agent.uid))
+        .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["delivered"], true);
     let cmd = ws.recv(T).await.unwrap();
@@ -165,10 +247,19 @@ async fn restart_is_delivered_alone_to_capable_agents_and_refused_to_others() {
     let mut plain = SimAgent::new("otelcol", &[]);
     plain.capabilities = flotilla_loadtest::sim::COLLECTOR_CAPS & !0x400;
     let _ws2 = connect(&srv, &mut plain).await;
-    let (status, body) = srv.post(&format!("/api/v1/agents/{}/restart", plain.uid)).await;
+    let (status, body) = srv
+        .post(&format!("/api/v1/agents/{}/restart", plain.uid))
+        .await;
     assert_eq!(status, 409);
-    assert!(body["error"].as_str().unwrap().contains("AcceptsRestartCommand"));
-    let (status, _) = srv.post(&format!("/api/v1/agents/{}/restart", uuid::Uuid::now_v7())).await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("AcceptsRestartCommand")
+    );
+    let (status, _) = srv
+        .post(&format!("/api/v1/agents/{}/restart", uuid::Uuid::now_v7()))
+        .await;
     assert_eq!(status, 404);
     srv.stop().await;
 }
@@ -180,21 +271,29 @@ async fn disconnect_and_close_mark_agents_disconnected_and_reconnects_resume_the
     let mut a = SimAgent::new("otelcol", &[]);
     let mut ws = connect(&srv, &mut a).await;
     let bye = ws.request(&a.disconnect()).await.unwrap();
-    assert_eq!(bye.instance_uid, a.uid.as_bytes().to_vec(), "AgentDisconnect is answered");
-    srv.wait_agent(a.uid, T, |v| v["status"] == "disconnected").await;
+    assert_eq!(
+        bye.instance_uid,
+        a.uid.as_bytes().to_vec(),
+        "AgentDisconnect is answered"
+    );
+    srv.wait_agent(a.uid, T, |v| v["status"] == "disconnected")
+        .await;
     ws.close().await.unwrap();
 
     // Closing without AgentDisconnect also counts; the reconnect's compressed first message
     // continues the sequence, so no full state is needed.
     let mut b = SimAgent::new("otelcol", &[]);
     let ws = connect(&srv, &mut b).await;
-    srv.wait_agent(b.uid, T, |v| v["status"] == "connected").await;
+    srv.wait_agent(b.uid, T, |v| v["status"] == "connected")
+        .await;
     drop(ws);
-    srv.wait_agent(b.uid, T, |v| v["status"] == "disconnected").await;
+    srv.wait_agent(b.uid, T, |v| v["status"] == "disconnected")
+        .await;
     let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
     let reply = ws.request(&b.heartbeat()).await.unwrap();
     assert!(!full_state_requested(&reply));
-    srv.wait_agent(b.uid, T, |v| v["status"] == "connected").await;
+    srv.wait_agent(b.uid, T, |v| v["status"] == "connected")
+        .await;
     srv.stop().await;
 }
 
@@ -205,7 +304,10 @@ async fn requested_instance_uid_is_assigned_and_used_afterwards() {
     let mut agent = SimAgent::new("otelcol", &[]);
     let temp = agent.uid;
     let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
-    let msg = AgentToServer { flags: AgentToServerFlags::RequestInstanceUid as u64, ..agent.full_report() };
+    let msg = AgentToServer {
+        flags: AgentToServerFlags::RequestInstanceUid as u64,
+        ..agent.full_report()
+    };
     let reply = ws.request(&msg).await.unwrap();
     assert_eq!(reply.instance_uid, temp.as_bytes().to_vec());
     for m in agent.handle(&reply) {
@@ -217,7 +319,9 @@ async fn requested_instance_uid_is_assigned_and_used_afterwards() {
     let (status, _) = srv.get(&format!("/api/v1/agents/{temp}")).await;
     assert_eq!(status, 404, "nothing is kept under the temporary uid");
     // Pushes reach the connection under its new uid.
-    let (status, _) = srv.post(&format!("/api/v1/agents/{}/restart", agent.uid)).await;
+    let (status, _) = srv
+        .post(&format!("/api/v1/agents/{}/restart", agent.uid))
+        .await;
     assert_eq!(status, 202);
     assert!(ws.recv(T).await.unwrap().command.is_some());
     srv.stop().await;
@@ -233,11 +337,26 @@ async fn agents_that_stop_talking_are_marked_silent_once_and_recover() {
     let mut ws = connect(&srv, &mut agent).await;
     // The connection stays open but the agent says nothing: silent after 3 intervals.
     let started = std::time::Instant::now();
-    srv.wait_agent(agent.uid, Duration::from_secs(8), |v| v["status"] == "silent").await;
-    assert!(started.elapsed() >= Duration::from_millis(2500), "not before 3 intervals");
-    let metrics = reqwest::get(format!("{}/metrics", srv.api)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("flotilla_coordinator_agent_events_total{kind=\"silent\"} 1"), "{metrics}");
+    srv.wait_agent(agent.uid, Duration::from_secs(8), |v| {
+        v["status"] == "silent"
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "not before 3 intervals"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", srv.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flotilla_coordinator_agent_events_total{kind=\"silent\"} 1"),
+        "{metrics}"
+    );
     ws.request(&agent.heartbeat()).await.unwrap();
-    srv.wait_agent(agent.uid, T, |v| v["status"] == "connected").await;
+    srv.wait_agent(agent.uid, T, |v| v["status"] == "connected")
+        .await;
     srv.stop().await;
 }

@@ -7,9 +7,9 @@ use flotilla_common::names::shard_of;
 use flotilla_common::store::StoredConfig;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags,
-    CommandType, ConnectionSettingsOffers, OpAmpConnectionSettings, RemoteConfigStatuses,
-    ServerCapabilities, ServerToAgent, ServerToAgentCommand, ServerToAgentFlags, any_value,
+    AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags, CommandType,
+    ConnectionSettingsOffers, OpAmpConnectionSettings, RemoteConfigStatuses, ServerCapabilities,
+    ServerToAgent, ServerToAgentCommand, ServerToAgentFlags, any_value,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -96,15 +96,23 @@ pub fn process(
     let requested = msg.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0;
     let (uid, stored) = if requested || msg.instance_uid.len() != 16 {
         let new = new_uid_in_shard(shard_of(&msg.instance_uid));
-        reply.agent_identification =
-            Some(AgentIdentification { new_instance_uid: new.as_bytes().to_vec() });
+        reply.agent_identification = Some(AgentIdentification {
+            new_instance_uid: new.as_bytes().to_vec(),
+        });
         (new, None)
     } else {
-        (Uuid::from_slice(&msg.instance_uid).expect("16 bytes"), stored)
+        (
+            Uuid::from_slice(&msg.instance_uid).expect("16 bytes"),
+            stored,
+        )
     };
 
-    let in_sequence = stored.as_ref().is_some_and(|r| msg.sequence_num == r.sequence_num.wrapping_add(1));
-    let was_connected = stored.as_ref().is_some_and(|r| r.status == AgentStatus::Connected as i32);
+    let in_sequence = stored
+        .as_ref()
+        .is_some_and(|r| msg.sequence_num == r.sequence_num.wrapping_add(1));
+    let was_connected = stored
+        .as_ref()
+        .is_some_and(|r| r.status == AgentStatus::Connected as i32);
     let mut rec = stored.unwrap_or_else(|| AgentRecord {
         instance_uid: uid.as_bytes().to_vec(),
         first_seen_unix_ms: ctx.now_unix_ms,
@@ -118,7 +126,10 @@ pub fn process(
         reply.flags |= ServerToAgentFlags::ReportFullState as u64;
     }
     if let Some(ac) = &msg.available_components {
-        let known = before.available_components.as_ref().is_some_and(|k| k.hash == ac.hash && !k.components.is_empty());
+        let known = before
+            .available_components
+            .as_ref()
+            .is_some_and(|k| k.hash == ac.hash && !k.components.is_empty());
         if ac.components.is_empty() && !known {
             reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
         }
@@ -149,14 +160,26 @@ pub fn process(
         && reply.agent_identification.is_none()
         && take_restart(&mut rec, ctx.now_unix_ms)
     {
-        reply.command = Some(ServerToAgentCommand { r#type: CommandType::Restart as i32 });
-        return Outcome { reply, record: rec, deadline, events };
+        reply.command = Some(ServerToAgentCommand {
+            r#type: CommandType::Restart as i32,
+        });
+        return Outcome {
+            reply,
+            record: rec,
+            deadline,
+            events,
+        };
     }
 
     if msg.agent_disconnect.is_none() {
         fill_offers(&mut reply, &mut rec, ctx);
     }
-    Outcome { reply, record: rec, deadline, events }
+    Outcome {
+        reply,
+        record: rec,
+        deadline,
+        events,
+    }
 }
 
 /// Merges the sub-messages present in `msg`; an absent one means "unchanged".
@@ -180,7 +203,10 @@ fn merge(rec: &mut AgentRecord, msg: &AgentToServer) {
     if let Some(ac) = &msg.available_components {
         // The first report carries only the hash; keep the components we know for that hash.
         let keep = ac.components.is_empty()
-            && rec.available_components.as_ref().is_some_and(|k| k.hash == ac.hash);
+            && rec
+                .available_components
+                .as_ref()
+                .is_some_and(|k| k.hash == ac.hash);
         if !keep {
             rec.available_components = Some(ac.clone());
         }
@@ -193,7 +219,11 @@ fn status_events(before: &AgentRecord, after: &AgentRecord) -> Vec<EventKind> {
     if healthy(after) == Some(false) && healthy(before) != Some(false) {
         events.push(EventKind::Unhealthy);
     }
-    let rcs = |r: &AgentRecord| r.remote_config_status.as_ref().map(|s| (s.status, s.last_remote_config_hash.clone()));
+    let rcs = |r: &AgentRecord| {
+        r.remote_config_status
+            .as_ref()
+            .map(|s| (s.status, s.last_remote_config_hash.clone()))
+    };
     if rcs(after) != rcs(before) {
         match after.remote_config_status.as_ref().map(|s| s.status()) {
             Some(RemoteConfigStatuses::Applied) => events.push(EventKind::ConfigApplied),
@@ -212,7 +242,10 @@ pub fn silence_deadline(rec: &AgentRecord, ctx: &Ctx<'_>) -> Option<u64> {
     if rec.status != AgentStatus::Connected as i32 {
         return None;
     }
-    let http = rec.origin.as_ref().is_some_and(|o| o.transport() == Transport::Http);
+    let http = rec
+        .origin
+        .as_ref()
+        .is_some_and(|o| o.transport() == Transport::Http);
     if !http && !has(rec.capabilities, Cap::ReportsHeartbeat) {
         return None;
     }
@@ -221,7 +254,8 @@ pub fn silence_deadline(rec: &AgentRecord, ctx: &Ctx<'_>) -> Option<u64> {
 }
 
 fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
-    let due = rec.restart_expires_unix_ms > now_unix_ms && has(rec.capabilities, Cap::AcceptsRestartCommand);
+    let due = rec.restart_expires_unix_ms > now_unix_ms
+        && has(rec.capabilities, Cap::AcceptsRestartCommand);
     if rec.restart_expires_unix_ms != 0 && (due || rec.restart_expires_unix_ms <= now_unix_ms) {
         rec.restart_expires_unix_ms = 0;
     }
@@ -232,7 +266,10 @@ fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
 /// and the connection settings (heartbeat interval).
 fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) {
     if let Some(cfg) = desired_config(rec, ctx.configs) {
-        let reported = rec.remote_config_status.as_ref().map(|s| configs::hex(&s.last_remote_config_hash));
+        let reported = rec
+            .remote_config_status
+            .as_ref()
+            .map(|s| configs::hex(&s.last_remote_config_hash));
         if reported.as_deref() != Some(cfg.hash.as_str()) {
             reply.remote_config = Some(configs::remote_config_message(cfg));
         }
@@ -240,8 +277,13 @@ fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) 
     if let Some(offer) = settings_offer(rec, ctx.heartbeat_interval) {
         // Offered once per settings hash, and again while the agent reports another hash: an
         // offer on every reply could make agents that reconnect on new settings loop.
-        let reported = rec.connection_settings_status.as_ref().map(|s| s.last_connection_settings_hash.as_slice());
-        if rec.offered_settings_hash != offer.hash || reported.is_some_and(|h| h != offer.hash.as_slice()) {
+        let reported = rec
+            .connection_settings_status
+            .as_ref()
+            .map(|s| s.last_connection_settings_hash.as_slice());
+        if rec.offered_settings_hash != offer.hash
+            || reported.is_some_and(|h| h != offer.hash.as_slice())
+        {
             rec.offered_settings_hash = offer.hash.clone();
             reply.connection_settings = Some(offer);
         }
@@ -249,7 +291,10 @@ fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) 
 }
 
 /// The config this agent should run, if it accepts remote config and one matches it.
-pub fn desired_config<'a>(rec: &AgentRecord, configs: &'a [StoredConfig]) -> Option<&'a StoredConfig> {
+pub fn desired_config<'a>(
+    rec: &AgentRecord,
+    configs: &'a [StoredConfig],
+) -> Option<&'a StoredConfig> {
     if !has(rec.capabilities, Cap::AcceptsRemoteConfig) {
         return None;
     }
@@ -277,8 +322,15 @@ fn settings_offer(rec: &AgentRecord, interval: Duration) -> Option<ConnectionSet
 pub fn attributes(rec: &AgentRecord) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(d) = &rec.description {
-        for kv in d.non_identifying_attributes.iter().chain(&d.identifying_attributes) {
-            out.insert(kv.key.clone(), any_value_string(kv.value.as_ref().and_then(|v| v.value.as_ref())));
+        for kv in d
+            .non_identifying_attributes
+            .iter()
+            .chain(&d.identifying_attributes)
+        {
+            out.insert(
+                kv.key.clone(),
+                any_value_string(kv.value.as_ref().and_then(|v| v.value.as_ref())),
+            );
         }
     }
     out
@@ -294,14 +346,24 @@ pub fn any_value_string(v: Option<&any_value::Value>) -> String {
         Some(Value::DoubleValue(d)) => d.to_string(),
         Some(Value::BytesValue(b)) => configs::hex(b),
         Some(Value::ArrayValue(a)) => {
-            let items: Vec<_> = a.values.iter().map(|v| any_value_string(v.value.as_ref())).collect();
+            let items: Vec<_> = a
+                .values
+                .iter()
+                .map(|v| any_value_string(v.value.as_ref()))
+                .collect();
             format!("[{}]", items.join(","))
         }
         Some(Value::KvlistValue(kv)) => {
             let items: Vec<_> = kv
                 .values
                 .iter()
-                .map(|p| format!("{}={}", p.key, any_value_string(p.value.as_ref().and_then(|v| v.value.as_ref()))))
+                .map(|p| {
+                    format!(
+                        "{}={}",
+                        p.key,
+                        any_value_string(p.value.as_ref().and_then(|v| v.value.as_ref()))
+                    )
+                })
                 .collect();
             format!("{{{}}}", items.join(","))
         }

@@ -12,15 +12,29 @@ const CAPS: u64 = Cap::ReportsStatus as u64
     | Cap::AcceptsRestartCommand as u64;
 
 fn ws() -> Origin {
-    Origin { gateway_id: "g1".into(), connection_id: 7, transport: Transport::Websocket as i32, peer_addr: String::new() }
+    Origin {
+        gateway_id: "g1".into(),
+        connection_id: 7,
+        transport: Transport::Websocket as i32,
+        peer_addr: String::new(),
+    }
 }
 
 fn ctx(configs: &[StoredConfig]) -> Ctx<'_> {
-    Ctx { now_unix_ms: NOW, heartbeat_interval: Duration::from_secs(30), configs }
+    Ctx {
+        now_unix_ms: NOW,
+        heartbeat_interval: Duration::from_secs(30),
+        configs,
+    }
 }
 
 fn kv(k: &str, v: &str) -> KeyValue {
-    KeyValue { key: k.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }) }
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+    }
 }
 
 fn full(uid: Uuid, seq: u64) -> AgentToServer {
@@ -32,17 +46,31 @@ fn full(uid: Uuid, seq: u64) -> AgentToServer {
             identifying_attributes: vec![kv("service.name", "otelcol")],
             non_identifying_attributes: vec![kv("env", "prod")],
         }),
-        health: Some(ComponentHealth { healthy: true, ..Default::default() }),
+        health: Some(ComponentHealth {
+            healthy: true,
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
 fn heartbeat(uid: Uuid, seq: u64) -> AgentToServer {
-    AgentToServer { instance_uid: uid.as_bytes().to_vec(), sequence_num: seq, capabilities: CAPS, ..Default::default() }
+    AgentToServer {
+        instance_uid: uid.as_bytes().to_vec(),
+        sequence_num: seq,
+        capabilities: CAPS,
+        ..Default::default()
+    }
 }
 
 fn prod_config() -> StoredConfig {
-    let files = BTreeMap::from([("c.yaml".to_string(), ConfigFile { body: "a: 1".into(), content_type: "text/yaml".into() })]);
+    let files = BTreeMap::from([(
+        "c.yaml".to_string(),
+        ConfigFile {
+            body: "a: 1".into(),
+            content_type: "text/yaml".into(),
+        },
+    )]);
     StoredConfig {
         name: "prod".into(),
         version: 1,
@@ -78,7 +106,10 @@ fn gaps_and_repeats_ask_for_full_state() {
     let gap = process(Some(rec.clone()), heartbeat(uid, 5), ws(), &ctx(&[]));
     assert!(full_state_asked(&gap));
     let repeat = process(Some(rec), heartbeat(uid, 0), ws(), &ctx(&[]));
-    assert!(full_state_asked(&repeat), "a duplicate is answered, with a full-state request");
+    assert!(
+        full_state_asked(&repeat),
+        "a duplicate is answered, with a full-state request"
+    );
 }
 
 #[test]
@@ -86,11 +117,23 @@ fn compressed_reports_keep_previous_sub_messages() {
     let uid = Uuid::now_v7();
     let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record;
     let mut unhealthy = heartbeat(uid, 1);
-    unhealthy.health = Some(ComponentHealth { healthy: false, last_error: "exporter down".into(), ..Default::default() });
+    unhealthy.health = Some(ComponentHealth {
+        healthy: false,
+        last_error: "exporter down".into(),
+        ..Default::default()
+    });
     let out = process(Some(rec), unhealthy, ws(), &ctx(&[]));
     let rec = out.record;
-    assert_eq!(attributes(&rec).get("env").map(String::as_str), Some("prod"), "description kept");
-    assert_eq!(rec.health.as_ref().unwrap().last_error, "exporter down", "health replaced");
+    assert_eq!(
+        attributes(&rec).get("env").map(String::as_str),
+        Some("prod"),
+        "description kept"
+    );
+    assert_eq!(
+        rec.health.as_ref().unwrap().last_error,
+        "exporter down",
+        "health replaced"
+    );
     assert_eq!(out.events, vec![EventKind::Unhealthy]);
 }
 
@@ -130,8 +173,15 @@ fn no_config_for_agents_without_accepts_remote_config() {
     msg.capabilities = Cap::ReportsStatus as u64;
     let out = process(None, msg, ws(), &ctx(&[prod_config()]));
     assert!(out.reply.remote_config.is_none());
-    assert!(out.reply.connection_settings.is_none(), "no heartbeat offer without ReportsHeartbeat");
-    assert_eq!(out.deadline, Deadline::Clear, "a WS agent without heartbeats is never silent");
+    assert!(
+        out.reply.connection_settings.is_none(),
+        "no heartbeat offer without ReportsHeartbeat"
+    );
+    assert_eq!(
+        out.deadline,
+        Deadline::Clear,
+        "a WS agent without heartbeats is never silent"
+    );
 }
 
 #[test]
@@ -158,18 +208,33 @@ fn requested_or_invalid_uid_gets_a_new_uuid_v7_in_the_same_shard() {
     let mut msg = full(temp, 0);
     msg.flags = AgentToServerFlags::RequestInstanceUid as u64;
     let out = process(None, msg, ws(), &ctx(&[]));
-    let new = out.reply.agent_identification.expect("new uid").new_instance_uid;
+    let new = out
+        .reply
+        .agent_identification
+        .expect("new uid")
+        .new_instance_uid;
     assert_eq!(new.len(), 16);
     assert_ne!(new, temp.as_bytes().to_vec());
     assert_eq!(Uuid::from_slice(&new).unwrap().get_version_num(), 7);
     assert_eq!(shard_of(&new), shard_of(temp.as_bytes()));
-    assert_eq!(out.reply.instance_uid, temp.as_bytes().to_vec(), "reply echoes the uid sent");
+    assert_eq!(
+        out.reply.instance_uid,
+        temp.as_bytes().to_vec(),
+        "reply echoes the uid sent"
+    );
     assert_eq!(out.record.instance_uid, new);
 
     let mut bad = full(temp, 0);
     bad.instance_uid = b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec();
     let out = process(None, bad, ws(), &ctx(&[]));
-    assert_eq!(out.reply.agent_identification.unwrap().new_instance_uid.len(), 16);
+    assert_eq!(
+        out.reply
+            .agent_identification
+            .unwrap()
+            .new_instance_uid
+            .len(),
+        16
+    );
 }
 
 #[test]
@@ -180,7 +245,10 @@ fn disconnect_is_answered_and_clears_liveness() {
     bye.agent_disconnect = Some(AgentDisconnect {});
     let out = process(Some(rec), bye, ws(), &ctx(&[prod_config()]));
     assert_eq!(out.reply.instance_uid, uid.as_bytes().to_vec());
-    assert!(out.reply.remote_config.is_none(), "nothing is pushed to a leaving agent");
+    assert!(
+        out.reply.remote_config.is_none(),
+        "nothing is pushed to a leaving agent"
+    );
     assert_eq!(out.record.status, AgentStatus::Disconnected as i32);
     assert_eq!(out.deadline, Deadline::Clear);
     assert_eq!(out.events, vec![EventKind::Disconnected]);
@@ -192,11 +260,22 @@ fn queued_restart_goes_alone_and_once() {
     let mut rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()])).record;
     rec.restart_expires_unix_ms = NOW + 1000;
     let out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&[prod_config()]));
-    assert_eq!(out.reply.command.map(|c| c.r#type), Some(CommandType::Restart as i32));
+    assert_eq!(
+        out.reply.command.map(|c| c.r#type),
+        Some(CommandType::Restart as i32)
+    );
     assert!(out.reply.remote_config.is_none() && out.reply.connection_settings.is_none());
-    let out = process(Some(out.record), heartbeat(uid, 2), ws(), &ctx(&[prod_config()]));
+    let out = process(
+        Some(out.record),
+        heartbeat(uid, 2),
+        ws(),
+        &ctx(&[prod_config()]),
+    );
     assert!(out.reply.command.is_none());
-    assert!(out.reply.remote_config.is_some(), "the config follows after the command");
+    assert!(
+        out.reply.remote_config.is_some(),
+        "the config follows after the command"
+    );
 }
 
 #[test]
@@ -204,7 +283,10 @@ fn http_pollers_are_judged_by_the_poll_interval_even_without_heartbeat_capabilit
     let uid = Uuid::now_v7();
     let mut msg = full(uid, 0);
     msg.capabilities = Cap::ReportsStatus as u64;
-    let http = Origin { transport: Transport::Http as i32, ..ws() };
+    let http = Origin {
+        transport: Transport::Http as i32,
+        ..ws()
+    };
     let out = process(None, msg, http, &ctx(&[]));
     assert_eq!(out.deadline, Deadline::Arm(NOW + 90_000));
 }
@@ -213,13 +295,21 @@ fn http_pollers_are_judged_by_the_poll_interval_even_without_heartbeat_capabilit
 fn available_components_hash_without_map_asks_for_the_map_once() {
     let uid = Uuid::now_v7();
     let mut msg = full(uid, 0);
-    msg.available_components = Some(flotilla_proto::opamp::AvailableComponents { hash: vec![9], components: Default::default() });
+    msg.available_components = Some(flotilla_proto::opamp::AvailableComponents {
+        hash: vec![9],
+        components: Default::default(),
+    });
     let out = process(None, msg.clone(), ws(), &ctx(&[]));
     let ask = ServerToAgentFlags::ReportAvailableComponents as u64;
     assert_ne!(out.reply.flags & ask, 0);
     let mut with_map = msg.clone();
     with_map.sequence_num = 1;
-    with_map.available_components.as_mut().unwrap().components.insert("otlp".into(), Default::default());
+    with_map
+        .available_components
+        .as_mut()
+        .unwrap()
+        .components
+        .insert("otlp".into(), Default::default());
     let out = process(Some(out.record), with_map, ws(), &ctx(&[]));
     assert_eq!(out.reply.flags & ask, 0);
     msg.sequence_num = 2;

@@ -35,7 +35,8 @@ pub struct ApiError(ErrorKind, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, axum::Json(json!({"error": self.1}))).into_response()
     }
 }
@@ -60,7 +61,9 @@ type ApiResult = Result<axum::Json<Value>, ApiError>;
 
 async fn fleet_health(State(c): State<Arc<Coordinator>>) -> ApiResult {
     let agents = c.agents().await?;
-    let count = |f: &dyn Fn(&flotilla_proto::bus::AgentRecord) -> bool| agents.iter().filter(|a| f(a)).count();
+    let count = |f: &dyn Fn(&flotilla_proto::bus::AgentRecord) -> bool| {
+        agents.iter().filter(|a| f(a)).count()
+    };
     let connected = |a: &flotilla_proto::bus::AgentRecord| views::status_name(a) == "connected";
     Ok(axum::Json(json!({
         "total_agents": agents.len(),
@@ -79,7 +82,9 @@ fn parse_filters(q: &HashMap<String, String>) -> Result<(Filters, usize, Option<
     }
     if let Some(s) = q.get("status") {
         if !matches!(s.as_str(), "connected" | "disconnected" | "silent") {
-            return Err(bad_request(format!("status must be connected, disconnected or silent, not {s:?}")));
+            return Err(bad_request(format!(
+                "status must be connected, disconnected or silent, not {s:?}"
+            )));
         }
         f.status = Some(s.clone());
     }
@@ -87,21 +92,34 @@ fn parse_filters(q: &HashMap<String, String>) -> Result<(Filters, usize, Option<
         None => None,
         Some("healthy") => Some(true),
         Some("unhealthy") => Some(false),
-        Some(h) => return Err(bad_request(format!("health must be healthy or unhealthy, not {h:?}"))),
+        Some(h) => {
+            return Err(bad_request(format!(
+                "health must be healthy or unhealthy, not {h:?}"
+            )));
+        }
     };
     let limit = match q.get("limit") {
         None => DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => return Err(bad_request(format!("limit must be a number from 1 to {MAX_LIMIT}, not {l:?}"))),
+            _ => {
+                return Err(bad_request(format!(
+                    "limit must be a number from 1 to {MAX_LIMIT}, not {l:?}"
+                )));
+            }
         },
     };
     let cursor = match q.get("cursor").filter(|c| !c.is_empty()) {
         None => None,
-        Some(c) => Some(Uuid::parse_str(c).map_err(|_| bad_request(format!("invalid cursor {c:?}")))?),
+        Some(c) => {
+            Some(Uuid::parse_str(c).map_err(|_| bad_request(format!("invalid cursor {c:?}")))?)
+        }
     };
     for key in q.keys() {
-        if !matches!(key.as_str(), "selector" | "status" | "health" | "limit" | "cursor") {
+        if !matches!(
+            key.as_str(),
+            "selector" | "status" | "health" | "limit" | "cursor"
+        ) {
             return Err(bad_request(format!("unknown query parameter {key:?}")));
         }
     }
@@ -113,20 +131,34 @@ pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
     s.split(',')
         .map(|pair| match pair.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-            _ => Err(bad_request(format!("selector must be k=v pairs separated by commas; got {pair:?}"))),
+            _ => Err(bad_request(format!(
+                "selector must be k=v pairs separated by commas; got {pair:?}"
+            ))),
         })
         .collect()
 }
 
 /// Agents sorted by instance_uid; the cursor is the last uid of the previous page.
-async fn list_agents(State(c): State<Arc<Coordinator>>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
+async fn list_agents(
+    State(c): State<Arc<Coordinator>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
     let (filters, limit, cursor) = parse_filters(&q)?;
-    let mut agents: Vec<_> = c.agents().await?.into_iter().filter(|a| views::matches_filters(a, &filters)).collect();
+    let mut agents: Vec<_> = c
+        .agents()
+        .await?
+        .into_iter()
+        .filter(|a| views::matches_filters(a, &filters))
+        .collect();
     agents.sort_by(|a, b| a.instance_uid.cmp(&b.instance_uid));
     let total = agents.len();
-    let start = cursor.map_or(0, |cur| agents.partition_point(|a| a.instance_uid.as_slice() <= cur.as_bytes().as_slice()));
+    let start = cursor.map_or(0, |cur| {
+        agents.partition_point(|a| a.instance_uid.as_slice() <= cur.as_bytes().as_slice())
+    });
     let page = &agents[start..(start + limit).min(total)];
-    let next_cursor = (start + limit < total).then(|| page.last().map(views::uid_string)).flatten();
+    let next_cursor = (start + limit < total)
+        .then(|| page.last().map(views::uid_string))
+        .flatten();
     let configs = c.configs();
     Ok(axum::Json(json!({
         "total": total,
@@ -136,16 +168,26 @@ async fn list_agents(State(c): State<Arc<Coordinator>>, Query(q): Query<HashMap<
 }
 
 fn parse_uid(s: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(s).map_err(|_| bad_request(format!("{s:?} is not an instance uid (expected a UUID such as 0190c9a4-...)")))
+    Uuid::parse_str(s).map_err(|_| {
+        bad_request(format!(
+            "{s:?} is not an instance uid (expected a UUID such as 0190c9a4-...)"
+        ))
+    })
 }
 
 async fn get_agent(State(c): State<Arc<Coordinator>>, Path(uid): Path<String>) -> ApiResult {
     let uid = parse_uid(&uid)?;
-    let rec = c.agent(uid).await?.ok_or_else(|| ApiError(ErrorKind::NotFound, format!("no agent {uid}")))?;
+    let rec = c
+        .agent(uid)
+        .await?
+        .ok_or_else(|| ApiError(ErrorKind::NotFound, format!("no agent {uid}")))?;
     Ok(axum::Json(views::detail(&rec, &c.configs())))
 }
 
-async fn restart_agent(State(c): State<Arc<Coordinator>>, Path(uid): Path<String>) -> Result<Response, ApiError> {
+async fn restart_agent(
+    State(c): State<Arc<Coordinator>>,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
     let uid = parse_uid(&uid)?;
     let outcome = c.restart(uid).await?;
     let body = json!({
@@ -158,7 +200,9 @@ async fn restart_agent(State(c): State<Arc<Coordinator>>, Path(uid): Path<String
 
 async fn list_configs(State(c): State<Arc<Coordinator>>) -> ApiResult {
     let configs = c.configs();
-    Ok(axum::Json(json!({"configs": configs.iter().map(views::config_json).collect::<Vec<_>>()})))
+    Ok(axum::Json(
+        json!({"configs": configs.iter().map(views::config_json).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn get_config(State(c): State<Arc<Coordinator>>, Path(name): Path<String>) -> ApiResult {
@@ -178,7 +222,11 @@ struct PutConfigBody {
     files: BTreeMap<String, String>,
 }
 
-async fn put_config(State(c): State<Arc<Coordinator>>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+async fn put_config(
+    State(c): State<Arc<Coordinator>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let body: PutConfigBody = serde_json::from_slice(&body).map_err(|e| {
         bad_request(format!(
             "invalid config body: {e}; expected {{\"selector\": {{\"key\": \"value\"}}, \"files\": {{\"name.yaml\": \"<body>\"}}}}"

@@ -28,20 +28,27 @@ pub fn config_hash<'a>(files: impl IntoIterator<Item = (&'a str, &'a str, &'a [u
 
 pub fn hash_of_files(files: &BTreeMap<String, ConfigFile>) -> [u8; 32] {
     config_hash(
-        files.iter().map(|(n, f)| (n.as_str(), f.content_type.as_str(), f.body.as_bytes())),
+        files
+            .iter()
+            .map(|(n, f)| (n.as_str(), f.content_type.as_str(), f.body.as_bytes())),
     )
 }
 
 /// Hash of a config map as an agent reports it (used to show the effective config's hash).
 pub fn hash_of_config_map(map: &AgentConfigMap) -> [u8; 32] {
     config_hash(
-        map.config_map.iter().map(|(n, f)| (n.as_str(), f.content_type.as_str(), f.body.as_slice())),
+        map.config_map
+            .iter()
+            .map(|(n, f)| (n.as_str(), f.content_type.as_str(), f.body.as_slice())),
     )
 }
 
 /// Content type sent with a file, from its name.
 pub fn content_type_for(file_name: &str) -> &'static str {
-    let ext = file_name.rsplit_once('.').map_or("", |(_, e)| e).to_ascii_lowercase();
+    let ext = file_name
+        .rsplit_once('.')
+        .map_or("", |(_, e)| e)
+        .to_ascii_lowercase();
     match ext.as_str() {
         "yaml" | "yml" => "text/yaml",
         "json" => "application/json",
@@ -63,7 +70,12 @@ pub fn resolve<'a>(
     configs
         .iter()
         .filter(|c| matches(&c.selector, attrs))
-        .min_by(|a, b| b.selector.len().cmp(&a.selector.len()).then_with(|| a.name.cmp(&b.name)))
+        .min_by(|a, b| {
+            b.selector
+                .len()
+                .cmp(&a.selector.len())
+                .then_with(|| a.name.cmp(&b.name))
+        })
 }
 
 pub fn remote_config_message(cfg: &StoredConfig) -> AgentRemoteConfig {
@@ -90,14 +102,18 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 /// Names allowed for configs: they appear in URLs and CLI arguments.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 #[cfg(test)]
@@ -108,7 +124,10 @@ mod tests {
         StoredConfig {
             name: name.into(),
             version: 1,
-            selector: sel.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            selector: sel
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             files: BTreeMap::new(),
             hash: String::new(),
             created_unix_ms: 0,
@@ -116,7 +135,10 @@ mod tests {
     }
 
     fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -139,8 +161,14 @@ mod tests {
         let a = config_hash([("a.yaml", "text/yaml", b"x".as_slice()), ("b", "", b"y")]);
         let b = config_hash([("b", "", b"y".as_slice()), ("a.yaml", "text/yaml", b"x")]);
         assert_eq!(a, b, "file order does not matter");
-        assert_ne!(a, config_hash([("a.yaml", "text/plain", b"x".as_slice()), ("b", "", b"y")]));
-        assert_ne!(a, config_hash([("a.yaml", "text/yaml", b"xb".as_slice()), ("", "", b"y")]));
+        assert_ne!(
+            a,
+            config_hash([("a.yaml", "text/plain", b"x".as_slice()), ("b", "", b"y")])
+        );
+        assert_ne!(
+            a,
+            config_hash([("a.yaml", "text/yaml", b"xb".as_slice()), ("", "", b"y")])
+        );
         // Pinned: a change here would make every agent in every fleet re-apply its config.
         assert_eq!(
             hex(&config_hash([("c.yaml", "text/yaml", b"k: v".as_slice())])),

@@ -27,11 +27,31 @@ impl Metrics {
             agents: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("flotilla_coordinator");
-        r.register("uplinks", "Agent messages processed, by result", m.uplinks.clone());
-        r.register("uplink_seconds", "Time to process one agent message", m.uplink_seconds.clone());
-        r.register("pushes", "ServerToAgent pushes to connected agents, by result", m.pushes.clone());
-        r.register("agent_events", "Agent events emitted, by kind", m.events.clone());
-        r.register("agents", "Known agents by status (refreshed every few seconds)", m.agents.clone());
+        r.register(
+            "uplinks",
+            "Agent messages processed, by result",
+            m.uplinks.clone(),
+        );
+        r.register(
+            "uplink_seconds",
+            "Time to process one agent message",
+            m.uplink_seconds.clone(),
+        );
+        r.register(
+            "pushes",
+            "ServerToAgent pushes to connected agents, by result",
+            m.pushes.clone(),
+        );
+        r.register(
+            "agent_events",
+            "Agent events emitted, by kind",
+            m.events.clone(),
+        );
+        r.register(
+            "agents",
+            "Known agents by status (refreshed every few seconds)",
+            m.agents.clone(),
+        );
         m
     }
 }

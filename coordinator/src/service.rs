@@ -153,10 +153,14 @@ impl Coordinator {
     async fn handle_uplink(&self, incoming: Incoming) {
         let Some(reply) = incoming.reply else { return };
         let answer = match Uplink::decode(incoming.msg.payload) {
-            Ok(Uplink { origin: Some(origin), kind: Some(uplink::Kind::AgentToServer(bytes)) }) => {
-                self.agent_message(&bytes, origin).await
-            }
-            Ok(Uplink { origin: Some(origin), kind: Some(uplink::Kind::Closed(c)) }) => {
+            Ok(Uplink {
+                origin: Some(origin),
+                kind: Some(uplink::Kind::AgentToServer(bytes)),
+            }) => self.agent_message(&bytes, origin).await,
+            Ok(Uplink {
+                origin: Some(origin),
+                kind: Some(uplink::Kind::Closed(c)),
+            }) => {
                 self.connection_closed(&c.instance_uid, &origin).await;
                 UplinkReply::default()
             }
@@ -176,7 +180,10 @@ impl Coordinator {
         let msg = match AgentToServer::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
-                self.metrics.uplinks.get_or_create(&vec![("result", "bad_request")]).inc();
+                self.metrics
+                    .uplinks
+                    .get_or_create(&vec![("result", "bad_request")])
+                    .inc();
                 let msg = format!("malformed AgentToServer: {e}");
                 return reply_of(error_reply(Vec::new(), ErrorKind::BadRequest, msg));
             }
@@ -213,26 +220,49 @@ impl Coordinator {
         for kind in out.events {
             self.emit(kind, uid).await;
         }
-        self.metrics.uplinks.get_or_create(&vec![("result", "ok")]).inc();
-        self.metrics.uplink_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .uplinks
+            .get_or_create(&vec![("result", "ok")])
+            .inc();
+        self.metrics
+            .uplink_seconds
+            .observe(started.elapsed().as_secs_f64());
         UplinkReply {
-            new_instance_uid: out.reply.agent_identification.as_ref().map(|a| a.new_instance_uid.clone()).unwrap_or_default(),
+            new_instance_uid: out
+                .reply
+                .agent_identification
+                .as_ref()
+                .map(|a| a.new_instance_uid.clone())
+                .unwrap_or_default(),
             server_to_agent: out.reply.encode_to_vec(),
         }
     }
 
     fn store_failed(&self, uid: Vec<u8>, e: StoreError) -> Vec<u8> {
         warn!(error = %e, "agent state unavailable");
-        self.metrics.uplinks.get_or_create(&vec![("result", "unavailable")]).inc();
-        error_reply(uid, ErrorKind::Unavailable, "agent state temporarily unavailable".into())
+        self.metrics
+            .uplinks
+            .get_or_create(&vec![("result", "unavailable")])
+            .inc();
+        error_reply(
+            uid,
+            ErrorKind::Unavailable,
+            "agent state temporarily unavailable".into(),
+        )
     }
 
     /// A gateway saw the agent's WebSocket close. Ignored if the agent has moved to another
     /// connection since (a late close must not mark a reconnected agent disconnected).
     async fn connection_closed(&self, uid_bytes: &[u8], origin: &Origin) {
-        let Ok(uid) = Uuid::from_slice(uid_bytes) else { return };
-        let _guard = self.shard_locks[usize::from(shard_of(uid_bytes))].lock().await;
-        let Ok(Some(mut rec)) = self.store.get_agent(uid).await else { return };
+        let Ok(uid) = Uuid::from_slice(uid_bytes) else {
+            return;
+        };
+        let _guard = self.shard_locks[usize::from(shard_of(uid_bytes))]
+            .lock()
+            .await;
+        let Ok(Some(mut rec)) = self.store.get_agent(uid).await else {
+            return;
+        };
         if rec.status != AgentStatus::Connected as i32 || rec.origin.as_ref() != Some(origin) {
             return;
         }
@@ -253,10 +283,18 @@ impl Coordinator {
     pub async fn sweep_silent(&self) -> Result<(), StoreError> {
         let now = now_unix_ms();
         for uid in self.store.take_due(now).await? {
-            let _guard = self.shard_locks[usize::from(shard_of(uid.as_bytes()))].lock().await;
-            let Some(mut rec) = self.store.get_agent(uid).await? else { continue };
+            let _guard = self.shard_locks[usize::from(shard_of(uid.as_bytes()))]
+                .lock()
+                .await;
+            let Some(mut rec) = self.store.get_agent(uid).await? else {
+                continue;
+            };
             let configs = self.configs();
-            let ctx = Ctx { now_unix_ms: now, heartbeat_interval: self.cfg.heartbeat_interval, configs: &configs };
+            let ctx = Ctx {
+                now_unix_ms: now,
+                heartbeat_interval: self.cfg.heartbeat_interval,
+                configs: &configs,
+            };
             match agent::silence_deadline(&rec, &ctx) {
                 Some(at) if at > now => self.store.arm_deadline(uid, at).await?,
                 Some(_) => {
@@ -272,7 +310,10 @@ impl Coordinator {
     }
 
     async fn emit(&self, kind: EventKind, uid: Uuid) {
-        self.metrics.events.get_or_create(&vec![("kind", kind.as_str())]).inc();
+        self.metrics
+            .events
+            .get_or_create(&vec![("kind", kind.as_str())])
+            .inc();
         let body = serde_json::json!({
             "kind": kind.as_str(),
             "instance_uid": uid.to_string(),
@@ -286,13 +327,22 @@ impl Coordinator {
     }
 
     async fn refresh_gauges(&self) {
-        let Ok(agents) = self.store.list_agents().await else { return };
+        let Ok(agents) = self.store.list_agents().await else {
+            return;
+        };
         let mut counts = [0i64; 4];
         for a in &agents {
             counts[a.status.clamp(0, 3) as usize] += 1;
         }
-        for (status, n) in [("connected", counts[1]), ("disconnected", counts[2]), ("silent", counts[3])] {
-            self.metrics.agents.get_or_create(&vec![("status", status)]).set(n);
+        for (status, n) in [
+            ("connected", counts[1]),
+            ("disconnected", counts[2]),
+            ("silent", counts[3]),
+        ] {
+            self.metrics
+                .agents
+                .get_or_create(&vec![("status", status)])
+                .set(n);
         }
     }
 
@@ -322,10 +372,14 @@ impl Coordinator {
             )));
         }
         if files.is_empty() {
-            return Err(ServiceError::BadRequest("a config needs at least one file in \"files\"".into()));
+            return Err(ServiceError::BadRequest(
+                "a config needs at least one file in \"files\"".into(),
+            ));
         }
         if let Some(k) = selector.keys().find(|k| k.is_empty()) {
-            return Err(ServiceError::BadRequest(format!("selector key {k:?} must not be empty")));
+            return Err(ServiceError::BadRequest(format!(
+                "selector key {k:?} must not be empty"
+            )));
         }
         let files: BTreeMap<String, ConfigFile> = files
             .into_iter()
@@ -345,7 +399,8 @@ impl Coordinator {
         let stored = self.store.put_config(draft).await?;
         {
             let mut all = self.configs.write().expect("configs lock");
-            let mut next: Vec<StoredConfig> = all.iter().filter(|c| c.name != name).cloned().collect();
+            let mut next: Vec<StoredConfig> =
+                all.iter().filter(|c| c.name != name).cloned().collect();
             next.push(stored.clone());
             next.sort_by(|a, b| a.name.cmp(&b.name));
             *all = Arc::new(next);
@@ -364,10 +419,13 @@ impl Coordinator {
             .list_agents()
             .await?
             .into_iter()
-            .filter(|r| is_live_ws(r))
+            .filter(is_live_ws)
             .filter_map(|rec| {
                 let cfg = agent::desired_config(&rec, &configs)?;
-                let reported = rec.remote_config_status.as_ref().map(|s| configs::hex(&s.last_remote_config_hash));
+                let reported = rec
+                    .remote_config_status
+                    .as_ref()
+                    .map(|s| configs::hex(&s.last_remote_config_hash));
                 if reported.as_deref() == Some(cfg.hash.as_str()) {
                     return None;
                 }
@@ -393,28 +451,40 @@ impl Coordinator {
 
     /// Sends a ServerToAgent to the live connection of `rec`; true if the gateway delivered it.
     async fn push(&self, rec: &AgentRecord, msg: &ServerToAgent) -> bool {
-        let Some(origin) = &rec.origin else { return false };
+        let Some(origin) = &rec.origin else {
+            return false;
+        };
         let down = Downlink {
             connection_id: origin.connection_id,
             instance_uid: rec.instance_uid.clone(),
             server_to_agent: msg.encode_to_vec(),
         };
-        let req = BusMessage::new(self.subjects.downlink(&origin.gateway_id), down.encode_to_vec());
+        let req = BusMessage::new(
+            self.subjects.downlink(&origin.gateway_id),
+            down.encode_to_vec(),
+        );
         let result = match self.bus.request(req, self.cfg.push_timeout).await {
-            Ok(ack) => DownlinkAck::decode(ack).map(|a| a.delivered).unwrap_or(false),
+            Ok(ack) => DownlinkAck::decode(ack)
+                .map(|a| a.delivered)
+                .unwrap_or(false),
             Err(e) => {
                 debug!(error = %e, gateway = %origin.gateway_id, "push failed");
                 false
             }
         };
         let label = if result { "delivered" } else { "undelivered" };
-        self.metrics.pushes.get_or_create(&vec![("result", label)]).inc();
+        self.metrics
+            .pushes
+            .get_or_create(&vec![("result", label)])
+            .inc();
         result
     }
 
     /// Restarts an agent: at once over its live WebSocket, otherwise at its next message.
     pub async fn restart(&self, uid: Uuid) -> Result<RestartOutcome, ServiceError> {
-        let _guard = self.shard_locks[usize::from(shard_of(uid.as_bytes()))].lock().await;
+        let _guard = self.shard_locks[usize::from(shard_of(uid.as_bytes()))]
+            .lock()
+            .await;
         let mut rec = self
             .store
             .get_agent(uid)
@@ -429,7 +499,9 @@ impl Coordinator {
             let cmd = ServerToAgent {
                 instance_uid: rec.instance_uid.clone(),
                 capabilities: agent::SERVER_CAPABILITIES,
-                command: Some(ServerToAgentCommand { r#type: CommandType::Restart as i32 }),
+                command: Some(ServerToAgentCommand {
+                    r#type: CommandType::Restart as i32,
+                }),
                 ..Default::default()
             };
             if self.push(&rec, &cmd).await {
@@ -445,12 +517,18 @@ impl Coordinator {
 }
 
 fn reply_of(server_to_agent: Vec<u8>) -> UplinkReply {
-    UplinkReply { server_to_agent, new_instance_uid: Vec::new() }
+    UplinkReply {
+        server_to_agent,
+        new_instance_uid: Vec::new(),
+    }
 }
 
 fn is_live_ws(rec: &AgentRecord) -> bool {
     rec.status == AgentStatus::Connected as i32
-        && rec.origin.as_ref().is_some_and(|o| o.transport() == Transport::Websocket)
+        && rec
+            .origin
+            .as_ref()
+            .is_some_and(|o| o.transport() == Transport::Websocket)
 }
 
 /// A reply carrying only an error (the spec forbids other fields beside error_response).

@@ -29,13 +29,22 @@ pub fn rfc3339(unix_ms: u64) -> String {
 }
 
 pub fn uid_string(rec: &AgentRecord) -> String {
-    Uuid::from_slice(&rec.instance_uid).map(|u| u.to_string()).unwrap_or_default()
+    Uuid::from_slice(&rec.instance_uid)
+        .map(|u| u.to_string())
+        .unwrap_or_default()
 }
 
 fn attrs_json(kvs: &[KeyValue]) -> Value {
     Value::Object(
         kvs.iter()
-            .map(|kv| (kv.key.clone(), Value::String(agent::any_value_string(kv.value.as_ref().and_then(|v| v.value.as_ref())))))
+            .map(|kv| {
+                (
+                    kv.key.clone(),
+                    Value::String(agent::any_value_string(
+                        kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                    )),
+                )
+            })
             .collect(),
     )
 }
@@ -126,8 +135,11 @@ fn package_status_name(s: PackageStatusEnum) -> &'static str {
 }
 
 fn health_json(h: &ComponentHealth) -> Value {
-    let components: Map<String, Value> =
-        h.component_health_map.iter().map(|(k, c)| (k.clone(), health_json(c))).collect();
+    let components: Map<String, Value> = h
+        .component_health_map
+        .iter()
+        .map(|(k, c)| (k.clone(), health_json(c)))
+        .collect();
     json!({
         "healthy": h.healthy,
         "start_time": (h.start_time_unix_nano > 0).then(|| rfc3339(h.start_time_unix_nano / 1_000_000)),
@@ -142,7 +154,11 @@ fn health_json(h: &ComponentHealth) -> Value {
 fn capabilities_json(bits: u64) -> Value {
     let names: Vec<&str> = (0..16)
         .filter(|i| bits & (1 << i) != 0)
-        .filter_map(|i| Cap::try_from(1i32 << i).ok().map(|c| c.as_str_name().trim_start_matches("AgentCapabilities_")))
+        .filter_map(|i| {
+            Cap::try_from(1i32 << i)
+                .ok()
+                .map(|c| c.as_str_name().trim_start_matches("AgentCapabilities_"))
+        })
         .collect();
     json!({"bits": bits, "names": names})
 }

@@ -8,7 +8,9 @@ use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use flotilla_common::error::ErrorKind;
 use flotilla_proto::bus::Transport;
-use flotilla_proto::opamp::{AgentToServer, RetryInfo, ServerErrorResponse, ServerToAgent, server_error_response};
+use flotilla_proto::opamp::{
+    AgentToServer, RetryInfo, ServerErrorResponse, ServerToAgent, server_error_response,
+};
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -30,18 +32,30 @@ pub type HttpResponse = Response<Full<Bytes>>;
 pub fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
     let mut r = Response::new(Full::new(Bytes::from(body.into() + "\n")));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 /// The protobuf error reply of the spec (error_response alone, with the uid echoed).
-pub fn error_message(instance_uid: Vec<u8>, kind: ErrorKind, message: String, retry_after_ns: Option<u64>) -> Vec<u8> {
+pub fn error_message(
+    instance_uid: Vec<u8>,
+    kind: ErrorKind,
+    message: String,
+    retry_after_ns: Option<u64>,
+) -> Vec<u8> {
     ServerToAgent {
         instance_uid,
         error_response: Some(ServerErrorResponse {
             r#type: kind.opamp_error_type() as i32,
             error_message: message,
-            details: retry_after_ns.map(|ns| server_error_response::Details::RetryInfo(RetryInfo { retry_after_nanoseconds: ns })),
+            details: retry_after_ns.map(|ns| {
+                server_error_response::Details::RetryInfo(RetryInfo {
+                    retry_after_nanoseconds: ns,
+                })
+            }),
         }),
         ..Default::default()
     }
@@ -59,13 +73,20 @@ impl Gateway {
         tracker: TaskTracker,
     ) -> HttpResponse {
         if req.uri().path() != OPAMP_PATH {
-            return text(StatusCode::NOT_FOUND, format!("the OpAMP endpoint is {OPAMP_PATH}"));
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("the OpAMP endpoint is {OPAMP_PATH}"),
+            );
         }
         let is_protobuf = req
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(PROTOBUF)));
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case(PROTOBUF))
+            });
         if is_protobuf {
             if req.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "plain-HTTP OpAMP uses POST");
@@ -76,29 +97,66 @@ impl Gateway {
     }
 
     async fn http_poll(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-        self.metrics.messages.get_or_create(&vec![("transport", "http"), ("direction", "in")]).inc();
-        let gzipped = match req.headers().get(CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase()) {
+        self.metrics
+            .messages
+            .get_or_create(&vec![("transport", "http"), ("direction", "in")])
+            .inc();
+        let gzipped = match req
+            .headers()
+            .get(CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        {
             None => false,
             Some(e) if e == "identity" => false,
             Some(e) if e == "gzip" => true,
-            Some(e) => return self.reject("encoding", text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("unsupported Content-Encoding {e:?}; use gzip or none"))),
+            Some(e) => {
+                return self.reject(
+                    "encoding",
+                    text(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!("unsupported Content-Encoding {e:?}; use gzip or none"),
+                    ),
+                );
+            }
         };
         let accepts_gzip = req
             .headers()
             .get_all(ACCEPT_ENCODING)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|e| e.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("gzip"))));
-        let header_uid = req.headers().get("opamp-instance-uid").map(|v| v.to_str().ok().and_then(|s| uuid::Uuid::parse_str(s).ok()));
+            .any(|v| {
+                v.split(',').any(|e| {
+                    e.split(';')
+                        .next()
+                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("gzip"))
+                })
+            });
+        let header_uid = req
+            .headers()
+            .get("opamp-instance-uid")
+            .map(|v| v.to_str().ok().and_then(|s| uuid::Uuid::parse_str(s).ok()));
         if let Some(None) = header_uid {
-            return self.reject("bad_request", text(StatusCode::BAD_REQUEST, "OpAMP-Instance-UID header is not a UUID"));
+            return self.reject(
+                "bad_request",
+                text(
+                    StatusCode::BAD_REQUEST,
+                    "OpAMP-Instance-UID header is not a UUID",
+                ),
+            );
         }
 
         let max = self.cfg.max_message_size;
-        let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, format!("AgentToServer larger than the {max}-byte limit"));
+        let too_large = || {
+            text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("AgentToServer larger than the {max}-byte limit"),
+            )
+        };
         let body = match Limited::new(req.into_body(), max).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return self.reject("too_large", too_large()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return self.reject("too_large", too_large());
+            }
             Err(e) => {
                 debug!(error = %e, "request body not read");
                 return text(StatusCode::BAD_REQUEST, "request body could not be read");
@@ -107,10 +165,21 @@ impl Gateway {
         let body = if gzipped {
             // Read at most one byte past the limit: a gzip bomb stops there.
             let mut out = Vec::new();
-            match GzDecoder::new(body.as_ref()).take(max as u64 + 1).read_to_end(&mut out) {
+            match GzDecoder::new(body.as_ref())
+                .take(max as u64 + 1)
+                .read_to_end(&mut out)
+            {
                 Ok(n) if n > max => return self.reject("too_large", too_large()),
                 Ok(_) => Bytes::from(out),
-                Err(e) => return self.reject("bad_request", text(StatusCode::BAD_REQUEST, format!("request body is not valid gzip: {e}"))),
+                Err(e) => {
+                    return self.reject(
+                        "bad_request",
+                        text(
+                            StatusCode::BAD_REQUEST,
+                            format!("request body is not valid gzip: {e}"),
+                        ),
+                    );
+                }
             }
         } else {
             body
@@ -119,26 +188,45 @@ impl Gateway {
         let msg = match AgentToServer::decode(body.as_ref()) {
             Ok(m) => m,
             Err(e) => {
-                let reply = error_message(Vec::new(), ErrorKind::BadRequest, format!("malformed AgentToServer: {e}"), None);
-                return self.reject("bad_request", protobuf(StatusCode::BAD_REQUEST, reply, false));
+                let reply = error_message(
+                    Vec::new(),
+                    ErrorKind::BadRequest,
+                    format!("malformed AgentToServer: {e}"),
+                    None,
+                );
+                return self.reject(
+                    "bad_request",
+                    protobuf(StatusCode::BAD_REQUEST, reply, false),
+                );
             }
         };
-        if let Some(Some(h)) = header_uid {
-            if msg.instance_uid.len() == 16 && msg.instance_uid != h.as_bytes() {
-                let reply = error_message(msg.instance_uid, ErrorKind::BadRequest, "OpAMP-Instance-UID header differs from instance_uid".into(), None);
-                return self.reject("bad_request", protobuf(StatusCode::BAD_REQUEST, reply, false));
-            }
+        if let Some(Some(h)) = header_uid
+            && msg.instance_uid.len() == 16
+            && msg.instance_uid != h.as_bytes()
+        {
+            let why = "OpAMP-Instance-UID header differs from instance_uid".to_owned();
+            let reply = error_message(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            return self.reject(
+                "bad_request",
+                protobuf(StatusCode::BAD_REQUEST, reply, false),
+            );
         }
         let origin = self.origin(Transport::Http, peer);
         match self.forward(&body, &msg.instance_uid, &origin).await {
             Ok(reply) => {
-                self.metrics.messages.get_or_create(&vec![("transport", "http"), ("direction", "out")]).inc();
+                self.metrics
+                    .messages
+                    .get_or_create(&vec![("transport", "http"), ("direction", "out")])
+                    .inc();
                 protobuf(StatusCode::OK, reply.server_to_agent, accepts_gzip)
             }
             Err(e) => {
                 debug!(error = %e, "no owner answered");
                 let secs = self.cfg.retry_after.as_secs().max(1);
-                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("no server could take this agent's message ({e}); retry later"));
+                let mut r = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no server could take this agent's message ({e}); retry later"),
+                );
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
                 self.reject("unavailable", r)
             }
@@ -146,7 +234,10 @@ impl Gateway {
     }
 
     pub(crate) fn reject(&self, reason: &'static str, r: HttpResponse) -> HttpResponse {
-        self.metrics.rejected.get_or_create(&vec![("reason", reason)]).inc();
+        self.metrics
+            .rejected
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
         r
     }
 }
@@ -155,15 +246,19 @@ fn protobuf(status: StatusCode, body: Vec<u8>, gzip: bool) -> HttpResponse {
     let compress = gzip && body.len() >= GZIP_MIN_BYTES;
     let body = if compress {
         let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 2), Compression::fast());
-        enc.write_all(&body).and_then(|()| enc.finish()).expect("gzip into memory cannot fail")
+        enc.write_all(&body)
+            .and_then(|()| enc.finish())
+            .expect("gzip into memory cannot fail")
     } else {
         body
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(PROTOBUF));
     if compress {
-        r.headers_mut().insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r.headers_mut()
+            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     r
 }

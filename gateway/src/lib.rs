@@ -85,8 +85,15 @@ impl Gateway {
 
     /// Accepts agents on `listener` and delivers pushes until `cancel`; then closes WebSocket
     /// sessions with 1001 (going away), lets HTTP requests in flight finish, and returns.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, cancel: CancellationToken) -> Result<(), BusError> {
-        let mut downlinks = self.bus.subscribe(&self.subjects.downlink(&self.cfg.gateway_id)).await?;
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> Result<(), BusError> {
+        let mut downlinks = self
+            .bus
+            .subscribe(&self.subjects.downlink(&self.cfg.gateway_id))
+            .await?;
         let tracker = TaskTracker::new();
         let this = self.clone();
         let down_cancel = cancel.clone();
@@ -132,8 +139,13 @@ impl Gateway {
     }
 
     /// Serves HTTP/1.1 on one accepted connection (TLS or not); upgrades go to [`ws`].
-    async fn serve_io<I>(self: Arc<Self>, io: I, peer: SocketAddr, cancel: CancellationToken, tracker: TaskTracker)
-    where
+    async fn serve_io<I>(
+        self: Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
@@ -142,7 +154,9 @@ impl Gateway {
             let this = this.clone();
             let cancel = svc_cancel.clone();
             let tracker = tracker.clone();
-            async move { Ok::<_, std::convert::Infallible>(this.route(req, peer, cancel, tracker).await) }
+            async move {
+                Ok::<_, std::convert::Infallible>(this.route(req, peer, cancel, tracker).await)
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -173,25 +187,46 @@ impl Gateway {
 
     /// Sends one decoded-and-checked AgentToServer to its owner, retrying an owner that does not
     /// answer until the uplink deadline.
-    async fn forward(&self, agent_to_server: &[u8], instance_uid: &[u8], origin: &Origin) -> Result<UplinkReply, BusError> {
-        let uplink = Uplink { origin: Some(origin.clone()), kind: Some(uplink::Kind::AgentToServer(agent_to_server.to_vec())) };
+    async fn forward(
+        &self,
+        agent_to_server: &[u8],
+        instance_uid: &[u8],
+        origin: &Origin,
+    ) -> Result<UplinkReply, BusError> {
+        let uplink = Uplink {
+            origin: Some(origin.clone()),
+            kind: Some(uplink::Kind::AgentToServer(agent_to_server.to_vec())),
+        };
         self.request_owner(instance_uid, uplink).await
     }
 
-    async fn request_owner(&self, instance_uid: &[u8], uplink: Uplink) -> Result<UplinkReply, BusError> {
+    async fn request_owner(
+        &self,
+        instance_uid: &[u8],
+        uplink: Uplink,
+    ) -> Result<UplinkReply, BusError> {
         let started = Instant::now();
         let deadline = started + self.cfg.uplink_deadline;
         let payload = Bytes::from(uplink.encode_to_vec());
         let mut msg = BusMessage::new(self.subjects.uplink(shard_of(instance_uid)), payload);
         msg.headers = vec![
             ("Flotilla-Gateway".into(), self.cfg.gateway_id.clone()),
-            ("Flotilla-Connection".into(), uplink.origin.as_ref().map_or(0, |o| o.connection_id).to_string()),
+            (
+                "Flotilla-Connection".into(),
+                uplink
+                    .origin
+                    .as_ref()
+                    .map_or(0, |o| o.connection_id)
+                    .to_string(),
+            ),
         ];
         let mut backoff = Duration::from_millis(25);
         loop {
             match self.bus.request(msg.clone(), self.cfg.uplink_timeout).await {
                 Ok(bytes) => {
-                    self.metrics.uplink_seconds.observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .uplink_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     return UplinkReply::decode(bytes).map_err(|_| BusError::Closed);
                 }
                 Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_))) => {
@@ -211,7 +246,11 @@ impl Gateway {
     async fn connection_closed(&self, instance_uid: &[u8], origin: Origin) {
         let uplink = Uplink {
             origin: Some(origin),
-            kind: Some(uplink::Kind::Closed(flotilla_proto::bus::ConnectionClosed { instance_uid: instance_uid.to_vec() })),
+            kind: Some(uplink::Kind::Closed(
+                flotilla_proto::bus::ConnectionClosed {
+                    instance_uid: instance_uid.to_vec(),
+                },
+            )),
         };
         if let Err(e) = self.request_owner(instance_uid, uplink).await {
             debug!(error = %e, "disconnect not recorded; the agent will be found silent instead");
@@ -220,11 +259,15 @@ impl Gateway {
 
     async fn deliver(&self, incoming: flotilla_common::bus::Incoming) {
         let delivered = match Downlink::decode(incoming.msg.payload) {
-            Ok(d) => self.table.deliver(d.connection_id, &d.instance_uid, d.server_to_agent),
+            Ok(d) => self
+                .table
+                .deliver(d.connection_id, &d.instance_uid, d.server_to_agent),
             Err(_) => false,
         };
         if let Some(reply) = incoming.reply {
-            let _ = reply.send(DownlinkAck { delivered }.encode_to_vec().into()).await;
+            let _ = reply
+                .send(DownlinkAck { delivered }.encode_to_vec().into())
+                .await;
         }
     }
 

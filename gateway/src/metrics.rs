@@ -25,10 +25,26 @@ impl Metrics {
             uplink_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
         };
         let r = registry.sub_registry_with_prefix("flotilla_gateway");
-        r.register("websocket_connections", "Open agent WebSocket connections", m.connections.clone());
-        r.register("messages", "OpAMP messages, by transport and direction", m.messages.clone());
-        r.register("rejected", "Agent messages refused, by reason", m.rejected.clone());
-        r.register("uplink_seconds", "Agent message to owner reply, as seen by the gateway", m.uplink_seconds.clone());
+        r.register(
+            "websocket_connections",
+            "Open agent WebSocket connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "messages",
+            "OpAMP messages, by transport and direction",
+            m.messages.clone(),
+        );
+        r.register(
+            "rejected",
+            "Agent messages refused, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "uplink_seconds",
+            "Agent message to owner reply, as seen by the gateway",
+            m.uplink_seconds.clone(),
+        );
         m
     }
 }

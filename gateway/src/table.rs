@@ -21,22 +21,30 @@ struct Entry {
 
 impl ConnectionTable {
     pub fn insert(&self, connection_id: u64, tx: mpsc::Sender<Push>) {
-        let entry = Entry { instance_uid: Vec::new(), tx };
-        self.conns.lock().expect("table lock").insert(connection_id, entry);
+        let entry = Entry {
+            instance_uid: Vec::new(),
+            tx,
+        };
+        self.conns
+            .lock()
+            .expect("table lock")
+            .insert(connection_id, entry);
     }
 
     /// Records which agent speaks on the connection (known after its first message, and changed
     /// when the server assigns a new instance_uid).
     pub fn bind(&self, connection_id: u64, instance_uid: &[u8]) {
-        if let Some(e) = self.conns.lock().expect("table lock").get_mut(&connection_id) {
-            if e.instance_uid != instance_uid {
-                e.instance_uid = instance_uid.to_vec();
-            }
+        let mut conns = self.conns.lock().expect("table lock");
+        if let Some(e) = conns.get_mut(&connection_id) {
+            e.instance_uid = instance_uid.to_vec();
         }
     }
 
     pub fn remove(&self, connection_id: u64) {
-        self.conns.lock().expect("table lock").remove(&connection_id);
+        self.conns
+            .lock()
+            .expect("table lock")
+            .remove(&connection_id);
     }
 
     /// Queues `push` on the connection if it is live and still held by `instance_uid`. A full

@@ -9,7 +9,9 @@ use flotilla_common::error::ErrorKind;
 use flotilla_proto::bus::Transport;
 use flotilla_proto::opamp::AgentToServer;
 use futures_util::{SinkExt, StreamExt};
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -45,17 +47,29 @@ impl Gateway {
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> HttpResponse {
-        let key = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec());
-        let is_upgrade = header_has(&req, UPGRADE, "websocket") && header_has(&req, CONNECTION, "upgrade");
+        let key = req
+            .headers()
+            .get(SEC_WEBSOCKET_KEY)
+            .map(|k| k.as_bytes().to_vec());
+        let is_upgrade =
+            header_has(&req, UPGRADE, "websocket") && header_has(&req, CONNECTION, "upgrade");
         let (Some(key), true) = (key, is_upgrade) else {
             return self.reject(
                 "not_opamp",
                 text(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade, or a POST with Content-Type: application/x-protobuf"),
             );
         };
-        if req.headers().get(SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
-            let mut r = text(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 is required");
-            r.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        if req
+            .headers()
+            .get(SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v != "13")
+        {
+            let mut r = text(
+                StatusCode::UPGRADE_REQUIRED,
+                "WebSocket version 13 is required",
+            );
+            r.headers_mut()
+                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             return r;
         }
         let accept = derive_accept_key(&key);
@@ -64,7 +78,12 @@ impl Gateway {
             async move {
                 match hyper::upgrade::on(req).await {
                     Ok(upgraded) => {
-                        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(this.ws_config())).await;
+                        let ws = WebSocketStream::from_raw_socket(
+                            TokioIo::new(upgraded),
+                            Role::Server,
+                            Some(this.ws_config()),
+                        )
+                        .await;
                         this.session(ws, peer, cancel).await;
                     }
                     Err(e) => debug!(error = %e, "upgrade failed"),
@@ -78,7 +97,10 @@ impl Gateway {
         h.remove(http::header::CONTENT_TYPE);
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+        h.insert(
+            SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+        );
         r
     }
 
@@ -92,8 +114,12 @@ impl Gateway {
             .max_frame_size(Some(self.cfg.max_message_size))
     }
 
-    async fn session<S>(self: Arc<Self>, ws: WebSocketStream<S>, peer: SocketAddr, cancel: CancellationToken)
-    where
+    async fn session<S>(
+        self: Arc<Self>,
+        ws: WebSocketStream<S>,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+    ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let origin = self.origin(Transport::Websocket, peer);
@@ -102,7 +128,12 @@ impl Gateway {
         self.metrics.connections.inc();
         let (mut sink, mut stream) = ws.split();
         let mut bound: Vec<u8> = Vec::new();
-        let count = |dir| self.metrics.messages.get_or_create(&vec![("transport", "websocket"), ("direction", dir)]).inc();
+        let count = |dir| {
+            self.metrics
+                .messages
+                .get_or_create(&vec![("transport", "websocket"), ("direction", dir)])
+                .inc()
+        };
 
         let close: Option<CloseFrame> = loop {
             let reply = tokio::select! {
@@ -135,7 +166,10 @@ impl Gateway {
                     }
                 },
             };
-            if let Err(e) = sink.send(Message::Binary(encode_ws_frame(&reply).into())).await {
+            if let Err(e) = sink
+                .send(Message::Binary(encode_ws_frame(&reply).into()))
+                .await
+            {
                 debug!(error = %e, "write failed");
                 break None;
             }
@@ -154,13 +188,26 @@ impl Gateway {
     }
 
     /// Handles one binary message; returns the reply to write, if any.
-    async fn ws_message(&self, data: &[u8], origin: &flotilla_proto::bus::Origin, bound: &mut Vec<u8>) -> Option<Vec<u8>> {
+    async fn ws_message(
+        &self,
+        data: &[u8],
+        origin: &flotilla_proto::bus::Origin,
+        bound: &mut Vec<u8>,
+    ) -> Option<Vec<u8>> {
         let payload = decode_ws_frame(data);
         let msg = match AgentToServer::decode(payload) {
             Ok(m) => m,
             Err(e) => {
-                self.metrics.rejected.get_or_create(&vec![("reason", "bad_request")]).inc();
-                return Some(error_message(Vec::new(), ErrorKind::BadRequest, format!("malformed AgentToServer: {e}"), None));
+                self.metrics
+                    .rejected
+                    .get_or_create(&vec![("reason", "bad_request")])
+                    .inc();
+                return Some(error_message(
+                    Vec::new(),
+                    ErrorKind::BadRequest,
+                    format!("malformed AgentToServer: {e}"),
+                    None,
+                ));
             }
         };
         if msg.instance_uid != *bound {
@@ -170,22 +217,34 @@ impl Gateway {
         match self.forward(payload, &msg.instance_uid, origin).await {
             Ok(reply) => {
                 if !reply.new_instance_uid.is_empty() {
-                    self.table.bind(origin.connection_id, &reply.new_instance_uid);
+                    self.table
+                        .bind(origin.connection_id, &reply.new_instance_uid);
                     bound.clone_from(&reply.new_instance_uid);
                 }
                 Some(reply.server_to_agent)
             }
             Err(e) => {
                 debug!(error = %e, "no owner answered");
-                self.metrics.rejected.get_or_create(&vec![("reason", "unavailable")]).inc();
+                self.metrics
+                    .rejected
+                    .get_or_create(&vec![("reason", "unavailable")])
+                    .inc();
                 let ns = self.cfg.retry_after.as_nanos() as u64;
                 let text = format!("no server could take this agent's message ({e}); retry later");
-                Some(error_message(msg.instance_uid, ErrorKind::Unavailable, text, Some(ns)))
+                Some(error_message(
+                    msg.instance_uid,
+                    ErrorKind::Unavailable,
+                    text,
+                    Some(ns),
+                ))
             }
         }
     }
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
-    CloseFrame { code, reason: reason.into() }
+    CloseFrame {
+        code,
+        reason: reason.into(),
+    }
 }

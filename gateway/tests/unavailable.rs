@@ -25,13 +25,23 @@ async fn agents_are_told_to_retry_when_no_owner_answers() {
     let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
 
     let mut agent = SimAgent::new("otelcol", &[]);
-    let mut ws = WsClient::connect(&format!("ws://{addr}/v1/opamp")).await.unwrap();
+    let mut ws = WsClient::connect(&format!("ws://{addr}/v1/opamp"))
+        .await
+        .unwrap();
     let started = Instant::now();
     let reply = ws.request(&agent.full_report()).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(250), "the owner is retried for a while first");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the owner is retried for a while first"
+    );
     let err = reply.error_response.expect("error response");
     assert_eq!(err.r#type, ServerErrorResponseType::Unavailable as i32);
-    assert_eq!(err.details, Some(Details::RetryInfo(flotilla_proto::opamp::RetryInfo { retry_after_nanoseconds: 7_000_000_000 })));
+    assert_eq!(
+        err.details,
+        Some(Details::RetryInfo(flotilla_proto::opamp::RetryInfo {
+            retry_after_nanoseconds: 7_000_000_000
+        }))
+    );
     assert_eq!(reply.instance_uid, agent.uid.as_bytes().to_vec());
     assert_eq!(gateway.connections(), 1, "the connection stays open");
 

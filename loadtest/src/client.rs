@@ -23,13 +23,15 @@ pub struct WsClient {
 /// What the server sent next.
 #[derive(Debug)]
 pub enum WsEvent {
-    Message(ServerToAgent),
+    Message(Box<ServerToAgent>),
     Closed(Option<CloseFrame>),
 }
 
 impl WsClient {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
         Ok(Self { ws })
     }
 
@@ -54,11 +56,15 @@ impl WsClient {
     /// The next ServerToAgent or close, within `timeout`.
     pub async fn next_event(&mut self, timeout: Duration) -> anyhow::Result<WsEvent> {
         loop {
-            let frame = tokio::time::timeout(timeout, self.ws.next()).await.context("no message from the server in time")?;
+            let frame = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .context("no message from the server in time")?;
             match frame {
                 Some(Ok(Message::Binary(data))) => {
-                    let Some((&0, payload)) = data.split_first() else { bail!("server frame without the 0x00 header") };
-                    return Ok(WsEvent::Message(ServerToAgent::decode(payload)?));
+                    let Some((&0, payload)) = data.split_first() else {
+                        bail!("server frame without the 0x00 header")
+                    };
+                    return Ok(WsEvent::Message(Box::new(ServerToAgent::decode(payload)?)));
                 }
                 Some(Ok(Message::Close(frame))) => return Ok(WsEvent::Closed(frame)),
                 Some(Ok(_)) => {}
@@ -70,7 +76,7 @@ impl WsClient {
 
     pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<ServerToAgent> {
         match self.next_event(timeout).await? {
-            WsEvent::Message(m) => Ok(m),
+            WsEvent::Message(m) => Ok(*m),
             WsEvent::Closed(f) => bail!("connection closed: {f:?}"),
         }
     }
@@ -105,7 +111,10 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(url: &str) -> Self {
-        Self { http: reqwest::Client::new(), url: url.to_owned() }
+        Self {
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+        }
     }
 
     /// POSTs one AgentToServer; `gzip` compresses the body and asks for a gzipped reply.
@@ -128,8 +137,16 @@ impl HttpClient {
         self.post_raw(body, &headers).await
     }
 
-    pub async fn post_raw(&self, body: Vec<u8>, headers: &[(&str, String)]) -> anyhow::Result<HttpReply> {
-        let mut req = self.http.post(&self.url).header("Content-Type", "application/x-protobuf").body(body);
+    pub async fn post_raw(
+        &self,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> anyhow::Result<HttpReply> {
+        let mut req = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/x-protobuf")
+            .body(body);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -137,7 +154,9 @@ impl HttpClient {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let raw = resp.bytes().await?;
-        let is_proto = headers.get("content-type").is_some_and(|v| v == "application/x-protobuf");
+        let is_proto = headers
+            .get("content-type")
+            .is_some_and(|v| v == "application/x-protobuf");
         let gzipped = headers.get("content-encoding").is_some_and(|v| v == "gzip");
         let message = if is_proto {
             let plain = if gzipped {
@@ -151,6 +170,11 @@ impl HttpClient {
         } else {
             None
         };
-        Ok(HttpReply { status, headers, message, raw })
+        Ok(HttpReply {
+            status,
+            headers,
+            message,
+            raw,
+        })
     }
 }

@@ -33,7 +33,12 @@ pub struct SimAgent {
 }
 
 pub fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }) }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+    }
 }
 
 impl SimAgent {
@@ -43,7 +48,10 @@ impl SimAgent {
             uid,
             capabilities: COLLECTOR_CAPS,
             description: AgentDescription {
-                identifying_attributes: vec![kv("service.name", service), kv("service.instance.id", &uid.to_string())],
+                identifying_attributes: vec![
+                    kv("service.name", service),
+                    kv("service.instance.id", &uid.to_string()),
+                ],
                 non_identifying_attributes: non_identifying.iter().map(|(k, v)| kv(k, v)).collect(),
             },
             health: ComponentHealth {
@@ -51,7 +59,11 @@ impl SimAgent {
                 status: "StatusOK".into(),
                 component_health_map: HashMap::from([(
                     "pipeline:traces".to_string(),
-                    ComponentHealth { healthy: true, status: "StatusOK".into(), ..Default::default() },
+                    ComponentHealth {
+                        healthy: true,
+                        status: "StatusOK".into(),
+                        ..Default::default()
+                    },
                 )]),
                 ..Default::default()
             },
@@ -81,7 +93,9 @@ impl SimAgent {
             agent_description: Some(self.description.clone()),
             health: Some(self.health.clone()),
             remote_config_status: self.remote_status.clone(),
-            effective_config: self.effective.clone().map(|m| EffectiveConfig { config_map: Some(m) }),
+            effective_config: self.effective.clone().map(|m| EffectiveConfig {
+                config_map: Some(m),
+            }),
             ..self.base()
         }
     }
@@ -92,7 +106,10 @@ impl SimAgent {
     }
 
     pub fn disconnect(&mut self) -> AgentToServer {
-        AgentToServer { agent_disconnect: Some(AgentDisconnect {}), ..self.base() }
+        AgentToServer {
+            agent_disconnect: Some(AgentDisconnect {}),
+            ..self.base()
+        }
     }
 
     /// Reacts to a server message the way a collector does; returns the messages it sends back.
@@ -101,10 +118,12 @@ impl SimAgent {
         if reply.error_response.is_some() {
             return out;
         }
-        if let Some(id) = &reply.agent_identification {
-            if let Ok(uid) = Uuid::from_slice(&id.new_instance_uid) {
-                self.uid = uid;
-            }
+        if let Some(uid) = reply
+            .agent_identification
+            .as_ref()
+            .and_then(|id| Uuid::from_slice(&id.new_instance_uid).ok())
+        {
+            self.uid = uid;
         }
         if reply.command.is_some() {
             // A restart: a new process, so the sequence starts over with a full report.
@@ -113,19 +132,31 @@ impl SimAgent {
             out.push(self.full_report());
             return out;
         }
-        if let Some(hb) = reply.connection_settings.as_ref().and_then(|c| c.opamp.as_ref()) {
+        if let Some(hb) = reply
+            .connection_settings
+            .as_ref()
+            .and_then(|c| c.opamp.as_ref())
+        {
             self.heartbeat_interval_seconds = Some(hb.heartbeat_interval_seconds);
         }
         let full_state = reply.flags & ServerToAgentFlags::ReportFullState as u64 != 0;
         if let Some(rc) = &reply.remote_config {
-            let already = self.remote_status.as_ref().is_some_and(|s| s.last_remote_config_hash == rc.config_hash);
+            let already = self
+                .remote_status
+                .as_ref()
+                .is_some_and(|s| s.last_remote_config_hash == rc.config_hash);
             if !already {
                 let map = rc.config.clone().unwrap_or_default();
                 let fails = self.fail_marker.as_ref().is_some_and(|m| {
-                    map.config_map.values().any(|f| String::from_utf8_lossy(&f.body).contains(m.as_str()))
+                    map.config_map
+                        .values()
+                        .any(|f| String::from_utf8_lossy(&f.body).contains(m.as_str()))
                 });
                 let (status, error_message) = if fails {
-                    (RemoteConfigStatuses::Failed, "config rejected: invalid pipeline".to_string())
+                    (
+                        RemoteConfigStatuses::Failed,
+                        "config rejected: invalid pipeline".to_string(),
+                    )
                 } else {
                     self.effective = Some(map);
                     (RemoteConfigStatuses::Applied, String::new())
@@ -138,7 +169,9 @@ impl SimAgent {
                 if !full_state {
                     let mut msg = self.base();
                     msg.remote_config_status = self.remote_status.clone();
-                    msg.effective_config = self.effective.clone().map(|m| EffectiveConfig { config_map: Some(m) });
+                    msg.effective_config = self.effective.clone().map(|m| EffectiveConfig {
+                        config_map: Some(m),
+                    });
                     out.push(msg);
                 }
             }

@@ -49,9 +49,18 @@ mod tests {
         let bytes = msg.encode_to_vec();
         // tag = field_number << 3 | wire_type
         assert_eq!(bytes[0], (1 << 3) | 2, "instance_uid is field 1, bytes");
-        assert!(bytes.windows(2).any(|w| w == [(2 << 3), 7]), "sequence_num is field 2");
-        assert!(bytes.windows(2).any(|w| w == [(9 << 3) | 2, 0]), "agent_disconnect is field 9");
-        assert!(bytes.windows(2).any(|w| w == [(10 << 3), 1]), "flags is field 10");
+        assert!(
+            bytes.windows(2).any(|w| w == [(2 << 3), 7]),
+            "sequence_num is field 2"
+        );
+        assert!(
+            bytes.windows(2).any(|w| w == [(9 << 3) | 2, 0]),
+            "agent_disconnect is field 9"
+        );
+        assert!(
+            bytes.windows(2).any(|w| w == [(10 << 3), 1]),
+            "flags is field 10"
+        );
     }
 
     #[test]
@@ -63,7 +72,9 @@ mod tests {
         };
         assert_eq!(msg.encode_to_vec(), vec![6 << 3, 1, 7 << 3, 0x7f]);
         let cmd = ServerToAgent {
-            command: Some(ServerToAgentCommand { r#type: CommandType::Restart as i32 }),
+            command: Some(ServerToAgentCommand {
+                r#type: CommandType::Restart as i32,
+            }),
             ..Default::default()
         };
         assert_eq!(cmd.encode_to_vec(), vec![(9 << 3) | 2, 0]);
@@ -74,8 +85,14 @@ mod tests {
         assert_eq!(AgentCapabilities::ReportsStatus as u64, 0x1);
         assert_eq!(AgentCapabilities::AcceptsRestartCommand as u64, 0x400);
         assert_eq!(AgentCapabilities::ReportsHeartbeat as u64, 0x2000);
-        assert_eq!(AgentCapabilities::ReportsConnectionSettingsStatus as u64, 0x8000);
-        assert_eq!(ServerCapabilities::AcceptsConnectionSettingsRequest as u64, 0x40);
+        assert_eq!(
+            AgentCapabilities::ReportsConnectionSettingsStatus as u64,
+            0x8000
+        );
+        assert_eq!(
+            ServerCapabilities::AcceptsConnectionSettingsRequest as u64,
+            0x40
+        );
         assert_eq!(ServerToAgentFlags::ReportFullState as u64, 0x1);
         assert_eq!(RemoteConfigStatuses::Failed as i32, 3);
         assert_eq!(PackageStatusEnum::Downloading as i32, 4);

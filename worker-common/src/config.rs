@@ -12,7 +12,10 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
@@ -132,15 +135,27 @@ impl ServeConfig {
     }
 
     fn resolve(a: ServeArgs, f: FileConfig) -> Result<Self, ConfigError> {
-        let roles = a.roles.or(f.roles).unwrap_or_else(|| vec![Role::Gateway, Role::Coordinator]);
+        let roles = a
+            .roles
+            .or(f.roles)
+            .unwrap_or_else(|| vec![Role::Gateway, Role::Coordinator]);
         let cfg = Self {
             gateway: roles.contains(&Role::Gateway),
             coordinator: roles.contains(&Role::Coordinator),
-            opamp_listen: a.opamp_listen.or(f.opamp_listen).unwrap_or(([0, 0, 0, 0], 4320).into()),
-            api_listen: a.api_listen.or(f.api_listen).unwrap_or(([0, 0, 0, 0], 4321).into()),
+            opamp_listen: a
+                .opamp_listen
+                .or(f.opamp_listen)
+                .unwrap_or(([0, 0, 0, 0], 4320).into()),
+            api_listen: a
+                .api_listen
+                .or(f.api_listen)
+                .unwrap_or(([0, 0, 0, 0], 4321).into()),
             nats_url: a.nats_url.or(f.nats_url),
             redis_url: a.redis_url.or(f.redis_url),
-            data_dir: a.data_dir.or(f.data_dir).unwrap_or_else(|| "flotilla-data".into()),
+            data_dir: a
+                .data_dir
+                .or(f.data_dir)
+                .unwrap_or_else(|| "flotilla-data".into()),
             region: a.region.or(f.region).unwrap_or_else(|| "local".into()),
             node_id: a
                 .node_id
@@ -155,7 +170,10 @@ impl ServeConfig {
                 .heartbeat_interval
                 .or(f.heartbeat_interval)
                 .unwrap_or(Duration::from_secs(30)),
-            max_message_size: a.max_message_size.or(f.max_message_size).unwrap_or(64 << 20),
+            max_message_size: a
+                .max_message_size
+                .or(f.max_message_size)
+                .unwrap_or(64 << 20),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -186,7 +204,11 @@ impl ServeConfig {
                 "--roles {} alone needs --nats-url and --redis-url: a split process reaches the \
                  other roles over NATS and keeps state in Redis (leave both out, with both roles, \
                  for the embedded single-process mode)",
-                if self.gateway { "gateway" } else { "coordinator" }
+                if self.gateway {
+                    "gateway"
+                } else {
+                    "coordinator"
+                }
             )),
             _ => invalid(
                 "clustered mode (--nats-url/--redis-url) is not available in this build yet; \
@@ -198,10 +220,14 @@ impl ServeConfig {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    toml::from_str(&text)
-        .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })
 }
 
 fn tls_files(
@@ -210,23 +236,33 @@ fn tls_files(
     client_ca: Option<PathBuf>,
 ) -> Result<Option<TlsFiles>, ConfigError> {
     match (cert, key) {
-        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key, client_ca })),
-        (None, None) if client_ca.is_some() => {
-            Err(ConfigError::Invalid("--client-ca needs --tls-cert and --tls-key".into()))
-        }
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_some() => Err(ConfigError::Invalid(
+            "--client-ca needs --tls-cert and --tls-key".into(),
+        )),
         (None, None) => Ok(None),
-        _ => Err(ConfigError::Invalid("--tls-cert and --tls-key go together".into())),
+        _ => Err(ConfigError::Invalid(
+            "--tls-cert and --tls-key go together".into(),
+        )),
     }
 }
 
 fn is_subject_token(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Hides the password of a URL such as `redis://:secret@host`.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -289,18 +325,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.toml");
         std::fs::write(&path, "regoin = \"x\"\n").unwrap();
-        let err = ServeConfig::load(ServeArgs { config: Some(path), ..Default::default() });
-        assert!(err.unwrap_err().to_string().contains("unknown field `regoin`"));
+        let err = ServeConfig::load(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        });
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("unknown field `regoin`")
+        );
 
-        let err = ServeConfig::load(ServeArgs { region: Some("a.b".into()), ..Default::default() });
+        let err = ServeConfig::load(ServeArgs {
+            region: Some("a.b".into()),
+            ..Default::default()
+        });
         assert!(err.unwrap_err().to_string().contains("--region"));
 
-        let gw_only = ServeArgs { roles: Some(vec![Role::Gateway]), ..Default::default() };
+        let gw_only = ServeArgs {
+            roles: Some(vec![Role::Gateway]),
+            ..Default::default()
+        };
         let err = ServeConfig::load(gw_only).unwrap_err().to_string();
         assert!(err.contains("needs --nats-url and --redis-url"), "{err}");
 
-        let half_tls = ServeArgs { tls_cert: Some("c.pem".into()), ..Default::default() };
-        assert!(ServeConfig::load(half_tls).unwrap_err().to_string().contains("go together"));
+        let half_tls = ServeArgs {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        };
+        assert!(
+            ServeConfig::load(half_tls)
+                .unwrap_err()
+                .to_string()
+                .contains("go together")
+        );
     }
 
     #[test]

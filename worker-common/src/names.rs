@@ -18,7 +18,9 @@ pub struct Subjects {
 
 impl Subjects {
     pub fn new(region: &str) -> Self {
-        Self { region: region.to_owned() }
+        Self {
+            region: region.to_owned(),
+        }
     }
 
     /// gateway -> owner of `shard`, request/reply.

@@ -5,10 +5,16 @@ use tracing_subscriber::EnvFilter;
 
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let json = std::env::var("FLOTILLA_LOG_FORMAT").is_ok_and(|v| v == "json");
     // try_init: tests may call this more than once per process.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Milliseconds since the Unix epoch, from the wall clock.

@@ -36,21 +36,36 @@ pub async fn start(cfg: ServeConfig) -> Server {
 
 impl Server {
     pub async fn stop(mut self) {
-        self.running.take().unwrap().shutdown(Duration::from_secs(10)).await;
+        self.running
+            .take()
+            .unwrap()
+            .shutdown(Duration::from_secs(10))
+            .await;
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::get(format!("{}{path}", self.api)).await.expect("API reachable");
+        let r = reqwest::get(format!("{}{path}", self.api))
+            .await
+            .expect("API reachable");
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = reqwest::Client::new().put(format!("{}{path}", self.api)).json(&body).send().await.unwrap();
+        let r = reqwest::Client::new()
+            .put(format!("{}{path}", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, path: &str) -> (u16, Value) {
-        let r = reqwest::Client::new().post(format!("{}{path}", self.api)).send().await.unwrap();
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.api))
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
@@ -61,14 +76,22 @@ impl Server {
     }
 
     /// Polls the agent's API view until `pred` holds, or fails after `timeout`.
-    pub async fn wait_agent(&self, uid: uuid::Uuid, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_agent(
+        &self,
+        uid: uuid::Uuid,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let (status, body) = self.get(&format!("/api/v1/agents/{uid}")).await;
             if status == 200 && pred(&body) {
                 return body;
             }
-            assert!(Instant::now() < deadline, "agent {uid} never reached the expected state; last: {body}");
+            assert!(
+                Instant::now() < deadline,
+                "agent {uid} never reached the expected state; last: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

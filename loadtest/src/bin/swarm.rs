@@ -82,7 +82,10 @@ async fn main() -> anyhow::Result<()> {
         }
         let (args, stats) = (args.clone(), stats.clone());
         tasks.spawn(async move {
-            let agent = SimAgent::new("io.opentelemetry.collector", &[("env", &args.env), ("swarm.index", &i.to_string())]);
+            let agent = SimAgent::new(
+                "io.opentelemetry.collector",
+                &[("env", &args.env), ("swarm.index", &i.to_string())],
+            );
             let result = match args.transport {
                 Transport::Ws => run_ws(agent, &args, &stats, end).await,
                 Transport::Http => run_http(agent, &args, &stats, end).await,
@@ -97,7 +100,11 @@ async fn main() -> anyhow::Result<()> {
     progress.abort();
     let mut lat = stats.latencies_us.lock().await.clone();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let report = serde_json::json!({
         "agents": args.agents,
         "transport": format!("{:?}", args.transport).to_lowercase(),
@@ -113,14 +120,26 @@ async fn main() -> anyhow::Result<()> {
 
 async fn record(stats: &Stats, sent: Instant) {
     stats.messages.fetch_add(1, Ordering::Relaxed);
-    stats.latencies_us.lock().await.push(sent.elapsed().as_micros() as u64);
+    stats
+        .latencies_us
+        .lock()
+        .await
+        .push(sent.elapsed().as_micros() as u64);
 }
 
 fn interval(agent: &SimAgent, args: &Args) -> Duration {
-    agent.heartbeat_interval_seconds.filter(|s| *s > 0).map_or(args.heartbeat, Duration::from_secs)
+    agent
+        .heartbeat_interval_seconds
+        .filter(|s| *s > 0)
+        .map_or(args.heartbeat, Duration::from_secs)
 }
 
-async fn run_ws(mut agent: SimAgent, args: &Args, stats: &Stats, end: Instant) -> anyhow::Result<()> {
+async fn run_ws(
+    mut agent: SimAgent,
+    args: &Args,
+    stats: &Stats,
+    end: Instant,
+) -> anyhow::Result<()> {
     let mut ws = WsClient::connect(&args.url).await?;
     stats.connected.fetch_add(1, Ordering::Relaxed);
     let mut outbox = vec![agent.full_report()];
@@ -136,7 +155,9 @@ async fn run_ws(mut agent: SimAgent, args: &Args, stats: &Stats, end: Instant) -
                 outbox.extend(react(&mut agent, &reply, stats));
                 continue;
             }
-            let wait = next_heartbeat.min(end).saturating_duration_since(Instant::now());
+            let wait = next_heartbeat
+                .min(end)
+                .saturating_duration_since(Instant::now());
             match ws.next_event(wait.max(Duration::from_millis(1))).await {
                 Ok(WsEvent::Message(push)) => outbox.extend(react(&mut agent, &push, stats)),
                 Ok(WsEvent::Closed(_)) => anyhow::bail!("server closed the connection"),
@@ -157,7 +178,12 @@ async fn run_ws(mut agent: SimAgent, args: &Args, stats: &Stats, end: Instant) -
     result
 }
 
-async fn run_http(mut agent: SimAgent, args: &Args, stats: &Stats, end: Instant) -> anyhow::Result<()> {
+async fn run_http(
+    mut agent: SimAgent,
+    args: &Args,
+    stats: &Stats,
+    end: Instant,
+) -> anyhow::Result<()> {
     let client = HttpClient::new(&args.url);
     let mut outbox = vec![agent.full_report()];
     stats.connected.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +198,10 @@ async fn run_http(mut agent: SimAgent, args: &Args, stats: &Stats, end: Instant)
             record(stats, sent).await;
             outbox.extend(react(&mut agent, &reply, stats));
             if outbox.is_empty() {
-                tokio::time::sleep(interval(&agent, args).min(end.saturating_duration_since(Instant::now()))).await;
+                tokio::time::sleep(
+                    interval(&agent, args).min(end.saturating_duration_since(Instant::now())),
+                )
+                .await;
             }
         }
         client.post(&agent.disconnect(), false).await.map(|_| ())
@@ -182,7 +211,11 @@ async fn run_http(mut agent: SimAgent, args: &Args, stats: &Stats, end: Instant)
     result
 }
 
-fn react(agent: &mut SimAgent, msg: &flotilla_proto::opamp::ServerToAgent, stats: &Stats) -> Vec<flotilla_proto::opamp::AgentToServer> {
+fn react(
+    agent: &mut SimAgent,
+    msg: &flotilla_proto::opamp::ServerToAgent,
+    stats: &Stats,
+) -> Vec<flotilla_proto::opamp::AgentToServer> {
     if msg.error_response.is_some() {
         stats.errors.fetch_add(1, Ordering::Relaxed);
     }

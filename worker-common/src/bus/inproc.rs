@@ -2,7 +2,9 @@
 //! requests fail fast with `Overloaded` (which the gateway turns into UNAVAILABLE) instead of
 //! buffering without limit.
 
-use super::{Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription, subject_matches};
+use super::{
+    Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription, subject_matches,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::RwLock;
@@ -18,7 +20,10 @@ pub struct InProcessBus {
 impl InProcessBus {
     /// `queue`: messages buffered per subscription before senders see `Overloaded`.
     pub fn new(queue: usize) -> Self {
-        Self { subs: RwLock::new(Vec::new()), queue }
+        Self {
+            subs: RwLock::new(Vec::new()),
+            queue,
+        }
     }
 
     /// Subscribers of `subject`; forgets subscriptions whose receiver was dropped.
@@ -32,7 +37,10 @@ impl InProcessBus {
         let stale = subs.iter().any(|(_, tx)| tx.is_closed());
         drop(subs);
         if stale {
-            self.subs.write().expect("bus lock").retain(|(_, tx)| !tx.is_closed());
+            self.subs
+                .write()
+                .expect("bus lock")
+                .retain(|(_, tx)| !tx.is_closed());
         }
         found
     }
@@ -50,7 +58,10 @@ impl Bus for InProcessBus {
         for tx in self.matching(&msg.subject) {
             // Like NATS core: a subscriber that cannot keep up loses messages, the publisher
             // is never blocked.
-            let _ = tx.try_send(Incoming { msg: msg.clone(), reply: None });
+            let _ = tx.try_send(Incoming {
+                msg: msg.clone(),
+                reply: None,
+            });
         }
         Ok(())
     }
@@ -61,11 +72,14 @@ impl Bus for InProcessBus {
             return Err(BusError::NoResponders(subject));
         };
         let (reply_tx, reply_rx) = oneshot::channel();
-        tx.try_send(Incoming { msg, reply: Some(Reply(ReplyInner::InProcess(reply_tx))) })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => BusError::Overloaded(subject.clone()),
-                mpsc::error::TrySendError::Closed(_) => BusError::NoResponders(subject.clone()),
-            })?;
+        tx.try_send(Incoming {
+            msg,
+            reply: Some(Reply(ReplyInner::InProcess(reply_tx))),
+        })
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => BusError::Overloaded(subject.clone()),
+            mpsc::error::TrySendError::Closed(_) => BusError::NoResponders(subject.clone()),
+        })?;
         match tokio::time::timeout(timeout, reply_rx).await {
             Ok(Ok(payload)) => Ok(payload),
             Ok(Err(_)) => Err(BusError::NoResponders(subject)),
@@ -75,7 +89,10 @@ impl Bus for InProcessBus {
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::channel(self.queue);
-        self.subs.write().expect("bus lock").push((subject.to_owned(), tx));
+        self.subs
+            .write()
+            .expect("bus lock")
+            .push((subject.to_owned(), tx));
         Ok(Subscription { rx })
     }
 }
@@ -95,9 +112,13 @@ mod tests {
                 inc.reply.unwrap().send(answer.into()).await.unwrap();
             }
         });
-        let out = bus.request(BusMessage::new("a.x", vec![1, 2]), Duration::from_secs(1)).await;
+        let out = bus
+            .request(BusMessage::new("a.x", vec![1, 2]), Duration::from_secs(1))
+            .await;
         assert_eq!(out.unwrap().as_ref(), &[2, 1]);
-        let err = bus.request(BusMessage::new("b.x", vec![]), Duration::from_secs(1)).await;
+        let err = bus
+            .request(BusMessage::new("b.x", vec![]), Duration::from_secs(1))
+            .await;
         assert_eq!(err, Err(BusError::NoResponders("b.x".into())));
     }
 
@@ -106,12 +127,18 @@ mod tests {
         let bus = InProcessBus::new(1);
         let sub = bus.subscribe("q").await.unwrap();
         // First request fills the queue and times out (nobody reads); the second is refused at once.
-        let first = bus.request(BusMessage::new("q", vec![]), Duration::from_millis(20)).await;
+        let first = bus
+            .request(BusMessage::new("q", vec![]), Duration::from_millis(20))
+            .await;
         assert_eq!(first, Err(BusError::Timeout("q".into())));
-        let second = bus.request(BusMessage::new("q", vec![]), Duration::from_secs(5)).await;
+        let second = bus
+            .request(BusMessage::new("q", vec![]), Duration::from_secs(5))
+            .await;
         assert_eq!(second, Err(BusError::Overloaded("q".into())));
         drop(sub);
-        let third = bus.request(BusMessage::new("q", vec![]), Duration::from_secs(5)).await;
+        let third = bus
+            .request(BusMessage::new("q", vec![]), Duration::from_secs(5))
+            .await;
         assert_eq!(third, Err(BusError::NoResponders("q".into())));
     }
 
@@ -120,7 +147,9 @@ mod tests {
         let bus = InProcessBus::default();
         let mut a = bus.subscribe("e.>").await.unwrap();
         let mut b = bus.subscribe("e.silent").await.unwrap();
-        bus.publish(BusMessage::new("e.silent", vec![9])).await.unwrap();
+        bus.publish(BusMessage::new("e.silent", vec![9]))
+            .await
+            .unwrap();
         assert_eq!(a.next().await.unwrap().msg.payload.as_ref(), &[9]);
         assert_eq!(b.next().await.unwrap().msg.payload.as_ref(), &[9]);
     }

@@ -34,11 +34,18 @@ pub struct BusMessage {
 
 impl BusMessage {
     pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
-        Self { subject: subject.into(), headers: Vec::new(), payload: payload.into() }
+        Self {
+            subject: subject.into(),
+            headers: Vec::new(),
+            payload: payload.into(),
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -57,7 +57,8 @@ impl EmbeddedStore {
         let read = db.begin_read().map_err(io)?;
         for row in read.open_table(AGENTS).map_err(io)?.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
-            let uid = Uuid::from_slice(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let uid =
+                Uuid::from_slice(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let mut rec =
                 AgentRecord::decode(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             rec.status = AgentStatus::Disconnected as i32;
@@ -66,8 +67,8 @@ impl EmbeddedStore {
         }
         for row in read.open_table(CONFIGS).map_err(io)?.iter().map_err(io)? {
             let (_, v) = row.map_err(io)?;
-            let cfg: StoredConfig =
-                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let cfg: StoredConfig = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             // Keys sort by name then version, so the last one seen per name is the latest.
             configs.insert(cfg.name.clone(), cfg);
         }
@@ -89,7 +90,9 @@ impl EmbeddedStore {
         }
         let rows: Vec<(Uuid, Vec<u8>)> = {
             let agents = self.agents.lock().expect("store lock");
-            uids.iter().filter_map(|u| agents.get(u).map(|r| (*u, r.encode_to_vec()))).collect()
+            uids.iter()
+                .filter_map(|u| agents.get(u).map(|r| (*u, r.encode_to_vec())))
+                .collect()
         };
         let db = self.db.clone();
         let n = rows.len();
@@ -98,7 +101,9 @@ impl EmbeddedStore {
             {
                 let mut table = txn.open_table(AGENTS).map_err(io)?;
                 for (uid, bytes) in &rows {
-                    table.insert(uid.as_bytes().as_slice(), bytes.as_slice()).map_err(io)?;
+                    table
+                        .insert(uid.as_bytes().as_slice(), bytes.as_slice())
+                        .map_err(io)?;
                 }
             }
             txn.commit().map_err(io)
@@ -142,7 +147,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(self.agents.lock().expect("store lock").values().cloned().collect())
+        Ok(self
+            .agents
+            .lock()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect())
     }
 
     async fn arm_deadline(&self, uid: Uuid, at_unix_ms: u64) -> Result<(), StoreError> {
@@ -183,14 +194,23 @@ impl Store for EmbeddedStore {
         let key = format!("{}\0{:020}", config.name, config.version);
         let json = serde_json::to_vec(&config).map_err(io)?;
         let txn = self.db.begin_write().map_err(io)?;
-        txn.open_table(CONFIGS).map_err(io)?.insert(key.as_str(), json.as_slice()).map_err(io)?;
+        txn.open_table(CONFIGS)
+            .map_err(io)?
+            .insert(key.as_str(), json.as_slice())
+            .map_err(io)?;
         txn.commit().map_err(io)?;
         configs.insert(config.name.clone(), config.clone());
         Ok(config)
     }
 
     async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {
-        Ok(self.configs.lock().expect("store lock").values().cloned().collect())
+        Ok(self
+            .configs
+            .lock()
+            .expect("store lock")
+            .values()
+            .cloned()
+            .collect())
     }
 }
 
@@ -221,7 +241,10 @@ mod tests {
                 selector: BTreeMap::from([("env".into(), "prod".into())]),
                 files: BTreeMap::from([(
                     "c.yaml".into(),
-                    ConfigFile { body: "a: 1".into(), content_type: "text/yaml".into() },
+                    ConfigFile {
+                        body: "a: 1".into(),
+                        content_type: "text/yaml".into(),
+                    },
                 )]),
                 hash: "00".into(),
                 created_unix_ms: 1,

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The test command of README.md, also run by CI (.ci/run). Installs what the tests need on a fresh
+# machine, then runs the gate: rustfmt, clippy (warnings are errors), and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The interop test drives agents built on the Python OpAMP client (plain HTTP).
+venv="target/interop-venv"
+if ! "$venv/bin/python" -c 'import opentelemetry._opamp' 2>/dev/null; then
+  echo "==> installing opentelemetry-opamp-client into $venv"
+  mkdir -p target
+  python3 -m venv "$venv" || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$venv"; }
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "opentelemetry-opamp-client==0.5b0"
+fi
+export FLOTILLA_INTEROP_PYTHON="$PWD/$venv/bin/python"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+log="target/test-output.log"
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# cargo's last line is often a doc-test summary of 0 tests; print the totals of the whole run.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
