@@ -14,4 +14,4 @@ mod metrics;
 mod service;
 pub mod views;
 
-pub use service::{Coordinator, CoordinatorConfig, RestartOutcome, ServiceError, error_reply};
+pub use service::{Coordinator, CoordinatorConfig, RestartOutcome, ServiceError};

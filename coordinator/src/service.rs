@@ -6,7 +6,7 @@ use crate::agent::{self, Ctx, Deadline, EventKind, has};
 use crate::configs;
 use crate::metrics::Metrics;
 use flotilla_common::bus::{Bus, BusError, BusMessage, Incoming};
-use flotilla_common::error::ErrorKind;
+use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_common::names::{SHARD_COUNT, Subjects, shard_of};
 use flotilla_common::store::{ConfigFile, Store, StoreError, StoredConfig};
 use flotilla_common::telemetry::now_unix_ms;
@@ -14,8 +14,7 @@ use flotilla_proto::bus::{
     AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, Transport, Uplink, UplinkReply, uplink,
 };
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, AgentToServer, CommandType, ServerErrorResponse, ServerToAgent,
-    ServerToAgentCommand,
+    AgentCapabilities as Cap, AgentToServer, CommandType, ServerToAgent, ServerToAgentCommand,
 };
 use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
@@ -185,7 +184,12 @@ impl Coordinator {
                     .get_or_create(&vec![("result", "bad_request")])
                     .inc();
                 let msg = format!("malformed AgentToServer: {e}");
-                return reply_of(error_reply(Vec::new(), ErrorKind::BadRequest, msg));
+                return reply_of(opamp_error_reply(
+                    Vec::new(),
+                    ErrorKind::BadRequest,
+                    msg,
+                    None,
+                ));
             }
         };
         let uid_sent = msg.instance_uid.clone();
@@ -244,10 +248,13 @@ impl Coordinator {
             .uplinks
             .get_or_create(&vec![("result", "unavailable")])
             .inc();
-        error_reply(
+        // Agents retry soon: a store hiccup is usually over in seconds.
+        let retry = Some(Duration::from_secs(5));
+        opamp_error_reply(
             uid,
             ErrorKind::Unavailable,
             "agent state temporarily unavailable".into(),
+            retry,
         )
     }
 
@@ -529,18 +536,4 @@ fn is_live_ws(rec: &AgentRecord) -> bool {
             .origin
             .as_ref()
             .is_some_and(|o| o.transport() == Transport::Websocket)
-}
-
-/// A reply carrying only an error (the spec forbids other fields beside error_response).
-pub fn error_reply(instance_uid: Vec<u8>, kind: ErrorKind, message: String) -> Vec<u8> {
-    ServerToAgent {
-        instance_uid,
-        error_response: Some(ServerErrorResponse {
-            r#type: kind.opamp_error_type() as i32,
-            error_message: message,
-            details: None,
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
 }

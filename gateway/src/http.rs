@@ -6,11 +6,9 @@ use bytes::Bytes;
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
-use flotilla_common::error::ErrorKind;
+use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_proto::bus::Transport;
-use flotilla_proto::opamp::{
-    AgentToServer, RetryInfo, ServerErrorResponse, ServerToAgent, server_error_response,
-};
+use flotilla_proto::opamp::AgentToServer;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -37,29 +35,6 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
-}
-
-/// The protobuf error reply of the spec (error_response alone, with the uid echoed).
-pub fn error_message(
-    instance_uid: Vec<u8>,
-    kind: ErrorKind,
-    message: String,
-    retry_after_ns: Option<u64>,
-) -> Vec<u8> {
-    ServerToAgent {
-        instance_uid,
-        error_response: Some(ServerErrorResponse {
-            r#type: kind.opamp_error_type() as i32,
-            error_message: message,
-            details: retry_after_ns.map(|ns| {
-                server_error_response::Details::RetryInfo(RetryInfo {
-                    retry_after_nanoseconds: ns,
-                })
-            }),
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
 }
 
 impl Gateway {
@@ -188,7 +163,7 @@ impl Gateway {
         let msg = match AgentToServer::decode(body.as_ref()) {
             Ok(m) => m,
             Err(e) => {
-                let reply = error_message(
+                let reply = opamp_error_reply(
                     Vec::new(),
                     ErrorKind::BadRequest,
                     format!("malformed AgentToServer: {e}"),
@@ -205,7 +180,7 @@ impl Gateway {
             && msg.instance_uid != h.as_bytes()
         {
             let why = "OpAMP-Instance-UID header differs from instance_uid".to_owned();
-            let reply = error_message(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
             return self.reject(
                 "bad_request",
                 protobuf(StatusCode::BAD_REQUEST, reply, false),

@@ -3,9 +3,9 @@
 //! messages reach its owner in order; pushes for the connection are written in between.
 
 use crate::Gateway;
-use crate::http::{HttpResponse, error_message, text};
+use crate::http::{HttpResponse, text};
 use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};
-use flotilla_common::error::ErrorKind;
+use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_proto::bus::Transport;
 use flotilla_proto::opamp::AgentToServer;
 use futures_util::{SinkExt, StreamExt};
@@ -202,7 +202,7 @@ impl Gateway {
                     .rejected
                     .get_or_create(&vec![("reason", "bad_request")])
                     .inc();
-                return Some(error_message(
+                return Some(opamp_error_reply(
                     Vec::new(),
                     ErrorKind::BadRequest,
                     format!("malformed AgentToServer: {e}"),
@@ -229,13 +229,12 @@ impl Gateway {
                     .rejected
                     .get_or_create(&vec![("reason", "unavailable")])
                     .inc();
-                let ns = self.cfg.retry_after.as_nanos() as u64;
                 let text = format!("no server could take this agent's message ({e}); retry later");
-                Some(error_message(
+                Some(opamp_error_reply(
                     msg.instance_uid,
                     ErrorKind::Unavailable,
                     text,
-                    Some(ns),
+                    Some(self.cfg.retry_after),
                 ))
             }
         }

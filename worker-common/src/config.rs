@@ -361,6 +361,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_deploy_parses() {
+        let path = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/flotilla.toml"
+        ));
+        let c = ServeConfig::load(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.node_id, "flotilla-1");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/flotilla"));
+    }
+
+    #[test]
     fn urls_are_redacted_in_the_logged_config() {
         assert_eq!(redact("redis://:hunter2@r:6379"), "redis://***@r:6379");
         assert_eq!(redact("nats://n:4222"), "nats://n:4222");

@@ -45,3 +45,31 @@ impl ErrorKind {
         }
     }
 }
+
+/// An encoded ServerToAgent carrying only `error_response` (the spec forbids other fields beside
+/// it), with the agent's uid echoed and, for UNAVAILABLE, how long to wait.
+pub fn opamp_error_reply(
+    instance_uid: Vec<u8>,
+    kind: ErrorKind,
+    message: String,
+    retry_after: Option<std::time::Duration>,
+) -> Vec<u8> {
+    use flotilla_proto::opamp::{
+        RetryInfo, ServerErrorResponse, ServerToAgent, server_error_response::Details,
+    };
+    use prost::Message;
+    ServerToAgent {
+        instance_uid,
+        error_response: Some(ServerErrorResponse {
+            r#type: kind.opamp_error_type() as i32,
+            error_message: message,
+            details: retry_after.map(|d| {
+                Details::RetryInfo(RetryInfo {
+                    retry_after_nanoseconds: d.as_nanos() as u64,
+                })
+            }),
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
