@@ -1,0 +1,168 @@
+//! The `flotilla` binary itself: `serve` as a real process (clear errors on bad config, drain on
+//! SIGTERM, configs kept across a restart) and `ctl` against it.
+
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(data: &Path, opamp: u16, api: u16) -> Child {
+    Command::new(BIN)
+        .args([
+            "serve",
+            "--opamp-listen",
+            &format!("127.0.0.1:{opamp}"),
+            "--api-listen",
+            &format!("127.0.0.1:{api}"),
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_healthy(api: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe::healthz(api).is_err() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+mod probe {
+    // A blocking probe with no HTTP client: a raw HTTP/1.0 GET.
+    use std::io::{Read, Write};
+    pub fn healthz(port: u16) -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+}
+
+fn ctl(api: u16, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["ctl", "--api", &format!("http://127.0.0.1:{api}")])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn bad_config_exits_non_zero_with_a_clear_message() {
+    let out = Command::new(BIN)
+        .args(["serve", "--region", "eu.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--region") && err.contains("letters, digits"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["serve", "--roles", "gateway"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --nats-url and --redis-url"));
+
+    let port = free_port();
+    let _busy = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--opamp-listen",
+            &format!("127.0.0.1:{port}"),
+            "--api-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen on"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn serve_drains_on_sigterm_keeps_configs_across_restarts_and_ctl_drives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opamp, api) = (free_port(), free_port());
+    let server = serve(dir.path(), opamp, api);
+    wait_healthy(api);
+
+    let file = dir.path().join("collector.yaml");
+    std::fs::write(&file, "receivers: {otlp: {}}\n").unwrap();
+    let out = ctl(
+        api,
+        &[
+            "configs",
+            "put",
+            "base",
+            "-f",
+            file.to_str().unwrap(),
+            "--selector",
+            "env=prod",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stored["version"], 1);
+    assert_eq!(stored["files"]["collector.yaml"], "receivers: {otlp: {}}\n");
+
+    let out = ctl(api, &["agents", "get", "not-a-uid"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("400 Bad Request: \"not-a-uid\" is not an instance uid")
+    );
+    let out = ctl(api, &["agents", "list"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 of 0 agents"));
+
+    assert!(stop(server).success(), "SIGTERM drains and exits 0");
+    let server = serve(dir.path(), opamp, api);
+    wait_healthy(api);
+    let out = ctl(api, &["configs", "get", "base"]);
+    assert!(out.status.success());
+    let kept: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(kept["hash"], stored["hash"]);
+    assert_eq!(kept["selector"]["env"], "prod");
+    assert!(stop(server).success());
+
+    let out = ctl(api, &["health"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Flotilla API"));
+}
