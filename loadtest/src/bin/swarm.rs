@@ -153,6 +153,8 @@ async fn run_ws(
                 let reply = ws.recv(Duration::from_secs(10)).await?;
                 record(stats, sent).await;
                 outbox.extend(react(&mut agent, &reply, stats));
+                // The interval counts from the last message sent, at the server's offered value.
+                next_heartbeat = Instant::now() + interval(&agent, args);
                 continue;
             }
             let wait = next_heartbeat
@@ -161,12 +163,8 @@ async fn run_ws(
             match ws.next_event(wait.max(Duration::from_millis(1))).await {
                 Ok(WsEvent::Message(push)) => outbox.extend(react(&mut agent, &push, stats)),
                 Ok(WsEvent::Closed(_)) => anyhow::bail!("server closed the connection"),
-                Err(_) => {
-                    if Instant::now() >= next_heartbeat {
-                        outbox.push(agent.heartbeat());
-                        next_heartbeat = Instant::now() + interval(&agent, args);
-                    }
-                }
+                Err(_) if Instant::now() >= next_heartbeat => outbox.push(agent.heartbeat()),
+                Err(_) => {}
             }
         }
         let bye = agent.disconnect();
