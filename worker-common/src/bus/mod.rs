@@ -40,13 +40,6 @@ impl BusMessage {
             payload: payload.into(),
         }
     }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 /// A received message; `reply` answers it when it was a request.
