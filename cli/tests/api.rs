@@ -204,14 +204,7 @@ async fn restart_of_the_server_keeps_configs_and_agents_which_show_disconnected(
         )
         .await;
     assert_eq!(status, 200);
-    let mut ws = flotilla_loadtest::client::WsClient::connect(&srv.ws_url)
-        .await
-        .unwrap();
-    let mut outbox = vec![agent.full_report()];
-    while let Some(m) = outbox.pop() {
-        let reply = ws.request(&m).await.unwrap();
-        outbox.extend(agent.handle(&reply));
-    }
+    let _ws = common::connect(&srv, &mut agent).await;
     srv.wait_agent(agent.uid, std::time::Duration::from_secs(5), |v| {
         v["remote_config_status"]["status"] == "APPLIED"
     })

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, full_state_requested, start};
+use common::{config, connect, full_state_requested, start};
 use flotilla_loadtest::client::{WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::opamp::{AgentToServer, AgentToServerFlags, ServerErrorResponseType};
@@ -12,16 +12,6 @@ use serde_json::json;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(5);
-
-async fn connect(srv: &common::Server, agent: &mut SimAgent) -> WsClient {
-    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
-    let first = ws.request(&agent.full_report()).await.unwrap();
-    for msg in agent.handle(&first) {
-        let reply = ws.request(&msg).await.unwrap();
-        agent.handle(&reply);
-    }
-    ws
-}
 
 #[tokio::test]
 async fn first_reply_carries_capabilities_and_sequence_gaps_and_repeats_ask_for_full_state() {

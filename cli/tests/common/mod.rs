@@ -97,6 +97,23 @@ impl Server {
     }
 }
 
+/// Connects `agent` over WebSocket and answers the server until it has nothing more to ask
+/// (full state, a config to apply): the agent is then known and up to date.
+pub async fn connect(
+    srv: &Server,
+    agent: &mut flotilla_loadtest::sim::SimAgent,
+) -> flotilla_loadtest::client::WsClient {
+    let mut ws = flotilla_loadtest::client::WsClient::connect(&srv.ws_url)
+        .await
+        .unwrap();
+    let mut outbox = vec![agent.full_report()];
+    while let Some(msg) = outbox.pop() {
+        let reply = ws.request(&msg).await.unwrap();
+        outbox.extend(agent.handle(&reply));
+    }
+    ws
+}
+
 pub fn full_state_requested(m: &flotilla_proto::opamp::ServerToAgent) -> bool {
     m.flags & flotilla_proto::opamp::ServerToAgentFlags::ReportFullState as u64 != 0
 }
