@@ -35,6 +35,8 @@ pub fn has(caps: u64, cap: Cap) -> bool {
 pub struct Ctx<'a> {
     pub now_unix_ms: u64,
     pub heartbeat_interval: Duration,
+    /// [`heartbeat_offer`] of `heartbeat_interval`, computed once per process.
+    pub heartbeat_offer: &'a ConnectionSettingsOffers,
     pub configs: &'a [StoredConfig],
 }
 
@@ -118,25 +120,19 @@ pub fn process(
         first_seen_unix_ms: ctx.now_unix_ms,
         ..Default::default()
     });
-    let before = rec.clone();
+    let before = EventFacts::of(&rec);
+    let leaving = msg.agent_disconnect.is_some();
     let mut events = Vec::new();
 
-    merge(&mut rec, &msg);
     if !in_sequence {
         reply.flags |= ServerToAgentFlags::ReportFullState as u64;
     }
-    if let Some(ac) = &msg.available_components {
-        let known = before
-            .available_components
-            .as_ref()
-            .is_some_and(|k| k.hash == ac.hash && !k.components.is_empty());
-        if ac.components.is_empty() && !known {
-            reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
-        }
+    if merge(&mut rec, msg) {
+        reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
     }
     rec.last_seen_unix_ms = ctx.now_unix_ms;
 
-    if msg.agent_disconnect.is_some() {
+    if leaving {
         rec.status = AgentStatus::Disconnected as i32;
         rec.origin = None;
         events.push(EventKind::Disconnected);
@@ -147,9 +143,9 @@ pub fn process(
             events.push(EventKind::Connected);
         }
     }
-    events.extend(status_events(&before, &rec));
+    events.extend(before.events_to(&rec));
 
-    let deadline = match silence_deadline(&rec, ctx) {
+    let deadline = match silence_deadline(&rec, ctx.heartbeat_interval) {
         Some(at) => Deadline::Arm(at),
         None => Deadline::Clear,
     };
@@ -171,7 +167,7 @@ pub fn process(
         };
     }
 
-    if msg.agent_disconnect.is_none() {
+    if !leaving {
         fill_offers(&mut reply, &mut rec, ctx);
     }
     Outcome {
@@ -182,13 +178,14 @@ pub fn process(
     }
 }
 
-/// Merges the sub-messages present in `msg`; an absent one means "unchanged".
-fn merge(rec: &mut AgentRecord, msg: &AgentToServer) {
+/// Moves the sub-messages present in `msg` into the record; an absent one means "unchanged".
+/// Returns true when the server should ask for the full map of available components.
+fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     rec.sequence_num = msg.sequence_num;
     rec.capabilities = msg.capabilities;
     macro_rules! take {
         ($($field:ident <- $src:ident),*) => {
-            $(if msg.$src.is_some() { rec.$field = msg.$src.clone(); })*
+            $(if msg.$src.is_some() { rec.$field = msg.$src; })*
         };
     }
     take!(
@@ -200,45 +197,66 @@ fn merge(rec: &mut AgentRecord, msg: &AgentToServer) {
         custom_capabilities <- custom_capabilities,
         connection_settings_status <- connection_settings_status
     );
-    if let Some(ac) = &msg.available_components {
-        // The first report carries only the hash; keep the components we know for that hash.
-        let keep = ac.components.is_empty()
-            && rec
-                .available_components
-                .as_ref()
-                .is_some_and(|k| k.hash == ac.hash);
-        if !keep {
-            rec.available_components = Some(ac.clone());
+    let Some(reported) = msg.available_components else {
+        return false;
+    };
+    // The first report carries only the hash: keep what we know for that hash, and ask for the
+    // map unless we have it.
+    let stored = rec.available_components.as_ref();
+    let same_hash = stored.is_some_and(|k| k.hash == reported.hash);
+    if reported.components.is_empty() {
+        let have_map = same_hash && stored.is_some_and(|k| !k.components.is_empty());
+        if !same_hash {
+            rec.available_components = Some(reported);
         }
+        return !have_map;
     }
+    rec.available_components = Some(reported);
+    false
 }
 
-fn status_events(before: &AgentRecord, after: &AgentRecord) -> Vec<EventKind> {
-    let mut events = Vec::new();
-    let healthy = |r: &AgentRecord| r.health.as_ref().map(|h| h.healthy);
-    if healthy(after) == Some(false) && healthy(before) != Some(false) {
-        events.push(EventKind::Unhealthy);
-    }
-    let rcs = |r: &AgentRecord| {
-        r.remote_config_status
-            .as_ref()
-            .map(|s| (s.status, s.last_remote_config_hash.clone()))
-    };
-    if rcs(after) != rcs(before) {
-        match after.remote_config_status.as_ref().map(|s| s.status()) {
-            Some(RemoteConfigStatuses::Applied) => events.push(EventKind::ConfigApplied),
-            Some(RemoteConfigStatuses::Failed) => events.push(EventKind::ConfigFailed),
-            _ => {}
+/// The few facts of a record that events compare before and after a message.
+struct EventFacts {
+    healthy: Option<bool>,
+    config_status: Option<(i32, Vec<u8>)>,
+}
+
+impl EventFacts {
+    fn of(rec: &AgentRecord) -> Self {
+        Self {
+            healthy: rec.health.as_ref().map(|h| h.healthy),
+            config_status: rec
+                .remote_config_status
+                .as_ref()
+                .map(|s| (s.status, s.last_remote_config_hash.clone())),
         }
     }
-    events
+
+    fn events_to(&self, after: &AgentRecord) -> Vec<EventKind> {
+        let now = Self::of(after);
+        let mut events = Vec::new();
+        if now.healthy == Some(false) && self.healthy != Some(false) {
+            events.push(EventKind::Unhealthy);
+        }
+        if now.config_status != self.config_status {
+            match now
+                .config_status
+                .map(|(status, _)| RemoteConfigStatuses::try_from(status))
+            {
+                Some(Ok(RemoteConfigStatuses::Applied)) => events.push(EventKind::ConfigApplied),
+                Some(Ok(RemoteConfigStatuses::Failed)) => events.push(EventKind::ConfigFailed),
+                _ => {}
+            }
+        }
+        events
+    }
 }
 
 /// When a connected agent becomes silent: agents that promise heartbeats, and HTTP pollers (which
 /// poll at the heartbeat interval, 30 s by default), are silent after 3 intervals without a
 /// message. A WebSocket agent without ReportsHeartbeat promises nothing; its connection's close
 /// tells us it is gone.
-pub fn silence_deadline(rec: &AgentRecord, ctx: &Ctx<'_>) -> Option<u64> {
+pub fn silence_deadline(rec: &AgentRecord, heartbeat_interval: Duration) -> Option<u64> {
     if rec.status != AgentStatus::Connected as i32 {
         return None;
     }
@@ -249,34 +267,33 @@ pub fn silence_deadline(rec: &AgentRecord, ctx: &Ctx<'_>) -> Option<u64> {
     if !http && !has(rec.capabilities, Cap::ReportsHeartbeat) {
         return None;
     }
-    let window = ctx.heartbeat_interval * SILENT_AFTER_INTERVALS;
+    let window = heartbeat_interval * SILENT_AFTER_INTERVALS;
     Some(rec.last_seen_unix_ms + window.as_millis() as u64)
 }
 
+/// Takes a queued, unexpired restart if the agent can restart; forgets an expired one.
 fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
-    let due = rec.restart_expires_unix_ms > now_unix_ms
-        && has(rec.capabilities, Cap::AcceptsRestartCommand);
-    if rec.restart_expires_unix_ms != 0 && (due || rec.restart_expires_unix_ms <= now_unix_ms) {
+    if rec.restart_expires_unix_ms <= now_unix_ms {
         rec.restart_expires_unix_ms = 0;
+        return false;
     }
-    due
+    if !has(rec.capabilities, Cap::AcceptsRestartCommand) {
+        return false;
+    }
+    rec.restart_expires_unix_ms = 0;
+    true
 }
 
 /// Adds what differs between the desired state and what the agent reported: the remote config,
 /// and the connection settings (heartbeat interval).
 fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) {
-    if let Some(cfg) = desired_config(rec, ctx.configs) {
-        let reported = rec
-            .remote_config_status
-            .as_ref()
-            .map(|s| configs::hex(&s.last_remote_config_hash));
-        if reported.as_deref() != Some(cfg.hash.as_str()) {
-            reply.remote_config = Some(configs::remote_config_message(cfg));
-        }
+    if let Some(cfg) = config_to_offer(rec, ctx.configs) {
+        reply.remote_config = Some(configs::remote_config_message(cfg));
     }
-    if let Some(offer) = settings_offer(rec, ctx.heartbeat_interval) {
+    if has(rec.capabilities, Cap::ReportsHeartbeat) {
         // Offered once per settings hash, and again while the agent reports another hash: an
         // offer on every reply could make agents that reconnect on new settings loop.
+        let offer = ctx.heartbeat_offer;
         let reported = rec
             .connection_settings_status
             .as_ref()
@@ -284,8 +301,8 @@ fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) 
         if rec.offered_settings_hash != offer.hash
             || reported.is_some_and(|h| h != offer.hash.as_slice())
         {
-            rec.offered_settings_hash = offer.hash.clone();
-            reply.connection_settings = Some(offer);
+            rec.offered_settings_hash.clone_from(&offer.hash);
+            reply.connection_settings = Some(offer.clone());
         }
     }
 }
@@ -301,12 +318,23 @@ pub fn desired_config<'a>(
     configs::resolve(configs, &attributes(rec))
 }
 
-/// The connection settings offered to agents that report heartbeats. The interval is always filled
-/// in: an `opamp` offer without it would switch heartbeats off (proto3 cannot tell 0 from unset).
-fn settings_offer(rec: &AgentRecord, interval: Duration) -> Option<ConnectionSettingsOffers> {
-    if !has(rec.capabilities, Cap::ReportsHeartbeat) {
-        return None;
-    }
+/// The desired config of an agent that does not report running it yet: what to send it.
+pub fn config_to_offer<'a>(
+    rec: &AgentRecord,
+    configs: &'a [StoredConfig],
+) -> Option<&'a StoredConfig> {
+    let cfg = desired_config(rec, configs)?;
+    let reported = rec
+        .remote_config_status
+        .as_ref()
+        .map(|s| configs::hex(&s.last_remote_config_hash));
+    (reported.as_deref() != Some(cfg.hash.as_str())).then_some(cfg)
+}
+
+/// The connection settings offered to agents that report heartbeats, with the hash of all of them.
+/// The interval is always filled in: an `opamp` offer without it would switch heartbeats off
+/// (proto3 cannot tell 0 from unset).
+pub fn heartbeat_offer(interval: Duration) -> ConnectionSettingsOffers {
     let mut offer = ConnectionSettingsOffers {
         opamp: Some(OpAmpConnectionSettings {
             heartbeat_interval_seconds: interval.as_secs(),
@@ -315,7 +343,7 @@ fn settings_offer(rec: &AgentRecord, interval: Duration) -> Option<ConnectionSet
         ..Default::default()
     };
     offer.hash = Sha256::digest(offer.encode_to_vec()).to_vec();
-    Some(offer)
+    offer
 }
 
 /// The agent's attributes as strings: non-identifying first, identifying on top (they win a clash).

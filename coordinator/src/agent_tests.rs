@@ -20,10 +20,14 @@ fn ws() -> Origin {
     }
 }
 
+static OFFER: std::sync::LazyLock<ConnectionSettingsOffers> =
+    std::sync::LazyLock::new(|| heartbeat_offer(Duration::from_secs(30)));
+
 fn ctx(configs: &[StoredConfig]) -> Ctx<'_> {
     Ctx {
         now_unix_ms: NOW,
         heartbeat_interval: Duration::from_secs(30),
+        heartbeat_offer: &OFFER,
         configs,
     }
 }

@@ -60,18 +60,31 @@ fn bad_request(msg: impl Into<String>) -> ApiError {
 type ApiResult = Result<axum::Json<Value>, ApiError>;
 
 async fn fleet_health(State(c): State<Arc<Coordinator>>) -> ApiResult {
-    let agents = c.agents().await?;
-    let count = |f: &dyn Fn(&flotilla_proto::bus::AgentRecord) -> bool| {
-        agents.iter().filter(|a| f(a)).count()
-    };
-    let connected = |a: &flotilla_proto::bus::AgentRecord| views::status_name(a) == "connected";
+    // [total, connected, healthy, unhealthy, silent, disconnected]; health counts connected agents.
+    let mut n = [0u64; 6];
+    c.visit_agents(&mut |a| {
+        n[0] += 1;
+        match views::status_name(a) {
+            "connected" => {
+                n[1] += 1;
+                match views::healthy(a) {
+                    Some(true) => n[2] += 1,
+                    Some(false) => n[3] += 1,
+                    None => {}
+                }
+            }
+            "silent" => n[4] += 1,
+            _ => n[5] += 1,
+        }
+    })
+    .await?;
     Ok(axum::Json(json!({
-        "total_agents": agents.len(),
-        "connected_agents": count(&connected),
-        "healthy_agents": count(&|a| connected(a) && views::healthy(a) == Some(true)),
-        "unhealthy_agents": count(&|a| connected(a) && views::healthy(a) == Some(false)),
-        "silent_agents": count(&|a| views::status_name(a) == "silent"),
-        "disconnected_agents": count(&|a| views::status_name(a) == "disconnected"),
+        "total_agents": n[0],
+        "connected_agents": n[1],
+        "healthy_agents": n[2],
+        "unhealthy_agents": n[3],
+        "silent_agents": n[4],
+        "disconnected_agents": n[5],
     })))
 }
 
@@ -144,25 +157,32 @@ async fn list_agents(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let (filters, limit, cursor) = parse_filters(&q)?;
-    let mut agents: Vec<_> = c
-        .agents()
-        .await?
-        .into_iter()
-        .filter(|a| views::matches_filters(a, &filters))
-        .collect();
-    agents.sort_by(|a, b| a.instance_uid.cmp(&b.instance_uid));
-    let total = agents.len();
-    let start = cursor.map_or(0, |cur| {
-        agents.partition_point(|a| a.instance_uid.as_slice() <= cur.as_bytes().as_slice())
-    });
-    let page = &agents[start..(start + limit).min(total)];
+    // Only the uids of matching agents are collected; records are read for one page.
+    let mut uids: Vec<Uuid> = Vec::new();
+    c.visit_agents(&mut |a| {
+        if views::matches_filters(a, &filters) {
+            uids.extend(Uuid::from_slice(&a.instance_uid).ok());
+        }
+    })
+    .await?;
+    uids.sort_unstable();
+    let total = uids.len();
+    let start = cursor.map_or(0, |cur| uids.partition_point(|u| *u <= cur));
+    let page = &uids[start..(start + limit).min(total)];
     let next_cursor = (start + limit < total)
-        .then(|| page.last().map(views::uid_string))
+        .then(|| page.last().map(Uuid::to_string))
         .flatten();
     let configs = c.configs();
+    let mut agents = Vec::with_capacity(page.len());
+    for uid in page {
+        // An agent is never removed, so every uid of the page has a record.
+        if let Some(rec) = c.agent(*uid).await? {
+            agents.push(views::summary(&rec, &configs));
+        }
+    }
     Ok(axum::Json(json!({
         "total": total,
-        "agents": page.iter().map(|a| views::summary(a, &configs)).collect::<Vec<_>>(),
+        "agents": agents,
         "next_cursor": next_cursor,
     })))
 }

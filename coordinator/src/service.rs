@@ -14,7 +14,8 @@ use flotilla_proto::bus::{
     AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, Transport, Uplink, UplinkReply, uplink,
 };
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, AgentToServer, CommandType, ServerToAgent, ServerToAgentCommand,
+    AgentCapabilities as Cap, AgentToServer, CommandType, ConnectionSettingsOffers, ServerToAgent,
+    ServerToAgentCommand,
 };
 use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
@@ -94,6 +95,8 @@ pub struct Coordinator {
     configs: RwLock<Arc<Vec<StoredConfig>>>,
     /// Serializes work on one shard's agents: uplinks, sweeps and admin changes.
     shard_locks: Vec<Mutex<()>>,
+    /// Constant for the process: computed (and hashed) once, not per message.
+    heartbeat_offer: ConnectionSettingsOffers,
     metrics: Metrics,
 }
 
@@ -107,6 +110,7 @@ impl Coordinator {
         let configs = store.list_configs().await?;
         Ok(Arc::new(Self {
             subjects: Subjects::new(&cfg.region),
+            heartbeat_offer: agent::heartbeat_offer(cfg.heartbeat_interval),
             cfg,
             bus,
             store,
@@ -207,6 +211,7 @@ impl Coordinator {
         let ctx = Ctx {
             now_unix_ms: now_unix_ms(),
             heartbeat_interval: self.cfg.heartbeat_interval,
+            heartbeat_offer: &self.heartbeat_offer,
             configs: &configs,
         };
         let out = agent::process(stored, msg, origin, &ctx);
@@ -296,13 +301,7 @@ impl Coordinator {
             let Some(mut rec) = self.store.get_agent(uid).await? else {
                 continue;
             };
-            let configs = self.configs();
-            let ctx = Ctx {
-                now_unix_ms: now,
-                heartbeat_interval: self.cfg.heartbeat_interval,
-                configs: &configs,
-            };
-            match agent::silence_deadline(&rec, &ctx) {
+            match agent::silence_deadline(&rec, self.cfg.heartbeat_interval) {
                 Some(at) if at > now => self.store.arm_deadline(uid, at).await?,
                 Some(_) => {
                     rec.status = AgentStatus::Silent as i32;
@@ -334,12 +333,13 @@ impl Coordinator {
     }
 
     async fn refresh_gauges(&self) {
-        let Ok(agents) = self.store.list_agents().await else {
-            return;
-        };
         let mut counts = [0i64; 4];
-        for a in &agents {
-            counts[a.status.clamp(0, 3) as usize] += 1;
+        let counted = self
+            .store
+            .visit_agents(&mut |a| counts[a.status.clamp(0, 3) as usize] += 1)
+            .await;
+        if counted.is_err() {
+            return;
         }
         for (status, n) in [
             ("connected", counts[1]),
@@ -357,8 +357,12 @@ impl Coordinator {
         self.configs.read().expect("configs lock").clone()
     }
 
-    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.store.list_agents().await
+    /// Calls `f` on every agent record (without copying the fleet).
+    pub async fn visit_agents(
+        &self,
+        f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
+    ) -> Result<(), StoreError> {
+        self.store.visit_agents(f).await
     }
 
     pub async fn agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
@@ -421,33 +425,26 @@ impl Coordinator {
     /// desired config. Idempotent: agents that already run it get nothing.
     async fn push_configs(&self) -> Result<(), StoreError> {
         let configs = self.configs();
-        let pushes: Vec<(AgentRecord, ServerToAgent)> = self
-            .store
-            .list_agents()
-            .await?
-            .into_iter()
-            .filter(is_live_ws)
-            .filter_map(|rec| {
-                let cfg = agent::desired_config(&rec, &configs)?;
-                let reported = rec
-                    .remote_config_status
-                    .as_ref()
-                    .map(|s| configs::hex(&s.last_remote_config_hash));
-                if reported.as_deref() == Some(cfg.hash.as_str()) {
-                    return None;
-                }
+        let mut pushes: Vec<(Origin, ServerToAgent)> = Vec::new();
+        self.store
+            .visit_agents(&mut |rec| {
+                let (Some(origin), Some(cfg)) =
+                    (live_ws(rec), agent::config_to_offer(rec, &configs))
+                else {
+                    return;
+                };
                 let msg = ServerToAgent {
                     instance_uid: rec.instance_uid.clone(),
                     capabilities: agent::SERVER_CAPABILITIES,
                     remote_config: Some(configs::remote_config_message(cfg)),
                     ..Default::default()
                 };
-                Some((rec, msg))
+                pushes.push((origin.clone(), msg));
             })
-            .collect();
+            .await?;
         let total = pushes.len();
         let delivered = futures_util::stream::iter(pushes)
-            .map(|(rec, msg)| async move { self.push(&rec, &msg).await })
+            .map(|(origin, msg)| async move { self.push(&origin, &msg).await })
             .buffer_unordered(256)
             .filter(|ok| std::future::ready(*ok))
             .count()
@@ -456,14 +453,12 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Sends a ServerToAgent to the live connection of `rec`; true if the gateway delivered it.
-    async fn push(&self, rec: &AgentRecord, msg: &ServerToAgent) -> bool {
-        let Some(origin) = &rec.origin else {
-            return false;
-        };
+    /// Sends a ServerToAgent (addressed by its instance_uid) to the connection `origin`; true if
+    /// the gateway delivered it.
+    async fn push(&self, origin: &Origin, msg: &ServerToAgent) -> bool {
         let down = Downlink {
             connection_id: origin.connection_id,
-            instance_uid: rec.instance_uid.clone(),
+            instance_uid: msg.instance_uid.clone(),
             server_to_agent: msg.encode_to_vec(),
         };
         let req = BusMessage::new(
@@ -502,7 +497,7 @@ impl Coordinator {
                 "agent {uid} does not accept restart commands (no AcceptsRestartCommand capability)"
             )));
         }
-        if is_live_ws(&rec) {
+        if let Some(origin) = live_ws(&rec) {
             let cmd = ServerToAgent {
                 instance_uid: rec.instance_uid.clone(),
                 capabilities: agent::SERVER_CAPABILITIES,
@@ -511,7 +506,7 @@ impl Coordinator {
                 }),
                 ..Default::default()
             };
-            if self.push(&rec, &cmd).await {
+            if self.push(origin, &cmd).await {
                 info!(%uid, "restart delivered");
                 return Ok(RestartOutcome::Delivered);
             }
@@ -530,10 +525,9 @@ fn reply_of(server_to_agent: Vec<u8>) -> UplinkReply {
     }
 }
 
-fn is_live_ws(rec: &AgentRecord) -> bool {
-    rec.status == AgentStatus::Connected as i32
-        && rec
-            .origin
-            .as_ref()
-            .is_some_and(|o| o.transport() == Transport::Websocket)
+/// The connection of an agent that is connected over WebSocket (the only kind a push can reach).
+fn live_ws(rec: &AgentRecord) -> Option<&Origin> {
+    rec.origin.as_ref().filter(|o| {
+        rec.status == AgentStatus::Connected as i32 && o.transport() == Transport::Websocket
+    })
 }

@@ -146,14 +146,14 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(self
-            .agents
-            .lock()
-            .expect("store lock")
-            .values()
-            .cloned()
-            .collect())
+    async fn visit_agents(
+        &self,
+        f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
+    ) -> Result<(), StoreError> {
+        for rec in self.agents.lock().expect("store lock").values() {
+            f(rec);
+        }
+        Ok(())
     }
 
     async fn arm_deadline(&self, uid: Uuid, at_unix_ms: u64) -> Result<(), StoreError> {

@@ -44,7 +44,12 @@ pub struct ConfigFile {
 pub trait Store: Send + Sync + 'static {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError>;
     async fn put_agent(&self, record: AgentRecord) -> Result<(), StoreError>;
-    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    /// Calls `f` on every agent record. Fleet-wide views (counts, filters, pushes) use this so
+    /// they copy only what they keep, never the whole fleet.
+    async fn visit_agents(
+        &self,
+        f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
+    ) -> Result<(), StoreError>;
 
     /// (Re-)arms the silence deadline of an agent.
     async fn arm_deadline(&self, uid: Uuid, at_unix_ms: u64) -> Result<(), StoreError>;
