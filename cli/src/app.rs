@@ -53,8 +53,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         &mut registry,
     )
     .await?;
-    let mut gw_cfg = GatewayConfig::new(&cfg.region, &cfg.node_id, cfg.max_message_size);
-    gw_cfg.retry_after = Duration::from_secs(30);
+    let gw_cfg = GatewayConfig::new(&cfg.region, &cfg.node_id, cfg.max_message_size);
     let gateway = Gateway::new(gw_cfg, bus, &mut registry);
 
     let opamp = bind(cfg.opamp_listen, "--opamp-listen").await?;

@@ -27,6 +27,21 @@ const GZIP_MIN_BYTES: usize = 256;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
+/// Does header `name` list `token` (comma-separated values, parameters after `;` ignored,
+/// case-insensitive)? Serves Content-Type, Accept-Encoding, Upgrade and Connection alike.
+pub fn header_has(headers: &http::HeaderMap, name: http::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            item.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+}
+
 pub fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
     let mut r = Response::new(Full::new(Bytes::from(body.into() + "\n")));
     *r.status_mut() = status;
@@ -53,16 +68,7 @@ impl Gateway {
                 format!("the OpAMP endpoint is {OPAMP_PATH}"),
             );
         }
-        let is_protobuf = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|t| t.trim().eq_ignore_ascii_case(PROTOBUF))
-            });
-        if is_protobuf {
+        if header_has(req.headers(), CONTENT_TYPE, PROTOBUF) {
             if req.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "plain-HTTP OpAMP uses POST");
             }
@@ -94,18 +100,7 @@ impl Gateway {
                 );
             }
         };
-        let accepts_gzip = req
-            .headers()
-            .get_all(ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',').any(|e| {
-                    e.split(';')
-                        .next()
-                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("gzip"))
-                })
-            });
+        let accepts_gzip = header_has(req.headers(), ACCEPT_ENCODING, "gzip");
         let header_uid = req
             .headers()
             .get("opamp-instance-uid")

@@ -208,18 +208,7 @@ impl Gateway {
         let started = Instant::now();
         let deadline = started + self.cfg.uplink_deadline;
         let payload = Bytes::from(uplink.encode_to_vec());
-        let mut msg = BusMessage::new(self.subjects.uplink(shard_of(instance_uid)), payload);
-        msg.headers = vec![
-            ("Flotilla-Gateway".into(), self.cfg.gateway_id.clone()),
-            (
-                "Flotilla-Connection".into(),
-                uplink
-                    .origin
-                    .as_ref()
-                    .map_or(0, |o| o.connection_id)
-                    .to_string(),
-            ),
-        ];
+        let msg = BusMessage::new(self.subjects.uplink(shard_of(instance_uid)), payload);
         let mut backoff = Duration::from_millis(25);
         loop {
             match self.bus.request(msg.clone(), self.cfg.uplink_timeout).await {

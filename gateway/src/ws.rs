@@ -3,7 +3,7 @@
 //! messages reach its owner in order; pushes for the connection are written in between.
 
 use crate::Gateway;
-use crate::http::{HttpResponse, text};
+use crate::http::{HttpResponse, header_has, text};
 use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_proto::bus::Transport;
@@ -31,14 +31,6 @@ use tracing::{Instrument, debug, info_span};
 /// Pushes queued per connection before further ones are dropped (desired state is re-sent).
 const PUSH_QUEUE: usize = 8;
 
-fn header_has(req: &Request<Incoming>, name: http::HeaderName, token: &str) -> bool {
-    req.headers()
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
 impl Gateway {
     pub(crate) fn upgrade(
         self: Arc<Self>,
@@ -51,8 +43,8 @@ impl Gateway {
             .headers()
             .get(SEC_WEBSOCKET_KEY)
             .map(|k| k.as_bytes().to_vec());
-        let is_upgrade =
-            header_has(&req, UPGRADE, "websocket") && header_has(&req, CONNECTION, "upgrade");
+        let is_upgrade = header_has(req.headers(), UPGRADE, "websocket")
+            && header_has(req.headers(), CONNECTION, "upgrade");
         let (Some(key), true) = (key, is_upgrade) else {
             return self.reject(
                 "not_opamp",
@@ -91,17 +83,13 @@ impl Gateway {
             }
             .instrument(info_span!("ws", %peer)),
         );
-        let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
-        *r.body_mut() = Default::default();
-        let h = r.headers_mut();
-        h.remove(http::header::CONTENT_TYPE);
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(
-            SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_str(&accept).expect("base64 is a valid header"),
-        );
-        r
+        http::Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(UPGRADE, "websocket")
+            .header(CONNECTION, "Upgrade")
+            .header(SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Default::default())
+            .expect("a 101 with valid headers")
     }
 
     /// Small buffers: tungstenite's 128 KiB default read buffer alone would cost more per idle

@@ -24,11 +24,11 @@ pub enum BusError {
     Closed,
 }
 
-/// One message. Headers carry routing facts and trace context (W3C `traceparent`).
+/// One message: a subject and an opaque (protobuf) payload. Routing facts travel in the payload's
+/// envelope, so both implementations carry the same bytes.
 #[derive(Debug, Clone, Default)]
 pub struct BusMessage {
     pub subject: String,
-    pub headers: Vec<(String, String)>,
     pub payload: Bytes,
 }
 
@@ -36,7 +36,6 @@ impl BusMessage {
     pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Self {
             subject: subject.into(),
-            headers: Vec::new(),
             payload: payload.into(),
         }
     }
