@@ -4,6 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Cluster tests start real nats-server and redis-server processes on free loopback ports.
+missing=()
+command -v nats-server >/dev/null || missing+=(nats-server)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if ((${#missing[@]})); then
+  echo "==> installing ${missing[*]} (Debian packages)"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
 # The interop test drives agents built on the Python OpAMP client (plain HTTP).
 venv="target/interop-venv"
 if ! "$venv/bin/python" -c 'import opentelemetry._opamp' 2>/dev/null; then

@@ -1,19 +1,23 @@
-//! Builds and runs the roles of one `flotilla serve` process. Tests start the same app on
-//! `127.0.0.1:0` and read the bound addresses from [`Running`].
+//! Builds and runs the roles of one `flotilla serve` process: both on the in-process bus and the
+//! embedded store (no URLs), or either or both on NATS and Redis (a cluster). Tests start the same
+//! app on `127.0.0.1:0` and read the bound addresses from [`Running`].
 
 use anyhow::{Context, bail};
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use flotilla_common::bus::{Bus, InProcessBus};
+use flotilla_common::bus::{Bus, InProcessBus, NatsBus};
 use flotilla_common::config::ServeConfig;
-use flotilla_common::store::{EmbeddedStore, Store};
-use flotilla_coordinator::{Coordinator, CoordinatorConfig};
+use flotilla_common::store::{EmbeddedStore, LeaseTiming, RedisStore, Store};
+use flotilla_coordinator::cluster::LeaseKeeper;
+use flotilla_coordinator::{Coordinator, CoordinatorConfig, ShardTable};
 use flotilla_gateway::{Gateway, GatewayConfig};
 use prometheus_client::registry::Registry;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -22,10 +26,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 /// A started process: where it listens, and how to stop it.
 pub struct Running {
-    pub opamp_addr: SocketAddr,
+    /// The OpAMP listener (processes with the gateway role).
+    pub opamp_addr: Option<SocketAddr>,
     pub api_addr: SocketAddr,
     /// Stopped first, so sessions close (and are recorded as disconnects) while owners still run.
-    gateway: (CancellationToken, JoinHandle<()>),
+    gateway: Option<(CancellationToken, JoinHandle<()>)>,
     rest: (CancellationToken, Vec<JoinHandle<()>>),
 }
 
@@ -35,72 +40,145 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// Starts every role of `cfg` (the embedded single-process mode).
+/// Whether the process can serve, for `/readyz`.
+type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+fn spawn_named(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(task.instrument(info_span!("role", name)))
+}
+
+/// Starts the roles of `cfg`.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     if cfg.tls.is_some() {
         bail!("TLS on the OpAMP listener (--tls-cert) is not available in this build yet");
     }
     let mut registry = Registry::default();
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
-    let store =
-        Arc::new(EmbeddedStore::open(&cfg.data_dir).with_context(|| {
-            format!("cannot open the data directory {}", cfg.data_dir.display())
-        })?);
-    let coordinator = Coordinator::new(
-        CoordinatorConfig::new(&cfg.region, &cfg.node_id, cfg.heartbeat_interval),
-        bus.clone(),
-        store.clone() as Arc<dyn Store>,
-        &mut registry,
-    )
-    .await?;
-    let gw_cfg = GatewayConfig::new(&cfg.region, &cfg.node_id, cfg.max_message_size);
-    let gateway = Gateway::new(gw_cfg, bus, &mut registry);
-
-    let opamp = bind(cfg.opamp_listen, "--opamp-listen").await?;
-    let api = bind(cfg.api_listen, "--api-listen").await?;
-    let (opamp_addr, api_addr) = (opamp.local_addr()?, api.local_addr()?);
-
     let rest_cancel = CancellationToken::new();
-    let gw_cancel = CancellationToken::new();
-    let router = ops_router(Arc::new(registry))
-        .merge(flotilla_coordinator::api::router(coordinator.clone()));
-    let api_stop = rest_cancel.clone();
-    let mut rest = vec![
-        tokio::spawn(
-            async move {
-                let serve = axum::serve(api, router)
-                    .with_graceful_shutdown(async move { api_stop.cancelled().await });
-                if let Err(e) = serve.await {
-                    warn!(error = %e, "API server failed");
+    let mut rest = Vec::new();
+    let mut ready: Vec<Readiness> = Vec::new();
+
+    let bus: Arc<dyn Bus> = match &cfg.nats_url {
+        Some(url) => {
+            let nats = NatsBus::connect(url, &format!("flotilla-{}", cfg.node_id))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let probe = nats.clone();
+            ready.push(Arc::new(move || probe.is_connected()));
+            Arc::new(nats)
+        }
+        None => Arc::new(InProcessBus::default()),
+    };
+
+    let mut api_router = None;
+    if cfg.coordinator {
+        let coord_cfg = CoordinatorConfig::new(&cfg.region, &cfg.node_id, cfg.heartbeat_interval);
+        let coordinator = if let Some(url) = &cfg.redis_url {
+            let redis = RedisStore::connect(url, &cfg.region)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let store = Arc::new(redis.clone()) as Arc<dyn Store>;
+            let coordinator = Coordinator::new(
+                coord_cfg,
+                bus.clone(),
+                store,
+                ShardTable::none(),
+                &mut registry,
+            )
+            .await?;
+            let keeper = LeaseKeeper::new(
+                coordinator.clone(),
+                redis,
+                bus.clone(),
+                &cfg.region,
+                &cfg.node_id,
+                LeaseTiming::from_ttl(cfg.lease_ttl),
+            );
+            let health = keeper.health();
+            ready.push(Arc::new(move || health.load(Ordering::Relaxed)));
+            rest.push(spawn_named("leases", keeper.run(rest_cancel.clone())));
+            rest.push(spawn_named(
+                "coordinator",
+                coordinator.clone().run_duties(rest_cancel.clone()),
+            ));
+            coordinator
+        } else {
+            let store = Arc::new(EmbeddedStore::open(&cfg.data_dir).with_context(|| {
+                format!("cannot open the data directory {}", cfg.data_dir.display())
+            })?);
+            rest.push(spawn_named(
+                "store",
+                store.clone().run_flusher(rest_cancel.clone()),
+            ));
+            let coordinator = Coordinator::new(
+                coord_cfg,
+                bus.clone(),
+                store as Arc<dyn Store>,
+                ShardTable::all(),
+                &mut registry,
+            )
+            .await?;
+            let c = coordinator.clone();
+            let cancel = rest_cancel.clone();
+            rest.push(spawn_named("coordinator", async move {
+                if let Err(e) = c.run(cancel).await {
+                    warn!(error = %e, "coordinator stopped");
                 }
-            }
-            .instrument(info_span!("api")),
-        ),
-        tokio::spawn(store.clone().run_flusher(rest_cancel.clone())),
-    ];
-    let c = rest_cancel.clone();
-    rest.push(tokio::spawn(
-        async move {
-            if let Err(e) = coordinator.run(c).await {
-                warn!(error = %e, "coordinator stopped");
-            }
+            }));
+            coordinator
+        };
+        api_router = Some(flotilla_coordinator::api::router(coordinator));
+    }
+
+    let gateway = if cfg.gateway {
+        let gw_cfg = GatewayConfig::new(&cfg.region, &cfg.node_id, cfg.max_message_size);
+        let gateway = Gateway::new(gw_cfg, bus.clone(), &mut registry);
+        let listener = bind(cfg.opamp_listen, "--opamp-listen").await?;
+        Some((gateway, listener))
+    } else {
+        None
+    };
+    let api = bind(cfg.api_listen, "--api-listen").await?;
+    let api_addr = api.local_addr()?;
+    let mut router = ops_router(Arc::new(registry), ready);
+    if let Some(r) = api_router {
+        router = router.merge(r);
+    }
+    let api_stop = rest_cancel.clone();
+    rest.push(spawn_named("api", async move {
+        let serve = axum::serve(api, router)
+            .with_graceful_shutdown(async move { api_stop.cancelled().await });
+        if let Err(e) = serve.await {
+            warn!(error = %e, "API server failed");
         }
-        .instrument(info_span!("coordinator")),
-    ));
-    let g = gw_cancel.clone();
-    let gw_task = tokio::spawn(
-        async move {
-            if let Err(e) = gateway.run(opamp, g).await {
-                warn!(error = %e, "gateway stopped");
-            }
+    }));
+
+    let (opamp_addr, gateway) = match gateway {
+        Some((gateway, listener)) => {
+            let addr = listener.local_addr()?;
+            let cancel = CancellationToken::new();
+            let c = cancel.clone();
+            let task = spawn_named("gateway", async move {
+                if let Err(e) = gateway.run(listener, c).await {
+                    warn!(error = %e, "gateway stopped");
+                }
+            });
+            (Some(addr), Some((cancel, task)))
         }
-        .instrument(info_span!("gateway")),
-    );
-    info!(%opamp_addr, %api_addr, "flotilla serving (embedded mode)");
+        None => (None, None),
+    };
+    let mode = if cfg.clustered() {
+        "cluster"
+    } else {
+        "embedded"
+    };
+    info!(opamp_addr = ?opamp_addr, %api_addr, mode, "flotilla serving");
     Ok(Running {
         opamp_addr,
         api_addr,
-        gateway: (gw_cancel, gw_task),
+        gateway,
         rest: (rest_cancel, rest),
     })
 }
@@ -110,8 +188,10 @@ impl Running {
     /// coordinator after their work in flight, then writes the store. Gives up after `grace`.
     pub async fn shutdown(self, grace: Duration) {
         let drain = async {
-            self.gateway.0.cancel();
-            let _ = self.gateway.1.await;
+            if let Some((cancel, task)) = self.gateway {
+                cancel.cancel();
+                let _ = task.await;
+            }
             self.rest.0.cancel();
             for task in self.rest.1 {
                 let _ = task.await;
@@ -123,12 +203,28 @@ impl Running {
     }
 }
 
-/// `/healthz`, `/readyz` and `/metrics`: served by every process, whatever its roles.
-fn ops_router(registry: Arc<Registry>) -> Router {
+/// `/healthz`, `/readyz` and `/metrics`: served by every process, whatever its roles. Ready
+/// means every check in `ready` passes: NATS connected, Redis answering the lease keeper (none in
+/// the embedded mode, where started means ready).
+fn ops_router(registry: Arc<Registry>, ready: Vec<Readiness>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        // In the embedded mode every shard is owned from the start, so started means ready.
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ok = ready.iter().all(|check| check());
+                async move {
+                    if ok {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not ready: bus or store unreachable\n",
+                        )
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

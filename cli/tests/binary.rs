@@ -87,7 +87,17 @@ fn bad_config_exits_non_zero_with_a_clear_message() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --nats-url and --redis-url"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--roles gateway needs --nats-url"));
+
+    // A NATS URL nobody answers at: refused at start, not retried forever.
+    let out = Command::new(BIN)
+        .args(["serve", "--roles", "gateway", "--nats-url"])
+        .arg(format!("nats://127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to NATS"), "{err}");
 
     let port = free_port();
     let _busy = TcpListener::bind(("127.0.0.1", port)).unwrap();

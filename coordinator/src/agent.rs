@@ -64,12 +64,7 @@ impl EventKind {
     }
 }
 
-/// What to do with the silence deadline after a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deadline {
-    Arm(u64),
-    Clear,
-}
+pub use flotilla_common::store::Deadline;
 
 #[derive(Debug)]
 pub struct Outcome {

@@ -9,9 +9,12 @@
 
 pub mod agent;
 pub mod api;
+pub mod cluster;
 pub mod configs;
 mod metrics;
 mod service;
+pub mod shards;
 pub mod views;
 
 pub use service::{Coordinator, CoordinatorConfig, RestartOutcome, ServiceError};
+pub use shards::ShardTable;

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub pushes: Family<Labels, Counter>,
     pub events: Family<Labels, Counter>,
     pub agents: Family<Labels, Gauge>,
+    pub owned_shards: Gauge,
+    pub shard_changes: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -25,6 +27,8 @@ impl Metrics {
             pushes: Family::default(),
             events: Family::default(),
             agents: Family::default(),
+            owned_shards: Gauge::default(),
+            shard_changes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("flotilla_coordinator");
         r.register(
@@ -49,8 +53,18 @@ impl Metrics {
         );
         r.register(
             "agents",
-            "Known agents by status (refreshed every few seconds)",
+            "Agents of the shards this coordinator owns, by status (refreshed every few seconds)",
             m.agents.clone(),
+        );
+        r.register(
+            "owned_shards",
+            "Shards this coordinator holds a valid lease on",
+            m.owned_shards.clone(),
+        );
+        r.register(
+            "shard_changes",
+            "Shard ownership changes: acquired, released (handed off), lost (expired or fenced)",
+            m.shard_changes.clone(),
         );
         m
     }

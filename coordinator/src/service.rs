@@ -1,17 +1,22 @@
 //! The coordinator as a running service: takes agent messages off the bus in order per shard,
 //! keeps agent records in the store, pushes desired state to connected agents through their
 //! gateway, sweeps silence deadlines, and carries out admin operations.
+//!
+//! It acts only on shards it holds ([`ShardTable`]): all of them in the embedded mode, those its
+//! leases cover in a cluster ([`crate::cluster`]). Every store write carries the shard's fence.
 
 use crate::agent::{self, Ctx, Deadline, EventKind, has};
 use crate::configs;
 use crate::metrics::Metrics;
-use flotilla_common::bus::{Bus, BusError, BusMessage, Incoming};
+use crate::shards::ShardTable;
+use flotilla_common::bus::{Bus, BusError, BusMessage, Incoming, Subscription, request_with_retry};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
-use flotilla_common::names::{SHARD_COUNT, Subjects, shard_of};
-use flotilla_common::store::{ConfigFile, Store, StoreError, StoredConfig};
+use flotilla_common::names::{Subjects, shard_of};
+use flotilla_common::store::{ConfigFile, Fence, Store, StoreError, StoredConfig};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{
-    AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, Transport, Uplink, UplinkReply, uplink,
+    AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, RestartAgent, RestartResult,
+    Transport, Uplink, UplinkReply, uplink,
 };
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentToServer, CommandType, ConnectionSettingsOffers, ServerToAgent,
@@ -24,10 +29,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -39,6 +43,8 @@ pub struct CoordinatorConfig {
     pub restart_ttl: Duration,
     /// How long a push waits for the gateway's acknowledgement.
     pub push_timeout: Duration,
+    /// How long an admin request keeps looking for the owner of an agent's shard.
+    pub owner_deadline: Duration,
 }
 
 impl CoordinatorConfig {
@@ -49,6 +55,7 @@ impl CoordinatorConfig {
             heartbeat_interval,
             restart_ttl: Duration::from_secs(600),
             push_timeout: Duration::from_secs(2),
+            owner_deadline: Duration::from_secs(5),
         }
     }
 }
@@ -62,6 +69,8 @@ pub enum ServiceError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -72,6 +81,7 @@ impl ServiceError {
             Self::BadRequest(_) => ErrorKind::BadRequest,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Conflict,
+            Self::Unavailable(_) => ErrorKind::Unavailable,
             Self::Store(_) => ErrorKind::Internal,
         }
     }
@@ -93,18 +103,21 @@ pub struct Coordinator {
     subjects: Subjects,
     /// Latest version of every config, sorted by name.
     configs: RwLock<Arc<Vec<StoredConfig>>>,
-    /// Serializes work on one shard's agents: uplinks, sweeps and admin changes.
-    shard_locks: Vec<Mutex<()>>,
+    /// The shards this process may act on; their locks serialize work on one shard's agents.
+    pub(crate) shards: ShardTable,
     /// Constant for the process: computed (and hashed) once, not per message.
     heartbeat_offer: ConnectionSettingsOffers,
     metrics: Metrics,
 }
 
 impl Coordinator {
+    /// `shards`: [`ShardTable::all`] for the embedded mode, [`ShardTable::none`] in a cluster
+    /// (where [`crate::cluster::LeaseKeeper`] fills it).
     pub async fn new(
         cfg: CoordinatorConfig,
         bus: Arc<dyn Bus>,
         store: Arc<dyn Store>,
+        shards: ShardTable,
         registry: &mut Registry,
     ) -> Result<Arc<Self>, StoreError> {
         let configs = store.list_configs().await?;
@@ -115,70 +128,153 @@ impl Coordinator {
             bus,
             store,
             configs: RwLock::new(Arc::new(configs)),
-            shard_locks: (0..SHARD_COUNT).map(|_| Mutex::new(())).collect(),
+            shards,
             metrics: Metrics::new(registry),
         }))
     }
 
-    /// Serves agent messages for every shard and sweeps silence deadlines until `cancel`; then
-    /// finishes the messages already taken.
+    /// The embedded mode: serves every shard's agent messages and runs the background duties
+    /// until `cancel`; then finishes the messages already taken.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), BusError> {
-        let mut uplinks = self.bus.subscribe(&self.subjects.uplink_all()).await?;
+        let uplinks = self.bus.subscribe(&self.subjects.uplink_all()).await?;
         info!(node = %self.cfg.node_id, region = %self.cfg.region, "coordinator serving all shards");
+        let duties = tokio::spawn(self.clone().run_duties(cancel.clone()));
+        self.serve(uplinks, cancel).await;
+        let _ = duties.await;
+        Ok(())
+    }
+
+    /// Handles the messages of `uplinks` (one shard's subject, or all of them) until it ends or
+    /// `stop`; then drains it: stops taking new ones, handles those already on their way, and
+    /// returns when every one is answered. What a graceful handoff waits for.
+    pub async fn serve(self: Arc<Self>, mut uplinks: Subscription, stop: CancellationToken) {
         let tracker = TaskTracker::new();
-        let mut sweep = tokio::time::interval(Duration::from_secs(1));
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let spawn = |incoming: Incoming| {
+            let this = self.clone();
+            tracker.spawn(async move { this.handle_uplink(incoming).await }.in_current_span());
+        };
+        loop {
+            tokio::select! {
+                incoming = uplinks.next() => match incoming {
+                    Some(i) => spawn(i),
+                    None => break,
+                },
+                () = stop.cancelled() => {
+                    uplinks.drain().await;
+                    while let Some(i) = uplinks.next().await {
+                        spawn(i);
+                    }
+                    break;
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Until `cancel`: sweeps silence deadlines every second, refreshes gauges and re-reads the
+    /// configs every 5 s, and re-reads them at once when another coordinator announces a change.
+    pub async fn run_duties(self: Arc<Self>, cancel: CancellationToken) {
+        let mut changes = match self.bus.subscribe(&self.subjects.desired_changed()).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, "cannot hear config changes; re-reading them every 5 s only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u64;
         loop {
             tokio::select! {
-                incoming = uplinks.next() => {
-                    let Some(incoming) = incoming else { break };
-                    let this = self.clone();
-                    tracker.spawn(async move { this.handle_uplink(incoming).await }.in_current_span());
-                }
-                _ = sweep.tick() => {
+                _ = tick.tick() => {
                     ticks += 1;
                     if let Err(e) = self.sweep_silent().await {
                         warn!(error = %e, "silence sweep failed; retrying next second");
                     }
                     if ticks % 5 == 1 {
                         self.refresh_gauges().await;
+                        self.reload_configs().await;
                     }
+                }
+                Some(_) = async { changes.as_mut()?.next().await } => {
+                    self.reload_configs().await;
                 }
                 () = cancel.cancelled() => break,
             }
         }
-        tracker.close();
-        tracker.wait().await;
-        Ok(())
     }
 
     async fn handle_uplink(&self, incoming: Incoming) {
         let Some(reply) = incoming.reply else { return };
-        let answer = match Uplink::decode(incoming.msg.payload) {
-            Ok(Uplink {
-                origin: Some(origin),
-                kind: Some(uplink::Kind::AgentToServer(bytes)),
-            }) => self.agent_message(&bytes, origin).await,
-            Ok(Uplink {
-                origin: Some(origin),
-                kind: Some(uplink::Kind::Closed(c)),
-            }) => {
-                self.connection_closed(&c.instance_uid, &origin).await;
-                UplinkReply::default()
+        let span = debug_span!("uplink", traceparent = incoming.msg.header("traceparent"));
+        let answer = async {
+            match Uplink::decode(incoming.msg.payload) {
+                Ok(Uplink {
+                    origin: Some(origin),
+                    kind: Some(uplink::Kind::AgentToServer(bytes)),
+                }) => self.agent_message(&bytes, origin).await,
+                Ok(Uplink {
+                    origin: Some(origin),
+                    kind: Some(uplink::Kind::Closed(c)),
+                }) => self
+                    .connection_closed(&c.instance_uid, &origin)
+                    .await
+                    .then(UplinkReply::default),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::Restart(r)),
+                    ..
+                }) => self
+                    .restart_here(&r.instance_uid)
+                    .await
+                    .map(|result| UplinkReply {
+                        restart: result as i32,
+                        ..Default::default()
+                    }),
+                _ => {
+                    warn!("dropping a malformed bus uplink envelope");
+                    Some(UplinkReply::default())
+                }
             }
-            _ => {
-                warn!("dropping a malformed bus uplink envelope");
-                UplinkReply::default()
-            }
-        };
-        let payload = answer.encode_to_vec();
-        // The gateway may have given up waiting; nothing to do then.
-        let _ = reply.send(payload.into()).await;
+        }
+        .instrument(span)
+        .await;
+        // None: this process does not own the shard (any more); the owner answers instead, or the
+        // gateway retries until one does.
+        if let Some(answer) = answer {
+            // The gateway may have given up waiting; nothing to do then.
+            let _ = reply.send(answer.encode_to_vec().into()).await;
+        }
     }
 
-    /// Processes one encoded AgentToServer and returns the encoded ServerToAgent reply.
-    pub async fn agent_message(&self, bytes: &[u8], origin: Origin) -> UplinkReply {
+    /// The fence of `shard` if this process may act on it; counts the message as not ours if not.
+    fn fence_or_skip(&self, shard: u16) -> Option<Fence> {
+        let fence = self.shards.fence(shard);
+        if fence.is_none() {
+            self.metrics
+                .uplinks
+                .get_or_create(&vec![("result", "not_owner")])
+                .inc();
+        }
+        fence
+    }
+
+    /// A write was refused because another coordinator took the shard: stop acting on it.
+    fn fenced(&self, shard: u16) {
+        warn!(
+            shard,
+            "shard taken over by another coordinator; dropping it"
+        );
+        self.shards.drop_shard(shard);
+        self.metrics
+            .uplinks
+            .get_or_create(&vec![("result", "fenced")])
+            .inc();
+    }
+
+    /// Processes one encoded AgentToServer and returns the encoded ServerToAgent reply; None if
+    /// this process does not own the agent's shard.
+    pub async fn agent_message(&self, bytes: &[u8], origin: Origin) -> Option<UplinkReply> {
         let started = Instant::now();
         let msg = match AgentToServer::decode(bytes) {
             Ok(m) => m,
@@ -188,24 +284,25 @@ impl Coordinator {
                     .get_or_create(&vec![("result", "bad_request")])
                     .inc();
                 let msg = format!("malformed AgentToServer: {e}");
-                return reply_of(opamp_error_reply(
+                return Some(reply_of(opamp_error_reply(
                     Vec::new(),
                     ErrorKind::BadRequest,
                     msg,
                     None,
-                ));
+                )));
             }
         };
         let uid_sent = msg.instance_uid.clone();
         let shard = shard_of(&msg.instance_uid);
-        let _guard = self.shard_locks[usize::from(shard)].lock().await;
+        let _guard = self.shards.lock(shard).await;
+        let fence = self.fence_or_skip(shard)?;
         let stored = match Uuid::from_slice(&msg.instance_uid) {
             Ok(uid) => self.store.get_agent(uid).await,
             Err(_) => Ok(None),
         };
         let stored = match stored {
             Ok(s) => s,
-            Err(e) => return reply_of(self.store_failed(uid_sent, e)),
+            Err(e) => return Some(reply_of(self.store_failed(uid_sent, e))),
         };
         let configs = self.configs();
         let ctx = Ctx {
@@ -216,15 +313,17 @@ impl Coordinator {
         };
         let out = agent::process(stored, msg, origin, &ctx);
         let uid = Uuid::from_slice(&out.record.instance_uid).expect("records have 16-byte uids");
-        let saved = async {
-            self.store.put_agent(out.record).await?;
-            match out.deadline {
-                Deadline::Arm(at) => self.store.arm_deadline(uid, at).await,
-                Deadline::Clear => self.store.clear_deadline(uid).await,
+        match self
+            .store
+            .save_agent(fence, &out.record, out.deadline)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Fenced { .. }) => {
+                self.fenced(shard);
+                return None;
             }
-        };
-        if let Err(e) = saved.await {
-            return reply_of(self.store_failed(uid_sent, e));
+            Err(e) => return Some(reply_of(self.store_failed(uid_sent, e))),
         }
         for kind in out.events {
             self.emit(kind, uid).await;
@@ -236,7 +335,7 @@ impl Coordinator {
         self.metrics
             .uplink_seconds
             .observe(started.elapsed().as_secs_f64());
-        UplinkReply {
+        Some(UplinkReply {
             new_instance_uid: out
                 .reply
                 .agent_identification
@@ -244,7 +343,8 @@ impl Coordinator {
                 .map(|a| a.new_instance_uid.clone())
                 .unwrap_or_default(),
             server_to_agent: out.reply.encode_to_vec(),
-        }
+            restart: 0,
+        })
     }
 
     fn store_failed(&self, uid: Vec<u8>, e: StoreError) -> Vec<u8> {
@@ -264,55 +364,107 @@ impl Coordinator {
     }
 
     /// A gateway saw the agent's WebSocket close. Ignored if the agent has moved to another
-    /// connection since (a late close must not mark a reconnected agent disconnected).
-    async fn connection_closed(&self, uid_bytes: &[u8], origin: &Origin) {
+    /// connection since (a late close must not mark a reconnected agent disconnected). False if
+    /// this process does not own the agent's shard.
+    async fn connection_closed(&self, uid_bytes: &[u8], origin: &Origin) -> bool {
         let Ok(uid) = Uuid::from_slice(uid_bytes) else {
-            return;
+            return true;
         };
-        let _guard = self.shard_locks[usize::from(shard_of(uid_bytes))]
-            .lock()
-            .await;
+        let shard = shard_of(uid_bytes);
+        let _guard = self.shards.lock(shard).await;
+        let Some(fence) = self.fence_or_skip(shard) else {
+            return false;
+        };
         let Ok(Some(mut rec)) = self.store.get_agent(uid).await else {
-            return;
+            return true;
         };
         if rec.status != AgentStatus::Connected as i32 || rec.origin.as_ref() != Some(origin) {
-            return;
+            return true;
         }
         rec.status = AgentStatus::Disconnected as i32;
         rec.origin = None;
-        let saved = async {
-            self.store.put_agent(rec).await?;
-            self.store.clear_deadline(uid).await
-        };
-        if let Err(e) = saved.await {
-            warn!(error = %e, %uid, "could not record a disconnect");
-            return;
+        match self.store.save_agent(fence, &rec, Deadline::Clear).await {
+            Ok(()) => self.emit(EventKind::Disconnected, uid).await,
+            Err(StoreError::Fenced { .. }) => {
+                self.fenced(shard);
+                return false;
+            }
+            Err(e) => warn!(error = %e, %uid, "could not record a disconnect"),
         }
-        self.emit(EventKind::Disconnected, uid).await;
+        true
     }
 
-    /// Marks agents whose deadline passed without a message as silent, once per silence.
+    /// Marks agents of owned shards whose deadline passed without a message as silent, once per
+    /// silence: each due deadline is claimed under the shard's fence, so one owner handles it,
+    /// and one that dies midway leaves it due again for the next.
     pub async fn sweep_silent(&self) -> Result<(), StoreError> {
         let now = now_unix_ms();
-        for uid in self.store.take_due(now).await? {
-            let _guard = self.shard_locks[usize::from(shard_of(uid.as_bytes()))]
-                .lock()
-                .await;
-            let Some(mut rec) = self.store.get_agent(uid).await? else {
-                continue;
-            };
-            match agent::silence_deadline(&rec, self.cfg.heartbeat_interval) {
-                Some(at) if at > now => self.store.arm_deadline(uid, at).await?,
-                Some(_) => {
-                    rec.status = AgentStatus::Silent as i32;
-                    self.store.put_agent(rec).await?;
-                    info!(%uid, "agent silent");
-                    self.emit(EventKind::Silent, uid).await;
+        let claims = futures_util::stream::iter(self.shards.owned())
+            .filter_map(|shard| std::future::ready(self.shards.fence(shard)))
+            .map(|fence| async move {
+                match self.store.claim_due(fence, now, CLAIM_RETRY_MS).await {
+                    Ok(uids) => Ok((fence, uids)),
+                    Err(StoreError::Fenced { .. }) => {
+                        self.fenced(fence.shard);
+                        Ok((fence, Vec::new()))
+                    }
+                    Err(e) => Err(e),
                 }
-                None => {}
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        for claim in claims {
+            let (fence, uids) = claim?;
+            for uid in uids {
+                self.settle_due(fence.shard, uid, now).await?;
             }
         }
         Ok(())
+    }
+
+    /// One claimed deadline: silent if still due, otherwise re-armed (or cleared).
+    async fn settle_due(&self, shard: u16, uid: Uuid, now: u64) -> Result<(), StoreError> {
+        let _guard = self.shards.lock(shard).await;
+        let Some(fence) = self.shards.fence(shard) else {
+            return Ok(());
+        };
+        let Some(mut rec) = self.store.get_agent(uid).await? else {
+            return Ok(());
+        };
+        let silent = match agent::silence_deadline(&rec, self.cfg.heartbeat_interval) {
+            Some(at) if at > now => {
+                self.save_or_drop(fence, &rec, Deadline::Arm(at)).await?;
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if silent {
+            rec.status = AgentStatus::Silent as i32;
+        }
+        if self.save_or_drop(fence, &rec, Deadline::Clear).await? && silent {
+            info!(%uid, "agent silent");
+            self.emit(EventKind::Silent, uid).await;
+        }
+        Ok(())
+    }
+
+    /// Saves under `fence`; false (and the shard dropped) if another coordinator took it.
+    async fn save_or_drop(
+        &self,
+        fence: Fence,
+        rec: &AgentRecord,
+        deadline: Deadline,
+    ) -> Result<bool, StoreError> {
+        match self.store.save_agent(fence, rec, deadline).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Fenced { shard, .. }) => {
+                self.fenced(shard);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn emit(&self, kind: EventKind, uid: Uuid) {
@@ -333,10 +485,14 @@ impl Coordinator {
     }
 
     async fn refresh_gauges(&self) {
+        self.metrics
+            .owned_shards
+            .set(self.shards.owned_count() as i64);
         let mut counts = [0i64; 4];
+        let owned = |s| self.shards.fence(s).is_some();
         let counted = self
             .store
-            .visit_agents(&mut |a| counts[a.status.clamp(0, 3) as usize] += 1)
+            .visit_agents(&owned, &mut |a| counts[a.status.clamp(0, 3) as usize] += 1)
             .await;
         if counted.is_err() {
             return;
@@ -353,8 +509,39 @@ impl Coordinator {
         }
     }
 
+    pub(crate) fn count_shard_change(&self, change: &'static str) {
+        self.metrics
+            .shard_changes
+            .get_or_create(&vec![("change", change)])
+            .inc();
+        self.metrics
+            .owned_shards
+            .set(self.shards.owned_count() as i64);
+    }
+
     pub fn configs(&self) -> Arc<Vec<StoredConfig>> {
         self.configs.read().expect("configs lock").clone()
+    }
+
+    /// Re-reads the configs from the store; when they changed (another coordinator stored a
+    /// version), pushes them to the connected agents of the shards this process owns.
+    async fn reload_configs(&self) {
+        let fresh = match self.store.list_configs().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot re-read configs");
+                return;
+            }
+        };
+        let versions = |c: &[StoredConfig]| -> Vec<(String, u64)> {
+            c.iter().map(|c| (c.name.clone(), c.version)).collect()
+        };
+        if versions(&fresh) == versions(&self.configs()) {
+            return;
+        }
+        *self.configs.write().expect("configs lock") = Arc::new(fresh);
+        info!("configs changed; pushing to connected agents");
+        self.push_configs(&|_| true).await;
     }
 
     /// Calls `f` on every agent record (without copying the fleet).
@@ -362,15 +549,16 @@ impl Coordinator {
         &self,
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError> {
-        self.store.visit_agents(f).await
+        self.store.visit_agents(&|_| true, f).await
     }
 
     pub async fn agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
         self.store.get_agent(uid).await
     }
 
-    /// Stores a new version of a config and pushes it to the connected WebSocket agents whose
-    /// desired config it changes; HTTP agents get it on their next poll.
+    /// Stores a new version of a config, pushes it to the connected WebSocket agents whose
+    /// desired config it changes in the shards this process owns, and announces it so the other
+    /// coordinators push it to theirs; HTTP agents get it on their next poll.
     pub async fn put_config(
         &self,
         name: &str,
@@ -417,17 +605,31 @@ impl Coordinator {
             *all = Arc::new(next);
         }
         info!(config = %name, version = stored.version, hash = %stored.hash, "config stored");
-        self.push_configs().await?;
+        let announce = BusMessage::new(self.subjects.desired_changed(), name.to_owned());
+        if let Err(e) = self.bus.publish(announce).await {
+            // The others re-read configs every few seconds anyway.
+            warn!(error = %e, "config change not announced");
+        }
+        self.push_configs(&|_| true).await;
         Ok(stored)
     }
 
-    /// Sends each connected WebSocket agent whose reported config differs from its desired one the
-    /// desired config. Idempotent: agents that already run it get nothing.
-    async fn push_configs(&self) -> Result<(), StoreError> {
+    /// A shard was just acquired: its connected agents get their desired state now rather than
+    /// at their next heartbeat (a config stored while the shard had no owner reaches them).
+    pub(crate) async fn shard_acquired(&self, shard: u16) {
+        self.push_configs(&|s| s == shard).await;
+    }
+
+    /// Sends each connected WebSocket agent of the owned shards `shards` accepts whose reported
+    /// config differs from its desired one the desired config. Idempotent: agents that already
+    /// run it get nothing.
+    async fn push_configs(&self, shards: &(dyn Fn(u16) -> bool + Sync)) {
         let configs = self.configs();
         let mut pushes: Vec<(Origin, ServerToAgent)> = Vec::new();
-        self.store
-            .visit_agents(&mut |rec| {
+        let mine = |s| shards(s) && self.shards.fence(s).is_some();
+        let visited = self
+            .store
+            .visit_agents(&mine, &mut |rec| {
                 let (Some(origin), Some(cfg)) =
                     (live_ws(rec), agent::config_to_offer(rec, &configs))
                 else {
@@ -441,8 +643,16 @@ impl Coordinator {
                 };
                 pushes.push((origin.clone(), msg));
             })
-            .await?;
+            .await;
+        if let Err(e) = visited {
+            // Agents still get the config in the reply to their next message.
+            warn!(error = %e, "config push skipped: agents unreadable");
+            return;
+        }
         let total = pushes.len();
+        if total == 0 {
+            return;
+        }
         let delivered = futures_util::stream::iter(pushes)
             .map(|(origin, msg)| async move { self.push(&origin, &msg).await })
             .buffer_unordered(256)
@@ -450,7 +660,6 @@ impl Coordinator {
             .count()
             .await;
         info!(total, delivered, "config pushed to connected agents");
-        Ok(())
     }
 
     /// Sends a ServerToAgent (addressed by its instance_uid) to the connection `origin`; true if
@@ -482,20 +691,64 @@ impl Coordinator {
         result
     }
 
-    /// Restarts an agent: at once over its live WebSocket, otherwise at its next message.
+    /// Restarts an agent: at once over its live WebSocket, otherwise at its next message. Asks
+    /// the owner of the agent's shard (this process or another), which alone may change it.
     pub async fn restart(&self, uid: Uuid) -> Result<RestartOutcome, ServiceError> {
-        let _guard = self.shard_locks[usize::from(shard_of(uid.as_bytes()))]
-            .lock()
-            .await;
-        let mut rec = self
-            .store
-            .get_agent(uid)
-            .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("no agent {uid}")))?;
-        if !has(rec.capabilities, Cap::AcceptsRestartCommand) {
-            return Err(ServiceError::Conflict(format!(
+        let ask = Uplink {
+            origin: None,
+            kind: Some(uplink::Kind::Restart(RestartAgent {
+                instance_uid: uid.as_bytes().to_vec(),
+            })),
+        };
+        let msg = BusMessage::new(
+            self.subjects.uplink(shard_of(uid.as_bytes())),
+            ask.encode_to_vec(),
+        );
+        let unavailable = |e: &dyn std::fmt::Display| {
+            ServiceError::Unavailable(format!(
+                "the owner of agent {uid} did not answer ({e}); try again"
+            ))
+        };
+        let answer = request_with_retry(
+            self.bus.as_ref(),
+            msg,
+            self.cfg.push_timeout + Duration::from_secs(1),
+            self.cfg.owner_deadline,
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+        let reply = UplinkReply::decode(answer).map_err(|e| unavailable(&e))?;
+        match reply.restart() {
+            RestartResult::Delivered => Ok(RestartOutcome::Delivered),
+            RestartResult::Queued => Ok(RestartOutcome::Queued),
+            RestartResult::UnknownAgent => Err(ServiceError::NotFound(format!("no agent {uid}"))),
+            RestartResult::NotCapable => Err(ServiceError::Conflict(format!(
                 "agent {uid} does not accept restart commands (no AcceptsRestartCommand capability)"
-            )));
+            ))),
+            RestartResult::Failed | RestartResult::Unspecified => {
+                Err(unavailable(&"the agent's state could not be written"))
+            }
+        }
+    }
+
+    /// The owner's side of [`Coordinator::restart`]; None if this process does not own the shard.
+    async fn restart_here(&self, uid_bytes: &[u8]) -> Option<RestartResult> {
+        let Ok(uid) = Uuid::from_slice(uid_bytes) else {
+            return Some(RestartResult::UnknownAgent);
+        };
+        let shard = shard_of(uid_bytes);
+        let _guard = self.shards.lock(shard).await;
+        let fence = self.fence_or_skip(shard)?;
+        let mut rec = match self.store.get_agent(uid).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Some(RestartResult::UnknownAgent),
+            Err(e) => {
+                warn!(error = %e, %uid, "restart: agent unreadable");
+                return Some(RestartResult::Failed);
+            }
+        };
+        if !has(rec.capabilities, Cap::AcceptsRestartCommand) {
+            return Some(RestartResult::NotCapable);
         }
         if let Some(origin) = live_ws(&rec) {
             let cmd = ServerToAgent {
@@ -508,20 +761,32 @@ impl Coordinator {
             };
             if self.push(origin, &cmd).await {
                 info!(%uid, "restart delivered");
-                return Ok(RestartOutcome::Delivered);
+                return Some(RestartResult::Delivered);
             }
         }
         rec.restart_expires_unix_ms = now_unix_ms() + self.cfg.restart_ttl.as_millis() as u64;
-        self.store.put_agent(rec).await?;
-        info!(%uid, "restart queued until the agent's next message");
-        Ok(RestartOutcome::Queued)
+        match self.save_or_drop(fence, &rec, Deadline::Keep).await {
+            Ok(true) => {
+                info!(%uid, "restart queued until the agent's next message");
+                Some(RestartResult::Queued)
+            }
+            Ok(false) => None,
+            Err(e) => {
+                warn!(error = %e, %uid, "restart: could not queue");
+                Some(RestartResult::Failed)
+            }
+        }
     }
 }
+
+/// How long a claimed silence deadline waits before another sweep may claim it again (if the
+/// claimer died before settling it).
+const CLAIM_RETRY_MS: u64 = 5_000;
 
 fn reply_of(server_to_agent: Vec<u8>) -> UplinkReply {
     UplinkReply {
         server_to_agent,
-        new_instance_uid: Vec::new(),
+        ..Default::default()
     }
 }
 

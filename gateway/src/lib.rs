@@ -12,8 +12,9 @@ pub mod table;
 mod ws;
 
 use bytes::Bytes;
-use flotilla_common::bus::{Bus, BusError, BusMessage};
+use flotilla_common::bus::{Bus, BusError, BusMessage, request_with_retry};
 use flotilla_common::names::{Subjects, shard_of};
+use flotilla_common::telemetry::new_traceparent;
 use flotilla_proto::bus::{Downlink, DownlinkAck, Origin, Transport, Uplink, UplinkReply, uplink};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -206,29 +207,29 @@ impl Gateway {
         uplink: Uplink,
     ) -> Result<UplinkReply, BusError> {
         let started = Instant::now();
-        let deadline = started + self.cfg.uplink_deadline;
-        let payload = Bytes::from(uplink.encode_to_vec());
-        let msg = BusMessage::new(self.subjects.uplink(shard_of(instance_uid)), payload);
-        let mut backoff = Duration::from_millis(25);
-        loop {
-            match self.bus.request(msg.clone(), self.cfg.uplink_timeout).await {
-                Ok(bytes) => {
-                    self.metrics
-                        .uplink_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    return UplinkReply::decode(bytes).map_err(|_| BusError::Closed);
-                }
-                Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_))) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining.is_zero() {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(backoff.min(remaining)).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(500));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let origin = uplink.origin.as_ref();
+        let msg = BusMessage::new(
+            self.subjects.uplink(shard_of(instance_uid)),
+            Bytes::from(uplink.encode_to_vec()),
+        )
+        .with_header("Flotilla-Instance-Uid", uid_text(instance_uid))
+        .with_header("Flotilla-Gateway", self.cfg.gateway_id.as_str())
+        .with_header(
+            "Flotilla-Connection",
+            origin.map_or(0, |o| o.connection_id).to_string(),
+        )
+        .with_header("traceparent", new_traceparent());
+        let bytes = request_with_retry(
+            self.bus.as_ref(),
+            msg,
+            self.cfg.uplink_timeout,
+            self.cfg.uplink_deadline,
+        )
+        .await?;
+        self.metrics
+            .uplink_seconds
+            .observe(started.elapsed().as_secs_f64());
+        UplinkReply::decode(bytes).map_err(|_| BusError::Closed)
     }
 
     /// Tells the owner that a WebSocket carrying `instance_uid` closed.
@@ -263,5 +264,13 @@ impl Gateway {
     /// Open WebSocket connections.
     pub fn connections(&self) -> usize {
         self.table.len()
+    }
+}
+
+/// An instance_uid as its UUID text, or hex when it is not 16 bytes.
+fn uid_text(uid: &[u8]) -> String {
+    match uuid::Uuid::from_slice(uid) {
+        Ok(u) => u.to_string(),
+        Err(_) => uid.iter().map(|b| format!("{b:02x}")).collect(),
     }
 }

@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Largest OpAMP message accepted, after decompression, in bytes [default: 67108864].
     #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
+    /// Shard lease time to live in a cluster; renewed every third of it, and a coordinator stops
+    /// acting on a shard two thirds of it after its last renewal [default: 15s].
+    #[arg(long, env = "FLOTILLA_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +97,8 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     heartbeat_interval: Option<Duration>,
     max_message_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    lease_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +123,7 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     pub heartbeat_interval: Duration,
     pub max_message_size: usize,
+    pub lease_ttl: Duration,
 }
 
 impl Default for ServeConfig {
@@ -174,6 +181,10 @@ impl ServeConfig {
                 .max_message_size
                 .or(f.max_message_size)
                 .unwrap_or(64 << 20),
+            lease_ttl: a
+                .lease_ttl
+                .or(f.lease_ttl)
+                .unwrap_or(Duration::from_secs(15)),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -198,24 +209,31 @@ impl ServeConfig {
         if self.max_message_size < 1024 {
             return invalid("--max-message-size must be at least 1024 bytes".into());
         }
+        if self.lease_ttl < Duration::from_secs(3) {
+            return invalid("--lease-ttl must be at least 3s".into());
+        }
         match (&self.nats_url, &self.redis_url) {
             (None, None) if self.gateway && self.coordinator => Ok(()),
-            (None, None) => invalid(format!(
-                "--roles {} alone needs --nats-url and --redis-url: a split process reaches the \
-                 other roles over NATS and keeps state in Redis (leave both out, with both roles, \
+            (None, _) if !self.coordinator => invalid(
+                "--roles gateway needs --nats-url: gateways reach coordinators over NATS".into(),
+            ),
+            (None, _) | (_, None) if self.coordinator => invalid(format!(
+                "{} needs both --nats-url and --redis-url: coordinators of a cluster talk over \
+                 NATS and keep state and shard leases in Redis (leave both out, with both roles, \
                  for the embedded single-process mode)",
                 if self.gateway {
-                    "gateway"
+                    "the clustered mode"
                 } else {
-                    "coordinator"
+                    "--roles coordinator"
                 }
             )),
-            _ => invalid(
-                "clustered mode (--nats-url/--redis-url) is not available in this build yet; \
-                 run without them for the embedded single-process mode"
-                    .into(),
-            ),
+            _ => Ok(()),
         }
+    }
+
+    /// True when this process is part of a cluster (NATS and Redis) rather than embedded.
+    pub fn clustered(&self) -> bool {
+        self.nats_url.is_some()
     }
 }
 
@@ -272,7 +290,8 @@ impl fmt::Display for ServeConfig {
         write!(
             f,
             "roles={}{} opamp_listen={} api_listen={} region={} node_id={} data_dir={} \
-             heartbeat_interval={} max_message_size={} tls={} client_ca={} nats={} redis={}",
+             heartbeat_interval={} max_message_size={} lease_ttl={} tls={} client_ca={} nats={} \
+             redis={}",
             if self.gateway { "gateway," } else { "" },
             if self.coordinator { "coordinator" } else { "" },
             self.opamp_listen,
@@ -282,6 +301,7 @@ impl fmt::Display for ServeConfig {
             self.data_dir.display(),
             humantime::format_duration(self.heartbeat_interval),
             self.max_message_size,
+            humantime::format_duration(self.lease_ttl),
             self.tls.is_some(),
             self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
             self.nats_url.as_deref().map_or("-".into(), redact),
@@ -346,7 +366,26 @@ mod tests {
             ..Default::default()
         };
         let err = ServeConfig::load(gw_only).unwrap_err().to_string();
-        assert!(err.contains("needs --nats-url and --redis-url"), "{err}");
+        assert!(err.contains("--roles gateway needs --nats-url"), "{err}");
+        let coord_only = ServeArgs {
+            roles: Some(vec![Role::Coordinator]),
+            nats_url: Some("nats://n:4222".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::load(coord_only).unwrap_err().to_string();
+        assert!(err.contains("--roles coordinator needs both"), "{err}");
+        let half = ServeArgs {
+            redis_url: Some("redis://r:6379".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::load(half).unwrap_err().to_string();
+        assert!(err.contains("the clustered mode needs both"), "{err}");
+        let gw_cluster = ServeArgs {
+            roles: Some(vec![Role::Gateway]),
+            nats_url: Some("nats://n:4222".into()),
+            ..Default::default()
+        };
+        assert!(ServeConfig::load(gw_cluster).unwrap().clustered());
 
         let half_tls = ServeArgs {
             tls_cert: Some("c.pem".into()),

@@ -38,6 +38,16 @@ impl Subjects {
         format!("opamp.{}.gw.{gateway_id}.down", self.region)
     }
 
+    /// A coordinator stored a new config version: the others re-read configs and push.
+    pub fn desired_changed(&self) -> String {
+        format!("opamp.{}.ctl.desired", self.region)
+    }
+
+    /// A coordinator gave a shard up (payload: the shard number): its next owner acquires now.
+    pub fn shard_released(&self) -> String {
+        format!("opamp.{}.ctl.shard.released", self.region)
+    }
+
     /// Agent events: connected, disconnected, silent, unhealthy, config_applied, config_failed.
     pub fn event(&self, kind: &str) -> String {
         format!("opamp.{}.evt.{kind}", self.region)

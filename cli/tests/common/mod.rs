@@ -28,8 +28,14 @@ pub async fn start(cfg: ServeConfig) -> Server {
     let running = app::start(cfg).await.expect("server starts");
     Server {
         api: format!("http://{}", running.api_addr),
-        ws_url: format!("ws://{}/v1/opamp", running.opamp_addr),
-        http_url: format!("http://{}/v1/opamp", running.opamp_addr),
+        ws_url: format!(
+            "ws://{}/v1/opamp",
+            running.opamp_addr.expect("gateway role")
+        ),
+        http_url: format!(
+            "http://{}/v1/opamp",
+            running.opamp_addr.expect("gateway role")
+        ),
         running: Some(running),
     }
 }

@@ -3,7 +3,8 @@
 //! buffering without limit.
 
 use super::{
-    Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription, subject_matches,
+    Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription, SubscriptionInner,
+    subject_matches,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -93,7 +94,7 @@ impl Bus for InProcessBus {
             .write()
             .expect("bus lock")
             .push((subject.to_owned(), tx));
-        Ok(Subscription { rx })
+        Ok(Subscription(SubscriptionInner::InProcess(rx)))
     }
 }
 

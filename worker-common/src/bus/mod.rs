@@ -1,10 +1,12 @@
 //! The Bus: subject-addressed publish, subscribe and request/reply between Flotilla's roles.
-//! NATS in a cluster; [`InProcessBus`] when one process runs every role. Subjects and wildcards
-//! follow NATS (`*` one token, `>` the rest), so both implementations route the same names.
+//! [`NatsBus`] in a cluster; [`InProcessBus`] when one process runs every role. Subjects and
+//! wildcards follow NATS (`*` one token, `>` the rest), so both implementations route the same names.
 
 mod inproc;
+mod nats;
 
 pub use inproc::InProcessBus;
+pub use nats::NatsBus;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,11 +26,13 @@ pub enum BusError {
     Closed,
 }
 
-/// One message: a subject and an opaque (protobuf) payload. Routing facts travel in the payload's
-/// envelope, so both implementations carry the same bytes.
+/// One message: a subject, headers and an opaque (protobuf) payload. The payload's envelope is
+/// what receivers act on; headers repeat the routing facts (agent, gateway, connection, trace
+/// context) for tracing and for whoever watches the bus, and need not be parsed to route.
 #[derive(Debug, Clone, Default)]
 pub struct BusMessage {
     pub subject: String,
+    pub headers: Vec<(String, String)>,
     pub payload: Bytes,
 }
 
@@ -36,8 +40,21 @@ impl BusMessage {
     pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
         Self {
             subject: subject.into(),
+            headers: Vec::new(),
             payload: payload.into(),
         }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -56,25 +73,60 @@ pub struct Reply(ReplyInner);
 #[derive(Debug)]
 enum ReplyInner {
     InProcess(oneshot::Sender<Bytes>),
+    Nats {
+        client: async_nats::Client,
+        subject: async_nats::Subject,
+    },
 }
 
 impl Reply {
     pub async fn send(self, payload: Bytes) -> Result<(), BusError> {
         match self.0 {
             ReplyInner::InProcess(tx) => tx.send(payload).map_err(|_| BusError::Closed),
+            ReplyInner::Nats { client, subject } => client
+                .publish(subject, payload)
+                .await
+                .map_err(|_| BusError::Closed),
         }
     }
 }
 
 /// A stream of messages for one subscription; unsubscribes when dropped.
 #[derive(Debug)]
-pub struct Subscription {
-    rx: mpsc::Receiver<Incoming>,
+pub struct Subscription(SubscriptionInner);
+
+#[derive(Debug)]
+enum SubscriptionInner {
+    InProcess(mpsc::Receiver<Incoming>),
+    Nats {
+        client: async_nats::Client,
+        sub: async_nats::Subscriber,
+    },
 }
 
 impl Subscription {
     pub async fn next(&mut self) -> Option<Incoming> {
-        self.rx.recv().await
+        match &mut self.0 {
+            SubscriptionInner::InProcess(rx) => rx.recv().await,
+            SubscriptionInner::Nats { client, sub } => {
+                let m = futures_util::StreamExt::next(sub).await?;
+                Some(nats::incoming(client, m))
+            }
+        }
+    }
+
+    /// Stops new messages from arriving; [`Subscription::next`] then yields the ones already on
+    /// their way and ends. How a shard owner hands a shard over without losing an uplink.
+    pub async fn drain(&mut self) {
+        match &mut self.0 {
+            SubscriptionInner::InProcess(rx) => rx.close(),
+            SubscriptionInner::Nats { sub, .. } => {
+                if sub.drain().await.is_err() {
+                    // The connection is gone: nothing more will arrive anyway.
+                    let _ = sub.unsubscribe().await;
+                }
+            }
+        }
     }
 }
 
@@ -85,6 +137,31 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends `msg` to one subscriber and waits for its answer.
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<Bytes, BusError>;
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError>;
+}
+
+/// Sends a request to whoever serves `msg.subject`, retrying while nobody answers (e.g. during a
+/// shard handoff) until `deadline` has passed; each attempt waits at most `timeout`.
+pub async fn request_with_retry(
+    bus: &dyn Bus,
+    msg: BusMessage,
+    timeout: Duration,
+    deadline: Duration,
+) -> Result<Bytes, BusError> {
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut backoff = Duration::from_millis(25);
+    loop {
+        match bus.request(msg.clone(), timeout).await {
+            Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_) | BusError::Closed)) => {
+                let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
+                if remaining.is_zero() {
+                    return Err(e);
+                }
+                tokio::time::sleep(backoff.min(remaining)).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// NATS subject matching: `*` matches one token, `>` one or more trailing tokens.

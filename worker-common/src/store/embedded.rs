@@ -2,8 +2,12 @@
 //! heartbeat from each of tens of thousands of agents must not cost an fsync each. A crash loses at
 //! most that second of agent reports, which agents resend anyway (the next sequence gap asks them for
 //! full state). Configs are written through, durably, before the API answers.
+//!
+//! One process owns every shard for good, so fences always hold here; epochs matter only where
+//! owners can change ([`super::RedisStore`]).
 
-use super::{Store, StoreError, StoredConfig};
+use super::{Deadline, Fence, ShardFilter, Store, StoreError, StoredConfig};
+use crate::names::{SHARD_COUNT, shard_of};
 use async_trait::async_trait;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use prost::Message;
@@ -28,10 +32,34 @@ pub struct EmbeddedStore {
     configs: Mutex<BTreeMap<String, StoredConfig>>,
 }
 
-#[derive(Debug, Default)]
+/// Silence deadlines, ordered by time within each shard.
+#[derive(Debug)]
 struct Deadlines {
-    by_time: BTreeSet<(u64, Uuid)>,
+    by_shard: Vec<BTreeSet<(u64, Uuid)>>,
     by_agent: HashMap<Uuid, u64>,
+}
+
+impl Deadlines {
+    fn new() -> Self {
+        Self {
+            by_shard: vec![BTreeSet::new(); usize::from(SHARD_COUNT)],
+            by_agent: HashMap::new(),
+        }
+    }
+
+    fn set(&mut self, uid: Uuid, at: Option<u64>) {
+        let shard = &mut self.by_shard[usize::from(shard_of(uid.as_bytes()))];
+        let old = match at {
+            Some(at) => {
+                shard.insert((at, uid));
+                self.by_agent.insert(uid, at)
+            }
+            None => self.by_agent.remove(&uid),
+        };
+        if let Some(old) = old.filter(|o| Some(*o) != at) {
+            shard.remove(&(old, uid));
+        }
+    }
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -77,7 +105,7 @@ impl EmbeddedStore {
             db: Arc::new(db),
             agents: Mutex::new(agents),
             dirty: Mutex::new(HashSet::new()),
-            deadlines: Mutex::new(Deadlines::default()),
+            deadlines: Mutex::new(Deadlines::new()),
             configs: Mutex::new(configs),
         })
     }
@@ -138,51 +166,58 @@ impl Store for EmbeddedStore {
         Ok(self.agents.lock().expect("store lock").get(&uid).cloned())
     }
 
-    async fn put_agent(&self, record: AgentRecord) -> Result<(), StoreError> {
+    async fn save_agent(
+        &self,
+        _fence: Fence,
+        record: &AgentRecord,
+        deadline: Deadline,
+    ) -> Result<(), StoreError> {
         let uid = Uuid::from_slice(&record.instance_uid)
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
-        self.agents.lock().expect("store lock").insert(uid, record);
+        self.agents
+            .lock()
+            .expect("store lock")
+            .insert(uid, record.clone());
         self.dirty.lock().expect("store lock").insert(uid);
+        match deadline {
+            Deadline::Arm(at) => self
+                .deadlines
+                .lock()
+                .expect("store lock")
+                .set(uid, Some(at)),
+            Deadline::Clear => self.deadlines.lock().expect("store lock").set(uid, None),
+            Deadline::Keep => {}
+        }
         Ok(())
     }
 
     async fn visit_agents(
         &self,
+        shards: ShardFilter<'_>,
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError> {
-        for rec in self.agents.lock().expect("store lock").values() {
-            f(rec);
-        }
-        Ok(())
-    }
-
-    async fn arm_deadline(&self, uid: Uuid, at_unix_ms: u64) -> Result<(), StoreError> {
-        let mut d = self.deadlines.lock().expect("store lock");
-        if let Some(old) = d.by_agent.insert(uid, at_unix_ms) {
-            d.by_time.remove(&(old, uid));
-        }
-        d.by_time.insert((at_unix_ms, uid));
-        Ok(())
-    }
-
-    async fn clear_deadline(&self, uid: Uuid) -> Result<(), StoreError> {
-        let mut d = self.deadlines.lock().expect("store lock");
-        if let Some(old) = d.by_agent.remove(&uid) {
-            d.by_time.remove(&(old, uid));
-        }
-        Ok(())
-    }
-
-    async fn take_due(&self, now_unix_ms: u64) -> Result<Vec<Uuid>, StoreError> {
-        let mut d = self.deadlines.lock().expect("store lock");
-        let mut due = Vec::new();
-        while let Some(&(at, uid)) = d.by_time.first() {
-            if at > now_unix_ms {
-                break;
+        for (uid, rec) in self.agents.lock().expect("store lock").iter() {
+            if shards(shard_of(uid.as_bytes())) {
+                f(rec);
             }
-            d.by_time.pop_first();
-            d.by_agent.remove(&uid);
-            due.push(uid);
+        }
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        fence: Fence,
+        now_unix_ms: u64,
+        retry_ms: u64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut d = self.deadlines.lock().expect("store lock");
+        let due: Vec<Uuid> = d.by_shard[usize::from(fence.shard)]
+            .iter()
+            .take_while(|(at, _)| *at <= now_unix_ms)
+            .map(|(_, uid)| *uid)
+            .collect();
+        for uid in &due {
+            d.set(*uid, Some(now_unix_ms + retry_ms));
         }
         Ok(due)
     }
@@ -234,7 +269,10 @@ mod tests {
         let uid = Uuid::now_v7();
         {
             let store = EmbeddedStore::open(dir.path()).unwrap();
-            store.put_agent(record(uid, 5)).await.unwrap();
+            store
+                .save_agent(fence(uid), &record(uid, 5), Deadline::Keep)
+                .await
+                .unwrap();
             let cfg = StoredConfig {
                 name: "base".into(),
                 version: 0,
@@ -262,17 +300,54 @@ mod tests {
         assert_eq!(configs[0].version, 2);
     }
 
+    fn fence(uid: Uuid) -> Fence {
+        Fence {
+            shard: shard_of(uid.as_bytes()),
+            epoch: 1,
+        }
+    }
+
+    /// Two agents of the same shard, so one claim sees both.
+    fn same_shard_pair() -> (Uuid, Uuid) {
+        let a = Uuid::now_v7();
+        loop {
+            let b = Uuid::new_v4();
+            if shard_of(b.as_bytes()) == shard_of(a.as_bytes()) {
+                return (a, b);
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn deadlines_fire_once_in_order_and_rearming_moves_them() {
+    async fn due_deadlines_are_claimed_then_come_back_unless_saved() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        store.arm_deadline(a, 100).await.unwrap();
-        store.arm_deadline(b, 50).await.unwrap();
-        store.arm_deadline(a, 300).await.unwrap();
-        assert_eq!(store.take_due(200).await.unwrap(), vec![b]);
-        assert!(store.take_due(200).await.unwrap().is_empty());
-        store.clear_deadline(a).await.unwrap();
-        assert!(store.take_due(1000).await.unwrap().is_empty());
+        let (a, b) = same_shard_pair();
+        let f = fence(a);
+        store
+            .save_agent(f, &record(a, 1), Deadline::Arm(100))
+            .await
+            .unwrap();
+        store
+            .save_agent(f, &record(b, 1), Deadline::Arm(50))
+            .await
+            .unwrap();
+        store
+            .save_agent(f, &record(a, 2), Deadline::Arm(3000))
+            .await
+            .unwrap();
+        assert_eq!(store.claim_due(f, 200, 1000).await.unwrap(), vec![b]);
+        // Claimed: not due again until the retry time, then due again (the claimer never saved).
+        assert!(store.claim_due(f, 200, 1000).await.unwrap().is_empty());
+        assert_eq!(store.claim_due(f, 1200, 1000).await.unwrap(), vec![b]);
+        store
+            .save_agent(f, &record(b, 2), Deadline::Clear)
+            .await
+            .unwrap();
+        store
+            .save_agent(f, &record(a, 3), Deadline::Clear)
+            .await
+            .unwrap();
+        assert!(store.claim_due(f, 10_000, 1000).await.unwrap().is_empty());
     }
 }

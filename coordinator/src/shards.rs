@@ -1,0 +1,175 @@
+//! Which shards this coordinator may act on, under which epoch, and until when. Every piece of
+//! work on a shard (an uplink, a sweep, an admin change) takes the shard's lock and asks for its
+//! [`Fence`] first; no fence, no work.
+
+use flotilla_common::names::SHARD_COUNT;
+use flotilla_common::store::Fence;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::sync::{Mutex, MutexGuard};
+
+pub struct ShardTable {
+    base: Instant,
+    slots: Vec<Slot>,
+}
+
+struct Slot {
+    lock: Mutex<()>,
+    /// 0: not held.
+    epoch: AtomicU64,
+    /// Milliseconds after `base` until which the holder may act (u64::MAX: for good).
+    valid_until_ms: AtomicU64,
+}
+
+impl ShardTable {
+    /// No shard held: a coordinator of a cluster before it acquires leases.
+    pub fn none() -> Self {
+        Self {
+            base: Instant::now(),
+            slots: (0..SHARD_COUNT)
+                .map(|_| Slot {
+                    lock: Mutex::new(()),
+                    epoch: AtomicU64::new(0),
+                    valid_until_ms: AtomicU64::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// Every shard held for good: the embedded mode, where one process is the only owner.
+    pub fn all() -> Self {
+        let t = Self::none();
+        for slot in &t.slots {
+            slot.epoch.store(1, Ordering::Relaxed);
+            slot.valid_until_ms.store(u64::MAX, Ordering::Relaxed);
+        }
+        t
+    }
+
+    pub async fn lock(&self, shard: u16) -> MutexGuard<'_, ()> {
+        self.slots[usize::from(shard)].lock.lock().await
+    }
+
+    /// The fence to write `shard` with, if this process may act on it now.
+    pub fn fence(&self, shard: u16) -> Option<Fence> {
+        let slot = &self.slots[usize::from(shard)];
+        let epoch = slot.epoch.load(Ordering::Acquire);
+        let until = slot.valid_until_ms.load(Ordering::Acquire);
+        (epoch != 0 && self.ms(Instant::now()) < until).then_some(Fence { shard, epoch })
+    }
+
+    /// Held (by epoch), whether or not still valid: what the lease keeper renews or gives up.
+    pub fn held(&self, shard: u16) -> Option<Fence> {
+        let epoch = self.slots[usize::from(shard)].epoch.load(Ordering::Acquire);
+        (epoch != 0).then_some(Fence { shard, epoch })
+    }
+
+    /// Records a lease: act on the shard under `fence` until `until`.
+    pub fn hold(&self, fence: Fence, until: Instant) {
+        let slot = &self.slots[usize::from(fence.shard)];
+        slot.valid_until_ms.store(self.ms(until), Ordering::Release);
+        slot.epoch.store(fence.epoch, Ordering::Release);
+    }
+
+    /// Extends a lease after a renewal sent at `sent` succeeded.
+    pub fn extend(&self, fence: Fence, until: Instant) {
+        let slot = &self.slots[usize::from(fence.shard)];
+        if slot.epoch.load(Ordering::Acquire) == fence.epoch {
+            slot.valid_until_ms.store(self.ms(until), Ordering::Release);
+        }
+    }
+
+    /// Forgets `shard` (released, lost or fenced): nothing acts on it from now on.
+    pub fn drop_shard(&self, shard: u16) {
+        let slot = &self.slots[usize::from(shard)];
+        slot.epoch.store(0, Ordering::Release);
+        slot.valid_until_ms.store(0, Ordering::Release);
+    }
+
+    /// Shards this process may act on now.
+    pub fn owned(&self) -> Vec<u16> {
+        (0..SHARD_COUNT)
+            .filter(|s| self.fence(*s).is_some())
+            .collect()
+    }
+
+    pub fn owned_count(&self) -> usize {
+        self.owned().len()
+    }
+
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.base)
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX - 1)
+    }
+}
+
+/// Rendezvous (highest random weight) hashing: the preferred owner of `shard` among `members`.
+/// Every coordinator computes the same answer from the same member list, and a member joining or
+/// leaving moves only the shards it wins or held.
+pub fn preferred_owner(shard: u16, members: &[String]) -> Option<&str> {
+    members
+        .iter()
+        .max_by_key(|m| {
+            let mut key = m.as_bytes().to_vec();
+            key.extend_from_slice(&shard.to_be_bytes());
+            (xxhash_rust::xxh3::xxh3_64(&key), m.as_str())
+        })
+        .map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn fences_follow_holding_and_expiry() {
+        let t = ShardTable::none();
+        assert_eq!(t.fence(3), None);
+        let f = Fence { shard: 3, epoch: 9 };
+        t.hold(f, Instant::now() + Duration::from_secs(5));
+        assert_eq!(t.fence(3), Some(f));
+        assert_eq!(t.owned(), vec![3]);
+        t.extend(Fence { shard: 3, epoch: 8 }, Instant::now());
+        assert_eq!(
+            t.fence(3),
+            Some(f),
+            "a renewal of an older epoch changes nothing"
+        );
+        t.extend(f, Instant::now());
+        assert_eq!(t.fence(3), None, "expired: may not act");
+        assert_eq!(
+            t.held(3),
+            Some(f),
+            "but still held until renewed or dropped"
+        );
+        t.drop_shard(3);
+        assert_eq!(t.held(3), None);
+        assert_eq!(ShardTable::all().owned_count(), usize::from(SHARD_COUNT));
+    }
+
+    #[test]
+    fn rendezvous_spreads_shards_and_moves_only_a_leavers_share() {
+        let three: Vec<String> = ["c1", "c2", "c3"].map(String::from).to_vec();
+        let two: Vec<String> = ["c1", "c2"].map(String::from).to_vec();
+        let mut counts = std::collections::BTreeMap::new();
+        let mut moved = 0;
+        for s in 0..SHARD_COUNT {
+            let before = preferred_owner(s, &three).unwrap();
+            *counts.entry(before).or_insert(0) += 1;
+            let after = preferred_owner(s, &two).unwrap();
+            if before != "c3" {
+                assert_eq!(before, after, "shard {s} moved though its owner stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, counts["c3"]);
+        for (m, n) in counts {
+            assert!((250..=430).contains(&n), "{m} prefers {n} of 1024 shards");
+        }
+        assert_eq!(preferred_owner(0, &[]), None);
+    }
+}

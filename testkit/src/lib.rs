@@ -1,0 +1,289 @@
+//! Real server processes for tests: `nats-server`, `redis-server` and anything else started as a
+//! child process on free loopback ports, with the faults tests inject (kill -9, SIGSTOP/SIGCONT,
+//! restart on the same port). Every process is killed when its handle drops, so a failed test
+//! leaves nothing running. Logs go to files in the test's directory; [`Proc::log_tail`] shows them.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Panics with a clear message when `program` is not installed (scripts/test.sh installs it).
+pub fn require(program: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{program} is not installed; run scripts/test.sh, which installs it"
+    );
+}
+
+/// A child process that can be killed, paused, resumed and restarted with the same arguments.
+pub struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts `program args` with stdout and stderr appended to `log`.
+    pub fn spawn(
+        name: &str,
+        program: impl AsRef<Path>,
+        args: &[String],
+        envs: &[(String, String)],
+        log: PathBuf,
+    ) -> Self {
+        let mut p = Self {
+            name: name.to_owned(),
+            program: program.as_ref().to_owned(),
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+            log,
+            child: None,
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({}): {e}",
+                    self.name,
+                    self.program.display()
+                )
+            });
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("process is running").id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {} failed", self.name);
+    }
+
+    /// kill -9, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the process keeps its sockets but runs nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Proc::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; returns its exit code (None: killed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal("-TERM");
+        let mut child = self.child.take()?;
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Starts the process again with the same arguments (after [`Proc::kill`] or a terminate).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
+    }
+
+    /// The last `lines` lines of the process's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        format!(
+            "--- {} ({}) ---\n{}",
+            self.name,
+            self.log.display(),
+            all[start..].join("\n")
+        )
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `nats-server` on a free loopback port.
+pub struct NatsServer {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl NatsServer {
+    pub fn start(dir: &Path) -> Self {
+        require("nats-server");
+        let port = free_port();
+        let args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        let proc = Proc::spawn(
+            "nats-server",
+            "nats-server",
+            &args,
+            &[],
+            dir.join("nats.log"),
+        );
+        let s = Self { port, proc };
+        s.wait_ready();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn wait_ready(&self) {
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "nats-server did not start\n{}",
+            self.proc.log_tail(20)
+        );
+    }
+
+    /// Stops the server (kill -9) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.proc.restart();
+        self.wait_ready();
+    }
+}
+
+/// A `redis-server` on a free loopback port, persisting with an append-only file under its
+/// directory, so a restart keeps its data (as a production Redis must).
+pub struct RedisServer {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl RedisServer {
+    pub fn start(dir: &Path) -> Self {
+        require("redis-server");
+        let port = free_port();
+        let data = dir.join("redis-data");
+        std::fs::create_dir_all(&data).expect("redis data dir");
+        let args: Vec<String> = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--dir",
+            data.to_str().expect("utf-8 path"),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let proc = Proc::spawn(
+            "redis-server",
+            "redis-server",
+            &args,
+            &[],
+            dir.join("redis.log"),
+        );
+        let s = Self { port, proc };
+        s.wait_ready();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn wait_ready(&self) {
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "redis-server did not start\n{}",
+            self.proc.log_tail(20)
+        );
+    }
+
+    /// Stops the server with SIGTERM (it writes its append-only file) and starts it again on the
+    /// same port with the same data.
+    pub fn restart(&mut self) {
+        self.proc.terminate(Duration::from_secs(10));
+        self.proc.restart();
+        self.wait_ready();
+    }
+}

@@ -1,0 +1,118 @@
+//! The Bus on NATS core (no JetStream): what gateways and coordinators of a cluster talk over.
+//! The client reconnects by itself and re-subscribes every subscription after a NATS restart;
+//! requests made while it is away time out and callers retry or answer UNAVAILABLE.
+
+use super::{
+    Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription, SubscriptionInner,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+}
+
+impl NatsBus {
+    /// Connects to `url` (a comma-separated list of servers is allowed), naming the connection
+    /// `name` in NATS monitoring. Fails when no server answers within a few seconds, so a wrong
+    /// URL is reported at start instead of retried forever; after that, reconnects never stop.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            // At most 1 s between reconnect attempts (the default backs off to 4 s): a NATS
+            // restart should cost agents as little as possible.
+            .reconnect_delay_callback(|attempt| Duration::from_millis(50 * attempt.min(20) as u64))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS disconnected; reconnecting")
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+        Ok(Self { client })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+fn headers_of(msg: &BusMessage) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    for (name, value) in &msg.headers {
+        h.insert(name.as_str(), value.as_str());
+    }
+    h
+}
+
+/// A NATS message as the Bus hands it out.
+pub(super) fn incoming(client: &async_nats::Client, m: async_nats::Message) -> Incoming {
+    let headers = m
+        .headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .filter_map(|(name, values)| {
+            let value = values.first()?;
+            Some((name.to_string(), value.as_str().to_owned()))
+        })
+        .collect();
+    Incoming {
+        msg: BusMessage {
+            subject: m.subject.to_string(),
+            headers,
+            payload: m.payload,
+        },
+        reply: m.reply.map(|subject| {
+            Reply(ReplyInner::Nats {
+                client: client.clone(),
+                subject,
+            })
+        }),
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
+        let headers = headers_of(&msg);
+        self.client
+            .publish_with_headers(msg.subject, headers, msg.payload)
+            .await
+            .map_err(|_| BusError::Closed)
+    }
+
+    async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<Bytes, BusError> {
+        let request = async_nats::Request::new()
+            .headers(headers_of(&msg))
+            .payload(msg.payload)
+            .timeout(Some(timeout));
+        match self.client.send_request(msg.subject.clone(), request).await {
+            Ok(reply) => Ok(reply.payload),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => BusError::NoResponders(msg.subject),
+                async_nats::RequestErrorKind::TimedOut => BusError::Timeout(msg.subject),
+                _ => BusError::Closed,
+            }),
+        }
+    }
+
+    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
+        let sub = self
+            .client
+            .subscribe(subject.to_owned())
+            .await
+            .map_err(|_| BusError::Closed)?;
+        Ok(Subscription(SubscriptionInner::Nats {
+            client: self.client.clone(),
+            sub,
+        }))
+    }
+}

@@ -1,0 +1,433 @@
+//! The Store of a cluster, in Redis, plus the shard leases and coordinator membership that decide
+//! who may write it. Keys (region `r`, shard `n` as 4 digits):
+//!
+//! ```text
+//! opamp:r:{sn}:lease      "<node>/<epoch>", PX ttl: who holds the shard
+//! opamp:r:{sn}:epoch      the shard's current epoch, raised by every acquisition
+//! opamp:r:{sn}:a:<uid>    hash: r = AgentRecord (protobuf), e = epoch of the write
+//! opamp:r:{sn}:agents     set of the shard's uids (what visits iterate)
+//! opamp:r:{sn}:dl         zset uid -> silence deadline (unix ms)
+//! opamp:r:coords          zset node -> last membership heartbeat (Redis time, ms)
+//! opamp:r:{cfg}:latest    hash name -> JSON of the latest version
+//! opamp:r:{cfg}:seq       hash name -> last version number handed out
+//! opamp:r:{cfg}:latest-version  hash name -> version held in :latest
+//! opamp:r:{cfg}:v:<name>  hash version -> JSON
+//! ```
+//!
+//! `{...}` is a hash tag: a shard's keys share one Redis Cluster slot, so each script touches one
+//! slot. Every agent-state write is a script that first compares the shard's epoch with the
+//! writer's: a writer whose lease was taken over fails with [`StoreError::Fenced`]. Epochs are
+//! `max(previous + 1, Redis time in ms)`, so they keep rising even if Redis loses its data.
+
+use super::{Deadline, Fence, ShardFilter, Store, StoreError, StoredConfig};
+use crate::names::{SHARD_COUNT, shard_of};
+use async_trait::async_trait;
+use flotilla_proto::bus::AgentRecord;
+use futures_util::future::join_all;
+use prost::Message;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use std::sync::LazyLock;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How long leases last and how they are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// A lease (and a membership heartbeat) expires this long after its last renewal.
+    pub ttl: Duration,
+    /// Renewal period.
+    pub renew_every: Duration,
+    /// A holder stops acting on a shard this long after sending its last successful renewal:
+    /// before the lease can expire in Redis, so two owners never act at once.
+    pub act_for: Duration,
+}
+
+impl LeaseTiming {
+    /// Renews every ttl/3 and acts for 2/3 of the ttl (15 s: renew every 5 s, act for 10 s).
+    pub fn from_ttl(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            renew_every: ttl / 3,
+            act_for: ttl * 2 / 3,
+        }
+    }
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        Self::from_ttl(Duration::from_secs(15))
+    }
+}
+
+const NOW_MS: &str = "local t = redis.call('TIME')\n\
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then return '0' end\n{NOW_MS}\
+         local e = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)\n\
+         local es = string.format('%d', e)\n\
+         redis.call('SET', KEYS[2], es)\n\
+         redis.call('SET', KEYS[1], ARGV[1] .. '/' .. es, 'PX', ARGV[2])\n\
+         return es"
+    ))
+});
+
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n\
+           return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n\
+         end\n\
+         return 0",
+    )
+});
+
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n\
+           return redis.call('DEL', KEYS[1])\n\
+         end\n\
+         return 0",
+    )
+});
+
+static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1])\n\
+         redis.call('SADD', KEYS[3], ARGV[3])\n\
+         if ARGV[4] == 'arm' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])\n\
+         elseif ARGV[4] == 'clear' then redis.call('ZREM', KEYS[4], ARGV[3]) end\n\
+         return 1",
+    )
+});
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 1000)\n\
+         for _, m in ipairs(due) do redis.call('ZADD', KEYS[2], 'XX', ARGV[3], m) end\n\
+         return due",
+    )
+});
+
+static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_MS}redis.call('ZADD', KEYS[1], now, ARGV[1])\n\
+         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))\n\
+         return redis.call('ZRANGE', KEYS[1], 0, -1)"
+    ))
+});
+
+static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])\n\
+         local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')\n\
+         if tonumber(ARGV[2]) > seen then\n\
+           redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n\
+           redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n\
+         end\n\
+         return 1",
+    )
+});
+
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn io(e: redis::RedisError) -> StoreError {
+    StoreError::Io(format!("redis: {e}"))
+}
+
+fn fenced_or_io(e: redis::RedisError, fence: Fence) -> StoreError {
+    // The scripts answer `-FENCED` (an error reply) when the epoch moved on.
+    if e.code() == Some("FENCED") || e.to_string().contains("FENCED") {
+        StoreError::Fenced {
+            shard: fence.shard,
+            epoch: fence.epoch,
+        }
+    } else {
+        io(e)
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (fails at once if Redis does not answer, so a wrong URL is reported at
+    /// start); afterwards the connection re-establishes itself after Redis restarts.
+    pub async fn connect(url: &str, region: &str) -> Result<Self, String> {
+        let client =
+            redis::Client::open(url).map_err(|e| format!("invalid Redis URL {url}: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(2);
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
+        Ok(Self {
+            conn,
+            prefix: format!("opamp:{region}"),
+        })
+    }
+
+    fn shard_key(&self, shard: u16, what: &str) -> String {
+        format!("{}:{{s{shard:04}}}:{what}", self.prefix)
+    }
+
+    fn agent_key(&self, uid: Uuid) -> String {
+        self.shard_key(shard_of(uid.as_bytes()), &format!("a:{uid}"))
+    }
+
+    fn lease_value(node: &str, epoch: u64) -> String {
+        format!("{node}/{epoch}")
+    }
+
+    /// Records that coordinator `node` is alive and returns every live coordinator (sorted).
+    /// Members that have not beaten for `ttl` are dropped.
+    pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<Vec<String>, StoreError> {
+        let mut members: Vec<String> = HEARTBEAT
+            .key(format!("{}:coords", self.prefix))
+            .arg(node)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        members.sort();
+        Ok(members)
+    }
+
+    /// Removes `node` from the membership at once (a graceful stop).
+    pub async fn leave(&self, node: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .zrem(format!("{}:coords", self.prefix), node)
+            .await
+            .map_err(io)?;
+        Ok(())
+    }
+
+    /// Takes the lease of `shard` for `node` if nobody holds it; returns the new epoch.
+    pub async fn acquire(
+        &self,
+        shard: u16,
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Option<Fence>, StoreError> {
+        let epoch: String = ACQUIRE
+            .key(self.shard_key(shard, "lease"))
+            .key(self.shard_key(shard, "epoch"))
+            .arg(node)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        // "0" when somebody holds the lease.
+        let epoch: u64 = epoch
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("lease epoch {epoch:?}")))?;
+        Ok((epoch > 0).then_some(Fence { shard, epoch }))
+    }
+
+    /// Extends the leases `node` holds under `fences`; returns, per fence, whether it still holds
+    /// (false: the lease expired or someone else took it; stop acting on the shard).
+    pub async fn renew(
+        &self,
+        fences: &[Fence],
+        node: &str,
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let ttl_ms = ttl.as_millis() as u64;
+        let results = join_all(fences.iter().map(|f| {
+            let mut conn = self.conn.clone();
+            let key = self.shard_key(f.shard, "lease");
+            let value = Self::lease_value(node, f.epoch);
+            async move {
+                RENEW
+                    .key(key)
+                    .arg(value)
+                    .arg(ttl_ms)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            }
+        }))
+        .await;
+        results
+            .into_iter()
+            .map(|r| r.map(|n| n == 1).map_err(io))
+            .collect()
+    }
+
+    /// Gives a lease up (only if `node` still holds it under `fence`).
+    pub async fn release(&self, fence: Fence, node: &str) -> Result<bool, StoreError> {
+        let n: i64 = RELEASE
+            .key(self.shard_key(fence.shard, "lease"))
+            .arg(Self::lease_value(node, fence.epoch))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        Ok(n == 1)
+    }
+
+    /// Answers when Redis answers a PING.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        Ok(())
+    }
+
+    async fn agents_of_shard(
+        &self,
+        shard: u16,
+        f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let uids: Vec<String> = conn
+            .smembers(self.shard_key(shard, "agents"))
+            .await
+            .map_err(io)?;
+        for chunk in uids.chunks(256) {
+            let mut pipe = redis::pipe();
+            for uid in chunk {
+                pipe.hget(self.shard_key(shard, &format!("a:{uid}")), "r");
+            }
+            let rows: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(io)?;
+            for bytes in rows.into_iter().flatten() {
+                let rec = AgentRecord::decode(bytes.as_slice())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                f(&rec);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .clone()
+            .hget(self.agent_key(uid), "r")
+            .await
+            .map_err(io)?;
+        bytes
+            .map(|b| AgentRecord::decode(b.as_slice()))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    async fn save_agent(
+        &self,
+        fence: Fence,
+        record: &AgentRecord,
+        deadline: Deadline,
+    ) -> Result<(), StoreError> {
+        let uid = Uuid::from_slice(&record.instance_uid)
+            .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
+        let (mode, at) = match deadline {
+            Deadline::Arm(at) => ("arm", at),
+            Deadline::Clear => ("clear", 0),
+            Deadline::Keep => ("keep", 0),
+        };
+        let _: i64 = SAVE
+            .key(self.shard_key(fence.shard, "epoch"))
+            .key(self.agent_key(uid))
+            .key(self.shard_key(fence.shard, "agents"))
+            .key(self.shard_key(fence.shard, "dl"))
+            .arg(fence.epoch.to_string())
+            .arg(record.encode_to_vec())
+            .arg(uid.to_string())
+            .arg(mode)
+            .arg(at)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| fenced_or_io(e, fence))?;
+        Ok(())
+    }
+
+    async fn visit_agents(
+        &self,
+        shards: ShardFilter<'_>,
+        f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
+    ) -> Result<(), StoreError> {
+        for shard in (0..SHARD_COUNT).filter(|s| shards(*s)) {
+            self.agents_of_shard(shard, f).await?;
+        }
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        fence: Fence,
+        now_unix_ms: u64,
+        retry_ms: u64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let due: Vec<String> = CLAIM
+            .key(self.shard_key(fence.shard, "epoch"))
+            .key(self.shard_key(fence.shard, "dl"))
+            .arg(fence.epoch.to_string())
+            .arg(now_unix_ms)
+            .arg(now_unix_ms + retry_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| fenced_or_io(e, fence))?;
+        due.iter()
+            .map(|s| Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    }
+
+    async fn put_config(&self, mut config: StoredConfig) -> Result<StoredConfig, StoreError> {
+        let mut conn = self.conn.clone();
+        let seq = format!("{}:{{cfg}}:seq", self.prefix);
+        // Versions are handed out atomically first, then the version is written; a crash in
+        // between leaves a gap in the numbers, never two configs with one number.
+        let version: u64 = conn.hincr(&seq, &config.name, 1).await.map_err(io)?;
+        config.version = version;
+        let json = serde_json::to_string(&config).map_err(|e| StoreError::Io(e.to_string()))?;
+        let _: i64 = PUT_CONFIG
+            .key(format!("{}:{{cfg}}:latest-version", self.prefix))
+            .key(format!("{}:{{cfg}}:latest", self.prefix))
+            .key(format!("{}:{{cfg}}:v:{}", self.prefix, config.name))
+            .arg(&config.name)
+            .arg(version)
+            .arg(json)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(io)?;
+        Ok(config)
+    }
+
+    async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {
+        let all: Vec<(String, String)> = self
+            .conn
+            .clone()
+            .hgetall(format!("{}:{{cfg}}:latest", self.prefix))
+            .await
+            .map_err(io)?;
+        let mut configs = all
+            .iter()
+            .map(|(_, json)| {
+                serde_json::from_str::<StoredConfig>(json)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        configs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(configs)
+    }
+}

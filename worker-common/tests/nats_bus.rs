@@ -1,0 +1,90 @@
+//! NatsBus against a real `nats-server` on a free loopback port.
+
+use flotilla_common::bus::{Bus, BusError, BusMessage, NatsBus};
+use flotilla_testkit::NatsServer;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn request_reply_headers_no_responders_and_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let bus = NatsBus::connect(&nats.url(), "test").await.unwrap();
+
+    let err = bus.request(BusMessage::new("x.0001", "hi"), T).await;
+    assert_eq!(err, Err(BusError::NoResponders("x.0001".into())));
+
+    let mut sub = bus.subscribe("x.*").await.unwrap();
+    let server = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(inc) = sub.next().await {
+            seen.push(inc.msg.header("Flotilla-Gateway").unwrap_or("").to_owned());
+            let answer = format!(
+                "{}:{}",
+                inc.msg.subject,
+                String::from_utf8_lossy(&inc.msg.payload)
+            );
+            inc.reply.unwrap().send(answer.into()).await.unwrap();
+            if seen.len() == 2 {
+                // A drained subscription still delivers what was already sent, then ends.
+                sub.drain().await;
+            }
+        }
+        seen
+    });
+    let msg = BusMessage::new("x.0002", "a").with_header("Flotilla-Gateway", "gw-1");
+    assert_eq!(bus.request(msg, T).await.unwrap().as_ref(), b"x.0002:a");
+    let msg = BusMessage::new("x.0003", "b").with_header("Flotilla-Gateway", "gw-2");
+    assert_eq!(bus.request(msg, T).await.unwrap().as_ref(), b"x.0003:b");
+    let seen = tokio::time::timeout(T, server).await.unwrap().unwrap();
+    assert_eq!(seen, vec!["gw-1", "gw-2"]);
+    let gone = bus.request(BusMessage::new("x.0004", "c"), T).await;
+    assert_eq!(gone, Err(BusError::NoResponders("x.0004".into())));
+}
+
+#[tokio::test]
+async fn subscriptions_come_back_after_a_nats_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(dir.path());
+    let bus = NatsBus::connect(&nats.url(), "test").await.unwrap();
+    let mut sub = bus.subscribe("svc").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(inc) = sub.next().await {
+            inc.reply.unwrap().send(inc.msg.payload).await.unwrap();
+        }
+    });
+    assert_eq!(
+        bus.request(BusMessage::new("svc", "1"), T)
+            .await
+            .unwrap()
+            .as_ref(),
+        b"1"
+    );
+    nats.restart();
+    let mut answered = None;
+    for _ in 0..50 {
+        if let Ok(b) = bus
+            .request(BusMessage::new("svc", "2"), Duration::from_millis(200))
+            .await
+        {
+            answered = Some(b);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        answered.expect("no answer after the restart").as_ref(),
+        b"2"
+    );
+    assert!(bus.is_connected());
+}
+
+#[tokio::test]
+async fn a_wrong_url_is_a_clear_error() {
+    let port = flotilla_testkit::free_port();
+    let err = NatsBus::connect(&format!("nats://127.0.0.1:{port}"), "t")
+        .await
+        .unwrap_err();
+    assert!(err.contains("cannot connect to NATS"), "{err}");
+}

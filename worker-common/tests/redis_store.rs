@@ -1,0 +1,188 @@
+//! RedisStore and shard leases against a real `redis-server` on a free loopback port.
+
+use flotilla_common::names::shard_of;
+use flotilla_common::store::{Deadline, Fence, RedisStore, Store, StoreError, StoredConfig};
+use flotilla_proto::bus::AgentRecord;
+use flotilla_testkit::RedisServer;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+fn record(uid: Uuid, seq: u64) -> AgentRecord {
+    AgentRecord {
+        instance_uid: uid.as_bytes().to_vec(),
+        sequence_num: seq,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_taken_over_shard_fences_its_former_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t").await.unwrap();
+    let uid = Uuid::now_v7();
+    let shard = shard_of(uid.as_bytes());
+    let ttl = Duration::from_millis(300);
+
+    let a = store
+        .acquire(shard, "a", ttl)
+        .await
+        .unwrap()
+        .expect("free shard");
+    assert_eq!(
+        store.acquire(shard, "b", ttl).await.unwrap(),
+        None,
+        "held by a"
+    );
+    store
+        .save_agent(a, &record(uid, 1), Deadline::Arm(1000))
+        .await
+        .unwrap();
+    assert_eq!(store.renew(&[a], "a", ttl).await.unwrap(), vec![true]);
+    assert_eq!(store.renew(&[a], "b", ttl).await.unwrap(), vec![false]);
+
+    // a stops renewing (paused); its lease expires and b takes the shard with a higher epoch.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = store
+        .acquire(shard, "b", ttl)
+        .await
+        .unwrap()
+        .expect("expired");
+    assert!(b.epoch > a.epoch);
+    assert_eq!(store.renew(&[a], "a", ttl).await.unwrap(), vec![false]);
+
+    // Every write of a's is refused from now on; b's go through.
+    let stale = store.save_agent(a, &record(uid, 99), Deadline::Clear).await;
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    let claim = store.claim_due(a, 5000, 1000).await;
+    assert!(matches!(claim, Err(StoreError::Fenced { .. })), "{claim:?}");
+    assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 1);
+    store
+        .save_agent(b, &record(uid, 2), Deadline::Keep)
+        .await
+        .unwrap();
+    assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 2);
+
+    // Release is compare-and-delete: a cannot release b's lease; b can, and the shard is free.
+    assert!(!store.release(a, "a").await.unwrap());
+    assert!(store.release(b, "b").await.unwrap());
+    let c = store
+        .acquire(shard, "c", ttl)
+        .await
+        .unwrap()
+        .expect("released");
+    assert!(c.epoch > b.epoch);
+}
+
+#[tokio::test]
+async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t").await.unwrap();
+    let uid = Uuid::now_v7();
+    let f = store
+        .acquire(shard_of(uid.as_bytes()), "a", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .save_agent(f, &record(uid, 1), Deadline::Arm(100))
+        .await
+        .unwrap();
+    assert!(store.claim_due(f, 99, 1000).await.unwrap().is_empty());
+    assert_eq!(store.claim_due(f, 100, 1000).await.unwrap(), vec![uid]);
+    assert!(
+        store.claim_due(f, 500, 1000).await.unwrap().is_empty(),
+        "claimed"
+    );
+    assert_eq!(
+        store.claim_due(f, 1100, 1000).await.unwrap(),
+        vec![uid],
+        "claimer died"
+    );
+    store
+        .save_agent(f, &record(uid, 2), Deadline::Clear)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_due(f, 1_000_000, 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn membership_visits_configs_and_a_restart_of_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t").await.unwrap();
+    let ttl = Duration::from_millis(500);
+    assert_eq!(store.heartbeat("b", ttl).await.unwrap(), vec!["b"]);
+    assert_eq!(store.heartbeat("a", ttl).await.unwrap(), vec!["a", "b"]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store.heartbeat("a", ttl).await.unwrap(),
+        vec!["a"],
+        "b stopped beating"
+    );
+    store.leave("a").await.unwrap();
+
+    let uids: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let mut fences: BTreeMap<u16, Fence> = BTreeMap::new();
+    for uid in &uids {
+        let shard = shard_of(uid.as_bytes());
+        if let std::collections::btree_map::Entry::Vacant(e) = fences.entry(shard) {
+            let f = store
+                .acquire(shard, "a", Duration::from_secs(30))
+                .await
+                .unwrap();
+            e.insert(f.expect("free shard"));
+        }
+        store
+            .save_agent(fences[&shard], &record(*uid, 7), Deadline::Keep)
+            .await
+            .unwrap();
+    }
+    let draft = StoredConfig {
+        name: "base".into(),
+        version: 0,
+        selector: BTreeMap::new(),
+        files: BTreeMap::new(),
+        hash: "ab".into(),
+        created_unix_ms: 1,
+    };
+    assert_eq!(store.put_config(draft.clone()).await.unwrap().version, 1);
+    assert_eq!(store.put_config(draft).await.unwrap().version, 2);
+
+    // Redis restarts (with its append-only file): the same connection carries on.
+    redis.restart();
+    let mut seen = Vec::new();
+    let mut visit = |r: &AgentRecord| seen.push(Uuid::from_slice(&r.instance_uid).unwrap());
+    let mut tries = 0;
+    while let Err(e) = store.visit_agents(&|_| true, &mut visit).await {
+        tries += 1;
+        assert!(tries < 50, "Redis did not come back: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen.sort();
+    let mut expected = uids.clone();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let configs = store.list_configs().await.unwrap();
+    assert_eq!(configs.len(), 1);
+    assert_eq!(configs[0].version, 2);
+    let only_first = shard_of(uids[0].as_bytes());
+    let mut n = 0;
+    store
+        .visit_agents(&|s| s == only_first, &mut |_| n += 1)
+        .await
+        .unwrap();
+    let expected_n = uids
+        .iter()
+        .filter(|u| shard_of(u.as_bytes()) == only_first)
+        .count();
+    assert_eq!(n, expected_n);
+}
