@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::shards::preferred_owner;
 
 /// Most shards handed to their preferred owner per second: rebalancing after a join is gradual.
-pub const HANDOFF_PER_TICK: usize = 64;
+pub const HANDOFF_PER_TICK: usize = 128;
 
 /// The announcement of a released shard.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +58,7 @@ pub struct LeaseKeeper {
     workers: HashMap<u16, Worker>,
     last_renew: Option<Instant>,
     healthy: Arc<AtomicBool>,
+    ticks: u64,
 }
 
 impl LeaseKeeper {
@@ -80,6 +81,7 @@ impl LeaseKeeper {
             workers: HashMap::new(),
             last_renew: None,
             healthy: Arc::new(AtomicBool::new(false)),
+            ticks: 0,
         }
     }
 
@@ -115,6 +117,7 @@ impl LeaseKeeper {
     }
 
     async fn tick(&mut self) {
+        self.ticks += 1;
         match self.store.heartbeat(&self.node, self.timing.ttl).await {
             Ok(members) => {
                 self.members = members;
@@ -132,8 +135,12 @@ impl LeaseKeeper {
         {
             self.renew().await;
         }
-        self.acquire_preferred().await;
-        self.hand_over_surplus().await;
+        // The first tick only joins the membership: coordinators started together see each other
+        // before anyone acquires, instead of one taking every shard and handing most back.
+        if self.ticks > 1 {
+            self.acquire_preferred().await;
+            self.hand_over_surplus().await;
+        }
     }
 
     fn preferred_here(&self, shard: u16) -> bool {
