@@ -76,7 +76,9 @@ impl Cluster {
         loop {
             let mut owned = Vec::new();
             for c in &self.coordinators {
-                let n = self.metric(&c.api, "flotilla_coordinator_owned_shards").await;
+                let n = self
+                    .metric(&c.api, "flotilla_coordinator_owned_shards")
+                    .await;
                 owned.push(n.unwrap_or(0.0) as u64);
             }
             if owned.iter().sum::<u64>() == 1024 && owned.iter().all(|n| *n >= fair) {
