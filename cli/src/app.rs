@@ -60,17 +60,17 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let mut rest = Vec::new();
     let mut ready: Vec<Readiness> = Vec::new();
 
-    let bus: Arc<dyn Bus> = match &cfg.nats_url {
+    let (bus, bus_connected): (Arc<dyn Bus>, Readiness) = match &cfg.nats_url {
         Some(url) => {
             let nats = NatsBus::connect(url, &format!("flotilla-{}", cfg.node_id))
                 .await
                 .map_err(anyhow::Error::msg)?;
             let probe = nats.clone();
-            ready.push(Arc::new(move || probe.is_connected()));
-            Arc::new(nats)
+            (Arc::new(nats), Arc::new(move || probe.is_connected()))
         }
-        None => Arc::new(InProcessBus::default()),
+        None => (Arc::new(InProcessBus::default()), Arc::new(|| true)),
     };
+    ready.push(bus_connected.clone());
 
     let mut api_router = None;
     if cfg.coordinator {
@@ -92,6 +92,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 coordinator.clone(),
                 redis,
                 bus.clone(),
+                Box::new(move || bus_connected()),
                 &cfg.region,
                 &cfg.node_id,
                 LeaseTiming::from_ttl(cfg.lease_ttl),

@@ -4,7 +4,9 @@
 
 mod cluster_support;
 
-use cluster_support::{Cluster, LiveAgent, REGION, SERIAL, http_agent, wait_applied, ws_agent};
+use cluster_support::{
+    Cluster, LiveAgent, REGION, SERIAL, TcpProxy, http_agent, wait_applied, ws_agent,
+};
 use flotilla_common::bus::{Bus, NatsBus};
 use flotilla_common::names::shard_of;
 use std::collections::{BTreeMap, BTreeSet};
@@ -274,6 +276,35 @@ async fn a_paused_owner_writes_nothing_and_gives_its_shards_up() {
     // And the cluster still serves everybody.
     let hash = c.put_config(c.api(), "base", "after: pause").await;
     wait_applied(&agents, &hash, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn a_coordinator_cut_off_from_nats_lets_its_shards_go_and_takes_them_back_when_healed() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(2, 2, &HB_FLAG).await;
+    let proxy = TcpProxy::start(c.nats.port);
+    c.add_coordinator_via("c3", &format!("nats://127.0.0.1:{}", proxy.port));
+    c.wait_balanced(Duration::from_secs(30)).await;
+    let agents = ws_agents(&c, 30);
+    wait_known(&c, 30).await;
+
+    // c3 still reaches Redis, but hears no uplinks: it must not keep its shards.
+    proxy.cut();
+    let cut = Instant::now();
+    let served = c
+        .wait_shards_owned_by(&["c3"], Duration::from_secs(25))
+        .await
+        .max(cut.elapsed());
+    let hash = c.put_config(c.api(), "base", "partition: nats").await;
+    wait_applied(&agents, &hash, Duration::from_secs(10)).await;
+    let (status, _) = c.get(&c.coordinators[2].api, "/readyz").await;
+    assert_eq!(status, 503, "c3 reports not ready while cut off");
+    println!("coordinator cut off from NATS: its shards served by the others after {served:?}");
+
+    proxy.heal();
+    c.wait_balanced(Duration::from_secs(30)).await;
+    let hash = c.put_config(c.api(), "base", "healed: true").await;
+    wait_applied(&agents, &hash, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]

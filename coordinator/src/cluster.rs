@@ -2,7 +2,8 @@
 //! renewal, gradual rebalancing and graceful handoff, all through Redis ([`RedisStore`]), with one
 //! NATS subscription per owned shard.
 //!
-//! Once a second the [`LeaseKeeper`]:
+//! Once a second the [`LeaseKeeper`] (which does nothing but let its leases lapse while it cannot
+//! reach NATS):
 //! 1. beats its membership and reads the live members;
 //! 2. stops acting on shards whose lease it could not renew in time (a pause, a partition, a
 //!    Redis outage) or that were fenced;
@@ -58,14 +59,18 @@ pub struct LeaseKeeper {
     workers: HashMap<u16, Worker>,
     last_renew: Option<Instant>,
     healthy: Arc<AtomicBool>,
+    bus_connected: Box<dyn Fn() -> bool + Send + Sync>,
     ticks: u64,
 }
 
 impl LeaseKeeper {
+    /// `bus_connected` tells whether this process can hear its shards' uplinks: while it cannot,
+    /// it neither beats its membership nor renews, so its shards go to coordinators that can.
     pub fn new(
         coord: Arc<Coordinator>,
         store: RedisStore,
         bus: Arc<dyn Bus>,
+        bus_connected: Box<dyn Fn() -> bool + Send + Sync>,
         region: &str,
         node: &str,
         timing: LeaseTiming,
@@ -81,6 +86,7 @@ impl LeaseKeeper {
             workers: HashMap::new(),
             last_renew: None,
             healthy: Arc::new(AtomicBool::new(false)),
+            bus_connected,
             ticks: 0,
         }
     }
@@ -118,6 +124,14 @@ impl LeaseKeeper {
 
     async fn tick(&mut self) {
         self.ticks += 1;
+        if !(self.bus_connected)() {
+            // Cut off from NATS: the shards' uplinks cannot reach us. Let membership and leases
+            // lapse so the others take over, rather than hold shards nobody can be served on.
+            self.healthy.store(false, Ordering::Relaxed);
+            warn!("NATS unreachable: not renewing shard leases");
+            self.drop_lapsed().await;
+            return;
+        }
         match self.store.heartbeat(&self.node, self.timing.ttl).await {
             Ok(members) => {
                 self.members = members;

@@ -5,8 +5,10 @@ use tracing_subscriber::EnvFilter;
 
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: logs written to files stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let json = std::env::var("FLOTILLA_LOG_FORMAT").is_ok_and(|v| v == "json");
     // try_init: tests may call this more than once per process.

@@ -7,6 +7,7 @@ use flotilla_common::names::shard_of;
 use flotilla_loadtest::client::{HttpClient, WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::opamp::RemoteConfigStatuses;
+pub use flotilla_testkit::TcpProxy;
 use flotilla_testkit::{NatsServer, Proc, RedisServer, free_port, wait_for_port};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -94,6 +95,10 @@ impl Cluster {
     }
 
     fn spawn(&self, id: &str, gateway: bool) -> Node {
+        self.spawn_with_nats(id, gateway, &self.nats.url())
+    }
+
+    fn spawn_with_nats(&self, id: &str, gateway: bool, nats_url: &str) -> Node {
         let api_port = free_port();
         let mut args: Vec<String> = [
             "serve",
@@ -104,7 +109,7 @@ impl Cluster {
             "--region",
             REGION,
             "--nats-url",
-            &self.nats.url(),
+            nats_url,
             "--redis-url",
             &self.redis.url(),
             "--api-listen",
@@ -142,6 +147,12 @@ impl Cluster {
     /// Adds a coordinator `id` (e.g. to replace a killed one).
     pub fn add_coordinator(&mut self, id: &str) {
         let node = self.spawn(id, false);
+        self.coordinators.push(node);
+    }
+
+    /// Adds a coordinator that reaches NATS at `nats_url` (e.g. through a [`TcpProxy`]).
+    pub fn add_coordinator_via(&mut self, id: &str, nats_url: &str) {
+        let node = self.spawn_with_nats(id, false, nats_url);
         self.coordinators.push(node);
     }
 
