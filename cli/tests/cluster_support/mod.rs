@@ -338,12 +338,8 @@ fn record(view: &Mutex<AgentView>, agent: &SimAgent) {
 /// An agent on WebSocket: connects to `urls[first]`, heartbeats every `heartbeat`, answers what
 /// the server sends, and when its connection drops moves on to the next gateway in `urls`.
 pub fn ws_agent(urls: Vec<String>, first: usize, heartbeat: Duration) -> LiveAgent {
-    let mut agent = SimAgent::new("io.opentelemetry.collector", &[("env", "test")]);
-    let uid = agent.uid;
-    let view = Arc::new(Mutex::new(AgentView::default()));
-    let vanish = CancellationToken::new();
-    let (v, gone) = (view.clone(), vanish.clone());
-    let task = tokio::spawn(async move {
+    let agent = SimAgent::new("io.opentelemetry.collector", &[("env", "test")]);
+    spawn_agent(agent, move |mut agent, v, gone| async move {
         let mut idx = first;
         loop {
             let url = &urls[idx % urls.len()];
@@ -382,7 +378,19 @@ pub fn ws_agent(urls: Vec<String>, first: usize, heartbeat: Duration) -> LiveAge
             idx += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    });
+    })
+}
+
+/// Runs `run(agent, view, vanish)` as a live agent.
+fn spawn_agent<F, Fut>(agent: SimAgent, run: F) -> LiveAgent
+where
+    F: FnOnce(SimAgent, Arc<Mutex<AgentView>>, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let uid = agent.uid;
+    let view = Arc::new(Mutex::new(AgentView::default()));
+    let vanish = CancellationToken::new();
+    let task = tokio::spawn(run(agent, view.clone(), vanish.clone()));
     LiveAgent {
         uid,
         view,
@@ -395,11 +403,7 @@ pub fn ws_agent(urls: Vec<String>, first: usize, heartbeat: Duration) -> LiveAge
 pub fn http_agent(urls: Vec<String>, first: usize, poll: Duration) -> LiveAgent {
     let mut agent = SimAgent::new("io.opentelemetry.collector", &[("env", "test")]);
     agent.capabilities &= !(flotilla_proto::opamp::AgentCapabilities::ReportsHeartbeat as u64);
-    let uid = agent.uid;
-    let view = Arc::new(Mutex::new(AgentView::default()));
-    let vanish = CancellationToken::new();
-    let (v, gone) = (view.clone(), vanish.clone());
-    let task = tokio::spawn(async move {
+    spawn_agent(agent, move |mut agent, v, gone| async move {
         let mut idx = first;
         let mut outbox = vec![agent.full_report()];
         loop {
@@ -422,13 +426,7 @@ pub fn http_agent(urls: Vec<String>, first: usize, poll: Duration) -> LiveAgent 
                 }
             }
         }
-    });
-    LiveAgent {
-        uid,
-        view,
-        vanish,
-        task,
-    }
+    })
 }
 
 /// Waits until every agent applied `hash`; returns how long it took.
