@@ -291,29 +291,24 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn agents_of_shard(
-        &self,
-        shard: u16,
-        f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
-    ) -> Result<(), StoreError> {
+    /// The agent keys of `shards`, one pipelined round trip per 128 shards.
+    async fn agent_keys(&self, shards: &[u16]) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
-        let uids: Vec<String> = conn
-            .smembers(self.shard_key(shard, "agents"))
-            .await
-            .map_err(io)?;
-        for chunk in uids.chunks(256) {
+        let mut keys = Vec::new();
+        for chunk in shards.chunks(128) {
             let mut pipe = redis::pipe();
-            for uid in chunk {
-                pipe.hget(self.shard_key(shard, &format!("a:{uid}")), "r");
+            for shard in chunk {
+                pipe.smembers(self.shard_key(*shard, "agents"));
             }
-            let rows: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(io)?;
-            for bytes in rows.into_iter().flatten() {
-                let rec = AgentRecord::decode(bytes.as_slice())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                f(&rec);
+            let members: Vec<Vec<String>> = pipe.query_async(&mut conn).await.map_err(io)?;
+            for (shard, uids) in chunk.iter().zip(members) {
+                keys.extend(
+                    uids.iter()
+                        .map(|uid| self.shard_key(*shard, &format!("a:{uid}"))),
+                );
             }
         }
-        Ok(())
+        Ok(keys)
     }
 }
 
@@ -366,8 +361,20 @@ impl Store for RedisStore {
         shards: ShardFilter<'_>,
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError> {
-        for shard in (0..SHARD_COUNT).filter(|s| shards(*s)) {
-            self.agents_of_shard(shard, f).await?;
+        let wanted: Vec<u16> = (0..SHARD_COUNT).filter(|s| shards(*s)).collect();
+        let keys = self.agent_keys(&wanted).await?;
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(512) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.hget(key, "r");
+            }
+            let rows: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(io)?;
+            for bytes in rows.into_iter().flatten() {
+                let rec = AgentRecord::decode(bytes.as_slice())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                f(&rec);
+            }
         }
         Ok(())
     }
