@@ -150,12 +150,6 @@ impl Proc {
         self.start();
     }
 
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
-    }
-
     /// The last `lines` lines of the process's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

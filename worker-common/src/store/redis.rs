@@ -282,15 +282,6 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    /// Answers when Redis answers a PING.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(io)?;
-        Ok(())
-    }
-
     /// The agent keys of `shards`, one pipelined round trip per 128 shards.
     async fn agent_keys(&self, shards: &[u16]) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
