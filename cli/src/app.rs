@@ -92,7 +92,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 coordinator.clone(),
                 redis,
                 bus.clone(),
-                Box::new(move || bus_connected()),
+                bus_connected,
                 &cfg.region,
                 &cfg.node_id,
                 LeaseTiming::from_ttl(cfg.lease_ttl),

@@ -59,7 +59,7 @@ pub struct LeaseKeeper {
     workers: HashMap<u16, Worker>,
     last_renew: Option<Instant>,
     healthy: Arc<AtomicBool>,
-    bus_connected: Box<dyn Fn() -> bool + Send + Sync>,
+    bus_connected: Arc<dyn Fn() -> bool + Send + Sync>,
     ticks: u64,
 }
 
@@ -70,7 +70,7 @@ impl LeaseKeeper {
         coord: Arc<Coordinator>,
         store: RedisStore,
         bus: Arc<dyn Bus>,
-        bus_connected: Box<dyn Fn() -> bool + Send + Sync>,
+        bus_connected: Arc<dyn Fn() -> bool + Send + Sync>,
         region: &str,
         node: &str,
         timing: LeaseTiming,
@@ -176,13 +176,13 @@ impl LeaseKeeper {
             shards = lapsed.len(),
             "leases lapsed (not renewed in time, or fenced); stopped acting on them"
         );
-        for shard in lapsed {
-            self.coord.shards.drop_shard(shard);
-            if let Some(w) = self.workers.remove(&shard) {
+        for shard in &lapsed {
+            self.coord.shards.drop_shard(*shard);
+            if let Some(w) = self.workers.remove(shard) {
                 w.stop.cancel();
             }
-            self.coord.count_shard_change("lost");
         }
+        self.coord.count_shard_changes("lost", lapsed.len());
     }
 
     async fn renew(&mut self) {
@@ -203,6 +203,7 @@ impl LeaseKeeper {
                 return;
             }
         };
+        let mut lost = 0;
         for (fence, held) in fences.into_iter().zip(results) {
             if held {
                 self.coord.shards.extend(fence, sent + self.timing.act_for);
@@ -212,8 +213,11 @@ impl LeaseKeeper {
                 if let Some(w) = self.workers.remove(&fence.shard) {
                     w.stop.cancel();
                 }
-                self.coord.count_shard_change("lost");
+                lost += 1;
             }
+        }
+        if lost > 0 {
+            self.coord.count_shard_changes("lost", lost);
         }
     }
 
@@ -248,22 +252,16 @@ impl LeaseKeeper {
         for fence in &got {
             self.coord.shards.hold(*fence, sent + self.timing.act_for);
             self.start_worker(fence.shard).await;
-            self.coord.count_shard_change("acquired");
         }
+        self.coord.count_shard_changes("acquired", got.len());
         info!(
             acquired = got.len(),
             owned = self.workers.len(),
             "shards acquired"
         );
         let coord = self.coord.clone();
-        tokio::spawn(
-            async move {
-                for fence in got {
-                    coord.shard_acquired(fence.shard).await;
-                }
-            }
-            .in_current_span(),
-        );
+        let shards: Vec<u16> = got.iter().map(|f| f.shard).collect();
+        tokio::spawn(async move { coord.shards_acquired(&shards).await }.in_current_span());
     }
 
     async fn start_worker(&mut self, shard: u16) {
@@ -312,6 +310,7 @@ impl LeaseKeeper {
             .into_iter()
             .filter_map(|s| self.workers.remove(&s).map(|w| (s, w)))
             .collect();
+        let handed = workers.len();
         let this = &*self;
         futures_util::stream::iter(workers)
             .for_each_concurrent(64, |(shard, w)| async move {
@@ -338,9 +337,9 @@ impl LeaseKeeper {
                     }
                     Err(e) => warn!(error = %e, shard, "release failed; the lease will expire"),
                 }
-                this.coord.count_shard_change("released");
             })
             .await;
+        self.coord.count_shard_changes("released", handed);
     }
 
     async fn on_released(&mut self, r: Released) {

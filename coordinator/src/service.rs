@@ -509,11 +509,12 @@ impl Coordinator {
         }
     }
 
-    pub(crate) fn count_shard_change(&self, change: &'static str) {
+    /// Counts `n` ownership changes of one kind and refreshes the owned-shards gauge.
+    pub(crate) fn count_shard_changes(&self, change: &'static str, n: usize) {
         self.metrics
             .shard_changes
             .get_or_create(&vec![("change", change)])
-            .inc();
+            .inc_by(n as u64);
         self.metrics
             .owned_shards
             .set(self.shards.owned_count() as i64);
@@ -614,10 +615,12 @@ impl Coordinator {
         Ok(stored)
     }
 
-    /// A shard was just acquired: its connected agents get their desired state now rather than
-    /// at their next heartbeat (a config stored while the shard had no owner reaches them).
-    pub(crate) async fn shard_acquired(&self, shard: u16) {
-        self.push_configs(&|s| s == shard).await;
+    /// Shards were just acquired: their connected agents get their desired state now rather than
+    /// at their next heartbeat (a config stored while a shard had no owner reaches them). One
+    /// visit of the store for the whole batch.
+    pub(crate) async fn shards_acquired(&self, shards: &[u16]) {
+        let set: std::collections::HashSet<u16> = shards.iter().copied().collect();
+        self.push_configs(&|s| set.contains(&s)).await;
     }
 
     /// Sends each connected WebSocket agent of the owned shards `shards` accepts whose reported
