@@ -2,17 +2,21 @@
 //! embedded store (no URLs), or either or both on NATS and Redis (a cluster). Tests start the same
 //! app on `127.0.0.1:0` and read the bound addresses from [`Running`].
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use flotilla_common::bus::{Bus, InProcessBus, NatsBus};
 use flotilla_common::config::ServeConfig;
+use flotilla_common::pki::Ca;
 use flotilla_common::store::{EmbeddedStore, LeaseTiming, RedisStore, Store};
+use flotilla_common::tls::ReloadingTls;
+use flotilla_coordinator::auth::ApiTokens;
+use flotilla_coordinator::certs::Issuer;
 use flotilla_coordinator::cluster::LeaseKeeper;
 use flotilla_coordinator::{Coordinator, CoordinatorConfig, ShardTable};
-use flotilla_gateway::{Gateway, GatewayConfig};
+use flotilla_gateway::{AgentTokens, Gateway, GatewayConfig};
 use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,14 +54,35 @@ fn spawn_named(
     tokio::spawn(task.instrument(info_span!("role", name)))
 }
 
+/// How often TLS files are checked for changes.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Loads the TLS files of a listener and keeps following them until `cancel`.
+fn reloading_tls(
+    files: &Option<flotilla_common::config::TlsFiles>,
+    what: &str,
+    cancel: &CancellationToken,
+    tasks: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Option<Arc<ReloadingTls>>> {
+    let Some(files) = files else { return Ok(None) };
+    let tls = ReloadingTls::load(files.clone()).with_context(|| format!("TLS on {what}"))?;
+    tasks.push(spawn_named(
+        "tls-reload",
+        tls.clone().watch(TLS_RELOAD_EVERY, cancel.clone()),
+    ));
+    Ok(Some(tls))
+}
+
 /// Starts the roles of `cfg`.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
-    if cfg.tls.is_some() {
-        bail!("TLS on the OpAMP listener (--tls-cert) is not available in this build yet");
-    }
     let mut registry = Registry::default();
     let rest_cancel = CancellationToken::new();
     let mut rest = Vec::new();
+    let opamp_tls = match cfg.gateway {
+        true => reloading_tls(&cfg.tls, "the OpAMP listener", &rest_cancel, &mut rest)?,
+        false => None,
+    };
+    let api_tls = reloading_tls(&cfg.api_tls, "the API listener", &rest_cancel, &mut rest)?;
     let mut ready: Vec<Readiness> = Vec::new();
 
     let (bus, bus_connected): (Arc<dyn Bus>, Readiness) = match &cfg.nats_url {
@@ -74,7 +99,15 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
 
     let mut api_router = None;
     if cfg.coordinator {
-        let coord_cfg = CoordinatorConfig::new(&cfg.region, &cfg.node_id, cfg.heartbeat_interval);
+        let mut coord_cfg =
+            CoordinatorConfig::new(&cfg.region, &cfg.node_id, cfg.heartbeat_interval);
+        if let Some((cert, key)) = &cfg.signing_ca {
+            let ca = Ca::load(cert, key).context("the signing CA (--signing-ca-cert)")?;
+            coord_cfg.issuer = Some(Arc::new(Issuer {
+                ca,
+                validity: cfg.issued_cert_validity,
+            }));
+        }
         let coordinator = if let Some(url) = &cfg.redis_url {
             let redis = RedisStore::connect(url, &cfg.region)
                 .await
@@ -130,11 +163,31 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             }));
             coordinator
         };
-        api_router = Some(flotilla_coordinator::api::router(coordinator));
+        let tokens = match &cfg.api_tokens {
+            Some(path) => Some(Arc::new(ApiTokens::load(path).map_err(anyhow::Error::msg)?)),
+            None => {
+                warn!(
+                    "the admin API has no tokens (--api-tokens): whoever reaches {} may change \
+                     every agent",
+                    cfg.api_listen
+                );
+                None
+            }
+        };
+        api_router = Some(flotilla_coordinator::api::router(coordinator, tokens));
     }
 
     let gateway = if cfg.gateway {
-        let gw_cfg = GatewayConfig::new(&cfg.region, &cfg.node_id, cfg.max_message_size);
+        let mut gw_cfg = GatewayConfig::new(&cfg.region, &cfg.node_id, cfg.max_message_size);
+        gw_cfg.tls = opamp_tls;
+        gw_cfg.identity = cfg.agent_identity;
+        gw_cfg.limits = cfg.limits.clone();
+        gw_cfg.tokens = match &cfg.agent_tokens {
+            Some(path) => Some(Arc::new(
+                AgentTokens::load(path).map_err(anyhow::Error::msg)?,
+            )),
+            None => None,
+        };
         let gateway = Gateway::new(gw_cfg, bus.clone(), &mut registry);
         let listener = bind(cfg.opamp_listen, "--opamp-listen").await?;
         Some((gateway, listener))
@@ -147,14 +200,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     if let Some(r) = api_router {
         router = router.merge(r);
     }
-    let api_stop = rest_cancel.clone();
-    rest.push(spawn_named("api", async move {
-        let serve = axum::serve(api, router)
-            .with_graceful_shutdown(async move { api_stop.cancelled().await });
-        if let Err(e) = serve.await {
-            warn!(error = %e, "API server failed");
-        }
-    }));
+    rest.push(spawn_named(
+        "api",
+        crate::api_server::serve(api, router, api_tls, rest_cancel.clone()),
+    ));
 
     let (opamp_addr, gateway) = match gateway {
         Some((gateway, listener)) => {

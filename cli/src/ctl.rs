@@ -15,6 +15,12 @@ pub struct CtlArgs {
         global = true
     )]
     pub api: String,
+    /// API token (Authorization: Bearer), when the API requires one.
+    #[arg(long, env = "FLOTILLA_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA that signed the API's certificate (https URLs with a private CA).
+    #[arg(long, env = "FLOTILLA_API_CA", global = true)]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -31,6 +37,9 @@ pub enum CtlCommand {
     Configs(ConfigsCommand),
     /// Restart an agent (now over its WebSocket, or at its next poll).
     Restart { uid: String },
+    /// Issue an agent a new client certificate and key, offered over OpAMP; its old certificate
+    /// stops working once it has reconnected with the new one.
+    RotateCertificate { uid: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,7 +85,22 @@ pub enum ConfigsCommand {
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     let api = args.api.trim_end_matches('/').to_owned();
-    let client = reqwest::Client::new();
+    let mut builder = reqwest::Client::builder();
+    if let Some(token) = &args.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("--token must be printable text")?;
+        value.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+        builder = builder.default_headers(headers);
+    }
+    if let Some(ca) = &args.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build().context("cannot set up the HTTP client")?;
     let url = |path: &str| format!("{api}{path}");
     let out = match args.command {
         CtlCommand::Health => call(client.get(url("/api/v1/fleet/health"))).await?,
@@ -140,6 +164,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Restart { uid } => {
             call(client.post(url(&format!("/api/v1/agents/{uid}/restart")))).await?
+        }
+        CtlCommand::RotateCertificate { uid } => {
+            call(client.post(url(&format!("/api/v1/agents/{uid}/certificate")))).await?
         }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -1,7 +1,7 @@
-//! `flotilla`: serve, ctl. Parse, build, run, wait for a signal, drain.
+//! `flotilla`: serve, ctl, certs. Parse, build, run, wait for a signal, drain.
 
 use clap::{Parser, Subcommand};
-use flotilla::{app, ctl};
+use flotilla::{app, certs, ctl};
 use flotilla_common::config::{ServeArgs, ServeConfig};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,6 +24,9 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Admin CLI over the API.
     Ctl(ctl::CtlArgs),
+    /// Development PKI: CA, server and agent certificates; revocation.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
 }
 
 /// How long draining may take after SIGINT/SIGTERM.
@@ -35,6 +38,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Ctl(args) => ctl::run(args).await,
+        Command::Certs(cmd) => certs::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -280,25 +280,31 @@ fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
 }
 
 /// Adds what differs between the desired state and what the agent reported: the remote config,
-/// and the connection settings (heartbeat interval).
+/// and the connection settings (heartbeat interval, or an issued certificate).
 fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) {
     if let Some(cfg) = config_to_offer(rec, ctx.configs) {
         reply.remote_config = Some(configs::remote_config_message(cfg));
     }
-    if has(rec.capabilities, Cap::ReportsHeartbeat) {
-        // Offered once per settings hash, and again while the agent reports another hash: an
-        // offer on every reply could make agents that reconnect on new settings loop.
-        let offer = ctx.heartbeat_offer;
-        let reported = rec
-            .connection_settings_status
-            .as_ref()
-            .map(|s| s.last_connection_settings_hash.as_slice());
-        if rec.offered_settings_hash != offer.hash
-            || reported.is_some_and(|h| h != offer.hash.as_slice())
-        {
-            rec.offered_settings_hash.clone_from(&offer.hash);
-            reply.connection_settings = Some(offer.clone());
-        }
+    // A pending certificate offer carries the heartbeat interval too. Once an agent runs settings
+    // with a certificate, an offer without one would tell it to drop its certificate: none is made.
+    let offer = match &rec.settings_offer {
+        Some(cert_offer) => cert_offer,
+        None if rec.settings_have_certificate => return,
+        None if has(rec.capabilities, Cap::ReportsHeartbeat) => ctx.heartbeat_offer,
+        None => return,
+    };
+    // Offered once per settings hash, and again while the agent reports another hash: an offer
+    // on every reply could make agents that reconnect on new settings loop.
+    let reported = rec
+        .connection_settings_status
+        .as_ref()
+        .map(|s| s.last_connection_settings_hash.as_slice());
+    if rec.offered_settings_hash != offer.hash
+        || reported.is_some_and(|h| h != offer.hash.as_slice())
+    {
+        let offer = offer.clone();
+        rec.offered_settings_hash.clone_from(&offer.hash);
+        reply.connection_settings = Some(offer);
     }
 }
 

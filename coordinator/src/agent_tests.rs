@@ -16,7 +16,7 @@ fn ws() -> Origin {
         gateway_id: "g1".into(),
         connection_id: 7,
         transport: Transport::Websocket as i32,
-        peer_addr: String::new(),
+        ..Default::default()
     }
 }
 
@@ -82,6 +82,7 @@ fn prod_config() -> StoredConfig {
         hash: configs::hex(&configs::hash_of_files(&files)),
         files,
         created_unix_ms: 0,
+        created_by: String::new(),
     }
 }
 

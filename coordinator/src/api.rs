@@ -1,11 +1,12 @@
 //! The admin REST API (`/api/v1/...`, JSON). Errors are `{"error": "<message>"}` with the status
 //! from the one error-kind mapping.
 
+use crate::auth::{self, ApiTokens, Caller};
 use crate::service::{Coordinator, RestartOutcome, ServiceError};
 use crate::views::{self, Filters};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,15 +20,21 @@ use uuid::Uuid;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-pub fn router(coordinator: Arc<Coordinator>) -> Router {
+/// The API routes; with `tokens`, every request must carry one whose role allows it.
+pub fn router(coordinator: Arc<Coordinator>, tokens: Option<Arc<ApiTokens>>) -> Router {
     Router::new()
         .route("/api/v1/fleet/health", get(fleet_health))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{uid}", get(get_agent))
         .route("/api/v1/agents/{uid}/restart", post(restart_agent))
+        .route("/api/v1/agents/{uid}/certificate", post(issue_certificate))
         .route("/api/v1/configs", get(list_configs))
         .route("/api/v1/configs/{name}", get(get_config).put(put_config))
         .with_state(coordinator)
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::authorize,
+        ))
 }
 
 /// An API error: its kind picks the status, its message is shown to the caller.
@@ -218,6 +225,24 @@ async fn restart_agent(
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
+/// Issues the agent a new client certificate and key and offers them over OpAMP.
+async fn issue_certificate(
+    State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
+    let uid = parse_uid(&uid)?;
+    let out = c.issue_certificate(uid).await?;
+    tracing::info!(target: "flotilla::audit", caller = %caller.name, %uid, sha256 = %out.sha256, "certificate issued");
+    let body = json!({
+        "instance_uid": uid.to_string(),
+        "sha256": out.sha256,
+        "not_after": views::rfc3339(out.not_after_unix_ms),
+        "delivered": out.delivered,
+    });
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
 async fn list_configs(State(c): State<Arc<Coordinator>>) -> ApiResult {
     let configs = c.configs();
     Ok(axum::Json(
@@ -244,6 +269,7 @@ struct PutConfigBody {
 
 async fn put_config(
     State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult {
@@ -252,6 +278,8 @@ async fn put_config(
             "invalid config body: {e}; expected {{\"selector\": {{\"key\": \"value\"}}, \"files\": {{\"name.yaml\": \"<body>\"}}}}"
         ))
     })?;
-    let stored = c.put_config(&name, body.selector, body.files).await?;
+    let stored = c
+        .put_config(&name, body.selector, body.files, &caller.name)
+        .await?;
     Ok(axum::Json(views::config_json(&stored)))
 }

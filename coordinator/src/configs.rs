@@ -131,6 +131,7 @@ mod tests {
             files: BTreeMap::new(),
             hash: String::new(),
             created_unix_ms: 0,
+            created_by: String::new(),
         }
     }
 

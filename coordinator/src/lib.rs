@@ -9,6 +9,8 @@
 
 pub mod agent;
 pub mod api;
+pub mod auth;
+pub mod certs;
 pub mod cluster;
 pub mod configs;
 mod metrics;

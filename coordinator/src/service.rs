@@ -6,6 +6,7 @@
 //! leases cover in a cluster ([`crate::cluster`]). Every store write carries the shard's fence.
 
 use crate::agent::{self, Ctx, Deadline, EventKind, has};
+use crate::certs::{self, Issuer};
 use crate::configs;
 use crate::metrics::Metrics;
 use crate::shards::ShardTable;
@@ -19,7 +20,8 @@ use flotilla_proto::bus::{
     Transport, Uplink, UplinkReply, uplink,
 };
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, AgentToServer, CommandType, ConnectionSettingsOffers, ServerToAgent,
+    AgentCapabilities as Cap, AgentToServer, CommandType, ConnectionSettingsOffers,
+    ServerCapabilities, ServerErrorResponse, ServerErrorResponseType, ServerToAgent,
     ServerToAgentCommand,
 };
 use futures_util::StreamExt;
@@ -45,6 +47,8 @@ pub struct CoordinatorConfig {
     pub push_timeout: Duration,
     /// How long an admin request keeps looking for the owner of an agent's shard.
     pub owner_deadline: Duration,
+    /// The CA agents' certificates are issued with (CSR flow and offers); none: not offered.
+    pub issuer: Option<Arc<Issuer>>,
 }
 
 impl CoordinatorConfig {
@@ -56,6 +60,7 @@ impl CoordinatorConfig {
             restart_ttl: Duration::from_secs(600),
             push_timeout: Duration::from_secs(2),
             owner_deadline: Duration::from_secs(5),
+            issuer: None,
         }
     }
 }
@@ -231,6 +236,16 @@ impl Coordinator {
                         restart: result as i32,
                         ..Default::default()
                     }),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::IssueCertificate(c)),
+                    ..
+                }) => self
+                    .issue_here(&c.instance_uid)
+                    .await
+                    .map(|issued| UplinkReply {
+                        issued: Some(issued),
+                        ..Default::default()
+                    }),
                 _ => {
                     warn!("dropping a malformed bus uplink envelope");
                     Some(UplinkReply::default())
@@ -248,7 +263,7 @@ impl Coordinator {
     }
 
     /// The fence of `shard` if this process may act on it; counts the message as not ours if not.
-    fn fence_or_skip(&self, shard: u16) -> Option<Fence> {
+    pub(crate) fn fence_for(&self, shard: u16) -> Option<Fence> {
         let fence = self.shards.fence(shard);
         if fence.is_none() {
             self.metrics
@@ -295,7 +310,7 @@ impl Coordinator {
         let uid_sent = msg.instance_uid.clone();
         let shard = shard_of(&msg.instance_uid);
         let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_or_skip(shard)?;
+        let fence = self.fence_for(shard)?;
         let stored = match Uuid::from_slice(&msg.instance_uid) {
             Ok(uid) => self.store.get_agent(uid).await,
             Err(_) => Ok(None),
@@ -304,6 +319,24 @@ impl Coordinator {
             Ok(s) => s,
             Err(e) => return Some(reply_of(self.store_failed(uid_sent, e))),
         };
+        if let Err(why) = certs::check_identity(stored.as_ref(), &origin) {
+            self.metrics
+                .uplinks
+                .get_or_create(&vec![("result", "identity")])
+                .inc();
+            warn!(uid = %Uuid::from_slice(&uid_sent).unwrap_or_default(), peer = %origin.peer_addr, %why, "refused an agent's certificate");
+            return Some(UplinkReply {
+                server_to_agent: opamp_error_reply(uid_sent, ErrorKind::BadRequest, why, None),
+                close_connection: true,
+                ..Default::default()
+            });
+        }
+        let csr = msg
+            .connection_settings_request
+            .as_ref()
+            .and_then(|r| r.opamp.as_ref()?.certificate_request.as_ref())
+            .map(|c| c.csr.clone());
+        let cert_origin = origin.clone();
         let configs = self.configs();
         let ctx = Ctx {
             now_unix_ms: now_unix_ms(),
@@ -311,7 +344,23 @@ impl Coordinator {
             heartbeat_offer: &self.heartbeat_offer,
             configs: &configs,
         };
-        let out = agent::process(stored, msg, origin, &ctx);
+        let mut out = agent::process(stored, msg, origin, &ctx);
+        certs::record_certificate(&mut out.record, &cert_origin);
+        if self.cfg.issuer.is_some() {
+            out.reply.capabilities |= ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
+        }
+        if let Some(csr) = csr {
+            match self.sign_csr(&csr, &mut out.record) {
+                Ok(offer) => out.reply.connection_settings = Some(offer),
+                Err(why) => {
+                    out.reply.error_response = Some(ServerErrorResponse {
+                        r#type: ServerErrorResponseType::BadRequest as i32,
+                        error_message: why,
+                        details: None,
+                    })
+                }
+            }
+        }
         let uid = Uuid::from_slice(&out.record.instance_uid).expect("records have 16-byte uids");
         match self
             .store
@@ -343,7 +392,7 @@ impl Coordinator {
                 .map(|a| a.new_instance_uid.clone())
                 .unwrap_or_default(),
             server_to_agent: out.reply.encode_to_vec(),
-            restart: 0,
+            ..Default::default()
         })
     }
 
@@ -372,7 +421,7 @@ impl Coordinator {
         };
         let shard = shard_of(uid_bytes);
         let _guard = self.shards.lock(shard).await;
-        let Some(fence) = self.fence_or_skip(shard) else {
+        let Some(fence) = self.fence_for(shard) else {
             return false;
         };
         let Ok(Some(mut rec)) = self.store.get_agent(uid).await else {
@@ -451,7 +500,7 @@ impl Coordinator {
     }
 
     /// Saves under `fence`; false (and the shard dropped) if another coordinator took it.
-    async fn save_or_drop(
+    pub(crate) async fn save_or_drop(
         &self,
         fence: Fence,
         rec: &AgentRecord,
@@ -565,6 +614,7 @@ impl Coordinator {
         name: &str,
         selector: BTreeMap<String, String>,
         files: BTreeMap<String, String>,
+        caller: &str,
     ) -> Result<StoredConfig, ServiceError> {
         if !configs::valid_name(name) {
             return Err(ServiceError::BadRequest(format!(
@@ -595,6 +645,7 @@ impl Coordinator {
             hash: configs::hex(&configs::hash_of_files(&files)),
             files,
             created_unix_ms: now_unix_ms(),
+            created_by: caller.to_owned(),
         };
         let stored = self.store.put_config(draft).await?;
         {
@@ -605,7 +656,7 @@ impl Coordinator {
             next.sort_by(|a, b| a.name.cmp(&b.name));
             *all = Arc::new(next);
         }
-        info!(config = %name, version = stored.version, hash = %stored.hash, "config stored");
+        info!(config = %name, version = stored.version, hash = %stored.hash, caller, "config stored");
         let announce = BusMessage::new(self.subjects.desired_changed(), name.to_owned());
         if let Err(e) = self.bus.publish(announce).await {
             // The others re-read configs every few seconds anyway.
@@ -667,7 +718,7 @@ impl Coordinator {
 
     /// Sends a ServerToAgent (addressed by its instance_uid) to the connection `origin`; true if
     /// the gateway delivered it.
-    async fn push(&self, origin: &Origin, msg: &ServerToAgent) -> bool {
+    pub(crate) async fn push(&self, origin: &Origin, msg: &ServerToAgent) -> bool {
         let down = Downlink {
             connection_id: origin.connection_id,
             instance_uid: msg.instance_uid.clone(),
@@ -703,6 +754,30 @@ impl Coordinator {
                 instance_uid: uid.as_bytes().to_vec(),
             })),
         };
+        let reply = self.ask_owner(uid, ask).await?;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            ServiceError::Unavailable(format!("agent {uid}: {e}; try again"))
+        };
+        match reply.restart() {
+            RestartResult::Delivered => Ok(RestartOutcome::Delivered),
+            RestartResult::Queued => Ok(RestartOutcome::Queued),
+            RestartResult::UnknownAgent => Err(ServiceError::NotFound(format!("no agent {uid}"))),
+            RestartResult::NotCapable => Err(ServiceError::Conflict(format!(
+                "agent {uid} does not accept restart commands (no AcceptsRestartCommand capability)"
+            ))),
+            RestartResult::Failed | RestartResult::Unspecified => {
+                Err(unavailable(&"the agent's state could not be written"))
+            }
+        }
+    }
+
+    /// Sends an admin request about agent `uid` to the owner of its shard (this process or
+    /// another) and returns its answer.
+    pub(crate) async fn ask_owner(
+        &self,
+        uid: Uuid,
+        ask: Uplink,
+    ) -> Result<UplinkReply, ServiceError> {
         let msg = BusMessage::new(
             self.subjects.uplink(shard_of(uid.as_bytes())),
             ask.encode_to_vec(),
@@ -720,18 +795,19 @@ impl Coordinator {
         )
         .await
         .map_err(|e| unavailable(&e))?;
-        let reply = UplinkReply::decode(answer).map_err(|e| unavailable(&e))?;
-        match reply.restart() {
-            RestartResult::Delivered => Ok(RestartOutcome::Delivered),
-            RestartResult::Queued => Ok(RestartOutcome::Queued),
-            RestartResult::UnknownAgent => Err(ServiceError::NotFound(format!("no agent {uid}"))),
-            RestartResult::NotCapable => Err(ServiceError::Conflict(format!(
-                "agent {uid} does not accept restart commands (no AcceptsRestartCommand capability)"
-            ))),
-            RestartResult::Failed | RestartResult::Unspecified => {
-                Err(unavailable(&"the agent's state could not be written"))
-            }
-        }
+        UplinkReply::decode(answer).map_err(|e| unavailable(&e))
+    }
+
+    pub(crate) fn issuer(&self) -> Option<&Issuer> {
+        self.cfg.issuer.as_deref()
+    }
+
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
+        self.cfg.heartbeat_interval
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// The owner's side of [`Coordinator::restart`]; None if this process does not own the shard.
@@ -741,7 +817,7 @@ impl Coordinator {
         };
         let shard = shard_of(uid_bytes);
         let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_or_skip(shard)?;
+        let fence = self.fence_for(shard)?;
         let mut rec = match self.store.get_agent(uid).await {
             Ok(Some(rec)) => rec,
             Ok(None) => return Some(RestartResult::UnknownAgent),
@@ -794,7 +870,7 @@ fn reply_of(server_to_agent: Vec<u8>) -> UplinkReply {
 }
 
 /// The connection of an agent that is connected over WebSocket (the only kind a push can reach).
-fn live_ws(rec: &AgentRecord) -> Option<&Origin> {
+pub(crate) fn live_ws(rec: &AgentRecord) -> Option<&Origin> {
     rec.origin.as_ref().filter(|o| {
         rec.status == AgentStatus::Connected as i32 && o.transport() == Transport::Websocket
     })

@@ -97,6 +97,11 @@ pub fn detail(rec: &AgentRecord, configs: &[StoredConfig]) -> Value {
         }),
         "peer_address": rec.origin.as_ref().map(|o| o.peer_addr.clone()),
         "capabilities": capabilities_json(rec.capabilities),
+        "client_certificate": {
+            "sha256": (!rec.cert_sha256.is_empty()).then(|| hex(&rec.cert_sha256)),
+            "issued_sha256": (!rec.issued_cert_sha256.is_empty()).then(|| hex(&rec.issued_cert_sha256)),
+            "retired": rec.retired_cert_sha256.iter().map(|f| hex(f)).collect::<Vec<_>>(),
+        },
         "health": rec.health.as_ref().map(health_json),
         "effective_config": rec.effective_config.as_ref().and_then(|e| e.config_map.as_ref()).map(|m| {
             Value::Object(m.config_map.iter().map(|(name, f)| (name.clone(), json!({
@@ -171,6 +176,7 @@ pub fn config_json(c: &StoredConfig) -> Value {
         "selector": c.selector,
         "files": c.files.iter().map(|(n, f)| (n.clone(), Value::String(f.body.clone()))).collect::<Map<_, _>>(),
         "created": rfc3339(c.created_unix_ms),
+        "created_by": c.created_by,
     })
 }
 

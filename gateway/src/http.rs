@@ -1,6 +1,7 @@
 //! Request routing on the OpAMP port and the plain-HTTP transport: one POST carries one
 //! AgentToServer (optionally gzipped) and gets one ServerToAgent back.
 
+use crate::guard::ConnInfo;
 use crate::{Gateway, OPAMP_PATH};
 use bytes::Bytes;
 use flate2::Compression;
@@ -9,14 +10,17 @@ use flate2::write::GzEncoder;
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_proto::bus::Transport;
 use flotilla_proto::opamp::AgentToServer;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{
+    ACCEPT_ENCODING, AUTHORIZATION, CONNECTION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use prost::Message;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -54,30 +58,62 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> HttpResponse {
 
 impl Gateway {
     /// Routes by the spec's rule: `Content-Type: application/x-protobuf` is plain HTTP, anything
-    /// else must be a WebSocket upgrade.
+    /// else must be a WebSocket upgrade. Connections past the cap and agents without a valid token
+    /// are turned away here, before an upgrade or a body is read.
     pub(crate) async fn route(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: Arc<ConnInfo>,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> HttpResponse {
+        if conn.slot.is_none() {
+            let mut r = retry_later(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this gateway holds as many agents as it may; retry later",
+                self.cfg.retry_after,
+            );
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return self.reject("connection_cap", r);
+        }
         if req.uri().path() != OPAMP_PATH {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("the OpAMP endpoint is {OPAMP_PATH}"),
             );
         }
+        if let Some(tokens) = &self.cfg.tokens
+            && !tokens.accepts(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
+        {
+            let mut r = text(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required (Authorization: Bearer <token>)",
+            );
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"opamp\""),
+            );
+            return self.reject("unauthorized", r);
+        }
         if header_has(req.headers(), CONTENT_TYPE, PROTOBUF) {
             if req.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "plain-HTTP OpAMP uses POST");
             }
-            return self.http_poll(req, peer).await;
+            return self.http_poll(req, &conn).await;
         }
-        self.upgrade(req, peer, cancel, tracker)
+        self.upgrade(req, conn, cancel, tracker)
     }
 
-    async fn http_poll(&self, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
+    async fn http_poll(&self, req: Request<Incoming>, conn: &ConnInfo) -> HttpResponse {
+        if conn.limiter.check().is_err() {
+            let r = retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many messages on this connection; slow down",
+                Duration::from_secs(1),
+            );
+            return self.reject("rate_limited", r);
+        }
         self.metrics
             .messages
             .get_or_create(&vec![("transport", "http"), ("direction", "in")])
@@ -122,37 +158,31 @@ impl Gateway {
                 format!("AgentToServer larger than the {max}-byte limit"),
             )
         };
-        let body = match Limited::new(req.into_body(), max).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        let read = Limited::new(req.into_body(), max).collect();
+        let body = match tokio::time::timeout(self.cfg.limits.handshake_timeout, read).await {
+            Err(_) => {
+                let r = text(StatusCode::REQUEST_TIMEOUT, "request body too slow");
+                return self.reject("body_timeout", r);
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                 return self.reject("too_large", too_large());
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 debug!(error = %e, "request body not read");
                 return text(StatusCode::BAD_REQUEST, "request body could not be read");
             }
         };
-        let body = if gzipped {
-            // Read at most one byte past the limit: a gzip bomb stops there.
-            let mut out = Vec::new();
-            match GzDecoder::new(body.as_ref())
-                .take(max as u64 + 1)
-                .read_to_end(&mut out)
-            {
-                Ok(n) if n > max => return self.reject("too_large", too_large()),
-                Ok(_) => Bytes::from(out),
-                Err(e) => {
-                    return self.reject(
-                        "bad_request",
-                        text(
-                            StatusCode::BAD_REQUEST,
-                            format!("request body is not valid gzip: {e}"),
-                        ),
-                    );
-                }
+        let body = match decode_body(body, gzipped, max) {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => return self.reject("too_large", too_large()),
+            Err(BodyError::BadGzip(e)) => {
+                let r = text(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body is not valid gzip: {e}"),
+                );
+                return self.reject("bad_request", r);
             }
-        } else {
-            body
         };
 
         let msg = match AgentToServer::decode(body.as_ref()) {
@@ -181,8 +211,16 @@ impl Gateway {
                 protobuf(StatusCode::BAD_REQUEST, reply, false),
             );
         }
-        let origin = self.origin(Transport::Http, peer);
+        if let Err(why) = conn.may_speak_for(self.cfg.identity, &msg.instance_uid) {
+            let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            return self.reject("identity", protobuf(StatusCode::FORBIDDEN, reply, false));
+        }
+        let origin = self.origin(Transport::Http, conn);
         match self.forward(&body, &msg.instance_uid, &origin).await {
+            Ok(reply) if reply.close_connection => self.reject(
+                "identity",
+                protobuf(StatusCode::FORBIDDEN, reply.server_to_agent, false),
+            ),
             Ok(reply) => {
                 self.metrics
                     .messages
@@ -192,23 +230,53 @@ impl Gateway {
             }
             Err(e) => {
                 debug!(error = %e, "no owner answered");
-                let secs = self.cfg.retry_after.as_secs().max(1);
-                let mut r = text(
+                let r = retry_later(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("no server could take this agent's message ({e}); retry later"),
+                    &format!("no server could take this agent's message ({e}); retry later"),
+                    self.cfg.retry_after,
                 );
-                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
                 self.reject("unavailable", r)
             }
         }
     }
 
     pub(crate) fn reject(&self, reason: &'static str, r: HttpResponse) -> HttpResponse {
-        self.metrics
-            .rejected
-            .get_or_create(&vec![("reason", reason)])
-            .inc();
+        self.count_rejected(reason);
         r
+    }
+}
+
+fn retry_later(status: StatusCode, why: &str, after: Duration) -> HttpResponse {
+    let mut r = text(status, why);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    r
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    TooLarge,
+    BadGzip(String),
+}
+
+/// The AgentToServer bytes of a request body of at most `max` bytes: gunzipped when `gzipped`,
+/// reading at most one byte past `max`, so a gzip bomb stops there.
+pub fn decode_body(body: Bytes, gzipped: bool, max: usize) -> Result<Bytes, BodyError> {
+    if !gzipped {
+        return if body.len() > max {
+            Err(BodyError::TooLarge)
+        } else {
+            Ok(body)
+        };
+    }
+    let mut out = Vec::new();
+    match GzDecoder::new(body.as_ref())
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+    {
+        Ok(n) if n > max => Err(BodyError::TooLarge),
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(e) => Err(BodyError::BadGzip(e.to_string())),
     }
 }
 

@@ -6,6 +6,7 @@
 //! Main types: [`Gateway`] (the listener and its sessions), [`table::ConnectionTable`]. It keeps no
 //! state that outlives it and never talks to the Store (Redis) or depends on the coordinator.
 
+mod guard;
 mod http;
 mod metrics;
 pub mod table;
@@ -13,9 +14,15 @@ mod ws;
 
 use bytes::Bytes;
 use flotilla_common::bus::{Bus, BusError, BusMessage, request_with_retry};
+use flotilla_common::config::{AgentIdentity, AgentLimits};
 use flotilla_common::names::{Subjects, shard_of};
 use flotilla_common::telemetry::new_traceparent;
-use flotilla_proto::bus::{Downlink, DownlinkAck, Origin, Transport, Uplink, UplinkReply, uplink};
+use flotilla_common::tls::ReloadingTls;
+use flotilla_proto::bus::{
+    Downlink, DownlinkAck, IdentityRule, Origin, Transport, Uplink, UplinkReply, uplink,
+};
+pub use guard::AgentTokens;
+use guard::{ConnInfo, PeerCert};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics::Metrics;
@@ -27,7 +34,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use table::ConnectionTable;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -48,6 +56,13 @@ pub struct GatewayConfig {
     pub uplink_deadline: Duration,
     /// What agents are told to wait when no owner answers (retry_info / Retry-After).
     pub retry_after: Duration,
+    /// TLS (and mutual TLS) on the listener; plain TCP when absent.
+    pub tls: Option<Arc<ReloadingTls>>,
+    /// How a client certificate binds the agent's instance_uid.
+    pub identity: AgentIdentity,
+    /// Bearer tokens agents must present, if any.
+    pub tokens: Option<Arc<AgentTokens>>,
+    pub limits: AgentLimits,
 }
 
 impl GatewayConfig {
@@ -59,6 +74,15 @@ impl GatewayConfig {
             uplink_timeout: Duration::from_secs(2),
             uplink_deadline: Duration::from_secs(5),
             retry_after: Duration::from_secs(30),
+            tls: None,
+            identity: AgentIdentity::None,
+            tokens: None,
+            limits: AgentLimits {
+                max_connections: 100_000,
+                max_connection_age: None,
+                message_rate: 10,
+                handshake_timeout: Duration::from_secs(10),
+            },
         }
     }
 }
@@ -69,6 +93,8 @@ pub struct Gateway {
     subjects: Subjects,
     table: ConnectionTable,
     next_connection: AtomicU64,
+    /// One permit per open connection, up to `limits.max_connections`.
+    slots: Arc<Semaphore>,
     metrics: Metrics,
 }
 
@@ -76,6 +102,7 @@ impl Gateway {
     pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>, registry: &mut Registry) -> Arc<Self> {
         Arc::new(Self {
             subjects: Subjects::new(&cfg.region),
+            slots: Arc::new(Semaphore::new(cfg.limits.max_connections)),
             cfg,
             bus,
             table: ConnectionTable::default(),
@@ -130,7 +157,7 @@ impl Gateway {
             let conn_cancel = cancel.clone();
             let conn_tracker = tracker.clone();
             tracker.spawn(
-                async move { this.serve_io(stream, peer, conn_cancel, conn_tracker).await }
+                async move { this.accept(stream, peer, conn_cancel, conn_tracker).await }
                     .instrument(info_span!("conn", %peer)),
             );
         }
@@ -139,11 +166,68 @@ impl Gateway {
         Ok(())
     }
 
+    /// Takes a connection slot (or notes that none is left: such connections are answered 503),
+    /// completes the TLS handshake within the handshake timeout, and serves the connection.
+    async fn accept(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        let limits = self.cfg.limits.clone();
+        let retire_at = limits.max_connection_age.map(|age| {
+            // Up to 10% later, so agents connected together do not all reconnect together.
+            let jitter = age.mul_f64(rand::random::<f64>() * 0.1);
+            tokio::time::Instant::now() + age + jitter
+        });
+        let conn = |cert| {
+            Arc::new(ConnInfo::new(
+                peer,
+                cert,
+                limits.message_rate,
+                retire_at,
+                slot,
+            ))
+        };
+        let Some(tls) = self.cfg.tls.as_ref().map(|t| t.current()) else {
+            return self.serve_io(stream, conn(None), cancel, tracker).await;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|der| PeerCert::of(der));
+                self.serve_io(stream, conn(cert), cancel, tracker).await;
+            }
+            Ok(Err(e)) => {
+                self.count_rejected("tls_handshake");
+                debug!(error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.count_rejected("handshake_timeout");
+                debug!("TLS handshake timed out");
+            }
+        }
+    }
+
+    pub(crate) fn count_rejected(&self, reason: &'static str) {
+        self.metrics
+            .rejected
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
     /// Serves HTTP/1.1 on one accepted connection (TLS or not); upgrades go to [`ws`].
     async fn serve_io<I>(
         self: Arc<Self>,
         io: I,
-        peer: SocketAddr,
+        conn_info: Arc<ConnInfo>,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) where
@@ -151,23 +235,35 @@ impl Gateway {
     {
         let this = self.clone();
         let svc_cancel = cancel.clone();
+        let info = conn_info.clone();
         let service = service_fn(move |req| {
             let this = this.clone();
             let cancel = svc_cancel.clone();
             let tracker = tracker.clone();
+            let info = info.clone();
             async move {
-                Ok::<_, std::convert::Infallible>(this.route(req, peer, cancel, tracker).await)
+                Ok::<_, std::convert::Infallible>(this.route(req, info, cancel, tracker).await)
             }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(self.cfg.limits.handshake_timeout)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(conn);
+        let retire = async {
+            match conn_info.retire_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
             r = conn.as_mut() => r,
             () = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = retire => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
@@ -177,12 +273,22 @@ impl Gateway {
         }
     }
 
-    fn origin(&self, transport: Transport, peer: SocketAddr) -> Origin {
+    fn origin(&self, transport: Transport, conn: &ConnInfo) -> Origin {
         Origin {
             gateway_id: self.cfg.gateway_id.clone(),
             connection_id: self.next_connection.fetch_add(1, Ordering::Relaxed),
             transport: transport as i32,
-            peer_addr: peer.to_string(),
+            peer_addr: conn.peer.to_string(),
+            client_cert_sha256: conn
+                .cert
+                .as_ref()
+                .map(|c| c.sha256.clone())
+                .unwrap_or_default(),
+            identity: match self.cfg.identity {
+                AgentIdentity::None => IdentityRule::None,
+                AgentIdentity::UriSan => IdentityRule::UriSan,
+                AgentIdentity::Registry => IdentityRule::Registry,
+            } as i32,
         }
     }
 

@@ -3,6 +3,7 @@
 //! messages reach its owner in order; pushes for the connection are written in between.
 
 use crate::Gateway;
+use crate::guard::ConnInfo;
 use crate::http::{HttpResponse, header_has, text};
 use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
@@ -16,7 +17,6 @@ use http::{HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -30,12 +30,21 @@ use tracing::{Instrument, debug, info_span};
 
 /// Pushes queued per connection before further ones are dropped (desired state is re-sent).
 const PUSH_QUEUE: usize = 8;
+/// Messages over the rate limit in a row before the connection is closed.
+const RATE_STRIKES: u32 = 10;
+
+/// What to do after answering one message.
+pub(crate) enum Next {
+    Reply(Vec<u8>),
+    /// Send this, then close: the agent may not speak for the uid it claimed.
+    ReplyAndClose(Vec<u8>, &'static str),
+}
 
 impl Gateway {
     pub(crate) fn upgrade(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: Arc<ConnInfo>,
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> HttpResponse {
@@ -66,6 +75,7 @@ impl Gateway {
         }
         let accept = derive_accept_key(&key);
         let this = self.clone();
+        let peer = conn.peer;
         tracker.spawn(
             async move {
                 match hyper::upgrade::on(req).await {
@@ -76,7 +86,7 @@ impl Gateway {
                             Some(this.ws_config()),
                         )
                         .await;
-                        this.session(ws, peer, cancel).await;
+                        this.session(ws, conn, cancel).await;
                     }
                     Err(e) => debug!(error = %e, "upgrade failed"),
                 }
@@ -105,12 +115,22 @@ impl Gateway {
     async fn session<S>(
         self: Arc<Self>,
         ws: WebSocketStream<S>,
-        peer: SocketAddr,
+        conn: Arc<ConnInfo>,
         cancel: CancellationToken,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let origin = self.origin(Transport::Websocket, peer);
+        let origin = self.origin(Transport::Websocket, &conn);
+        // An agent that upgrades and then says nothing is holding a slot for free.
+        let first_message_by = tokio::time::Instant::now() + self.cfg.limits.handshake_timeout;
+        let retire = async {
+            match conn.retire_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(retire);
+        let mut strikes = 0;
         let (tx, mut pushes) = mpsc::channel(PUSH_QUEUE);
         self.table.insert(origin.connection_id, tx);
         self.metrics.connections.inc();
@@ -126,24 +146,50 @@ impl Gateway {
         let close: Option<CloseFrame> = loop {
             let reply = tokio::select! {
                 () = cancel.cancelled() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+                () = &mut retire => {
+                    self.count_rejected("connection_age");
+                    break Some(close_frame(CloseCode::Away, "connection age limit; reconnect"));
+                }
+                () = tokio::time::sleep_until(first_message_by), if bound.is_empty() => {
+                    self.count_rejected("first_message_timeout");
+                    break Some(close_frame(CloseCode::Policy, "no OpAMP message in time"));
+                }
                 Some(push) = pushes.recv() => push,
                 frame = stream.next() => match frame {
                     Some(Ok(Message::Binary(data))) => {
                         count("in");
-                        match self.ws_message(&data, &origin, &mut bound).await {
-                            Some(reply) => reply,
-                            None => continue,
+                        if conn.limiter.check().is_err() {
+                            self.count_rejected("rate_limited");
+                            strikes += 1;
+                            if strikes >= RATE_STRIKES {
+                                break Some(close_frame(CloseCode::Policy, "message rate limit"));
+                            }
+                            opamp_error_reply(
+                                Vec::new(),
+                                ErrorKind::Unavailable,
+                                "too many messages on this connection; slow down".into(),
+                                Some(Duration::from_secs(1)),
+                            )
+                        } else {
+                            strikes = 0;
+                            match self.ws_message(&data, &conn, &origin, &mut bound).await {
+                                Next::Reply(reply) => reply,
+                                Next::ReplyAndClose(reply, why) => {
+                                    let _ = sink.send(Message::Binary(encode_ws_frame(&reply).into())).await;
+                                    break Some(close_frame(CloseCode::Policy, why));
+                                }
+                            }
                         }
                     }
                     Some(Ok(Message::Text(_))) => {
                         // Not an OpAMP message; opamp-go's server also just reads on.
-                        self.metrics.rejected.get_or_create(&vec![("reason", "text_frame")]).inc();
+                        self.count_rejected("text_frame");
                         continue;
                     }
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Ok(_)) => continue, // ping/pong are answered by tungstenite
                     Some(Err(WsError::Capacity(e))) => {
-                        self.metrics.rejected.get_or_create(&vec![("reason", "too_large")]).inc();
+                        self.count_rejected("too_large");
                         debug!(error = %e, "message too big");
                         let code = ErrorKind::PayloadTooLarge.ws_close_code();
                         break Some(close_frame(CloseCode::from(code), "message too big"));
@@ -175,22 +221,20 @@ impl Gateway {
         }
     }
 
-    /// Handles one binary message; returns the reply to write, if any.
+    /// Handles one binary message: what to write back.
     async fn ws_message(
         &self,
         data: &[u8],
+        conn: &ConnInfo,
         origin: &flotilla_proto::bus::Origin,
         bound: &mut Vec<u8>,
-    ) -> Option<Vec<u8>> {
+    ) -> Next {
         let payload = decode_ws_frame(data);
         let msg = match AgentToServer::decode(payload) {
             Ok(m) => m,
             Err(e) => {
-                self.metrics
-                    .rejected
-                    .get_or_create(&vec![("reason", "bad_request")])
-                    .inc();
-                return Some(opamp_error_reply(
+                self.count_rejected("bad_request");
+                return Next::Reply(opamp_error_reply(
                     Vec::new(),
                     ErrorKind::BadRequest,
                     format!("malformed AgentToServer: {e}"),
@@ -198,27 +242,35 @@ impl Gateway {
                 ));
             }
         };
+        if let Err(why) = conn.may_speak_for(self.cfg.identity, &msg.instance_uid) {
+            self.count_rejected("identity");
+            let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            return Next::ReplyAndClose(reply, "certificate does not name this instance_uid");
+        }
         if msg.instance_uid != *bound {
             self.table.bind(origin.connection_id, &msg.instance_uid);
             bound.clone_from(&msg.instance_uid);
         }
         match self.forward(payload, &msg.instance_uid, origin).await {
+            Ok(reply) if reply.close_connection => {
+                self.count_rejected("identity");
+                // Not bound: the close must not be recorded as this agent's disconnect.
+                bound.clear();
+                Next::ReplyAndClose(reply.server_to_agent, "certificate not bound to this agent")
+            }
             Ok(reply) => {
                 if !reply.new_instance_uid.is_empty() {
                     self.table
                         .bind(origin.connection_id, &reply.new_instance_uid);
                     bound.clone_from(&reply.new_instance_uid);
                 }
-                Some(reply.server_to_agent)
+                Next::Reply(reply.server_to_agent)
             }
             Err(e) => {
                 debug!(error = %e, "no owner answered");
-                self.metrics
-                    .rejected
-                    .get_or_create(&vec![("reason", "unavailable")])
-                    .inc();
+                self.count_rejected("unavailable");
                 let text = format!("no server could take this agent's message ({e}); retry later");
-                Some(opamp_error_reply(
+                Next::Reply(opamp_error_reply(
                     msg.instance_uid,
                     ErrorKind::Unavailable,
                     text,

@@ -1,5 +1,6 @@
 //! Raw OpAMP transports for a client: WebSocket (with control over framing, for tests) and plain
-//! HTTP (with optional gzip).
+//! HTTP (with optional gzip), each over TCP or TLS (with a client certificate for mutual TLS) and
+//! with an optional bearer token.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -9,15 +10,81 @@ use flate2::write::GzEncoder;
 use flotilla_proto::opamp::{AgentToServer, ServerToAgent};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A byte stream: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How a client reaches the server beyond the URL: TLS trust and identity, and a bearer token.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub token: Option<String>,
+}
+
+impl ConnectOptions {
+    /// TLS trusting `ca_pem`, presenting `identity` (certificate chain and key, PEM) if given.
+    pub fn tls(ca_pem: &[u8], identity: Option<(&[u8], &[u8])>) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            roots.add(cert.context("CA PEM")?)?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+        let config = match identity {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("client certificate PEM")?;
+                let key = PrivateKeyDer::from_pem_slice(key).context("client key PEM")?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Self {
+            tls: Some(Arc::new(config)),
+            token: None,
+        })
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// A TCP connection to `host:port`, wrapped in TLS when configured.
+    pub async fn open(&self, host: &str, port: u16) -> anyhow::Result<Box<dyn Io>> {
+        let tcp = TcpStream::connect((host, port)).await?;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some(cfg) => {
+                let name = ServerName::try_from(host.to_owned())?;
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                    .connect(name, tcp)
+                    .await?;
+                Ok(Box::new(tls))
+            }
+        }
+    }
+}
 
 pub struct WsClient {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Box<dyn Io>>,
 }
 
 /// What the server sent next.
@@ -29,9 +96,30 @@ pub enum WsEvent {
 
 impl WsClient {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Connects to a ws:// or wss:// URL (wss needs `opts.tls`).
+    pub async fn connect_with(url: &str, opts: &ConnectOptions) -> anyhow::Result<Self> {
+        let mut req = url.into_client_request()?;
+        if let Some(token) = &opts.token {
+            req.headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse()?);
+        }
+        let uri = req.uri().clone();
+        let secure = uri.scheme_str() == Some("wss");
+        if secure != opts.tls.is_some() {
+            bail!("{url}: wss:// goes with TLS options, ws:// without");
+        }
+        let host = uri.host().context("URL without a host")?;
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let io = opts
+            .open(host, port)
             .await
             .with_context(|| format!("connecting to {url}"))?;
+        let (ws, _) = tokio_tungstenite::client_async(req, io)
+            .await
+            .with_context(|| format!("WebSocket handshake with {url}"))?;
         Ok(Self { ws })
     }
 
@@ -115,6 +203,25 @@ impl HttpClient {
             http: reqwest::Client::new(),
             url: url.to_owned(),
         }
+    }
+
+    /// A client with TLS (and client certificate) and token of `opts`.
+    pub fn with_options(url: &str, opts: &ConnectOptions) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = &opts.tls {
+            builder = builder.use_preconfigured_tls((**tls).clone());
+        }
+        if let Some(token) = &opts.token {
+            let headers = reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse()?,
+            )]);
+            builder = builder.default_headers(headers);
+        }
+        Ok(Self {
+            http: builder.build()?,
+            url: url.to_owned(),
+        })
     }
 
     /// POSTs one AgentToServer; `gzip` compresses the body and asks for a gzipped reply.

@@ -10,5 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod names;
+pub mod pki;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -153,6 +153,7 @@ async fn membership_visits_configs_and_a_restart_of_redis() {
         files: BTreeMap::new(),
         hash: "ab".into(),
         created_unix_ms: 1,
+        created_by: "test".into(),
     };
     assert_eq!(store.put_config(draft.clone()).await.unwrap().version, 1);
     assert_eq!(store.put_config(draft).await.unwrap().version, 2);

@@ -2,6 +2,8 @@
 //! ports, and talk to its API.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use flotilla::app::{self, Running};
 use flotilla_common::config::ServeConfig;
 use serde_json::Value;

@@ -286,6 +286,7 @@ mod tests {
                 )]),
                 hash: "00".into(),
                 created_unix_ms: 1,
+                created_by: String::new(),
             };
             assert_eq!(store.put_config(cfg.clone()).await.unwrap().version, 1);
             assert_eq!(store.put_config(cfg).await.unwrap().version, 2);

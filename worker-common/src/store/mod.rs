@@ -62,6 +62,9 @@ pub struct StoredConfig {
     /// Hex of the OpAMP config_hash sent to agents.
     pub hash: String,
     pub created_unix_ms: u64,
+    /// Who stored this version (the API caller's token name).
+    #[serde(default)]
+    pub created_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,9 +65,55 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "FLOTILLA_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
-    /// PEM CA bundle; when given, agents must present a certificate it signed.
+    /// PEM CA bundle; when given, agents must present a certificate it signed (mutual TLS).
     #[arg(long, env = "FLOTILLA_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// PEM certificate revocation list(s) checked against agents' certificates (with --client-ca).
+    #[arg(long, env = "FLOTILLA_CRL")]
+    pub crl: Option<PathBuf>,
+    /// Oldest TLS version accepted: 1.3, or 1.2 for old clients [default: 1.3].
+    #[arg(long, env = "FLOTILLA_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<TlsVersion>,
+    /// How an agent's certificate binds its instance_uid [default: registry with --client-ca,
+    /// else none].
+    #[arg(long, env = "FLOTILLA_AGENT_IDENTITY")]
+    pub agent_identity: Option<AgentIdentity>,
+    /// File of bearer tokens agents must present (one per line; `#` starts a comment).
+    #[arg(long, env = "FLOTILLA_AGENT_TOKENS")]
+    pub agent_tokens: Option<PathBuf>,
+    /// Open agent connections one gateway holds before answering 503 [default: 100000].
+    #[arg(long, env = "FLOTILLA_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Agent connections are closed after this age (plus up to 10% jitter) so that rotated
+    /// certificates and CRLs reach them; 0s keeps them forever [default: 24h].
+    #[arg(long, env = "FLOTILLA_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+    /// Messages per second one agent connection may send (bursts of 5x) [default: 10].
+    #[arg(long, env = "FLOTILLA_AGENT_MESSAGE_RATE")]
+    pub agent_message_rate: Option<u32>,
+    /// Time allowed for a TLS handshake, the request headers, a request body and a WebSocket's
+    /// first message [default: 10s].
+    #[arg(long, env = "FLOTILLA_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// PEM CA certificate the coordinator signs agents' certificates with (CSR flow, offers).
+    #[arg(long, env = "FLOTILLA_SIGNING_CA_CERT")]
+    pub signing_ca_cert: Option<PathBuf>,
+    /// PEM private key of --signing-ca-cert.
+    #[arg(long, env = "FLOTILLA_SIGNING_CA_KEY")]
+    pub signing_ca_key: Option<PathBuf>,
+    /// Lifetime of the certificates the coordinator issues [default: 30d].
+    #[arg(long, env = "FLOTILLA_ISSUED_CERT_VALIDITY", value_parser = humantime::parse_duration)]
+    pub issued_cert_validity: Option<Duration>,
+    /// TOML file of admin API tokens with roles (viewer, operator, admin); without it the API
+    /// is open to anyone who can reach it.
+    #[arg(long, env = "FLOTILLA_API_TOKENS")]
+    pub api_tokens: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the API listener.
+    #[arg(long, env = "FLOTILLA_API_TLS_CERT")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key for --api-tls-cert.
+    #[arg(long, env = "FLOTILLA_API_TLS_KEY")]
+    pub api_tls_key: Option<PathBuf>,
     /// Heartbeat interval offered to agents; silence is 3 intervals without a message [default: 30s].
     #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
@@ -94,6 +140,23 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    tls_min_version: Option<TlsVersion>,
+    agent_identity: Option<AgentIdentity>,
+    agent_tokens: Option<PathBuf>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    max_connection_age: Option<Duration>,
+    agent_message_rate: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    handshake_timeout: Option<Duration>,
+    signing_ca_cert: Option<PathBuf>,
+    signing_ca_key: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    issued_cert_validity: Option<Duration>,
+    api_tokens: Option<PathBuf>,
+    api_tls_cert: Option<PathBuf>,
+    api_tls_key: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     heartbeat_interval: Option<Duration>,
     max_message_size: Option<usize>,
@@ -101,11 +164,72 @@ struct FileConfig {
     lease_ttl: Option<Duration>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+pub enum TlsVersion {
+    #[value(name = "1.2")]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[value(name = "1.3")]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// How an agent's client certificate binds the instance_uid it may speak for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentIdentity {
+    /// No binding (no client certificates, or certificates shared by many agents).
+    None,
+    /// The certificate names the uid in a URI SAN `urn:uuid:<uid>`; the gateway checks it.
+    UriSan,
+    /// The first certificate an agent uses is recorded with it; only that one (or one the
+    /// server issued it since) may speak for it afterwards.
+    Registry,
+}
+
+/// PEM files of a TLS listener.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    pub crl: Option<PathBuf>,
+    pub allow_tls12: bool,
+}
+
+impl TlsFiles {
+    pub fn new(cert: PathBuf, key: PathBuf) -> Self {
+        Self {
+            cert,
+            key,
+            client_ca: None,
+            crl: None,
+            allow_tls12: false,
+        }
+    }
+
+    /// Every file, for change detection.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        [
+            Some(&self.cert),
+            Some(&self.key),
+            self.client_ca.as_ref(),
+            self.crl.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
+}
+
+/// What protects the OpAMP listener from its agents.
+#[derive(Debug, Clone)]
+pub struct AgentLimits {
+    pub max_connections: usize,
+    pub max_connection_age: Option<Duration>,
+    pub message_rate: u32,
+    pub handshake_timeout: Duration,
 }
 
 /// The effective configuration of one `flotilla serve` process.
@@ -121,6 +245,14 @@ pub struct ServeConfig {
     pub region: String,
     pub node_id: String,
     pub tls: Option<TlsFiles>,
+    pub agent_identity: AgentIdentity,
+    pub agent_tokens: Option<PathBuf>,
+    pub limits: AgentLimits,
+    /// CA certificate and key the coordinator issues agent certificates with.
+    pub signing_ca: Option<(PathBuf, PathBuf)>,
+    pub issued_cert_validity: Duration,
+    pub api_tokens: Option<PathBuf>,
+    pub api_tls: Option<TlsFiles>,
     pub heartbeat_interval: Duration,
     pub max_message_size: usize,
     pub lease_ttl: Duration,
@@ -172,7 +304,54 @@ impl ServeConfig {
                 a.tls_cert.or(f.tls_cert),
                 a.tls_key.or(f.tls_key),
                 a.client_ca.or(f.client_ca),
+                a.crl.or(f.crl),
+                a.tls_min_version.or(f.tls_min_version),
             )?,
+            agent_identity: AgentIdentity::None, // decided below, once mTLS is known
+            agent_tokens: a.agent_tokens.or(f.agent_tokens),
+            limits: AgentLimits {
+                max_connections: a.max_connections.or(f.max_connections).unwrap_or(100_000),
+                max_connection_age: Some(
+                    a.max_connection_age
+                        .or(f.max_connection_age)
+                        .unwrap_or(Duration::from_secs(24 * 3600)),
+                )
+                .filter(|d| !d.is_zero()),
+                message_rate: a.agent_message_rate.or(f.agent_message_rate).unwrap_or(10),
+                handshake_timeout: a
+                    .handshake_timeout
+                    .or(f.handshake_timeout)
+                    .unwrap_or(Duration::from_secs(10)),
+            },
+            signing_ca: match (
+                a.signing_ca_cert.or(f.signing_ca_cert),
+                a.signing_ca_key.or(f.signing_ca_key),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "--signing-ca-cert and --signing-ca-key go together".into(),
+                    ));
+                }
+            },
+            issued_cert_validity: a
+                .issued_cert_validity
+                .or(f.issued_cert_validity)
+                .unwrap_or(Duration::from_secs(30 * 86_400)),
+            api_tokens: a.api_tokens.or(f.api_tokens),
+            api_tls: match (
+                a.api_tls_cert.or(f.api_tls_cert),
+                a.api_tls_key.or(f.api_tls_key),
+            ) {
+                (Some(c), Some(k)) => Some(TlsFiles::new(c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "--api-tls-cert and --api-tls-key go together".into(),
+                    ));
+                }
+            },
             heartbeat_interval: a
                 .heartbeat_interval
                 .or(f.heartbeat_interval)
@@ -185,6 +364,23 @@ impl ServeConfig {
                 .lease_ttl
                 .or(f.lease_ttl)
                 .unwrap_or(Duration::from_secs(15)),
+        };
+        let mtls = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let identity = a.agent_identity.or(f.agent_identity);
+        let cfg = Self {
+            agent_identity: match identity {
+                Some(AgentIdentity::None) | None if !mtls => AgentIdentity::None,
+                None => AgentIdentity::Registry,
+                Some(rule) if mtls || rule == AgentIdentity::None => rule,
+                Some(_) => {
+                    return Err(ConfigError::Invalid(
+                        "--agent-identity uri-san or registry needs client certificates \
+                         (--client-ca)"
+                            .into(),
+                    ));
+                }
+            },
+            ..cfg
         };
         cfg.validate()?;
         Ok(cfg)
@@ -208,6 +404,12 @@ impl ServeConfig {
         }
         if self.max_message_size < 1024 {
             return invalid("--max-message-size must be at least 1024 bytes".into());
+        }
+        if self.limits.max_connections == 0 || self.limits.message_rate == 0 {
+            return invalid("--max-connections and --agent-message-rate must be positive".into());
+        }
+        if self.limits.handshake_timeout < Duration::from_millis(100) {
+            return invalid("--handshake-timeout must be at least 100ms".into());
         }
         if self.lease_ttl < Duration::from_secs(3) {
             return invalid("--lease-ttl must be at least 3s".into());
@@ -252,15 +454,24 @@ fn tls_files(
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    min_version: Option<TlsVersion>,
 ) -> Result<Option<TlsFiles>, ConfigError> {
+    if crl.is_some() && client_ca.is_none() {
+        return Err(ConfigError::Invalid(
+            "--crl applies to client certificates: it needs --client-ca".into(),
+        ));
+    }
     match (cert, key) {
         (Some(cert), Some(key)) => Ok(Some(TlsFiles {
             cert,
             key,
             client_ca,
+            crl,
+            allow_tls12: min_version == Some(TlsVersion::Tls12),
         })),
-        (None, None) if client_ca.is_some() => Err(ConfigError::Invalid(
-            "--client-ca needs --tls-cert and --tls-key".into(),
+        (None, None) if client_ca.is_some() || min_version.is_some() => Err(ConfigError::Invalid(
+            "--client-ca and --tls-min-version need --tls-cert and --tls-key".into(),
         )),
         (None, None) => Ok(None),
         _ => Err(ConfigError::Invalid(
@@ -290,8 +501,9 @@ impl fmt::Display for ServeConfig {
         write!(
             f,
             "roles={}{} opamp_listen={} api_listen={} region={} node_id={} data_dir={} \
-             heartbeat_interval={} max_message_size={} lease_ttl={} tls={} client_ca={} nats={} \
-             redis={}",
+             heartbeat_interval={} max_message_size={} lease_ttl={} tls={} client_ca={} \
+             agent_identity={:?} agent_tokens={} api_tokens={} api_tls={} signing_ca={} \
+             max_connections={} nats={} redis={}",
             if self.gateway { "gateway," } else { "" },
             if self.coordinator { "coordinator" } else { "" },
             self.opamp_listen,
@@ -304,6 +516,12 @@ impl fmt::Display for ServeConfig {
             humantime::format_duration(self.lease_ttl),
             self.tls.is_some(),
             self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            self.agent_identity,
+            self.agent_tokens.is_some(),
+            self.api_tokens.is_some(),
+            self.api_tls.is_some(),
+            self.signing_ca.is_some(),
+            self.limits.max_connections,
             self.nats_url.as_deref().map_or("-".into(), redact),
             self.redis_url.as_deref().map_or("-".into(), redact),
         )
@@ -311,112 +529,4 @@ impl fmt::Display for ServeConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_the_contract() {
-        let c = ServeConfig::default();
-        assert!(c.gateway && c.coordinator);
-        assert_eq!(c.opamp_listen.to_string(), "0.0.0.0:4320");
-        assert_eq!(c.api_listen.to_string(), "0.0.0.0:4321");
-        assert_eq!(c.region, "local");
-        assert_eq!(c.data_dir, PathBuf::from("flotilla-data"));
-        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
-    }
-
-    #[test]
-    fn flags_override_file_and_file_overrides_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.toml");
-        std::fs::write(&path, "region = \"eu1\"\nheartbeat-interval = \"10s\"\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            region: Some("us2".into()),
-            ..Default::default()
-        };
-        let c = ServeConfig::load(args).unwrap();
-        assert_eq!(c.region, "us2");
-        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
-    }
-
-    #[test]
-    fn unknown_file_keys_and_bad_values_are_clear_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.toml");
-        std::fs::write(&path, "regoin = \"x\"\n").unwrap();
-        let err = ServeConfig::load(ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        });
-        assert!(
-            err.unwrap_err()
-                .to_string()
-                .contains("unknown field `regoin`")
-        );
-
-        let err = ServeConfig::load(ServeArgs {
-            region: Some("a.b".into()),
-            ..Default::default()
-        });
-        assert!(err.unwrap_err().to_string().contains("--region"));
-
-        let gw_only = ServeArgs {
-            roles: Some(vec![Role::Gateway]),
-            ..Default::default()
-        };
-        let err = ServeConfig::load(gw_only).unwrap_err().to_string();
-        assert!(err.contains("--roles gateway needs --nats-url"), "{err}");
-        let coord_only = ServeArgs {
-            roles: Some(vec![Role::Coordinator]),
-            nats_url: Some("nats://n:4222".into()),
-            ..Default::default()
-        };
-        let err = ServeConfig::load(coord_only).unwrap_err().to_string();
-        assert!(err.contains("--roles coordinator needs both"), "{err}");
-        let half = ServeArgs {
-            redis_url: Some("redis://r:6379".into()),
-            ..Default::default()
-        };
-        let err = ServeConfig::load(half).unwrap_err().to_string();
-        assert!(err.contains("the clustered mode needs both"), "{err}");
-        let gw_cluster = ServeArgs {
-            roles: Some(vec![Role::Gateway]),
-            nats_url: Some("nats://n:4222".into()),
-            ..Default::default()
-        };
-        assert!(ServeConfig::load(gw_cluster).unwrap().clustered());
-
-        let half_tls = ServeArgs {
-            tls_cert: Some("c.pem".into()),
-            ..Default::default()
-        };
-        assert!(
-            ServeConfig::load(half_tls)
-                .unwrap_err()
-                .to_string()
-                .contains("go together")
-        );
-    }
-
-    #[test]
-    fn the_example_config_in_deploy_parses() {
-        let path = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/flotilla.toml"
-        ));
-        let c = ServeConfig::load(ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(c.node_id, "flotilla-1");
-        assert_eq!(c.data_dir, PathBuf::from("/var/lib/flotilla"));
-    }
-
-    #[test]
-    fn urls_are_redacted_in_the_logged_config() {
-        assert_eq!(redact("redis://:hunter2@r:6379"), "redis://***@r:6379");
-        assert_eq!(redact("nats://n:4222"), "nats://n:4222");
-    }
-}
+mod tests;

@@ -1,0 +1,269 @@
+//! Who may use the admin API: bearer tokens with a role, read from a TOML file
+//! (`--api-tokens`). Reading needs `viewer`, commands to agents (restart) need `operator`, and
+//! anything that changes what agents run or hold (configs, certificates) needs `admin`. Every
+//! mutation is logged with its caller on the `flotilla::audit` target, and handlers get the
+//! [`Caller`] to record it with what they change.
+//!
+//! ```toml
+//! [[token]]
+//! name = "ci-deployer"
+//! role = "admin"
+//! sha256 = "<hex of SHA-256 of the token>"   # or: token = "<the token itself>"
+//! ```
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use tracing::info;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// The authenticated caller of a request, for attribution.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// The caller when the API runs without tokens (a laptop, a test).
+    pub fn anonymous() -> Self {
+        Self {
+            name: "anonymous".into(),
+            role: Role::Admin,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: String,
+    role: Role,
+    token: Option<String>,
+    sha256: Option<String>,
+}
+
+/// The API's tokens, by the SHA-256 of the token.
+#[derive(Debug, Default)]
+pub struct ApiTokens(HashMap<[u8; 32], Caller>);
+
+impl ApiTokens {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read API tokens {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("API tokens {}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: TokenFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut map = HashMap::new();
+        for e in file.token {
+            let digest: [u8; 32] = match (&e.token, &e.sha256) {
+                (Some(t), None) if !t.is_empty() => Sha256::digest(t.as_bytes()).into(),
+                (None, Some(h)) => parse_hex32(h)
+                    .ok_or_else(|| format!("token {:?}: sha256 must be 64 hex digits", e.name))?,
+                _ => {
+                    return Err(format!(
+                        "token {:?} needs exactly one of `token` or `sha256`",
+                        e.name
+                    ));
+                }
+            };
+            let caller = Caller {
+                name: e.name,
+                role: e.role,
+            };
+            if map.insert(digest, caller).is_some() {
+                return Err("the same token is listed twice".into());
+            }
+        }
+        if map.is_empty() {
+            return Err("no [[token]] entries".into());
+        }
+        Ok(Self(map))
+    }
+
+    fn caller(&self, authorization: Option<&HeaderValue>) -> Option<&Caller> {
+        let value = authorization?.to_str().ok()?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        self.0
+            .get(&<[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())))
+    }
+}
+
+fn parse_hex32(h: &str) -> Option<[u8; 32]> {
+    let h = h.trim();
+    if h.len() != 64 || !h.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The role a request needs: reads are for viewers, agent commands for operators, the rest
+/// (configs, certificates, anything new) for admins.
+pub fn required_role(method: &Method, path: &str) -> Role {
+    if method == Method::GET || method == Method::HEAD {
+        Role::Viewer
+    } else if method == Method::POST && path.ends_with("/restart") {
+        Role::Operator
+    } else {
+        Role::Admin
+    }
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    let mut r = (status, axum::Json(json!({"error": message}))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"flotilla\""),
+        );
+    }
+    r
+}
+
+/// Middleware over `/api/...`: authenticates (when tokens are configured), checks the role, hands
+/// the [`Caller`] to the handler, and logs every mutation with its caller and outcome.
+pub async fn authorize(
+    State(tokens): State<Option<Arc<ApiTokens>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let caller = match &tokens {
+        None => Caller::anonymous(),
+        Some(tokens) => match tokens.caller(req.headers().get(header::AUTHORIZATION)) {
+            Some(c) => c.clone(),
+            None => {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "a valid API token is required (Authorization: Bearer <token>)".into(),
+                );
+            }
+        },
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let needed = required_role(&method, &path);
+    if caller.role < needed {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{method} {path} needs the {} role; token {:?} has {}",
+                needed.as_str(),
+                caller.name,
+                caller.role.as_str()
+            ),
+        );
+    }
+    let mutation = needed > Role::Viewer;
+    let name = caller.name.clone();
+    req.extensions_mut().insert(caller);
+    let response = next.run(req).await;
+    if mutation {
+        info!(
+            target: "flotilla::audit",
+            caller = %name,
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            "admin API mutation"
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_file_is_parsed_and_checked() {
+        let t = ApiTokens::parse(
+            r#"
+            [[token]]
+            name = "ann"
+            role = "admin"
+            token = "a-secret"
+            [[token]]
+            name = "vic"
+            role = "viewer"
+            sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+            "#,
+        )
+        .unwrap();
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(t.caller(Some(&h("Bearer a-secret"))).unwrap().name, "ann");
+        // sha256("secret")
+        assert_eq!(
+            t.caller(Some(&h("bearer secret"))).unwrap().role,
+            Role::Viewer
+        );
+        assert!(t.caller(Some(&h("Bearer nope"))).is_none());
+        assert!(t.caller(None).is_none());
+
+        for bad in [
+            "",
+            "[[token]]\nname = \"x\"\nrole = \"root\"\ntoken = \"t\"",
+            "[[token]]\nname = \"x\"\nrole = \"admin\"",
+            "[[token]]\nname = \"x\"\nrole = \"admin\"\nsha256 = \"zz\"",
+            "[[token]]\nname = \"x\"\nrole = \"admin\"\ntoken = \"t\"\n[[token]]\nname = \"y\"\nrole = \"viewer\"\ntoken = \"t\"",
+        ] {
+            assert!(ApiTokens::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn roles_follow_what_a_request_changes() {
+        assert_eq!(required_role(&Method::GET, "/api/v1/agents"), Role::Viewer);
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/agents/x/restart"),
+            Role::Operator
+        );
+        assert_eq!(
+            required_role(&Method::PUT, "/api/v1/configs/c"),
+            Role::Admin
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/agents/x/certificate"),
+            Role::Admin
+        );
+    }
+}

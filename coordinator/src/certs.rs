@@ -1,0 +1,324 @@
+//! Agent certificates, held in the agent record so any coordinator that owns the agent's shard
+//! (and any gateway it connects through) applies the same rules:
+//!
+//! - identity: a connection's client certificate must be the one the agent is bound to (registry
+//!   rule), or at least not one it has since replaced; the first certificate an agent uses binds it;
+//! - rotation: a certificate issued to the agent (server-generated offer, or signed from its CSR)
+//!   is recorded as issued; the agent's first message over it makes it the bound one and retires
+//!   the old one, which is refused from then on (the spec's "delete the old credentials once the
+//!   agent has reconnected with the new ones").
+//!
+//! The pure rules are here; [`Coordinator`] methods do the I/O: signing, storing, pushing.
+
+use crate::Coordinator;
+use crate::agent::has;
+use crate::service::{ServiceError, live_ws};
+use flotilla_common::names::shard_of;
+use flotilla_common::pki::{self, Ca, Issued};
+use flotilla_common::store::Deadline;
+use flotilla_proto::bus::{
+    AgentRecord, IdentityRule, IssueCertificate, IssuedCertificate, Origin, Uplink, uplink,
+};
+use flotilla_proto::opamp::{
+    AgentCapabilities as Cap, ConnectionSettingsOffers, OpAmpConnectionSettings, ServerToAgent,
+    TlsCertificate,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// How many replaced certificates an agent record remembers as refused. Older ones are expected to
+/// have expired or to be listed in the CRL.
+const RETIRED_KEPT: usize = 4;
+
+/// Whether the connection's certificate may speak for the agent of `rec`. Err says why not.
+pub fn check_identity(rec: Option<&AgentRecord>, origin: &Origin) -> Result<(), String> {
+    let fp = &origin.client_cert_sha256;
+    let Some(rec) = rec.filter(|_| !fp.is_empty()) else {
+        return Ok(());
+    };
+    if rec.retired_cert_sha256.contains(fp) {
+        return Err(format!(
+            "client certificate {} was replaced for this agent and is no longer accepted",
+            short(fp)
+        ));
+    }
+    let pinned = origin.identity() == IdentityRule::Registry && !rec.cert_sha256.is_empty();
+    if pinned && *fp != rec.cert_sha256 && *fp != rec.issued_cert_sha256 {
+        return Err(format!(
+            "client certificate {} is not the one agent {} is bound to",
+            short(fp),
+            Uuid::from_slice(&rec.instance_uid).unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// Records the certificate an accepted message came over: binds a first certificate, and turns an
+/// issued one into the bound one (retiring the previous).
+pub fn record_certificate(rec: &mut AgentRecord, origin: &Origin) {
+    let fp = &origin.client_cert_sha256;
+    if fp.is_empty() || *fp == rec.cert_sha256 {
+        return;
+    }
+    if *fp == rec.issued_cert_sha256 {
+        let old = std::mem::take(&mut rec.cert_sha256);
+        if !old.is_empty() {
+            rec.retired_cert_sha256.push(old);
+            let excess = rec.retired_cert_sha256.len().saturating_sub(RETIRED_KEPT);
+            rec.retired_cert_sha256.drain(..excess);
+        }
+        rec.issued_cert_sha256.clear();
+        // The agent runs these settings now; the key they carried is not kept.
+        rec.settings_offer = None;
+        rec.settings_have_certificate = true;
+    } else if origin.identity() == IdentityRule::Registry && !rec.cert_sha256.is_empty() {
+        return; // refused by check_identity before we get here
+    }
+    rec.cert_sha256.clone_from(fp);
+}
+
+/// The OpAMP connection settings that carry `issued`, keeping the heartbeat interval (an opamp
+/// offer without it would switch heartbeats off).
+pub fn certificate_offer(
+    issued: &Issued,
+    ca_pem: &str,
+    heartbeat: Duration,
+) -> ConnectionSettingsOffers {
+    let mut offer = ConnectionSettingsOffers {
+        opamp: Some(OpAmpConnectionSettings {
+            certificate: Some(TlsCertificate {
+                cert: issued.cert_pem.clone().into_bytes(),
+                private_key: issued.key_pem.clone().unwrap_or_default().into_bytes(),
+                ca_cert: ca_pem.as_bytes().to_vec(),
+            }),
+            heartbeat_interval_seconds: heartbeat.as_secs(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    offer.hash = Sha256::digest(offer.encode_to_vec()).to_vec();
+    offer
+}
+
+/// Puts an issued certificate into the record: offered until the agent connects with it.
+pub fn record_issued(rec: &mut AgentRecord, issued: &Issued, offer: ConnectionSettingsOffers) {
+    rec.issued_cert_sha256.clone_from(&issued.sha256);
+    rec.offered_settings_hash.clone_from(&offer.hash);
+    rec.settings_offer = Some(offer);
+}
+
+fn short(fp: &[u8]) -> String {
+    pki::hex(&fp[..fp.len().min(8)])
+}
+
+/// The signing CA of a coordinator and the lifetime of what it issues.
+#[derive(Debug)]
+pub struct Issuer {
+    pub ca: Ca,
+    pub validity: Duration,
+}
+
+/// What [`Coordinator::issue_certificate`] did.
+#[derive(Debug, Clone)]
+pub struct IssueOutcome {
+    pub sha256: String,
+    pub not_after_unix_ms: u64,
+    /// Sent over the agent's live WebSocket now (else with the reply to its next message).
+    pub delivered: bool,
+}
+
+impl Coordinator {
+    /// Signs the PEM CSR an agent sent and returns the offer carrying the certificate, recorded in
+    /// `rec`. Err is the reason for the agent (a BAD_REQUEST, as the spec requires).
+    pub(crate) fn sign_csr(
+        &self,
+        csr: &[u8],
+        rec: &mut AgentRecord,
+    ) -> Result<ConnectionSettingsOffers, String> {
+        let issuer = self
+            .issuer()
+            .ok_or("this server does not issue certificates (no signing CA configured)")?;
+        if !has(rec.capabilities, Cap::AcceptsOpAmpConnectionSettings) {
+            return Err("a CSR needs the AcceptsOpAMPConnectionSettings capability".into());
+        }
+        let uid = Uuid::from_slice(&rec.instance_uid).map_err(|e| e.to_string())?;
+        let csr = std::str::from_utf8(csr).map_err(|_| "the CSR is not PEM text".to_owned())?;
+        let issued = issuer
+            .ca
+            .sign_csr(csr, uid, issuer.validity)
+            .map_err(|e| e.to_string())?;
+        info!(%uid, sha256 = %pki::hex(&issued.sha256), "signed the agent's CSR");
+        let offer = certificate_offer(&issued, issuer.ca.cert_pem(), self.heartbeat_interval());
+        record_issued(rec, &issued, offer.clone());
+        Ok(offer)
+    }
+
+    /// Issues agent `uid` a new key and certificate and offers them over OpAMP (now if it is
+    /// connected over WebSocket, else with the reply to its next message). Asks the owner of the
+    /// agent's shard, which alone may change the record.
+    pub async fn issue_certificate(&self, uid: Uuid) -> Result<IssueOutcome, ServiceError> {
+        let ask = Uplink {
+            origin: None,
+            kind: Some(uplink::Kind::IssueCertificate(IssueCertificate {
+                instance_uid: uid.as_bytes().to_vec(),
+            })),
+        };
+        let reply = self.ask_owner(uid, ask).await?;
+        let issued = reply.issued.unwrap_or_default();
+        if issued.not_capable {
+            return Err(ServiceError::Conflict(issued.error));
+        }
+        if issued.sha256.is_empty() {
+            return Err(ServiceError::Unavailable(issued.error));
+        }
+        Ok(IssueOutcome {
+            sha256: pki::hex(&issued.sha256),
+            not_after_unix_ms: issued.not_after_unix_ms,
+            delivered: issued.delivered,
+        })
+    }
+
+    /// The owner's side of [`Coordinator::issue_certificate`]; None if this process does not own
+    /// the shard.
+    pub(crate) async fn issue_here(&self, uid_bytes: &[u8]) -> Option<IssuedCertificate> {
+        let refuse = |error: String| IssuedCertificate {
+            not_capable: true,
+            error,
+            ..Default::default()
+        };
+        let Ok(uid) = Uuid::from_slice(uid_bytes) else {
+            return Some(refuse("not an instance uid".into()));
+        };
+        let Some(issuer) = self.issuer() else {
+            return Some(refuse(
+                "this server does not issue certificates: start the coordinators with \
+                 --signing-ca-cert and --signing-ca-key"
+                    .into(),
+            ));
+        };
+        let shard = shard_of(uid_bytes);
+        let _guard = self.shards.lock(shard).await;
+        let fence = self.fence_for(shard)?;
+        let failed = |error: String| IssuedCertificate {
+            error,
+            ..Default::default()
+        };
+        let mut rec = match self.store().get_agent(uid).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Some(refuse(format!("no agent {uid}"))),
+            Err(e) => return Some(failed(format!("agent {uid} unreadable: {e}"))),
+        };
+        if !has(rec.capabilities, Cap::AcceptsOpAmpConnectionSettings) {
+            return Some(refuse(format!(
+                "agent {uid} does not accept connection settings offers \
+                 (no AcceptsOpAMPConnectionSettings capability)"
+            )));
+        }
+        let issued = match issuer.ca.issue_client(uid, issuer.validity) {
+            Ok(i) => i,
+            Err(e) => return Some(failed(e.to_string())),
+        };
+        let offer = certificate_offer(&issued, issuer.ca.cert_pem(), self.heartbeat_interval());
+        record_issued(&mut rec, &issued, offer.clone());
+        match self.save_or_drop(fence, &rec, Deadline::Keep).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => return Some(failed(format!("agent {uid} not written: {e}"))),
+        }
+        let mut delivered = false;
+        if let Some(origin) = live_ws(&rec) {
+            let msg = ServerToAgent {
+                instance_uid: rec.instance_uid.clone(),
+                capabilities: crate::agent::SERVER_CAPABILITIES,
+                connection_settings: Some(offer),
+                ..Default::default()
+            };
+            delivered = self.push(origin, &msg).await;
+        }
+        info!(%uid, sha256 = %pki::hex(&issued.sha256), delivered, "certificate issued and offered");
+        if !delivered && rec.origin.is_none() {
+            warn!(%uid, "the agent is not connected; the offer waits for its next message");
+        }
+        Some(IssuedCertificate {
+            sha256: issued.sha256,
+            not_after_unix_ms: (issued.not_after.unix_timestamp() as u64) * 1000,
+            delivered,
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(fp: &[u8], rule: IdentityRule) -> Origin {
+        Origin {
+            client_cert_sha256: fp.to_vec(),
+            identity: rule as i32,
+            ..Default::default()
+        }
+    }
+
+    fn record() -> AgentRecord {
+        AgentRecord {
+            instance_uid: Uuid::now_v7().as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_first_certificate_binds_the_agent_under_the_registry_rule() {
+        let mut rec = record();
+        let a = origin(b"cert-a", IdentityRule::Registry);
+        assert!(check_identity(Some(&rec), &a).is_ok());
+        record_certificate(&mut rec, &a);
+        assert_eq!(rec.cert_sha256, b"cert-a");
+        let b = origin(b"cert-b", IdentityRule::Registry);
+        let err = check_identity(Some(&rec), &b).unwrap_err();
+        assert!(err.contains("not the one agent"), "{err}");
+        // Without mutual TLS there is nothing to check.
+        assert!(check_identity(Some(&rec), &origin(b"", IdentityRule::None)).is_ok());
+    }
+
+    #[test]
+    fn an_issued_certificate_retires_the_old_one_once_used() {
+        let ca = Ca::generate("t").unwrap();
+        let mut rec = record();
+        let old = origin(b"old", IdentityRule::Registry);
+        record_certificate(&mut rec, &old);
+        let issued = ca
+            .issue_client(Uuid::now_v7(), Duration::from_secs(60))
+            .unwrap();
+        let offer = certificate_offer(&issued, ca.cert_pem(), Duration::from_secs(30));
+        assert_eq!(offer.opamp.as_ref().unwrap().heartbeat_interval_seconds, 30);
+        record_issued(&mut rec, &issued, offer);
+        // Until the agent uses the new one, the old one still works.
+        assert!(check_identity(Some(&rec), &old).is_ok());
+        let new = origin(&issued.sha256, IdentityRule::Registry);
+        assert!(check_identity(Some(&rec), &new).is_ok());
+        record_certificate(&mut rec, &new);
+        assert_eq!(rec.cert_sha256, issued.sha256);
+        assert!(rec.settings_offer.is_none() && rec.settings_have_certificate);
+        let err = check_identity(Some(&rec), &old).unwrap_err();
+        assert!(err.contains("no longer accepted"), "{err}");
+        // The same holds when the gateway checks names (uri-san) instead of pinning.
+        let old_by_name = origin(b"old", IdentityRule::UriSan);
+        assert!(check_identity(Some(&rec), &old_by_name).is_err());
+    }
+
+    #[test]
+    fn only_a_few_retired_certificates_are_kept() {
+        let mut rec = record();
+        for i in 0..10u8 {
+            rec.issued_cert_sha256 = vec![i];
+            record_certificate(&mut rec, &origin(&[i], IdentityRule::Registry));
+        }
+        assert_eq!(rec.retired_cert_sha256.len(), RETIRED_KEPT);
+        assert_eq!(rec.cert_sha256, vec![9]);
+        assert_eq!(rec.retired_cert_sha256.last().unwrap(), &vec![8]);
+    }
+}

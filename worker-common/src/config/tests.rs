@@ -1,0 +1,154 @@
+use super::*;
+
+#[test]
+fn defaults_are_the_contract() {
+    let c = ServeConfig::default();
+    assert!(c.gateway && c.coordinator);
+    assert_eq!(c.opamp_listen.to_string(), "0.0.0.0:4320");
+    assert_eq!(c.api_listen.to_string(), "0.0.0.0:4321");
+    assert_eq!(c.region, "local");
+    assert_eq!(c.data_dir, PathBuf::from("flotilla-data"));
+    assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+}
+
+#[test]
+fn flags_override_file_and_file_overrides_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.toml");
+    std::fs::write(&path, "region = \"eu1\"\nheartbeat-interval = \"10s\"\n").unwrap();
+    let args = ServeArgs {
+        config: Some(path),
+        region: Some("us2".into()),
+        ..Default::default()
+    };
+    let c = ServeConfig::load(args).unwrap();
+    assert_eq!(c.region, "us2");
+    assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+}
+
+#[test]
+fn unknown_file_keys_and_bad_values_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.toml");
+    std::fs::write(&path, "regoin = \"x\"\n").unwrap();
+    let err = ServeConfig::load(ServeArgs {
+        config: Some(path),
+        ..Default::default()
+    });
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .contains("unknown field `regoin`")
+    );
+
+    let err = ServeConfig::load(ServeArgs {
+        region: Some("a.b".into()),
+        ..Default::default()
+    });
+    assert!(err.unwrap_err().to_string().contains("--region"));
+
+    let gw_only = ServeArgs {
+        roles: Some(vec![Role::Gateway]),
+        ..Default::default()
+    };
+    let err = ServeConfig::load(gw_only).unwrap_err().to_string();
+    assert!(err.contains("--roles gateway needs --nats-url"), "{err}");
+    let coord_only = ServeArgs {
+        roles: Some(vec![Role::Coordinator]),
+        nats_url: Some("nats://n:4222".into()),
+        ..Default::default()
+    };
+    let err = ServeConfig::load(coord_only).unwrap_err().to_string();
+    assert!(err.contains("--roles coordinator needs both"), "{err}");
+    let half = ServeArgs {
+        redis_url: Some("redis://r:6379".into()),
+        ..Default::default()
+    };
+    let err = ServeConfig::load(half).unwrap_err().to_string();
+    assert!(err.contains("the clustered mode needs both"), "{err}");
+    let gw_cluster = ServeArgs {
+        roles: Some(vec![Role::Gateway]),
+        nats_url: Some("nats://n:4222".into()),
+        ..Default::default()
+    };
+    assert!(ServeConfig::load(gw_cluster).unwrap().clustered());
+
+    let half_tls = ServeArgs {
+        tls_cert: Some("c.pem".into()),
+        ..Default::default()
+    };
+    assert!(
+        ServeConfig::load(half_tls)
+            .unwrap_err()
+            .to_string()
+            .contains("go together")
+    );
+}
+
+#[test]
+fn the_example_config_in_deploy_parses() {
+    let path = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/flotilla.toml"
+    ));
+    let c = ServeConfig::load(ServeArgs {
+        config: Some(path),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.node_id, "flotilla-1");
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/flotilla"));
+}
+
+#[test]
+fn urls_are_redacted_in_the_logged_config() {
+    assert_eq!(redact("redis://:hunter2@r:6379"), "redis://***@r:6379");
+    assert_eq!(redact("nats://n:4222"), "nats://n:4222");
+}
+
+#[test]
+fn security_flags_are_checked() {
+    let tls = |ca: bool| ServeArgs {
+        tls_cert: Some("c.pem".into()),
+        tls_key: Some("k.pem".into()),
+        client_ca: ca.then(|| "ca.pem".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        ServeConfig::load(tls(true)).unwrap().agent_identity,
+        AgentIdentity::Registry
+    );
+    assert_eq!(
+        ServeConfig::load(tls(false)).unwrap().agent_identity,
+        AgentIdentity::None
+    );
+    let err = ServeConfig::load(ServeArgs {
+        agent_identity: Some(AgentIdentity::UriSan),
+        ..tls(false)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("needs client certificates"), "{err}");
+    let err = ServeConfig::load(ServeArgs {
+        crl: Some("crl.pem".into()),
+        ..tls(false)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("needs --client-ca"), "{err}");
+    let err = ServeConfig::load(ServeArgs {
+        signing_ca_cert: Some("ca.pem".into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("go together"), "{err}");
+    let c = ServeConfig::load(ServeArgs {
+        max_connection_age: Some(Duration::ZERO),
+        tls_min_version: Some(TlsVersion::Tls12),
+        ..tls(true)
+    })
+    .unwrap();
+    assert_eq!(c.limits.max_connection_age, None);
+    assert!(c.tls.unwrap().allow_tls12);
+}
