@@ -23,6 +23,7 @@ use flotilla_proto::bus::{
 };
 pub use guard::AgentTokens;
 use guard::{ConnInfo, PeerCert};
+pub use http::{BodyError, decode_body};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics::Metrics;

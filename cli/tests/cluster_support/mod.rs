@@ -7,6 +7,7 @@ use flotilla_common::names::shard_of;
 use flotilla_loadtest::client::{HttpClient, WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::opamp::RemoteConfigStatuses;
+#[allow(unused_imports)] // not every test binary cuts NATS off
 pub use flotilla_testkit::TcpProxy;
 use flotilla_testkit::{NatsServer, Proc, RedisServer, free_port, wait_for_port};
 use serde_json::Value;

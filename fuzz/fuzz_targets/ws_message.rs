@@ -1,0 +1,30 @@
+//! One binary WebSocket message, as the gateway and the owner handle it: frame header, protobuf
+//! decoding, and the OpAMP state machine against an empty and a known agent record.
+#![no_main]
+
+use flotilla_common::codec::decode_ws_frame;
+use flotilla_coordinator::agent::{Ctx, heartbeat_offer, process};
+use flotilla_proto::bus::{AgentRecord, Origin};
+use flotilla_proto::opamp::AgentToServer;
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use std::time::Duration;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(msg) = AgentToServer::decode(decode_ws_frame(data)) else {
+        return;
+    };
+    let offer = heartbeat_offer(Duration::from_secs(30));
+    let ctx = Ctx {
+        now_unix_ms: 1_700_000_000_000,
+        heartbeat_interval: Duration::from_secs(30),
+        heartbeat_offer: &offer,
+        configs: &[],
+    };
+    let first = process(None, msg.clone(), Origin::default(), &ctx);
+    let known = AgentRecord {
+        instance_uid: msg.instance_uid.clone(),
+        ..first.record
+    };
+    let _ = process(Some(known), msg, Origin::default(), &ctx);
+});
