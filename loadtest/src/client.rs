@@ -27,7 +27,7 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// How a client reaches the server beyond the URL: TLS trust and identity, and a bearer token.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub token: Option<String>,

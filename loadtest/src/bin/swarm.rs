@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use flotilla_loadtest::client::{HttpClient, WsClient, WsEvent};
+use flotilla_loadtest::client::{ConnectOptions, HttpClient, WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +38,45 @@ struct Args {
     /// Value of the `env` attribute of every agent.
     #[arg(long, default_value = "swarm")]
     env: String,
+    /// PEM CA to trust for wss:// and https:// URLs.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// PEM client certificate every agent presents (mutual TLS), with --key.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// Bearer token every agent presents (--agent-tokens on the server).
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(skip)]
+    connect: ConnectOptions,
+}
+
+/// TLS trust, client identity and token from the flags.
+fn connect_options(args: &Args) -> anyhow::Result<ConnectOptions> {
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let mut opts = match &args.ca {
+        Some(ca) => {
+            let identity = match (&args.cert, &args.key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            };
+            let identity = identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice()));
+            ConnectOptions::tls(&read(ca)?, identity)?
+        }
+        None if args.cert.is_some() => {
+            anyhow::bail!("--cert needs --ca (and a wss:// or https:// URL)")
+        }
+        None => ConnectOptions::default(),
+    };
+    if let Some(t) = &args.token {
+        opts = opts.with_token(t);
+    }
+    Ok(opts)
 }
 
 #[derive(Default)]
@@ -51,7 +90,9 @@ struct Stats {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Arc::new(Args::parse());
+    let mut args = Args::parse();
+    args.connect = connect_options(&args)?;
+    let args = Arc::new(args);
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let end = started + args.duration;
@@ -140,7 +181,7 @@ async fn run_ws(
     stats: &Stats,
     end: Instant,
 ) -> anyhow::Result<()> {
-    let mut ws = WsClient::connect(&args.url).await?;
+    let mut ws = WsClient::connect_with(&args.url, &args.connect).await?;
     stats.connected.fetch_add(1, Ordering::Relaxed);
     let mut outbox = vec![agent.full_report()];
     let mut next_heartbeat = Instant::now() + interval(&agent, args);
@@ -182,7 +223,7 @@ async fn run_http(
     stats: &Stats,
     end: Instant,
 ) -> anyhow::Result<()> {
-    let client = HttpClient::new(&args.url);
+    let client = HttpClient::with_options(&args.url, &args.connect)?;
     let mut outbox = vec![agent.full_report()];
     stats.connected.fetch_add(1, Ordering::Relaxed);
     let result = async {
