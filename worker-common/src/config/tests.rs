@@ -98,6 +98,11 @@ fn the_example_config_in_deploy_parses() {
     .unwrap();
     assert_eq!(c.node_id, "flotilla-1");
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/flotilla"));
+    assert_eq!(
+        c.limits.max_connection_age,
+        Some(Duration::from_secs(24 * 3600))
+    );
+    assert_eq!(c.limits.message_rate, 10);
 }
 
 #[test]
@@ -151,4 +156,24 @@ fn security_flags_are_checked() {
     .unwrap();
     assert_eq!(c.limits.max_connection_age, None);
     assert!(c.tls.unwrap().allow_tls12);
+}
+
+#[test]
+fn security_settings_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.toml");
+    std::fs::write(
+        &path,
+        "tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\nclient-ca = \"ca.pem\"\n\
+         tls-min-version = \"1.2\"\nagent-identity = \"uri-san\"\nmax-connection-age = \"0s\"\n",
+    )
+    .unwrap();
+    let c = ServeConfig::load(ServeArgs {
+        config: Some(path),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.agent_identity, AgentIdentity::UriSan);
+    assert!(c.tls.unwrap().allow_tls12);
+    assert_eq!(c.limits.max_connection_age, None);
 }
