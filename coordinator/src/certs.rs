@@ -56,14 +56,13 @@ pub fn check_identity(rec: Option<&AgentRecord>, origin: &Origin) -> Result<(), 
     Ok(())
 }
 
-/// Records the certificate an accepted message came over: binds a first certificate, and turns an
-/// issued one into the bound one (retiring the previous).
-pub fn record_certificate(rec: &mut AgentRecord, origin: &Origin) {
-    let fp = &origin.client_cert_sha256;
-    if fp.is_empty() || *fp == rec.cert_sha256 {
+/// Records the certificate `fp` an accepted message came over under `rule`: binds a first
+/// certificate, and turns an issued one into the bound one (retiring the previous).
+pub fn record_certificate(rec: &mut AgentRecord, fp: &[u8], rule: IdentityRule) {
+    if fp.is_empty() || fp == rec.cert_sha256 {
         return;
     }
-    if *fp == rec.issued_cert_sha256 {
+    if fp == rec.issued_cert_sha256 {
         let old = std::mem::take(&mut rec.cert_sha256);
         if !old.is_empty() {
             rec.retired_cert_sha256.push(old);
@@ -74,10 +73,10 @@ pub fn record_certificate(rec: &mut AgentRecord, origin: &Origin) {
         // The agent runs these settings now; the key they carried is not kept.
         rec.settings_offer = None;
         rec.settings_have_certificate = true;
-    } else if origin.identity() == IdentityRule::Registry && !rec.cert_sha256.is_empty() {
+    } else if rule == IdentityRule::Registry && !rec.cert_sha256.is_empty() {
         return; // refused by check_identity before we get here
     }
-    rec.cert_sha256.clone_from(fp);
+    rec.cert_sha256 = fp.to_vec();
 }
 
 /// The OpAMP connection settings that carry `issued`, keeping the heartbeat interval (an opamp
@@ -263,7 +262,11 @@ mod tests {
         }
     }
 
-    fn record() -> AgentRecord {
+    fn record(rec: &mut AgentRecord, o: &Origin) {
+        record_certificate(rec, &o.client_cert_sha256, o.identity());
+    }
+
+    fn new_record() -> AgentRecord {
         AgentRecord {
             instance_uid: Uuid::now_v7().as_bytes().to_vec(),
             ..Default::default()
@@ -272,10 +275,10 @@ mod tests {
 
     #[test]
     fn the_first_certificate_binds_the_agent_under_the_registry_rule() {
-        let mut rec = record();
+        let mut rec = new_record();
         let a = origin(b"cert-a", IdentityRule::Registry);
         assert!(check_identity(Some(&rec), &a).is_ok());
-        record_certificate(&mut rec, &a);
+        record(&mut rec, &a);
         assert_eq!(rec.cert_sha256, b"cert-a");
         let b = origin(b"cert-b", IdentityRule::Registry);
         let err = check_identity(Some(&rec), &b).unwrap_err();
@@ -287,9 +290,9 @@ mod tests {
     #[test]
     fn an_issued_certificate_retires_the_old_one_once_used() {
         let ca = Ca::generate("t").unwrap();
-        let mut rec = record();
+        let mut rec = new_record();
         let old = origin(b"old", IdentityRule::Registry);
-        record_certificate(&mut rec, &old);
+        record(&mut rec, &old);
         let issued = ca
             .issue_client(Uuid::now_v7(), Duration::from_secs(60))
             .unwrap();
@@ -300,7 +303,7 @@ mod tests {
         assert!(check_identity(Some(&rec), &old).is_ok());
         let new = origin(&issued.sha256, IdentityRule::Registry);
         assert!(check_identity(Some(&rec), &new).is_ok());
-        record_certificate(&mut rec, &new);
+        record(&mut rec, &new);
         assert_eq!(rec.cert_sha256, issued.sha256);
         assert!(rec.settings_offer.is_none() && rec.settings_have_certificate);
         let err = check_identity(Some(&rec), &old).unwrap_err();
@@ -312,10 +315,10 @@ mod tests {
 
     #[test]
     fn only_a_few_retired_certificates_are_kept() {
-        let mut rec = record();
+        let mut rec = new_record();
         for i in 0..10u8 {
             rec.issued_cert_sha256 = vec![i];
-            record_certificate(&mut rec, &origin(&[i], IdentityRule::Registry));
+            record(&mut rec, &origin(&[i], IdentityRule::Registry));
         }
         assert_eq!(rec.retired_cert_sha256.len(), RETIRED_KEPT);
         assert_eq!(rec.cert_sha256, vec![9]);

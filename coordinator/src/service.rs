@@ -336,7 +336,7 @@ impl Coordinator {
             .as_ref()
             .and_then(|r| r.opamp.as_ref()?.certificate_request.as_ref())
             .map(|c| c.csr.clone());
-        let cert_origin = origin.clone();
+        let (cert, rule) = (origin.client_cert_sha256.clone(), origin.identity());
         let configs = self.configs();
         let ctx = Ctx {
             now_unix_ms: now_unix_ms(),
@@ -345,7 +345,7 @@ impl Coordinator {
             configs: &configs,
         };
         let mut out = agent::process(stored, msg, origin, &ctx);
-        certs::record_certificate(&mut out.record, &cert_origin);
+        certs::record_certificate(&mut out.record, &cert, rule);
         if self.cfg.issuer.is_some() {
             out.reply.capabilities |= ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
         }
