@@ -126,20 +126,17 @@ fn revoke(dir: &Path, certs: &[PathBuf]) -> anyhow::Result<()> {
             .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
         let serial = pki::cert_serial(&der)
             .with_context(|| format!("{} has no readable serial number", path.display()))?;
-        let hex = pki::hex(&serial);
+        let hex = hex::encode(&serial);
         if !serials.contains(&hex) {
             println!("  revoking {} (serial {hex})", path.display());
             serials.push(hex);
         }
     }
-    let bytes: Vec<Vec<u8>> = serials
+    let bytes = serials
         .iter()
-        .map(|h| {
-            (0..h.len() / 2)
-                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0))
-                .collect()
-        })
-        .collect();
+        .map(hex::decode)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{} has a line that is not a hex serial", list.display()))?;
     let crl = ca.revocation_list(&bytes, Duration::from_secs(30 * 86_400))?;
     write(&list, &(serials.join("\n") + "\n"), false)?;
     write(&dir.join("crl.pem"), &crl, false)?;

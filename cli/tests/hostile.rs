@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Server, config, start};
+use common::{Server, answered_ok, config, start};
 use flotilla_loadtest::client::{HttpClient, WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::opamp::ServerErrorResponseType;
@@ -32,8 +32,7 @@ async fn until_closed(mut s: TcpStream) -> (String, Duration) {
 /// A well-behaved agent: served right now.
 async fn assert_served(srv: &Server, agent: &mut SimAgent) {
     let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
-    let r = ws.request(&agent.full_report()).await.unwrap();
-    assert!(r.error_response.is_none(), "{r:?}");
+    answered_ok(&mut ws, &agent.full_report()).await;
 }
 
 #[tokio::test]
@@ -153,8 +152,7 @@ async fn garbage_bytes_and_frames_end_only_their_own_connection() {
             ServerErrorResponseType::BadRequest
         );
     }
-    let hb = ws_good.request(&good.heartbeat()).await.unwrap();
-    assert!(hb.error_response.is_none());
+    answered_ok(&mut ws_good, &good.heartbeat()).await;
     srv.stop().await;
 }
 
@@ -206,14 +204,7 @@ async fn a_flooding_connection_is_slowed_then_closed() {
         }
     }
     assert!(statuses.contains(&429), "{statuses:?}");
-    assert!(
-        ws_good
-            .request(&good.heartbeat())
-            .await
-            .unwrap()
-            .error_response
-            .is_none()
-    );
+    answered_ok(&mut ws_good, &good.heartbeat()).await;
     srv.stop().await;
 }
 
@@ -244,13 +235,7 @@ async fn connections_past_the_cap_get_503_with_retry_after() {
     assert!(r.headers.get("retry-after").is_some());
     // Those inside the cap are unaffected; a freed slot is taken by the next agent.
     for (a, ws) in &mut agents {
-        assert!(
-            ws.request(&a.heartbeat())
-                .await
-                .unwrap()
-                .error_response
-                .is_none()
-        );
+        answered_ok(ws, &a.heartbeat()).await;
     }
     let (_, ws) = agents.pop().unwrap();
     ws.close().await.unwrap();
@@ -258,13 +243,7 @@ async fn connections_past_the_cap_get_503_with_retry_after() {
     loop {
         let mut next = SimAgent::new("otelcol", &[]);
         if let Ok(mut ws) = WsClient::connect(&srv.ws_url).await {
-            assert!(
-                ws.request(&next.full_report())
-                    .await
-                    .unwrap()
-                    .error_response
-                    .is_none()
-            );
+            answered_ok(&mut ws, &next.full_report()).await;
             break;
         }
         assert!(Instant::now() < deadline, "the freed slot was never reused");

@@ -328,7 +328,7 @@ pub fn config_to_offer<'a>(
     let reported = rec
         .remote_config_status
         .as_ref()
-        .map(|s| configs::hex(&s.last_remote_config_hash));
+        .map(|s| hex::encode(&s.last_remote_config_hash));
     (reported.as_deref() != Some(cfg.hash.as_str())).then_some(cfg)
 }
 
@@ -373,7 +373,7 @@ pub fn any_value_string(v: Option<&any_value::Value>) -> String {
         Some(Value::BoolValue(b)) => b.to_string(),
         Some(Value::IntValue(i)) => i.to_string(),
         Some(Value::DoubleValue(d)) => d.to_string(),
-        Some(Value::BytesValue(b)) => configs::hex(b),
+        Some(Value::BytesValue(b)) => hex::encode(b),
         Some(Value::ArrayValue(a)) => {
             let items: Vec<_> = a
                 .values

@@ -79,7 +79,7 @@ fn prod_config() -> StoredConfig {
         name: "prod".into(),
         version: 1,
         selector: BTreeMap::from([("env".into(), "prod".into())]),
-        hash: configs::hex(&configs::hash_of_files(&files)),
+        hash: hex::encode(configs::hash_of_files(&files)),
         files,
         created_unix_ms: 0,
         created_by: String::new(),
@@ -148,7 +148,7 @@ fn config_is_offered_until_the_agent_reports_its_hash() {
     let configs = [prod_config()];
     let out = process(None, full(uid, 0), ws(), &ctx(&configs));
     let offered = out.reply.remote_config.clone().expect("config offered");
-    assert_eq!(configs::hex(&offered.config_hash), configs[0].hash);
+    assert_eq!(hex::encode(&offered.config_hash), configs[0].hash);
     assert_eq!(offered.config.unwrap().config_map["c.yaml"].body, b"a: 1");
 
     // Still APPLYING with the new hash: not offered again. APPLIED: no offer, an event.

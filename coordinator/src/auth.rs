@@ -91,8 +91,12 @@ impl ApiTokens {
         for e in file.token {
             let digest: [u8; 32] = match (&e.token, &e.sha256) {
                 (Some(t), None) if !t.is_empty() => Sha256::digest(t.as_bytes()).into(),
-                (None, Some(h)) => parse_hex32(h)
-                    .ok_or_else(|| format!("token {:?}: sha256 must be 64 hex digits", e.name))?,
+                (None, Some(h)) => {
+                    let mut digest = [0u8; 32];
+                    hex::decode_to_slice(h.trim(), &mut digest)
+                        .map_err(|_| format!("token {:?}: sha256 must be 64 hex digits", e.name))?;
+                    digest
+                }
                 _ => {
                     return Err(format!(
                         "token {:?} needs exactly one of `token` or `sha256`",
@@ -123,18 +127,6 @@ impl ApiTokens {
         self.0
             .get(&<[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())))
     }
-}
-
-fn parse_hex32(h: &str) -> Option<[u8; 32]> {
-    let h = h.trim();
-    if h.len() != 64 || !h.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The role a request needs: reads are for viewers, agent commands for operators, the rest

@@ -14,7 +14,7 @@ use crate::Coordinator;
 use crate::agent::has;
 use crate::service::{ServiceError, live_ws};
 use flotilla_common::names::shard_of;
-use flotilla_common::pki::{self, Ca, Issued};
+use flotilla_common::pki::{Ca, Issued};
 use flotilla_common::store::Deadline;
 use flotilla_proto::bus::{
     AgentRecord, IdentityRule, IssueCertificate, IssuedCertificate, Origin, Uplink, uplink,
@@ -110,7 +110,7 @@ pub fn record_issued(rec: &mut AgentRecord, issued: &Issued, offer: ConnectionSe
 }
 
 fn short(fp: &[u8]) -> String {
-    pki::hex(&fp[..fp.len().min(8)])
+    hex::encode(&fp[..fp.len().min(8)])
 }
 
 /// The signing CA of a coordinator and the lifetime of what it issues.
@@ -149,7 +149,7 @@ impl Coordinator {
             .ca
             .sign_csr(csr, uid, issuer.validity)
             .map_err(|e| e.to_string())?;
-        info!(%uid, sha256 = %pki::hex(&issued.sha256), "signed the agent's CSR");
+        info!(%uid, sha256 = %hex::encode(&issued.sha256), "signed the agent's CSR");
         let offer = certificate_offer(&issued, issuer.ca.cert_pem(), self.heartbeat_interval());
         record_issued(rec, &issued, offer.clone());
         Ok(offer)
@@ -174,7 +174,7 @@ impl Coordinator {
             return Err(ServiceError::Unavailable(issued.error));
         }
         Ok(IssueOutcome {
-            sha256: pki::hex(&issued.sha256),
+            sha256: hex::encode(&issued.sha256),
             not_after_unix_ms: issued.not_after_unix_ms,
             delivered: issued.delivered,
         })
@@ -237,7 +237,7 @@ impl Coordinator {
             };
             delivered = self.push(origin, &msg).await;
         }
-        info!(%uid, sha256 = %pki::hex(&issued.sha256), delivered, "certificate issued and offered");
+        info!(%uid, sha256 = %hex::encode(&issued.sha256), delivered, "certificate issued and offered");
         if !delivered && rec.origin.is_none() {
             warn!(%uid, "the agent is not connected; the offer waits for its next message");
         }

@@ -93,18 +93,8 @@ pub fn remote_config_message(cfg: &StoredConfig) -> AgentRemoteConfig {
                 })
                 .collect(),
         }),
-        config_hash: hex_decode(&cfg.hash),
+        config_hash: hex::decode(&cfg.hash).unwrap_or_default(),
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
 }
 
 /// Names allowed for configs: they appear in URLs and CLI arguments.
@@ -172,14 +162,13 @@ mod tests {
         );
         // Pinned: a change here would make every agent in every fleet re-apply its config.
         assert_eq!(
-            hex(&config_hash([("c.yaml", "text/yaml", b"k: v".as_slice())])),
+            hex::encode(config_hash([("c.yaml", "text/yaml", b"k: v".as_slice())])),
             "ebb75b7194fc1c0be9260be9dbf7314abf02d164f21934e98f543c6640d8865e"
         );
     }
 
     #[test]
-    fn hex_round_trip_and_content_types() {
-        assert_eq!(hex_decode(&hex(&[0, 1, 254, 255])), vec![0, 1, 254, 255]);
+    fn content_types_and_names() {
         assert_eq!(content_type_for("collector.YAML"), "text/yaml");
         assert_eq!(content_type_for("x.json"), "application/json");
         assert_eq!(content_type_for("README"), "text/plain");

@@ -642,7 +642,7 @@ impl Coordinator {
             name: name.to_owned(),
             version: 0,
             selector,
-            hash: configs::hex(&configs::hash_of_files(&files)),
+            hash: hex::encode(configs::hash_of_files(&files)),
             files,
             created_unix_ms: now_unix_ms(),
             created_by: caller.to_owned(),

@@ -2,7 +2,7 @@
 //! (ARCHITECTURE.md, "Contracts").
 
 use crate::agent::{self, attributes};
-use crate::configs::{self, hex};
+use crate::configs;
 use flotilla_common::store::StoredConfig;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Transport};
 use flotilla_proto::opamp::{
@@ -57,7 +57,7 @@ fn remote_config_status_json(rec: &AgentRecord) -> Value {
         RemoteConfigStatuses::Applied => "APPLIED",
         RemoteConfigStatuses::Failed => "FAILED",
     };
-    json!({"status": status, "hash": hex(&s.last_remote_config_hash), "error": s.error_message})
+    json!({"status": status, "hash": hex::encode(&s.last_remote_config_hash), "error": s.error_message})
 }
 
 /// AgentSummary: the list view.
@@ -69,7 +69,7 @@ pub fn summary(rec: &AgentRecord, configs: &[StoredConfig]) -> Value {
         .effective_config
         .as_ref()
         .and_then(|e| e.config_map.as_ref())
-        .map(|m| hex(&configs::hash_of_config_map(m)));
+        .map(|m| hex::encode(configs::hash_of_config_map(m)));
     json!({
         "instance_uid": uid_string(rec),
         "status": status_name(rec),
@@ -98,9 +98,9 @@ pub fn detail(rec: &AgentRecord, configs: &[StoredConfig]) -> Value {
         "peer_address": rec.origin.as_ref().map(|o| o.peer_addr.clone()),
         "capabilities": capabilities_json(rec.capabilities),
         "client_certificate": {
-            "sha256": (!rec.cert_sha256.is_empty()).then(|| hex(&rec.cert_sha256)),
-            "issued_sha256": (!rec.issued_cert_sha256.is_empty()).then(|| hex(&rec.issued_cert_sha256)),
-            "retired": rec.retired_cert_sha256.iter().map(|f| hex(f)).collect::<Vec<_>>(),
+            "sha256": (!rec.cert_sha256.is_empty()).then(|| hex::encode(&rec.cert_sha256)),
+            "issued_sha256": (!rec.issued_cert_sha256.is_empty()).then(|| hex::encode(&rec.issued_cert_sha256)),
+            "retired": rec.retired_cert_sha256.iter().map(hex::encode).collect::<Vec<_>>(),
         },
         "health": rec.health.as_ref().map(health_json),
         "effective_config": rec.effective_config.as_ref().and_then(|e| e.config_map.as_ref()).map(|m| {
@@ -110,11 +110,11 @@ pub fn detail(rec: &AgentRecord, configs: &[StoredConfig]) -> Value {
             }))).collect())
         }),
         "packages": rec.package_statuses.as_ref().map(|p| json!({
-            "server_provided_all_packages_hash": hex(&p.server_provided_all_packages_hash),
+            "server_provided_all_packages_hash": hex::encode(&p.server_provided_all_packages_hash),
             "error": p.error_message,
             "packages": Value::Object(p.packages.iter().map(|(n, s)| (n.clone(), json!({
                 "agent_has_version": s.agent_has_version,
-                "agent_has_hash": hex(&s.agent_has_hash),
+                "agent_has_hash": hex::encode(&s.agent_has_hash),
                 "server_offered_version": s.server_offered_version,
                 "status": package_status_name(s.status()),
                 "error": s.error_message,

@@ -291,11 +291,6 @@ pub fn cert_serial(der: &[u8]) -> Option<Vec<u8>> {
     Some(cert.raw_serial().to_vec())
 }
 
-/// Hex text of a fingerprint, for logs and the API.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,12 +322,7 @@ mod tests {
     fn csrs_are_signed_for_their_own_agent_only() {
         let ca = Ca::generate("test ca").unwrap();
         let uid = Uuid::now_v7();
-        let key = KeyPair::generate().unwrap();
-        let csr = client_params(uid)
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
+        let csr = csr_for(uid);
         let issued = ca.sign_csr(&csr, uid, DAY).unwrap();
         assert!(issued.key_pem.is_none());
         assert_eq!(cert_uids(&pem_der(&issued.cert_pem)), vec![uid]);
@@ -348,18 +338,19 @@ mod tests {
     fn a_tampered_csr_is_refused() {
         let ca = Ca::generate("test ca").unwrap();
         let uid = Uuid::now_v7();
-        let key = KeyPair::generate().unwrap();
-        let csr = client_params(uid)
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
+        let csr = csr_for(uid);
         // The last base64 line before the footer holds the end of the signature.
         let mut lines: Vec<String> = csr.lines().map(str::to_owned).collect();
         let tail = &mut lines[csr.lines().count() - 2];
         let flipped = if tail.starts_with('A') { "B" } else { "A" };
         tail.replace_range(0..1, flipped);
         assert!(ca.sign_csr(&lines.join("\n"), uid, DAY).is_err());
+    }
+
+    fn csr_for(uid: Uuid) -> String {
+        let key = KeyPair::generate().unwrap();
+        let request = client_params(uid).serialize_request(&key).unwrap();
+        request.pem().unwrap()
     }
 
     fn pem_der(pem: &str) -> Vec<u8> {

@@ -122,6 +122,16 @@ pub async fn connect(
     ws
 }
 
+/// Sends `msg` and asserts the server answered it without an error.
+pub async fn answered_ok(
+    ws: &mut flotilla_loadtest::client::WsClient,
+    msg: &flotilla_proto::opamp::AgentToServer,
+) -> flotilla_proto::opamp::ServerToAgent {
+    let reply = ws.request(msg).await.expect("a reply");
+    assert!(reply.error_response.is_none(), "an error reply: {reply:?}");
+    reply
+}
+
 pub fn full_state_requested(m: &flotilla_proto::opamp::ServerToAgent) -> bool {
     m.flags & flotilla_proto::opamp::ServerToAgentFlags::ReportFullState as u64 != 0
 }
