@@ -13,14 +13,15 @@ use prost::Message as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 /// A byte stream: TCP, or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -31,6 +32,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub struct ConnectOptions {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub token: Option<String>,
+    /// Local address to connect from (e.g. one of 127.0.0.0/8, so that many agents are not
+    /// limited by one address's ephemeral ports).
+    pub source: Option<IpAddr>,
 }
 
 impl ConnectOptions {
@@ -57,7 +61,7 @@ impl ConnectOptions {
         };
         Ok(Self {
             tls: Some(Arc::new(config)),
-            token: None,
+            ..Self::default()
         })
     }
 
@@ -66,9 +70,31 @@ impl ConnectOptions {
         self
     }
 
-    /// A TCP connection to `host:port`, wrapped in TLS when configured.
+    pub fn from_source(mut self, ip: IpAddr) -> Self {
+        self.source = Some(ip);
+        self
+    }
+
+    /// A TCP connection to `host:port` (from `source` if set), wrapped in TLS when configured.
     pub async fn open(&self, host: &str, port: u16) -> anyhow::Result<Box<dyn Io>> {
-        let tcp = TcpStream::connect((host, port)).await?;
+        let tcp = match self.source {
+            None => TcpStream::connect((host, port)).await?,
+            Some(ip) => {
+                let addr = tokio::net::lookup_host((host, port))
+                    .await?
+                    .find(|a| a.is_ipv4() == ip.is_ipv4())
+                    .with_context(|| format!("{host} has no address of the family of {ip}"))?;
+                let socket = if ip.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
+                socket
+                    .bind((ip, 0).into())
+                    .with_context(|| format!("cannot bind to source address {ip}"))?;
+                socket.connect(addr).await?
+            }
+        };
         tcp.set_nodelay(true)?;
         match &self.tls {
             None => Ok(Box::new(tcp)),
@@ -117,7 +143,11 @@ impl WsClient {
             .open(host, port)
             .await
             .with_context(|| format!("connecting to {url}"))?;
-        let (ws, _) = tokio_tungstenite::client_async(req, io)
+        // Small buffers, as on the server: a swarm holds tens of thousands of these.
+        let cfg = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(req, io, Some(cfg))
             .await
             .with_context(|| format!("WebSocket handshake with {url}"))?;
         Ok(Self { ws })
@@ -210,6 +240,9 @@ impl HttpClient {
         let mut builder = reqwest::Client::builder();
         if let Some(tls) = &opts.tls {
             builder = builder.use_preconfigured_tls((**tls).clone());
+        }
+        if let Some(ip) = opts.source {
+            builder = builder.local_address(ip);
         }
         if let Some(token) = &opts.token {
             let headers = reqwest::header::HeaderMap::from_iter([(

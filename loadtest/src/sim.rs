@@ -5,7 +5,11 @@ use flotilla_proto::opamp::{
     AnyValue, ComponentHealth, EffectiveConfig, KeyValue, RemoteConfigStatus, RemoteConfigStatuses,
     ServerToAgent, ServerToAgentFlags, any_value,
 };
+use rand::Rng;
+use rand::distr::Distribution;
+use rand::distr::weighted::WeightedIndex;
 use std::collections::HashMap;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Capabilities of a typical OpenTelemetry Collector managed by OpAMP.
@@ -25,6 +29,10 @@ pub struct SimAgent {
     pub health: ComponentHealth,
     /// Configs whose body contains this string fail to apply.
     pub fail_marker: Option<String>,
+    /// How long applying takes and how often it fails.
+    pub apply: ApplyBehavior,
+    /// A config being applied (reported as APPLYING) until [`SimAgent::finish_apply`].
+    pending: Option<flotilla_proto::opamp::AgentRemoteConfig>,
     pub remote_status: Option<RemoteConfigStatus>,
     pub effective: Option<AgentConfigMap>,
     pub heartbeat_interval_seconds: Option<u64>,
@@ -54,20 +62,10 @@ impl SimAgent {
                 ],
                 non_identifying_attributes: non_identifying.iter().map(|(k, v)| kv(k, v)).collect(),
             },
-            health: ComponentHealth {
-                healthy: true,
-                status: "StatusOK".into(),
-                component_health_map: HashMap::from([(
-                    "pipeline:traces".to_string(),
-                    ComponentHealth {
-                        healthy: true,
-                        status: "StatusOK".into(),
-                        ..Default::default()
-                    },
-                )]),
-                ..Default::default()
-            },
+            health: collector_health(),
             fail_marker: None,
+            apply: ApplyBehavior::default(),
+            pending: None,
             remote_status: None,
             effective: None,
             heartbeat_interval_seconds: None,
@@ -112,6 +110,51 @@ impl SimAgent {
         }
     }
 
+    /// Whether a config is being applied; [`SimAgent::finish_apply`] ends it.
+    pub fn applying(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Ends applying the pending config: APPLIED (and the new effective config) or FAILED, by
+    /// the fail marker or the failure rate. Returns the status report to send.
+    pub fn finish_apply(&mut self) -> Option<AgentToServer> {
+        let rc = self.pending.take()?;
+        let map = rc.config.unwrap_or_default();
+        let marked = self.fail_marker.as_ref().is_some_and(|m| {
+            map.config_map
+                .values()
+                .any(|f| String::from_utf8_lossy(&f.body).contains(m.as_str()))
+        });
+        let fails = marked
+            || (self.apply.failure_rate > 0.0
+                && rand::rng().random_bool(self.apply.failure_rate.min(1.0)));
+        let (status, error_message) = if fails {
+            (
+                RemoteConfigStatuses::Failed,
+                "config rejected: invalid pipeline".to_string(),
+            )
+        } else {
+            self.effective = Some(map);
+            (RemoteConfigStatuses::Applied, String::new())
+        };
+        self.remote_status = Some(RemoteConfigStatus {
+            last_remote_config_hash: rc.config_hash,
+            status: status as i32,
+            error_message,
+        });
+        Some(self.status_report())
+    }
+
+    /// The remote config status and effective config, compressed otherwise.
+    fn status_report(&mut self) -> AgentToServer {
+        let mut msg = self.base();
+        msg.remote_config_status = self.remote_status.clone();
+        msg.effective_config = self.effective.clone().map(|m| EffectiveConfig {
+            config_map: Some(m),
+        });
+        msg
+    }
+
     /// Reacts to a server message the way a collector does; returns the messages it sends back.
     pub fn handle(&mut self, reply: &ServerToAgent) -> Vec<AgentToServer> {
         let mut out = Vec::new();
@@ -141,38 +184,29 @@ impl SimAgent {
         }
         let full_state = reply.flags & ServerToAgentFlags::ReportFullState as u64 != 0;
         if let Some(rc) = &reply.remote_config {
-            let already = self
-                .remote_status
+            let known = |s: &Option<RemoteConfigStatus>| {
+                s.as_ref()
+                    .is_some_and(|s| s.last_remote_config_hash == rc.config_hash)
+            };
+            let pending = self
+                .pending
                 .as_ref()
-                .is_some_and(|s| s.last_remote_config_hash == rc.config_hash);
-            if !already {
-                let map = rc.config.clone().unwrap_or_default();
-                let fails = self.fail_marker.as_ref().is_some_and(|m| {
-                    map.config_map
-                        .values()
-                        .any(|f| String::from_utf8_lossy(&f.body).contains(m.as_str()))
-                });
-                let (status, error_message) = if fails {
-                    (
-                        RemoteConfigStatuses::Failed,
-                        "config rejected: invalid pipeline".to_string(),
-                    )
+                .is_some_and(|p| p.config_hash == rc.config_hash);
+            if !known(&self.remote_status) && !pending {
+                if self.apply.delay.is_zero() {
+                    self.pending = Some(rc.clone());
+                    let done = self.finish_apply();
+                    out.extend(done.filter(|_| !full_state));
                 } else {
-                    self.effective = Some(map);
-                    (RemoteConfigStatuses::Applied, String::new())
-                };
-                self.remote_status = Some(RemoteConfigStatus {
-                    last_remote_config_hash: rc.config_hash.clone(),
-                    status: status as i32,
-                    error_message,
-                });
-                if !full_state {
-                    let mut msg = self.base();
-                    msg.remote_config_status = self.remote_status.clone();
-                    msg.effective_config = self.effective.clone().map(|m| EffectiveConfig {
-                        config_map: Some(m),
+                    self.pending = Some(rc.clone());
+                    self.remote_status = Some(RemoteConfigStatus {
+                        last_remote_config_hash: rc.config_hash.clone(),
+                        status: RemoteConfigStatuses::Applying as i32,
+                        error_message: String::new(),
                     });
-                    out.push(msg);
+                    if !full_state {
+                        out.push(self.status_report());
+                    }
                 }
             }
         }
@@ -180,5 +214,240 @@ impl SimAgent {
             out.push(self.full_report());
         }
         out
+    }
+}
+
+/// How a simulated agent applies a pushed config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyBehavior {
+    /// Time between reporting APPLYING and APPLIED/FAILED; zero reports the result at once.
+    pub delay: Duration,
+    /// Probability (0..=1) that applying fails.
+    pub failure_rate: f64,
+}
+
+/// A collector's health: two pipelines, each with a receiver and an exporter.
+fn collector_health() -> ComponentHealth {
+    let ok = |children: &[&str]| ComponentHealth {
+        healthy: true,
+        status: "StatusOK".into(),
+        component_health_map: children
+            .iter()
+            .map(|c| (c.to_string(), ok_leaf()))
+            .collect(),
+        ..Default::default()
+    };
+    ComponentHealth {
+        healthy: true,
+        status: "StatusOK".into(),
+        component_health_map: HashMap::from([
+            (
+                "pipeline:traces".to_string(),
+                ok(&["receiver:otlp", "exporter:otlp"]),
+            ),
+            (
+                "pipeline:metrics".to_string(),
+                ok(&["receiver:hostmetrics", "exporter:prometheusremotewrite"]),
+            ),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn ok_leaf() -> ComponentHealth {
+    ComponentHealth {
+        healthy: true,
+        status: "StatusOK".into(),
+        ..Default::default()
+    }
+}
+
+/// A weighted choice among values, written `prod=70,staging=20,dev=10` (a value without a weight
+/// weighs 1).
+#[derive(Debug, Clone)]
+pub struct Weighted {
+    values: Vec<String>,
+    index: WeightedIndex<u32>,
+}
+
+impl Weighted {
+    pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> &str {
+        &self.values[self.index.sample(rng)]
+    }
+}
+
+impl std::str::FromStr for Weighted {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut values = Vec::new();
+        let mut weights = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (value, weight) = match part.rsplit_once('=') {
+                Some((v, w)) => (
+                    v,
+                    w.parse::<u32>().map_err(|_| {
+                        format!("{part:?}: the weight after '=' must be a whole number")
+                    })?,
+                ),
+                None => (part, 1),
+            };
+            values.push(value.to_owned());
+            weights.push(weight);
+        }
+        let index = WeightedIndex::new(&weights)
+            .map_err(|e| format!("{s:?}: needs at least one value with a weight above 0 ({e})"))?;
+        Ok(Self { values, index })
+    }
+}
+
+/// Where a swarm's agents' attributes come from.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub service: String,
+    pub environment: Weighted,
+    pub region: Weighted,
+    pub version: Weighted,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        let w = |s: &str| s.parse().expect("a valid weighted list");
+        Self {
+            service: "io.opentelemetry.collector".into(),
+            environment: w("prod=70,staging=20,dev=10"),
+            region: w("eu-west-1=50,us-east-1=30,ap-south-1=20"),
+            version: w("0.110.0=80,0.109.0=20"),
+        }
+    }
+}
+
+impl SimAgent {
+    /// An agent with attributes drawn from `profile`: identifying service.name,
+    /// service.instance.id (its uid), service.version; non-identifying deployment.environment,
+    /// cloud.region, host.name, os.type, plus `extra`.
+    pub fn from_profile<R: Rng + ?Sized>(
+        profile: &Profile,
+        host: &str,
+        extra: &[(&str, &str)],
+        rng: &mut R,
+    ) -> Self {
+        let mut attrs = vec![
+            ("deployment.environment", profile.environment.pick(rng)),
+            ("cloud.region", profile.region.pick(rng)),
+            ("host.name", host),
+            ("os.type", "linux"),
+        ];
+        attrs.extend_from_slice(extra);
+        let mut agent = Self::new(&profile.service, &attrs);
+        agent
+            .description
+            .identifying_attributes
+            .push(kv("service.version", profile.version.pick(rng)));
+        agent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::opamp::AgentRemoteConfig;
+
+    fn push(body: &str, hash: &[u8]) -> ServerToAgent {
+        ServerToAgent {
+            remote_config: Some(AgentRemoteConfig {
+                config: Some(AgentConfigMap {
+                    config_map: HashMap::from([(
+                        "collector.yaml".into(),
+                        flotilla_proto::opamp::AgentConfigFile {
+                            body: body.into(),
+                            content_type: "text/yaml".into(),
+                        },
+                    )]),
+                }),
+                config_hash: hash.to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn status(m: &AgentToServer) -> i32 {
+        m.remote_config_status.as_ref().unwrap().status
+    }
+
+    #[test]
+    fn a_delayed_apply_reports_applying_then_applied_once() {
+        let mut a = SimAgent::new("svc", &[]);
+        a.apply.delay = Duration::from_millis(10);
+        let out = a.handle(&push("receivers: {}", b"h1"));
+        assert_eq!(out.len(), 1);
+        assert_eq!(status(&out[0]), RemoteConfigStatuses::Applying as i32);
+        assert!(a.applying());
+        // The same config again while applying is not applied twice.
+        assert!(a.handle(&push("receivers: {}", b"h1")).is_empty());
+        let done = a.finish_apply().unwrap();
+        assert_eq!(status(&done), RemoteConfigStatuses::Applied as i32);
+        assert!(done.effective_config.is_some());
+        assert!(!a.applying() && a.finish_apply().is_none());
+        assert!(a.handle(&push("receivers: {}", b"h1")).is_empty());
+    }
+
+    #[test]
+    fn failure_rate_and_marker_fail_the_apply_and_keep_the_old_config() {
+        let mut a = SimAgent::new("svc", &[]);
+        a.handle(&push("good", b"h1"));
+        a.apply.failure_rate = 1.0;
+        let out = a.handle(&push("other", b"h2"));
+        let s = out[0].remote_config_status.as_ref().unwrap();
+        assert_eq!(s.status, RemoteConfigStatuses::Failed as i32);
+        assert!(!s.error_message.is_empty());
+        let effective = &a.effective.as_ref().unwrap().config_map["collector.yaml"].body;
+        assert_eq!(effective, b"good");
+
+        let mut b = SimAgent::new("svc", &[]);
+        b.fail_marker = Some("BROKEN".into());
+        let out = b.handle(&push("x BROKEN", b"h3"));
+        assert_eq!(status(&out[0]), RemoteConfigStatuses::Failed as i32);
+    }
+
+    #[test]
+    fn weighted_lists_parse_and_pick_by_weight() {
+        let w: Weighted = "a=3, b=1,c=0".parse().unwrap();
+        let mut rng = rand::rng();
+        let picks: Vec<&str> = (0..4000).map(|_| w.pick(&mut rng)).collect();
+        let a = picks.iter().filter(|p| **p == "a").count();
+        assert!(picks.iter().all(|p| *p != "c"));
+        assert!((2700..=3300).contains(&a), "{a} of 4000");
+        let single: Weighted = "prod".parse().unwrap();
+        assert_eq!(single.pick(&mut rng), "prod");
+        for bad in ["", "a=x", "a=0", "a=-1"] {
+            assert!(bad.parse::<Weighted>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn profile_agents_carry_drawn_attributes() {
+        let a = SimAgent::from_profile(
+            &Profile::default(),
+            "h1",
+            &[("swarm.run", "r")],
+            &mut rand::rng(),
+        );
+        let keys = |kvs: &[KeyValue]| kvs.iter().map(|k| k.key.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            keys(&a.description.identifying_attributes),
+            ["service.name", "service.instance.id", "service.version"]
+        );
+        assert_eq!(
+            keys(&a.description.non_identifying_attributes),
+            [
+                "deployment.environment",
+                "cloud.region",
+                "host.name",
+                "os.type",
+                "swarm.run"
+            ]
+        );
+        assert_eq!(a.health.component_health_map.len(), 2);
     }
 }

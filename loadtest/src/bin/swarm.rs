@@ -1,64 +1,117 @@
-//! flotilla-swarm: runs many synthetic agents against an OpAMP server for a bounded time and
-//! reports connections, message rates, reply latency and errors.
+//! flotilla-swarm: runs many synthetic OpAMP agents against one or more servers through a scenario
+//! (connect storm, steady state, config rollout, churn, gateway loss) for a bounded time; prints a
+//! progress line every second and a summary at the end, and writes report.json and timeline.svg.
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
-use flotilla_loadtest::client::{ConnectOptions, HttpClient, WsClient, WsEvent};
-use flotilla_loadtest::sim::SimAgent;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Transport {
-    Ws,
-    Http,
-}
+use clap::Parser;
+use flotilla_loadtest::client::ConnectOptions;
+use flotilla_loadtest::sim::{ApplyBehavior, Profile, Weighted};
+use flotilla_loadtest::swarm::{self, Api, Scenario, SwarmConfig, Transport};
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(about = "Synthetic OpAMP agent swarm")]
+#[command(about = "Synthetic OpAMP agent swarm and benchmark scenarios")]
 struct Args {
+    #[arg(long, value_enum, default_value = "steady")]
+    scenario: Scenario,
     /// OpAMP endpoint, e.g. ws://127.0.0.1:4320/v1/opamp or http://127.0.0.1:4320/v1/opamp.
-    #[arg(long, default_value = "ws://127.0.0.1:4320/v1/opamp")]
-    url: String,
+    /// Repeat for several gateways: agents are spread over them and fail over to the next.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:4320/v1/opamp")]
+    urls: Vec<String>,
     #[arg(long, value_enum, default_value = "ws")]
     transport: Transport,
     #[arg(long, default_value_t = 100)]
     agents: usize,
-    /// New agents per second while ramping up.
-    #[arg(long, default_value_t = 500)]
-    connect_rate: u64,
-    /// How long the run lasts (it stops by itself).
+    /// New agents per second while ramping up (0: all at once, see --connect-concurrency).
+    #[arg(long, default_value_t = 500.0)]
+    connect_rate: f64,
+    /// At most this many agents connecting at the same time.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Upper bound of the run; it stops by itself.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Heartbeat (or poll) interval of each agent, unless the server offers another.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
-    /// Value of the `env` attribute of every agent.
-    #[arg(long, default_value = "swarm")]
-    env: String,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    reply_timeout: Duration,
+    /// First reconnect delay; doubles per failed attempt up to --backoff-max, with jitter.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    backoff_min: Duration,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    backoff_max: Duration,
+    /// service.name of every agent.
+    #[arg(long, default_value = "io.opentelemetry.collector")]
+    service: String,
+    /// deployment.environment values with weights, e.g. prod=70,staging=20,dev=10.
+    #[arg(long, default_value = "prod=70,staging=20,dev=10")]
+    env: Weighted,
+    /// cloud.region values with weights.
+    #[arg(long, default_value = "eu-west-1=50,us-east-1=30,ap-south-1=20")]
+    region: Weighted,
+    /// service.version values with weights.
+    #[arg(long, default_value = "0.110.0=80,0.109.0=20")]
+    version: Weighted,
+    /// How long applying a pushed config takes (APPLYING is reported first when above 0).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    apply_delay: Duration,
+    /// Probability (0 to 1) that applying a config fails (FAILED with an error).
+    #[arg(long, default_value_t = 0.0)]
+    apply_failure_rate: f64,
+    /// Churn: fraction of the agents leaving (replaced by new ones) per second, e.g. 0.01.
+    #[arg(long)]
+    churn: Option<f64>,
+    /// Admin API for the rollout scenario, e.g. http://127.0.0.1:4321.
+    #[arg(long)]
+    api: Option<String>,
+    #[arg(long)]
+    api_token: Option<String>,
+    /// PEM CA of an https:// API.
+    #[arg(long)]
+    api_ca: Option<PathBuf>,
+    /// gateway-loss: the pid of the gateway process to kill (SIGKILL).
+    #[arg(long)]
+    kill_pid: Option<u32>,
+    /// gateway-loss: how long after every agent is connected the gateway is killed.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    kill_after: Duration,
+    /// Pid of a gateway (repeatable) whose resident memory is read before and after connecting.
+    #[arg(long = "gateway-pid")]
+    gateway_pids: Vec<u32>,
+    /// Spread connections over source addresses 127.0.0.1..=127.0.0.N (0: the OS picks).
+    #[arg(long, default_value_t = 0)]
+    source_ips: u8,
     /// PEM CA to trust for wss:// and https:// URLs.
     #[arg(long)]
-    ca: Option<std::path::PathBuf>,
+    ca: Option<PathBuf>,
     /// PEM client certificate every agent presents (mutual TLS), with --key.
     #[arg(long, requires = "key")]
-    cert: Option<std::path::PathBuf>,
+    cert: Option<PathBuf>,
     /// PEM private key of --cert.
     #[arg(long, requires = "cert")]
-    key: Option<std::path::PathBuf>,
+    key: Option<PathBuf>,
     /// Bearer token every agent presents (--agent-tokens on the server).
     #[arg(long)]
     token: Option<String>,
-    #[arg(skip)]
-    connect: ConnectOptions,
+    /// Directory for report.json and timeline.svg.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the JSON report instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
 }
 
 /// TLS trust, client identity and token from the flags.
 fn connect_options(args: &Args) -> anyhow::Result<ConnectOptions> {
-    let read = |p: &std::path::PathBuf| {
-        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
-    };
     let mut opts = match &args.ca {
         Some(ca) => {
             let identity = match (&args.cert, &args.key) {
@@ -79,189 +132,65 @@ fn connect_options(args: &Args) -> anyhow::Result<ConnectOptions> {
     Ok(opts)
 }
 
-#[derive(Default)]
-struct Stats {
-    connected: AtomicU64,
-    messages: AtomicU64,
-    errors: AtomicU64,
-    applied: AtomicU64,
-    latencies_us: Mutex<Vec<u64>>,
+fn config(args: Args) -> anyhow::Result<SwarmConfig> {
+    if !(0.0..=1.0).contains(&args.apply_failure_rate) {
+        anyhow::bail!("--apply-failure-rate must be between 0 and 1");
+    }
+    if args.source_ips > 254 {
+        anyhow::bail!("--source-ips must be at most 254 (127.0.0.1 to 127.0.0.254)");
+    }
+    let connect = connect_options(&args)?;
+    let api = match args.api {
+        Some(url) => Some(Api {
+            url,
+            token: args.api_token,
+            ca: args.api_ca.as_ref().map(read).transpose()?,
+        }),
+        None => None,
+    };
+    Ok(SwarmConfig {
+        scenario: args.scenario,
+        urls: args.urls,
+        transport: args.transport,
+        agents: args.agents,
+        connect_rate: args.connect_rate,
+        connect_concurrency: args.connect_concurrency,
+        duration: args.duration,
+        heartbeat: args.heartbeat,
+        reply_timeout: args.reply_timeout,
+        backoff_min: args.backoff_min,
+        backoff_max: args.backoff_max,
+        profile: Profile {
+            service: args.service,
+            environment: args.env,
+            region: args.region,
+            version: args.version,
+        },
+        apply: ApplyBehavior {
+            delay: args.apply_delay,
+            failure_rate: args.apply_failure_rate,
+        },
+        churn_per_s: args.churn,
+        connect,
+        source_ips: args.source_ips,
+        api,
+        kill_pid: args.kill_pid,
+        kill_after: args.kill_after,
+        gateway_pids: args.gateway_pids,
+        out: args.out,
+        progress: !args.quiet,
+    })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
-    args.connect = connect_options(&args)?;
-    let args = Arc::new(args);
-    let stats = Arc::new(Stats::default());
-    let started = Instant::now();
-    let end = started + args.duration;
-    let mut tasks = tokio::task::JoinSet::new();
-    let gap = Duration::from_secs_f64(1.0 / args.connect_rate.max(1) as f64);
-    let progress = {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let m = stats.messages.load(Ordering::Relaxed);
-                eprintln!(
-                    "[{:>5.1}s] connected {:>6}  msgs/s {:>6}  applied {:>6}  errors {}",
-                    started.elapsed().as_secs_f64(),
-                    stats.connected.load(Ordering::Relaxed),
-                    m - last,
-                    stats.applied.load(Ordering::Relaxed),
-                    stats.errors.load(Ordering::Relaxed)
-                );
-                last = m;
-            }
-        })
-    };
-    for i in 0..args.agents {
-        if Instant::now() >= end {
-            break;
-        }
-        let (args, stats) = (args.clone(), stats.clone());
-        tasks.spawn(async move {
-            let agent = SimAgent::new(
-                "io.opentelemetry.collector",
-                &[("env", &args.env), ("swarm.index", &i.to_string())],
-            );
-            let result = match args.transport {
-                Transport::Ws => run_ws(agent, &args, &stats, end).await,
-                Transport::Http => run_http(agent, &args, &stats, end).await,
-            };
-            if result.is_err() {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        tokio::time::sleep(gap).await;
+    let args = Args::parse();
+    let json = args.json;
+    let report = swarm::run(config(args)?).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
     }
-    while tasks.join_next().await.is_some() {}
-    progress.abort();
-    let mut lat = stats.latencies_us.lock().await.clone();
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    let report = serde_json::json!({
-        "agents": args.agents,
-        "transport": format!("{:?}", args.transport).to_lowercase(),
-        "duration_s": started.elapsed().as_secs_f64(),
-        "messages": stats.messages.load(Ordering::Relaxed),
-        "errors": stats.errors.load(Ordering::Relaxed),
-        "configs_applied": stats.applied.load(Ordering::Relaxed),
-        "reply_latency_us": {"p50": pct(0.50), "p99": pct(0.99), "max": lat.last().copied().unwrap_or(0)},
-    });
-    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
-}
-
-async fn record(stats: &Stats, sent: Instant) {
-    stats.messages.fetch_add(1, Ordering::Relaxed);
-    stats
-        .latencies_us
-        .lock()
-        .await
-        .push(sent.elapsed().as_micros() as u64);
-}
-
-fn interval(agent: &SimAgent, args: &Args) -> Duration {
-    agent
-        .heartbeat_interval_seconds
-        .filter(|s| *s > 0)
-        .map_or(args.heartbeat, Duration::from_secs)
-}
-
-async fn run_ws(
-    mut agent: SimAgent,
-    args: &Args,
-    stats: &Stats,
-    end: Instant,
-) -> anyhow::Result<()> {
-    let mut ws = WsClient::connect_with(&args.url, &args.connect).await?;
-    stats.connected.fetch_add(1, Ordering::Relaxed);
-    let mut outbox = vec![agent.full_report()];
-    let mut next_heartbeat = Instant::now() + interval(&agent, args);
-    let result = async {
-        while Instant::now() < end {
-            if let Some(msg) = outbox.pop() {
-                let sent = Instant::now();
-                ws.send(&msg).await?;
-                // Replies and pushes both arrive here; the first one answers the message.
-                let reply = ws.recv(Duration::from_secs(10)).await?;
-                record(stats, sent).await;
-                outbox.extend(react(&mut agent, &reply, stats));
-                // The interval counts from the last message sent, at the server's offered value.
-                next_heartbeat = Instant::now() + interval(&agent, args);
-                continue;
-            }
-            let wait = next_heartbeat
-                .min(end)
-                .saturating_duration_since(Instant::now());
-            match ws.next_event(wait.max(Duration::from_millis(1))).await {
-                Ok(WsEvent::Message(push)) => outbox.extend(react(&mut agent, &push, stats)),
-                Ok(WsEvent::Closed(_)) => anyhow::bail!("server closed the connection"),
-                Err(_) if Instant::now() >= next_heartbeat => outbox.push(agent.heartbeat()),
-                Err(_) => {}
-            }
-        }
-        let bye = agent.disconnect();
-        ws.request(&bye).await.context("disconnect")?;
-        ws.close().await
-    }
-    .await;
-    stats.connected.fetch_sub(1, Ordering::Relaxed);
-    result
-}
-
-async fn run_http(
-    mut agent: SimAgent,
-    args: &Args,
-    stats: &Stats,
-    end: Instant,
-) -> anyhow::Result<()> {
-    let client = HttpClient::with_options(&args.url, &args.connect)?;
-    let mut outbox = vec![agent.full_report()];
-    stats.connected.fetch_add(1, Ordering::Relaxed);
-    let result = async {
-        while Instant::now() < end {
-            let msg = outbox.pop().unwrap_or_else(|| agent.heartbeat());
-            let sent = Instant::now();
-            let reply = client.post(&msg, false).await?;
-            let Some(reply) = reply.message.filter(|_| reply.status == 200) else {
-                anyhow::bail!("server answered HTTP {}", reply.status);
-            };
-            record(stats, sent).await;
-            outbox.extend(react(&mut agent, &reply, stats));
-            if outbox.is_empty() {
-                tokio::time::sleep(
-                    interval(&agent, args).min(end.saturating_duration_since(Instant::now())),
-                )
-                .await;
-            }
-        }
-        client.post(&agent.disconnect(), false).await.map(|_| ())
-    }
-    .await;
-    stats.connected.fetch_sub(1, Ordering::Relaxed);
-    result
-}
-
-fn react(
-    agent: &mut SimAgent,
-    msg: &flotilla_proto::opamp::ServerToAgent,
-    stats: &Stats,
-) -> Vec<flotilla_proto::opamp::AgentToServer> {
-    if msg.error_response.is_some() {
-        stats.errors.fetch_add(1, Ordering::Relaxed);
-    }
-    let out = agent.handle(msg);
-    if msg.remote_config.is_some() && out.iter().any(|m| m.remote_config_status.is_some()) {
-        stats.applied.fetch_add(1, Ordering::Relaxed);
-    }
-    // Sent in order: the outbox is popped from the back.
-    out.into_iter().rev().collect()
 }

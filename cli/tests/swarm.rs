@@ -1,0 +1,175 @@
+//! flotilla-swarm's scenarios against a real Flotilla: a rollout with failing agents, HTTP
+//! pollers, churn (standalone), and the loss of a gateway in a cluster of real processes. Each
+//! checks the swarm's report against what the server's API says.
+
+mod cluster_support;
+mod common;
+
+use cluster_support::Cluster;
+use flotilla_loadtest::sim::ApplyBehavior;
+use flotilla_loadtest::swarm::{self, Api, Scenario, SwarmConfig, Transport};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn swarm_on(scenario: Scenario, urls: Vec<String>, agents: usize) -> SwarmConfig {
+    let mut cfg = SwarmConfig::new(scenario, urls, agents);
+    cfg.connect_rate = 1000.0;
+    cfg.heartbeat = Duration::from_secs(1);
+    cfg
+}
+
+/// How many of the agents of swarm run `run` the API shows with each remote config status.
+async fn statuses(server: &common::Server, run: &str) -> (u64, u64, u64) {
+    let (code, v) = server
+        .get(&format!(
+            "/api/v1/agents?selector=swarm.run={run}&limit=1000"
+        ))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let count = |s: &str| {
+        v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["remote_config_status"]["status"] == s)
+            .count() as u64
+    };
+    (
+        v["total"].as_u64().unwrap(),
+        count("APPLIED"),
+        count("FAILED"),
+    )
+}
+
+#[tokio::test]
+async fn rollout_reaches_every_agent_and_reports_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(common::config(dir.path())).await;
+    let mut cfg = swarm_on(Scenario::Rollout, vec![server.ws_url.clone()], 200);
+    cfg.api = Some(Api {
+        url: server.api.clone(),
+        token: None,
+        ca: None,
+    });
+    cfg.apply = ApplyBehavior {
+        delay: Duration::from_millis(100),
+        failure_rate: 0.2,
+    };
+    let out = dir.path().join("report");
+    cfg.out = Some(out.clone());
+    let r = swarm::run(cfg).await.unwrap();
+
+    let push = r.config_push.as_ref().unwrap();
+    assert_eq!(push.agents, 200, "{r}");
+    assert_eq!(push.applied + push.failed, 200, "{r}");
+    assert_eq!(push.missing, 0);
+    assert!(push.all_reported_s.is_some());
+    // 20% of 200 fail: 40 expected, 10 to 80 is beyond five standard deviations.
+    assert!((10..=80).contains(&push.failed), "{r}");
+    assert_eq!(push.applied_after.count, push.applied);
+    assert!(
+        push.applied_after.p50_ms >= 100.0,
+        "applying takes 100 ms: {r}"
+    );
+    assert_eq!(r.errors_total, 0, "{r}");
+
+    // The server saw the same results.
+    let (total, applied, failed) = statuses(&server, &r.run_id).await;
+    assert_eq!(
+        (total, applied, failed),
+        (200, push.applied, push.failed),
+        "{r}"
+    );
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["config_push"]["applied"], push.applied);
+    assert_eq!(json["scenario"], "rollout");
+    assert!(!json["timeline"].as_array().unwrap().is_empty());
+    let svg = std::fs::read_to_string(out.join("timeline.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("connected agents"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http_pollers_hold_a_steady_state() {
+    let dir = tempfile::tempdir().unwrap();
+    // Pollers poll at the interval the server offers.
+    let server = common::start(flotilla_common::config::ServeConfig {
+        heartbeat_interval: Duration::from_secs(1),
+        ..common::config(dir.path())
+    })
+    .await;
+    let mut cfg = swarm_on(Scenario::Steady, vec![server.http_url.clone()], 100);
+    cfg.transport = Transport::Http;
+    cfg.duration = Duration::from_secs(4);
+    let r = swarm::run(cfg).await.unwrap();
+    assert!(r.connect.all_connected_s.is_some(), "{r}");
+    assert_eq!(r.errors_total, 0, "{r}");
+    // A first report and at least two polls each.
+    assert!(r.messages >= 300, "{r}");
+    assert!(r.latency.steady.count > 0 && r.latency.steady.p99_ms > 0.0);
+    let (total, _, _) = statuses(&server, &r.run_id).await;
+    assert_eq!(total, 100);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn churn_replaces_agents_with_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(common::config(dir.path())).await;
+    let mut cfg = swarm_on(Scenario::Churn, vec![server.ws_url.clone()], 100);
+    cfg.churn_per_s = Some(0.2);
+    cfg.duration = Duration::from_secs(4);
+    let r = swarm::run(cfg).await.unwrap();
+    let churn = r.churn.as_ref().unwrap();
+    // About 20 a second for about 3 s.
+    assert!(churn.left >= 10, "{r}");
+    assert_eq!(churn.left, churn.joined);
+    assert_eq!(r.errors_total, 0, "{r}");
+    // Each newcomer is a new agent (a new uid) to the server, and each leaver said goodbye.
+    let (total, _, _) = statuses(&server, &r.run_id).await;
+    assert!(
+        total > 100 && total <= 100 + churn.joined,
+        "{total} agents: {r}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn gateway_loss_in_a_cluster_every_agent_comes_back() {
+    let _serial = cluster_support::SERIAL.lock().await;
+    let cluster = Cluster::start(1, 2, &["--heartbeat-interval", "2s"]).await;
+    let mut cfg = swarm_on(Scenario::GatewayLoss, cluster.ws_urls(), 100);
+    cfg.kill_pid = Some(cluster.gateways[0].proc.pid());
+    cfg.kill_after = Duration::from_millis(500);
+    cfg.duration = Duration::from_secs(40);
+    cfg.gateway_pids = cluster.gateways.iter().map(|g| g.proc.pid()).collect();
+    let swarm = tokio::spawn(swarm::run(cfg));
+
+    // While the swarm holds its agents after the recovery, the cluster shows every agent of the
+    // run connected through the surviving gateway.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let via_g2 = loop {
+        let (_, v) = cluster
+            .get(cluster.api(), "/api/v1/agents?status=connected&limit=1000")
+            .await;
+        let via_g2 = v["agents"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|a| a["gateway"] == "g2").count());
+        if via_g2 == 100 || swarm.is_finished() || Instant::now() > deadline {
+            break via_g2;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let r = swarm.await.unwrap().unwrap();
+    assert_eq!(via_g2, 100, "{r}");
+    let rec = r.recovery.as_ref().unwrap();
+    // Agents alternate between the two gateways: half of them were on the killed one.
+    assert_eq!(rec.connected_before, 100, "{r}");
+    assert_eq!(rec.lost, 50, "{r}");
+    assert_eq!(rec.recovered, 50, "{r}");
+    assert!(rec.all_back_s.is_some() && rec.converged_s.is_some(), "{r}");
+    assert_eq!(r.memory.len(), 2);
+    assert!(r.memory.iter().all(|m| m.rss_connected_kb > 0));
+}

@@ -1,0 +1,376 @@
+//! One swarm agent's life: connect (WebSocket or HTTP polling), report, heartbeat, apply pushed
+//! configs, restart when told; on a lost connection, back off exponentially with jitter and try
+//! the next URL; under churn, leave after a random lifetime and let a new agent take its place.
+
+use super::{Shared, Transport};
+use crate::client::{HttpClient, WsClient, WsEvent};
+use crate::sim::SimAgent;
+use flotilla_proto::opamp::{AgentToServer, RemoteConfigStatuses, ServerToAgent};
+use rand::Rng;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Why a session ended.
+enum End {
+    /// The run is over or the agent leaves (churn): it said goodbye.
+    Done,
+    /// The connection failed or was lost; `kind` names it in the error counts.
+    Lost { kind: &'static str, replied: bool },
+}
+
+/// What an agent carries across its connections.
+struct Life {
+    agent: SimAgent,
+    leave_at: Option<Instant>,
+    /// Hash of the last config result counted, so a full report on reconnect is not counted again.
+    counted: Vec<u8>,
+    /// The agent lost a connection and has not been answered on a new one yet.
+    lost: bool,
+}
+
+pub(super) async fn run(shared: Arc<Shared>, index: usize) {
+    let mut generation = 0u32;
+    loop {
+        let mut life = Life {
+            agent: shared.new_agent(index, generation),
+            leave_at: shared.cfg.churn_per_s.and_then(lifetime),
+            counted: Vec::new(),
+            lost: false,
+        };
+        live(&shared, index, &mut life).await;
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        // Churn: this agent left; a new one (new uid) joins in its place.
+        shared.stats.left.fetch_add(1, Ordering::Relaxed);
+        shared.stats.joined.fetch_add(1, Ordering::Relaxed);
+        generation += 1;
+    }
+}
+
+/// A lifetime drawn from an exponential distribution: on average `rate` of the agents leave per
+/// second.
+fn lifetime(rate: f64) -> Option<Instant> {
+    let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
+    Some(Instant::now() + Duration::from_secs_f64(-u.ln() / rate))
+}
+
+async fn live(shared: &Shared, index: usize, life: &mut Life) {
+    let cfg = &shared.cfg;
+    let mut url = index % cfg.urls.len();
+    let mut attempt = 0u32;
+    loop {
+        let opts = match cfg.source_ips {
+            0 => cfg.connect.clone(),
+            n => cfg.connect.clone().from_source(IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (index % n as usize) as u8,
+            ))),
+        };
+        let end = match cfg.transport {
+            Transport::Ws => ws_session(shared, &cfg.urls[url], &opts, life).await,
+            Transport::Http => http_session(shared, &cfg.urls[url], &opts, life).await,
+        };
+        let End::Lost { kind, replied } = end else {
+            return;
+        };
+        shared.stats.error(kind);
+        if shared.stop.is_cancelled() {
+            return;
+        }
+        if replied {
+            attempt = 0;
+            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+            life.lost = true;
+        }
+        attempt += 1;
+        url = (url + 1) % cfg.urls.len();
+        let backoff = cfg
+            .backoff_max
+            .min(cfg.backoff_min.saturating_mul(1 << attempt.min(16)));
+        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        tokio::select! {
+            () = shared.stop.cancelled() => return,
+            () = tokio::time::sleep(jittered) => {}
+        }
+    }
+}
+
+/// Decrements the connected count however a session ends.
+struct Connected<'a>(&'a Shared);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.stats.disconnected();
+    }
+}
+
+impl Life {
+    /// Counts a config result the first time the agent reports it.
+    fn note_sent(&mut self, shared: &Shared, msg: &AgentToServer) {
+        let Some(s) = &msg.remote_config_status else {
+            return;
+        };
+        let applied = s.status == RemoteConfigStatuses::Applied as i32;
+        if (applied || s.status == RemoteConfigStatuses::Failed as i32)
+            && s.last_remote_config_hash != self.counted
+        {
+            self.counted.clone_from(&s.last_remote_config_hash);
+            shared.stats.config_result(applied);
+        }
+    }
+
+    /// The server's message (reply or push): what the agent sends back, in sending order popped
+    /// from the back.
+    fn react(&mut self, shared: &Shared, msg: &ServerToAgent) -> Vec<AgentToServer> {
+        if msg.error_response.is_some() {
+            shared.stats.error("error_response");
+        }
+        let mut out = self.agent.handle(msg);
+        out.reverse();
+        out
+    }
+
+    fn answered(&mut self, shared: &Shared) {
+        if std::mem::take(&mut self.lost) {
+            shared.stats.recovered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn interval(&self, shared: &Shared) -> Duration {
+        self.agent
+            .heartbeat_interval_seconds
+            .filter(|s| *s > 0)
+            .map_or(shared.cfg.heartbeat, Duration::from_secs)
+    }
+
+    /// The earliest of: the next heartbeat, the end of applying, leaving.
+    fn next_wake(&self, next_heartbeat: Instant, apply_due: Option<Instant>) -> Instant {
+        [Some(next_heartbeat), apply_due, self.leave_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the heartbeat is always there")
+    }
+
+    fn leaving(&self) -> bool {
+        self.leave_at.is_some_and(|t| Instant::now() >= t)
+    }
+}
+
+/// Applying takes `apply_delay`: when it started, the result is due then.
+fn apply_due(shared: &Shared, agent: &SimAgent, due: &mut Option<Instant>) {
+    if agent.applying() && due.is_none() {
+        *due = Some(Instant::now() + shared.cfg.apply.delay);
+    }
+}
+
+async fn ws_session(
+    shared: &Shared,
+    url: &str,
+    opts: &crate::client::ConnectOptions,
+    life: &mut Life,
+) -> End {
+    let stats = &shared.stats;
+    let t = Instant::now();
+    let connect = {
+        let _permit = shared.connecting.acquire().await;
+        tokio::select! {
+            () = shared.stop.cancelled() => return End::Done,
+            c = WsClient::connect_with(url, opts) => c,
+        }
+    };
+    let Ok(mut ws) = connect else {
+        return End::Lost {
+            kind: "connect",
+            replied: false,
+        };
+    };
+    stats.connected(t.elapsed());
+    let _connected = Connected(shared);
+    // A new connection starts with the full state.
+    let mut outbox = vec![life.agent.full_report()];
+    let mut replied = false;
+    let mut next_heartbeat = Instant::now() + life.interval(shared);
+    let mut due: Option<Instant> = None;
+    loop {
+        if shared.stop.is_cancelled() || life.leaving() {
+            let bye = life.agent.disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                ws.send(&bye).await?;
+                ws.close().await
+            })
+            .await;
+            return End::Done;
+        }
+        if due.is_some_and(|d| Instant::now() >= d) {
+            due = None;
+            outbox.extend(life.agent.finish_apply());
+        }
+        if let Some(msg) = outbox.pop() {
+            let sent = Instant::now();
+            life.note_sent(shared, &msg);
+            if ws.send(&msg).await.is_err() {
+                return End::Lost {
+                    kind: "send",
+                    replied,
+                };
+            }
+            // Replies and pushes both arrive here; the first one answers the message.
+            let reply = tokio::select! {
+                () = shared.stop.cancelled() => continue,
+                r = tokio::time::timeout(shared.cfg.reply_timeout, ws.next_event(Duration::MAX)) => r,
+            };
+            match reply {
+                Ok(Ok(WsEvent::Message(reply))) => {
+                    stats.reply(sent.elapsed());
+                    replied = true;
+                    life.answered(shared);
+                    outbox.extend(life.react(shared, &reply));
+                    apply_due(shared, &life.agent, &mut due);
+                }
+                Ok(Ok(WsEvent::Closed(_))) => {
+                    return End::Lost {
+                        kind: "closed_by_server",
+                        replied,
+                    };
+                }
+                Ok(Err(_)) => {
+                    return End::Lost {
+                        kind: "websocket",
+                        replied,
+                    };
+                }
+                Err(_) => {
+                    return End::Lost {
+                        kind: "reply_timeout",
+                        replied,
+                    };
+                }
+            }
+            // The interval counts from the last message sent, at the server's offered value.
+            next_heartbeat = Instant::now() + life.interval(shared);
+            continue;
+        }
+        let wait = life
+            .next_wake(next_heartbeat, due)
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let event = tokio::select! {
+            () = shared.stop.cancelled() => continue,
+            e = tokio::time::timeout(wait, ws.next_event(Duration::MAX)) => e,
+        };
+        match event {
+            Ok(Ok(WsEvent::Message(push))) => {
+                outbox.extend(life.react(shared, &push));
+                apply_due(shared, &life.agent, &mut due);
+            }
+            Ok(Ok(WsEvent::Closed(_))) => {
+                return End::Lost {
+                    kind: "closed_by_server",
+                    replied,
+                };
+            }
+            Ok(Err(_)) => {
+                return End::Lost {
+                    kind: "websocket",
+                    replied,
+                };
+            }
+            // Woken for the heartbeat, applying or leaving.
+            Err(_) if Instant::now() >= next_heartbeat => outbox.push(life.agent.heartbeat()),
+            Err(_) => {}
+        }
+    }
+}
+
+async fn http_session(
+    shared: &Shared,
+    url: &str,
+    opts: &crate::client::ConnectOptions,
+    life: &mut Life,
+) -> End {
+    let stats = &shared.stats;
+    let Ok(client) = HttpClient::with_options(url, opts) else {
+        return End::Lost {
+            kind: "connect",
+            replied: false,
+        };
+    };
+    // A poller counts as connected while its polls are answered.
+    let mut connected: Option<Connected> = None;
+    let mut outbox = vec![life.agent.full_report()];
+    let mut replied = false;
+    let mut due: Option<Instant> = None;
+    loop {
+        if shared.stop.is_cancelled() || life.leaving() {
+            let bye = life.agent.disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.post(&bye, false)).await;
+            return End::Done;
+        }
+        if due.is_some_and(|d| Instant::now() >= d) {
+            due = None;
+            outbox.extend(life.agent.finish_apply());
+        }
+        let msg = outbox.pop().unwrap_or_else(|| life.agent.heartbeat());
+        life.note_sent(shared, &msg);
+        let sent = Instant::now();
+        let post = tokio::select! {
+            () = shared.stop.cancelled() => continue,
+            r = tokio::time::timeout(shared.cfg.reply_timeout, client.post(&msg, false)) => r,
+        };
+        let reply = match post {
+            Err(_) => {
+                return End::Lost {
+                    kind: "reply_timeout",
+                    replied,
+                };
+            }
+            Ok(Err(_)) => {
+                return End::Lost {
+                    kind: if replied { "http_io" } else { "connect" },
+                    replied,
+                };
+            }
+            Ok(Ok(r)) if r.status != 200 => {
+                return End::Lost {
+                    kind: match r.status {
+                        429 => "http_429",
+                        503 => "http_503",
+                        s if s >= 500 => "http_5xx",
+                        _ => "http_4xx",
+                    },
+                    replied,
+                };
+            }
+            Ok(Ok(r)) => r.message,
+        };
+        let Some(reply) = reply else {
+            return End::Lost {
+                kind: "http_not_protobuf",
+                replied,
+            };
+        };
+        stats.reply(sent.elapsed());
+        if connected.is_none() {
+            stats.connected(sent.elapsed());
+            connected = Some(Connected(shared));
+        }
+        replied = true;
+        life.answered(shared);
+        outbox.extend(life.react(shared, &reply));
+        apply_due(shared, &life.agent, &mut due);
+        if outbox.is_empty() {
+            let next_poll = Instant::now() + life.interval(shared);
+            let wake = life.next_wake(next_poll, due);
+            tokio::select! {
+                () = shared.stop.cancelled() => {}
+                () = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+}

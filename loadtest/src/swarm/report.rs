@@ -1,0 +1,312 @@
+//! The result of a run: JSON (report.json), a human summary, and the timeline plot.
+
+use super::stats::{Percentiles, Sample, Stats};
+use super::{Scenario, Shared, Transport};
+use anyhow::Context;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub transport: Transport,
+    pub urls: Vec<String>,
+    pub tls: bool,
+    pub agents: usize,
+    pub run_id: String,
+    pub duration_s: f64,
+    pub connect: Connect,
+    pub messages: u64,
+    pub messages_per_s: f64,
+    /// Status report -> reply, over the whole run and once every agent was connected.
+    pub latency: Latencies,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_push: Option<ConfigPush>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<Recovery>,
+    pub errors_total: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub memory: Vec<Memory>,
+    /// Agents connected when the memory was read.
+    pub memory_connections: u64,
+    pub timeline: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latencies {
+    pub all: Percentiles,
+    pub steady: Percentiles,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Connect {
+    /// Seconds from the start until every agent was connected (None: never within the run).
+    pub all_connected_s: Option<f64>,
+    /// Agents connected per second over that time.
+    pub per_s: Option<f64>,
+    /// Connections made (reconnects included).
+    pub connections: u64,
+    /// Time to connect (TCP, TLS, WebSocket upgrade; HTTP: the first answered poll).
+    pub time: Percentiles,
+}
+
+impl Connect {
+    pub(super) fn measure(stats: &Stats, all_connected: Option<Duration>, agents: u64) -> Self {
+        Self {
+            all_connected_s: all_connected.map(|d| d.as_secs_f64()),
+            per_s: all_connected.map(|d| agents as f64 / d.as_secs_f64().max(1e-3)),
+            connections: stats.connects.load(Ordering::Relaxed),
+            time: stats.handshakes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigPush {
+    pub config: String,
+    /// Agents connected when the config was pushed.
+    pub agents: u64,
+    pub applied: u64,
+    pub failed: u64,
+    /// Agents that reported neither within the run.
+    pub missing: u64,
+    /// Seconds from the push until every agent had reported APPLIED or FAILED.
+    pub all_reported_s: Option<f64>,
+    /// Push -> APPLIED per agent.
+    pub applied_after: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Churn {
+    pub left: u64,
+    pub joined: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    pub killed_pid: u32,
+    pub connected_before: u64,
+    /// Sessions lost after the kill.
+    pub lost: u64,
+    /// Of them, agents answered again on a new connection.
+    pub recovered: u64,
+    /// Seconds from the kill until every agent was connected again.
+    pub all_back_s: Option<f64>,
+    /// ... and every agent that lost its session had been answered on the new one.
+    pub converged_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub pid: u32,
+    pub rss_before_kb: u64,
+    pub rss_connected_kb: u64,
+}
+
+/// Resident memory of the processes before any agent connects.
+pub(super) fn memory_before(pids: &[u32]) -> anyhow::Result<Vec<Memory>> {
+    pids.iter()
+        .map(|&pid| {
+            Ok(Memory {
+                pid,
+                rss_before_kb: rss_kb(pid)?,
+                rss_connected_kb: 0,
+            })
+        })
+        .collect()
+}
+
+/// ... and with the agents connected.
+pub(super) fn memory_after(mut before: Vec<Memory>) -> anyhow::Result<Vec<Memory>> {
+    for m in &mut before {
+        m.rss_connected_kb = rss_kb(m.pid)?;
+    }
+    Ok(before)
+}
+
+/// VmRSS of a process, from /proc.
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {path}: is process {pid} running?"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
+}
+
+impl Report {
+    pub(super) fn new(shared: &Shared) -> Self {
+        let cfg = &shared.cfg;
+        Self {
+            scenario: cfg.scenario,
+            transport: cfg.transport,
+            urls: cfg.urls.clone(),
+            tls: cfg.connect.tls.is_some(),
+            agents: cfg.agents,
+            run_id: shared.run_id.clone(),
+            duration_s: 0.0,
+            connect: Connect::default(),
+            messages: 0,
+            messages_per_s: 0.0,
+            latency: Latencies::default(),
+            config_push: None,
+            churn: None,
+            recovery: None,
+            errors_total: 0,
+            errors: BTreeMap::new(),
+            memory: Vec::new(),
+            memory_connections: 0,
+            timeline: Vec::new(),
+        }
+    }
+
+    /// Fills in what is known at the end of the run.
+    pub(super) fn finish(&mut self, shared: &Shared) {
+        let st = &shared.stats;
+        self.duration_s = st.elapsed_s();
+        self.messages = st.messages.load(Ordering::Relaxed);
+        self.messages_per_s = self.messages as f64 / self.duration_s.max(1e-3);
+        let (all, steady) = st.latency();
+        self.latency = Latencies { all, steady };
+        if shared.cfg.churn_per_s.is_some() {
+            self.churn = Some(Churn {
+                left: st.left.load(Ordering::Relaxed),
+                joined: st.joined.load(Ordering::Relaxed),
+            });
+        }
+        (self.errors_total, self.errors) = st.errors();
+        self.timeline = st.timeline();
+    }
+
+    /// Memory per connection: the growth of all watched processes over the connections held.
+    pub fn bytes_per_connection(&self) -> Option<f64> {
+        let connected = self.memory_connections;
+        if self.memory.is_empty() || connected == 0 {
+            return None;
+        }
+        let grown: i64 = self
+            .memory
+            .iter()
+            .map(|m| m.rss_connected_kb as i64 - m.rss_before_kb as i64)
+            .sum();
+        Some(grown as f64 * 1024.0 / connected as f64)
+    }
+
+    /// report.json and timeline.svg in `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let mut json = serde_json::to_value(self)?;
+        json["memory_bytes_per_connection"] = serde_json::json!(self.bytes_per_connection());
+        let path = dir.join("report.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let path = dir.join("timeline.svg");
+        std::fs::write(&path, super::plot::timeline_svg(self)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}
+
+pub(super) fn name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or(String::new(), |p| p.get_name().to_owned())
+}
+
+fn opt_s(v: Option<f64>) -> String {
+    v.map_or("never".into(), |v| format!("{v:.2} s"))
+}
+
+fn pct(p: &Percentiles) -> String {
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+        p.p50_ms, p.p99_ms, p.max_ms, p.count
+    )
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} with {} {}{} agents against {} for {:.1} s (run {})",
+            name(self.scenario),
+            self.agents,
+            name(self.transport),
+            if self.tls { " (TLS)" } else { "" },
+            self.urls.join(", "),
+            self.duration_s,
+            self.run_id
+        )?;
+        writeln!(
+            f,
+            "  connect: all connected after {}{}; {} connections, time to connect {}",
+            opt_s(self.connect.all_connected_s),
+            self.connect
+                .per_s
+                .map_or(String::new(), |r| format!(" ({r:.0} agents/s)")),
+            self.connect.connections,
+            pct(&self.connect.time)
+        )?;
+        writeln!(
+            f,
+            "  messages: {} ({:.0}/s); reply latency {}",
+            self.messages,
+            self.messages_per_s,
+            pct(&self.latency.all)
+        )?;
+        writeln!(
+            f,
+            "  steady-state reply latency: {}",
+            pct(&self.latency.steady)
+        )?;
+        if let Some(p) = &self.config_push {
+            writeln!(
+                f,
+                "  config push {}: {} agents, {} applied, {} failed, {} missing; all reported after {}; push -> APPLIED {}",
+                p.config,
+                p.agents,
+                p.applied,
+                p.failed,
+                p.missing,
+                opt_s(p.all_reported_s),
+                pct(&p.applied_after)
+            )?;
+        }
+        if let Some(c) = &self.churn {
+            writeln!(f, "  churn: {} left, {} joined", c.left, c.joined)?;
+        }
+        if let Some(r) = &self.recovery {
+            writeln!(
+                f,
+                "  gateway loss (pid {}): {} of {} sessions lost, {} recovered; all back after {}, converged after {}",
+                r.killed_pid,
+                r.lost,
+                r.connected_before,
+                r.recovered,
+                opt_s(r.all_back_s),
+                opt_s(r.converged_s)
+            )?;
+        }
+        for m in &self.memory {
+            writeln!(
+                f,
+                "  memory of pid {}: {} KiB before, {} KiB connected",
+                m.pid, m.rss_before_kb, m.rss_connected_kb
+            )?;
+        }
+        if let Some(b) = self.bytes_per_connection() {
+            writeln!(f, "  memory per connection: {:.1} KiB", b / 1024.0)?;
+        }
+        write!(f, "  errors: {}", self.errors_total)?;
+        for (kind, n) in &self.errors {
+            write!(f, ", {kind} {n}")?;
+        }
+        Ok(())
+    }
+}
