@@ -8,7 +8,8 @@
 #   scripts/cluster.sh run      start, then stop on Ctrl-C
 #
 # Environment: CLUSTER_DIR (default target/cluster: logs, pids, Redis data), CLUSTER_BASE_PORT
-# (default 4400), FLOTILLA_BIN (default: cargo build, then target/debug/flotilla), REGION (local).
+# (default 4400), FLOTILLA_BIN (default: cargo build, then target/debug/flotilla), REGION (local),
+# GATEWAY_FLAGS (more flags for the gateways, e.g. their TLS files; split on spaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,7 +78,8 @@ start() {
   i=0
   for g in "${gateways[@]}"; do
     launch "$g" "$flotilla" serve --roles gateway --node-id "$g" "${urls[@]}" \
-      --opamp-listen "127.0.0.1:$(gw_opamp $i)" --api-listen "127.0.0.1:$(gw_api $i)"
+      --opamp-listen "127.0.0.1:$(gw_opamp $i)" --api-listen "127.0.0.1:$(gw_api $i)" \
+      ${GATEWAY_FLAGS:-}
     i=$((i + 1))
   done
   for i in 0 1 2; do wait_port "$(coord_api $i)"; done
