@@ -56,7 +56,7 @@ fn a_short_swarm_against_the_echo_baseline() {
         "--connect-rate",
         "0",
         "--duration",
-        "3s",
+        "5s",
         "--heartbeat",
         "1s",
         "--source-ips",

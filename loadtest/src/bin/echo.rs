@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -68,8 +68,16 @@ fn tls_config(args: &Args) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> 
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tls = tls_config(&args)?.map(tokio_rustls::TlsAcceptor::from);
-    let listener = TcpListener::bind(args.listen)
-        .await
+    // The same accept queue as Flotilla's listeners.
+    let socket = if args.listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    let listener = socket
+        .bind(args.listen)
+        .and_then(|()| socket.listen(4096))
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!(
         "flotilla-echo listening on {}://{}",

@@ -28,6 +28,7 @@ struct Life {
     counted: Vec<u8>,
     /// The agent lost a connection and has not been answered on a new one yet.
     lost: bool,
+    answered: bool,
 }
 
 pub(super) async fn run(shared: Arc<Shared>, index: usize) {
@@ -38,6 +39,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
             leave_at: shared.cfg.churn_per_s.and_then(lifetime),
             counted: Vec::new(),
             lost: false,
+            answered: false,
         };
         live(&shared, index, &mut life).await;
         if shared.stop.is_cancelled() {
@@ -136,6 +138,9 @@ impl Life {
     }
 
     fn answered(&mut self, shared: &Shared) {
+        if !std::mem::replace(&mut self.answered, true) {
+            shared.stats.answered.fetch_add(1, Ordering::Relaxed);
+        }
         if std::mem::take(&mut self.lost) {
             shared.stats.recovered.fetch_add(1, Ordering::Relaxed);
         }
@@ -195,7 +200,12 @@ async fn ws_session(
     // A new connection starts with the full state.
     let mut outbox = vec![life.agent.full_report()];
     let mut replied = false;
-    let mut next_heartbeat = Instant::now() + life.interval(shared);
+    // Agents of a real fleet started at different times: the first heartbeat comes at a random
+    // point of the interval, so heartbeats are spread evenly rather than in waves.
+    let mut next_heartbeat = Instant::now()
+        + life
+            .interval(shared)
+            .mul_f64(rand::rng().random_range(0.0..1.0));
     let mut due: Option<Instant> = None;
     loop {
         if shared.stop.is_cancelled() || life.leaving() {

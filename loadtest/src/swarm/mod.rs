@@ -2,7 +2,8 @@
 //! [`Report`]. `flotilla-swarm` is a command line over [`run`]; tests call [`run`] directly.
 //!
 //! Every scenario ramps agents up at `connect_rate` (at most `connect_concurrency` connecting at
-//! once) and waits until all are connected (or the run's time is up). Then:
+//! once) and waits until all are connected and answered, plus 2 s (or the run's time is up): the
+//! steady state, whose reply latency is reported apart from the ramp's. Then:
 //! - `connect-storm` measures the ramp and the gateways' memory, and ends;
 //! - `steady` holds the agents, heartbeating, until `duration`;
 //! - `churn` is `steady` with agents leaving and new ones joining (`churn_per_s`);
@@ -220,15 +221,20 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     let all_connected = shared
         .until(deadline, shared.stats.started, |s| s.connected() >= all)
         .await;
-    shared.stats.all_connected.store(true, Ordering::Relaxed);
     report.connect = Connect::measure(&shared.stats, all_connected, all);
-    if all_connected.is_some() {
-        // Let the last reports settle before reading the gateways' memory.
+    let answered = shared
+        .until(deadline, shared.stats.started, |s| {
+            s.stats.answered.load(Ordering::Relaxed) >= all
+        })
+        .await;
+    if answered.is_some() {
+        // Let the first reports' follow-ups settle before the steady state and the memory reading.
         tokio::time::sleep(
             Duration::from_secs(2).min(deadline.saturating_duration_since(Instant::now())),
         )
         .await;
     }
+    shared.stats.steady.store(true, Ordering::Relaxed);
     report.memory_connections = shared.connected();
     report.memory = report::memory_after(memory_before)?;
 

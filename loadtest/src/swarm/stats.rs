@@ -56,7 +56,7 @@ pub struct Sample {
 #[derive(Default)]
 struct Latency {
     all: Option<Histogram<u64>>,
-    /// Only once every agent has connected: the steady state.
+    /// Only in the steady state.
     steady: Option<Histogram<u64>>,
     window: Option<Histogram<u64>>,
 }
@@ -73,7 +73,10 @@ pub struct Stats {
     /// Sessions lost and agents back (first reply on a new connection) after a loss.
     pub lost: AtomicU64,
     pub recovered: AtomicU64,
-    pub all_connected: AtomicBool,
+    /// Agents (lives, under churn) answered at least once.
+    pub answered: AtomicU64,
+    /// Every agent connected and answered, and the first replies settled: the steady state.
+    pub steady: AtomicBool,
     errors_total: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     latency: Mutex<Latency>,
@@ -107,7 +110,8 @@ impl Stats {
             failed: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
-            all_connected: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
+            steady: AtomicBool::new(false),
             errors_total: AtomicU64::new(0),
             errors: Mutex::default(),
             latency: Mutex::default(),
@@ -154,7 +158,7 @@ impl Stats {
     /// A reply that arrived `took` after its message was sent.
     pub fn reply(&self, took: Duration) {
         self.messages.fetch_add(1, Ordering::Relaxed);
-        let steady = self.all_connected.load(Ordering::Relaxed);
+        let steady = self.steady.load(Ordering::Relaxed);
         let mut l = self.latency.lock().expect("latency lock");
         record(&mut l.all, took);
         record(&mut l.window, took);
