@@ -181,14 +181,14 @@ async fn ws_session(
     life: &mut Life,
 ) -> End {
     let stats = &shared.stats;
+    // Connect time is measured from the permit: waiting for one is the swarm's own queue.
+    let permit = shared.connecting.acquire().await;
     let t = Instant::now();
-    let connect = {
-        let _permit = shared.connecting.acquire().await;
-        tokio::select! {
-            () = shared.stop.cancelled() => return End::Done,
-            c = WsClient::connect_with(url, opts) => c,
-        }
+    let connect = tokio::select! {
+        () = shared.stop.cancelled() => return End::Done,
+        c = WsClient::connect_with(url, opts) => c,
     };
+    drop(permit);
     let Ok(mut ws) = connect else {
         return End::Lost {
             kind: "connect",

@@ -17,7 +17,7 @@ mod plot;
 mod report;
 mod stats;
 
-pub use report::{ConfigPush, Connect, Memory, Recovery, Report};
+pub use report::{ConfigPush, Connect, Process, Recovery, Report};
 pub use stats::{Percentiles, Sample, Stats};
 
 use crate::client::ConnectOptions;
@@ -86,7 +86,8 @@ pub struct SwarmConfig {
     pub api: Option<Api>,
     pub kill_pid: Option<u32>,
     pub kill_after: Duration,
-    /// Processes (gateways) whose resident memory is read from /proc before and after connecting.
+    /// Processes (gateways) whose resident memory and CPU time are read from /proc before and
+    /// after connecting.
     pub gateway_pids: Vec<u32>,
     /// Where report.json and timeline.svg go.
     pub out: Option<PathBuf>,
@@ -203,7 +204,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     if let Some(out) = &cfg.out {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     }
-    let memory_before = report::memory_before(&cfg.gateway_pids)?;
+    let processes_before = report::processes_before(&cfg.gateway_pids)?;
     let shared = Arc::new(Shared {
         connecting: Semaphore::new(cfg.connect_concurrency.max(1)),
         stats: Stats::new(),
@@ -236,7 +237,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     }
     shared.stats.steady.store(true, Ordering::Relaxed);
     report.memory_connections = shared.connected();
-    report.memory = report::memory_after(memory_before)?;
+    report.processes = report::processes_after(processes_before)?;
 
     match cfg.scenario {
         Scenario::ConnectStorm => {}

@@ -32,8 +32,8 @@ pub struct Report {
     pub recovery: Option<Recovery>,
     pub errors_total: u64,
     pub errors: BTreeMap<String, u64>,
-    pub memory: Vec<Memory>,
-    /// Agents connected when the memory was read.
+    pub processes: Vec<Process>,
+    /// Agents connected when the processes were read.
     pub memory_connections: u64,
     pub timeline: Vec<Sample>,
 }
@@ -102,44 +102,70 @@ pub struct Recovery {
     pub converged_s: Option<f64>,
 }
 
+/// A watched process (a gateway): resident memory and CPU time before the agents connect and
+/// once they are all connected and answered.
 #[derive(Debug, Clone, Serialize)]
-pub struct Memory {
+pub struct Process {
     pub pid: u32,
     pub rss_before_kb: u64,
     pub rss_connected_kb: u64,
+    pub cpu_before_ms: u64,
+    pub cpu_connected_ms: u64,
 }
 
-/// Resident memory of the processes before any agent connects.
-pub(super) fn memory_before(pids: &[u32]) -> anyhow::Result<Vec<Memory>> {
+/// The processes before any agent connects.
+pub(super) fn processes_before(pids: &[u32]) -> anyhow::Result<Vec<Process>> {
     pids.iter()
         .map(|&pid| {
-            Ok(Memory {
+            Ok(Process {
                 pid,
                 rss_before_kb: rss_kb(pid)?,
                 rss_connected_kb: 0,
+                cpu_before_ms: cpu_ms(pid)?,
+                cpu_connected_ms: 0,
             })
         })
         .collect()
 }
 
 /// ... and with the agents connected.
-pub(super) fn memory_after(mut before: Vec<Memory>) -> anyhow::Result<Vec<Memory>> {
-    for m in &mut before {
-        m.rss_connected_kb = rss_kb(m.pid)?;
+pub(super) fn processes_after(mut before: Vec<Process>) -> anyhow::Result<Vec<Process>> {
+    for p in &mut before {
+        p.rss_connected_kb = rss_kb(p.pid)?;
+        p.cpu_connected_ms = cpu_ms(p.pid)?;
     }
     Ok(before)
 }
 
-/// VmRSS of a process, from /proc.
+fn proc_file(pid: u32, name: &str) -> anyhow::Result<String> {
+    let path = format!("/proc/{pid}/{name}");
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {path}: is process {pid} running?"))
+}
+
+/// VmRSS of a process.
 fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {path}: is process {pid} running?"))?;
-    status
+    proc_file(pid, "status")?
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// User + system CPU time of a process (all threads), from /proc/PID/stat in clock ticks of
+/// 10 ms (USER_HZ is 100 on Linux).
+fn cpu_ms(pid: u32) -> anyhow::Result<u64> {
+    let stat = proc_file(pid, "stat")?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(utime), Some(stime)) => Ok((utime + stime) * 10),
+        _ => anyhow::bail!("unexpected /proc/{pid}/stat: {stat}"),
+    }
 }
 
 impl Report {
@@ -162,7 +188,7 @@ impl Report {
             recovery: None,
             errors_total: 0,
             errors: BTreeMap::new(),
-            memory: Vec::new(),
+            processes: Vec::new(),
             memory_connections: 0,
             timeline: Vec::new(),
         }
@@ -186,24 +212,29 @@ impl Report {
         self.timeline = st.timeline();
     }
 
-    /// Memory per connection: the growth of all watched processes over the connections held.
-    pub fn bytes_per_connection(&self) -> Option<f64> {
+    /// Growth of the watched processes per connection held: (resident memory in bytes, CPU
+    /// time in ms spent connecting and serving the first reports).
+    fn per_connection(&self, f: impl Fn(&Process) -> i64) -> Option<f64> {
         let connected = self.memory_connections;
-        if self.memory.is_empty() || connected == 0 {
+        if self.processes.is_empty() || connected == 0 {
             return None;
         }
-        let grown: i64 = self
-            .memory
-            .iter()
-            .map(|m| m.rss_connected_kb as i64 - m.rss_before_kb as i64)
-            .sum();
-        Some(grown as f64 * 1024.0 / connected as f64)
+        Some(self.processes.iter().map(f).sum::<i64>() as f64 / connected as f64)
+    }
+
+    pub fn bytes_per_connection(&self) -> Option<f64> {
+        self.per_connection(|p| (p.rss_connected_kb as i64 - p.rss_before_kb as i64) * 1024)
+    }
+
+    pub fn cpu_ms_per_connection(&self) -> Option<f64> {
+        self.per_connection(|p| p.cpu_connected_ms as i64 - p.cpu_before_ms as i64)
     }
 
     /// report.json and timeline.svg in `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         let mut json = serde_json::to_value(self)?;
         json["memory_bytes_per_connection"] = serde_json::json!(self.bytes_per_connection());
+        json["cpu_ms_per_connection"] = serde_json::json!(self.cpu_ms_per_connection());
         let path = dir.join("report.json");
         std::fs::write(&path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -293,15 +324,22 @@ impl fmt::Display for Report {
                 opt_s(r.converged_s)
             )?;
         }
-        for m in &self.memory {
+        for p in &self.processes {
             writeln!(
                 f,
-                "  memory of pid {}: {} KiB before, {} KiB connected",
-                m.pid, m.rss_before_kb, m.rss_connected_kb
+                "  pid {}: {} KiB before, {} KiB connected; {} ms CPU while connecting",
+                p.pid,
+                p.rss_before_kb,
+                p.rss_connected_kb,
+                p.cpu_connected_ms.saturating_sub(p.cpu_before_ms)
             )?;
         }
-        if let Some(b) = self.bytes_per_connection() {
-            writeln!(f, "  memory per connection: {:.1} KiB", b / 1024.0)?;
+        if let (Some(b), Some(c)) = (self.bytes_per_connection(), self.cpu_ms_per_connection()) {
+            writeln!(
+                f,
+                "  per connection: {:.1} KiB resident, {c:.3} ms CPU (TLS handshake, upgrade, first report)",
+                b / 1024.0
+            )?;
         }
         write!(f, "  errors: {}", self.errors_total)?;
         for (kind, n) in &self.errors {
