@@ -222,7 +222,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     let all_connected = shared
         .until(deadline, shared.stats.started, |s| s.connected() >= all)
         .await;
-    report.connect = Connect::measure(&shared.stats, all_connected, all);
+    report.connect = Connect::ramp(all_connected, all);
     let answered = shared
         .until(deadline, shared.stats.started, |s| {
             s.stats.answered.load(Ordering::Relaxed) >= all

@@ -31,6 +31,7 @@ pub(super) fn timeline_svg(report: &Report) -> anyhow::Result<String> {
             .configure_mesh()
             .x_desc("seconds")
             .y_desc("connected agents")
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(plot_err)?;
         chart

@@ -1,6 +1,6 @@
 //! The result of a run: JSON (report.json), a human summary, and the timeline plot.
 
-use super::stats::{Percentiles, Sample, Stats};
+use super::stats::{Percentiles, Sample};
 use super::{Scenario, Shared, Transport};
 use anyhow::Context;
 use serde::Serialize;
@@ -57,12 +57,11 @@ pub struct Connect {
 }
 
 impl Connect {
-    pub(super) fn measure(stats: &Stats, all_connected: Option<Duration>, agents: u64) -> Self {
+    pub(super) fn ramp(all_connected: Option<Duration>, agents: u64) -> Self {
         Self {
             all_connected_s: all_connected.map(|d| d.as_secs_f64()),
             per_s: all_connected.map(|d| agents as f64 / d.as_secs_f64().max(1e-3)),
-            connections: stats.connects.load(Ordering::Relaxed),
-            time: stats.handshakes(),
+            ..Self::default()
         }
     }
 }
@@ -198,6 +197,9 @@ impl Report {
     pub(super) fn finish(&mut self, shared: &Shared) {
         let st = &shared.stats;
         self.duration_s = st.elapsed_s();
+        // Connections over the whole run (reconnects and churn included).
+        self.connect.connections = st.connects.load(Ordering::Relaxed);
+        self.connect.time = st.handshakes();
         self.messages = st.messages.load(Ordering::Relaxed);
         self.messages_per_s = self.messages as f64 / self.duration_s.max(1e-3);
         let (all, steady) = st.latency();
