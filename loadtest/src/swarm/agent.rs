@@ -233,34 +233,23 @@ async fn ws_session(
             // Replies and pushes both arrive here; the first one answers the message.
             let reply = tokio::select! {
                 () = shared.stop.cancelled() => continue,
-                r = tokio::time::timeout(shared.cfg.reply_timeout, ws.next_event(Duration::MAX)) => r,
+                r = next_message(&mut ws, shared.cfg.reply_timeout) => r,
             };
             match reply {
-                Ok(Ok(WsEvent::Message(reply))) => {
+                Ok(Some(reply)) => {
                     stats.reply(sent.elapsed());
                     replied = true;
                     life.answered(shared);
                     outbox.extend(life.react(shared, &reply));
                     apply_due(shared, &life.agent, &mut due);
                 }
-                Ok(Ok(WsEvent::Closed(_))) => {
-                    return End::Lost {
-                        kind: "closed_by_server",
-                        replied,
-                    };
-                }
-                Ok(Err(_)) => {
-                    return End::Lost {
-                        kind: "websocket",
-                        replied,
-                    };
-                }
-                Err(_) => {
+                Ok(None) => {
                     return End::Lost {
                         kind: "reply_timeout",
                         replied,
                     };
                 }
+                Err(kind) => return End::Lost { kind, replied },
             }
             // The interval counts from the last message sent, at the server's offered value.
             next_heartbeat = Instant::now() + life.interval(shared);
@@ -272,29 +261,31 @@ async fn ws_session(
             .max(Duration::from_millis(1));
         let event = tokio::select! {
             () = shared.stop.cancelled() => continue,
-            e = tokio::time::timeout(wait, ws.next_event(Duration::MAX)) => e,
+            e = next_message(&mut ws, wait) => e,
         };
         match event {
-            Ok(Ok(WsEvent::Message(push))) => {
+            Ok(Some(push)) => {
                 outbox.extend(life.react(shared, &push));
                 apply_due(shared, &life.agent, &mut due);
             }
-            Ok(Ok(WsEvent::Closed(_))) => {
-                return End::Lost {
-                    kind: "closed_by_server",
-                    replied,
-                };
-            }
-            Ok(Err(_)) => {
-                return End::Lost {
-                    kind: "websocket",
-                    replied,
-                };
-            }
             // Woken for the heartbeat, applying or leaving.
-            Err(_) if Instant::now() >= next_heartbeat => outbox.push(life.agent.heartbeat()),
-            Err(_) => {}
+            Ok(None) if Instant::now() >= next_heartbeat => outbox.push(life.agent.heartbeat()),
+            Ok(None) => {}
+            Err(kind) => return End::Lost { kind, replied },
         }
+    }
+}
+
+/// The server's next message, or None if `wait` passes first; Err names why the session ended.
+async fn next_message(
+    ws: &mut WsClient,
+    wait: Duration,
+) -> Result<Option<ServerToAgent>, &'static str> {
+    match tokio::time::timeout(wait, ws.next_event(Duration::MAX)).await {
+        Ok(Ok(WsEvent::Message(m))) => Ok(Some(*m)),
+        Ok(Ok(WsEvent::Closed(_))) => Err("closed_by_server"),
+        Ok(Err(_)) => Err("websocket"),
+        Err(_) => Ok(None),
     }
 }
 
