@@ -7,8 +7,8 @@
 # Each run writes report.json and timeline.svg under target/bench/<time>/<target>-<scenario>/;
 # summary.md (made by scripts/bench_summary.py) puts them side by side, as ratios to the baseline.
 #
-#   scripts/bench.sh            the full benchmark (10,000 agents; about 15 minutes)
-#   scripts/bench.sh --quick    the same with 1,000 agents and short runs (about 3 minutes)
+#   scripts/bench.sh            the full benchmark (10,000 agents; about 5 minutes here)
+#   scripts/bench.sh --quick    the same with 1,000 agents and short runs (about 2 minutes here)
 #
 # Environment: AGENTS (default 10000, quick 1000), MAX_AGENTS (the connect-storm that finds how
 # many agents one process holds; default 19000, quick 2000: the machine's open-file limit per

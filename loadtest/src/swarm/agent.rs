@@ -28,6 +28,7 @@ struct Life {
     counted: Vec<u8>,
     /// The agent lost a connection and has not been answered on a new one yet.
     lost: bool,
+    /// Counted in `Stats::answered` (once per life).
     answered: bool,
 }
 
@@ -36,7 +37,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
     loop {
         let mut life = Life {
             agent: shared.new_agent(index, generation),
-            leave_at: shared.cfg.churn_per_s.and_then(lifetime),
+            leave_at: shared.cfg.churn_per_s.map(lifetime),
             counted: Vec::new(),
             lost: false,
             answered: false,
@@ -54,9 +55,9 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
 
 /// A lifetime drawn from an exponential distribution: on average `rate` of the agents leave per
 /// second.
-fn lifetime(rate: f64) -> Option<Instant> {
+fn lifetime(rate: f64) -> Instant {
     let u: f64 = rand::rng().random_range(f64::EPSILON..1.0);
-    Some(Instant::now() + Duration::from_secs_f64(-u.ln() / rate))
+    Instant::now() + Duration::from_secs_f64(-u.ln() / rate)
 }
 
 async fn live(shared: &Shared, index: usize, life: &mut Life) {

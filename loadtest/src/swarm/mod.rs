@@ -18,7 +18,8 @@ mod report;
 mod stats;
 
 pub use report::{ConfigPush, Connect, Process, Recovery, Report};
-pub use stats::{Percentiles, Sample, Stats};
+use stats::Stats;
+pub use stats::{Percentiles, Sample};
 
 use crate::client::ConnectOptions;
 use crate::sim::{ApplyBehavior, Profile, SimAgent};
@@ -236,8 +237,10 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         .await;
     }
     shared.stats.steady.store(true, Ordering::Relaxed);
-    report.memory_connections = shared.connected();
-    report.processes = report::processes_after(processes_before)?;
+    report.set_processes(
+        report::processes_after(processes_before)?,
+        shared.connected(),
+    );
 
     match cfg.scenario {
         Scenario::ConnectStorm => {}

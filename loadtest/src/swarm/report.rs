@@ -35,6 +35,10 @@ pub struct Report {
     pub processes: Vec<Process>,
     /// Agents connected when the processes were read.
     pub memory_connections: u64,
+    /// Growth of the watched processes per connection held: resident memory, and CPU time spent
+    /// connecting and serving the first reports.
+    pub memory_bytes_per_connection: Option<f64>,
+    pub cpu_ms_per_connection: Option<f64>,
     pub timeline: Vec<Sample>,
 }
 
@@ -189,6 +193,8 @@ impl Report {
             errors: BTreeMap::new(),
             processes: Vec::new(),
             memory_connections: 0,
+            memory_bytes_per_connection: None,
+            cpu_ms_per_connection: None,
             timeline: Vec::new(),
         }
     }
@@ -214,31 +220,23 @@ impl Report {
         self.timeline = st.timeline();
     }
 
-    /// Growth of the watched processes per connection held: (resident memory in bytes, CPU
-    /// time in ms spent connecting and serving the first reports).
-    fn per_connection(&self, f: impl Fn(&Process) -> i64) -> Option<f64> {
-        let connected = self.memory_connections;
-        if self.processes.is_empty() || connected == 0 {
-            return None;
-        }
-        Some(self.processes.iter().map(f).sum::<i64>() as f64 / connected as f64)
-    }
-
-    pub fn bytes_per_connection(&self) -> Option<f64> {
-        self.per_connection(|p| (p.rss_connected_kb as i64 - p.rss_before_kb as i64) * 1024)
-    }
-
-    pub fn cpu_ms_per_connection(&self) -> Option<f64> {
-        self.per_connection(|p| p.cpu_connected_ms as i64 - p.cpu_before_ms as i64)
+    /// The watched processes as read with `connected` agents connected.
+    pub(super) fn set_processes(&mut self, processes: Vec<Process>, connected: u64) {
+        let per = |f: fn(&Process) -> i64| {
+            (!processes.is_empty() && connected > 0)
+                .then(|| processes.iter().map(f).sum::<i64>() as f64 / connected as f64)
+        };
+        self.memory_bytes_per_connection =
+            per(|p| (p.rss_connected_kb as i64 - p.rss_before_kb as i64) * 1024);
+        self.cpu_ms_per_connection = per(|p| p.cpu_connected_ms as i64 - p.cpu_before_ms as i64);
+        self.memory_connections = connected;
+        self.processes = processes;
     }
 
     /// report.json and timeline.svg in `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        let mut json = serde_json::to_value(self)?;
-        json["memory_bytes_per_connection"] = serde_json::json!(self.bytes_per_connection());
-        json["cpu_ms_per_connection"] = serde_json::json!(self.cpu_ms_per_connection());
         let path = dir.join("report.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+        std::fs::write(&path, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         let path = dir.join("timeline.svg");
         std::fs::write(&path, super::plot::timeline_svg(self)?)
@@ -336,7 +334,7 @@ impl fmt::Display for Report {
                 p.cpu_connected_ms.saturating_sub(p.cpu_before_ms)
             )?;
         }
-        if let (Some(b), Some(c)) = (self.bytes_per_connection(), self.cpu_ms_per_connection()) {
+        if let (Some(b), Some(c)) = (self.memory_bytes_per_connection, self.cpu_ms_per_connection) {
             writeln!(
                 f,
                 "  per connection: {:.1} KiB resident, {c:.3} ms CPU (TLS handshake, upgrade, first report)",

@@ -98,7 +98,7 @@ fn percentiles(h: &Option<Histogram<u64>>) -> Percentiles {
 }
 
 impl Stats {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             started: Instant::now(),
             connected: AtomicU64::new(0),
@@ -218,11 +218,5 @@ impl Stats {
 
     pub fn push_times(&self) -> Percentiles {
         percentiles(&self.push.lock().expect("push lock"))
-    }
-}
-
-impl Default for Stats {
-    fn default() -> Self {
-        Self::new()
     }
 }
