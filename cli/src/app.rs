@@ -15,6 +15,7 @@ use flotilla_common::tls::ReloadingTls;
 use flotilla_coordinator::auth::ApiTokens;
 use flotilla_coordinator::certs::Issuer;
 use flotilla_coordinator::cluster::LeaseKeeper;
+use flotilla_coordinator::redact::Redactor;
 use flotilla_coordinator::{Coordinator, CoordinatorConfig, ShardTable};
 use flotilla_gateway::{AgentTokens, Gateway, GatewayConfig};
 use prometheus_client::registry::Registry;
@@ -114,6 +115,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     if cfg.coordinator {
         let mut coord_cfg =
             CoordinatorConfig::new(&cfg.region, &cfg.node_id, cfg.heartbeat_interval);
+        coord_cfg.audit_retention = cfg.audit_retention;
+        if !cfg.redact_patterns.is_empty() {
+            coord_cfg.redactor = Redactor::new(&cfg.redact_patterns)
+                .context("a --redact-pattern is not a valid regular expression")?;
+        }
         if let Some((cert, key)) = &cfg.signing_ca {
             let ca = Ca::load(cert, key).context("the signing CA (--signing-ca-cert)")?;
             coord_cfg.issuer = Some(Arc::new(Issuer {

@@ -2,8 +2,11 @@
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use reqwest::Client;
 use serde_json::{Value, json};
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
@@ -32,20 +35,53 @@ pub enum CtlCommand {
     /// List or inspect agents.
     #[command(subcommand)]
     Agents(AgentsCommand),
-    /// Store, list and show configs.
+    /// Store configs, see their history and differences, roll them back.
     #[command(subcommand)]
     Configs(ConfigsCommand),
-    /// Restart an agent (now over its WebSocket, or at its next poll).
-    Restart { uid: String },
+    /// Server-set labels on agents (usable in selectors).
+    #[command(subcommand)]
+    Labels(LabelsCommand),
+    /// Roll a config version out in phases, and watch, pause, resume or abort it.
+    #[command(subcommand)]
+    Rollouts(RolloutsCommand),
+    /// Restart one agent (now over its WebSocket, or at its next poll), or every agent a
+    /// selector matches at a bounded rate.
+    Restart {
+        /// The agent's instance uid.
+        #[arg(required_unless_present = "selector", conflicts_with = "selector")]
+        uid: Option<String>,
+        /// Restart every agent this selector matches (e.g. "env=prod,region in (eu,us)").
+        #[arg(long)]
+        selector: Option<String>,
+        /// Restarts per second, with --selector.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+    },
     /// Issue an agent a new client certificate and key, offered over OpAMP; its old certificate
     /// stops working once it has reconnected with the new one.
     RotateCertificate { uid: String },
+    /// Who changed what, newest first.
+    Audit {
+        /// "config/otel", "agent/<uid>", "rollout/<id>", or a kind such as "config".
+        #[arg(long)]
+        object: Option<String>,
+        /// RFC 3339 time, e.g. 2026-11-21T10:00:00Z.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AgentsCommand {
     List {
-        /// k=v,k2=v2 over the agents' attributes.
+        /// A selector over the agents' attributes and labels: "env=prod,region in (eu,us),!canary".
         #[arg(long)]
         selector: Option<String>,
         /// connected, disconnected or silent.
@@ -67,19 +103,117 @@ pub enum AgentsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigsCommand {
-    /// Stores a new version of config NAME from files; agents matching the selector get it.
-    Put {
+    /// Stores a new version of config NAME from files; agents matching the selector get it
+    /// (unless --no-activate, which keeps it for a rollout).
+    #[command(visible_alias = "put")]
+    Apply {
         name: String,
         /// A file to include (its base name becomes the file name in the config). Repeatable.
         #[arg(short, long = "file", required = true)]
         files: Vec<PathBuf>,
-        /// k=v,k2=v2: which agents get the config (all agents when left out).
+        /// Which agents get the config, e.g. "env=prod,region in (eu,us)" (all when left out).
         #[arg(long)]
         selector: Option<String>,
+        /// Store the version without giving it to agents; roll it out with `rollouts start`.
+        #[arg(long)]
+        no_activate: bool,
     },
     List,
     Get {
         name: String,
+        /// A version other than the active one.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Every version of a config, newest first.
+    History {
+        name: String,
+    },
+    /// What changed between two versions (TO defaults to the latest).
+    Diff {
+        name: String,
+        from: u64,
+        to: Option<u64>,
+    },
+    /// Makes a new version repeating VERSION, active at once.
+    Rollback {
+        name: String,
+        version: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabelsCommand {
+    Get {
+        uid: String,
+    },
+    /// Sets labels: KEY=VALUE ...
+    Set {
+        uid: String,
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+    /// Removes labels: KEY ...
+    Remove {
+        uid: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutsCommand {
+    /// Starts rolling a version of CONFIG out in phases.
+    Start {
+        config: String,
+        /// The version to roll out [default: the latest].
+        #[arg(long)]
+        version: Option<u64>,
+        /// Agents in the first phase.
+        #[arg(long, conflicts_with = "percentages")]
+        initial: Option<usize>,
+        /// Each phase is this many times the previous one.
+        #[arg(long, default_value_t = 2.0)]
+        multiplier: f64,
+        /// At most this many agents per phase.
+        #[arg(long)]
+        max_per_phase: Option<usize>,
+        /// Cumulative percentages per phase instead, e.g. 10,50,100.
+        #[arg(long, value_delimiter = ',')]
+        percentages: Vec<f64>,
+        /// How long a phase's agents must stay applied and healthy before the next phase.
+        #[arg(long, default_value = "30s")]
+        soak: String,
+        /// Failure percentage (over at least --min-sample settled agents) that stops the rollout.
+        #[arg(long, default_value_t = 10.0)]
+        max_failure_percent: f64,
+        #[arg(long, default_value_t = 5)]
+        min_sample: usize,
+        /// What a spent error budget does: rollback or pause.
+        #[arg(long, default_value = "rollback")]
+        on_failure: String,
+        /// Follow it with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    List,
+    /// Shows a rollout's phases; with --watch, follows it until it ends.
+    Status {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Abort {
+        id: String,
     },
 }
 
@@ -125,17 +259,156 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             }
             page
         }
-        CtlCommand::Configs(ConfigsCommand::List) => {
-            call(client.get(url("/api/v1/configs"))).await?
+        CtlCommand::Configs(cmd) => match configs(&client, &api, cmd).await? {
+            Some(v) => v,
+            None => return Ok(()),
+        },
+        CtlCommand::Labels(cmd) => {
+            let (uid, body) = match cmd {
+                LabelsCommand::Get { uid } => {
+                    let path = format!("/api/v1/agents/{uid}/labels");
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&call(client.get(url(&path))).await?)?
+                    );
+                    return Ok(());
+                }
+                LabelsCommand::Set { uid, labels } => {
+                    let mut set = serde_json::Map::new();
+                    for l in labels {
+                        let Some((k, v)) = l.split_once('=') else {
+                            bail!("labels are KEY=VALUE, got {l:?}")
+                        };
+                        set.insert(k.into(), Value::String(v.into()));
+                    }
+                    (uid, json!({"set": set}))
+                }
+                LabelsCommand::Remove { uid, keys } => (uid, json!({"remove": keys})),
+            };
+            let path = format!("/api/v1/agents/{uid}/labels");
+            call(client.post(url(&path)).json(&body)).await?
         }
-        CtlCommand::Configs(ConfigsCommand::Get { name }) => {
-            call(client.get(url(&format!("/api/v1/configs/{name}")))).await?
+        CtlCommand::Rollouts(cmd) => return rollouts(&client, &api, cmd).await,
+        CtlCommand::Restart { uid: Some(uid), .. } => {
+            call(client.post(url(&format!("/api/v1/agents/{uid}/restart")))).await?
         }
-        CtlCommand::Configs(ConfigsCommand::Put {
+        CtlCommand::Restart {
+            uid: None,
+            selector,
+            rate,
+        } => {
+            let body = json!({"selector": selector, "rate_per_second": rate});
+            let job = call(client.post(url("/api/v1/restarts")).json(&body)).await?;
+            let id = job["id"].as_str().unwrap_or_default().to_owned();
+            let path = url(&format!("/api/v1/restarts/{id}"));
+            let total = job["matched"].as_u64().unwrap_or(0);
+            let mut progress = Progress::new(total, "restarting");
+            let mut job = job;
+            while !job["done"].as_bool().unwrap_or(true) {
+                let n = ["delivered", "queued", "failed"]
+                    .iter()
+                    .map(|k| job[k].as_u64().unwrap_or(0))
+                    .sum();
+                progress.set(n, &format!("{} failed", job["failed"]));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                job = call(client.get(&path)).await?;
+            }
+            progress.finish(&format!(
+                "{} matched: {} delivered, {} queued, {} failed",
+                job["matched"], job["delivered"], job["queued"], job["failed"]
+            ));
+            job
+        }
+        CtlCommand::RotateCertificate { uid } => {
+            call(client.post(url(&format!("/api/v1/agents/{uid}/certificate")))).await?
+        }
+        CtlCommand::Audit {
+            object,
+            since,
+            until,
+            limit,
+            json,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            query.extend(object.map(|s| ("object", s)));
+            query.extend(since.map(|s| ("since", s)));
+            query.extend(until.map(|s| ("until", s)));
+            let log = call(client.get(url("/api/v1/audit")).query(&query)).await?;
+            if !json {
+                for e in log["entries"].as_array().into_iter().flatten() {
+                    let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+                    println!(
+                        "{:<24}  {:<12}  {:<20}  {}",
+                        s("at"),
+                        s("caller"),
+                        s("action"),
+                        s("object")
+                    );
+                }
+                return Ok(());
+            }
+            log
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Runs a configs command; None when it printed its own output.
+async fn configs(client: &Client, api: &str, cmd: ConfigsCommand) -> anyhow::Result<Option<Value>> {
+    let url = |path: String| format!("{api}/api/v1/configs{path}");
+    Ok(Some(match cmd {
+        ConfigsCommand::List => call(client.get(url(String::new()))).await?,
+        ConfigsCommand::Get {
+            name,
+            version: None,
+        } => call(client.get(url(format!("/{name}")))).await?,
+        ConfigsCommand::Get {
+            name,
+            version: Some(v),
+        } => call(client.get(url(format!("/{name}/versions/{v}")))).await?,
+        ConfigsCommand::History { name } => {
+            let h = call(client.get(url(format!("/{name}/versions")))).await?;
+            println!(
+                "{:<8}  {:<6}  {:<24}  {:<12}  {:<16}  COMMENT",
+                "VERSION", "ACTIVE", "CREATED", "BY", "HASH"
+            );
+            for v in h["versions"].as_array().into_iter().flatten() {
+                let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+                println!(
+                    "{:<8}  {:<6}  {:<24}  {:<12}  {:<16}  {}",
+                    v["version"],
+                    if v["active"] == true { "*" } else { "" },
+                    s("created"),
+                    s("created_by"),
+                    s("hash").get(..16).unwrap_or_default(),
+                    s("comment")
+                );
+            }
+            return Ok(None);
+        }
+        ConfigsCommand::Diff { name, from, to } => {
+            let mut q = vec![("from", from.to_string())];
+            q.extend(to.map(|t| ("to", t.to_string())));
+            let d = call(client.get(url(format!("/{name}/diff"))).query(&q)).await?;
+            let text = d["diff"].as_str().unwrap_or_default();
+            if text.is_empty() {
+                println!("versions {} and {} are the same", d["from"], d["to"]);
+            } else {
+                print!("{text}");
+            }
+            return Ok(None);
+        }
+        ConfigsCommand::Rollback { name, version } => {
+            let body = json!({ "version": version });
+            call(client.post(url(format!("/{name}/rollback"))).json(&body)).await?
+        }
+        ConfigsCommand::Apply {
             name,
             files,
             selector,
-        }) => {
+            no_activate,
+        } => {
             let mut body_files = serde_json::Map::new();
             for path in files {
                 let file_name = path
@@ -147,30 +420,215 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", path.display()))?;
                 body_files.insert(file_name, Value::String(body));
             }
-            let mut sel = serde_json::Map::new();
-            for pair in selector.iter().flat_map(|s| s.split(',')) {
-                let Some((k, v)) = pair.split_once('=') else {
-                    bail!("selector must be k=v pairs, got {pair:?}")
-                };
-                sel.insert(k.trim().into(), Value::String(v.trim().into()));
+            let body = json!({
+                "selector": selector.unwrap_or_default(),
+                "files": body_files,
+                "activate": !no_activate,
+            });
+            call(client.put(url(format!("/{name}"))).json(&body)).await?
+        }
+    }))
+}
+
+async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::Result<()> {
+    let url = |path: String| format!("{api}/api/v1/rollouts{path}");
+    let (r, watch) = match cmd {
+        RolloutsCommand::List => {
+            let all = call(client.get(url(String::new()))).await?;
+            println!(
+                "{:<36}  {:<16}  {:<9}  {:<12}  {:<8}  CREATED",
+                "ID", "CONFIG", "VERSIONS", "STATE", "APPLIED"
+            );
+            for r in all["rollouts"].as_array().into_iter().flatten() {
+                let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+                println!(
+                    "{:<36}  {:<16}  {:<9}  {:<12}  {:<8}  {}",
+                    s("id"),
+                    s("config"),
+                    format!("{}->{}", r["from_version"], r["to_version"]),
+                    s("state"),
+                    format!("{}/{}", r["applied"], r["agents_total"]),
+                    s("created")
+                );
             }
-            let body = json!({"selector": sel, "files": body_files});
-            call(
-                client
-                    .put(url(&format!("/api/v1/configs/{name}")))
-                    .json(&body),
+            return Ok(());
+        }
+        RolloutsCommand::Start {
+            config,
+            version,
+            initial,
+            multiplier,
+            max_per_phase,
+            percentages,
+            soak,
+            max_failure_percent,
+            min_sample,
+            on_failure,
+            watch,
+        } => {
+            let phases = match (initial, percentages.is_empty()) {
+                (Some(initial), true) => {
+                    json!({"initial": initial, "multiplier": multiplier, "max_per_phase": max_per_phase})
+                }
+                (None, false) => json!({ "percentages": percentages }),
+                _ => bail!(
+                    "give either --initial N (with --multiplier, --max-per-phase) or --percentages 10,50,100"
+                ),
+            };
+            let body = json!({
+                "config": config,
+                "version": version,
+                "phases": phases,
+                "soak": soak,
+                "error_budget": {
+                    "max_failure_percent": max_failure_percent,
+                    "min_sample": min_sample,
+                    "action": on_failure,
+                },
+            });
+            (
+                call(client.post(url(String::new())).json(&body)).await?,
+                watch,
             )
-            .await?
         }
-        CtlCommand::Restart { uid } => {
-            call(client.post(url(&format!("/api/v1/agents/{uid}/restart")))).await?
+        RolloutsCommand::Status { id, watch, json } => {
+            let r = call(client.get(url(format!("/{id}")))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            (r, watch)
         }
-        CtlCommand::RotateCertificate { uid } => {
-            call(client.post(url(&format!("/api/v1/agents/{uid}/certificate")))).await?
+        RolloutsCommand::Pause { id } => {
+            (call(client.post(url(format!("/{id}/pause")))).await?, false)
+        }
+        RolloutsCommand::Resume { id } => (
+            call(client.post(url(format!("/{id}/resume")))).await?,
+            false,
+        ),
+        RolloutsCommand::Abort { id } => {
+            (call(client.post(url(format!("/{id}/abort")))).await?, false)
         }
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    if !watch {
+        print_rollout(&r);
+        return Ok(());
+    }
+    let id = r["id"].as_str().unwrap_or_default().to_owned();
+    let mut r = r;
+    let mut progress = Progress::new(r["agents_total"].as_u64().unwrap_or(0), "rolling out");
+    while matches!(r["state"].as_str(), Some("running" | "paused")) {
+        progress.total(r["agents_total"].as_u64().unwrap_or(0));
+        progress.set(
+            r["applied"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0),
+            &format!(
+                "{} phase {}: {} applied, {} failed, {} pending",
+                r["state"].as_str().unwrap_or_default(),
+                r["phases"].as_array().map_or(0, Vec::len),
+                r["applied"],
+                r["failed"],
+                r["pending"]
+            ),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        r = call(client.get(url(format!("/{id}")))).await?;
+    }
+    progress.finish(&format!(
+        "rollout {id} {}",
+        r["state"].as_str().unwrap_or_default()
+    ));
+    print_rollout(&r);
+    if r["state"] != "completed" {
+        bail!(
+            "rollout {id} ended {}: {}",
+            r["state"].as_str().unwrap_or_default(),
+            r["reason"].as_str().unwrap_or_default()
+        );
+    }
     Ok(())
+}
+
+fn print_rollout(r: &Value) {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    println!(
+        "rollout {} of {} {} -> {}: {} {}",
+        s(&r["id"]),
+        s(&r["config"]),
+        r["from_version"],
+        r["to_version"],
+        s(&r["state"]),
+        s(&r["reason"])
+    );
+    println!(
+        "{:<6}  {:<7}  {:<8}  {:<7}  {:<8}  STARTED",
+        "PHASE", "AGENTS", "APPLIED", "FAILED", "PENDING"
+    );
+    for p in r["phases"].as_array().into_iter().flatten() {
+        println!(
+            "{:<6}  {:<7}  {:<8}  {:<7}  {:<8}  {}",
+            p["phase"],
+            p["agents"],
+            p["applied"],
+            p["failed"],
+            p["pending"],
+            s(&p["started"])
+        );
+    }
+    println!(
+        "{} of {} agents applied, {} failed",
+        r["applied"], r["agents_total"], r["failed"]
+    );
+}
+
+/// A progress bar on a terminal; on anything else (a pipe, CI), a line whenever the message
+/// changes, so logs show progress too.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last: String,
+}
+
+impl Progress {
+    fn new(total: u64, what: &str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {msg}")
+                    .expect("a valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(what.to_owned());
+            bar
+        });
+        Self {
+            bar,
+            last: String::new(),
+        }
+    }
+
+    fn total(&mut self, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+        }
+    }
+
+    fn set(&mut self, done: u64, msg: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(done);
+                bar.set_message(msg.to_owned());
+            }
+            None if msg != self.last => eprintln!("{msg}"),
+            None => {}
+        }
+        msg.clone_into(&mut self.last);
+    }
+
+    fn finish(self, msg: &str) {
+        match self.bar {
+            Some(bar) => bar.finish_with_message(msg.to_owned()),
+            None => eprintln!("{msg}"),
+        }
+    }
 }
 
 async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {

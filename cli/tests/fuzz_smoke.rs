@@ -6,7 +6,8 @@
 use bytes::Bytes;
 use flotilla_common::codec::decode_ws_frame;
 use flotilla_common::pki::Ca;
-use flotilla_coordinator::agent::{Ctx, heartbeat_offer, process};
+use flotilla_coordinator::agent::{Ctx, process};
+use flotilla_coordinator::configs::Desired;
 use flotilla_gateway::decode_body;
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::bus::{AgentRecord, Origin};
@@ -70,12 +71,11 @@ fn run(target: &str, extra: Vec<Vec<u8>>, mut f: impl FnMut(&[u8])) {
 
 #[test]
 fn websocket_messages_never_panic_the_state_machine() {
-    let offer = heartbeat_offer(Duration::from_secs(30));
+    let desired = Desired::default();
     let ctx = Ctx {
         now_unix_ms: 1_700_000_000_000,
         heartbeat_interval: Duration::from_secs(30),
-        heartbeat_offer: &offer,
-        configs: &[],
+        desired: &desired,
     };
     let mut agent = SimAgent::new("otelcol", &[("env", "prod")]);
     let real = [0u8]

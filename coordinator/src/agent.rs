@@ -2,17 +2,16 @@
 //! stored record, detect sequence gaps, and decide what the reply carries. Pure: no I/O, no clock
 //! (the caller passes `now`), so every protocol rule is unit-tested here.
 
-use crate::configs;
+use crate::configs::{self, Aspect, Desired};
+use crate::offers;
 use flotilla_common::names::shard_of;
 use flotilla_common::store::StoredConfig;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags, CommandType,
-    ConnectionSettingsOffers, OpAmpConnectionSettings, RemoteConfigStatuses, ServerCapabilities,
-    ServerToAgent, ServerToAgentCommand, ServerToAgentFlags, any_value,
+    PackagesAvailable, RemoteConfigStatuses, ServerCapabilities, ServerToAgent,
+    ServerToAgentCommand, ServerToAgentFlags, any_value,
 };
-use prost::Message;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
@@ -22,6 +21,7 @@ pub const SERVER_CAPABILITIES: u64 = ServerCapabilities::AcceptsStatus as u64
     | ServerCapabilities::OffersRemoteConfig as u64
     | ServerCapabilities::AcceptsEffectiveConfig as u64
     | ServerCapabilities::AcceptsPackagesStatus as u64
+    | ServerCapabilities::OffersPackages as u64
     | ServerCapabilities::OffersConnectionSettings as u64;
 
 /// How many heartbeat intervals without a message make an agent silent.
@@ -34,10 +34,9 @@ pub fn has(caps: u64, cap: Cap) -> bool {
 /// Server-side facts the decision depends on.
 pub struct Ctx<'a> {
     pub now_unix_ms: u64,
+    /// The heartbeat interval of agents whose configs set none.
     pub heartbeat_interval: Duration,
-    /// [`heartbeat_offer`] of `heartbeat_interval`, computed once per process.
-    pub heartbeat_offer: &'a ConnectionSettingsOffers,
-    pub configs: &'a [StoredConfig],
+    pub desired: &'a Desired,
 }
 
 /// Something that happened to an agent, published on `opamp.<region>.evt.<kind>`.
@@ -140,7 +139,8 @@ pub fn process(
     }
     events.extend(before.events_to(&rec));
 
-    let deadline = match silence_deadline(&rec, ctx.heartbeat_interval) {
+    let interval = heartbeat_interval(&rec, ctx.desired, ctx.heartbeat_interval);
+    let deadline = match silence_deadline(&rec, interval) {
         Some(at) => Deadline::Arm(at),
         None => Deadline::Clear,
     };
@@ -280,18 +280,32 @@ fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
 }
 
 /// Adds what differs between the desired state and what the agent reported: the remote config,
-/// and the connection settings (heartbeat interval, or an issued certificate).
+/// the packages, and the connection settings (heartbeat interval and own-telemetry destinations,
+/// or an issued certificate).
 fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) {
-    if let Some(cfg) = config_to_offer(rec, ctx.configs) {
+    let attrs = attributes(rec);
+    if let Some(cfg) = config_to_offer(rec, &attrs, ctx.desired) {
         reply.remote_config = Some(configs::remote_config_message(cfg));
+    }
+    if let Some(p) = packages_to_offer(rec, &attrs, ctx.desired) {
+        rec.offered_packages_hash.clone_from(&p.all_packages_hash);
+        reply.packages_available = Some(p);
     }
     // A pending certificate offer carries the heartbeat interval too. Once an agent runs settings
     // with a certificate, an offer without one would tell it to drop its certificate: none is made.
     let offer = match &rec.settings_offer {
-        Some(cert_offer) => cert_offer,
+        Some(cert_offer) => cert_offer.clone(),
         None if rec.settings_have_certificate => return,
-        None if has(rec.capabilities, Cap::ReportsHeartbeat) => ctx.heartbeat_offer,
-        None => return,
+        None => {
+            let cfg = ctx
+                .desired
+                .resolve(uid(rec).as_ref(), &attrs, Aspect::Settings);
+            let settings = offers::settings_of(cfg);
+            match offers::settings_offer(settings, ctx.heartbeat_interval, rec.capabilities) {
+                Some(o) => o,
+                None => return,
+            }
+        }
     };
     // Offered once per settings hash, and again while the agent reports another hash: an offer
     // on every reply could make agents that reconnect on new settings loop.
@@ -302,29 +316,40 @@ fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) 
     if rec.offered_settings_hash != offer.hash
         || reported.is_some_and(|h| h != offer.hash.as_slice())
     {
-        let offer = offer.clone();
         rec.offered_settings_hash.clone_from(&offer.hash);
         reply.connection_settings = Some(offer);
     }
 }
 
-/// The config this agent should run, if it accepts remote config and one matches it.
+fn uid(rec: &AgentRecord) -> Option<Uuid> {
+    Uuid::from_slice(&rec.instance_uid).ok()
+}
+
+/// The config that gives this agent `aspect`, if the agent can take it.
 pub fn desired_config<'a>(
     rec: &AgentRecord,
-    configs: &'a [StoredConfig],
+    attrs: &BTreeMap<String, String>,
+    desired: &'a Desired,
+    aspect: Aspect,
 ) -> Option<&'a StoredConfig> {
-    if !has(rec.capabilities, Cap::AcceptsRemoteConfig) {
+    let capable = match aspect {
+        Aspect::Files => has(rec.capabilities, Cap::AcceptsRemoteConfig),
+        Aspect::Packages => has(rec.capabilities, Cap::AcceptsPackages),
+        Aspect::Settings => true,
+    };
+    if !capable {
         return None;
     }
-    configs::resolve(configs, &attributes(rec))
+    desired.resolve(uid(rec).as_ref(), attrs, aspect)
 }
 
 /// The desired config of an agent that does not report running it yet: what to send it.
 pub fn config_to_offer<'a>(
     rec: &AgentRecord,
-    configs: &'a [StoredConfig],
+    attrs: &BTreeMap<String, String>,
+    desired: &'a Desired,
 ) -> Option<&'a StoredConfig> {
-    let cfg = desired_config(rec, configs)?;
+    let cfg = desired_config(rec, attrs, desired, Aspect::Files)?;
     let reported = rec
         .remote_config_status
         .as_ref()
@@ -332,22 +357,35 @@ pub fn config_to_offer<'a>(
     (reported.as_deref() != Some(cfg.hash.as_str())).then_some(cfg)
 }
 
-/// The connection settings offered to agents that report heartbeats, with the hash of all of them.
-/// The interval is always filled in: an `opamp` offer without it would switch heartbeats off
-/// (proto3 cannot tell 0 from unset).
-pub fn heartbeat_offer(interval: Duration) -> ConnectionSettingsOffers {
-    let mut offer = ConnectionSettingsOffers {
-        opamp: Some(OpAmpConnectionSettings {
-            heartbeat_interval_seconds: interval.as_secs(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    offer.hash = Sha256::digest(offer.encode_to_vec()).to_vec();
-    offer
+/// The packages to offer this agent: once per change of its desired package set, and again while
+/// it reports having been offered another set.
+pub fn packages_to_offer(
+    rec: &AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    desired: &Desired,
+) -> Option<PackagesAvailable> {
+    let cfg = desired_config(rec, attrs, desired, Aspect::Packages)?;
+    let offer = offers::packages_available(&cfg.packages);
+    let reported = rec
+        .package_statuses
+        .as_ref()
+        .map(|s| s.server_provided_all_packages_hash.as_slice());
+    (rec.offered_packages_hash != offer.all_packages_hash
+        || reported.is_some_and(|h| h != offer.all_packages_hash.as_slice()))
+    .then_some(offer)
 }
 
-/// The agent's attributes as strings: non-identifying first, identifying on top (they win a clash).
+/// The heartbeat interval this agent is asked for: its settings config's, else the default.
+pub fn heartbeat_interval(rec: &AgentRecord, desired: &Desired, default: Duration) -> Duration {
+    let cfg = desired.resolve(uid(rec).as_ref(), &attributes(rec), Aspect::Settings);
+    offers::settings_of(cfg)
+        .and_then(|s| s.heartbeat_interval)
+        .unwrap_or(default)
+}
+
+/// What selectors see of an agent, as strings: its non-identifying attributes, its identifying
+/// attributes on top (they win a clash), and its server-set labels on top of both (the operator's
+/// word wins).
 pub fn attributes(rec: &AgentRecord) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(d) = &rec.description {
@@ -362,6 +400,7 @@ pub fn attributes(rec: &AgentRecord) -> BTreeMap<String, String> {
             );
         }
     }
+    out.extend(rec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     out
 }
 

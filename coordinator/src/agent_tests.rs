@@ -1,5 +1,5 @@
 use super::*;
-use flotilla_common::store::ConfigFile;
+use flotilla_common::store::{AgentSettings, ConfigFile, PackageOffer};
 use flotilla_proto::opamp::{
     AgentDescription, AgentDisconnect, AnyValue, ComponentHealth, KeyValue, RemoteConfigStatus,
 };
@@ -20,15 +20,16 @@ fn ws() -> Origin {
     }
 }
 
-static OFFER: std::sync::LazyLock<ConnectionSettingsOffers> =
-    std::sync::LazyLock::new(|| heartbeat_offer(Duration::from_secs(30)));
+fn ctx(configs: &[StoredConfig]) -> Ctx<'static> {
+    with_desired(Desired::new(configs.to_vec()))
+}
 
-fn ctx(configs: &[StoredConfig]) -> Ctx<'_> {
+/// Leaks the desired state: a few bytes per test, so contexts can be built inline.
+fn with_desired(desired: Desired) -> Ctx<'static> {
     Ctx {
         now_unix_ms: NOW,
         heartbeat_interval: Duration::from_secs(30),
-        heartbeat_offer: &OFFER,
-        configs,
+        desired: Box::leak(Box::new(desired)),
     }
 }
 
@@ -78,11 +79,14 @@ fn prod_config() -> StoredConfig {
     StoredConfig {
         name: "prod".into(),
         version: 1,
-        selector: BTreeMap::from([("env".into(), "prod".into())]),
+        selector: "env=prod".parse().unwrap(),
         hash: hex::encode(configs::hash_of_files(&files)),
         files,
+        packages: BTreeMap::new(),
+        settings: None,
         created_unix_ms: 0,
         created_by: String::new(),
+        comment: String::new(),
     }
 }
 
@@ -321,4 +325,97 @@ fn available_components_hash_without_map_asks_for_the_map_once() {
     let out = process(Some(out.record), msg, ws(), &ctx(&[]));
     assert_eq!(out.reply.flags & ask, 0, "hash known: no new request");
     assert_eq!(out.record.available_components.unwrap().components.len(), 1);
+}
+
+#[test]
+fn labels_select_configs_and_win_over_reported_attributes() {
+    let uid = Uuid::now_v7();
+    let mut canary = prod_config();
+    canary.name = "canary".into();
+    canary.selector = "env=prod,ring=canary".parse().unwrap();
+    canary.files.get_mut("c.yaml").unwrap().body = "canary: true".into();
+    canary.hash = hex::encode(configs::hash_of_files(&canary.files));
+    let configs = [prod_config(), canary.clone()];
+    let rec = process(None, full(uid, 0), ws(), &ctx(&configs)).record;
+    let d = Desired::new(configs.to_vec());
+    let attrs = attributes(&rec);
+    assert_eq!(
+        desired_config(&rec, &attrs, &d, Aspect::Files)
+            .unwrap()
+            .name,
+        "prod"
+    );
+    let mut labelled = rec;
+    labelled.labels.insert("ring".into(), "canary".into());
+    labelled.labels.insert("env".into(), "prod".into());
+    let attrs = attributes(&labelled);
+    assert_eq!(
+        desired_config(&labelled, &attrs, &d, Aspect::Files)
+            .unwrap()
+            .name,
+        "canary"
+    );
+    let out = process(Some(labelled), heartbeat(uid, 1), ws(), &ctx(&configs));
+    assert_eq!(
+        hex::encode(out.reply.remote_config.unwrap().config_hash),
+        canary.hash
+    );
+}
+
+#[test]
+fn an_enrolled_agent_gets_the_rollouts_version_and_others_the_active_one() {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut v2 = prod_config();
+    v2.version = 2;
+    v2.files.get_mut("c.yaml").unwrap().body = "a: 2".into();
+    v2.hash = hex::encode(configs::hash_of_files(&v2.files));
+    let mut d = Desired::new(vec![prod_config()]);
+    d.add_rollout("r1", v2.clone(), &std::collections::HashSet::from([a]));
+    let ctx = with_desired(d);
+    let hash = |o: Outcome| hex::encode(o.reply.remote_config.unwrap().config_hash);
+    assert_eq!(hash(process(None, full(a, 0), ws(), &ctx)), v2.hash);
+    assert_eq!(
+        hash(process(None, full(b, 0), ws(), &ctx)),
+        prod_config().hash
+    );
+}
+
+#[test]
+fn packages_and_per_selector_settings_are_offered_once_per_change() {
+    let uid = Uuid::now_v7();
+    let mut bundle = prod_config();
+    bundle.name = "collector-packages".into();
+    bundle.files.clear();
+    bundle.packages = BTreeMap::from([(
+        "otelcol".to_owned(),
+        PackageOffer {
+            kind: "top_level".into(),
+            version: "0.110.0".into(),
+            download_url: "https://example.com/otelcol.tgz".into(),
+            content_hash: "00".repeat(32),
+            signature: String::new(),
+            headers: BTreeMap::new(),
+        },
+    )]);
+    bundle.settings = Some(AgentSettings {
+        heartbeat_interval: Some(Duration::from_secs(10)),
+        ..Default::default()
+    });
+    let configs = [prod_config(), bundle];
+    let mut msg = full(uid, 0);
+    msg.capabilities |= Cap::AcceptsPackages as u64 | Cap::ReportsPackageStatuses as u64;
+    let out = process(None, msg, ws(), &ctx(&configs));
+    assert!(
+        out.reply.remote_config.is_some(),
+        "files still come from \"prod\""
+    );
+    let p = out.reply.packages_available.expect("packages offered");
+    assert_eq!(p.packages["otelcol"].version, "0.110.0");
+    let s = out.reply.connection_settings.expect("settings offered");
+    assert_eq!(s.opamp.unwrap().heartbeat_interval_seconds, 10);
+    // The agent is silent after 3 of its own (10 s) intervals, not the default 30 s.
+    assert_eq!(out.deadline, Deadline::Arm(NOW + 30_000));
+    let again = process(Some(out.record), heartbeat(uid, 1), ws(), &ctx(&configs));
+    assert!(again.reply.packages_available.is_none(), "offered once");
+    assert!(again.reply.connection_settings.is_none(), "offered once");
 }

@@ -1,7 +1,9 @@
 //! The admin REST API (`/api/v1/...`, JSON). Errors are `{"error": "<message>"}` with the status
 //! from the one error-kind mapping.
 
+use crate::admin::ConfigDraft;
 use crate::auth::{self, ApiTokens, Caller};
+use crate::rollouts::RolloutRequest;
 use crate::service::{Coordinator, RestartOutcome, ServiceError};
 use crate::views::{self, Filters};
 use axum::Router;
@@ -11,6 +13,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flotilla_common::error::ErrorKind;
+use flotilla_common::selector::Selector;
+use flotilla_common::store::AuditQuery;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -28,8 +32,26 @@ pub fn router(coordinator: Arc<Coordinator>, tokens: Option<Arc<ApiTokens>>) -> 
         .route("/api/v1/agents/{uid}", get(get_agent))
         .route("/api/v1/agents/{uid}/restart", post(restart_agent))
         .route("/api/v1/agents/{uid}/certificate", post(issue_certificate))
+        .route(
+            "/api/v1/agents/{uid}/labels",
+            get(get_labels).post(set_labels),
+        )
         .route("/api/v1/configs", get(list_configs))
         .route("/api/v1/configs/{name}", get(get_config).put(put_config))
+        .route("/api/v1/configs/{name}/versions", get(config_versions))
+        .route(
+            "/api/v1/configs/{name}/versions/{version}",
+            get(config_version),
+        )
+        .route("/api/v1/configs/{name}/diff", get(config_diff))
+        .route("/api/v1/configs/{name}/rollback", post(rollback_config))
+        .route("/api/v1/rollouts", get(list_rollouts).post(start_rollout))
+        .route("/api/v1/rollouts/{id}", get(get_rollout))
+        .route("/api/v1/rollouts/{id}/{action}", post(control_rollout))
+        .route("/api/v1/restarts", post(restart_matching))
+        .route("/api/v1/restarts/{id}", get(restart_job))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/openapi.json", get(openapi))
         .with_state(coordinator)
         .layer(axum::middleware::from_fn_with_state(
             tokens,
@@ -97,7 +119,7 @@ async fn fleet_health(State(c): State<Arc<Coordinator>>) -> ApiResult {
 
 fn parse_filters(q: &HashMap<String, String>) -> Result<(Filters, usize, Option<Uuid>), ApiError> {
     let mut f = Filters::default();
-    if let Some(sel) = q.get("selector").filter(|s| !s.is_empty()) {
+    if let Some(sel) = q.get("selector") {
         f.selector = parse_selector(sel)?;
     }
     if let Some(s) = q.get("status") {
@@ -146,16 +168,9 @@ fn parse_filters(q: &HashMap<String, String>) -> Result<(Filters, usize, Option<
     Ok((f, limit, cursor))
 }
 
-/// `k=v,k2=v2` -> map.
-pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, ApiError> {
-    s.split(',')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-            _ => Err(bad_request(format!(
-                "selector must be k=v pairs separated by commas; got {pair:?}"
-            ))),
-        })
-        .collect()
+/// A selector in its text form (`env=prod,region in (eu,us),!canary`).
+pub fn parse_selector(s: &str) -> Result<Selector, ApiError> {
+    s.parse().map_err(|e| bad_request(format!("{e}")))
 }
 
 /// Agents sorted by instance_uid; the cursor is the last uid of the previous page.
@@ -179,12 +194,12 @@ async fn list_agents(
     let next_cursor = (start + limit < total)
         .then(|| page.last().map(Uuid::to_string))
         .flatten();
-    let configs = c.configs();
+    let desired = c.desired();
     let mut agents = Vec::with_capacity(page.len());
     for uid in page {
         // An agent is never removed, so every uid of the page has a record.
         if let Some(rec) = c.agent(*uid).await? {
-            agents.push(views::summary(&rec, &configs));
+            agents.push(views::summary(&rec, &desired));
         }
     }
     Ok(axum::Json(json!({
@@ -208,7 +223,7 @@ async fn get_agent(State(c): State<Arc<Coordinator>>, Path(uid): Path<String>) -
         .agent(uid)
         .await?
         .ok_or_else(|| ApiError(ErrorKind::NotFound, format!("no agent {uid}")))?;
-    Ok(axum::Json(views::detail(&rec, &c.configs())))
+    Ok(axum::Json(views::detail(&rec, &c.desired(), c.redactor())))
 }
 
 async fn restart_agent(
@@ -244,27 +259,21 @@ async fn issue_certificate(
 }
 
 async fn list_configs(State(c): State<Arc<Coordinator>>) -> ApiResult {
-    let configs = c.configs();
-    Ok(axum::Json(
-        json!({"configs": configs.iter().map(views::config_json).collect::<Vec<_>>()}),
-    ))
+    let desired = c.desired();
+    let configs: Vec<Value> = desired.configs.iter().map(views::config_json).collect();
+    Ok(axum::Json(json!({"configs": configs})))
 }
 
+/// The active version of a config, or its latest if none is active (staged only).
 async fn get_config(State(c): State<Arc<Coordinator>>, Path(name): Path<String>) -> ApiResult {
-    let configs = c.configs();
-    let cfg = configs
-        .iter()
-        .find(|x| x.name == name)
-        .ok_or_else(|| ApiError(ErrorKind::NotFound, format!("no config {name:?}")))?;
-    Ok(axum::Json(views::config_json(cfg)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutConfigBody {
-    #[serde(default)]
-    selector: BTreeMap<String, String>,
-    files: BTreeMap<String, String>,
+    let desired = c.desired();
+    if let Some(cfg) = desired.configs.iter().find(|x| x.name == name) {
+        return Ok(axum::Json(views::config_json(cfg)));
+    }
+    let history = c.config_history(&name).await?;
+    Ok(axum::Json(views::config_json(
+        history.last().expect("history is never empty"),
+    )))
 }
 
 async fn put_config(
@@ -273,13 +282,274 @@ async fn put_config(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let body: PutConfigBody = serde_json::from_slice(&body).map_err(|e| {
+    let draft: ConfigDraft = serde_json::from_slice(&body).map_err(|e| {
         bad_request(format!(
-            "invalid config body: {e}; expected {{\"selector\": {{\"key\": \"value\"}}, \"files\": {{\"name.yaml\": \"<body>\"}}}}"
+            "invalid config body: {e}; expected {{\"selector\": \"env=prod\" or {{\"key\": \"value\"}}, \"files\": {{\"name.yaml\": \"<body>\"}}, \"packages\": {{...}}, \"settings\": {{...}}, \"activate\": true}}"
         ))
     })?;
     let stored = c
-        .put_config(&name, body.selector, body.files, &caller.name)
+        .put_config(&name, draft, &caller.name, String::new())
         .await?;
     Ok(axum::Json(views::config_json(&stored)))
+}
+
+async fn config_versions(State(c): State<Arc<Coordinator>>, Path(name): Path<String>) -> ApiResult {
+    let history = c.config_history(&name).await?;
+    let active = c
+        .desired()
+        .configs
+        .iter()
+        .find(|x| x.name == name)
+        .map(|x| x.version);
+    let versions: Vec<Value> = history
+        .iter()
+        .rev()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "hash": v.hash,
+                "selector": views::selector_json(&v.selector),
+                "created": views::rfc3339(v.created_unix_ms),
+                "created_by": v.created_by,
+                "comment": v.comment,
+                "active": Some(v.version) == active,
+            })
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"name": name, "active_version": active, "versions": versions}),
+    ))
+}
+
+fn parse_version(s: &str) -> Result<u64, ApiError> {
+    s.parse()
+        .map_err(|_| bad_request(format!("version must be a number, not {s:?}")))
+}
+
+async fn config_version(
+    State(c): State<Arc<Coordinator>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult {
+    let v = c.config_version(&name, parse_version(&version)?).await?;
+    Ok(axum::Json(views::config_json(&v)))
+}
+
+/// A unified diff between two versions (`?from=1&to=2`; `to` defaults to the latest).
+async fn config_diff(
+    State(c): State<Arc<Coordinator>>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let history = c.config_history(&name).await?;
+    let pick = |key: &str| -> Result<Option<&flotilla_common::store::StoredConfig>, ApiError> {
+        match q.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let v = parse_version(v)?;
+                history
+                    .iter()
+                    .find(|c| c.version == v)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        ApiError(
+                            ErrorKind::NotFound,
+                            format!("config {name:?} has no version {v}"),
+                        )
+                    })
+            }
+        }
+    };
+    let from = pick("from")?.ok_or_else(|| bad_request("?from=<version> is required"))?;
+    let to = pick("to")?.unwrap_or_else(|| history.last().expect("never empty"));
+    Ok(axum::Json(json!({
+        "name": name,
+        "from": from.version,
+        "to": to.version,
+        "diff": views::diff(from, to),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    version: u64,
+}
+
+async fn rollback_config(
+    State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let body: RollbackBody = parse_body(&body, "{\"version\": <number>}")?;
+    let stored = c.rollback_config(&name, body.version, &caller.name).await?;
+    Ok(axum::Json(views::config_json(&stored)))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| bad_request(format!("invalid body: {e}; expected {shape}")))
+}
+
+async fn get_labels(State(c): State<Arc<Coordinator>>, Path(uid): Path<String>) -> ApiResult {
+    let uid = parse_uid(&uid)?;
+    let rec = c
+        .agent(uid)
+        .await?
+        .ok_or_else(|| ApiError(ErrorKind::NotFound, format!("no agent {uid}")))?;
+    let labels: BTreeMap<_, _> = rec.labels.into_iter().collect();
+    Ok(axum::Json(
+        json!({"instance_uid": uid.to_string(), "labels": labels}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelsBody {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+async fn set_labels(
+    State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let uid = parse_uid(&uid)?;
+    let body: LabelsBody = parse_body(
+        &body,
+        "{\"set\": {\"key\": \"value\"}, \"remove\": [\"key\"]}",
+    )?;
+    let labels = c
+        .set_labels(uid, body.set, body.remove, &caller.name)
+        .await?;
+    Ok(axum::Json(
+        json!({"instance_uid": uid.to_string(), "labels": labels}),
+    ))
+}
+
+async fn list_rollouts(State(c): State<Arc<Coordinator>>) -> ApiResult {
+    let all: Vec<Value> = c
+        .rollouts()
+        .await?
+        .iter()
+        .map(views::rollout_json)
+        .collect();
+    Ok(axum::Json(json!({"rollouts": all})))
+}
+
+async fn start_rollout(
+    State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RolloutRequest = parse_body(
+        &body,
+        "{\"config\": \"name\", \"version\": 2, \"phases\": {\"initial\": 10, \"multiplier\": 2, \"max_per_phase\": 1000} or {\"percentages\": [10, 50, 100]}, \"soak\": \"30s\", \"error_budget\": {\"max_failure_percent\": 10, \"min_sample\": 5, \"action\": \"rollback\" or \"pause\"}}",
+    )?;
+    let r = c.start_rollout(req, &caller.name).await?;
+    Ok((StatusCode::CREATED, axum::Json(views::rollout_json(&r))).into_response())
+}
+
+async fn get_rollout(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) -> ApiResult {
+    Ok(axum::Json(views::rollout_json(&c.rollout(&id).await?)))
+}
+
+async fn control_rollout(
+    State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult {
+    let r = c.control_rollout(&id, &action, &caller.name).await?;
+    Ok(axum::Json(views::rollout_json(&r)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartBody {
+    selector: Selector,
+    #[serde(default = "default_restart_rate")]
+    rate_per_second: f64,
+}
+
+fn default_restart_rate() -> f64 {
+    10.0
+}
+
+async fn restart_matching(
+    State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: RestartBody = parse_body(
+        &body,
+        "{\"selector\": \"env=prod\", \"rate_per_second\": 10}",
+    )?;
+    let job = c
+        .restart_matching(body.selector, body.rate_per_second, &caller.name)
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!(job))).into_response())
+}
+
+async fn restart_job(State(c): State<Arc<Coordinator>>, Path(id): Path<String>) -> ApiResult {
+    Ok(axum::Json(json!(c.restart_job(&id).await?)))
+}
+
+const DEFAULT_AUDIT_LIMIT: usize = 100;
+
+/// `?object=config/otel&since=<RFC 3339>&until=<RFC 3339>&limit=N`, newest first.
+async fn audit(
+    State(c): State<Arc<Coordinator>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let time = |key: &str| -> Result<Option<u64>, ApiError> {
+        q.get(key)
+            .map(|t| {
+                humantime::parse_rfc3339_weak(t)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64)
+                    .ok_or_else(|| {
+                        bad_request(format!(
+                            "{key} must be an RFC 3339 time such as 2026-11-21T10:00:00Z, not {t:?}"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    for key in q.keys() {
+        if !matches!(key.as_str(), "object" | "since" | "until" | "limit") {
+            return Err(bad_request(format!("unknown query parameter {key:?}")));
+        }
+    }
+    let limit = match q.get("limit") {
+        None => DEFAULT_AUDIT_LIMIT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                bad_request(format!("limit must be from 1 to {MAX_LIMIT}, not {l:?}"))
+            })?,
+    };
+    let query = AuditQuery {
+        since_unix_ms: time("since")?,
+        until_unix_ms: time("until")?,
+        object: q.get("object").cloned(),
+        limit,
+    };
+    let entries = c.audit_log(&query).await?;
+    let entries: Vec<Value> = entries.iter().map(views::audit_json).collect();
+    Ok(axum::Json(json!({"entries": entries})))
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
 }

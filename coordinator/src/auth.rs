@@ -129,12 +129,20 @@ impl ApiTokens {
     }
 }
 
-/// The role a request needs: reads are for viewers, agent commands for operators, the rest
-/// (configs, certificates, anything new) for admins.
+/// The role a request needs: reads are for viewers; agent commands, labels and holding or
+/// aborting a rollout for operators; the rest (configs, starting rollouts, certificates,
+/// anything new) for admins.
 pub fn required_role(method: &Method, path: &str) -> Role {
+    let operator = path.ends_with("/restart")
+        || path == "/api/v1/restarts"
+        || path.ends_with("/labels")
+        || (path.starts_with("/api/v1/rollouts/")
+            && ["/pause", "/resume", "/abort"]
+                .iter()
+                .any(|a| path.ends_with(a)));
     if method == Method::GET || method == Method::HEAD {
         Role::Viewer
-    } else if method == Method::POST && path.ends_with("/restart") {
+    } else if method == Method::POST && operator {
         Role::Operator
     } else {
         Role::Admin
@@ -251,6 +259,22 @@ mod tests {
         );
         assert_eq!(
             required_role(&Method::PUT, "/api/v1/configs/c"),
+            Role::Admin
+        );
+        for operator in [
+            "/api/v1/restarts",
+            "/api/v1/agents/x/labels",
+            "/api/v1/rollouts/r/pause",
+            "/api/v1/rollouts/r/abort",
+        ] {
+            assert_eq!(required_role(&Method::POST, operator), Role::Operator);
+        }
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/rollouts"),
+            Role::Admin
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/api/v1/configs/c/rollback"),
             Role::Admin
         );
         assert_eq!(

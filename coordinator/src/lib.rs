@@ -7,6 +7,7 @@
 //! reply and a new record out). It reaches the gateway only through the Bus and never depends on
 //! the gateway crate.
 
+pub mod admin;
 pub mod agent;
 pub mod api;
 pub mod auth;
@@ -14,8 +15,14 @@ pub mod certs;
 pub mod cluster;
 pub mod configs;
 mod metrics;
+pub mod offers;
+pub mod openapi;
+pub mod redact;
+pub mod rollout;
+pub mod rollouts;
 mod service;
 pub mod shards;
+pub mod validate;
 pub mod views;
 
 pub use service::{Coordinator, CoordinatorConfig, RestartOutcome, ServiceError};

@@ -7,27 +7,25 @@
 
 use crate::agent::{self, Ctx, Deadline, EventKind, has};
 use crate::certs::{self, Issuer};
-use crate::configs;
+use crate::configs::{self, Desired};
 use crate::metrics::Metrics;
 use crate::shards::ShardTable;
 use flotilla_common::bus::{Bus, BusError, BusMessage, Incoming, Subscription, request_with_retry};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_common::names::{Subjects, shard_of};
-use flotilla_common::store::{ConfigFile, Fence, Store, StoreError, StoredConfig};
+use flotilla_common::store::{AuditEntry, Fence, Store, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{
     AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, RestartAgent, RestartResult,
     Transport, Uplink, UplinkReply, uplink,
 };
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, AgentToServer, CommandType, ConnectionSettingsOffers,
-    ServerCapabilities, ServerErrorResponse, ServerErrorResponseType, ServerToAgent,
-    ServerToAgentCommand,
+    AgentCapabilities as Cap, AgentToServer, CommandType, ServerCapabilities, ServerErrorResponse,
+    ServerErrorResponseType, ServerToAgent, ServerToAgentCommand,
 };
 use futures_util::StreamExt;
 use prometheus_client::registry::Registry;
 use prost::Message;
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -49,6 +47,10 @@ pub struct CoordinatorConfig {
     pub owner_deadline: Duration,
     /// The CA agents' certificates are issued with (CSR flow and offers); none: not offered.
     pub issuer: Option<Arc<Issuer>>,
+    /// How long audit entries are kept.
+    pub audit_retention: Duration,
+    /// Hides secrets in the effective configs the API shows.
+    pub redactor: crate::redact::Redactor,
 }
 
 impl CoordinatorConfig {
@@ -61,6 +63,8 @@ impl CoordinatorConfig {
             push_timeout: Duration::from_secs(2),
             owner_deadline: Duration::from_secs(5),
             issuer: None,
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+            redactor: crate::redact::Redactor::default(),
         }
     }
 }
@@ -103,15 +107,13 @@ pub enum RestartOutcome {
 
 pub struct Coordinator {
     cfg: CoordinatorConfig,
-    bus: Arc<dyn Bus>,
+    pub(crate) bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
-    subjects: Subjects,
-    /// Latest version of every config, sorted by name.
-    configs: RwLock<Arc<Vec<StoredConfig>>>,
+    pub(crate) subjects: Subjects,
+    /// The active configs and rollouts agents are resolved against.
+    desired: RwLock<Arc<Desired>>,
     /// The shards this process may act on; their locks serialize work on one shard's agents.
     pub(crate) shards: ShardTable,
-    /// Constant for the process: computed (and hashed) once, not per message.
-    heartbeat_offer: ConnectionSettingsOffers,
     metrics: Metrics,
 }
 
@@ -125,14 +127,13 @@ impl Coordinator {
         shards: ShardTable,
         registry: &mut Registry,
     ) -> Result<Arc<Self>, StoreError> {
-        let configs = store.list_configs().await?;
+        let desired = crate::rollouts::load_desired(store.as_ref()).await?;
         Ok(Arc::new(Self {
             subjects: Subjects::new(&cfg.region),
-            heartbeat_offer: agent::heartbeat_offer(cfg.heartbeat_interval),
             cfg,
             bus,
             store,
-            configs: RwLock::new(Arc::new(configs)),
+            desired: RwLock::new(Arc::new(desired)),
             shards,
             metrics: Metrics::new(registry),
         }))
@@ -177,8 +178,9 @@ impl Coordinator {
         tracker.wait().await;
     }
 
-    /// Until `cancel`: sweeps silence deadlines every second, refreshes gauges and re-reads the
-    /// configs every 5 s, and re-reads them at once when another coordinator announces a change.
+    /// Until `cancel`: sweeps silence deadlines and drives rollouts every second, refreshes gauges
+    /// and re-reads the configs and rollouts every 5 s, and re-reads them at once when another
+    /// coordinator announces a change.
     pub async fn run_duties(self: Arc<Self>, cancel: CancellationToken) {
         let mut changes = match self.bus.subscribe(&self.subjects.desired_changed()).await {
             Ok(s) => Some(s),
@@ -197,13 +199,14 @@ impl Coordinator {
                     if let Err(e) = self.sweep_silent().await {
                         warn!(error = %e, "silence sweep failed; retrying next second");
                     }
+                    self.drive_rollouts().await;
                     if ticks % 5 == 1 {
                         self.refresh_gauges().await;
-                        self.reload_configs().await;
+                        self.reload_desired().await;
                     }
                 }
                 Some(_) = async { changes.as_mut()?.next().await } => {
-                    self.reload_configs().await;
+                    self.reload_desired().await;
                 }
                 () = cancel.cancelled() => break,
             }
@@ -236,6 +239,13 @@ impl Coordinator {
                         restart: result as i32,
                         ..Default::default()
                     }),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::SetLabels(l)),
+                    ..
+                }) => self.labels_here(l).await.map(|labels| UplinkReply {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
                 Ok(Uplink {
                     kind: Some(uplink::Kind::IssueCertificate(c)),
                     ..
@@ -337,12 +347,11 @@ impl Coordinator {
             .and_then(|r| r.opamp.as_ref()?.certificate_request.as_ref())
             .map(|c| c.csr.clone());
         let (cert, rule) = (origin.client_cert_sha256.clone(), origin.identity());
-        let configs = self.configs();
+        let desired = self.desired();
         let ctx = Ctx {
             now_unix_ms: now_unix_ms(),
             heartbeat_interval: self.cfg.heartbeat_interval,
-            heartbeat_offer: &self.heartbeat_offer,
-            configs: &configs,
+            desired: &desired,
         };
         let mut out = agent::process(stored, msg, origin, &ctx);
         certs::record_certificate(&mut out.record, &cert, rule);
@@ -481,7 +490,9 @@ impl Coordinator {
         let Some(mut rec) = self.store.get_agent(uid).await? else {
             return Ok(());
         };
-        let silent = match agent::silence_deadline(&rec, self.cfg.heartbeat_interval) {
+        let interval =
+            agent::heartbeat_interval(&rec, &self.desired(), self.cfg.heartbeat_interval);
+        let silent = match agent::silence_deadline(&rec, interval) {
             Some(at) if at > now => {
                 self.save_or_drop(fence, &rec, Deadline::Arm(at)).await?;
                 return Ok(());
@@ -569,29 +580,66 @@ impl Coordinator {
             .set(self.shards.owned_count() as i64);
     }
 
-    pub fn configs(&self) -> Arc<Vec<StoredConfig>> {
-        self.configs.read().expect("configs lock").clone()
+    pub fn desired(&self) -> Arc<Desired> {
+        self.desired.read().expect("desired lock").clone()
     }
 
-    /// Re-reads the configs from the store; when they changed (another coordinator stored a
-    /// version), pushes them to the connected agents of the shards this process owns.
-    async fn reload_configs(&self) {
-        let fresh = match self.store.list_configs().await {
-            Ok(c) => c,
+    /// Re-reads configs and rollouts from the store; when they changed (another coordinator
+    /// stored a version or moved a rollout on), pushes to the connected agents of the shards this
+    /// process owns.
+    pub(crate) async fn reload_desired(&self) {
+        let fresh = match crate::rollouts::load_desired(self.store.as_ref()).await {
+            Ok(d) => d,
             Err(e) => {
-                warn!(error = %e, "cannot re-read configs");
+                warn!(error = %e, "cannot re-read configs and rollouts");
                 return;
             }
         };
-        let versions = |c: &[StoredConfig]| -> Vec<(String, u64)> {
-            c.iter().map(|c| (c.name.clone(), c.version)).collect()
-        };
-        if versions(&fresh) == versions(&self.configs()) {
+        if fresh.fingerprint() == self.desired().fingerprint() {
             return;
         }
-        *self.configs.write().expect("configs lock") = Arc::new(fresh);
-        info!("configs changed; pushing to connected agents");
+        *self.desired.write().expect("desired lock") = Arc::new(fresh);
+        info!("desired state changed; pushing to connected agents");
         self.push_configs(&|_| true).await;
+    }
+
+    /// Tells every coordinator (this one included) that desired state changed in the store.
+    pub(crate) async fn announce_change(&self, what: &str) {
+        let announce = BusMessage::new(self.subjects.desired_changed(), what.to_owned());
+        if let Err(e) = self.bus.publish(announce).await {
+            // The others re-read the store every few seconds anyway.
+            warn!(error = %e, "change not announced");
+        }
+        self.reload_desired().await;
+    }
+
+    /// Records a change in the audit log. A failed write is logged, not returned: the change has
+    /// happened by then.
+    pub(crate) async fn audit(
+        &self,
+        caller: &str,
+        action: &str,
+        object: String,
+        before: Option<serde_json::Value>,
+        after: Option<serde_json::Value>,
+    ) {
+        let entry = AuditEntry {
+            id: String::new(),
+            at_unix_ms: now_unix_ms(),
+            caller: caller.to_owned(),
+            action: action.to_owned(),
+            object,
+            before,
+            after,
+        };
+        info!(target: "flotilla::audit", caller, action, object = %entry.object, "change");
+        if let Err(e) = self
+            .store
+            .append_audit(entry, self.cfg.audit_retention)
+            .await
+        {
+            warn!(error = %e, action, "audit entry not written");
+        }
     }
 
     /// Calls `f` on every agent record (without copying the fleet).
@@ -606,66 +654,6 @@ impl Coordinator {
         self.store.get_agent(uid).await
     }
 
-    /// Stores a new version of a config, pushes it to the connected WebSocket agents whose
-    /// desired config it changes in the shards this process owns, and announces it so the other
-    /// coordinators push it to theirs; HTTP agents get it on their next poll.
-    pub async fn put_config(
-        &self,
-        name: &str,
-        selector: BTreeMap<String, String>,
-        files: BTreeMap<String, String>,
-        caller: &str,
-    ) -> Result<StoredConfig, ServiceError> {
-        if !configs::valid_name(name) {
-            return Err(ServiceError::BadRequest(format!(
-                "config name {name:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
-            )));
-        }
-        if files.is_empty() {
-            return Err(ServiceError::BadRequest(
-                "a config needs at least one file in \"files\"".into(),
-            ));
-        }
-        if let Some(k) = selector.keys().find(|k| k.is_empty()) {
-            return Err(ServiceError::BadRequest(format!(
-                "selector key {k:?} must not be empty"
-            )));
-        }
-        let files: BTreeMap<String, ConfigFile> = files
-            .into_iter()
-            .map(|(n, body)| {
-                let content_type = configs::content_type_for(&n).to_owned();
-                (n, ConfigFile { body, content_type })
-            })
-            .collect();
-        let draft = StoredConfig {
-            name: name.to_owned(),
-            version: 0,
-            selector,
-            hash: hex::encode(configs::hash_of_files(&files)),
-            files,
-            created_unix_ms: now_unix_ms(),
-            created_by: caller.to_owned(),
-        };
-        let stored = self.store.put_config(draft).await?;
-        {
-            let mut all = self.configs.write().expect("configs lock");
-            let mut next: Vec<StoredConfig> =
-                all.iter().filter(|c| c.name != name).cloned().collect();
-            next.push(stored.clone());
-            next.sort_by(|a, b| a.name.cmp(&b.name));
-            *all = Arc::new(next);
-        }
-        info!(config = %name, version = stored.version, hash = %stored.hash, caller, "config stored");
-        let announce = BusMessage::new(self.subjects.desired_changed(), name.to_owned());
-        if let Err(e) = self.bus.publish(announce).await {
-            // The others re-read configs every few seconds anyway.
-            warn!(error = %e, "config change not announced");
-        }
-        self.push_configs(&|_| true).await;
-        Ok(stored)
-    }
-
     /// Shards were just acquired: their connected agents get their desired state now rather than
     /// at their next heartbeat (a config stored while a shard had no owner reaches them). One
     /// visit of the store for the whole batch.
@@ -677,25 +665,16 @@ impl Coordinator {
     /// Sends each connected WebSocket agent of the owned shards `shards` accepts whose reported
     /// config differs from its desired one the desired config. Idempotent: agents that already
     /// run it get nothing.
-    async fn push_configs(&self, shards: &(dyn Fn(u16) -> bool + Sync)) {
-        let configs = self.configs();
+    pub(crate) async fn push_configs(&self, shards: &(dyn Fn(u16) -> bool + Sync)) {
+        let desired = self.desired();
         let mut pushes: Vec<(Origin, ServerToAgent)> = Vec::new();
         let mine = |s| shards(s) && self.shards.fence(s).is_some();
         let visited = self
             .store
             .visit_agents(&mine, &mut |rec| {
-                let (Some(origin), Some(cfg)) =
-                    (live_ws(rec), agent::config_to_offer(rec, &configs))
-                else {
-                    return;
-                };
-                let msg = ServerToAgent {
-                    instance_uid: rec.instance_uid.clone(),
-                    capabilities: agent::SERVER_CAPABILITIES,
-                    remote_config: Some(configs::remote_config_message(cfg)),
-                    ..Default::default()
-                };
-                pushes.push((origin.clone(), msg));
+                if let Some(push) = push_for(rec, &desired) {
+                    pushes.push(push);
+                }
             })
             .await;
         if let Err(e) = visited {
@@ -806,6 +785,17 @@ impl Coordinator {
         self.cfg.heartbeat_interval
     }
 
+    pub fn redactor(&self) -> &crate::redact::Redactor {
+        &self.cfg.redactor
+    }
+
+    pub async fn audit_log(
+        &self,
+        query: &flotilla_common::store::AuditQuery,
+    ) -> Result<Vec<AuditEntry>, ServiceError> {
+        Ok(self.store.query_audit(query).await?)
+    }
+
     pub(crate) fn store(&self) -> &dyn Store {
         self.store.as_ref()
     }
@@ -867,6 +857,27 @@ fn reply_of(server_to_agent: Vec<u8>) -> UplinkReply {
         server_to_agent,
         ..Default::default()
     }
+}
+
+/// What to push to `rec` now: its config and packages, if they differ from what it reported and
+/// it is connected over WebSocket. The offered-packages hash is not recorded here: the reply to
+/// the agent's next message records it (and offers again only if it still differs).
+pub(crate) fn push_for(rec: &AgentRecord, desired: &Desired) -> Option<(Origin, ServerToAgent)> {
+    let origin = live_ws(rec)?;
+    let attrs = agent::attributes(rec);
+    let cfg = agent::config_to_offer(rec, &attrs, desired);
+    let packages = agent::packages_to_offer(rec, &attrs, desired);
+    if cfg.is_none() && packages.is_none() {
+        return None;
+    }
+    let msg = ServerToAgent {
+        instance_uid: rec.instance_uid.clone(),
+        capabilities: agent::SERVER_CAPABILITIES,
+        remote_config: cfg.map(configs::remote_config_message),
+        packages_available: packages,
+        ..Default::default()
+    };
+    Some((origin.clone(), msg))
 }
 
 /// The connection of an agent that is connected over WebSocket (the only kind a push can reach).

@@ -2,8 +2,11 @@
 //! (ARCHITECTURE.md, "Contracts").
 
 use crate::agent::{self, attributes};
-use crate::configs;
-use flotilla_common::store::StoredConfig;
+use crate::configs::{self, Aspect, Desired};
+use crate::redact::Redactor;
+use crate::rollout::Rollout;
+use flotilla_common::selector::Selector;
+use flotilla_common::store::{AuditEntry, StoredConfig};
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, ComponentHealth, KeyValue, PackageStatusEnum, RemoteConfigStatuses,
@@ -61,10 +64,14 @@ fn remote_config_status_json(rec: &AgentRecord) -> Value {
 }
 
 /// AgentSummary: the list view.
-pub fn summary(rec: &AgentRecord, configs: &[StoredConfig]) -> Value {
+pub fn summary(rec: &AgentRecord, desired: &Desired) -> Value {
     let d = rec.description.clone().unwrap_or_default();
-    let desired = agent::desired_config(rec, configs)
-        .map(|c| json!({"name": c.name, "version": c.version, "hash": c.hash}));
+    let attrs = attributes(rec);
+    let of = |aspect| {
+        agent::desired_config(rec, &attrs, desired, aspect)
+            .map(|c| json!({"name": c.name, "version": c.version, "hash": c.hash}))
+    };
+    let labels: std::collections::BTreeMap<_, _> = rec.labels.iter().collect();
     let effective_hash = rec
         .effective_config
         .as_ref()
@@ -78,15 +85,18 @@ pub fn summary(rec: &AgentRecord, configs: &[StoredConfig]) -> Value {
         "gateway": rec.origin.as_ref().map(|o| o.gateway_id.clone()),
         "identifying_attributes": attrs_json(&d.identifying_attributes),
         "non_identifying_attributes": attrs_json(&d.non_identifying_attributes),
+        "labels": labels,
         "remote_config_status": remote_config_status_json(rec),
-        "desired_config": desired,
+        "desired_config": of(Aspect::Files),
+        "desired_packages": of(Aspect::Packages),
+        "desired_settings": of(Aspect::Settings),
         "effective_config_hash": effective_hash,
     })
 }
 
 /// The detail view: the summary plus everything the agent reported.
-pub fn detail(rec: &AgentRecord, configs: &[StoredConfig]) -> Value {
-    let mut v = summary(rec, configs);
+pub fn detail(rec: &AgentRecord, desired: &Desired, redactor: &Redactor) -> Value {
+    let mut v = summary(rec, desired);
     let obj = v.as_object_mut().expect("summary is an object");
     let extra = json!({
         "first_seen": rfc3339(rec.first_seen_unix_ms),
@@ -106,7 +116,7 @@ pub fn detail(rec: &AgentRecord, configs: &[StoredConfig]) -> Value {
         "effective_config": rec.effective_config.as_ref().and_then(|e| e.config_map.as_ref()).map(|m| {
             Value::Object(m.config_map.iter().map(|(name, f)| (name.clone(), json!({
                 "content_type": f.content_type,
-                "body": String::from_utf8_lossy(&f.body),
+                "body": redactor.redact(&String::from_utf8_lossy(&f.body)),
             }))).collect())
         }),
         "packages": rec.package_statuses.as_ref().map(|p| json!({
@@ -173,10 +183,123 @@ pub fn config_json(c: &StoredConfig) -> Value {
         "name": c.name,
         "version": c.version,
         "hash": c.hash,
-        "selector": c.selector,
+        "selector": selector_json(&c.selector),
         "files": c.files.iter().map(|(n, f)| (n.clone(), Value::String(f.body.clone()))).collect::<Map<_, _>>(),
+        "packages": c.packages,
+        "settings": c.settings,
         "created": rfc3339(c.created_unix_ms),
         "created_by": c.created_by,
+        "comment": c.comment,
+    })
+}
+
+/// A selector as the API shows it: an object of key to value when it has only `=` terms (the
+/// form the contract's PUT body uses), otherwise its text form.
+pub fn selector_json(s: &Selector) -> Value {
+    use flotilla_common::selector::Op;
+    let pairs: Option<Map<String, Value>> = s
+        .terms()
+        .iter()
+        .map(|t| match &t.op {
+            Op::Eq(v) => Some((t.key.clone(), Value::String(v.clone()))),
+            _ => None,
+        })
+        .collect();
+    match pairs {
+        Some(p) if p.len() == s.terms().len() => Value::Object(p),
+        _ => Value::String(s.to_string()),
+    }
+}
+
+/// A unified diff of two versions: the selector, then each file, then packages and settings.
+pub fn diff(from: &StoredConfig, to: &StoredConfig) -> String {
+    let mut out = String::new();
+    let mut section = |name: &str, a: &str, b: &str| {
+        if a != b {
+            let d = similar::TextDiff::from_lines(a, b);
+            let header = (format!("a/{name}"), format!("b/{name}"));
+            out.push_str(&d.unified_diff().header(&header.0, &header.1).to_string());
+        }
+    };
+    let line = |s: &Selector| format!("{s}\n");
+    section("selector", &line(&from.selector), &line(&to.selector));
+    let names: std::collections::BTreeSet<&String> =
+        from.files.keys().chain(to.files.keys()).collect();
+    for name in names {
+        let body = |c: &StoredConfig| {
+            c.files
+                .get(name)
+                .map(|f| f.body.clone())
+                .unwrap_or_default()
+        };
+        section(name, &body(from), &body(to));
+    }
+    let pretty = |v: Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+    section(
+        "packages",
+        &pretty(json!(from.packages)),
+        &pretty(json!(to.packages)),
+    );
+    section(
+        "settings",
+        &pretty(json!(from.settings)),
+        &pretty(json!(to.settings)),
+    );
+    out
+}
+
+/// A rollout with its totals: what `ctl rollouts status` draws its progress from.
+pub fn rollout_json(r: &Rollout) -> Value {
+    let sum = |f: fn(&crate::rollout::Phase) -> usize| r.phases.iter().map(f).sum::<usize>();
+    let phases: Vec<Value> = r
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({
+                "phase": i + 1,
+                "agents": p.agents.len(),
+                "applied": p.applied,
+                "failed": p.failed,
+                "pending": p.pending,
+                "started": rfc3339(p.started_unix_ms),
+                "settled": p.settled_unix_ms.map(rfc3339),
+                "completed": p.completed_unix_ms.map(rfc3339),
+                "instance_uids": p.agents.iter().map(Uuid::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "id": r.id,
+        "config": r.config,
+        "from_version": r.from_version,
+        "to_version": r.to_version,
+        "state": r.state,
+        "reason": r.reason,
+        "plan": r.plan,
+        "soak": humantime::format_duration(r.soak).to_string(),
+        "error_budget": r.error_budget,
+        "agents_total": r.agents_total,
+        "enrolled": sum(|p| p.agents.len()),
+        "applied": sum(|p| p.applied),
+        "failed": sum(|p| p.failed),
+        "pending": sum(|p| p.pending),
+        "phases": phases,
+        "created": rfc3339(r.created_unix_ms),
+        "created_by": r.created_by,
+        "updated": rfc3339(r.updated_unix_ms),
+    })
+}
+
+pub fn audit_json(e: &AuditEntry) -> Value {
+    json!({
+        "id": e.id,
+        "at": rfc3339(e.at_unix_ms),
+        "caller": e.caller,
+        "action": e.action,
+        "object": e.object,
+        "before": e.before,
+        "after": e.after,
     })
 }
 
@@ -184,12 +307,12 @@ pub fn config_json(c: &StoredConfig) -> Value {
 pub fn matches_filters(rec: &AgentRecord, f: &Filters) -> bool {
     (f.status.is_none() || f.status.as_deref() == Some(status_name(rec)))
         && f.healthy.is_none_or(|want| healthy(rec) == Some(want))
-        && (f.selector.is_empty() || configs::matches(&f.selector, &attributes(rec)))
+        && (f.selector.is_empty() || f.selector.matches(&attributes(rec)))
 }
 
 #[derive(Debug, Default)]
 pub struct Filters {
-    pub selector: std::collections::BTreeMap<String, String>,
+    pub selector: Selector,
     pub status: Option<String>,
     pub healthy: Option<bool>,
 }

@@ -3,7 +3,8 @@
 #![no_main]
 
 use flotilla_common::codec::decode_ws_frame;
-use flotilla_coordinator::agent::{Ctx, heartbeat_offer, process};
+use flotilla_coordinator::agent::{Ctx, process};
+use flotilla_coordinator::configs::Desired;
 use flotilla_proto::bus::{AgentRecord, Origin};
 use flotilla_proto::opamp::AgentToServer;
 use libfuzzer_sys::fuzz_target;
@@ -14,12 +15,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(msg) = AgentToServer::decode(decode_ws_frame(data)) else {
         return;
     };
-    let offer = heartbeat_offer(Duration::from_secs(30));
+    let desired = Desired::default();
     let ctx = Ctx {
         now_unix_ms: 1_700_000_000_000,
         heartbeat_interval: Duration::from_secs(30),
-        heartbeat_offer: &offer,
-        configs: &[],
+        desired: &desired,
     };
     let first = process(None, msg.clone(), Origin::default(), &ctx);
     let known = AgentRecord {

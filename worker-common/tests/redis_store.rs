@@ -149,14 +149,25 @@ async fn membership_visits_configs_and_a_restart_of_redis() {
     let draft = StoredConfig {
         name: "base".into(),
         version: 0,
-        selector: BTreeMap::new(),
+        selector: Default::default(),
         files: BTreeMap::new(),
         hash: "ab".into(),
+        packages: BTreeMap::new(),
+        settings: None,
         created_unix_ms: 1,
         created_by: "test".into(),
+        comment: String::new(),
     };
-    assert_eq!(store.put_config(draft.clone()).await.unwrap().version, 1);
-    assert_eq!(store.put_config(draft).await.unwrap().version, 2);
+    assert_eq!(
+        store.put_config(draft.clone(), true).await.unwrap().version,
+        1
+    );
+    assert_eq!(
+        store.put_config(draft.clone(), true).await.unwrap().version,
+        2
+    );
+    // A staged version is kept but not active until activated.
+    assert_eq!(store.put_config(draft, false).await.unwrap().version, 3);
 
     // Redis restarts (with its append-only file): the same connection carries on.
     redis.restart();
@@ -175,6 +186,22 @@ async fn membership_visits_configs_and_a_restart_of_redis() {
     let configs = store.list_configs().await.unwrap();
     assert_eq!(configs.len(), 1);
     assert_eq!(configs[0].version, 2);
+    let history = store.config_versions("base").await.unwrap();
+    assert_eq!(
+        history.iter().map(|c| c.version).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        store
+            .activate_config("base", 3)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3
+    );
+    assert_eq!(store.list_configs().await.unwrap()[0].version, 3);
+    assert!(store.activate_config("base", 9).await.unwrap().is_none());
     let only_first = shard_of(uids[0].as_bytes());
     let mut n = 0;
     store
@@ -186,4 +213,90 @@ async fn membership_visits_configs_and_a_restart_of_redis() {
         .filter(|u| shard_of(u.as_bytes()) == only_first)
         .count();
     assert_eq!(n, expected_n);
+}
+
+#[tokio::test]
+async fn documents_compare_and_set_and_the_audit_log_is_queried_by_time_and_object() {
+    use flotilla_common::store::{AuditEntry, AuditQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t").await.unwrap();
+    assert!(
+        store
+            .put_doc("rollouts", "r1", 0, "{\"a\":1}")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_doc("rollouts", "r1", 0, "{\"a\":2}")
+            .await
+            .unwrap(),
+        "stale"
+    );
+    assert!(
+        store
+            .put_doc("rollouts", "r1", 1, "{\"a\":3}")
+            .await
+            .unwrap()
+    );
+    let doc = store.get_doc("rollouts", "r1").await.unwrap().unwrap();
+    assert_eq!((doc.revision, doc.json.as_str()), (2, "{\"a\":3}"));
+    assert_eq!(store.list_docs("rollouts").await.unwrap(), vec![doc]);
+    assert!(store.list_docs("other").await.unwrap().is_empty());
+
+    let entry = |at: u64, object: &str| AuditEntry {
+        id: String::new(),
+        at_unix_ms: at,
+        caller: "alice".into(),
+        action: "config.put".into(),
+        object: object.into(),
+        before: None,
+        after: Some(serde_json::json!({"v": at})),
+    };
+    let keep = Duration::from_secs(3600);
+    let now = flotilla_common::telemetry::now_unix_ms();
+    for (i, obj) in ["config/a", "config/b", "agent/x", "config/a"]
+        .iter()
+        .enumerate()
+    {
+        store
+            .append_audit(entry(now + i as u64, obj), keep)
+            .await
+            .unwrap();
+    }
+    let q = |object: Option<&str>, since: Option<u64>| AuditQuery {
+        object: object.map(str::to_owned),
+        since_unix_ms: since,
+        until_unix_ms: None,
+        limit: 10,
+    };
+    let got = store.query_audit(&q(Some("config/a"), None)).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.at_unix_ms).collect::<Vec<_>>(),
+        [now + 3, now]
+    );
+    assert_eq!(
+        store
+            .query_audit(&q(Some("config"), None))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        store
+            .query_audit(&q(None, Some(now + 2)))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        store
+            .query_audit(&q(Some("conf"), None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -2,6 +2,7 @@
 //! ports, and talk to its API.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod pki;
 
 use flotilla::app::{self, Running};
@@ -66,6 +67,37 @@ impl Server {
             .await
             .unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.api))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls `path` until `pred` holds of its body, or fails after `timeout`.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get(path).await;
+            if status == 200 && pred(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never reached the expected state; last: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn post(&self, path: &str) -> (u16, Value) {

@@ -120,6 +120,18 @@ pub struct ServeArgs {
     /// Largest OpAMP message accepted, after decompression, in bytes [default: 67108864].
     #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
+    /// How long audit log entries are kept [default: 90days].
+    #[arg(long, env = "FLOTILLA_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
+    pub audit_retention: Option<Duration>,
+    /// A regular expression (case-insensitive) for key names whose values are hidden in the
+    /// effective configs the API shows; repeatable, replaces the built-in list (password, secret,
+    /// token, api_key, authorization, credential, private_key, bearer, access_key, passphrase).
+    #[arg(
+        long = "redact-pattern",
+        env = "FLOTILLA_REDACT_PATTERNS",
+        value_delimiter = ';'
+    )]
+    pub redact_patterns: Vec<String>,
     /// Shard lease time to live in a cluster; renewed every third of it, and a coordinator stops
     /// acting on a shard two thirds of it after its last renewal [default: 15s].
     #[arg(long, env = "FLOTILLA_LEASE_TTL", value_parser = humantime::parse_duration)]
@@ -162,6 +174,10 @@ struct FileConfig {
     max_message_size: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     lease_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    audit_retention: Option<Duration>,
+    #[serde(default)]
+    redact_patterns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -256,6 +272,9 @@ pub struct ServeConfig {
     pub heartbeat_interval: Duration,
     pub max_message_size: usize,
     pub lease_ttl: Duration,
+    pub audit_retention: Duration,
+    /// Empty: the built-in patterns.
+    pub redact_patterns: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -360,6 +379,15 @@ impl ServeConfig {
                 .max_message_size
                 .or(f.max_message_size)
                 .unwrap_or(64 << 20),
+            audit_retention: a
+                .audit_retention
+                .or(f.audit_retention)
+                .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
+            redact_patterns: if a.redact_patterns.is_empty() {
+                f.redact_patterns
+            } else {
+                a.redact_patterns
+            },
             lease_ttl: a
                 .lease_ttl
                 .or(f.lease_ttl)
@@ -401,6 +429,9 @@ impl ServeConfig {
         }
         if self.heartbeat_interval < Duration::from_secs(1) {
             return invalid("--heartbeat-interval must be at least 1s".into());
+        }
+        if self.audit_retention < Duration::from_secs(60) {
+            return invalid("--audit-retention must be at least 1m".into());
         }
         if self.max_message_size < 1024 {
             return invalid("--max-message-size must be at least 1024 bytes".into());

@@ -13,6 +13,7 @@ mod redis;
 pub use self::redis::{LeaseTiming, RedisStore};
 pub use embedded::EmbeddedStore;
 
+use crate::selector::Selector;
 use async_trait::async_trait;
 use flotilla_proto::bus::AgentRecord;
 use serde::{Deserialize, Serialize};
@@ -51,26 +52,143 @@ pub enum Deadline {
 /// Which shards a visit covers.
 pub type ShardFilter<'a> = &'a (dyn Fn(u16) -> bool + Sync);
 
-/// One immutable version of a named configuration.
+/// One immutable version of a named config: a bundle of desired state for the agents its selector
+/// matches. Each aspect (files, packages, connection settings) is optional; an agent gets each
+/// aspect from the most specific matching config that defines it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredConfig {
     pub name: String,
     pub version: u64,
-    /// Agents whose attributes contain every one of these pairs get this config.
-    pub selector: BTreeMap<String, String>,
+    /// Which agents get this config. Stored as its text; older data holds a map of pairs.
+    #[serde(default)]
+    pub selector: Selector,
+    /// The AgentConfigMap sent as remote config.
+    #[serde(default)]
     pub files: BTreeMap<String, ConfigFile>,
-    /// Hex of the OpAMP config_hash sent to agents.
+    /// Hex of the OpAMP config_hash of `files`.
     pub hash: String,
+    /// Packages offered (PackagesAvailable), by package name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub packages: BTreeMap<String, PackageOffer>,
+    /// Connection settings offered: heartbeat interval and own-telemetry destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<AgentSettings>,
     pub created_unix_ms: u64,
     /// Who stored this version (the API caller's token name).
     #[serde(default)]
     pub created_by: String,
+    /// Why this version exists when it was not typed in, e.g. "rollback to version 2".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigFile {
     pub body: String,
     pub content_type: String,
+}
+
+/// One package of a PackagesAvailable offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageOffer {
+    /// "top_level" (the agent itself) or "addon".
+    #[serde(default = "PackageOffer::default_type", rename = "type")]
+    pub kind: String,
+    pub version: String,
+    pub download_url: String,
+    /// Hex SHA-256 of the file at `download_url`.
+    #[serde(default)]
+    pub content_hash: String,
+    /// The file's signature, base64 (checked by the agent, passed through as bytes).
+    #[serde(default)]
+    pub signature: String,
+    /// HTTP headers the agent sends when downloading.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl PackageOffer {
+    fn default_type() -> String {
+        "top_level".into()
+    }
+}
+
+/// Connection settings offered to the agents of a config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Heartbeat interval offered in OpAMP connection settings (agents that report heartbeats).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_interval: Option<std::time::Duration>,
+    /// Where agents that report their own metrics send them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_metrics: Option<TelemetryDestination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_traces: Option<TelemetryDestination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_logs: Option<TelemetryDestination>,
+}
+
+/// An OTLP destination for an agent's own telemetry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryDestination {
+    pub destination_endpoint: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A mutable JSON document with a revision that every successful write raises by one; writes name
+/// the revision they read (compare-and-set), so concurrent writers never lose each other's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    pub id: String,
+    pub revision: u64,
+    pub json: String,
+}
+
+/// One entry of the audit log: who changed what, from what to what, when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned by the store; orders entries ("<unix ms>-<n>").
+    #[serde(default)]
+    pub id: String,
+    pub at_unix_ms: u64,
+    pub caller: String,
+    /// E.g. "config.put", "labels.set", "rollout.start".
+    pub action: String,
+    /// What was changed, as "<kind>/<name>", e.g. "config/otel", "agent/<uid>", "rollout/<id>".
+    pub object: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+}
+
+/// Which audit entries to read: newest first, at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub since_unix_ms: Option<u64>,
+    pub until_unix_ms: Option<u64>,
+    /// "config/otel" matches that object; "config" matches every "config/...".
+    pub object: Option<String>,
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    pub fn matches(&self, e: &AuditEntry) -> bool {
+        self.since_unix_ms.is_none_or(|s| e.at_unix_ms >= s)
+            && self.until_unix_ms.is_none_or(|u| e.at_unix_ms <= u)
+            && self.object.as_deref().is_none_or(|o| {
+                e.object == o
+                    || (e.object.starts_with(o) && e.object.as_bytes().get(o.len()) == Some(&b'/'))
+            })
+    }
 }
 
 #[async_trait]
@@ -101,8 +219,41 @@ pub trait Store: Send + Sync + 'static {
         retry_ms: u64,
     ) -> Result<Vec<Uuid>, StoreError>;
 
-    /// Stores `config` as the next version of its name (the version field is assigned here).
-    async fn put_config(&self, config: StoredConfig) -> Result<StoredConfig, StoreError>;
-    /// The latest version of every config.
+    /// Stores `config` as the next version of its name (the version field is assigned here); with
+    /// `activate`, it becomes the active version unless a newer one already is.
+    async fn put_config(
+        &self,
+        config: StoredConfig,
+        activate: bool,
+    ) -> Result<StoredConfig, StoreError>;
+    /// Makes an existing version the active one; None if there is no such version.
+    async fn activate_config(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<StoredConfig>, StoreError>;
+    /// The active version of every config (what agents get), sorted by name.
     async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError>;
+    /// Every version of one config, oldest first; empty if there is no such config.
+    async fn config_versions(&self, name: &str) -> Result<Vec<StoredConfig>, StoreError>;
+
+    /// Writes document `id` of `collection` if its revision is still `expected_revision` (0: it
+    /// does not exist yet); false if another write came first.
+    async fn put_doc(
+        &self,
+        collection: &str,
+        id: &str,
+        expected_revision: u64,
+        json: &str,
+    ) -> Result<bool, StoreError>;
+    async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Doc>, StoreError>;
+    async fn list_docs(&self, collection: &str) -> Result<Vec<Doc>, StoreError>;
+
+    /// Appends to the audit log and forgets entries older than `keep`.
+    async fn append_audit(
+        &self,
+        entry: AuditEntry,
+        keep: std::time::Duration,
+    ) -> Result<AuditEntry, StoreError>;
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -8,10 +8,13 @@
 //! opamp:r:{sn}:agents     set of the shard's uids (what visits iterate)
 //! opamp:r:{sn}:dl         zset uid -> silence deadline (unix ms)
 //! opamp:r:coords          zset node -> last membership heartbeat (Redis time, ms)
-//! opamp:r:{cfg}:latest    hash name -> JSON of the latest version
+//! opamp:r:{cfg}:latest    hash name -> JSON of the active version (what agents get)
 //! opamp:r:{cfg}:seq       hash name -> last version number handed out
 //! opamp:r:{cfg}:latest-version  hash name -> version held in :latest
 //! opamp:r:{cfg}:v:<name>  hash version -> JSON
+//! opamp:r:{cfg}:doc:<c>   hash id -> JSON of document id of collection c (rollouts, jobs)
+//! opamp:r:{cfg}:rev:<c>   hash id -> the document's revision
+//! opamp:r:audit           stream of audit entries (field e: JSON), trimmed by age
 //! ```
 //!
 //! `{...}` is a hash tag: a shard's keys share one Redis Cluster slot, so each script touches one
@@ -19,7 +22,9 @@
 //! writer's: a writer whose lease was taken over fails with [`StoreError::Fenced`]. Epochs are
 //! `max(previous + 1, Redis time in ms)`, so they keep rising even if Redis loses its data.
 
-use super::{Deadline, Fence, ShardFilter, Store, StoreError, StoredConfig};
+use super::{
+    AuditEntry, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store, StoreError, StoredConfig,
+};
 use crate::names::{SHARD_COUNT, shard_of};
 use async_trait::async_trait;
 use flotilla_proto::bus::AgentRecord;
@@ -120,9 +125,12 @@ static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+/// Stores a version; with ARGV[4] == '1' activates it unless a newer version is active (two
+/// concurrent PUTs activate the later version, whichever finishes first).
 static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])\n\
+         if ARGV[4] ~= '1' then return 1 end\n\
          local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')\n\
          if tonumber(ARGV[2]) > seen then\n\
            redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n\
@@ -131,6 +139,29 @@ static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
          return 1",
     )
 });
+
+static ACTIVATE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local json = redis.call('HGET', KEYS[3], ARGV[2])\n\
+         if not json then return false end\n\
+         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n\
+         redis.call('HSET', KEYS[2], ARGV[1], json)\n\
+         return json",
+    )
+});
+
+static PUT_DOC: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local rev = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')\n\
+         if rev ~= tonumber(ARGV[2]) then return 0 end\n\
+         redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])\n\
+         redis.call('HSET', KEYS[2], ARGV[1], rev + 1)\n\
+         return 1",
+    )
+});
+
+/// Audit entries read per round trip while filtering.
+const AUDIT_PAGE: usize = 500;
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -185,6 +216,10 @@ impl RedisStore {
 
     fn shard_key(&self, shard: u16, what: &str) -> String {
         format!("{}:{{s{shard:04}}}:{what}", self.prefix)
+    }
+
+    fn cfg_key(&self, what: &str) -> String {
+        format!("{}:{{cfg}}:{what}", self.prefix)
     }
 
     fn agent_key(&self, uid: Uuid) -> String {
@@ -390,7 +425,11 @@ impl Store for RedisStore {
             .collect()
     }
 
-    async fn put_config(&self, mut config: StoredConfig) -> Result<StoredConfig, StoreError> {
+    async fn put_config(
+        &self,
+        mut config: StoredConfig,
+        activate: bool,
+    ) -> Result<StoredConfig, StoreError> {
         let mut conn = self.conn.clone();
         let seq = format!("{}:{{cfg}}:seq", self.prefix);
         // Versions are handed out atomically first, then the version is written; a crash in
@@ -399,33 +438,186 @@ impl Store for RedisStore {
         config.version = version;
         let json = serde_json::to_string(&config).map_err(|e| StoreError::Io(e.to_string()))?;
         let _: i64 = PUT_CONFIG
-            .key(format!("{}:{{cfg}}:latest-version", self.prefix))
-            .key(format!("{}:{{cfg}}:latest", self.prefix))
-            .key(format!("{}:{{cfg}}:v:{}", self.prefix, config.name))
+            .key(self.cfg_key("latest-version"))
+            .key(self.cfg_key("latest"))
+            .key(self.cfg_key(&format!("v:{}", config.name)))
             .arg(&config.name)
             .arg(version)
             .arg(json)
+            .arg(if activate { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
             .map_err(io)?;
         Ok(config)
     }
 
+    async fn activate_config(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        let json: Option<String> = ACTIVATE_CONFIG
+            .key(self.cfg_key("latest-version"))
+            .key(self.cfg_key("latest"))
+            .key(self.cfg_key(&format!("v:{name}")))
+            .arg(name)
+            .arg(version)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        json.map(|j| parse_json(&j)).transpose()
+    }
+
     async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {
         let all: Vec<(String, String)> = self
             .conn
             .clone()
-            .hgetall(format!("{}:{{cfg}}:latest", self.prefix))
+            .hgetall(self.cfg_key("latest"))
             .await
             .map_err(io)?;
         let mut configs = all
             .iter()
-            .map(|(_, json)| {
-                serde_json::from_str::<StoredConfig>(json)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
+            .map(|(_, json)| parse_json::<StoredConfig>(json))
             .collect::<Result<Vec<_>, _>>()?;
         configs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(configs)
     }
+
+    async fn config_versions(&self, name: &str) -> Result<Vec<StoredConfig>, StoreError> {
+        let all: Vec<(u64, String)> = self
+            .conn
+            .clone()
+            .hgetall(self.cfg_key(&format!("v:{name}")))
+            .await
+            .map_err(io)?;
+        let mut versions = all
+            .iter()
+            .map(|(_, json)| parse_json::<StoredConfig>(json))
+            .collect::<Result<Vec<_>, _>>()?;
+        versions.sort_by_key(|c| c.version);
+        Ok(versions)
+    }
+
+    async fn put_doc(
+        &self,
+        collection: &str,
+        id: &str,
+        expected_revision: u64,
+        json: &str,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = PUT_DOC
+            .key(self.cfg_key(&format!("doc:{collection}")))
+            .key(self.cfg_key(&format!("rev:{collection}")))
+            .arg(id)
+            .arg(expected_revision)
+            .arg(json)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        Ok(n == 1)
+    }
+
+    async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Doc>, StoreError> {
+        let (json, rev): (Option<String>, Option<u64>) = redis::pipe()
+            .hget(self.cfg_key(&format!("doc:{collection}")), id)
+            .hget(self.cfg_key(&format!("rev:{collection}")), id)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        Ok(json.map(|json| Doc {
+            id: id.to_owned(),
+            revision: rev.unwrap_or(0),
+            json,
+        }))
+    }
+
+    async fn list_docs(&self, collection: &str) -> Result<Vec<Doc>, StoreError> {
+        let (docs, revs): (
+            Vec<(String, String)>,
+            std::collections::HashMap<String, u64>,
+        ) = redis::pipe()
+            .hgetall(self.cfg_key(&format!("doc:{collection}")))
+            .hgetall(self.cfg_key(&format!("rev:{collection}")))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        let mut out: Vec<Doc> = docs
+            .into_iter()
+            .map(|(id, json)| Doc {
+                revision: revs.get(&id).copied().unwrap_or(0),
+                id,
+                json,
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn append_audit(
+        &self,
+        mut entry: AuditEntry,
+        keep: Duration,
+    ) -> Result<AuditEntry, StoreError> {
+        // The stream id is Redis's clock; `at_unix_ms` is the writer's. Trimming by id (MINID)
+        // keeps about `keep` of history; `~` lets Redis trim whole nodes, cheaply.
+        let horizon = entry.at_unix_ms.saturating_sub(keep.as_millis() as u64);
+        let json = serde_json::to_string(&entry).map_err(|e| StoreError::Io(e.to_string()))?;
+        let id: String = redis::cmd("XADD")
+            .arg(format!("{}:audit", self.prefix))
+            .arg("MINID")
+            .arg("~")
+            .arg(horizon)
+            .arg("*")
+            .arg("e")
+            .arg(json)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        entry.id = id;
+        Ok(entry)
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let key = format!("{}:audit", self.prefix);
+        let mut conn = self.conn.clone();
+        let mut out = Vec::new();
+        let mut end = "+".to_owned();
+        loop {
+            let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(AUDIT_PAGE)
+                .query_async(&mut conn)
+                .await
+                .map_err(io)?;
+            let full = page.len() == AUDIT_PAGE;
+            for (id, fields) in &page {
+                let Some((_, json)) = fields.iter().find(|(f, _)| f == "e") else {
+                    continue;
+                };
+                let mut entry: AuditEntry = parse_json(json)?;
+                entry.id.clone_from(id);
+                // Entries are newest first: once they are older than `since`, none can match.
+                if query.since_unix_ms.is_some_and(|s| entry.at_unix_ms < s) {
+                    return Ok(out);
+                }
+                if query.matches(&entry) {
+                    out.push(entry);
+                    if out.len() >= query.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match page.last() {
+                Some((id, _)) if full => end = format!("({id}"),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
