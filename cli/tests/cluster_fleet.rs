@@ -1,0 +1,143 @@
+//! Fleet management in the clustered mode (real nats-server, redis-server, two coordinators and
+//! two gateways as processes): a phased rollout whose driving coordinator is killed mid-way
+//! carries on from the store, and labels and the audit log work through any coordinator.
+
+mod cluster_support;
+mod common;
+
+use cluster_support::{Cluster, REGION, SERIAL};
+use common::fleet::{Fleet, collectors};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn send(http: &reqwest::Client, method: &str, url: &str, body: Value) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = http.request(method, url).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_for(c: &Cluster, api: &str, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, v) = c.get(api, path).await;
+        if status == 200 && pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{path}: last {v}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn applied_with(list: &Value, hash: &str) -> usize {
+    list["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["remote_config_status"]["status"] == "APPLIED"
+                && a["remote_config_status"]["hash"] == hash
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_rollout_carries_on_after_its_driving_coordinator_is_killed() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(2, 2, &["--heartbeat-interval", "2s"]).await;
+    let http = reqwest::Client::new();
+    let mut agents = collectors(20, &[("env", "prod")], |_| false, "");
+    let second_half = agents.split_off(10);
+    let urls = c.ws_urls();
+    let f1 = Fleet::start(&urls[0], agents).await;
+    let f2 = Fleet::start(&urls[1], second_half).await;
+
+    let api1 = c.coordinators[0].api.clone();
+    let body = |note: &str, activate: bool| {
+        json!({"selector": "env=prod", "activate": activate,
+               "files": {"collector.yaml": format!("# {note}\nreceivers: {{otlp: {{}}}}\n")}})
+    };
+    let (s, v1) = send(
+        &http,
+        "PUT",
+        &format!("{api1}/api/v1/configs/otel"),
+        body("v1", true),
+    )
+    .await;
+    assert_eq!(s, 200, "{v1}");
+    let (s, v2) = send(
+        &http,
+        "PUT",
+        &format!("{api1}/api/v1/configs/otel"),
+        body("v2", false),
+    )
+    .await;
+    assert_eq!(s, 200, "{v2}");
+    let (v1, v2) = (v1["hash"].as_str().unwrap(), v2["hash"].as_str().unwrap());
+    let list = "/api/v1/agents?selector=env=prod&limit=100";
+    wait_for(&c, &api1, list, |l| applied_with(l, v1) == 20).await;
+
+    // Labels set through one coordinator are seen through the other.
+    let uid = f1.uids[0];
+    let (s, l) = send(
+        &http,
+        "POST",
+        &format!("{api1}/api/v1/agents/{uid}/labels"),
+        json!({"set": {"team": "obs"}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{l}");
+    let api2 = c.coordinators[1].api.clone();
+    let (_, seen) = c.get(&api2, &format!("/api/v1/agents/{uid}/labels")).await;
+    assert_eq!(seen["labels"], json!({"team": "obs"}));
+
+    let (s, r) = send(
+        &http,
+        "POST",
+        &format!("{api1}/api/v1/rollouts"),
+        json!({"config": "otel", "phases": {"initial": 4, "multiplier": 2}, "soak": "2s"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/rollouts/{id}");
+    wait_for(&c, &api1, &path, |r| r["phases"][0]["applied"] == 4).await;
+
+    // Kill whichever coordinator drives rollouts (the holder of shard 0).
+    let mut conn = c.redis_conn().await;
+    let lease: String = redis::cmd("GET")
+        .arg(format!("opamp:{REGION}:{{s0000}}:lease"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let driver = lease.split('/').next().unwrap().to_owned();
+    let survivor = if driver == "c1" {
+        api2.clone()
+    } else {
+        api1.clone()
+    };
+    c.coordinator(&driver).proc.kill();
+
+    let r = wait_for(&c, &survivor, &path, |r| r["state"] == "completed").await;
+    let sizes: Vec<u64> = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["agents"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [4, 8, 8], "{r}");
+    wait_for(&c, &survivor, list, |l| applied_with(l, v2) == 20).await;
+    let (_, log) = c
+        .get(&survivor, &format!("/api/v1/audit?object=rollout/{id}"))
+        .await;
+    let actions: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rollout.completed", "rollout.start"], "{log}");
+    f1.stop().await;
+    f2.stop().await;
+}
