@@ -266,7 +266,10 @@ async fn invalid_configs_are_refused_naming_the_problem_and_nothing_is_stored() 
     // The API describes itself.
     let (status, doc) = srv.get("/api/v1/openapi.json").await;
     assert_eq!(status, 200);
-    assert!(doc["paths"]["/api/v1/rollouts/{id}/{action}"]["post"].is_object(), "{doc}");
+    assert!(
+        doc["paths"]["/api/v1/rollouts/{id}/{action}"]["post"].is_object(),
+        "{doc}"
+    );
     let (_, log) = srv.get("/api/v1/audit?object=config/bad").await;
     assert_eq!(
         log["entries"],
