@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use flotilla_common::error::ErrorKind;
 use flotilla_common::selector::Selector;
-use flotilla_common::store::AuditQuery;
+use flotilla_common::store::{AuditQuery, StoredConfig};
+use flotilla_proto::bus::AgentRecord;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -24,9 +25,16 @@ use uuid::Uuid;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-/// The API routes; with `tokens`, every request must carry one whose role allows it.
+/// The API routes, REST and gRPC ([`crate::grpc`]); with `tokens`, every request must carry one
+/// whose role allows it.
 pub fn router(coordinator: Arc<Coordinator>, tokens: Option<Arc<ApiTokens>>) -> Router {
     Router::new()
+        // Routed by hand rather than through `tonic::service::Routes`, whose catch-all fallback
+        // (gRPC UNIMPLEMENTED) would answer unknown REST paths too.
+        .route_service(
+            &format!("/{}/{{*rpc}}", crate::grpc::SERVICE_NAME),
+            crate::grpc::service(coordinator.clone()),
+        )
         .route("/api/v1/fleet/health", get(fleet_health))
         .route("/api/v1/agents", get(list_agents))
         .route("/api/v1/agents/{uid}", get(get_agent))
@@ -59,8 +67,8 @@ pub fn router(coordinator: Arc<Coordinator>, tokens: Option<Arc<ApiTokens>>) -> 
         ))
 }
 
-/// An API error: its kind picks the status, its message is shown to the caller.
-pub struct ApiError(ErrorKind, String);
+/// An API error: its kind picks the status (or gRPC code), its message is shown to the caller.
+pub struct ApiError(pub(crate) ErrorKind, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -89,7 +97,19 @@ fn bad_request(msg: impl Into<String>) -> ApiError {
 type ApiResult = Result<axum::Json<Value>, ApiError>;
 
 async fn fleet_health(State(c): State<Arc<Coordinator>>) -> ApiResult {
-    // [total, connected, healthy, unhealthy, silent, disconnected]; health counts connected agents.
+    let [total, connected, healthy, unhealthy, silent, disconnected] = health_counts(&c).await?;
+    Ok(axum::Json(json!({
+        "total_agents": total,
+        "connected_agents": connected,
+        "healthy_agents": healthy,
+        "unhealthy_agents": unhealthy,
+        "silent_agents": silent,
+        "disconnected_agents": disconnected,
+    })))
+}
+
+/// [total, connected, healthy, unhealthy, silent, disconnected]; health counts connected agents.
+pub(crate) async fn health_counts(c: &Coordinator) -> Result<[u64; 6], ApiError> {
     let mut n = [0u64; 6];
     c.visit_agents(&mut |a| {
         n[0] += 1;
@@ -107,14 +127,7 @@ async fn fleet_health(State(c): State<Arc<Coordinator>>) -> ApiResult {
         }
     })
     .await?;
-    Ok(axum::Json(json!({
-        "total_agents": n[0],
-        "connected_agents": n[1],
-        "healthy_agents": n[2],
-        "unhealthy_agents": n[3],
-        "silent_agents": n[4],
-        "disconnected_agents": n[5],
-    })))
+    Ok(n)
 }
 
 fn parse_filters(q: &HashMap<String, String>) -> Result<(Filters, usize, Option<Uuid>), ApiError> {
@@ -173,12 +186,32 @@ pub fn parse_selector(s: &str) -> Result<Selector, ApiError> {
     s.parse().map_err(|e| bad_request(format!("{e}")))
 }
 
-/// Agents sorted by instance_uid; the cursor is the last uid of the previous page.
 async fn list_agents(
     State(c): State<Arc<Coordinator>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let (filters, limit, cursor) = parse_filters(&q)?;
+    let page = agents_page(&c, &q).await?;
+    Ok(axum::Json(json!({
+        "total": page.total,
+        "agents": page.agents,
+        "next_cursor": page.next_cursor,
+    })))
+}
+
+/// One page of the agent list: summaries (as [`views::summary`] shows them).
+pub(crate) struct AgentsPage {
+    pub total: usize,
+    pub agents: Vec<Value>,
+    pub next_cursor: Option<String>,
+}
+
+/// Agents sorted by instance_uid; the cursor is the last uid of the previous page. `q` holds
+/// the list's query parameters (selector, status, health, limit, cursor).
+pub(crate) async fn agents_page(
+    c: &Coordinator,
+    q: &HashMap<String, String>,
+) -> Result<AgentsPage, ApiError> {
+    let (filters, limit, cursor) = parse_filters(q)?;
     // Only the uids of matching agents are collected; records are read for one page.
     let mut uids: Vec<Uuid> = Vec::new();
     c.visit_agents(&mut |a| {
@@ -202,14 +235,14 @@ async fn list_agents(
             agents.push(views::summary(&rec, &desired));
         }
     }
-    Ok(axum::Json(json!({
-        "total": total,
-        "agents": agents,
-        "next_cursor": next_cursor,
-    })))
+    Ok(AgentsPage {
+        total,
+        agents,
+        next_cursor,
+    })
 }
 
-fn parse_uid(s: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_uid(s: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(s).map_err(|_| {
         bad_request(format!(
             "{s:?} is not an instance uid (expected a UUID such as 0190c9a4-...)"
@@ -217,12 +250,15 @@ fn parse_uid(s: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-async fn get_agent(State(c): State<Arc<Coordinator>>, Path(uid): Path<String>) -> ApiResult {
-    let uid = parse_uid(&uid)?;
-    let rec = c
-        .agent(uid)
+/// The record of agent `uid`, or NotFound.
+pub(crate) async fn agent_record(c: &Coordinator, uid: Uuid) -> Result<AgentRecord, ApiError> {
+    c.agent(uid)
         .await?
-        .ok_or_else(|| ApiError(ErrorKind::NotFound, format!("no agent {uid}")))?;
+        .ok_or_else(|| ApiError(ErrorKind::NotFound, format!("no agent {uid}")))
+}
+
+async fn get_agent(State(c): State<Arc<Coordinator>>, Path(uid): Path<String>) -> ApiResult {
+    let rec = agent_record(&c, parse_uid(&uid)?).await?;
     Ok(axum::Json(views::detail(&rec, &c.desired(), c.redactor())))
 }
 
@@ -264,16 +300,19 @@ async fn list_configs(State(c): State<Arc<Coordinator>>) -> ApiResult {
     Ok(axum::Json(json!({"configs": configs})))
 }
 
-/// The active version of a config, or its latest if none is active (staged only).
 async fn get_config(State(c): State<Arc<Coordinator>>, Path(name): Path<String>) -> ApiResult {
-    let desired = c.desired();
-    if let Some(cfg) = desired.configs.iter().find(|x| x.name == name) {
-        return Ok(axum::Json(views::config_json(cfg)));
-    }
-    let history = c.config_history(&name).await?;
     Ok(axum::Json(views::config_json(
-        history.last().expect("history is never empty"),
+        &current_config(&c, &name).await?,
     )))
+}
+
+/// The active version of a config, or its latest if none is active (staged only).
+pub(crate) async fn current_config(c: &Coordinator, name: &str) -> Result<StoredConfig, ApiError> {
+    if let Some(cfg) = c.desired().configs.iter().find(|x| x.name == name) {
+        return Ok(cfg.clone());
+    }
+    let mut history = c.config_history(name).await?;
+    Ok(history.pop().expect("history is never empty"))
 }
 
 async fn put_config(
@@ -393,10 +432,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Resul
 
 async fn get_labels(State(c): State<Arc<Coordinator>>, Path(uid): Path<String>) -> ApiResult {
     let uid = parse_uid(&uid)?;
-    let rec = c
-        .agent(uid)
-        .await?
-        .ok_or_else(|| ApiError(ErrorKind::NotFound, format!("no agent {uid}")))?;
+    let rec = agent_record(&c, uid).await?;
     let labels: BTreeMap<_, _> = rec.labels.into_iter().collect();
     Ok(axum::Json(
         json!({"instance_uid": uid.to_string(), "labels": labels}),
@@ -475,7 +511,7 @@ struct RestartBody {
     rate_per_second: f64,
 }
 
-fn default_restart_rate() -> f64 {
+pub(crate) fn default_restart_rate() -> f64 {
     10.0
 }
 
@@ -505,6 +541,13 @@ async fn audit(
     State(c): State<Arc<Coordinator>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    let entries = c.audit_log(&audit_query(&q)?).await?;
+    let entries: Vec<Value> = entries.iter().map(views::audit_json).collect();
+    Ok(axum::Json(json!({"entries": entries})))
+}
+
+/// The audit query of the parameters `q` (object, since, until, limit).
+pub(crate) fn audit_query(q: &HashMap<String, String>) -> Result<AuditQuery, ApiError> {
     let time = |key: &str| -> Result<Option<u64>, ApiError> {
         q.get(key)
             .map(|t| {
@@ -535,15 +578,12 @@ async fn audit(
                 bad_request(format!("limit must be from 1 to {MAX_LIMIT}, not {l:?}"))
             })?,
     };
-    let query = AuditQuery {
+    Ok(AuditQuery {
         since_unix_ms: time("since")?,
         until_unix_ms: time("until")?,
         object: q.get("object").cloned(),
         limit,
-    };
-    let entries = c.audit_log(&query).await?;
-    let entries: Vec<Value> = entries.iter().map(views::audit_json).collect();
-    Ok(axum::Json(json!({"entries": entries})))
+    })
 }
 
 async fn openapi() -> Response {

@@ -1,5 +1,5 @@
-//! Who may use the admin API: bearer tokens with a role, read from a TOML file
-//! (`--api-tokens`). Reading needs `viewer`, commands to agents (restart) need `operator`, and
+//! Who may use the admin API, REST and gRPC alike: bearer tokens with a role, read from a TOML
+//! file (`--api-tokens`). Reading needs `viewer`, commands to agents (restart) need `operator`, and
 //! anything that changes what agents run or hold (configs, certificates) needs `admin`. Every
 //! mutation is logged with its caller on the `flotilla::audit` target, and handlers get the
 //! [`Caller`] to record it with what they change.
@@ -131,8 +131,11 @@ impl ApiTokens {
 
 /// The role a request needs: reads are for viewers; agent commands, labels and holding or
 /// aborting a rollout for operators; the rest (configs, starting rollouts, certificates,
-/// anything new) for admins.
+/// anything new) for admins. gRPC calls are all POSTs, so their role follows the RPC's name.
 pub fn required_role(method: &Method, path: &str) -> Role {
+    if let Some(rpc) = grpc_method(path) {
+        return grpc_role(rpc);
+    }
     let operator = path.ends_with("/restart")
         || path == "/api/v1/restarts"
         || path.ends_with("/labels")
@@ -149,7 +152,41 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     }
 }
 
-fn refuse(status: StatusCode, message: String) -> Response {
+/// The RPC name of a call to the admin gRPC service (`/flotilla.admin.v1.Admin/<Rpc>`).
+fn grpc_method(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?
+        .strip_prefix(crate::grpc::SERVICE_NAME)?
+        .strip_prefix('/')
+}
+
+/// The same split as the REST routes': reads, then the operator's commands.
+fn grpc_role(rpc: &str) -> Role {
+    if ["Get", "List", "Query"].iter().any(|p| rpc.starts_with(p)) {
+        Role::Viewer
+    } else if matches!(
+        rpc,
+        "RestartAgent" | "RestartMatching" | "SetLabels" | "ControlRollout"
+    ) {
+        Role::Operator
+    } else {
+        Role::Admin
+    }
+}
+
+/// A refusal in the caller's protocol: JSON for REST; for gRPC a status a client can read
+/// (a bare HTTP 401 with a JSON body would reach it as a protocol error).
+fn refuse(req: &Request, status: StatusCode, message: String) -> Response {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        let code = match status {
+            StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
+            _ => tonic::Code::PermissionDenied,
+        };
+        return tonic::Status::new(code, message).into_http();
+    }
     let mut r = (status, axum::Json(json!({"error": message}))).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
@@ -160,8 +197,9 @@ fn refuse(status: StatusCode, message: String) -> Response {
     r
 }
 
-/// Middleware over `/api/...`: authenticates (when tokens are configured), checks the role, hands
-/// the [`Caller`] to the handler, and logs every mutation with its caller and outcome.
+/// Middleware over the API routes (REST and gRPC): authenticates (when tokens are configured),
+/// checks the role, hands the [`Caller`] to the handler, and logs every mutation with its caller
+/// and outcome.
 pub async fn authorize(
     State(tokens): State<Option<Arc<ApiTokens>>>,
     mut req: Request,
@@ -173,6 +211,7 @@ pub async fn authorize(
             Some(c) => c.clone(),
             None => {
                 return refuse(
+                    &req,
                     StatusCode::UNAUTHORIZED,
                     "a valid API token is required (Authorization: Bearer <token>)".into(),
                 );
@@ -184,6 +223,7 @@ pub async fn authorize(
     let needed = required_role(&method, &path);
     if caller.role < needed {
         return refuse(
+            &req,
             StatusCode::FORBIDDEN,
             format!(
                 "{method} {path} needs the {} role; token {:?} has {}",
@@ -198,12 +238,23 @@ pub async fn authorize(
     req.extensions_mut().insert(caller);
     let response = next.run(req).await;
     if mutation {
+        // A failed gRPC call is answered trailers-only, so its code is in the headers; a
+        // successful one has none here (its OK comes in the trailers).
+        let grpc_status = grpc_method(&path).map(|_| {
+            response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("0")
+                .to_owned()
+        });
         info!(
             target: "flotilla::audit",
             caller = %name,
             %method,
             %path,
             status = response.status().as_u16(),
+            grpc_status,
             "admin API mutation"
         );
     }
@@ -279,6 +330,54 @@ mod tests {
         );
         assert_eq!(
             required_role(&Method::POST, "/api/v1/agents/x/certificate"),
+            Role::Admin
+        );
+    }
+
+    #[test]
+    fn grpc_roles_follow_the_rpc_as_rest_roles_follow_the_route() {
+        let role =
+            |rpc: &str| required_role(&Method::POST, &format!("/flotilla.admin.v1.Admin/{rpc}"));
+        for viewer in [
+            "GetFleetHealth",
+            "ListAgents",
+            "GetAgent",
+            "GetLabels",
+            "ListConfigs",
+            "GetConfig",
+            "GetConfigVersions",
+            "GetConfigDiff",
+            "GetRollout",
+            "ListRollouts",
+            "GetRestartJob",
+            "QueryAudit",
+        ] {
+            assert_eq!(role(viewer), Role::Viewer, "{viewer}");
+        }
+        for operator in [
+            "RestartAgent",
+            "RestartMatching",
+            "SetLabels",
+            "ControlRollout",
+        ] {
+            assert_eq!(role(operator), Role::Operator, "{operator}");
+        }
+        for admin in [
+            "PutConfig",
+            "RollbackConfig",
+            "StartRollout",
+            "IssueCertificate",
+            "SomethingNew",
+        ] {
+            assert_eq!(role(admin), Role::Admin, "{admin}");
+        }
+        // Another service's "Get" is not a read of ours.
+        assert_eq!(
+            required_role(&Method::POST, "/other.v1.Admin/GetAgent"),
+            Role::Admin
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/flotilla.admin.v1.AdminX/GetAgent"),
             Role::Admin
         );
     }

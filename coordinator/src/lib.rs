@@ -1,7 +1,8 @@
 //! The coordinator role: owns agents' state. It processes every agent message that gateways
 //! forward over the Bus (the OpAMP state machine in [`agent`]), keeps agent records and silence
 //! deadlines in the Store, chooses each agent's config ([`configs`]), pushes desired state to
-//! connected agents back through their gateway, and serves the admin API ([`api`]).
+//! connected agents back through their gateway, and serves the admin API, REST ([`api`]) and
+//! gRPC ([`grpc`]) on one listener.
 //!
 //! Main types: [`Coordinator`] (the running service), [`agent::process`] (one message in, one
 //! reply and a new record out). It reaches the gateway only through the Bus and never depends on
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod certs;
 pub mod cluster;
 pub mod configs;
+pub mod grpc;
 mod metrics;
 pub mod offers;
 pub mod openapi;
