@@ -582,3 +582,74 @@ async fn the_cli_drives_a_rollout_end_to_end() {
     fleet.stop().await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn packages_and_per_selector_settings_reach_agents_and_statuses_are_tracked() {
+    use flotilla_proto::opamp::{
+        AgentCapabilities as Cap, PackageStatus, PackageStatusEnum, PackageStatuses,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let mut agent = flotilla_loadtest::sim::SimAgent::new("otelcol", &[("env", "prod")]);
+    agent.capabilities |= Cap::AcceptsPackages as u64 | Cap::ReportsPackageStatuses as u64;
+    let mut ws = common::connect(&srv, &mut agent).await;
+
+    let (status, body) = srv
+        .put(
+            "/api/v1/configs/otelcol-package",
+            json!({"selector": "env=prod",
+                   "packages": {"otelcol": {"version": "0.110.0",
+                                            "download_url": "https://example.com/otelcol.tgz",
+                                            "content_hash": "ab".repeat(32),
+                                            "signature": "c2lnbmVk"}},
+                   "settings": {"heartbeat_interval": "7s"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let push = ws
+        .recv(Duration::from_secs(10))
+        .await
+        .expect("packages pushed");
+    let offer = push.packages_available.expect("PackagesAvailable");
+    let pkg = &offer.packages["otelcol"];
+    assert_eq!(pkg.version, "0.110.0");
+    let file = pkg.file.as_ref().unwrap();
+    assert_eq!(
+        (file.content_hash.clone(), file.signature.clone()),
+        (vec![0xab; 32], b"signed".to_vec())
+    );
+
+    // The next reply offers the selector's heartbeat interval.
+    let reply = common::answered_ok(&mut ws, &agent.heartbeat()).await;
+    let hb = reply.connection_settings.and_then(|s| s.opamp);
+    assert_eq!(hb.map(|o| o.heartbeat_interval_seconds), Some(7));
+
+    let mut report = agent.heartbeat();
+    report.package_statuses = Some(PackageStatuses {
+        packages: [(
+            "otelcol".to_owned(),
+            PackageStatus {
+                name: "otelcol".into(),
+                agent_has_version: "0.110.0".into(),
+                server_offered_version: "0.110.0".into(),
+                status: PackageStatusEnum::Installed as i32,
+                ..Default::default()
+            },
+        )]
+        .into(),
+        server_provided_all_packages_hash: offer.all_packages_hash.clone(),
+        error_message: String::new(),
+    });
+    let reply = common::answered_ok(&mut ws, &report).await;
+    assert!(
+        reply.packages_available.is_none(),
+        "installed: not offered again"
+    );
+    let detail = srv.agent(agent.uid).await;
+    assert_eq!(
+        detail["packages"]["packages"]["otelcol"]["status"], "INSTALLED",
+        "{detail}"
+    );
+    assert_eq!(detail["desired_packages"]["name"], "otelcol-package");
+    srv.stop().await;
+}
