@@ -139,7 +139,8 @@ pub fn process(
     }
     events.extend(before.events_to(&rec));
 
-    let interval = heartbeat_interval(&rec, ctx.desired, ctx.heartbeat_interval);
+    let attrs = attributes(&rec);
+    let interval = heartbeat_interval(&rec, &attrs, ctx.desired, ctx.heartbeat_interval);
     let deadline = match silence_deadline(&rec, interval) {
         Some(at) => Deadline::Arm(at),
         None => Deadline::Clear,
@@ -163,7 +164,7 @@ pub fn process(
     }
 
     if !leaving {
-        fill_offers(&mut reply, &mut rec, ctx);
+        fill_offers(&mut reply, &mut rec, &attrs, ctx);
     }
     Outcome {
         reply,
@@ -282,12 +283,16 @@ fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
 /// Adds what differs between the desired state and what the agent reported: the remote config,
 /// the packages, and the connection settings (heartbeat interval and own-telemetry destinations,
 /// or an issued certificate).
-fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) {
-    let attrs = attributes(rec);
-    if let Some(cfg) = config_to_offer(rec, &attrs, ctx.desired) {
+fn fill_offers(
+    reply: &mut ServerToAgent,
+    rec: &mut AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    ctx: &Ctx<'_>,
+) {
+    if let Some(cfg) = config_to_offer(rec, attrs, ctx.desired) {
         reply.remote_config = Some(configs::remote_config_message(cfg));
     }
-    if let Some(p) = packages_to_offer(rec, &attrs, ctx.desired) {
+    if let Some(p) = packages_to_offer(rec, attrs, ctx.desired) {
         rec.offered_packages_hash.clone_from(&p.all_packages_hash);
         reply.packages_available = Some(p);
     }
@@ -299,7 +304,7 @@ fn fill_offers(reply: &mut ServerToAgent, rec: &mut AgentRecord, ctx: &Ctx<'_>) 
         None => {
             let cfg = ctx
                 .desired
-                .resolve(uid(rec).as_ref(), &attrs, Aspect::Settings);
+                .resolve(uid(rec).as_ref(), attrs, Aspect::Settings);
             let settings = offers::settings_of(cfg);
             match offers::settings_offer(settings, ctx.heartbeat_interval, rec.capabilities) {
                 Some(o) => o,
@@ -332,15 +337,19 @@ pub fn desired_config<'a>(
     desired: &'a Desired,
     aspect: Aspect,
 ) -> Option<&'a StoredConfig> {
-    let capable = match aspect {
-        Aspect::Files => has(rec.capabilities, Cap::AcceptsRemoteConfig),
-        Aspect::Packages => has(rec.capabilities, Cap::AcceptsPackages),
-        Aspect::Settings => true,
-    };
-    if !capable {
+    if !takes(rec, aspect) {
         return None;
     }
     desired.resolve(uid(rec).as_ref(), attrs, aspect)
+}
+
+/// Whether the agent can take `aspect` at all (settings: each part is checked when offered).
+pub fn takes(rec: &AgentRecord, aspect: Aspect) -> bool {
+    match aspect {
+        Aspect::Files => has(rec.capabilities, Cap::AcceptsRemoteConfig),
+        Aspect::Packages => has(rec.capabilities, Cap::AcceptsPackages),
+        Aspect::Settings => true,
+    }
 }
 
 /// The desired config of an agent that does not report running it yet: what to send it.
@@ -376,8 +385,13 @@ pub fn packages_to_offer(
 }
 
 /// The heartbeat interval this agent is asked for: its settings config's, else the default.
-pub fn heartbeat_interval(rec: &AgentRecord, desired: &Desired, default: Duration) -> Duration {
-    let cfg = desired.resolve(uid(rec).as_ref(), &attributes(rec), Aspect::Settings);
+pub fn heartbeat_interval(
+    rec: &AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    desired: &Desired,
+    default: Duration,
+) -> Duration {
+    let cfg = desired.resolve(uid(rec).as_ref(), attrs, Aspect::Settings);
     offers::settings_of(cfg)
         .and_then(|s| s.heartbeat_interval)
         .unwrap_or(default)

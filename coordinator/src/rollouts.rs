@@ -92,18 +92,15 @@ fn outcome(rec: &AgentRecord, target: &StoredConfig, packages_hash: &[u8]) -> Ou
     if !target.packages.is_empty() && has(rec.capabilities, Cap::AcceptsPackages) {
         match &rec.package_statuses {
             Some(p) if p.server_provided_all_packages_hash == packages_hash => {
-                let statuses = || target.packages.keys().map(|n| p.packages.get(n));
-                if statuses()
-                    .any(|s| s.is_some_and(|s| s.status() == PackageStatusEnum::InstallFailed))
-                {
+                // A package the agent does not report yet is still pending.
+                let status = |name: &String| p.packages.get(name).map(|s| s.status());
+                let statuses: Vec<_> = target.packages.keys().map(status).collect();
+                if statuses.contains(&Some(PackageStatusEnum::InstallFailed)) {
                     return Outcome::Failed;
                 }
-                let installed = |s: Option<&_>| {
-                    s.is_some_and(|s: &flotilla_proto::opamp::PackageStatus| {
-                        s.status() == PackageStatusEnum::Installed
-                    })
-                };
-                applied &= statuses().all(installed);
+                applied &= statuses
+                    .iter()
+                    .all(|s| *s == Some(PackageStatusEnum::Installed));
             }
             _ => applied = false,
         }
@@ -119,12 +116,7 @@ fn outcome(rec: &AgentRecord, target: &StoredConfig, packages_hash: &[u8]) -> Ou
 fn candidate(rec: &AgentRecord, desired: &Desired, target: &StoredConfig) -> bool {
     let attrs = agent::attributes(rec);
     Aspect::ALL.iter().any(|aspect| {
-        let capable = match aspect {
-            Aspect::Files => has(rec.capabilities, Cap::AcceptsRemoteConfig),
-            Aspect::Packages => has(rec.capabilities, Cap::AcceptsPackages),
-            Aspect::Settings => true,
-        };
-        capable
+        agent::takes(rec, *aspect)
             && aspect.defined_by(target)
             && resolve_among(desired.with_version(target), &attrs, *aspect)
                 .is_some_and(|c| c.name == target.name)

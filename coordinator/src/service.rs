@@ -490,8 +490,9 @@ impl Coordinator {
         let Some(mut rec) = self.store.get_agent(uid).await? else {
             return Ok(());
         };
+        let attrs = agent::attributes(&rec);
         let interval =
-            agent::heartbeat_interval(&rec, &self.desired(), self.cfg.heartbeat_interval);
+            agent::heartbeat_interval(&rec, &attrs, &self.desired(), self.cfg.heartbeat_interval);
         let silent = match agent::silence_deadline(&rec, interval) {
             Some(at) if at > now => {
                 self.save_or_drop(fence, &rec, Deadline::Arm(at)).await?;
