@@ -58,8 +58,12 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     listen().with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// Whether the process can serve, for `/readyz`.
-type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Whether the process can serve, for `/readyz`: Err says why not.
+type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Room left in a bus message for the envelope around an agent's message (origin, headers): an
+/// agent message may be at most the bus's limit less this.
+const ENVELOPE_ROOM: usize = 16 * 1024;
 
 fn spawn_named(
     name: &'static str,
@@ -99,23 +103,43 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let api_tls = reloading_tls(&cfg.api_tls, "the API listener", &rest_cancel, &mut rest)?;
     let mut ready: Vec<Readiness> = Vec::new();
 
-    let (bus, bus_connected): (Arc<dyn Bus>, Readiness) = match &cfg.nats_url {
-        Some(url) => {
-            let nats = NatsBus::connect(url, &format!("flotilla-{}", cfg.node_id))
-                .await
-                .map_err(anyhow::Error::msg)?;
-            let probe = nats.clone();
-            (Arc::new(nats), Arc::new(move || probe.is_connected()))
-        }
-        None => (Arc::new(InProcessBus::default()), Arc::new(|| true)),
-    };
-    ready.push(bus_connected.clone());
+    // The largest agent message, and the largest config, that can cross the bus.
+    let mut max_message_size = cfg.max_message_size;
+    let (bus, bus_connected): (Arc<dyn Bus>, Arc<dyn Fn() -> bool + Send + Sync>) =
+        match &cfg.nats_url {
+            Some(url) => {
+                let nats = NatsBus::connect(url, &format!("flotilla-{}", cfg.node_id))
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let bus_max = nats.max_payload().saturating_sub(ENVELOPE_ROOM);
+                if bus_max < max_message_size {
+                    info!(
+                        nats_max_payload = nats.max_payload(),
+                        max_message_size = bus_max,
+                        "agent messages and configs are limited by what NATS carries \
+                         (raise max_payload on the NATS servers to allow larger ones)"
+                    );
+                    max_message_size = bus_max;
+                }
+                let probe = nats.clone();
+                (Arc::new(nats), Arc::new(move || probe.is_connected()))
+            }
+            None => (Arc::new(InProcessBus::default()), Arc::new(|| true)),
+        };
+    let connected = bus_connected.clone();
+    ready.push(Arc::new(move || {
+        connected()
+            .then_some(())
+            .ok_or_else(|| "not connected to NATS".to_owned())
+    }));
 
     let mut api_router = None;
     if cfg.coordinator {
         let mut coord_cfg =
             CoordinatorConfig::new(&cfg.region, &cfg.node_id, cfg.heartbeat_interval);
-        coord_cfg.audit_retention = cfg.audit_retention;
+        coord_cfg.limits = cfg.record_limits.clone();
+        coord_cfg.agent_retention = cfg.agent_retention;
+        coord_cfg.max_message_size = max_message_size;
         if !cfg.redact_patterns.is_empty() {
             coord_cfg.redactor = Redactor::new(&cfg.redact_patterns)
                 .context("a --redact-pattern is not a valid regular expression")?;
@@ -130,7 +154,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         let coordinator = if let Some(url) = &cfg.redis_url {
             let redis = RedisStore::connect(url, &cfg.region)
                 .await
-                .map_err(anyhow::Error::msg)?;
+                .map_err(anyhow::Error::msg)?
+                .with_audit_retention(cfg.audit_retention);
             let store = Arc::new(redis.clone()) as Arc<dyn Store>;
             let coordinator = Coordinator::new(
                 coord_cfg,
@@ -150,21 +175,44 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 LeaseTiming::from_ttl(cfg.lease_ttl),
             );
             let health = keeper.health();
-            ready.push(Arc::new(move || health.load(Ordering::Relaxed)));
-            rest.push(spawn_named("leases", keeper.run(rest_cancel.clone())));
+            let keeping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let alive = keeping.clone();
+            ready.push(Arc::new(move || {
+                if !alive.load(Ordering::Relaxed) {
+                    Err("the shard lease keeper stopped; restart this process".into())
+                } else if !health.load(Ordering::Relaxed) {
+                    Err("shard leases cannot be kept (Redis or NATS unreachable)".into())
+                } else {
+                    Ok(())
+                }
+            }));
+            let cancel = rest_cancel.clone();
+            rest.push(spawn_named("leases", async move {
+                // Its own task: should it ever panic, readiness says so instead of the shards
+                // silently lapsing while the process looks healthy.
+                let run = tokio::spawn(keeper.run(cancel.clone()).in_current_span()).await;
+                if !cancel.is_cancelled() {
+                    keeping.store(false, Ordering::Relaxed);
+                    tracing::error!(outcome = ?run.err(), "the shard lease keeper stopped");
+                }
+            }));
             rest.push(spawn_named(
                 "coordinator",
                 coordinator.clone().run_duties(rest_cancel.clone()),
             ));
             coordinator
         } else {
-            let store = Arc::new(EmbeddedStore::open(&cfg.data_dir).with_context(|| {
-                format!("cannot open the data directory {}", cfg.data_dir.display())
-            })?);
+            let store = EmbeddedStore::open_with(&cfg.data_dir, cfg.audit_retention).with_context(
+                || format!("cannot open the data directory {}", cfg.data_dir.display()),
+            )?;
+            store.register_metrics(&mut registry);
+            let probe = store.clone();
+            ready.push(Arc::new(move || probe.health()));
             rest.push(spawn_named(
                 "store",
                 store.clone().run_flusher(rest_cancel.clone()),
             ));
+            let store = Arc::new(store);
             let coordinator = Coordinator::new(
                 coord_cfg,
                 bus.clone(),
@@ -182,6 +230,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             }));
             coordinator
         };
+        let duties = coordinator.duty_health();
+        ready.push(Arc::new(move || duties.check()));
         let tokens = match &cfg.api_tokens {
             Some(path) => Some(Arc::new(ApiTokens::load(path).map_err(anyhow::Error::msg)?)),
             None => {
@@ -197,7 +247,17 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     }
 
     let gateway = if cfg.gateway {
-        let mut gw_cfg = GatewayConfig::new(&cfg.region, &cfg.node_id, cfg.max_message_size);
+        let mut gw_cfg = GatewayConfig::new(&cfg.region, &cfg.node_id, max_message_size);
+        if let Some(files) = flotilla_common::config::open_file_limit()
+            && cfg.limits.max_connections as u64 > files
+        {
+            warn!(
+                max_connections = cfg.limits.max_connections,
+                open_file_limit = files,
+                "--max-connections is above the open-file limit: connections past the limit fail \
+                 to be accepted instead of being answered 503"
+            );
+        }
         gw_cfg.tls = opamp_tls;
         gw_cfg.identity = cfg.agent_identity;
         gw_cfg.limits = cfg.limits.clone();
@@ -273,22 +333,22 @@ impl Running {
 }
 
 /// `/healthz`, `/readyz` and `/metrics`: served by every process, whatever its roles. Ready
-/// means every check in `ready` passes: NATS connected, Redis answering the lease keeper (none in
-/// the embedded mode, where started means ready).
+/// means every check in `ready` passes: NATS connected, Redis answering the lease keeper, the
+/// data directory writable, the background duties running; 503 names what fails.
 fn ops_router(registry: Arc<Registry>, ready: Vec<Readiness>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(move || {
-                let ok = ready.iter().all(|check| check());
+                let failing: Vec<String> = ready.iter().filter_map(|check| check().err()).collect();
                 async move {
-                    if ok {
-                        (StatusCode::OK, "ready\n")
+                    if failing.is_empty() {
+                        (StatusCode::OK, "ready\n".to_owned())
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "not ready: bus or store unreachable\n",
+                            format!("not ready: {}\n", failing.join("; ")),
                         )
                     }
                 }

@@ -99,6 +99,10 @@ pub enum AgentsCommand {
     Get {
         uid: String,
     },
+    /// Removes an agent's record (it comes back at its next message if still connected).
+    Delete {
+        uid: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,6 +244,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Health => call(client.get(url("/api/v1/fleet/health"))).await?,
         CtlCommand::Agents(AgentsCommand::Get { uid }) => {
             call(client.get(url(&format!("/api/v1/agents/{uid}")))).await?
+        }
+        CtlCommand::Agents(AgentsCommand::Delete { uid }) => {
+            call(client.delete(url(&format!("/api/v1/agents/{uid}")))).await?
         }
         CtlCommand::Agents(AgentsCommand::List {
             selector,

@@ -50,6 +50,8 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the config: the default connection cap follows the open-file limit.
+    flotilla_common::config::raise_open_file_limit();
     let cfg = ServeConfig::load(args)?;
     flotilla_common::telemetry::init_logging();
     info!(config = %cfg, "starting");

@@ -422,6 +422,8 @@ async fn labels_change_which_config_an_agent_gets_and_the_audit_log_names_the_ca
         [
             ("labels.set".to_owned(), "otto".to_owned()),
             ("labels.set".to_owned(), "otto".to_owned()),
+            // The viewer's refused attempt to set labels is on record too.
+            ("api.forbidden".to_owned(), "vic".to_owned()),
             ("config.put".to_owned(), "ann".to_owned()),
             ("config.put".to_owned(), "ann".to_owned()),
         ],

@@ -76,6 +76,8 @@ fn websocket_messages_never_panic_the_state_machine() {
         now_unix_ms: 1_700_000_000_000,
         heartbeat_interval: Duration::from_secs(30),
         desired: &desired,
+        limits: &flotilla_common::config::RecordLimits::default(),
+        hold_restart: false,
     };
     let mut agent = SimAgent::new("otelcol", &[("env", "prod")]);
     let real = [0u8]
@@ -91,7 +93,7 @@ fn websocket_messages_never_panic_the_state_machine() {
         let first = process(None, msg.clone(), Origin::default(), &ctx);
         let known = AgentRecord {
             instance_uid: msg.instance_uid.clone(),
-            ..first.record
+            ..first.record.unwrap_or_default()
         };
         let _ = process(Some(known), msg, Origin::default(), &ctx);
     });

@@ -3,10 +3,12 @@
 
 use crate::configs;
 use crate::offers;
-use crate::service::{Coordinator, RestartOutcome, ServiceError};
+use crate::service::{Coordinator, RestartOutcome, ServiceError, audit_entry};
 use crate::validate;
 use flotilla_common::selector::Selector;
-use flotilla_common::store::{AgentSettings, ConfigFile, Doc, PackageOffer, StoredConfig};
+use flotilla_common::store::{
+    AgentSettings, AuditEntry, ConfigFile, Doc, PackageOffer, StoredConfig,
+};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{LabelsResult, SetLabels, Uplink, uplink};
 use serde::{Deserialize, Serialize};
@@ -79,7 +81,8 @@ impl Coordinator {
     ) -> Result<StoredConfig, ServiceError> {
         if !configs::valid_name(name) {
             return Err(ServiceError::BadRequest(format!(
-                "config name {name:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
+                "config name {name:?} must be 1-128 characters of letters, digits, '-', '_' or '.', \
+                 and not \".\" or \"..\""
             )));
         }
         if draft.files.is_empty() && draft.packages.is_empty() && draft.settings.is_none() {
@@ -95,15 +98,8 @@ impl Coordinator {
             )));
         }
         offers::check_packages(&draft.packages).map_err(ServiceError::BadRequest)?;
-        if draft
-            .settings
-            .as_ref()
-            .and_then(|s| s.heartbeat_interval)
-            .is_some_and(|h| h < Duration::from_secs(1))
-        {
-            return Err(ServiceError::BadRequest(
-                "settings.heartbeat_interval must be at least 1s".into(),
-            ));
+        if let Some(settings) = &draft.settings {
+            offers::check_settings(settings).map_err(ServiceError::BadRequest)?;
         }
         let desired = self.desired();
         if draft.activate
@@ -135,21 +131,36 @@ impl Coordinator {
             created_by: caller.to_owned(),
             comment,
         };
-        let stored = self.store().put_config(version, draft.activate).await?;
-        info!(config = %name, version = stored.version, hash = %stored.hash, activated = draft.activate, caller, "config stored");
-        let action = if stored.comment.is_empty() {
+        let size = offers::offer_size(&version);
+        let max = self.max_message_size();
+        if size > max {
+            return Err(ServiceError::BadRequest(format!(
+                "config {name:?} would reach agents as a {size}-byte message; the largest message \
+                 that can reach agents here is {max} bytes (in a cluster, the NATS server's \
+                 max_payload less room for the envelope; docs/operations.md says how to raise \
+                 it); nothing was stored or sent"
+            )));
+        }
+        let action = if version.comment.is_empty() {
             "config.put"
         } else {
             "config.rollback"
         };
-        self.audit(
-            caller,
-            action,
-            format!("config/{name}"),
-            before.and_then(|b| serde_json::to_value(b).ok()),
-            serde_json::to_value(&stored).ok(),
-        )
-        .await;
+        let before = before.and_then(|b| serde_json::to_value(b).ok());
+        let audit = |stored: &StoredConfig| {
+            audit_entry(
+                caller,
+                action,
+                format!("config/{name}"),
+                before.clone(),
+                serde_json::to_value(stored).ok(),
+            )
+        };
+        let stored = self
+            .store()
+            .put_config(version, draft.activate, &audit)
+            .await?;
+        info!(target: "flotilla::audit", config = %name, version = stored.version, hash = %stored.hash, activated = draft.activate, caller, action, "config stored");
         if draft.activate {
             self.announce_change(&format!("config/{name}")).await;
         }
@@ -224,6 +235,7 @@ impl Coordinator {
                 instance_uid: uid.as_bytes().to_vec(),
                 set: set.into_iter().collect(),
                 remove,
+                caller: caller.to_owned(),
             })),
         };
         let reply = self.ask_owner(uid, ask).await?;
@@ -237,21 +249,7 @@ impl Coordinator {
                 result.error
             )));
         }
-        let sorted = |m: std::collections::HashMap<String, String>| -> BTreeMap<_, _> {
-            m.into_iter().collect()
-        };
-        let (before, after) = (sorted(result.before), sorted(result.after));
-        if before != after {
-            self.audit(
-                caller,
-                "labels.set",
-                format!("agent/{uid}"),
-                Some(serde_json::json!(before)),
-                Some(serde_json::json!(after)),
-            )
-            .await;
-        }
-        Ok(after)
+        Ok(result.after.into_iter().collect())
     }
 
     /// The owner's side of [`Coordinator::set_labels`]; None if this process does not own the
@@ -288,8 +286,23 @@ impl Coordinator {
         }
         rec.labels.extend(req.set);
         if rec.labels != before {
+            let sorted = |m: &std::collections::HashMap<String, String>| {
+                serde_json::json!(m.iter().collect::<BTreeMap<_, _>>())
+            };
+            let entry = audit_entry(
+                &req.caller,
+                "labels.set",
+                format!("agent/{uid}"),
+                Some(sorted(&before)),
+                Some(sorted(&rec.labels)),
+            );
             match self
-                .save_or_drop(fence, &rec, flotilla_common::store::Deadline::Keep)
+                .save_or_drop(
+                    fence,
+                    &rec,
+                    flotilla_common::store::Deadline::Keep,
+                    Some(&entry),
+                )
                 .await
             {
                 Ok(true) => {}
@@ -349,24 +362,33 @@ impl Coordinator {
             created_by: caller.to_owned(),
             created_unix_ms: now_unix_ms(),
         };
-        let rev = self.save_job(&job, 0).await?;
-        self.audit(
+        let entry = audit_entry(
             caller,
             "restart.selector",
             format!("restart/{}", job.id),
             None,
             serde_json::to_value(&job).ok(),
-        )
-        .await;
+        );
+        let rev = self.save_job(&job, 0, Some(&entry)).await?;
         let this = self.clone();
         let span = info_span!("restart_job", id = %job.id);
         tokio::spawn(this.run_restarts(job.clone(), rev, uids).instrument(span));
         Ok(job)
     }
 
-    async fn save_job(&self, job: &RestartJob, rev: u64) -> Result<u64, ServiceError> {
-        let json = serde_json::to_string(job).expect("jobs serialize");
-        if self.store().put_doc(RESTARTS, &job.id, rev, &json).await? {
+    async fn save_job(
+        &self,
+        job: &RestartJob,
+        rev: u64,
+        audit: Option<&AuditEntry>,
+    ) -> Result<u64, ServiceError> {
+        let json = serde_json::to_string(job)
+            .map_err(|e| ServiceError::BadRequest(format!("restart job: {e}")))?;
+        if self
+            .store()
+            .put_doc(RESTARTS, &job.id, rev, &json, audit)
+            .await?
+        {
             Ok(rev + 1)
         } else {
             Err(ServiceError::Conflict(format!(
@@ -383,7 +405,8 @@ impl Coordinator {
         let mut saved = tokio::time::Instant::now();
         for (i, uid) in uids.iter().enumerate() {
             tick.tick().await;
-            match self.restart(*uid).await {
+            // Audited once, as the job; not once per agent.
+            match self.restart(*uid, "").await {
                 Ok(RestartOutcome::Delivered) => job.delivered += 1,
                 Ok(RestartOutcome::Queued) => job.queued += 1,
                 Err(e) => {
@@ -396,7 +419,7 @@ impl Coordinator {
             job.done = i + 1 == uids.len();
             if job.done || saved.elapsed() >= Duration::from_secs(1) {
                 saved = tokio::time::Instant::now();
-                match self.save_job(&job, rev).await {
+                match self.save_job(&job, rev, None).await {
                     Ok(r) => rev = r,
                     Err(e) => tracing::warn!(error = %e, "restart progress not saved"),
                 }

@@ -4,7 +4,8 @@
 
 use crate::configs::{self, Aspect, Desired};
 use crate::offers;
-use flotilla_common::names::shard_of;
+use flotilla_common::config::RecordLimits;
+use flotilla_common::error::{ErrorKind, opamp_error};
 use flotilla_common::store::StoredConfig;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
 use flotilla_proto::opamp::{
@@ -37,6 +38,11 @@ pub struct Ctx<'a> {
     /// The heartbeat interval of agents whose configs set none.
     pub heartbeat_interval: Duration,
     pub desired: &'a Desired,
+    /// How much one agent's record may hold.
+    pub limits: &'a RecordLimits,
+    /// Keep a queued restart for a later message (this one's reply has something else to
+    /// carry, e.g. the answer to a CSR).
+    pub hold_restart: bool,
 }
 
 /// Something that happened to an agent, published on `opamp.<region>.evt.<kind>`.
@@ -68,10 +74,80 @@ pub use flotilla_common::store::Deadline;
 #[derive(Debug)]
 pub struct Outcome {
     pub reply: ServerToAgent,
-    /// The record to store, keyed by its instance_uid (which may be newly assigned).
-    pub record: AgentRecord,
+    /// The record to store, keyed by its instance_uid; None when there is nothing to store (a
+    /// uid was assigned: it becomes a record when the agent uses it; a message was refused).
+    pub record: Option<AgentRecord>,
     pub deadline: Deadline,
     pub events: Vec<EventKind>,
+    /// The heartbeat (poll) interval the agent is asked for.
+    pub interval: Duration,
+    /// What the record noted about the reply's offers, as it was before them.
+    before_offers: OfferMarks,
+}
+
+/// The parts of a record that say what has been offered or queued for the agent.
+#[derive(Debug, Default, Clone)]
+struct OfferMarks {
+    offered_settings_hash: Vec<u8>,
+    offered_packages_hash: Vec<u8>,
+    restart_expires_unix_ms: u64,
+    settings_reoffers: u32,
+    settings_reoffer_window_unix_ms: u64,
+}
+
+impl OfferMarks {
+    fn of(rec: &AgentRecord) -> Self {
+        Self {
+            offered_settings_hash: rec.offered_settings_hash.clone(),
+            offered_packages_hash: rec.offered_packages_hash.clone(),
+            restart_expires_unix_ms: rec.restart_expires_unix_ms,
+            settings_reoffers: rec.settings_reoffers,
+            settings_reoffer_window_unix_ms: rec.settings_reoffer_window_unix_ms,
+        }
+    }
+
+    fn restore(self, rec: &mut AgentRecord) {
+        rec.offered_settings_hash = self.offered_settings_hash;
+        rec.offered_packages_hash = self.offered_packages_hash;
+        rec.restart_expires_unix_ms = self.restart_expires_unix_ms;
+        rec.settings_reoffers = self.settings_reoffers;
+        rec.settings_reoffer_window_unix_ms = self.settings_reoffer_window_unix_ms;
+    }
+}
+
+impl Outcome {
+    /// A reply carrying only `reply`, storing nothing.
+    fn nothing_stored(reply: ServerToAgent, ctx: &Ctx<'_>) -> Self {
+        Self {
+            reply,
+            record: None,
+            deadline: Deadline::Keep,
+            events: Vec::new(),
+            interval: ctx.heartbeat_interval,
+            before_offers: OfferMarks::default(),
+        }
+    }
+
+    /// A reply carrying only an error (the spec allows nothing beside it), storing nothing.
+    fn refused(instance_uid: Vec<u8>, message: String, ctx: &Ctx<'_>) -> Self {
+        let reply = opamp_error(instance_uid, ErrorKind::BadRequest, message, None);
+        Self::nothing_stored(reply, ctx)
+    }
+
+    /// Replaces the reply by `error` alone. The record keeps what the message reported, but
+    /// forgets the offers the reply no longer makes, so they are made again later.
+    pub fn answer_with_error(&mut self, kind: ErrorKind, message: String) {
+        let uid = std::mem::take(&mut self.reply.instance_uid);
+        self.reply = opamp_error(uid, kind, message, None);
+        if let Some(rec) = self.record.as_mut() {
+            std::mem::take(&mut self.before_offers).restore(rec);
+        }
+    }
+}
+
+/// Whether the connection's client certificate names `uid` (a URI SAN `urn:uuid:<uid>`).
+pub fn certificate_names(origin: &Origin, uid: &[u8]) -> bool {
+    origin.client_cert_uids.iter().any(|u| u.as_slice() == uid)
 }
 
 /// Processes one AgentToServer. `stored` is the record under the message's uid, if any.
@@ -81,26 +157,34 @@ pub fn process(
     origin: Origin,
     ctx: &Ctx<'_>,
 ) -> Outcome {
+    if let Err(why) = ctx.limits.check_message(&msg) {
+        return Outcome::refused(msg.instance_uid, why, ctx);
+    }
     let mut reply = ServerToAgent {
         instance_uid: msg.instance_uid.clone(),
         capabilities: SERVER_CAPABILITIES,
         ..Default::default()
     };
 
-    // A uid the agent asks us to replace, or one that is not 16 bytes, gets a new UUIDv7 from the
-    // same shard, so the record stays with the owner that is answering now.
+    // A uid the agent asks us to replace, or one that is not 16 bytes, gets a new one: the uid
+    // its client certificate names when it names one (the certificate fixes the uid), else a
+    // new UUIDv7. Nothing is stored: the uid becomes a record when the agent uses it, in the
+    // full report this reply asks for.
     let requested = msg.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0;
-    let (uid, stored) = if requested || msg.instance_uid.len() != 16 {
-        let new = new_uid_in_shard(shard_of(&msg.instance_uid));
+    let named = certificate_names(&origin, &msg.instance_uid);
+    let kept = (!requested || named)
+        .then(|| Uuid::from_slice(&msg.instance_uid).ok())
+        .flatten();
+    let Some(uid) = kept else {
+        let new = match origin.client_cert_uids.as_slice() {
+            [only] => Uuid::from_slice(only).unwrap_or_else(|_| Uuid::now_v7()),
+            _ => Uuid::now_v7(),
+        };
         reply.agent_identification = Some(AgentIdentification {
             new_instance_uid: new.as_bytes().to_vec(),
         });
-        (new, None)
-    } else {
-        (
-            Uuid::from_slice(&msg.instance_uid).expect("16 bytes"),
-            stored,
-        )
+        reply.flags |= ServerToAgentFlags::ReportFullState as u64;
+        return Outcome::nothing_stored(reply, ctx);
     };
 
     let in_sequence = stored
@@ -116,6 +200,9 @@ pub fn process(
     });
     let before = EventFacts::of(&rec);
     let leaving = msg.agent_disconnect.is_some();
+    // A new session (a restart, a gap) that does not say which connection settings the agent
+    // runs: it may have lost what it was offered.
+    let settings_unknown = !in_sequence && msg.connection_settings_status.is_none();
     let mut events = Vec::new();
 
     if !in_sequence {
@@ -123,6 +210,9 @@ pub fn process(
     }
     if merge(&mut rec, msg) {
         reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
+    }
+    if let Err(why) = ctx.limits.check_record(&rec) {
+        return Outcome::refused(reply.instance_uid, why, ctx);
     }
     rec.last_seen_unix_ms = ctx.now_unix_ms;
 
@@ -145,11 +235,12 @@ pub fn process(
         Some(at) => Deadline::Arm(at),
         None => Deadline::Clear,
     };
+    let before_offers = OfferMarks::of(&rec);
 
     // A queued restart goes alone (the spec forbids other fields beside a command); whatever else
     // is due follows on the next message, which a restarted agent sends in full anyway.
     if reply.flags & ServerToAgentFlags::ReportFullState as u64 == 0
-        && reply.agent_identification.is_none()
+        && !ctx.hold_restart
         && take_restart(&mut rec, ctx.now_unix_ms)
     {
         reply.command = Some(ServerToAgentCommand {
@@ -157,20 +248,24 @@ pub fn process(
         });
         return Outcome {
             reply,
-            record: rec,
+            record: Some(rec),
             deadline,
             events,
+            interval,
+            before_offers,
         };
     }
 
     if !leaving {
-        fill_offers(&mut reply, &mut rec, &attrs, ctx);
+        fill_offers(&mut reply, &mut rec, &attrs, ctx, settings_unknown);
     }
     Outcome {
         reply,
-        record: rec,
+        record: Some(rec),
         deadline,
         events,
+        interval,
+        before_offers,
     }
 }
 
@@ -263,8 +358,10 @@ pub fn silence_deadline(rec: &AgentRecord, heartbeat_interval: Duration) -> Opti
     if !http && !has(rec.capabilities, Cap::ReportsHeartbeat) {
         return None;
     }
-    let window = heartbeat_interval * SILENT_AFTER_INTERVALS;
-    Some(rec.last_seen_unix_ms + window.as_millis() as u64)
+    // Saturating: a configured interval near the limits of time must not overflow.
+    let window = heartbeat_interval.saturating_mul(SILENT_AFTER_INTERVALS);
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    Some(rec.last_seen_unix_ms.saturating_add(window_ms))
 }
 
 /// Takes a queued, unexpired restart if the agent can restart; forgets an expired one.
@@ -280,14 +377,22 @@ fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
     true
 }
 
+/// How many times connection settings are offered again to an agent that starts new sessions
+/// without reporting them, per [`REOFFER_WINDOW_MS`]: an agent that restarts its client on every
+/// offer stops being offered after this many.
+pub const SETTINGS_REOFFERS: u32 = 3;
+pub const REOFFER_WINDOW_MS: u64 = 10 * 60 * 1000;
+
 /// Adds what differs between the desired state and what the agent reported: the remote config,
 /// the packages, and the connection settings (heartbeat interval and own-telemetry destinations,
-/// or an issued certificate).
+/// or an issued certificate). `settings_unknown`: the agent started a new session without saying
+/// which settings it runs.
 fn fill_offers(
     reply: &mut ServerToAgent,
     rec: &mut AgentRecord,
     attrs: &BTreeMap<String, String>,
     ctx: &Ctx<'_>,
+    settings_unknown: bool,
 ) {
     if let Some(cfg) = config_to_offer(rec, attrs, ctx.desired) {
         reply.remote_config = Some(configs::remote_config_message(cfg));
@@ -312,18 +417,32 @@ fn fill_offers(
             }
         }
     };
-    // Offered once per settings hash, and again while the agent reports another hash: an offer
+    // Offered once per settings hash, again while the agent reports another hash, and again
+    // (a few times at most) when a new session does not say the agent still has them: an offer
     // on every reply could make agents that reconnect on new settings loop.
     let reported = rec
         .connection_settings_status
         .as_ref()
         .map(|s| s.last_connection_settings_hash.as_slice());
-    if rec.offered_settings_hash != offer.hash
-        || reported.is_some_and(|h| h != offer.hash.as_slice())
-    {
+    let changed = rec.offered_settings_hash != offer.hash
+        || reported.is_some_and(|h| h != offer.hash.as_slice());
+    if changed || (settings_unknown && may_reoffer(rec, ctx.now_unix_ms)) {
         rec.offered_settings_hash.clone_from(&offer.hash);
         reply.connection_settings = Some(offer);
     }
+}
+
+/// Counts a repeated settings offer against the agent's allowance; false when it is spent.
+fn may_reoffer(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
+    if now_unix_ms.saturating_sub(rec.settings_reoffer_window_unix_ms) > REOFFER_WINDOW_MS {
+        rec.settings_reoffer_window_unix_ms = now_unix_ms;
+        rec.settings_reoffers = 0;
+    }
+    if rec.settings_reoffers >= SETTINGS_REOFFERS {
+        return false;
+    }
+    rec.settings_reoffers += 1;
+    true
 }
 
 fn uid(rec: &AgentRecord) -> Option<Uuid> {
@@ -448,15 +567,6 @@ pub fn any_value_string(v: Option<&any_value::Value>) -> String {
                 })
                 .collect();
             format!("{{{}}}", items.join(","))
-        }
-    }
-}
-
-fn new_uid_in_shard(shard: u16) -> Uuid {
-    loop {
-        let uid = Uuid::now_v7();
-        if shard_of(uid.as_bytes()) == shard {
-            return uid;
         }
     }
 }

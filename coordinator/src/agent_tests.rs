@@ -30,6 +30,8 @@ fn with_desired(desired: Desired) -> Ctx<'static> {
         now_unix_ms: NOW,
         heartbeat_interval: Duration::from_secs(30),
         desired: Box::leak(Box::new(desired)),
+        limits: Box::leak(Box::new(RecordLimits::default())),
+        hold_restart: false,
     }
 }
 
@@ -103,7 +105,7 @@ fn unknown_agent_gets_full_state_request_then_in_sequence_messages_do_not() {
     assert_eq!(first.reply.capabilities, SERVER_CAPABILITIES);
     assert_eq!(first.events, vec![EventKind::Connected]);
 
-    let second = process(Some(first.record), full(uid, 1), ws(), &ctx(&[]));
+    let second = process(first.record, full(uid, 1), ws(), &ctx(&[]));
     assert!(!full_state_asked(&second));
     assert!(second.events.is_empty());
 }
@@ -111,7 +113,7 @@ fn unknown_agent_gets_full_state_request_then_in_sequence_messages_do_not() {
 #[test]
 fn gaps_and_repeats_ask_for_full_state() {
     let uid = Uuid::now_v7();
-    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record;
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record.unwrap();
     let gap = process(Some(rec.clone()), heartbeat(uid, 5), ws(), &ctx(&[]));
     assert!(full_state_asked(&gap));
     let repeat = process(Some(rec), heartbeat(uid, 0), ws(), &ctx(&[]));
@@ -124,7 +126,7 @@ fn gaps_and_repeats_ask_for_full_state() {
 #[test]
 fn compressed_reports_keep_previous_sub_messages() {
     let uid = Uuid::now_v7();
-    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record;
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record.unwrap();
     let mut unhealthy = heartbeat(uid, 1);
     unhealthy.health = Some(ComponentHealth {
         healthy: false,
@@ -132,7 +134,7 @@ fn compressed_reports_keep_previous_sub_messages() {
         ..Default::default()
     });
     let out = process(Some(rec), unhealthy, ws(), &ctx(&[]));
-    let rec = out.record;
+    let rec = out.record.unwrap();
     assert_eq!(
         attributes(&rec).get("env").map(String::as_str),
         Some("prod"),
@@ -162,7 +164,7 @@ fn config_is_offered_until_the_agent_reports_its_hash() {
         status: RemoteConfigStatuses::Applying as i32,
         error_message: String::new(),
     });
-    let out = process(Some(out.record), applying, ws(), &ctx(&configs));
+    let out = process(out.record, applying, ws(), &ctx(&configs));
     assert!(out.reply.remote_config.is_none());
     let mut applied = heartbeat(uid, 2);
     applied.remote_config_status = Some(RemoteConfigStatus {
@@ -170,7 +172,7 @@ fn config_is_offered_until_the_agent_reports_its_hash() {
         status: RemoteConfigStatuses::Applied as i32,
         error_message: String::new(),
     });
-    let out = process(Some(out.record), applied, ws(), &ctx(&configs));
+    let out = process(out.record, applied, ws(), &ctx(&configs));
     assert!(out.reply.remote_config.is_none());
     assert_eq!(out.events, vec![EventKind::ConfigApplied]);
 }
@@ -200,19 +202,19 @@ fn heartbeat_interval_is_offered_once_and_again_when_the_agent_reports_another_h
     let offer = out.reply.connection_settings.clone().expect("offered");
     assert_eq!(offer.opamp.unwrap().heartbeat_interval_seconds, 30);
     assert_eq!(out.deadline, Deadline::Arm(NOW + 90_000));
-    let out = process(Some(out.record), heartbeat(uid, 1), ws(), &ctx(&[]));
+    let out = process(out.record, heartbeat(uid, 1), ws(), &ctx(&[]));
     assert!(out.reply.connection_settings.is_none());
     let mut stale = heartbeat(uid, 2);
     stale.connection_settings_status = Some(flotilla_proto::opamp::ConnectionSettingsStatus {
         last_connection_settings_hash: vec![1, 2, 3],
         ..Default::default()
     });
-    let out = process(Some(out.record), stale, ws(), &ctx(&[]));
+    let out = process(out.record, stale, ws(), &ctx(&[]));
     assert!(out.reply.connection_settings.is_some());
 }
 
 #[test]
-fn requested_or_invalid_uid_gets_a_new_uuid_v7_in_the_same_shard() {
+fn a_requested_or_invalid_uid_gets_a_new_uuid_v7_and_no_record_until_it_is_used() {
     let temp = Uuid::now_v7();
     let mut msg = full(temp, 0);
     msg.flags = AgentToServerFlags::RequestInstanceUid as u64;
@@ -220,18 +222,24 @@ fn requested_or_invalid_uid_gets_a_new_uuid_v7_in_the_same_shard() {
     let new = out
         .reply
         .agent_identification
+        .as_ref()
         .expect("new uid")
-        .new_instance_uid;
+        .new_instance_uid
+        .clone();
     assert_eq!(new.len(), 16);
     assert_ne!(new, temp.as_bytes().to_vec());
     assert_eq!(Uuid::from_slice(&new).unwrap().get_version_num(), 7);
-    assert_eq!(shard_of(&new), shard_of(temp.as_bytes()));
     assert_eq!(
         out.reply.instance_uid,
         temp.as_bytes().to_vec(),
         "reply echoes the uid sent"
     );
-    assert_eq!(out.record.instance_uid, new);
+    assert!(out.record.is_none(), "an assigned uid is not a record yet");
+    assert!(
+        full_state_asked(&out),
+        "the agent reports in full under its new uid"
+    );
+    assert!(out.events.is_empty());
 
     let mut bad = full(temp, 0);
     bad.instance_uid = b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec();
@@ -244,12 +252,174 @@ fn requested_or_invalid_uid_gets_a_new_uuid_v7_in_the_same_shard() {
             .len(),
         16
     );
+    assert!(out.record.is_none());
+}
+
+#[test]
+fn a_certificate_that_names_the_uid_fixes_it() {
+    let uid = Uuid::now_v7();
+    let named = Origin {
+        client_cert_uids: vec![uid.as_bytes().to_vec()],
+        client_cert_sha256: vec![7],
+        identity: flotilla_proto::bus::IdentityRule::UriSan as i32,
+        ..ws()
+    };
+    // Asking for a new uid changes nothing: the certificate would refuse any other.
+    let mut msg = full(uid, 0);
+    msg.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    let out = process(None, msg, named.clone(), &ctx(&[]));
+    assert!(out.reply.agent_identification.is_none());
+    assert_eq!(out.record.unwrap().instance_uid, uid.as_bytes().to_vec());
+    // An agent without a usable uid is given the one its certificate names.
+    let mut legacy = full(uid, 0);
+    legacy.instance_uid = b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec();
+    let out = process(None, legacy, named, &ctx(&[]));
+    assert_eq!(
+        out.reply.agent_identification.unwrap().new_instance_uid,
+        uid.as_bytes().to_vec()
+    );
+}
+
+#[test]
+fn an_agent_that_restarts_without_its_settings_is_offered_them_again_a_few_times() {
+    let uid = Uuid::now_v7();
+    let out = process(None, full(uid, 0), ws(), &ctx(&[]));
+    assert!(out.reply.connection_settings.is_some());
+    let mut rec = process(out.record, heartbeat(uid, 1), ws(), &ctx(&[]))
+        .record
+        .unwrap();
+    // The agent process restarts: its sequence starts again, and it reports no settings.
+    let mut offers = 0;
+    for _ in 0..6 {
+        let out = process(Some(rec), full(uid, 0), ws(), &ctx(&[]));
+        offers += usize::from(out.reply.connection_settings.is_some());
+        rec = out.record.unwrap();
+    }
+    assert_eq!(
+        offers, SETTINGS_REOFFERS as usize,
+        "re-offered, but not forever to an agent that restarts on every offer"
+    );
+    // An agent that says it runs the offered settings is not offered them again.
+    let mut fresh = process(None, full(Uuid::now_v7(), 0), ws(), &ctx(&[]));
+    let hash = fresh.reply.connection_settings.take().unwrap().hash;
+    let mut restarted = full(uid, 0);
+    restarted.instance_uid = fresh.record.as_ref().unwrap().instance_uid.clone();
+    restarted.connection_settings_status = Some(flotilla_proto::opamp::ConnectionSettingsStatus {
+        last_connection_settings_hash: hash,
+        ..Default::default()
+    });
+    let out = process(fresh.record, restarted, ws(), &ctx(&[]));
+    assert!(out.reply.connection_settings.is_none());
+}
+
+#[test]
+fn an_error_answer_forgets_the_offers_it_replaced() {
+    let uid = Uuid::now_v7();
+    let mut out = process(None, full(uid, 0), ws(), &ctx(&[prod_config()]));
+    assert!(out.reply.remote_config.is_some() && out.reply.connection_settings.is_some());
+    out.answer_with_error(
+        flotilla_common::error::ErrorKind::BadRequest,
+        "bad CSR".into(),
+    );
+    let e = out.reply.error_response.as_ref().expect("an error");
+    assert_eq!(e.error_message, "bad CSR");
+    assert!(
+        out.reply.remote_config.is_none()
+            && out.reply.connection_settings.is_none()
+            && out.reply.flags == 0
+            && out.reply.capabilities == 0,
+        "the error goes alone: {:?}",
+        out.reply
+    );
+    assert_eq!(out.reply.instance_uid, uid.as_bytes().to_vec());
+    // What the message reported is kept; the settings are offered with the next reply.
+    let rec = out.record.unwrap();
+    assert!(rec.description.is_some());
+    let next = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&[prod_config()]));
+    assert!(next.reply.connection_settings.is_some());
+}
+
+#[test]
+fn reports_beyond_the_record_limits_are_refused_and_nothing_is_stored() {
+    let uid = Uuid::now_v7();
+    let limits = RecordLimits {
+        max_effective_config_bytes: 100,
+        max_health_components: 3,
+        max_attributes: 4,
+        max_record_bytes: 10_000,
+    };
+    let ctx = Ctx {
+        limits: &limits,
+        ..ctx(&[])
+    };
+    let mut big_config = full(uid, 0);
+    big_config.effective_config = Some(flotilla_proto::opamp::EffectiveConfig {
+        config_map: Some(flotilla_proto::opamp::AgentConfigMap {
+            config_map: [(
+                String::new(),
+                flotilla_proto::opamp::AgentConfigFile {
+                    body: vec![b'x'; 200],
+                    content_type: String::new(),
+                },
+            )]
+            .into(),
+        }),
+    });
+    let mut many_components = full(uid, 0);
+    let leaf = ComponentHealth::default();
+    many_components.health = Some(ComponentHealth {
+        component_health_map: (0..5).map(|i| (format!("c{i}"), leaf.clone())).collect(),
+        ..Default::default()
+    });
+    let mut many_attributes = full(uid, 0);
+    many_attributes
+        .agent_description
+        .as_mut()
+        .unwrap()
+        .non_identifying_attributes = (0..5).map(|i| kv(&format!("k{i}"), "v")).collect();
+    let mut huge = full(uid, 0);
+    huge.custom_capabilities = Some(flotilla_proto::opamp::CustomCapabilities {
+        capabilities: (0..2_000)
+            .map(|i| format!("com.example.capability.{i}"))
+            .collect(),
+    });
+    for (msg, limit) in [
+        (big_config, "--max-effective-config-size"),
+        (many_components, "--max-health-components"),
+        (many_attributes, "--max-attributes"),
+        (huge, "--max-agent-record-size"),
+    ] {
+        let out = process(None, msg, ws(), &ctx);
+        let e = out.reply.error_response.expect("refused");
+        assert!(e.error_message.contains(limit), "{}", e.error_message);
+        assert_eq!(
+            e.r#type,
+            flotilla_proto::opamp::ServerErrorResponseType::BadRequest as i32
+        );
+        assert!(out.record.is_none(), "nothing of a refused report is kept");
+    }
+    assert!(process(None, full(uid, 0), ws(), &ctx).record.is_some());
+}
+
+#[test]
+fn an_interval_near_the_limits_of_time_does_not_overflow() {
+    let uid = Uuid::now_v7();
+    let mut forever = prod_config();
+    forever.files.clear();
+    forever.settings = Some(AgentSettings {
+        heartbeat_interval: Some(Duration::from_secs(u64::MAX / 2)),
+        ..Default::default()
+    });
+    let out = process(None, full(uid, 0), ws(), &ctx(&[forever]));
+    assert_eq!(out.deadline, Deadline::Arm(u64::MAX));
 }
 
 #[test]
 fn disconnect_is_answered_and_clears_liveness() {
     let uid = Uuid::now_v7();
-    let rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()])).record;
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()]))
+        .record
+        .unwrap();
     let mut bye = heartbeat(uid, 1);
     bye.agent_disconnect = Some(AgentDisconnect {});
     let out = process(Some(rec), bye, ws(), &ctx(&[prod_config()]));
@@ -258,7 +428,7 @@ fn disconnect_is_answered_and_clears_liveness() {
         out.reply.remote_config.is_none(),
         "nothing is pushed to a leaving agent"
     );
-    assert_eq!(out.record.status, AgentStatus::Disconnected as i32);
+    assert_eq!(out.record.unwrap().status, AgentStatus::Disconnected as i32);
     assert_eq!(out.deadline, Deadline::Clear);
     assert_eq!(out.events, vec![EventKind::Disconnected]);
 }
@@ -266,7 +436,9 @@ fn disconnect_is_answered_and_clears_liveness() {
 #[test]
 fn queued_restart_goes_alone_and_once() {
     let uid = Uuid::now_v7();
-    let mut rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()])).record;
+    let mut rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()]))
+        .record
+        .unwrap();
     rec.restart_expires_unix_ms = NOW + 1000;
     let out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&[prod_config()]));
     assert_eq!(
@@ -274,12 +446,7 @@ fn queued_restart_goes_alone_and_once() {
         Some(CommandType::Restart as i32)
     );
     assert!(out.reply.remote_config.is_none() && out.reply.connection_settings.is_none());
-    let out = process(
-        Some(out.record),
-        heartbeat(uid, 2),
-        ws(),
-        &ctx(&[prod_config()]),
-    );
+    let out = process(out.record, heartbeat(uid, 2), ws(), &ctx(&[prod_config()]));
     assert!(out.reply.command.is_none());
     assert!(
         out.reply.remote_config.is_some(),
@@ -319,12 +486,20 @@ fn available_components_hash_without_map_asks_for_the_map_once() {
         .unwrap()
         .components
         .insert("otlp".into(), Default::default());
-    let out = process(Some(out.record), with_map, ws(), &ctx(&[]));
+    let out = process(out.record, with_map, ws(), &ctx(&[]));
     assert_eq!(out.reply.flags & ask, 0);
     msg.sequence_num = 2;
-    let out = process(Some(out.record), msg, ws(), &ctx(&[]));
+    let out = process(out.record, msg, ws(), &ctx(&[]));
     assert_eq!(out.reply.flags & ask, 0, "hash known: no new request");
-    assert_eq!(out.record.available_components.unwrap().components.len(), 1);
+    assert_eq!(
+        out.record
+            .unwrap()
+            .available_components
+            .unwrap()
+            .components
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -336,7 +511,9 @@ fn labels_select_configs_and_win_over_reported_attributes() {
     canary.files.get_mut("c.yaml").unwrap().body = "canary: true".into();
     canary.hash = hex::encode(configs::hash_of_files(&canary.files));
     let configs = [prod_config(), canary.clone()];
-    let rec = process(None, full(uid, 0), ws(), &ctx(&configs)).record;
+    let rec = process(None, full(uid, 0), ws(), &ctx(&configs))
+        .record
+        .unwrap();
     let d = Desired::new(configs.to_vec());
     let attrs = attributes(&rec);
     assert_eq!(
@@ -415,7 +592,7 @@ fn packages_and_per_selector_settings_are_offered_once_per_change() {
     assert_eq!(s.opamp.unwrap().heartbeat_interval_seconds, 10);
     // The agent is silent after 3 of its own (10 s) intervals, not the default 30 s.
     assert_eq!(out.deadline, Deadline::Arm(NOW + 30_000));
-    let again = process(Some(out.record), heartbeat(uid, 1), ws(), &ctx(&configs));
+    let again = process(out.record, heartbeat(uid, 1), ws(), &ctx(&configs));
     assert!(again.reply.packages_available.is_none(), "offered once");
     assert!(again.reply.connection_settings.is_none(), "offered once");
 }

@@ -37,7 +37,7 @@ pub fn router(coordinator: Arc<Coordinator>, tokens: Option<Arc<ApiTokens>>) -> 
         )
         .route("/api/v1/fleet/health", get(fleet_health))
         .route("/api/v1/agents", get(list_agents))
-        .route("/api/v1/agents/{uid}", get(get_agent))
+        .route("/api/v1/agents/{uid}", get(get_agent).delete(delete_agent))
         .route("/api/v1/agents/{uid}/restart", post(restart_agent))
         .route("/api/v1/agents/{uid}/certificate", post(issue_certificate))
         .route(
@@ -60,9 +60,9 @@ pub fn router(coordinator: Arc<Coordinator>, tokens: Option<Arc<ApiTokens>>) -> 
         .route("/api/v1/restarts/{id}", get(restart_job))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/openapi.json", get(openapi))
-        .with_state(coordinator)
+        .with_state(coordinator.clone())
         .layer(axum::middleware::from_fn_with_state(
-            tokens,
+            auth::Gate::new(tokens, coordinator),
             auth::authorize,
         ))
 }
@@ -262,12 +262,26 @@ async fn get_agent(State(c): State<Arc<Coordinator>>, Path(uid): Path<String>) -
     Ok(axum::Json(views::detail(&rec, &c.desired(), c.redactor())))
 }
 
+/// Removes an agent's record (audited); a connected agent comes back at its next message.
+async fn delete_agent(
+    State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> ApiResult {
+    let uid = parse_uid(&uid)?;
+    c.delete_agent(uid, &caller.name).await?;
+    Ok(axum::Json(
+        json!({"instance_uid": uid.to_string(), "deleted": true}),
+    ))
+}
+
 async fn restart_agent(
     State(c): State<Arc<Coordinator>>,
+    Extension(caller): Extension<Caller>,
     Path(uid): Path<String>,
 ) -> Result<Response, ApiError> {
     let uid = parse_uid(&uid)?;
-    let outcome = c.restart(uid).await?;
+    let outcome = c.restart(uid, &caller.name).await?;
     let body = json!({
         "instance_uid": uid.to_string(),
         "delivered": outcome == RestartOutcome::Delivered,
@@ -283,8 +297,7 @@ async fn issue_certificate(
     Path(uid): Path<String>,
 ) -> Result<Response, ApiError> {
     let uid = parse_uid(&uid)?;
-    let out = c.issue_certificate(uid).await?;
-    tracing::info!(target: "flotilla::audit", caller = %caller.name, %uid, sha256 = %out.sha256, "certificate issued");
+    let out = c.issue_certificate(uid, &caller.name).await?;
     let body = json!({
         "instance_uid": uid.to_string(),
         "sha256": out.sha256,
@@ -541,9 +554,11 @@ async fn audit(
     State(c): State<Arc<Coordinator>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let entries = c.audit_log(&audit_query(&q)?).await?;
-    let entries: Vec<Value> = entries.iter().map(views::audit_json).collect();
-    Ok(axum::Json(json!({"entries": entries})))
+    let page = c.audit_log(&audit_query(&q)?).await?;
+    let entries: Vec<Value> = page.entries.iter().map(views::audit_json).collect();
+    Ok(axum::Json(
+        json!({"entries": entries, "truncated": page.truncated}),
+    ))
 }
 
 /// The audit query of the parameters `q` (object, since, until, limit).
@@ -583,8 +598,13 @@ pub(crate) fn audit_query(q: &HashMap<String, String>) -> Result<AuditQuery, Api
         until_unix_ms: time("until")?,
         object: q.get("object").cloned(),
         limit,
+        max_bytes: MAX_AUDIT_BYTES,
     })
 }
+
+/// An audit answer holds at most this much of entries (each may carry two config versions):
+/// past it the page is cut short and says so.
+const MAX_AUDIT_BYTES: usize = 16 << 20;
 
 async fn openapi() -> Response {
     (

@@ -11,6 +11,8 @@
 //! sha256 = "<hex of SHA-256 of the token>"   # or: token = "<the token itself>"
 //! ```
 
+use crate::Coordinator;
+use crate::service::audit_entry;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -21,7 +23,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,6 +138,9 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     if let Some(rpc) = grpc_method(path) {
         return grpc_role(rpc);
     }
+    if method == Method::DELETE && path.starts_with("/api/v1/agents/") {
+        return Role::Operator;
+    }
     let operator = path.ends_with("/restart")
         || path == "/api/v1/restarts"
         || path.ends_with("/labels")
@@ -165,7 +170,7 @@ fn grpc_role(rpc: &str) -> Role {
         Role::Viewer
     } else if matches!(
         rpc,
-        "RestartAgent" | "RestartMatching" | "SetLabels" | "ControlRollout"
+        "RestartAgent" | "DeleteAgent" | "RestartMatching" | "SetLabels" | "ControlRollout"
     ) {
         Role::Operator
     } else {
@@ -197,68 +202,122 @@ fn refuse(req: &Request, status: StatusCode, message: String) -> Response {
     r
 }
 
+/// What the auth middleware needs: the tokens (none: an open API), and the coordinator whose
+/// metrics and audit log record refusals.
+#[derive(Clone)]
+pub struct Gate {
+    pub tokens: Option<Arc<ApiTokens>>,
+    pub coordinator: Arc<Coordinator>,
+}
+
 /// Middleware over the API routes (REST and gRPC): authenticates (when tokens are configured),
 /// checks the role, hands the [`Caller`] to the handler, and logs every mutation with its caller
-/// and outcome.
-pub async fn authorize(
-    State(tokens): State<Option<Arc<ApiTokens>>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let caller = match &tokens {
+/// and outcome. A mutation runs to its end in its own task, so a client that hangs up cannot cut
+/// a change off between its parts. Refusals (401, 403) are counted, logged (at a bounded rate)
+/// and written to the audit log (at a bounded rate).
+pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let caller = match &gate.tokens {
         None => Caller::anonymous(),
         Some(tokens) => match tokens.caller(req.headers().get(header::AUTHORIZATION)) {
             Some(c) => c.clone(),
             None => {
-                return refuse(
-                    &req,
-                    StatusCode::UNAUTHORIZED,
-                    "a valid API token is required (Authorization: Bearer <token>)".into(),
-                );
+                let why = "a valid API token is required (Authorization: Bearer <token>)";
+                gate.refused("unauthenticated", "(no valid token)", &method, &path, why)
+                    .await;
+                return refuse(&req, StatusCode::UNAUTHORIZED, why.into());
             }
         },
     };
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
     let needed = required_role(&method, &path);
     if caller.role < needed {
-        return refuse(
-            &req,
-            StatusCode::FORBIDDEN,
-            format!(
-                "{method} {path} needs the {} role; token {:?} has {}",
-                needed.as_str(),
-                caller.name,
-                caller.role.as_str()
-            ),
+        let why = format!(
+            "{method} {path} needs the {} role; token {:?} has {}",
+            needed.as_str(),
+            caller.name,
+            caller.role.as_str()
         );
+        gate.refused("forbidden", &caller.name, &method, &path, &why)
+            .await;
+        return refuse(&req, StatusCode::FORBIDDEN, why);
     }
     let mutation = needed > Role::Viewer;
     let name = caller.name.clone();
     req.extensions_mut().insert(caller);
-    let response = next.run(req).await;
-    if mutation {
-        // A failed gRPC call is answered trailers-only, so its code is in the headers; a
-        // successful one has none here (its OK comes in the trailers).
-        let grpc_status = grpc_method(&path).map(|_| {
-            response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("0")
-                .to_owned()
-        });
-        info!(
-            target: "flotilla::audit",
-            caller = %name,
-            %method,
-            %path,
-            status = response.status().as_u16(),
-            grpc_status,
-            "admin API mutation"
-        );
+    if !mutation {
+        return next.run(req).await;
     }
+    let response = match tokio::spawn(next.run(req)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, %method, %path, "an admin operation failed unexpectedly");
+            let msg = "the operation failed unexpectedly; see the server log";
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"error": msg})),
+            )
+                .into_response()
+        }
+    };
+    // A failed gRPC call is answered trailers-only, so its code is in the headers; a successful
+    // one has none here (its OK comes in the trailers).
+    let grpc_status = grpc_method(&path).map(|_| {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("0")
+            .to_owned()
+    });
+    info!(
+        target: "flotilla::audit",
+        caller = %name,
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        grpc_status,
+        "admin API mutation"
+    );
     response
+}
+
+impl Gate {
+    pub fn new(tokens: Option<Arc<ApiTokens>>, coordinator: Arc<Coordinator>) -> Self {
+        Self {
+            tokens,
+            coordinator,
+        }
+    }
+
+    /// Counts, logs and audits a refused call (the log and the audit log at a bounded rate).
+    async fn refused(
+        &self,
+        reason: &'static str,
+        caller: &str,
+        method: &Method,
+        path: &str,
+        why: &str,
+    ) {
+        let c = &self.coordinator;
+        c.metrics
+            .api_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+        c.metrics.refusal_log.warn(|suppressed| {
+            warn!(target: "flotilla::audit", reason, caller, %method, path, suppressed, "admin API call refused");
+        });
+        if c.metrics.refusal_audit.check().is_ok() {
+            let entry = audit_entry(
+                caller,
+                &format!("api.{reason}"),
+                format!("api{path}"),
+                None,
+                Some(json!({"method": method.as_str(), "why": why})),
+            );
+            c.audit_event(entry).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +371,10 @@ mod tests {
             required_role(&Method::PUT, "/api/v1/configs/c"),
             Role::Admin
         );
+        assert_eq!(
+            required_role(&Method::DELETE, "/api/v1/agents/x"),
+            Role::Operator
+        );
         for operator in [
             "/api/v1/restarts",
             "/api/v1/agents/x/labels",
@@ -356,6 +419,7 @@ mod tests {
         }
         for operator in [
             "RestartAgent",
+            "DeleteAgent",
             "RestartMatching",
             "SetLabels",
             "ControlRollout",

@@ -11,10 +11,11 @@
 //! The pure rules are here; [`Coordinator`] methods do the I/O: signing, storing, pushing.
 
 use crate::Coordinator;
-use crate::agent::has;
-use crate::service::{ServiceError, live_ws};
+use crate::agent::{certificate_names, has};
+use crate::service::{ServiceError, audit_entry, live_ws};
 use flotilla_common::names::shard_of;
 use flotilla_common::pki::{Ca, Issued};
+use flotilla_common::store::AuditEntry;
 use flotilla_common::store::Deadline;
 use flotilla_proto::bus::{
     AgentRecord, IdentityRule, IssueCertificate, IssuedCertificate, Origin, Uplink, uplink,
@@ -33,10 +34,38 @@ use uuid::Uuid;
 /// have expired or to be listed in the CRL.
 const RETIRED_KEPT: usize = 4;
 
-/// Whether the connection's certificate may speak for the agent of `rec`. Err says why not.
-pub fn check_identity(rec: Option<&AgentRecord>, origin: &Origin) -> Result<(), String> {
+/// Whether the connection's certificate may speak for agent `uid` (whose record is `rec`, if any).
+/// Err says why not.
+///
+/// - A certificate that names agent uids (URI SANs) speaks only for those, under any identity
+///   rule but none.
+/// - A certificate the agent has since replaced is refused.
+/// - Under the registry rule an agent is bound to the first certificate it used, unless a
+///   certificate that names it comes along: that one wins, so no other certificate can lock an
+///   agent out by claiming its uid first.
+pub fn check_identity(
+    rec: Option<&AgentRecord>,
+    origin: &Origin,
+    uid: &[u8],
+) -> Result<(), String> {
     let fp = &origin.client_cert_sha256;
-    let Some(rec) = rec.filter(|_| !fp.is_empty()) else {
+    if fp.is_empty() || origin.identity() == IdentityRule::None {
+        return Ok(());
+    }
+    let named = certificate_names(origin, uid);
+    if !origin.client_cert_uids.is_empty() && !named {
+        let names: Vec<String> = origin
+            .client_cert_uids
+            .iter()
+            .map(|u| Uuid::from_slice(u).map_or_else(|_| hex::encode(u), |u| u.to_string()))
+            .collect();
+        return Err(format!(
+            "the client certificate names instance_uid {}, not {}",
+            names.join(", "),
+            Uuid::from_slice(uid).map_or_else(|_| hex::encode(uid), |u| u.to_string())
+        ));
+    }
+    let Some(rec) = rec else {
         return Ok(());
     };
     if rec.retired_cert_sha256.contains(fp) {
@@ -46,7 +75,7 @@ pub fn check_identity(rec: Option<&AgentRecord>, origin: &Origin) -> Result<(), 
         ));
     }
     let pinned = origin.identity() == IdentityRule::Registry && !rec.cert_sha256.is_empty();
-    if pinned && *fp != rec.cert_sha256 && *fp != rec.issued_cert_sha256 {
+    if pinned && !named && *fp != rec.cert_sha256 && *fp != rec.issued_cert_sha256 {
         return Err(format!(
             "client certificate {} is not the one agent {} is bound to",
             short(fp),
@@ -56,10 +85,12 @@ pub fn check_identity(rec: Option<&AgentRecord>, origin: &Origin) -> Result<(), 
     Ok(())
 }
 
-/// Records the certificate `fp` an accepted message came over under `rule`: binds a first
-/// certificate, and turns an issued one into the bound one (retiring the previous).
-pub fn record_certificate(rec: &mut AgentRecord, fp: &[u8], rule: IdentityRule) {
-    if fp.is_empty() || fp == rec.cert_sha256 {
+/// Records the certificate an accepted message came over: binds a first certificate, turns an
+/// issued one into the bound one (retiring the previous), and rebinds the agent to a certificate
+/// that names it.
+pub fn record_certificate(rec: &mut AgentRecord, origin: &Origin) {
+    let fp = origin.client_cert_sha256.as_slice();
+    if fp.is_empty() || fp == rec.cert_sha256 || origin.identity() == IdentityRule::None {
         return;
     }
     if fp == rec.issued_cert_sha256 {
@@ -73,7 +104,10 @@ pub fn record_certificate(rec: &mut AgentRecord, fp: &[u8], rule: IdentityRule) 
         // The agent runs these settings now; the key they carried is not kept.
         rec.settings_offer = None;
         rec.settings_have_certificate = true;
-    } else if rule == IdentityRule::Registry && !rec.cert_sha256.is_empty() {
+    } else if origin.identity() == IdentityRule::Registry
+        && !rec.cert_sha256.is_empty()
+        && !certificate_names(origin, &rec.instance_uid)
+    {
         return; // refused by check_identity before we get here
     }
     rec.cert_sha256 = fp.to_vec();
@@ -109,6 +143,14 @@ pub fn record_issued(rec: &mut AgentRecord, issued: &Issued, offer: ConnectionSe
     rec.settings_offer = Some(offer);
 }
 
+/// What the audit log keeps of an issued certificate (never its key).
+fn issued_json(issued: &Issued) -> serde_json::Value {
+    serde_json::json!({
+        "sha256": hex::encode(&issued.sha256),
+        "not_after": issued.not_after.unix_timestamp(),
+    })
+}
+
 fn short(fp: &[u8]) -> String {
     hex::encode(&fp[..fp.len().min(8)])
 }
@@ -131,12 +173,14 @@ pub struct IssueOutcome {
 
 impl Coordinator {
     /// Signs the PEM CSR an agent sent and returns the offer carrying the certificate, recorded in
-    /// `rec`. Err is the reason for the agent (a BAD_REQUEST, as the spec requires).
+    /// `rec`, and the audit entry to store with it (the record must be durable before the agent
+    /// hears of its certificate). Err is the reason for the agent (a BAD_REQUEST, as the spec
+    /// requires).
     pub(crate) fn sign_csr(
         &self,
         csr: &[u8],
         rec: &mut AgentRecord,
-    ) -> Result<ConnectionSettingsOffers, String> {
+    ) -> Result<(ConnectionSettingsOffers, AuditEntry), String> {
         let issuer = self
             .issuer()
             .ok_or("this server does not issue certificates (no signing CA configured)")?;
@@ -152,17 +196,29 @@ impl Coordinator {
         info!(%uid, sha256 = %hex::encode(&issued.sha256), "signed the agent's CSR");
         let offer = certificate_offer(&issued, issuer.ca.cert_pem(), self.heartbeat_interval());
         record_issued(rec, &issued, offer.clone());
-        Ok(offer)
+        let entry = audit_entry(
+            &format!("agent/{uid}"),
+            "certificate.sign",
+            format!("agent/{uid}"),
+            None,
+            Some(issued_json(&issued)),
+        );
+        Ok((offer, entry))
     }
 
     /// Issues agent `uid` a new key and certificate and offers them over OpAMP (now if it is
     /// connected over WebSocket, else with the reply to its next message). Asks the owner of the
     /// agent's shard, which alone may change the record.
-    pub async fn issue_certificate(&self, uid: Uuid) -> Result<IssueOutcome, ServiceError> {
+    pub async fn issue_certificate(
+        &self,
+        uid: Uuid,
+        caller: &str,
+    ) -> Result<IssueOutcome, ServiceError> {
         let ask = Uplink {
             origin: None,
             kind: Some(uplink::Kind::IssueCertificate(IssueCertificate {
                 instance_uid: uid.as_bytes().to_vec(),
+                caller: caller.to_owned(),
             })),
         };
         let reply = self.ask_owner(uid, ask).await?;
@@ -182,7 +238,8 @@ impl Coordinator {
 
     /// The owner's side of [`Coordinator::issue_certificate`]; None if this process does not own
     /// the shard.
-    pub(crate) async fn issue_here(&self, uid_bytes: &[u8]) -> Option<IssuedCertificate> {
+    pub(crate) async fn issue_here(&self, req: &IssueCertificate) -> Option<IssuedCertificate> {
+        let uid_bytes = req.instance_uid.as_slice();
         let refuse = |error: String| IssuedCertificate {
             not_capable: true,
             error,
@@ -222,7 +279,17 @@ impl Coordinator {
         };
         let offer = certificate_offer(&issued, issuer.ca.cert_pem(), self.heartbeat_interval());
         record_issued(&mut rec, &issued, offer.clone());
-        match self.save_or_drop(fence, &rec, Deadline::Keep).await {
+        let entry = audit_entry(
+            &req.caller,
+            "certificate.issue",
+            format!("agent/{uid}"),
+            None,
+            Some(issued_json(&issued)),
+        );
+        match self
+            .save_or_drop(fence, &rec, Deadline::Keep, Some(&entry))
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return None,
             Err(e) => return Some(failed(format!("agent {uid} not written: {e}"))),
@@ -263,7 +330,11 @@ mod tests {
     }
 
     fn record(rec: &mut AgentRecord, o: &Origin) {
-        record_certificate(rec, &o.client_cert_sha256, o.identity());
+        record_certificate(rec, o);
+    }
+
+    fn check(rec: &AgentRecord, o: &Origin) -> Result<(), String> {
+        check_identity(Some(rec), o, &rec.instance_uid)
     }
 
     fn new_record() -> AgentRecord {
@@ -277,14 +348,14 @@ mod tests {
     fn the_first_certificate_binds_the_agent_under_the_registry_rule() {
         let mut rec = new_record();
         let a = origin(b"cert-a", IdentityRule::Registry);
-        assert!(check_identity(Some(&rec), &a).is_ok());
+        assert!(check(&rec, &a).is_ok());
         record(&mut rec, &a);
         assert_eq!(rec.cert_sha256, b"cert-a");
         let b = origin(b"cert-b", IdentityRule::Registry);
-        let err = check_identity(Some(&rec), &b).unwrap_err();
+        let err = check(&rec, &b).unwrap_err();
         assert!(err.contains("not the one agent"), "{err}");
         // Without mutual TLS there is nothing to check.
-        assert!(check_identity(Some(&rec), &origin(b"", IdentityRule::None)).is_ok());
+        assert!(check(&rec, &origin(b"", IdentityRule::None)).is_ok());
     }
 
     #[test]
@@ -300,17 +371,17 @@ mod tests {
         assert_eq!(offer.opamp.as_ref().unwrap().heartbeat_interval_seconds, 30);
         record_issued(&mut rec, &issued, offer);
         // Until the agent uses the new one, the old one still works.
-        assert!(check_identity(Some(&rec), &old).is_ok());
+        assert!(check(&rec, &old).is_ok());
         let new = origin(&issued.sha256, IdentityRule::Registry);
-        assert!(check_identity(Some(&rec), &new).is_ok());
+        assert!(check(&rec, &new).is_ok());
         record(&mut rec, &new);
         assert_eq!(rec.cert_sha256, issued.sha256);
         assert!(rec.settings_offer.is_none() && rec.settings_have_certificate);
-        let err = check_identity(Some(&rec), &old).unwrap_err();
+        let err = check(&rec, &old).unwrap_err();
         assert!(err.contains("no longer accepted"), "{err}");
         // The same holds when the gateway checks names (uri-san) instead of pinning.
         let old_by_name = origin(b"old", IdentityRule::UriSan);
-        assert!(check_identity(Some(&rec), &old_by_name).is_err());
+        assert!(check(&rec, &old_by_name).is_err());
     }
 
     #[test]
@@ -323,5 +394,46 @@ mod tests {
         assert_eq!(rec.retired_cert_sha256.len(), RETIRED_KEPT);
         assert_eq!(rec.cert_sha256, vec![9]);
         assert_eq!(rec.retired_cert_sha256.last().unwrap(), &vec![8]);
+    }
+
+    #[test]
+    fn a_certificate_that_names_the_agent_wins_over_one_that_claimed_it_first() {
+        let mut rec = new_record();
+        let uid = rec.instance_uid.clone();
+        // Another valid certificate (naming some other agent) claims the uid first.
+        let squatter = Origin {
+            client_cert_uids: vec![Uuid::now_v7().as_bytes().to_vec()],
+            ..origin(b"squatter", IdentityRule::Registry)
+        };
+        let err = check(&rec, &squatter).unwrap_err();
+        assert!(err.contains("names instance_uid"), "{err}");
+        // A certificate naming no uid binds on first use, as before...
+        let shared = origin(b"shared", IdentityRule::Registry);
+        record(&mut rec, &shared);
+        assert_eq!(rec.cert_sha256, b"shared");
+        // ...but the agent's own certificate, which names its uid, is still accepted and takes
+        // the binding over.
+        let own = Origin {
+            client_cert_uids: vec![uid.clone()],
+            ..origin(b"own", IdentityRule::Registry)
+        };
+        assert!(check(&rec, &own).is_ok());
+        record(&mut rec, &own);
+        assert_eq!(rec.cert_sha256, b"own");
+        assert!(
+            check(&rec, &shared).is_err(),
+            "the first-use binding is gone"
+        );
+        // Under uri-san the same naming rule holds; with identity none nothing is checked.
+        let named_elsewhere = Origin {
+            client_cert_uids: vec![Uuid::now_v7().as_bytes().to_vec()],
+            ..origin(b"x", IdentityRule::UriSan)
+        };
+        assert!(check_identity(None, &named_elsewhere, &uid).is_err());
+        let unchecked = Origin {
+            identity: IdentityRule::None as i32,
+            ..named_elsewhere
+        };
+        assert!(check_identity(None, &unchecked, &uid).is_ok());
     }
 }

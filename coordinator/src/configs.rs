@@ -199,9 +199,12 @@ pub fn remote_config_message(cfg: &StoredConfig) -> AgentRemoteConfig {
     }
 }
 
-/// Names allowed for configs: they appear in URLs and CLI arguments.
+/// Names allowed for configs: they appear in URLs and CLI arguments, so `.` and `..` (which
+/// URLs resolve away) are not names.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 128
         && name
             .chars()

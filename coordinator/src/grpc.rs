@@ -143,11 +143,24 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RestartAgentRequest>,
     ) -> Reply<pb::RestartAgentResponse> {
+        let caller = caller(&req)?;
         let uid = api::parse_uid(&req.get_ref().instance_uid)?;
-        let outcome = self.c.restart(uid).await?;
+        let outcome = self.c.restart(uid, &caller.name).await?;
         Ok(Response::new(pb::RestartAgentResponse {
             queued: outcome == RestartOutcome::Queued,
             delivered: outcome == RestartOutcome::Delivered,
+            instance_uid: uid.to_string(),
+        }))
+    }
+
+    async fn delete_agent(
+        &self,
+        req: Request<pb::DeleteAgentRequest>,
+    ) -> Reply<pb::DeleteAgentResponse> {
+        let caller = caller(&req)?;
+        let uid = api::parse_uid(&req.get_ref().instance_uid)?;
+        self.c.delete_agent(uid, &caller.name).await?;
+        Ok(Response::new(pb::DeleteAgentResponse {
             instance_uid: uid.to_string(),
         }))
     }
@@ -158,8 +171,7 @@ impl Admin for AdminService {
     ) -> Reply<pb::IssueCertificateResponse> {
         let caller = caller(&req)?;
         let uid = api::parse_uid(&req.get_ref().instance_uid)?;
-        let out = self.c.issue_certificate(uid).await?;
-        tracing::info!(target: "flotilla::audit", caller = %caller.name, %uid, sha256 = %out.sha256, "certificate issued");
+        let out = self.c.issue_certificate(uid, &caller.name).await?;
         Ok(Response::new(pb::IssueCertificateResponse {
             instance_uid: uid.to_string(),
             sha256: out.sha256,
@@ -380,10 +392,9 @@ impl Admin for AdminService {
             ("limit", nonzero(r.limit)),
         ]))?;
         let json = |v: Option<Value>| v.map(|v| v.to_string()).unwrap_or_default();
-        let entries = self
-            .c
-            .audit_log(&query)
-            .await?
+        let page = self.c.audit_log(&query).await?;
+        let entries = page
+            .entries
             .into_iter()
             .map(|e| pb::AuditEntry {
                 id: e.id,
@@ -395,6 +406,9 @@ impl Admin for AdminService {
                 after_json: json(e.after),
             })
             .collect();
-        Ok(Response::new(pb::QueryAuditResponse { entries }))
+        Ok(Response::new(pb::QueryAuditResponse {
+            entries,
+            truncated: page.truncated,
+        }))
     }
 }

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod certs;
 pub mod cluster;
 pub mod configs;
+pub mod duties;
 pub mod grpc;
 mod metrics;
 pub mod offers;

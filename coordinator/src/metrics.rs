@@ -1,10 +1,14 @@
 //! The coordinator's Prometheus metrics, all named `flotilla_coordinator_*`.
 
+use flotilla_common::telemetry::LogLimiter;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -17,6 +21,14 @@ pub struct Metrics {
     pub agents: Family<Labels, Gauge>,
     pub owned_shards: Gauge,
     pub shard_changes: Family<Labels, Counter>,
+    pub duty_failures: Family<Labels, Counter>,
+    pub api_refused: Family<Labels, Counter>,
+    /// Rate limits for log lines an agent or caller can cause at will.
+    pub refusal_log: Arc<LogLimiter>,
+    pub store_log: Arc<LogLimiter>,
+    /// How many refused admin calls reach the audit log: bursts of 20, then one a second, so
+    /// callers without a valid token cannot grow the log at will (all are counted).
+    pub refusal_audit: Arc<DefaultDirectRateLimiter>,
 }
 
 impl Metrics {
@@ -29,6 +41,14 @@ impl Metrics {
             agents: Family::default(),
             owned_shards: Gauge::default(),
             shard_changes: Family::default(),
+            duty_failures: Family::default(),
+            api_refused: Family::default(),
+            refusal_log: Arc::default(),
+            store_log: Arc::default(),
+            refusal_audit: Arc::new(RateLimiter::direct(
+                Quota::per_second(NonZeroU32::MIN)
+                    .allow_burst(NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN)),
+            )),
         };
         let r = registry.sub_registry_with_prefix("flotilla_coordinator");
         r.register(
@@ -60,6 +80,18 @@ impl Metrics {
             "owned_shards",
             "Shards this coordinator holds a valid lease on",
             m.owned_shards.clone(),
+        );
+        r.register(
+            "duty_failures",
+            "Runs of a background duty (silence_sweep, rollouts, gauges, desired_state, \
+             agent_retention) that failed or panicked",
+            m.duty_failures.clone(),
+        );
+        r.register(
+            "api_refused",
+            "Admin API calls refused before reaching an operation, by reason \
+             (unauthenticated, forbidden)",
+            m.api_refused.clone(),
         );
         r.register(
             "shard_changes",

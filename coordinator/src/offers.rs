@@ -84,6 +84,64 @@ pub fn check_packages(packages: &BTreeMap<String, PackageOffer>) -> Result<(), S
     Ok(())
 }
 
+/// Checks the connection settings of a config: a heartbeat interval agents can use (whole
+/// seconds, within the server's range) and own-telemetry destinations that are URLs.
+pub fn check_settings(settings: &AgentSettings) -> Result<(), String> {
+    use flotilla_common::config::{MAX_HEARTBEAT, MIN_HEARTBEAT};
+    if let Some(h) = settings.heartbeat_interval
+        && (!(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&h) || h.subsec_nanos() != 0)
+    {
+        return Err(format!(
+            "settings.heartbeat_interval must be a whole number of seconds from {} to {} \
+             (agents are offered it in seconds), not {}",
+            humantime::format_duration(MIN_HEARTBEAT),
+            humantime::format_duration(MAX_HEARTBEAT),
+            humantime::format_duration(h)
+        ));
+    }
+    for (name, d) in [
+        ("own_metrics", &settings.own_metrics),
+        ("own_traces", &settings.own_traces),
+        ("own_logs", &settings.own_logs),
+    ] {
+        let Some(d) = d else { continue };
+        let url = d.destination_endpoint.as_str();
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        if host.is_none_or(str::is_empty) {
+            return Err(format!(
+                "settings.{name}.destination_endpoint must be an http:// or https:// URL, not {url:?}"
+            ));
+        }
+        if let Some(k) = d.headers.iter().find_map(|(k, v)| {
+            let bad = |s: &str| s.is_empty() || s.chars().any(char::is_control);
+            (bad(k) || v.chars().any(char::is_control)).then_some(k)
+        }) {
+            return Err(format!(
+                "settings.{name}.headers: header {k:?} must have a name and no control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The size of the largest ServerToAgent that carries `cfg`'s offers (its files, packages and
+/// settings at once, to an agent that takes them all), envelope included.
+pub fn offer_size(cfg: &StoredConfig) -> usize {
+    let all = u64::MAX;
+    let msg = flotilla_proto::opamp::ServerToAgent {
+        instance_uid: vec![0; 16],
+        capabilities: all,
+        flags: all,
+        remote_config: (!cfg.files.is_empty()).then(|| crate::configs::remote_config_message(cfg)),
+        packages_available: (!cfg.packages.is_empty()).then(|| packages_available(&cfg.packages)),
+        connection_settings: settings_offer(cfg.settings.as_ref(), Duration::MAX, all),
+        ..Default::default()
+    };
+    msg.encoded_len()
+}
+
 fn headers(h: &BTreeMap<String, String>) -> Option<Headers> {
     (!h.is_empty()).then(|| Headers {
         headers: h
@@ -121,7 +179,8 @@ pub fn settings_offer(
     };
     let mut offer = ConnectionSettingsOffers {
         opamp: has(capabilities, Cap::ReportsHeartbeat).then(|| OpAmpConnectionSettings {
-            heartbeat_interval_seconds: interval.as_secs(),
+            // At least 1: opamp-go takes 0 as "no heartbeats" (and HTTP agents stop polling).
+            heartbeat_interval_seconds: interval.as_secs().max(1),
             ..Default::default()
         }),
         own_metrics: own(

@@ -12,6 +12,7 @@ mod tests {
         ("GET", "/api/v1/fleet/health"),
         ("GET", "/api/v1/agents"),
         ("GET", "/api/v1/agents/{uid}"),
+        ("DELETE", "/api/v1/agents/{uid}"),
         ("POST", "/api/v1/agents/{uid}/restart"),
         ("POST", "/api/v1/agents/{uid}/certificate"),
         ("GET", "/api/v1/agents/{uid}/labels"),

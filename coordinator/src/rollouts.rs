@@ -11,7 +11,7 @@ use crate::agent::{self, has};
 use crate::configs::{Aspect, Desired, resolve_among};
 use crate::offers;
 use crate::rollout::{ErrorBudget, Outcome, Plan, Rollout, State};
-use crate::service::{Coordinator, ServiceError};
+use crate::service::{Coordinator, SYSTEM_CALLER, ServiceError, audit_entry};
 use flotilla_common::store::{Doc, Store, StoreError, StoredConfig};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
@@ -23,8 +23,6 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 const ROLLOUTS: &str = "rollouts";
-/// Who the audit log names for what a rollout does by itself.
-const SYSTEM: &str = "flotilla";
 
 /// What `POST /api/v1/rollouts` takes.
 #[derive(Debug, Deserialize)]
@@ -72,7 +70,11 @@ fn parse(doc: &Doc) -> Result<Rollout, StoreError> {
 }
 
 fn json(r: &Rollout) -> String {
-    serde_json::to_string(r).expect("rollouts serialize")
+    serde_json::to_string(r).unwrap_or_default()
+}
+
+fn to_value(r: &Rollout) -> Option<serde_json::Value> {
+    serde_json::to_value(r).ok()
 }
 
 /// Where agent `rec` stands with `target`: every aspect the version defines (that the agent can
@@ -218,11 +220,11 @@ impl Coordinator {
             created_unix_ms: now,
             updated_unix_ms: now,
         };
-        self.store().put_doc(ROLLOUTS, &r.id, 0, &json(&r)).await?;
         let object = format!("rollout/{}", r.id);
-        let after = serde_json::to_value(&r).ok();
-        self.audit(caller, "rollout.start", object, None, after)
-            .await;
+        let entry = audit_entry(caller, "rollout.start", object, None, to_value(&r));
+        self.store()
+            .put_doc(ROLLOUTS, &r.id, 0, &json(&r), Some(&entry))
+            .await?;
         info!(rollout = %r.id, config = %r.config, to = r.to_version, "rollout started");
         self.drive_rollout(&r.id).await;
         self.rollout(&r.id).await
@@ -254,19 +256,23 @@ impl Coordinator {
                     serde_json::to_value(r.state).unwrap_or_default()
                 )));
             }
-            let before = serde_json::to_value(&r).ok();
+            let before = to_value(&r);
             r.state = to;
             r.updated_unix_ms = now_unix_ms();
             r.reason = format!("{action} by {caller}");
+            let object = format!("rollout/{id}");
+            let entry = audit_entry(
+                caller,
+                &format!("rollout.{action}"),
+                object,
+                before,
+                to_value(&r),
+            );
             if self
                 .store()
-                .put_doc(ROLLOUTS, id, doc.revision, &json(&r))
+                .put_doc(ROLLOUTS, id, doc.revision, &json(&r), Some(&entry))
                 .await?
             {
-                let after = serde_json::to_value(&r).ok();
-                let object = format!("rollout/{id}");
-                self.audit(caller, &format!("rollout.{action}"), object, before, after)
-                    .await;
                 self.announce_change(&format!("rollout/{id}")).await;
                 if to == State::Running {
                     self.drive_rollout(id).await;
@@ -282,22 +288,21 @@ impl Coordinator {
 
     /// Moves every running rollout on by one step, if this process drives rollouts (it holds
     /// shard 0).
-    pub(crate) async fn drive_rollouts(&self) {
+    pub(crate) async fn drive_rollouts(&self) -> Result<(), String> {
         if self.shards.fence(0).is_none() {
-            return;
+            return Ok(());
         }
-        let docs = match self.store().list_docs(ROLLOUTS).await {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(error = %e, "cannot read rollouts");
-                return;
-            }
-        };
+        let docs = self
+            .store()
+            .list_docs(ROLLOUTS)
+            .await
+            .map_err(|e| format!("cannot read rollouts: {e}"))?;
         for doc in docs {
             if parse(&doc).is_ok_and(|r| r.state.is_active()) {
                 self.drive_rollout(&doc.id).await;
             }
         }
+        Ok(())
     }
 
     /// One step of one rollout; errors are logged and the step is retried next second.
@@ -363,19 +368,8 @@ impl Coordinator {
         if r == before {
             return Ok(());
         }
-        if !self
-            .store()
-            .put_doc(ROLLOUTS, id, doc.revision, &json(&r))
-            .await?
-        {
-            return Ok(()); // Someone else moved it; the next step starts from what they wrote.
-        }
-        if r.state != before.state {
-            info!(rollout = id, state = ?r.state, reason = %r.reason, "rollout state changed");
-            let (b, a) = (
-                serde_json::to_value(&before).ok(),
-                serde_json::to_value(&r).ok(),
-            );
+        // A change of state is on record with its audit entry, in one write.
+        let entry = (r.state != before.state).then(|| {
             let action = format!(
                 "rollout.{}",
                 serde_json::to_value(r.state)
@@ -383,8 +377,24 @@ impl Coordinator {
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default()
             );
-            self.audit(SYSTEM, &action, format!("rollout/{id}"), b, a)
-                .await;
+            let object = format!("rollout/{id}");
+            audit_entry(
+                SYSTEM_CALLER,
+                &action,
+                object,
+                to_value(&before),
+                to_value(&r),
+            )
+        });
+        if !self
+            .store()
+            .put_doc(ROLLOUTS, id, doc.revision, &json(&r), entry.as_ref())
+            .await?
+        {
+            return Ok(()); // Someone else moved it; the next step starts from what they wrote.
+        }
+        if r.state != before.state {
+            info!(rollout = id, state = ?r.state, reason = %r.reason, "rollout state changed");
         } else if r.phases.len() != before.phases.len() {
             info!(
                 rollout = id,

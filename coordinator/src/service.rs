@@ -5,33 +5,38 @@
 //! It acts only on shards it holds ([`ShardTable`]): all of them in the embedded mode, those its
 //! leases cover in a cluster ([`crate::cluster`]). Every store write carries the shard's fence.
 
-use crate::agent::{self, Ctx, Deadline, EventKind, has};
+use crate::agent::{self, Ctx, Deadline, EventKind, Outcome, has};
 use crate::certs::{self, Issuer};
 use crate::configs::{self, Desired};
+use crate::duties::{DutyHealth, supervise};
 use crate::metrics::Metrics;
 use crate::shards::ShardTable;
 use flotilla_common::bus::{Bus, BusError, BusMessage, Incoming, Subscription, request_with_retry};
+use flotilla_common::config::RecordLimits;
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_common::names::{Subjects, shard_of};
 use flotilla_common::store::{AuditEntry, Fence, Store, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{
-    AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, RestartAgent, RestartResult,
-    Transport, Uplink, UplinkReply, uplink,
+    AgentRecord, AgentStatus, DeleteAgent, DeleteResult, Downlink, DownlinkAck, Origin,
+    RestartAgent, RestartResult, Transport, Uplink, UplinkReply, uplink,
 };
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, AgentToServer, CommandType, ServerCapabilities, ServerErrorResponse,
-    ServerErrorResponseType, ServerToAgent, ServerToAgentCommand,
+    AgentCapabilities as Cap, AgentToServer, CommandType, ServerCapabilities, ServerToAgent,
+    ServerToAgentCommand,
 };
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
 use prost::Message;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{Instrument, debug, debug_span, error, info, warn};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -47,10 +52,15 @@ pub struct CoordinatorConfig {
     pub owner_deadline: Duration,
     /// The CA agents' certificates are issued with (CSR flow and offers); none: not offered.
     pub issuer: Option<Arc<Issuer>>,
-    /// How long audit entries are kept.
-    pub audit_retention: Duration,
     /// Hides secrets in the effective configs the API shows.
     pub redactor: crate::redact::Redactor,
+    /// How much one agent's record may hold.
+    pub limits: RecordLimits,
+    /// Agents disconnected (or silent) for longer than this are removed.
+    pub agent_retention: Duration,
+    /// Largest ServerToAgent that can reach an agent (in a cluster, what the bus carries): no
+    /// config is accepted whose offer would be larger.
+    pub max_message_size: usize,
 }
 
 impl CoordinatorConfig {
@@ -63,8 +73,10 @@ impl CoordinatorConfig {
             push_timeout: Duration::from_secs(2),
             owner_deadline: Duration::from_secs(5),
             issuer: None,
-            audit_retention: Duration::from_secs(90 * 24 * 3600),
             redactor: crate::redact::Redactor::default(),
+            limits: RecordLimits::default(),
+            agent_retention: Duration::from_secs(30 * 24 * 3600),
+            max_message_size: 64 << 20,
         }
     }
 }
@@ -91,7 +103,10 @@ impl ServiceError {
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Conflict(_) => ErrorKind::Conflict,
             Self::Unavailable(_) => ErrorKind::Unavailable,
-            Self::Store(_) => ErrorKind::Internal,
+            // A store that cannot be reached or written (Redis down, a full disk) is a condition
+            // to retry; data the store cannot read back is a fault.
+            Self::Store(StoreError::Io(_) | StoreError::Fenced { .. }) => ErrorKind::Unavailable,
+            Self::Store(StoreError::Corrupt(_)) => ErrorKind::Internal,
         }
     }
 }
@@ -114,7 +129,8 @@ pub struct Coordinator {
     desired: RwLock<Arc<Desired>>,
     /// The shards this process may act on; their locks serialize work on one shard's agents.
     pub(crate) shards: ShardTable,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
+    duty_health: DutyHealth,
 }
 
 impl Coordinator {
@@ -136,7 +152,13 @@ impl Coordinator {
             desired: RwLock::new(Arc::new(desired)),
             shards,
             metrics: Metrics::new(registry),
+            duty_health: DutyHealth::default(),
         }))
+    }
+
+    /// Whether the background duties run well (for `/readyz`).
+    pub fn duty_health(&self) -> DutyHealth {
+        self.duty_health.clone()
     }
 
     /// The embedded mode: serves every shard's agent messages and runs the background duties
@@ -178,37 +200,65 @@ impl Coordinator {
         tracker.wait().await;
     }
 
-    /// Until `cancel`: sweeps silence deadlines and drives rollouts every second, refreshes gauges
-    /// and re-reads the configs and rollouts every 5 s, and re-reads them at once when another
-    /// coordinator announces a change.
+    /// Until `cancel`, each under the duty supervisor: sweeps silence deadlines and drives
+    /// rollouts every second, refreshes gauges and re-reads the configs and rollouts every 5 s (and
+    /// at once when a coordinator announces a change), and removes agents gone longer than the
+    /// agent retention.
     pub async fn run_duties(self: Arc<Self>, cancel: CancellationToken) {
+        let changed = Arc::new(Notify::new());
+        // Agents are removed within a quarter of the retention past it, checked at most once a
+        // second and at least once a minute.
+        let retention_every =
+            (self.cfg.agent_retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        type Run = fn(Arc<Coordinator>) -> BoxFuture<'static, Result<(), String>>;
+        let duty = |name: &'static str, every: Duration, wake: Option<Arc<Notify>>, run: Run| {
+            let this = self.clone();
+            supervise(
+                name,
+                every,
+                wake,
+                self.duty_health.clone(),
+                self.metrics.duty_failures.clone(),
+                cancel.clone(),
+                move || run(this.clone()),
+            )
+        };
+        tokio::join!(
+            self.clone().hear_changes(changed.clone(), cancel.clone()),
+            duty("silence_sweep", SECOND, None, |c| {
+                async move { c.sweep_silent().await.map_err(|e| e.to_string()) }.boxed()
+            }),
+            duty("rollouts", SECOND, None, |c| {
+                async move { c.drive_rollouts().await }.boxed()
+            }),
+            duty("gauges", 5 * SECOND, None, |c| {
+                async move { c.refresh_gauges().await }.boxed()
+            }),
+            duty("desired_state", 5 * SECOND, Some(changed.clone()), |c| {
+                async move { c.reload_desired().await }.boxed()
+            }),
+            duty("agent_retention", retention_every, None, |c| {
+                async move { c.expire_agents().await }.boxed()
+            }),
+        );
+    }
+
+    /// Wakes `changed` whenever a coordinator announces a change of desired state.
+    async fn hear_changes(self: Arc<Self>, changed: Arc<Notify>, cancel: CancellationToken) {
         let mut changes = match self.bus.subscribe(&self.subjects.desired_changed()).await {
-            Ok(s) => Some(s),
+            Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "cannot hear config changes; re-reading them every 5 s only");
-                None
+                return;
             }
         };
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ticks = 0u64;
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    ticks += 1;
-                    if let Err(e) = self.sweep_silent().await {
-                        warn!(error = %e, "silence sweep failed; retrying next second");
-                    }
-                    self.drive_rollouts().await;
-                    if ticks % 5 == 1 {
-                        self.refresh_gauges().await;
-                        self.reload_desired().await;
-                    }
-                }
-                Some(_) = async { changes.as_mut()?.next().await } => {
-                    self.reload_desired().await;
-                }
-                () = cancel.cancelled() => break,
+                m = changes.next() => match m {
+                    Some(_) => changed.notify_one(),
+                    None => return,
+                },
+                () = cancel.cancelled() => return,
             }
         }
     }
@@ -221,7 +271,7 @@ impl Coordinator {
                 Ok(Uplink {
                     origin: Some(origin),
                     kind: Some(uplink::Kind::AgentToServer(bytes)),
-                }) => self.agent_message(&bytes, origin).await,
+                }) => self.agent_message_guarded(&bytes, origin).await,
                 Ok(Uplink {
                     origin: Some(origin),
                     kind: Some(uplink::Kind::Closed(c)),
@@ -232,13 +282,10 @@ impl Coordinator {
                 Ok(Uplink {
                     kind: Some(uplink::Kind::Restart(r)),
                     ..
-                }) => self
-                    .restart_here(&r.instance_uid)
-                    .await
-                    .map(|result| UplinkReply {
-                        restart: result as i32,
-                        ..Default::default()
-                    }),
+                }) => self.restart_here(&r).await.map(|result| UplinkReply {
+                    restart: result as i32,
+                    ..Default::default()
+                }),
                 Ok(Uplink {
                     kind: Some(uplink::Kind::SetLabels(l)),
                     ..
@@ -249,13 +296,17 @@ impl Coordinator {
                 Ok(Uplink {
                     kind: Some(uplink::Kind::IssueCertificate(c)),
                     ..
-                }) => self
-                    .issue_here(&c.instance_uid)
-                    .await
-                    .map(|issued| UplinkReply {
-                        issued: Some(issued),
-                        ..Default::default()
-                    }),
+                }) => self.issue_here(&c).await.map(|issued| UplinkReply {
+                    issued: Some(issued),
+                    ..Default::default()
+                }),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::DeleteAgent(d)),
+                    ..
+                }) => self.delete_here(&d).await.map(|deleted| UplinkReply {
+                    deleted: Some(deleted),
+                    ..Default::default()
+                }),
                 _ => {
                     warn!("dropping a malformed bus uplink envelope");
                     Some(UplinkReply::default())
@@ -272,14 +323,45 @@ impl Coordinator {
         }
     }
 
+    /// [`Coordinator::agent_message`], answering the agent with an error should processing
+    /// panic (a bug), instead of leaving it without an answer until its gateway gives up.
+    async fn agent_message_guarded(&self, bytes: &[u8], origin: Origin) -> Option<UplinkReply> {
+        match AssertUnwindSafe(self.agent_message(bytes, origin))
+            .catch_unwind()
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                error!(
+                    "processing an agent message panicked; the agent was answered with an error"
+                );
+                self.count_uplink("internal_error");
+                let uid = AgentToServer::decode(bytes)
+                    .map(|m| m.instance_uid)
+                    .unwrap_or_default();
+                let why = "the server failed to process this message".to_owned();
+                Some(reply_of(opamp_error_reply(
+                    uid,
+                    ErrorKind::Internal,
+                    why,
+                    None,
+                )))
+            }
+        }
+    }
+
+    fn count_uplink(&self, result: &'static str) {
+        self.metrics
+            .uplinks
+            .get_or_create(&vec![("result", result)])
+            .inc();
+    }
+
     /// The fence of `shard` if this process may act on it; counts the message as not ours if not.
     pub(crate) fn fence_for(&self, shard: u16) -> Option<Fence> {
         let fence = self.shards.fence(shard);
         if fence.is_none() {
-            self.metrics
-                .uplinks
-                .get_or_create(&vec![("result", "not_owner")])
-                .inc();
+            self.count_uplink("not_owner");
         }
         fence
     }
@@ -291,10 +373,7 @@ impl Coordinator {
             "shard taken over by another coordinator; dropping it"
         );
         self.shards.drop_shard(shard);
-        self.metrics
-            .uplinks
-            .get_or_create(&vec![("result", "fenced")])
-            .inc();
+        self.count_uplink("fenced");
     }
 
     /// Processes one encoded AgentToServer and returns the encoded ServerToAgent reply; None if
@@ -304,10 +383,7 @@ impl Coordinator {
         let msg = match AgentToServer::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
-                self.metrics
-                    .uplinks
-                    .get_or_create(&vec![("result", "bad_request")])
-                    .inc();
+                self.count_uplink("bad_request");
                 let msg = format!("malformed AgentToServer: {e}");
                 return Some(reply_of(opamp_error_reply(
                     Vec::new(),
@@ -327,14 +403,13 @@ impl Coordinator {
         };
         let stored = match stored {
             Ok(s) => s,
-            Err(e) => return Some(reply_of(self.store_failed(uid_sent, e))),
+            Err(e) => return Some(self.store_failed(uid_sent, &e)),
         };
-        if let Err(why) = certs::check_identity(stored.as_ref(), &origin) {
-            self.metrics
-                .uplinks
-                .get_or_create(&vec![("result", "identity")])
-                .inc();
-            warn!(uid = %Uuid::from_slice(&uid_sent).unwrap_or_default(), peer = %origin.peer_addr, %why, "refused an agent's certificate");
+        if let Err(why) = certs::check_identity(stored.as_ref(), &origin, &uid_sent) {
+            self.count_uplink("identity");
+            self.metrics.refusal_log.warn(|suppressed| {
+                warn!(uid = %Uuid::from_slice(&uid_sent).unwrap_or_default(), peer = %origin.peer_addr, %why, suppressed, "refused an agent's certificate");
+            });
             return Some(UplinkReply {
                 server_to_agent: opamp_error_reply(uid_sent, ErrorKind::BadRequest, why, None),
                 close_connection: true,
@@ -346,34 +421,57 @@ impl Coordinator {
             .as_ref()
             .and_then(|r| r.opamp.as_ref()?.certificate_request.as_ref())
             .map(|c| c.csr.clone());
-        let (cert, rule) = (origin.client_cert_sha256.clone(), origin.identity());
         let desired = self.desired();
         let ctx = Ctx {
             now_unix_ms: now_unix_ms(),
             heartbeat_interval: self.cfg.heartbeat_interval,
             desired: &desired,
+            limits: &self.cfg.limits,
+            hold_restart: csr.is_some(),
         };
+        let origin_seen = origin.clone();
         let mut out = agent::process(stored, msg, origin, &ctx);
-        certs::record_certificate(&mut out.record, &cert, rule);
         if self.cfg.issuer.is_some() {
             out.reply.capabilities |= ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
         }
-        if let Some(csr) = csr {
-            match self.sign_csr(&csr, &mut out.record) {
-                Ok(offer) => out.reply.connection_settings = Some(offer),
-                Err(why) => {
-                    out.reply.error_response = Some(ServerErrorResponse {
-                        r#type: ServerErrorResponseType::BadRequest as i32,
-                        error_message: why,
-                        details: None,
-                    })
+        let mut audit = None;
+        if let Some(rec) = out.record.as_mut() {
+            certs::record_certificate(rec, &origin_seen);
+            if let Some(csr) = csr {
+                match self.sign_csr(&csr, rec) {
+                    Ok((offer, entry)) => {
+                        out.reply.connection_settings = Some(offer);
+                        audit = Some(entry);
+                    }
+                    Err(why) => out.answer_with_error(ErrorKind::BadRequest, why),
                 }
             }
         }
-        let uid = Uuid::from_slice(&out.record.instance_uid).expect("records have 16-byte uids");
+        self.fit_reply(&mut out);
+        let Some(rec) = out.record.as_ref() else {
+            // Nothing to store: a uid was assigned (it becomes a record when the agent uses it),
+            // or the report was refused.
+            self.count_uplink(if out.reply.error_response.is_some() {
+                "refused"
+            } else {
+                "uid_assigned"
+            });
+            return Some(UplinkReply {
+                new_instance_uid: out
+                    .reply
+                    .agent_identification
+                    .as_ref()
+                    .map(|a| a.new_instance_uid.clone())
+                    .unwrap_or_default(),
+                server_to_agent: out.reply.encode_to_vec(),
+                poll_interval_ms: millis(out.interval),
+                ..Default::default()
+            });
+        };
+        let uid = Uuid::from_slice(&rec.instance_uid).unwrap_or_default();
         match self
             .store
-            .save_agent(fence, &out.record, out.deadline)
+            .save_agent(fence, rec, out.deadline, audit.as_ref())
             .await
         {
             Ok(()) => {}
@@ -381,44 +479,66 @@ impl Coordinator {
                 self.fenced(shard);
                 return None;
             }
-            Err(e) => return Some(reply_of(self.store_failed(uid_sent, e))),
+            Err(e) => return Some(self.store_failed(uid_sent, &e)),
         }
-        for kind in out.events {
-            self.emit(kind, uid).await;
+        for kind in &out.events {
+            self.emit(*kind, uid).await;
         }
-        self.metrics
-            .uplinks
-            .get_or_create(&vec![("result", "ok")])
-            .inc();
+        self.count_uplink("ok");
         self.metrics
             .uplink_seconds
             .observe(started.elapsed().as_secs_f64());
         Some(UplinkReply {
-            new_instance_uid: out
-                .reply
-                .agent_identification
-                .as_ref()
-                .map(|a| a.new_instance_uid.clone())
-                .unwrap_or_default(),
             server_to_agent: out.reply.encode_to_vec(),
+            poll_interval_ms: millis(out.interval),
             ..Default::default()
         })
     }
 
-    fn store_failed(&self, uid: Vec<u8>, e: StoreError) -> Vec<u8> {
-        warn!(error = %e, "agent state unavailable");
-        self.metrics
-            .uplinks
-            .get_or_create(&vec![("result", "unavailable")])
-            .inc();
+    /// Keeps a reply within what can reach the agent: packages wait for a later reply (the
+    /// record forgets offering them) when the config and packages together are too large. A
+    /// config too large on its own (stored before the limit was enforced) is not sent at all.
+    fn fit_reply(&self, out: &mut Outcome) {
+        let max = self.cfg.max_message_size;
+        if out.reply.encoded_len() <= max {
+            return;
+        }
+        if out.reply.packages_available.take().is_some() {
+            if let Some(rec) = out.record.as_mut() {
+                rec.offered_packages_hash.clear();
+            }
+            if out.reply.encoded_len() <= max {
+                return;
+            }
+        }
+        if let Some(rc) = out.reply.remote_config.take() {
+            self.count_uplink("config_too_large");
+            error!(
+                config_bytes = rc.encoded_len(),
+                max, "a config is too large to reach its agents; store a smaller version"
+            );
+        }
+    }
+
+    /// The answer while the agent's state cannot be read or written: UNAVAILABLE with a retry
+    /// time (HTTP agents get 503 with Retry-After from the gateway).
+    fn store_failed(&self, uid: Vec<u8>, e: &StoreError) -> UplinkReply {
+        self.metrics.store_log.warn(|suppressed| {
+            warn!(error = %e, suppressed, "agent state unavailable");
+        });
+        self.count_uplink("unavailable");
         // Agents retry soon: a store hiccup is usually over in seconds.
-        let retry = Some(Duration::from_secs(5));
-        opamp_error_reply(
-            uid,
-            ErrorKind::Unavailable,
-            "agent state temporarily unavailable".into(),
-            retry,
-        )
+        let retry = Duration::from_secs(5);
+        UplinkReply {
+            server_to_agent: opamp_error_reply(
+                uid,
+                ErrorKind::Unavailable,
+                "agent state temporarily unavailable".into(),
+                Some(retry),
+            ),
+            retry_after_ms: millis(retry),
+            ..Default::default()
+        }
     }
 
     /// A gateway saw the agent's WebSocket close. Ignored if the agent has moved to another
@@ -441,7 +561,11 @@ impl Coordinator {
         }
         rec.status = AgentStatus::Disconnected as i32;
         rec.origin = None;
-        match self.store.save_agent(fence, &rec, Deadline::Clear).await {
+        match self
+            .store
+            .save_agent(fence, &rec, Deadline::Clear, None)
+            .await
+        {
             Ok(()) => self.emit(EventKind::Disconnected, uid).await,
             Err(StoreError::Fenced { .. }) => {
                 self.fenced(shard);
@@ -495,7 +619,8 @@ impl Coordinator {
             agent::heartbeat_interval(&rec, &attrs, &self.desired(), self.cfg.heartbeat_interval);
         let silent = match agent::silence_deadline(&rec, interval) {
             Some(at) if at > now => {
-                self.save_or_drop(fence, &rec, Deadline::Arm(at)).await?;
+                self.save_or_drop(fence, &rec, Deadline::Arm(at), None)
+                    .await?;
                 return Ok(());
             }
             Some(_) => true,
@@ -504,21 +629,27 @@ impl Coordinator {
         if silent {
             rec.status = AgentStatus::Silent as i32;
         }
-        if self.save_or_drop(fence, &rec, Deadline::Clear).await? && silent {
+        if self
+            .save_or_drop(fence, &rec, Deadline::Clear, None)
+            .await?
+            && silent
+        {
             info!(%uid, "agent silent");
             self.emit(EventKind::Silent, uid).await;
         }
         Ok(())
     }
 
-    /// Saves under `fence`; false (and the shard dropped) if another coordinator took it.
+    /// Saves under `fence` (with `audit` in the same step); false (and the shard dropped) if
+    /// another coordinator took it.
     pub(crate) async fn save_or_drop(
         &self,
         fence: Fence,
         rec: &AgentRecord,
         deadline: Deadline,
+        audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
-        match self.store.save_agent(fence, rec, deadline).await {
+        match self.store.save_agent(fence, rec, deadline, audit).await {
             Ok(()) => Ok(true),
             Err(StoreError::Fenced { shard, .. }) => {
                 self.fenced(shard);
@@ -545,19 +676,16 @@ impl Coordinator {
         }
     }
 
-    async fn refresh_gauges(&self) {
+    async fn refresh_gauges(&self) -> Result<(), String> {
         self.metrics
             .owned_shards
             .set(self.shards.owned_count() as i64);
         let mut counts = [0i64; 4];
         let owned = |s| self.shards.fence(s).is_some();
-        let counted = self
-            .store
+        self.store
             .visit_agents(&owned, &mut |a| counts[a.status.clamp(0, 3) as usize] += 1)
-            .await;
-        if counted.is_err() {
-            return;
-        }
+            .await
+            .map_err(|e| e.to_string())?;
         for (status, n) in [
             ("connected", counts[1]),
             ("disconnected", counts[2]),
@@ -568,6 +696,7 @@ impl Coordinator {
                 .get_or_create(&vec![("status", status)])
                 .set(n);
         }
+        Ok(())
     }
 
     /// Counts `n` ownership changes of one kind and refreshes the owned-shards gauge.
@@ -582,26 +711,29 @@ impl Coordinator {
     }
 
     pub fn desired(&self) -> Arc<Desired> {
-        self.desired.read().expect("desired lock").clone()
+        self.desired
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Re-reads configs and rollouts from the store; when they changed (another coordinator
     /// stored a version or moved a rollout on), pushes to the connected agents of the shards this
     /// process owns.
-    pub(crate) async fn reload_desired(&self) {
-        let fresh = match crate::rollouts::load_desired(self.store.as_ref()).await {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(error = %e, "cannot re-read configs and rollouts");
-                return;
-            }
-        };
+    pub(crate) async fn reload_desired(&self) -> Result<(), String> {
+        let fresh = crate::rollouts::load_desired(self.store.as_ref())
+            .await
+            .map_err(|e| format!("cannot re-read configs and rollouts: {e}"))?;
         if fresh.fingerprint() == self.desired().fingerprint() {
-            return;
+            return Ok(());
         }
-        *self.desired.write().expect("desired lock") = Arc::new(fresh);
+        *self
+            .desired
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(fresh);
         info!("desired state changed; pushing to connected agents");
         self.push_configs(&|_| true).await;
+        Ok(())
     }
 
     /// Tells every coordinator (this one included) that desired state changed in the store.
@@ -611,35 +743,18 @@ impl Coordinator {
             // The others re-read the store every few seconds anyway.
             warn!(error = %e, "change not announced");
         }
-        self.reload_desired().await;
+        if let Err(e) = self.reload_desired().await {
+            // Pushed at the next re-read instead.
+            warn!(error = %e, "desired state not re-read after a change");
+        }
     }
 
-    /// Records a change in the audit log. A failed write is logged, not returned: the change has
-    /// happened by then.
-    pub(crate) async fn audit(
-        &self,
-        caller: &str,
-        action: &str,
-        object: String,
-        before: Option<serde_json::Value>,
-        after: Option<serde_json::Value>,
-    ) {
-        let entry = AuditEntry {
-            id: String::new(),
-            at_unix_ms: now_unix_ms(),
-            caller: caller.to_owned(),
-            action: action.to_owned(),
-            object,
-            before,
-            after,
-        };
-        info!(target: "flotilla::audit", caller, action, object = %entry.object, "change");
-        if let Err(e) = self
-            .store
-            .append_audit(entry, self.cfg.audit_retention)
-            .await
-        {
-            warn!(error = %e, action, "audit entry not written");
+    /// Records in the audit log what changed no stored state (a command delivered at once). A
+    /// failed write is logged, not returned: the command has gone out by then.
+    pub(crate) async fn audit_event(&self, entry: AuditEntry) {
+        info!(target: "flotilla::audit", caller = %entry.caller, action = %entry.action, object = %entry.object, "change");
+        if let Err(e) = self.store.append_audit(entry).await {
+            warn!(error = %e, "audit entry not written");
         }
     }
 
@@ -727,11 +842,13 @@ impl Coordinator {
 
     /// Restarts an agent: at once over its live WebSocket, otherwise at its next message. Asks
     /// the owner of the agent's shard (this process or another), which alone may change it.
-    pub async fn restart(&self, uid: Uuid) -> Result<RestartOutcome, ServiceError> {
+    /// `caller`: who to name in the audit log; empty for restarts of a job (audited as a whole).
+    pub async fn restart(&self, uid: Uuid, caller: &str) -> Result<RestartOutcome, ServiceError> {
         let ask = Uplink {
             origin: None,
             kind: Some(uplink::Kind::Restart(RestartAgent {
                 instance_uid: uid.as_bytes().to_vec(),
+                caller: caller.to_owned(),
             })),
         };
         let reply = self.ask_owner(uid, ask).await?;
@@ -786,6 +903,11 @@ impl Coordinator {
         self.cfg.heartbeat_interval
     }
 
+    /// Largest ServerToAgent that can reach an agent: configs must fit in it.
+    pub fn max_message_size(&self) -> usize {
+        self.cfg.max_message_size
+    }
+
     pub fn redactor(&self) -> &crate::redact::Redactor {
         &self.cfg.redactor
     }
@@ -793,7 +915,7 @@ impl Coordinator {
     pub async fn audit_log(
         &self,
         query: &flotilla_common::store::AuditQuery,
-    ) -> Result<Vec<AuditEntry>, ServiceError> {
+    ) -> Result<flotilla_common::store::AuditPage, ServiceError> {
         Ok(self.store.query_audit(query).await?)
     }
 
@@ -802,11 +924,11 @@ impl Coordinator {
     }
 
     /// The owner's side of [`Coordinator::restart`]; None if this process does not own the shard.
-    async fn restart_here(&self, uid_bytes: &[u8]) -> Option<RestartResult> {
-        let Ok(uid) = Uuid::from_slice(uid_bytes) else {
+    async fn restart_here(&self, req: &RestartAgent) -> Option<RestartResult> {
+        let Ok(uid) = Uuid::from_slice(&req.instance_uid) else {
             return Some(RestartResult::UnknownAgent);
         };
-        let shard = shard_of(uid_bytes);
+        let shard = shard_of(&req.instance_uid);
         let _guard = self.shards.lock(shard).await;
         let fence = self.fence_for(shard)?;
         let mut rec = match self.store.get_agent(uid).await {
@@ -820,6 +942,17 @@ impl Coordinator {
         if !has(rec.capabilities, Cap::AcceptsRestartCommand) {
             return Some(RestartResult::NotCapable);
         }
+        let entry = |how: &str| {
+            (!req.caller.is_empty()).then(|| {
+                audit_entry(
+                    &req.caller,
+                    "agent.restart",
+                    format!("agent/{uid}"),
+                    None,
+                    Some(serde_json::json!({ "restart": how })),
+                )
+            })
+        };
         if let Some(origin) = live_ws(&rec) {
             let cmd = ServerToAgent {
                 instance_uid: rec.instance_uid.clone(),
@@ -831,11 +964,17 @@ impl Coordinator {
             };
             if self.push(origin, &cmd).await {
                 info!(%uid, "restart delivered");
+                if let Some(e) = entry("delivered") {
+                    self.audit_event(e).await;
+                }
                 return Some(RestartResult::Delivered);
             }
         }
-        rec.restart_expires_unix_ms = now_unix_ms() + self.cfg.restart_ttl.as_millis() as u64;
-        match self.save_or_drop(fence, &rec, Deadline::Keep).await {
+        rec.restart_expires_unix_ms = now_unix_ms().saturating_add(millis(self.cfg.restart_ttl));
+        match self
+            .save_or_drop(fence, &rec, Deadline::Keep, entry("queued").as_ref())
+            .await
+        {
             Ok(true) => {
                 info!(%uid, "restart queued until the agent's next message");
                 Some(RestartResult::Queued)
@@ -847,6 +986,153 @@ impl Coordinator {
             }
         }
     }
+
+    /// Removes agent `uid`'s record (audited). A connected agent comes back as a new record at
+    /// its next message.
+    pub async fn delete_agent(&self, uid: Uuid, caller: &str) -> Result<(), ServiceError> {
+        let ask = Uplink {
+            origin: None,
+            kind: Some(uplink::Kind::DeleteAgent(DeleteAgent {
+                instance_uid: uid.as_bytes().to_vec(),
+                caller: caller.to_owned(),
+            })),
+        };
+        let result = self.ask_owner(uid, ask).await?.deleted.unwrap_or_default();
+        if result.unknown_agent {
+            return Err(ServiceError::NotFound(format!("no agent {uid}")));
+        }
+        if !result.error.is_empty() {
+            return Err(ServiceError::Unavailable(format!(
+                "agent {uid} not deleted: {}; try again",
+                result.error
+            )));
+        }
+        Ok(())
+    }
+
+    /// The owner's side of [`Coordinator::delete_agent`]; None if this process does not own the
+    /// shard.
+    async fn delete_here(&self, req: &DeleteAgent) -> Option<DeleteResult> {
+        let unknown = DeleteResult {
+            unknown_agent: true,
+            ..Default::default()
+        };
+        let Ok(uid) = Uuid::from_slice(&req.instance_uid) else {
+            return Some(unknown);
+        };
+        let shard = shard_of(&req.instance_uid);
+        let _guard = self.shards.lock(shard).await;
+        let fence = self.fence_for(shard)?;
+        let before = match self.store.get_agent(uid).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Some(unknown),
+            Err(e) => {
+                return Some(DeleteResult {
+                    error: e.to_string(),
+                    ..Default::default()
+                });
+            }
+        };
+        let entry = audit_entry(
+            &req.caller,
+            "agent.delete",
+            format!("agent/{uid}"),
+            Some(crate::views::summary(&before, &self.desired())),
+            None,
+        );
+        match self.store.delete_agent(fence, uid, Some(&entry)).await {
+            Ok(true) => {
+                info!(%uid, caller = %req.caller, "agent deleted");
+                Some(DeleteResult::default())
+            }
+            Ok(false) => Some(unknown),
+            Err(StoreError::Fenced { .. }) => {
+                self.fenced(shard);
+                None
+            }
+            Err(e) => Some(DeleteResult {
+                error: e.to_string(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Removes the agents of owned shards that have been disconnected or silent for longer than
+    /// the agent retention, each with its audit entry.
+    async fn expire_agents(&self) -> Result<(), String> {
+        let horizon = now_unix_ms().saturating_sub(millis(self.cfg.agent_retention));
+        let mut gone: Vec<Uuid> = Vec::new();
+        let owned = |s| self.shards.fence(s).is_some();
+        self.store
+            .visit_agents(&owned, &mut |rec| {
+                if rec.status != AgentStatus::Connected as i32
+                    && rec.last_seen_unix_ms < horizon
+                    && let Ok(uid) = Uuid::from_slice(&rec.instance_uid)
+                {
+                    gone.push(uid);
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        for uid in gone {
+            let shard = shard_of(uid.as_bytes());
+            let _guard = self.shards.lock(shard).await;
+            let Some(fence) = self.shards.fence(shard) else {
+                continue;
+            };
+            // Read again under the lock: the agent may have come back meanwhile.
+            let Some(rec) = self.store.get_agent(uid).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            if rec.status == AgentStatus::Connected as i32 || rec.last_seen_unix_ms >= horizon {
+                continue;
+            }
+            let entry = audit_entry(
+                SYSTEM_CALLER,
+                "agent.expire",
+                format!("agent/{uid}"),
+                Some(
+                    serde_json::json!({ "last_seen": crate::views::rfc3339(rec.last_seen_unix_ms) }),
+                ),
+                None,
+            );
+            match self.store.delete_agent(fence, uid, Some(&entry)).await {
+                Ok(_) => info!(%uid, "agent removed after the agent retention"),
+                Err(StoreError::Fenced { .. }) => self.fenced(shard),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Who the audit log names for what Flotilla does by itself (rollout steps, agent retention).
+pub(crate) const SYSTEM_CALLER: &str = "flotilla";
+
+/// An audit entry of a change made now.
+pub(crate) fn audit_entry(
+    caller: &str,
+    action: &str,
+    object: String,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> AuditEntry {
+    AuditEntry {
+        id: String::new(),
+        at_unix_ms: now_unix_ms(),
+        caller: caller.to_owned(),
+        action: action.to_owned(),
+        object,
+        before,
+        after,
+    }
+}
+
+/// Milliseconds of `d`, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// How long a claimed silence deadline waits before another sweep may claim it again (if the

@@ -20,11 +20,13 @@ fuzz_target!(|data: &[u8]| {
         now_unix_ms: 1_700_000_000_000,
         heartbeat_interval: Duration::from_secs(30),
         desired: &desired,
+        limits: &flotilla_common::config::RecordLimits::default(),
+        hold_restart: false,
     };
     let first = process(None, msg.clone(), Origin::default(), &ctx);
     let known = AgentRecord {
         instance_uid: msg.instance_uid.clone(),
-        ..first.record
+        ..first.record.unwrap_or_default()
     };
     let _ = process(Some(known), msg, Origin::default(), &ctx);
 });

@@ -1,16 +1,20 @@
 //! What the gateway knows about one accepted connection and the checks it applies before anything
-//! reaches an owner: bearer tokens, the client certificate's identity, the per-connection message
-//! rate, the connection's age, and the global connection cap.
+//! reaches an owner: bearer tokens, the client certificate's identity, certificates owners have
+//! refused lately, the per-connection message rate, the connection's age, and its slot under the
+//! connection cap.
 
+use crate::activity::Activity;
+use crate::slots::Slot;
 use flotilla_common::config::AgentIdentity;
 use flotilla_common::pki;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
-use tokio::sync::OwnedSemaphorePermit;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -41,7 +45,9 @@ pub(crate) struct ConnInfo {
     pub retire_at: Option<Instant>,
     /// This connection's place under the connection cap, held as long as the connection (or the
     /// WebSocket session it became) lives; None: accepted past the cap, every request gets 503.
-    pub slot: Option<OwnedSemaphorePermit>,
+    pub slot: Option<Slot>,
+    /// When its messages began to arrive and when it was last active.
+    pub activity: Arc<Activity>,
 }
 
 impl ConnInfo {
@@ -50,16 +56,18 @@ impl ConnInfo {
         cert: Option<PeerCert>,
         rate: u32,
         retire_at: Option<Instant>,
-        slot: Option<OwnedSemaphorePermit>,
+        slot: Option<Slot>,
+        activity: Arc<Activity>,
     ) -> Self {
         let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
-        let burst = rate.saturating_mul(NonZeroU32::new(5).expect("5 > 0"));
+        let burst = rate.saturating_mul(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN));
         Self {
             peer,
             cert,
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             retire_at,
             slot,
+            activity,
         }
     }
 
@@ -80,6 +88,51 @@ impl ConnInfo {
                 crate::uid_text(uid)
             )),
         }
+    }
+}
+
+/// Client certificates an owner refused lately (replaced, or bound to another agent), by
+/// SHA-256: a connection presenting one is answered 403 with Retry-After before any upgrade or
+/// body, so an agent stuck on such a certificate costs a TLS handshake per attempt, not a
+/// WebSocket session and a round trip to its owner. Entries last [`RefusedCerts::TTL`]; at most
+/// [`RefusedCerts::MAX`] are kept (the oldest go first).
+#[derive(Debug, Default)]
+pub(crate) struct RefusedCerts(Mutex<HashMap<Vec<u8>, Instant>>);
+
+impl RefusedCerts {
+    pub const TTL: Duration = Duration::from_secs(60);
+    pub const MAX: usize = 10_000;
+
+    pub fn refuse(&self, sha256: &[u8]) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if map.len() >= Self::MAX {
+            map.retain(|_, until| *until > now);
+            if map.len() >= Self::MAX
+                && let Some(oldest) = map.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(sha256.to_vec(), now + Self::TTL);
+    }
+
+    /// How long the certificate stays refused, if it is.
+    pub fn refused_for(&self, sha256: &[u8]) -> Option<Duration> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let until = *map.get(sha256)?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            map.remove(sha256);
+            return None;
+        }
+        Some(left)
     }
 }
 
@@ -157,6 +210,11 @@ mod tests {
                 10,
                 None,
                 None,
+                Activity::new(
+                    Duration::from_secs(1),
+                    None,
+                    crate::activity::Inflight::new(1 << 20),
+                ),
             )
         };
         let rule = AgentIdentity::UriSan;
@@ -177,8 +235,32 @@ mod tests {
 
     #[test]
     fn the_message_rate_allows_bursts_then_refuses() {
-        let conn = ConnInfo::new("127.0.0.1:1".parse().unwrap(), None, 2, None, None);
+        let conn = ConnInfo::new(
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+            2,
+            None,
+            None,
+            Activity::new(
+                Duration::from_secs(1),
+                None,
+                crate::activity::Inflight::new(1 << 20),
+            ),
+        );
         let allowed = (0..20).filter(|_| conn.limiter.check().is_ok()).count();
         assert_eq!(allowed, 10, "a burst of 5x the rate");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_certificates_are_remembered_for_a_while() {
+        let refused = RefusedCerts::default();
+        assert!(refused.refused_for(b"a").is_none());
+        refused.refuse(b"a");
+        assert_eq!(refused.refused_for(b"a"), Some(RefusedCerts::TTL));
+        tokio::time::advance(RefusedCerts::TTL).await;
+        assert!(
+            refused.refused_for(b"a").is_none(),
+            "forgotten after the TTL"
+        );
     }
 }

@@ -5,7 +5,7 @@ use crate::guard::ConnInfo;
 use crate::{Gateway, OPAMP_PATH};
 use bytes::Bytes;
 use flate2::Compression;
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_proto::bus::Transport;
@@ -67,7 +67,9 @@ impl Gateway {
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) -> HttpResponse {
-        if conn.slot.is_none() {
+        // The request's head is in: what arrives next is its body, or the next request.
+        conn.activity.settled();
+        let Some(slot) = &conn.slot else {
             let mut r = retry_later(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this gateway holds as many agents as it may; retry later",
@@ -76,12 +78,25 @@ impl Gateway {
             r.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
             return self.reject("connection_cap", r);
-        }
+        };
         if req.uri().path() != OPAMP_PATH {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("the OpAMP endpoint is {OPAMP_PATH}"),
             );
+        }
+        if let Some(left) = conn
+            .cert
+            .as_ref()
+            .and_then(|c| self.refused.refused_for(&c.sha256))
+        {
+            let r = retry_later(
+                StatusCode::FORBIDDEN,
+                "the server refused this client certificate for its agent (replaced, or bound to \
+                 another agent); use the agent's current certificate",
+                left,
+            );
+            return self.reject("refused_certificate", r);
         }
         if let Some(tokens) = &self.cfg.tokens
             && !tokens.accepts(req.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
@@ -96,6 +111,7 @@ impl Gateway {
             );
             return self.reject("unauthorized", r);
         }
+        slot.establish();
         if header_has(req.headers(), CONTENT_TYPE, PROTOBUF) {
             if req.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "plain-HTTP OpAMP uses POST");
@@ -173,6 +189,7 @@ impl Gateway {
                 return text(StatusCode::BAD_REQUEST, "request body could not be read");
             }
         };
+        conn.activity.settled();
         let body = match decode_body(body, gzipped, max) {
             Ok(b) => b,
             Err(BodyError::TooLarge) => return self.reject("too_large", too_large()),
@@ -212,20 +229,39 @@ impl Gateway {
             );
         }
         if let Err(why) = conn.may_speak_for(self.cfg.identity, &msg.instance_uid) {
+            self.refuse_certificate(conn);
             let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
             return self.reject("identity", protobuf(StatusCode::FORBIDDEN, reply, false));
         }
         let origin = self.origin(Transport::Http, conn);
         match self.forward(&body, &msg.instance_uid, &origin).await {
-            Ok(reply) if reply.close_connection => self.reject(
-                "identity",
-                protobuf(StatusCode::FORBIDDEN, reply.server_to_agent, false),
-            ),
+            Ok(reply) if reply.close_connection => {
+                self.refuse_certificate(conn);
+                self.reject(
+                    "identity",
+                    protobuf(StatusCode::FORBIDDEN, reply.server_to_agent, false),
+                )
+            }
+            Ok(reply) if reply.retry_after_ms > 0 => {
+                let r = retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server cannot take this agent's message now; retry later",
+                    Duration::from_millis(reply.retry_after_ms),
+                );
+                self.reject("unavailable", r)
+            }
             Ok(reply) => {
                 self.metrics
                     .messages
                     .get_or_create(&vec![("transport", "http"), ("direction", "out")])
                     .inc();
+                if reply.poll_interval_ms > 0 {
+                    // The connection stays open well past the agent's next poll, so closing it
+                    // never races that poll.
+                    let poll = Duration::from_millis(reply.poll_interval_ms);
+                    conn.activity
+                        .set_idle(Some(poll.saturating_mul(2) + KEEP_ALIVE_MARGIN));
+                }
                 protobuf(StatusCode::OK, reply.server_to_agent, accepts_gzip)
             }
             Err(e) => {
@@ -244,7 +280,18 @@ impl Gateway {
         self.count_rejected(reason);
         r
     }
+
+    /// Remembers that the connection's certificate was refused for its agent: the next attempt
+    /// with it is answered before any upgrade or body.
+    pub(crate) fn refuse_certificate(&self, conn: &ConnInfo) {
+        if let Some(cert) = &conn.cert {
+            self.refused.refuse(&cert.sha256);
+        }
+    }
 }
+
+/// How much longer than two poll intervals an HTTP poller's idle keep-alive connection is kept.
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(5);
 
 fn retry_later(status: StatusCode, why: &str, after: Duration) -> HttpResponse {
     let mut r = text(status, why);
@@ -259,8 +306,9 @@ pub enum BodyError {
     BadGzip(String),
 }
 
-/// The AgentToServer bytes of a request body of at most `max` bytes: gunzipped when `gzipped`,
-/// reading at most one byte past `max`, so a gzip bomb stops there.
+/// The AgentToServer bytes of a request body of at most `max` bytes: gunzipped when `gzipped`
+/// (every member of a multi-member gzip stream, as RFC 1952 allows), reading at most one byte past
+/// `max`, so a gzip bomb stops there.
 pub fn decode_body(body: Bytes, gzipped: bool, max: usize) -> Result<Bytes, BodyError> {
     if !gzipped {
         return if body.len() > max {
@@ -270,7 +318,7 @@ pub fn decode_body(body: Bytes, gzipped: bool, max: usize) -> Result<Bytes, Body
         };
     }
     let mut out = Vec::new();
-    match GzDecoder::new(body.as_ref())
+    match MultiGzDecoder::new(body.as_ref())
         .take(max as u64 + 1)
         .read_to_end(&mut out)
     {
@@ -284,9 +332,11 @@ fn protobuf(status: StatusCode, body: Vec<u8>, gzip: bool) -> HttpResponse {
     let compress = gzip && body.len() >= GZIP_MIN_BYTES;
     let body = if compress {
         let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 2), Compression::fast());
-        enc.write_all(&body)
-            .and_then(|()| enc.finish())
-            .expect("gzip into memory cannot fail")
+        match enc.write_all(&body).and_then(|()| enc.finish()) {
+            Ok(zipped) => zipped,
+            // Into memory this cannot fail; were it to, the reply goes out plain.
+            Err(_) => return protobuf(status, body, false),
+        }
     } else {
         body
     };

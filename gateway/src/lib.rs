@@ -6,12 +6,15 @@
 //! Main types: [`Gateway`] (the listener and its sessions), [`table::ConnectionTable`]. It keeps no
 //! state that outlives it and never talks to the Store (Redis) or depends on the coordinator.
 
+mod activity;
 mod guard;
 mod http;
 mod metrics;
+mod slots;
 pub mod table;
 mod ws;
 
+use activity::{Activity, ActivityIo, Expiry, Inflight};
 use bytes::Bytes;
 use flotilla_common::bus::{Bus, BusError, BusMessage, request_with_retry};
 use flotilla_common::config::{AgentIdentity, AgentLimits};
@@ -22,13 +25,14 @@ use flotilla_proto::bus::{
     Downlink, DownlinkAck, IdentityRule, Origin, Transport, Uplink, UplinkReply, uplink,
 };
 pub use guard::AgentTokens;
-use guard::{ConnInfo, PeerCert};
+use guard::{ConnInfo, PeerCert, RefusedCerts};
 pub use http::{BodyError, decode_body};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics::Metrics;
 use prometheus_client::registry::Registry;
 use prost::Message;
+use slots::{Slots, Taken};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +40,6 @@ use std::time::{Duration, Instant};
 use table::ConnectionTable;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -48,7 +51,8 @@ pub const OPAMP_PATH: &str = "/v1/opamp";
 pub struct GatewayConfig {
     pub region: String,
     pub gateway_id: String,
-    /// Largest AgentToServer accepted (after decompression, including the WS header).
+    /// Largest AgentToServer accepted (after decompression, including the WS header); in a
+    /// cluster no larger than what the bus carries.
     pub max_message_size: usize,
     /// How long one bus request to the owner may take.
     pub uplink_timeout: Duration,
@@ -83,6 +87,7 @@ impl GatewayConfig {
                 max_connection_age: None,
                 message_rate: 10,
                 handshake_timeout: Duration::from_secs(10),
+                max_inflight_bytes: 256 << 20,
             },
         }
     }
@@ -94,21 +99,32 @@ pub struct Gateway {
     subjects: Subjects,
     table: ConnectionTable,
     next_connection: AtomicU64,
-    /// One permit per open connection, up to `limits.max_connections`.
-    slots: Arc<Semaphore>,
+    /// One per open connection, up to `limits.max_connections`.
+    slots: Arc<Slots>,
+    /// Certificates owners refused lately: answered 403 before an upgrade.
+    refused: RefusedCerts,
+    /// Bytes of incomplete agent messages over all connections.
+    inflight: Arc<Inflight>,
     metrics: Metrics,
 }
 
 impl Gateway {
     pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>, registry: &mut Registry) -> Arc<Self> {
+        let metrics = Metrics::new(registry);
+        let over_budget = metrics
+            .rejected
+            .get_or_create(&vec![("reason", "inflight_budget")])
+            .clone();
         Arc::new(Self {
+            inflight: Inflight::counting(cfg.limits.max_inflight_bytes, over_budget),
             subjects: Subjects::new(&cfg.region),
-            slots: Arc::new(Semaphore::new(cfg.limits.max_connections)),
+            slots: Slots::new(cfg.limits.max_connections),
             cfg,
             bus,
             table: ConnectionTable::default(),
             next_connection: AtomicU64::new(1),
-            metrics: Metrics::new(registry),
+            refused: RefusedCerts::default(),
+            metrics,
         })
     }
 
@@ -167,7 +183,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// Takes a connection slot (or notes that none is left: such connections are answered 503),
+    /// Takes a connection slot (closing the oldest connection that has not sent an authorised
+    /// request yet if none is free; with every slot established the connection is answered 503),
     /// completes the TLS handshake within the handshake timeout, and serves the connection.
     async fn accept(
         self: Arc<Self>,
@@ -176,13 +193,33 @@ impl Gateway {
         cancel: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let slot = self.slots.clone().try_acquire_owned().ok();
+        let slot = match self.slots.take().await {
+            Taken::Free(s) => Some(s),
+            Taken::Evicted(s) => {
+                self.count_rejected("evicted_pending");
+                Some(s)
+            }
+            Taken::Full => None,
+        };
+        let evicted = slot.as_ref().map(|s| s.evict.clone());
+        let evicted = async move {
+            match evicted {
+                Some(token) => token.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
         let limits = self.cfg.limits.clone();
         let retire_at = limits.max_connection_age.map(|age| {
             // Up to 10% later, so agents connected together do not all reconnect together.
             let jitter = age.mul_f64(rand::random::<f64>() * 0.1);
             tokio::time::Instant::now() + age + jitter
         });
+        // Until its first request, a connection may idle no longer than a handshake takes.
+        let activity = Activity::new(
+            limits.handshake_timeout,
+            Some(limits.handshake_timeout),
+            self.inflight.clone(),
+        );
         let conn = |cert| {
             Arc::new(ConnInfo::new(
                 peer,
@@ -190,13 +227,23 @@ impl Gateway {
                 limits.message_rate,
                 retire_at,
                 slot,
+                activity.clone(),
             ))
         };
         let Some(tls) = self.cfg.tls.as_ref().map(|t| t.current()) else {
-            return self.serve_io(stream, conn(None), cancel, tracker).await;
+            let io = ActivityIo::new(stream, activity.clone());
+            return self.serve_io(io, conn(None), cancel, tracker).await;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+        let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
+        let handshake = tokio::select! {
+            h = handshake => h,
+            () = evicted => {
+                self.count_rejected("evicted_pending");
+                return;
+            }
+        };
+        match handshake {
             Ok(Ok(stream)) => {
                 let cert = stream
                     .get_ref()
@@ -204,7 +251,8 @@ impl Gateway {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .map(|der| PeerCert::of(der));
-                self.serve_io(stream, conn(cert), cancel, tracker).await;
+                let io = ActivityIo::new(stream, activity.clone());
+                self.serve_io(io, conn(cert), cancel, tracker).await;
             }
             Ok(Err(e)) => {
                 self.count_rejected("tls_handshake");
@@ -246,15 +294,23 @@ impl Gateway {
                 Ok::<_, std::convert::Infallible>(this.route(req, info, cancel, tracker).await)
             }
         });
+        // Slow and idle clients are timed by the connection's activity, not by hyper's header
+        // timeout, which would also close keep-alive pollers between their polls.
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(self.cfg.limits.handshake_timeout)
+            .header_read_timeout(None)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         tokio::pin!(conn);
         let retire = async {
             match conn_info.retire_at {
                 Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let evicted = async {
+            match &conn_info.slot {
+                Some(slot) => slot.evict.cancelled().await,
                 None => std::future::pending().await,
             }
         };
@@ -268,6 +324,22 @@ impl Gateway {
                 conn.as_mut().graceful_shutdown();
                 conn.await
             }
+            () = evicted => {
+                // Never authorised a request: closed to make room for one that will.
+                self.count_rejected("evicted_pending");
+                return;
+            }
+            expiry = conn_info.activity.expired() => match expiry {
+                Expiry::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                Expiry::SlowMessage => {
+                    self.count_rejected("slow_request");
+                    debug!("request not complete within the handshake timeout; closed");
+                    return;
+                }
+            },
         };
         if let Err(e) = result {
             debug!(error = %e, "connection ended with an error");
@@ -284,6 +356,11 @@ impl Gateway {
                 .cert
                 .as_ref()
                 .map(|c| c.sha256.clone())
+                .unwrap_or_default(),
+            client_cert_uids: conn
+                .cert
+                .as_ref()
+                .map(|c| c.uids.iter().map(|u| u.as_bytes().to_vec()).collect())
                 .unwrap_or_default(),
             identity: match self.cfg.identity {
                 AgentIdentity::None => IdentityRule::None,

@@ -15,51 +15,59 @@ pub struct ConnectionTable {
 
 #[derive(Debug)]
 struct Entry {
-    instance_uid: Vec<u8>,
+    /// The agents speaking on the connection (usually one).
+    instance_uids: Vec<Vec<u8>>,
     tx: mpsc::Sender<Push>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ConnectionTable {
     pub fn insert(&self, connection_id: u64, tx: mpsc::Sender<Push>) {
         let entry = Entry {
-            instance_uid: Vec::new(),
+            instance_uids: Vec::new(),
             tx,
         };
-        self.conns
-            .lock()
-            .expect("table lock")
-            .insert(connection_id, entry);
+        lock(&self.conns).insert(connection_id, entry);
     }
 
-    /// Records which agent speaks on the connection (known after its first message, and changed
-    /// when the server assigns a new instance_uid).
+    /// Records that an agent speaks on the connection (known from its first message, and added
+    /// to when the server assigns a new instance_uid).
     pub fn bind(&self, connection_id: u64, instance_uid: &[u8]) {
-        let mut conns = self.conns.lock().expect("table lock");
-        if let Some(e) = conns.get_mut(&connection_id) {
-            e.instance_uid = instance_uid.to_vec();
+        if let Some(e) = lock(&self.conns).get_mut(&connection_id)
+            && !e.instance_uids.iter().any(|u| u == instance_uid)
+        {
+            e.instance_uids.push(instance_uid.to_vec());
+        }
+    }
+
+    /// The agent does not speak on the connection after all (its owner refused it).
+    pub fn unbind(&self, connection_id: u64, instance_uid: &[u8]) {
+        if let Some(e) = lock(&self.conns).get_mut(&connection_id) {
+            e.instance_uids.retain(|u| u != instance_uid);
         }
     }
 
     pub fn remove(&self, connection_id: u64) {
-        self.conns
-            .lock()
-            .expect("table lock")
-            .remove(&connection_id);
+        lock(&self.conns).remove(&connection_id);
     }
 
-    /// Queues `push` on the connection if it is live and still held by `instance_uid`. A full
+    /// Queues `push` on the connection if it is live and `instance_uid` speaks on it. A full
     /// queue means the agent is not reading: the push is dropped (desired state is re-sent on the
     /// agent's next report anyway).
     pub fn deliver(&self, connection_id: u64, instance_uid: &[u8], push: Push) -> bool {
-        let conns = self.conns.lock().expect("table lock");
-        match conns.get(&connection_id) {
-            Some(e) if e.instance_uid == instance_uid => e.tx.try_send(push).is_ok(),
+        match lock(&self.conns).get(&connection_id) {
+            Some(e) if e.instance_uids.iter().any(|u| u == instance_uid) => {
+                e.tx.try_send(push).is_ok()
+            }
             _ => false,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.conns.lock().expect("table lock").len()
+        lock(&self.conns).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,6 +90,11 @@ mod tests {
         assert!(!table.deliver(1, b"b", vec![3]), "another agent's push");
         assert!(!table.deliver(2, b"a", vec![4]), "an older connection");
         assert_eq!(rx.recv().await, Some(vec![2]));
+        // A second agent on the same connection (a uid assigned mid-session): both reachable.
+        table.bind(1, b"b");
+        assert!(table.deliver(1, b"b", vec![6]) && table.deliver(1, b"a", vec![7]));
+        table.unbind(1, b"b");
+        assert!(!table.deliver(1, b"b", vec![8]));
         table.remove(1);
         assert!(!table.deliver(1, b"a", vec![5]));
         assert!(table.is_empty());

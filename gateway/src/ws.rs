@@ -1,6 +1,8 @@
 //! The WebSocket transport: the upgrade, and one session per agent connection. A session reads
 //! one message at a time and forwards it to the owner before reading the next, so an agent's
-//! messages reach its owner in order; pushes for the connection are written in between.
+//! messages reach its owner in order; pushes for the connection are written in between. A
+//! connection may carry several agents (a proxy, a uid assigned mid-session): all of them are
+//! recorded as disconnected when it closes.
 
 use crate::Gateway;
 use crate::guard::ConnInfo;
@@ -32,6 +34,8 @@ use tracing::{Instrument, debug, info_span};
 const PUSH_QUEUE: usize = 8;
 /// Messages over the rate limit in a row before the connection is closed.
 const RATE_STRIKES: u32 = 10;
+/// Agents (instance uids) one connection may speak for.
+pub(crate) const MAX_AGENTS_PER_CONNECTION: usize = 64;
 
 /// What to do after answering one message.
 pub(crate) enum Next {
@@ -99,7 +103,7 @@ impl Gateway {
             .header(CONNECTION, "Upgrade")
             .header(SEC_WEBSOCKET_ACCEPT, accept)
             .body(Default::default())
-            .expect("a 101 with valid headers")
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "upgrade failed"))
     }
 
     /// Small buffers: tungstenite's 128 KiB default read buffer alone would cost more per idle
@@ -135,7 +139,10 @@ impl Gateway {
         self.table.insert(origin.connection_id, tx);
         self.metrics.connections.inc();
         let (mut sink, mut stream) = ws.split();
-        let mut bound: Vec<u8> = Vec::new();
+        // The agents this connection has spoken for.
+        let mut bound: Vec<Vec<u8>> = Vec::new();
+        // A WebSocket may idle between heartbeats; only a message left half-sent is timed.
+        conn.activity.set_idle(None);
         let count = |dir| {
             self.metrics
                 .messages
@@ -154,8 +161,13 @@ impl Gateway {
                     self.count_rejected("first_message_timeout");
                     break Some(close_frame(CloseCode::Policy, "no OpAMP message in time"));
                 }
+                _ = conn.activity.expired() => {
+                    // A message begun and not finished: its bytes sit in memory until it is.
+                    self.count_rejected("slow_message");
+                    break Some(close_frame(CloseCode::Policy, "message not completed in time"));
+                }
                 Some(push) = pushes.recv() => push,
-                frame = stream.next() => match frame {
+                frame = stream.next() => match frame.inspect(|f| if f.is_ok() { conn.activity.settled() }) {
                     Some(Ok(Message::Binary(data))) => {
                         count("in");
                         if conn.limiter.check().is_err() {
@@ -216,8 +228,8 @@ impl Gateway {
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
         self.table.remove(origin.connection_id);
         self.metrics.connections.dec();
-        if !bound.is_empty() {
-            self.connection_closed(&bound, origin).await;
+        for uid in bound {
+            self.connection_closed(&uid, origin.clone()).await;
         }
     }
 
@@ -227,7 +239,7 @@ impl Gateway {
         data: &[u8],
         conn: &ConnInfo,
         origin: &flotilla_proto::bus::Origin,
-        bound: &mut Vec<u8>,
+        bound: &mut Vec<Vec<u8>>,
     ) -> Next {
         let payload = decode_ws_frame(data);
         let msg = match AgentToServer::decode(payload) {
@@ -244,25 +256,42 @@ impl Gateway {
         };
         if let Err(why) = conn.may_speak_for(self.cfg.identity, &msg.instance_uid) {
             self.count_rejected("identity");
+            self.refuse_certificate(conn);
             let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
             return Next::ReplyAndClose(reply, "certificate does not name this instance_uid");
         }
-        if msg.instance_uid != *bound {
+        let new_here = !bound.contains(&msg.instance_uid);
+        if new_here {
+            if bound.len() >= MAX_AGENTS_PER_CONNECTION {
+                self.count_rejected("too_many_agents");
+                let why = format!(
+                    "one connection may speak for at most {MAX_AGENTS_PER_CONNECTION} agents; \
+                     open another connection"
+                );
+                let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
+                return Next::Reply(reply);
+            }
             self.table.bind(origin.connection_id, &msg.instance_uid);
-            bound.clone_from(&msg.instance_uid);
+            bound.push(msg.instance_uid.clone());
         }
         match self.forward(payload, &msg.instance_uid, origin).await {
             Ok(reply) if reply.close_connection => {
                 self.count_rejected("identity");
-                // Not bound: the close must not be recorded as this agent's disconnect.
-                bound.clear();
+                self.refuse_certificate(conn);
+                // Not this connection's agent: its close must not be recorded as the agent's
+                // disconnect.
+                bound.retain(|u| *u != msg.instance_uid);
+                self.table.unbind(origin.connection_id, &msg.instance_uid);
                 Next::ReplyAndClose(reply.server_to_agent, "certificate not bound to this agent")
             }
             Ok(reply) => {
-                if !reply.new_instance_uid.is_empty() {
+                if !reply.new_instance_uid.is_empty()
+                    && !bound.contains(&reply.new_instance_uid)
+                    && bound.len() < MAX_AGENTS_PER_CONNECTION
+                {
                     self.table
                         .bind(origin.connection_id, &reply.new_instance_uid);
-                    bound.clone_from(&reply.new_instance_uid);
+                    bound.push(reply.new_instance_uid);
                 }
                 Next::Reply(reply.server_to_agent)
             }

@@ -178,14 +178,24 @@ pub struct NatsServer {
 
 impl NatsServer {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with_config(dir, "")
+    }
+
+    /// A server with `config` (nats-server configuration syntax, e.g. `max_payload: 65536`).
+    pub fn start_with_config(dir: &Path, config: &str) -> Self {
         require("nats-server");
         let port = free_port();
-        let args = vec![
+        let mut args = vec![
             "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
             port.to_string(),
         ];
+        if !config.is_empty() {
+            let file = dir.join("nats.conf");
+            std::fs::write(&file, config).expect("nats config file");
+            args.extend(["-c".into(), file.display().to_string()]);
+        }
         let proc = Proc::spawn(
             "nats-server",
             "nats-server",

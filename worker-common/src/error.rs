@@ -46,18 +46,17 @@ impl ErrorKind {
     }
 }
 
-/// An encoded ServerToAgent carrying only `error_response` (the spec forbids other fields beside
-/// it), with the agent's uid echoed and, for UNAVAILABLE, how long to wait.
-pub fn opamp_error_reply(
+/// A ServerToAgent carrying only `error_response` (the spec forbids other fields beside it), with
+/// the agent's uid echoed and, for UNAVAILABLE, how long to wait.
+pub fn opamp_error(
     instance_uid: Vec<u8>,
     kind: ErrorKind,
     message: String,
     retry_after: Option<std::time::Duration>,
-) -> Vec<u8> {
+) -> flotilla_proto::opamp::ServerToAgent {
     use flotilla_proto::opamp::{
         RetryInfo, ServerErrorResponse, ServerToAgent, server_error_response::Details,
     };
-    use prost::Message;
     ServerToAgent {
         instance_uid,
         error_response: Some(ServerErrorResponse {
@@ -65,11 +64,21 @@ pub fn opamp_error_reply(
             error_message: message,
             details: retry_after.map(|d| {
                 Details::RetryInfo(RetryInfo {
-                    retry_after_nanoseconds: d.as_nanos() as u64,
+                    retry_after_nanoseconds: u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
                 })
             }),
         }),
         ..Default::default()
     }
-    .encode_to_vec()
+}
+
+/// [`opamp_error`], encoded.
+pub fn opamp_error_reply(
+    instance_uid: Vec<u8>,
+    kind: ErrorKind,
+    message: String,
+    retry_after: Option<std::time::Duration>,
+) -> Vec<u8> {
+    use prost::Message;
+    opamp_error(instance_uid, kind, message, retry_after).encode_to_vec()
 }

@@ -33,3 +33,64 @@ pub fn new_traceparent() -> String {
     let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
     format!("00-{trace}-{span}-01")
 }
+
+/// Lets through at most [`LogLimiter::PER_WINDOW`] log lines per ten seconds on a hot error path
+/// (a misbehaving agent must not flood the logs), and says how many were held back since the
+/// last line that went out.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    state: std::sync::Mutex<LimiterState>,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    window_start: Option<std::time::Instant>,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub const PER_WINDOW: u32 = 10;
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Calls `log` with the number of lines held back before it, unless this window's lines are
+    /// spent (then it is counted as held back).
+    pub fn warn(&self, log: impl FnOnce(u64)) {
+        let suppressed = {
+            let mut s = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if s.window_start
+                .is_none_or(|t| now.duration_since(t) >= Self::WINDOW)
+            {
+                s.window_start = Some(now);
+                s.in_window = 0;
+            }
+            if s.in_window >= Self::PER_WINDOW {
+                s.suppressed += 1;
+                return;
+            }
+            s.in_window += 1;
+            std::mem::take(&mut s.suppressed)
+        };
+        log(suppressed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogLimiter;
+
+    #[test]
+    fn a_flood_of_lines_is_cut_to_a_few_that_count_the_rest() {
+        let limiter = LogLimiter::default();
+        let mut lines = Vec::new();
+        for _ in 0..1000 {
+            limiter.warn(|held_back| lines.push(held_back));
+        }
+        assert_eq!(lines.len(), LogLimiter::PER_WINDOW as usize);
+        assert!(lines.iter().all(|n| *n == 0), "nothing held back yet");
+    }
+}

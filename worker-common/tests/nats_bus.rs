@@ -88,3 +88,44 @@ async fn a_wrong_url_is_a_clear_error() {
         .unwrap_err();
     assert!(err.contains("cannot connect to NATS"), "{err}");
 }
+
+#[tokio::test]
+async fn a_message_over_the_servers_max_payload_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start_with_config(dir.path(), "max_payload: 65536");
+    let bus = NatsBus::connect(&nats.url(), "test").await.unwrap();
+    assert_eq!(bus.max_payload(), 65536, "read from the server");
+    let mut sub = bus.subscribe("big").await.unwrap();
+    tokio::spawn(async move {
+        while let Some(inc) = sub.next().await {
+            inc.reply.unwrap().send("ok".into()).await.unwrap();
+        }
+    });
+    let fits = BusMessage::new("big", vec![0u8; 60_000]).with_header("h", "v");
+    assert_eq!(bus.request(fits, T).await.unwrap().as_ref(), b"ok");
+    let started = std::time::Instant::now();
+    let too_big = BusMessage::new("big", vec![0u8; 70_000]);
+    let err = flotilla_common::bus::request_with_retry(&bus, too_big, T, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BusError::TooLarge {
+                size: 70_000,
+                max: 65536,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "not retried"
+    );
+    assert!(
+        bus.publish(BusMessage::new("big", vec![0u8; 70_000]))
+            .await
+            .is_err()
+    );
+}

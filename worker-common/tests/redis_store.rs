@@ -8,6 +8,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
 
+fn audit_of(c: &StoredConfig) -> flotilla_common::store::AuditEntry {
+    flotilla_common::store::AuditEntry {
+        id: String::new(),
+        at_unix_ms: flotilla_common::telemetry::now_unix_ms(),
+        caller: "test".into(),
+        action: "config.put".into(),
+        object: format!("config/{}", c.name),
+        before: None,
+        after: Some(serde_json::json!({"version": c.version})),
+    }
+}
+
 fn record(uid: Uuid, seq: u64) -> AgentRecord {
     AgentRecord {
         instance_uid: uid.as_bytes().to_vec(),
@@ -36,7 +48,7 @@ async fn a_taken_over_shard_fences_its_former_owner() {
         "held by a"
     );
     store
-        .save_agent(a, &record(uid, 1), Deadline::Arm(1000))
+        .save_agent(a, &record(uid, 1), Deadline::Arm(1000), None)
         .await
         .unwrap();
     assert_eq!(store.renew(&[a], "a", ttl).await.unwrap(), vec![true]);
@@ -52,17 +64,61 @@ async fn a_taken_over_shard_fences_its_former_owner() {
     assert!(b.epoch > a.epoch);
     assert_eq!(store.renew(&[a], "a", ttl).await.unwrap(), vec![false]);
 
-    // Every write of a's is refused from now on; b's go through.
-    let stale = store.save_agent(a, &record(uid, 99), Deadline::Clear).await;
+    // Every write of a's is refused from now on, its audit entry with it; b's go through.
+    let change = |caller: &str| flotilla_common::store::AuditEntry {
+        id: String::new(),
+        at_unix_ms: flotilla_common::telemetry::now_unix_ms(),
+        caller: caller.into(),
+        action: "labels.set".into(),
+        object: format!("agent/{uid}"),
+        before: None,
+        after: None,
+    };
+    let stale = store
+        .save_agent(a, &record(uid, 99), Deadline::Clear, Some(&change("a")))
+        .await;
     assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
     let claim = store.claim_due(a, 5000, 1000).await;
     assert!(matches!(claim, Err(StoreError::Fenced { .. })), "{claim:?}");
+    let gone = store.delete_agent(a, uid, Some(&change("a"))).await;
+    assert!(matches!(gone, Err(StoreError::Fenced { .. })), "{gone:?}");
     assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 1);
     store
-        .save_agent(b, &record(uid, 2), Deadline::Keep)
+        .save_agent(b, &record(uid, 2), Deadline::Keep, Some(&change("b")))
         .await
         .unwrap();
     assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 2);
+    let all = flotilla_common::store::AuditQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let callers: Vec<String> = store
+        .query_audit(&all)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.caller)
+        .collect();
+    assert_eq!(callers, ["b"], "only the write that happened is on record");
+    assert!(
+        store
+            .delete_agent(b, uid, Some(&change("b")))
+            .await
+            .unwrap()
+    );
+    assert!(store.get_agent(uid).await.unwrap().is_none());
+    assert!(
+        !store.delete_agent(b, uid, None).await.unwrap(),
+        "already gone"
+    );
+    assert_eq!(store.query_audit(&all).await.unwrap().entries.len(), 2);
+    let mut left = 0;
+    store
+        .visit_agents(&|_| true, &mut |_| left += 1)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "no longer in its shard's index");
 
     // Release is compare-and-delete: a cannot release b's lease; b can, and the shard is free.
     assert!(!store.release(a, "a").await.unwrap());
@@ -87,7 +143,7 @@ async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
         .unwrap()
         .unwrap();
     store
-        .save_agent(f, &record(uid, 1), Deadline::Arm(100))
+        .save_agent(f, &record(uid, 1), Deadline::Arm(100), None)
         .await
         .unwrap();
     assert!(store.claim_due(f, 99, 1000).await.unwrap().is_empty());
@@ -102,7 +158,7 @@ async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
         "claimer died"
     );
     store
-        .save_agent(f, &record(uid, 2), Deadline::Clear)
+        .save_agent(f, &record(uid, 2), Deadline::Clear, None)
         .await
         .unwrap();
     assert!(
@@ -142,7 +198,7 @@ async fn membership_visits_configs_and_a_restart_of_redis() {
             e.insert(f.expect("free shard"));
         }
         store
-            .save_agent(fences[&shard], &record(*uid, 7), Deadline::Keep)
+            .save_agent(fences[&shard], &record(*uid, 7), Deadline::Keep, None)
             .await
             .unwrap();
     }
@@ -159,15 +215,30 @@ async fn membership_visits_configs_and_a_restart_of_redis() {
         comment: String::new(),
     };
     assert_eq!(
-        store.put_config(draft.clone(), true).await.unwrap().version,
+        store
+            .put_config(draft.clone(), true, &audit_of)
+            .await
+            .unwrap()
+            .version,
         1
     );
     assert_eq!(
-        store.put_config(draft.clone(), true).await.unwrap().version,
+        store
+            .put_config(draft.clone(), true, &audit_of)
+            .await
+            .unwrap()
+            .version,
         2
     );
     // A staged version is kept but not active until activated.
-    assert_eq!(store.put_config(draft, false).await.unwrap().version, 3);
+    assert_eq!(
+        store
+            .put_config(draft, false, &audit_of)
+            .await
+            .unwrap()
+            .version,
+        3
+    );
 
     // Redis restarts (with its append-only file): the same connection carries on.
     redis.restart();
@@ -220,31 +291,10 @@ async fn documents_compare_and_set_and_the_audit_log_is_queried_by_time_and_obje
     use flotilla_common::store::{AuditEntry, AuditQuery};
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let store = RedisStore::connect(&redis.url(), "t").await.unwrap();
-    assert!(
-        store
-            .put_doc("rollouts", "r1", 0, "{\"a\":1}")
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .put_doc("rollouts", "r1", 0, "{\"a\":2}")
-            .await
-            .unwrap(),
-        "stale"
-    );
-    assert!(
-        store
-            .put_doc("rollouts", "r1", 1, "{\"a\":3}")
-            .await
-            .unwrap()
-    );
-    let doc = store.get_doc("rollouts", "r1").await.unwrap().unwrap();
-    assert_eq!((doc.revision, doc.json.as_str()), (2, "{\"a\":3}"));
-    assert_eq!(store.list_docs("rollouts").await.unwrap(), vec![doc]);
-    assert!(store.list_docs("other").await.unwrap().is_empty());
-
+    let store = RedisStore::connect(&redis.url(), "t")
+        .await
+        .unwrap()
+        .with_audit_retention(Duration::from_secs(3600));
     let entry = |at: u64, object: &str| AuditEntry {
         id: String::new(),
         at_unix_ms: at,
@@ -254,14 +304,43 @@ async fn documents_compare_and_set_and_the_audit_log_is_queried_by_time_and_obje
         before: None,
         after: Some(serde_json::json!({"v": at})),
     };
-    let keep = Duration::from_secs(3600);
+    assert!(
+        store
+            .put_doc("rollouts", "r1", 0, "{\"a\":1}", None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_doc(
+                "rollouts",
+                "r1",
+                0,
+                "{\"a\":2}",
+                Some(&entry(1, "rollout/r1"))
+            )
+            .await
+            .unwrap(),
+        "stale"
+    );
+    assert!(
+        store
+            .put_doc("rollouts", "r1", 1, "{\"a\":3}", None)
+            .await
+            .unwrap()
+    );
+    let doc = store.get_doc("rollouts", "r1").await.unwrap().unwrap();
+    assert_eq!((doc.revision, doc.json.as_str()), (2, "{\"a\":3}"));
+    assert_eq!(store.list_docs("rollouts").await.unwrap(), vec![doc]);
+    assert!(store.list_docs("other").await.unwrap().is_empty());
+
     let now = flotilla_common::telemetry::now_unix_ms();
     for (i, obj) in ["config/a", "config/b", "agent/x", "config/a"]
         .iter()
         .enumerate()
     {
         store
-            .append_audit(entry(now + i as u64, obj), keep)
+            .append_audit(entry(now + i as u64, obj))
             .await
             .unwrap();
     }
@@ -270,8 +349,13 @@ async fn documents_compare_and_set_and_the_audit_log_is_queried_by_time_and_obje
         since_unix_ms: since,
         until_unix_ms: None,
         limit: 10,
+        max_bytes: 0,
     };
-    let got = store.query_audit(&q(Some("config/a"), None)).await.unwrap();
+    let got = store
+        .query_audit(&q(Some("config/a"), None))
+        .await
+        .unwrap()
+        .entries;
     assert_eq!(
         got.iter().map(|e| e.at_unix_ms).collect::<Vec<_>>(),
         [now + 3, now]
@@ -281,6 +365,7 @@ async fn documents_compare_and_set_and_the_audit_log_is_queried_by_time_and_obje
             .query_audit(&q(Some("config"), None))
             .await
             .unwrap()
+            .entries
             .len(),
         3
     );
@@ -289,6 +374,7 @@ async fn documents_compare_and_set_and_the_audit_log_is_queried_by_time_and_obje
             .query_audit(&q(None, Some(now + 2)))
             .await
             .unwrap()
+            .entries
             .len(),
         2
     );
@@ -297,6 +383,7 @@ async fn documents_compare_and_set_and_the_audit_log_is_queried_by_time_and_obje
             .query_audit(&q(Some("conf"), None))
             .await
             .unwrap()
+            .entries
             .is_empty()
     );
 }

@@ -44,8 +44,18 @@ pub struct Cluster {
 impl Cluster {
     /// `extra`: flags for every flotilla process (e.g. `--heartbeat-interval 2s`).
     pub async fn start(coordinators: usize, gateways: usize, extra: &[&str]) -> Self {
+        Self::start_with_nats(coordinators, gateways, extra, "").await
+    }
+
+    /// [`Cluster::start`] with a NATS server configured by `nats_config` (e.g. `max_payload: 65536`).
+    pub async fn start_with_nats(
+        coordinators: usize,
+        gateways: usize,
+        extra: &[&str],
+        nats_config: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let nats = NatsServer::start(dir.path());
+        let nats = NatsServer::start_with_config(dir.path(), nats_config);
         let redis = RedisServer::start(dir.path());
         let mut c = Self {
             dir,

@@ -22,6 +22,12 @@ pub enum BusError {
     Timeout(String),
     #[error("subscriber of {0} is overloaded")]
     Overloaded(String),
+    #[error("a {size}-byte message on {subject} is larger than the {max} bytes the bus carries")]
+    TooLarge {
+        subject: String,
+        size: usize,
+        max: usize,
+    },
     #[error("bus closed")]
     Closed,
 }

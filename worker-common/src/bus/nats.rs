@@ -43,6 +43,32 @@ impl NatsBus {
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
+
+    /// The largest message (payload and headers) the NATS server accepts: its `max_payload`.
+    pub fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
+
+    /// Refuses at once what the server would refuse (and the caller would otherwise retry until
+    /// its deadline).
+    fn check_size(&self, msg: &BusMessage) -> Result<(), BusError> {
+        let headers: usize = msg
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>()
+            + if msg.headers.is_empty() { 0 } else { 12 };
+        let size = msg.payload.len() + headers;
+        let max = self.max_payload();
+        if size > max {
+            return Err(BusError::TooLarge {
+                subject: msg.subject.clone(),
+                size,
+                max,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn headers_of(msg: &BusMessage) -> async_nats::HeaderMap {
@@ -82,6 +108,7 @@ pub(super) fn incoming(client: &async_nats::Client, m: async_nats::Message) -> I
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
+        self.check_size(&msg)?;
         let headers = headers_of(&msg);
         self.client
             .publish_with_headers(msg.subject, headers, msg.payload)
@@ -90,6 +117,7 @@ impl Bus for NatsBus {
     }
 
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<Bytes, BusError> {
+        self.check_size(&msg)?;
         let request = async_nats::Request::new()
             .headers(headers_of(&msg))
             .payload(msg.payload)

@@ -9,6 +9,34 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
+/// File descriptors this process may hold (the soft RLIMIT_NOFILE), if known.
+pub fn open_file_limit() -> Option<u64> {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// Raises the soft open-file limit to the hard one, as servers holding many connections do;
+/// returns the limit now in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
+/// The connection cap when none is configured: what the open-file limit allows, less a tenth
+/// (at least 256) for the process's own files (listeners, NATS, Redis, data files, API clients).
+pub fn default_max_connections() -> usize {
+    match open_file_limit() {
+        Some(n) => {
+            usize::try_from(n.saturating_sub((n / 10).max(256)).max(64)).unwrap_or(usize::MAX)
+        }
+        None => 100_000,
+    }
+}
+
+/// The heartbeat intervals the server offers agents (its own default and configs' settings).
+pub const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -81,7 +109,8 @@ pub struct ServeArgs {
     /// File of bearer tokens agents must present (one per line; `#` starts a comment).
     #[arg(long, env = "FLOTILLA_AGENT_TOKENS")]
     pub agent_tokens: Option<PathBuf>,
-    /// Open agent connections one gateway holds before answering 503 [default: 100000].
+    /// Open agent connections one gateway holds before answering 503 [default: what the
+    /// process's open-file limit allows, less room for its own files].
     #[arg(long, env = "FLOTILLA_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Agent connections are closed after this age (plus up to 10% jitter) so that rotated
@@ -91,10 +120,14 @@ pub struct ServeArgs {
     /// Messages per second one agent connection may send (bursts of 5x) [default: 10].
     #[arg(long, env = "FLOTILLA_AGENT_MESSAGE_RATE")]
     pub agent_message_rate: Option<u32>,
-    /// Time allowed for a TLS handshake, the request headers, a request body and a WebSocket's
-    /// first message [default: 10s].
+    /// Time allowed for a TLS handshake, the request headers, a request body, a WebSocket's
+    /// first message and any WebSocket message once it has begun to arrive [default: 10s].
     #[arg(long, env = "FLOTILLA_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Option<Duration>,
+    /// Bytes of agent messages being received at once, over all of a gateway's connections;
+    /// a connection whose message would pass it is closed [default: 268435456].
+    #[arg(long, env = "FLOTILLA_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<u64>,
     /// PEM CA certificate the coordinator signs agents' certificates with (CSR flow, offers).
     #[arg(long, env = "FLOTILLA_SIGNING_CA_CERT")]
     pub signing_ca_cert: Option<PathBuf>,
@@ -117,12 +150,29 @@ pub struct ServeArgs {
     /// Heartbeat interval offered to agents; silence is 3 intervals without a message [default: 30s].
     #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Option<Duration>,
-    /// Largest OpAMP message accepted, after decompression, in bytes [default: 67108864].
+    /// Largest OpAMP message accepted, after decompression, in bytes; in a cluster also no more
+    /// than the NATS server's max_payload allows [default: 4194304].
     #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
     /// How long audit log entries are kept [default: 90days].
     #[arg(long, env = "FLOTILLA_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
     pub audit_retention: Option<Duration>,
+    /// Agents disconnected (or silent) for longer than this are removed [default: 30days].
+    #[arg(long, env = "FLOTILLA_AGENT_RETENTION", value_parser = humantime::parse_duration)]
+    pub agent_retention: Option<Duration>,
+    /// Largest effective config an agent may report, in bytes (all files) [default: 1048576].
+    #[arg(long, env = "FLOTILLA_MAX_EFFECTIVE_CONFIG_SIZE")]
+    pub max_effective_config_size: Option<usize>,
+    /// Most components in an agent's health tree [default: 1000].
+    #[arg(long, env = "FLOTILLA_MAX_HEALTH_COMPONENTS")]
+    pub max_health_components: Option<usize>,
+    /// Most attributes (identifying and non-identifying) in an agent's description [default: 200].
+    #[arg(long, env = "FLOTILLA_MAX_ATTRIBUTES")]
+    pub max_attributes: Option<usize>,
+    /// Largest record the server keeps of one agent (everything it reported), in bytes
+    /// [default: 4194304].
+    #[arg(long, env = "FLOTILLA_MAX_AGENT_RECORD_SIZE")]
+    pub max_agent_record_size: Option<usize>,
     /// A regular expression (case-insensitive) for key names whose values are hidden in the
     /// effective configs the API shows; repeatable, replaces the built-in list (password, secret,
     /// token, api_key, authorization, credential, private_key, bearer, access_key, passphrase).
@@ -162,6 +212,7 @@ struct FileConfig {
     agent_message_rate: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     handshake_timeout: Option<Duration>,
+    max_inflight_bytes: Option<u64>,
     signing_ca_cert: Option<PathBuf>,
     signing_ca_key: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
@@ -176,6 +227,12 @@ struct FileConfig {
     lease_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     audit_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    agent_retention: Option<Duration>,
+    max_effective_config_size: Option<usize>,
+    max_health_components: Option<usize>,
+    max_attributes: Option<usize>,
+    max_agent_record_size: Option<usize>,
     #[serde(default)]
     redact_patterns: Vec<String>,
 }
@@ -246,6 +303,103 @@ pub struct AgentLimits {
     pub max_connection_age: Option<Duration>,
     pub message_rate: u32,
     pub handshake_timeout: Duration,
+    pub max_inflight_bytes: u64,
+}
+
+/// What one agent's record may hold. A report beyond a limit is refused (BAD_REQUEST naming the
+/// limit) and nothing of it is stored: one agent must not be able to grow the server's memory,
+/// store or API answers without bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordLimits {
+    /// Bytes of all the files of a reported effective config (names and bodies).
+    pub max_effective_config_bytes: usize,
+    /// Components in a health tree, counting every level.
+    pub max_health_components: usize,
+    /// Identifying plus non-identifying attributes.
+    pub max_attributes: usize,
+    /// The encoded record, everything reported included.
+    pub max_record_bytes: usize,
+}
+
+impl Default for RecordLimits {
+    fn default() -> Self {
+        Self {
+            max_effective_config_bytes: 1 << 20,
+            max_health_components: 1000,
+            max_attributes: 200,
+            max_record_bytes: 4 << 20,
+        }
+    }
+}
+
+impl RecordLimits {
+    /// Checks what one message reports; Err names the limit it passes.
+    pub fn check_message(&self, msg: &flotilla_proto::opamp::AgentToServer) -> Result<(), String> {
+        if let Some(map) = msg
+            .effective_config
+            .as_ref()
+            .and_then(|e| e.config_map.as_ref())
+        {
+            let bytes: usize = map
+                .config_map
+                .iter()
+                .map(|(name, f)| name.len() + f.body.len())
+                .sum();
+            if bytes > self.max_effective_config_bytes {
+                return Err(format!(
+                    "the effective config has {bytes} bytes; this server keeps at most {} \
+                     (--max-effective-config-size)",
+                    self.max_effective_config_bytes
+                ));
+            }
+        }
+        if let Some(h) = &msg.health {
+            let limit = self.max_health_components;
+            if count_components(h, limit) > limit {
+                return Err(format!(
+                    "the health report has more than {limit} components \
+                     (--max-health-components)"
+                ));
+            }
+        }
+        if let Some(d) = &msg.agent_description {
+            let n = d.identifying_attributes.len() + d.non_identifying_attributes.len();
+            if n > self.max_attributes {
+                return Err(format!(
+                    "the agent description has {n} attributes; this server keeps at most {} \
+                     (--max-attributes)",
+                    self.max_attributes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a record after a message was merged into it.
+    pub fn check_record(&self, rec: &flotilla_proto::bus::AgentRecord) -> Result<(), String> {
+        use prost::Message;
+        let bytes = rec.encoded_len();
+        if bytes > self.max_record_bytes {
+            return Err(format!(
+                "everything this agent reported comes to {bytes} bytes; this server keeps at \
+                 most {} per agent (--max-agent-record-size)",
+                self.max_record_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Components in a health tree (the root included), counting no further than past `limit`.
+fn count_components(h: &flotilla_proto::opamp::ComponentHealth, limit: usize) -> usize {
+    let mut n = 1;
+    for child in h.component_health_map.values() {
+        if n > limit {
+            break;
+        }
+        n += count_components(child, limit);
+    }
+    n
 }
 
 /// The effective configuration of one `flotilla serve` process.
@@ -273,6 +427,8 @@ pub struct ServeConfig {
     pub max_message_size: usize,
     pub lease_ttl: Duration,
     pub audit_retention: Duration,
+    pub agent_retention: Duration,
+    pub record_limits: RecordLimits,
     /// Empty: the built-in patterns.
     pub redact_patterns: Vec<String>,
 }
@@ -329,7 +485,10 @@ impl ServeConfig {
             agent_identity: AgentIdentity::None, // decided below, once mTLS is known
             agent_tokens: a.agent_tokens.or(f.agent_tokens),
             limits: AgentLimits {
-                max_connections: a.max_connections.or(f.max_connections).unwrap_or(100_000),
+                max_connections: a
+                    .max_connections
+                    .or(f.max_connections)
+                    .unwrap_or_else(default_max_connections),
                 max_connection_age: Some(
                     a.max_connection_age
                         .or(f.max_connection_age)
@@ -341,6 +500,10 @@ impl ServeConfig {
                     .handshake_timeout
                     .or(f.handshake_timeout)
                     .unwrap_or(Duration::from_secs(10)),
+                max_inflight_bytes: a
+                    .max_inflight_bytes
+                    .or(f.max_inflight_bytes)
+                    .unwrap_or(256 << 20),
             },
             signing_ca: match (
                 a.signing_ca_cert.or(f.signing_ca_cert),
@@ -375,14 +538,36 @@ impl ServeConfig {
                 .heartbeat_interval
                 .or(f.heartbeat_interval)
                 .unwrap_or(Duration::from_secs(30)),
-            max_message_size: a
-                .max_message_size
-                .or(f.max_message_size)
-                .unwrap_or(64 << 20),
+            max_message_size: a.max_message_size.or(f.max_message_size).unwrap_or(4 << 20),
             audit_retention: a
                 .audit_retention
                 .or(f.audit_retention)
                 .unwrap_or(Duration::from_secs(90 * 24 * 3600)),
+            agent_retention: a
+                .agent_retention
+                .or(f.agent_retention)
+                .unwrap_or(Duration::from_secs(30 * 24 * 3600)),
+            record_limits: {
+                let d = RecordLimits::default();
+                RecordLimits {
+                    max_effective_config_bytes: a
+                        .max_effective_config_size
+                        .or(f.max_effective_config_size)
+                        .unwrap_or(d.max_effective_config_bytes),
+                    max_health_components: a
+                        .max_health_components
+                        .or(f.max_health_components)
+                        .unwrap_or(d.max_health_components),
+                    max_attributes: a
+                        .max_attributes
+                        .or(f.max_attributes)
+                        .unwrap_or(d.max_attributes),
+                    max_record_bytes: a
+                        .max_agent_record_size
+                        .or(f.max_agent_record_size)
+                        .unwrap_or(d.max_record_bytes),
+                }
+            },
             redact_patterns: if a.redact_patterns.is_empty() {
                 f.redact_patterns
             } else {
@@ -427,14 +612,29 @@ impl ServeConfig {
                 ));
             }
         }
-        if self.heartbeat_interval < Duration::from_secs(1) {
-            return invalid("--heartbeat-interval must be at least 1s".into());
+        if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&self.heartbeat_interval) {
+            return invalid("--heartbeat-interval must be from 1s to 1day".into());
+        }
+        if self.agent_retention < Duration::from_secs(1) {
+            return invalid("--agent-retention must be at least 1s".into());
+        }
+        let l = &self.record_limits;
+        if l.max_health_components == 0 || l.max_attributes == 0 {
+            return invalid("--max-health-components and --max-attributes must be positive".into());
+        }
+        if l.max_record_bytes < l.max_effective_config_bytes {
+            return invalid(
+                "--max-agent-record-size must be at least --max-effective-config-size".into(),
+            );
         }
         if self.audit_retention < Duration::from_secs(60) {
             return invalid("--audit-retention must be at least 1m".into());
         }
         if self.max_message_size < 1024 {
             return invalid("--max-message-size must be at least 1024 bytes".into());
+        }
+        if self.limits.max_inflight_bytes < self.max_message_size as u64 {
+            return invalid("--max-inflight-bytes must be at least --max-message-size".into());
         }
         if self.limits.max_connections == 0 || self.limits.message_rate == 0 {
             return invalid("--max-connections and --agent-message-rate must be positive".into());

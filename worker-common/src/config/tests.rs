@@ -177,3 +177,69 @@ fn security_settings_read_from_the_file() {
     assert!(c.tls.unwrap().allow_tls12);
     assert_eq!(c.limits.max_connection_age, None);
 }
+
+#[test]
+fn the_default_connection_cap_leaves_room_under_the_open_file_limit() {
+    let c = ServeConfig::load(ServeArgs::default()).unwrap();
+    let files = super::open_file_limit().expect("readable on Linux");
+    let cap = c.limits.max_connections as u64;
+    assert!(cap < files, "cap {cap} >= open-file limit {files}");
+    assert!(
+        files - cap >= 256.min(files - 64),
+        "room for the process's own files"
+    );
+}
+
+#[test]
+fn hardening_limits_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.toml");
+    std::fs::write(
+        &path,
+        "agent-retention = \"7d\"\nmax-effective-config-size = 2048\nmax-health-components = 50\n\
+         max-attributes = 20\nmax-agent-record-size = 65536\nmax-inflight-bytes = 33554432\n",
+    )
+    .unwrap();
+    let c = ServeConfig::load(ServeArgs {
+        config: Some(path),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.agent_retention, Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        c.record_limits,
+        super::RecordLimits {
+            max_effective_config_bytes: 2048,
+            max_health_components: 50,
+            max_attributes: 20,
+            max_record_bytes: 65536,
+        }
+    );
+    assert_eq!(c.limits.max_inflight_bytes, 32 << 20);
+    for (args, why) in [
+        (
+            ServeArgs {
+                heartbeat_interval: Some(Duration::from_secs(2 * 86_400)),
+                ..Default::default()
+            },
+            "from 1s to 1day",
+        ),
+        (
+            ServeArgs {
+                max_inflight_bytes: Some(1024),
+                ..Default::default()
+            },
+            "--max-inflight-bytes",
+        ),
+        (
+            ServeArgs {
+                max_agent_record_size: Some(10),
+                ..Default::default()
+            },
+            "--max-agent-record-size",
+        ),
+    ] {
+        let err = ServeConfig::load(args).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+}

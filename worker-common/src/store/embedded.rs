@@ -1,23 +1,32 @@
 //! Agent records live in memory and are written behind to a redb file about once a second: a
 //! heartbeat from each of tens of thousands of agents must not cost an fsync each. A crash loses at
 //! most that second of agent reports, which agents resend anyway (the next sequence gap asks them for
-//! full state). Configs, documents and the audit log are written through, durably, before the API
+//! full state). Everything an admin changes (configs, documents, labels, certificates, restarts,
+//! deletions) is written through, with its audit entry in the same transaction, before the API
 //! answers.
+//!
+//! A failed write (a full disk) closes the database; the next write reopens it, so the store
+//! recovers by itself once space returns. Agent records that could not be written stay queued
+//! until they are, and [`Store::health`] says the store is failing meanwhile.
 //!
 //! One process owns every shard for good, so fences always hold here; epochs matter only where
 //! owners can change ([`super::RedisStore`]).
 
 use super::{
-    AuditEntry, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store, StoreError, StoredConfig,
+    AuditEntry, AuditOf, AuditPage, AuditQuery, DEFAULT_AUDIT_RETENTION, Deadline, Doc, Fence,
+    ShardFilter, Store, StoreError, StoredConfig,
 };
 use crate::names::{SHARD_COUNT, shard_of};
 use async_trait::async_trait;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -33,15 +42,36 @@ const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
 /// Key: (unix ms, sequence), value: JSON of AuditEntry.
 const AUDIT: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("audit");
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    /// The open database; None once a write failed, until the next write reopens it.
+    db: Mutex<Option<Arc<Database>>>,
+    /// Held by every write to the file, so a write-behind flush of older records can never land
+    /// after a newer record written through.
+    writing: Mutex<()>,
     agents: Mutex<HashMap<Uuid, AgentRecord>>,
     dirty: Mutex<HashSet<Uuid>>,
     deadlines: Mutex<Deadlines>,
     configs: Mutex<Configs>,
     docs: Mutex<BTreeMap<String, (u64, String)>>,
     audit_seq: Mutex<u64>,
+    audit_retention: Duration,
+    /// Why the last write failed, while no write has succeeded since.
+    failing: Mutex<Option<String>>,
+    metrics: StoreMetrics,
+}
+
+/// `flotilla_store_*`: what an operator watches when the data directory is in trouble.
+#[derive(Debug, Clone, Default)]
+struct StoreMetrics {
+    write_errors: Counter,
+    unwritten_agents: Gauge,
 }
 
 #[derive(Debug, Default)]
@@ -83,16 +113,47 @@ impl Deadlines {
             shard.remove(&(old, uid));
         }
     }
+
+    fn apply(&mut self, uid: Uuid, deadline: Deadline) {
+        match deadline {
+            Deadline::Arm(at) => self.set(uid, Some(at)),
+            Deadline::Clear => self.set(uid, None),
+            Deadline::Keep => {}
+        }
+    }
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind, still consistent for
+    // readers: carry on rather than poison every later caller.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The audit row of `entry` with sequence number `seq`, and the id the entry gets.
+fn audit_row(entry: &AuditEntry, seq: u64) -> Result<(String, Vec<u8>), StoreError> {
+    let mut entry = entry.clone();
+    entry.id = format!("{}-{seq}", entry.at_unix_ms);
+    let json = serde_json::to_vec(&entry).map_err(io)?;
+    Ok((entry.id, json))
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) `dir/flotilla.redb`. Agents loaded from a previous run are marked
     /// disconnected: this process holds none of their connections.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, DEFAULT_AUDIT_RETENTION)
+    }
+
+    /// [`EmbeddedStore::open`], forgetting audit entries older than `audit_retention`.
+    pub fn open_with(dir: &Path, audit_retention: Duration) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("flotilla.redb");
@@ -112,18 +173,15 @@ impl EmbeddedStore {
         let read = db.begin_read().map_err(io)?;
         for row in read.open_table(AGENTS).map_err(io)?.iter().map_err(io)? {
             let (k, v) = row.map_err(io)?;
-            let uid =
-                Uuid::from_slice(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let mut rec =
-                AgentRecord::decode(v.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let uid = Uuid::from_slice(k.value()).map_err(corrupt)?;
+            let mut rec = AgentRecord::decode(v.value()).map_err(corrupt)?;
             rec.status = AgentStatus::Disconnected as i32;
             rec.origin = None;
             agents.insert(uid, rec);
         }
         for row in read.open_table(CONFIGS).map_err(io)?.iter().map_err(io)? {
             let (_, v) = row.map_err(io)?;
-            let cfg: StoredConfig = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let cfg: StoredConfig = serde_json::from_slice(v.value()).map_err(corrupt)?;
             // Keys sort by name then version: versions arrive oldest first.
             configs
                 .versions
@@ -144,9 +202,8 @@ impl EmbeddedStore {
             let (rev, json) = v.value().split_at_checked(8).ok_or_else(|| {
                 StoreError::Corrupt(format!("document {:?} is too short", k.value()))
             })?;
-            let rev = u64::from_be_bytes(rev.try_into().expect("8 bytes"));
-            let json =
-                String::from_utf8(json.to_vec()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let rev = u64::from_be_bytes(rev.try_into().map_err(corrupt)?);
+            let json = String::from_utf8(json.to_vec()).map_err(corrupt)?;
             docs.insert(k.value().to_owned(), (rev, json));
         }
         // Sequence numbers go on from the newest entry so keys stay unique across restarts.
@@ -156,59 +213,50 @@ impl EmbeddedStore {
         };
         drop(read);
         Ok(Self {
-            db: Arc::new(db),
-            agents: Mutex::new(agents),
-            dirty: Mutex::new(HashSet::new()),
-            deadlines: Mutex::new(Deadlines::new()),
-            configs: Mutex::new(configs),
-            docs: Mutex::new(docs),
-            audit_seq: Mutex::new(audit_seq),
+            inner: Arc::new(Inner {
+                path,
+                db: Mutex::new(Some(Arc::new(db))),
+                writing: Mutex::new(()),
+                agents: Mutex::new(agents),
+                dirty: Mutex::new(HashSet::new()),
+                deadlines: Mutex::new(Deadlines::new()),
+                configs: Mutex::new(configs),
+                docs: Mutex::new(docs),
+                audit_seq: Mutex::new(audit_seq),
+                audit_retention,
+                failing: Mutex::new(None),
+                metrics: StoreMetrics::default(),
+            }),
         })
     }
 
-    /// Runs one write transaction to completion (durable when this returns).
-    fn write(
-        &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
-        f(&txn).map_err(io)?;
-        txn.commit().map_err(io)
+    /// Registers `flotilla_store_write_errors` and `flotilla_store_unwritten_agents`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("flotilla_store");
+        let m = &self.inner.metrics;
+        r.register(
+            "write_errors",
+            "Writes to the data directory that failed (a full disk, an I/O error)",
+            m.write_errors.clone(),
+        );
+        r.register(
+            "unwritten_agents",
+            "Agent records changed in memory and not yet written to the data directory",
+            m.unwritten_agents.clone(),
+        );
     }
 
-    /// Writes every agent record changed since the last flush.
+    /// Writes every agent record changed since the last flush; those that could not be written
+    /// stay queued for the next one.
     pub async fn flush(&self) -> Result<usize, StoreError> {
-        let uids: Vec<Uuid> = self.dirty.lock().expect("store lock").drain().collect();
-        if uids.is_empty() {
-            return Ok(0);
-        }
-        let rows: Vec<(Uuid, Vec<u8>)> = {
-            let agents = self.agents.lock().expect("store lock");
-            uids.iter()
-                .filter_map(|u| agents.get(u).map(|r| (*u, r.encode_to_vec())))
-                .collect()
-        };
-        let db = self.db.clone();
-        let n = rows.len();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            let txn = db.begin_write().map_err(io)?;
-            {
-                let mut table = txn.open_table(AGENTS).map_err(io)?;
-                for (uid, bytes) in &rows {
-                    table
-                        .insert(uid.as_bytes().as_slice(), bytes.as_slice())
-                        .map_err(io)?;
-                }
-            }
-            txn.commit().map_err(io)
-        })
-        .await
-        .map_err(io)??;
-        Ok(n)
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.flush())
+            .await
+            .map_err(io)?
     }
 
     /// Flushes about once a second until `cancel`, then a last time.
-    pub async fn run_flusher(self: Arc<Self>, cancel: CancellationToken) {
+    pub async fn run_flusher(self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -221,15 +269,139 @@ impl EmbeddedStore {
         }
         match self.flush().await {
             Ok(n) => tracing::debug!(records = n, "final agent flush"),
-            Err(e) => tracing::error!(error = %e, "final agent flush failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "final agent flush failed; agent reports since the last flush are lost")
+            }
         }
+    }
+}
+
+impl Inner {
+    /// The database for a write, reopened if a failed write closed it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let mut slot = lock(&self.db);
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Database::create(&self.path)
+            .map_err(|e| StoreError::Io(format!("cannot reopen {}: {e}", self.path.display())))?;
+        let db = Arc::new(db);
+        *slot = Some(db.clone());
+        tracing::info!(path = %self.path.display(), "data directory reopened");
+        Ok(db)
+    }
+
+    /// Runs one write transaction to completion: durable when this returns Ok. A failure closes
+    /// the database (redb asks to reopen after an I/O error) and marks the store failing.
+    fn commit(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let _writing = lock(&self.writing);
+        let result = self.db().and_then(|db| {
+            let txn = db.begin_write().map_err(io)?;
+            f(&txn).map_err(io)?;
+            txn.commit().map_err(io)
+        });
+        match &result {
+            Ok(()) => {
+                if lock(&self.failing).take().is_some() {
+                    tracing::info!("writes to the data directory succeed again");
+                }
+            }
+            Err(e) => {
+                *lock(&self.db) = None;
+                self.metrics.write_errors.inc();
+                let why = format!("cannot write to {}: {e}", self.path.display());
+                tracing::error!(error = %why, "store write failed");
+                *lock(&self.failing) = Some(why);
+            }
+        }
+        result.map_err(|e| StoreError::Io(format!("cannot write to {}: {e}", self.path.display())))
+    }
+
+    fn flush(&self) -> Result<usize, StoreError> {
+        if lock(&self.dirty).is_empty() {
+            self.metrics.unwritten_agents.set(0);
+            return Ok(0);
+        }
+        // The records are taken inside the write (under `writing`): no write-through of a newer
+        // record can land between this snapshot and its commit.
+        let mut taken: Vec<Uuid> = Vec::new();
+        let written = self.commit(|txn| {
+            taken = lock(&self.dirty).drain().collect();
+            let rows: Vec<(Uuid, Vec<u8>)> = {
+                let agents = lock(&self.agents);
+                taken
+                    .iter()
+                    .filter_map(|u| agents.get(u).map(|r| (*u, r.encode_to_vec())))
+                    .collect()
+            };
+            let mut table = txn.open_table(AGENTS)?;
+            for (uid, bytes) in &rows {
+                table.insert(uid.as_bytes().as_slice(), bytes.as_slice())?;
+            }
+            Ok(())
+        });
+        let mut dirty = lock(&self.dirty);
+        let n = taken.len();
+        if written.is_err() {
+            dirty.extend(taken);
+        }
+        self.metrics.unwritten_agents.set(dirty.len() as i64);
+        written.map(|()| n)
+    }
+
+    fn next_audit_seq(&self) -> u64 {
+        let mut seq = lock(&self.audit_seq);
+        *seq += 1;
+        *seq
+    }
+
+    /// Inserts an audit row in `txn`, and forgets rows past the retention.
+    fn insert_audit(
+        &self,
+        txn: &WriteTransaction,
+        entry: &AuditEntry,
+        seq: u64,
+        json: &[u8],
+    ) -> Result<(), redb::Error> {
+        let horizon = entry
+            .at_unix_ms
+            .saturating_sub(u64::try_from(self.audit_retention.as_millis()).unwrap_or(u64::MAX));
+        let mut table = txn.open_table(AUDIT)?;
+        table.insert((entry.at_unix_ms, seq), json)?;
+        table.retain_in(..(horizon, 0), |_, _| false)?;
+        Ok(())
+    }
+
+    /// A write of `f` plus `audit` (if any) in one transaction.
+    fn commit_audited(
+        &self,
+        audit: Option<&AuditEntry>,
+        f: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let row = match audit {
+            Some(entry) => {
+                let seq = self.next_audit_seq();
+                Some((entry, seq, audit_row(entry, seq)?.1))
+            }
+            None => None,
+        };
+        self.commit(|txn| {
+            f(txn)?;
+            if let Some((entry, seq, json)) = &row {
+                self.insert_audit(txn, entry, *seq, json)?;
+            }
+            Ok(())
+        })
     }
 }
 
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(self.agents.lock().expect("store lock").get(&uid).cloned())
+        Ok(lock(&self.inner.agents).get(&uid).cloned())
     }
 
     async fn save_agent(
@@ -237,24 +409,45 @@ impl Store for EmbeddedStore {
         _fence: Fence,
         record: &AgentRecord,
         deadline: Deadline,
+        audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
         let uid = Uuid::from_slice(&record.instance_uid)
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
-        self.agents
-            .lock()
-            .expect("store lock")
-            .insert(uid, record.clone());
-        self.dirty.lock().expect("store lock").insert(uid);
-        match deadline {
-            Deadline::Arm(at) => self
-                .deadlines
-                .lock()
-                .expect("store lock")
-                .set(uid, Some(at)),
-            Deadline::Clear => self.deadlines.lock().expect("store lock").set(uid, None),
-            Deadline::Keep => {}
+        let inner = &self.inner;
+        if audit.is_some() {
+            // What an admin changed is on disk, with its audit entry, before anyone is told.
+            let bytes = record.encode_to_vec();
+            inner.commit_audited(audit, |txn| {
+                txn.open_table(AGENTS)?
+                    .insert(uid.as_bytes().as_slice(), bytes.as_slice())?;
+                Ok(())
+            })?;
+        } else {
+            lock(&inner.dirty).insert(uid);
         }
+        lock(&inner.agents).insert(uid, record.clone());
+        lock(&inner.deadlines).apply(uid, deadline);
         Ok(())
+    }
+
+    async fn delete_agent(
+        &self,
+        _fence: Fence,
+        uid: Uuid,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        if !lock(&inner.agents).contains_key(&uid) {
+            return Ok(false);
+        }
+        inner.commit_audited(audit, |txn| {
+            txn.open_table(AGENTS)?.remove(uid.as_bytes().as_slice())?;
+            Ok(())
+        })?;
+        lock(&inner.agents).remove(&uid);
+        lock(&inner.dirty).remove(&uid);
+        lock(&inner.deadlines).set(uid, None);
+        Ok(true)
     }
 
     async fn visit_agents(
@@ -262,7 +455,7 @@ impl Store for EmbeddedStore {
         shards: ShardFilter<'_>,
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError> {
-        for (uid, rec) in self.agents.lock().expect("store lock").iter() {
+        for (uid, rec) in lock(&self.inner.agents).iter() {
             if shards(shard_of(uid.as_bytes())) {
                 f(rec);
             }
@@ -276,14 +469,14 @@ impl Store for EmbeddedStore {
         now_unix_ms: u64,
         retry_ms: u64,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut d = self.deadlines.lock().expect("store lock");
+        let mut d = lock(&self.inner.deadlines);
         let due: Vec<Uuid> = d.by_shard[usize::from(fence.shard)]
             .iter()
             .take_while(|(at, _)| *at <= now_unix_ms)
             .map(|(_, uid)| *uid)
             .collect();
         for uid in &due {
-            d.set(*uid, Some(now_unix_ms + retry_ms));
+            d.set(*uid, Some(now_unix_ms.saturating_add(retry_ms)));
         }
         Ok(due)
     }
@@ -292,15 +485,18 @@ impl Store for EmbeddedStore {
         &self,
         mut config: StoredConfig,
         activate: bool,
+        audit: AuditOf<'_>,
     ) -> Result<StoredConfig, StoreError> {
+        let inner = &self.inner;
         // The lock is held across the write so versions of one name are assigned in order.
-        let mut configs = self.configs.lock().expect("store lock");
+        let mut configs = lock(&inner.configs);
         let versions = configs.versions.get(&config.name);
         config.version = versions.and_then(|v| v.last()).map_or(1, |c| c.version + 1);
         let active = configs.active.get(&config.name).copied();
         let key = format!("{}\0{:020}", config.name, config.version);
         let json = serde_json::to_vec(&config).map_err(io)?;
-        self.write(|txn| {
+        let entry = audit(&config);
+        inner.commit_audited(Some(&entry), |txn| {
             txn.open_table(CONFIGS)?
                 .insert(key.as_str(), json.as_slice())?;
             let mut act = txn.open_table(ACTIVE)?;
@@ -332,7 +528,8 @@ impl Store for EmbeddedStore {
         name: &str,
         version: u64,
     ) -> Result<Option<StoredConfig>, StoreError> {
-        let mut configs = self.configs.lock().expect("store lock");
+        let inner = &self.inner;
+        let mut configs = lock(&inner.configs);
         let Some(cfg) = configs
             .versions
             .get(name)
@@ -341,7 +538,7 @@ impl Store for EmbeddedStore {
         else {
             return Ok(None);
         };
-        self.write(|txn| {
+        inner.commit(|txn| {
             txn.open_table(ACTIVE)?.insert(name, version)?;
             Ok(())
         })?;
@@ -350,7 +547,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {
-        let configs = self.configs.lock().expect("store lock");
+        let configs = lock(&self.inner.configs);
         Ok(configs
             .active
             .iter()
@@ -360,7 +557,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn config_versions(&self, name: &str) -> Result<Vec<StoredConfig>, StoreError> {
-        let configs = self.configs.lock().expect("store lock");
+        let configs = lock(&self.inner.configs);
         Ok(configs.versions.get(name).cloned().unwrap_or_default())
     }
 
@@ -370,9 +567,11 @@ impl Store for EmbeddedStore {
         id: &str,
         expected_revision: u64,
         json: &str,
+        audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
         let key = doc_key(collection, id);
-        let mut docs = self.docs.lock().expect("store lock");
+        let mut docs = lock(&inner.docs);
         let current = docs.get(&key).map_or(0, |(rev, _)| *rev);
         if current != expected_revision {
             return Ok(false);
@@ -380,7 +579,7 @@ impl Store for EmbeddedStore {
         let rev = current + 1;
         let mut value = rev.to_be_bytes().to_vec();
         value.extend_from_slice(json.as_bytes());
-        self.write(|txn| {
+        inner.commit_audited(audit, |txn| {
             txn.open_table(DOCS)?
                 .insert(key.as_str(), value.as_slice())?;
             Ok(())
@@ -390,7 +589,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Doc>, StoreError> {
-        let docs = self.docs.lock().expect("store lock");
+        let docs = lock(&self.inner.docs);
         Ok(docs.get(&doc_key(collection, id)).map(|(rev, json)| Doc {
             id: id.to_owned(),
             revision: *rev,
@@ -400,7 +599,7 @@ impl Store for EmbeddedStore {
 
     async fn list_docs(&self, collection: &str) -> Result<Vec<Doc>, StoreError> {
         let prefix = doc_key(collection, "");
-        let docs = self.docs.lock().expect("store lock");
+        let docs = lock(&self.inner.docs);
         Ok(docs
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
@@ -412,43 +611,37 @@ impl Store for EmbeddedStore {
             .collect())
     }
 
-    async fn append_audit(
-        &self,
-        mut entry: AuditEntry,
-        keep: Duration,
-    ) -> Result<AuditEntry, StoreError> {
-        let mut seq = self.audit_seq.lock().expect("store lock");
-        *seq += 1;
-        entry.id = format!("{}-{}", entry.at_unix_ms, *seq);
-        let json = serde_json::to_vec(&entry).map_err(io)?;
-        let horizon = entry.at_unix_ms.saturating_sub(keep.as_millis() as u64);
-        self.write(|txn| {
-            let mut table = txn.open_table(AUDIT)?;
-            table.insert((entry.at_unix_ms, *seq), json.as_slice())?;
-            table.retain_in(..(horizon, 0), |_, _| false)?;
-            Ok(())
-        })?;
+    async fn append_audit(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        let inner = &self.inner;
+        let seq = inner.next_audit_seq();
+        let (id, json) = audit_row(&entry, seq)?;
+        inner.commit(|txn| inner.insert_audit(txn, &entry, seq, &json))?;
+        entry.id = id;
         Ok(entry)
     }
 
-    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let read = self.db.begin_read().map_err(io)?;
+    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let db = self.inner.db()?;
+        let read = db.begin_read().map_err(io)?;
         let table = read.open_table(AUDIT).map_err(io)?;
         let lo = (query.since_unix_ms.unwrap_or(0), 0);
         let hi = (query.until_unix_ms.unwrap_or(u64::MAX), u64::MAX);
-        let mut out = Vec::new();
+        let (mut page, mut used) = (AuditPage::default(), 0);
         for row in table.range(lo..=hi).map_err(io)?.rev() {
             let (_, v) = row.map_err(io)?;
-            let entry: AuditEntry = serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if query.matches(&entry) {
-                out.push(entry);
-                if out.len() >= query.limit {
-                    break;
-                }
+            let entry: AuditEntry = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            if query.matches(&entry) && !page.add(query, entry, &mut used, v.value().len()) {
+                break;
             }
         }
-        Ok(out)
+        Ok(page)
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match lock(&self.inner.failing).as_ref() {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
     }
 }
 
@@ -471,9 +664,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uid = Uuid::now_v7();
         {
-            let store = EmbeddedStore::open(dir.path()).unwrap();
+            // Keeps 1.5 s of audit history: the first entry is gone once the third is written.
+            let store = EmbeddedStore::open_with(dir.path(), Duration::from_millis(1_500)).unwrap();
             store
-                .save_agent(fence(uid), &record(uid, 5), Deadline::Keep)
+                .save_agent(fence(uid), &record(uid, 5), Deadline::Keep, None)
                 .await
                 .unwrap();
             let cfg = StoredConfig {
@@ -495,23 +689,35 @@ mod tests {
                 comment: String::new(),
             };
             assert_eq!(
-                store.put_config(cfg.clone(), true).await.unwrap().version,
+                store
+                    .put_config(cfg.clone(), true, &no_audit)
+                    .await
+                    .unwrap()
+                    .version,
                 1
             );
             assert_eq!(
-                store.put_config(cfg.clone(), true).await.unwrap().version,
+                store
+                    .put_config(cfg.clone(), true, &no_audit)
+                    .await
+                    .unwrap()
+                    .version,
                 2
             );
             // Staged, not active; a brand-new config staged has no active version at all.
             assert_eq!(
-                store.put_config(cfg.clone(), false).await.unwrap().version,
+                store
+                    .put_config(cfg.clone(), false, &no_audit)
+                    .await
+                    .unwrap()
+                    .version,
                 3
             );
             let mut other = cfg;
             other.name = "staged".into();
-            store.put_config(other, false).await.unwrap();
-            assert!(store.put_doc("rollouts", "r", 0, "{}").await.unwrap());
-            assert!(!store.put_doc("rollouts", "r", 0, "{}").await.unwrap());
+            store.put_config(other, false, &no_audit).await.unwrap();
+            assert!(store.put_doc("rollouts", "r", 0, "{}", None).await.unwrap());
+            assert!(!store.put_doc("rollouts", "r", 0, "{}", None).await.unwrap());
             for i in 0..3 {
                 let e = AuditEntry {
                     id: String::new(),
@@ -522,11 +728,7 @@ mod tests {
                     before: None,
                     after: None,
                 };
-                // Keeps 1.5 s of history: the first entry is gone once the third is written.
-                store
-                    .append_audit(e, Duration::from_millis(1_500))
-                    .await
-                    .unwrap();
+                store.append_audit(e).await.unwrap();
             }
             assert_eq!(store.flush().await.unwrap(), 1);
         }
@@ -556,6 +758,7 @@ mod tests {
             .query_audit(&all)
             .await
             .unwrap()
+            .entries
             .iter()
             .map(|e| e.at_unix_ms)
             .collect();
@@ -574,11 +777,27 @@ mod tests {
             before: None,
             after: None,
         };
-        store
-            .append_audit(e, Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert_eq!(store.query_audit(&all).await.unwrap().len(), 3);
+        store.append_audit(e).await.unwrap();
+        assert_eq!(store.query_audit(&all).await.unwrap().entries.len(), 3);
+        // A byte budget cuts the page short, and says so.
+        let small = AuditQuery {
+            max_bytes: 1,
+            ..all
+        };
+        let page = store.query_audit(&small).await.unwrap();
+        assert_eq!((page.entries.len(), page.truncated), (1, true));
+    }
+
+    fn no_audit(c: &StoredConfig) -> AuditEntry {
+        AuditEntry {
+            id: String::new(),
+            at_unix_ms: 1,
+            caller: "test".into(),
+            action: "config.put".into(),
+            object: format!("config/{}", c.name),
+            before: None,
+            after: None,
+        }
     }
 
     fn fence(uid: Uuid) -> Fence {
@@ -606,15 +825,15 @@ mod tests {
         let (a, b) = same_shard_pair();
         let f = fence(a);
         store
-            .save_agent(f, &record(a, 1), Deadline::Arm(100))
+            .save_agent(f, &record(a, 1), Deadline::Arm(100), None)
             .await
             .unwrap();
         store
-            .save_agent(f, &record(b, 1), Deadline::Arm(50))
+            .save_agent(f, &record(b, 1), Deadline::Arm(50), None)
             .await
             .unwrap();
         store
-            .save_agent(f, &record(a, 2), Deadline::Arm(3000))
+            .save_agent(f, &record(a, 2), Deadline::Arm(3000), None)
             .await
             .unwrap();
         assert_eq!(store.claim_due(f, 200, 1000).await.unwrap(), vec![b]);
@@ -622,11 +841,11 @@ mod tests {
         assert!(store.claim_due(f, 200, 1000).await.unwrap().is_empty());
         assert_eq!(store.claim_due(f, 1200, 1000).await.unwrap(), vec![b]);
         store
-            .save_agent(f, &record(b, 2), Deadline::Clear)
+            .save_agent(f, &record(b, 2), Deadline::Clear, None)
             .await
             .unwrap();
         store
-            .save_agent(f, &record(a, 3), Deadline::Clear)
+            .save_agent(f, &record(a, 3), Deadline::Clear, None)
             .await
             .unwrap();
         assert!(store.claim_due(f, 10_000, 1000).await.unwrap().is_empty());

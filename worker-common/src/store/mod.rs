@@ -170,7 +170,8 @@ pub struct AuditEntry {
     pub after: Option<serde_json::Value>,
 }
 
-/// Which audit entries to read: newest first, at most `limit`.
+/// Which audit entries to read: newest first, at most `limit`, and no more once their JSON
+/// comes to `max_bytes` (0: no such bound).
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
     pub since_unix_ms: Option<u64>,
@@ -178,6 +179,33 @@ pub struct AuditQuery {
     /// "config/otel" matches that object; "config" matches every "config/...".
     pub object: Option<String>,
     pub limit: usize,
+    pub max_bytes: usize,
+}
+
+/// Audit entries, newest first; `truncated` when `max_bytes` cut them short of `limit`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub truncated: bool,
+}
+
+impl AuditPage {
+    /// Adds `entry` (of `bytes` JSON bytes, `used` so far); false once the page is full.
+    pub(crate) fn add(
+        &mut self,
+        q: &AuditQuery,
+        entry: AuditEntry,
+        used: &mut usize,
+        bytes: usize,
+    ) -> bool {
+        self.entries.push(entry);
+        *used += bytes;
+        if q.max_bytes > 0 && *used >= q.max_bytes && self.entries.len() < q.limit {
+            self.truncated = true;
+            return false;
+        }
+        self.entries.len() < q.limit
+    }
 }
 
 impl AuditQuery {
@@ -191,17 +219,34 @@ impl AuditQuery {
     }
 }
 
+/// Builds a change's audit entry once the store knows what it stored (e.g. the version number a
+/// new config got).
+pub type AuditOf<'a> = &'a (dyn Fn(&StoredConfig) -> AuditEntry + Send + Sync);
+
+/// The Store. Every admin change takes its audit entry and writes both in one step, so a change is
+/// never on record without its entry or the other way round, whatever the client or the process
+/// does; such writes are durable when they return. Agents' own reports may be written behind.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError>;
     /// Writes an agent record (keyed by its instance_uid, in shard `fence.shard`) and changes its
-    /// silence deadline, in one step, if `fence` still holds.
+    /// silence deadline, in one step, if `fence` still holds. With `audit`, the entry is written
+    /// in the same step and both are durable when this returns.
     async fn save_agent(
         &self,
         fence: Fence,
         record: &AgentRecord,
         deadline: Deadline,
+        audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError>;
+    /// Removes an agent record and its deadline (and writes `audit` with it), if `fence` still
+    /// holds; false if there was no such agent.
+    async fn delete_agent(
+        &self,
+        fence: Fence,
+        uid: Uuid,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError>;
     /// Calls `f` on every agent record of the shards `shards` accepts. Fleet-wide views (counts,
     /// filters, pushes) use this so they copy only what they keep, never the whole fleet.
     async fn visit_agents(
@@ -219,12 +264,14 @@ pub trait Store: Send + Sync + 'static {
         retry_ms: u64,
     ) -> Result<Vec<Uuid>, StoreError>;
 
-    /// Stores `config` as the next version of its name (the version field is assigned here); with
-    /// `activate`, it becomes the active version unless a newer one already is.
+    /// Stores `config` as the next version of its name (the version field is assigned here),
+    /// with the audit entry `audit` makes of the stored version; with `activate`, it becomes the
+    /// active version unless a newer one already is.
     async fn put_config(
         &self,
         config: StoredConfig,
         activate: bool,
+        audit: AuditOf<'_>,
     ) -> Result<StoredConfig, StoreError>;
     /// Makes an existing version the active one; None if there is no such version.
     async fn activate_config(
@@ -237,23 +284,30 @@ pub trait Store: Send + Sync + 'static {
     /// Every version of one config, oldest first; empty if there is no such config.
     async fn config_versions(&self, name: &str) -> Result<Vec<StoredConfig>, StoreError>;
 
-    /// Writes document `id` of `collection` if its revision is still `expected_revision` (0: it
-    /// does not exist yet); false if another write came first.
+    /// Writes document `id` of `collection` (and `audit` with it) if its revision is still
+    /// `expected_revision` (0: it does not exist yet); false if another write came first.
     async fn put_doc(
         &self,
         collection: &str,
         id: &str,
         expected_revision: u64,
         json: &str,
+        audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError>;
     async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Doc>, StoreError>;
     async fn list_docs(&self, collection: &str) -> Result<Vec<Doc>, StoreError>;
 
-    /// Appends to the audit log and forgets entries older than `keep`.
-    async fn append_audit(
-        &self,
-        entry: AuditEntry,
-        keep: std::time::Duration,
-    ) -> Result<AuditEntry, StoreError>;
-    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Appends to the audit log what is not a change of stored state (a command delivered at
+    /// once); entries older than the store's audit retention are forgotten.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError>;
+    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+
+    /// Whether the store can take writes now; Err says why not (for `/readyz`).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
+
+/// How long audit entries are kept unless configured otherwise.
+pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);

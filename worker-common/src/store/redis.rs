@@ -21,9 +21,14 @@
 //! slot. Every agent-state write is a script that first compares the shard's epoch with the
 //! writer's: a writer whose lease was taken over fails with [`StoreError::Fenced`]. Epochs are
 //! `max(previous + 1, Redis time in ms)`, so they keep rising even if Redis loses its data.
+//!
+//! An admin change writes its audit entry in the same script as the change, so neither exists
+//! without the other. The audit stream lies outside the shard's slot: that needs one Redis
+//! (a primary with replicas, or Sentinel), not Redis Cluster.
 
 use super::{
-    AuditEntry, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store, StoreError, StoredConfig,
+    AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
+    StoreError, StoredConfig,
 };
 use crate::names::{SHARD_COUNT, shard_of};
 use async_trait::async_trait;
@@ -97,15 +102,35 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// The audit entry written with a change: `XADD` to the stream, trimmed by age, when the entry's
+/// JSON (argument `json`) is not empty. Keys and arguments are named by the caller's numbering.
+fn audit_lua(key: &str, horizon: &str, json: &str) -> String {
+    format!(
+        "if {json} ~= '' then redis.call('XADD', {key}, 'MINID', '~', {horizon}, '*', 'e', {json}) end\n"
+    )
+}
+
 static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
          redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1])\n\
          redis.call('SADD', KEYS[3], ARGV[3])\n\
          if ARGV[4] == 'arm' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])\n\
          elseif ARGV[4] == 'clear' then redis.call('ZREM', KEYS[4], ARGV[3]) end\n\
-         return 1",
-    )
+         {}return 1",
+        audit_lua("KEYS[5]", "ARGV[6]", "ARGV[7]")
+    ))
+});
+
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         if redis.call('DEL', KEYS[2]) == 0 then return 0 end\n\
+         redis.call('SREM', KEYS[3], ARGV[2])\n\
+         redis.call('ZREM', KEYS[4], ARGV[2])\n\
+         {}return 1",
+        audit_lua("KEYS[5]", "ARGV[3]", "ARGV[4]")
+    ))
 });
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
@@ -125,19 +150,20 @@ static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// Stores a version; with ARGV[4] == '1' activates it unless a newer version is active (two
-/// concurrent PUTs activate the later version, whichever finishes first).
+/// Stores a version (and its audit entry); with ARGV[4] == '1' activates it unless a newer version
+/// is active (two concurrent PUTs activate the later version, whichever finishes first).
 static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])\n\
-         if ARGV[4] ~= '1' then return 1 end\n\
+         {}if ARGV[4] ~= '1' then return 1 end\n\
          local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')\n\
          if tonumber(ARGV[2]) > seen then\n\
            redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n\
            redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n\
          end\n\
          return 1",
-    )
+        audit_lua("KEYS[4]", "ARGV[5]", "ARGV[6]")
+    ))
 });
 
 static ACTIVATE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
@@ -151,13 +177,14 @@ static ACTIVATE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
 });
 
 static PUT_DOC: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
         "local rev = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')\n\
          if rev ~= tonumber(ARGV[2]) then return 0 end\n\
          redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])\n\
          redis.call('HSET', KEYS[2], ARGV[1], rev + 1)\n\
-         return 1",
-    )
+         {}return 1",
+        audit_lua("KEYS[3]", "ARGV[4]", "ARGV[5]")
+    ))
 });
 
 /// Audit entries read per round trip while filtering.
@@ -167,6 +194,7 @@ const AUDIT_PAGE: usize = 500;
 pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
+    audit_retention: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -211,7 +239,31 @@ impl RedisStore {
         Ok(Self {
             conn,
             prefix: format!("opamp:{region}"),
+            audit_retention: super::DEFAULT_AUDIT_RETENTION,
         })
+    }
+
+    /// Forgets audit entries older than `retention` (trimmed as entries are added).
+    pub fn with_audit_retention(mut self, retention: Duration) -> Self {
+        self.audit_retention = retention;
+        self
+    }
+
+    fn audit_key(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+
+    /// The stream arguments of an audit entry: the trim horizon (the oldest stream id kept) and
+    /// the entry's JSON; an empty JSON writes nothing.
+    fn audit_args(&self, entry: Option<&AuditEntry>) -> Result<(u64, String), StoreError> {
+        let Some(entry) = entry else {
+            return Ok((0, String::new()));
+        };
+        // The stream id is Redis's clock; `at_unix_ms` is the writer's. Trimming by id (MINID)
+        // keeps about the retention of history; `~` lets Redis trim whole nodes, cheaply.
+        let keep = u64::try_from(self.audit_retention.as_millis()).unwrap_or(u64::MAX);
+        let json = serde_json::to_string(entry).map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok((entry.at_unix_ms.saturating_sub(keep), json))
     }
 
     fn shard_key(&self, shard: u16, what: &str) -> String {
@@ -358,6 +410,7 @@ impl Store for RedisStore {
         fence: Fence,
         record: &AgentRecord,
         deadline: Deadline,
+        audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
         let uid = Uuid::from_slice(&record.instance_uid)
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
@@ -366,20 +419,47 @@ impl Store for RedisStore {
             Deadline::Clear => ("clear", 0),
             Deadline::Keep => ("keep", 0),
         };
+        let (horizon, audit) = self.audit_args(audit)?;
         let _: i64 = SAVE
             .key(self.shard_key(fence.shard, "epoch"))
             .key(self.agent_key(uid))
             .key(self.shard_key(fence.shard, "agents"))
             .key(self.shard_key(fence.shard, "dl"))
+            .key(self.audit_key())
             .arg(fence.epoch.to_string())
             .arg(record.encode_to_vec())
             .arg(uid.to_string())
             .arg(mode)
             .arg(at)
+            .arg(horizon)
+            .arg(audit)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| fenced_or_io(e, fence))?;
         Ok(())
+    }
+
+    async fn delete_agent(
+        &self,
+        fence: Fence,
+        uid: Uuid,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let (horizon, audit) = self.audit_args(audit)?;
+        let n: i64 = DELETE
+            .key(self.shard_key(fence.shard, "epoch"))
+            .key(self.agent_key(uid))
+            .key(self.shard_key(fence.shard, "agents"))
+            .key(self.shard_key(fence.shard, "dl"))
+            .key(self.audit_key())
+            .arg(fence.epoch.to_string())
+            .arg(uid.to_string())
+            .arg(horizon)
+            .arg(audit)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| fenced_or_io(e, fence))?;
+        Ok(n == 1)
     }
 
     async fn visit_agents(
@@ -429,6 +509,7 @@ impl Store for RedisStore {
         &self,
         mut config: StoredConfig,
         activate: bool,
+        audit: AuditOf<'_>,
     ) -> Result<StoredConfig, StoreError> {
         let mut conn = self.conn.clone();
         let seq = format!("{}:{{cfg}}:seq", self.prefix);
@@ -437,14 +518,18 @@ impl Store for RedisStore {
         let version: u64 = conn.hincr(&seq, &config.name, 1).await.map_err(io)?;
         config.version = version;
         let json = serde_json::to_string(&config).map_err(|e| StoreError::Io(e.to_string()))?;
+        let (horizon, audit) = self.audit_args(Some(&audit(&config)))?;
         let _: i64 = PUT_CONFIG
             .key(self.cfg_key("latest-version"))
             .key(self.cfg_key("latest"))
             .key(self.cfg_key(&format!("v:{}", config.name)))
+            .key(self.audit_key())
             .arg(&config.name)
             .arg(version)
             .arg(json)
             .arg(if activate { "1" } else { "0" })
+            .arg(horizon)
+            .arg(audit)
             .invoke_async(&mut conn)
             .await
             .map_err(io)?;
@@ -504,13 +589,18 @@ impl Store for RedisStore {
         id: &str,
         expected_revision: u64,
         json: &str,
+        audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
+        let (horizon, audit) = self.audit_args(audit)?;
         let n: i64 = PUT_DOC
             .key(self.cfg_key(&format!("doc:{collection}")))
             .key(self.cfg_key(&format!("rev:{collection}")))
+            .key(self.audit_key())
             .arg(id)
             .arg(expected_revision)
             .arg(json)
+            .arg(horizon)
+            .arg(audit)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(io)?;
@@ -553,17 +643,10 @@ impl Store for RedisStore {
         Ok(out)
     }
 
-    async fn append_audit(
-        &self,
-        mut entry: AuditEntry,
-        keep: Duration,
-    ) -> Result<AuditEntry, StoreError> {
-        // The stream id is Redis's clock; `at_unix_ms` is the writer's. Trimming by id (MINID)
-        // keeps about `keep` of history; `~` lets Redis trim whole nodes, cheaply.
-        let horizon = entry.at_unix_ms.saturating_sub(keep.as_millis() as u64);
-        let json = serde_json::to_string(&entry).map_err(|e| StoreError::Io(e.to_string()))?;
+    async fn append_audit(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        let (horizon, json) = self.audit_args(Some(&entry))?;
         let id: String = redis::cmd("XADD")
-            .arg(format!("{}:audit", self.prefix))
+            .arg(self.audit_key())
             .arg("MINID")
             .arg("~")
             .arg(horizon)
@@ -577,10 +660,10 @@ impl Store for RedisStore {
         Ok(entry)
     }
 
-    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let key = format!("{}:audit", self.prefix);
+    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let key = self.audit_key();
         let mut conn = self.conn.clone();
-        let mut out = Vec::new();
+        let (mut out, mut used) = (AuditPage::default(), 0);
         let mut end = "+".to_owned();
         loop {
             let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
@@ -603,11 +686,8 @@ impl Store for RedisStore {
                 if query.since_unix_ms.is_some_and(|s| entry.at_unix_ms < s) {
                     return Ok(out);
                 }
-                if query.matches(&entry) {
-                    out.push(entry);
-                    if out.len() >= query.limit {
-                        return Ok(out);
-                    }
+                if query.matches(&entry) && !out.add(query, entry, &mut used, json.len()) {
+                    return Ok(out);
                 }
             }
             match page.last() {
