@@ -12,11 +12,11 @@ use flotilla_common::config::ServeConfig;
 use flotilla_common::pki::Ca;
 use flotilla_common::store::{EmbeddedStore, LeaseTiming, RedisStore, Store};
 use flotilla_common::tls::ReloadingTls;
-use flotilla_coordinator::auth::ApiTokens;
-use flotilla_coordinator::certs::Issuer;
-use flotilla_coordinator::cluster::LeaseKeeper;
-use flotilla_coordinator::redact::Redactor;
-use flotilla_coordinator::{Coordinator, CoordinatorConfig, ShardTable};
+use flotilla_coordinator::api::auth::ApiTokens;
+use flotilla_coordinator::fleet::redact::Redactor;
+use flotilla_coordinator::opamp::identity::Issuer;
+use flotilla_coordinator::service::leases::LeaseKeeper;
+use flotilla_coordinator::{CoordinatorConfig, Service, ShardTable};
 use flotilla_gateway::{AgentTokens, Gateway, GatewayConfig};
 use prometheus_client::registry::Registry;
 use std::future::Future;
@@ -157,7 +157,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 .map_err(anyhow::Error::msg)?
                 .with_audit_retention(cfg.audit_retention);
             let store = Arc::new(redis.clone()) as Arc<dyn Store>;
-            let coordinator = Coordinator::new(
+            let coordinator = Service::new(
                 coord_cfg,
                 bus.clone(),
                 store,
@@ -166,7 +166,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             )
             .await?;
             let keeper = LeaseKeeper::new(
-                coordinator.clone(),
+                coordinator.owner(),
                 redis,
                 bus.clone(),
                 bus_connected,
@@ -213,7 +213,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 store.clone().run_flusher(rest_cancel.clone()),
             ));
             let store = Arc::new(store);
-            let coordinator = Coordinator::new(
+            let coordinator = Service::new(
                 coord_cfg,
                 bus.clone(),
                 store as Arc<dyn Store>,
@@ -243,7 +243,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 None
             }
         };
-        api_router = Some(flotilla_coordinator::api::router(coordinator, tokens));
+        api_router = Some(flotilla_coordinator::api::router(
+            coordinator.ops(),
+            tokens,
+            &mut registry,
+        ));
     }
 
     let gateway = if cfg.gateway {

@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use flotilla_common::codec::decode_ws_frame;
 use flotilla_common::pki::Ca;
-use flotilla_coordinator::agent::{Ctx, process};
-use flotilla_coordinator::configs::Desired;
+use flotilla_coordinator::fleet::configs::Desired;
+use flotilla_coordinator::opamp::{Ctx, process};
 use flotilla_gateway::decode_body;
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::bus::{AgentRecord, Origin};

@@ -1,32 +1,25 @@
-//! The coordinator role: owns agents' state. It processes every agent message that gateways
-//! forward over the Bus (the OpAMP state machine in [`agent`]), keeps agent records and silence
-//! deadlines in the Store, chooses each agent's config ([`configs`]), pushes desired state to
-//! connected agents back through their gateway, and serves the admin API, REST ([`api`]) and
-//! gRPC ([`grpc`]) on one listener.
+//! The coordinator role: owns agents' state. Its layers, from the bottom up (each may use the
+//! ones below it, never one above; the test in `tests/layers.rs` holds the tree to this):
 //!
-//! Main types: [`Coordinator`] (the running service), [`agent::process`] (one message in, one
-//! reply and a new record out). It reaches the gateway only through the Bus and never depends on
-//! the gateway crate.
+//! - [`fleet`]: fleet management rules, pure: configs and resolution, selectors' view of an
+//!   agent, validation, redaction, the rollout plan and step;
+//! - [`opamp`]: the OpAMP protocol, pure: one AgentToServer and the stored record in, the new
+//!   record and the reply out; the offers; certificate identity;
+//! - [`ops`]: the operations every interface calls, one function per admin operation taking a
+//!   caller and returning a typed answer or an [`ops::Error`];
+//! - [`api`]: the interfaces, thin adapters over the operations: REST, gRPC, auth, OpenAPI;
+//! - [`service`]: the running coordinator: the shard owner processing agent messages, pushes,
+//!   background duties under a supervisor, the shard table and leases.
+//!
+//! [`metrics`] is used by every layer and uses none. The coordinator reaches the gateway only
+//! through the Bus and never depends on the gateway crate.
 
-pub mod admin;
-pub mod agent;
 pub mod api;
-pub mod auth;
-pub mod certs;
-pub mod cluster;
-pub mod configs;
-pub mod duties;
-pub mod grpc;
-mod metrics;
-pub mod offers;
-pub mod openapi;
-pub mod redact;
-pub mod rollout;
-pub mod rollouts;
-mod service;
-pub mod shards;
-pub mod validate;
-pub mod views;
+pub mod fleet;
+pub mod metrics;
+pub mod opamp;
+pub mod ops;
+pub mod service;
 
-pub use service::{Coordinator, CoordinatorConfig, RestartOutcome, ServiceError};
-pub use shards::ShardTable;
+pub use service::shards::ShardTable;
+pub use service::{CoordinatorConfig, Service};

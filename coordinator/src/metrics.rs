@@ -1,4 +1,6 @@
-//! The coordinator's Prometheus metrics, all named `flotilla_coordinator_*`.
+//! The coordinator's Prometheus metrics, all named `flotilla_coordinator_*`: the shard owner's
+//! ([`OwnerMetrics`]) and the admin API's ([`ApiMetrics`]). Any layer may use this module; it uses
+//! none.
 
 use flotilla_common::telemetry::LogLimiter;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -12,8 +14,11 @@ use std::sync::Arc;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+const PREFIX: &str = "flotilla_coordinator";
+
+/// What the shard owner counts.
 #[derive(Debug, Clone)]
-pub struct Metrics {
+pub struct OwnerMetrics {
     pub uplinks: Family<Labels, Counter>,
     pub uplink_seconds: Histogram,
     pub pushes: Family<Labels, Counter>,
@@ -22,16 +27,12 @@ pub struct Metrics {
     pub owned_shards: Gauge,
     pub shard_changes: Family<Labels, Counter>,
     pub duty_failures: Family<Labels, Counter>,
-    pub api_refused: Family<Labels, Counter>,
-    /// Rate limits for log lines an agent or caller can cause at will.
+    /// Rate limits for log lines an agent can cause at will.
     pub refusal_log: Arc<LogLimiter>,
     pub store_log: Arc<LogLimiter>,
-    /// How many refused admin calls reach the audit log: bursts of 20, then one a second, so
-    /// callers without a valid token cannot grow the log at will (all are counted).
-    pub refusal_audit: Arc<DefaultDirectRateLimiter>,
 }
 
-impl Metrics {
+impl OwnerMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
             uplinks: Family::default(),
@@ -42,15 +43,10 @@ impl Metrics {
             owned_shards: Gauge::default(),
             shard_changes: Family::default(),
             duty_failures: Family::default(),
-            api_refused: Family::default(),
             refusal_log: Arc::default(),
             store_log: Arc::default(),
-            refusal_audit: Arc::new(RateLimiter::direct(
-                Quota::per_second(NonZeroU32::MIN)
-                    .allow_burst(NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN)),
-            )),
         };
-        let r = registry.sub_registry_with_prefix("flotilla_coordinator");
+        let r = registry.sub_registry_with_prefix(PREFIX);
         r.register(
             "uplinks",
             "Agent messages processed, by result",
@@ -88,15 +84,39 @@ impl Metrics {
             m.duty_failures.clone(),
         );
         r.register(
-            "api_refused",
-            "Admin API calls refused before reaching an operation, by reason \
-             (unauthenticated, forbidden)",
-            m.api_refused.clone(),
-        );
-        r.register(
             "shard_changes",
             "Shard ownership changes: acquired, released (handed off), lost (expired or fenced)",
             m.shard_changes.clone(),
+        );
+        m
+    }
+}
+
+/// What the admin API counts.
+#[derive(Debug, Clone)]
+pub struct ApiMetrics {
+    pub refused: Family<Labels, Counter>,
+    pub refusal_log: Arc<LogLimiter>,
+    /// How many refused calls reach the audit log: bursts of 20, then one a second, so callers
+    /// without a valid token cannot grow the log at will (all are counted).
+    pub refusal_audit: Arc<DefaultDirectRateLimiter>,
+}
+
+impl ApiMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let burst = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN);
+        let m = Self {
+            refused: Family::default(),
+            refusal_log: Arc::default(),
+            refusal_audit: Arc::new(RateLimiter::direct(
+                Quota::per_second(NonZeroU32::MIN).allow_burst(burst),
+            )),
+        };
+        registry.sub_registry_with_prefix(PREFIX).register(
+            "api_refused",
+            "Admin API calls refused before reaching an operation, by reason \
+             (unauthenticated, forbidden)",
+            m.refused.clone(),
         );
         m
     }

@@ -3,8 +3,8 @@
 #![no_main]
 
 use flotilla_common::codec::decode_ws_frame;
-use flotilla_coordinator::agent::{Ctx, process};
-use flotilla_coordinator::configs::Desired;
+use flotilla_coordinator::fleet::configs::Desired;
+use flotilla_coordinator::opamp::{Ctx, process};
 use flotilla_proto::bus::{AgentRecord, Origin};
 use flotilla_proto::opamp::AgentToServer;
 use libfuzzer_sys::fuzz_target;

@@ -85,7 +85,7 @@ impl ConnInfo {
                 names
                     .first()
                     .map_or_else(|| "none".to_owned(), Uuid::to_string),
-                crate::uid_text(uid)
+                uid_text(uid)
             )),
         }
     }
@@ -133,6 +133,14 @@ impl RefusedCerts {
             return None;
         }
         Some(left)
+    }
+}
+
+/// An instance_uid as its UUID text, or hex when it is not 16 bytes.
+pub(crate) fn uid_text(uid: &[u8]) -> String {
+    match uuid::Uuid::from_slice(uid) {
+        Ok(u) => u.to_string(),
+        Err(_) => uid.iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
 

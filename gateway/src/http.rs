@@ -1,8 +1,8 @@
 //! Request routing on the OpAMP port and the plain-HTTP transport: one POST carries one
 //! AgentToServer (optionally gzipped) and gets one ServerToAgent back.
 
+use crate::gateway::{Gateway, OPAMP_PATH};
 use crate::guard::ConnInfo;
-use crate::{Gateway, OPAMP_PATH};
 use bytes::Bytes;
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;

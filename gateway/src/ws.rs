@@ -4,7 +4,7 @@
 //! connection may carry several agents (a proxy, a uid assigned mid-session): all of them are
 //! recorded as disconnected when it closes.
 
-use crate::Gateway;
+use crate::gateway::Gateway;
 use crate::guard::ConnInfo;
 use crate::http::{HttpResponse, header_has, text};
 use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};

@@ -2,7 +2,8 @@
 //! configs, restart when told; on a lost connection, back off exponentially with jitter and try
 //! the next URL; under churn, leave after a random lifetime and let a new agent take its place.
 
-use super::{Shared, Transport};
+use super::config::Transport;
+use super::shared::Shared;
 use crate::client::{HttpClient, WsClient, WsEvent};
 use crate::sim::SimAgent;
 use flotilla_proto::opamp::{AgentToServer, RemoteConfigStatuses, ServerToAgent};

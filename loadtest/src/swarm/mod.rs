@@ -13,191 +13,24 @@
 //!   every agent is connected again and answered, and ends 3 s later.
 
 mod agent;
+mod config;
 mod plot;
 mod report;
+mod shared;
 mod stats;
 
+pub use config::{Api, Scenario, SwarmConfig, Transport};
 pub use report::{ConfigPush, Connect, Process, Recovery, Report};
+use shared::Shared;
 use stats::Stats;
 pub use stats::{Percentiles, Sample};
 
-use crate::client::ConnectOptions;
-use crate::sim::{ApplyBehavior, Profile, SimAgent};
 use anyhow::{Context, bail};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Ws,
-    Http,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    ConnectStorm,
-    Steady,
-    Rollout,
-    Churn,
-    GatewayLoss,
-}
-
-/// The admin API a rollout pushes its config through.
-#[derive(Debug, Clone)]
-pub struct Api {
-    /// e.g. http://127.0.0.1:4321
-    pub url: String,
-    pub token: Option<String>,
-    /// PEM CA for an https:// API.
-    pub ca: Option<Vec<u8>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct SwarmConfig {
-    pub scenario: Scenario,
-    /// OpAMP endpoints; agent i starts on `urls[i % len]` and moves to the next on a lost
-    /// connection.
-    pub urls: Vec<String>,
-    pub transport: Transport,
-    pub agents: usize,
-    /// New agents per second while ramping up; 0 starts them all at once.
-    pub connect_rate: f64,
-    /// At most this many agents connecting at the same time.
-    pub connect_concurrency: usize,
-    /// Upper bound of the whole run: it stops by itself.
-    pub duration: Duration,
-    /// Heartbeat (WebSocket) or poll (HTTP) interval, unless the server offers another.
-    pub heartbeat: Duration,
-    pub reply_timeout: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    pub profile: Profile,
-    pub apply: ApplyBehavior,
-    /// Fraction of the agents that leave (and are replaced) per second.
-    pub churn_per_s: Option<f64>,
-    pub connect: ConnectOptions,
-    /// Spread connections over 127.0.0.1..=127.0.0.N (0: let the OS pick).
-    pub source_ips: u8,
-    pub api: Option<Api>,
-    pub kill_pid: Option<u32>,
-    pub kill_after: Duration,
-    /// Processes (gateways) whose resident memory and CPU time are read from /proc before and
-    /// after connecting.
-    pub gateway_pids: Vec<u32>,
-    /// Where report.json and timeline.svg go.
-    pub out: Option<PathBuf>,
-    /// A progress line on stderr every second.
-    pub progress: bool,
-}
-
-/// What every agent task shares.
-struct Shared {
-    cfg: SwarmConfig,
-    stats: Stats,
-    stop: CancellationToken,
-    connecting: Semaphore,
-    run_id: String,
-}
-
-impl Shared {
-    fn new_agent(&self, index: usize, generation: u32) -> SimAgent {
-        let host = format!("swarm-{}-{index}", self.run_id);
-        let mut agent = SimAgent::from_profile(
-            &self.cfg.profile,
-            &host,
-            &[
-                ("swarm.run", &self.run_id),
-                ("swarm.generation", &generation.to_string()),
-            ],
-            &mut rand::rng(),
-        );
-        agent.apply = self.cfg.apply;
-        agent
-    }
-
-    fn connected(&self) -> u64 {
-        self.stats.connected.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `done` holds (checked every 50 ms) or the run's time is up; returns how long
-    /// it took from `since`, or None.
-    async fn until(
-        &self,
-        deadline: Instant,
-        since: Instant,
-        done: impl Fn(&Self) -> bool,
-    ) -> Option<Duration> {
-        loop {
-            if done(self) {
-                return Some(since.elapsed());
-            }
-            if Instant::now() >= deadline || self.stop.is_cancelled() {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl SwarmConfig {
-    /// `agents` agents on `urls` in `scenario`, with the command line's defaults otherwise.
-    pub fn new(scenario: Scenario, urls: Vec<String>, agents: usize) -> Self {
-        Self {
-            scenario,
-            urls,
-            transport: Transport::Ws,
-            agents,
-            connect_rate: 500.0,
-            connect_concurrency: 256,
-            duration: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(5),
-            reply_timeout: Duration::from_secs(10),
-            backoff_min: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(10),
-            profile: Profile::default(),
-            apply: ApplyBehavior::default(),
-            churn_per_s: None,
-            connect: ConnectOptions::default(),
-            source_ips: 0,
-            api: None,
-            kill_pid: None,
-            kill_after: Duration::from_secs(3),
-            gateway_pids: Vec::new(),
-            out: None,
-            progress: false,
-        }
-    }
-
-    fn check(&self) -> anyhow::Result<()> {
-        if self.urls.is_empty() {
-            bail!("at least one OpAMP URL is needed");
-        }
-        if self.agents == 0 {
-            bail!("--agents must be at least 1");
-        }
-        match self.scenario {
-            Scenario::Rollout if self.api.is_none() => {
-                bail!("the rollout scenario pushes its config through the API: give --api URL")
-            }
-            Scenario::GatewayLoss if self.kill_pid.is_none() => {
-                bail!("the gateway-loss scenario kills a gateway: give --kill-pid PID")
-            }
-            Scenario::GatewayLoss if self.urls.len() < 2 => {
-                bail!("the gateway-loss scenario needs the URLs of at least two gateways")
-            }
-            Scenario::Churn if self.churn_per_s.is_none_or(|c| c <= 0.0) => {
-                bail!("the churn scenario needs --churn above 0 (agents leaving per second)")
-            }
-            _ => Ok(()),
-        }
-    }
-}
 
 /// Runs the scenario and returns (and, with `out`, writes) its report.
 pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
@@ -257,7 +90,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     shared.stats.sample();
     report.finish(&shared);
     if let Some(out) = &shared.cfg.out {
-        report.write(out)?;
+        write(&report, out)?;
     }
     Ok(report)
 }
@@ -416,4 +249,15 @@ async fn gateway_loss(shared: &Shared, deadline: Instant) -> anyhow::Result<Reco
         all_back_s: back.map(|d| d.as_secs_f64()),
         converged_s: converged.map(|d| d.as_secs_f64()),
     })
+}
+
+/// report.json and timeline.svg in `dir`.
+fn write(report: &Report, dir: &std::path::Path) -> anyhow::Result<()> {
+    let path = dir.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join("timeline.svg");
+    std::fs::write(&path, plot::timeline_svg(report)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -15,9 +15,9 @@ pub(super) fn timeline_svg(report: &Report) -> anyhow::Result<String> {
         let (top, bottom) = root.split_vertically(320);
         let title = format!(
             "{}: {} {} agents (run {})",
-            super::report::name(report.scenario),
+            super::config::name(report.scenario),
             report.agents,
-            super::report::name(report.transport),
+            super::config::name(report.transport),
             report.run_id
         );
         let mut chart = ChartBuilder::on(&top)
@@ -58,9 +58,9 @@ pub(super) fn timeline_svg(report: &Report) -> anyhow::Result<String> {
             (
                 "p50",
                 GREEN,
-                (|s: &super::Sample| s.p50_ms) as fn(&super::Sample) -> f64,
+                (|s: &super::stats::Sample| s.p50_ms) as fn(&super::stats::Sample) -> f64,
             ),
-            ("p99", RED, |s: &super::Sample| s.p99_ms),
+            ("p99", RED, |s: &super::stats::Sample| s.p99_ms),
         ] {
             chart
                 .draw_series(LineSeries::new(

@@ -1,12 +1,12 @@
 //! The result of a run: JSON (report.json), a human summary, and the timeline plot.
 
+use super::config::{Scenario, Transport, name};
+use super::shared::Shared;
 use super::stats::{Percentiles, Sample};
-use super::{Scenario, Shared, Transport};
 use anyhow::Context;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -232,22 +232,6 @@ impl Report {
         self.memory_connections = connected;
         self.processes = processes;
     }
-
-    /// report.json and timeline.svg in `dir`.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        let path = dir.join("report.json");
-        std::fs::write(&path, serde_json::to_string_pretty(self)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        let path = dir.join("timeline.svg");
-        std::fs::write(&path, super::plot::timeline_svg(self)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
-    }
-}
-
-pub(super) fn name(v: impl clap::ValueEnum) -> String {
-    v.to_possible_value()
-        .map_or(String::new(), |p| p.get_name().to_owned())
 }
 
 fn opt_s(v: Option<f64>) -> String {

@@ -2,7 +2,7 @@
 //! requests fail fast with `Overloaded` (which the gateway turns into UNAVAILABLE) instead of
 //! buffering without limit.
 
-use super::{
+use super::types::{
     Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription, SubscriptionInner,
     subject_matches,
 };

@@ -2,9 +2,7 @@
 //! The client reconnects by itself and re-subscribes every subscription after a NATS restart;
 //! requests made while it is away time out and callers retry or answer UNAVAILABLE.
 
-use super::{
-    Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription, SubscriptionInner,
-};
+use super::types::{Bus, BusError, BusMessage, Subscription, SubscriptionInner};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
@@ -77,32 +75,6 @@ fn headers_of(msg: &BusMessage) -> async_nats::HeaderMap {
         h.insert(name.as_str(), value.as_str());
     }
     h
-}
-
-/// A NATS message as the Bus hands it out.
-pub(super) fn incoming(client: &async_nats::Client, m: async_nats::Message) -> Incoming {
-    let headers = m
-        .headers
-        .iter()
-        .flat_map(|h| h.iter())
-        .filter_map(|(name, values)| {
-            let value = values.first()?;
-            Some((name.to_string(), value.as_str().to_owned()))
-        })
-        .collect();
-    Incoming {
-        msg: BusMessage {
-            subject: m.subject.to_string(),
-            headers,
-            payload: m.payload,
-        },
-        reply: m.reply.map(|subject| {
-            Reply(ReplyInner::Nats {
-                client: client.clone(),
-                subject,
-            })
-        }),
-    }
 }
 
 #[async_trait]

@@ -12,7 +12,7 @@
 //! One process owns every shard for good, so fences always hold here; epochs matter only where
 //! owners can change ([`super::RedisStore`]).
 
-use super::{
+use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, DEFAULT_AUDIT_RETENTION, Deadline, Doc, Fence,
     ShardFilter, Store, StoreError, StoredConfig,
 };
@@ -648,7 +648,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AuditEntry, AuditQuery, ConfigFile};
+    use crate::store::types::{AuditEntry, AuditQuery, ConfigFile};
 
     fn record(uid: Uuid, seq: u64) -> AgentRecord {
         AgentRecord {

@@ -26,7 +26,7 @@
 //! without the other. The audit stream lies outside the shard's slot: that needs one Redis
 //! (a primary with replicas, or Sentinel), not Redis Cluster.
 
-use super::{
+use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
     StoreError, StoredConfig,
 };
@@ -239,7 +239,7 @@ impl RedisStore {
         Ok(Self {
             conn,
             prefix: format!("opamp:{region}"),
-            audit_retention: super::DEFAULT_AUDIT_RETENTION,
+            audit_retention: super::types::DEFAULT_AUDIT_RETENTION,
         })
     }
 

@@ -1,0 +1,34 @@
+//! The interfaces over the operations: the REST API ([`rest`]), the gRPC service ([`grpc`]), the
+//! auth gate both pass ([`auth`]) and the OpenAPI document ([`openapi`]). Each is a thin adapter:
+//! it reads a request into an operation's arguments, calls the operation with the caller the gate
+//! found, and writes the operation's typed answer in its own format. REST and gRPC never use each
+//! other.
+//!
+//! May use: the operations ([`crate::ops`]) and their views, the metrics. Must not: use the
+//! running service ([`crate::service`]) or reach the store or bus itself.
+
+pub mod auth;
+pub mod grpc;
+pub mod openapi;
+pub mod rest;
+
+use crate::metrics::ApiMetrics;
+use crate::ops::Ops;
+use auth::{ApiTokens, Gate};
+use axum::Router;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// The API routes, REST and gRPC, over `ops`; with `tokens`, every request must carry one whose
+/// role allows it.
+pub fn router(ops: Ops, tokens: Option<Arc<ApiTokens>>, registry: &mut Registry) -> Router {
+    let gate = Gate::new(tokens, ops.clone(), ApiMetrics::new(registry));
+    rest::routes(ops.clone())
+        // Routed by hand rather than through `tonic::service::Routes`, whose catch-all fallback
+        // (gRPC UNIMPLEMENTED) would answer unknown REST paths too.
+        .route_service(
+            &format!("/{}/{{*rpc}}", grpc::SERVICE_NAME),
+            grpc::service(ops),
+        )
+        .layer(axum::middleware::from_fn_with_state(gate, auth::authorize))
+}

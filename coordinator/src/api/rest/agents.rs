@@ -1,0 +1,96 @@
+//! REST handlers for the fleet's health and agents.
+
+use super::reply::{ApiError, Reply, pairs, parse_body};
+use crate::ops::agents::{AgentQuery, Deleted, Labels};
+use crate::ops::views::{AgentDetail, AgentsPage, FleetHealth};
+use crate::ops::{Caller, Ops};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+
+pub(super) async fn fleet_health(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+) -> Reply<FleetHealth> {
+    Ok(Json(ops.fleet_health(&caller).await?))
+}
+
+pub(super) async fn list(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Reply<AgentsPage> {
+    let query = AgentQuery::parse(pairs(&q))?;
+    Ok(Json(ops.list_agents(&caller, &query).await?))
+}
+
+pub(super) async fn get(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> Reply<AgentDetail> {
+    Ok(Json(ops.agent(&caller, &uid).await?))
+}
+
+pub(super) async fn delete(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> Reply<Deleted> {
+    Ok(Json(ops.delete_agent(&caller, &uid).await?))
+}
+
+pub(super) async fn restart(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = ops.restart_agent(&caller, &uid).await?;
+    Ok((StatusCode::ACCEPTED, Json(r)).into_response())
+}
+
+/// Issues the agent a new client certificate and key and offers them over OpAMP.
+pub(super) async fn certificate(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
+    let issued = ops.issue_certificate(&caller, &uid).await?;
+    Ok((StatusCode::ACCEPTED, Json(issued)).into_response())
+}
+
+pub(super) async fn labels(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+) -> Reply<Labels> {
+    Ok(Json(ops.labels(&caller, &uid).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelsBody {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+pub(super) async fn set_labels(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> Reply<Labels> {
+    let body: LabelsBody = parse_body(
+        &body,
+        "{\"set\": {\"key\": \"value\"}, \"remove\": [\"key\"]}",
+    )?;
+    Ok(Json(
+        ops.set_labels(&caller, &uid, body.set, body.remove).await?,
+    ))
+}

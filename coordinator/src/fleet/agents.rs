@@ -1,0 +1,96 @@
+//! What fleet rules see of one agent's record: the attributes selectors match (reported
+//! attributes and server-set labels), its capabilities, and its status. Pure.
+
+use crate::fleet::configs::Aspect;
+use flotilla_proto::bus::{AgentRecord, AgentStatus};
+use flotilla_proto::opamp::{AgentCapabilities as Cap, any_value};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Whether capability bits `caps` include `cap`.
+pub fn has(caps: u64, cap: Cap) -> bool {
+    caps & cap as u64 != 0
+}
+
+/// The record's instance uid, if it is one (16 bytes).
+pub fn uid_of(rec: &AgentRecord) -> Option<Uuid> {
+    Uuid::from_slice(&rec.instance_uid).ok()
+}
+
+/// Whether the agent can take `aspect` at all (settings: each part is checked when offered).
+pub fn takes(rec: &AgentRecord, aspect: Aspect) -> bool {
+    match aspect {
+        Aspect::Files => has(rec.capabilities, Cap::AcceptsRemoteConfig),
+        Aspect::Packages => has(rec.capabilities, Cap::AcceptsPackages),
+        Aspect::Settings => true,
+    }
+}
+
+/// What selectors see of an agent, as strings: its non-identifying attributes, its identifying
+/// attributes on top (they win a clash), and its server-set labels on top of both (the operator's
+/// word wins).
+pub fn attributes(rec: &AgentRecord) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if let Some(d) = &rec.description {
+        for kv in d
+            .non_identifying_attributes
+            .iter()
+            .chain(&d.identifying_attributes)
+        {
+            out.insert(
+                kv.key.clone(),
+                any_value_string(kv.value.as_ref().and_then(|v| v.value.as_ref())),
+            );
+        }
+    }
+    out.extend(rec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}
+
+pub fn any_value_string(v: Option<&any_value::Value>) -> String {
+    use any_value::Value;
+    match v {
+        None => String::new(),
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BytesValue(b)) => hex::encode(b),
+        Some(Value::ArrayValue(a)) => {
+            let items: Vec<_> = a
+                .values
+                .iter()
+                .map(|v| any_value_string(v.value.as_ref()))
+                .collect();
+            format!("[{}]", items.join(","))
+        }
+        Some(Value::KvlistValue(kv)) => {
+            let items: Vec<_> = kv
+                .values
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}={}",
+                        p.key,
+                        any_value_string(p.value.as_ref().and_then(|v| v.value.as_ref()))
+                    )
+                })
+                .collect();
+            format!("{{{}}}", items.join(","))
+        }
+    }
+}
+
+/// The status as the API names it.
+pub fn status_name(rec: &AgentRecord) -> &'static str {
+    match rec.status() {
+        AgentStatus::Connected => "connected",
+        AgentStatus::Silent => "silent",
+        AgentStatus::Disconnected | AgentStatus::Unspecified => "disconnected",
+    }
+}
+
+/// What the agent last said of its health, if anything.
+pub fn healthy(rec: &AgentRecord) -> Option<bool> {
+    rec.health.as_ref().map(|h| h.healthy)
+}

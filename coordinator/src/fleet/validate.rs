@@ -1,0 +1,475 @@
+//! Checks a config's files before anything is sent to agents.
+//!
+//! An agent that receives a config it cannot load keeps running its old one and reports a failed
+//! remote config, so a typo reaches the whole fleet before anyone sees it. [`validate_files`]
+//! catches the common mistakes up front and reports every one of them at once, each with the file
+//! and, where known, the line and column, so the person editing can fix them in one pass:
+//!
+//! - `.yaml`/`.yml` files must parse as YAML. A document that is a mapping with a `service` key is
+//!   an OpenTelemetry Collector config, and its `service` section is checked the way the collector
+//!   checks it at startup: pipeline ids, non-empty receiver and exporter lists, every referenced
+//!   receiver, processor, exporter, connector and extension defined at the top level, and every
+//!   connector used on both sides (exporter of one pipeline, receiver of another).
+//! - `.json` files must parse as JSON.
+//! - Other files are not checked.
+//!
+//! What is not checked: component settings (only the collector binary knows each component's
+//! schema), whether a component type exists in the agent's build, and whether a connector
+//! supports the signal types of the pipelines it joins.
+
+use saphyr::{AnnotatedMapping, LoadableYamlNode, MarkedYaml, Marker, Scalar, YamlData};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use thiserror::Error;
+
+/// Pipeline types the collector knows; a pipeline id is `<type>` or `<type>/<name>`.
+const PIPELINE_TYPES: [&str; 4] = ["traces", "metrics", "logs", "profiles"];
+
+/// One thing wrong with one file.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{}{message}", position(.file, *.line, *.column))]
+pub struct Problem {
+    pub file: String,
+    /// 1-based line, when the problem can be pinned to a place in the file.
+    pub line: Option<usize>,
+    /// 1-based column (in characters), when known.
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+/// `file:line:column: ` or `file: `, the prefix compilers and editors understand.
+fn position(file: &str, line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!("{file}:{line}:{column}: "),
+        (Some(line), None) => format!("{file}:{line}: "),
+        _ => format!("{file}: "),
+    }
+}
+
+impl Problem {
+    fn at(file: &str, marker: Marker, message: String) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: Some(marker.line()),
+            // The YAML parser counts columns from 0; people and editors count from 1.
+            column: Some(marker.col() + 1),
+            message,
+        }
+    }
+}
+
+/// Checks every file of a config (file name -> body). Returns all problems found, in file-name
+/// order and, within a file, in position order.
+pub fn validate_files(files: &BTreeMap<String, String>) -> Result<(), Vec<Problem>> {
+    let mut problems = Vec::new();
+    for (name, body) in files {
+        let mut found = Vec::new();
+        match extension(name).as_deref() {
+            Some("yaml" | "yml") => check_yaml(name, body, &mut found),
+            Some("json") => check_json(name, body, &mut found),
+            _ => {}
+        }
+        // Checks run section by section; sorting gives the order a reader walks the file in.
+        found.sort_by_key(|p| (p.line, p.column));
+        problems.append(&mut found);
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn extension(name: &str) -> Option<String> {
+    Path::new(name)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
+fn check_json(file: &str, body: &str, problems: &mut Vec<Problem>) {
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(body) {
+        // serde_json appends the position to its message; it goes into the fields instead.
+        let text = e.to_string();
+        let suffix = format!(" at line {} column {}", e.line(), e.column());
+        let message = text.strip_suffix(&suffix).unwrap_or(&text);
+        problems.push(Problem {
+            file: file.to_owned(),
+            line: (e.line() > 0).then_some(e.line()),
+            column: (e.line() > 0).then_some(e.column()),
+            message: format!("invalid JSON: {message}"),
+        });
+    }
+}
+
+fn check_yaml(file: &str, body: &str, problems: &mut Vec<Problem>) {
+    let docs = match MarkedYaml::load_from_str(body) {
+        Ok(docs) => docs,
+        Err(e) => {
+            problems.push(Problem::at(
+                file,
+                *e.marker(),
+                format!("invalid YAML: {}", e.info()),
+            ));
+            return;
+        }
+    };
+    for doc in &docs {
+        if let Some(root) = mapping(doc)
+            && let Some((service_key, service)) = entry(root, "service")
+        {
+            CollectorCheck::new(file, root, problems).check(service_key, service);
+        }
+    }
+}
+
+type Node<'a> = MarkedYaml<'a>;
+type Mapping<'a> = AnnotatedMapping<'a, Node<'a>>;
+
+/// The node's data with any tags (`!!map`, custom tags) looked through.
+fn data<'n, 'a>(node: &'n Node<'a>) -> &'n YamlData<'a, Node<'a>> {
+    match &node.data {
+        YamlData::Tagged(_, inner) => data(inner),
+        other => other,
+    }
+}
+
+fn mapping<'n, 'a>(node: &'n Node<'a>) -> Option<&'n Mapping<'a>> {
+    match data(node) {
+        YamlData::Mapping(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn is_null(node: &Node<'_>) -> bool {
+    matches!(data(node), YamlData::Value(Scalar::Null))
+}
+
+/// A string scalar's text; component ids and section names are strings.
+fn string(node: &Node<'_>) -> Option<String> {
+    match data(node) {
+        YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// A mapping key as text: YAML would read `1:` as an integer, the collector as the id "1".
+fn key_text(node: &Node<'_>) -> Option<String> {
+    match data(node) {
+        YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
+        YamlData::Value(Scalar::Integer(i)) => Some(i.to_string()),
+        YamlData::Value(Scalar::FloatingPoint(f)) => Some(f.to_string()),
+        YamlData::Value(Scalar::Boolean(b)) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn entry<'n, 'a>(map: &'n Mapping<'a>, key: &str) -> Option<(&'n Node<'a>, &'n Node<'a>)> {
+    map.iter()
+        .find(|(k, _)| key_text(k).as_deref() == Some(key))
+}
+
+/// The keys of a top-level section (`receivers:` ...): what is "defined". A component needs no
+/// settings to be defined (`debug:` with a null value is fine), as in the collector.
+fn defined(root: &Mapping<'_>, section: &str) -> BTreeSet<String> {
+    entry(root, section)
+        .and_then(|(_, v)| mapping(v))
+        .map(|m| m.keys().filter_map(key_text).collect())
+        .unwrap_or_default()
+}
+
+/// The three lists of a pipeline.
+#[derive(Clone, Copy)]
+enum Role {
+    Receiver,
+    Processor,
+    Exporter,
+}
+
+impl Role {
+    fn list_key(self) -> &'static str {
+        match self {
+            Role::Receiver => "receivers",
+            Role::Processor => "processors",
+            Role::Exporter => "exporters",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Role::Receiver => "receiver",
+            Role::Processor => "processor",
+            Role::Exporter => "exporter",
+        }
+    }
+}
+
+/// A connector named in a pipeline's receivers or exporters, kept for the both-sides check.
+struct ConnectorUse {
+    connector: String,
+    pipeline: String,
+    at: Marker,
+}
+
+struct CollectorCheck<'p> {
+    file: &'p str,
+    problems: &'p mut Vec<Problem>,
+    receivers: BTreeSet<String>,
+    processors: BTreeSet<String>,
+    exporters: BTreeSet<String>,
+    connectors: BTreeSet<String>,
+    extensions: BTreeSet<String>,
+    as_receiver: Vec<ConnectorUse>,
+    as_exporter: Vec<ConnectorUse>,
+}
+
+impl<'p> CollectorCheck<'p> {
+    fn new(file: &'p str, root: &Mapping<'_>, problems: &'p mut Vec<Problem>) -> Self {
+        Self {
+            file,
+            problems,
+            receivers: defined(root, "receivers"),
+            processors: defined(root, "processors"),
+            exporters: defined(root, "exporters"),
+            connectors: defined(root, "connectors"),
+            extensions: defined(root, "extensions"),
+            as_receiver: Vec::new(),
+            as_exporter: Vec::new(),
+        }
+    }
+
+    fn problem(&mut self, at: Marker, message: String) {
+        self.problems.push(Problem::at(self.file, at, message));
+    }
+
+    fn check(mut self, service_key: &Node<'_>, service: &Node<'_>) {
+        let Some(service) = mapping(service) else {
+            self.problem(service_key.span.start, "service must be a mapping".into());
+            return;
+        };
+        if let Some((key, list)) = entry(service, "extensions") {
+            self.check_extensions(key, list);
+        }
+        match entry(service, "pipelines") {
+            None => self.problem(
+                service_key.span.start,
+                "service.pipelines is missing".into(),
+            ),
+            Some((key, pipelines)) => match mapping(pipelines) {
+                None => self.problem(key.span.start, "service.pipelines must be a mapping".into()),
+                Some(pipelines) => {
+                    for (id, pipeline) in pipelines {
+                        self.check_pipeline(id, pipeline);
+                    }
+                    self.check_connectors();
+                }
+            },
+        }
+    }
+
+    fn check_extensions(&mut self, key: &Node<'_>, list: &Node<'_>) {
+        if is_null(list) {
+            return;
+        }
+        let YamlData::Sequence(items) = data(list) else {
+            self.problem(
+                key.span.start,
+                "service.extensions must be a list of extension ids".into(),
+            );
+            return;
+        };
+        for item in items {
+            match string(item) {
+                None => self.problem(
+                    item.span.start,
+                    "service.extensions entries must be extension ids (strings)".into(),
+                ),
+                Some(id) if !self.extensions.contains(&id) => self.problem(
+                    item.span.start,
+                    format!(
+                        "service.extensions uses extension \"{id}\", which is not defined under \
+                         \"extensions\""
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn check_pipeline(&mut self, id_node: &Node<'_>, pipeline: &Node<'_>) {
+        let at = id_node.span.start;
+        let Some(id) = key_text(id_node) else {
+            self.problem(
+                at,
+                "pipeline ids must be strings like \"traces/name\"".into(),
+            );
+            return;
+        };
+        if let Some(message) = pipeline_id_problem(&id) {
+            self.problem(at, message);
+        }
+        let Some(pipeline) = mapping(pipeline) else {
+            self.problem(
+                at,
+                format!("pipeline \"{id}\" must be a mapping with receivers and exporters"),
+            );
+            return;
+        };
+        for role in [Role::Receiver, Role::Processor, Role::Exporter] {
+            for (component, at) in self.component_list(&id, id_node, pipeline, role) {
+                self.check_reference(&id, role, component, at);
+            }
+        }
+    }
+
+    /// The ids in one of a pipeline's lists, with their positions; problems with the list itself
+    /// are reported here.
+    fn component_list(
+        &mut self,
+        pipeline_id: &str,
+        id_node: &Node<'_>,
+        pipeline: &Mapping<'_>,
+        role: Role,
+    ) -> Vec<(String, Marker)> {
+        // Processors are optional; a pipeline without receivers or exporters moves no data and
+        // the collector refuses to start.
+        let required = !matches!(role, Role::Processor);
+        let missing = format!(
+            "pipeline \"{pipeline_id}\" must have at least one {}",
+            role.name()
+        );
+        let (key, list) = match entry(pipeline, role.list_key()) {
+            Some((key, list)) if !is_null(list) => (key, list),
+            Some((key, _)) => {
+                if required {
+                    self.problem(key.span.start, missing);
+                }
+                return Vec::new();
+            }
+            None => {
+                if required {
+                    self.problem(id_node.span.start, missing);
+                }
+                return Vec::new();
+            }
+        };
+        let YamlData::Sequence(items) = data(list) else {
+            self.problem(
+                key.span.start,
+                format!(
+                    "pipeline \"{pipeline_id}\": {} must be a list of {} ids",
+                    role.list_key(),
+                    role.name()
+                ),
+            );
+            return Vec::new();
+        };
+        if items.is_empty() && required {
+            self.problem(key.span.start, missing);
+        }
+        let mut ids = Vec::new();
+        for item in items {
+            match string(item) {
+                Some(component) => ids.push((component, item.span.start)),
+                None => self.problem(
+                    item.span.start,
+                    format!(
+                        "pipeline \"{pipeline_id}\": {} entries must be component ids (strings)",
+                        role.list_key()
+                    ),
+                ),
+            }
+        }
+        ids
+    }
+
+    fn check_reference(&mut self, pipeline: &str, role: Role, component: String, at: Marker) {
+        let is_connector = self.connectors.contains(&component);
+        let (defined, sections) = match role {
+            Role::Receiver => (
+                self.receivers.contains(&component) || is_connector,
+                "\"receivers\" or \"connectors\"",
+            ),
+            Role::Processor => (self.processors.contains(&component), "\"processors\""),
+            Role::Exporter => (
+                self.exporters.contains(&component) || is_connector,
+                "\"exporters\" or \"connectors\"",
+            ),
+        };
+        if !defined {
+            self.problem(
+                at,
+                format!(
+                    "pipeline \"{pipeline}\" uses {} \"{component}\", which is not defined under \
+                     {sections}",
+                    role.name()
+                ),
+            );
+            return;
+        }
+        if is_connector {
+            let used = ConnectorUse {
+                connector: component,
+                pipeline: pipeline.to_owned(),
+                at,
+            };
+            match role {
+                Role::Receiver => self.as_receiver.push(used),
+                Role::Exporter => self.as_exporter.push(used),
+                Role::Processor => {}
+            }
+        }
+    }
+
+    /// A connector passes data from the pipeline that exports to it into another pipeline that
+    /// receives from it; used on one side only (or both sides of one pipeline, a cycle) it joins
+    /// nothing and the collector refuses the config.
+    fn check_connectors(&mut self) {
+        let mut found = Vec::new();
+        for (uses, others, side, other_side) in [
+            (&self.as_exporter, &self.as_receiver, "exporter", "receiver"),
+            (&self.as_receiver, &self.as_exporter, "receiver", "exporter"),
+        ] {
+            for used in uses {
+                let joined = others
+                    .iter()
+                    .any(|o| o.connector == used.connector && o.pipeline != used.pipeline);
+                if !joined {
+                    found.push(Problem::at(
+                        self.file,
+                        used.at,
+                        format!(
+                            "connector \"{}\" used as {side} in [{}] pipeline but not used as \
+                             {other_side} in any other pipeline",
+                            used.connector, used.pipeline
+                        ),
+                    ));
+                }
+            }
+        }
+        self.problems.append(&mut found);
+    }
+}
+
+fn pipeline_id_problem(id: &str) -> Option<String> {
+    let (kind, name) = match id.split_once('/') {
+        Some((kind, name)) => (kind, Some(name)),
+        None => (id, None),
+    };
+    if !PIPELINE_TYPES.contains(&kind) {
+        return Some(format!(
+            "pipeline \"{id}\" has unknown type \"{kind}\"; the type must be one of traces, \
+             metrics, logs, profiles (as in \"traces\" or \"traces/name\")"
+        ));
+    }
+    if name == Some("") {
+        return Some(format!(
+            "pipeline \"{id}\" has an empty name after \"/\"; use \"{kind}\" or \"{kind}/name\""
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

@@ -1,0 +1,136 @@
+//! Which offers an agent is due: the config that gives it each aspect (files, packages,
+//! connection settings), and whether the reply must carry it (the agent does not report running
+//! it, or may have lost it).
+
+use super::offers;
+use crate::fleet::agents::{takes, uid_of};
+use crate::fleet::configs::{Aspect, Desired};
+use flotilla_common::store::StoredConfig;
+use flotilla_proto::bus::AgentRecord;
+use flotilla_proto::opamp::{PackagesAvailable, ServerToAgent};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How many times connection settings are offered again to an agent that starts new sessions
+/// without reporting them, per [`REOFFER_WINDOW_MS`]: an agent that restarts its client on every
+/// offer stops being offered after this many.
+pub const SETTINGS_REOFFERS: u32 = 3;
+pub const REOFFER_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// Adds what differs between the desired state and what the agent reported: the remote config,
+/// the packages, and the connection settings (heartbeat interval and own-telemetry destinations,
+/// or an issued certificate), given the desired state, the default heartbeat interval and the time.
+/// `settings_unknown`: the agent started a new session without saying which settings it runs.
+pub(super) fn fill_offers(
+    reply: &mut ServerToAgent,
+    rec: &mut AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    (desired, default_heartbeat, now_unix_ms): (&Desired, Duration, u64),
+    settings_unknown: bool,
+) {
+    if let Some(cfg) = config_to_offer(rec, attrs, desired) {
+        reply.remote_config = Some(offers::remote_config_message(cfg));
+    }
+    if let Some(p) = packages_to_offer(rec, attrs, desired) {
+        rec.offered_packages_hash.clone_from(&p.all_packages_hash);
+        reply.packages_available = Some(p);
+    }
+    // A pending certificate offer carries the heartbeat interval too. Once an agent runs settings
+    // with a certificate, an offer without one would tell it to drop its certificate: none is made.
+    let offer = match &rec.settings_offer {
+        Some(cert_offer) => cert_offer.clone(),
+        None if rec.settings_have_certificate => return,
+        None => {
+            let cfg = desired.resolve(uid_of(rec).as_ref(), attrs, Aspect::Settings);
+            let settings = offers::settings_of(cfg);
+            match offers::settings_offer(settings, default_heartbeat, rec.capabilities) {
+                Some(o) => o,
+                None => return,
+            }
+        }
+    };
+    // Offered once per settings hash, again while the agent reports another hash, and again
+    // (a few times at most) when a new session does not say the agent still has them: an offer
+    // on every reply could make agents that reconnect on new settings loop.
+    let reported = rec
+        .connection_settings_status
+        .as_ref()
+        .map(|s| s.last_connection_settings_hash.as_slice());
+    let changed = rec.offered_settings_hash != offer.hash
+        || reported.is_some_and(|h| h != offer.hash.as_slice());
+    if changed || (settings_unknown && may_reoffer(rec, now_unix_ms)) {
+        rec.offered_settings_hash.clone_from(&offer.hash);
+        reply.connection_settings = Some(offer);
+    }
+}
+
+/// Counts a repeated settings offer against the agent's allowance; false when it is spent.
+fn may_reoffer(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
+    if now_unix_ms.saturating_sub(rec.settings_reoffer_window_unix_ms) > REOFFER_WINDOW_MS {
+        rec.settings_reoffer_window_unix_ms = now_unix_ms;
+        rec.settings_reoffers = 0;
+    }
+    if rec.settings_reoffers >= SETTINGS_REOFFERS {
+        return false;
+    }
+    rec.settings_reoffers += 1;
+    true
+}
+
+/// The config that gives this agent `aspect`, if the agent can take it.
+pub fn desired_config<'a>(
+    rec: &AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    desired: &'a Desired,
+    aspect: Aspect,
+) -> Option<&'a StoredConfig> {
+    if !takes(rec, aspect) {
+        return None;
+    }
+    desired.resolve(uid_of(rec).as_ref(), attrs, aspect)
+}
+
+/// The desired config of an agent that does not report running it yet: what to send it.
+pub fn config_to_offer<'a>(
+    rec: &AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    desired: &'a Desired,
+) -> Option<&'a StoredConfig> {
+    let cfg = desired_config(rec, attrs, desired, Aspect::Files)?;
+    let reported = rec
+        .remote_config_status
+        .as_ref()
+        .map(|s| hex::encode(&s.last_remote_config_hash));
+    (reported.as_deref() != Some(cfg.hash.as_str())).then_some(cfg)
+}
+
+/// The packages to offer this agent: once per change of its desired package set, and again while
+/// it reports having been offered another set.
+pub fn packages_to_offer(
+    rec: &AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    desired: &Desired,
+) -> Option<PackagesAvailable> {
+    let cfg = desired_config(rec, attrs, desired, Aspect::Packages)?;
+    let offer = offers::packages_available(&cfg.packages);
+    let reported = rec
+        .package_statuses
+        .as_ref()
+        .map(|s| s.server_provided_all_packages_hash.as_slice());
+    (rec.offered_packages_hash != offer.all_packages_hash
+        || reported.is_some_and(|h| h != offer.all_packages_hash.as_slice()))
+    .then_some(offer)
+}
+
+/// The heartbeat interval this agent is asked for: its settings config's, else the default.
+pub fn heartbeat_interval(
+    rec: &AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    desired: &Desired,
+    default: Duration,
+) -> Duration {
+    let cfg = desired.resolve(uid_of(rec).as_ref(), attrs, Aspect::Settings);
+    offers::settings_of(cfg)
+        .and_then(|s| s.heartbeat_interval)
+        .unwrap_or(default)
+}

@@ -1,0 +1,25 @@
+//! What happens to agents, as the state machine reports it and the service publishes it.
+
+/// Something that happened to an agent, published on `opamp.<region>.evt.<kind>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Connected,
+    Disconnected,
+    Silent,
+    Unhealthy,
+    ConfigApplied,
+    ConfigFailed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+            Self::Silent => "silent",
+            Self::Unhealthy => "unhealthy",
+            Self::ConfigApplied => "config_applied",
+            Self::ConfigFailed => "config_failed",
+        }
+    }
+}

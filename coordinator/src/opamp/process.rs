@@ -1,0 +1,347 @@
+//! The OpAMP server state machine for one agent message: merge the (compressed) report into the
+//! stored record, detect sequence gaps, and decide what the reply carries. Pure: no I/O, no clock
+//! (the caller passes `now`), so every protocol rule is unit-tested here.
+
+use super::desired::{fill_offers, heartbeat_interval};
+use super::events::EventKind;
+use super::identity::certificate_names;
+use crate::fleet::agents::{attributes, has};
+use crate::fleet::configs::Desired;
+use flotilla_common::config::RecordLimits;
+use flotilla_common::error::{ErrorKind, opamp_error};
+use flotilla_common::store::Deadline;
+use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
+use flotilla_proto::opamp::{
+    AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags, CommandType,
+    RemoteConfigStatuses, ServerCapabilities, ServerToAgent, ServerToAgentCommand,
+    ServerToAgentFlags,
+};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What this server can do, sent in every reply (every HTTP reply is a connection's first).
+pub const SERVER_CAPABILITIES: u64 = ServerCapabilities::AcceptsStatus as u64
+    | ServerCapabilities::OffersRemoteConfig as u64
+    | ServerCapabilities::AcceptsEffectiveConfig as u64
+    | ServerCapabilities::AcceptsPackagesStatus as u64
+    | ServerCapabilities::OffersPackages as u64
+    | ServerCapabilities::OffersConnectionSettings as u64;
+
+/// How many heartbeat intervals without a message make an agent silent.
+pub const SILENT_AFTER_INTERVALS: u32 = 3;
+
+/// Server-side facts the decision depends on.
+pub struct Ctx<'a> {
+    pub now_unix_ms: u64,
+    /// The heartbeat interval of agents whose configs set none.
+    pub heartbeat_interval: Duration,
+    pub desired: &'a Desired,
+    /// How much one agent's record may hold.
+    pub limits: &'a RecordLimits,
+    /// Keep a queued restart for a later message (this one's reply has something else to
+    /// carry, e.g. the answer to a CSR).
+    pub hold_restart: bool,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub reply: ServerToAgent,
+    /// The record to store, keyed by its instance_uid; None when there is nothing to store (a
+    /// uid was assigned: it becomes a record when the agent uses it; a message was refused).
+    pub record: Option<AgentRecord>,
+    pub deadline: Deadline,
+    pub events: Vec<EventKind>,
+    /// The heartbeat (poll) interval the agent is asked for.
+    pub interval: Duration,
+    /// What the record noted about the reply's offers, as it was before them.
+    before_offers: OfferMarks,
+}
+
+/// The parts of a record that say what has been offered or queued for the agent.
+#[derive(Debug, Default, Clone)]
+struct OfferMarks {
+    offered_settings_hash: Vec<u8>,
+    offered_packages_hash: Vec<u8>,
+    restart_expires_unix_ms: u64,
+    settings_reoffers: u32,
+    settings_reoffer_window_unix_ms: u64,
+}
+
+impl OfferMarks {
+    fn of(rec: &AgentRecord) -> Self {
+        Self {
+            offered_settings_hash: rec.offered_settings_hash.clone(),
+            offered_packages_hash: rec.offered_packages_hash.clone(),
+            restart_expires_unix_ms: rec.restart_expires_unix_ms,
+            settings_reoffers: rec.settings_reoffers,
+            settings_reoffer_window_unix_ms: rec.settings_reoffer_window_unix_ms,
+        }
+    }
+
+    fn restore(self, rec: &mut AgentRecord) {
+        rec.offered_settings_hash = self.offered_settings_hash;
+        rec.offered_packages_hash = self.offered_packages_hash;
+        rec.restart_expires_unix_ms = self.restart_expires_unix_ms;
+        rec.settings_reoffers = self.settings_reoffers;
+        rec.settings_reoffer_window_unix_ms = self.settings_reoffer_window_unix_ms;
+    }
+}
+
+impl Outcome {
+    /// A reply carrying only `reply`, storing nothing.
+    fn nothing_stored(reply: ServerToAgent, ctx: &Ctx<'_>) -> Self {
+        Self {
+            reply,
+            record: None,
+            deadline: Deadline::Keep,
+            events: Vec::new(),
+            interval: ctx.heartbeat_interval,
+            before_offers: OfferMarks::default(),
+        }
+    }
+
+    /// A reply carrying only an error (the spec allows nothing beside it), storing nothing.
+    fn refused(instance_uid: Vec<u8>, message: String, ctx: &Ctx<'_>) -> Self {
+        let reply = opamp_error(instance_uid, ErrorKind::BadRequest, message, None);
+        Self::nothing_stored(reply, ctx)
+    }
+
+    /// Replaces the reply by `error` alone. The record keeps what the message reported, but
+    /// forgets the offers the reply no longer makes, so they are made again later.
+    pub fn answer_with_error(&mut self, kind: ErrorKind, message: String) {
+        let uid = std::mem::take(&mut self.reply.instance_uid);
+        self.reply = opamp_error(uid, kind, message, None);
+        if let Some(rec) = self.record.as_mut() {
+            std::mem::take(&mut self.before_offers).restore(rec);
+        }
+    }
+}
+
+/// Processes one AgentToServer. `stored` is the record under the message's uid, if any.
+pub fn process(
+    stored: Option<AgentRecord>,
+    msg: AgentToServer,
+    origin: Origin,
+    ctx: &Ctx<'_>,
+) -> Outcome {
+    if let Err(why) = ctx.limits.check_message(&msg) {
+        return Outcome::refused(msg.instance_uid, why, ctx);
+    }
+    let mut reply = ServerToAgent {
+        instance_uid: msg.instance_uid.clone(),
+        capabilities: SERVER_CAPABILITIES,
+        ..Default::default()
+    };
+
+    // A uid the agent asks us to replace, or one that is not 16 bytes, gets a new one: the uid
+    // its client certificate names when it names one (the certificate fixes the uid), else a
+    // new UUIDv7. Nothing is stored: the uid becomes a record when the agent uses it, in the
+    // full report this reply asks for.
+    let requested = msg.flags & AgentToServerFlags::RequestInstanceUid as u64 != 0;
+    let named = certificate_names(&origin, &msg.instance_uid);
+    let kept = (!requested || named)
+        .then(|| Uuid::from_slice(&msg.instance_uid).ok())
+        .flatten();
+    let Some(uid) = kept else {
+        let new = match origin.client_cert_uids.as_slice() {
+            [only] => Uuid::from_slice(only).unwrap_or_else(|_| Uuid::now_v7()),
+            _ => Uuid::now_v7(),
+        };
+        reply.agent_identification = Some(AgentIdentification {
+            new_instance_uid: new.as_bytes().to_vec(),
+        });
+        reply.flags |= ServerToAgentFlags::ReportFullState as u64;
+        return Outcome::nothing_stored(reply, ctx);
+    };
+
+    let in_sequence = stored
+        .as_ref()
+        .is_some_and(|r| msg.sequence_num == r.sequence_num.wrapping_add(1));
+    let was_connected = stored
+        .as_ref()
+        .is_some_and(|r| r.status == AgentStatus::Connected as i32);
+    let mut rec = stored.unwrap_or_else(|| AgentRecord {
+        instance_uid: uid.as_bytes().to_vec(),
+        first_seen_unix_ms: ctx.now_unix_ms,
+        ..Default::default()
+    });
+    let before = EventFacts::of(&rec);
+    let leaving = msg.agent_disconnect.is_some();
+    // A new session (a restart, a gap) that does not say which connection settings the agent
+    // runs: it may have lost what it was offered.
+    let settings_unknown = !in_sequence && msg.connection_settings_status.is_none();
+    let mut events = Vec::new();
+
+    if !in_sequence {
+        reply.flags |= ServerToAgentFlags::ReportFullState as u64;
+    }
+    if merge(&mut rec, msg) {
+        reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
+    }
+    if let Err(why) = ctx.limits.check_record(&rec) {
+        return Outcome::refused(reply.instance_uid, why, ctx);
+    }
+    rec.last_seen_unix_ms = ctx.now_unix_ms;
+
+    if leaving {
+        rec.status = AgentStatus::Disconnected as i32;
+        rec.origin = None;
+        events.push(EventKind::Disconnected);
+    } else {
+        rec.status = AgentStatus::Connected as i32;
+        rec.origin = Some(origin);
+        if !was_connected {
+            events.push(EventKind::Connected);
+        }
+    }
+    events.extend(before.events_to(&rec));
+
+    let attrs = attributes(&rec);
+    let interval = heartbeat_interval(&rec, &attrs, ctx.desired, ctx.heartbeat_interval);
+    let deadline = match silence_deadline(&rec, interval) {
+        Some(at) => Deadline::Arm(at),
+        None => Deadline::Clear,
+    };
+    let before_offers = OfferMarks::of(&rec);
+
+    // A queued restart goes alone (the spec forbids other fields beside a command); whatever else
+    // is due follows on the next message, which a restarted agent sends in full anyway.
+    if reply.flags & ServerToAgentFlags::ReportFullState as u64 == 0
+        && !ctx.hold_restart
+        && take_restart(&mut rec, ctx.now_unix_ms)
+    {
+        reply.command = Some(ServerToAgentCommand {
+            r#type: CommandType::Restart as i32,
+        });
+        return Outcome {
+            reply,
+            record: Some(rec),
+            deadline,
+            events,
+            interval,
+            before_offers,
+        };
+    }
+
+    if !leaving {
+        let now = ctx.now_unix_ms;
+        let offers = (ctx.desired, ctx.heartbeat_interval, now);
+        fill_offers(&mut reply, &mut rec, &attrs, offers, settings_unknown);
+    }
+    Outcome {
+        reply,
+        record: Some(rec),
+        deadline,
+        events,
+        interval,
+        before_offers,
+    }
+}
+
+/// Moves the sub-messages present in `msg` into the record; an absent one means "unchanged".
+/// Returns true when the server should ask for the full map of available components.
+fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
+    rec.sequence_num = msg.sequence_num;
+    rec.capabilities = msg.capabilities;
+    macro_rules! take {
+        ($($field:ident <- $src:ident),*) => {
+            $(if msg.$src.is_some() { rec.$field = msg.$src; })*
+        };
+    }
+    take!(
+        description <- agent_description,
+        health <- health,
+        effective_config <- effective_config,
+        remote_config_status <- remote_config_status,
+        package_statuses <- package_statuses,
+        custom_capabilities <- custom_capabilities,
+        connection_settings_status <- connection_settings_status
+    );
+    let Some(reported) = msg.available_components else {
+        return false;
+    };
+    // The first report carries only the hash: keep what we know for that hash, and ask for the
+    // map unless we have it.
+    let stored = rec.available_components.as_ref();
+    let same_hash = stored.is_some_and(|k| k.hash == reported.hash);
+    if reported.components.is_empty() {
+        let have_map = same_hash && stored.is_some_and(|k| !k.components.is_empty());
+        if !same_hash {
+            rec.available_components = Some(reported);
+        }
+        return !have_map;
+    }
+    rec.available_components = Some(reported);
+    false
+}
+
+/// The few facts of a record that events compare before and after a message.
+struct EventFacts {
+    healthy: Option<bool>,
+    config_status: Option<(i32, Vec<u8>)>,
+}
+
+impl EventFacts {
+    fn of(rec: &AgentRecord) -> Self {
+        Self {
+            healthy: rec.health.as_ref().map(|h| h.healthy),
+            config_status: rec
+                .remote_config_status
+                .as_ref()
+                .map(|s| (s.status, s.last_remote_config_hash.clone())),
+        }
+    }
+
+    fn events_to(&self, after: &AgentRecord) -> Vec<EventKind> {
+        let now = Self::of(after);
+        let mut events = Vec::new();
+        if now.healthy == Some(false) && self.healthy != Some(false) {
+            events.push(EventKind::Unhealthy);
+        }
+        if now.config_status != self.config_status {
+            match now
+                .config_status
+                .map(|(status, _)| RemoteConfigStatuses::try_from(status))
+            {
+                Some(Ok(RemoteConfigStatuses::Applied)) => events.push(EventKind::ConfigApplied),
+                Some(Ok(RemoteConfigStatuses::Failed)) => events.push(EventKind::ConfigFailed),
+                _ => {}
+            }
+        }
+        events
+    }
+}
+
+/// When a connected agent becomes silent: agents that promise heartbeats, and HTTP pollers (which
+/// poll at the heartbeat interval, 30 s by default), are silent after 3 intervals without a
+/// message. A WebSocket agent without ReportsHeartbeat promises nothing; its connection's close
+/// tells us it is gone.
+pub fn silence_deadline(rec: &AgentRecord, heartbeat_interval: Duration) -> Option<u64> {
+    if rec.status != AgentStatus::Connected as i32 {
+        return None;
+    }
+    let http = rec
+        .origin
+        .as_ref()
+        .is_some_and(|o| o.transport() == Transport::Http);
+    if !http && !has(rec.capabilities, Cap::ReportsHeartbeat) {
+        return None;
+    }
+    // Saturating: a configured interval near the limits of time must not overflow.
+    let window = heartbeat_interval.saturating_mul(SILENT_AFTER_INTERVALS);
+    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    Some(rec.last_seen_unix_ms.saturating_add(window_ms))
+}
+
+/// Takes a queued, unexpired restart if the agent can restart; forgets an expired one.
+fn take_restart(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
+    if rec.restart_expires_unix_ms <= now_unix_ms {
+        rec.restart_expires_unix_ms = 0;
+        return false;
+    }
+    if !has(rec.capabilities, Cap::AcceptsRestartCommand) {
+        return false;
+    }
+    rec.restart_expires_unix_ms = 0;
+    true
+}

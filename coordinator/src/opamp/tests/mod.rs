@@ -1,0 +1,391 @@
+use super::desired::{SETTINGS_REOFFERS, desired_config};
+use super::*;
+use crate::fleet::agents::attributes;
+use crate::fleet::configs::{self, Aspect, Desired};
+use flotilla_common::config::RecordLimits;
+use flotilla_common::store::{AgentSettings, ConfigFile, Deadline, PackageOffer, StoredConfig};
+use flotilla_proto::bus::{AgentStatus, Origin, Transport};
+use flotilla_proto::opamp::{
+    AgentCapabilities as Cap, AgentDescription, AgentDisconnect, AgentToServer, AgentToServerFlags,
+    AnyValue, CommandType, ComponentHealth, KeyValue, RemoteConfigStatus, RemoteConfigStatuses,
+    ServerToAgentFlags, any_value,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+const NOW: u64 = 1_700_000_000_000;
+const CAPS: u64 = Cap::ReportsStatus as u64
+    | Cap::AcceptsRemoteConfig as u64
+    | Cap::ReportsRemoteConfig as u64
+    | Cap::ReportsHeartbeat as u64
+    | Cap::AcceptsRestartCommand as u64;
+
+fn ws() -> Origin {
+    Origin {
+        gateway_id: "g1".into(),
+        connection_id: 7,
+        transport: Transport::Websocket as i32,
+        ..Default::default()
+    }
+}
+
+fn ctx(configs: &[StoredConfig]) -> Ctx<'static> {
+    with_desired(Desired::new(configs.to_vec()))
+}
+
+/// Leaks the desired state: a few bytes per test, so contexts can be built inline.
+fn with_desired(desired: Desired) -> Ctx<'static> {
+    Ctx {
+        now_unix_ms: NOW,
+        heartbeat_interval: Duration::from_secs(30),
+        desired: Box::leak(Box::new(desired)),
+        limits: Box::leak(Box::new(RecordLimits::default())),
+        hold_restart: false,
+    }
+}
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+    }
+}
+
+fn full(uid: Uuid, seq: u64) -> AgentToServer {
+    AgentToServer {
+        instance_uid: uid.as_bytes().to_vec(),
+        sequence_num: seq,
+        capabilities: CAPS,
+        agent_description: Some(AgentDescription {
+            identifying_attributes: vec![kv("service.name", "otelcol")],
+            non_identifying_attributes: vec![kv("env", "prod")],
+        }),
+        health: Some(ComponentHealth {
+            healthy: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn heartbeat(uid: Uuid, seq: u64) -> AgentToServer {
+    AgentToServer {
+        instance_uid: uid.as_bytes().to_vec(),
+        sequence_num: seq,
+        capabilities: CAPS,
+        ..Default::default()
+    }
+}
+
+fn prod_config() -> StoredConfig {
+    let files = BTreeMap::from([(
+        "c.yaml".to_string(),
+        ConfigFile {
+            body: "a: 1".into(),
+            content_type: "text/yaml".into(),
+        },
+    )]);
+    StoredConfig {
+        name: "prod".into(),
+        version: 1,
+        selector: "env=prod".parse().unwrap(),
+        hash: hex::encode(configs::hash_of_files(&files)),
+        files,
+        packages: BTreeMap::new(),
+        settings: None,
+        created_unix_ms: 0,
+        created_by: String::new(),
+        comment: String::new(),
+    }
+}
+
+fn full_state_asked(o: &Outcome) -> bool {
+    o.reply.flags & ServerToAgentFlags::ReportFullState as u64 != 0
+}
+
+#[test]
+fn unknown_agent_gets_full_state_request_then_in_sequence_messages_do_not() {
+    let uid = Uuid::now_v7();
+    let first = process(None, full(uid, 0), ws(), &ctx(&[]));
+    assert!(full_state_asked(&first));
+    assert_eq!(first.reply.instance_uid, uid.as_bytes().to_vec());
+    assert_eq!(first.reply.capabilities, SERVER_CAPABILITIES);
+    assert_eq!(first.events, vec![EventKind::Connected]);
+
+    let second = process(first.record, full(uid, 1), ws(), &ctx(&[]));
+    assert!(!full_state_asked(&second));
+    assert!(second.events.is_empty());
+}
+
+#[test]
+fn gaps_and_repeats_ask_for_full_state() {
+    let uid = Uuid::now_v7();
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record.unwrap();
+    let gap = process(Some(rec.clone()), heartbeat(uid, 5), ws(), &ctx(&[]));
+    assert!(full_state_asked(&gap));
+    let repeat = process(Some(rec), heartbeat(uid, 0), ws(), &ctx(&[]));
+    assert!(
+        full_state_asked(&repeat),
+        "a duplicate is answered, with a full-state request"
+    );
+}
+
+#[test]
+fn compressed_reports_keep_previous_sub_messages() {
+    let uid = Uuid::now_v7();
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record.unwrap();
+    let mut unhealthy = heartbeat(uid, 1);
+    unhealthy.health = Some(ComponentHealth {
+        healthy: false,
+        last_error: "exporter down".into(),
+        ..Default::default()
+    });
+    let out = process(Some(rec), unhealthy, ws(), &ctx(&[]));
+    let rec = out.record.unwrap();
+    assert_eq!(
+        attributes(&rec).get("env").map(String::as_str),
+        Some("prod"),
+        "description kept"
+    );
+    assert_eq!(
+        rec.health.as_ref().unwrap().last_error,
+        "exporter down",
+        "health replaced"
+    );
+    assert_eq!(out.events, vec![EventKind::Unhealthy]);
+}
+
+#[test]
+fn a_requested_or_invalid_uid_gets_a_new_uuid_v7_and_no_record_until_it_is_used() {
+    let temp = Uuid::now_v7();
+    let mut msg = full(temp, 0);
+    msg.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    let out = process(None, msg, ws(), &ctx(&[]));
+    let new = out
+        .reply
+        .agent_identification
+        .as_ref()
+        .expect("new uid")
+        .new_instance_uid
+        .clone();
+    assert_eq!(new.len(), 16);
+    assert_ne!(new, temp.as_bytes().to_vec());
+    assert_eq!(Uuid::from_slice(&new).unwrap().get_version_num(), 7);
+    assert_eq!(
+        out.reply.instance_uid,
+        temp.as_bytes().to_vec(),
+        "reply echoes the uid sent"
+    );
+    assert!(out.record.is_none(), "an assigned uid is not a record yet");
+    assert!(
+        full_state_asked(&out),
+        "the agent reports in full under its new uid"
+    );
+    assert!(out.events.is_empty());
+
+    let mut bad = full(temp, 0);
+    bad.instance_uid = b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec();
+    let out = process(None, bad, ws(), &ctx(&[]));
+    assert_eq!(
+        out.reply
+            .agent_identification
+            .unwrap()
+            .new_instance_uid
+            .len(),
+        16
+    );
+    assert!(out.record.is_none());
+}
+
+#[test]
+fn a_certificate_that_names_the_uid_fixes_it() {
+    let uid = Uuid::now_v7();
+    let named = Origin {
+        client_cert_uids: vec![uid.as_bytes().to_vec()],
+        client_cert_sha256: vec![7],
+        identity: flotilla_proto::bus::IdentityRule::UriSan as i32,
+        ..ws()
+    };
+    // Asking for a new uid changes nothing: the certificate would refuse any other.
+    let mut msg = full(uid, 0);
+    msg.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    let out = process(None, msg, named.clone(), &ctx(&[]));
+    assert!(out.reply.agent_identification.is_none());
+    assert_eq!(out.record.unwrap().instance_uid, uid.as_bytes().to_vec());
+    // An agent without a usable uid is given the one its certificate names.
+    let mut legacy = full(uid, 0);
+    legacy.instance_uid = b"01ARZ3NDEKTSV4RRFFQ69G5FAV".to_vec();
+    let out = process(None, legacy, named, &ctx(&[]));
+    assert_eq!(
+        out.reply.agent_identification.unwrap().new_instance_uid,
+        uid.as_bytes().to_vec()
+    );
+}
+
+#[test]
+fn reports_beyond_the_record_limits_are_refused_and_nothing_is_stored() {
+    let uid = Uuid::now_v7();
+    let limits = RecordLimits {
+        max_effective_config_bytes: 100,
+        max_health_components: 3,
+        max_attributes: 4,
+        max_record_bytes: 10_000,
+    };
+    let ctx = Ctx {
+        limits: &limits,
+        ..ctx(&[])
+    };
+    let mut big_config = full(uid, 0);
+    big_config.effective_config = Some(flotilla_proto::opamp::EffectiveConfig {
+        config_map: Some(flotilla_proto::opamp::AgentConfigMap {
+            config_map: [(
+                String::new(),
+                flotilla_proto::opamp::AgentConfigFile {
+                    body: vec![b'x'; 200],
+                    content_type: String::new(),
+                },
+            )]
+            .into(),
+        }),
+    });
+    let mut many_components = full(uid, 0);
+    let leaf = ComponentHealth::default();
+    many_components.health = Some(ComponentHealth {
+        component_health_map: (0..5).map(|i| (format!("c{i}"), leaf.clone())).collect(),
+        ..Default::default()
+    });
+    let mut many_attributes = full(uid, 0);
+    many_attributes
+        .agent_description
+        .as_mut()
+        .unwrap()
+        .non_identifying_attributes = (0..5).map(|i| kv(&format!("k{i}"), "v")).collect();
+    let mut huge = full(uid, 0);
+    huge.custom_capabilities = Some(flotilla_proto::opamp::CustomCapabilities {
+        capabilities: (0..2_000)
+            .map(|i| format!("com.example.capability.{i}"))
+            .collect(),
+    });
+    for (msg, limit) in [
+        (big_config, "--max-effective-config-size"),
+        (many_components, "--max-health-components"),
+        (many_attributes, "--max-attributes"),
+        (huge, "--max-agent-record-size"),
+    ] {
+        let out = process(None, msg, ws(), &ctx);
+        let e = out.reply.error_response.expect("refused");
+        assert!(e.error_message.contains(limit), "{}", e.error_message);
+        assert_eq!(
+            e.r#type,
+            flotilla_proto::opamp::ServerErrorResponseType::BadRequest as i32
+        );
+        assert!(out.record.is_none(), "nothing of a refused report is kept");
+    }
+    assert!(process(None, full(uid, 0), ws(), &ctx).record.is_some());
+}
+
+#[test]
+fn an_interval_near_the_limits_of_time_does_not_overflow() {
+    let uid = Uuid::now_v7();
+    let mut forever = prod_config();
+    forever.files.clear();
+    forever.settings = Some(AgentSettings {
+        heartbeat_interval: Some(Duration::from_secs(u64::MAX / 2)),
+        ..Default::default()
+    });
+    let out = process(None, full(uid, 0), ws(), &ctx(&[forever]));
+    assert_eq!(out.deadline, Deadline::Arm(u64::MAX));
+}
+
+#[test]
+fn disconnect_is_answered_and_clears_liveness() {
+    let uid = Uuid::now_v7();
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()]))
+        .record
+        .unwrap();
+    let mut bye = heartbeat(uid, 1);
+    bye.agent_disconnect = Some(AgentDisconnect {});
+    let out = process(Some(rec), bye, ws(), &ctx(&[prod_config()]));
+    assert_eq!(out.reply.instance_uid, uid.as_bytes().to_vec());
+    assert!(
+        out.reply.remote_config.is_none(),
+        "nothing is pushed to a leaving agent"
+    );
+    assert_eq!(out.record.unwrap().status, AgentStatus::Disconnected as i32);
+    assert_eq!(out.deadline, Deadline::Clear);
+    assert_eq!(out.events, vec![EventKind::Disconnected]);
+}
+
+#[test]
+fn queued_restart_goes_alone_and_once() {
+    let uid = Uuid::now_v7();
+    let mut rec = process(None, full(uid, 0), ws(), &ctx(&[prod_config()]))
+        .record
+        .unwrap();
+    rec.restart_expires_unix_ms = NOW + 1000;
+    let out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&[prod_config()]));
+    assert_eq!(
+        out.reply.command.map(|c| c.r#type),
+        Some(CommandType::Restart as i32)
+    );
+    assert!(out.reply.remote_config.is_none() && out.reply.connection_settings.is_none());
+    let out = process(out.record, heartbeat(uid, 2), ws(), &ctx(&[prod_config()]));
+    assert!(out.reply.command.is_none());
+    assert!(
+        out.reply.remote_config.is_some(),
+        "the config follows after the command"
+    );
+}
+
+#[test]
+fn http_pollers_are_judged_by_the_poll_interval_even_without_heartbeat_capability() {
+    let uid = Uuid::now_v7();
+    let mut msg = full(uid, 0);
+    msg.capabilities = Cap::ReportsStatus as u64;
+    let http = Origin {
+        transport: Transport::Http as i32,
+        ..ws()
+    };
+    let out = process(None, msg, http, &ctx(&[]));
+    assert_eq!(out.deadline, Deadline::Arm(NOW + 90_000));
+}
+
+#[test]
+fn available_components_hash_without_map_asks_for_the_map_once() {
+    let uid = Uuid::now_v7();
+    let mut msg = full(uid, 0);
+    msg.available_components = Some(flotilla_proto::opamp::AvailableComponents {
+        hash: vec![9],
+        components: Default::default(),
+    });
+    let out = process(None, msg.clone(), ws(), &ctx(&[]));
+    let ask = ServerToAgentFlags::ReportAvailableComponents as u64;
+    assert_ne!(out.reply.flags & ask, 0);
+    let mut with_map = msg.clone();
+    with_map.sequence_num = 1;
+    with_map
+        .available_components
+        .as_mut()
+        .unwrap()
+        .components
+        .insert("otlp".into(), Default::default());
+    let out = process(out.record, with_map, ws(), &ctx(&[]));
+    assert_eq!(out.reply.flags & ask, 0);
+    msg.sequence_num = 2;
+    let out = process(out.record, msg, ws(), &ctx(&[]));
+    assert_eq!(out.reply.flags & ask, 0, "hash known: no new request");
+    assert_eq!(
+        out.record
+            .unwrap()
+            .available_components
+            .unwrap()
+            .components
+            .len(),
+        1
+    );
+}
+
+mod offers;

@@ -1,0 +1,223 @@
+//! The offers a reply carries: remote config, connection settings and packages, once per
+//! change, again when the agent may have lost them, never beside an error.
+
+use super::*;
+
+#[test]
+fn config_is_offered_until_the_agent_reports_its_hash() {
+    let uid = Uuid::now_v7();
+    let configs = [prod_config()];
+    let out = process(None, full(uid, 0), ws(), &ctx(&configs));
+    let offered = out.reply.remote_config.clone().expect("config offered");
+    assert_eq!(hex::encode(&offered.config_hash), configs[0].hash);
+    assert_eq!(offered.config.unwrap().config_map["c.yaml"].body, b"a: 1");
+
+    // Still APPLYING with the new hash: not offered again. APPLIED: no offer, an event.
+    let mut applying = heartbeat(uid, 1);
+    applying.remote_config_status = Some(RemoteConfigStatus {
+        last_remote_config_hash: offered.config_hash.clone(),
+        status: RemoteConfigStatuses::Applying as i32,
+        error_message: String::new(),
+    });
+    let out = process(out.record, applying, ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none());
+    let mut applied = heartbeat(uid, 2);
+    applied.remote_config_status = Some(RemoteConfigStatus {
+        last_remote_config_hash: offered.config_hash,
+        status: RemoteConfigStatuses::Applied as i32,
+        error_message: String::new(),
+    });
+    let out = process(out.record, applied, ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none());
+    assert_eq!(out.events, vec![EventKind::ConfigApplied]);
+}
+
+#[test]
+fn no_config_for_agents_without_accepts_remote_config() {
+    let uid = Uuid::now_v7();
+    let mut msg = full(uid, 0);
+    msg.capabilities = Cap::ReportsStatus as u64;
+    let out = process(None, msg, ws(), &ctx(&[prod_config()]));
+    assert!(out.reply.remote_config.is_none());
+    assert!(
+        out.reply.connection_settings.is_none(),
+        "no heartbeat offer without ReportsHeartbeat"
+    );
+    assert_eq!(
+        out.deadline,
+        Deadline::Clear,
+        "a WS agent without heartbeats is never silent"
+    );
+}
+
+#[test]
+fn heartbeat_interval_is_offered_once_and_again_when_the_agent_reports_another_hash() {
+    let uid = Uuid::now_v7();
+    let out = process(None, full(uid, 0), ws(), &ctx(&[]));
+    let offer = out.reply.connection_settings.clone().expect("offered");
+    assert_eq!(offer.opamp.unwrap().heartbeat_interval_seconds, 30);
+    assert_eq!(out.deadline, Deadline::Arm(NOW + 90_000));
+    let out = process(out.record, heartbeat(uid, 1), ws(), &ctx(&[]));
+    assert!(out.reply.connection_settings.is_none());
+    let mut stale = heartbeat(uid, 2);
+    stale.connection_settings_status = Some(flotilla_proto::opamp::ConnectionSettingsStatus {
+        last_connection_settings_hash: vec![1, 2, 3],
+        ..Default::default()
+    });
+    let out = process(out.record, stale, ws(), &ctx(&[]));
+    assert!(out.reply.connection_settings.is_some());
+}
+
+#[test]
+fn an_agent_that_restarts_without_its_settings_is_offered_them_again_a_few_times() {
+    let uid = Uuid::now_v7();
+    let out = process(None, full(uid, 0), ws(), &ctx(&[]));
+    assert!(out.reply.connection_settings.is_some());
+    let mut rec = process(out.record, heartbeat(uid, 1), ws(), &ctx(&[]))
+        .record
+        .unwrap();
+    // The agent process restarts: its sequence starts again, and it reports no settings.
+    let mut offers = 0;
+    for _ in 0..6 {
+        let out = process(Some(rec), full(uid, 0), ws(), &ctx(&[]));
+        offers += usize::from(out.reply.connection_settings.is_some());
+        rec = out.record.unwrap();
+    }
+    assert_eq!(
+        offers, SETTINGS_REOFFERS as usize,
+        "re-offered, but not forever to an agent that restarts on every offer"
+    );
+    // An agent that says it runs the offered settings is not offered them again.
+    let mut fresh = process(None, full(Uuid::now_v7(), 0), ws(), &ctx(&[]));
+    let hash = fresh.reply.connection_settings.take().unwrap().hash;
+    let mut restarted = full(uid, 0);
+    restarted.instance_uid = fresh.record.as_ref().unwrap().instance_uid.clone();
+    restarted.connection_settings_status = Some(flotilla_proto::opamp::ConnectionSettingsStatus {
+        last_connection_settings_hash: hash,
+        ..Default::default()
+    });
+    let out = process(fresh.record, restarted, ws(), &ctx(&[]));
+    assert!(out.reply.connection_settings.is_none());
+}
+
+#[test]
+fn an_error_answer_forgets_the_offers_it_replaced() {
+    let uid = Uuid::now_v7();
+    let mut out = process(None, full(uid, 0), ws(), &ctx(&[prod_config()]));
+    assert!(out.reply.remote_config.is_some() && out.reply.connection_settings.is_some());
+    out.answer_with_error(
+        flotilla_common::error::ErrorKind::BadRequest,
+        "bad CSR".into(),
+    );
+    let e = out.reply.error_response.as_ref().expect("an error");
+    assert_eq!(e.error_message, "bad CSR");
+    assert!(
+        out.reply.remote_config.is_none()
+            && out.reply.connection_settings.is_none()
+            && out.reply.flags == 0
+            && out.reply.capabilities == 0,
+        "the error goes alone: {:?}",
+        out.reply
+    );
+    assert_eq!(out.reply.instance_uid, uid.as_bytes().to_vec());
+    // What the message reported is kept; the settings are offered with the next reply.
+    let rec = out.record.unwrap();
+    assert!(rec.description.is_some());
+    let next = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&[prod_config()]));
+    assert!(next.reply.connection_settings.is_some());
+}
+
+#[test]
+fn labels_select_configs_and_win_over_reported_attributes() {
+    let uid = Uuid::now_v7();
+    let mut canary = prod_config();
+    canary.name = "canary".into();
+    canary.selector = "env=prod,ring=canary".parse().unwrap();
+    canary.files.get_mut("c.yaml").unwrap().body = "canary: true".into();
+    canary.hash = hex::encode(configs::hash_of_files(&canary.files));
+    let configs = [prod_config(), canary.clone()];
+    let rec = process(None, full(uid, 0), ws(), &ctx(&configs))
+        .record
+        .unwrap();
+    let d = Desired::new(configs.to_vec());
+    let attrs = attributes(&rec);
+    assert_eq!(
+        desired_config(&rec, &attrs, &d, Aspect::Files)
+            .unwrap()
+            .name,
+        "prod"
+    );
+    let mut labelled = rec;
+    labelled.labels.insert("ring".into(), "canary".into());
+    labelled.labels.insert("env".into(), "prod".into());
+    let attrs = attributes(&labelled);
+    assert_eq!(
+        desired_config(&labelled, &attrs, &d, Aspect::Files)
+            .unwrap()
+            .name,
+        "canary"
+    );
+    let out = process(Some(labelled), heartbeat(uid, 1), ws(), &ctx(&configs));
+    assert_eq!(
+        hex::encode(out.reply.remote_config.unwrap().config_hash),
+        canary.hash
+    );
+}
+
+#[test]
+fn an_enrolled_agent_gets_the_rollouts_version_and_others_the_active_one() {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut v2 = prod_config();
+    v2.version = 2;
+    v2.files.get_mut("c.yaml").unwrap().body = "a: 2".into();
+    v2.hash = hex::encode(configs::hash_of_files(&v2.files));
+    let mut d = Desired::new(vec![prod_config()]);
+    d.add_rollout("r1", v2.clone(), &std::collections::HashSet::from([a]));
+    let ctx = with_desired(d);
+    let hash = |o: Outcome| hex::encode(o.reply.remote_config.unwrap().config_hash);
+    assert_eq!(hash(process(None, full(a, 0), ws(), &ctx)), v2.hash);
+    assert_eq!(
+        hash(process(None, full(b, 0), ws(), &ctx)),
+        prod_config().hash
+    );
+}
+
+#[test]
+fn packages_and_per_selector_settings_are_offered_once_per_change() {
+    let uid = Uuid::now_v7();
+    let mut bundle = prod_config();
+    bundle.name = "collector-packages".into();
+    bundle.files.clear();
+    bundle.packages = BTreeMap::from([(
+        "otelcol".to_owned(),
+        PackageOffer {
+            kind: "top_level".into(),
+            version: "0.110.0".into(),
+            download_url: "https://example.com/otelcol.tgz".into(),
+            content_hash: "00".repeat(32),
+            signature: String::new(),
+            headers: BTreeMap::new(),
+        },
+    )]);
+    bundle.settings = Some(AgentSettings {
+        heartbeat_interval: Some(Duration::from_secs(10)),
+        ..Default::default()
+    });
+    let configs = [prod_config(), bundle];
+    let mut msg = full(uid, 0);
+    msg.capabilities |= Cap::AcceptsPackages as u64 | Cap::ReportsPackageStatuses as u64;
+    let out = process(None, msg, ws(), &ctx(&configs));
+    assert!(
+        out.reply.remote_config.is_some(),
+        "files still come from \"prod\""
+    );
+    let p = out.reply.packages_available.expect("packages offered");
+    assert_eq!(p.packages["otelcol"].version, "0.110.0");
+    let s = out.reply.connection_settings.expect("settings offered");
+    assert_eq!(s.opamp.unwrap().heartbeat_interval_seconds, 10);
+    // The agent is silent after 3 of its own (10 s) intervals, not the default 30 s.
+    assert_eq!(out.deadline, Deadline::Arm(NOW + 30_000));
+    let again = process(out.record, heartbeat(uid, 1), ws(), &ctx(&configs));
+    assert!(again.reply.packages_available.is_none(), "offered once");
+    assert!(again.reply.connection_settings.is_none(), "offered once");
+}

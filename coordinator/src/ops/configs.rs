@@ -1,0 +1,361 @@
+//! Operations on configs: store a version (checked, with its audit entry), read the active ones,
+//! a config's history and one version, diff two versions, roll back to one.
+
+use super::agents::parse_selector;
+use super::audit;
+use super::views::{ConfigDiff, ConfigHistory, ConfigView, VersionView};
+use super::{Caller, Error, Ops, Result};
+use crate::fleet::checks::{check_packages, check_settings, valid_name};
+use crate::fleet::configs;
+use crate::fleet::validate;
+use crate::opamp::offers::offer_size;
+use flotilla_common::selector::Selector;
+use flotilla_common::store::{AgentSettings, ConfigFile, PackageOffer, StoredConfig};
+use flotilla_common::telemetry::now_unix_ms;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use tracing::info;
+
+/// A new config version as the interfaces take it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDraft {
+    #[serde(default)]
+    pub selector: Selector,
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub packages: BTreeMap<String, PackageOffer>,
+    #[serde(default)]
+    pub settings: Option<AgentSettings>,
+    /// False: store the version without giving it to agents (for a rollout). Default true.
+    #[serde(default = "yes")]
+    pub activate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl ConfigDraft {
+    /// A draft from an interface's fields: a selector in its text form, packages and settings as
+    /// the REST API's JSON objects (empty text: none).
+    pub fn from_parts(
+        selector: &str,
+        files: BTreeMap<String, String>,
+        packages_json: &str,
+        settings_json: &str,
+        activate: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            selector: parse_selector(selector)?,
+            files,
+            packages: json_field("packages_json", packages_json)?.unwrap_or_default(),
+            settings: json_field("settings_json", settings_json)?,
+            activate,
+        })
+    }
+}
+
+/// An optional JSON field: empty or `null` is none.
+fn json_field<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<Option<T>> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str::<Option<T>>(text)
+        .map_err(|e| Error::BadRequest(format!("{name} is not valid: {e}")))
+}
+
+/// What a config's text (a JSON body) must look like, for parse errors.
+pub const DRAFT_SHAPE: &str = "{\"selector\": \"env=prod\" or {\"key\": \"value\"}, \"files\": {\"name.yaml\": \"<body>\"}, \"packages\": {...}, \"settings\": {...}, \"activate\": true}";
+
+impl Ops {
+    /// Stores a new version of a config after checking it; when it is activated, every shard
+    /// owner pushes it to the connected WebSocket agents whose desired state it changes (HTTP
+    /// agents get it on their next poll).
+    pub async fn put_config(
+        &self,
+        caller: &Caller,
+        name: &str,
+        draft: ConfigDraft,
+    ) -> Result<ConfigView> {
+        let active = draft.activate;
+        let stored = self
+            .store_version(caller, name, draft, String::new())
+            .await?;
+        Ok(ConfigView::of(&stored, active))
+    }
+
+    async fn store_version(
+        &self,
+        caller: &Caller,
+        name: &str,
+        draft: ConfigDraft,
+        comment: String,
+    ) -> Result<StoredConfig> {
+        if !valid_name(name) {
+            return Err(Error::BadRequest(format!(
+                "config name {name:?} must be 1-128 characters of letters, digits, '-', '_' or '.', \
+                 and not \".\" or \"..\""
+            )));
+        }
+        if draft.files.is_empty() && draft.packages.is_empty() && draft.settings.is_none() {
+            return Err(Error::BadRequest(
+                "a config needs at least one of \"files\", \"packages\" or \"settings\"".into(),
+            ));
+        }
+        if let Err(problems) = validate::validate_files(&draft.files) {
+            let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Err(Error::BadRequest(format!(
+                "config {name:?} is invalid; nothing was stored or sent:\n{}",
+                lines.join("\n")
+            )));
+        }
+        check_packages(&draft.packages).map_err(Error::BadRequest)?;
+        if let Some(settings) = &draft.settings {
+            check_settings(settings).map_err(Error::BadRequest)?;
+        }
+        let desired = self.desired.current();
+        if draft.activate
+            && let Some(r) = desired.rollouts.get(name)
+        {
+            return Err(Error::Conflict(format!(
+                "rollout {} of {name:?} is active; abort it, or store this version with \"activate\": false and roll it out",
+                r.id
+            )));
+        }
+        let before = desired.configs.iter().find(|c| c.name == name).cloned();
+        let files: BTreeMap<String, ConfigFile> = draft
+            .files
+            .into_iter()
+            .map(|(n, body)| {
+                let content_type = configs::content_type_for(&n).to_owned();
+                (n, ConfigFile { body, content_type })
+            })
+            .collect();
+        let version = StoredConfig {
+            name: name.to_owned(),
+            version: 0,
+            selector: draft.selector,
+            hash: hex::encode(configs::hash_of_files(&files)),
+            files,
+            packages: draft.packages,
+            settings: draft.settings,
+            created_unix_ms: now_unix_ms(),
+            created_by: caller.name.clone(),
+            comment,
+        };
+        let size = offer_size(&version);
+        let max = self.cfg.max_message_size;
+        if size > max {
+            return Err(Error::BadRequest(format!(
+                "config {name:?} would reach agents as a {size}-byte message; the largest message \
+                 that can reach agents here is {max} bytes (in a cluster, the NATS server's \
+                 max_payload less room for the envelope; docs/operations.md says how to raise \
+                 it); nothing was stored or sent"
+            )));
+        }
+        let action = if version.comment.is_empty() {
+            "config.put"
+        } else {
+            "config.rollback"
+        };
+        let before = before.and_then(|b| serde_json::to_value(b).ok());
+        let entry = |stored: &StoredConfig| {
+            audit::entry(
+                &caller.name,
+                action,
+                format!("config/{name}"),
+                before.clone(),
+                serde_json::to_value(stored).ok(),
+            )
+        };
+        let activate = draft.activate;
+        let stored = self.store().put_config(version, activate, &entry).await?;
+        info!(target: "flotilla::audit", config = %name, version = stored.version, hash = %stored.hash, activated = activate, caller = %caller.name, action, "config stored");
+        if activate {
+            self.announce_change(&format!("config/{name}")).await;
+        }
+        Ok(stored)
+    }
+
+    /// The active version of every config (what agents get), sorted by name.
+    pub async fn configs(&self, _caller: &Caller) -> Result<Vec<ConfigView>> {
+        let desired = self.desired.current();
+        Ok(desired
+            .configs
+            .iter()
+            .map(|c| ConfigView::of(c, true))
+            .collect())
+    }
+
+    /// Version `version` of a config; without one, the active version (or the latest if none is
+    /// active: staged only).
+    pub async fn config(
+        &self,
+        _caller: &Caller,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<ConfigView> {
+        let active = self.active_version(name);
+        let cfg = match version {
+            Some(v) => self.version_of(name, v).await?,
+            None => match self
+                .desired
+                .current()
+                .configs
+                .iter()
+                .find(|x| x.name == name)
+            {
+                Some(c) => c.clone(),
+                None => self
+                    .versions(name)
+                    .await?
+                    .pop()
+                    .ok_or_else(|| not_found(name))?,
+            },
+        };
+        let is_active = Some(cfg.version) == active;
+        Ok(ConfigView::of(&cfg, is_active))
+    }
+
+    /// Every version of a config, newest first.
+    pub async fn config_history(&self, _caller: &Caller, name: &str) -> Result<ConfigHistory> {
+        let active = self.active_version(name);
+        let versions = self
+            .versions(name)
+            .await?
+            .iter()
+            .rev()
+            .map(|v| VersionView::of(v, Some(v.version) == active))
+            .collect();
+        Ok(ConfigHistory {
+            name: name.to_owned(),
+            active_version: active,
+            versions,
+        })
+    }
+
+    /// A unified diff between two versions (`to` defaults to the latest).
+    pub async fn config_diff(
+        &self,
+        _caller: &Caller,
+        name: &str,
+        from: Option<u64>,
+        to: Option<u64>,
+    ) -> Result<ConfigDiff> {
+        let history = self.versions(name).await?;
+        let pick = |v: u64| {
+            history
+                .iter()
+                .find(|c| c.version == v)
+                .ok_or_else(|| no_version(name, v))
+        };
+        let from = pick(from.ok_or_else(|| {
+            Error::BadRequest("from: the version to diff from is required".into())
+        })?)?;
+        let to = match to {
+            Some(v) => pick(v)?,
+            None => history.last().ok_or_else(|| not_found(name))?,
+        };
+        Ok(ConfigDiff {
+            name: name.to_owned(),
+            from: from.version,
+            to: to.version,
+            diff: diff(from, to),
+        })
+    }
+
+    /// Makes a new version that repeats version `version` (its selector, files, packages and
+    /// settings), active at once: history only grows, so the rollback itself is on record.
+    pub async fn rollback_config(
+        &self,
+        caller: &Caller,
+        name: &str,
+        version: u64,
+    ) -> Result<ConfigView> {
+        let old = self.version_of(name, version).await?;
+        let draft = ConfigDraft {
+            selector: old.selector,
+            files: old.files.into_iter().map(|(n, f)| (n, f.body)).collect(),
+            packages: old.packages,
+            settings: old.settings,
+            activate: true,
+        };
+        let comment = format!("rollback to version {version}");
+        let stored = self.store_version(caller, name, draft, comment).await?;
+        Ok(ConfigView::of(&stored, true))
+    }
+
+    fn active_version(&self, name: &str) -> Option<u64> {
+        let desired = self.desired.current();
+        desired
+            .configs
+            .iter()
+            .find(|x| x.name == name)
+            .map(|x| x.version)
+    }
+
+    /// Every version of a config, oldest first; NotFound if there is none.
+    pub(crate) async fn versions(&self, name: &str) -> Result<Vec<StoredConfig>> {
+        let versions = self.store().config_versions(name).await?;
+        if versions.is_empty() {
+            return Err(not_found(name));
+        }
+        Ok(versions)
+    }
+
+    async fn version_of(&self, name: &str, version: u64) -> Result<StoredConfig> {
+        self.versions(name)
+            .await?
+            .into_iter()
+            .find(|c| c.version == version)
+            .ok_or_else(|| no_version(name, version))
+    }
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound(format!("no config {name:?}"))
+}
+
+fn no_version(name: &str, version: u64) -> Error {
+    Error::NotFound(format!("config {name:?} has no version {version}"))
+}
+
+/// A unified diff of two versions: the selector, then each file, then packages and settings.
+fn diff(from: &StoredConfig, to: &StoredConfig) -> String {
+    let mut out = String::new();
+    let mut section = |name: &str, a: &str, b: &str| {
+        if a != b {
+            let d = similar::TextDiff::from_lines(a, b);
+            let header = (format!("a/{name}"), format!("b/{name}"));
+            out.push_str(&d.unified_diff().header(&header.0, &header.1).to_string());
+        }
+    };
+    let line = |s: &Selector| format!("{s}\n");
+    section("selector", &line(&from.selector), &line(&to.selector));
+    let names: std::collections::BTreeSet<&String> =
+        from.files.keys().chain(to.files.keys()).collect();
+    for name in names {
+        let body = |c: &StoredConfig| {
+            c.files
+                .get(name)
+                .map(|f| f.body.clone())
+                .unwrap_or_default()
+        };
+        section(name, &body(from), &body(to));
+    }
+    let pretty = |v: Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+    section(
+        "packages",
+        &pretty(json!(from.packages)),
+        &pretty(json!(to.packages)),
+    );
+    section(
+        "settings",
+        &pretty(json!(from.settings)),
+        &pretty(json!(to.settings)),
+    );
+    out
+}

@@ -1,0 +1,118 @@
+//! The operations every interface calls: one function per admin operation, taking the
+//! [`Caller`] and returning a typed result ([`views`]) or an [`Error`]. REST, gRPC and the console
+//! are thin adapters over these; they never compute an answer themselves.
+//!
+//! An operation on one agent is carried out by the owner of the agent's shard (this process or
+//! another), asked over the bus ([`owner`]); an operation on configs, rollouts or restart jobs
+//! writes the store, with its audit entry in the same write, and announces the change so every
+//! coordinator's shard owner pushes it to its connected agents.
+//!
+//! May use: the fleet rules and the OpAMP offers (for sizes), the Store and Bus traits,
+//! flotilla-common and flotilla-proto. Must not: use the interfaces ([`crate::api`]) or the running
+//! service ([`crate::service`]); the service calls down into this layer, never the reverse.
+
+pub mod agents;
+pub mod audit;
+pub mod caller;
+pub mod configs;
+pub mod desired;
+pub mod docs;
+pub mod error;
+pub mod owner;
+pub mod restarts;
+pub mod rollouts;
+pub mod views;
+
+pub use caller::{Caller, Role};
+pub use desired::DesiredState;
+pub use error::{Error, Result};
+pub use owner::OwnerClient;
+
+use crate::fleet::redact::Redactor;
+use flotilla_common::bus::{Bus, BusMessage};
+use flotilla_common::names::Subjects;
+use flotilla_common::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::warn;
+
+/// What the operations are set to.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    pub region: String,
+    /// Hides secrets in the effective configs agents report.
+    pub redactor: Redactor,
+    /// Largest ServerToAgent that can reach an agent: no config is accepted whose offer would
+    /// be larger.
+    pub max_message_size: usize,
+    /// How long one request to the owner of an agent's shard may take.
+    pub owner_timeout: Duration,
+    /// How long to keep looking for the owner of an agent's shard.
+    pub owner_deadline: Duration,
+}
+
+impl OpsConfig {
+    pub fn new(region: &str) -> Self {
+        Self {
+            region: region.into(),
+            redactor: Redactor::default(),
+            max_message_size: 64 << 20,
+            owner_timeout: Duration::from_secs(3),
+            owner_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The handle every interface holds (cheap to clone).
+#[derive(Clone)]
+pub struct Ops {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    owners: OwnerClient,
+    desired: DesiredState,
+    cfg: Arc<OpsConfig>,
+}
+
+impl Ops {
+    pub fn new(
+        cfg: OpsConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        desired: DesiredState,
+    ) -> Self {
+        let subjects = Subjects::new(&cfg.region);
+        Self {
+            owners: OwnerClient::new(
+                bus.clone(),
+                subjects.clone(),
+                cfg.owner_timeout,
+                cfg.owner_deadline,
+            ),
+            store,
+            bus,
+            subjects,
+            desired,
+            cfg: Arc::new(cfg),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Tells every coordinator (this one included) that desired state changed in the store: this
+    /// process re-reads it at once, so what the API shows next includes the change, and every
+    /// shard owner pushes it to its connected agents when it hears the announcement.
+    pub(crate) async fn announce_change(&self, what: &str) {
+        if let Err(e) = self.desired.reload(self.store()).await {
+            // The announcement below makes the owners re-read it anyway.
+            warn!(error = %e, "desired state not re-read after a change");
+        }
+        let announce = BusMessage::new(self.subjects.desired_changed(), what.to_owned());
+        if let Err(e) = self.bus.publish(announce).await {
+            // The others re-read the store every few seconds anyway.
+            warn!(error = %e, "change not announced");
+        }
+    }
+}

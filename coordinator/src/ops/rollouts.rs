@@ -1,0 +1,385 @@
+//! Operations on rollouts: starting, pausing, resuming and aborting them, and the step that moves
+//! them on.
+//!
+//! A rollout lives in the store as a document (collection `rollouts`) written with
+//! compare-and-set. Every second the coordinator that holds shard 0 (any process in the embedded
+//! mode; whichever coordinator acquires shard 0 after another dies) steps each running rollout
+//! ([`Ops::step_rollouts`]): it looks at the agents, applies [`Rollout::step`] and writes the
+//! result; a write that lost a race is dropped and redone from the store next second. So a rollout
+//! carries on after any coordinator dies, and no two coordinators move it at once.
+
+use super::audit;
+use super::docs::{ROLLOUTS, parse};
+use super::views::RolloutView;
+use super::{Caller, Error, Ops, Result};
+use crate::fleet::agents::{attributes, has, takes};
+use crate::fleet::configs::{Aspect, Desired, resolve_among};
+use crate::fleet::rollout::{ErrorBudget, Outcome, Plan, Rollout, State};
+use crate::opamp::offers;
+use flotilla_common::store::{Doc, StoredConfig};
+use flotilla_common::telemetry::now_unix_ms;
+use flotilla_proto::bus::{AgentRecord, AgentStatus};
+use flotilla_proto::opamp::{AgentCapabilities as Cap, PackageStatusEnum, RemoteConfigStatuses};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::Duration;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// What `POST /api/v1/rollouts` takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutRequest {
+    pub config: String,
+    /// The version to roll out; the latest when left out.
+    #[serde(default)]
+    pub version: Option<u64>,
+    pub phases: Plan,
+    #[serde(default = "default_soak", with = "humantime_serde")]
+    pub soak: Duration,
+    #[serde(default)]
+    pub error_budget: ErrorBudget,
+}
+
+fn default_soak() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn json(r: &Rollout) -> String {
+    serde_json::to_string(r).unwrap_or_default()
+}
+
+fn to_value(r: &Rollout) -> Option<serde_json::Value> {
+    serde_json::to_value(r).ok()
+}
+
+/// Where agent `rec` stands with `target`: every aspect the version defines (that the agent can
+/// take) reported applied, and not unhealthy; or a reported failure.
+fn outcome(rec: &AgentRecord, target: &StoredConfig, packages_hash: &[u8]) -> Outcome {
+    let mut applied = true;
+    if !target.files.is_empty() && has(rec.capabilities, Cap::AcceptsRemoteConfig) {
+        match &rec.remote_config_status {
+            Some(s) if hex::encode(&s.last_remote_config_hash) == target.hash => match s.status() {
+                RemoteConfigStatuses::Applied => {}
+                RemoteConfigStatuses::Failed => return Outcome::Failed,
+                _ => applied = false,
+            },
+            _ => applied = false,
+        }
+    }
+    if !target.packages.is_empty() && has(rec.capabilities, Cap::AcceptsPackages) {
+        match &rec.package_statuses {
+            Some(p) if p.server_provided_all_packages_hash == packages_hash => {
+                // A package the agent does not report yet is still pending.
+                let status = |name: &String| p.packages.get(name).map(|s| s.status());
+                let statuses: Vec<_> = target.packages.keys().map(status).collect();
+                if statuses.contains(&Some(PackageStatusEnum::InstallFailed)) {
+                    return Outcome::Failed;
+                }
+                applied &= statuses
+                    .iter()
+                    .all(|s| *s == Some(PackageStatusEnum::Installed));
+            }
+            _ => applied = false,
+        }
+    }
+    match (applied, rec.health.as_ref().map(|h| h.healthy)) {
+        (true, Some(false)) => Outcome::Failed,
+        (true, _) => Outcome::Applied,
+        (false, _) => Outcome::Pending,
+    }
+}
+
+/// Would `rec` get config `target.name` for some aspect `target` defines, were `target` active?
+fn candidate(rec: &AgentRecord, desired: &Desired, target: &StoredConfig) -> bool {
+    let attrs = attributes(rec);
+    Aspect::ALL.iter().any(|aspect| {
+        takes(rec, *aspect)
+            && aspect.defined_by(target)
+            && resolve_among(desired.with_version(target), &attrs, *aspect)
+                .is_some_and(|c| c.name == target.name)
+    })
+}
+
+impl Ops {
+    /// Every rollout, newest first.
+    pub async fn rollouts(&self, _caller: &Caller) -> Result<Vec<RolloutView>> {
+        let docs = self.store().list_docs(ROLLOUTS).await?;
+        let mut all = docs
+            .iter()
+            .map(parse)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        all.sort_by_key(|r| std::cmp::Reverse(r.created_unix_ms));
+        Ok(all.iter().map(RolloutView::of).collect())
+    }
+
+    pub async fn rollout(&self, _caller: &Caller, id: &str) -> Result<RolloutView> {
+        Ok(RolloutView::of(&self.rollout_doc(id).await?.1))
+    }
+
+    async fn rollout_doc(&self, id: &str) -> Result<(Doc, Rollout)> {
+        let doc = self
+            .store()
+            .get_doc(ROLLOUTS, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no rollout {id:?}")))?;
+        let r = parse(&doc)?;
+        Ok((doc, r))
+    }
+
+    /// Starts rolling a version of a config out; its first phase starts at once.
+    pub async fn start_rollout(&self, caller: &Caller, req: RolloutRequest) -> Result<RolloutView> {
+        req.phases.check().map_err(Error::BadRequest)?;
+        req.error_budget.check().map_err(Error::BadRequest)?;
+        let versions = self.store().config_versions(&req.config).await?;
+        let target = match req.version {
+            Some(v) => versions.iter().find(|c| c.version == v),
+            None => versions.last(),
+        }
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "config {:?} has no version {}",
+                req.config,
+                req.version.map_or("at all".into(), |v| v.to_string())
+            ))
+        })?
+        .clone();
+        let desired = self.desired.current();
+        let active = desired.configs.iter().find(|c| c.name == req.config);
+        if active.is_some_and(|a| a.version == target.version) {
+            return Err(Error::Conflict(format!(
+                "version {} of {:?} is already active",
+                target.version, req.config
+            )));
+        }
+        if let Some(other) = desired.rollouts.get(&req.config) {
+            return Err(Error::Conflict(format!(
+                "rollout {} of {:?} is still active; pause it, abort it or let it finish",
+                other.id, req.config
+            )));
+        }
+        // One active rollout per agent: refuse when an agent this rollout would take is held by
+        // another one.
+        let mut held: Option<(Uuid, String)> = None;
+        self.store()
+            .visit_agents(&|_| true, &mut |rec| {
+                let Ok(uid) = Uuid::from_slice(&rec.instance_uid) else {
+                    return;
+                };
+                if held.is_none()
+                    && let Some(other) = desired.enrolled.get(&uid)
+                    && candidate(rec, &desired, &target)
+                {
+                    held = Some((uid, other.clone()));
+                }
+            })
+            .await?;
+        if let Some((uid, other)) = held {
+            let id = desired.rollouts.get(&other).map_or("?", |r| r.id.as_str());
+            return Err(Error::Conflict(format!(
+                "agent {uid} would be in this rollout but is in rollout {id} of {other:?}; one active rollout per agent"
+            )));
+        }
+        let now = now_unix_ms();
+        let r = Rollout {
+            id: Uuid::now_v7().to_string(),
+            config: req.config.clone(),
+            from_version: active.map_or(0, |a| a.version),
+            to_version: target.version,
+            plan: req.phases,
+            soak: req.soak,
+            error_budget: req.error_budget,
+            state: State::Running,
+            reason: String::new(),
+            phases: Vec::new(),
+            agents_total: 0,
+            created_by: caller.name.clone(),
+            created_unix_ms: now,
+            updated_unix_ms: now,
+        };
+        let object = format!("rollout/{}", r.id);
+        let entry = audit::entry(&caller.name, "rollout.start", object, None, to_value(&r));
+        self.store()
+            .put_doc(ROLLOUTS, &r.id, 0, &json(&r), Some(&entry))
+            .await?;
+        info!(rollout = %r.id, config = %r.config, to = r.to_version, "rollout started");
+        self.step_rollout(&r.id).await;
+        self.rollout(caller, &r.id).await
+    }
+
+    /// Pauses, resumes or aborts a rollout (`action` "pause", "resume" or "abort").
+    pub async fn control_rollout(
+        &self,
+        caller: &Caller,
+        id: &str,
+        action: &str,
+    ) -> Result<RolloutView> {
+        let (from, to) = match action {
+            "pause" => (&[State::Running][..], State::Paused),
+            "resume" => (&[State::Paused][..], State::Running),
+            "abort" => (&[State::Running, State::Paused][..], State::Aborted),
+            _ => {
+                return Err(Error::BadRequest(format!(
+                    "unknown rollout action {action:?}; use pause, resume or abort"
+                )));
+            }
+        };
+        // Compare-and-set against the driver, which may write in between.
+        for _ in 0..10 {
+            let (doc, mut r) = self.rollout_doc(id).await?;
+            if !from.contains(&r.state) {
+                return Err(Error::Conflict(format!(
+                    "rollout {id} is {}; it cannot {action}",
+                    serde_json::to_value(r.state).unwrap_or_default()
+                )));
+            }
+            let before = to_value(&r);
+            r.state = to;
+            r.updated_unix_ms = now_unix_ms();
+            r.reason = format!("{action} by {}", caller.name);
+            let object = format!("rollout/{id}");
+            let entry = audit::entry(
+                &caller.name,
+                &format!("rollout.{action}"),
+                object,
+                before,
+                to_value(&r),
+            );
+            if self
+                .store()
+                .put_doc(ROLLOUTS, id, doc.revision, &json(&r), Some(&entry))
+                .await?
+            {
+                self.announce_change(&format!("rollout/{id}")).await;
+                if to == State::Running {
+                    self.step_rollout(id).await;
+                    return self.rollout(caller, id).await;
+                }
+                return Ok(RolloutView::of(&r));
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "rollout {id} kept changing; try again"
+        )))
+    }
+
+    /// Moves every running rollout on by one step. Called every second by the process that holds
+    /// shard 0, so one process drives them at a time.
+    pub async fn step_rollouts(&self) -> std::result::Result<(), String> {
+        let docs = self
+            .store()
+            .list_docs(ROLLOUTS)
+            .await
+            .map_err(|e| format!("cannot read rollouts: {e}"))?;
+        for doc in docs {
+            if parse(&doc).is_ok_and(|r| r.state.is_active()) {
+                self.step_rollout(&doc.id).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// One step of one rollout; errors are logged and the step is retried next second.
+    async fn step_rollout(&self, id: &str) {
+        if let Err(e) = self.try_step_rollout(id).await {
+            warn!(rollout = id, error = %e, "rollout step failed; retrying");
+        }
+    }
+
+    async fn try_step_rollout(&self, id: &str) -> Result<()> {
+        let (doc, mut r) = self.rollout_doc(id).await?;
+        if !r.state.is_active() {
+            return Ok(());
+        }
+        let Some(target) = self
+            .store()
+            .config_versions(&r.config)
+            .await?
+            .into_iter()
+            .find(|c| c.version == r.to_version)
+        else {
+            return Err(Error::NotFound(format!(
+                "version {} of {:?} is missing",
+                r.to_version, r.config
+            )));
+        };
+        let packages_hash = offers::packages_available(&target.packages).all_packages_hash;
+        let desired = self.desired.current();
+        let enrolled = r.enrolled();
+        let mut outcomes = HashMap::new();
+        let mut candidates: Vec<(bool, Uuid)> = Vec::new();
+        self.store()
+            .visit_agents(&|_| true, &mut |rec| {
+                let Ok(uid) = Uuid::from_slice(&rec.instance_uid) else {
+                    return;
+                };
+                if enrolled.contains(&uid) {
+                    outcomes.insert(uid, outcome(rec, &target, &packages_hash));
+                } else if desired.enrolled.get(&uid).is_none_or(|n| *n == r.config)
+                    && candidate(rec, &desired, &target)
+                {
+                    let connected = rec.status == AgentStatus::Connected as i32;
+                    candidates.push((!connected, uid));
+                }
+            })
+            .await?;
+        // Connected agents first (they can apply now), then by uid: a stable order.
+        candidates.sort_unstable();
+        let candidates: Vec<Uuid> = candidates.into_iter().map(|(_, u)| u).collect();
+        let before = r.clone();
+        let effects = r.step(now_unix_ms(), &outcomes, &candidates);
+        if effects.activate
+            && self
+                .store()
+                .activate_config(&r.config, r.to_version)
+                .await?
+                .is_none()
+        {
+            return Err(Error::NotFound(format!(
+                "version {} of {:?} vanished",
+                r.to_version, r.config
+            )));
+        }
+        if r == before {
+            return Ok(());
+        }
+        // A change of state is on record with its audit entry, in one write.
+        let entry = (r.state != before.state).then(|| {
+            let action = format!(
+                "rollout.{}",
+                serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            );
+            let object = format!("rollout/{id}");
+            audit::entry(
+                super::caller::SYSTEM,
+                &action,
+                object,
+                to_value(&before),
+                to_value(&r),
+            )
+        });
+        if !self
+            .store()
+            .put_doc(ROLLOUTS, id, doc.revision, &json(&r), entry.as_ref())
+            .await?
+        {
+            return Ok(()); // Someone else moved it; the next step starts from what they wrote.
+        }
+        if r.state != before.state {
+            info!(rollout = id, state = ?r.state, reason = %r.reason, "rollout state changed");
+        } else if r.phases.len() != before.phases.len() {
+            info!(
+                rollout = id,
+                phase = r.phases.len(),
+                "rollout phase started"
+            );
+        }
+        if effects.desired_changed || effects.activate {
+            self.announce_change(&format!("rollout/{id}")).await;
+        }
+        Ok(())
+    }
+}

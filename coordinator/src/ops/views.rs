@@ -1,0 +1,560 @@
+//! What the operations answer: typed views of agents, configs, rollouts and audit entries. Their
+//! serde form is the REST API's JSON (field names are the contract in ARCHITECTURE.md); the gRPC
+//! adapter and the console read the same structs.
+
+use crate::fleet::agents::{attributes, healthy, status_name, uid_of};
+use crate::fleet::configs::{self, Aspect, Desired};
+use crate::fleet::redact::Redactor;
+use crate::fleet::rollout::{ErrorBudget, Phase, Plan, Rollout, State};
+use crate::opamp::desired::desired_config;
+use flotilla_common::selector::{Op, Selector};
+use flotilla_common::store::{AgentSettings, AuditEntry, PackageOffer, StoredConfig};
+use flotilla_proto::bus::{AgentRecord, Transport};
+use flotilla_proto::opamp::{
+    AgentCapabilities as Cap, ComponentHealth, KeyValue, PackageStatusEnum, RemoteConfigStatuses,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::{Duration, UNIX_EPOCH};
+use uuid::Uuid;
+
+/// A time as RFC 3339 with milliseconds (the epoch itself for a time that cannot be shown).
+pub fn rfc3339(unix_ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    let mut out = String::new();
+    match std::fmt::Write::write_fmt(
+        &mut out,
+        format_args!("{}", humantime::format_rfc3339_millis(t)),
+    ) {
+        Ok(()) => out,
+        // Past the year 9999: not a time anything here produces, but reported values could be.
+        Err(_) => "9999-12-31T23:59:59.999Z".to_owned(),
+    }
+}
+
+/// The agents' counts by status and health (health counts connected agents).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FleetHealth {
+    pub total_agents: u64,
+    pub connected_agents: u64,
+    pub healthy_agents: u64,
+    pub unhealthy_agents: u64,
+    pub silent_agents: u64,
+    pub disconnected_agents: u64,
+}
+
+/// Which version of a config gives an agent one aspect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigRef {
+    pub name: String,
+    pub version: u64,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteConfigStatusView {
+    /// UNSET, APPLYING, APPLIED or FAILED.
+    pub status: &'static str,
+    pub hash: String,
+    pub error: String,
+}
+
+/// AgentSummary: the list view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSummary {
+    pub instance_uid: String,
+    pub status: &'static str,
+    pub healthy: Option<bool>,
+    pub last_seen: String,
+    pub gateway: Option<String>,
+    pub identifying_attributes: BTreeMap<String, String>,
+    pub non_identifying_attributes: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub remote_config_status: RemoteConfigStatusView,
+    pub desired_config: Option<ConfigRef>,
+    pub desired_packages: Option<ConfigRef>,
+    pub desired_settings: Option<ConfigRef>,
+    pub effective_config_hash: Option<String>,
+}
+
+/// One page of the agent list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentsPage {
+    /// Agents matching the filters, over every page.
+    pub total: usize,
+    pub agents: Vec<AgentSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// The detail view: the summary plus everything the agent reported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub summary: AgentSummary,
+    pub first_seen: String,
+    pub sequence_num: u64,
+    pub transport: Option<&'static str>,
+    pub peer_address: Option<String>,
+    pub capabilities: CapabilitiesView,
+    pub client_certificate: ClientCertificateView,
+    pub health: Option<HealthView>,
+    /// File name to content type and body, secrets redacted.
+    pub effective_config: Option<BTreeMap<String, EffectiveFile>>,
+    pub packages: Option<PackagesView>,
+    pub custom_capabilities: Option<Vec<String>>,
+    pub restart_pending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapabilitiesView {
+    pub bits: u64,
+    pub names: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientCertificateView {
+    pub sha256: Option<String>,
+    pub issued_sha256: Option<String>,
+    pub retired: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthView {
+    pub healthy: bool,
+    pub start_time: Option<String>,
+    pub last_error: String,
+    pub status: String,
+    pub status_time: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+    pub components: BTreeMap<String, HealthView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EffectiveFile {
+    pub content_type: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackagesView {
+    pub server_provided_all_packages_hash: String,
+    pub error: String,
+    pub packages: BTreeMap<String, PackageView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageView {
+    pub agent_has_version: String,
+    pub agent_has_hash: String,
+    pub server_offered_version: String,
+    pub status: &'static str,
+    pub error: String,
+}
+
+fn attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let v = kv.value.as_ref().and_then(|v| v.value.as_ref());
+            (kv.key.clone(), crate::fleet::agents::any_value_string(v))
+        })
+        .collect()
+}
+
+fn remote_config_status(rec: &AgentRecord) -> RemoteConfigStatusView {
+    let s = rec.remote_config_status.clone().unwrap_or_default();
+    let status = match s.status() {
+        RemoteConfigStatuses::Unset => "UNSET",
+        RemoteConfigStatuses::Applying => "APPLYING",
+        RemoteConfigStatuses::Applied => "APPLIED",
+        RemoteConfigStatuses::Failed => "FAILED",
+    };
+    RemoteConfigStatusView {
+        status,
+        hash: hex::encode(&s.last_remote_config_hash),
+        error: s.error_message,
+    }
+}
+
+impl AgentSummary {
+    pub fn of(rec: &AgentRecord, desired: &Desired) -> Self {
+        let d = rec.description.clone().unwrap_or_default();
+        let attributes = attributes(rec);
+        let of = |aspect| {
+            desired_config(rec, &attributes, desired, aspect).map(|c| ConfigRef {
+                name: c.name.clone(),
+                version: c.version,
+                hash: c.hash.clone(),
+            })
+        };
+        Self {
+            instance_uid: uid_of(rec).map(|u| u.to_string()).unwrap_or_default(),
+            status: status_name(rec),
+            healthy: healthy(rec),
+            last_seen: rfc3339(rec.last_seen_unix_ms),
+            gateway: rec.origin.as_ref().map(|o| o.gateway_id.clone()),
+            identifying_attributes: attrs(&d.identifying_attributes),
+            non_identifying_attributes: attrs(&d.non_identifying_attributes),
+            labels: rec.labels.clone().into_iter().collect(),
+            remote_config_status: remote_config_status(rec),
+            desired_config: of(Aspect::Files),
+            desired_packages: of(Aspect::Packages),
+            desired_settings: of(Aspect::Settings),
+            effective_config_hash: rec
+                .effective_config
+                .as_ref()
+                .and_then(|e| e.config_map.as_ref())
+                .map(|m| hex::encode(configs::hash_of_config_map(m))),
+        }
+    }
+}
+
+impl AgentDetail {
+    pub fn of(rec: &AgentRecord, desired: &Desired, redactor: &Redactor) -> Self {
+        let hex_or_none = |b: &[u8]| (!b.is_empty()).then(|| hex::encode(b));
+        Self {
+            summary: AgentSummary::of(rec, desired),
+            first_seen: rfc3339(rec.first_seen_unix_ms),
+            sequence_num: rec.sequence_num,
+            transport: rec.origin.as_ref().map(|o| match o.transport() {
+                Transport::Http => "http",
+                _ => "websocket",
+            }),
+            peer_address: rec.origin.as_ref().map(|o| o.peer_addr.clone()),
+            capabilities: capabilities(rec.capabilities),
+            client_certificate: ClientCertificateView {
+                sha256: hex_or_none(&rec.cert_sha256),
+                issued_sha256: hex_or_none(&rec.issued_cert_sha256),
+                retired: rec.retired_cert_sha256.iter().map(hex::encode).collect(),
+            },
+            health: rec.health.as_ref().map(health),
+            effective_config: rec
+                .effective_config
+                .as_ref()
+                .and_then(|e| e.config_map.as_ref())
+                .map(|m| {
+                    m.config_map
+                        .iter()
+                        .map(|(name, f)| {
+                            let body = redactor.redact(&String::from_utf8_lossy(&f.body));
+                            let content_type = f.content_type.clone();
+                            (name.clone(), EffectiveFile { content_type, body })
+                        })
+                        .collect()
+                }),
+            packages: rec.package_statuses.as_ref().map(|p| PackagesView {
+                server_provided_all_packages_hash: hex::encode(
+                    &p.server_provided_all_packages_hash,
+                ),
+                error: p.error_message.clone(),
+                packages: p
+                    .packages
+                    .iter()
+                    .map(|(n, s)| {
+                        let view = PackageView {
+                            agent_has_version: s.agent_has_version.clone(),
+                            agent_has_hash: hex::encode(&s.agent_has_hash),
+                            server_offered_version: s.server_offered_version.clone(),
+                            status: package_status_name(s.status()),
+                            error: s.error_message.clone(),
+                        };
+                        (n.clone(), view)
+                    })
+                    .collect(),
+            }),
+            custom_capabilities: rec
+                .custom_capabilities
+                .as_ref()
+                .map(|c| c.capabilities.clone()),
+            restart_pending: rec.restart_expires_unix_ms > 0,
+        }
+    }
+}
+
+fn package_status_name(s: PackageStatusEnum) -> &'static str {
+    match s {
+        PackageStatusEnum::Installed => "INSTALLED",
+        PackageStatusEnum::InstallPending => "INSTALL_PENDING",
+        PackageStatusEnum::Installing => "INSTALLING",
+        PackageStatusEnum::InstallFailed => "INSTALL_FAILED",
+        PackageStatusEnum::Downloading => "DOWNLOADING",
+    }
+}
+
+fn health(h: &ComponentHealth) -> HealthView {
+    let time = |nanos: u64| (nanos > 0).then(|| rfc3339(nanos / 1_000_000));
+    HealthView {
+        healthy: h.healthy,
+        start_time: time(h.start_time_unix_nano),
+        last_error: h.last_error.clone(),
+        status: h.status.clone(),
+        status_time: time(h.status_time_unix_nano),
+        attributes: attrs(&h.attributes),
+        components: h
+            .component_health_map
+            .iter()
+            .map(|(k, c)| (k.clone(), health(c)))
+            .collect(),
+    }
+}
+
+fn capabilities(bits: u64) -> CapabilitiesView {
+    let names = (0..16)
+        .filter(|i| bits & (1 << i) != 0)
+        .filter_map(|i| {
+            Cap::try_from(1i32 << i)
+                .ok()
+                .map(|c| c.as_str_name().trim_start_matches("AgentCapabilities_"))
+        })
+        .collect();
+    CapabilitiesView { bits, names }
+}
+
+/// A selector as the API shows it: an object of key to value when it has only `=` terms (the
+/// form the contract's PUT body uses), otherwise its text form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum SelectorView {
+    Pairs(BTreeMap<String, String>),
+    Text(String),
+}
+
+impl SelectorView {
+    pub fn of(s: &Selector) -> Self {
+        let pairs: Option<BTreeMap<String, String>> = s
+            .terms()
+            .iter()
+            .map(|t| match &t.op {
+                Op::Eq(v) => Some((t.key.clone(), v.clone())),
+                _ => None,
+            })
+            .collect();
+        match pairs {
+            Some(p) if p.len() == s.terms().len() => Self::Pairs(p),
+            _ => Self::Text(s.to_string()),
+        }
+    }
+}
+
+/// One version of a config, with its files' bodies.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigView {
+    pub name: String,
+    pub version: u64,
+    pub hash: String,
+    pub selector: SelectorView,
+    pub files: BTreeMap<String, String>,
+    pub packages: BTreeMap<String, PackageOffer>,
+    pub settings: Option<AgentSettings>,
+    pub created: String,
+    pub created_by: String,
+    pub comment: String,
+    /// The selector in its text form (not in the JSON, which shows [`ConfigView::selector`]).
+    #[serde(skip)]
+    pub selector_text: String,
+    /// Whether agents get this version outside rollouts (not in the JSON of a single version).
+    #[serde(skip)]
+    pub active: bool,
+}
+
+impl ConfigView {
+    pub fn of(c: &StoredConfig, active: bool) -> Self {
+        Self {
+            name: c.name.clone(),
+            version: c.version,
+            hash: c.hash.clone(),
+            selector: SelectorView::of(&c.selector),
+            files: c
+                .files
+                .iter()
+                .map(|(n, f)| (n.clone(), f.body.clone()))
+                .collect(),
+            packages: c.packages.clone(),
+            settings: c.settings.clone(),
+            created: rfc3339(c.created_unix_ms),
+            created_by: c.created_by.clone(),
+            comment: c.comment.clone(),
+            selector_text: c.selector.to_string(),
+            active,
+        }
+    }
+}
+
+/// A config's history, newest first, without the versions' contents.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigHistory {
+    pub name: String,
+    pub active_version: Option<u64>,
+    pub versions: Vec<VersionView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionView {
+    pub version: u64,
+    pub hash: String,
+    pub selector: SelectorView,
+    pub created: String,
+    pub created_by: String,
+    pub comment: String,
+    pub active: bool,
+    #[serde(skip)]
+    pub selector_text: String,
+}
+
+impl VersionView {
+    pub fn of(c: &StoredConfig, active: bool) -> Self {
+        Self {
+            version: c.version,
+            hash: c.hash.clone(),
+            selector: SelectorView::of(&c.selector),
+            created: rfc3339(c.created_unix_ms),
+            created_by: c.created_by.clone(),
+            comment: c.comment.clone(),
+            active,
+            selector_text: c.selector.to_string(),
+        }
+    }
+}
+
+/// A unified diff between two versions of a config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigDiff {
+    pub name: String,
+    pub from: u64,
+    pub to: u64,
+    pub diff: String,
+}
+
+/// A rollout with its totals: what `ctl rollouts status` draws its progress from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutView {
+    pub id: String,
+    pub config: String,
+    pub from_version: u64,
+    pub to_version: u64,
+    pub state: State,
+    pub reason: String,
+    pub plan: Plan,
+    pub soak: String,
+    pub error_budget: ErrorBudget,
+    pub agents_total: usize,
+    pub enrolled: usize,
+    pub applied: usize,
+    pub failed: usize,
+    pub pending: usize,
+    pub phases: Vec<PhaseView>,
+    pub created: String,
+    pub created_by: String,
+    pub updated: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PhaseView {
+    pub phase: usize,
+    pub agents: usize,
+    pub applied: usize,
+    pub failed: usize,
+    pub pending: usize,
+    pub started: String,
+    pub settled: Option<String>,
+    pub completed: Option<String>,
+    pub instance_uids: Vec<String>,
+}
+
+impl RolloutView {
+    pub fn of(r: &Rollout) -> Self {
+        let sum = |f: fn(&Phase) -> usize| r.phases.iter().map(f).sum::<usize>();
+        Self {
+            id: r.id.clone(),
+            config: r.config.clone(),
+            from_version: r.from_version,
+            to_version: r.to_version,
+            state: r.state,
+            reason: r.reason.clone(),
+            plan: r.plan.clone(),
+            soak: humantime::format_duration(r.soak).to_string(),
+            error_budget: r.error_budget.clone(),
+            agents_total: r.agents_total,
+            enrolled: sum(|p| p.agents.len()),
+            applied: sum(|p| p.applied),
+            failed: sum(|p| p.failed),
+            pending: sum(|p| p.pending),
+            phases: r
+                .phases
+                .iter()
+                .enumerate()
+                .map(|(i, p)| PhaseView {
+                    phase: i + 1,
+                    agents: p.agents.len(),
+                    applied: p.applied,
+                    failed: p.failed,
+                    pending: p.pending,
+                    started: rfc3339(p.started_unix_ms),
+                    settled: p.settled_unix_ms.map(rfc3339),
+                    completed: p.completed_unix_ms.map(rfc3339),
+                    instance_uids: p.agents.iter().map(Uuid::to_string).collect(),
+                })
+                .collect(),
+            created: rfc3339(r.created_unix_ms),
+            created_by: r.created_by.clone(),
+            updated: rfc3339(r.updated_unix_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditView {
+    pub id: String,
+    pub at: String,
+    pub caller: String,
+    pub action: String,
+    pub object: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+impl AuditView {
+    pub fn of(e: &AuditEntry) -> Self {
+        Self {
+            id: e.id.clone(),
+            at: rfc3339(e.at_unix_ms),
+            caller: e.caller.clone(),
+            action: e.action.clone(),
+            object: e.object.clone(),
+            before: e.before.clone(),
+            after: e.after.clone(),
+        }
+    }
+}
+
+/// Audit entries, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditLog {
+    pub entries: Vec<AuditView>,
+    /// Fewer than asked for, because the answer reached its size bound.
+    pub truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_past_what_can_be_shown_do_not_panic() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn selectors_show_as_pairs_when_they_can() {
+        let pairs = SelectorView::of(&"env=prod,region=eu".parse().unwrap());
+        assert_eq!(
+            serde_json::to_value(pairs).unwrap(),
+            serde_json::json!({"env": "prod", "region": "eu"})
+        );
+        let text = SelectorView::of(&"env in (a,b)".parse().unwrap());
+        assert_eq!(
+            serde_json::to_value(text).unwrap(),
+            serde_json::json!("env in (a,b)")
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! The running coordinator: the shard owner ([`Owner`]) that takes agent messages off the bus in
+//! order per shard, keeps agent records in the store and pushes desired state to connected agents
+//! through their gateway; the background duties under their supervisor ([`duties`]); the shard
+//! table ([`shards`]) and, in a cluster, the lease keeper ([`leases`]). [`Service`] assembles them
+//! and hands each part the narrow handle it needs: the owner gets the store, the shard table, the
+//! desired state, a [`pushes::Pusher`] and an [`events::Events`]; the lease keeper gets the owner;
+//! the interfaces get only the operations ([`crate::ops::Ops`]).
+//!
+//! May use: the OpAMP state machine, the fleet rules, the operations (the rollout step, the
+//! desired state), the Store and Bus. Must not: use the interfaces ([`crate::api`]).
+
+pub mod duties;
+pub mod leases;
+pub mod shards;
+
+mod commands;
+mod config;
+mod events;
+mod owner;
+mod pusher;
+mod pushes;
+mod silence;
+mod uplinks;
+
+pub use config::CoordinatorConfig;
+pub use owner::Owner;
+
+use crate::metrics::OwnerMetrics;
+use crate::ops::{DesiredState, Ops, OpsConfig};
+use duties::{DutyHealth, supervise};
+use events::Events;
+use flotilla_common::bus::{Bus, BusError};
+use flotilla_common::names::Subjects;
+use flotilla_common::store::{Store, StoreError};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use prometheus_client::registry::Registry;
+use pusher::Pusher;
+use shards::ShardTable;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// A coordinator, assembled: its shard owner, its operations, its duties.
+pub struct Service {
+    owner: Arc<Owner>,
+    ops: Ops,
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    duty_health: DutyHealth,
+}
+
+impl Service {
+    /// `shards`: [`ShardTable::all`] for the embedded mode, [`ShardTable::none`] in a cluster
+    /// (where [`leases::LeaseKeeper`] fills it).
+    pub async fn new(
+        cfg: CoordinatorConfig,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
+        shards: ShardTable,
+        registry: &mut Registry,
+    ) -> Result<Arc<Self>, StoreError> {
+        let desired = DesiredState::load(store.as_ref()).await?;
+        let subjects = Subjects::new(&cfg.region);
+        let metrics = OwnerMetrics::new(registry);
+        let ops = Ops::new(
+            OpsConfig {
+                redactor: cfg.redactor.clone(),
+                max_message_size: cfg.max_message_size,
+                owner_timeout: cfg.push_timeout + Duration::from_secs(1),
+                owner_deadline: cfg.owner_deadline,
+                ..OpsConfig::new(&cfg.region)
+            },
+            store.clone(),
+            bus.clone(),
+            desired.clone(),
+        );
+        let pusher = Pusher::new(
+            bus.clone(),
+            subjects.clone(),
+            cfg.push_timeout,
+            metrics.clone(),
+        );
+        let events = Events::new(bus.clone(), subjects.clone(), &cfg.node_id, metrics.clone());
+        let owner = Arc::new(Owner::new(
+            cfg, store, shards, desired, pusher, events, metrics,
+        ));
+        Ok(Arc::new(Self {
+            owner,
+            ops,
+            bus,
+            subjects,
+            duty_health: DutyHealth::default(),
+        }))
+    }
+
+    /// The operations, for the interfaces.
+    pub fn ops(&self) -> Ops {
+        self.ops.clone()
+    }
+
+    /// The shard owner, for the lease keeper.
+    pub fn owner(&self) -> Arc<Owner> {
+        self.owner.clone()
+    }
+
+    /// Whether the background duties run well (for `/readyz`).
+    pub fn duty_health(&self) -> DutyHealth {
+        self.duty_health.clone()
+    }
+
+    /// The embedded mode: serves every shard's agent messages and runs the background duties
+    /// until `cancel`; then finishes the messages already taken.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), BusError> {
+        let uplinks = self.bus.subscribe(&self.subjects.uplink_all()).await?;
+        info!(node = %self.owner.cfg.node_id, region = %self.owner.cfg.region, "coordinator serving all shards");
+        let duties = tokio::spawn(self.clone().run_duties(cancel.clone()));
+        self.owner.clone().serve(uplinks, cancel).await;
+        let _ = duties.await;
+        Ok(())
+    }
+
+    /// Until `cancel`, each under the duty supervisor: sweeps silence deadlines and steps
+    /// rollouts every second, refreshes gauges and re-reads the desired state every 5 s (and
+    /// pushes at once when a coordinator announces a change), and removes agents gone longer than
+    /// the agent retention.
+    pub async fn run_duties(self: Arc<Self>, cancel: CancellationToken) {
+        let announced = Arc::new(Notify::new());
+        // Agents are removed within a quarter of the retention past it, checked at most once a
+        // second and at least once a minute.
+        let retention_every = (self.owner.cfg.agent_retention / 4).clamp(SECOND, 60 * SECOND);
+        type Run = fn(Arc<Service>) -> BoxFuture<'static, Result<(), String>>;
+        let duty = |name: &'static str, every: Duration, wake: Option<Arc<Notify>>, run: Run| {
+            let this = self.clone();
+            supervise(
+                name,
+                every,
+                wake,
+                self.duty_health.clone(),
+                self.owner.metrics.duty_failures.clone(),
+                cancel.clone(),
+                move || run(this.clone()),
+            )
+        };
+        tokio::join!(
+            self.clone().hear_changes(announced.clone(), cancel.clone()),
+            duty("silence_sweep", SECOND, None, |s| {
+                async move { s.owner.sweep_silent().await.map_err(|e| e.to_string()) }.boxed()
+            }),
+            duty("rollouts", SECOND, None, |s| {
+                // The holder of shard 0 steps the rollouts: one process at a time.
+                async move {
+                    match s.owner.shards.fence(0) {
+                        Some(_) => s.ops.step_rollouts().await,
+                        None => Ok(()),
+                    }
+                }
+                .boxed()
+            }),
+            duty("gauges", 5 * SECOND, None, |s| {
+                async move { s.owner.refresh_gauges().await }.boxed()
+            }),
+            duty("desired_state", 5 * SECOND, Some(announced.clone()), |s| {
+                async move { s.owner.follow_desired().await }.boxed()
+            }),
+            duty("agent_retention", retention_every, None, |s| {
+                async move { s.owner.expire_agents().await }.boxed()
+            }),
+        );
+    }
+
+    /// Wakes `announced` whenever a coordinator announces a change of desired state.
+    async fn hear_changes(self: Arc<Self>, announced: Arc<Notify>, cancel: CancellationToken) {
+        let mut changes = match self.bus.subscribe(&self.subjects.desired_changed()).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot hear config changes; re-reading them every 5 s only");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                m = changes.next() => match m {
+                    Some(_) => {
+                        self.owner.announced();
+                        announced.notify_one();
+                    }
+                    None => return,
+                },
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Milliseconds of `d`, saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Owner {
+    /// A coordinator announced a change of desired state: push at the next re-read.
+    fn announced(&self) {
+        self.pending_push.store(true, Ordering::Release);
+    }
+
+    /// Re-reads the desired state; pushes to the connected agents of the owned shards when it
+    /// changed, or when a change was announced since the last run (this process's own changes
+    /// are read at once by the operation that made them, so they show as no change here).
+    async fn follow_desired(&self) -> Result<(), String> {
+        let changed = self
+            .desired
+            .reload(self.store.as_ref())
+            .await
+            .map_err(|e| format!("cannot re-read configs and rollouts: {e}"))?;
+        let announced = self.pending_push.swap(false, Ordering::AcqRel);
+        if changed || announced {
+            info!("desired state changed; pushing to connected agents");
+            self.push_configs(&|_| true).await;
+        }
+        Ok(())
+    }
+
+    async fn refresh_gauges(&self) -> Result<(), String> {
+        self.metrics
+            .owned_shards
+            .set(self.shards.owned_count() as i64);
+        let mut counts = [0i64; 4];
+        let owned = |s| self.shards.fence(s).is_some();
+        self.store
+            .visit_agents(&owned, &mut |a| counts[a.status.clamp(0, 3) as usize] += 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (status, n) in [
+            ("connected", counts[1]),
+            ("disconnected", counts[2]),
+            ("silent", counts[3]),
+        ] {
+            self.metrics
+                .agents
+                .get_or_create(&vec![("status", status)])
+                .set(n);
+        }
+        Ok(())
+    }
+
+    /// Counts `n` ownership changes of one kind and refreshes the owned-shards gauge.
+    pub(crate) fn count_shard_changes(&self, change: &'static str, n: usize) {
+        self.metrics
+            .shard_changes
+            .get_or_create(&vec![("change", change)])
+            .inc_by(n as u64);
+        self.metrics
+            .owned_shards
+            .set(self.shards.owned_count() as i64);
+    }
+}

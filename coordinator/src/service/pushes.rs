@@ -1,0 +1,52 @@
+//! The desired state pushed to every connected agent of the owned shards whose reported config
+//! differs: after a change, and when shards are acquired.
+
+use super::owner::Owner;
+use super::pusher::push_for;
+use flotilla_proto::bus::Origin;
+use flotilla_proto::opamp::ServerToAgent;
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+impl Owner {
+    /// Shards were just acquired: their connected agents get their desired state now rather than
+    /// at their next heartbeat (a config stored while a shard had no owner reaches them). One
+    /// visit of the store for the whole batch.
+    pub(crate) async fn shards_acquired(&self, shards: &[u16]) {
+        let set: std::collections::HashSet<u16> = shards.iter().copied().collect();
+        self.push_configs(&|s| set.contains(&s)).await;
+    }
+
+    /// Sends each connected WebSocket agent of the owned shards `shards` accepts whose reported
+    /// config differs from its desired one the desired config. Idempotent: agents that already
+    /// run it get nothing.
+    pub(crate) async fn push_configs(&self, shards: &(dyn Fn(u16) -> bool + Sync)) {
+        let desired = self.desired.current();
+        let mut pushes: Vec<(Origin, ServerToAgent)> = Vec::new();
+        let mine = |s| shards(s) && self.shards.fence(s).is_some();
+        let visited = self
+            .store
+            .visit_agents(&mine, &mut |rec| {
+                if let Some(push) = push_for(rec, &desired) {
+                    pushes.push(push);
+                }
+            })
+            .await;
+        if let Err(e) = visited {
+            // Agents still get the config in the reply to their next message.
+            warn!(error = %e, "config push skipped: agents unreadable");
+            return;
+        }
+        let total = pushes.len();
+        if total == 0 {
+            return;
+        }
+        let delivered = futures_util::stream::iter(pushes)
+            .map(|(origin, msg)| async move { self.pusher.push(&origin, &msg).await })
+            .buffer_unordered(256)
+            .filter(|ok| std::future::ready(*ok))
+            .count()
+            .await;
+        info!(total, delivered, "config pushed to connected agents");
+    }
+}

@@ -1,0 +1,141 @@
+//! Agents that stop reporting: the silence sweep (each owned shard's due deadlines, claimed under
+//! the shard's fence, so one owner marks an agent silent once), and the removal of agents gone
+//! longer than the agent retention.
+
+use super::millis;
+use super::owner::Owner;
+use crate::fleet::agents::attributes;
+use crate::opamp::EventKind;
+use crate::opamp::desired::heartbeat_interval;
+use crate::opamp::process::silence_deadline;
+use crate::ops::audit;
+use crate::ops::caller::SYSTEM;
+use flotilla_common::names::shard_of;
+use flotilla_common::store::{Deadline, StoreError};
+use flotilla_common::telemetry::now_unix_ms;
+use flotilla_proto::bus::AgentStatus;
+use futures_util::StreamExt;
+use tracing::info;
+use uuid::Uuid;
+
+/// How long a claimed silence deadline waits before another sweep may claim it again (if the
+/// claimer died before settling it).
+const CLAIM_RETRY_MS: u64 = 5_000;
+
+impl Owner {
+    /// Marks agents of owned shards whose deadline passed without a message as silent, once per
+    /// silence: each due deadline is claimed under the shard's fence, so one owner handles it,
+    /// and one that dies midway leaves it due again for the next.
+    pub(super) async fn sweep_silent(&self) -> Result<(), StoreError> {
+        let now = now_unix_ms();
+        let claims = futures_util::stream::iter(self.shards.owned())
+            .filter_map(|shard| std::future::ready(self.shards.fence(shard)))
+            .map(|fence| async move {
+                match self.store.claim_due(fence, now, CLAIM_RETRY_MS).await {
+                    Ok(uids) => Ok((fence, uids)),
+                    Err(StoreError::Fenced { .. }) => {
+                        self.fenced(fence.shard);
+                        Ok((fence, Vec::new()))
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        for claim in claims {
+            let (fence, uids) = claim?;
+            for uid in uids {
+                self.settle_due(fence.shard, uid, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One claimed deadline: silent if still due, otherwise re-armed (or cleared).
+    async fn settle_due(&self, shard: u16, uid: Uuid, now: u64) -> Result<(), StoreError> {
+        let _guard = self.shards.lock(shard).await;
+        let Some(fence) = self.shards.fence(shard) else {
+            return Ok(());
+        };
+        let Some(mut rec) = self.store.get_agent(uid).await? else {
+            return Ok(());
+        };
+        let attrs = attributes(&rec);
+        let interval = heartbeat_interval(
+            &rec,
+            &attrs,
+            &self.desired.current(),
+            self.cfg.heartbeat_interval,
+        );
+        let silent = match silence_deadline(&rec, interval) {
+            Some(at) if at > now => {
+                self.save_or_drop(fence, &rec, Deadline::Arm(at), None)
+                    .await?;
+                return Ok(());
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if silent {
+            rec.status = AgentStatus::Silent as i32;
+        }
+        if self
+            .save_or_drop(fence, &rec, Deadline::Clear, None)
+            .await?
+            && silent
+        {
+            info!(%uid, "agent silent");
+            self.events.emit(EventKind::Silent, uid).await;
+        }
+        Ok(())
+    }
+
+    /// Removes the agents of owned shards that have been disconnected or silent for longer than
+    /// the agent retention, each with its audit entry.
+    pub(super) async fn expire_agents(&self) -> Result<(), String> {
+        let horizon = now_unix_ms().saturating_sub(millis(self.cfg.agent_retention));
+        let mut gone: Vec<Uuid> = Vec::new();
+        let owned = |s| self.shards.fence(s).is_some();
+        self.store
+            .visit_agents(&owned, &mut |rec| {
+                if rec.status != AgentStatus::Connected as i32
+                    && rec.last_seen_unix_ms < horizon
+                    && let Ok(uid) = Uuid::from_slice(&rec.instance_uid)
+                {
+                    gone.push(uid);
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        for uid in gone {
+            let shard = shard_of(uid.as_bytes());
+            let _guard = self.shards.lock(shard).await;
+            let Some(fence) = self.shards.fence(shard) else {
+                continue;
+            };
+            // Read again under the lock: the agent may have come back meanwhile.
+            let Some(rec) = self.store.get_agent(uid).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            if rec.status == AgentStatus::Connected as i32 || rec.last_seen_unix_ms >= horizon {
+                continue;
+            }
+            let entry = audit::entry(
+                SYSTEM,
+                "agent.expire",
+                format!("agent/{uid}"),
+                Some(
+                    serde_json::json!({ "last_seen": crate::ops::views::rfc3339(rec.last_seen_unix_ms) }),
+                ),
+                None,
+            );
+            match self.store.delete_agent(fence, uid, Some(&entry)).await {
+                Ok(_) => info!(%uid, "agent removed after the agent retention"),
+                Err(StoreError::Fenced { .. }) => self.fenced(shard),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+}

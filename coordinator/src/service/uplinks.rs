@@ -1,0 +1,394 @@
+//! The owner's side of the bus: every uplink for an owned shard (an agent's message, a closed
+//! connection, an operation on one agent) handled in order per shard under the shard's lock and
+//! fence. An agent's message goes through the OpAMP state machine ([`crate::opamp::process`]),
+//! and its record is saved before the reply goes out.
+
+use super::millis;
+use super::owner::Owner;
+use crate::opamp::identity::{check_identity, record_certificate};
+use crate::opamp::{Ctx, EventKind, Outcome, process};
+use flotilla_common::bus::{Incoming, Subscription};
+use flotilla_common::error::{ErrorKind, opamp_error_reply};
+use flotilla_common::names::shard_of;
+use flotilla_common::store::{AuditEntry, Deadline, Fence, StoreError};
+use flotilla_common::telemetry::now_unix_ms;
+use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Uplink, UplinkReply, uplink};
+use flotilla_proto::opamp::{AgentToServer, ServerCapabilities};
+use futures_util::FutureExt;
+use prost::Message;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug_span, error, warn};
+use uuid::Uuid;
+
+impl Owner {
+    /// Handles the messages of `uplinks` (one shard's subject, or all of them) until it ends or
+    /// `stop`; then drains it: stops taking new ones, handles those already on their way, and
+    /// returns when every one is answered. What a graceful handoff waits for.
+    pub(crate) async fn serve(self: Arc<Self>, mut uplinks: Subscription, stop: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let spawn = |incoming: Incoming| {
+            let this = self.clone();
+            tracker.spawn(async move { this.handle_uplink(incoming).await }.in_current_span());
+        };
+        loop {
+            tokio::select! {
+                incoming = uplinks.next() => match incoming {
+                    Some(i) => spawn(i),
+                    None => break,
+                },
+                () = stop.cancelled() => {
+                    uplinks.drain().await;
+                    while let Some(i) = uplinks.next().await {
+                        spawn(i);
+                    }
+                    break;
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    async fn handle_uplink(&self, incoming: Incoming) {
+        let Some(reply) = incoming.reply else { return };
+        let span = debug_span!("uplink", traceparent = incoming.msg.header("traceparent"));
+        let answer = async {
+            match Uplink::decode(incoming.msg.payload) {
+                Ok(Uplink {
+                    origin: Some(origin),
+                    kind: Some(uplink::Kind::AgentToServer(bytes)),
+                }) => self.agent_message_guarded(&bytes, origin).await,
+                Ok(Uplink {
+                    origin: Some(origin),
+                    kind: Some(uplink::Kind::Closed(c)),
+                }) => self
+                    .connection_closed(&c.instance_uid, &origin)
+                    .await
+                    .then(UplinkReply::default),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::Restart(r)),
+                    ..
+                }) => self.restart_here(&r).await.map(|result| UplinkReply {
+                    restart: result as i32,
+                    ..Default::default()
+                }),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::SetLabels(l)),
+                    ..
+                }) => self.labels_here(l).await.map(|labels| UplinkReply {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::IssueCertificate(c)),
+                    ..
+                }) => self.issue_here(&c).await.map(|issued| UplinkReply {
+                    issued: Some(issued),
+                    ..Default::default()
+                }),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::DeleteAgent(d)),
+                    ..
+                }) => self.delete_here(&d).await.map(|deleted| UplinkReply {
+                    deleted: Some(deleted),
+                    ..Default::default()
+                }),
+                _ => {
+                    warn!("dropping a malformed bus uplink envelope");
+                    Some(UplinkReply::default())
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        // None: this process does not own the shard (any more); the owner answers instead, or the
+        // gateway retries until one does.
+        if let Some(answer) = answer {
+            // The gateway may have given up waiting; nothing to do then.
+            let _ = reply.send(answer.encode_to_vec().into()).await;
+        }
+    }
+
+    /// [`Coordinator::agent_message`], answering the agent with an error should processing
+    /// panic (a bug), instead of leaving it without an answer until its gateway gives up.
+    async fn agent_message_guarded(&self, bytes: &[u8], origin: Origin) -> Option<UplinkReply> {
+        match AssertUnwindSafe(self.agent_message(bytes, origin))
+            .catch_unwind()
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                error!(
+                    "processing an agent message panicked; the agent was answered with an error"
+                );
+                self.count_uplink("internal_error");
+                let uid = AgentToServer::decode(bytes)
+                    .map(|m| m.instance_uid)
+                    .unwrap_or_default();
+                let why = "the server failed to process this message".to_owned();
+                Some(reply_of(opamp_error_reply(
+                    uid,
+                    ErrorKind::Internal,
+                    why,
+                    None,
+                )))
+            }
+        }
+    }
+
+    fn count_uplink(&self, result: &'static str) {
+        self.metrics
+            .uplinks
+            .get_or_create(&vec![("result", result)])
+            .inc();
+    }
+
+    /// The fence of `shard` if this process may act on it; counts the message as not ours if not.
+    pub(crate) fn fence_for(&self, shard: u16) -> Option<Fence> {
+        let fence = self.shards.fence(shard);
+        if fence.is_none() {
+            self.count_uplink("not_owner");
+        }
+        fence
+    }
+
+    /// A write was refused because another coordinator took the shard: stop acting on it.
+    pub(super) fn fenced(&self, shard: u16) {
+        warn!(
+            shard,
+            "shard taken over by another coordinator; dropping it"
+        );
+        self.shards.drop_shard(shard);
+        self.count_uplink("fenced");
+    }
+
+    /// Processes one encoded AgentToServer and returns the encoded ServerToAgent reply; None if
+    /// this process does not own the agent's shard.
+    pub(crate) async fn agent_message(&self, bytes: &[u8], origin: Origin) -> Option<UplinkReply> {
+        let started = Instant::now();
+        let msg = match AgentToServer::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.count_uplink("bad_request");
+                let msg = format!("malformed AgentToServer: {e}");
+                return Some(reply_of(opamp_error_reply(
+                    Vec::new(),
+                    ErrorKind::BadRequest,
+                    msg,
+                    None,
+                )));
+            }
+        };
+        let uid_sent = msg.instance_uid.clone();
+        let shard = shard_of(&msg.instance_uid);
+        let _guard = self.shards.lock(shard).await;
+        let fence = self.fence_for(shard)?;
+        let stored = match Uuid::from_slice(&msg.instance_uid) {
+            Ok(uid) => self.store.get_agent(uid).await,
+            Err(_) => Ok(None),
+        };
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => return Some(self.store_failed(uid_sent, &e)),
+        };
+        if let Err(why) = check_identity(stored.as_ref(), &origin, &uid_sent) {
+            self.count_uplink("identity");
+            self.metrics.refusal_log.warn(|suppressed| {
+                warn!(uid = %Uuid::from_slice(&uid_sent).unwrap_or_default(), peer = %origin.peer_addr, %why, suppressed, "refused an agent's certificate");
+            });
+            return Some(UplinkReply {
+                server_to_agent: opamp_error_reply(uid_sent, ErrorKind::BadRequest, why, None),
+                close_connection: true,
+                ..Default::default()
+            });
+        }
+        let csr = msg
+            .connection_settings_request
+            .as_ref()
+            .and_then(|r| r.opamp.as_ref()?.certificate_request.as_ref())
+            .map(|c| c.csr.clone());
+        let desired = self.desired.current();
+        let ctx = Ctx {
+            now_unix_ms: now_unix_ms(),
+            heartbeat_interval: self.cfg.heartbeat_interval,
+            desired: &desired,
+            limits: &self.cfg.limits,
+            hold_restart: csr.is_some(),
+        };
+        let origin_seen = origin.clone();
+        let mut out = process(stored, msg, origin, &ctx);
+        if self.cfg.issuer.is_some() {
+            out.reply.capabilities |= ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
+        }
+        let mut audit = None;
+        if let Some(rec) = out.record.as_mut() {
+            record_certificate(rec, &origin_seen);
+            if let Some(csr) = csr {
+                match self.sign_csr(&csr, rec) {
+                    Ok((offer, entry)) => {
+                        out.reply.connection_settings = Some(offer);
+                        audit = Some(entry);
+                    }
+                    Err(why) => out.answer_with_error(ErrorKind::BadRequest, why),
+                }
+            }
+        }
+        self.fit_reply(&mut out);
+        let Some(rec) = out.record.as_ref() else {
+            // Nothing to store: a uid was assigned (it becomes a record when the agent uses it),
+            // or the report was refused.
+            self.count_uplink(if out.reply.error_response.is_some() {
+                "refused"
+            } else {
+                "uid_assigned"
+            });
+            return Some(UplinkReply {
+                new_instance_uid: out
+                    .reply
+                    .agent_identification
+                    .as_ref()
+                    .map(|a| a.new_instance_uid.clone())
+                    .unwrap_or_default(),
+                server_to_agent: out.reply.encode_to_vec(),
+                poll_interval_ms: millis(out.interval),
+                ..Default::default()
+            });
+        };
+        let uid = Uuid::from_slice(&rec.instance_uid).unwrap_or_default();
+        match self
+            .store
+            .save_agent(fence, rec, out.deadline, audit.as_ref())
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Fenced { .. }) => {
+                self.fenced(shard);
+                return None;
+            }
+            Err(e) => return Some(self.store_failed(uid_sent, &e)),
+        }
+        for kind in &out.events {
+            self.events.emit(*kind, uid).await;
+        }
+        self.count_uplink("ok");
+        self.metrics
+            .uplink_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Some(UplinkReply {
+            server_to_agent: out.reply.encode_to_vec(),
+            poll_interval_ms: millis(out.interval),
+            ..Default::default()
+        })
+    }
+
+    /// Keeps a reply within what can reach the agent: packages wait for a later reply (the
+    /// record forgets offering them) when the config and packages together are too large. A
+    /// config too large on its own (stored before the limit was enforced) is not sent at all.
+    fn fit_reply(&self, out: &mut Outcome) {
+        let max = self.cfg.max_message_size;
+        if out.reply.encoded_len() <= max {
+            return;
+        }
+        if out.reply.packages_available.take().is_some() {
+            if let Some(rec) = out.record.as_mut() {
+                rec.offered_packages_hash.clear();
+            }
+            if out.reply.encoded_len() <= max {
+                return;
+            }
+        }
+        if let Some(rc) = out.reply.remote_config.take() {
+            self.count_uplink("config_too_large");
+            error!(
+                config_bytes = rc.encoded_len(),
+                max, "a config is too large to reach its agents; store a smaller version"
+            );
+        }
+    }
+
+    /// The answer while the agent's state cannot be read or written: UNAVAILABLE with a retry
+    /// time (HTTP agents get 503 with Retry-After from the gateway).
+    fn store_failed(&self, uid: Vec<u8>, e: &StoreError) -> UplinkReply {
+        self.metrics.store_log.warn(|suppressed| {
+            warn!(error = %e, suppressed, "agent state unavailable");
+        });
+        self.count_uplink("unavailable");
+        // Agents retry soon: a store hiccup is usually over in seconds.
+        let retry = Duration::from_secs(5);
+        UplinkReply {
+            server_to_agent: opamp_error_reply(
+                uid,
+                ErrorKind::Unavailable,
+                "agent state temporarily unavailable".into(),
+                Some(retry),
+            ),
+            retry_after_ms: millis(retry),
+            ..Default::default()
+        }
+    }
+
+    /// A gateway saw the agent's WebSocket close. Ignored if the agent has moved to another
+    /// connection since (a late close must not mark a reconnected agent disconnected). False if
+    /// this process does not own the agent's shard.
+    async fn connection_closed(&self, uid_bytes: &[u8], origin: &Origin) -> bool {
+        let Ok(uid) = Uuid::from_slice(uid_bytes) else {
+            return true;
+        };
+        let shard = shard_of(uid_bytes);
+        let _guard = self.shards.lock(shard).await;
+        let Some(fence) = self.fence_for(shard) else {
+            return false;
+        };
+        let Ok(Some(mut rec)) = self.store.get_agent(uid).await else {
+            return true;
+        };
+        if rec.status != AgentStatus::Connected as i32 || rec.origin.as_ref() != Some(origin) {
+            return true;
+        }
+        rec.status = AgentStatus::Disconnected as i32;
+        rec.origin = None;
+        match self
+            .store
+            .save_agent(fence, &rec, Deadline::Clear, None)
+            .await
+        {
+            Ok(()) => self.events.emit(EventKind::Disconnected, uid).await,
+            Err(StoreError::Fenced { .. }) => {
+                self.fenced(shard);
+                return false;
+            }
+            Err(e) => warn!(error = %e, %uid, "could not record a disconnect"),
+        }
+        true
+    }
+
+    /// Saves under `fence` (with `audit` in the same step); false (and the shard dropped) if
+    /// another coordinator took it.
+    pub(crate) async fn save_or_drop(
+        &self,
+        fence: Fence,
+        rec: &AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        match self.store.save_agent(fence, rec, deadline, audit).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::Fenced { shard, .. }) => {
+                self.fenced(shard);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn reply_of(server_to_agent: Vec<u8>) -> UplinkReply {
+    UplinkReply {
+        server_to_agent,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,438 @@
+//! The gateway itself: its settings, the accept loop (connection slots, TLS, slow and idle
+//! clients), each connection served over HTTP/1.1 (plain HTTP in [`crate::http`], upgrades in
+//! [`crate::ws`]), forwarding to the owner over the bus, and deliveries of owners' pushes.
+
+use crate::activity::{Activity, ActivityIo, Expiry, Inflight};
+use crate::guard::{AgentTokens, ConnInfo, PeerCert, RefusedCerts, uid_text};
+use crate::metrics::Metrics;
+use crate::slots::{Slots, Taken};
+use crate::table::ConnectionTable;
+use bytes::Bytes;
+use flotilla_common::bus::{Bus, BusError, BusMessage, request_with_retry};
+use flotilla_common::config::{AgentIdentity, AgentLimits};
+use flotilla_common::names::{Subjects, shard_of};
+use flotilla_common::telemetry::new_traceparent;
+use flotilla_common::tls::ReloadingTls;
+use flotilla_proto::bus::{
+    Downlink, DownlinkAck, IdentityRule, Origin, Transport, Uplink, UplinkReply, uplink,
+};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// The OpAMP endpoint path.
+pub const OPAMP_PATH: &str = "/v1/opamp";
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub region: String,
+    pub gateway_id: String,
+    /// Largest AgentToServer accepted (after decompression, including the WS header); in a
+    /// cluster no larger than what the bus carries.
+    pub max_message_size: usize,
+    /// How long one bus request to the owner may take.
+    pub uplink_timeout: Duration,
+    /// How long to keep retrying an owner that does not answer (e.g. during a shard handoff)
+    /// before telling the agent to come back later.
+    pub uplink_deadline: Duration,
+    /// What agents are told to wait when no owner answers (retry_info / Retry-After).
+    pub retry_after: Duration,
+    /// TLS (and mutual TLS) on the listener; plain TCP when absent.
+    pub tls: Option<Arc<ReloadingTls>>,
+    /// How a client certificate binds the agent's instance_uid.
+    pub identity: AgentIdentity,
+    /// Bearer tokens agents must present, if any.
+    pub tokens: Option<Arc<AgentTokens>>,
+    pub limits: AgentLimits,
+}
+
+impl GatewayConfig {
+    pub fn new(region: &str, gateway_id: &str, max_message_size: usize) -> Self {
+        Self {
+            region: region.into(),
+            gateway_id: gateway_id.into(),
+            max_message_size,
+            uplink_timeout: Duration::from_secs(2),
+            uplink_deadline: Duration::from_secs(5),
+            retry_after: Duration::from_secs(30),
+            tls: None,
+            identity: AgentIdentity::None,
+            tokens: None,
+            limits: AgentLimits {
+                max_connections: 100_000,
+                max_connection_age: None,
+                message_rate: 10,
+                handshake_timeout: Duration::from_secs(10),
+                max_inflight_bytes: 256 << 20,
+            },
+        }
+    }
+}
+
+pub struct Gateway {
+    pub(crate) cfg: GatewayConfig,
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    pub(crate) table: ConnectionTable,
+    next_connection: AtomicU64,
+    /// One per open connection, up to `limits.max_connections`.
+    slots: Arc<Slots>,
+    /// Certificates owners refused lately: answered 403 before an upgrade.
+    pub(crate) refused: RefusedCerts,
+    /// Bytes of incomplete agent messages over all connections.
+    inflight: Arc<Inflight>,
+    pub(crate) metrics: Metrics,
+}
+
+impl Gateway {
+    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>, registry: &mut Registry) -> Arc<Self> {
+        let metrics = Metrics::new(registry);
+        let over_budget = metrics
+            .rejected
+            .get_or_create(&vec![("reason", "inflight_budget")])
+            .clone();
+        Arc::new(Self {
+            inflight: Inflight::counting(cfg.limits.max_inflight_bytes, over_budget),
+            subjects: Subjects::new(&cfg.region),
+            slots: Slots::new(cfg.limits.max_connections),
+            cfg,
+            bus,
+            table: ConnectionTable::default(),
+            next_connection: AtomicU64::new(1),
+            refused: RefusedCerts::default(),
+            metrics,
+        })
+    }
+
+    /// Accepts agents on `listener` and delivers pushes until `cancel`; then closes WebSocket
+    /// sessions with 1001 (going away), lets HTTP requests in flight finish, and returns.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        cancel: CancellationToken,
+    ) -> Result<(), BusError> {
+        let mut downlinks = self
+            .bus
+            .subscribe(&self.subjects.downlink(&self.cfg.gateway_id))
+            .await?;
+        let tracker = TaskTracker::new();
+        let this = self.clone();
+        let down_cancel = cancel.clone();
+        tracker.spawn(
+            async move {
+                loop {
+                    let incoming = tokio::select! {
+                        i = downlinks.next() => i,
+                        () = down_cancel.cancelled() => None,
+                    };
+                    let Some(incoming) = incoming else { break };
+                    this.deliver(incoming).await;
+                }
+            }
+            .instrument(info_span!("downlink")),
+        );
+        info!(gateway = %self.cfg.gateway_id, addr = ?listener.local_addr().ok(), "gateway accepting agents");
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = cancel.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let conn_cancel = cancel.clone();
+            let conn_tracker = tracker.clone();
+            tracker.spawn(
+                async move { this.accept(stream, peer, conn_cancel, conn_tracker).await }
+                    .instrument(info_span!("conn", %peer)),
+            );
+        }
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+
+    /// Takes a connection slot (closing the oldest connection that has not sent an authorised
+    /// request yet if none is free; with every slot established the connection is answered 503),
+    /// completes the TLS handshake within the handshake timeout, and serves the connection.
+    async fn accept(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        let slot = match self.slots.take().await {
+            Taken::Free(s) => Some(s),
+            Taken::Evicted(s) => {
+                self.count_rejected("evicted_pending");
+                Some(s)
+            }
+            Taken::Full => None,
+        };
+        let evicted = slot.as_ref().map(|s| s.evict.clone());
+        let evicted = async move {
+            match evicted {
+                Some(token) => token.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        };
+        let limits = self.cfg.limits.clone();
+        let retire_at = limits.max_connection_age.map(|age| {
+            // Up to 10% later, so agents connected together do not all reconnect together.
+            let jitter = age.mul_f64(rand::random::<f64>() * 0.1);
+            tokio::time::Instant::now() + age + jitter
+        });
+        // Until its first request, a connection may idle no longer than a handshake takes.
+        let activity = Activity::new(
+            limits.handshake_timeout,
+            Some(limits.handshake_timeout),
+            self.inflight.clone(),
+        );
+        let conn = |cert| {
+            Arc::new(ConnInfo::new(
+                peer,
+                cert,
+                limits.message_rate,
+                retire_at,
+                slot,
+                activity.clone(),
+            ))
+        };
+        let Some(tls) = self.cfg.tls.as_ref().map(|t| t.current()) else {
+            let io = ActivityIo::new(stream, activity.clone());
+            return self.serve_io(io, conn(None), cancel, tracker).await;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
+        let handshake = tokio::select! {
+            h = handshake => h,
+            () = evicted => {
+                self.count_rejected("evicted_pending");
+                return;
+            }
+        };
+        match handshake {
+            Ok(Ok(stream)) => {
+                let cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|der| PeerCert::of(der));
+                let io = ActivityIo::new(stream, activity.clone());
+                self.serve_io(io, conn(cert), cancel, tracker).await;
+            }
+            Ok(Err(e)) => {
+                self.count_rejected("tls_handshake");
+                debug!(error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.count_rejected("handshake_timeout");
+                debug!("TLS handshake timed out");
+            }
+        }
+    }
+
+    pub(crate) fn count_rejected(&self, reason: &'static str) {
+        self.metrics
+            .rejected
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Serves HTTP/1.1 on one accepted connection (TLS or not); upgrades go to [`ws`].
+    async fn serve_io<I>(
+        self: Arc<Self>,
+        io: I,
+        conn_info: Arc<ConnInfo>,
+        cancel: CancellationToken,
+        tracker: TaskTracker,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let svc_cancel = cancel.clone();
+        let info = conn_info.clone();
+        let service = service_fn(move |req| {
+            let this = this.clone();
+            let cancel = svc_cancel.clone();
+            let tracker = tracker.clone();
+            let info = info.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(this.route(req, info, cancel, tracker).await)
+            }
+        });
+        // Slow and idle clients are timed by the connection's activity, not by hyper's header
+        // timeout, which would also close keep-alive pollers between their polls.
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(None)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let retire = async {
+            match conn_info.retire_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let evicted = async {
+            match &conn_info.slot {
+                Some(slot) => slot.evict.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            () = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = retire => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = evicted => {
+                // Never authorised a request: closed to make room for one that will.
+                self.count_rejected("evicted_pending");
+                return;
+            }
+            expiry = conn_info.activity.expired() => match expiry {
+                Expiry::Idle => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                Expiry::SlowMessage => {
+                    self.count_rejected("slow_request");
+                    debug!("request not complete within the handshake timeout; closed");
+                    return;
+                }
+            },
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "connection ended with an error");
+        }
+    }
+
+    pub(crate) fn origin(&self, transport: Transport, conn: &ConnInfo) -> Origin {
+        Origin {
+            gateway_id: self.cfg.gateway_id.clone(),
+            connection_id: self.next_connection.fetch_add(1, Ordering::Relaxed),
+            transport: transport as i32,
+            peer_addr: conn.peer.to_string(),
+            client_cert_sha256: conn
+                .cert
+                .as_ref()
+                .map(|c| c.sha256.clone())
+                .unwrap_or_default(),
+            client_cert_uids: conn
+                .cert
+                .as_ref()
+                .map(|c| c.uids.iter().map(|u| u.as_bytes().to_vec()).collect())
+                .unwrap_or_default(),
+            identity: match self.cfg.identity {
+                AgentIdentity::None => IdentityRule::None,
+                AgentIdentity::UriSan => IdentityRule::UriSan,
+                AgentIdentity::Registry => IdentityRule::Registry,
+            } as i32,
+        }
+    }
+
+    /// Sends one decoded-and-checked AgentToServer to its owner, retrying an owner that does not
+    /// answer until the uplink deadline.
+    pub(crate) async fn forward(
+        &self,
+        agent_to_server: &[u8],
+        instance_uid: &[u8],
+        origin: &Origin,
+    ) -> Result<UplinkReply, BusError> {
+        let uplink = Uplink {
+            origin: Some(origin.clone()),
+            kind: Some(uplink::Kind::AgentToServer(agent_to_server.to_vec())),
+        };
+        self.request_owner(instance_uid, uplink).await
+    }
+
+    async fn request_owner(
+        &self,
+        instance_uid: &[u8],
+        uplink: Uplink,
+    ) -> Result<UplinkReply, BusError> {
+        let started = Instant::now();
+        let origin = uplink.origin.as_ref();
+        let msg = BusMessage::new(
+            self.subjects.uplink(shard_of(instance_uid)),
+            Bytes::from(uplink.encode_to_vec()),
+        )
+        .with_header("Flotilla-Instance-Uid", uid_text(instance_uid))
+        .with_header("Flotilla-Gateway", self.cfg.gateway_id.as_str())
+        .with_header(
+            "Flotilla-Connection",
+            origin.map_or(0, |o| o.connection_id).to_string(),
+        )
+        .with_header("traceparent", new_traceparent());
+        let bytes = request_with_retry(
+            self.bus.as_ref(),
+            msg,
+            self.cfg.uplink_timeout,
+            self.cfg.uplink_deadline,
+        )
+        .await?;
+        self.metrics
+            .uplink_seconds
+            .observe(started.elapsed().as_secs_f64());
+        UplinkReply::decode(bytes).map_err(|_| BusError::Closed)
+    }
+
+    /// Tells the owner that a WebSocket carrying `instance_uid` closed.
+    pub(crate) async fn connection_closed(&self, instance_uid: &[u8], origin: Origin) {
+        let uplink = Uplink {
+            origin: Some(origin),
+            kind: Some(uplink::Kind::Closed(
+                flotilla_proto::bus::ConnectionClosed {
+                    instance_uid: instance_uid.to_vec(),
+                },
+            )),
+        };
+        if let Err(e) = self.request_owner(instance_uid, uplink).await {
+            debug!(error = %e, "disconnect not recorded; the agent will be found silent instead");
+        }
+    }
+
+    async fn deliver(&self, incoming: flotilla_common::bus::Incoming) {
+        let delivered = match Downlink::decode(incoming.msg.payload) {
+            Ok(d) => self
+                .table
+                .deliver(d.connection_id, &d.instance_uid, d.server_to_agent),
+            Err(_) => false,
+        };
+        if let Some(reply) = incoming.reply {
+            let _ = reply
+                .send(DownlinkAck { delivered }.encode_to_vec().into())
+                .await;
+        }
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+}

@@ -1,0 +1,132 @@
+//! What a swarm run is asked to do: the scenario, the transport, the agents, the limits.
+
+use crate::client::ConnectOptions;
+use crate::sim::{ApplyBehavior, Profile};
+use anyhow::bail;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Ws,
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    ConnectStorm,
+    Steady,
+    Rollout,
+    Churn,
+    GatewayLoss,
+}
+
+/// The admin API a rollout pushes its config through.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// e.g. http://127.0.0.1:4321
+    pub url: String,
+    pub token: Option<String>,
+    /// PEM CA for an https:// API.
+    pub ca: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    pub scenario: Scenario,
+    /// OpAMP endpoints; agent i starts on `urls[i % len]` and moves to the next on a lost
+    /// connection.
+    pub urls: Vec<String>,
+    pub transport: Transport,
+    pub agents: usize,
+    /// New agents per second while ramping up; 0 starts them all at once.
+    pub connect_rate: f64,
+    /// At most this many agents connecting at the same time.
+    pub connect_concurrency: usize,
+    /// Upper bound of the whole run: it stops by itself.
+    pub duration: Duration,
+    /// Heartbeat (WebSocket) or poll (HTTP) interval, unless the server offers another.
+    pub heartbeat: Duration,
+    pub reply_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub profile: Profile,
+    pub apply: ApplyBehavior,
+    /// Fraction of the agents that leave (and are replaced) per second.
+    pub churn_per_s: Option<f64>,
+    pub connect: ConnectOptions,
+    /// Spread connections over 127.0.0.1..=127.0.0.N (0: let the OS pick).
+    pub source_ips: u8,
+    pub api: Option<Api>,
+    pub kill_pid: Option<u32>,
+    pub kill_after: Duration,
+    /// Processes (gateways) whose resident memory and CPU time are read from /proc before and
+    /// after connecting.
+    pub gateway_pids: Vec<u32>,
+    /// Where report.json and timeline.svg go.
+    pub out: Option<PathBuf>,
+    /// A progress line on stderr every second.
+    pub progress: bool,
+}
+
+impl SwarmConfig {
+    /// `agents` agents on `urls` in `scenario`, with the command line's defaults otherwise.
+    pub fn new(scenario: Scenario, urls: Vec<String>, agents: usize) -> Self {
+        Self {
+            scenario,
+            urls,
+            transport: Transport::Ws,
+            agents,
+            connect_rate: 500.0,
+            connect_concurrency: 256,
+            duration: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(10),
+            profile: Profile::default(),
+            apply: ApplyBehavior::default(),
+            churn_per_s: None,
+            connect: ConnectOptions::default(),
+            source_ips: 0,
+            api: None,
+            kill_pid: None,
+            kill_after: Duration::from_secs(3),
+            gateway_pids: Vec::new(),
+            out: None,
+            progress: false,
+        }
+    }
+
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        if self.urls.is_empty() {
+            bail!("at least one OpAMP URL is needed");
+        }
+        if self.agents == 0 {
+            bail!("--agents must be at least 1");
+        }
+        match self.scenario {
+            Scenario::Rollout if self.api.is_none() => {
+                bail!("the rollout scenario pushes its config through the API: give --api URL")
+            }
+            Scenario::GatewayLoss if self.kill_pid.is_none() => {
+                bail!("the gateway-loss scenario kills a gateway: give --kill-pid PID")
+            }
+            Scenario::GatewayLoss if self.urls.len() < 2 => {
+                bail!("the gateway-loss scenario needs the URLs of at least two gateways")
+            }
+            Scenario::Churn if self.churn_per_s.is_none_or(|c| c <= 0.0) => {
+                bail!("the churn scenario needs --churn above 0 (agents leaving per second)")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The command-line name of a value (a scenario, a transport).
+pub(super) fn name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map_or(String::new(), |p| p.get_name().to_owned())
+}

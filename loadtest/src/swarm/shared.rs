@@ -1,0 +1,58 @@
+//! What every agent task of a run shares: the config, the statistics, the stop signal.
+
+use super::config::SwarmConfig;
+use super::stats::Stats;
+use crate::sim::SimAgent;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// What every agent task shares.
+pub(super) struct Shared {
+    pub(super) cfg: SwarmConfig,
+    pub(super) stats: Stats,
+    pub(super) stop: CancellationToken,
+    pub(super) connecting: Semaphore,
+    pub(super) run_id: String,
+}
+
+impl Shared {
+    pub(super) fn new_agent(&self, index: usize, generation: u32) -> SimAgent {
+        let host = format!("swarm-{}-{index}", self.run_id);
+        let mut agent = SimAgent::from_profile(
+            &self.cfg.profile,
+            &host,
+            &[
+                ("swarm.run", &self.run_id),
+                ("swarm.generation", &generation.to_string()),
+            ],
+            &mut rand::rng(),
+        );
+        agent.apply = self.cfg.apply;
+        agent
+    }
+
+    pub(super) fn connected(&self) -> u64 {
+        self.stats.connected.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `done` holds (checked every 50 ms) or the run's time is up; returns how long
+    /// it took from `since`, or None.
+    pub(super) async fn until(
+        &self,
+        deadline: Instant,
+        since: Instant,
+        done: impl Fn(&Self) -> bool,
+    ) -> Option<Duration> {
+        loop {
+            if done(self) {
+                return Some(since.elapsed());
+            }
+            if Instant::now() >= deadline || self.stop.is_cancelled() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! What every bus is: messages, requests and their replies, subscriptions, the errors, and the
+//! retry loop callers share. The NATS and in-process implementations build on these.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BusError {
+    #[error("no subscriber for subject {0}")]
+    NoResponders(String),
+    #[error("request on {0} timed out")]
+    Timeout(String),
+    #[error("subscriber of {0} is overloaded")]
+    Overloaded(String),
+    #[error("a {size}-byte message on {subject} is larger than the {max} bytes the bus carries")]
+    TooLarge {
+        subject: String,
+        size: usize,
+        max: usize,
+    },
+    #[error("bus closed")]
+    Closed,
+}
+
+/// One message: a subject, headers and an opaque (protobuf) payload. The payload's envelope is
+/// what receivers act on; headers repeat the routing facts (agent, gateway, connection, trace
+/// context) for tracing and for whoever watches the bus, and need not be parsed to route.
+#[derive(Debug, Clone, Default)]
+pub struct BusMessage {
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+impl BusMessage {
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            subject: subject.into(),
+            headers: Vec::new(),
+            payload: payload.into(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A received message; `reply` answers it when it was a request.
+#[derive(Debug)]
+pub struct Incoming {
+    pub msg: BusMessage,
+    pub reply: Option<Reply>,
+}
+
+/// How to answer one request. Dropping it unanswered makes the requester see a timeout (NATS) or
+/// `NoResponders` (in-process).
+#[derive(Debug)]
+pub struct Reply(pub(super) ReplyInner);
+
+#[derive(Debug)]
+pub(super) enum ReplyInner {
+    InProcess(oneshot::Sender<Bytes>),
+    Nats {
+        client: async_nats::Client,
+        subject: async_nats::Subject,
+    },
+}
+
+impl Reply {
+    pub async fn send(self, payload: Bytes) -> Result<(), BusError> {
+        match self.0 {
+            ReplyInner::InProcess(tx) => tx.send(payload).map_err(|_| BusError::Closed),
+            ReplyInner::Nats { client, subject } => client
+                .publish(subject, payload)
+                .await
+                .map_err(|_| BusError::Closed),
+        }
+    }
+}
+
+/// A stream of messages for one subscription; unsubscribes when dropped.
+#[derive(Debug)]
+pub struct Subscription(pub(super) SubscriptionInner);
+
+#[derive(Debug)]
+pub(super) enum SubscriptionInner {
+    InProcess(mpsc::Receiver<Incoming>),
+    Nats {
+        client: async_nats::Client,
+        sub: async_nats::Subscriber,
+    },
+}
+
+impl Subscription {
+    pub async fn next(&mut self) -> Option<Incoming> {
+        match &mut self.0 {
+            SubscriptionInner::InProcess(rx) => rx.recv().await,
+            SubscriptionInner::Nats { client, sub } => {
+                let m = futures_util::StreamExt::next(sub).await?;
+                Some(incoming(client, m))
+            }
+        }
+    }
+
+    /// Stops new messages from arriving; [`Subscription::next`] then yields the ones already on
+    /// their way and ends. How a shard owner hands a shard over without losing an uplink.
+    pub async fn drain(&mut self) {
+        match &mut self.0 {
+            SubscriptionInner::InProcess(rx) => rx.close(),
+            SubscriptionInner::Nats { sub, .. } => {
+                if sub.drain().await.is_err() {
+                    // The connection is gone: nothing more will arrive anyway.
+                    let _ = sub.unsubscribe().await;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Fire and forget; a message nobody listens to is dropped.
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError>;
+    /// Sends `msg` to one subscriber and waits for its answer.
+    async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<Bytes, BusError>;
+    async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError>;
+}
+
+/// Sends a request to whoever serves `msg.subject`, retrying while nobody answers (e.g. during a
+/// shard handoff) until `deadline` has passed; each attempt waits at most `timeout`.
+pub async fn request_with_retry(
+    bus: &dyn Bus,
+    msg: BusMessage,
+    timeout: Duration,
+    deadline: Duration,
+) -> Result<Bytes, BusError> {
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut backoff = Duration::from_millis(25);
+    loop {
+        match bus.request(msg.clone(), timeout).await {
+            Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_) | BusError::Closed)) => {
+                let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
+                if remaining.is_zero() {
+                    return Err(e);
+                }
+                tokio::time::sleep(backoff.min(remaining)).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// NATS subject matching: `*` matches one token, `>` one or more trailing tokens.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+/// A NATS message as the Bus hands it out.
+fn incoming(client: &async_nats::Client, m: async_nats::Message) -> Incoming {
+    let headers = m
+        .headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .filter_map(|(name, values)| {
+            let value = values.first()?;
+            Some((name.to_string(), value.as_str().to_owned()))
+        })
+        .collect();
+    Incoming {
+        msg: BusMessage {
+            subject: m.subject.to_string(),
+            headers,
+            payload: m.payload,
+        },
+        reply: m.reply.map(|subject| {
+            Reply(ReplyInner::Nats {
+                client: client.clone(),
+                subject,
+            })
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn wildcards() {
+        assert!(subject_matches("opamp.r.up.*", "opamp.r.up.0001"));
+        assert!(!subject_matches("opamp.r.up.*", "opamp.r.up.0001.x"));
+        assert!(subject_matches("opamp.r.evt.>", "opamp.r.evt.silent"));
+        assert!(subject_matches("opamp.r.evt.>", "opamp.r.evt.a.b"));
+        assert!(!subject_matches("opamp.r.evt.>", "opamp.r.evt"));
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(!subject_matches("a.b.c", "a.b"));
+    }
+}

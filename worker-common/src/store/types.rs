@@ -1,0 +1,302 @@
+//! What every store is: the [`Store`] trait, the records and documents it keeps, its errors, and
+//! the fences that guard agent writes. [`super::EmbeddedStore`] and [`super::RedisStore`]
+//! implement it.
+
+use crate::selector::Selector;
+use async_trait::async_trait;
+use flotilla_proto::bus::AgentRecord;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use thiserror::Error;
+use uuid::Uuid;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("shard {shard} is no longer held under epoch {epoch}")]
+    Fenced { shard: u16, epoch: u64 },
+}
+
+/// The right to write one shard's agent state: the epoch of the writer's lease on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub shard: u16,
+    pub epoch: u64,
+}
+
+/// What a save does to the agent's silence deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// (Re-)arm it at this time (unix ms).
+    Arm(u64),
+    /// The agent cannot be silent (disconnected, or already silent): no deadline.
+    Clear,
+    /// Leave it as it is.
+    Keep,
+}
+
+/// Which shards a visit covers.
+pub type ShardFilter<'a> = &'a (dyn Fn(u16) -> bool + Sync);
+
+/// One immutable version of a named config: a bundle of desired state for the agents its selector
+/// matches. Each aspect (files, packages, connection settings) is optional; an agent gets each
+/// aspect from the most specific matching config that defines it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredConfig {
+    pub name: String,
+    pub version: u64,
+    /// Which agents get this config. Stored as its text; older data holds a map of pairs.
+    #[serde(default)]
+    pub selector: Selector,
+    /// The AgentConfigMap sent as remote config.
+    #[serde(default)]
+    pub files: BTreeMap<String, ConfigFile>,
+    /// Hex of the OpAMP config_hash of `files`.
+    pub hash: String,
+    /// Packages offered (PackagesAvailable), by package name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub packages: BTreeMap<String, PackageOffer>,
+    /// Connection settings offered: heartbeat interval and own-telemetry destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<AgentSettings>,
+    pub created_unix_ms: u64,
+    /// Who stored this version (the API caller's token name).
+    #[serde(default)]
+    pub created_by: String,
+    /// Why this version exists when it was not typed in, e.g. "rollback to version 2".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    pub body: String,
+    pub content_type: String,
+}
+
+/// One package of a PackagesAvailable offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageOffer {
+    /// "top_level" (the agent itself) or "addon".
+    #[serde(default = "PackageOffer::default_type", rename = "type")]
+    pub kind: String,
+    pub version: String,
+    pub download_url: String,
+    /// Hex SHA-256 of the file at `download_url`.
+    #[serde(default)]
+    pub content_hash: String,
+    /// The file's signature, base64 (checked by the agent, passed through as bytes).
+    #[serde(default)]
+    pub signature: String,
+    /// HTTP headers the agent sends when downloading.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl PackageOffer {
+    fn default_type() -> String {
+        "top_level".into()
+    }
+}
+
+/// Connection settings offered to the agents of a config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Heartbeat interval offered in OpAMP connection settings (agents that report heartbeats).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub heartbeat_interval: Option<std::time::Duration>,
+    /// Where agents that report their own metrics send them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_metrics: Option<TelemetryDestination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_traces: Option<TelemetryDestination>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_logs: Option<TelemetryDestination>,
+}
+
+/// An OTLP destination for an agent's own telemetry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryDestination {
+    pub destination_endpoint: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A mutable JSON document with a revision that every successful write raises by one; writes name
+/// the revision they read (compare-and-set), so concurrent writers never lose each other's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doc {
+    pub id: String,
+    pub revision: u64,
+    pub json: String,
+}
+
+/// One entry of the audit log: who changed what, from what to what, when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned by the store; orders entries ("<unix ms>-<n>").
+    #[serde(default)]
+    pub id: String,
+    pub at_unix_ms: u64,
+    pub caller: String,
+    /// E.g. "config.put", "labels.set", "rollout.start".
+    pub action: String,
+    /// What was changed, as "<kind>/<name>", e.g. "config/otel", "agent/<uid>", "rollout/<id>".
+    pub object: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+}
+
+/// Which audit entries to read: newest first, at most `limit`, and no more once their JSON
+/// comes to `max_bytes` (0: no such bound).
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub since_unix_ms: Option<u64>,
+    pub until_unix_ms: Option<u64>,
+    /// "config/otel" matches that object; "config" matches every "config/...".
+    pub object: Option<String>,
+    pub limit: usize,
+    pub max_bytes: usize,
+}
+
+/// Audit entries, newest first; `truncated` when `max_bytes` cut them short of `limit`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    pub truncated: bool,
+}
+
+impl AuditPage {
+    /// Adds `entry` (of `bytes` JSON bytes, `used` so far); false once the page is full.
+    pub(crate) fn add(
+        &mut self,
+        q: &AuditQuery,
+        entry: AuditEntry,
+        used: &mut usize,
+        bytes: usize,
+    ) -> bool {
+        self.entries.push(entry);
+        *used += bytes;
+        if q.max_bytes > 0 && *used >= q.max_bytes && self.entries.len() < q.limit {
+            self.truncated = true;
+            return false;
+        }
+        self.entries.len() < q.limit
+    }
+}
+
+impl AuditQuery {
+    pub fn matches(&self, e: &AuditEntry) -> bool {
+        self.since_unix_ms.is_none_or(|s| e.at_unix_ms >= s)
+            && self.until_unix_ms.is_none_or(|u| e.at_unix_ms <= u)
+            && self.object.as_deref().is_none_or(|o| {
+                e.object == o
+                    || (e.object.starts_with(o) && e.object.as_bytes().get(o.len()) == Some(&b'/'))
+            })
+    }
+}
+
+/// Builds a change's audit entry once the store knows what it stored (e.g. the version number a
+/// new config got).
+pub type AuditOf<'a> = &'a (dyn Fn(&StoredConfig) -> AuditEntry + Send + Sync);
+
+/// The Store. Every admin change takes its audit entry and writes both in one step, so a change is
+/// never on record without its entry or the other way round, whatever the client or the process
+/// does; such writes are durable when they return. Agents' own reports may be written behind.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError>;
+    /// Writes an agent record (keyed by its instance_uid, in shard `fence.shard`) and changes its
+    /// silence deadline, in one step, if `fence` still holds. With `audit`, the entry is written
+    /// in the same step and both are durable when this returns.
+    async fn save_agent(
+        &self,
+        fence: Fence,
+        record: &AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError>;
+    /// Removes an agent record and its deadline (and writes `audit` with it), if `fence` still
+    /// holds; false if there was no such agent.
+    async fn delete_agent(
+        &self,
+        fence: Fence,
+        uid: Uuid,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError>;
+    /// Calls `f` on every agent record of the shards `shards` accepts. Fleet-wide views (counts,
+    /// filters, pushes) use this so they copy only what they keep, never the whole fleet.
+    async fn visit_agents(
+        &self,
+        shards: ShardFilter<'_>,
+        f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
+    ) -> Result<(), StoreError>;
+    /// Claims the agents of `fence.shard` whose deadline is at or before `now_unix_ms`: their
+    /// deadlines move to `now + retry_ms`, so if the claimer dies before saving them, the next
+    /// owner finds them due again. The claimer saves each one (marking it silent, or re-arming).
+    async fn claim_due(
+        &self,
+        fence: Fence,
+        now_unix_ms: u64,
+        retry_ms: u64,
+    ) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Stores `config` as the next version of its name (the version field is assigned here),
+    /// with the audit entry `audit` makes of the stored version; with `activate`, it becomes the
+    /// active version unless a newer one already is.
+    async fn put_config(
+        &self,
+        config: StoredConfig,
+        activate: bool,
+        audit: AuditOf<'_>,
+    ) -> Result<StoredConfig, StoreError>;
+    /// Makes an existing version the active one; None if there is no such version.
+    async fn activate_config(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<StoredConfig>, StoreError>;
+    /// The active version of every config (what agents get), sorted by name.
+    async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError>;
+    /// Every version of one config, oldest first; empty if there is no such config.
+    async fn config_versions(&self, name: &str) -> Result<Vec<StoredConfig>, StoreError>;
+
+    /// Writes document `id` of `collection` (and `audit` with it) if its revision is still
+    /// `expected_revision` (0: it does not exist yet); false if another write came first.
+    async fn put_doc(
+        &self,
+        collection: &str,
+        id: &str,
+        expected_revision: u64,
+        json: &str,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError>;
+    async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Doc>, StoreError>;
+    async fn list_docs(&self, collection: &str) -> Result<Vec<Doc>, StoreError>;
+
+    /// Appends to the audit log what is not a change of stored state (a command delivered at
+    /// once); entries older than the store's audit retention are forgotten.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError>;
+    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError>;
+
+    /// Whether the store can take writes now; Err says why not (for `/readyz`).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// How long audit entries are kept unless configured otherwise.
+pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
