@@ -206,24 +206,14 @@ pub fn process(
 
     // A queued restart goes alone (the spec forbids other fields beside a command); whatever else
     // is due follows on the next message, which a restarted agent sends in full anyway.
-    if reply.flags & ServerToAgentFlags::ReportFullState as u64 == 0
+    let restart = reply.flags & ServerToAgentFlags::ReportFullState as u64 == 0
         && !ctx.hold_restart
-        && take_restart(&mut rec, ctx.now_unix_ms)
-    {
+        && take_restart(&mut rec, ctx.now_unix_ms);
+    if restart {
         reply.command = Some(ServerToAgentCommand {
             r#type: CommandType::Restart as i32,
         });
-        return Outcome {
-            reply,
-            record: Some(rec),
-            deadline,
-            events,
-            interval,
-            before_offers,
-        };
-    }
-
-    if !leaving {
+    } else if !leaving {
         let now = ctx.now_unix_ms;
         let offers = (ctx.desired, ctx.heartbeat_interval, now);
         fill_offers(&mut reply, &mut rec, &attrs, offers, settings_unknown);

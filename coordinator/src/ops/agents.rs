@@ -2,8 +2,8 @@
 //! does to one agent (labels, restart, certificate, removal), carried out by the owner of the
 //! agent's shard.
 
-use super::audit::MAX_LIMIT;
 use super::error::bad_request;
+use super::query::parse_limit;
 use super::views::{AgentDetail, AgentSummary, AgentsPage, FleetHealth, rfc3339};
 use super::{Caller, Error, Ops, Result};
 use crate::fleet::agents::{attributes, healthy, status_name};
@@ -74,15 +74,7 @@ impl AgentQuery {
                     }
                 }
                 "limit" => {
-                    q.limit = value
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=MAX_LIMIT).contains(n))
-                        .ok_or_else(|| {
-                            bad_request(format!(
-                                "limit must be a number from 1 to {MAX_LIMIT}, not {value:?}"
-                            ))
-                        })?;
+                    q.limit = parse_limit(value)?;
                 }
                 "cursor" if value.is_empty() => {}
                 "cursor" => {

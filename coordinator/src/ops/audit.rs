@@ -2,14 +2,13 @@
 //! no change of stored state (a command delivered at once, a refused call).
 
 use super::error::bad_request;
+use super::query::parse_limit;
 use super::views::{AuditLog, AuditView};
 use super::{Caller, Ops, Result};
 use flotilla_common::store::{AuditEntry, AuditQuery};
 use flotilla_common::telemetry::now_unix_ms;
 use tracing::{info, warn};
 
-/// The most entries one answer holds.
-pub const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 100;
 /// An answer holds at most this much of entries (each may carry two config versions): past it the
 /// page is cut short and says so.
@@ -59,15 +58,7 @@ pub fn query<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result
             "since" => q.since_unix_ms = Some(time(key, value)?),
             "until" => q.until_unix_ms = Some(time(key, value)?),
             "limit" => {
-                q.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        bad_request(format!(
-                            "limit must be from 1 to {MAX_LIMIT}, not {value:?}"
-                        ))
-                    })?;
+                q.limit = parse_limit(value)?;
             }
             _ => return Err(bad_request(format!("unknown query parameter {key:?}"))),
         }
@@ -111,7 +102,7 @@ mod tests {
         assert_eq!((q.limit, q.max_bytes), (5, MAX_BYTES));
         assert_eq!(q.since_unix_ms, Some(1_795_255_200_000));
         for (bad, why) in [
-            (("limit", "0"), "limit must be from 1 to 1000"),
+            (("limit", "0"), "limit must be a number from 1 to 1000"),
             (("since", "yesterday"), "since must be an RFC 3339 time"),
             (("color", "red"), "unknown query parameter \"color\""),
         ] {

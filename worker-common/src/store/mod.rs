@@ -11,7 +11,8 @@ mod embedded;
 mod redis;
 mod types;
 
-pub use self::redis::{LeaseTiming, RedisStore};
+pub use self::redis::RedisStore;
+pub use self::redis::leases::LeaseTiming;
 pub use embedded::EmbeddedStore;
 pub use types::{
     AgentSettings, AuditEntry, AuditOf, AuditPage, AuditQuery, ConfigFile, DEFAULT_AUDIT_RETENTION,

@@ -1,3 +1,6 @@
+//! Unit tests of the protocol layer: one AgentToServer through `process` at a time, checking the
+//! reply and the record; `offers` covers what agents are offered.
+
 use super::desired::{SETTINGS_REOFFERS, desired_config};
 use super::*;
 use crate::fleet::agents::attributes;

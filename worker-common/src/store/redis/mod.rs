@@ -26,6 +26,9 @@
 //! without the other. The audit stream lies outside the shard's slot: that needs one Redis
 //! (a primary with replicas, or Sentinel), not Redis Cluster.
 
+pub mod leases;
+mod scripts;
+
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
     StoreError, StoredConfig,
@@ -33,159 +36,12 @@ use super::types::{
 use crate::names::{SHARD_COUNT, shard_of};
 use async_trait::async_trait;
 use flotilla_proto::bus::AgentRecord;
-use futures_util::future::join_all;
 use prost::Message;
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
-use std::sync::LazyLock;
+use scripts::{ACTIVATE_CONFIG, CLAIM, DELETE, PUT_CONFIG, PUT_DOC, SAVE};
 use std::time::Duration;
 use uuid::Uuid;
-
-/// How long leases last and how they are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LeaseTiming {
-    /// A lease (and a membership heartbeat) expires this long after its last renewal.
-    pub ttl: Duration,
-    /// Renewal period.
-    pub renew_every: Duration,
-    /// A holder stops acting on a shard this long after sending its last successful renewal:
-    /// before the lease can expire in Redis, so two owners never act at once.
-    pub act_for: Duration,
-}
-
-impl LeaseTiming {
-    /// Renews every ttl/3 and acts for 2/3 of the ttl (15 s: renew every 5 s, act for 10 s).
-    pub fn from_ttl(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            renew_every: ttl / 3,
-            act_for: ttl * 2 / 3,
-        }
-    }
-}
-
-impl Default for LeaseTiming {
-    fn default() -> Self {
-        Self::from_ttl(Duration::from_secs(15))
-    }
-}
-
-const NOW_MS: &str = "local t = redis.call('TIME')\n\
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
-
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "if redis.call('EXISTS', KEYS[1]) == 1 then return '0' end\n{NOW_MS}\
-         local e = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)\n\
-         local es = string.format('%d', e)\n\
-         redis.call('SET', KEYS[2], es)\n\
-         redis.call('SET', KEYS[1], ARGV[1] .. '/' .. es, 'PX', ARGV[2])\n\
-         return es"
-    ))
-});
-
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n\
-           return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n\
-         end\n\
-         return 0",
-    )
-});
-
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n\
-           return redis.call('DEL', KEYS[1])\n\
-         end\n\
-         return 0",
-    )
-});
-
-/// The audit entry written with a change: `XADD` to the stream, trimmed by age, when the entry's
-/// JSON (argument `json`) is not empty. Keys and arguments are named by the caller's numbering.
-fn audit_lua(key: &str, horizon: &str, json: &str) -> String {
-    format!(
-        "if {json} ~= '' then redis.call('XADD', {key}, 'MINID', '~', {horizon}, '*', 'e', {json}) end\n"
-    )
-}
-
-static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
-         redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1])\n\
-         redis.call('SADD', KEYS[3], ARGV[3])\n\
-         if ARGV[4] == 'arm' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])\n\
-         elseif ARGV[4] == 'clear' then redis.call('ZREM', KEYS[4], ARGV[3]) end\n\
-         {}return 1",
-        audit_lua("KEYS[5]", "ARGV[6]", "ARGV[7]")
-    ))
-});
-
-static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
-         if redis.call('DEL', KEYS[2]) == 0 then return 0 end\n\
-         redis.call('SREM', KEYS[3], ARGV[2])\n\
-         redis.call('ZREM', KEYS[4], ARGV[2])\n\
-         {}return 1",
-        audit_lua("KEYS[5]", "ARGV[3]", "ARGV[4]")
-    ))
-});
-
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
-         local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 1000)\n\
-         for _, m in ipairs(due) do redis.call('ZADD', KEYS[2], 'XX', ARGV[3], m) end\n\
-         return due",
-    )
-});
-
-static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "{NOW_MS}redis.call('ZADD', KEYS[1], now, ARGV[1])\n\
-         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))\n\
-         return redis.call('ZRANGE', KEYS[1], 0, -1)"
-    ))
-});
-
-/// Stores a version (and its audit entry); with ARGV[4] == '1' activates it unless a newer version
-/// is active (two concurrent PUTs activate the later version, whichever finishes first).
-static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])\n\
-         {}if ARGV[4] ~= '1' then return 1 end\n\
-         local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')\n\
-         if tonumber(ARGV[2]) > seen then\n\
-           redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n\
-           redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n\
-         end\n\
-         return 1",
-        audit_lua("KEYS[4]", "ARGV[5]", "ARGV[6]")
-    ))
-});
-
-static ACTIVATE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "local json = redis.call('HGET', KEYS[3], ARGV[2])\n\
-         if not json then return false end\n\
-         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n\
-         redis.call('HSET', KEYS[2], ARGV[1], json)\n\
-         return json",
-    )
-});
-
-static PUT_DOC: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "local rev = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')\n\
-         if rev ~= tonumber(ARGV[2]) then return 0 end\n\
-         redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])\n\
-         redis.call('HSET', KEYS[2], ARGV[1], rev + 1)\n\
-         {}return 1",
-        audit_lua("KEYS[3]", "ARGV[4]", "ARGV[5]")
-    ))
-});
 
 /// Audit entries read per round trip while filtering.
 const AUDIT_PAGE: usize = 500;
@@ -280,93 +136,6 @@ impl RedisStore {
 
     fn lease_value(node: &str, epoch: u64) -> String {
         format!("{node}/{epoch}")
-    }
-
-    /// Records that coordinator `node` is alive and returns every live coordinator (sorted).
-    /// Members that have not beaten for `ttl` are dropped.
-    pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<Vec<String>, StoreError> {
-        let mut members: Vec<String> = HEARTBEAT
-            .key(format!("{}:coords", self.prefix))
-            .arg(node)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(io)?;
-        members.sort();
-        Ok(members)
-    }
-
-    /// Removes `node` from the membership at once (a graceful stop).
-    pub async fn leave(&self, node: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .conn
-            .clone()
-            .zrem(format!("{}:coords", self.prefix), node)
-            .await
-            .map_err(io)?;
-        Ok(())
-    }
-
-    /// Takes the lease of `shard` for `node` if nobody holds it; returns the new epoch.
-    pub async fn acquire(
-        &self,
-        shard: u16,
-        node: &str,
-        ttl: Duration,
-    ) -> Result<Option<Fence>, StoreError> {
-        let epoch: String = ACQUIRE
-            .key(self.shard_key(shard, "lease"))
-            .key(self.shard_key(shard, "epoch"))
-            .arg(node)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(io)?;
-        // "0" when somebody holds the lease.
-        let epoch: u64 = epoch
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("lease epoch {epoch:?}")))?;
-        Ok((epoch > 0).then_some(Fence { shard, epoch }))
-    }
-
-    /// Extends the leases `node` holds under `fences`; returns, per fence, whether it still holds
-    /// (false: the lease expired or someone else took it; stop acting on the shard).
-    pub async fn renew(
-        &self,
-        fences: &[Fence],
-        node: &str,
-        ttl: Duration,
-    ) -> Result<Vec<bool>, StoreError> {
-        let ttl_ms = ttl.as_millis() as u64;
-        let results = join_all(fences.iter().map(|f| {
-            let mut conn = self.conn.clone();
-            let key = self.shard_key(f.shard, "lease");
-            let value = Self::lease_value(node, f.epoch);
-            async move {
-                RENEW
-                    .key(key)
-                    .arg(value)
-                    .arg(ttl_ms)
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-            }
-        }))
-        .await;
-        results
-            .into_iter()
-            .map(|r| r.map(|n| n == 1).map_err(io))
-            .collect()
-    }
-
-    /// Gives a lease up (only if `node` still holds it under `fence`).
-    pub async fn release(&self, fence: Fence, node: &str) -> Result<bool, StoreError> {
-        let n: i64 = RELEASE
-            .key(self.shard_key(fence.shard, "lease"))
-            .arg(Self::lease_value(node, fence.epoch))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(io)?;
-        Ok(n == 1)
     }
 
     /// The agent keys of `shards`, one pipelined round trip per 128 shards.

@@ -1,0 +1,44 @@
+//! What the operations answer: typed views of agents, configs, rollouts and audit entries. Their
+//! serde form is the REST API's JSON (field names are the contract in ARCHITECTURE.md); the gRPC
+//! adapter and the console read the same structs.
+//!
+//! One file per kind of object; this file only gathers them. Views are built from what the store
+//! holds, with the fleet rules (what an agent is due, redaction); they do no I/O and use no other
+//! operation.
+
+mod agents;
+mod audit;
+mod configs;
+mod rollouts;
+mod time;
+
+pub use agents::*;
+pub use audit::*;
+pub use configs::*;
+pub use rollouts::*;
+pub use time::rfc3339;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_past_what_can_be_shown_do_not_panic() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn selectors_show_as_pairs_when_they_can() {
+        let pairs = SelectorView::of(&"env=prod,region=eu".parse().unwrap());
+        assert_eq!(
+            serde_json::to_value(pairs).unwrap(),
+            serde_json::json!({"env": "prod", "region": "eu"})
+        );
+        let text = SelectorView::of(&"env in (a,b)".parse().unwrap());
+        assert_eq!(
+            serde_json::to_value(text).unwrap(),
+            serde_json::json!("env in (a,b)")
+        );
+    }
+}

@@ -1,0 +1,242 @@
+//! Where settings come from: flags and `FLOTILLA_*` variables (`ServeArgs`, through clap) and
+//! the TOML file (`FileConfig`), with the errors of reading them.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Gateway,
+    Coordinator,
+}
+
+/// Flags of `flotilla serve`; every one is optional here so the file and defaults can fill in.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (kebab-case keys).
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Roles this process runs [default: gateway,coordinator].
+    #[arg(long, env = "FLOTILLA_ROLES", value_delimiter = ',')]
+    pub roles: Option<Vec<Role>>,
+    /// OpAMP listener (WebSocket and HTTP at /v1/opamp) [default: 0.0.0.0:4320].
+    #[arg(long, env = "FLOTILLA_OPAMP_LISTEN")]
+    pub opamp_listen: Option<SocketAddr>,
+    /// Admin API listener [default: 0.0.0.0:4321].
+    #[arg(long, env = "FLOTILLA_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+    /// NATS URL; with --redis-url, runs the clustered mode instead of the embedded default.
+    #[arg(long, env = "FLOTILLA_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Redis URL; with --nats-url, runs the clustered mode instead of the embedded default.
+    #[arg(long, env = "FLOTILLA_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Where the embedded store keeps its data [default: ./flotilla-data].
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Region name, part of every bus subject [default: local].
+    #[arg(long, env = "FLOTILLA_REGION")]
+    pub region: Option<String>,
+    /// This process's id in the cluster [default: random].
+    #[arg(long, env = "FLOTILLA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// PEM certificate chain for TLS on the OpAMP listener.
+    #[arg(long, env = "FLOTILLA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "FLOTILLA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when given, agents must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "FLOTILLA_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// PEM certificate revocation list(s) checked against agents' certificates (with --client-ca).
+    #[arg(long, env = "FLOTILLA_CRL")]
+    pub crl: Option<PathBuf>,
+    /// Oldest TLS version accepted: 1.3, or 1.2 for old clients [default: 1.3].
+    #[arg(long, env = "FLOTILLA_TLS_MIN_VERSION")]
+    pub tls_min_version: Option<TlsVersion>,
+    /// How an agent's certificate binds its instance_uid [default: registry with --client-ca,
+    /// else none].
+    #[arg(long, env = "FLOTILLA_AGENT_IDENTITY")]
+    pub agent_identity: Option<AgentIdentity>,
+    /// File of bearer tokens agents must present (one per line; `#` starts a comment).
+    #[arg(long, env = "FLOTILLA_AGENT_TOKENS")]
+    pub agent_tokens: Option<PathBuf>,
+    /// Open agent connections one gateway holds before answering 503 [default: what the
+    /// process's open-file limit allows, less room for its own files].
+    #[arg(long, env = "FLOTILLA_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Agent connections are closed after this age (plus up to 10% jitter) so that rotated
+    /// certificates and CRLs reach them; 0s keeps them forever [default: 24h].
+    #[arg(long, env = "FLOTILLA_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+    /// Messages per second one agent connection may send (bursts of 5x) [default: 10].
+    #[arg(long, env = "FLOTILLA_AGENT_MESSAGE_RATE")]
+    pub agent_message_rate: Option<u32>,
+    /// Time allowed for a TLS handshake, the request headers, a request body, a WebSocket's
+    /// first message and any WebSocket message once it has begun to arrive [default: 10s].
+    #[arg(long, env = "FLOTILLA_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Bytes of agent messages being received at once, over all of a gateway's connections;
+    /// a connection whose message would pass it is closed [default: 268435456].
+    #[arg(long, env = "FLOTILLA_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<u64>,
+    /// PEM CA certificate the coordinator signs agents' certificates with (CSR flow, offers).
+    #[arg(long, env = "FLOTILLA_SIGNING_CA_CERT")]
+    pub signing_ca_cert: Option<PathBuf>,
+    /// PEM private key of --signing-ca-cert.
+    #[arg(long, env = "FLOTILLA_SIGNING_CA_KEY")]
+    pub signing_ca_key: Option<PathBuf>,
+    /// Lifetime of the certificates the coordinator issues [default: 30d].
+    #[arg(long, env = "FLOTILLA_ISSUED_CERT_VALIDITY", value_parser = humantime::parse_duration)]
+    pub issued_cert_validity: Option<Duration>,
+    /// TOML file of admin API tokens with roles (viewer, operator, admin); without it the API
+    /// is open to anyone who can reach it.
+    #[arg(long, env = "FLOTILLA_API_TOKENS")]
+    pub api_tokens: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the API listener.
+    #[arg(long, env = "FLOTILLA_API_TLS_CERT")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key for --api-tls-cert.
+    #[arg(long, env = "FLOTILLA_API_TLS_KEY")]
+    pub api_tls_key: Option<PathBuf>,
+    /// Heartbeat interval offered to agents; silence is 3 intervals without a message [default: 30s].
+    #[arg(long, env = "FLOTILLA_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Largest OpAMP message accepted, after decompression, in bytes; in a cluster also no more
+    /// than the NATS server's max_payload allows [default: 4194304].
+    #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// How long audit log entries are kept [default: 90days].
+    #[arg(long, env = "FLOTILLA_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
+    pub audit_retention: Option<Duration>,
+    /// Agents disconnected (or silent) for longer than this are removed [default: 30days].
+    #[arg(long, env = "FLOTILLA_AGENT_RETENTION", value_parser = humantime::parse_duration)]
+    pub agent_retention: Option<Duration>,
+    /// Largest effective config an agent may report, in bytes (all files) [default: 1048576].
+    #[arg(long, env = "FLOTILLA_MAX_EFFECTIVE_CONFIG_SIZE")]
+    pub max_effective_config_size: Option<usize>,
+    /// Most components in an agent's health tree [default: 1000].
+    #[arg(long, env = "FLOTILLA_MAX_HEALTH_COMPONENTS")]
+    pub max_health_components: Option<usize>,
+    /// Most attributes (identifying and non-identifying) in an agent's description [default: 200].
+    #[arg(long, env = "FLOTILLA_MAX_ATTRIBUTES")]
+    pub max_attributes: Option<usize>,
+    /// Largest record the server keeps of one agent (everything it reported), in bytes
+    /// [default: 4194304].
+    #[arg(long, env = "FLOTILLA_MAX_AGENT_RECORD_SIZE")]
+    pub max_agent_record_size: Option<usize>,
+    /// A regular expression (case-insensitive) for key names whose values are hidden in the
+    /// effective configs the API shows; repeatable, replaces the built-in list (password, secret,
+    /// token, api_key, authorization, credential, private_key, bearer, access_key, passphrase).
+    #[arg(
+        long = "redact-pattern",
+        env = "FLOTILLA_REDACT_PATTERNS",
+        value_delimiter = ';'
+    )]
+    pub redact_patterns: Vec<String>,
+    /// Shard lease time to live in a cluster; renewed every third of it, and a coordinator stops
+    /// acting on a shard two thirds of it after its last renewal [default: 15s].
+    #[arg(long, env = "FLOTILLA_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct FileConfig {
+    pub(super) roles: Option<Vec<Role>>,
+    pub(super) opamp_listen: Option<SocketAddr>,
+    pub(super) api_listen: Option<SocketAddr>,
+    pub(super) nats_url: Option<String>,
+    pub(super) redis_url: Option<String>,
+    pub(super) data_dir: Option<PathBuf>,
+    pub(super) region: Option<String>,
+    pub(super) node_id: Option<String>,
+    pub(super) tls_cert: Option<PathBuf>,
+    pub(super) tls_key: Option<PathBuf>,
+    pub(super) client_ca: Option<PathBuf>,
+    pub(super) crl: Option<PathBuf>,
+    pub(super) tls_min_version: Option<TlsVersion>,
+    pub(super) agent_identity: Option<AgentIdentity>,
+    pub(super) agent_tokens: Option<PathBuf>,
+    pub(super) max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) max_connection_age: Option<Duration>,
+    pub(super) agent_message_rate: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) handshake_timeout: Option<Duration>,
+    pub(super) max_inflight_bytes: Option<u64>,
+    pub(super) signing_ca_cert: Option<PathBuf>,
+    pub(super) signing_ca_key: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) issued_cert_validity: Option<Duration>,
+    pub(super) api_tokens: Option<PathBuf>,
+    pub(super) api_tls_cert: Option<PathBuf>,
+    pub(super) api_tls_key: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) heartbeat_interval: Option<Duration>,
+    pub(super) max_message_size: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) lease_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) audit_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) agent_retention: Option<Duration>,
+    pub(super) max_effective_config_size: Option<usize>,
+    pub(super) max_health_components: Option<usize>,
+    pub(super) max_attributes: Option<usize>,
+    pub(super) max_agent_record_size: Option<usize>,
+    #[serde(default)]
+    pub(super) redact_patterns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+pub enum TlsVersion {
+    #[value(name = "1.2")]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[value(name = "1.3")]
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// How an agent's client certificate binds the instance_uid it may speak for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentIdentity {
+    /// No binding (no client certificates, or certificates shared by many agents).
+    None,
+    /// The certificate names the uid in a URI SAN `urn:uuid:<uid>`; the gateway checks it.
+    UriSan,
+    /// The first certificate an agent uses is recorded with it; only that one (or one the
+    /// server issued it since) may speak for it afterwards.
+    Registry,
+}
+
+pub(super) fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.into(),
+        message: e.to_string(),
+    })
+}

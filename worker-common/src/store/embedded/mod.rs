@@ -1,0 +1,421 @@
+//! Agent records live in memory and are written behind to a redb file about once a second: a
+//! heartbeat from each of tens of thousands of agents must not cost an fsync each. A crash loses at
+//! most that second of agent reports, which agents resend anyway (the next sequence gap asks them for
+//! full state). Everything an admin changes (configs, documents, labels, certificates, restarts,
+//! deletions) is written through, with its audit entry in the same transaction, before the API
+//! answers.
+//!
+//! A failed write (a full disk) closes the database; the next write reopens it, so the store
+//! recovers by itself once space returns. Agent records that could not be written stay queued
+//! until they are, and [`Store::health`] says the store is failing meanwhile.
+//!
+//! One process owns every shard for good, so fences always hold here; epochs matter only where
+//! owners can change ([`super::RedisStore`]).
+
+mod state;
+#[cfg(test)]
+mod tests;
+
+use super::types::{
+    AuditEntry, AuditOf, AuditPage, AuditQuery, DEFAULT_AUDIT_RETENTION, Deadline, Doc, Fence,
+    ShardFilter, Store, StoreError, StoredConfig,
+};
+use crate::names::shard_of;
+use async_trait::async_trait;
+use flotilla_proto::bus::{AgentRecord, AgentStatus};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable};
+use state::{
+    ACTIVE, AGENTS, AUDIT, CONFIGS, Configs, DOCS, Deadlines, Inner, StoreMetrics, audit_row,
+    corrupt, doc_key, io, lock,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/flotilla.redb`. Agents loaded from a previous run are marked
+    /// disconnected: this process holds none of their connections.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, DEFAULT_AUDIT_RETENTION)
+    }
+
+    /// [`EmbeddedStore::open`], forgetting audit entries older than `audit_retention`.
+    pub fn open_with(dir: &Path, audit_retention: Duration) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("flotilla.redb");
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Io(format!("cannot open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(io)?;
+        txn.open_table(AGENTS).map_err(io)?;
+        txn.open_table(CONFIGS).map_err(io)?;
+        txn.open_table(ACTIVE).map_err(io)?;
+        txn.open_table(DOCS).map_err(io)?;
+        txn.open_table(AUDIT).map_err(io)?;
+        txn.commit().map_err(io)?;
+
+        let mut agents = HashMap::new();
+        let mut configs = Configs::default();
+        let mut docs = BTreeMap::new();
+        let read = db.begin_read().map_err(io)?;
+        for row in read.open_table(AGENTS).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            let uid = Uuid::from_slice(k.value()).map_err(corrupt)?;
+            let mut rec = AgentRecord::decode(v.value()).map_err(corrupt)?;
+            rec.status = AgentStatus::Disconnected as i32;
+            rec.origin = None;
+            agents.insert(uid, rec);
+        }
+        for row in read.open_table(CONFIGS).map_err(io)?.iter().map_err(io)? {
+            let (_, v) = row.map_err(io)?;
+            let cfg: StoredConfig = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            // Keys sort by name then version: versions arrive oldest first.
+            configs
+                .versions
+                .entry(cfg.name.clone())
+                .or_default()
+                .push(cfg);
+        }
+        for (name, versions) in &configs.versions {
+            let latest = versions.last().map_or(0, |c| c.version);
+            configs.active.insert(name.clone(), latest);
+        }
+        for row in read.open_table(ACTIVE).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            configs.active.insert(k.value().to_owned(), v.value());
+        }
+        for row in read.open_table(DOCS).map_err(io)?.iter().map_err(io)? {
+            let (k, v) = row.map_err(io)?;
+            let (rev, json) = v.value().split_at_checked(8).ok_or_else(|| {
+                StoreError::Corrupt(format!("document {:?} is too short", k.value()))
+            })?;
+            let rev = u64::from_be_bytes(rev.try_into().map_err(corrupt)?);
+            let json = String::from_utf8(json.to_vec()).map_err(corrupt)?;
+            docs.insert(k.value().to_owned(), (rev, json));
+        }
+        // Sequence numbers go on from the newest entry so keys stay unique across restarts.
+        let audit_seq = match read.open_table(AUDIT).map_err(io)?.last().map_err(io)? {
+            Some((k, _)) => k.value().1,
+            None => 0,
+        };
+        drop(read);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                db: Mutex::new(Some(Arc::new(db))),
+                writing: Mutex::new(()),
+                agents: Mutex::new(agents),
+                dirty: Mutex::new(HashSet::new()),
+                deadlines: Mutex::new(Deadlines::new()),
+                configs: Mutex::new(configs),
+                docs: Mutex::new(docs),
+                audit_seq: Mutex::new(audit_seq),
+                audit_retention,
+                failing: Mutex::new(None),
+                metrics: StoreMetrics::default(),
+            }),
+        })
+    }
+
+    /// Registers `flotilla_store_write_errors` and `flotilla_store_unwritten_agents`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("flotilla_store");
+        let m = &self.inner.metrics;
+        r.register(
+            "write_errors",
+            "Writes to the data directory that failed (a full disk, an I/O error)",
+            m.write_errors.clone(),
+        );
+        r.register(
+            "unwritten_agents",
+            "Agent records changed in memory and not yet written to the data directory",
+            m.unwritten_agents.clone(),
+        );
+    }
+
+    /// Writes every agent record changed since the last flush; those that could not be written
+    /// stay queued for the next one.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.flush())
+            .await
+            .map_err(io)?
+    }
+
+    /// Flushes about once a second until `cancel`, then a last time.
+    pub async fn run_flusher(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = cancel.cancelled() => break,
+            }
+            if let Err(e) = self.flush().await {
+                tracing::error!(error = %e, "writing agent records failed; will retry");
+            }
+        }
+        match self.flush().await {
+            Ok(n) => tracing::debug!(records = n, "final agent flush"),
+            Err(e) => {
+                tracing::error!(error = %e, "final agent flush failed; agent reports since the last flush are lost")
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
+        Ok(lock(&self.inner.agents).get(&uid).cloned())
+    }
+
+    async fn save_agent(
+        &self,
+        _fence: Fence,
+        record: &AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let uid = Uuid::from_slice(&record.instance_uid)
+            .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
+        let inner = &self.inner;
+        if audit.is_some() {
+            // What an admin changed is on disk, with its audit entry, before anyone is told.
+            let bytes = record.encode_to_vec();
+            inner.commit_audited(audit, |txn| {
+                txn.open_table(AGENTS)?
+                    .insert(uid.as_bytes().as_slice(), bytes.as_slice())?;
+                Ok(())
+            })?;
+        } else {
+            lock(&inner.dirty).insert(uid);
+        }
+        lock(&inner.agents).insert(uid, record.clone());
+        lock(&inner.deadlines).apply(uid, deadline);
+        Ok(())
+    }
+
+    async fn delete_agent(
+        &self,
+        _fence: Fence,
+        uid: Uuid,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        if !lock(&inner.agents).contains_key(&uid) {
+            return Ok(false);
+        }
+        inner.commit_audited(audit, |txn| {
+            txn.open_table(AGENTS)?.remove(uid.as_bytes().as_slice())?;
+            Ok(())
+        })?;
+        lock(&inner.agents).remove(&uid);
+        lock(&inner.dirty).remove(&uid);
+        lock(&inner.deadlines).set(uid, None);
+        Ok(true)
+    }
+
+    async fn visit_agents(
+        &self,
+        shards: ShardFilter<'_>,
+        f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
+    ) -> Result<(), StoreError> {
+        for (uid, rec) in lock(&self.inner.agents).iter() {
+            if shards(shard_of(uid.as_bytes())) {
+                f(rec);
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        fence: Fence,
+        now_unix_ms: u64,
+        retry_ms: u64,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut d = lock(&self.inner.deadlines);
+        let due: Vec<Uuid> = d.by_shard[usize::from(fence.shard)]
+            .iter()
+            .take_while(|(at, _)| *at <= now_unix_ms)
+            .map(|(_, uid)| *uid)
+            .collect();
+        for uid in &due {
+            d.set(*uid, Some(now_unix_ms.saturating_add(retry_ms)));
+        }
+        Ok(due)
+    }
+
+    async fn put_config(
+        &self,
+        mut config: StoredConfig,
+        activate: bool,
+        audit: AuditOf<'_>,
+    ) -> Result<StoredConfig, StoreError> {
+        let inner = &self.inner;
+        // The lock is held across the write so versions of one name are assigned in order.
+        let mut configs = lock(&inner.configs);
+        let versions = configs.versions.get(&config.name);
+        config.version = versions.and_then(|v| v.last()).map_or(1, |c| c.version + 1);
+        let active = configs.active.get(&config.name).copied();
+        let key = format!("{}\0{:020}", config.name, config.version);
+        let json = serde_json::to_vec(&config).map_err(io)?;
+        let entry = audit(&config);
+        inner.commit_audited(Some(&entry), |txn| {
+            txn.open_table(CONFIGS)?
+                .insert(key.as_str(), json.as_slice())?;
+            let mut act = txn.open_table(ACTIVE)?;
+            if activate {
+                act.insert(config.name.as_str(), config.version)?;
+            } else {
+                // Pin the active version (0: none yet): without a row the latest would count.
+                act.insert(config.name.as_str(), active.unwrap_or(0))?;
+            }
+            Ok(())
+        })?;
+        let active = if activate {
+            config.version
+        } else {
+            active.unwrap_or(0)
+        };
+        configs.active.insert(config.name.clone(), active);
+        let name = config.name.clone();
+        configs
+            .versions
+            .entry(name)
+            .or_default()
+            .push(config.clone());
+        Ok(config)
+    }
+
+    async fn activate_config(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        let inner = &self.inner;
+        let mut configs = lock(&inner.configs);
+        let Some(cfg) = configs
+            .versions
+            .get(name)
+            .and_then(|v| v.iter().find(|c| c.version == version))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        inner.commit(|txn| {
+            txn.open_table(ACTIVE)?.insert(name, version)?;
+            Ok(())
+        })?;
+        configs.active.insert(name.to_owned(), version);
+        Ok(Some(cfg))
+    }
+
+    async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {
+        let configs = lock(&self.inner.configs);
+        Ok(configs
+            .active
+            .iter()
+            .filter_map(|(name, v)| configs.versions.get(name)?.iter().find(|c| c.version == *v))
+            .cloned()
+            .collect())
+    }
+
+    async fn config_versions(&self, name: &str) -> Result<Vec<StoredConfig>, StoreError> {
+        let configs = lock(&self.inner.configs);
+        Ok(configs.versions.get(name).cloned().unwrap_or_default())
+    }
+
+    async fn put_doc(
+        &self,
+        collection: &str,
+        id: &str,
+        expected_revision: u64,
+        json: &str,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let key = doc_key(collection, id);
+        let mut docs = lock(&inner.docs);
+        let current = docs.get(&key).map_or(0, |(rev, _)| *rev);
+        if current != expected_revision {
+            return Ok(false);
+        }
+        let rev = current + 1;
+        let mut value = rev.to_be_bytes().to_vec();
+        value.extend_from_slice(json.as_bytes());
+        inner.commit_audited(audit, |txn| {
+            txn.open_table(DOCS)?
+                .insert(key.as_str(), value.as_slice())?;
+            Ok(())
+        })?;
+        docs.insert(key, (rev, json.to_owned()));
+        Ok(true)
+    }
+
+    async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Doc>, StoreError> {
+        let docs = lock(&self.inner.docs);
+        Ok(docs.get(&doc_key(collection, id)).map(|(rev, json)| Doc {
+            id: id.to_owned(),
+            revision: *rev,
+            json: json.clone(),
+        }))
+    }
+
+    async fn list_docs(&self, collection: &str) -> Result<Vec<Doc>, StoreError> {
+        let prefix = doc_key(collection, "");
+        let docs = lock(&self.inner.docs);
+        Ok(docs
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, (rev, json))| Doc {
+                id: k[prefix.len()..].to_owned(),
+                revision: *rev,
+                json: json.clone(),
+            })
+            .collect())
+    }
+
+    async fn append_audit(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        let inner = &self.inner;
+        let seq = inner.next_audit_seq();
+        let (id, json) = audit_row(&entry, seq)?;
+        inner.commit(|txn| inner.insert_audit(txn, &entry, seq, &json))?;
+        entry.id = id;
+        Ok(entry)
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
+        let db = self.inner.db()?;
+        let read = db.begin_read().map_err(io)?;
+        let table = read.open_table(AUDIT).map_err(io)?;
+        let lo = (query.since_unix_ms.unwrap_or(0), 0);
+        let hi = (query.until_unix_ms.unwrap_or(u64::MAX), u64::MAX);
+        let (mut page, mut used) = (AuditPage::default(), 0);
+        for row in table.range(lo..=hi).map_err(io)?.rev() {
+            let (_, v) = row.map_err(io)?;
+            let entry: AuditEntry = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            if query.matches(&entry) && !page.add(query, entry, &mut used, v.value().len()) {
+                break;
+            }
+        }
+        Ok(page)
+    }
+
+    fn health(&self) -> Result<(), String> {
+        match lock(&self.inner.failing).as_ref() {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+use super::*;
+use crate::store::types::{AuditEntry, AuditQuery, ConfigFile};
+
+fn record(uid: Uuid, seq: u64) -> AgentRecord {
+    AgentRecord {
+        instance_uid: uid.as_bytes().to_vec(),
+        sequence_num: seq,
+        status: AgentStatus::Connected as i32,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn agents_and_configs_survive_reopen_and_agents_come_back_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let uid = Uuid::now_v7();
+    {
+        // Keeps 1.5 s of audit history: the first entry is gone once the third is written.
+        let store = EmbeddedStore::open_with(dir.path(), Duration::from_millis(1_500)).unwrap();
+        store
+            .save_agent(fence(uid), &record(uid, 5), Deadline::Keep, None)
+            .await
+            .unwrap();
+        let cfg = StoredConfig {
+            name: "base".into(),
+            version: 0,
+            selector: "env=prod".parse().unwrap(),
+            files: BTreeMap::from([(
+                "c.yaml".into(),
+                ConfigFile {
+                    body: "a: 1".into(),
+                    content_type: "text/yaml".into(),
+                },
+            )]),
+            hash: "00".into(),
+            packages: BTreeMap::new(),
+            settings: None,
+            created_unix_ms: 1,
+            created_by: String::new(),
+            comment: String::new(),
+        };
+        assert_eq!(
+            store
+                .put_config(cfg.clone(), true, &no_audit)
+                .await
+                .unwrap()
+                .version,
+            1
+        );
+        assert_eq!(
+            store
+                .put_config(cfg.clone(), true, &no_audit)
+                .await
+                .unwrap()
+                .version,
+            2
+        );
+        // Staged, not active; a brand-new config staged has no active version at all.
+        assert_eq!(
+            store
+                .put_config(cfg.clone(), false, &no_audit)
+                .await
+                .unwrap()
+                .version,
+            3
+        );
+        let mut other = cfg;
+        other.name = "staged".into();
+        store.put_config(other, false, &no_audit).await.unwrap();
+        assert!(store.put_doc("rollouts", "r", 0, "{}", None).await.unwrap());
+        assert!(!store.put_doc("rollouts", "r", 0, "{}", None).await.unwrap());
+        for i in 0..3 {
+            let e = AuditEntry {
+                id: String::new(),
+                at_unix_ms: 1_000 * (i + 1),
+                caller: "alice".into(),
+                action: "config.put".into(),
+                object: format!("config/c{i}"),
+                before: None,
+                after: None,
+            };
+            store.append_audit(e).await.unwrap();
+        }
+        assert_eq!(store.flush().await.unwrap(), 1);
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let rec = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(rec.sequence_num, 5);
+    assert_eq!(rec.status, AgentStatus::Disconnected as i32);
+    let configs = store.list_configs().await.unwrap();
+    assert_eq!(configs.len(), 1, "the staged-only config is not active");
+    assert_eq!(configs[0].version, 2);
+    assert_eq!(store.config_versions("base").await.unwrap().len(), 3);
+    assert_eq!(store.config_versions("staged").await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .get_doc("rollouts", "r")
+            .await
+            .unwrap()
+            .unwrap()
+            .revision,
+        1
+    );
+    let all = AuditQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let kept: Vec<u64> = store
+        .query_audit(&all)
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.at_unix_ms)
+        .collect();
+    assert_eq!(
+        kept,
+        [3_000, 2_000],
+        "newest first, the oldest past retention"
+    );
+    // Sequence numbers carry on after a reopen: a new entry at the same time is not lost.
+    let e = AuditEntry {
+        id: String::new(),
+        at_unix_ms: 3_000,
+        caller: "bob".into(),
+        action: "labels.set".into(),
+        object: "agent/x".into(),
+        before: None,
+        after: None,
+    };
+    store.append_audit(e).await.unwrap();
+    assert_eq!(store.query_audit(&all).await.unwrap().entries.len(), 3);
+    // A byte budget cuts the page short, and says so.
+    let small = AuditQuery {
+        max_bytes: 1,
+        ..all
+    };
+    let page = store.query_audit(&small).await.unwrap();
+    assert_eq!((page.entries.len(), page.truncated), (1, true));
+}
+
+fn no_audit(c: &StoredConfig) -> AuditEntry {
+    AuditEntry {
+        id: String::new(),
+        at_unix_ms: 1,
+        caller: "test".into(),
+        action: "config.put".into(),
+        object: format!("config/{}", c.name),
+        before: None,
+        after: None,
+    }
+}
+
+fn fence(uid: Uuid) -> Fence {
+    Fence {
+        shard: shard_of(uid.as_bytes()),
+        epoch: 1,
+    }
+}
+
+/// Two agents of the same shard, so one claim sees both.
+fn same_shard_pair() -> (Uuid, Uuid) {
+    let a = Uuid::now_v7();
+    loop {
+        let b = Uuid::new_v4();
+        if shard_of(b.as_bytes()) == shard_of(a.as_bytes()) {
+            return (a, b);
+        }
+    }
+}
+
+#[tokio::test]
+async fn due_deadlines_are_claimed_then_come_back_unless_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let (a, b) = same_shard_pair();
+    let f = fence(a);
+    store
+        .save_agent(f, &record(a, 1), Deadline::Arm(100), None)
+        .await
+        .unwrap();
+    store
+        .save_agent(f, &record(b, 1), Deadline::Arm(50), None)
+        .await
+        .unwrap();
+    store
+        .save_agent(f, &record(a, 2), Deadline::Arm(3000), None)
+        .await
+        .unwrap();
+    assert_eq!(store.claim_due(f, 200, 1000).await.unwrap(), vec![b]);
+    // Claimed: not due again until the retry time, then due again (the claimer never saved).
+    assert!(store.claim_due(f, 200, 1000).await.unwrap().is_empty());
+    assert_eq!(store.claim_due(f, 1200, 1000).await.unwrap(), vec![b]);
+    store
+        .save_agent(f, &record(b, 2), Deadline::Clear, None)
+        .await
+        .unwrap();
+    store
+        .save_agent(f, &record(a, 3), Deadline::Clear, None)
+        .await
+        .unwrap();
+    assert!(store.claim_due(f, 10_000, 1000).await.unwrap().is_empty());
+}

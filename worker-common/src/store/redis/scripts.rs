@@ -1,0 +1,122 @@
+//! The Lua scripts the store runs: each one write, atomic in Redis. Those that change agent state
+//! check the shard's epoch first (fencing); those of admin changes add the audit entry too.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+const NOW_MS: &str = "local t = redis.call('TIME')\n\
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+
+pub(super) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "if redis.call('EXISTS', KEYS[1]) == 1 then return '0' end\n{NOW_MS}\
+         local e = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)\n\
+         local es = string.format('%d', e)\n\
+         redis.call('SET', KEYS[2], es)\n\
+         redis.call('SET', KEYS[1], ARGV[1] .. '/' .. es, 'PX', ARGV[2])\n\
+         return es"
+    ))
+});
+
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n\
+           return redis.call('PEXPIRE', KEYS[1], ARGV[2])\n\
+         end\n\
+         return 0",
+    )
+});
+
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n\
+           return redis.call('DEL', KEYS[1])\n\
+         end\n\
+         return 0",
+    )
+});
+
+/// The audit entry written with a change: `XADD` to the stream, trimmed by age, when the entry's
+/// JSON (argument `json`) is not empty. Keys and arguments are named by the caller's numbering.
+fn audit_lua(key: &str, horizon: &str, json: &str) -> String {
+    format!(
+        "if {json} ~= '' then redis.call('XADD', {key}, 'MINID', '~', {horizon}, '*', 'e', {json}) end\n"
+    )
+}
+
+pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1])\n\
+         redis.call('SADD', KEYS[3], ARGV[3])\n\
+         if ARGV[4] == 'arm' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])\n\
+         elseif ARGV[4] == 'clear' then redis.call('ZREM', KEYS[4], ARGV[3]) end\n\
+         {}return 1",
+        audit_lua("KEYS[5]", "ARGV[6]", "ARGV[7]")
+    ))
+});
+
+pub(super) static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         if redis.call('DEL', KEYS[2]) == 0 then return 0 end\n\
+         redis.call('SREM', KEYS[3], ARGV[2])\n\
+         redis.call('ZREM', KEYS[4], ARGV[2])\n\
+         {}return 1",
+        audit_lua("KEYS[5]", "ARGV[3]", "ARGV[4]")
+    ))
+});
+
+pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 1000)\n\
+         for _, m in ipairs(due) do redis.call('ZADD', KEYS[2], 'XX', ARGV[3], m) end\n\
+         return due",
+    )
+});
+
+pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_MS}redis.call('ZADD', KEYS[1], now, ARGV[1])\n\
+         redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))\n\
+         return redis.call('ZRANGE', KEYS[1], 0, -1)"
+    ))
+});
+
+/// Stores a version (and its audit entry); with ARGV[4] == '1' activates it unless a newer version
+/// is active (two concurrent PUTs activate the later version, whichever finishes first).
+pub(super) static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])\n\
+         {}if ARGV[4] ~= '1' then return 1 end\n\
+         local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')\n\
+         if tonumber(ARGV[2]) > seen then\n\
+           redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n\
+           redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n\
+         end\n\
+         return 1",
+        audit_lua("KEYS[4]", "ARGV[5]", "ARGV[6]")
+    ))
+});
+
+pub(super) static ACTIVATE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local json = redis.call('HGET', KEYS[3], ARGV[2])\n\
+         if not json then return false end\n\
+         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n\
+         redis.call('HSET', KEYS[2], ARGV[1], json)\n\
+         return json",
+    )
+});
+
+pub(super) static PUT_DOC: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local rev = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')\n\
+         if rev ~= tonumber(ARGV[2]) then return 0 end\n\
+         redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])\n\
+         redis.call('HSET', KEYS[2], ARGV[1], rev + 1)\n\
+         {}return 1",
+        audit_lua("KEYS[3]", "ARGV[4]", "ARGV[5]")
+    ))
+});
