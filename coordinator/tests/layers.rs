@@ -2,7 +2,8 @@
 //! other, directly or in a circle; and in the coordinator, dependencies run one way:
 //! `api` (the interfaces) and `service` (the running coordinator) over `ops` (the operations)
 //! over `opamp` (the protocol) over `fleet` (the fleet rules), with `metrics` under all; the
-//! interfaces and the service never use each other.
+//! interfaces and the service never use each other, nor do the interfaces (`api/rest/`,
+//! `api/grpc/`) use one another.
 //!
 //! A file uses another when it names an item of that file's module in a `use` or a path
 //! (`crate::...`, `super::...`, a child module); a `mod` declaration is not a use.
@@ -475,6 +476,14 @@ fn the_coordinators_layers_are_used_one_way() {
             .into_owned();
         Some(first.trim_end_matches(".rs").to_owned())
     };
+    // The interface a file belongs to: the folder under api/ (rest, grpc, ...); the files directly
+    // in api/ (the router, auth, OpenAPI) are shared by all of them.
+    let interface_of = |file: &Path| -> Option<String> {
+        let rel = file.strip_prefix(root.join("api")).ok()?;
+        let mut parts = rel.components();
+        let first = parts.next()?.as_os_str().to_string_lossy().into_owned();
+        parts.next().map(|_| first)
+    };
     let mut problems = Vec::new();
     let mut seen_layers = BTreeSet::new();
     for (file, used) in &c.uses {
@@ -492,6 +501,15 @@ fn the_coordinators_layers_are_used_one_way() {
             if to != from && !allowed.contains(&to.as_str()) {
                 problems.push(format!(
                     "{} ({from}) uses {} ({to})",
+                    short(file),
+                    short(target)
+                ));
+            }
+            if let (Some(a), Some(b)) = (interface_of(file), interface_of(target))
+                && a != b
+            {
+                problems.push(format!(
+                    "{} ({a}) uses {} ({b}): interfaces share only what api/ holds",
                     short(file),
                     short(target)
                 ));
