@@ -3,14 +3,14 @@
 //! [`crate::ws`]), forwarding to the owner over the bus, and deliveries of owners' pushes.
 
 use crate::activity::{Activity, ActivityIo, Expiry, Inflight};
-use crate::guard::{AgentTokens, ConnInfo, PeerCert, RefusedCerts, uid_text};
+use crate::guard::{AgentTokens, ConnInfo, PeerCert, RefusedCerts};
 use crate::metrics::Metrics;
-use crate::slots::{Slots, Taken};
+use crate::slots::{Slot, Slots, Taken};
 use crate::table::ConnectionTable;
 use bytes::Bytes;
 use flotilla_common::bus::{Bus, BusError, BusMessage, request_with_retry};
-use flotilla_common::config::{AgentIdentity, AgentLimits};
-use flotilla_common::names::{Subjects, shard_of};
+use flotilla_common::config::{AgentIdentity, AgentLimits, DEFAULT_MAX_INFLIGHT_BYTES};
+use flotilla_common::names::{Subjects, shard_of, uid_text};
 use flotilla_common::telemetry::new_traceparent;
 use flotilla_common::tls::ReloadingTls;
 use flotilla_proto::bus::{
@@ -73,7 +73,7 @@ impl GatewayConfig {
                 max_connection_age: None,
                 message_rate: 10,
                 handshake_timeout: Duration::from_secs(10),
-                max_inflight_bytes: 256 << 20,
+                max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
             },
         }
     }
@@ -187,13 +187,7 @@ impl Gateway {
             }
             Taken::Full => None,
         };
-        let evicted = slot.as_ref().map(|s| s.evict.clone());
-        let evicted = async move {
-            match evicted {
-                Some(token) => token.cancelled_owned().await,
-                None => std::future::pending().await,
-            }
-        };
+        let evicted = Slot::evicted(slot.as_ref());
         let limits = self.cfg.limits.clone();
         let retire_at = limits.max_connection_age.map(|age| {
             // Up to 10% later, so agents connected together do not all reconnect together.
@@ -294,12 +288,7 @@ impl Gateway {
                 None => std::future::pending().await,
             }
         };
-        let evicted = async {
-            match &conn_info.slot {
-                Some(slot) => slot.evict.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
+        let evicted = Slot::evicted(conn_info.slot.as_ref());
         let result = tokio::select! {
             r = conn.as_mut() => r,
             () = cancel.cancelled() => {

@@ -6,14 +6,16 @@
 use crate::activity::Activity;
 use crate::slots::Slot;
 use flotilla_common::config::AgentIdentity;
+use flotilla_common::names::uid_text;
 use flotilla_common::pki;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -104,10 +106,7 @@ impl RefusedCerts {
     pub const MAX: usize = 10_000;
 
     pub fn refuse(&self, sha256: &[u8]) {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.0.lock();
         let now = Instant::now();
         if map.len() >= Self::MAX {
             map.retain(|_, until| *until > now);
@@ -122,10 +121,7 @@ impl RefusedCerts {
 
     /// How long the certificate stays refused, if it is.
     pub fn refused_for(&self, sha256: &[u8]) -> Option<Duration> {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self.0.lock();
         let until = *map.get(sha256)?;
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -133,14 +129,6 @@ impl RefusedCerts {
             return None;
         }
         Some(left)
-    }
-}
-
-/// An instance_uid as its UUID text, or hex when it is not 16 bytes.
-pub(crate) fn uid_text(uid: &[u8]) -> String {
-    match uuid::Uuid::from_slice(uid) {
-        Ok(u) => u.to_string(),
-        Err(_) => uid.iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
 

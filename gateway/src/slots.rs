@@ -4,9 +4,10 @@
 //! Clients that connect and say nothing therefore cannot keep authorised agents out; only
 //! established connections fill the gateway for good.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -42,10 +43,6 @@ pub(crate) enum Taken {
     Full,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Slots {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -60,7 +57,7 @@ impl Slots {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Taken::Free(self.pending_slot(permit));
         }
-        let Some((_, victim)) = lock(&self.pending).pop_first() else {
+        let Some((_, victim)) = self.pending.lock().pop_first() else {
             return Taken::Full;
         };
         victim.cancel();
@@ -73,7 +70,7 @@ impl Slots {
     fn pending_slot(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> Slot {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let evict = CancellationToken::new();
-        lock(&self.pending).insert(id, evict.clone());
+        self.pending.lock().insert(id, evict.clone());
         Slot {
             id,
             slots: self.clone(),
@@ -85,20 +82,32 @@ impl Slots {
     /// Connections accepted but not yet established.
     #[cfg(test)]
     fn pending(&self) -> usize {
-        lock(&self.pending).len()
+        self.pending.lock().len()
     }
 }
 
 impl Slot {
+    /// Resolves when the connection holding `slot` is closed to make room (never for a
+    /// connection without a slot).
+    pub fn evicted(slot: Option<&Slot>) -> impl Future<Output = ()> + 'static {
+        let token = slot.map(|s| s.evict.clone());
+        async move {
+            match token {
+                Some(token) => token.cancelled_owned().await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// The connection's first request was authorised: it is no longer evicted for others.
     pub fn establish(&self) {
-        lock(&self.slots.pending).remove(&self.id);
+        self.slots.pending.lock().remove(&self.id);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        lock(&self.slots.pending).remove(&self.id);
+        self.slots.pending.lock().remove(&self.id);
     }
 }
 

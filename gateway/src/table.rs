@@ -1,12 +1,25 @@
 //! The connection table: which live WebSocket connection holds which agent, so pushes from the
 //! owner reach that connection and only it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use tokio::sync::mpsc;
 
 /// A frame for one connection's writer: an encoded ServerToAgent (without the WS header).
 pub type Push = Vec<u8>;
+
+/// Agents (instance uids) one connection may speak for.
+pub const MAX_AGENTS_PER_CONNECTION: usize = 64;
+
+/// What [`ConnectionTable::bind`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// The agent already spoke on the connection.
+    Known,
+    Added,
+    /// The connection speaks for as many agents as it may.
+    Full,
+}
 
 #[derive(Debug, Default)]
 pub struct ConnectionTable {
@@ -20,45 +33,54 @@ struct Entry {
     tx: mpsc::Sender<Push>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl ConnectionTable {
     pub fn insert(&self, connection_id: u64, tx: mpsc::Sender<Push>) {
         let entry = Entry {
             instance_uids: Vec::new(),
             tx,
         };
-        lock(&self.conns).insert(connection_id, entry);
+        self.conns.lock().insert(connection_id, entry);
     }
 
     /// Records that an agent speaks on the connection (known from its first message, and added
-    /// to when the server assigns a new instance_uid).
-    pub fn bind(&self, connection_id: u64, instance_uid: &[u8]) {
-        if let Some(e) = lock(&self.conns).get_mut(&connection_id)
-            && !e.instance_uids.iter().any(|u| u == instance_uid)
-        {
+    /// to when the server assigns a new instance_uid), up to [`MAX_AGENTS_PER_CONNECTION`].
+    pub fn bind(&self, connection_id: u64, instance_uid: &[u8]) -> Bind {
+        let mut conns = self.conns.lock();
+        let Some(e) = conns.get_mut(&connection_id) else {
+            // Not a live connection (it is being closed): nothing to record.
+            return Bind::Known;
+        };
+        if e.instance_uids.iter().any(|u| u == instance_uid) {
+            Bind::Known
+        } else if e.instance_uids.len() >= MAX_AGENTS_PER_CONNECTION {
+            Bind::Full
+        } else {
             e.instance_uids.push(instance_uid.to_vec());
+            Bind::Added
         }
     }
 
     /// The agent does not speak on the connection after all (its owner refused it).
     pub fn unbind(&self, connection_id: u64, instance_uid: &[u8]) {
-        if let Some(e) = lock(&self.conns).get_mut(&connection_id) {
+        if let Some(e) = self.conns.lock().get_mut(&connection_id) {
             e.instance_uids.retain(|u| u != instance_uid);
         }
     }
 
-    pub fn remove(&self, connection_id: u64) {
-        lock(&self.conns).remove(&connection_id);
+    /// Forgets the connection; returns the agents that spoke on it.
+    pub fn remove(&self, connection_id: u64) -> Vec<Vec<u8>> {
+        self.conns
+            .lock()
+            .remove(&connection_id)
+            .map(|e| e.instance_uids)
+            .unwrap_or_default()
     }
 
     /// Queues `push` on the connection if it is live and `instance_uid` speaks on it. A full
     /// queue means the agent is not reading: the push is dropped (desired state is re-sent on the
     /// agent's next report anyway).
     pub fn deliver(&self, connection_id: u64, instance_uid: &[u8], push: Push) -> bool {
-        match lock(&self.conns).get(&connection_id) {
+        match self.conns.lock().get(&connection_id) {
             Some(e) if e.instance_uids.iter().any(|u| u == instance_uid) => {
                 e.tx.try_send(push).is_ok()
             }
@@ -67,7 +89,7 @@ impl ConnectionTable {
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.conns).len()
+        self.conns.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,7 +107,8 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(4);
         table.insert(1, tx);
         assert!(!table.deliver(1, b"a", vec![1]), "not bound yet");
-        table.bind(1, b"a");
+        assert_eq!(table.bind(1, b"a"), Bind::Added);
+        assert_eq!(table.bind(1, b"a"), Bind::Known);
         assert!(table.deliver(1, b"a", vec![2]));
         assert!(!table.deliver(1, b"b", vec![3]), "another agent's push");
         assert!(!table.deliver(2, b"a", vec![4]), "an older connection");
@@ -95,7 +118,13 @@ mod tests {
         assert!(table.deliver(1, b"b", vec![6]) && table.deliver(1, b"a", vec![7]));
         table.unbind(1, b"b");
         assert!(!table.deliver(1, b"b", vec![8]));
-        table.remove(1);
+        for n in 1..MAX_AGENTS_PER_CONNECTION {
+            table.bind(1, &n.to_be_bytes());
+        }
+        assert_eq!(table.bind(1, b"one too many"), Bind::Full);
+        let agents = table.remove(1);
+        assert_eq!(agents.len(), MAX_AGENTS_PER_CONNECTION);
+        assert_eq!(agents[0], b"a");
         assert!(!table.deliver(1, b"a", vec![5]));
         assert!(table.is_empty());
     }

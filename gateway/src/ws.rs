@@ -7,6 +7,7 @@
 use crate::gateway::Gateway;
 use crate::guard::ConnInfo;
 use crate::http::{HttpResponse, header_has, text};
+use crate::table::{Bind, MAX_AGENTS_PER_CONNECTION};
 use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_proto::bus::Transport;
@@ -34,8 +35,6 @@ use tracing::{Instrument, debug, info_span};
 const PUSH_QUEUE: usize = 8;
 /// Messages over the rate limit in a row before the connection is closed.
 const RATE_STRIKES: u32 = 10;
-/// Agents (instance uids) one connection may speak for.
-pub(crate) const MAX_AGENTS_PER_CONNECTION: usize = 64;
 
 /// What to do after answering one message.
 pub(crate) enum Next {
@@ -139,8 +138,9 @@ impl Gateway {
         self.table.insert(origin.connection_id, tx);
         self.metrics.connections.inc();
         let (mut sink, mut stream) = ws.split();
-        // The agents this connection has spoken for.
-        let mut bound: Vec<Vec<u8>> = Vec::new();
+        // Whether an agent has spoken on the connection yet (the agents themselves are in the
+        // connection table).
+        let mut spoken = false;
         // A WebSocket may idle between heartbeats; only a message left half-sent is timed.
         conn.activity.set_idle(None);
         let count = |dir| {
@@ -157,7 +157,7 @@ impl Gateway {
                     self.count_rejected("connection_age");
                     break Some(close_frame(CloseCode::Away, "connection age limit; reconnect"));
                 }
-                () = tokio::time::sleep_until(first_message_by), if bound.is_empty() => {
+                () = tokio::time::sleep_until(first_message_by), if !spoken => {
                     self.count_rejected("first_message_timeout");
                     break Some(close_frame(CloseCode::Policy, "no OpAMP message in time"));
                 }
@@ -184,7 +184,7 @@ impl Gateway {
                             )
                         } else {
                             strikes = 0;
-                            match self.ws_message(&data, &conn, &origin, &mut bound).await {
+                            match self.ws_message(&data, &conn, &origin, &mut spoken).await {
                                 Next::Reply(reply) => reply,
                                 Next::ReplyAndClose(reply, why) => {
                                     let _ = sink.send(Message::Binary(encode_ws_frame(&reply).into())).await;
@@ -226,9 +226,9 @@ impl Gateway {
             let _ = sink.send(Message::Close(Some(frame))).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-        self.table.remove(origin.connection_id);
+        let agents = self.table.remove(origin.connection_id);
         self.metrics.connections.dec();
-        for uid in bound {
+        for uid in agents {
             self.connection_closed(&uid, origin.clone()).await;
         }
     }
@@ -239,7 +239,7 @@ impl Gateway {
         data: &[u8],
         conn: &ConnInfo,
         origin: &flotilla_proto::bus::Origin,
-        bound: &mut Vec<Vec<u8>>,
+        spoken: &mut bool,
     ) -> Next {
         let payload = decode_ws_frame(data);
         let msg = match AgentToServer::decode(payload) {
@@ -260,38 +260,30 @@ impl Gateway {
             let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
             return Next::ReplyAndClose(reply, "certificate does not name this instance_uid");
         }
-        let new_here = !bound.contains(&msg.instance_uid);
-        if new_here {
-            if bound.len() >= MAX_AGENTS_PER_CONNECTION {
-                self.count_rejected("too_many_agents");
-                let why = format!(
-                    "one connection may speak for at most {MAX_AGENTS_PER_CONNECTION} agents; \
-                     open another connection"
-                );
-                let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
-                return Next::Reply(reply);
-            }
-            self.table.bind(origin.connection_id, &msg.instance_uid);
-            bound.push(msg.instance_uid.clone());
+        if self.table.bind(origin.connection_id, &msg.instance_uid) == Bind::Full {
+            self.count_rejected("too_many_agents");
+            let why = format!(
+                "one connection may speak for at most {MAX_AGENTS_PER_CONNECTION} agents; \
+                 open another connection"
+            );
+            let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            return Next::Reply(reply);
         }
+        *spoken = true;
         match self.forward(payload, &msg.instance_uid, origin).await {
             Ok(reply) if reply.close_connection => {
                 self.count_rejected("identity");
                 self.refuse_certificate(conn);
                 // Not this connection's agent: its close must not be recorded as the agent's
                 // disconnect.
-                bound.retain(|u| *u != msg.instance_uid);
                 self.table.unbind(origin.connection_id, &msg.instance_uid);
                 Next::ReplyAndClose(reply.server_to_agent, "certificate not bound to this agent")
             }
             Ok(reply) => {
-                if !reply.new_instance_uid.is_empty()
-                    && !bound.contains(&reply.new_instance_uid)
-                    && bound.len() < MAX_AGENTS_PER_CONNECTION
-                {
+                if !reply.new_instance_uid.is_empty() {
+                    // Past the cap the new uid is not bound: its first message is refused.
                     self.table
                         .bind(origin.connection_id, &reply.new_instance_uid);
-                    bound.push(reply.new_instance_uid);
                 }
                 Next::Reply(reply.server_to_agent)
             }

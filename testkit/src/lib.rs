@@ -30,6 +30,16 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+/// The sum of the samples in a Prometheus text exposition whose lines start with `series` (a
+/// metric name, or a name and the start of its labels: `name{reason="x"`).
+pub fn metric_sum(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Panics with a clear message when `program` is not installed (scripts/test.sh installs it).
 pub fn require(program: &str) {
     let found = Command::new("sh")

@@ -1,4 +1,4 @@
-//! Shard function and the names of bus subjects. One place, so gateway and coordinator agree.
+//! Shard function, how an instance_uid is written, and the names of bus subjects. One place, so gateway and coordinator agree.
 
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -8,6 +8,15 @@ pub const SHARD_COUNT: u16 = 1024;
 /// The shard of an agent. xxh3 is stable across builds and platforms (the std hasher is not).
 pub fn shard_of(instance_uid: &[u8]) -> u16 {
     (xxh3_64(instance_uid) % u64::from(SHARD_COUNT)) as u16
+}
+
+/// An instance_uid as its UUID text, or hex when it is not 16 bytes (for logs, errors and
+/// headers).
+pub fn uid_text(uid: &[u8]) -> String {
+    match uuid::Uuid::from_slice(uid) {
+        Ok(u) => u.to_string(),
+        Err(_) => uid.iter().map(|b| format!("{b:02x}")).collect(),
+    }
 }
 
 /// Subject names within one region.

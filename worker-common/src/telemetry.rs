@@ -34,48 +34,39 @@ pub fn new_traceparent() -> String {
     format!("00-{trace}-{span}-01")
 }
 
-/// Lets through at most [`LogLimiter::PER_WINDOW`] log lines per ten seconds on a hot error path
-/// (a misbehaving agent must not flood the logs), and says how many were held back since the
-/// last line that went out.
-#[derive(Debug, Default)]
+/// Lets through log lines on a hot error path at a bounded rate (bursts of
+/// [`LogLimiter::PER_WINDOW`], then one a second: a misbehaving agent must not flood the logs), and
+/// says how many were held back since the last line that went out.
+#[derive(Debug)]
 pub struct LogLimiter {
-    state: std::sync::Mutex<LimiterState>,
+    limiter: governor::DefaultDirectRateLimiter,
+    suppressed: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct LimiterState {
-    window_start: Option<std::time::Instant>,
-    in_window: u32,
-    suppressed: u64,
+impl Default for LogLimiter {
+    fn default() -> Self {
+        let burst =
+            std::num::NonZeroU32::new(Self::PER_WINDOW).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::MIN).allow_burst(burst);
+        Self {
+            limiter: governor::RateLimiter::direct(quota),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 impl LogLimiter {
     pub const PER_WINDOW: u32 = 10;
-    const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
-    /// Calls `log` with the number of lines held back before it, unless this window's lines are
-    /// spent (then it is counted as held back).
+    /// Calls `log` with the number of lines held back before it, unless the rate is spent (then
+    /// it is counted as held back).
     pub fn warn(&self, log: impl FnOnce(u64)) {
-        let suppressed = {
-            let mut s = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = std::time::Instant::now();
-            if s.window_start
-                .is_none_or(|t| now.duration_since(t) >= Self::WINDOW)
-            {
-                s.window_start = Some(now);
-                s.in_window = 0;
-            }
-            if s.in_window >= Self::PER_WINDOW {
-                s.suppressed += 1;
-                return;
-            }
-            s.in_window += 1;
-            std::mem::take(&mut s.suppressed)
-        };
-        log(suppressed);
+        use std::sync::atomic::Ordering;
+        if self.limiter.check().is_err() {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        log(self.suppressed.swap(0, Ordering::Relaxed));
     }
 }
 

@@ -4,12 +4,13 @@
 //! connections while live ones carry on.
 
 use crate::config::TlsFiles;
+use parking_lot::{Mutex, RwLock};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
@@ -141,7 +142,7 @@ impl ReloadingTls {
 
     /// The configuration for the next connection.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.read().expect("not poisoned").clone()
+        self.current.read().clone()
     }
 
     /// Re-reads the files if any changed. A set of files that does not load (half-written, a key
@@ -150,14 +151,14 @@ impl ReloadingTls {
     pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
         let now = stamp(&self.files.paths());
         {
-            let mut seen = self.seen.lock().expect("not poisoned");
+            let mut seen = self.seen.lock();
             if *seen == now {
                 return None;
             }
             *seen = now;
         }
         Some(server_config(&self.files).map(|cfg| {
-            *self.current.write().expect("not poisoned") = Arc::new(cfg);
+            *self.current.write() = Arc::new(cfg);
         }))
     }
 

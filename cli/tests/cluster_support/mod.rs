@@ -205,12 +205,7 @@ impl Cluster {
             .text()
             .await
             .ok()?;
-        Some(
-            text.lines()
-                .filter(|l| l.starts_with(series))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum(),
-        )
+        Some(flotilla_testkit::metric_sum(&text, series))
     }
 
     /// Sum of owned shards over the coordinators that answer (skipping `except`).

@@ -45,10 +45,7 @@ async fn metric(srv: &Server, series: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    flotilla_testkit::metric_sum(&text, series)
 }
 
 fn error_of(reply: &ServerToAgent) -> &str {

@@ -79,20 +79,22 @@ pub fn check_settings(settings: &AgentSettings) -> Result<(), String> {
     ] {
         let Some(d) = d else { continue };
         let url = d.destination_endpoint.as_str();
-        let host = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"));
-        if host.is_none_or(str::is_empty) {
+        let http_url = url.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+        });
+        if !http_url {
             return Err(format!(
                 "settings.{name}.destination_endpoint must be an http:// or https:// URL, not {url:?}"
             ));
         }
         if let Some(k) = d.headers.iter().find_map(|(k, v)| {
-            let bad = |s: &str| s.is_empty() || s.chars().any(char::is_control);
-            (bad(k) || v.chars().any(char::is_control)).then_some(k)
+            let valid = http::HeaderName::from_bytes(k.as_bytes()).is_ok()
+                && http::HeaderValue::from_bytes(v.as_bytes()).is_ok();
+            (!valid).then_some(k)
         }) {
             return Err(format!(
-                "settings.{name}.headers: header {k:?} must have a name and no control characters"
+                "settings.{name}.headers: header {k:?} must have a valid HTTP name and no control characters"
             ));
         }
     }
@@ -161,7 +163,29 @@ mod tests {
             ..Default::default()
         };
         assert!(check_settings(&endpoint("https://otlp.example:4318")).is_ok());
-        let err = check_settings(&endpoint("otlp.example:4318")).unwrap_err();
-        assert!(err.contains("own_metrics.destination_endpoint"), "{err}");
+        for bad in [
+            "otlp.example:4318",
+            "http://",
+            "ftp://otlp.example",
+            "https://a b",
+        ] {
+            let err = check_settings(&endpoint(bad)).unwrap_err();
+            assert!(
+                err.contains("own_metrics.destination_endpoint"),
+                "{bad}: {err}"
+            );
+        }
+        let header = |k: &str, v: &str| AgentSettings {
+            own_logs: Some(TelemetryDestination {
+                destination_endpoint: "https://otlp.example".into(),
+                headers: BTreeMap::from([(k.to_owned(), v.to_owned())]),
+            }),
+            ..Default::default()
+        };
+        assert!(check_settings(&header("Authorization", "Bearer x")).is_ok());
+        for (k, v) in [("", "x"), ("a b", "x"), ("x", "line\nbreak")] {
+            let err = check_settings(&header(k, v)).unwrap_err();
+            assert!(err.contains("own_logs.headers"), "{k:?}: {err}");
+        }
     }
 }

@@ -10,6 +10,7 @@
 //!
 //! The pure rules are here; the service's shard owner does the I/O: signing, storing, pushing.
 
+use flotilla_common::names::uid_text;
 use flotilla_common::pki::{Ca, Issued};
 use flotilla_proto::bus::{AgentRecord, IdentityRule, Origin};
 use flotilla_proto::opamp::{ConnectionSettingsOffers, OpAmpConnectionSettings, TlsCertificate};
@@ -50,12 +51,12 @@ pub fn check_identity(
         let names: Vec<String> = origin
             .client_cert_uids
             .iter()
-            .map(|u| Uuid::from_slice(u).map_or_else(|_| hex::encode(u), |u| u.to_string()))
+            .map(|u| uid_text(u))
             .collect();
         return Err(format!(
             "the client certificate names instance_uid {}, not {}",
             names.join(", "),
-            Uuid::from_slice(uid).map_or_else(|_| hex::encode(uid), |u| u.to_string())
+            uid_text(uid)
         ));
     }
     let Some(rec) = rec else {

@@ -16,6 +16,7 @@ use flotilla_proto::opamp::{
     RemoteConfigStatuses, ServerCapabilities, ServerToAgent, ServerToAgentCommand,
     ServerToAgentFlags,
 };
+use prost::Message;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -114,6 +115,25 @@ impl Outcome {
         if let Some(rec) = self.record.as_mut() {
             std::mem::take(&mut self.before_offers).restore(rec);
         }
+    }
+
+    /// Keeps the reply within `max` bytes, what can reach the agent: packages wait for a later
+    /// reply (the record forgets offering them) when the config and packages together are too
+    /// large. A config too large on its own (stored before the limit was enforced) is not sent
+    /// at all: its size is returned.
+    pub fn fit(&mut self, max: usize) -> Option<usize> {
+        if self.reply.encoded_len() <= max {
+            return None;
+        }
+        if self.reply.packages_available.take().is_some() {
+            if let Some(rec) = self.record.as_mut() {
+                rec.offered_packages_hash.clear();
+            }
+            if self.reply.encoded_len() <= max {
+                return None;
+            }
+        }
+        self.reply.remote_config.take().map(|rc| rc.encoded_len())
     }
 }
 

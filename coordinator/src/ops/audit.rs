@@ -5,7 +5,7 @@ use super::error::bad_request;
 use super::query::parse_limit;
 use super::views::{AuditLog, AuditView};
 use super::{Caller, Ops, Result};
-use flotilla_common::store::{AuditEntry, AuditQuery};
+use flotilla_common::store::{AuditEntry, AuditQuery, Store};
 use flotilla_common::telemetry::now_unix_ms;
 use tracing::{info, warn};
 
@@ -76,13 +76,18 @@ impl Ops {
         })
     }
 
-    /// Records what changed no stored state (a command delivered at once, a refused call). A
-    /// failed write is logged, not returned: what it records has happened by then.
+    /// Records what changed no stored state (a refused call): [`record`].
     pub async fn record(&self, entry: AuditEntry) {
-        info!(target: "flotilla::audit", caller = %entry.caller, action = %entry.action, object = %entry.object, "change");
-        if let Err(e) = self.store().append_audit(entry).await {
-            warn!(error = %e, "audit entry not written");
-        }
+        record(self.store(), entry).await;
+    }
+}
+
+/// Records in the audit log what changed no stored state (a command delivered at once, a refused
+/// call). A failed write is logged, not returned: what it records has happened by then.
+pub async fn record(store: &dyn Store, entry: AuditEntry) {
+    info!(target: "flotilla::audit", caller = %entry.caller, action = %entry.action, object = %entry.object, "change");
+    if let Err(e) = store.append_audit(entry).await {
+        warn!(error = %e, "audit entry not written");
     }
 }
 

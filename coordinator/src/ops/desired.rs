@@ -5,7 +5,8 @@
 use super::docs::{ROLLOUTS, parse};
 use crate::fleet::configs::Desired;
 use flotilla_common::store::{Store, StoreError};
-use std::sync::{Arc, PoisonError, RwLock};
+use parking_lot::RwLock;
+use std::sync::Arc;
 use tracing::warn;
 
 #[derive(Debug, Clone, Default)]
@@ -18,10 +19,7 @@ impl DesiredState {
     }
 
     pub fn current(&self) -> Arc<Desired> {
-        self.0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.0.read().clone()
     }
 
     /// Reads it again from `store`; true when it changed (another process stored a version, or a
@@ -31,7 +29,7 @@ impl DesiredState {
         if fresh.fingerprint() == self.current().fingerprint() {
             return Ok(false);
         }
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        *self.0.write() = Arc::new(fresh);
         Ok(true)
     }
 }

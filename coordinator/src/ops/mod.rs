@@ -31,6 +31,7 @@ pub use owner::OwnerClient;
 
 use crate::fleet::redact::Redactor;
 use flotilla_common::bus::{Bus, BusMessage};
+use flotilla_common::config::DEFAULT_MAX_MESSAGE_SIZE;
 use flotilla_common::names::Subjects;
 use flotilla_common::store::Store;
 use std::sync::Arc;
@@ -57,7 +58,7 @@ impl OpsConfig {
         Self {
             region: region.into(),
             redactor: Redactor::default(),
-            max_message_size: 64 << 20,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             owner_timeout: Duration::from_secs(3),
             owner_deadline: Duration::from_secs(5),
         }

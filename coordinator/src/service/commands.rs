@@ -35,15 +35,6 @@ fn issued_json(issued: &Issued) -> serde_json::Value {
 }
 
 impl Owner {
-    /// Records in the audit log what changed no stored state (a command delivered at once). A
-    /// failed write is logged, not returned: the command has gone out by then.
-    async fn record(&self, entry: AuditEntry) {
-        info!(target: "flotilla::audit", caller = %entry.caller, action = %entry.action, object = %entry.object, "change");
-        if let Err(e) = self.store.append_audit(entry).await {
-            warn!(error = %e, "audit entry not written");
-        }
-    }
-
     /// The owner's side of a restart; None if this process does not own the shard.
     pub(super) async fn restart_here(&self, req: &RestartAgent) -> Option<RestartResult> {
         let Ok(uid) = Uuid::from_slice(&req.instance_uid) else {
@@ -86,7 +77,7 @@ impl Owner {
             if self.pusher.push(origin, &cmd).await {
                 info!(%uid, "restart delivered");
                 if let Some(e) = entry("delivered") {
-                    self.record(e).await;
+                    audit::record(self.store.as_ref(), e).await;
                 }
                 return Some(RestartResult::Delivered);
             }
@@ -117,7 +108,7 @@ impl Owner {
                 ..Default::default()
             });
         };
-        let shard = flotilla_common::names::shard_of(&req.instance_uid);
+        let shard = shard_of(&req.instance_uid);
         let _guard = self.shards.lock(shard).await;
         let fence = self.fence_for(shard)?;
         let failed = |e: &dyn std::fmt::Display| {
@@ -153,12 +144,7 @@ impl Owner {
                 Some(sorted(&rec.labels)),
             );
             match self
-                .save_or_drop(
-                    fence,
-                    &rec,
-                    flotilla_common::store::Deadline::Keep,
-                    Some(&entry),
-                )
+                .save_or_drop(fence, &rec, Deadline::Keep, Some(&entry))
                 .await
             {
                 Ok(true) => {}

@@ -2,7 +2,7 @@
 
 use crate::fleet::redact::Redactor;
 use crate::opamp::identity::Issuer;
-use flotilla_common::config::RecordLimits;
+use flotilla_common::config::{DEFAULT_AGENT_RETENTION, DEFAULT_MAX_MESSAGE_SIZE, RecordLimits};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +42,8 @@ impl CoordinatorConfig {
             issuer: None,
             redactor: Redactor::default(),
             limits: RecordLimits::default(),
-            agent_retention: Duration::from_secs(30 * 24 * 3600),
-            max_message_size: 64 << 20,
+            agent_retention: DEFAULT_AGENT_RETENTION,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }

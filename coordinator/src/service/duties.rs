@@ -6,6 +6,7 @@
 //! succeeds again.
 
 use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
@@ -29,15 +30,12 @@ struct DutyState {
 
 /// Whether every duty is running well.
 #[derive(Debug, Clone, Default)]
-pub struct DutyHealth(Arc<std::sync::Mutex<Vec<Arc<DutyState>>>>);
+pub struct DutyHealth(Arc<Mutex<Vec<Arc<DutyState>>>>);
 
 impl DutyHealth {
     /// Err names the duties that keep failing.
     pub fn check(&self) -> Result<(), String> {
-        let states = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let states = self.0.lock();
         let failing: Vec<String> = states
             .iter()
             .filter(|d| d.failures_in_a_row.load(Ordering::Relaxed) >= FAILING_AFTER)
@@ -61,10 +59,7 @@ impl DutyHealth {
             name,
             failures_in_a_row: AtomicU32::new(0),
         });
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(state.clone());
+        self.0.lock().push(state.clone());
         state
     }
 }

@@ -13,7 +13,7 @@ use crate::ops::caller::SYSTEM;
 use flotilla_common::names::shard_of;
 use flotilla_common::store::{Deadline, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
-use flotilla_proto::bus::AgentStatus;
+use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use futures_util::StreamExt;
 use tracing::info;
 use uuid::Uuid;
@@ -95,12 +95,14 @@ impl Owner {
     /// the agent retention, each with its audit entry.
     pub(super) async fn expire_agents(&self) -> Result<(), String> {
         let horizon = now_unix_ms().saturating_sub(millis(self.cfg.agent_retention));
+        let expired = |rec: &AgentRecord| {
+            rec.status != AgentStatus::Connected as i32 && rec.last_seen_unix_ms < horizon
+        };
         let mut gone: Vec<Uuid> = Vec::new();
         let owned = |s| self.shards.fence(s).is_some();
         self.store
             .visit_agents(&owned, &mut |rec| {
-                if rec.status != AgentStatus::Connected as i32
-                    && rec.last_seen_unix_ms < horizon
+                if expired(rec)
                     && let Ok(uid) = Uuid::from_slice(&rec.instance_uid)
                 {
                     gone.push(uid);
@@ -118,7 +120,7 @@ impl Owner {
             let Some(rec) = self.store.get_agent(uid).await.map_err(|e| e.to_string())? else {
                 continue;
             };
-            if rec.status == AgentStatus::Connected as i32 || rec.last_seen_unix_ms >= horizon {
+            if !expired(&rec) {
                 continue;
             }
             let entry = audit::entry(

@@ -6,10 +6,10 @@
 use super::millis;
 use super::owner::Owner;
 use crate::opamp::identity::{check_identity, record_certificate};
-use crate::opamp::{Ctx, EventKind, Outcome, process};
+use crate::opamp::{Ctx, EventKind, process};
 use flotilla_common::bus::{Incoming, Subscription};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
-use flotilla_common::names::shard_of;
+use flotilla_common::names::{shard_of, uid_text};
 use flotilla_common::store::{AuditEntry, Deadline, Fence, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Uplink, UplinkReply, uplink};
@@ -113,8 +113,8 @@ impl Owner {
         }
     }
 
-    /// [`Coordinator::agent_message`], answering the agent with an error should processing
-    /// panic (a bug), instead of leaving it without an answer until its gateway gives up.
+    /// [`Owner::agent_message`], answering the agent with an error should processing panic (a
+    /// bug), instead of leaving it without an answer until its gateway gives up.
     async fn agent_message_guarded(&self, bytes: &[u8], origin: Origin) -> Option<UplinkReply> {
         match AssertUnwindSafe(self.agent_message(bytes, origin))
             .catch_unwind()
@@ -198,7 +198,7 @@ impl Owner {
         if let Err(why) = check_identity(stored.as_ref(), &origin, &uid_sent) {
             self.count_uplink("identity");
             self.metrics.refusal_log.warn(|suppressed| {
-                warn!(uid = %Uuid::from_slice(&uid_sent).unwrap_or_default(), peer = %origin.peer_addr, %why, suppressed, "refused an agent's certificate");
+                warn!(uid = %uid_text(&uid_sent), peer = %origin.peer_addr, %why, suppressed, "refused an agent's certificate");
             });
             return Some(UplinkReply {
                 server_to_agent: opamp_error_reply(uid_sent, ErrorKind::BadRequest, why, None),
@@ -237,7 +237,14 @@ impl Owner {
                 }
             }
         }
-        self.fit_reply(&mut out);
+        if let Some(config_bytes) = out.fit(self.cfg.max_message_size) {
+            self.count_uplink("config_too_large");
+            error!(
+                config_bytes,
+                max = self.cfg.max_message_size,
+                "a config is too large to reach its agents; store a smaller version"
+            );
+        }
         let Some(rec) = out.record.as_ref() else {
             // Nothing to store: a uid was assigned (it becomes a record when the agent uses it),
             // or the report was refused.
@@ -260,15 +267,11 @@ impl Owner {
         };
         let uid = Uuid::from_slice(&rec.instance_uid).unwrap_or_default();
         match self
-            .store
-            .save_agent(fence, rec, out.deadline, audit.as_ref())
+            .save_or_drop(fence, rec, out.deadline, audit.as_ref())
             .await
         {
-            Ok(()) => {}
-            Err(StoreError::Fenced { .. }) => {
-                self.fenced(shard);
-                return None;
-            }
+            Ok(true) => {}
+            Ok(false) => return None,
             Err(e) => return Some(self.store_failed(uid_sent, &e)),
         }
         for kind in &out.events {
@@ -283,31 +286,6 @@ impl Owner {
             poll_interval_ms: millis(out.interval),
             ..Default::default()
         })
-    }
-
-    /// Keeps a reply within what can reach the agent: packages wait for a later reply (the
-    /// record forgets offering them) when the config and packages together are too large. A
-    /// config too large on its own (stored before the limit was enforced) is not sent at all.
-    fn fit_reply(&self, out: &mut Outcome) {
-        let max = self.cfg.max_message_size;
-        if out.reply.encoded_len() <= max {
-            return;
-        }
-        if out.reply.packages_available.take().is_some() {
-            if let Some(rec) = out.record.as_mut() {
-                rec.offered_packages_hash.clear();
-            }
-            if out.reply.encoded_len() <= max {
-                return;
-            }
-        }
-        if let Some(rc) = out.reply.remote_config.take() {
-            self.count_uplink("config_too_large");
-            error!(
-                config_bytes = rc.encoded_len(),
-                max, "a config is too large to reach its agents; store a smaller version"
-            );
-        }
     }
 
     /// The answer while the agent's state cannot be read or written: UNAVAILABLE with a retry
@@ -351,16 +329,9 @@ impl Owner {
         }
         rec.status = AgentStatus::Disconnected as i32;
         rec.origin = None;
-        match self
-            .store
-            .save_agent(fence, &rec, Deadline::Clear, None)
-            .await
-        {
-            Ok(()) => self.events.emit(EventKind::Disconnected, uid).await,
-            Err(StoreError::Fenced { .. }) => {
-                self.fenced(shard);
-                return false;
-            }
+        match self.save_or_drop(fence, &rec, Deadline::Clear, None).await {
+            Ok(true) => self.events.emit(EventKind::Disconnected, uid).await,
+            Ok(false) => return false,
             Err(e) => warn!(error = %e, %uid, "could not record a disconnect"),
         }
         true

@@ -8,7 +8,7 @@ use super::types::{
 };
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::sync::RwLock;
+use parking_lot::RwLock;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,7 +29,7 @@ impl InProcessBus {
 
     /// Subscribers of `subject`; forgets subscriptions whose receiver was dropped.
     fn matching(&self, subject: &str) -> Vec<mpsc::Sender<Incoming>> {
-        let subs = self.subs.read().expect("bus lock");
+        let subs = self.subs.read();
         let found: Vec<_> = subs
             .iter()
             .filter(|(p, tx)| !tx.is_closed() && subject_matches(p, subject))
@@ -38,10 +38,7 @@ impl InProcessBus {
         let stale = subs.iter().any(|(_, tx)| tx.is_closed());
         drop(subs);
         if stale {
-            self.subs
-                .write()
-                .expect("bus lock")
-                .retain(|(_, tx)| !tx.is_closed());
+            self.subs.write().retain(|(_, tx)| !tx.is_closed());
         }
         found
     }
@@ -90,10 +87,7 @@ impl Bus for InProcessBus {
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::channel(self.queue);
-        self.subs
-            .write()
-            .expect("bus lock")
-            .push((subject.to_owned(), tx));
+        self.subs.write().push((subject.to_owned(), tx));
         Ok(Subscription(SubscriptionInner::InProcess(rx)))
     }
 }

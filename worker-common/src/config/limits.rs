@@ -31,6 +31,13 @@ pub fn default_max_connections() -> usize {
 pub const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
 
+/// `--max-message-size`: the largest AgentToServer accepted, after decompression.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
+/// `--max-inflight-bytes`: bytes of incomplete agent messages one gateway holds at once.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 256 << 20;
+/// `--agent-retention`: how long a disconnected or silent agent's record is kept.
+pub const DEFAULT_AGENT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// What protects the OpAMP listener from its agents.
 #[derive(Debug, Clone)]
 pub struct AgentLimits {

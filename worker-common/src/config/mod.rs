@@ -6,8 +6,9 @@ mod limits;
 mod sources;
 
 pub use limits::{
-    AgentLimits, MAX_HEARTBEAT, MIN_HEARTBEAT, RecordLimits, default_max_connections,
-    open_file_limit, raise_open_file_limit,
+    AgentLimits, DEFAULT_AGENT_RETENTION, DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_HEARTBEAT, MIN_HEARTBEAT, RecordLimits, default_max_connections, open_file_limit,
+    raise_open_file_limit,
 };
 pub use sources::{AgentIdentity, ConfigError, Role, ServeArgs, TlsVersion};
 use sources::{FileConfig, read_file};
@@ -154,7 +155,7 @@ impl ServeConfig {
                 max_inflight_bytes: a
                     .max_inflight_bytes
                     .or(f.max_inflight_bytes)
-                    .unwrap_or(256 << 20),
+                    .unwrap_or(DEFAULT_MAX_INFLIGHT_BYTES),
             },
             signing_ca: match (
                 a.signing_ca_cert.or(f.signing_ca_cert),
@@ -189,7 +190,10 @@ impl ServeConfig {
                 .heartbeat_interval
                 .or(f.heartbeat_interval)
                 .unwrap_or(Duration::from_secs(30)),
-            max_message_size: a.max_message_size.or(f.max_message_size).unwrap_or(4 << 20),
+            max_message_size: a
+                .max_message_size
+                .or(f.max_message_size)
+                .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
             audit_retention: a
                 .audit_retention
                 .or(f.audit_retention)
@@ -197,7 +201,7 @@ impl ServeConfig {
             agent_retention: a
                 .agent_retention
                 .or(f.agent_retention)
-                .unwrap_or(Duration::from_secs(30 * 24 * 3600)),
+                .unwrap_or(DEFAULT_AGENT_RETENTION),
             record_limits: {
                 let d = RecordLimits::default();
                 RecordLimits {

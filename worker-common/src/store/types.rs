@@ -176,20 +176,19 @@ pub struct AuditQuery {
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     pub truncated: bool,
+    /// JSON bytes of the entries so far.
+    bytes: usize,
 }
 
 impl AuditPage {
-    /// Adds `entry` (of `bytes` JSON bytes, `used` so far); false once the page is full.
-    pub(crate) fn add(
-        &mut self,
-        q: &AuditQuery,
-        entry: AuditEntry,
-        used: &mut usize,
-        bytes: usize,
-    ) -> bool {
+    /// Adds `entry` (of `bytes` JSON bytes) if `q` matches it; false once the page is full.
+    pub(crate) fn offer(&mut self, q: &AuditQuery, entry: AuditEntry, bytes: usize) -> bool {
+        if !q.matches(&entry) {
+            return true;
+        }
         self.entries.push(entry);
-        *used += bytes;
-        if q.max_bytes > 0 && *used >= q.max_bytes && self.entries.len() < q.limit {
+        self.bytes += bytes;
+        if q.max_bytes > 0 && self.bytes >= q.max_bytes && self.entries.len() < q.limit {
             self.truncated = true;
             return false;
         }

@@ -2,6 +2,7 @@
 //! change, again when the agent may have lost them, never beside an error.
 
 use super::*;
+use prost::Message;
 
 #[test]
 fn config_is_offered_until_the_agent_reports_its_hash() {
@@ -182,9 +183,8 @@ fn an_enrolled_agent_gets_the_rollouts_version_and_others_the_active_one() {
     );
 }
 
-#[test]
-fn packages_and_per_selector_settings_are_offered_once_per_change() {
-    let uid = Uuid::now_v7();
+/// A config of "collector-packages" offering one package and a 10 s heartbeat.
+fn package_bundle() -> StoredConfig {
     let mut bundle = prod_config();
     bundle.name = "collector-packages".into();
     bundle.files.clear();
@@ -203,9 +203,20 @@ fn packages_and_per_selector_settings_are_offered_once_per_change() {
         heartbeat_interval: Some(Duration::from_secs(10)),
         ..Default::default()
     });
-    let configs = [prod_config(), bundle];
+    bundle
+}
+
+fn accepts_packages(uid: Uuid) -> AgentToServer {
     let mut msg = full(uid, 0);
     msg.capabilities |= Cap::AcceptsPackages as u64 | Cap::ReportsPackageStatuses as u64;
+    msg
+}
+
+#[test]
+fn packages_and_per_selector_settings_are_offered_once_per_change() {
+    let uid = Uuid::now_v7();
+    let configs = [prod_config(), package_bundle()];
+    let msg = accepts_packages(uid);
     let out = process(None, msg, ws(), &ctx(&configs));
     assert!(
         out.reply.remote_config.is_some(),
@@ -220,4 +231,30 @@ fn packages_and_per_selector_settings_are_offered_once_per_change() {
     let again = process(out.record, heartbeat(uid, 1), ws(), &ctx(&configs));
     assert!(again.reply.packages_available.is_none(), "offered once");
     assert!(again.reply.connection_settings.is_none(), "offered once");
+}
+
+#[test]
+fn a_reply_too_large_defers_its_packages_then_drops_a_config_too_large_alone() {
+    let configs = [prod_config(), package_bundle()];
+    let out = process(None, accepts_packages(Uuid::now_v7()), ws(), &ctx(&configs));
+    let full_size = out.reply.encoded_len();
+    let packages = out.reply.packages_available.as_ref().unwrap().encoded_len();
+    let config = out.reply.remote_config.as_ref().unwrap().encoded_len();
+
+    let mut fits = process(None, accepts_packages(Uuid::now_v7()), ws(), &ctx(&configs));
+    assert_eq!(fits.fit(full_size), None);
+    assert!(fits.reply.packages_available.is_some());
+
+    // Without the packages it fits: they wait, and the record forgets offering them.
+    let mut deferred = process(None, accepts_packages(Uuid::now_v7()), ws(), &ctx(&configs));
+    assert_eq!(deferred.fit(full_size - packages), None);
+    assert!(deferred.reply.packages_available.is_none());
+    assert!(deferred.reply.remote_config.is_some());
+    assert!(deferred.record.unwrap().offered_packages_hash.is_empty());
+
+    // Not even the config alone fits: it is not sent, and its size is said.
+    let mut dropped = process(None, accepts_packages(Uuid::now_v7()), ws(), &ctx(&configs));
+    assert_eq!(dropped.fit(full_size - packages - config), Some(config));
+    assert!(dropped.reply.remote_config.is_none() && dropped.reply.packages_available.is_none());
+    assert!(dropped.reply.connection_settings.is_some());
 }

@@ -23,16 +23,17 @@ use super::types::{
 use crate::names::shard_of;
 use async_trait::async_trait;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
+use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use state::{
     ACTIVE, AGENTS, AUDIT, CONFIGS, Configs, DOCS, Deadlines, Inner, StoreMetrics, audit_row,
-    corrupt, doc_key, io, lock,
+    corrupt, doc_key, io,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -176,7 +177,7 @@ impl EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(lock(&self.inner.agents).get(&uid).cloned())
+        Ok(self.inner.agents.lock().get(&uid).cloned())
     }
 
     async fn save_agent(
@@ -198,10 +199,10 @@ impl Store for EmbeddedStore {
                 Ok(())
             })?;
         } else {
-            lock(&inner.dirty).insert(uid);
+            inner.dirty.lock().insert(uid);
         }
-        lock(&inner.agents).insert(uid, record.clone());
-        lock(&inner.deadlines).apply(uid, deadline);
+        inner.agents.lock().insert(uid, record.clone());
+        inner.deadlines.lock().apply(uid, deadline);
         Ok(())
     }
 
@@ -212,16 +213,16 @@ impl Store for EmbeddedStore {
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
         let inner = &self.inner;
-        if !lock(&inner.agents).contains_key(&uid) {
+        if !inner.agents.lock().contains_key(&uid) {
             return Ok(false);
         }
         inner.commit_audited(audit, |txn| {
             txn.open_table(AGENTS)?.remove(uid.as_bytes().as_slice())?;
             Ok(())
         })?;
-        lock(&inner.agents).remove(&uid);
-        lock(&inner.dirty).remove(&uid);
-        lock(&inner.deadlines).set(uid, None);
+        inner.agents.lock().remove(&uid);
+        inner.dirty.lock().remove(&uid);
+        inner.deadlines.lock().set(uid, None);
         Ok(true)
     }
 
@@ -230,7 +231,7 @@ impl Store for EmbeddedStore {
         shards: ShardFilter<'_>,
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError> {
-        for (uid, rec) in lock(&self.inner.agents).iter() {
+        for (uid, rec) in self.inner.agents.lock().iter() {
             if shards(shard_of(uid.as_bytes())) {
                 f(rec);
             }
@@ -244,7 +245,7 @@ impl Store for EmbeddedStore {
         now_unix_ms: u64,
         retry_ms: u64,
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut d = lock(&self.inner.deadlines);
+        let mut d = self.inner.deadlines.lock();
         let due: Vec<Uuid> = d.by_shard[usize::from(fence.shard)]
             .iter()
             .take_while(|(at, _)| *at <= now_unix_ms)
@@ -264,7 +265,7 @@ impl Store for EmbeddedStore {
     ) -> Result<StoredConfig, StoreError> {
         let inner = &self.inner;
         // The lock is held across the write so versions of one name are assigned in order.
-        let mut configs = lock(&inner.configs);
+        let mut configs = inner.configs.lock();
         let versions = configs.versions.get(&config.name);
         config.version = versions.and_then(|v| v.last()).map_or(1, |c| c.version + 1);
         let active = configs.active.get(&config.name).copied();
@@ -304,7 +305,7 @@ impl Store for EmbeddedStore {
         version: u64,
     ) -> Result<Option<StoredConfig>, StoreError> {
         let inner = &self.inner;
-        let mut configs = lock(&inner.configs);
+        let mut configs = inner.configs.lock();
         let Some(cfg) = configs
             .versions
             .get(name)
@@ -322,7 +323,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {
-        let configs = lock(&self.inner.configs);
+        let configs = self.inner.configs.lock();
         Ok(configs
             .active
             .iter()
@@ -332,7 +333,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn config_versions(&self, name: &str) -> Result<Vec<StoredConfig>, StoreError> {
-        let configs = lock(&self.inner.configs);
+        let configs = self.inner.configs.lock();
         Ok(configs.versions.get(name).cloned().unwrap_or_default())
     }
 
@@ -346,7 +347,7 @@ impl Store for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let key = doc_key(collection, id);
-        let mut docs = lock(&inner.docs);
+        let mut docs = inner.docs.lock();
         let current = docs.get(&key).map_or(0, |(rev, _)| *rev);
         if current != expected_revision {
             return Ok(false);
@@ -364,7 +365,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Doc>, StoreError> {
-        let docs = lock(&self.inner.docs);
+        let docs = self.inner.docs.lock();
         Ok(docs.get(&doc_key(collection, id)).map(|(rev, json)| Doc {
             id: id.to_owned(),
             revision: *rev,
@@ -374,7 +375,7 @@ impl Store for EmbeddedStore {
 
     async fn list_docs(&self, collection: &str) -> Result<Vec<Doc>, StoreError> {
         let prefix = doc_key(collection, "");
-        let docs = lock(&self.inner.docs);
+        let docs = self.inner.docs.lock();
         Ok(docs
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
@@ -401,11 +402,11 @@ impl Store for EmbeddedStore {
         let table = read.open_table(AUDIT).map_err(io)?;
         let lo = (query.since_unix_ms.unwrap_or(0), 0);
         let hi = (query.until_unix_ms.unwrap_or(u64::MAX), u64::MAX);
-        let (mut page, mut used) = (AuditPage::default(), 0);
+        let mut page = AuditPage::default();
         for row in table.range(lo..=hi).map_err(io)?.rev() {
             let (_, v) = row.map_err(io)?;
             let entry: AuditEntry = serde_json::from_slice(v.value()).map_err(corrupt)?;
-            if query.matches(&entry) && !page.add(query, entry, &mut used, v.value().len()) {
+            if !page.offer(query, entry, v.value().len()) {
                 break;
             }
         }
@@ -413,7 +414,7 @@ impl Store for EmbeddedStore {
     }
 
     fn health(&self) -> Result<(), String> {
-        match lock(&self.inner.failing).as_ref() {
+        match self.inner.failing.lock().as_ref() {
             None => Ok(()),
             Some(why) => Err(why.clone()),
         }

@@ -4,13 +4,14 @@
 use crate::names::{SHARD_COUNT, shard_of};
 use crate::store::types::{AuditEntry, Deadline, StoreError, StoredConfig};
 use flotilla_proto::bus::AgentRecord;
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prost::Message;
 use redb::{Database, TableDefinition, WriteTransaction};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -109,12 +110,6 @@ pub(super) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind, still consistent for
-    // readers: carry on rather than poison every later caller.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The audit row of `entry` with sequence number `seq`, and the id the entry gets.
 pub(super) fn audit_row(entry: &AuditEntry, seq: u64) -> Result<(String, Vec<u8>), StoreError> {
     let mut entry = entry.clone();
@@ -126,7 +121,7 @@ pub(super) fn audit_row(entry: &AuditEntry, seq: u64) -> Result<(String, Vec<u8>
 impl Inner {
     /// The database for a write, reopened if a failed write closed it.
     pub(super) fn db(&self) -> Result<Arc<Database>, StoreError> {
-        let mut slot = lock(&self.db);
+        let mut slot = self.db.lock();
         if let Some(db) = slot.as_ref() {
             return Ok(db.clone());
         }
@@ -144,7 +139,7 @@ impl Inner {
         &self,
         f: impl FnOnce(&WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let _writing = lock(&self.writing);
+        let _writing = self.writing.lock();
         let result = self.db().and_then(|db| {
             let txn = db.begin_write().map_err(io)?;
             f(&txn).map_err(io)?;
@@ -152,23 +147,23 @@ impl Inner {
         });
         match &result {
             Ok(()) => {
-                if lock(&self.failing).take().is_some() {
+                if self.failing.lock().take().is_some() {
                     tracing::info!("writes to the data directory succeed again");
                 }
             }
             Err(e) => {
-                *lock(&self.db) = None;
+                *self.db.lock() = None;
                 self.metrics.write_errors.inc();
                 let why = format!("cannot write to {}: {e}", self.path.display());
                 tracing::error!(error = %why, "store write failed");
-                *lock(&self.failing) = Some(why);
+                *self.failing.lock() = Some(why);
             }
         }
         result.map_err(|e| StoreError::Io(format!("cannot write to {}: {e}", self.path.display())))
     }
 
     pub(super) fn flush(&self) -> Result<usize, StoreError> {
-        if lock(&self.dirty).is_empty() {
+        if self.dirty.lock().is_empty() {
             self.metrics.unwritten_agents.set(0);
             return Ok(0);
         }
@@ -176,9 +171,9 @@ impl Inner {
         // record can land between this snapshot and its commit.
         let mut taken: Vec<Uuid> = Vec::new();
         let written = self.commit(|txn| {
-            taken = lock(&self.dirty).drain().collect();
+            taken = self.dirty.lock().drain().collect();
             let rows: Vec<(Uuid, Vec<u8>)> = {
-                let agents = lock(&self.agents);
+                let agents = self.agents.lock();
                 taken
                     .iter()
                     .filter_map(|u| agents.get(u).map(|r| (*u, r.encode_to_vec())))
@@ -190,7 +185,7 @@ impl Inner {
             }
             Ok(())
         });
-        let mut dirty = lock(&self.dirty);
+        let mut dirty = self.dirty.lock();
         let n = taken.len();
         if written.is_err() {
             dirty.extend(taken);
@@ -200,7 +195,7 @@ impl Inner {
     }
 
     pub(super) fn next_audit_seq(&self) -> u64 {
-        let mut seq = lock(&self.audit_seq);
+        let mut seq = self.audit_seq.lock();
         *seq += 1;
         *seq
     }

@@ -432,7 +432,7 @@ impl Store for RedisStore {
     async fn query_audit(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         let key = self.audit_key();
         let mut conn = self.conn.clone();
-        let (mut out, mut used) = (AuditPage::default(), 0);
+        let mut out = AuditPage::default();
         let mut end = "+".to_owned();
         loop {
             let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
@@ -455,7 +455,7 @@ impl Store for RedisStore {
                 if query.since_unix_ms.is_some_and(|s| entry.at_unix_ms < s) {
                     return Ok(out);
                 }
-                if query.matches(&entry) && !out.add(query, entry, &mut used, json.len()) {
+                if !out.offer(query, entry, json.len()) {
                     return Ok(out);
                 }
             }
