@@ -5,13 +5,10 @@
 
 mod common;
 
-use common::pki::Pki;
+use common::pki::{Pki, csr_pem, csr_request};
 use flotilla_loadtest::client::WsClient;
 use flotilla_loadtest::sim::SimAgent;
-use flotilla_proto::opamp::{
-    AgentCapabilities, AgentToServer, CertificateRequest, ConnectionSettingsRequest,
-    OpAmpConnectionSettingsRequest,
-};
+use flotilla_proto::opamp::{AgentCapabilities, AgentToServer};
 use flotilla_testkit::{Proc, free_port, wait_for_port};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -194,23 +191,11 @@ async fn confirmed_labels_and_signed_certificates_survive_kill_9() {
     }
 
     // A CSR: the certificate the agent is told about is on record after a kill -9.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, agent.uid.to_string());
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let csr = csr_pem(&rcgen::KeyPair::generate().unwrap(), agent.uid);
     let mut ws = connect(&srv.ws(), &mut agent).await;
     let reply = ws
         .request(&AgentToServer {
-            connection_settings_request: Some(ConnectionSettingsRequest {
-                opamp: Some(OpAmpConnectionSettingsRequest {
-                    certificate_request: Some(CertificateRequest {
-                        csr: csr.into_bytes(),
-                    }),
-                }),
-            }),
+            connection_settings_request: Some(csr_request(csr)),
             ..agent.heartbeat()
         })
         .await

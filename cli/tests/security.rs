@@ -3,14 +3,15 @@
 
 mod common;
 
-use common::pki::{AgentCert, Pki, YEAR, http_status, urls, with_tls, ws_served};
+use common::pki::{
+    AgentCert, Pki, YEAR, csr_pem, csr_request, http_status, urls, with_tls, ws_served,
+};
 use common::{answered_ok, config, start};
 use flotilla_common::config::AgentIdentity;
 use flotilla_loadtest::client::{ConnectOptions, WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::opamp::{
-    AgentCapabilities, AgentToServer, CertificateRequest, ConnectionSettingsRequest,
-    OpAmpConnectionSettingsRequest, ServerErrorResponseType, ServerToAgent,
+    AgentCapabilities, AgentToServer, ServerErrorResponseType, ServerToAgent,
 };
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -241,20 +242,8 @@ async fn offered_and_csr_signed_certificates_replace_the_old_one_once_used() {
 
     // CSR flow: the agent keeps its key; a CSR naming another uid is refused.
     let key_pair = rcgen::KeyPair::generate().unwrap();
-    let csr_for = |uid: uuid::Uuid| {
-        let mut p = rcgen::CertificateParams::default();
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, uid.to_string());
-        p.serialize_request(&key_pair).unwrap().pem().unwrap()
-    };
-    let request = |csr: String| ConnectionSettingsRequest {
-        opamp: Some(OpAmpConnectionSettingsRequest {
-            certificate_request: Some(CertificateRequest {
-                csr: csr.into_bytes(),
-            }),
-        }),
-    };
+    let csr_for = |uid: uuid::Uuid| csr_pem(&key_pair, uid);
+    let request = csr_request;
     let bad = ws
         .request(&AgentToServer {
             connection_settings_request: Some(request(csr_for(uuid::Uuid::now_v7()))),

@@ -4,6 +4,9 @@
 use flotilla_common::config::{ServeConfig, TlsFiles};
 use flotilla_common::pki::{Ca, Issued};
 use flotilla_loadtest::client::{ConnectOptions, HttpClient, WsClient};
+use flotilla_proto::opamp::{
+    CertificateRequest, ConnectionSettingsRequest, OpAmpConnectionSettingsRequest,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use uuid::Uuid;
@@ -109,4 +112,23 @@ pub async fn http_status(
 ) -> anyhow::Result<u16> {
     let http = HttpClient::with_options(url, opts)?;
     Ok(http.post(&agent.full_report(), false).await?.status)
+}
+
+/// A PEM CSR for `key` whose common name is `uid`.
+pub fn csr_pem(key: &rcgen::KeyPair, uid: Uuid) -> String {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, uid.to_string());
+    params.serialize_request(key).unwrap().pem().unwrap()
+}
+
+/// The request an agent sends to have `csr` signed.
+pub fn csr_request(csr: impl Into<Vec<u8>>) -> ConnectionSettingsRequest {
+    ConnectionSettingsRequest {
+        opamp: Some(OpAmpConnectionSettingsRequest {
+            certificate_request: Some(CertificateRequest { csr: csr.into() }),
+        }),
+    }
 }

@@ -22,13 +22,7 @@ async fn a_refused_csr_is_answered_with_the_error_alone() {
     agent.capabilities |= AgentCapabilities::AcceptsOpAmpConnectionSettings as u64;
     let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
     let with_bad_csr = AgentToServer {
-        connection_settings_request: Some(ConnectionSettingsRequest {
-            opamp: Some(OpAmpConnectionSettingsRequest {
-                certificate_request: Some(CertificateRequest {
-                    csr: b"not a CSR".to_vec(),
-                }),
-            }),
-        }),
+        connection_settings_request: Some(csr_request(b"not a CSR".to_vec())),
         ..agent.full_report()
     };
     let reply = ws.request(&with_bad_csr).await.unwrap();

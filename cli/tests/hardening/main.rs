@@ -11,15 +11,14 @@ mod admin;
 mod agents;
 mod connections;
 
-use common::pki::{Pki, YEAR, urls, with_tls};
+use common::pki::{Pki, YEAR, csr_request, urls, with_tls};
 use common::{Server, answered_ok, config, start};
 use flotilla_common::config::AgentIdentity;
 use flotilla_loadtest::client::{HttpClient, WsClient};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::opamp::{
     AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentToServer, AgentToServerFlags,
-    CertificateRequest, ComponentHealth, ConnectionSettingsRequest, EffectiveConfig,
-    OpAmpConnectionSettingsRequest, ServerErrorResponseType, ServerToAgent,
+    ComponentHealth, EffectiveConfig, ServerErrorResponseType, ServerToAgent,
 };
 use prost::Message;
 use serde_json::{Value, json};
