@@ -99,8 +99,9 @@ fn bad_config_exits_non_zero_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to NATS"), "{err}");
 
-    let port = free_port();
-    let _busy = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // Held from bind to the end, so no other test can take it between.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
         .args([
