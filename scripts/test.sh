@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Cluster tests start real nats-server and redis-server processes on free loopback ports.
+# Cluster tests start real nats-server and redis-server processes on free loopback ports; the
+# console's tests drive a real headless Chromium through chromedriver.
 missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} (Debian packages)"
   sudo_cmd=""

@@ -246,6 +246,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         api_router = Some(flotilla_coordinator::api::router(
             coordinator.ops(),
             tokens,
+            cfg.api_tls.is_some(),
             &mut registry,
         ));
     }

@@ -2,6 +2,7 @@
 //! ports, and talk to its API.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fleet;
 pub mod pki;
 

@@ -91,6 +91,11 @@ impl ApiTokens {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return None;
         }
+        self.caller_of_token(token)
+    }
+
+    /// Whose token `token` is, if it is one.
+    pub fn caller_of_token(&self, token: &str) -> Option<&Caller> {
         self.0
             .get(&<[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())))
     }

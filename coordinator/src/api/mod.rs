@@ -1,13 +1,14 @@
 //! The interfaces over the operations: the REST API ([`rest`]), the gRPC service ([`grpc`]), the
-//! auth gate both pass ([`auth`]) and the OpenAPI document ([`openapi`]). Each is a thin adapter:
+//! web console ([`console`]), the auth gate ([`auth`]) and the OpenAPI document ([`openapi`]). Each is a thin adapter:
 //! it reads a request into an operation's arguments, calls the operation with the caller the gate
-//! found, and writes the operation's typed answer in its own format. REST and gRPC never use each
+//! found, and writes the operation's typed answer in its own format. The interfaces never use each
 //! other.
 //!
 //! May use: the operations ([`crate::ops`]) and their views, the metrics. Must not: use the
 //! running service ([`crate::service`]) or reach the store or bus itself.
 
 pub mod auth;
+pub mod console;
 pub mod grpc;
 pub mod openapi;
 pub mod rest;
@@ -19,10 +20,17 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
-/// The API routes, REST and gRPC, over `ops`; with `tokens`, every request must carry one whose
-/// role allows it.
-pub fn router(ops: Ops, tokens: Option<Arc<ApiTokens>>, registry: &mut Registry) -> Router {
-    let gate = Gate::new(tokens, ops.clone(), ApiMetrics::new(registry));
+/// The API routes, REST and gRPC, and the web console, over `ops`; with `tokens`, every request
+/// must carry one whose role allows it (the console: a signed-in browser). `tls`: the port is
+/// served over TLS (the console's cookies are then Secure).
+pub fn router(
+    ops: Ops,
+    tokens: Option<Arc<ApiTokens>>,
+    tls: bool,
+    registry: &mut Registry,
+) -> Router {
+    let gate = Gate::new(tokens.clone(), ops.clone(), ApiMetrics::new(registry));
+    let console = console::routes(ops.clone(), tokens, tls);
     rest::routes(ops.clone())
         // Routed by hand rather than through `tonic::service::Routes`, whose catch-all fallback
         // (gRPC UNIMPLEMENTED) would answer unknown REST paths too.
@@ -31,4 +39,5 @@ pub fn router(ops: Ops, tokens: Option<Arc<ApiTokens>>, registry: &mut Registry)
             grpc::service(ops),
         )
         .layer(axum::middleware::from_fn_with_state(gate, auth::authorize))
+        .merge(console)
 }

@@ -10,6 +10,7 @@ mod tests {
     /// the test below fails when the document and this list disagree.
     const ROUTES: &[(&str, &str)] = &[
         ("GET", "/api/v1/fleet/health"),
+        ("GET", "/api/v1/fleet/overview"),
         ("GET", "/api/v1/agents"),
         ("GET", "/api/v1/agents/{uid}"),
         ("DELETE", "/api/v1/agents/{uid}"),

@@ -91,6 +91,19 @@ impl Plan {
         Ok(())
     }
 
+    /// How many agents each phase would enroll out of `total` candidates, in order (at most
+    /// `max_phases` phases are listed).
+    pub fn phase_sizes(&self, total: usize, max_phases: usize) -> Vec<usize> {
+        let mut sizes = Vec::new();
+        let mut enrolled = 0;
+        while enrolled < total && sizes.len() < max_phases {
+            let size = self.size(sizes.len(), enrolled, total);
+            sizes.push(size);
+            enrolled += size;
+        }
+        sizes
+    }
+
     /// How many agents phase `index` (from 0) enrolls, when `enrolled` are in already and
     /// `total` agents are in or could join.
     fn size(&self, index: usize, enrolled: usize, total: usize) -> usize {

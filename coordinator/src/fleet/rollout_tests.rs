@@ -181,3 +181,19 @@ fn plans_parse_from_json() {
     assert!(matches!(pct, Plan::Percentages { .. }));
     assert!(serde_json::from_str::<Plan>(r#"{"initial": 1, "bogus": 2}"#).is_err());
 }
+
+#[test]
+fn phase_sizes_cover_the_candidates_as_the_plan_says() {
+    let steps = Plan::Steps {
+        initial: 2,
+        multiplier: 3.0,
+        max_per_phase: Some(10),
+    };
+    assert_eq!(steps.phase_sizes(30, 100), vec![2, 6, 10, 10, 2]);
+    let pct = Plan::Percentages {
+        percentages: vec![10.0, 50.0, 100.0],
+    };
+    assert_eq!(pct.phase_sizes(30, 100), vec![3, 12, 15]);
+    assert_eq!(pct.phase_sizes(0, 100), Vec::<usize>::new());
+    assert_eq!(steps.phase_sizes(1000, 3).len(), 3);
+}

@@ -4,10 +4,15 @@
 
 use super::error::bad_request;
 use super::query::parse_limit;
-use super::views::{AgentDetail, AgentSummary, AgentsPage, FleetHealth, rfc3339};
+use super::views::{
+    AgentDetail, AgentSummary, AgentsPage, CONFIG_STATES, FleetHealth, FleetOverview,
+    OverviewBuilder, config_state, rfc3339,
+};
 use super::{Caller, Error, Ops, Result};
 use crate::fleet::agents::{attributes, healthy, status_name};
 use crate::fleet::checks::valid_label_key;
+use crate::fleet::configs::{Aspect, Desired};
+use crate::opamp::desired::desired_config;
 use flotilla_common::selector::Selector;
 use flotilla_proto::bus::{
     AgentRecord, DeleteAgent, IssueCertificate, RestartAgent, RestartResult, SetLabels, uplink,
@@ -32,20 +37,72 @@ pub fn parse_selector(s: &str) -> Result<Selector> {
     s.parse().map_err(|e| bad_request(format!("{e}")))
 }
 
-/// Which agents a list shows, and which page.
+/// What a list is sorted by.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum SortKey {
+    /// The instance uid (the default; the only order a `cursor` pages through).
+    #[default]
+    Uid,
+    Status,
+    Health,
+    Config,
+    LastSeen,
+    /// One attribute (reported or label); agents without it sort first.
+    Attribute(String),
+}
+
+impl SortKey {
+    fn parse(s: &str) -> Self {
+        match s {
+            "uid" | "instance_uid" => Self::Uid,
+            "status" => Self::Status,
+            "health" => Self::Health,
+            "config" => Self::Config,
+            "last_seen" => Self::LastSeen,
+            key => Self::Attribute(key.to_owned()),
+        }
+    }
+
+    /// The key of one agent (uids break ties).
+    fn of(&self, rec: &AgentRecord, config: &str) -> String {
+        match self {
+            Self::Uid => String::new(),
+            Self::Status => status_name(rec).to_owned(),
+            Self::Health => match healthy(rec) {
+                Some(false) => "0",
+                Some(true) => "1",
+                None => "2",
+            }
+            .to_owned(),
+            Self::Config => config.to_owned(),
+            // Zero-padded, so text order is time order.
+            Self::LastSeen => format!("{:020}", rec.last_seen_unix_ms),
+            Self::Attribute(k) => attributes(rec).remove(k).unwrap_or_default(),
+        }
+    }
+}
+
+/// Which agents a list shows, in which order, and which page.
 #[derive(Debug, Default)]
 pub struct AgentQuery {
     pub selector: Selector,
     pub status: Option<String>,
     pub healthy: Option<bool>,
+    /// One of [`CONFIG_STATES`].
+    pub config: Option<String>,
+    pub sort: SortKey,
+    pub descending: bool,
     pub limit: usize,
-    /// The last uid of the previous page.
+    /// The last uid of the previous page (uid order only).
     pub cursor: Option<Uuid>,
+    /// Matches skipped before the page (any order).
+    pub offset: usize,
 }
 
 impl AgentQuery {
-    /// The query of text parameters (`selector`, `status`, `health`, `limit`, `cursor`), as an
-    /// interface received them; unknown parameters are refused.
+    /// The query of text parameters (`selector`, `status`, `health`, `config`, `sort`, `order`,
+    /// `limit`, `cursor`, `offset`), as an interface received them; unknown parameters are
+    /// refused.
     pub fn parse<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut q = Self {
             limit: DEFAULT_LIMIT,
@@ -73,6 +130,34 @@ impl AgentQuery {
                         }
                     }
                 }
+                "config" => {
+                    if !CONFIG_STATES.contains(&value) {
+                        return Err(bad_request(format!(
+                            "config must be one of {}, not {value:?}",
+                            CONFIG_STATES.join(", ")
+                        )));
+                    }
+                    q.config = Some(value.to_owned());
+                }
+                "sort" if value.is_empty() => {}
+                "sort" => q.sort = SortKey::parse(value),
+                "order" => {
+                    q.descending = match value {
+                        "asc" | "" => false,
+                        "desc" => true,
+                        o => {
+                            return Err(bad_request(format!(
+                                "order must be asc or desc, not {o:?}"
+                            )));
+                        }
+                    }
+                }
+                "offset" if value.is_empty() => {}
+                "offset" => {
+                    q.offset = value.parse().map_err(|_| {
+                        bad_request(format!("offset must be a number, not {value:?}"))
+                    })?;
+                }
                 "limit" => {
                     q.limit = parse_limit(value)?;
                 }
@@ -88,10 +173,31 @@ impl AgentQuery {
         Ok(q)
     }
 
-    fn matches(&self, rec: &AgentRecord) -> bool {
-        (self.status.is_none() || self.status.as_deref() == Some(status_name(rec)))
-            && self.healthy.is_none_or(|want| healthy(rec) == Some(want))
-            && (self.selector.is_empty() || self.selector.matches(&attributes(rec)))
+    /// Whether `rec` is listed; with its config state (when the query needs it).
+    fn matches(&self, rec: &AgentRecord, desired: &Desired) -> Option<&'static str> {
+        let listed = (self.status.is_none() || self.status.as_deref() == Some(status_name(rec)))
+            && self.healthy.is_none_or(|want| healthy(rec) == Some(want));
+        if !listed {
+            return None;
+        }
+        let needs_attributes = !self.selector.is_empty() || self.config.is_some();
+        let attrs = if needs_attributes {
+            attributes(rec)
+        } else {
+            Default::default()
+        };
+        if !self.selector.is_empty() && !self.selector.matches(&attrs) {
+            return None;
+        }
+        if self.config.is_none() && self.sort != SortKey::Config {
+            return Some("");
+        }
+        let files = desired_config(rec, &attrs, desired, Aspect::Files);
+        let state = config_state(rec, files.map(|c| c.hash.as_str()));
+        self.config
+            .as_deref()
+            .is_none_or(|want| want == state)
+            .then_some(state)
     }
 }
 
@@ -158,27 +264,52 @@ impl Ops {
         Ok(h)
     }
 
-    /// One page of the agents `q` selects, sorted by instance uid.
+    /// Counts and lists of the whole fleet for its overview (one pass over the agents).
+    pub async fn fleet_overview(&self, _caller: &Caller) -> Result<FleetOverview> {
+        let desired = self.desired.current();
+        let mut b = OverviewBuilder::default();
+        self.store()
+            .visit_agents(&|_| true, &mut |a| b.add(a, &desired))
+            .await?;
+        Ok(b.finish())
+    }
+
+    /// One page of the agents `q` selects, in the order it asks for.
     pub async fn list_agents(&self, _caller: &Caller, q: &AgentQuery) -> Result<AgentsPage> {
-        // Only the uids of matching agents are collected; records are read for one page.
-        let mut uids: Vec<Uuid> = Vec::new();
+        // Only the uids (and sort keys) of matching agents are collected; records are read for
+        // one page.
+        let desired = self.desired.current();
+        let mut keyed: Vec<(String, Uuid)> = Vec::new();
         self.store()
             .visit_agents(&|_| true, &mut |a| {
-                if q.matches(a) {
-                    uids.extend(Uuid::from_slice(&a.instance_uid).ok());
+                if let Some(config) = q.matches(a, &desired)
+                    && let Ok(uid) = Uuid::from_slice(&a.instance_uid)
+                {
+                    keyed.push((q.sort.of(a, config), uid));
                 }
             })
             .await?;
-        uids.sort_unstable();
+        keyed.sort_unstable();
+        if q.descending {
+            keyed.reverse();
+        }
+        let uids: Vec<Uuid> = keyed.into_iter().map(|(_, u)| u).collect();
         let total = uids.len();
-        let start = q
-            .cursor
-            .map_or(0, |cur| uids.partition_point(|u| *u <= cur));
+        let start = match q.cursor {
+            Some(cur) if q.sort == SortKey::Uid && !q.descending => {
+                uids.partition_point(|u| *u <= cur)
+            }
+            Some(_) => {
+                return Err(bad_request(
+                    "cursor pages through the default order only; use offset with sort or order",
+                ));
+            }
+            None => q.offset.min(total),
+        };
         let page = &uids[start..(start + q.limit).min(total)];
-        let next_cursor = (start + q.limit < total)
+        let next_cursor = (start + q.limit < total && q.sort == SortKey::Uid && !q.descending)
             .then(|| page.last().map(Uuid::to_string))
             .flatten();
-        let desired = self.desired.current();
         let mut agents = Vec::with_capacity(page.len());
         for uid in page {
             // Removed since the visit: left out of the page.

@@ -1,9 +1,9 @@
 //! Operations on configs: store a version (checked, with its audit entry), read the active ones,
 //! a config's history and one version, diff two versions, roll back to one.
 
-use super::agents::parse_selector;
+use super::agents::{AgentQuery, parse_selector};
 use super::audit;
-use super::views::{ConfigDiff, ConfigHistory, ConfigView, VersionView};
+use super::views::{AgentSummary, ConfigDiff, ConfigHistory, ConfigView, VersionView};
 use super::{Caller, Error, Ops, Result};
 use crate::fleet::checks::{check_packages, check_settings, valid_name};
 use crate::fleet::configs;
@@ -12,7 +12,7 @@ use crate::opamp::offers::offer_size;
 use flotilla_common::selector::Selector;
 use flotilla_common::store::{AgentSettings, ConfigFile, PackageOffer, StoredConfig};
 use flotilla_common::telemetry::now_unix_ms;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use tracing::info;
@@ -67,6 +67,21 @@ fn json_field<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<
         .map_err(|e| Error::BadRequest(format!("{name} is not valid: {e}")))
 }
 
+/// How many of the matching agents a preview lists.
+const PREVIEW_AGENTS: usize = 20;
+
+/// What storing a config would do: its hash, the size of its offer, and the agents it selects.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigPreview {
+    pub name: String,
+    pub hash: String,
+    pub offer_bytes: usize,
+    /// Agents its selector matches, over the whole fleet.
+    pub matching_agents: usize,
+    /// The first of them, by uid.
+    pub sample: Vec<AgentSummary>,
+}
+
 /// What a config's text (a JSON body) must look like, for parse errors.
 pub const DRAFT_SHAPE: &str = "{\"selector\": \"env=prod\" or {\"key\": \"value\"}, \"files\": {\"name.yaml\": \"<body>\"}, \"packages\": {...}, \"settings\": {...}, \"activate\": true}";
 
@@ -87,12 +102,39 @@ impl Ops {
         Ok(ConfigView::of(&stored, active))
     }
 
-    async fn store_version(
+    /// What storing `draft` as config `name` would do, with nothing stored: the same checks as
+    /// [`Ops::put_config`] (an error names what is wrong, at file:line), and which agents its
+    /// selector matches.
+    pub async fn preview_config(
+        &self,
+        caller: &Caller,
+        name: &str,
+        draft: ConfigDraft,
+    ) -> Result<ConfigPreview> {
+        let version = self.checked_version(caller, name, draft, String::new(), true)?;
+        let query = AgentQuery {
+            selector: version.selector.clone(),
+            limit: PREVIEW_AGENTS,
+            ..Default::default()
+        };
+        let page = self.list_agents(caller, &query).await?;
+        Ok(ConfigPreview {
+            name: name.to_owned(),
+            offer_bytes: offer_size(&version),
+            hash: version.hash,
+            matching_agents: page.total,
+            sample: page.agents,
+        })
+    }
+
+    /// A version made of `draft`, checked as every stored version is.
+    fn checked_version(
         &self,
         caller: &Caller,
         name: &str,
         draft: ConfigDraft,
         comment: String,
+        activate: bool,
     ) -> Result<StoredConfig> {
         if !valid_name(name) {
             return Err(Error::BadRequest(format!(
@@ -117,15 +159,12 @@ impl Ops {
             check_settings(settings).map_err(Error::BadRequest)?;
         }
         let desired = self.desired.current();
-        if draft.activate
-            && let Some(r) = desired.rollouts.get(name)
-        {
+        if activate && let Some(r) = desired.rollouts.get(name) {
             return Err(Error::Conflict(format!(
                 "rollout {} of {name:?} is active; abort it, or store this version with \"activate\": false and roll it out",
                 r.id
             )));
         }
-        let before = desired.configs.iter().find(|c| c.name == name).cloned();
         let files: BTreeMap<String, ConfigFile> = draft
             .files
             .into_iter()
@@ -156,6 +195,25 @@ impl Ops {
                  it); nothing was stored or sent"
             )));
         }
+        Ok(version)
+    }
+
+    async fn store_version(
+        &self,
+        caller: &Caller,
+        name: &str,
+        draft: ConfigDraft,
+        comment: String,
+    ) -> Result<StoredConfig> {
+        let activate = draft.activate;
+        let version = self.checked_version(caller, name, draft, comment, activate)?;
+        let before = self
+            .desired
+            .current()
+            .configs
+            .iter()
+            .find(|c| c.name == name)
+            .cloned();
         let action = if version.comment.is_empty() {
             "config.put"
         } else {
@@ -171,7 +229,6 @@ impl Ops {
                 serde_json::to_value(stored).ok(),
             )
         };
-        let activate = draft.activate;
         let stored = self.store().put_config(version, activate, &entry).await?;
         info!(target: "flotilla::audit", config = %name, version = stored.version, hash = %stored.hash, activated = activate, caller = %caller.name, action, "config stored");
         if activate {

@@ -20,11 +20,25 @@ use flotilla_common::store::{Doc, StoredConfig};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use flotilla_proto::opamp::{AgentCapabilities as Cap, PackageStatusEnum, RemoteConfigStatuses};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
 use tracing::{info, warn};
 use uuid::Uuid;
+
+/// How many phases a plan preview lists.
+const MAX_PLANNED_PHASES: usize = 50;
+
+/// What a rollout would do if started now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutPlan {
+    pub config: String,
+    pub version: u64,
+    /// Agents the rollout could take.
+    pub candidates: usize,
+    /// Agents each phase would take, in order.
+    pub phases: Vec<usize>,
+}
 
 /// What `POST /api/v1/rollouts` takes.
 #[derive(Debug, Deserialize)]
@@ -127,14 +141,39 @@ impl Ops {
         Ok((doc, r))
     }
 
-    /// Starts rolling a version of a config out; its first phase starts at once.
-    pub async fn start_rollout(&self, caller: &Caller, req: RolloutRequest) -> Result<RolloutView> {
+    /// What starting `req` would do, with nothing stored: how many agents it could take, and how
+    /// many each phase would (the first [`MAX_PLANNED_PHASES`]).
+    pub async fn plan_rollout(
+        &self,
+        _caller: &Caller,
+        req: &RolloutRequest,
+    ) -> Result<RolloutPlan> {
         req.phases.check().map_err(Error::BadRequest)?;
         req.error_budget.check().map_err(Error::BadRequest)?;
+        let target = self.rollout_target(req).await?;
+        let desired = self.desired.current();
+        let mut candidates = 0;
+        self.store()
+            .visit_agents(&|_| true, &mut |rec| {
+                if candidate(rec, &desired, &target) {
+                    candidates += 1;
+                }
+            })
+            .await?;
+        Ok(RolloutPlan {
+            config: target.name.clone(),
+            version: target.version,
+            candidates,
+            phases: req.phases.phase_sizes(candidates, MAX_PLANNED_PHASES),
+        })
+    }
+
+    /// The version a rollout request names (the latest when it names none).
+    async fn rollout_target(&self, req: &RolloutRequest) -> Result<StoredConfig> {
         let versions = self.store().config_versions(&req.config).await?;
-        let target = match req.version {
-            Some(v) => versions.iter().find(|c| c.version == v),
-            None => versions.last(),
+        match req.version {
+            Some(v) => versions.into_iter().find(|c| c.version == v),
+            None => versions.into_iter().last(),
         }
         .ok_or_else(|| {
             Error::NotFound(format!(
@@ -142,8 +181,14 @@ impl Ops {
                 req.config,
                 req.version.map_or("at all".into(), |v| v.to_string())
             ))
-        })?
-        .clone();
+        })
+    }
+
+    /// Starts rolling a version of a config out; its first phase starts at once.
+    pub async fn start_rollout(&self, caller: &Caller, req: RolloutRequest) -> Result<RolloutView> {
+        req.phases.check().map_err(Error::BadRequest)?;
+        req.error_budget.check().map_err(Error::BadRequest)?;
+        let target = self.rollout_target(&req).await?;
         let desired = self.desired.current();
         let active = desired.configs.iter().find(|c| c.name == req.config);
         if active.is_some_and(|a| a.version == target.version) {

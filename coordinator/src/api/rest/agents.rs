@@ -2,7 +2,7 @@
 
 use super::reply::{ApiError, Reply, pairs, parse_body};
 use crate::ops::agents::{AgentQuery, Deleted, Labels};
-use crate::ops::views::{AgentDetail, AgentsPage, FleetHealth};
+use crate::ops::views::{AgentDetail, AgentsPage, FleetHealth, FleetOverview};
 use crate::ops::{Caller, Ops};
 use axum::Json;
 use axum::body::Bytes;
@@ -17,6 +17,13 @@ pub(super) async fn fleet_health(
     Extension(caller): Extension<Caller>,
 ) -> Reply<FleetHealth> {
     Ok(Json(ops.fleet_health(&caller).await?))
+}
+
+pub(super) async fn fleet_overview(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+) -> Reply<FleetOverview> {
+    Ok(Json(ops.fleet_overview(&caller).await?))
 }
 
 pub(super) async fn list(

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 pub fn routes(ops: Ops) -> Router {
     Router::new()
         .route("/api/v1/fleet/health", get(agents::fleet_health))
+        .route("/api/v1/fleet/overview", get(agents::fleet_overview))
         .route("/api/v1/agents", get(agents::list))
         .route(
             "/api/v1/agents/{uid}",

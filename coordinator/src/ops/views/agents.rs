@@ -51,6 +51,8 @@ pub struct AgentSummary {
     pub non_identifying_attributes: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub remote_config_status: RemoteConfigStatusView,
+    /// Where the agent stands with the config it should run ([`config_state`]).
+    pub config_state: &'static str,
     pub desired_config: Option<ConfigRef>,
     pub desired_packages: Option<ConfigRef>,
     pub desired_settings: Option<ConfigRef>,
@@ -159,6 +161,7 @@ impl AgentSummary {
     pub fn of(rec: &AgentRecord, desired: &Desired) -> Self {
         let d = rec.description.clone().unwrap_or_default();
         let attributes = attributes(rec);
+        let files = desired_config(rec, &attributes, desired, Aspect::Files);
         let of = |aspect| {
             desired_config(rec, &attributes, desired, aspect).map(|c| ConfigRef {
                 name: c.name.clone(),
@@ -176,6 +179,7 @@ impl AgentSummary {
             non_identifying_attributes: attrs(&d.non_identifying_attributes),
             labels: rec.labels.clone().into_iter().collect(),
             remote_config_status: remote_config_status(rec),
+            config_state: config_state(rec, files.map(|c| c.hash.as_str())),
             desired_config: of(Aspect::Files),
             desired_packages: of(Aspect::Packages),
             desired_settings: of(Aspect::Settings),
@@ -247,6 +251,30 @@ impl AgentDetail {
                 .map(|c| c.capabilities.clone()),
             restart_pending: rec.restart_expires_unix_ms > 0,
         }
+    }
+}
+
+/// The config states, in the order the console shows them.
+pub const CONFIG_STATES: [&str; 5] = ["applied", "applying", "failed", "pending", "unmanaged"];
+
+/// Where an agent stands with the config files it should run (`desired_hash`): `applied`,
+/// `applying` or `failed` as it reports for that config; `pending` while it reports another one
+/// (or none); `unmanaged` when no active config selects it.
+pub fn config_state(rec: &AgentRecord, desired_hash: Option<&str>) -> &'static str {
+    let Some(want) = desired_hash else {
+        return "unmanaged";
+    };
+    let Some(s) = &rec.remote_config_status else {
+        return "pending";
+    };
+    if hex::encode(&s.last_remote_config_hash) != want {
+        return "pending";
+    }
+    match s.status() {
+        RemoteConfigStatuses::Applied => "applied",
+        RemoteConfigStatuses::Applying => "applying",
+        RemoteConfigStatuses::Failed => "failed",
+        RemoteConfigStatuses::Unset => "pending",
     }
 }
 

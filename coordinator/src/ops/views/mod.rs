@@ -9,12 +9,14 @@
 mod agents;
 mod audit;
 mod configs;
+mod overview;
 mod rollouts;
 mod time;
 
 pub use agents::*;
 pub use audit::*;
 pub use configs::*;
+pub use overview::*;
 pub use rollouts::*;
 pub use time::rfc3339;
 

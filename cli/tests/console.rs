@@ -1,0 +1,403 @@
+//! The web console end to end: a real `flotilla serve` process with API tokens, simulated agents
+//! over real WebSockets, and a real headless Chromium driven over WebDriver. What the browser
+//! shows is checked against the REST API, and every change made in the browser against the store.
+//!
+//! With FLOTILLA_SCREENSHOTS=<dir>, the browser saves a screenshot of each page there (how
+//! docs/console.md's pictures are made).
+
+mod common;
+
+use common::browser::Browser;
+use common::fleet::{Fleet, collectors};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+const ADMIN: &str = "admin-token-0123456789";
+const VIEWER: &str = "viewer-token-0123456789";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Serve {
+    child: Child,
+    api: String,
+    ws: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve() -> Serve {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "[[token]]\nname = \"alice\"\nrole = \"admin\"\ntoken = \"{ADMIN}\"\n\n\
+             [[token]]\nname = \"victor\"\nrole = \"viewer\"\ntoken = \"{VIEWER}\"\n"
+        ),
+    )
+    .unwrap();
+    let (opamp, api) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["serve", "--opamp-listen", &format!("127.0.0.1:{opamp}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .arg("--api-tokens")
+        .arg(&tokens)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Serve {
+        child,
+        api: format!("http://127.0.0.1:{api}"),
+        ws: format!("ws://127.0.0.1:{opamp}/v1/opamp"),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{}/healthz", s.api)).await.is_err() {
+        assert!(Instant::now() < deadline, "flotilla serve did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s
+}
+
+/// GET an API path as the admin.
+async fn api(s: &Serve, path: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", s.api))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits until `check` holds of the API's answer at `path`.
+async fn wait_api(s: &Serve, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = api(s, path).await;
+        if check(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: last answer {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const VALID: &str = "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice:\n  pipelines:\n    traces: {receivers: [otlp], exporters: [debug]}\n";
+/// Valid YAML, but its pipeline names a receiver nobody defined (line 4).
+const INVALID: &str = "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice:\n  pipelines: {traces: {receivers: [nope], exporters: [debug]}}\n";
+
+async fn sign_in(b: &Browser, s: &Serve, token: &str) {
+    b.goto(&format!("{}/", s.api)).await;
+    // Signed out: sent to the sign-in page, and back to the overview after.
+    assert!(b.url().await.contains("/signin"), "{}", b.url().await);
+    b.fill("#token", token).await;
+    b.click("form[action='/signin'] button[type=submit]").await;
+    b.find("h1").await;
+    assert!(
+        b.text("h1").await.contains("Fleet overview"),
+        "{}",
+        b.source().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_the_fleet_and_changes_it_as_the_api_would() {
+    let s = serve().await;
+    // Six agents: four in prod (one unhealthy), two in staging.
+    let mut agents = collectors(4, &[("deployment.environment", "prod")], |_| false, "");
+    agents.extend(collectors(
+        2,
+        &[("deployment.environment", "staging")],
+        |_| false,
+        "",
+    ));
+    agents[1].health.healthy = false;
+    agents[1].health.last_error = "exporter otlp: connection refused".into();
+    let unhealthy = agents[1].uid;
+    let fleet = Fleet::start(&s.ws, agents).await;
+    let b = Browser::start().await;
+    let base = s.api.clone();
+
+    sign_in(&b, &s, ADMIN).await;
+
+    // The overview's numbers are the API's.
+    let (_, health) = api(&s, "/api/v1/fleet/health").await;
+    for (tile, key) in [
+        ("agents", "total_agents"),
+        ("connected", "connected_agents"),
+        ("disconnected", "disconnected_agents"),
+        ("silent", "silent_agents"),
+        ("healthy", "healthy_agents"),
+        ("unhealthy", "unhealthy_agents"),
+    ] {
+        let shown = b.text(&format!("[data-total={tile}]")).await;
+        assert_eq!(shown, health[key].to_string(), "tile {tile}");
+    }
+    assert_eq!(health["total_agents"], 6);
+    assert_eq!(health["unhealthy_agents"], 1);
+    assert!(b.source().await.contains(&unhealthy.to_string()));
+    b.shot("overview").await;
+
+    // A search by selector narrows the list; a bad selector shows its error inline.
+    b.goto(&format!("{base}/agents")).await;
+    assert_eq!(b.attr("[data-matches]", "data-matches").await, "6");
+    b.fill("#selector", "deployment.environment=prod").await;
+    b.click("form.search button[type=submit]").await;
+    b.find("[data-matches='4']").await;
+    assert_eq!(b.all("table.agents tbody tr").await.len(), 4);
+    b.fill("#selector", "deployment.environment in (prod").await;
+    b.click("form.search button[type=submit]").await;
+    let error = b.text("#selector-error").await;
+    assert!(error.contains("selector") || error.contains("("), "{error}");
+    b.goto(&format!(
+        "{base}/agents?health=unhealthy&columns=deployment.environment"
+    ))
+    .await;
+    assert_eq!(b.attr("[data-matches]", "data-matches").await, "1");
+    b.goto(&format!(
+        "{base}/agents?selector=deployment.environment%3Dprod&sort=last_seen&order=desc"
+    ))
+    .await;
+    b.shot("agents").await;
+
+    // An agent's page shows its health tree, with the last error.
+    b.goto(&format!("{base}/agents/{unhealthy}")).await;
+    let tree = b.text("ul.tree").await;
+    assert!(tree.contains("unhealthy"), "{tree}");
+    assert!(tree.contains("connection refused"), "{tree}");
+    assert!(b.all("form[action$='/restart'] button").await.len() == 1);
+    b.shot("agent").await;
+
+    // A config with an error: the error at its file:line, and nothing stored.
+    b.goto(&format!("{base}/configs/base/edit")).await;
+    b.fill("#selector", "deployment.environment=prod").await;
+    b.fill("#body0", INVALID).await;
+    b.click("button[value=save]").await;
+    let problems = b.text("#problems").await;
+    assert!(problems.contains("collector.yaml:4"), "{problems}");
+    assert!(problems.contains("nope"), "{problems}");
+    b.shot("config-error").await;
+    assert_eq!(api(&s, "/api/v1/configs/base").await.0, 404);
+
+    // A valid one: previewed (how many agents), then saved; it reaches the agents.
+    b.fill("#body0", VALID).await;
+    b.click("button[value=preview]").await;
+    assert_eq!(b.attr("[data-matching]", "data-matching").await, "4");
+    assert_eq!(
+        api(&s, "/api/v1/configs/base").await.0,
+        404,
+        "a preview stores nothing"
+    );
+    b.click("button[value=save]").await;
+    b.find("p.notice").await;
+    assert!(b.url().await.contains("/configs/base"), "{}", b.url().await);
+    wait_api(
+        &s,
+        "/api/v1/agents?selector=deployment.environment=prod&config=applied",
+        "the config applied by the four prod agents",
+        |v| v["total"] == 4,
+    )
+    .await;
+
+    // Version 2, staged (not activated) in the browser, then rolled out from the browser.
+    b.goto(&format!("{base}/configs/base/edit")).await;
+    b.fill(
+        "#body0",
+        &VALID.replace("debug: {}", "debug: {verbosity: basic}"),
+    )
+    .await;
+    b.click("input[name=activate]").await;
+    b.click("button[value=save]").await;
+    b.find("p.notice").await;
+    b.goto(&format!("{base}/configs/base?from=1&to=2")).await;
+    assert!(!b.all("table.diff td.ins").await.is_empty());
+    b.shot("config").await;
+
+    b.goto(&format!("{base}/rollouts")).await;
+    b.fill("#version", "2").await;
+    b.fill("input[name=percentages]", "50, 100").await;
+    b.fill("#soak", "1s").await;
+    b.click("button[value=plan]").await;
+    assert_eq!(b.attr("[data-candidates]", "data-candidates").await, "4");
+    assert_eq!(b.all("ol.phases li").await.len(), 2);
+    b.click("button[value=start]").await;
+    b.find("#state").await;
+    assert!(b.url().await.contains("/rollouts/"), "{}", b.url().await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The page updates itself; read what it shows now.
+        let state = b.attr("#state", "data-state").await;
+        if state == "completed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout still {state}: {}",
+            b.text("#live").await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(b.all("table.phases tbody tr").await.len(), 2);
+    b.shot("rollout").await;
+    let rollouts = api(&s, "/api/v1/rollouts").await.1;
+    assert_eq!(rollouts["rollouts"][0]["state"], "completed", "{rollouts}");
+    b.goto(&format!("{base}/rollouts")).await;
+    b.shot("rollouts").await;
+    b.goto(&format!("{base}/configs")).await;
+    b.shot("configs").await;
+
+    // The audit log has every change made in the browser, by the signed-in caller.
+    b.goto(&format!("{base}/audit")).await;
+    let audit = b.text("table.audit").await;
+    assert!(
+        audit.contains("config.put") && audit.contains("rollout.start"),
+        "{audit}"
+    );
+    assert!(audit.contains("alice"), "{audit}");
+    b.shot("audit").await;
+
+    // A forged cross-site POST (a page elsewhere posting to the console) is refused.
+    let forged = format!(
+        "data:text/html,<form id=f method=post action='{base}/configs/evil'>\
+         <input name=csrf value=guess><input name=file value=a.yaml><input name=body value=x>\
+         <input name=intent value=save></form><script>f.submit()</script>"
+    );
+    b.goto(&forged).await;
+    b.find("p.error").await;
+    assert_eq!(api(&s, "/api/v1/configs/evil").await.0, 404);
+
+    // A viewer sees everything and can change nothing.
+    b.goto(&format!("{base}/")).await;
+    b.click("form[action='/signout'] button").await;
+    b.find("#token").await;
+    sign_in(&b, &s, VIEWER).await;
+    b.goto(&format!("{base}/agents/{unhealthy}")).await;
+    b.find("ul.tree").await;
+    assert!(b.all("form[action$='/restart']").await.is_empty());
+    assert!(b.all("textarea#labels").await.is_empty());
+    b.goto(&format!("{base}/configs/base/edit")).await;
+    b.fill("#body0", VALID).await;
+    b.click("button[value=save]").await;
+    let refused = b.text("p.error").await;
+    assert!(refused.contains("needs the admin role"), "{refused}");
+    let history = api(&s, "/api/v1/configs/base/versions").await.1;
+    assert_eq!(
+        history["versions"].as_array().unwrap().len(),
+        2,
+        "{history}"
+    );
+
+    b.close().await;
+    fleet.stop().await;
+}
+
+/// The CSRF defences one by one, as a client that holds a valid session would meet them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_need_the_csrf_token_and_the_same_origin() {
+    let s = serve().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Signed out: pages send the browser to sign in; the API is untouched by the console.
+    let r = http.get(format!("{}/agents", s.api)).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let signin = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(signin.starts_with("/signin?next=%2Fagents"), "{signin}");
+
+    // The sign-in page sets the CSRF cookie; signing in sets the session (HttpOnly, Strict).
+    let r = http.get(format!("{}/signin", s.api)).send().await.unwrap();
+    let csrf_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(csrf_cookie.contains("SameSite=Strict"), "{csrf_cookie}");
+    let csrf = csrf_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("flotilla_csrf=")
+        .to_owned();
+    let post = |path: &str, cookie: String, body: String| {
+        http.post(format!("{}{path}", s.api))
+            .header("cookie", cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let wrong = post(
+        "/signin",
+        format!("flotilla_csrf={csrf}"),
+        format!("csrf=other&token={ADMIN}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status(), 403);
+    let ok = post(
+        "/signin",
+        format!("flotilla_csrf={csrf}"),
+        format!("csrf={csrf}&token={ADMIN}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 303);
+    let session = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    assert!(!session.contains("Secure"), "plain HTTP: no Secure flag");
+    let cookies = format!("flotilla_csrf={csrf}; flotilla_session={ADMIN}");
+    let body = "file=a.yaml&body=x%3A+1%0A&intent=save";
+
+    // No token, a wrong token, another origin: refused, nothing stored.
+    let r = post("/configs/c", cookies.clone(), body.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post("/configs/c", cookies.clone(), format!("csrf=nope&{body}"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .post(format!("{}/configs/c", s.api))
+        .header("cookie", cookies.clone())
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&{body}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("another site"));
+    assert_eq!(api(&s, "/api/v1/configs/c").await.0, 404);
+
+    // The same change with the token and from the console's origin is stored.
+    let r = http
+        .post(format!("{}/configs/c", s.api))
+        .header("cookie", cookies)
+        .header("origin", s.api.clone())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}&{body}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(api(&s, "/api/v1/configs/c").await.0, 200);
+}

@@ -1,0 +1,120 @@
+//! `/`: the fleet at a glance, updated live.
+
+use super::page::{Console, Ctx, PageResult, Section, layout};
+use super::render::{badge, count, href, seg};
+use crate::ops::views::{AgentBrief, ENVIRONMENT_KEY, Group, REGION_KEY, VERSION_KEY};
+use axum::Extension;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use maud::{Markup, html};
+
+pub async fn page(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> PageResult {
+    let o = c.ops.fleet_overview(&ctx.caller).await?;
+    let h = &o.health;
+    let tiles = [
+        ("Agents", h.total_agents, "", ""),
+        ("Connected", h.connected_agents, "status", "connected"),
+        (
+            "Disconnected",
+            h.disconnected_agents,
+            "status",
+            "disconnected",
+        ),
+        ("Silent", h.silent_agents, "status", "silent"),
+        ("Healthy", h.healthy_agents, "health", "healthy"),
+        ("Unhealthy", h.unhealthy_agents, "health", "unhealthy"),
+    ];
+    let body = html! {
+        div #live data-live="5" {
+            section aria-label="Totals" {
+                ul.tiles {
+                    @for (name, n, key, value) in tiles {
+                        li.tile {
+                            a href=(href("/agents", &[(key, value)])) {
+                                span.n data-total=(name.to_lowercase()) { (n) }
+                                span.label { (name) }
+                            }
+                        }
+                    }
+                }
+            }
+            div.grid {
+                section {
+                    h2 { "Config state" }
+                    table {
+                        thead { tr { th scope="col" { "State" } th.num scope="col" { "Agents" } } }
+                        tbody {
+                            @for (state, n) in &o.config_states {
+                                tr {
+                                    td { a href=(href("/agents", &[("config", state)])) { (badge(state)) } }
+                                    td.num data-config=(state) { (n) }
+                                }
+                            }
+                        }
+                    }
+                }
+                (groups("Agent version", VERSION_KEY, &o.versions))
+                (groups("Region", REGION_KEY, &o.regions))
+                (groups("Environment", ENVIRONMENT_KEY, &o.environments))
+            }
+            (attention("Unhealthy agents", "health", "unhealthy", h.unhealthy_agents, &o.unhealthy))
+            (attention("Silent agents", "status", "silent", h.silent_agents, &o.silent))
+            (attention("Failed configs", "config", "failed", o.config_states.get("failed").copied().unwrap_or(0), &o.failed_configs))
+        }
+    };
+    Ok(layout(&ctx, Section::Overview, "Fleet overview", body).into_response())
+}
+
+fn groups(title: &str, key: &str, groups: &[Group]) -> Markup {
+    html! {
+        section {
+            h2 { (title) }
+            p.hint { code { (key) } }
+            table {
+                thead { tr { th scope="col" { "Value" } th.num scope="col" { "Agents" } } }
+                tbody {
+                    @for g in groups {
+                        tr {
+                            td {
+                                @if g.value == "(none)" || g.value == "(other)" {
+                                    (g.value)
+                                } @else {
+                                    a href=(href("/agents", &[("selector", &format!("{key}={}", g.value))])) { (g.value) }
+                                }
+                            }
+                            td.num { (g.agents) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn attention(title: &str, key: &str, value: &str, total: u64, agents: &[AgentBrief]) -> Markup {
+    html! {
+        section {
+            h2 { (title) " " span.muted { "(" (total) ")" } }
+            @if agents.is_empty() {
+                p.muted { "None." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Agent" } th scope="col" { "Name" } th scope="col" { "Last seen" } th scope="col" { "Detail" } } }
+                    tbody {
+                        @for a in agents {
+                            tr {
+                                td { a.mono href={ "/agents/" (seg(&a.instance_uid)) } { (a.instance_uid) } }
+                                td { (a.name) }
+                                td { time { (a.last_seen) } }
+                                td { (a.detail) }
+                            }
+                        }
+                    }
+                }
+                @if total > agents.len() as u64 {
+                    p { a href=(href("/agents", &[(key, value)])) { "All " (count(total, "agent")) } }
+                }
+            }
+        }
+    }
+}
