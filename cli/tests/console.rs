@@ -109,6 +109,8 @@ async fn sign_in(b: &Browser, s: &Serve, token: &str) {
     b.goto(&format!("{}/", s.api)).await;
     // Signed out: sent to the sign-in page, and back to the overview after.
     assert!(b.url().await.contains("/signin"), "{}", b.url().await);
+    b.find("#token").await;
+    b.shot("signin").await;
     b.fill("#token", token).await;
     b.click("form[action='/signin'] button[type=submit]").await;
     b.find("h1").await;

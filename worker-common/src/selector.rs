@@ -38,6 +38,7 @@
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
@@ -116,8 +117,10 @@ impl Selector {
     }
 
     /// Does every term hold for an agent with these attributes?
-    pub fn matches(&self, attrs: &BTreeMap<String, String>) -> bool {
-        self.terms.iter().all(|t| t.matches(attrs.get(&t.key)))
+    pub fn matches<A: Attributes + ?Sized>(&self, attrs: &A) -> bool {
+        self.terms
+            .iter()
+            .all(|t| t.matches(attrs.attribute(&t.key).as_deref()))
     }
 
     /// The number of terms: among matching selectors, the more specific one takes precedence.
@@ -134,11 +137,23 @@ impl Selector {
     }
 }
 
+/// What a selector looks an agent's attributes up in: a map of them, or a view of an agent's
+/// record that reads them in place (no copy per agent on fleet-wide passes).
+pub trait Attributes {
+    fn attribute(&self, key: &str) -> Option<Cow<'_, str>>;
+}
+
+impl Attributes for BTreeMap<String, String> {
+    fn attribute(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.get(key).map(|v| Cow::Borrowed(v.as_str()))
+    }
+}
+
 impl Term {
-    fn matches(&self, value: Option<&String>) -> bool {
+    fn matches(&self, value: Option<&str>) -> bool {
         match (&self.op, value) {
             (Op::Eq(want), Some(v)) => v == want,
-            (Op::NotEq(want), v) => v != Some(want),
+            (Op::NotEq(want), v) => v != Some(want.as_str()),
             (Op::In(set), Some(v)) => set.contains(v),
             (Op::NotIn(set), v) => v.is_none_or(|v| !set.contains(v)),
             (Op::Exists, v) => v.is_some(),

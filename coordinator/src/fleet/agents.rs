@@ -2,8 +2,10 @@
 //! attributes and server-set labels), its capabilities, and its status. Pure.
 
 use crate::fleet::configs::Aspect;
+use flotilla_common::selector::Attributes;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use flotilla_proto::opamp::{AgentCapabilities as Cap, any_value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -45,6 +47,35 @@ pub fn attributes(rec: &AgentRecord) -> BTreeMap<String, String> {
     }
     out.extend(rec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     out
+}
+
+/// What selectors see of an agent (as [`attributes`]), read from its record in place: labels, then
+/// identifying, then non-identifying attributes. For passes over the whole fleet, where building
+/// [`attributes`]' map for every agent would cost more than the match.
+pub struct RecordAttributes<'a>(pub &'a AgentRecord);
+
+impl Attributes for RecordAttributes<'_> {
+    fn attribute(&self, key: &str) -> Option<Cow<'_, str>> {
+        let rec = self.0;
+        if let Some(v) = rec.labels.get(key) {
+            return Some(Cow::Borrowed(v));
+        }
+        let d = rec.description.as_ref()?;
+        let kv = d
+            .identifying_attributes
+            .iter()
+            // As in the map, a later duplicate wins.
+            .rfind(|kv| kv.key == key)
+            .or_else(|| {
+                d.non_identifying_attributes
+                    .iter()
+                    .rfind(|kv| kv.key == key)
+            })?;
+        Some(match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => Cow::Borrowed(s),
+            other => Cow::Owned(any_value_string(other)),
+        })
+    }
 }
 
 pub fn any_value_string(v: Option<&any_value::Value>) -> String {
@@ -93,4 +124,45 @@ pub fn status_name(rec: &AgentRecord) -> &'static str {
 /// What the agent last said of its health, if anything.
 pub fn healthy(rec: &AgentRecord) -> Option<bool> {
     rec.health.as_ref().map(|h| h.healthy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::opamp::{AgentDescription, AnyValue, KeyValue};
+
+    fn kv(k: &str, v: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+        }
+    }
+
+    #[test]
+    fn record_attributes_read_as_the_map_does() {
+        use any_value::Value::{IntValue, StringValue};
+        let mut rec = AgentRecord {
+            description: Some(AgentDescription {
+                identifying_attributes: vec![kv("a", StringValue("id".into()))],
+                non_identifying_attributes: vec![
+                    kv("a", StringValue("non".into())),
+                    kv("b", StringValue("1".into())),
+                    kv("b", StringValue("2".into())),
+                    kv("n", IntValue(7)),
+                    kv("l", StringValue("reported".into())),
+                ],
+            }),
+            ..Default::default()
+        };
+        rec.labels.insert("l".into(), "label".into());
+        let map = attributes(&rec);
+        let view = RecordAttributes(&rec);
+        for key in ["a", "b", "n", "l", "missing"] {
+            assert_eq!(
+                view.attribute(key).as_deref(),
+                map.get(key).map(String::as_str),
+                "{key}"
+            );
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! `len(name) name len(content_type) content_type len(body) body` (lengths as 8-byte big-endian):
 //! the same files always give the same hash, on every node and every build.
 
+use flotilla_common::selector::Attributes;
 use flotilla_common::store::{ConfigFile, StoredConfig};
 use flotilla_proto::opamp::AgentConfigMap;
 use sha2::{Digest, Sha256};
@@ -91,10 +92,10 @@ impl Desired {
     }
 
     /// The config agent `uid` with attributes `attrs` gets `aspect` from.
-    pub fn resolve(
+    pub fn resolve<A: Attributes + ?Sized>(
         &self,
         uid: Option<&Uuid>,
-        attrs: &BTreeMap<String, String>,
+        attrs: &A,
         aspect: Aspect,
     ) -> Option<&StoredConfig> {
         let rollout = uid
@@ -165,9 +166,9 @@ pub fn content_type_for(file_name: &str) -> &'static str {
 
 /// The config among `configs` that gives `aspect` to an agent with `attrs`, by the precedence in
 /// this module's docs.
-pub fn resolve_among<'a>(
+pub fn resolve_among<'a, A: Attributes + ?Sized>(
     configs: impl Iterator<Item = &'a StoredConfig>,
-    attrs: &BTreeMap<String, String>,
+    attrs: &A,
     aspect: Aspect,
 ) -> Option<&'a StoredConfig> {
     configs

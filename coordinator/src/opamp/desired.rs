@@ -5,6 +5,7 @@
 use super::offers;
 use crate::fleet::agents::{takes, uid_of};
 use crate::fleet::configs::{Aspect, Desired};
+use flotilla_common::selector::Attributes;
 use flotilla_common::store::StoredConfig;
 use flotilla_proto::bus::AgentRecord;
 use flotilla_proto::opamp::{PackagesAvailable, ServerToAgent};
@@ -78,22 +79,28 @@ fn may_reoffer(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
 }
 
 /// The config that gives this agent `aspect`, if the agent can take it.
-pub fn desired_config<'a>(
+pub fn desired_config<'a, A: Attributes + ?Sized>(
     rec: &AgentRecord,
-    attrs: &BTreeMap<String, String>,
+    attrs: &A,
     desired: &'a Desired,
     aspect: Aspect,
 ) -> Option<&'a StoredConfig> {
     if !takes(rec, aspect) {
         return None;
     }
-    desired.resolve(uid_of(rec).as_ref(), attrs, aspect)
+    // The uid only matters to agents in a rollout (and reading it costs on fleet-wide passes).
+    let uid = if desired.enrolled.is_empty() {
+        None
+    } else {
+        uid_of(rec)
+    };
+    desired.resolve(uid.as_ref(), attrs, aspect)
 }
 
 /// The desired config of an agent that does not report running it yet: what to send it.
-pub fn config_to_offer<'a>(
+pub fn config_to_offer<'a, A: Attributes + ?Sized>(
     rec: &AgentRecord,
-    attrs: &BTreeMap<String, String>,
+    attrs: &A,
     desired: &'a Desired,
 ) -> Option<&'a StoredConfig> {
     let cfg = desired_config(rec, attrs, desired, Aspect::Files)?;
@@ -106,9 +113,9 @@ pub fn config_to_offer<'a>(
 
 /// The packages to offer this agent: once per change of its desired package set, and again while
 /// it reports having been offered another set.
-pub fn packages_to_offer(
+pub fn packages_to_offer<A: Attributes + ?Sized>(
     rec: &AgentRecord,
-    attrs: &BTreeMap<String, String>,
+    attrs: &A,
     desired: &Desired,
 ) -> Option<PackagesAvailable> {
     let cfg = desired_config(rec, attrs, desired, Aspect::Packages)?;
@@ -123,9 +130,9 @@ pub fn packages_to_offer(
 }
 
 /// The heartbeat interval this agent is asked for: its settings config's, else the default.
-pub fn heartbeat_interval(
+pub fn heartbeat_interval<A: Attributes + ?Sized>(
     rec: &AgentRecord,
-    attrs: &BTreeMap<String, String>,
+    attrs: &A,
     desired: &Desired,
     default: Duration,
 ) -> Duration {

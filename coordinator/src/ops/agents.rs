@@ -9,10 +9,11 @@ use super::views::{
     OverviewBuilder, config_state, rfc3339,
 };
 use super::{Caller, Error, Ops, Result};
-use crate::fleet::agents::{attributes, healthy, status_name};
+use crate::fleet::agents::{RecordAttributes, healthy, status_name};
 use crate::fleet::checks::valid_label_key;
 use crate::fleet::configs::{Aspect, Desired};
 use crate::opamp::desired::desired_config;
+use flotilla_common::selector::Attributes;
 use flotilla_common::selector::Selector;
 use flotilla_proto::bus::{
     AgentRecord, DeleteAgent, IssueCertificate, RestartAgent, RestartResult, SetLabels, uplink,
@@ -77,7 +78,10 @@ impl SortKey {
             Self::Config => config.to_owned(),
             // Zero-padded, so text order is time order.
             Self::LastSeen => format!("{:020}", rec.last_seen_unix_ms),
-            Self::Attribute(k) => attributes(rec).remove(k).unwrap_or_default(),
+            Self::Attribute(k) => RecordAttributes(rec)
+                .attribute(k)
+                .map(|v| v.into_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -180,12 +184,7 @@ impl AgentQuery {
         if !listed {
             return None;
         }
-        let needs_attributes = !self.selector.is_empty() || self.config.is_some();
-        let attrs = if needs_attributes {
-            attributes(rec)
-        } else {
-            Default::default()
-        };
+        let attrs = RecordAttributes(rec);
         if !self.selector.is_empty() && !self.selector.matches(&attrs) {
             return None;
         }
@@ -289,7 +288,11 @@ impl Ops {
                 }
             })
             .await?;
-        keyed.sort_unstable();
+        if q.sort == SortKey::Uid {
+            keyed.sort_unstable_by_key(|(_, uid)| *uid);
+        } else {
+            keyed.sort_unstable();
+        }
         if q.descending {
             keyed.reverse();
         }

@@ -5,7 +5,7 @@ use super::agents::RestartOutcome;
 use super::audit;
 use super::docs::RESTARTS;
 use super::{Caller, Error, Ops, Result};
-use crate::fleet::agents::{attributes, has};
+use crate::fleet::agents::{RecordAttributes, has};
 use flotilla_common::selector::Selector;
 use flotilla_common::store::{AuditEntry, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
@@ -53,7 +53,7 @@ impl Ops {
         let mut uids = Vec::new();
         self.store()
             .visit_agents(&|_| true, &mut |rec| {
-                if selector.matches(&attributes(rec))
+                if selector.matches(&RecordAttributes(rec))
                     && has(rec.capabilities, Cap::AcceptsRestartCommand)
                     && let Ok(uid) = Uuid::from_slice(&rec.instance_uid)
                 {

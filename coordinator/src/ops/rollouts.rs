@@ -12,7 +12,7 @@ use super::audit;
 use super::docs::{ROLLOUTS, parse};
 use super::views::RolloutView;
 use super::{Caller, Error, Ops, Result};
-use crate::fleet::agents::{attributes, has, takes};
+use crate::fleet::agents::{RecordAttributes, has, takes};
 use crate::fleet::configs::{Aspect, Desired, resolve_among};
 use crate::fleet::rollout::{ErrorBudget, Outcome, Plan, Rollout, State};
 use crate::opamp::offers;
@@ -106,7 +106,7 @@ fn outcome(rec: &AgentRecord, target: &StoredConfig, packages_hash: &[u8]) -> Ou
 
 /// Would `rec` get config `target.name` for some aspect `target` defines, were `target` active?
 fn candidate(rec: &AgentRecord, desired: &Desired, target: &StoredConfig) -> bool {
-    let attrs = attributes(rec);
+    let attrs = RecordAttributes(rec);
     Aspect::ALL.iter().any(|aspect| {
         takes(rec, *aspect)
             && aspect.defined_by(target)

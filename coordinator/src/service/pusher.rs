@@ -1,7 +1,7 @@
 //! Pushes to connected agents: a ServerToAgent sent through the gateway that holds the agent's
 //! WebSocket ([`Pusher`]), and what an agent's record says is due to it now ([`push_for`]).
 
-use crate::fleet::agents::attributes;
+use crate::fleet::agents::RecordAttributes;
 use crate::fleet::configs::Desired;
 use crate::metrics::OwnerMetrics;
 use crate::opamp::SERVER_CAPABILITIES;
@@ -74,7 +74,7 @@ impl Pusher {
 /// the agent's next message records it (and offers again only if it still differs).
 pub(crate) fn push_for(rec: &AgentRecord, desired: &Desired) -> Option<(Origin, ServerToAgent)> {
     let origin = live_ws(rec)?;
-    let attrs = attributes(rec);
+    let attrs = RecordAttributes(rec);
     let cfg = config_to_offer(rec, &attrs, desired);
     let packages = packages_to_offer(rec, &attrs, desired);
     if cfg.is_none() && packages.is_none() {

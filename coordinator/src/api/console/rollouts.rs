@@ -308,7 +308,7 @@ pub async fn detail(
                 dt { "State" } dd #state data-state=(state_word(r.state)) { (badge(state_word(r.state))) }
                 @if !r.reason.is_empty() {
                     dt { @if r.state == RolloutState::RolledBack { "Why it rolled back" } @else { "Why" } }
-                    dd { p class=@if r.state == RolloutState::RolledBack { "error" } @else { "" } { (r.reason) } }
+                    dd class=[(r.state == RolloutState::RolledBack).then_some("error")] { (r.reason) }
                 }
                 dt { "Progress" } dd { (progress(r.applied, r.failed, r.pending, r.agents_total)) }
                 dt { "Soak" } dd { (r.soak) }
@@ -317,14 +317,14 @@ pub async fn detail(
                 dt { "Updated" } dd { time { (r.updated) } }
             }
             (phases(&r))
-        }
-        @if ctx.may(Role::Operator) {
-            div.actions {
-                @for (action, allowed) in [("pause", r.state == RolloutState::Running), ("resume", r.state == RolloutState::Paused), ("abort", r.state.is_active())] {
-                    @if allowed {
-                        form method="post" action={ "/rollouts/" (seg(&r.id)) "/" (action) } data-confirm=[(action == "abort").then_some("Abort this rollout? Its agents go back to the active version.")] {
-                            (ctx.csrf_field())
-                            button type="submit" { (capitalised(action)) }
+            @if ctx.may(Role::Operator) {
+                div.actions {
+                    @for (action, allowed) in [("pause", r.state == RolloutState::Running), ("resume", r.state == RolloutState::Paused), ("abort", r.state.is_active())] {
+                        @if allowed {
+                            form method="post" action={ "/rollouts/" (seg(&r.id)) "/" (action) } data-confirm=[(action == "abort").then_some("Abort this rollout? Its agents go back to the active version.")] {
+                                (ctx.csrf_field())
+                                button type="submit" { (capitalised(action)) }
+                            }
                         }
                     }
                 }

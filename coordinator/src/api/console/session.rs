@@ -81,7 +81,23 @@ pub async fn gate(State(c): State<Console>, mut req: Request, next: Next) -> Res
                 csrf: csrf.clone(),
                 signed_in,
             });
-            next.run(req).await
+            if req.method() == Method::GET || req.method() == Method::HEAD {
+                next.run(req).await
+            } else {
+                // As in the API: a change runs to its end in its own task, so a browser that
+                // goes away cannot cut it off between its parts.
+                match tokio::spawn(next.run(req)).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, %path, "a console change failed unexpectedly");
+                        PageError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the change failed unexpectedly; see the server log",
+                        )
+                        .into_response()
+                    }
+                }
+            }
         }
         None if public(&path) => {
             req.extensions_mut().insert(Ctx {

@@ -267,7 +267,7 @@ pub fn config_state(rec: &AgentRecord, desired_hash: Option<&str>) -> &'static s
     let Some(s) = &rec.remote_config_status else {
         return "pending";
     };
-    if hex::encode(&s.last_remote_config_hash) != want {
+    if !hex_eq(&s.last_remote_config_hash, want) {
         return "pending";
     }
     match s.status() {
@@ -276,6 +276,18 @@ pub fn config_state(rec: &AgentRecord, desired_hash: Option<&str>) -> &'static s
         RemoteConfigStatuses::Failed => "failed",
         RemoteConfigStatuses::Unset => "pending",
     }
+}
+
+/// `bytes` written in hex is `hex` (lowercase), without writing it out.
+fn hex_eq(bytes: &[u8], hex: &str) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    hex.len() == bytes.len() * 2
+        && bytes
+            .iter()
+            .zip(hex.as_bytes().chunks_exact(2))
+            .all(|(b, h)| {
+                h[0] == DIGITS[usize::from(b >> 4)] && h[1] == DIGITS[usize::from(b & 15)]
+            })
 }
 
 fn package_status_name(s: PackageStatusEnum) -> &'static str {

@@ -31,6 +31,49 @@ mod tests {
     }
 
     #[test]
+    fn config_state_follows_the_reported_hash_and_status() {
+        use flotilla_proto::bus::AgentRecord;
+        use flotilla_proto::opamp::{RemoteConfigStatus, RemoteConfigStatuses as S};
+        let want = hex::encode([0xab; 32]);
+        let rec = |hash: Vec<u8>, status: S| AgentRecord {
+            remote_config_status: Some(RemoteConfigStatus {
+                last_remote_config_hash: hash,
+                status: status as i32,
+                error_message: String::new(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            config_state(&rec(vec![0xab; 32], S::Applied), Some(&want)),
+            "applied"
+        );
+        assert_eq!(
+            config_state(&rec(vec![0xab; 32], S::Failed), Some(&want)),
+            "failed"
+        );
+        assert_eq!(
+            config_state(&rec(vec![0xab; 32], S::Applying), Some(&want)),
+            "applying"
+        );
+        assert_eq!(
+            config_state(&rec(vec![0xac; 32], S::Applied), Some(&want)),
+            "pending"
+        );
+        assert_eq!(
+            config_state(&rec(vec![0xab; 31], S::Applied), Some(&want)),
+            "pending"
+        );
+        assert_eq!(
+            config_state(&AgentRecord::default(), Some(&want)),
+            "pending"
+        );
+        assert_eq!(
+            config_state(&rec(vec![0xab; 32], S::Applied), None),
+            "unmanaged"
+        );
+    }
+
+    #[test]
     fn selectors_show_as_pairs_when_they_can() {
         let pairs = SelectorView::of(&"env=prod,region=eu".parse().unwrap());
         assert_eq!(

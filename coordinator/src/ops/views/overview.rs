@@ -3,9 +3,10 @@
 
 use super::agents::{CONFIG_STATES, FleetHealth, config_state};
 use super::time::rfc3339;
-use crate::fleet::agents::{attributes, healthy, status_name, uid_of};
+use crate::fleet::agents::{RecordAttributes, healthy, status_name, uid_of};
 use crate::fleet::configs::{Aspect, Desired};
 use crate::opamp::desired::desired_config;
+use flotilla_common::selector::Attributes;
 use flotilla_proto::bus::AgentRecord;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -80,17 +81,20 @@ impl OverviewBuilder {
             "silent" => h.silent_agents += 1,
             _ => h.disconnected_agents += 1,
         }
-        let attrs = attributes(rec);
+        let attrs = RecordAttributes(rec);
         for (key, counts) in [
             (VERSION_KEY, &mut self.versions),
             (REGION_KEY, &mut self.regions),
             (ENVIRONMENT_KEY, &mut self.environments),
         ] {
-            let value = attrs.get(key).map_or("(none)", String::as_str);
-            // Bounded: past a few thousand distinct values, new ones count as (other).
-            if counts.len() < 4096 || counts.contains_key(value) {
-                *counts.entry(value.to_owned()).or_default() += 1;
+            let value = attrs.attribute(key);
+            let value = value.as_deref().unwrap_or("(none)");
+            if let Some(n) = counts.get_mut(value) {
+                *n += 1;
+            } else if counts.len() < 4096 {
+                counts.insert(value.to_owned(), 1);
             } else {
+                // Bounded: past a few thousand distinct values, new ones count as (other).
                 *counts.entry("(other)".to_owned()).or_default() += 1;
             }
         }
@@ -99,7 +103,10 @@ impl OverviewBuilder {
         *self.out.config_states.entry(state).or_default() += 1;
         let brief = |detail: String| AgentBrief {
             instance_uid: uid_of(rec).map(|u| u.to_string()).unwrap_or_default(),
-            name: attrs.get("service.name").cloned().unwrap_or_default(),
+            name: attrs
+                .attribute("service.name")
+                .map(|n| n.into_owned())
+                .unwrap_or_default(),
             last_seen: rfc3339(rec.last_seen_unix_ms),
             detail,
         };
