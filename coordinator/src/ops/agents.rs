@@ -244,21 +244,7 @@ impl Ops {
     pub async fn fleet_health(&self, _caller: &Caller) -> Result<FleetHealth> {
         let mut h = FleetHealth::default();
         self.store()
-            .visit_agents(&|_| true, &mut |a| {
-                h.total_agents += 1;
-                match status_name(a) {
-                    "connected" => {
-                        h.connected_agents += 1;
-                        match healthy(a) {
-                            Some(true) => h.healthy_agents += 1,
-                            Some(false) => h.unhealthy_agents += 1,
-                            None => {}
-                        }
-                    }
-                    "silent" => h.silent_agents += 1,
-                    _ => h.disconnected_agents += 1,
-                }
-            })
+            .visit_agents(&|_| true, &mut |a| h.count(a))
             .await?;
         Ok(h)
     }

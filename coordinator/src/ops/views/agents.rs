@@ -23,6 +23,25 @@ pub struct FleetHealth {
     pub disconnected_agents: u64,
 }
 
+impl FleetHealth {
+    /// Counts one more agent.
+    pub fn count(&mut self, rec: &AgentRecord) {
+        self.total_agents += 1;
+        match status_name(rec) {
+            "connected" => {
+                self.connected_agents += 1;
+                match healthy(rec) {
+                    Some(true) => self.healthy_agents += 1,
+                    Some(false) => self.unhealthy_agents += 1,
+                    None => {}
+                }
+            }
+            "silent" => self.silent_agents += 1,
+            _ => self.disconnected_agents += 1,
+        }
+    }
+}
+
 /// Which version of a config gives an agent one aspect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigRef {

@@ -66,21 +66,8 @@ pub struct OverviewBuilder {
 
 impl OverviewBuilder {
     pub fn add(&mut self, rec: &AgentRecord, desired: &Desired) {
-        let h = &mut self.out.health;
-        h.total_agents += 1;
+        self.out.health.count(rec);
         let status = status_name(rec);
-        match status {
-            "connected" => {
-                h.connected_agents += 1;
-                match healthy(rec) {
-                    Some(true) => h.healthy_agents += 1,
-                    Some(false) => h.unhealthy_agents += 1,
-                    None => {}
-                }
-            }
-            "silent" => h.silent_agents += 1,
-            _ => h.disconnected_agents += 1,
-        }
         let attrs = RecordAttributes(rec);
         for (key, counts) in [
             (VERSION_KEY, &mut self.versions),
