@@ -8,7 +8,7 @@
 #   scripts/cluster.sh run      start, then stop on Ctrl-C
 #
 # Environment: CLUSTER_DIR (default target/cluster: logs, pids, Redis data), CLUSTER_BASE_PORT
-# (default 4400), FLOTILLA_BIN (default: cargo build, then target/debug/flotilla), REGION (local),
+# (default 4400), FLOTILLA_BIN (default: cargo build --release, then target/release/flotilla), REGION (local),
 # GATEWAY_FLAGS (more flags for the gateways, e.g. their TLS files; split on spaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +31,8 @@ need() {
 
 bin() {
   if [ -n "${FLOTILLA_BIN:-}" ]; then echo "$FLOTILLA_BIN"; return; fi
-  cargo build --quiet -p flotilla >&2
-  echo "target/debug/flotilla"
+  cargo build --release --quiet -p flotilla >&2
+  echo "target/release/flotilla"
 }
 
 wait_port() {

@@ -1,6 +1,6 @@
 //! `flotilla`: serve, ctl, certs. Parse, build, run, wait for a signal, drain.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use flotilla::{app, certs, ctl};
 use flotilla_common::config::{ServeArgs, ServeConfig};
 use std::process::ExitCode;
@@ -27,6 +27,13 @@ enum Command {
     /// Development PKI: CA, server and agent certificates; revocation.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
+    /// Prints a shell completion script, e.g. `flotilla completions bash >
+    /// /etc/bash_completion.d/flotilla` or `source <(flotilla completions zsh)`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How long draining may take after SIGINT/SIGTERM.
@@ -39,6 +46,12 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(*args).await,
         Command::Ctl(args) => ctl::run(args).await,
         Command::Certs(cmd) => certs::run(cmd),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flotilla", &mut script);
+            ctl::emit(String::from_utf8_lossy(&script).trim_end());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,4 +84,32 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` is the reference: every subcommand and every flag says what it is for.
+    #[test]
+    fn every_command_and_flag_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "flotilla", &mut missing);
+        assert!(missing.is_empty(), "without a description: {missing:#?}");
+    }
 }

@@ -1,16 +1,76 @@
 //! The commands and flags of `flotilla ctl`.
 
-use clap::Subcommand;
+use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// An agent's connection status, as the API filters by it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Status {
+    Connected,
+    Disconnected,
+    Silent,
+}
+
+/// What an agent last said of its health.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+}
+
+/// Where an agent stands with the config it should run.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ConfigState {
+    Applied,
+    Applying,
+    Failed,
+    Pending,
+    Unmanaged,
+}
+
+/// What a spent error budget does to a rollout.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnFailure {
+    Rollback,
+    Pause,
+}
+
+/// The name the API gives a value of one of the enums above.
+pub fn api_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+/// The API's base URL: http:// or https://, checked before any request.
+fn api_url(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| {
+        format!("{s:?} is not a URL ({e}); give the scheme too, e.g. http://127.0.0.1:4321")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "{s:?} is not an http:// or https:// URL; e.g. http://127.0.0.1:4321"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+/// A duration such as 30s, 5m or 1h30m.
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration such as 30s, 5m or 1h30m ({e})"))
+}
 
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
-    /// Base URL of the admin API.
+    /// Base URL of the admin API (http:// or https://).
     #[arg(
         long,
         env = "FLOTILLA_API",
         default_value = "http://127.0.0.1:4321",
-        global = true
+        global = true,
+        value_parser = api_url
     )]
     pub api: String,
     /// API token (Authorization: Bearer), when the API requires one.
@@ -54,17 +114,22 @@ pub enum CtlCommand {
     },
     /// Issue an agent a new client certificate and key, offered over OpAMP; its old certificate
     /// stops working once it has reconnected with the new one.
-    RotateCertificate { uid: String },
+    RotateCertificate {
+        /// The agent's instance uid.
+        uid: String,
+    },
     /// Who changed what, newest first.
     Audit {
         /// "config/otel", "agent/<uid>", "rollout/<id>", or a kind such as "config".
         #[arg(long)]
         object: Option<String>,
-        /// RFC 3339 time, e.g. 2026-11-21T10:00:00Z.
+        /// Entries from this RFC 3339 time on, e.g. 2026-11-21T10:00:00Z.
         #[arg(long)]
         since: Option<String>,
+        /// Entries up to this RFC 3339 time.
         #[arg(long)]
         until: Option<String>,
+        /// At most this many entries.
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Print the API's JSON instead of a table.
@@ -75,27 +140,42 @@ pub enum CtlCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentsCommand {
+    /// Agents matching the filters, a page at a time (or every page with --all), by instance uid.
     List {
-        /// A selector over the agents' attributes and labels: "env=prod,region in (eu,us),!canary".
+        /// A selector over the agents' attributes and labels, e.g.
+        /// "deployment.environment=prod,cloud.region in (eu-west-1,us-east-1),!canary".
         #[arg(long)]
         selector: Option<String>,
-        /// connected, disconnected or silent.
-        #[arg(long)]
-        status: Option<String>,
-        /// healthy or unhealthy.
-        #[arg(long)]
-        health: Option<String>,
+        /// Only agents with this connection status.
+        #[arg(long, value_enum)]
+        status: Option<Status>,
+        /// Only agents that last reported this health.
+        #[arg(long, value_enum)]
+        health: Option<Health>,
+        /// Only agents in this state with the config they should run.
+        #[arg(long, value_enum)]
+        config: Option<ConfigState>,
+        /// Agents per page (at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// The page after this one: the cursor the previous page printed.
+        #[arg(long, conflicts_with = "all")]
+        cursor: Option<String>,
+        /// Every page, one after the other (the table's rows, or one JSON page per line).
+        #[arg(long)]
+        all: bool,
         /// Print the API's JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Everything known of one agent: description, health tree, configs, packages.
     Get {
+        /// The agent's instance uid.
         uid: String,
     },
     /// Removes an agent's record (it comes back at its next message if still connected).
     Delete {
+        /// The agent's instance uid.
         uid: String,
     },
 }
@@ -106,6 +186,7 @@ pub enum ConfigsCommand {
     /// (unless --no-activate, which keeps it for a rollout).
     #[command(visible_alias = "put")]
     Apply {
+        /// The config's name (letters, digits, '-', '_', '.').
         name: String,
         /// A file to include (its base name becomes the file name in the config). Repeatable.
         #[arg(short, long = "file", required = true)]
@@ -117,8 +198,11 @@ pub enum ConfigsCommand {
         #[arg(long)]
         no_activate: bool,
     },
+    /// The active version of every config.
     List,
+    /// One config: the active version, or another.
     Get {
+        /// The config's name.
         name: String,
         /// A version other than the active one.
         #[arg(long)]
@@ -126,35 +210,47 @@ pub enum ConfigsCommand {
     },
     /// Every version of a config, newest first.
     History {
+        /// The config's name.
         name: String,
     },
     /// What changed between two versions (TO defaults to the latest).
     Diff {
+        /// The config's name.
         name: String,
+        /// The version to compare from.
         from: u64,
+        /// The version to compare to [default: the latest].
         to: Option<u64>,
     },
     /// Makes a new version repeating VERSION, active at once.
     Rollback {
+        /// The config's name.
         name: String,
+        /// The version to repeat.
         version: u64,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum LabelsCommand {
+    /// An agent's labels.
     Get {
+        /// The agent's instance uid.
         uid: String,
     },
     /// Sets labels: KEY=VALUE ...
     Set {
+        /// The agent's instance uid.
         uid: String,
+        /// KEY=VALUE pairs.
         #[arg(required = true)]
         labels: Vec<String>,
     },
     /// Removes labels: KEY ...
     Remove {
+        /// The agent's instance uid.
         uid: String,
+        /// The keys to remove.
         #[arg(required = true)]
         keys: Vec<String>,
     },
@@ -164,6 +260,7 @@ pub enum LabelsCommand {
 pub enum RolloutsCommand {
     /// Starts rolling a version of CONFIG out in phases.
     Start {
+        /// The config to roll out.
         config: String,
         /// The version to roll out [default: the latest].
         #[arg(long)]
@@ -180,38 +277,49 @@ pub enum RolloutsCommand {
         /// Cumulative percentages per phase instead, e.g. 10,50,100.
         #[arg(long, value_delimiter = ',')]
         percentages: Vec<f64>,
-        /// How long a phase's agents must stay applied and healthy before the next phase.
-        #[arg(long, default_value = "30s")]
-        soak: String,
+        /// How long a phase's agents must stay applied and healthy before the next phase
+        /// (e.g. 30s, 5m).
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        soak: Duration,
         /// Failure percentage (over at least --min-sample settled agents) that stops the rollout.
         #[arg(long, default_value_t = 10.0)]
         max_failure_percent: f64,
+        /// Settled agents needed before the error budget is judged.
         #[arg(long, default_value_t = 5)]
         min_sample: usize,
-        /// What a spent error budget does: rollback or pause.
-        #[arg(long, default_value = "rollback")]
-        on_failure: String,
+        /// What a spent error budget does.
+        #[arg(long, value_enum, default_value_t = OnFailure::Rollback)]
+        on_failure: OnFailure,
         /// Follow it with a progress bar until it ends.
         #[arg(long)]
         watch: bool,
     },
+    /// Every rollout, newest first.
     List,
     /// Shows a rollout's phases; with --watch, follows it until it ends.
     Status {
+        /// The rollout's id.
         id: String,
+        /// Follow it with a progress bar until it ends.
         #[arg(long)]
         watch: bool,
         /// Print the API's JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Holds a running rollout where it is.
     Pause {
+        /// The rollout's id.
         id: String,
     },
+    /// Carries a paused rollout on.
     Resume {
+        /// The rollout's id.
         id: String,
     },
+    /// Stops a rollout; its agents go back to the active version.
     Abort {
+        /// The rollout's id.
         id: String,
     },
 }

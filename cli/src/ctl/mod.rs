@@ -6,14 +6,15 @@ mod output;
 
 use anyhow::{Context, bail};
 pub use args::CtlArgs;
-use args::{AgentsCommand, ConfigsCommand, CtlCommand, LabelsCommand, RolloutsCommand};
-use output::{Progress, print_agent_table, print_rollout};
+use args::{AgentsCommand, ConfigsCommand, CtlCommand, LabelsCommand, RolloutsCommand, api_name};
+pub use output::emit;
+use output::{Progress, out, print_agent_table, print_rollout};
 use reqwest::Client;
 use serde_json::{Value, json};
 use std::time::Duration;
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
-    let api = args.api.trim_end_matches('/').to_owned();
+    let api = args.api;
     let mut builder = reqwest::Client::builder();
     if let Some(token) = &args.token {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -43,19 +44,39 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             selector,
             status,
             health,
+            config,
             limit,
+            cursor,
+            all,
             json,
         }) => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(selector.map(|s| ("selector", s)));
-            query.extend(status.map(|s| ("status", s)));
-            query.extend(health.map(|s| ("health", s)));
-            let page = call(client.get(url("/api/v1/agents")).query(&query)).await?;
-            if !json {
-                print_agent_table(&page);
-                return Ok(());
+            query.extend(status.map(|s| ("status", api_name(s))));
+            query.extend(health.map(|h| ("health", api_name(h))));
+            query.extend(config.map(|c| ("config", api_name(c))));
+            let mut cursor = cursor;
+            let mut first = true;
+            loop {
+                let mut q = query.clone();
+                q.extend(cursor.clone().map(|c| ("cursor", c)));
+                let page = call(client.get(url("/api/v1/agents")).query(&q)).await?;
+                cursor = page["next_cursor"].as_str().map(str::to_owned);
+                if json {
+                    // One page per line with --all (a stream of JSON documents); else pretty.
+                    if all {
+                        out!("{}", serde_json::to_string(&page)?);
+                    } else {
+                        out!("{}", serde_json::to_string_pretty(&page)?);
+                    }
+                } else {
+                    print_agent_table(&page, first, all);
+                }
+                first = false;
+                if !all || cursor.is_none() {
+                    return Ok(());
+                }
             }
-            page
         }
         CtlCommand::Configs(cmd) => match configs(&client, &api, cmd).await? {
             Some(v) => v,
@@ -65,7 +86,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let (uid, body) = match cmd {
                 LabelsCommand::Get { uid } => {
                     let path = format!("/api/v1/agents/{uid}/labels");
-                    println!(
+                    out!(
                         "{}",
                         serde_json::to_string_pretty(&call(client.get(url(&path))).await?)?
                     );
@@ -135,7 +156,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             if !json {
                 for e in log["entries"].as_array().into_iter().flatten() {
                     let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
-                    println!(
+                    out!(
                         "{:<24}  {:<12}  {:<20}  {}",
                         s("at"),
                         s("caller"),
@@ -148,7 +169,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             log
         }
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    out!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
@@ -167,13 +188,17 @@ async fn configs(client: &Client, api: &str, cmd: ConfigsCommand) -> anyhow::Res
         } => call(client.get(url(format!("/{name}/versions/{v}")))).await?,
         ConfigsCommand::History { name } => {
             let h = call(client.get(url(format!("/{name}/versions")))).await?;
-            println!(
+            out!(
                 "{:<8}  {:<6}  {:<24}  {:<12}  {:<16}  COMMENT",
-                "VERSION", "ACTIVE", "CREATED", "BY", "HASH"
+                "VERSION",
+                "ACTIVE",
+                "CREATED",
+                "BY",
+                "HASH"
             );
             for v in h["versions"].as_array().into_iter().flatten() {
                 let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
-                println!(
+                out!(
                     "{:<8}  {:<6}  {:<24}  {:<12}  {:<16}  {}",
                     v["version"],
                     if v["active"] == true { "*" } else { "" },
@@ -191,9 +216,9 @@ async fn configs(client: &Client, api: &str, cmd: ConfigsCommand) -> anyhow::Res
             let d = call(client.get(url(format!("/{name}/diff"))).query(&q)).await?;
             let text = d["diff"].as_str().unwrap_or_default();
             if text.is_empty() {
-                println!("versions {} and {} are the same", d["from"], d["to"]);
+                out!("versions {} and {} are the same", d["from"], d["to"]);
             } else {
-                print!("{text}");
+                out!("{}", text.trim_end_matches('\n'));
             }
             return Ok(None);
         }
@@ -233,13 +258,17 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
     let (r, watch) = match cmd {
         RolloutsCommand::List => {
             let all = call(client.get(url(String::new()))).await?;
-            println!(
+            out!(
                 "{:<36}  {:<16}  {:<9}  {:<12}  {:<8}  CREATED",
-                "ID", "CONFIG", "VERSIONS", "STATE", "APPLIED"
+                "ID",
+                "CONFIG",
+                "VERSIONS",
+                "STATE",
+                "APPLIED"
             );
             for r in all["rollouts"].as_array().into_iter().flatten() {
                 let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
-                println!(
+                out!(
                     "{:<36}  {:<16}  {:<9}  {:<12}  {:<8}  {}",
                     s("id"),
                     s("config"),
@@ -277,11 +306,11 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
                 "config": config,
                 "version": version,
                 "phases": phases,
-                "soak": soak,
+                "soak": humantime::format_duration(soak).to_string(),
                 "error_budget": {
                     "max_failure_percent": max_failure_percent,
                     "min_sample": min_sample,
-                    "action": on_failure,
+                    "action": api_name(on_failure),
                 },
             });
             (
@@ -292,7 +321,7 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
         RolloutsCommand::Status { id, watch, json } => {
             let r = call(client.get(url(format!("/{id}")))).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                out!("{}", serde_json::to_string_pretty(&r)?);
                 return Ok(());
             }
             (r, watch)

@@ -1,11 +1,31 @@
-//! What `flotilla ctl` prints: tables, rollout phases and progress.
+//! What `flotilla ctl` prints: tables, rollout phases and progress. Everything goes through
+//! [`out!`], which ends the process quietly when stdout is closed (`flotilla ctl ... | head`).
 
 use serde_json::Value;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+
+/// Writes one line to stdout; a reader that went away (a closed pipe) ends the process with
+/// success, as `head` expects, instead of a panic.
+pub fn emit(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("flotilla: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` for `flotilla ctl`'s output: see [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::ctl::output::emit(&format!($($arg)*)) };
+}
+pub(crate) use out;
 
 pub(super) fn print_rollout(r: &Value) {
     let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
-    println!(
+    out!(
         "rollout {} of {} {} -> {}: {} {}",
         s(&r["id"]),
         s(&r["config"]),
@@ -14,12 +34,16 @@ pub(super) fn print_rollout(r: &Value) {
         s(&r["state"]),
         s(&r["reason"])
     );
-    println!(
+    out!(
         "{:<6}  {:<7}  {:<8}  {:<7}  {:<8}  STARTED",
-        "PHASE", "AGENTS", "APPLIED", "FAILED", "PENDING"
+        "PHASE",
+        "AGENTS",
+        "APPLIED",
+        "FAILED",
+        "PENDING"
     );
     for p in r["phases"].as_array().into_iter().flatten() {
-        println!(
+        out!(
             "{:<6}  {:<7}  {:<8}  {:<7}  {:<8}  {}",
             p["phase"],
             p["agents"],
@@ -29,9 +53,11 @@ pub(super) fn print_rollout(r: &Value) {
             s(&p["started"])
         );
     }
-    println!(
+    out!(
         "{} of {} agents applied, {} failed",
-        r["applied"], r["agents_total"], r["failed"]
+        r["applied"],
+        r["agents_total"],
+        r["failed"]
     );
 }
 
@@ -86,29 +112,57 @@ impl Progress {
     }
 }
 
-pub(super) fn print_agent_table(page: &Value) {
-    println!(
-        "{:<36}  {:<12}  {:<9}  {:<10}  {:<24}  SERVICE",
-        "INSTANCE UID", "STATUS", "HEALTHY", "CONFIG", "LAST SEEN"
-    );
-    for a in page["agents"].as_array().into_iter().flatten() {
-        let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-        println!(
-            "{:<36}  {:<12}  {:<9}  {:<10}  {:<24}  {}",
-            s(&a["instance_uid"]),
-            s(&a["status"]),
-            a["healthy"].as_bool().map_or("-".into(), |h| h.to_string()),
-            s(&a["remote_config_status"]["status"]),
-            s(&a["last_seen"]),
-            s(&a["identifying_attributes"]["service.name"]),
+/// One page of agents as a table: the header on the first page; the count and the next page's
+/// cursor at the end (with `all`, the count of every page at the last one).
+pub(super) fn print_agent_table(page: &Value, first: bool, all: bool) {
+    let rows: Vec<[String; 6]> = page["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+            let config = match a["desired_config"]["name"].as_str() {
+                Some(name) => format!(
+                    "{} {name} v{}",
+                    s(&a["config_state"]),
+                    a["desired_config"]["version"]
+                ),
+                None => s(&a["config_state"]),
+            };
+            [
+                s(&a["instance_uid"]),
+                s(&a["status"]),
+                a["healthy"].as_bool().map_or("-".into(), |h| {
+                    if h { "healthy" } else { "unhealthy" }.into()
+                }),
+                config,
+                s(&a["last_seen"]),
+                s(&a["identifying_attributes"]["service.name"]),
+            ]
+        })
+        .collect();
+    if first {
+        out!(
+            "{:<36}  {:<12}  {:<9}  {:<28}  {:<24}  SERVICE",
+            "INSTANCE UID",
+            "STATUS",
+            "HEALTH",
+            "CONFIG",
+            "LAST SEEN"
         );
     }
-    println!(
-        "{} of {} agents",
-        page["agents"].as_array().map_or(0, Vec::len),
-        page["total"]
-    );
-    if let Some(c) = page["next_cursor"].as_str() {
-        println!("more: --cursor {c}");
+    for [uid, status, health, config, seen, service] in &rows {
+        out!("{uid:<36}  {status:<12}  {health:<9}  {config:<28}  {seen:<24}  {service}");
+    }
+    let next = page["next_cursor"].as_str();
+    if all {
+        if next.is_none() {
+            out!("{} agents", page["total"]);
+        }
+        return;
+    }
+    out!("{} of {} agents", rows.len(), page["total"]);
+    if let Some(c) = next {
+        out!("next page: --cursor {c} (or --all for every page)");
     }
 }

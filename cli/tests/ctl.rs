@@ -1,0 +1,167 @@
+//! `flotilla ctl` as a user types it: arguments checked before any request, paging through every
+//! agent, and output piped into a reader that goes away.
+
+mod common;
+
+use common::fleet::{Fleet, collectors};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+
+fn flotilla(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn arguments_are_checked_before_any_request() {
+    // No server runs: each of these must fail on its argument, not on the connection.
+    let o = flotilla(&["ctl", "--api", "127.0.0.1:4321", "health"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("give the scheme too"), "{}", stderr(&o));
+    let o = flotilla(&["ctl", "--api", "ftp://h:1", "health"]);
+    assert!(
+        stderr(&o).contains("not an http:// or https:// URL"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = flotilla(&[
+        "ctl",
+        "rollouts",
+        "start",
+        "base",
+        "--percentages",
+        "100",
+        "--soak",
+        "5",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a duration such as 30s"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = flotilla(&["ctl", "agents", "list", "--status", "up"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("possible values: connected, disconnected, silent"),
+        "{}",
+        stderr(&o)
+    );
+    let o = flotilla(&[
+        "ctl",
+        "rollouts",
+        "start",
+        "base",
+        "--percentages",
+        "100",
+        "--on-failure",
+        "retry",
+    ]);
+    assert!(
+        stderr(&o).contains("possible values: rollback, pause"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    // A pipe whose reader is gone before the first write: every write fails with EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(BIN)
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+
+    let o = flotilla(&["completions", "zsh"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("#compdef flotilla"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_list_pages_with_a_cursor_or_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = common::start(common::config(dir.path())).await;
+    let fleet = Fleet::start(
+        &srv.ws_url,
+        collectors(5, &[("env", "prod")], |_| false, ""),
+    )
+    .await;
+    let api = srv.api.clone();
+    let ctl = move |args: &[&str]| {
+        let mut all = vec!["ctl", "--api", api.as_str()];
+        all.extend_from_slice(args);
+        flotilla(&all)
+    };
+
+    let first = ctl(&["agents", "list", "--limit", "2"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = stdout(&first);
+    assert!(text.contains("2 of 5 agents"), "{text}");
+    let cursor = text
+        .lines()
+        .find_map(|l| l.strip_prefix("next page: --cursor "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no cursor in {text}"))
+        .to_owned();
+    let rows = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| fleet_uid(l).is_some())
+            .map(str::to_owned)
+            .collect()
+    };
+    let second = stdout(&ctl(&[
+        "agents", "list", "--limit", "2", "--cursor", &cursor,
+    ]));
+    let (a, b) = (rows(&text), rows(&second));
+    assert_eq!((a.len(), b.len()), (2, 2), "{text}\n{second}");
+    assert!(
+        a.iter().all(|r| !b.contains(r)),
+        "the next page holds other agents"
+    );
+
+    let every = stdout(&ctl(&["agents", "list", "--limit", "2", "--all"]));
+    assert_eq!(rows(&every).len(), 5, "{every}");
+    assert_eq!(
+        every.matches("INSTANCE UID").count(),
+        1,
+        "one header: {every}"
+    );
+    assert!(every.trim_end().ends_with("5 agents"), "{every}");
+
+    let json = stdout(&ctl(&["agents", "list", "--limit", "2", "--all", "--json"]));
+    let pages: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(pages.len(), 3, "{json}");
+    assert!(pages.iter().all(|p| p["total"] == 5));
+
+    let unmanaged = stdout(&ctl(&["agents", "list", "--config", "unmanaged"]));
+    assert!(unmanaged.contains("5 of 5 agents"), "{unmanaged}");
+    let failed = stdout(&ctl(&["agents", "list", "--config", "failed"]));
+    assert!(failed.contains("0 of 0 agents"), "{failed}");
+
+    fleet.stop().await;
+    srv.stop().await;
+}
+
+/// The instance uid a table row starts with, if it is a row.
+fn fleet_uid(line: &str) -> Option<uuid::Uuid> {
+    line.split_whitespace().next()?.parse().ok()
+}
