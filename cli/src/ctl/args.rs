@@ -290,6 +290,9 @@ pub enum RolloutsCommand {
         /// What a spent error budget does.
         #[arg(long, value_enum, default_value_t = OnFailure::Rollback)]
         on_failure: OnFailure,
+        /// Start it even when no agent would take the version now (else refused).
+        #[arg(long)]
+        allow_empty: bool,
         /// Follow it with a progress bar until it ends.
         #[arg(long)]
         watch: bool,

@@ -121,6 +121,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let id = job["id"].as_str().unwrap_or_default().to_owned();
             let path = url(&format!("/api/v1/restarts/{id}"));
             let total = job["matched"].as_u64().unwrap_or(0);
+            if total == 0 {
+                bail!("no agent that accepts restart commands matches --selector {selector:?}");
+            }
             let mut progress = Progress::new(total, "restarting");
             let mut job = job;
             while !job["done"].as_bool().unwrap_or(true) {
@@ -224,7 +227,9 @@ async fn configs(client: &Client, api: &str, cmd: ConfigsCommand) -> anyhow::Res
         }
         ConfigsCommand::Rollback { name, version } => {
             let body = json!({ "version": version });
-            call(client.post(url(format!("/{name}/rollback"))).json(&body)).await?
+            let stored = call(client.post(url(format!("/{name}/rollback"))).json(&body)).await?;
+            warn_of(&stored);
+            stored
         }
         ConfigsCommand::Apply {
             name,
@@ -248,7 +253,9 @@ async fn configs(client: &Client, api: &str, cmd: ConfigsCommand) -> anyhow::Res
                 "files": body_files,
                 "activate": !no_activate,
             });
-            call(client.put(url(format!("/{name}"))).json(&body)).await?
+            let stored = call(client.put(url(format!("/{name}"))).json(&body)).await?;
+            warn_of(&stored);
+            stored
         }
     }))
 }
@@ -291,6 +298,7 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
             max_failure_percent,
             min_sample,
             on_failure,
+            allow_empty,
             watch,
         } => {
             let phases = match (initial, percentages.is_empty()) {
@@ -312,6 +320,7 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
                     "min_sample": min_sample,
                     "action": api_name(on_failure),
                 },
+                "allow_empty": allow_empty,
             });
             (
                 call(client.post(url(String::new())).json(&body)).await?,
@@ -373,6 +382,13 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// The warnings an answer carries, on stderr.
+fn warn_of(answer: &Value) {
+    for w in answer["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    }
 }
 
 async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {

@@ -290,3 +290,90 @@ async fn packages_and_per_selector_settings_reach_agents_and_statuses_are_tracke
     assert_eq!(detail["desired_packages"]["name"], "otelcol-package");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_selector_that_matches_no_agent_is_said_and_an_empty_rollout_needs_allow_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let fleet = Fleet::start(
+        &srv.ws_url,
+        collectors(2, &[("env", "prod")], |_| false, ""),
+    )
+    .await;
+    let files = json!({"collector.yaml": collector_yaml("x")});
+
+    let (status, stored) = srv
+        .put(
+            "/api/v1/configs/prod",
+            json!({"selector": "env=prod", "files": files}),
+        )
+        .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["matching_agents"], 2);
+    assert!(stored.get("warnings").is_none(), "{stored}");
+
+    let (status, stored) = srv
+        .put(
+            "/api/v1/configs/typo",
+            json!({"selector": "env=prdo", "files": files, "activate": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "stored all the same: {stored}");
+    assert_eq!(stored["matching_agents"], 0);
+    let warning = stored["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("\"env=prdo\" matches no agent"),
+        "{stored}"
+    );
+
+    // A rollout that no agent would take is refused, unless asked for.
+    let rollout = |allow: bool| json!({"config": "typo", "phases": {"percentages": [100]}, "allow_empty": allow});
+    let (status, refused) = srv.post_json("/api/v1/rollouts", rollout(false)).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("no agent would take version 1"),
+        "{refused}"
+    );
+    let (_, all) = srv.get("/api/v1/rollouts").await;
+    assert_eq!(
+        all["rollouts"].as_array().unwrap().len(),
+        0,
+        "nothing started"
+    );
+    let (status, started) = srv.post_json("/api/v1/rollouts", rollout(true)).await;
+    assert_eq!(status, 201, "{started}");
+    assert_eq!(started["state"], "completed", "nothing to wait for");
+
+    // The CLI says it too, on stderr, and still stores.
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, collector_yaml("y")).unwrap();
+    let (ok, _, err) = ctl(
+        &srv.api,
+        &[
+            "configs",
+            "apply",
+            "other",
+            "-f",
+            file.to_str().unwrap(),
+            "--selector",
+            "env=nowhere",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: selector \"env=nowhere\" matches no agent"),
+        "{err}"
+    );
+    let (ok, _, err) = ctl(&srv.api, &["restart", "--selector", "env=nowhere"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("no agent that accepts restart commands matches"),
+        "{err}"
+    );
+    fleet.stop().await;
+    srv.stop().await;
+}

@@ -5,6 +5,7 @@ use super::agents::{AgentQuery, parse_selector};
 use super::audit;
 use super::views::{AgentSummary, ConfigDiff, ConfigHistory, ConfigView, VersionView};
 use super::{Caller, Error, Ops, Result};
+use crate::fleet::agents::RecordAttributes;
 use crate::fleet::checks::{check_packages, check_settings, valid_name};
 use crate::fleet::configs;
 use crate::fleet::validate;
@@ -99,7 +100,32 @@ impl Ops {
         let stored = self
             .store_version(caller, name, draft, String::new())
             .await?;
-        Ok(ConfigView::of(&stored, active))
+        self.with_matches(ConfigView::of(&stored, active), &stored.selector)
+            .await
+    }
+
+    /// `view` with how many agents `selector` matches now, and a warning when none does.
+    async fn with_matches(&self, mut view: ConfigView, selector: &Selector) -> Result<ConfigView> {
+        let mut n = 0;
+        self.store()
+            .visit_agents(&|_| true, &mut |rec| {
+                if selector.matches(&RecordAttributes(rec)) {
+                    n += 1;
+                }
+            })
+            .await?;
+        if n == 0 {
+            let which = if selector.is_empty() {
+                "no agent is known yet".to_owned()
+            } else {
+                format!("selector \"{selector}\" matches no agent now")
+            };
+            view.warnings.push(format!(
+                "{which}; agents that match later get this config when they connect"
+            ));
+        }
+        view.matching_agents = Some(n);
+        Ok(view)
     }
 
     /// What storing `draft` as config `name` would do, with nothing stored: the same checks as
@@ -342,7 +368,8 @@ impl Ops {
         };
         let comment = format!("rollback to version {version}");
         let stored = self.store_version(caller, name, draft, comment).await?;
-        Ok(ConfigView::of(&stored, true))
+        self.with_matches(ConfigView::of(&stored, true), &stored.selector)
+            .await
     }
 
     fn active_version(&self, name: &str) -> Option<u64> {

@@ -53,6 +53,10 @@ pub struct RolloutRequest {
     pub soak: Duration,
     #[serde(default)]
     pub error_budget: ErrorBudget,
+    /// Start it even when no agent would take the version now (it completes at once, or takes
+    /// agents that match later). Without it, such a rollout is refused.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 fn default_soak() -> Duration {
@@ -206,19 +210,29 @@ impl Ops {
         // One active rollout per agent: refuse when an agent this rollout would take is held by
         // another one.
         let mut held: Option<(Uuid, String)> = None;
+        let mut candidates = 0usize;
         self.store()
             .visit_agents(&|_| true, &mut |rec| {
                 let Ok(uid) = Uuid::from_slice(&rec.instance_uid) else {
                     return;
                 };
+                if !candidate(rec, &desired, &target) {
+                    return;
+                }
+                candidates += 1;
                 if held.is_none()
                     && let Some(other) = desired.enrolled.get(&uid)
-                    && candidate(rec, &desired, &target)
                 {
                     held = Some((uid, other.clone()));
                 }
             })
             .await?;
+        if candidates == 0 && !req.allow_empty {
+            return Err(Error::Conflict(format!(
+                "no agent would take version {} of {:?} now: its selector matches none, or they                  cannot take what it holds; set allow_empty (ctl: --allow-empty) to start it anyway",
+                target.version, req.config
+            )));
+        }
         if let Some((uid, other)) = held {
             let id = desired.rollouts.get(&other).map_or("?", |r| r.id.as_str());
             return Err(Error::Conflict(format!(

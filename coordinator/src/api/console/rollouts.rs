@@ -27,6 +27,7 @@ struct Form {
     max_failure_percent: String,
     min_sample: String,
     action: String,
+    allow_empty: bool,
 }
 
 impl Default for Form {
@@ -43,6 +44,7 @@ impl Default for Form {
             max_failure_percent: "10".into(),
             min_sample: "5".into(),
             action: "rollback".into(),
+            allow_empty: false,
         }
     }
 }
@@ -62,6 +64,7 @@ impl Form {
             max_failure_percent: f("max_failure_percent"),
             min_sample: f("min_sample"),
             action: f("action"),
+            allow_empty: s.get("allow_empty") == "1",
         }
     }
 
@@ -115,6 +118,7 @@ impl Form {
                     BudgetAction::Rollback
                 },
             },
+            allow_empty: self.allow_empty,
         })
     }
 }
@@ -216,6 +220,10 @@ fn start_form(
                         option value="pause" selected[f.action == "pause"] { "pause" }
                     }
                 }
+            }
+            label.check {
+                input type="checkbox" name="allow_empty" value="1" checked[f.allow_empty];
+                " Start even if no agent would take it now"
             }
             div.actions {
                 button type="submit" name="intent" value="plan" { "Preview phases" }

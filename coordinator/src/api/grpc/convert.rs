@@ -32,7 +32,7 @@ pub(super) fn rollout_request(r: pb::StartRolloutRequest) -> Result<RolloutReque
             ));
         }
     };
-    let mut body = json!({"config": r.config, "phases": phases});
+    let mut body = json!({"config": r.config, "phases": phases, "allow_empty": r.allow_empty});
     if let Some(v) = r.version {
         body["version"] = json!(v);
     }

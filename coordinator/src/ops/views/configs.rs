@@ -51,6 +51,12 @@ pub struct ConfigView {
     /// Whether agents get this version outside rollouts (not in the JSON of a single version).
     #[serde(skip)]
     pub active: bool,
+    /// After a change: how many agents its selector matches now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matching_agents: Option<usize>,
+    /// After a change: what the caller should know (a selector that matches no agent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl ConfigView {
@@ -72,6 +78,8 @@ impl ConfigView {
             comment: c.comment.clone(),
             selector_text: c.selector.to_string(),
             active,
+            matching_agents: None,
+            warnings: Vec::new(),
         }
     }
 }
