@@ -41,7 +41,16 @@ const GRACE: Duration = Duration::from_secs(20);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match blamed_on_env(&e) {
+            Some(msg) => {
+                eprintln!("{msg}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Ctl(args) => ctl::run(args).await,
@@ -60,6 +69,35 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A bad value clap read from a `FLOTILLA_*` variable rather than the command line: clap names
+/// the flag, which the user never typed; this names the variable.
+fn blamed_on_env(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    fn find(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(|v| v.to_string_lossy().into_owned())
+            .or_else(|| cmd.get_subcommands().find_map(|c| find(c, long)))
+    }
+    let var = find(&Cli::command(), long)?;
+    let typed =
+        std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    if typed || std::env::var_os(&var).is_none() {
+        return None;
+    }
+    let text = e.render().to_string();
+    Some(text.replacen(
+        &format!("for '{arg}'"),
+        &format!("in the environment variable {var} (read as --{long})"),
+        1,
+    ))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -83,6 +83,27 @@ fn bad_config_exits_non_zero_with_a_clear_message() {
     );
 
     let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/flotilla.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("os error 2").count(), 1, "said once: {err}");
+
+    // A bad value from the environment names the variable, not a flag nobody typed.
+    let out = Command::new(BIN)
+        .args(["serve"])
+        .env("FLOTILLA_MAX_CONNECTIONS", "abc")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in the environment variable FLOTILLA_MAX_CONNECTIONS"),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
         .args(["serve", "--roles", "gateway"])
         .output()
         .unwrap();
