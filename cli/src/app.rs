@@ -247,6 +247,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             coordinator.ops(),
             tokens,
             cfg.api_tls.is_some(),
+            cfg.api_max_body,
             &mut registry,
         ));
     }

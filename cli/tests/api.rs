@@ -119,6 +119,52 @@ async fn bad_requests_get_json_errors_that_say_what_is_wrong() {
     let (status, _) = srv.get("/api/v1/configs/none").await;
     assert_eq!(status, 404);
 
+    // What axum answers itself is JSON too: an unknown path, a method a path does not take, a
+    // body over the limit.
+    let (status, body) = srv.get("/api/v1/nothing/here").await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"].as_str().unwrap().contains("no such API path"),
+        "{body}"
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .patch(format!("{}/api/v1/agents", srv.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("PATCH is not allowed"),
+        "{body}"
+    );
+    let r = http
+        .put(format!("{}/api/v1/configs/big", srv.api))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 9 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("length limit"),
+        "{body}"
+    );
+    // Outside /api/ a browser gets the console's page.
+    let r = reqwest::get(format!("{}/nothing", srv.api)).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("There is no page at /nothing")
+    );
+
     let (status, body) = srv.put("/api/v1/configs/x", json!({"files": {}})).await;
     assert_eq!(status, 400);
     assert!(

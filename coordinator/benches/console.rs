@@ -173,6 +173,7 @@ fn pages(c: &mut Criterion) {
         ops,
         None,
         false,
+        flotilla_common::config::DEFAULT_API_MAX_BODY,
         &mut prometheus_client::registry::Registry::default(),
     );
     let paths = [

@@ -22,11 +22,13 @@ use std::sync::Arc;
 
 /// The API routes, REST and gRPC, and the web console, over `ops`; with `tokens`, every request
 /// must carry one whose role allows it (the console: a signed-in browser). `tls`: the port is
-/// served over TLS (the console's cookies are then Secure).
+/// served over TLS (the console's cookies are then Secure). `max_body`: the largest request body
+/// (413 past it).
 pub fn router(
     ops: Ops,
     tokens: Option<Arc<ApiTokens>>,
     tls: bool,
+    max_body: usize,
     registry: &mut Registry,
 ) -> Router {
     let gate = Gate::new(tokens.clone(), ops.clone(), ApiMetrics::new(registry));
@@ -40,4 +42,12 @@ pub fn router(
         )
         .layer(axum::middleware::from_fn_with_state(gate, auth::authorize))
         .merge(console)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/api/") {
+                rest::not_found(uri.path())
+            } else {
+                console::not_found(uri.path())
+            }
+        })
 }

@@ -33,6 +33,9 @@ pub const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
 
 /// `--max-message-size`: the largest AgentToServer accepted, after decompression.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 << 20;
+/// `--api-max-body`: the largest admin API request body (twice the largest message, so a config
+/// that fits in one still fits as JSON, with its escapes).
+pub const DEFAULT_API_MAX_BODY: usize = 2 * DEFAULT_MAX_MESSAGE_SIZE;
 /// `--max-inflight-bytes`: bytes of incomplete agent messages one gateway holds at once.
 pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 256 << 20;
 /// `--agent-retention`: how long a disconnected or silent agent's record is kept.

@@ -6,9 +6,9 @@ mod limits;
 mod sources;
 
 pub use limits::{
-    AgentLimits, DEFAULT_AGENT_RETENTION, DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_MESSAGE_SIZE,
-    MAX_HEARTBEAT, MIN_HEARTBEAT, RecordLimits, default_max_connections, open_file_limit,
-    raise_open_file_limit,
+    AgentLimits, DEFAULT_AGENT_RETENTION, DEFAULT_API_MAX_BODY, DEFAULT_MAX_INFLIGHT_BYTES,
+    DEFAULT_MAX_MESSAGE_SIZE, MAX_HEARTBEAT, MIN_HEARTBEAT, RecordLimits, default_max_connections,
+    open_file_limit, raise_open_file_limit,
 };
 pub use sources::{AgentIdentity, ConfigError, Role, ServeArgs, TlsVersion};
 use sources::{FileConfig, read_file};
@@ -77,6 +77,7 @@ pub struct ServeConfig {
     pub api_tls: Option<TlsFiles>,
     pub heartbeat_interval: Duration,
     pub max_message_size: usize,
+    pub api_max_body: usize,
     pub lease_ttl: Duration,
     pub audit_retention: Duration,
     pub agent_retention: Duration,
@@ -194,6 +195,14 @@ impl ServeConfig {
                 .max_message_size
                 .or(f.max_message_size)
                 .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
+            // Twice the largest message unless set (the default's 8 MiB at the default message).
+            api_max_body: a.api_max_body.or(f.api_max_body).unwrap_or_else(|| {
+                let message = a
+                    .max_message_size
+                    .or(f.max_message_size)
+                    .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+                message.saturating_mul(DEFAULT_API_MAX_BODY / DEFAULT_MAX_MESSAGE_SIZE)
+            }),
             audit_retention: a
                 .audit_retention
                 .or(f.audit_retention)
@@ -288,6 +297,13 @@ impl ServeConfig {
         if self.max_message_size < 1024 {
             return invalid("--max-message-size must be at least 1024 bytes".into());
         }
+        if self.api_max_body < self.max_message_size {
+            return invalid(format!(
+                "--api-max-body ({}) must be at least --max-message-size ({}): a config that \
+                 reaches agents must fit in the API's request",
+                self.api_max_body, self.max_message_size
+            ));
+        }
         if self.limits.max_inflight_bytes < self.max_message_size as u64 {
             return invalid("--max-inflight-bytes must be at least --max-message-size".into());
         }
@@ -376,7 +392,7 @@ impl fmt::Display for ServeConfig {
         write!(
             f,
             "roles={}{} opamp_listen={} api_listen={} region={} node_id={} data_dir={} \
-             heartbeat_interval={} max_message_size={} lease_ttl={} tls={} client_ca={} \
+             heartbeat_interval={} max_message_size={} api_max_body={} lease_ttl={} tls={} client_ca={} \
              agent_identity={:?} agent_tokens={} api_tokens={} api_tls={} signing_ca={} \
              max_connections={} nats={} redis={}",
             if self.gateway { "gateway," } else { "" },
@@ -388,6 +404,7 @@ impl fmt::Display for ServeConfig {
             self.data_dir.display(),
             humantime::format_duration(self.heartbeat_interval),
             self.max_message_size,
+            self.api_max_body,
             humantime::format_duration(self.lease_ttl),
             self.tls.is_some(),
             self.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),

@@ -125,6 +125,11 @@ pub struct ServeArgs {
     /// than the NATS server's max_payload allows [default: 4194304].
     #[arg(long, env = "FLOTILLA_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<usize>,
+    /// Largest admin API request body in bytes (a config's JSON, a console form); larger ones
+    /// are answered 413. At least --max-message-size [default: twice --max-message-size,
+    /// 8388608].
+    #[arg(long, env = "FLOTILLA_API_MAX_BODY")]
+    pub api_max_body: Option<usize>,
     /// How long audit log entries are kept [default: 90days].
     #[arg(long, env = "FLOTILLA_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
     pub audit_retention: Option<Duration>,
@@ -196,6 +201,7 @@ pub(super) struct FileConfig {
     pub(super) max_message_size: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub(super) lease_ttl: Option<Duration>,
+    pub(super) api_max_body: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub(super) audit_retention: Option<Duration>,
     #[serde(default, with = "humantime_serde")]

@@ -243,3 +243,21 @@ fn hardening_limits_are_read_and_checked() {
         assert!(err.contains(why), "{err}");
     }
 }
+
+#[test]
+fn the_api_body_limit_follows_the_message_size_unless_set() {
+    let c = ServeConfig::default();
+    assert_eq!(c.api_max_body, 8 << 20);
+    let big = ServeConfig::load(ServeArgs {
+        max_message_size: Some(64 << 20),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(big.api_max_body, 128 << 20);
+    let err = ServeConfig::load(ServeArgs {
+        api_max_body: Some(1 << 20),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("--api-max-body"), "{err}");
+}

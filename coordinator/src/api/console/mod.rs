@@ -65,6 +65,15 @@ pub fn routes(ops: Ops, tokens: Option<Arc<ApiTokens>>, tls: bool) -> Router {
         .with_state(console)
 }
 
+/// A page nothing answers: the console's 404 page.
+pub fn not_found(path: &str) -> Response {
+    page::PageError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        format!("There is no page at {path}."),
+    )
+    .into_response()
+}
+
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
 

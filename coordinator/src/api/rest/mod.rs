@@ -8,9 +8,12 @@ mod reply;
 mod rollouts;
 
 use crate::ops::Ops;
+use axum::Json;
 use axum::Router;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::json;
 
 /// The REST routes, over `ops`. The auth gate is layered on by [`crate::api::router`].
 pub fn routes(ops: Ops) -> Router {
@@ -53,7 +56,41 @@ pub fn routes(ops: Ops) -> Router {
         .route("/api/v1/restarts/{id}", get(rollouts::restart_job))
         .route("/api/v1/audit", get(rollouts::audit))
         .route("/api/v1/openapi.json", get(openapi))
+        .method_not_allowed_fallback(|req: axum::extract::Request| async move {
+            let msg = format!("{} is not allowed on {}", req.method(), req.uri().path());
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                Json(json!({ "error": msg })),
+            )
+                .into_response()
+        })
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(ops)
+}
+
+/// An API path nothing answers: a JSON 404 like every other API error.
+pub fn not_found(path: &str) -> Response {
+    let msg = format!("no such API path {path}; GET /api/v1/openapi.json lists them");
+    (StatusCode::NOT_FOUND, Json(json!({ "error": msg }))).into_response()
+}
+
+/// Errors that axum itself answers before a handler (a body over the limit, a bad content type)
+/// come as plain text: made `{"error": ...}` like the handlers' own, so every API error is JSON.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let r = next.run(req).await;
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if !(r.status().is_client_error() || r.status().is_server_error()) || json {
+        return r;
+    }
+    let status = r.status();
+    let text = match axum::body::to_bytes(r.into_body(), 64 << 10).await {
+        Ok(b) if !b.is_empty() => String::from_utf8_lossy(&b).trim().to_owned(),
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    (status, Json(json!({ "error": text }))).into_response()
 }
 
 async fn openapi() -> Response {
