@@ -156,6 +156,8 @@ fn serve_drains_on_sigterm_keeps_configs_across_restarts_and_ctl_drives_it() {
     let out = ctl(
         api,
         &[
+            "-o",
+            "json",
             "configs",
             "put",
             "base",
@@ -187,7 +189,7 @@ fn serve_drains_on_sigterm_keeps_configs_across_restarts_and_ctl_drives_it() {
     assert!(stop(server).success(), "SIGTERM drains and exits 0");
     let server = serve(dir.path(), opamp, api);
     wait_healthy(api);
-    let out = ctl(api, &["configs", "get", "base"]);
+    let out = ctl(api, &["configs", "get", "base", "-o", "json"]);
     assert!(out.status.success());
     let kept: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(kept["hash"], stored["hash"]);

@@ -157,6 +157,41 @@ async fn agents_list_pages_with_a_cursor_or_all_at_once() {
     let failed = stdout(&ctl(&["agents", "list", "--config", "failed"]));
     assert!(failed.contains("0 of 0 agents"), "{failed}");
 
+    // Tables by default, the document as YAML or JSON on request; file bodies only when asked.
+    let health = stdout(&ctl(&["health", "-o", "yaml"]));
+    assert!(health.contains("total_agents: 5"), "{health}");
+    let file = dir.path().join("collector.yaml");
+    std::fs::write(&file, "receivers: {otlp: {}}\n# BODY-MARK\n").unwrap();
+    let f = file.to_str().unwrap();
+    let applied = ctl(&[
+        "configs",
+        "apply",
+        "base",
+        "-f",
+        f,
+        "--selector",
+        "env=prod",
+    ]);
+    let text = stdout(&applied);
+    assert!(text.contains("config base version 1"), "{text}");
+    assert!(text.contains("matching:  5 agents now"), "{text}");
+    assert!(text.contains("collector.yaml (2 lines"), "{text}");
+    assert!(!text.contains("BODY-MARK"), "no body in the table: {text}");
+    let wide = stdout(&ctl(&["configs", "get", "base", "-o", "wide"]));
+    assert!(wide.contains("BODY-MARK"), "{wide}");
+    let list = stdout(&ctl(&["configs", "list"]));
+    let header = list.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("NAME") && header.contains("SELECTOR"),
+        "{list}"
+    );
+    let audit = stdout(&ctl(&["audit"]));
+    assert!(audit.starts_with("AT "), "a header: {audit}");
+    assert!(audit.contains("config.put"), "{audit}");
+    let rows: Vec<&str> = audit.lines().collect();
+    let column = |l: &str| l.find("config.put").or_else(|| l.find("ACTION"));
+    assert_eq!(column(rows[0]), column(rows[1]), "aligned: {audit}");
+
     fleet.stop().await;
     srv.stop().await;
 }

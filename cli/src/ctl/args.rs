@@ -1,5 +1,6 @@
 //! The commands and flags of `flotilla ctl`.
 
+pub use super::output::Format;
 use clap::{Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,6 +80,13 @@ pub struct CtlArgs {
     /// PEM CA that signed the API's certificate (https URLs with a private CA).
     #[arg(long, env = "FLOTILLA_API_CA", global = true)]
     pub ca: Option<PathBuf>,
+    /// How to print answers: aligned tables, wider tables (config files in full), or the API's
+    /// document as JSON or YAML.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// The same as -o json.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -132,9 +140,6 @@ pub enum CtlCommand {
         /// At most this many entries.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Print the API's JSON instead of a table.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -161,12 +166,10 @@ pub enum AgentsCommand {
         /// The page after this one: the cursor the previous page printed.
         #[arg(long, conflicts_with = "all")]
         cursor: Option<String>,
-        /// Every page, one after the other (the table's rows, or one JSON page per line).
+        /// Every page, one after the other (the table's rows, or one document per page: JSON
+        /// pages one a line, YAML documents apart).
         #[arg(long)]
         all: bool,
-        /// Print the API's JSON instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Everything known of one agent: description, health tree, configs, packages.
     Get {
@@ -306,9 +309,6 @@ pub enum RolloutsCommand {
         /// Follow it with a progress bar until it ends.
         #[arg(long)]
         watch: bool,
-        /// Print the API's JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Holds a running rollout where it is.
     Pause {

@@ -1,5 +1,6 @@
-//! `flotilla ctl`: the admin CLI, a thin client of the REST API. `args` holds its commands and flags, `output`
-//! what it prints; this file sends the requests.
+//! `flotilla ctl`: the admin CLI, a thin client of the REST API. `args` holds its commands and
+//! flags, `output` how answers are printed (`-o table|wide|json|yaml`); this file sends the
+//! requests.
 
 mod args;
 mod output;
@@ -8,12 +9,133 @@ use anyhow::{Context, bail};
 pub use args::CtlArgs;
 use args::{AgentsCommand, ConfigsCommand, CtlCommand, LabelsCommand, RolloutsCommand, api_name};
 pub use output::emit;
-use output::{Progress, out, print_agent_table, print_rollout};
+use output::{
+    Format, Progress, document, document_in_stream, field, out, pairs, print_agent_table,
+    print_config, print_rollout, selector_text, table,
+};
 use reqwest::Client;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+/// What an answer is, for its table form (-o json and yaml print the document as it is).
+enum Shape {
+    /// Flat `key: value` lines.
+    Pairs,
+    /// One agent.
+    Agent,
+    /// One config version.
+    Config,
+    /// The active configs.
+    Configs,
+    /// An agent's labels.
+    Labels,
+    /// Audit entries.
+    Audit,
+}
+
+/// Prints `v` in `format`, as `shape` says for tables.
+fn show(v: &Value, shape: Shape, format: Format) -> anyhow::Result<()> {
+    if format.is_document() {
+        return document(v, format);
+    }
+    let wide = format == Format::Wide;
+    match shape {
+        Shape::Pairs => pairs(v),
+        Shape::Config => print_config(v, wide),
+        Shape::Agent => {
+            pairs(v);
+            for key in [
+                "identifying_attributes",
+                "non_identifying_attributes",
+                "labels",
+            ] {
+                for (k, val) in v[key].as_object().into_iter().flatten() {
+                    out!("{key}: {k}={}", val.as_str().unwrap_or_default());
+                }
+            }
+            if let Some(c) = v["desired_config"].as_object() {
+                out!(
+                    "desired config: {} v{}",
+                    field(&Value::Object(c.clone()), "name"),
+                    c["version"]
+                );
+            }
+            out!(
+                "reported config: {} {}",
+                field(&v["remote_config_status"], "status"),
+                v["remote_config_status"]["error"]
+                    .as_str()
+                    .unwrap_or_default()
+            );
+            if !wide {
+                out!("(health tree, effective config, packages: -o wide, json or yaml)");
+            } else {
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "health": v["health"],
+                        "effective_config": v["effective_config"],
+                        "packages": v["packages"],
+                    }))?
+                );
+            }
+        }
+        Shape::Configs => {
+            let rows: Vec<Vec<String>> = v["configs"]
+                .as_array()
+                .or(v.as_array())
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let files: Vec<&str> = c["files"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, _)| k.as_str())
+                        .collect();
+                    vec![
+                        field(c, "name"),
+                        field(c, "version"),
+                        selector_text(&c["selector"]),
+                        files.join(","),
+                        field(c, "created"),
+                        field(c, "created_by"),
+                    ]
+                })
+                .collect();
+            table(
+                &["NAME", "VERSION", "SELECTOR", "FILES", "CREATED", "BY"],
+                &rows,
+            );
+        }
+        Shape::Labels => {
+            for (k, val) in v["labels"].as_object().into_iter().flatten() {
+                out!("{k}={}", val.as_str().unwrap_or_default());
+            }
+        }
+        Shape::Audit => {
+            let rows: Vec<Vec<String>> = v["entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    ["at", "caller", "action", "object"]
+                        .iter()
+                        .map(|k| field(e, k))
+                        .collect()
+                })
+                .collect();
+            table(&["AT", "CALLER", "ACTION", "OBJECT"], &rows);
+            if v["truncated"] == true {
+                out!("(more entries: narrow --since/--until or raise --limit)");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let format = if args.json { Format::Json } else { args.output };
     let api = args.api;
     let mut builder = reqwest::Client::builder();
     if let Some(token) = &args.token {
@@ -32,14 +154,19 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     }
     let client = builder.build().context("cannot set up the HTTP client")?;
     let url = |path: &str| format!("{api}{path}");
-    let out = match args.command {
-        CtlCommand::Health => call(client.get(url("/api/v1/fleet/health"))).await?,
-        CtlCommand::Agents(AgentsCommand::Get { uid }) => {
-            call(client.get(url(&format!("/api/v1/agents/{uid}")))).await?
-        }
-        CtlCommand::Agents(AgentsCommand::Delete { uid }) => {
-            call(client.delete(url(&format!("/api/v1/agents/{uid}")))).await?
-        }
+    let (out, shape) = match args.command {
+        CtlCommand::Health => (
+            call(client.get(url("/api/v1/fleet/health"))).await?,
+            Shape::Pairs,
+        ),
+        CtlCommand::Agents(AgentsCommand::Get { uid }) => (
+            call(client.get(url(&format!("/api/v1/agents/{uid}")))).await?,
+            Shape::Agent,
+        ),
+        CtlCommand::Agents(AgentsCommand::Delete { uid }) => (
+            call(client.delete(url(&format!("/api/v1/agents/{uid}")))).await?,
+            Shape::Pairs,
+        ),
         CtlCommand::Agents(AgentsCommand::List {
             selector,
             status,
@@ -48,7 +175,6 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             limit,
             cursor,
             all,
-            json,
         }) => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(selector.map(|s| ("selector", s)));
@@ -62,15 +188,10 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 q.extend(cursor.clone().map(|c| ("cursor", c)));
                 let page = call(client.get(url("/api/v1/agents")).query(&q)).await?;
                 cursor = page["next_cursor"].as_str().map(str::to_owned);
-                if json {
-                    // One page per line with --all (a stream of JSON documents); else pretty.
-                    if all {
-                        out!("{}", serde_json::to_string(&page)?);
-                    } else {
-                        out!("{}", serde_json::to_string_pretty(&page)?);
-                    }
-                } else {
-                    print_agent_table(&page, first, all);
+                match (format.is_document(), all) {
+                    (true, true) => document_in_stream(&page, format)?,
+                    (true, false) => document(&page, format)?,
+                    (false, _) => print_agent_table(&page, first, all, format == Format::Wide),
                 }
                 first = false;
                 if !all || cursor.is_none() {
@@ -78,19 +199,15 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 }
             }
         }
-        CtlCommand::Configs(cmd) => match configs(&client, &api, cmd).await? {
-            Some(v) => v,
+        CtlCommand::Configs(cmd) => match configs(&client, &api, cmd, format).await? {
+            Some(shown) => shown,
             None => return Ok(()),
         },
         CtlCommand::Labels(cmd) => {
             let (uid, body) = match cmd {
                 LabelsCommand::Get { uid } => {
                     let path = format!("/api/v1/agents/{uid}/labels");
-                    out!(
-                        "{}",
-                        serde_json::to_string_pretty(&call(client.get(url(&path))).await?)?
-                    );
-                    return Ok(());
+                    return show(&call(client.get(url(&path))).await?, Shape::Labels, format);
                 }
                 LabelsCommand::Set { uid, labels } => {
                     let mut set = serde_json::Map::new();
@@ -105,12 +222,16 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 LabelsCommand::Remove { uid, keys } => (uid, json!({"remove": keys})),
             };
             let path = format!("/api/v1/agents/{uid}/labels");
-            call(client.post(url(&path)).json(&body)).await?
+            (
+                call(client.post(url(&path)).json(&body)).await?,
+                Shape::Labels,
+            )
         }
-        CtlCommand::Rollouts(cmd) => return rollouts(&client, &api, cmd).await,
-        CtlCommand::Restart { uid: Some(uid), .. } => {
-            call(client.post(url(&format!("/api/v1/agents/{uid}/restart")))).await?
-        }
+        CtlCommand::Rollouts(cmd) => return rollouts(&client, &api, cmd, format).await,
+        CtlCommand::Restart { uid: Some(uid), .. } => (
+            call(client.post(url(&format!("/api/v1/agents/{uid}/restart")))).await?,
+            Shape::Pairs,
+        ),
         CtlCommand::Restart {
             uid: None,
             selector,
@@ -139,84 +260,90 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 "{} matched: {} delivered, {} queued, {} failed",
                 job["matched"], job["delivered"], job["queued"], job["failed"]
             ));
-            job
+            (job, Shape::Pairs)
         }
-        CtlCommand::RotateCertificate { uid } => {
-            call(client.post(url(&format!("/api/v1/agents/{uid}/certificate")))).await?
-        }
+        CtlCommand::RotateCertificate { uid } => (
+            call(client.post(url(&format!("/api/v1/agents/{uid}/certificate")))).await?,
+            Shape::Pairs,
+        ),
         CtlCommand::Audit {
             object,
             since,
             until,
             limit,
-            json,
         } => {
             let mut query = vec![("limit", limit.to_string())];
             query.extend(object.map(|s| ("object", s)));
             query.extend(since.map(|s| ("since", s)));
             query.extend(until.map(|s| ("until", s)));
-            let log = call(client.get(url("/api/v1/audit")).query(&query)).await?;
-            if !json {
-                for e in log["entries"].as_array().into_iter().flatten() {
-                    let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
-                    out!(
-                        "{:<24}  {:<12}  {:<20}  {}",
-                        s("at"),
-                        s("caller"),
-                        s("action"),
-                        s("object")
-                    );
-                }
-                return Ok(());
-            }
-            log
+            (
+                call(client.get(url("/api/v1/audit")).query(&query)).await?,
+                Shape::Audit,
+            )
         }
     };
-    out!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    show(&out, shape, format)
 }
 
-/// Runs a configs command; None when it printed its own output.
-async fn configs(client: &Client, api: &str, cmd: ConfigsCommand) -> anyhow::Result<Option<Value>> {
+/// Runs a configs command: what to show, or None when it printed its own output.
+async fn configs(
+    client: &Client,
+    api: &str,
+    cmd: ConfigsCommand,
+    format: Format,
+) -> anyhow::Result<Option<(Value, Shape)>> {
     let url = |path: String| format!("{api}/api/v1/configs{path}");
     Ok(Some(match cmd {
-        ConfigsCommand::List => call(client.get(url(String::new()))).await?,
+        ConfigsCommand::List => (call(client.get(url(String::new()))).await?, Shape::Configs),
         ConfigsCommand::Get {
             name,
             version: None,
-        } => call(client.get(url(format!("/{name}")))).await?,
+        } => (
+            call(client.get(url(format!("/{name}")))).await?,
+            Shape::Config,
+        ),
         ConfigsCommand::Get {
             name,
             version: Some(v),
-        } => call(client.get(url(format!("/{name}/versions/{v}")))).await?,
+        } => (
+            call(client.get(url(format!("/{name}/versions/{v}")))).await?,
+            Shape::Config,
+        ),
         ConfigsCommand::History { name } => {
             let h = call(client.get(url(format!("/{name}/versions")))).await?;
-            out!(
-                "{:<8}  {:<6}  {:<24}  {:<12}  {:<16}  COMMENT",
-                "VERSION",
-                "ACTIVE",
-                "CREATED",
-                "BY",
-                "HASH"
-            );
-            for v in h["versions"].as_array().into_iter().flatten() {
-                let s = |k: &str| v[k].as_str().unwrap_or("").to_owned();
-                out!(
-                    "{:<8}  {:<6}  {:<24}  {:<12}  {:<16}  {}",
-                    v["version"],
-                    if v["active"] == true { "*" } else { "" },
-                    s("created"),
-                    s("created_by"),
-                    s("hash").get(..16).unwrap_or_default(),
-                    s("comment")
-                );
+            if format.is_document() {
+                document(&h, format)?;
+                return Ok(None);
             }
+            let rows: Vec<Vec<String>> = h["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    vec![
+                        field(v, "version"),
+                        if v["active"] == true { "*" } else { "" }.to_owned(),
+                        field(v, "created"),
+                        field(v, "created_by"),
+                        field(v, "hash").chars().take(16).collect(),
+                        v["comment"].as_str().unwrap_or_default().to_owned(),
+                    ]
+                })
+                .collect();
+            table(
+                &["VERSION", "ACTIVE", "CREATED", "BY", "HASH", "COMMENT"],
+                &rows,
+            );
             return Ok(None);
         }
         ConfigsCommand::Diff { name, from, to } => {
             let mut q = vec![("from", from.to_string())];
             q.extend(to.map(|t| ("to", t.to_string())));
             let d = call(client.get(url(format!("/{name}/diff"))).query(&q)).await?;
+            if format.is_document() {
+                document(&d, format)?;
+                return Ok(None);
+            }
             let text = d["diff"].as_str().unwrap_or_default();
             if text.is_empty() {
                 out!("versions {} and {} are the same", d["from"], d["to"]);
@@ -229,7 +356,7 @@ async fn configs(client: &Client, api: &str, cmd: ConfigsCommand) -> anyhow::Res
             let body = json!({ "version": version });
             let stored = call(client.post(url(format!("/{name}/rollback"))).json(&body)).await?;
             warn_of(&stored);
-            stored
+            (stored, Shape::Config)
         }
         ConfigsCommand::Apply {
             name,
@@ -255,36 +382,43 @@ async fn configs(client: &Client, api: &str, cmd: ConfigsCommand) -> anyhow::Res
             });
             let stored = call(client.put(url(format!("/{name}"))).json(&body)).await?;
             warn_of(&stored);
-            stored
+            (stored, Shape::Config)
         }
     }))
 }
 
-async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::Result<()> {
+async fn rollouts(
+    client: &Client,
+    api: &str,
+    cmd: RolloutsCommand,
+    format: Format,
+) -> anyhow::Result<()> {
     let url = |path: String| format!("{api}/api/v1/rollouts{path}");
     let (r, watch) = match cmd {
         RolloutsCommand::List => {
             let all = call(client.get(url(String::new()))).await?;
-            out!(
-                "{:<36}  {:<16}  {:<9}  {:<12}  {:<8}  CREATED",
-                "ID",
-                "CONFIG",
-                "VERSIONS",
-                "STATE",
-                "APPLIED"
-            );
-            for r in all["rollouts"].as_array().into_iter().flatten() {
-                let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
-                out!(
-                    "{:<36}  {:<16}  {:<9}  {:<12}  {:<8}  {}",
-                    s("id"),
-                    s("config"),
-                    format!("{}->{}", r["from_version"], r["to_version"]),
-                    s("state"),
-                    format!("{}/{}", r["applied"], r["agents_total"]),
-                    s("created")
-                );
+            if format.is_document() {
+                return document(&all, format);
             }
+            let rows: Vec<Vec<String>> = all["rollouts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    vec![
+                        field(r, "id"),
+                        field(r, "config"),
+                        format!("{}->{}", r["from_version"], r["to_version"]),
+                        field(r, "state"),
+                        format!("{}/{}", r["applied"], r["agents_total"]),
+                        field(r, "created"),
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "CONFIG", "VERSIONS", "STATE", "APPLIED", "CREATED"],
+                &rows,
+            );
             return Ok(());
         }
         RolloutsCommand::Start {
@@ -327,13 +461,8 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
                 watch,
             )
         }
-        RolloutsCommand::Status { id, watch, json } => {
-            let r = call(client.get(url(format!("/{id}")))).await?;
-            if json {
-                out!("{}", serde_json::to_string_pretty(&r)?);
-                return Ok(());
-            }
-            (r, watch)
+        RolloutsCommand::Status { id, watch } => {
+            (call(client.get(url(format!("/{id}")))).await?, watch)
         }
         RolloutsCommand::Pause { id } => {
             (call(client.post(url(format!("/{id}/pause")))).await?, false)
@@ -347,8 +476,13 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
         }
     };
     if !watch {
-        print_rollout(&r);
-        return Ok(());
+        return match format.is_document() {
+            true => document(&r, format),
+            false => {
+                print_rollout(&r);
+                Ok(())
+            }
+        };
     }
     let id = r["id"].as_str().unwrap_or_default().to_owned();
     let mut r = r;
@@ -373,7 +507,11 @@ async fn rollouts(client: &Client, api: &str, cmd: RolloutsCommand) -> anyhow::R
         "rollout {id} {}",
         r["state"].as_str().unwrap_or_default()
     ));
-    print_rollout(&r);
+    if format.is_document() {
+        document(&r, format)?;
+    } else {
+        print_rollout(&r);
+    }
     if r["state"] != "completed" {
         bail!(
             "rollout {id} ended {}: {}",

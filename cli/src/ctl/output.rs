@@ -23,36 +23,207 @@ macro_rules! out {
 }
 pub(crate) use out;
 
+/// How `flotilla ctl` prints an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns, the fields people read.
+    Table,
+    /// Tables with every column, and config files in full.
+    Wide,
+    /// The API's JSON document.
+    Json,
+    /// The API's document as YAML.
+    Yaml,
+}
+
+impl Format {
+    pub(super) fn is_document(self) -> bool {
+        matches!(self, Self::Json | Self::Yaml)
+    }
+}
+
+/// The API's document as JSON (pretty) or YAML.
+pub(super) fn document(v: &Value, format: Format) -> anyhow::Result<()> {
+    if format == Format::Yaml {
+        let mut text = String::new();
+        saphyr::YamlEmitter::new(&mut text)
+            .dump(&to_yaml(v))
+            .map_err(|e| anyhow::anyhow!("cannot write YAML: {e:?}"))?;
+        out!("{}", text.trim_end());
+    } else {
+        out!("{}", serde_json::to_string_pretty(v)?);
+    }
+    Ok(())
+}
+
+/// One page of a stream of documents (`agents list --all`): a JSON document a line, or YAML
+/// documents apart.
+pub(super) fn document_in_stream(v: &Value, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => document(v, format),
+        _ => {
+            out!("{}", serde_json::to_string(v)?);
+            Ok(())
+        }
+    }
+}
+
+fn to_yaml(v: &Value) -> saphyr::Yaml<'static> {
+    use saphyr::{Scalar, Yaml};
+    use std::borrow::Cow;
+    match v {
+        Value::Null => Yaml::Value(Scalar::Null),
+        Value::Bool(b) => Yaml::Value(Scalar::Boolean(*b)),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Yaml::Value(Scalar::Integer(i)),
+            None => Yaml::Value(Scalar::FloatingPoint(n.as_f64().unwrap_or(0.0).into())),
+        },
+        Value::String(s) => Yaml::Value(Scalar::String(Cow::Owned(s.clone()))),
+        Value::Array(a) => Yaml::Sequence(a.iter().map(to_yaml).collect()),
+        Value::Object(o) => Yaml::Mapping(
+            o.iter()
+                .map(|(k, v)| {
+                    (
+                        Yaml::Value(Scalar::String(Cow::Owned(k.clone()))),
+                        to_yaml(v),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Rows under a header, each column as wide as its widest cell (the last one unpadded).
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i + 1 < widths.len() {
+                let pad = widths[i] - cell.chars().count();
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad + 2));
+            } else {
+                text.push_str(cell);
+            }
+        }
+        out!("{}", text.trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
+
+/// A field of a JSON object as text ("-" when absent; numbers and booleans as written).
+pub(super) fn field(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An object's scalar fields as aligned `key: value` lines (nested ones left to -o json/yaml).
+pub(super) fn pairs(v: &Value) {
+    let rows: Vec<Vec<String>> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, x)| !x.is_object() && !x.is_array())
+        .map(|(k, _)| vec![format!("{k}:"), field(v, k)])
+        .collect();
+    let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+    for r in rows {
+        out!("{:<width$}  {}", r[0], r[1]);
+    }
+}
+
+/// A config version: what it is, where it goes and which files it holds (their bodies with
+/// `wide`).
+pub(super) fn print_config(c: &Value, wide: bool) {
+    out!(
+        "config {} version {}{}",
+        field(c, "name"),
+        c["version"],
+        if c["active"] == true { " (active)" } else { "" }
+    );
+    out!("selector:  {}", selector_text(&c["selector"]));
+    out!("hash:      {}", field(c, "hash"));
+    out!(
+        "created:   {} by {}",
+        field(c, "created"),
+        field(c, "created_by")
+    );
+    if let Some(n) = c["matching_agents"].as_u64() {
+        out!("matching:  {n} agents now");
+    }
+    if c["comment"].as_str().is_some_and(|s| !s.is_empty()) {
+        out!("comment:   {}", field(c, "comment"));
+    }
+    for (name, body) in c["files"].as_object().into_iter().flatten() {
+        let body = body.as_str().unwrap_or_default();
+        out!(
+            "file:      {name} ({} lines, {} bytes)",
+            body.lines().count(),
+            body.len()
+        );
+        if wide {
+            for line in body.lines() {
+                out!("  {line}");
+            }
+        }
+    }
+    for (name, p) in c["packages"].as_object().into_iter().flatten() {
+        out!("package:   {name} {}", field(p, "version"));
+    }
+}
+
+/// A selector as the API shows it (text, or pairs) in its text form.
+pub(super) fn selector_text(selector: &Value) -> String {
+    match selector {
+        Value::String(s) if s.is_empty() => "(every agent)".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Object(m) if m.is_empty() => "(every agent)".to_owned(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
 pub(super) fn print_rollout(r: &Value) {
-    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
     out!(
         "rollout {} of {} {} -> {}: {} {}",
-        s(&r["id"]),
-        s(&r["config"]),
+        field(r, "id"),
+        field(r, "config"),
         r["from_version"],
         r["to_version"],
-        s(&r["state"]),
-        s(&r["reason"])
+        field(r, "state"),
+        r["reason"].as_str().unwrap_or_default()
     );
-    out!(
-        "{:<6}  {:<7}  {:<8}  {:<7}  {:<8}  STARTED",
-        "PHASE",
-        "AGENTS",
-        "APPLIED",
-        "FAILED",
-        "PENDING"
+    let rows: Vec<Vec<String>> = r["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            ["phase", "agents", "applied", "failed", "pending", "started"]
+                .iter()
+                .map(|k| field(p, k))
+                .collect()
+        })
+        .collect();
+    table(
+        &["PHASE", "AGENTS", "APPLIED", "FAILED", "PENDING", "STARTED"],
+        &rows,
     );
-    for p in r["phases"].as_array().into_iter().flatten() {
-        out!(
-            "{:<6}  {:<7}  {:<8}  {:<7}  {:<8}  {}",
-            p["phase"],
-            p["agents"],
-            p["applied"],
-            p["failed"],
-            p["pending"],
-            s(&p["started"])
-        );
-    }
     out!(
         "{} of {} agents applied, {} failed",
         r["applied"],
@@ -113,46 +284,87 @@ impl Progress {
 }
 
 /// One page of agents as a table: the header on the first page; the count and the next page's
-/// cursor at the end (with `all`, the count of every page at the last one).
-pub(super) fn print_agent_table(page: &Value, first: bool, all: bool) {
-    let rows: Vec<[String; 6]> = page["agents"]
+/// cursor at the end (with `all`, the count of every page at the last one). `wide` adds the
+/// region, environment, version and gateway.
+pub(super) fn print_agent_table(page: &Value, first: bool, all: bool, wide: bool) {
+    let rows: Vec<Vec<String>> = page["agents"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|a| {
-            let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
             let config = match a["desired_config"]["name"].as_str() {
                 Some(name) => format!(
                     "{} {name} v{}",
-                    s(&a["config_state"]),
+                    field(a, "config_state"),
                     a["desired_config"]["version"]
                 ),
-                None => s(&a["config_state"]),
+                None => field(a, "config_state"),
             };
-            [
-                s(&a["instance_uid"]),
-                s(&a["status"]),
-                a["healthy"].as_bool().map_or("-".into(), |h| {
-                    if h { "healthy" } else { "unhealthy" }.into()
-                }),
+            let health = match a["healthy"].as_bool() {
+                Some(true) => "healthy",
+                Some(false) => "unhealthy",
+                None => "-",
+            };
+            let attr = |k: &str| {
+                [
+                    &a["identifying_attributes"],
+                    &a["non_identifying_attributes"],
+                ]
+                .iter()
+                .find_map(|m| m[k].as_str())
+                .unwrap_or("-")
+                .to_owned()
+            };
+            let mut row = vec![
+                field(a, "instance_uid"),
+                field(a, "status"),
+                health.to_owned(),
                 config,
-                s(&a["last_seen"]),
-                s(&a["identifying_attributes"]["service.name"]),
-            ]
+                field(a, "last_seen"),
+                attr("service.name"),
+            ];
+            if wide {
+                row.extend([
+                    attr("service.version"),
+                    attr("cloud.region"),
+                    attr("deployment.environment"),
+                    field(a, "gateway"),
+                ]);
+            }
+            row
         })
         .collect();
-    if first {
-        out!(
-            "{:<36}  {:<12}  {:<9}  {:<28}  {:<24}  SERVICE",
-            "INSTANCE UID",
-            "STATUS",
-            "HEALTH",
-            "CONFIG",
-            "LAST SEEN"
-        );
+    let mut header = vec![
+        "INSTANCE UID",
+        "STATUS",
+        "HEALTH",
+        "CONFIG",
+        "LAST SEEN",
+        "SERVICE",
+    ];
+    if wide {
+        header.extend(["VERSION", "REGION", "ENVIRONMENT", "GATEWAY"]);
     }
-    for [uid, status, health, config, seen, service] in &rows {
-        out!("{uid:<36}  {status:<12}  {health:<9}  {config:<28}  {seen:<24}  {service}");
+    // Fixed widths (long cells push their row out), so every page of --all lines up with the
+    // first page's header.
+    const WIDTHS: [usize; 9] = [36, 12, 9, 28, 24, 28, 10, 14, 12];
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let cells: Vec<&str> = cells.collect();
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 < cells.len() {
+                text.push_str(&format!("{cell:<w$}  ", w = WIDTHS[i]));
+            } else {
+                text.push_str(cell);
+            }
+        }
+        out!("{}", text.trim_end());
+    };
+    if first {
+        line(&mut header.iter().copied());
+    }
+    for row in &rows {
+        line(&mut row.iter().map(String::as_str));
     }
     let next = page["next_cursor"].as_str();
     if all {
