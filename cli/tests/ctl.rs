@@ -177,6 +177,23 @@ async fn agents_list_pages_with_a_cursor_or_all_at_once() {
     assert!(text.contains("matching:  5 agents now"), "{text}");
     assert!(text.contains("collector.yaml (2 lines"), "{text}");
     assert!(!text.contains("BODY-MARK"), "no body in the table: {text}");
+    // Which agents run which config, by name and version.
+    let wait = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !stdout(&ctl(&["agents", "list", "--config", "applied"])).contains("5 of 5") {
+        assert!(
+            std::time::Instant::now() < wait,
+            "the config was not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let by_name = |args: &[&str]| {
+        let mut all = vec!["agents", "list"];
+        all.extend_from_slice(args);
+        stdout(&ctl(&all))
+    };
+    assert!(by_name(&["--config-name", "base", "--config-version", "1"]).contains("5 of 5"));
+    assert!(by_name(&["--config-name", "base", "--config-version", "2"]).contains("0 of 0"));
+    assert!(by_name(&["--config-name", "other"]).contains("0 of 0"));
     let wide = stdout(&ctl(&["configs", "get", "base", "-o", "wide"]));
     assert!(wide.contains("BODY-MARK"), "{wide}");
     let list = stdout(&ctl(&["configs", "list"]));

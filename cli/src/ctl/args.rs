@@ -160,6 +160,12 @@ pub enum AgentsCommand {
         /// Only agents in this state with the config they should run.
         #[arg(long, value_enum)]
         config: Option<ConfigState>,
+        /// Only agents whose config files come from this config.
+        #[arg(long)]
+        config_name: Option<String>,
+        /// Only agents that should run this version of their config.
+        #[arg(long)]
+        config_version: Option<u64>,
         /// Agents per page (at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,

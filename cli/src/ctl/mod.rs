@@ -172,6 +172,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             status,
             health,
             config,
+            config_name,
+            config_version,
             limit,
             cursor,
             all,
@@ -181,6 +183,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             query.extend(status.map(|s| ("status", api_name(s))));
             query.extend(health.map(|h| ("health", api_name(h))));
             query.extend(config.map(|c| ("config", api_name(c))));
+            query.extend(config_name.map(|n| ("config_name", n)));
+            query.extend(config_version.map(|v| ("config_version", v.to_string())));
             let mut cursor = cursor;
             let mut first = true;
             loop {

@@ -94,6 +94,9 @@ pub struct AgentQuery {
     pub healthy: Option<bool>,
     /// One of [`CONFIG_STATES`].
     pub config: Option<String>,
+    /// Only agents whose config files come from this config (by name), and version.
+    pub config_name: Option<String>,
+    pub config_version: Option<u64>,
     pub sort: SortKey,
     pub descending: bool,
     pub limit: usize,
@@ -104,8 +107,8 @@ pub struct AgentQuery {
 }
 
 impl AgentQuery {
-    /// The query of text parameters (`selector`, `status`, `health`, `config`, `sort`, `order`,
-    /// `limit`, `cursor`, `offset`), as an interface received them; unknown parameters are
+    /// The query of text parameters (`selector`, `status`, `health`, `config`, `config_name`,
+    /// `config_version`, `sort`, `order`, `limit`, `cursor`, `offset`), as an interface received them; unknown parameters are
     /// refused.
     pub fn parse<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut q = Self {
@@ -142,6 +145,12 @@ impl AgentQuery {
                         )));
                     }
                     q.config = Some(value.to_owned());
+                }
+                "config_name" => q.config_name = Some(value.to_owned()),
+                "config_version" => {
+                    q.config_version = Some(value.parse().map_err(|_| {
+                        bad_request(format!("config_version must be a number, not {value:?}"))
+                    })?);
                 }
                 "sort" if value.is_empty() => {}
                 "sort" => q.sort = SortKey::parse(value),
@@ -188,14 +197,23 @@ impl AgentQuery {
         if !self.selector.is_empty() && !self.selector.matches(&attrs) {
             return None;
         }
-        if self.config.is_none() && self.sort != SortKey::Config {
+        let by_config = self.config.is_some()
+            || self.config_name.is_some()
+            || self.config_version.is_some()
+            || self.sort == SortKey::Config;
+        if !by_config {
             return Some("");
         }
         let files = desired_config(rec, &attrs, desired, Aspect::Files);
         let state = config_state(rec, files.map(|c| c.hash.as_str()));
-        self.config
+        let named = self
+            .config_name
             .as_deref()
-            .is_none_or(|want| want == state)
+            .is_none_or(|want| files.is_some_and(|c| c.name == want));
+        let versioned = self
+            .config_version
+            .is_none_or(|want| files.is_some_and(|c| c.version == want));
+        (named && versioned && self.config.as_deref().is_none_or(|want| want == state))
             .then_some(state)
     }
 }
