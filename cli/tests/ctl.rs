@@ -217,3 +217,134 @@ async fn agents_list_pages_with_a_cursor_or_all_at_once() {
 fn fleet_uid(line: &str) -> Option<uuid::Uuid> {
     line.split_whitespace().next()?.parse().ok()
 }
+
+/// GitOps: a directory of config documents applied twice makes one version; a change shows in
+/// `diff` (nothing stored) and makes the next version on `apply`; `configs delete` stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_configs_apply_idempotently_diff_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = common::start(common::config(dir.path())).await;
+    let fleet = Fleet::start(
+        &srv.ws_url,
+        collectors(3, &[("env", "prod")], |_| false, ""),
+    )
+    .await;
+    let api = srv.api.clone();
+    let ctl = move |args: &[&str]| {
+        let mut all = vec!["ctl", "--api", api.as_str()];
+        all.extend_from_slice(args);
+        flotilla(&all)
+    };
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("prod")).unwrap();
+    let collector = "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}\n";
+    // File bodies live outside the scanned tree (a collector.yaml is YAML, but no config
+    // document); files_from reads them beside the document.
+    std::fs::create_dir_all(dir.path().join("bodies")).unwrap();
+    std::fs::write(dir.path().join("bodies/collector.yaml"), collector).unwrap();
+    std::fs::write(
+        repo.join("prod/base.yaml"),
+        "name: base\nselector: env=prod\nfiles_from:\n  collector.yaml: ../../bodies/collector.yaml\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.join("staging.yaml"),
+        "name: staging\nselector: env=staging\nactivate: false\nfiles:\n  collector.yaml: |\n    receivers: {otlp: {}}\n    exporters: {debug: {}}\n    service: {pipelines: {logs: {receivers: [otlp], exporters: [debug]}}}\n",
+    )
+    .unwrap();
+    let r = repo.to_str().unwrap();
+
+    let first = ctl(&["apply", "-f", r]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = stdout(&first);
+    assert!(text.contains("~ base stored: version 1"), "{text}");
+    assert!(text.contains("2 configs: 2 changed, 0 unchanged"), "{text}");
+    assert!(stderr(&first).contains("warning: selector \"env=staging\" matches no agent"));
+
+    let again = stdout(&ctl(&["apply", "-f", r]));
+    assert!(again.contains("= base unchanged (version 1)"), "{again}");
+    assert!(
+        again.contains("2 configs: 0 changed, 2 unchanged"),
+        "{again}"
+    );
+    let (_, history) = srv.get("/api/v1/configs/base/versions").await;
+    assert_eq!(
+        history["versions"].as_array().unwrap().len(),
+        1,
+        "one version, not two"
+    );
+
+    // A change: diff shows it and stores nothing; apply stores version 2.
+    std::fs::write(
+        dir.path().join("bodies/collector.yaml"),
+        collector.replace("debug: {}", "debug: {verbosity: basic}"),
+    )
+    .unwrap();
+    let diff = stdout(&ctl(&["diff", "-f", r]));
+    assert!(diff.contains("~ base"), "{diff}");
+    assert!(diff.contains("-exporters: {debug: {}}"), "{diff}");
+    assert!(
+        diff.contains("+exporters: {debug: {verbosity: basic}}"),
+        "{diff}"
+    );
+    assert!(diff.contains("= staging unchanged"), "{diff}");
+    let (_, history) = srv.get("/api/v1/configs/base/versions").await;
+    assert_eq!(
+        history["versions"].as_array().unwrap().len(),
+        1,
+        "diff stores nothing"
+    );
+    let applied = stdout(&ctl(&["apply", "-f", r]));
+    assert!(applied.contains("~ base stored: version 2"), "{applied}");
+
+    // A bad document is refused naming its file, and nothing of the directory is stored.
+    std::fs::write(repo.join("bad.yaml"), "name: x\nfile: {}\n").unwrap();
+    let bad = ctl(&["apply", "-f", r]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("bad.yaml is not a config document")
+            && stderr(&bad).contains("unknown field"),
+        "{}",
+        stderr(&bad)
+    );
+    let (_, history) = srv.get("/api/v1/configs/base/versions").await;
+    assert_eq!(history["versions"].as_array().unwrap().len(), 2);
+    std::fs::remove_file(repo.join("bad.yaml")).unwrap();
+
+    // Deleted: agents stop being managed by it; the audit log says who.
+    let deleted = ctl(&["configs", "delete", "base"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(
+        stdout(&deleted).contains("deactivated_version:  2"),
+        "{}",
+        stdout(&deleted)
+    );
+    let (status, _) = srv.get("/api/v1/configs").await;
+    assert_eq!(status, 200);
+    let (_, list) = srv.get("/api/v1/configs").await;
+    assert!(
+        list["configs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["name"] != "base"),
+        "{list}"
+    );
+    let unmanaged = stdout(&ctl(&["agents", "list", "--config", "unmanaged"]));
+    assert!(unmanaged.contains("3 of 3 agents"), "{unmanaged}");
+    let (_, audit) = srv.get("/api/v1/audit?object=config/base").await;
+    assert_eq!(audit["entries"][0]["action"], "config.delete", "{audit}");
+    let again = ctl(&["configs", "delete", "base"]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("no active version"),
+        "{}",
+        stderr(&again)
+    );
+    // Applying the directory again brings it back.
+    let back = stdout(&ctl(&["apply", "-f", r]));
+    assert!(back.contains("~ base stored: version 3"), "{back}");
+
+    fleet.stop().await;
+    srv.stop().await;
+}

@@ -273,6 +273,38 @@ async fn membership_visits_configs_and_a_restart_of_redis() {
     );
     assert_eq!(store.list_configs().await.unwrap()[0].version, 3);
     assert!(store.activate_config("base", 9).await.unwrap().is_none());
+    // Deactivated: no version active, the history kept, the audit entry written with it.
+    let audit = flotilla_common::store::AuditEntry {
+        id: String::new(),
+        at_unix_ms: flotilla_common::telemetry::now_unix_ms(),
+        caller: "t".into(),
+        action: "config.delete".into(),
+        object: "config/base".into(),
+        before: None,
+        after: None,
+    };
+    assert!(store.deactivate_config("base", Some(&audit)).await.unwrap());
+    assert!(store.list_configs().await.unwrap().is_empty());
+    assert!(!store.deactivate_config("base", None).await.unwrap());
+    assert_eq!(store.config_versions("base").await.unwrap().len(), 3);
+    let q = flotilla_common::store::AuditQuery {
+        object: Some("config/base".into()),
+        limit: 10,
+        max_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let page = store.query_audit(&q).await.unwrap();
+    assert!(page.entries.iter().any(|e| e.action == "config.delete"));
+    assert_eq!(
+        store
+            .activate_config("base", 3)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3,
+        "and it can be made active again"
+    );
     let only_first = shard_of(uids[0].as_bytes());
     let mut n = 0;
     store

@@ -126,6 +126,19 @@ pub enum CtlCommand {
         /// The agent's instance uid.
         uid: String,
     },
+    /// Stores the configs declared in YAML files (a file, or a directory read recursively) where
+    /// they differ from the server's; unchanged ones make no new version. See docs/configs.md.
+    Apply {
+        /// A config document, or a directory of them (*.yaml, *.yml).
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+    },
+    /// What `apply -f` would change, nothing stored.
+    Diff {
+        /// A config document, or a directory of them (*.yaml, *.yml).
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+    },
     /// Who changed what, newest first.
     Audit {
         /// "config/otel", "agent/<uid>", "rollout/<id>", or a kind such as "config".
@@ -230,6 +243,11 @@ pub enum ConfigsCommand {
         from: u64,
         /// The version to compare to [default: the latest].
         to: Option<u64>,
+    },
+    /// Stops giving a config to agents (no version active; its history stays).
+    Delete {
+        /// The config's name.
+        name: String,
     },
     /// Makes a new version repeating VERSION, active at once.
     Rollback {

@@ -3,6 +3,7 @@
 //! requests.
 
 mod args;
+mod gitops;
 mod output;
 
 use anyhow::{Context, bail};
@@ -270,6 +271,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             call(client.post(url(&format!("/api/v1/agents/{uid}/certificate")))).await?,
             Shape::Pairs,
         ),
+        CtlCommand::Apply { path } => return apply(&client, &api, &path, false).await,
+        CtlCommand::Diff { path } => return apply(&client, &api, &path, true).await,
         CtlCommand::Audit {
             object,
             since,
@@ -356,6 +359,10 @@ async fn configs(
             }
             return Ok(None);
         }
+        ConfigsCommand::Delete { name } => (
+            call(client.delete(url(format!("/{name}")))).await?,
+            Shape::Pairs,
+        ),
         ConfigsCommand::Rollback { name, version } => {
             let body = json!({ "version": version });
             let stored = call(client.post(url(format!("/{name}/rollback"))).json(&body)).await?;
@@ -523,6 +530,66 @@ async fn rollouts(
             r["reason"].as_str().unwrap_or_default()
         );
     }
+    Ok(())
+}
+
+/// `ctl apply -f` (or, with `dry_run`, `ctl diff -f`): each declared config compared with the
+/// server's and stored where it differs.
+async fn apply(
+    client: &Client,
+    api: &str,
+    path: &std::path::Path,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let declared = gitops::read(path)?;
+    let (mut changed, mut same) = (0, 0);
+    for d in &declared {
+        let url = format!("{api}/api/v1/configs/{}", d.name);
+        let current = match call(client.get(&url)).await {
+            Ok(v) => Some(v),
+            Err(e) if e.to_string().contains("404 Not Found") => None,
+            Err(e) => return Err(e),
+        };
+        let mut lines = gitops::differences(current.as_ref(), d)?;
+        if let Some(cur) = &current {
+            let history = call(client.get(format!("{url}/versions"))).await?;
+            let wants_active = d.body["activate"] != false;
+            if wants_active && history["active_version"].is_null() {
+                lines.push(format!(
+                    "~ activate (version {} is staged only)",
+                    cur["version"]
+                ));
+            }
+        }
+        if dry_run {
+            if gitops::print_differences(d, &lines) {
+                changed += 1;
+            } else {
+                same += 1;
+            }
+            continue;
+        }
+        if lines.is_empty() {
+            out!(
+                "= {} unchanged (version {})",
+                d.name,
+                current.map_or(Value::Null, |c| c["version"].clone())
+            );
+            same += 1;
+            continue;
+        }
+        let stored = call(client.put(&url).json(&d.body))
+            .await
+            .with_context(|| format!("{}: config {:?} not stored", d.source.display(), d.name))?;
+        warn_of(&stored);
+        out!("~ {} stored: version {}", d.name, stored["version"]);
+        changed += 1;
+    }
+    let verb = if dry_run { "would change" } else { "changed" };
+    out!(
+        "{} configs: {changed} {verb}, {same} unchanged",
+        declared.len()
+    );
     Ok(())
 }
 

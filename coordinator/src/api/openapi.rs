@@ -21,6 +21,7 @@ mod tests {
         ("GET", "/api/v1/configs"),
         ("GET", "/api/v1/configs/{name}"),
         ("PUT", "/api/v1/configs/{name}"),
+        ("DELETE", "/api/v1/configs/{name}"),
         ("GET", "/api/v1/configs/{name}/versions"),
         ("GET", "/api/v1/configs/{name}/versions/{version}"),
         ("GET", "/api/v1/configs/{name}/diff"),
@@ -39,6 +40,32 @@ mod tests {
     const METHODS: &[&str] = &[
         "get", "put", "post", "delete", "options", "head", "patch", "trace",
     ];
+
+    #[test]
+    fn every_reference_resolves() {
+        fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, x) in m {
+                        match (k.as_str(), x) {
+                            ("$ref", Value::String(r)) => out.push(r),
+                            _ => refs(x, out),
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+                _ => {}
+            }
+        }
+        let doc: Value = serde_json::from_str(DOCUMENT).expect("openapi.json is JSON");
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let pointer = r.strip_prefix('#').expect("local references only");
+            assert!(doc.pointer(pointer).is_some(), "{r} points at nothing");
+        }
+    }
 
     #[test]
     fn document_lists_exactly_the_routes() {

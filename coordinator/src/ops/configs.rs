@@ -68,6 +68,14 @@ fn json_field<T: serde::de::DeserializeOwned>(name: &str, text: &str) -> Result<
         .map_err(|e| Error::BadRequest(format!("{name} is not valid: {e}")))
 }
 
+/// What deleting a config did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigDeleted {
+    pub name: String,
+    /// The version that was active (still in the history).
+    pub deactivated_version: u64,
+}
+
 /// How many of the matching agents a preview lists.
 const PREVIEW_AGENTS: usize = 20;
 
@@ -370,6 +378,44 @@ impl Ops {
         let stored = self.store_version(caller, name, draft, comment).await?;
         self.with_matches(ConfigView::of(&stored, true), &stored.selector)
             .await
+    }
+
+    /// Stops giving config `name` to agents: no version of it is active any more (its history
+    /// stays, and a rollback or a new version makes it active again). Refused while a rollout of
+    /// it is active.
+    pub async fn delete_config(&self, caller: &Caller, name: &str) -> Result<ConfigDeleted> {
+        let desired = self.desired.current();
+        if let Some(r) = desired.rollouts.get(name) {
+            return Err(Error::Conflict(format!(
+                "rollout {} of {name:?} is active; abort it first",
+                r.id
+            )));
+        }
+        let active = desired.configs.iter().find(|c| c.name == name).cloned();
+        let Some(active) = active else {
+            return Err(match self.versions(name).await {
+                Ok(_) => Error::NotFound(format!("config {name:?} has no active version")),
+                Err(e) => e,
+            });
+        };
+        let entry = audit::entry(
+            &caller.name,
+            "config.delete",
+            format!("config/{name}"),
+            serde_json::to_value(&active).ok(),
+            None,
+        );
+        if !self.store().deactivate_config(name, Some(&entry)).await? {
+            return Err(Error::NotFound(format!(
+                "config {name:?} has no active version"
+            )));
+        }
+        info!(target: "flotilla::audit", config = %name, version = active.version, caller = %caller.name, "config deleted");
+        self.announce_change(&format!("config/{name}")).await;
+        Ok(ConfigDeleted {
+            name: name.to_owned(),
+            deactivated_version: active.version,
+        })
     }
 
     fn active_version(&self, name: &str) -> Option<u64> {

@@ -267,6 +267,13 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         version: u64,
     ) -> Result<Option<StoredConfig>, StoreError>;
+    /// Makes no version of config `name` active (agents stop getting it; its versions stay), with
+    /// `audit` in the same write; false if none was active.
+    async fn deactivate_config(
+        &self,
+        name: &str,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError>;
     /// The active version of every config (what agents get), sorted by name.
     async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError>;
     /// Every version of one config, oldest first; empty if there is no such config.

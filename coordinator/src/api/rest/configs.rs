@@ -1,7 +1,7 @@
 //! REST handlers for configs.
 
 use super::reply::{ApiError, Reply, parse_body, parse_version};
-use crate::ops::configs::{ConfigDraft, DRAFT_SHAPE};
+use crate::ops::configs::{ConfigDeleted, ConfigDraft, DRAFT_SHAPE};
 use crate::ops::views::{ConfigDiff, ConfigHistory, ConfigView};
 use crate::ops::{self, Caller, Ops};
 use axum::Json;
@@ -92,4 +92,12 @@ pub(super) async fn rollback(
     Ok(Json(
         ops.rollback_config(&caller, &name, body.version).await?,
     ))
+}
+
+pub(super) async fn delete(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Reply<ConfigDeleted> {
+    Ok(Json(ops.delete_config(&caller, &name).await?))
 }

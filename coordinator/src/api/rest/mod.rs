@@ -37,7 +37,7 @@ pub fn routes(ops: Ops) -> Router {
         .route("/api/v1/configs", get(configs::list))
         .route(
             "/api/v1/configs/{name}",
-            get(configs::get).put(configs::put),
+            get(configs::get).put(configs::put).delete(configs::delete),
         )
         .route("/api/v1/configs/{name}/versions", get(configs::versions))
         .route(

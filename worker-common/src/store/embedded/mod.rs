@@ -322,6 +322,25 @@ impl Store for EmbeddedStore {
         Ok(Some(cfg))
     }
 
+    async fn deactivate_config(
+        &self,
+        name: &str,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let mut configs = inner.configs.lock();
+        if configs.active.get(name).copied().unwrap_or(0) == 0 {
+            return Ok(false);
+        }
+        inner.commit_audited(audit, |txn| {
+            // 0: no version active (as for a config only staged so far).
+            txn.open_table(ACTIVE)?.insert(name, 0)?;
+            Ok(())
+        })?;
+        configs.active.insert(name.to_owned(), 0);
+        Ok(true)
+    }
+
     async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {
         let configs = self.inner.configs.lock();
         Ok(configs

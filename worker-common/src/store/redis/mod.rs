@@ -39,7 +39,7 @@ use flotilla_proto::bus::AgentRecord;
 use prost::Message;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use scripts::{ACTIVATE_CONFIG, CLAIM, DELETE, PUT_CONFIG, PUT_DOC, SAVE};
+use scripts::{ACTIVATE_CONFIG, CLAIM, DEACTIVATE_CONFIG, DELETE, PUT_CONFIG, PUT_DOC, SAVE};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -320,6 +320,25 @@ impl Store for RedisStore {
             .await
             .map_err(io)?;
         json.map(|j| parse_json(&j)).transpose()
+    }
+
+    async fn deactivate_config(
+        &self,
+        name: &str,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let (horizon, audit) = self.audit_args(audit)?;
+        let n: i64 = DEACTIVATE_CONFIG
+            .key(self.cfg_key("latest-version"))
+            .key(self.cfg_key("latest"))
+            .key(self.audit_key())
+            .arg(name)
+            .arg(horizon)
+            .arg(audit)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        Ok(n == 1)
     }
 
     async fn list_configs(&self) -> Result<Vec<StoredConfig>, StoreError> {

@@ -110,6 +110,16 @@ pub(super) static ACTIVATE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Makes no version of a config active (and writes the audit entry); 0 if none was.
+pub(super) static DEACTIVATE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end\n\
+         redis.call('HDEL', KEYS[1], ARGV[1])\n\
+         {}return 1",
+        audit_lua("KEYS[3]", "ARGV[2]", "ARGV[3]")
+    ))
+});
+
 pub(super) static PUT_DOC: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "local rev = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')\n\
