@@ -99,6 +99,11 @@ fn bad_flags_are_refused_with_the_reason() {
         (&["--env", "prod=many"], "whole number"),
         (&["--apply-failure-rate", "1.5"], "between 0 and 1"),
         (&["--cert", "c.pem", "--key", "k.pem"], "--cert needs --ca"),
+        (
+            &["--url", "http://127.0.0.1:1/v1/opamp", "--transport", "ws"],
+            "does not fit",
+        ),
+        (&["--url", "ftp://127.0.0.1:1/v1/opamp"], "give ws://"),
     ];
     for (args, reason) in cases {
         let run = swarm(args);
@@ -106,4 +111,57 @@ fn bad_flags_are_refused_with_the_reason() {
         assert!(!run.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn connect_failures_say_why() {
+    // Nothing listens on this port (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/v1/opamp");
+    let run = swarm(&["--url", &url, "--agents", "3", "--duration", "2s"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stdout.contains("connect: "),
+        "the reason in the summary: {stdout}"
+    );
+    assert!(stdout.to_lowercase().contains("refused"), "{stdout}");
+    assert!(
+        stderr.contains(": connect: "),
+        "said as it happens: {stderr}"
+    );
+}
+
+#[test]
+fn sigterm_ends_the_run_with_its_summary_and_report() {
+    let echo = echo();
+    let out = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_flotilla-swarm"))
+        .args(["--url", &echo.url, "--agents", "20", "--duration", "120s"])
+        .arg("--out")
+        .arg(out.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let run = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}");
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "stopped soon after the signal"
+    );
+    assert!(stdout.contains("steady with 20 ws agents"), "{stdout}");
+    assert!(out.path().join("report.json").exists());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("interrupted"));
 }

@@ -19,8 +19,10 @@ struct Args {
     /// Repeat for several gateways: agents are spread over them and fail over to the next.
     #[arg(long = "url", default_value = "ws://127.0.0.1:4320/v1/opamp")]
     urls: Vec<String>,
-    #[arg(long, value_enum, default_value = "ws")]
-    transport: Transport,
+    /// How agents talk OpAMP [default: from the URL: ws:// and wss:// WebSocket, http:// and
+    /// https:// polling].
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
     #[arg(long, default_value_t = 100)]
     agents: usize,
     /// New agents per second while ramping up (0: all at once, see --connect-concurrency).
@@ -132,6 +134,33 @@ fn connect_options(args: &Args) -> anyhow::Result<ConnectOptions> {
     Ok(opts)
 }
 
+/// The transport the URLs' scheme says, or the one asked for if it agrees with them.
+fn transport(args: &Args) -> anyhow::Result<Transport> {
+    let of = |url: &str| match url.split("://").next() {
+        Some("ws" | "wss") => Ok(Transport::Ws),
+        Some("http" | "https") => Ok(Transport::Http),
+        _ => Err(anyhow::anyhow!(
+            "--url {url:?}: give ws://, wss://, http:// or https://"
+        )),
+    };
+    let schemes = args
+        .urls
+        .iter()
+        .map(|u| of(u))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let first = schemes[0];
+    if schemes.iter().any(|t| *t != first) {
+        anyhow::bail!("--url: give every URL the same kind (all ws(s):// or all http(s)://)");
+    }
+    match args.transport {
+        Some(t) if t != first => anyhow::bail!(
+            "--transport {t:?} does not fit --url {} (its scheme says {first:?}); leave --transport out",
+            args.urls[0]
+        ),
+        _ => Ok(first),
+    }
+}
+
 fn config(args: Args) -> anyhow::Result<SwarmConfig> {
     if !(0.0..=1.0).contains(&args.apply_failure_rate) {
         anyhow::bail!("--apply-failure-rate must be between 0 and 1");
@@ -140,6 +169,7 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
         anyhow::bail!("--source-ips must be at most 254 (127.0.0.1 to 127.0.0.254)");
     }
     let connect = connect_options(&args)?;
+    let transport = transport(&args)?;
     let api = match args.api {
         Some(url) => Some(Api {
             url,
@@ -151,7 +181,7 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
     Ok(SwarmConfig {
         scenario: args.scenario,
         urls: args.urls,
-        transport: args.transport,
+        transport,
         agents: args.agents,
         connect_rate: args.connect_rate,
         connect_concurrency: args.connect_concurrency,

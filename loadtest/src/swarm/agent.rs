@@ -18,7 +18,12 @@ enum End {
     /// The run is over or the agent leaves (churn): it said goodbye.
     Done,
     /// The connection failed or was lost; `kind` names it in the error counts.
-    Lost { kind: &'static str, replied: bool },
+    Lost {
+        kind: &'static str,
+        replied: bool,
+        /// Why, in the server's or the OS's words, when known.
+        why: Option<String>,
+    },
 }
 
 /// What an agent carries across its connections.
@@ -79,10 +84,16 @@ async fn live(shared: &Shared, index: usize, life: &mut Life) {
             Transport::Ws => ws_session(shared, &cfg.urls[url], &opts, life).await,
             Transport::Http => http_session(shared, &cfg.urls[url], &opts, life).await,
         };
-        let End::Lost { kind, replied } = end else {
+        let End::Lost { kind, replied, why } = end else {
             return;
         };
         shared.stats.error(kind);
+        if let Some(why) = why
+            && shared.stats.reason(kind, &why)
+            && shared.cfg.progress
+        {
+            eprintln!("agent {index}: {kind}: {why}");
+        }
         if shared.stop.is_cancelled() {
             return;
         }
@@ -191,11 +202,15 @@ async fn ws_session(
         c = WsClient::connect_with(url, opts) => c,
     };
     drop(permit);
-    let Ok(mut ws) = connect else {
-        return End::Lost {
-            kind: "connect",
-            replied: false,
-        };
+    let mut ws = match connect {
+        Ok(ws) => ws,
+        Err(e) => {
+            return End::Lost {
+                kind: "connect",
+                replied: false,
+                why: Some(format!("{e:#}")),
+            };
+        }
     };
     stats.connected(t.elapsed());
     let _connected = Connected(shared);
@@ -230,6 +245,7 @@ async fn ws_session(
                 return End::Lost {
                     kind: "send",
                     replied,
+                    why: None,
                 };
             }
             // Replies and pushes both arrive here; the first one answers the message.
@@ -249,9 +265,16 @@ async fn ws_session(
                     return End::Lost {
                         kind: "reply_timeout",
                         replied,
+                        why: None,
                     };
                 }
-                Err(kind) => return End::Lost { kind, replied },
+                Err(kind) => {
+                    return End::Lost {
+                        kind,
+                        replied,
+                        why: None,
+                    };
+                }
             }
             // The interval counts from the last message sent, at the server's offered value.
             next_heartbeat = Instant::now() + life.interval(shared);
@@ -273,7 +296,13 @@ async fn ws_session(
             // Woken for the heartbeat, applying or leaving.
             Ok(None) if Instant::now() >= next_heartbeat => outbox.push(life.agent.heartbeat()),
             Ok(None) => {}
-            Err(kind) => return End::Lost { kind, replied },
+            Err(kind) => {
+                return End::Lost {
+                    kind,
+                    replied,
+                    why: None,
+                };
+            }
         }
     }
 }
@@ -298,11 +327,15 @@ async fn http_session(
     life: &mut Life,
 ) -> End {
     let stats = &shared.stats;
-    let Ok(client) = HttpClient::with_options(url, opts) else {
-        return End::Lost {
-            kind: "connect",
-            replied: false,
-        };
+    let client = match HttpClient::with_options(url, opts) {
+        Ok(c) => c,
+        Err(e) => {
+            return End::Lost {
+                kind: "connect",
+                replied: false,
+                why: Some(format!("{e:#}")),
+            };
+        }
     };
     // A poller counts as connected while its polls are answered.
     let mut connected: Option<Connected> = None;
@@ -331,15 +364,18 @@ async fn http_session(
                 return End::Lost {
                     kind: "reply_timeout",
                     replied,
+                    why: None,
                 };
             }
-            Ok(Err(_)) => {
+            Ok(Err(e)) => {
                 return End::Lost {
                     kind: if replied { "http_io" } else { "connect" },
                     replied,
+                    why: Some(format!("{e:#}")),
                 };
             }
             Ok(Ok(r)) if r.status != 200 => {
+                let body = String::from_utf8_lossy(&r.raw);
                 return End::Lost {
                     kind: match r.status {
                         429 => "http_429",
@@ -348,6 +384,11 @@ async fn http_session(
                         _ => "http_4xx",
                     },
                     replied,
+                    why: Some(format!(
+                        "HTTP {}: {}",
+                        r.status,
+                        body.trim().chars().take(200).collect::<String>()
+                    )),
                 };
             }
             Ok(Ok(r)) => r.message,
@@ -356,6 +397,7 @@ async fn http_session(
             return End::Lost {
                 kind: "http_not_protobuf",
                 replied,
+                why: None,
             };
         };
         stats.reply(sent.elapsed());

@@ -49,6 +49,9 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     let cfg = &shared.cfg;
     let deadline = shared.stats.started + cfg.duration;
     let sampler = tokio::spawn(sample_every_second(shared.clone()));
+    // Ctrl-C or SIGTERM ends the run early: agents say goodbye, the summary and report are
+    // written as for a run that reached its end.
+    let interrupt = tokio::spawn(stop_on_signal(shared.clone()));
     let ramp = tokio::spawn(ramp(shared.clone()));
 
     let all = cfg.agents as u64;
@@ -78,7 +81,10 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     match cfg.scenario {
         Scenario::ConnectStorm => {}
         Scenario::Steady | Scenario::Churn => {
-            tokio::time::sleep_until(deadline.into()).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.into()) => {}
+                () = shared.stop.cancelled() => {}
+            }
         }
         Scenario::Rollout => report.config_push = Some(rollout(&shared, deadline).await?),
         Scenario::GatewayLoss => report.recovery = Some(gateway_loss(&shared, deadline).await?),
@@ -87,12 +93,26 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
     shared.stop.cancel();
     let _ = ramp.await;
     sampler.abort();
+    interrupt.abort();
     shared.stats.sample();
     report.finish(&shared);
     if let Some(out) = &shared.cfg.out {
         write(&report, out)?;
     }
     Ok(report)
+}
+
+async fn stop_on_signal(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("interrupted: stopping the agents, then the summary");
+    shared.stop.cancel();
 }
 
 async fn ramp(shared: Arc<Shared>) {

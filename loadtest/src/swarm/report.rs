@@ -32,6 +32,8 @@ pub struct Report {
     pub recovery: Option<Recovery>,
     pub errors_total: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Why connections failed (the first few distinct reasons).
+    pub error_reasons: Vec<String>,
     pub processes: Vec<Process>,
     /// Agents connected when the processes were read.
     pub memory_connections: u64,
@@ -191,6 +193,7 @@ impl Report {
             recovery: None,
             errors_total: 0,
             errors: BTreeMap::new(),
+            error_reasons: Vec::new(),
             processes: Vec::new(),
             memory_connections: 0,
             memory_bytes_per_connection: None,
@@ -217,6 +220,7 @@ impl Report {
             });
         }
         (self.errors_total, self.errors) = st.errors();
+        self.error_reasons = st.reasons();
         self.timeline = st.timeline();
     }
 
@@ -328,6 +332,9 @@ impl fmt::Display for Report {
         write!(f, "  errors: {}", self.errors_total)?;
         for (kind, n) in &self.errors {
             write!(f, ", {kind} {n}")?;
+        }
+        for why in &self.error_reasons {
+            write!(f, "\n    {why}")?;
         }
         Ok(())
     }

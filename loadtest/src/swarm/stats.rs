@@ -61,6 +61,9 @@ struct Latency {
     window: Option<Histogram<u64>>,
 }
 
+/// How many distinct failure reasons a run keeps.
+pub const MAX_REASONS: usize = 8;
+
 pub struct Stats {
     pub started: Instant,
     pub connected: AtomicU64,
@@ -79,6 +82,8 @@ pub struct Stats {
     pub steady: AtomicBool,
     errors_total: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Why connections failed, in the server's or the OS's words: the first few distinct ones.
+    reasons: Mutex<Vec<String>>,
     latency: Mutex<Latency>,
     handshake: Mutex<Option<Histogram<u64>>>,
     push: Mutex<Option<Histogram<u64>>>,
@@ -114,6 +119,7 @@ impl Stats {
             steady: AtomicBool::new(false),
             errors_total: AtomicU64::new(0),
             errors: Mutex::default(),
+            reasons: Mutex::default(),
             latency: Mutex::default(),
             handshake: Mutex::default(),
             push: Mutex::default(),
@@ -135,6 +141,21 @@ impl Stats {
             .expect("errors lock")
             .entry(kind.to_owned())
             .or_default() += 1;
+    }
+
+    /// Keeps `why` (the first [`MAX_REASONS`] distinct ones); true if it is new, to say once.
+    pub fn reason(&self, kind: &str, why: &str) -> bool {
+        let line = format!("{kind}: {why}");
+        let mut reasons = self.reasons.lock().expect("reasons lock");
+        if reasons.len() >= MAX_REASONS || reasons.contains(&line) {
+            return false;
+        }
+        reasons.push(line);
+        true
+    }
+
+    pub fn reasons(&self) -> Vec<String> {
+        self.reasons.lock().expect("reasons lock").clone()
     }
 
     pub fn errors(&self) -> (u64, BTreeMap<String, u64>) {

@@ -104,7 +104,15 @@ pub async fn detail(
             dt { "Created" } dd { time { (shown.created) } " by " (shown.created_by) @if !shown.comment.is_empty() { " · " (shown.comment) } }
         }
         @if ctx.may(Role::Admin) {
-            p { a.button href={ "/configs/" (uname) "/edit" } { "Edit" } }
+            div.actions {
+                a.button href={ "/configs/" (uname) "/edit" } { "Edit" }
+                @if shown.active {
+                    form method="post" action={ "/configs/" (uname) "/delete" } data-confirm="Stop giving this config to agents? Its versions stay." {
+                        (ctx.csrf_field())
+                        button type="submit" { "Delete" }
+                    }
+                }
+            }
         }
         @if let Some((a, b)) = &compare {
             section #diff {
@@ -352,5 +360,15 @@ pub async fn rollback(
     c.ops
         .rollback_config(&form.ctx.caller, &name, version)
         .await?;
+    Ok(see_other(&format!("/configs/{}", seg(&name))))
+}
+
+/// Stops giving the config to agents (the API's `DELETE /api/v1/configs/{name}`).
+pub async fn delete(
+    State(c): State<Console>,
+    Path(name): Path<String>,
+    form: Submitted,
+) -> PageResult {
+    c.ops.delete_config(&form.ctx.caller, &name).await?;
     Ok(see_other(&format!("/configs/{}", seg(&name))))
 }

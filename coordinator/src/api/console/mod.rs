@@ -50,6 +50,7 @@ pub fn routes(ops: Ops, tokens: Option<Arc<ApiTokens>>, tls: bool) -> Router {
         )
         .route("/configs/{name}/edit", get(configs::editor))
         .route("/configs/{name}/rollback", post(configs::rollback))
+        .route("/configs/{name}/delete", post(configs::delete))
         .route("/rollouts", get(rollouts::list).post(rollouts::submit))
         .route("/rollouts/{id}", get(rollouts::detail))
         .route("/rollouts/{id}/{action}", post(rollouts::control))
