@@ -210,7 +210,8 @@ pub(super) struct FileConfig {
     pub(super) max_health_components: Option<usize>,
     pub(super) max_attributes: Option<usize>,
     pub(super) max_agent_record_size: Option<usize>,
-    #[serde(default)]
+    /// As the flag (`redact-pattern`, repeated: a list here); `redact-patterns` is accepted too.
+    #[serde(default, rename = "redact-pattern", alias = "redact-patterns")]
     pub(super) redact_patterns: Vec<String>,
 }
 

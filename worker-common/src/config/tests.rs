@@ -261,3 +261,23 @@ fn the_api_body_limit_follows_the_message_size_unless_set() {
     .unwrap_err();
     assert!(err.to_string().contains("--api-max-body"), "{err}");
 }
+
+#[test]
+fn toml_keys_are_the_flags_without_dashes() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["redact-pattern", "redact-patterns"] {
+        let path = dir.path().join(format!("{key}.toml"));
+        std::fs::write(
+            &path,
+            format!("{key} = [\"(?i)pin\"]\napi-max-body = 9000000\n"),
+        )
+        .unwrap();
+        let c = ServeConfig::load(ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.api_max_body, 9_000_000, "{key}");
+        assert_eq!(c.redact_patterns, ["(?i)pin"], "{key}");
+    }
+}
