@@ -105,10 +105,20 @@ fn init(
         index.push_str(&format!("{name}.pem {uid}\n"));
     }
     write(&out.join("clients.txt"), &index, false)?;
+    // One certificate naming no agent, for the load tester's simulated agents to share.
+    let swarm = ca.issue_shared_client("flotilla-swarm", validity)?;
+    write(&out.join("swarm.pem"), &swarm.cert_pem, false)?;
+    write(
+        &out.join("swarm-key.pem"),
+        swarm.key_pem.as_deref().unwrap_or_default(),
+        true,
+    )?;
     let d = out.display();
     println!(
         "\nrun Flotilla with mutual TLS:\n  flotilla serve --tls-cert {d}/server.pem --tls-key {d}/server-key.pem \
-         --client-ca {d}/ca.pem --signing-ca-cert {d}/ca.pem --signing-ca-key {d}/ca-key.pem"
+         --client-ca {d}/ca.pem --signing-ca-cert {d}/ca.pem --signing-ca-key {d}/ca-key.pem\n\
+         and simulated agents that take the certificates it offers:\n  flotilla-swarm --url wss://localhost:4320/v1/opamp \
+         --ca {d}/ca.pem --cert {d}/swarm.pem --key {d}/swarm-key.pem --accept-certificates"
     );
     Ok(())
 }

@@ -130,6 +130,14 @@ async fn a_certs_init_pki_runs_mutual_tls_and_revocations_apply_live() {
         served(&url, &two, uid2).await.is_none(),
         "a revoked certificate was accepted"
     );
+    // The shared certificate for the load tester names no agent: any agent may use it.
+    let read = |f: &str| std::fs::read(pki.join(f)).unwrap();
+    let swarm = ConnectOptions::tls(
+        &read("ca.pem"),
+        Some((&read("swarm.pem"), &read("swarm-key.pem"))),
+    )
+    .unwrap();
+    assert!(served(&url, &swarm, uuid::Uuid::now_v7()).await.is_some());
 
     // The admin rotates client-1's certificate through the CLI; the live agent gets the offer.
     let api_url = format!("http://127.0.0.1:{api}");
@@ -155,7 +163,12 @@ async fn a_certs_init_pki_runs_mutual_tls_and_revocations_apply_live() {
         &uid1.to_string(),
     ]);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"delivered\": true"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("delivered:") && l.ends_with("true")),
+        "{said}"
+    );
     let offer = ws.recv(Duration::from_secs(5)).await.unwrap();
     let cert = offer
         .connection_settings

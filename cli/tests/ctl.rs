@@ -93,13 +93,20 @@ fn a_closed_pipe_ends_output_quietly() {
     assert!(stdout(&o).contains("#compdef flotilla"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_list_pages_with_a_cursor_or_all_at_once() {
+/// A server with `n` agents in `env=prod`, and `flotilla ctl` pointed at it.
+async fn with_agents(
+    n: usize,
+) -> (
+    tempfile::TempDir,
+    common::Server,
+    Fleet,
+    impl Fn(&[&str]) -> Output,
+) {
     let dir = tempfile::tempdir().unwrap();
     let srv = common::start(common::config(dir.path())).await;
     let fleet = Fleet::start(
         &srv.ws_url,
-        collectors(5, &[("env", "prod")], |_| false, ""),
+        collectors(n, &[("env", "prod")], |_| false, ""),
     )
     .await;
     let api = srv.api.clone();
@@ -108,6 +115,12 @@ async fn agents_list_pages_with_a_cursor_or_all_at_once() {
         all.extend_from_slice(args);
         flotilla(&all)
     };
+    (dir, srv, fleet, ctl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_list_pages_with_a_cursor_or_all_at_once() {
+    let (dir, srv, fleet, ctl) = with_agents(5).await;
 
     let first = ctl(&["agents", "list", "--limit", "2"]);
     assert!(first.status.success(), "{}", stderr(&first));
@@ -222,19 +235,7 @@ fn fleet_uid(line: &str) -> Option<uuid::Uuid> {
 /// `diff` (nothing stored) and makes the next version on `apply`; `configs delete` stops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declared_configs_apply_idempotently_diff_and_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let srv = common::start(common::config(dir.path())).await;
-    let fleet = Fleet::start(
-        &srv.ws_url,
-        collectors(3, &[("env", "prod")], |_| false, ""),
-    )
-    .await;
-    let api = srv.api.clone();
-    let ctl = move |args: &[&str]| {
-        let mut all = vec!["ctl", "--api", api.as_str()];
-        all.extend_from_slice(args);
-        flotilla(&all)
-    };
+    let (dir, srv, fleet, ctl) = with_agents(3).await;
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(repo.join("prod")).unwrap();
     let collector = "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}\n";

@@ -174,3 +174,72 @@ async fn gateway_loss_in_a_cluster_every_agent_comes_back() {
     assert!(r.processes.iter().all(|p| p.rss_connected_kb > 0));
     assert!(r.cpu_ms_per_connection.is_some_and(|c| c > 0.0), "{r}");
 }
+
+/// Swarm agents started with --accept-certificates take the certificate `ctl rotate-certificate`
+/// offers, reconnect with it, and the server then knows the agent by it (mutual TLS, the registry
+/// rule, a signing CA): the shared certificate the agent came with is retired for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_agents_take_an_offered_certificate_and_reconnect_with_it() {
+    use common::pki::{Pki, YEAR, urls, with_tls};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let mut cfg = with_tls(common::config(dir.path()), pki.tls_files(true));
+    cfg.signing_ca = Some((pki.path("ca.pem"), pki.path("ca-key.pem")));
+    let srv = common::start(cfg).await;
+    // One certificate naming no agent, shared by the swarm's three agents.
+    let shared = pki.ca.issue_shared_client("swarm", YEAR).unwrap();
+    let key = shared.key_pem.clone().unwrap();
+    let ca = pki.ca.cert_pem().as_bytes().to_vec();
+    let mut swarm_cfg = swarm_on(Scenario::Steady, vec![urls(&srv).ws], 3);
+    swarm_cfg.duration = Duration::from_secs(10);
+    swarm_cfg.connect = flotilla_loadtest::client::ConnectOptions::tls(
+        &ca,
+        Some((shared.cert_pem.as_bytes(), key.as_bytes())),
+    )
+    .unwrap();
+    swarm_cfg.accept_certificates = true;
+    swarm_cfg.server_ca = Some(ca);
+    let run = tokio::spawn(swarm::run(swarm_cfg));
+
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let uid = loop {
+        let (_, page) = srv.get("/api/v1/agents?status=connected").await;
+        if page["total"] == 3 {
+            break page["agents"][0]["instance_uid"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+        assert!(Instant::now() < deadline, "agents did not connect: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (status, issued) = srv.post(&format!("/api/v1/agents/{uid}/certificate")).await;
+    assert_eq!(
+        (status, issued["delivered"].as_bool()),
+        (202, Some(true)),
+        "{issued}"
+    );
+    let sha = issued["sha256"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let agent = loop {
+        let (_, agent) = srv.get(&format!("/api/v1/agents/{uid}")).await;
+        if agent["client_certificate"]["sha256"] == sha.as_str() || Instant::now() > deadline {
+            break agent;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(
+        agent["client_certificate"]["sha256"],
+        sha.as_str(),
+        "the agent reconnected with its new certificate: {agent}\n{report}"
+    );
+    let retired = agent["client_certificate"]["retired"].as_array().unwrap();
+    assert_eq!(
+        retired.len(),
+        1,
+        "the shared certificate is retired for it: {agent}"
+    );
+    assert_eq!(report.certificates_taken, 1, "{report}");
+    srv.stop().await;
+}

@@ -21,6 +21,14 @@ pub const COLLECTOR_CAPS: u64 = Cap::ReportsStatus as u64
     | Cap::ReportsHeartbeat as u64
     | Cap::AcceptsRestartCommand as u64;
 
+/// A client certificate the server offered over OpAMP, with its key and CA (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedIdentity {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
+}
+
 #[derive(Debug, Clone)]
 pub struct SimAgent {
     pub uid: Uuid,
@@ -37,6 +45,9 @@ pub struct SimAgent {
     pub effective: Option<AgentConfigMap>,
     pub heartbeat_interval_seconds: Option<u64>,
     pub restarts: u32,
+    /// A client certificate (PEM) and key the server offered, to connect with from now on
+    /// (agents with AcceptsOpAMPConnectionSettings take it); taken by the connection loop.
+    pub offered_identity: Option<OfferedIdentity>,
     next_seq: u64,
 }
 
@@ -70,6 +81,7 @@ impl SimAgent {
             effective: None,
             heartbeat_interval_seconds: None,
             restarts: 0,
+            offered_identity: None,
             next_seq: 0,
         }
     }
@@ -175,12 +187,23 @@ impl SimAgent {
             out.push(self.full_report());
             return out;
         }
-        if let Some(hb) = reply
+        if let Some(opamp) = reply
             .connection_settings
             .as_ref()
             .and_then(|c| c.opamp.as_ref())
         {
-            self.heartbeat_interval_seconds = Some(hb.heartbeat_interval_seconds);
+            self.heartbeat_interval_seconds = Some(opamp.heartbeat_interval_seconds);
+            let accepts = self.capabilities & Cap::AcceptsOpAmpConnectionSettings as u64 != 0;
+            if let Some(c) = opamp.certificate.as_ref().filter(|_| accepts)
+                && !c.cert.is_empty()
+                && !c.private_key.is_empty()
+            {
+                self.offered_identity = Some(OfferedIdentity {
+                    cert: c.cert.clone(),
+                    key: c.private_key.clone(),
+                    ca: c.ca_cert.clone(),
+                });
+            }
         }
         let full_state = reply.flags & ServerToAgentFlags::ReportFullState as u64 != 0;
         if let Some(rc) = &reply.remote_config {

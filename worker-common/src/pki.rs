@@ -134,6 +134,19 @@ impl Ca {
         )
     }
 
+    /// A new key and a client certificate that names no agent (common name `name`): one many
+    /// agents can share (the load tester's swarm, a fleet without per-agent certificates). Under
+    /// the registry rule each agent is bound to it at first use, until it takes one of its own.
+    pub fn issue_shared_client(&self, name: &str, validity: Duration) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.remove(DnType::CommonName);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, &key, Some(key.serialize_pem()), validity)
+    }
+
     /// Signs a PEM CSR for agent `uid`. The signature over the CSR is checked; if the CSR names an
     /// instance uid (URI SAN `urn:uuid:` or a UUID common name) it must be `uid` (spec: the agent
     /// may only ask for a certificate for itself). What the certificate says is decided here, not

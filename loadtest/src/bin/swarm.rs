@@ -94,6 +94,10 @@ struct Args {
     /// PEM private key of --cert.
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Agents take client certificates the server offers (AcceptsOpAMPConnectionSettings) and
+    /// reconnect with them, so `flotilla ctl rotate-certificate` can be tried (wss:// with --ca).
+    #[arg(long, requires = "ca")]
+    accept_certificates: bool,
     /// Bearer token every agent presents (--agent-tokens on the server).
     #[arg(long)]
     token: Option<String>,
@@ -202,6 +206,8 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
         },
         churn_per_s: args.churn,
         connect,
+        accept_certificates: args.accept_certificates,
+        server_ca: args.ca.as_ref().map(read).transpose()?,
         source_ips: args.source_ips,
         api,
         kill_pid: args.kill_pid,

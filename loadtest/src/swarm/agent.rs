@@ -4,6 +4,7 @@
 
 use super::config::Transport;
 use super::shared::Shared;
+use crate::client::ConnectOptions;
 use crate::client::{HttpClient, WsClient, WsEvent};
 use crate::sim::SimAgent;
 use flotilla_proto::opamp::{AgentToServer, RemoteConfigStatuses, ServerToAgent};
@@ -18,6 +19,8 @@ enum End {
     /// The run is over or the agent leaves (churn): it said goodbye.
     Done,
     /// The connection failed or was lost; `kind` names it in the error counts.
+    /// The server offered a new client certificate: reconnect with it.
+    Rotated,
     Lost {
         kind: &'static str,
         replied: bool,
@@ -36,6 +39,8 @@ struct Life {
     lost: bool,
     /// Counted in `Stats::answered` (once per life).
     answered: bool,
+    /// The client certificate the server issued this agent, once it offered one.
+    identity: Option<ConnectOptions>,
 }
 
 pub(super) async fn run(shared: Arc<Shared>, index: usize) {
@@ -47,6 +52,7 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
             counted: Vec::new(),
             lost: false,
             answered: false,
+            identity: None,
         };
         live(&shared, index, &mut life).await;
         if shared.stop.is_cancelled() {
@@ -71,9 +77,10 @@ async fn live(shared: &Shared, index: usize, life: &mut Life) {
     let mut url = index % cfg.urls.len();
     let mut attempt = 0u32;
     loop {
+        let base = life.identity.clone().unwrap_or_else(|| cfg.connect.clone());
         let opts = match cfg.source_ips {
-            0 => cfg.connect.clone(),
-            n => cfg.connect.clone().from_source(IpAddr::V4(Ipv4Addr::new(
+            0 => base,
+            n => base.from_source(IpAddr::V4(Ipv4Addr::new(
                 127,
                 0,
                 0,
@@ -84,8 +91,11 @@ async fn live(shared: &Shared, index: usize, life: &mut Life) {
             Transport::Ws => ws_session(shared, &cfg.urls[url], &opts, life).await,
             Transport::Http => http_session(shared, &cfg.urls[url], &opts, life).await,
         };
-        let End::Lost { kind, replied, why } = end else {
-            return;
+        let (kind, replied, why) = match end {
+            End::Done => return,
+            // A new certificate: connect again with it at once.
+            End::Rotated => continue,
+            End::Lost { kind, replied, why } => (kind, replied, why),
         };
         shared.stats.error(kind);
         if let Some(why) = why
@@ -136,6 +146,28 @@ impl Life {
         {
             self.counted.clone_from(&s.last_remote_config_hash);
             shared.stats.config_result(applied);
+        }
+    }
+
+    /// Takes up a certificate the server offered: true if the agent now has a new identity to
+    /// connect with (its trust in the server stays the swarm's CA, else the offer's).
+    fn take_identity(&mut self, shared: &Shared) -> bool {
+        let Some(offer) = self.agent.offered_identity.take() else {
+            return false;
+        };
+        let ca = shared.cfg.server_ca.as_deref().unwrap_or(&offer.ca);
+        match ConnectOptions::tls(ca, Some((&offer.cert, &offer.key))) {
+            Ok(mut opts) => {
+                opts.token.clone_from(&shared.cfg.connect.token);
+                self.identity = Some(opts);
+                shared.stats.rotated.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                shared.stats.error("certificate");
+                shared.stats.reason("certificate", &format!("{e:#}"));
+                false
+            }
         }
     }
 
@@ -260,6 +292,10 @@ async fn ws_session(
                     life.answered(shared);
                     outbox.extend(life.react(shared, &reply));
                     apply_due(shared, &life.agent, &mut due);
+                    if life.take_identity(shared) {
+                        let _ = ws.close().await;
+                        return End::Rotated;
+                    }
                 }
                 Ok(None) => {
                     return End::Lost {
@@ -292,6 +328,10 @@ async fn ws_session(
             Ok(Some(push)) => {
                 outbox.extend(life.react(shared, &push));
                 apply_due(shared, &life.agent, &mut due);
+                if life.take_identity(shared) {
+                    let _ = ws.close().await;
+                    return End::Rotated;
+                }
             }
             // Woken for the heartbeat, applying or leaving.
             Ok(None) if Instant::now() >= next_heartbeat => outbox.push(life.agent.heartbeat()),

@@ -57,6 +57,10 @@ pub struct SwarmConfig {
     /// Fraction of the agents that leave (and are replaced) per second.
     pub churn_per_s: Option<f64>,
     pub connect: ConnectOptions,
+    /// Agents announce AcceptsOpAMPConnectionSettings and reconnect with a client certificate the
+    /// server offers them (WebSocket), trusting `server_ca` (PEM) for the server.
+    pub accept_certificates: bool,
+    pub server_ca: Option<Vec<u8>>,
     /// Spread connections over 127.0.0.1..=127.0.0.N (0: let the OS pick).
     pub source_ips: u8,
     pub api: Option<Api>,
@@ -90,6 +94,8 @@ impl SwarmConfig {
             apply: ApplyBehavior::default(),
             churn_per_s: None,
             connect: ConnectOptions::default(),
+            accept_certificates: false,
+            server_ca: None,
             source_ips: 0,
             api: None,
             kill_pid: None,

@@ -34,6 +34,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Why connections failed (the first few distinct reasons).
     pub error_reasons: Vec<String>,
+    /// Agents that took a client certificate the server offered and reconnected with it.
+    pub certificates_taken: u64,
     pub processes: Vec<Process>,
     /// Agents connected when the processes were read.
     pub memory_connections: u64,
@@ -194,6 +196,7 @@ impl Report {
             errors_total: 0,
             errors: BTreeMap::new(),
             error_reasons: Vec::new(),
+            certificates_taken: 0,
             processes: Vec::new(),
             memory_connections: 0,
             memory_bytes_per_connection: None,
@@ -221,6 +224,7 @@ impl Report {
         }
         (self.errors_total, self.errors) = st.errors();
         self.error_reasons = st.reasons();
+        self.certificates_taken = st.rotated.load(Ordering::Relaxed);
         self.timeline = st.timeline();
     }
 
@@ -327,6 +331,13 @@ impl fmt::Display for Report {
                 f,
                 "  per connection: {:.1} KiB resident, {c:.3} ms CPU (TLS handshake, upgrade, first report)",
                 b / 1024.0
+            )?;
+        }
+        if self.certificates_taken > 0 {
+            writeln!(
+                f,
+                "  certificates taken from the server: {}",
+                self.certificates_taken
             )?;
         }
         write!(f, "  errors: {}", self.errors_total)?;

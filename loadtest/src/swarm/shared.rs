@@ -3,6 +3,7 @@
 use super::config::SwarmConfig;
 use super::stats::Stats;
 use crate::sim::SimAgent;
+use flotilla_proto::opamp::AgentCapabilities as Cap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -30,6 +31,9 @@ impl Shared {
             &mut rand::rng(),
         );
         agent.apply = self.cfg.apply;
+        if self.cfg.accept_certificates {
+            agent.capabilities |= Cap::AcceptsOpAmpConnectionSettings as u64;
+        }
         agent
     }
 

@@ -81,6 +81,8 @@ pub struct Stats {
     /// Every agent connected and answered, and the first replies settled: the steady state.
     pub steady: AtomicBool,
     errors_total: AtomicU64,
+    /// Agents that took a client certificate the server offered.
+    pub rotated: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Why connections failed, in the server's or the OS's words: the first few distinct ones.
     reasons: Mutex<Vec<String>>,
@@ -118,6 +120,7 @@ impl Stats {
             answered: AtomicU64::new(0),
             steady: AtomicBool::new(false),
             errors_total: AtomicU64::new(0),
+            rotated: AtomicU64::new(0),
             errors: Mutex::default(),
             reasons: Mutex::default(),
             latency: Mutex::default(),
