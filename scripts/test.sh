@@ -11,6 +11,8 @@ command -v nats-server >/dev/null || missing+=(nats-server)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# The README's Quickstart runs as a test, curl lines included.
+command -v curl >/dev/null || missing+=(curl)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} (Debian packages)"
   sudo_cmd=""
