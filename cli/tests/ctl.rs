@@ -295,8 +295,19 @@ async fn declared_configs_apply_idempotently_diff_and_delete() {
         1,
         "diff stores nothing"
     );
+    let check = ctl(&["diff", "-f", r, "--exit-code"]);
+    assert!(!check.status.success(), "differences: exit 1");
+    assert!(
+        stderr(&check).contains("1 configs differ"),
+        "{}",
+        stderr(&check)
+    );
     let applied = stdout(&ctl(&["apply", "-f", r]));
     assert!(applied.contains("~ base stored: version 2"), "{applied}");
+    assert!(
+        ctl(&["diff", "-f", r, "--exit-code"]).status.success(),
+        "in step: exit 0"
+    );
 
     // A bad document is refused naming its file, and nothing of the directory is stored.
     std::fs::write(repo.join("bad.yaml"), "name: x\nfile: {}\n").unwrap();

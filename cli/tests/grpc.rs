@@ -277,6 +277,32 @@ async fn admin_operations_over_grpc_on_the_api_port() {
     // The REST API is still there on the same port, and unknown paths are still not gRPC's.
     assert_eq!(srv.get("/api/v1/configs/otel").await.1["version"], 2);
     assert_eq!(srv.get("/api/v1/nope").await.0, 404);
+
+    // Deleted: no version active any more, the history kept; a second delete finds nothing.
+    let deleted = client
+        .delete_config(pb::DeleteConfigRequest {
+            name: "otel".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (deleted.name.as_str(), deleted.deactivated_version),
+        ("otel", 2)
+    );
+    let listed = client
+        .list_configs(pb::ListConfigsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.configs.is_empty(), "{listed:?}");
+    let e = client
+        .delete_config(pb::DeleteConfigRequest {
+            name: "otel".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
     fleet.stop().await;
     srv.stop().await;
 }

@@ -138,6 +138,9 @@ pub enum CtlCommand {
         /// A config document, or a directory of them (*.yaml, *.yml).
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
+        /// Exit 1 when something would change (for CI checks that the server matches the repo).
+        #[arg(long)]
+        exit_code: bool,
     },
     /// Who changed what, newest first.
     Audit {

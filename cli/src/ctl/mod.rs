@@ -271,8 +271,17 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             call(client.post(url(&format!("/api/v1/agents/{uid}/certificate")))).await?,
             Shape::Pairs,
         ),
-        CtlCommand::Apply { path } => return apply(&client, &api, &path, false).await,
-        CtlCommand::Diff { path } => return apply(&client, &api, &path, true).await,
+        CtlCommand::Apply { path } => {
+            apply(&client, &api, &path, false).await?;
+            return Ok(());
+        }
+        CtlCommand::Diff { path, exit_code } => {
+            let changed = apply(&client, &api, &path, true).await?;
+            if exit_code && changed > 0 {
+                bail!("{changed} configs differ from the server's");
+            }
+            return Ok(());
+        }
         CtlCommand::Audit {
             object,
             since,
@@ -534,13 +543,13 @@ async fn rollouts(
 }
 
 /// `ctl apply -f` (or, with `dry_run`, `ctl diff -f`): each declared config compared with the
-/// server's and stored where it differs.
+/// server's and stored where it differs. Returns how many differed.
 async fn apply(
     client: &Client,
     api: &str,
     path: &std::path::Path,
     dry_run: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let declared = gitops::read(path)?;
     let (mut changed, mut same) = (0, 0);
     for d in &declared {
@@ -590,7 +599,7 @@ async fn apply(
         "{} configs: {changed} {verb}, {same} unchanged",
         declared.len()
     );
-    Ok(())
+    Ok(changed)
 }
 
 /// The warnings an answer carries, on stderr.

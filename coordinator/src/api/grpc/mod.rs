@@ -295,6 +295,21 @@ impl Admin for AdminService {
         ok(c.map(|c| config_version(&c)))
     }
 
+    async fn delete_config(
+        &self,
+        req: Request<pb::DeleteConfigRequest>,
+    ) -> Reply<pb::DeleteConfigResponse> {
+        let caller = caller(&req)?;
+        let d = self
+            .ops
+            .delete_config(&caller, &req.into_inner().name)
+            .await;
+        ok(d.map(|d| pb::DeleteConfigResponse {
+            name: d.name,
+            deactivated_version: d.deactivated_version,
+        }))
+    }
+
     async fn start_rollout(&self, req: Request<pb::StartRolloutRequest>) -> Reply<pb::Rollout> {
         let caller = caller(&req)?;
         let request = rollout_request(req.into_inner())?;
