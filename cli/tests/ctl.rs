@@ -23,55 +23,38 @@ fn stdout(o: &Output) -> String {
 #[test]
 fn arguments_are_checked_before_any_request() {
     // No server runs: each of these must fail on its argument, not on the connection.
-    let o = flotilla(&["ctl", "--api", "127.0.0.1:4321", "health"]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("give the scheme too"), "{}", stderr(&o));
-    let o = flotilla(&["ctl", "--api", "ftp://h:1", "health"]);
-    assert!(
-        stderr(&o).contains("not an http:// or https:// URL"),
-        "{}",
-        stderr(&o)
-    );
-
-    let o = flotilla(&[
-        "ctl",
-        "rollouts",
-        "start",
-        "base",
-        "--percentages",
-        "100",
-        "--soak",
-        "5",
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("not a duration such as 30s"),
-        "{}",
-        stderr(&o)
-    );
-
-    let o = flotilla(&["ctl", "agents", "list", "--status", "up"]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("possible values: connected, disconnected, silent"),
-        "{}",
-        stderr(&o)
-    );
-    let o = flotilla(&[
-        "ctl",
-        "rollouts",
-        "start",
-        "base",
-        "--percentages",
-        "100",
-        "--on-failure",
-        "retry",
-    ]);
-    assert!(
-        stderr(&o).contains("possible values: rollback, pause"),
-        "{}",
-        stderr(&o)
-    );
+    let start = ["rollouts", "start", "base", "--percentages", "100"];
+    let cases: &[(&[&str], &[&str], &str)] = &[
+        (
+            &["--api", "127.0.0.1:4321", "health"],
+            &[],
+            "give the scheme too",
+        ),
+        (
+            &["--api", "ftp://h:1", "health"],
+            &[],
+            "not an http:// or https:// URL",
+        ),
+        (&start, &["--soak", "5"], "not a duration such as 30s"),
+        (
+            &start,
+            &["--on-failure", "retry"],
+            "possible values: rollback, pause",
+        ),
+        (
+            &["agents", "list", "--status", "up"],
+            &[],
+            "possible values: connected, disconnected, silent",
+        ),
+    ];
+    for (args, more, reason) in cases {
+        let mut all = vec!["ctl"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(more);
+        let o = flotilla(&all);
+        assert!(!o.status.success(), "{all:?} was accepted");
+        assert!(stderr(&o).contains(reason), "{all:?}: {}", stderr(&o));
+    }
 }
 
 #[test]
