@@ -104,7 +104,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the config: the default connection cap follows the open-file limit.
     flotilla_common::config::raise_open_file_limit();
     let cfg = ServeConfig::load(args)?;
-    flotilla_common::telemetry::init_logging();
+    flotilla_common::telemetry::init_logging(cfg.log_format, cfg.log_level.as_deref())
+        .map_err(anyhow::Error::msg)?;
     info!(config = %cfg, "starting");
     let running = app::start(cfg).await?;
     wait_for_signal().await?;

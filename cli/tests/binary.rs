@@ -104,6 +104,13 @@ fn bad_config_exits_non_zero_with_a_clear_message() {
     );
 
     let out = Command::new(BIN)
+        .args(["serve", "--log-level", "info,,=x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-level"));
+
+    let out = Command::new(BIN)
         .args(["serve", "--roles", "gateway"])
         .output()
         .unwrap();
@@ -199,4 +206,42 @@ fn serve_drains_on_sigterm_keeps_configs_across_restarts_and_ctl_drives_it() {
     let out = ctl(api, &["health"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the Flotilla API"));
+}
+
+#[test]
+fn logs_are_json_lines_at_the_level_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opamp, api) = (free_port(), free_port());
+    let child = Command::new(BIN)
+        .args(["serve", "--opamp-listen", &format!("127.0.0.1:{opamp}")])
+        .args(["--api-listen", &format!("127.0.0.1:{api}")])
+        .args(["--log-format", "json", "--log-level", "debug"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_healthy(api);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 3, "{text}");
+    let mut levels = std::collections::BTreeSet::new();
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["fields"].is_object(),
+            "{line}"
+        );
+        levels.insert(v["level"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(
+        levels.contains("DEBUG"),
+        "debug lines at --log-level debug: {levels:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("\"starting\"")), "{text}");
 }

@@ -1,22 +1,35 @@
-//! Logging setup shared by every binary: `tracing` to stderr, filtered by `RUST_LOG`
-//! (default `info`), as text or, with `FLOTILLA_LOG_FORMAT=json`, as JSON lines.
+//! Logging setup shared by every binary: `tracing` to stderr, as text or JSON lines
+//! (`--log-format`), filtered by `--log-level` (else `RUST_LOG`, else `info`).
 
+use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Starts logging; `level` is a tracing filter (None: `RUST_LOG`, else `info`). A filter that does
+/// not parse is an error, said before anything runs.
+pub fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| {
+            format!("--log-level {l:?} is not a level or filter (e.g. info, info,flotilla_gateway=debug): {e}")
+        })?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     // Colours only on a terminal: logs written to files stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let json = std::env::var("FLOTILLA_LOG_FORMAT").is_ok_and(|v| v == "json");
     // try_init: tests may call this more than once per process.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match format {
+        // One object a line: timestamp, level, target, the event's fields under "fields" and the
+        // current span's under "span" (kept apart, so no key appears twice).
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
     };
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, from the wall clock.

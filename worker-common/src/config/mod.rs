@@ -10,7 +10,7 @@ pub use limits::{
     DEFAULT_MAX_MESSAGE_SIZE, MAX_HEARTBEAT, MIN_HEARTBEAT, RecordLimits, default_max_connections,
     open_file_limit, raise_open_file_limit,
 };
-pub use sources::{AgentIdentity, ConfigError, Role, ServeArgs, TlsVersion};
+pub use sources::{AgentIdentity, ConfigError, LogFormat, Role, ServeArgs, TlsVersion};
 use sources::{FileConfig, read_file};
 
 use std::fmt;
@@ -65,6 +65,9 @@ pub struct ServeConfig {
     pub redis_url: Option<String>,
     pub data_dir: PathBuf,
     pub region: String,
+    pub log_format: LogFormat,
+    /// A tracing filter (`info`, `info,flotilla_gateway=debug`); None: RUST_LOG, else info.
+    pub log_level: Option<String>,
     pub node_id: String,
     pub tls: Option<TlsFiles>,
     pub agent_identity: AgentIdentity,
@@ -124,6 +127,8 @@ impl ServeConfig {
                 .or(f.data_dir)
                 .unwrap_or_else(|| "flotilla-data".into()),
             region: a.region.or(f.region).unwrap_or_else(|| "local".into()),
+            log_format: a.log_format.or(f.log_format).unwrap_or_default(),
+            log_level: a.log_level.or(f.log_level),
             node_id: a
                 .node_id
                 .or(f.node_id)

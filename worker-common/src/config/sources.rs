@@ -21,6 +21,15 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -55,6 +64,13 @@ pub struct ServeArgs {
     /// Region name, part of every bus subject [default: local].
     #[arg(long, env = "FLOTILLA_REGION")]
     pub region: Option<String>,
+    /// Log lines as text or as JSON objects, one a line, on stderr [default: text].
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Which logs to write: a level (error, warn, info, debug, trace) or a tracing filter such as
+    /// "info,flotilla_gateway=debug" [default: RUST_LOG, else info].
+    #[arg(long, env = "FLOTILLA_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// This process's id in the cluster [default: random].
     #[arg(long, env = "FLOTILLA_NODE_ID")]
     pub node_id: Option<String>,
@@ -174,6 +190,8 @@ pub(super) struct FileConfig {
     pub(super) redis_url: Option<String>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) region: Option<String>,
+    pub(super) log_format: Option<LogFormat>,
+    pub(super) log_level: Option<String>,
     pub(super) node_id: Option<String>,
     pub(super) tls_cert: Option<PathBuf>,
     pub(super) tls_key: Option<PathBuf>,
