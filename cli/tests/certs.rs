@@ -2,6 +2,8 @@
 //! from `certs init` is accepted as written, `certs revoke` takes effect on a running server, and
 //! `ctl rotate-certificate` (with an API token) reaches a connected agent.
 
+mod common;
+
 use flotilla_loadtest::client::{ConnectOptions, WsClient};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::opamp::AgentCapabilities;
@@ -75,12 +77,7 @@ async fn a_certs_init_pki_runs_mutual_tls_and_revocations_apply_live() {
         pki.join("client-2.pem").to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{out:?}");
-    let tokens = dir.path().join("api-tokens.toml");
-    std::fs::write(
-        &tokens,
-        "[[token]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"t-ann\"\n",
-    )
-    .unwrap();
+    let tokens = common::api_tokens_file(dir.path(), &[("ann", "admin", "t-ann")]);
 
     let port = |l: std::net::TcpListener| l.local_addr().unwrap().port();
     let (opamp, api) = (

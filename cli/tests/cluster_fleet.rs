@@ -6,6 +6,7 @@ mod cluster_support;
 mod common;
 
 use cluster_support::{Cluster, REGION, SERIAL};
+use common::applied_with;
 use common::fleet::{Fleet, collectors};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -28,18 +29,6 @@ async fn wait_for(c: &Cluster, api: &str, path: &str, pred: impl Fn(&Value) -> b
         assert!(Instant::now() < deadline, "{path}: last {v}\n{}", c.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn applied_with(list: &Value, hash: &str) -> usize {
-    list["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| {
-            a["remote_config_status"]["status"] == "APPLIED"
-                && a["remote_config_status"]["hash"] == hash
-        })
-        .count()
 }
 
 #[tokio::test]

@@ -317,13 +317,13 @@ fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
 #[tokio::test]
 async fn tokens_and_roles_apply_to_grpc_calls_and_the_caller_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        "[[token]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"ann-token\"\n\
-         [[token]]\nname = \"vic\"\nrole = \"viewer\"\ntoken = \"vic-token\"\n",
-    )
-    .unwrap();
+    let tokens = common::api_tokens_file(
+        dir.path(),
+        &[
+            ("ann", "admin", "ann-token"),
+            ("vic", "viewer", "vic-token"),
+        ],
+    );
     let mut cfg = config(dir.path());
     cfg.api_tokens = Some(tokens);
     let srv = start(cfg).await;

@@ -307,14 +307,14 @@ async fn api_call(
 async fn the_api_needs_a_token_with_the_right_role_and_speaks_tls() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let tokens = dir.path().join("api-tokens.toml");
-    std::fs::write(
-        &tokens,
-        "[[token]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"ann-token\"\n\
-         [[token]]\nname = \"otto\"\nrole = \"operator\"\ntoken = \"otto-token\"\n\
-         [[token]]\nname = \"vic\"\nrole = \"viewer\"\ntoken = \"vic-token\"\n",
-    )
-    .unwrap();
+    let tokens = common::api_tokens_file(
+        dir.path(),
+        &[
+            ("ann", "admin", "ann-token"),
+            ("otto", "operator", "otto-token"),
+            ("vic", "viewer", "vic-token"),
+        ],
+    );
     let mut cfg = config(dir.path());
     cfg.api_tokens = Some(tokens);
     cfg.api_tls = Some(flotilla_common::config::TlsFiles::new(

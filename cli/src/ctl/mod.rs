@@ -54,11 +54,12 @@ fn show(v: &Value, shape: Shape, format: Format) -> anyhow::Result<()> {
                     out!("{key}: {k}={}", val.as_str().unwrap_or_default());
                 }
             }
-            if let Some(c) = v["desired_config"].as_object() {
+            let desired = &v["desired_config"];
+            if desired.is_object() {
                 out!(
                     "desired config: {} v{}",
-                    field(&Value::Object(c.clone()), "name"),
-                    c["version"]
+                    field(desired, "name"),
+                    desired["version"]
                 );
             }
             out!(
@@ -84,7 +85,6 @@ fn show(v: &Value, shape: Shape, format: Format) -> anyhow::Result<()> {
         Shape::Configs => {
             let rows: Vec<Vec<String>> = v["configs"]
                 .as_array()
-                .or(v.as_array())
                 .into_iter()
                 .flatten()
                 .map(|c| {
@@ -554,10 +554,10 @@ async fn apply(
     let (mut changed, mut same) = (0, 0);
     for d in &declared {
         let url = format!("{api}/api/v1/configs/{}", d.name);
-        let current = match call(client.get(&url)).await {
-            Ok(v) => Some(v),
-            Err(e) if e.to_string().contains("404 Not Found") => None,
-            Err(e) => return Err(e),
+        // A config the server does not have yet is new; any other error stops the run.
+        let current = match send(client.get(&url)).await? {
+            (reqwest::StatusCode::NOT_FOUND, _) => None,
+            (status, body) => Some(success(status, body)?),
         };
         let mut lines = gitops::differences(current.as_ref(), d)?;
         if let Some(cur) = &current {
@@ -610,12 +610,12 @@ fn warn_of(answer: &Value) {
 }
 
 async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let resp = req
-        .send()
-        .await
-        .context("cannot reach the Flotilla API (is `flotilla serve` running? see --api)")?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let (status, body) = send(req).await?;
+    success(status, body)
+}
+
+/// The body of a successful answer; otherwise the API's error message as an error.
+fn success(status: reqwest::StatusCode, body: Value) -> anyhow::Result<Value> {
     if !status.is_success() {
         let msg = body
             .get("error")
@@ -624,4 +624,14 @@ async fn call(req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         bail!("API answered {status}: {msg}");
     }
     Ok(body)
+}
+
+/// The API's answer to `req`, whatever its status.
+async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+    let resp = req
+        .send()
+        .await
+        .context("cannot reach the Flotilla API (is `flotilla serve` running? see --api)")?;
+    let status = resp.status();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
 }

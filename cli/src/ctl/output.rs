@@ -101,23 +101,25 @@ pub(super) fn table(header: &[&str], rows: &[Vec<String>]) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.enumerate() {
-            if i + 1 < widths.len() {
-                let pad = widths[i] - cell.chars().count();
-                text.push_str(cell);
-                text.push_str(&" ".repeat(pad + 2));
-            } else {
-                text.push_str(cell);
-            }
-        }
-        out!("{}", text.trim_end());
-    };
-    line(&mut header.iter().copied());
+    row_line(&widths, header);
     for row in rows {
-        line(&mut row.iter().map(String::as_str));
+        row_line(&widths, row);
     }
+}
+
+/// One row: each cell but the last padded to its column's width (a longer cell pushes the rest
+/// of its row out) and two spaces.
+fn row_line<S: AsRef<str>>(widths: &[usize], cells: &[S]) {
+    let mut text = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        let cell = cell.as_ref();
+        text.push_str(cell);
+        if i + 1 < cells.len() {
+            let width = widths.get(i).copied().unwrap_or(0);
+            text.push_str(&" ".repeat(width.saturating_sub(cell.chars().count()) + 2));
+        }
+    }
+    out!("{}", text.trim_end());
 }
 
 /// A field of a JSON object as text ("-" when absent; numbers and booleans as written).
@@ -345,26 +347,13 @@ pub(super) fn print_agent_table(page: &Value, first: bool, all: bool, wide: bool
     if wide {
         header.extend(["VERSION", "REGION", "ENVIRONMENT", "GATEWAY"]);
     }
-    // Fixed widths (long cells push their row out), so every page of --all lines up with the
-    // first page's header.
+    // Fixed widths, so every page of --all lines up with the first page's header.
     const WIDTHS: [usize; 9] = [36, 12, 9, 28, 24, 28, 10, 14, 12];
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let cells: Vec<&str> = cells.collect();
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 < cells.len() {
-                text.push_str(&format!("{cell:<w$}  ", w = WIDTHS[i]));
-            } else {
-                text.push_str(cell);
-            }
-        }
-        out!("{}", text.trim_end());
-    };
     if first {
-        line(&mut header.iter().copied());
+        row_line(&WIDTHS, &header);
     }
     for row in &rows {
-        line(&mut row.iter().map(String::as_str));
+        row_line(&WIDTHS, row);
     }
     let next = page["next_cursor"].as_str();
     if all {

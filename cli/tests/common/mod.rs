@@ -28,6 +28,32 @@ pub fn config(data_dir: &Path) -> ServeConfig {
     }
 }
 
+/// An `--api-tokens` file in `dir` with `(name, role, token)` entries.
+pub fn api_tokens_file(dir: &Path, tokens: &[(&str, &str, &str)]) -> std::path::PathBuf {
+    let text: String = tokens
+        .iter()
+        .map(|(name, role, token)| {
+            format!("[[token]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken = \"{token}\"\n")
+        })
+        .collect();
+    let path = dir.join("api-tokens.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// How many agents of an agent list are APPLIED with config hash `hash`.
+pub fn applied_with(list: &Value, hash: &str) -> usize {
+    list["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| {
+            a["remote_config_status"]["status"] == "APPLIED"
+                && a["remote_config_status"]["hash"] == hash
+        })
+        .count()
+}
+
 pub async fn start(cfg: ServeConfig) -> Server {
     let running = app::start(cfg).await.expect("server starts");
     Server {

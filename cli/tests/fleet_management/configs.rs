@@ -103,14 +103,14 @@ async fn history_diff_and_rollback_of_a_config() {
 #[tokio::test]
 async fn labels_change_which_config_an_agent_gets_and_the_audit_log_names_the_callers() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        "[[token]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"ann-token\"\n\
-         [[token]]\nname = \"otto\"\nrole = \"operator\"\ntoken = \"otto-token\"\n\
-         [[token]]\nname = \"vic\"\nrole = \"viewer\"\ntoken = \"vic-token\"\n",
-    )
-    .unwrap();
+    let tokens = common::api_tokens_file(
+        dir.path(),
+        &[
+            ("ann", "admin", "ann-token"),
+            ("otto", "operator", "otto-token"),
+            ("vic", "viewer", "vic-token"),
+        ],
+    );
     let mut cfg = config(dir.path());
     cfg.api_tokens = Some(tokens);
     let srv = start(cfg).await;

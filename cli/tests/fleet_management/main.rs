@@ -10,7 +10,7 @@ mod configs;
 mod rollouts;
 
 use common::fleet::{Fleet, collectors};
-use common::{Server, config, start};
+use common::{Server, applied_with, config, start};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -22,19 +22,6 @@ fn collector_yaml(note: &str) -> String {
          exporters:\n  debug: {{}}\nservice:\n  pipelines:\n    traces:\n      receivers: [otlp]\n      \
          processors: [batch]\n      exporters: [debug]\n"
     )
-}
-
-/// How many agents the API lists as APPLIED with config hash `hash`.
-fn applied_with(list: &Value, hash: &str) -> usize {
-    list["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| {
-            a["remote_config_status"]["status"] == "APPLIED"
-                && a["remote_config_status"]["hash"] == hash
-        })
-        .count()
 }
 
 async fn wait_applied(srv: &Server, n: usize, hash: &str) {

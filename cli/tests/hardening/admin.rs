@@ -154,13 +154,13 @@ async fn uidless_floods_leave_no_records_and_agents_are_deleted_and_expire() {
 #[tokio::test]
 async fn dot_names_multi_member_gzip_and_refused_admin_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        "[[token]]\nname = \"ann\"\nrole = \"admin\"\ntoken = \"ann-secret\"\n\
-         [[token]]\nname = \"vic\"\nrole = \"viewer\"\ntoken = \"vic-secret\"\n",
-    )
-    .unwrap();
+    let tokens = common::api_tokens_file(
+        dir.path(),
+        &[
+            ("ann", "admin", "ann-secret"),
+            ("vic", "viewer", "vic-secret"),
+        ],
+    );
     let mut cfg = config(dir.path());
     cfg.api_tokens = Some(tokens);
     let srv = start(cfg).await;
