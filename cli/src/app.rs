@@ -10,7 +10,7 @@ use axum::routing::get;
 use flotilla_common::bus::{Bus, InProcessBus, NatsBus};
 use flotilla_common::config::ServeConfig;
 use flotilla_common::pki::Ca;
-use flotilla_common::store::{EmbeddedStore, LeaseTiming, RedisStore, Store};
+use flotilla_common::store::{EmbeddedStore, LeaseTiming, Measured, RedisStore, Store};
 use flotilla_common::tls::ReloadingTls;
 use flotilla_coordinator::api::auth::ApiTokens;
 use flotilla_coordinator::fleet::redact::Redactor;
@@ -94,6 +94,7 @@ fn reloading_tls(
 /// Starts the roles of `cfg`.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let mut registry = Registry::default();
+    flotilla_common::telemetry::traces::register_metrics(&mut registry);
     let rest_cancel = CancellationToken::new();
     let mut rest = Vec::new();
     let opamp_tls = match cfg.gateway {
@@ -157,6 +158,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 .map_err(anyhow::Error::msg)?
                 .with_audit_retention(cfg.audit_retention);
             let store = Arc::new(redis.clone()) as Arc<dyn Store>;
+            let store = Arc::new(Measured::new(store, "redis", &mut registry)) as Arc<dyn Store>;
             let coordinator = Service::new(
                 coord_cfg,
                 bus.clone(),
@@ -212,11 +214,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 "store",
                 store.clone().run_flusher(rest_cancel.clone()),
             ));
-            let store = Arc::new(store);
+            let store = Measured::new(Arc::new(store), "embedded", &mut registry);
             let coordinator = Service::new(
                 coord_cfg,
                 bus.clone(),
-                store as Arc<dyn Store>,
+                Arc::new(store) as Arc<dyn Store>,
                 ShardTable::all(),
                 &mut registry,
             )

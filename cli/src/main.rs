@@ -104,14 +104,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Before the config: the default connection cap follows the open-file limit.
     flotilla_common::config::raise_open_file_limit();
     let cfg = ServeConfig::load(args)?;
-    flotilla_common::telemetry::init_logging(cfg.log_format, cfg.log_level.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    info!(config = %cfg, "starting");
+    let service = flotilla_common::telemetry::traces::ServiceInfo {
+        name: match (cfg.gateway, cfg.coordinator) {
+            (true, false) => "flotilla-gateway",
+            (false, true) => "flotilla-coordinator",
+            _ => "flotilla",
+        },
+        instance: cfg.node_id.clone(),
+        region: cfg.region.clone(),
+    };
+    let telemetry = flotilla_common::telemetry::init(
+        cfg.log_format,
+        cfg.log_level.as_deref(),
+        &cfg.trace,
+        &service,
+    )
+    .map_err(anyhow::Error::msg)?;
+    info!(config = %cfg, traces = telemetry.tracing(), "starting");
     let running = app::start(cfg).await?;
     wait_for_signal().await?;
     info!("draining");
     running.shutdown(GRACE).await;
     info!("stopped");
+    telemetry.shutdown().await;
     Ok(())
 }
 

@@ -92,9 +92,16 @@ impl OwnerMetrics {
     }
 }
 
+/// Labels with a value known only at run time (a route template, a status code).
+type OwnedLabels = Vec<(&'static str, String)>;
+
 /// What the admin API counts.
 #[derive(Debug, Clone)]
 pub struct ApiMetrics {
+    /// By method, route (the template, e.g. `/api/v1/agents/{uid}`) and status code.
+    pub requests: Family<OwnedLabels, Counter>,
+    /// By method and route.
+    pub request_seconds: Family<OwnedLabels, Histogram>,
     pub refused: Family<Labels, Counter>,
     pub refusal_log: Arc<LogLimiter>,
     /// How many refused calls reach the audit log: bursts of 20, then one a second, so callers
@@ -106,13 +113,28 @@ impl ApiMetrics {
     pub fn new(registry: &mut Registry) -> Self {
         let burst = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN);
         let m = Self {
+            requests: Family::default(),
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+            }),
             refused: Family::default(),
             refusal_log: Arc::default(),
             refusal_audit: Arc::new(RateLimiter::direct(
                 Quota::per_second(NonZeroU32::MIN).allow_burst(burst),
             )),
         };
-        registry.sub_registry_with_prefix(PREFIX).register(
+        let r = registry.sub_registry_with_prefix(PREFIX);
+        r.register(
+            "api_requests",
+            "Admin API requests (REST, gRPC, console) by method, route template and status code",
+            m.requests.clone(),
+        );
+        r.register(
+            "api_request_seconds",
+            "Admin API request duration by method and route template",
+            m.request_seconds.clone(),
+        );
+        r.register(
             "api_refused",
             "Admin API calls refused before reaching an operation, by reason \
              (unauthenticated, forbidden)",

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use flotilla_common::bus::{Bus, BusError, BusMessage, request_with_retry};
 use flotilla_common::config::{AgentIdentity, AgentLimits, DEFAULT_MAX_INFLIGHT_BYTES};
 use flotilla_common::names::{Subjects, shard_of, uid_text};
-use flotilla_common::telemetry::new_traceparent;
 use flotilla_common::tls::ReloadingTls;
 use flotilla_proto::bus::{
     Downlink, DownlinkAck, IdentityRule, Origin, Transport, Uplink, UplinkReply, uplink,
@@ -28,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 /// The OpAMP endpoint path.
 pub const OPAMP_PATH: &str = "/v1/opamp";
@@ -353,11 +352,23 @@ impl Gateway {
         instance_uid: &[u8],
         origin: &Origin,
     ) -> Result<UplinkReply, BusError> {
+        // Each message is a trace of its own (a session lasts for days).
+        let span = debug_span!(
+            parent: None,
+            "opamp.message",
+            otel.kind = "server",
+            uid = %uid_text(instance_uid),
+            transport = Transport::try_from(origin.transport).map_or("unknown", |t| t.as_str_name()),
+            peer = %origin.peer_addr,
+            gateway = %self.cfg.gateway_id,
+        );
         let uplink = Uplink {
             origin: Some(origin.clone()),
             kind: Some(uplink::Kind::AgentToServer(agent_to_server.to_vec())),
         };
-        self.request_owner(instance_uid, uplink).await
+        self.request_owner(instance_uid, uplink)
+            .instrument(span)
+            .await
     }
 
     async fn request_owner(
@@ -366,24 +377,30 @@ impl Gateway {
         uplink: Uplink,
     ) -> Result<UplinkReply, BusError> {
         let started = Instant::now();
-        let origin = uplink.origin.as_ref();
-        let msg = BusMessage::new(
-            self.subjects.uplink(shard_of(instance_uid)),
-            Bytes::from(uplink.encode_to_vec()),
-        )
-        .with_header("Flotilla-Instance-Uid", uid_text(instance_uid))
-        .with_header("Flotilla-Gateway", self.cfg.gateway_id.as_str())
-        .with_header(
-            "Flotilla-Connection",
-            origin.map_or(0, |o| o.connection_id).to_string(),
-        )
-        .with_header("traceparent", new_traceparent());
+        let subject = self.subjects.uplink(shard_of(instance_uid));
+        let span = debug_span!("bus.request", otel.kind = "client", %subject);
+        let msg = {
+            let _entered = span.enter();
+            BusMessage::new(subject, Bytes::from(uplink.encode_to_vec()))
+                .with_header("Flotilla-Instance-Uid", uid_text(instance_uid))
+                .with_header("Flotilla-Gateway", self.cfg.gateway_id.as_str())
+                .with_header(
+                    "Flotilla-Connection",
+                    uplink
+                        .origin
+                        .as_ref()
+                        .map_or(0, |o| o.connection_id)
+                        .to_string(),
+                )
+                .with_trace_context()
+        };
         let bytes = request_with_retry(
             self.bus.as_ref(),
             msg,
             self.cfg.uplink_timeout,
             self.cfg.uplink_deadline,
         )
+        .instrument(span)
         .await?;
         self.metrics
             .uplink_seconds
@@ -407,12 +424,22 @@ impl Gateway {
     }
 
     async fn deliver(&self, incoming: flotilla_common::bus::Incoming) {
-        let delivered = match Downlink::decode(incoming.msg.payload) {
+        // The owner's push, continued: handing the message to the agent's connection.
+        let span = debug_span!(
+            parent: None,
+            "opamp.deliver",
+            otel.kind = "server",
+            gateway = %self.cfg.gateway_id,
+            delivered = tracing::field::Empty,
+        );
+        incoming.msg.continue_trace(&span);
+        let delivered = span.in_scope(|| match Downlink::decode(incoming.msg.payload) {
             Ok(d) => self
                 .table
                 .deliver(d.connection_id, &d.instance_uid, d.server_to_agent),
             Err(_) => false,
-        };
+        });
+        span.record("delivered", delivered);
         if let Some(reply) = incoming.reply {
             let _ = reply
                 .send(DownlinkAck { delivered }.encode_to_vec().into())

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,6 +201,7 @@ pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -
             }
         },
     };
+    tracing::Span::current().record("caller", caller.name.as_str());
     let needed = required_role(&method, &path);
     if caller.role < needed {
         let why = format!(
@@ -219,7 +220,7 @@ pub async fn authorize(State(gate): State<Gate>, mut req: Request, next: Next) -
     if !mutation {
         return next.run(req).await;
     }
-    let response = match tokio::spawn(next.run(req)).await {
+    let response = match tokio::spawn(next.run(req).in_current_span()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, %method, %path, "an admin operation failed unexpectedly");

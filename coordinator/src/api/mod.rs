@@ -31,7 +31,8 @@ pub fn router(
     max_body: usize,
     registry: &mut Registry,
 ) -> Router {
-    let gate = Gate::new(tokens.clone(), ops.clone(), ApiMetrics::new(registry));
+    let metrics = ApiMetrics::new(registry);
+    let gate = Gate::new(tokens.clone(), ops.clone(), metrics.clone());
     let console = console::routes(ops.clone(), tokens, tls);
     rest::routes(ops.clone())
         // Routed by hand rather than through `tonic::service::Routes`, whose catch-all fallback
@@ -50,4 +51,48 @@ pub fn router(
                 console::not_found(uri.path())
             }
         })
+        .layer(axum::middleware::from_fn_with_state(metrics, observe))
+}
+
+/// Times, counts and traces every admin request (an `api.request` span continuing the caller's
+/// `traceparent`, if it sent one); [`auth::authorize`] adds the caller to the span.
+async fn observe(
+    axum::extract::State(metrics): axum::extract::State<ApiMetrics>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = req.method().as_str().to_owned();
+    let span = tracing::debug_span!(
+        parent: None,
+        "api.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        caller = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    flotilla_common::telemetry::traces::adopt_http(&span, req.headers());
+    let started = std::time::Instant::now();
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    metrics
+        .request_seconds
+        .get_or_create(&vec![("method", method.clone()), ("route", route.clone())])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .requests
+        .get_or_create(&vec![
+            ("method", method),
+            ("route", route),
+            ("status", status.to_string()),
+        ])
+        .inc();
+    response
 }

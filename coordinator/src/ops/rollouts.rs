@@ -340,7 +340,15 @@ impl Ops {
 
     /// One step of one rollout; errors are logged and the step is retried next second.
     async fn step_rollout(&self, id: &str) {
-        if let Err(e) = self.try_step_rollout(id).await {
+        let span = tracing::debug_span!(
+            parent: None,
+            "rollout.step",
+            rollout = id,
+            state = tracing::field::Empty,
+            phase = tracing::field::Empty,
+        );
+        let step = tracing::Instrument::instrument(self.try_step_rollout(id), span);
+        if let Err(e) = step.await {
             warn!(rollout = id, error = %e, "rollout step failed; retrying");
         }
     }
@@ -399,6 +407,9 @@ impl Ops {
                 r.to_version, r.config
             )));
         }
+        tracing::Span::current()
+            .record("state", tracing::field::debug(r.state))
+            .record("phase", r.phases.len());
         if r == before {
             return Ok(());
         }

@@ -8,13 +8,13 @@ use crate::opamp::SERVER_CAPABILITIES;
 use crate::opamp::desired::{config_to_offer, packages_to_offer};
 use crate::opamp::offers::remote_config_message;
 use flotilla_common::bus::{Bus, BusMessage};
-use flotilla_common::names::Subjects;
+use flotilla_common::names::{Subjects, uid_text};
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, Transport};
 use flotilla_proto::opamp::ServerToAgent;
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::debug;
+use tracing::{Instrument, debug, debug_span};
 
 /// Sends ServerToAgent messages to the gateway connections that hold agents.
 pub(crate) struct Pusher {
@@ -47,11 +47,22 @@ impl Pusher {
             instance_uid: msg.instance_uid.clone(),
             server_to_agent: msg.encode_to_vec(),
         };
-        let req = BusMessage::new(
-            self.subjects.downlink(&origin.gateway_id),
-            down.encode_to_vec(),
+        let span = debug_span!(
+            "opamp.push",
+            otel.kind = "client",
+            uid = %uid_text(&msg.instance_uid),
+            gateway = %origin.gateway_id,
+            delivered = tracing::field::Empty,
         );
-        let result = match self.bus.request(req, self.timeout).await {
+        let req = span.in_scope(|| {
+            BusMessage::new(
+                self.subjects.downlink(&origin.gateway_id),
+                down.encode_to_vec(),
+            )
+            .with_trace_context()
+        });
+        let sent = self.bus.request(req, self.timeout).instrument(span.clone());
+        let result = match sent.await {
             Ok(ack) => DownlinkAck::decode(ack)
                 .map(|a| a.delivered)
                 .unwrap_or(false),
@@ -60,6 +71,7 @@ impl Pusher {
                 false
             }
         };
+        span.record("delivered", result);
         let label = if result { "delivered" } else { "undelivered" };
         self.metrics
             .pushes

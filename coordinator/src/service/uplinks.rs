@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug_span, error, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, Span, debug_span, error, warn};
 use uuid::Uuid;
 
 impl Owner {
@@ -55,7 +56,16 @@ impl Owner {
 
     async fn handle_uplink(&self, incoming: Incoming) {
         let Some(reply) = incoming.reply else { return };
-        let span = debug_span!("uplink", traceparent = incoming.msg.header("traceparent"));
+        // Continues the gateway's trace of this message; the outcome is the uplinks metric's result.
+        let span = debug_span!(
+            parent: None,
+            "opamp.process",
+            otel.kind = "server",
+            shard = Empty,
+            epoch = Empty,
+            outcome = Empty,
+        );
+        incoming.msg.continue_trace(&span);
         let answer = async {
             match Uplink::decode(incoming.msg.payload) {
                 Ok(Uplink {
@@ -141,6 +151,7 @@ impl Owner {
     }
 
     fn count_uplink(&self, result: &'static str) {
+        Span::current().record("outcome", result);
         self.metrics
             .uplinks
             .get_or_create(&vec![("result", result)])
@@ -150,8 +161,11 @@ impl Owner {
     /// The fence of `shard` if this process may act on it; counts the message as not ours if not.
     pub(crate) fn fence_for(&self, shard: u16) -> Option<Fence> {
         let fence = self.shards.fence(shard);
-        if fence.is_none() {
-            self.count_uplink("not_owner");
+        match &fence {
+            Some(f) => {
+                Span::current().record("shard", shard).record("epoch", f.epoch);
+            }
+            None => self.count_uplink("not_owner"),
         }
         fence
     }

@@ -55,6 +55,34 @@ impl BusMessage {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// Carries the current span's trace context (W3C `traceparent`) to the receiver, who continues
+    /// the trace with [`BusMessage::continue_trace`]. Nothing is added while traces are off.
+    pub fn with_trace_context(mut self) -> Self {
+        crate::telemetry::traces::inject(&mut self);
+        self
+    }
+
+    /// Makes `span` part of the trace this message carries, if it carries one.
+    pub fn continue_trace(&self, span: &tracing::Span) {
+        crate::telemetry::traces::adopt(span, self);
+    }
+}
+
+impl opentelemetry::propagation::Injector for BusMessage {
+    fn set(&mut self, key: &str, value: String) {
+        self.headers.push((key.to_owned(), value));
+    }
+}
+
+impl opentelemetry::propagation::Extractor for BusMessage {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.header(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.headers.iter().map(|(k, _)| k.as_str()).collect()
+    }
 }
 
 /// A received message; `reply` answers it when it was a request.

@@ -11,6 +11,7 @@ pub use limits::{
     open_file_limit, raise_open_file_limit,
 };
 pub use sources::{AgentIdentity, ConfigError, LogFormat, Role, ServeArgs, TlsVersion};
+use crate::telemetry::traces::TraceConfig;
 use sources::{FileConfig, read_file};
 
 use std::fmt;
@@ -68,6 +69,7 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `info,flotilla_gateway=debug`); None: RUST_LOG, else info.
     pub log_level: Option<String>,
+    pub trace: TraceConfig,
     pub node_id: String,
     pub tls: Option<TlsFiles>,
     pub agent_identity: AgentIdentity,
@@ -129,6 +131,11 @@ impl ServeConfig {
             region: a.region.or(f.region).unwrap_or_else(|| "local".into()),
             log_format: a.log_format.or(f.log_format).unwrap_or_default(),
             log_level: a.log_level.or(f.log_level),
+            trace: TraceConfig {
+                endpoint: a.otlp_endpoint.or(f.otlp_endpoint),
+                protocol: a.otlp_protocol.or(f.otlp_protocol),
+                sample_ratio: a.trace_sample_ratio.or(f.trace_sample_ratio),
+            },
             node_id: a
                 .node_id
                 .or(f.node_id)
@@ -399,7 +406,7 @@ impl fmt::Display for ServeConfig {
             "roles={}{} opamp_listen={} api_listen={} region={} node_id={} data_dir={} \
              heartbeat_interval={} max_message_size={} api_max_body={} lease_ttl={} tls={} client_ca={} \
              agent_identity={:?} agent_tokens={} api_tokens={} api_tls={} signing_ca={} \
-             max_connections={} nats={} redis={}",
+             max_connections={} nats={} redis={} otlp={}",
             if self.gateway { "gateway," } else { "" },
             if self.coordinator { "coordinator" } else { "" },
             self.opamp_listen,
@@ -421,6 +428,7 @@ impl fmt::Display for ServeConfig {
             self.limits.max_connections,
             self.nats_url.as_deref().map_or("-".into(), redact),
             self.redis_url.as_deref().map_or("-".into(), redact),
+            self.trace.endpoint.as_deref().map_or("-".into(), redact),
         )
     }
 }

@@ -1,6 +1,7 @@
 //! Where settings come from: flags and `FLOTILLA_*` variables (`ServeArgs`, through clap) and
 //! the TOML file (`FileConfig`), with the errors of reading them.
 
+use crate::telemetry::traces::OtlpProtocol;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,17 @@ pub struct ServeArgs {
     /// "info,flotilla_gateway=debug" [default: RUST_LOG, else info].
     #[arg(long, env = "FLOTILLA_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Export traces to this OTLP receiver (a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT, which
+    /// also turns export on) [default: off].
+    #[arg(long, env = "FLOTILLA_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport [default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf].
+    #[arg(long, env = "FLOTILLA_OTLP_PROTOCOL", value_enum)]
+    pub otlp_protocol: Option<OtlpProtocol>,
+    /// Share of the traces started here that are exported, 0 to 1; a trace an earlier hop sampled
+    /// is always kept [default: OTEL_TRACES_SAMPLER, else 0.1].
+    #[arg(long, env = "FLOTILLA_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
     /// This process's id in the cluster [default: random].
     #[arg(long, env = "FLOTILLA_NODE_ID")]
     pub node_id: Option<String>,
@@ -192,6 +204,9 @@ pub(super) struct FileConfig {
     pub(super) region: Option<String>,
     pub(super) log_format: Option<LogFormat>,
     pub(super) log_level: Option<String>,
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) otlp_protocol: Option<OtlpProtocol>,
+    pub(super) trace_sample_ratio: Option<f64>,
     pub(super) node_id: Option<String>,
     pub(super) tls_cert: Option<PathBuf>,
     pub(super) tls_key: Option<PathBuf>,

@@ -8,12 +8,14 @@
 //! change anything once another coordinator has taken the shard.
 
 mod embedded;
+mod measured;
 mod redis;
 mod types;
 
 pub use self::redis::RedisStore;
 pub use self::redis::leases::LeaseTiming;
 pub use embedded::EmbeddedStore;
+pub use measured::Measured;
 pub use types::{
     AgentSettings, AuditEntry, AuditOf, AuditPage, AuditQuery, ConfigFile, DEFAULT_AUDIT_RETENTION,
     Deadline, Doc, Fence, PackageOffer, ShardFilter, Store, StoreError, StoredConfig,

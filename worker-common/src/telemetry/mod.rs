@@ -1,12 +1,47 @@
-//! Logging setup shared by every binary: `tracing` to stderr, as text or JSON lines
-//! (`--log-format`), filtered by `--log-level` (else `RUST_LOG`, else `info`).
+//! Logs and traces, set up once by every binary: `tracing` to stderr, as text or JSON lines
+//! (`--log-format`), filtered by `--log-level` (else `RUST_LOG`, else `info`); and, when an OTLP
+//! endpoint is configured, the same spans exported as OpenTelemetry traces ([`traces`]).
+
+pub mod traces;
 
 use crate::config::LogFormat;
-use tracing_subscriber::EnvFilter;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-/// Starts logging; `level` is a tracing filter (None: `RUST_LOG`, else `info`). A filter that does
-/// not parse is an error, said before anything runs.
-pub fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+/// What [`init`] started; [`Telemetry::shutdown`] exports the spans still queued.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn tracing(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends what the export queue holds (waiting at most a few seconds) and stops exporting.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = tokio::task::spawn_blocking(move || {
+                provider.shutdown_with_timeout(std::time::Duration::from_secs(5))
+            })
+            .await;
+        }
+    }
+}
+
+/// Starts logging and, if configured, trace export; `level` is a tracing filter (None:
+/// `RUST_LOG`, else `info`). A filter or trace setting that does not parse is an error, said
+/// before anything runs. Call it inside the Tokio runtime (gRPC export runs on it).
+pub fn init(
+    format: LogFormat,
+    level: Option<&str>,
+    trace: &traces::TraceConfig,
+    service: &traces::ServiceInfo,
+) -> Result<Telemetry, String> {
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).map_err(|e| {
             format!("--log-level {l:?} is not a level or filter (e.g. info, info,flotilla_gateway=debug): {e}")
@@ -14,22 +49,28 @@ pub fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), String
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     // Colours only on a terminal: logs written to files stay plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    // try_init: tests may call this more than once per process.
-    let _ = match format {
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
         // One object a line: timestamp, level, target, the event's fields under "fields" and the
         // current span's under "span" (kept apart, so no key appears twice).
-        LogFormat::Json => builder
+        LogFormat::Json => fmt
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
-    Ok(())
+    let provider = traces::provider(trace, service)?;
+    let mut layers = vec![logs];
+    if let Some(p) = &provider {
+        layers.push(traces::layer(p).boxed());
+    }
+    // try_init: tests may call this more than once per process.
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    Ok(Telemetry { provider })
 }
 
 /// Milliseconds since the Unix epoch, from the wall clock.
@@ -37,14 +78,6 @@ pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A fresh W3C trace context (`traceparent`) for one agent message, carried in bus headers so the
-/// gateway's and the owner's logs of that message share a trace id.
-pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
 }
 
 /// Lets through log lines on a hot error path at a bounded rate (bursts of

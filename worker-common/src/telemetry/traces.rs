@@ -1,0 +1,536 @@
+//! Traces: `tracing` spans exported over OTLP (gRPC or http/protobuf) by `opentelemetry-otlp`,
+//! off unless an endpoint is configured. The standard `OTEL_*` variables apply (endpoint, headers,
+//! timeout, compression, protocol, service name, resource attributes, sampler, batch queue); the
+//! `--otlp-*` and `--trace-sample-ratio` flags override them.
+//!
+//! Export never blocks the hot path: ended spans go to a bounded batch queue drained by a thread
+//! of its own; a span that finds the queue full is dropped and counted
+//! (`flotilla_trace_spans_total{fate="dropped"}`), as is a batch the backend refused.
+//!
+//! The context crosses the bus in W3C `traceparent`/`tracestate` headers: [`inject`] on the
+//! sending side, [`adopt`] on the receiving one, so one agent message is one trace across the
+//! gateway and coordinator processes.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// How spans are exported, as given by flags or the config file (the `OTEL_*` environment fills
+/// in what these leave out).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceConfig {
+    /// Base URL of the OTLP receiver, as `OTEL_EXPORTER_OTLP_ENDPOINT` (http/protobuf appends
+    /// `/v1/traces`).
+    pub endpoint: Option<String>,
+    pub protocol: Option<OtlpProtocol>,
+    /// Share of traces started here that are kept (parent-based: a message whose sender sampled
+    /// it is always kept).
+    pub sample_ratio: Option<f64>,
+}
+
+/// The OTLP transports offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    #[value(name = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Share of the traces started in Flotilla that are kept unless configured otherwise.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 0.1;
+
+/// Spans the batch queue holds unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise.
+const DEFAULT_QUEUE: usize = 8192;
+
+/// What [`resolve`] decided: export, where and how.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Export {
+    /// None: `opentelemetry-otlp` reads the `OTEL_EXPORTER_OTLP_*` variables.
+    endpoint: Option<String>,
+    protocol: OtlpProtocol,
+    /// None: the SDK reads `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+    sample_ratio: Option<f64>,
+    queue: usize,
+}
+
+/// Whether and how to export, from the flags and the environment (`env` reads a variable).
+pub(crate) fn resolve(
+    cfg: &TraceConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Export>, String> {
+    let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    if set("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let exporter = set("OTEL_TRACES_EXPORTER");
+    match exporter.as_deref() {
+        None | Some("otlp") => {}
+        Some("none") if cfg.endpoint.is_none() => return Ok(None),
+        Some("none") => {}
+        Some(other) => {
+            return Err(format!(
+                "OTEL_TRACES_EXPORTER={other:?} is not offered: Flotilla exports traces over \
+                 OTLP (otlp) or not at all (none)"
+            ));
+        }
+    }
+    let env_endpoint =
+        set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    if cfg.endpoint.is_none() && env_endpoint.is_none() && exporter.is_none() {
+        return Ok(None);
+    }
+    let protocol = match cfg.protocol {
+        Some(p) => p,
+        None => match set("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .as_deref()
+        {
+            // The OpenTelemetry specification's default.
+            None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some("grpc") => OtlpProtocol::Grpc,
+            Some(other) => {
+                return Err(format!(
+                    "OTLP protocol {other:?} is not offered: use grpc or http/protobuf"
+                ));
+            }
+        },
+    };
+    let endpoint = match &cfg.endpoint {
+        None => None,
+        Some(url) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "--otlp-endpoint {url:?} is not an http:// or https:// URL"
+                ));
+            }
+            Some(match protocol {
+                OtlpProtocol::Grpc => url.clone(),
+                OtlpProtocol::HttpProtobuf => {
+                    format!("{}/v1/traces", url.trim_end_matches('/'))
+                }
+            })
+        }
+    };
+    let sample_ratio = match cfg.sample_ratio {
+        Some(r) if !(0.0..=1.0).contains(&r) => {
+            return Err(format!(
+                "--trace-sample-ratio {r} is not between 0 and 1"
+            ));
+        }
+        Some(r) => Some(r),
+        None if set("OTEL_TRACES_SAMPLER").is_some() => None,
+        None => Some(DEFAULT_SAMPLE_RATIO),
+    };
+    let queue = match set("OTEL_BSP_MAX_QUEUE_SIZE") {
+        None => DEFAULT_QUEUE,
+        Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            format!("OTEL_BSP_MAX_QUEUE_SIZE={v:?} is not a positive number of spans")
+        })?,
+    };
+    Ok(Some(Export {
+        endpoint,
+        protocol,
+        sample_ratio,
+        queue,
+    }))
+}
+
+/// Whether spans are exported; when not, [`inject`] and [`adopt`] do nothing.
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// Spans by fate, shared by every registry of the process (tests run several apps in one).
+static SPANS: LazyLock<Family<Vec<(&'static str, &'static str)>, Counter>> =
+    LazyLock::new(Family::default);
+
+fn count(fate: &'static str, n: usize) {
+    SPANS.get_or_create(&vec![("fate", fate)]).inc_by(n as u64);
+}
+
+/// Adds the exporter's counters to a registry.
+pub fn register_metrics(registry: &mut Registry) {
+    registry.register(
+        "flotilla_trace_spans",
+        "Sampled spans by fate: exported; dropped (the export queue was full); failed (the OTLP \
+         receiver refused them or could not be reached)",
+        SPANS.clone(),
+    );
+}
+
+/// Who is exporting: the resource every span carries.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    /// `service.name` unless `OTEL_SERVICE_NAME` (or `OTEL_RESOURCE_ATTRIBUTES`) says otherwise.
+    pub name: &'static str,
+    /// `service.instance.id`: the node id.
+    pub instance: String,
+    pub region: String,
+}
+
+/// Builds the tracer provider, or None when tracing is off. Needs a Tokio runtime (gRPC).
+pub(crate) fn provider(
+    cfg: &TraceConfig,
+    service: &ServiceInfo,
+) -> Result<Option<SdkTracerProvider>, String> {
+    let Some(export) = resolve(cfg, |name| std::env::var(name).ok())? else {
+        return Ok(None);
+    };
+    let exporter = match export.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if let Some(e) = &export.endpoint {
+                b = b.with_endpoint(e);
+            }
+            b.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_http_client(BlockingHttp::new()?);
+            if let Some(e) = &export.endpoint {
+                b = b.with_endpoint(e);
+            }
+            b.build()
+        }
+    }
+    .map_err(|e| format!("cannot export traces over OTLP: {e}"))?;
+    let queued = Arc::new(AtomicUsize::new(0));
+    let batch = BatchSpanProcessor::builder(Counted {
+        inner: exporter,
+        queued: queued.clone(),
+    })
+    .with_batch_config(
+        BatchConfigBuilder::default()
+            .with_max_queue_size(export.queue)
+            .build(),
+    )
+    .build();
+    let mut resource = opentelemetry_sdk::Resource::builder().with_attributes([
+        opentelemetry::KeyValue::new("service.instance.id", service.instance.clone()),
+        opentelemetry::KeyValue::new("flotilla.region", service.region.clone()),
+    ]);
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service.name);
+    }
+    let mut builder = SdkTracerProvider::builder()
+        .with_span_processor(Bounded {
+            inner: batch,
+            queued,
+            capacity: export.queue,
+        })
+        .with_resource(resource.build());
+    if let Some(ratio) = export.sample_ratio {
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(
+            Sampler::TraceIdRatioBased(ratio),
+        )));
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    ON.store(true, Ordering::Relaxed);
+    Ok(Some(provider))
+}
+
+/// The `tracing` layer that turns Flotilla's spans into OpenTelemetry spans.
+pub(crate) fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("flotilla"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        // Flotilla's own spans at any level; of the events, warnings and errors only (they
+        // become span events, an error one marking the span failed).
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            if meta.is_span() {
+                meta.target().starts_with("flotilla")
+            } else {
+                *meta.level() <= tracing::Level::WARN
+            }
+        }))
+}
+
+/// Writes the current span's trace context into an outgoing message's headers.
+pub fn inject(carrier: &mut dyn Injector) {
+    if !ON.load(Ordering::Relaxed) {
+        return;
+    }
+    let cx = tracing::Span::current().context();
+    if cx.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&cx, carrier);
+    }
+}
+
+/// Makes `span` a child of the trace an incoming message's headers carry, if any.
+pub fn adopt(span: &tracing::Span, carrier: &dyn Extractor) {
+    if !ON.load(Ordering::Relaxed) {
+        return;
+    }
+    let cx = TraceContextPropagator::new().extract(carrier);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Makes `span` a child of the trace an HTTP request's `traceparent` header carries, if any.
+pub fn adopt_http(span: &tracing::Span, headers: &http::HeaderMap) {
+    adopt(span, &opentelemetry_http::HeaderExtractor(headers));
+}
+
+/// Spans ended but not yet taken by the exporter, capped at the batch queue's size: past it a
+/// span is dropped here, and counted, before the SDK's queue could overflow silently.
+#[derive(Debug)]
+struct Bounded {
+    inner: BatchSpanProcessor,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl SpanProcessor for Bounded {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            count("dropped", 1);
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The OTLP exporter, counting what it exports and what fails.
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    queued: Arc<AtomicUsize>,
+}
+
+impl<E: SpanExporter> SpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+        let result = self.inner.export(batch).await;
+        count(if result.is_ok() { "exported" } else { "failed" }, n);
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// http/protobuf export through the workspace's reqwest (rustls on ring), blocking: the batch
+/// processor calls it from its own thread.
+#[derive(Debug, Clone)]
+struct BlockingHttp(reqwest::blocking::Client);
+
+impl BlockingHttp {
+    fn new() -> Result<Self, String> {
+        // A blocking client may not be built inside the async runtime.
+        std::thread::spawn(|| {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+        })
+        .join()
+        .map_err(|_| "the OTLP HTTP client could not be built".to_owned())?
+        .map(Self)
+        .map_err(|e| format!("the OTLP HTTP client could not be built: {e}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for BlockingHttp {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        let (parts, body) = request.into_parts();
+        let mut req = self.0.request(parts.method, parts.uri.to_string()).body(body);
+        for (name, value) in &parts.headers {
+            req = req.header(name, value);
+        }
+        let resp = req.send()?;
+        let mut out = http::Response::builder().status(resp.status());
+        for (name, value) in resp.headers() {
+            out = out.header(name, value);
+        }
+        Ok(out.body(resp.bytes()?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn off_unless_an_endpoint_or_exporter_is_configured() {
+        let none = TraceConfig::default();
+        assert_eq!(resolve(&none, with(&[])), Ok(None));
+        assert_eq!(
+            resolve(&none, with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])),
+            Ok(None),
+            "an empty variable is unset"
+        );
+        let on = resolve(
+            &none,
+            with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(on.endpoint, None, "the exporter reads the variable itself");
+        assert_eq!(on.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(on.sample_ratio, Some(DEFAULT_SAMPLE_RATIO));
+        assert_eq!(on.queue, DEFAULT_QUEUE);
+        assert!(
+            resolve(&none, with(&[("OTEL_TRACES_EXPORTER", "otlp")]))
+                .unwrap()
+                .is_some()
+        );
+        let disabled = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "TRUE"),
+        ];
+        assert_eq!(resolve(&none, with(&disabled)), Ok(None));
+        let exporter_none = [
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ];
+        assert_eq!(resolve(&none, with(&exporter_none)), Ok(None));
+    }
+
+    #[test]
+    fn flags_override_the_environment() {
+        let cfg = TraceConfig {
+            endpoint: Some("http://collector:4318/".into()),
+            protocol: None,
+            sample_ratio: Some(1.0),
+        };
+        let env = [
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ];
+        let e = resolve(&cfg, with(&env)).unwrap().unwrap();
+        assert_eq!(e.protocol, OtlpProtocol::Grpc, "protocol from the environment");
+        assert_eq!(e.endpoint.as_deref(), Some("http://collector:4318/"));
+        assert_eq!(e.sample_ratio, Some(1.0), "the flag wins over the sampler variable");
+        let http = TraceConfig {
+            protocol: Some(OtlpProtocol::HttpProtobuf),
+            ..cfg
+        };
+        let e = resolve(&http, with(&env)).unwrap().unwrap();
+        assert_eq!(
+            e.endpoint.as_deref(),
+            Some("http://collector:4318/v1/traces"),
+            "a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT"
+        );
+        let env_sampler = resolve(
+            &TraceConfig::default(),
+            with(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_TRACES_SAMPLER", "always_on"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(env_sampler.sample_ratio, None, "left to the SDK");
+        assert_eq!(env_sampler.queue, 100);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_what_to_use() {
+        let endpoint = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+        let cases: Vec<(TraceConfig, Vec<(&str, &str)>, &str)> = vec![
+            (
+                TraceConfig::default(),
+                vec![("OTEL_TRACES_EXPORTER", "zipkin")],
+                "otlp",
+            ),
+            (
+                TraceConfig::default(),
+                vec![endpoint[0], ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+                "grpc or http/protobuf",
+            ),
+            (
+                TraceConfig {
+                    endpoint: Some("collector:4317".into()),
+                    ..Default::default()
+                },
+                vec![],
+                "http:// or https://",
+            ),
+            (
+                TraceConfig {
+                    sample_ratio: Some(1.5),
+                    ..Default::default()
+                },
+                endpoint.to_vec(),
+                "between 0 and 1",
+            ),
+            (
+                TraceConfig::default(),
+                vec![endpoint[0], ("OTEL_BSP_MAX_QUEUE_SIZE", "0")],
+                "positive",
+            ),
+        ];
+        for (cfg, env, says) in cases {
+            let err = resolve(&cfg, with(&env)).unwrap_err();
+            assert!(err.contains(says), "{cfg:?} {env:?}: {err}");
+        }
+    }
+}
