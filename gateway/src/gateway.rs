@@ -358,7 +358,11 @@ impl Gateway {
             "opamp.message",
             otel.kind = "server",
             uid = %uid_text(instance_uid),
-            transport = Transport::try_from(origin.transport).map_or("unknown", |t| t.as_str_name()),
+            transport = match origin.transport() {
+                Transport::Websocket => "websocket",
+                Transport::Http => "http",
+                _ => "unknown",
+            },
             peer = %origin.peer_addr,
             gateway = %self.cfg.gateway_id,
         );

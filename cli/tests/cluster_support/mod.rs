@@ -38,6 +38,8 @@ pub struct Cluster {
     pub coordinators: Vec<Node>,
     pub gateways: Vec<Node>,
     extra: Vec<String>,
+    /// Flags for coordinators only, and for gateways only.
+    role_extra: [Vec<String>; 2],
     http: reqwest::Client,
 }
 
@@ -47,11 +49,46 @@ impl Cluster {
         Self::start_with_nats(coordinators, gateways, extra, "").await
     }
 
+    /// [`Cluster::start`] with flags for coordinators and flags for gateways.
+    pub async fn start_roles(
+        coordinators: usize,
+        gateways: usize,
+        coordinator_extra: &[&str],
+        gateway_extra: &[&str],
+    ) -> Self {
+        let own = |flags: &[&str]| flags.iter().map(|s| s.to_string()).collect();
+        Self::start_full(
+            coordinators,
+            gateways,
+            &[],
+            [own(coordinator_extra), own(gateway_extra)],
+            "",
+        )
+        .await
+    }
+
     /// [`Cluster::start`] with a NATS server configured by `nats_config` (e.g. `max_payload: 65536`).
     pub async fn start_with_nats(
         coordinators: usize,
         gateways: usize,
         extra: &[&str],
+        nats_config: &str,
+    ) -> Self {
+        Self::start_full(
+            coordinators,
+            gateways,
+            extra,
+            Default::default(),
+            nats_config,
+        )
+        .await
+    }
+
+    async fn start_full(
+        coordinators: usize,
+        gateways: usize,
+        extra: &[&str],
+        role_extra: [Vec<String>; 2],
         nats_config: &str,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -64,6 +101,7 @@ impl Cluster {
             coordinators: Vec::new(),
             gateways: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            role_extra,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
                 .build()
@@ -134,6 +172,7 @@ impl Cluster {
             args.extend(["--opamp-listen".to_string(), addr.clone()]);
         }
         args.extend(self.extra.iter().cloned());
+        args.extend(self.role_extra[usize::from(gateway)].iter().cloned());
         let envs = [("RUST_LOG".to_string(), "info".to_string())];
         let proc = Proc::spawn(
             id,

@@ -163,7 +163,9 @@ impl Owner {
         let fence = self.shards.fence(shard);
         match &fence {
             Some(f) => {
-                Span::current().record("shard", shard).record("epoch", f.epoch);
+                Span::current()
+                    .record("shard", shard)
+                    .record("epoch", f.epoch);
             }
             None => self.count_uplink("not_owner"),
         }

@@ -5,13 +5,13 @@
 mod limits;
 mod sources;
 
+use crate::telemetry::traces::TraceConfig;
 pub use limits::{
     AgentLimits, DEFAULT_AGENT_RETENTION, DEFAULT_API_MAX_BODY, DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE, MAX_HEARTBEAT, MIN_HEARTBEAT, RecordLimits, default_max_connections,
     open_file_limit, raise_open_file_limit,
 };
 pub use sources::{AgentIdentity, ConfigError, LogFormat, Role, ServeArgs, TlsVersion};
-use crate::telemetry::traces::TraceConfig;
 use sources::{FileConfig, read_file};
 
 use std::fmt;

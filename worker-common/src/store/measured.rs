@@ -30,10 +30,9 @@ pub struct Measured {
 impl Measured {
     /// Wraps `inner` (`backend`: "redis" or "embedded", a label of every series).
     pub fn new(inner: Arc<dyn Store>, backend: &'static str, registry: &mut Registry) -> Self {
-        let seconds =
-            Family::<Labels, Histogram>::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
-            });
+        let seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+        });
         let errors = Family::<Labels, Counter>::default();
         let r = registry.sub_registry_with_prefix("flotilla_store");
         r.register(
@@ -187,7 +186,8 @@ impl Store for Measured {
     }
 
     async fn get_doc(&self, collection: &str, id: &str) -> Result<Option<Doc>, StoreError> {
-        self.call("get_doc", self.inner.get_doc(collection, id)).await
+        self.call("get_doc", self.inner.get_doc(collection, id))
+            .await
     }
 
     async fn list_docs(&self, collection: &str) -> Result<Vec<Doc>, StoreError> {
@@ -218,8 +218,8 @@ mod tests {
     #[tokio::test]
     async fn calls_are_timed_and_failures_counted_by_operation() {
         let dir = tempfile::tempdir().unwrap();
-        let inner = EmbeddedStore::open_with(dir.path(), crate::store::DEFAULT_AUDIT_RETENTION)
-            .unwrap();
+        let inner =
+            EmbeddedStore::open_with(dir.path(), crate::store::DEFAULT_AUDIT_RETENTION).unwrap();
         let mut registry = Registry::default();
         let store = Measured::new(Arc::new(inner), "embedded", &mut registry);
         assert_eq!(store.get_agent(Uuid::nil()).await.unwrap(), None);

@@ -130,9 +130,7 @@ pub(crate) fn resolve(
     };
     let sample_ratio = match cfg.sample_ratio {
         Some(r) if !(0.0..=1.0).contains(&r) => {
-            return Err(format!(
-                "--trace-sample-ratio {r} is not between 0 and 1"
-            ));
+            return Err(format!("--trace-sample-ratio {r} is not between 0 and 1"));
         }
         Some(r) => Some(r),
         None if set("OTEL_TRACES_SAMPLER").is_some() => None,
@@ -237,9 +235,9 @@ pub(crate) fn provider(
         })
         .with_resource(resource.build());
     if let Some(ratio) = export.sample_ratio {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(
-            Sampler::TraceIdRatioBased(ratio),
-        )));
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))));
     }
     let provider = builder.build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -258,11 +256,12 @@ where
         .with_tracked_inactivity(false)
         .with_threads(false)
         .with_location(false)
-        // Flotilla's own spans at any level; of the events, warnings and errors only (they
-        // become span events, an error one marking the span failed).
+        // Flotilla's debug-level spans are its trace spans (its info-level ones give log lines
+        // their context and may last as long as the process); of the events, warnings and errors
+        // only (span events; an error one marks the span failed).
         .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
             if meta.is_span() {
-                meta.target().starts_with("flotilla")
+                *meta.level() == tracing::Level::DEBUG && meta.target().starts_with("flotilla")
             } else {
                 *meta.level() <= tracing::Level::WARN
             }
@@ -388,7 +387,10 @@ impl opentelemetry_http::HttpClient for BlockingHttp {
         request: http::Request<bytes::Bytes>,
     ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
         let (parts, body) = request.into_parts();
-        let mut req = self.0.request(parts.method, parts.uri.to_string()).body(body);
+        let mut req = self
+            .0
+            .request(parts.method, parts.uri.to_string())
+            .body(body);
         for (name, value) in &parts.headers {
             req = req.header(name, value);
         }
@@ -410,11 +412,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        move |name| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
     #[test]
@@ -465,9 +463,17 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ];
         let e = resolve(&cfg, with(&env)).unwrap().unwrap();
-        assert_eq!(e.protocol, OtlpProtocol::Grpc, "protocol from the environment");
+        assert_eq!(
+            e.protocol,
+            OtlpProtocol::Grpc,
+            "protocol from the environment"
+        );
         assert_eq!(e.endpoint.as_deref(), Some("http://collector:4318/"));
-        assert_eq!(e.sample_ratio, Some(1.0), "the flag wins over the sampler variable");
+        assert_eq!(
+            e.sample_ratio,
+            Some(1.0),
+            "the flag wins over the sampler variable"
+        );
         let http = TraceConfig {
             protocol: Some(OtlpProtocol::HttpProtobuf),
             ..cfg

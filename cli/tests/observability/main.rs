@@ -1,0 +1,152 @@
+//! Observability end to end, with real parts: a cluster of nats-server, redis-server, a gateway
+//! and a coordinator process exporting traces to an OTLP receiver built on the official protos
+//! (the gateway over gRPC, the coordinator over http/protobuf).
+
+#[path = "../cluster_support/mod.rs"]
+mod cluster_support;
+mod otlp;
+
+use cluster_support::{Cluster, SERIAL, ws_agent};
+use otlp::{Receiver, Span};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn traced<'a>(receiver: &'a Receiver, protocol: &'a str) -> [&'a str; 6] {
+    [
+        "--otlp-endpoint",
+        &receiver.url,
+        "--otlp-protocol",
+        protocol,
+        "--trace-sample-ratio",
+        "1",
+    ]
+}
+
+fn find<'a>(spans: &'a [Span], service: &str, name: &str, trace: &str) -> Option<&'a Span> {
+    spans.iter().find(|s| {
+        s.service == service && s.name == name && (trace.is_empty() || s.trace_id == trace)
+    })
+}
+
+#[tokio::test]
+async fn one_agent_message_is_one_trace_across_the_gateway_and_the_coordinator() {
+    let _serial = SERIAL.lock().await;
+    let receiver = Receiver::start().await;
+    let c = Cluster::start_roles(
+        1,
+        1,
+        &traced(&receiver, "http/protobuf"),
+        &traced(&receiver, "grpc"),
+    )
+    .await;
+    let agent = ws_agent(c.ws_urls(), 0, Duration::from_secs(2));
+    let uid = agent.uid.to_string();
+
+    // The gateway's span of one message from this agent, and the coordinator's processing of it,
+    // child of the gateway's bus request: one trace over two processes and two OTLP transports.
+    let (message, request, process) = receiver
+        .wait_for(
+            "an agent message traced through both processes",
+            WAIT,
+            |spans| {
+                spans
+                    .iter()
+                    .filter(|s| s.name == "opamp.message" && s.attr("uid") == uid)
+                    .find_map(|m| {
+                        let req = find(spans, "flotilla-gateway", "bus.request", &m.trace_id)?;
+                        let p = find(spans, "flotilla-coordinator", "opamp.process", &m.trace_id)?;
+                        Some((m.clone(), req.clone(), p.clone()))
+                    })
+            },
+        )
+        .await;
+    assert_eq!(message.service, "flotilla-gateway");
+    assert_eq!(message.via, "grpc");
+    assert_eq!(message.parent_id, "", "a message starts its own trace");
+    assert_eq!(message.attr("transport"), "websocket");
+    assert_eq!(message.attr("gateway"), "g1");
+    assert!(
+        message.attr("peer").starts_with("127.0.0.1:"),
+        "{message:?}"
+    );
+    assert_eq!(request.parent_id, message.span_id);
+    assert_eq!(
+        process.parent_id, request.span_id,
+        "continued from the bus headers"
+    );
+    assert_eq!(process.via, "http");
+    assert_eq!(process.attr("outcome"), "ok", "{process:?}");
+    assert!(!process.attr("shard").is_empty() && !process.attr("epoch").is_empty());
+    let store = receiver
+        .wait_for("the owner's store read in that trace", WAIT, |spans| {
+            find(
+                spans,
+                "flotilla-coordinator",
+                "store.get_agent",
+                &process.trace_id,
+            )
+            .cloned()
+        })
+        .await;
+    assert_eq!(store.parent_id, process.span_id);
+    assert_eq!(store.attr("db.system"), "redis");
+
+    // An admin request continues its caller's trace; the push it causes runs through the
+    // gateway in a trace of its own (coordinator push, gateway delivery).
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = reqwest::Client::new()
+        .put(format!("{}/api/v1/configs/traced", c.api()))
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
+        .header("content-type", "application/json")
+        .body(r#"{"selector": {}, "files": {"collector.yaml": "receivers: {}\n"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    let api = receiver
+        .wait_for("the admin request's span", WAIT, |spans| {
+            find(
+                spans,
+                "flotilla-coordinator",
+                "PUT /api/v1/configs/{name}",
+                caller_trace,
+            )
+            .cloned()
+        })
+        .await;
+    assert_eq!(api.parent_id, "00f067aa0ba902b7");
+    assert_eq!(api.attr("http.route"), "/api/v1/configs/{name}");
+    assert_eq!(api.attr("http.response.status_code"), "200");
+    assert_eq!(api.attr("caller"), "anonymous");
+    let (push, deliver) = receiver
+        .wait_for("a push delivered through the gateway", WAIT, |spans| {
+            spans
+                .iter()
+                .filter(|s| s.name == "opamp.push" && s.attr("uid") == uid)
+                .find_map(|p| {
+                    let d = find(spans, "flotilla-gateway", "opamp.deliver", &p.trace_id)?;
+                    Some((p.clone(), d.clone()))
+                })
+        })
+        .await;
+    assert_eq!(deliver.parent_id, push.span_id);
+    assert_eq!(deliver.attr("delivered"), "true");
+    assert_eq!(push.attr("delivered"), "true");
+
+    // What was sent is counted; nothing was dropped.
+    let exported = c
+        .metric(c.api(), "flotilla_trace_spans_total{fate=\"exported\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(exported > 0.0, "{}", c.logs());
+    assert_eq!(
+        c.metric(c.api(), "flotilla_trace_spans_total{fate=\"dropped\"}")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+}
