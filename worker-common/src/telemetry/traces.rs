@@ -501,7 +501,9 @@ mod tests {
     #[test]
     fn bad_settings_are_refused_with_what_to_use() {
         let endpoint = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
-        let cases: Vec<(TraceConfig, Vec<(&str, &str)>, &str)> = vec![
+        // Settings, environment, what the error says.
+        type Case = (TraceConfig, Vec<(&'static str, &'static str)>, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 TraceConfig::default(),
                 vec![("OTEL_TRACES_EXPORTER", "zipkin")],
