@@ -7,7 +7,7 @@ use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use flotilla_common::bus::{Bus, InProcessBus, NatsBus};
+use flotilla_common::bus::{Bus, InProcessBus, MeasuredBus, NatsBus};
 use flotilla_common::config::ServeConfig;
 use flotilla_common::pki::Ca;
 use flotilla_common::store::{EmbeddedStore, LeaseTiming, Measured, RedisStore, Store};
@@ -95,6 +95,7 @@ fn reloading_tls(
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let mut registry = Registry::default();
     flotilla_common::telemetry::traces::register_metrics(&mut registry);
+    flotilla_common::telemetry::process::register(&mut registry);
     let rest_cancel = CancellationToken::new();
     let mut rest = Vec::new();
     let opamp_tls = match cfg.gateway {
@@ -127,6 +128,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             }
             None => (Arc::new(InProcessBus::default()), Arc::new(|| true)),
         };
+    let bus: Arc<dyn Bus> = Arc::new(MeasuredBus::new(bus, &mut registry));
     let connected = bus_connected.clone();
     ready.push(Arc::new(move || {
         connected()

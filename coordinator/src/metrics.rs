@@ -13,6 +13,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 type Labels = Vec<(&'static str, &'static str)>;
+/// Labels with a value known only at run time (a version, a route template, a status code).
+type OwnedLabels = Vec<(&'static str, String)>;
 
 const PREFIX: &str = "flotilla_coordinator";
 
@@ -24,6 +26,9 @@ pub struct OwnerMetrics {
     pub pushes: Family<Labels, Counter>,
     pub events: Family<Labels, Counter>,
     pub agents: Family<Labels, Gauge>,
+    pub agents_health: Family<Labels, Gauge>,
+    pub agents_config: Family<Labels, Gauge>,
+    pub agents_version: Family<OwnedLabels, Gauge>,
     pub owned_shards: Gauge,
     pub shard_changes: Family<Labels, Counter>,
     pub duty_failures: Family<Labels, Counter>,
@@ -40,6 +45,9 @@ impl OwnerMetrics {
             pushes: Family::default(),
             events: Family::default(),
             agents: Family::default(),
+            agents_health: Family::default(),
+            agents_config: Family::default(),
+            agents_version: Family::default(),
             owned_shards: Gauge::default(),
             shard_changes: Family::default(),
             duty_failures: Family::default(),
@@ -73,6 +81,24 @@ impl OwnerMetrics {
             m.agents.clone(),
         );
         r.register(
+            "agents_health",
+            "Connected agents of the shards this coordinator owns, by reported health \
+             (healthy, unhealthy, unknown)",
+            m.agents_health.clone(),
+        );
+        r.register(
+            "agents_config",
+            "Agents of the shards this coordinator owns, by config state (applied, applying, \
+             failed, pending, unmanaged)",
+            m.agents_config.clone(),
+        );
+        r.register(
+            "agents_version",
+            "Agents of the shards this coordinator owns, by service.version (the 12 most common; \
+             the rest as (other))",
+            m.agents_version.clone(),
+        );
+        r.register(
             "owned_shards",
             "Shards this coordinator holds a valid lease on",
             m.owned_shards.clone(),
@@ -91,9 +117,6 @@ impl OwnerMetrics {
         m
     }
 }
-
-/// Labels with a value known only at run time (a route template, a status code).
-type OwnedLabels = Vec<(&'static str, String)>;
 
 /// What the admin API counts.
 #[derive(Debug, Clone)]

@@ -26,6 +26,7 @@ pub use config::CoordinatorConfig;
 pub use owner::Owner;
 
 use crate::metrics::OwnerMetrics;
+use crate::ops::views::OverviewBuilder;
 use crate::ops::{DesiredState, Ops, OpsConfig};
 use duties::{DutyHealth, supervise};
 use events::Events;
@@ -160,7 +161,7 @@ impl Service {
                 }
                 .boxed()
             }),
-            duty("gauges", 5 * SECOND, None, |s| {
+            duty("gauges", 15 * SECOND, None, |s| {
                 async move { s.owner.refresh_gauges().await }.boxed()
             }),
             duty("desired_state", 5 * SECOND, Some(announced.clone()), |s| {
@@ -226,25 +227,50 @@ impl Owner {
         Ok(())
     }
 
+    /// Agents of the owned shards by status, health, config state and version (at most
+    /// [`crate::ops::views::MAX_GROUPS`] versions named, the rest `(other)`): summed over the coordinators, the fleet.
     async fn refresh_gauges(&self) -> Result<(), String> {
         self.metrics
             .owned_shards
             .set(self.shards.owned_count() as i64);
-        let mut counts = [0i64; 4];
+        let desired = self.desired.current();
+        let mut overview = OverviewBuilder::default();
         let owned = |s| self.shards.fence(s).is_some();
         self.store
-            .visit_agents(&owned, &mut |a| counts[a.status.clamp(0, 3) as usize] += 1)
+            .visit_agents(&owned, &mut |a| overview.add(a, &desired))
             .await
             .map_err(|e| e.to_string())?;
+        let o = overview.finish();
+        let h = &o.health;
+        let m = &self.metrics;
         for (status, n) in [
-            ("connected", counts[1]),
-            ("disconnected", counts[2]),
-            ("silent", counts[3]),
+            ("connected", h.connected_agents),
+            ("disconnected", h.disconnected_agents),
+            ("silent", h.silent_agents),
         ] {
-            self.metrics
-                .agents
-                .get_or_create(&vec![("status", status)])
-                .set(n);
+            m.agents.get_or_create(&vec![("status", status)]).set(n as i64);
+        }
+        let unknown = h.connected_agents - h.healthy_agents - h.unhealthy_agents;
+        for (health, n) in [
+            ("healthy", h.healthy_agents),
+            ("unhealthy", h.unhealthy_agents),
+            ("unknown", unknown),
+        ] {
+            m.agents_health
+                .get_or_create(&vec![("health", health)])
+                .set(n as i64);
+        }
+        for (state, n) in &o.config_states {
+            m.agents_config
+                .get_or_create(&vec![("state", state)])
+                .set(*n as i64);
+        }
+        // Versions come and go: the family is rebuilt, never left with versions nobody runs.
+        m.agents_version.clear();
+        for g in &o.versions {
+            m.agents_version
+                .get_or_create(&vec![("version", g.value.clone())])
+                .set(g.agents as i64);
         }
         Ok(())
     }

@@ -3,10 +3,12 @@
 //! wildcards follow NATS (`*` one token, `>` the rest), so both implementations route the same names.
 
 mod inproc;
+mod measured;
 mod nats;
 mod types;
 
 pub use inproc::InProcessBus;
+pub use measured::Measured as MeasuredBus;
 pub use nats::NatsBus;
 pub use types::{
     Bus, BusError, BusMessage, Incoming, Reply, Subscription, request_with_retry, subject_matches,

@@ -2,6 +2,7 @@
 //! (`--log-format`), filtered by `--log-level` (else `RUST_LOG`, else `info`); and, when an OTLP
 //! endpoint is configured, the same spans exported as OpenTelemetry traces ([`traces`]).
 
+pub mod process;
 pub mod traces;
 
 use crate::config::LogFormat;
