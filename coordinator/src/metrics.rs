@@ -29,6 +29,7 @@ pub struct OwnerMetrics {
     pub agents_health: Family<Labels, Gauge>,
     pub agents_config: Family<Labels, Gauge>,
     pub agents_version: Family<OwnedLabels, Gauge>,
+    pub rollouts: Family<Labels, Gauge>,
     pub owned_shards: Gauge,
     pub shard_changes: Family<Labels, Counter>,
     pub duty_failures: Family<Labels, Counter>,
@@ -48,6 +49,7 @@ impl OwnerMetrics {
             agents_health: Family::default(),
             agents_config: Family::default(),
             agents_version: Family::default(),
+            rollouts: Family::default(),
             owned_shards: Gauge::default(),
             shard_changes: Family::default(),
             duty_failures: Family::default(),
@@ -97,6 +99,12 @@ impl OwnerMetrics {
             "Agents of the shards this coordinator owns, by service.version (the 12 most common; \
              the rest as (other))",
             m.agents_version.clone(),
+        );
+        r.register(
+            "rollouts",
+            "Rollouts by state (running, paused, completed, rolled_back, aborted), reported by \
+             the coordinator that steps them (the holder of shard 0)",
+            m.rollouts.clone(),
         );
         r.register(
             "owned_shards",

@@ -187,6 +187,25 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 5] = [
+        State::Running,
+        State::Paused,
+        State::Completed,
+        State::RolledBack,
+        State::Aborted,
+    ];
+
+    /// The name in the API (and metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::RolledBack => "rolled_back",
+            Self::Aborted => "aborted",
+        }
+    }
+
     /// Running and paused rollouts hold their enrolled agents on the target version.
     pub fn is_active(self) -> bool {
         matches!(self, Self::Running | Self::Paused)

@@ -197,3 +197,13 @@ fn phase_sizes_cover_the_candidates_as_the_plan_says() {
     assert_eq!(pct.phase_sizes(0, 100), Vec::<usize>::new());
     assert_eq!(steps.phase_sizes(1000, 3).len(), 3);
 }
+
+#[test]
+fn state_names_are_the_api_names() {
+    for state in State::ALL {
+        assert_eq!(
+            serde_json::to_value(state).unwrap(),
+            serde_json::json!(state.as_str())
+        );
+    }
+}

@@ -322,20 +322,26 @@ impl Ops {
         )))
     }
 
-    /// Moves every running rollout on by one step. Called every second by the process that holds
-    /// shard 0, so one process drives them at a time.
-    pub async fn step_rollouts(&self) -> std::result::Result<(), String> {
+    /// Moves every running rollout on by one step, and says how many rollouts there were in each
+    /// state before it. Called every second by the process that holds shard 0, so one process
+    /// drives them at a time.
+    pub async fn step_rollouts(&self) -> std::result::Result<[(State, u64); 5], String> {
         let docs = self
             .store()
             .list_docs(ROLLOUTS)
             .await
             .map_err(|e| format!("cannot read rollouts: {e}"))?;
+        let mut states = State::ALL.map(|s| (s, 0));
         for doc in docs {
-            if parse(&doc).is_ok_and(|r| r.state.is_active()) {
+            let Ok(r) = parse(&doc) else { continue };
+            if let Some((_, n)) = states.iter_mut().find(|(s, _)| *s == r.state) {
+                *n += 1;
+            }
+            if r.state.is_active() {
                 self.step_rollout(&doc.id).await;
             }
         }
-        Ok(())
+        Ok(states)
     }
 
     /// One step of one rollout; errors are logged and the step is retried next second.
@@ -415,13 +421,7 @@ impl Ops {
         }
         // A change of state is on record with its audit entry, in one write.
         let entry = (r.state != before.state).then(|| {
-            let action = format!(
-                "rollout.{}",
-                serde_json::to_value(r.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            );
+            let action = format!("rollout.{}", r.state.as_str());
             let object = format!("rollout/{id}");
             audit::entry(
                 super::caller::SYSTEM,

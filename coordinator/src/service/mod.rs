@@ -153,10 +153,20 @@ impl Service {
             }),
             duty("rollouts", SECOND, None, |s| {
                 // The holder of shard 0 steps the rollouts: one process at a time.
+                // It alone reports them by state (summed over coordinators, the fleet's).
                 async move {
+                    let rollouts = &s.owner.metrics.rollouts;
                     match s.owner.shards.fence(0) {
-                        Some(_) => s.ops.step_rollouts().await,
-                        None => Ok(()),
+                        Some(_) => s.ops.step_rollouts().await.map(|states| {
+                            for (state, n) in states {
+                                let labels = vec![("state", state.as_str())];
+                                rollouts.get_or_create(&labels).set(n as i64);
+                            }
+                        }),
+                        None => {
+                            rollouts.clear();
+                            Ok(())
+                        }
                     }
                 }
                 .boxed()
