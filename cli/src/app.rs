@@ -8,13 +8,15 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use flotilla_common::bus::{Bus, InProcessBus, MeasuredBus, NatsBus};
-use flotilla_common::config::ServeConfig;
+use flotilla_common::config::{AlertSettings, ServeConfig};
 use flotilla_common::pki::Ca;
 use flotilla_common::store::{EmbeddedStore, LeaseTiming, Measured, RedisStore, Store};
 use flotilla_common::tls::ReloadingTls;
 use flotilla_coordinator::api::auth::ApiTokens;
+use flotilla_coordinator::fleet::alerts::AlertKind;
 use flotilla_coordinator::fleet::redact::Redactor;
 use flotilla_coordinator::opamp::identity::Issuer;
+use flotilla_coordinator::service::alerts::{AlertsConfig, Sink, SinkKind};
 use flotilla_coordinator::service::leases::LeaseKeeper;
 use flotilla_coordinator::{CoordinatorConfig, Service, ShardTable};
 use flotilla_gateway::{AgentTokens, Gateway, GatewayConfig};
@@ -91,6 +93,35 @@ fn reloading_tls(
     Ok(Some(tls))
 }
 
+/// The alert sinks and policy of `--alert-*` and `--alertmanager-url`, checked.
+fn alerts_config(s: &AlertSettings) -> anyhow::Result<AlertsConfig> {
+    let mut cfg = AlertsConfig::default();
+    for (kind, urls) in [
+        (SinkKind::Webhook, &s.webhooks),
+        (SinkKind::Alertmanager, &s.alertmanagers),
+    ] {
+        for url in urls {
+            cfg.sinks
+                .push(Sink::new(kind, url).map_err(anyhow::Error::msg)?);
+        }
+    }
+    if !s.kinds.is_empty() {
+        cfg.kinds = s
+            .kinds
+            .iter()
+            .map(|k| {
+                AlertKind::parse(k.trim()).ok_or_else(|| {
+                    let all: Vec<&str> = AlertKind::ALL.iter().map(|k| k.as_str()).collect();
+                    anyhow::anyhow!("--alert-kinds: {k:?} is not one of {}", all.join(", "))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    cfg.policy.grace_ms = u64::try_from(s.grace.as_millis()).unwrap_or(u64::MAX);
+    cfg.every = s.interval;
+    Ok(cfg)
+}
+
 /// Starts the roles of `cfg`.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let mut registry = Registry::default();
@@ -147,6 +178,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             coord_cfg.redactor = Redactor::new(&cfg.redact_patterns)
                 .context("a --redact-pattern is not a valid regular expression")?;
         }
+        coord_cfg.alerts = alerts_config(&cfg.alerts)?;
         if let Some((cert, key)) = &cfg.signing_ca {
             let ca = Ca::load(cert, key).context("the signing CA (--signing-ca-cert)")?;
             coord_cfg.issuer = Some(Arc::new(Issuer {

@@ -30,6 +30,9 @@ pub struct OwnerMetrics {
     pub agents_config: Family<Labels, Gauge>,
     pub agents_version: Family<OwnedLabels, Gauge>,
     pub rollouts: Family<Labels, Gauge>,
+    pub alerts: Family<Labels, Gauge>,
+    pub alerts_refused: Counter,
+    pub alert_notifications: Family<Labels, Counter>,
     pub owned_shards: Gauge,
     pub shard_changes: Family<Labels, Counter>,
     pub duty_failures: Family<Labels, Counter>,
@@ -50,6 +53,9 @@ impl OwnerMetrics {
             agents_config: Family::default(),
             agents_version: Family::default(),
             rollouts: Family::default(),
+            alerts: Family::default(),
+            alerts_refused: Counter::default(),
+            alert_notifications: Family::default(),
             owned_shards: Gauge::default(),
             shard_changes: Family::default(),
             duty_failures: Family::default(),
@@ -105,6 +111,23 @@ impl OwnerMetrics {
             "Rollouts by state (running, paused, completed, rolled_back, aborted), reported by \
              the coordinator that steps them (the holder of shard 0)",
             m.rollouts.clone(),
+        );
+        r.register(
+            "alerts",
+            "Alerts in the books of the shards this coordinator owns, by kind and state \
+             (pending: within its grace period; firing; resolved: not yet told to every sink)",
+            m.alerts.clone(),
+        );
+        r.register(
+            "alerts_refused",
+            "Conditions not raised because their alert book was full",
+            m.alerts_refused.clone(),
+        );
+        r.register(
+            "alert_notifications",
+            "Alert notifications sent, by sink kind (webhook, alertmanager) and outcome \
+             (delivered, failed: sent again later)",
+            m.alert_notifications.clone(),
         );
         r.register(
             "owned_shards",

@@ -9,6 +9,7 @@
 //! interfaces or the running service.
 
 pub mod agents;
+pub mod alerts;
 pub mod checks;
 pub mod configs;
 pub mod redact;

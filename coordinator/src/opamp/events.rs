@@ -7,17 +7,30 @@ pub enum EventKind {
     Disconnected,
     Silent,
     Unhealthy,
+    /// Reports healthy again after reporting unhealthy.
+    Healthy,
     ConfigApplied,
     ConfigFailed,
 }
 
 impl EventKind {
+    pub const ALL: [EventKind; 7] = [
+        Self::Connected,
+        Self::Disconnected,
+        Self::Silent,
+        Self::Unhealthy,
+        Self::Healthy,
+        Self::ConfigApplied,
+        Self::ConfigFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connected => "connected",
             Self::Disconnected => "disconnected",
             Self::Silent => "silent",
             Self::Unhealthy => "unhealthy",
+            Self::Healthy => "healthy",
             Self::ConfigApplied => "config_applied",
             Self::ConfigFailed => "config_failed",
         }

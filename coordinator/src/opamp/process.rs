@@ -308,6 +308,9 @@ impl EventFacts {
         if now.healthy == Some(false) && self.healthy != Some(false) {
             events.push(EventKind::Unhealthy);
         }
+        if now.healthy == Some(true) && self.healthy == Some(false) {
+            events.push(EventKind::Healthy);
+        }
         if now.config_status != self.config_status {
             match now
                 .config_status

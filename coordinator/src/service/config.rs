@@ -28,6 +28,8 @@ pub struct CoordinatorConfig {
     /// Largest ServerToAgent that can reach an agent (in a cluster, what the bus carries): no
     /// config is accepted whose offer would be larger.
     pub max_message_size: usize,
+    /// Which alerts are raised and where they are sent (none: no sink, no alert duty).
+    pub alerts: super::alerts::AlertsConfig,
 }
 
 impl CoordinatorConfig {
@@ -44,6 +46,7 @@ impl CoordinatorConfig {
             limits: RecordLimits::default(),
             agent_retention: DEFAULT_AGENT_RETENTION,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            alerts: Default::default(),
         }
     }
 }

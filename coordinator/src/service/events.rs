@@ -1,14 +1,17 @@
-//! Agent events (connected, disconnected, silent, unhealthy, config applied or failed),
-//! published as JSON on `opamp.<region>.evt.<kind>` for whoever watches.
+//! Agent events (connected, disconnected, silent, unhealthy, healthy, config applied or failed),
+//! published as JSON on `opamp.<region>.evt.<kind>` for whoever watches (the API's event stream),
+//! with the agent's attributes so watchers can filter them with a selector.
 
+use crate::fleet::agents::attributes;
 use crate::metrics::OwnerMetrics;
 use crate::opamp::EventKind;
 use flotilla_common::bus::{Bus, BusMessage};
 use flotilla_common::names::Subjects;
+use flotilla_common::names::uid_text;
 use flotilla_common::telemetry::now_unix_ms;
+use flotilla_proto::bus::AgentRecord;
 use std::sync::Arc;
 use tracing::debug;
-use uuid::Uuid;
 
 pub(crate) struct Events {
     bus: Arc<dyn Bus>,
@@ -32,16 +35,26 @@ impl Events {
         }
     }
 
-    pub async fn emit(&self, kind: EventKind, uid: Uuid) {
+    pub async fn emit(&self, kind: EventKind, rec: &AgentRecord) {
         self.metrics
             .events
             .get_or_create(&vec![("kind", kind.as_str())])
             .inc();
+        let detail = match kind {
+            EventKind::Unhealthy => rec.health.as_ref().map(|h| h.last_error.as_str()),
+            EventKind::ConfigFailed => rec
+                .remote_config_status
+                .as_ref()
+                .map(|s| s.error_message.as_str()),
+            _ => None,
+        };
         let body = serde_json::json!({
             "kind": kind.as_str(),
-            "instance_uid": uid.to_string(),
+            "instance_uid": uid_text(&rec.instance_uid),
             "at_unix_ms": now_unix_ms(),
             "node": self.node_id,
+            "attributes": attributes(rec),
+            "detail": detail.unwrap_or_default(),
         });
         let msg = BusMessage::new(self.subjects.event(kind.as_str()), body.to_string());
         if let Err(e) = self.bus.publish(msg).await {

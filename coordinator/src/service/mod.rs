@@ -9,6 +9,7 @@
 //! May use: the OpAMP state machine, the fleet rules, the operations (the rollout step, the
 //! desired state), the Store and Bus. Must not: use the interfaces ([`crate::api`]).
 
+pub mod alerts;
 pub mod duties;
 pub mod leases;
 pub mod shards;
@@ -20,6 +21,7 @@ mod owner;
 mod pusher;
 mod pushes;
 mod silence;
+mod sinks;
 mod uplinks;
 
 pub use config::CoordinatorConfig;
@@ -125,9 +127,9 @@ impl Service {
     }
 
     /// Until `cancel`, each under the duty supervisor: sweeps silence deadlines and steps
-    /// rollouts every second, refreshes gauges and re-reads the desired state every 5 s (and
-    /// pushes at once when a coordinator announces a change), and removes agents gone longer than
-    /// the agent retention.
+    /// rollouts every second, re-reads the desired state every 5 s (and pushes at once when a
+    /// coordinator announces a change), refreshes gauges every 15 s, keeps the alert books (when
+    /// there are alert sinks), and removes agents gone longer than the agent retention.
     pub async fn run_duties(self: Arc<Self>, cancel: CancellationToken) {
         let announced = Arc::new(Notify::new());
         // Agents are removed within a quarter of the retention past it, checked at most once a
@@ -174,6 +176,16 @@ impl Service {
             duty("gauges", 15 * SECOND, None, |s| {
                 async move { s.owner.refresh_gauges().await }.boxed()
             }),
+            async {
+                // No sink, no alerts: the books are not even kept.
+                if !self.owner.cfg.alerts.sinks.is_empty() {
+                    let every = self.owner.cfg.alerts.every;
+                    duty("alerts", every, None, |s| {
+                        async move { s.owner.alert_pass().await }.boxed()
+                    })
+                    .await;
+                }
+            },
             duty("desired_state", 5 * SECOND, Some(announced.clone()), |s| {
                 async move { s.owner.follow_desired().await }.boxed()
             }),
@@ -258,7 +270,9 @@ impl Owner {
             ("disconnected", h.disconnected_agents),
             ("silent", h.silent_agents),
         ] {
-            m.agents.get_or_create(&vec![("status", status)]).set(n as i64);
+            m.agents
+                .get_or_create(&vec![("status", status)])
+                .set(n as i64);
         }
         let unknown = h.connected_agents - h.healthy_agents - h.unhealthy_agents;
         for (health, n) in [

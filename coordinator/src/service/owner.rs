@@ -24,6 +24,8 @@ pub struct Owner {
     pub(crate) metrics: OwnerMetrics,
     /// A change of desired state was announced since the last push to connected agents.
     pub(super) pending_push: AtomicBool,
+    pub(super) alert_state: parking_lot::Mutex<super::alerts::AlertState>,
+    pub(super) alert_client: reqwest::Client,
 }
 
 impl Owner {
@@ -45,6 +47,11 @@ impl Owner {
             events,
             metrics,
             pending_push: AtomicBool::new(false),
+            alert_state: Default::default(),
+            alert_client: reqwest::Client::builder()
+                .timeout(super::alerts::SINK_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
         }
     }
 }

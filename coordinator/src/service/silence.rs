@@ -86,7 +86,7 @@ impl Owner {
             && silent
         {
             info!(%uid, "agent silent");
-            self.events.emit(EventKind::Silent, uid).await;
+            self.events.emit(EventKind::Silent, &rec).await;
         }
         Ok(())
     }

@@ -281,7 +281,6 @@ impl Owner {
                 ..Default::default()
             });
         };
-        let uid = Uuid::from_slice(&rec.instance_uid).unwrap_or_default();
         match self
             .save_or_drop(fence, rec, out.deadline, audit.as_ref())
             .await
@@ -291,7 +290,7 @@ impl Owner {
             Err(e) => return Some(self.store_failed(uid_sent, &e)),
         }
         for kind in &out.events {
-            self.events.emit(*kind, uid).await;
+            self.events.emit(*kind, rec).await;
         }
         self.count_uplink("ok");
         self.metrics
@@ -346,7 +345,7 @@ impl Owner {
         rec.status = AgentStatus::Disconnected as i32;
         rec.origin = None;
         match self.save_or_drop(fence, &rec, Deadline::Clear, None).await {
-            Ok(true) => self.events.emit(EventKind::Disconnected, uid).await,
+            Ok(true) => self.events.emit(EventKind::Disconnected, &rec).await,
             Ok(false) => return false,
             Err(e) => warn!(error = %e, %uid, "could not record a disconnect"),
         }

@@ -19,6 +19,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A list flag's values, else the file's (a list given on the command line replaces the file's).
+fn either(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
+    if flag.is_empty() { file } else { flag }
+}
+
+/// Where alerts go and which are raised (`--alert-*`, `--alertmanager-url`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertSettings {
+    pub webhooks: Vec<String>,
+    pub alertmanagers: Vec<String>,
+    /// Empty: the default kinds.
+    pub kinds: Vec<String>,
+    pub grace: Duration,
+    pub interval: Duration,
+}
+
 /// PEM files of a TLS listener.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -89,6 +105,7 @@ pub struct ServeConfig {
     pub record_limits: RecordLimits,
     /// Empty: the built-in patterns.
     pub redact_patterns: Vec<String>,
+    pub alerts: AlertSettings,
 }
 
 impl Default for ServeConfig {
@@ -244,10 +261,19 @@ impl ServeConfig {
                         .unwrap_or(d.max_record_bytes),
                 }
             },
-            redact_patterns: if a.redact_patterns.is_empty() {
-                f.redact_patterns
-            } else {
-                a.redact_patterns
+            redact_patterns: either(a.redact_patterns, f.redact_patterns),
+            alerts: AlertSettings {
+                webhooks: either(a.alert_webhooks, f.alert_webhooks),
+                alertmanagers: either(a.alertmanager_urls, f.alertmanager_urls),
+                kinds: either(a.alert_kinds, f.alert_kinds),
+                grace: a
+                    .alert_grace
+                    .or(f.alert_grace)
+                    .unwrap_or(Duration::from_secs(60)),
+                interval: a
+                    .alert_interval
+                    .or(f.alert_interval)
+                    .unwrap_or(Duration::from_secs(5)),
             },
             lease_ttl: a
                 .lease_ttl
@@ -293,6 +319,9 @@ impl ServeConfig {
         }
         if self.agent_retention < Duration::from_secs(1) {
             return invalid("--agent-retention must be at least 1s".into());
+        }
+        if self.alerts.interval < Duration::from_millis(100) {
+            return invalid("--alert-interval must be at least 100ms".into());
         }
         let l = &self.record_limits;
         if l.max_health_components == 0 || l.max_attributes == 0 {

@@ -186,6 +186,32 @@ pub struct ServeArgs {
         value_delimiter = ';'
     )]
     pub redact_patterns: Vec<String>,
+    /// Send agent and rollout alerts (firing and resolved) to this URL as JSON; repeatable.
+    #[arg(
+        long = "alert-webhook",
+        env = "FLOTILLA_ALERT_WEBHOOKS",
+        value_delimiter = ','
+    )]
+    pub alert_webhooks: Vec<String>,
+    /// Send alerts to this Alertmanager (its base URL, e.g. http://alertmanager:9093, v2 API);
+    /// repeatable.
+    #[arg(
+        long = "alertmanager-url",
+        env = "FLOTILLA_ALERTMANAGER_URLS",
+        value_delimiter = ','
+    )]
+    pub alertmanager_urls: Vec<String>,
+    /// Which conditions raise alerts: unhealthy, silent, disconnected, config_failed,
+    /// rollout_paused, rollout_rolled_back [default: all but disconnected].
+    #[arg(long, env = "FLOTILLA_ALERT_KINDS", value_delimiter = ',')]
+    pub alert_kinds: Vec<String>,
+    /// How long an agent may be unhealthy (or disconnected) before it is alerted on: supervisors
+    /// report unhealthy until their collector is up [default: 1m].
+    #[arg(long, env = "FLOTILLA_ALERT_GRACE", value_parser = humantime::parse_duration)]
+    pub alert_grace: Option<Duration>,
+    /// How often the fleet is checked for alerts and sinks are told [default: 5s].
+    #[arg(long, env = "FLOTILLA_ALERT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub alert_interval: Option<Duration>,
     /// Shard lease time to live in a cluster; renewed every third of it, and a coordinator stops
     /// acting on a shard two thirds of it after its last renewal [default: 15s].
     #[arg(long, env = "FLOTILLA_LEASE_TTL", value_parser = humantime::parse_duration)]
@@ -246,6 +272,16 @@ pub(super) struct FileConfig {
     /// As the flag (`redact-pattern`, repeated: a list here); `redact-patterns` is accepted too.
     #[serde(default, rename = "redact-pattern", alias = "redact-patterns")]
     pub(super) redact_patterns: Vec<String>,
+    #[serde(default, rename = "alert-webhook")]
+    pub(super) alert_webhooks: Vec<String>,
+    #[serde(default, rename = "alertmanager-url")]
+    pub(super) alertmanager_urls: Vec<String>,
+    #[serde(default)]
+    pub(super) alert_kinds: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) alert_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) alert_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]

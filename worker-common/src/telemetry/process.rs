@@ -113,7 +113,10 @@ mod tests {
         assert!(value("process_threads") >= 1.0);
         assert!(value("process_start_time_seconds") > 1.7e9);
         assert!(value("process_cpu_seconds_total") >= 0.0);
-        assert!(text.contains("# TYPE process_cpu_seconds counter"), "{text}");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
+        );
         assert!(
             text.contains(&format!(
                 "flotilla_build_info{{version=\"{}\"}} 1",

@@ -159,6 +159,16 @@ fn compressed_reports_keep_previous_sub_messages() {
         "health replaced"
     );
     assert_eq!(out.events, vec![EventKind::Unhealthy]);
+    let still = heartbeat(uid, 2);
+    let out = process(Some(rec), still, ws(), &ctx(&[]));
+    assert_eq!(out.events, vec![], "unhealthy once, not once a message");
+    let mut healthy = heartbeat(uid, 3);
+    healthy.health = Some(ComponentHealth {
+        healthy: true,
+        ..Default::default()
+    });
+    let out = process(out.record, healthy, ws(), &ctx(&[]));
+    assert_eq!(out.events, vec![EventKind::Healthy]);
 }
 
 #[test]
