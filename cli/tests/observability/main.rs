@@ -1,10 +1,17 @@
 //! Observability end to end, with real parts: a cluster of nats-server, redis-server, a gateway
 //! and a coordinator process exporting traces to an OTLP receiver built on the official protos
-//! (the gateway over gRPC, the coordinator over http/protobuf).
+//! (the gateway over gRPC, the coordinator over http/protobuf); alerts told to real HTTP
+//! receivers (webhook, Alertmanager API), across a sink outage and a coordinator's death; the
+//! event stream read by an SSE client.
 
 #[path = "../cluster_support/mod.rs"]
 mod cluster_support;
+#[path = "../common/mod.rs"]
+mod common;
+
+mod alerts;
 mod otlp;
+mod sinks;
 
 use cluster_support::{Cluster, SERIAL, ws_agent};
 use otlp::{Receiver, Span};
@@ -148,5 +155,91 @@ async fn one_agent_message_is_one_trace_across_the_gateway_and_the_coordinator()
             .await
             .unwrap_or(0.0),
         0.0
+    );
+}
+
+#[tokio::test]
+async fn an_alert_the_sink_missed_is_delivered_once_by_the_next_owner_after_a_coordinator_dies() {
+    let _serial = SERIAL.lock().await;
+    let sinks = sinks::Receivers::start().await;
+    sinks.set_down(true);
+    let hook = sinks.hook_url();
+    let alerting = [
+        "--alert-webhook",
+        &hook,
+        "--alert-grace",
+        "0s",
+        "--alert-interval",
+        "200ms",
+        "--lease-ttl",
+        "3s",
+    ];
+    let mut c = Cluster::start_roles(2, 1, &alerting, &[]).await;
+    let gateway = c.ws_urls()[0].clone();
+    let mut agent = flotilla_loadtest::sim::SimAgent::new("io.opentelemetry.collector", &[]);
+    let mut ws = flotilla_loadtest::client::WsClient::connect(&gateway)
+        .await
+        .unwrap();
+    agent.health.healthy = false;
+    agent.health.last_error = "disk full".into();
+    common::answered_ok(&mut ws, &agent.full_report()).await;
+    let uid = agent.uid.to_string();
+
+    // The owner raised it but could not deliver it (it keeps failing).
+    let owner = c.owner_of(agent.uid).await.expect("an owner");
+    let owner_api = c
+        .coordinators
+        .iter()
+        .find(|n| n.id == owner)
+        .unwrap()
+        .api
+        .clone();
+    let started = std::time::Instant::now();
+    while c
+        .metric(
+            &owner_api,
+            "flotilla_coordinator_alert_notifications_total{sink=\"webhook\",outcome=\"failed\"}",
+        )
+        .await
+        .unwrap_or(0.0)
+        < 1.0
+    {
+        assert!(started.elapsed() < WAIT, "no failed delivery\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.coordinator(&owner).proc.kill();
+    sinks.set_down(false);
+
+    // The other coordinator takes the shard, finds the undelivered alert in the stored book and
+    // delivers it: once.
+    sinks
+        .wait(
+            "the alert from the next owner",
+            Duration::from_secs(30),
+            |s| {
+                s.hook()
+                    .iter()
+                    .any(|(state, subject, _)| state == "firing" && *subject == uid)
+            },
+        )
+        .await;
+    // Keep the agent talking (the gateway forwards to the new owner) and give more passes time.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut beat = agent.heartbeat();
+        beat.health = Some(agent.health.clone());
+        let _ = ws.request(&beat).await;
+    }
+    let told: Vec<String> = sinks
+        .hook()
+        .into_iter()
+        .filter(|(_, subject, _)| *subject == uid)
+        .map(|(state, _, _)| state)
+        .collect();
+    assert_eq!(told, ["firing"], "delivered once\n{}", c.logs());
+    let survivor = c.coordinators.iter().find(|n| n.id != owner).unwrap();
+    assert_eq!(
+        c.owner_of(agent.uid).await.as_deref(),
+        Some(survivor.id.as_str())
     );
 }

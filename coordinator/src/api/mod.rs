@@ -32,6 +32,14 @@ pub fn router(
     registry: &mut Registry,
 ) -> Router {
     let metrics = ApiMetrics::new(registry);
+    registry
+        .sub_registry_with_prefix("flotilla_coordinator")
+        .register(
+            "event_stream_dropped",
+            "Events not sent to an event stream (GET /api/v1/events) whose reader fell behind \
+         (it is told how many)",
+            ops.watchers().dropped.clone(),
+        );
     let gate = Gate::new(tokens.clone(), ops.clone(), metrics.clone());
     let console = console::routes(ops.clone(), tokens, tls);
     rest::routes(ops.clone())

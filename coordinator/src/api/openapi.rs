@@ -33,6 +33,7 @@ mod tests {
         ("POST", "/api/v1/restarts"),
         ("GET", "/api/v1/restarts/{id}"),
         ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/events"),
         ("GET", "/api/v1/openapi.json"),
     ];
 

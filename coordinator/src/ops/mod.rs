@@ -18,6 +18,7 @@ pub mod configs;
 pub mod desired;
 pub mod docs;
 pub mod error;
+pub mod events;
 pub mod owner;
 pub mod query;
 pub mod restarts;
@@ -74,6 +75,7 @@ pub struct Ops {
     owners: OwnerClient,
     desired: DesiredState,
     cfg: Arc<OpsConfig>,
+    watchers: events::Watchers,
 }
 
 impl Ops {
@@ -96,7 +98,13 @@ impl Ops {
             subjects,
             desired,
             cfg: Arc::new(cfg),
+            watchers: events::Watchers::default(),
         }
+    }
+
+    /// The event streams open, and what they dropped.
+    pub fn watchers(&self) -> &events::Watchers {
+        &self.watchers
     }
 
     pub(crate) fn store(&self) -> &dyn Store {

@@ -262,6 +262,7 @@ impl Ops {
             .put_doc(ROLLOUTS, &r.id, 0, &json(&r), Some(&entry))
             .await?;
         info!(rollout = %r.id, config = %r.config, to = r.to_version, "rollout started");
+        self.rollout_changed(&r).await;
         self.step_rollout(&r.id).await;
         self.rollout(caller, &r.id).await
     }
@@ -310,6 +311,7 @@ impl Ops {
                 .await?
             {
                 self.announce_change(&format!("rollout/{id}")).await;
+                self.rollout_changed(&r).await;
                 if to == State::Running {
                     self.step_rollout(id).await;
                     return self.rollout(caller, id).await;
@@ -440,6 +442,7 @@ impl Ops {
         }
         if r.state != before.state {
             info!(rollout = id, state = ?r.state, reason = %r.reason, "rollout state changed");
+            self.rollout_changed(&r).await;
         } else if r.phases.len() != before.phases.len() {
             info!(
                 rollout = id,

@@ -4,6 +4,7 @@
 
 mod agents;
 mod configs;
+mod events;
 mod reply;
 mod rollouts;
 
@@ -55,6 +56,7 @@ pub fn routes(ops: Ops) -> Router {
         .route("/api/v1/restarts", post(rollouts::restart_matching))
         .route("/api/v1/restarts/{id}", get(rollouts::restart_job))
         .route("/api/v1/audit", get(rollouts::audit))
+        .route("/api/v1/events", get(events::stream))
         .route("/api/v1/openapi.json", get(openapi))
         .method_not_allowed_fallback(|req: axum::extract::Request| async move {
             let msg = format!("{} is not allowed on {}", req.method(), req.uri().path());
