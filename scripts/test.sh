@@ -13,6 +13,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # The README's Quickstart runs as a test, curl lines included.
 command -v curl >/dev/null || missing+=(curl)
+# deploy/prometheus's rules are checked and unit-tested with promtool.
+command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "==> installing ${missing[*]} (Debian packages)"
   sudo_cmd=""
