@@ -10,6 +10,7 @@ use crate::http::{HttpResponse, header_has, text};
 use crate::table::{Bind, MAX_AGENTS_PER_CONNECTION};
 use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
+use flotilla_common::names::uid_text;
 use flotilla_proto::bus::Transport;
 use flotilla_proto::opamp::AgentToServer;
 use futures_util::{SinkExt, StreamExt};
@@ -29,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, handshake::derive_accept_key};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, debug_span, info_span};
 
 /// Pushes queued per connection before further ones are dropped (desired state is re-sent).
 const PUSH_QUEUE: usize = 8;
@@ -89,7 +90,18 @@ impl Gateway {
                             Some(this.ws_config()),
                         )
                         .await;
-                        this.session(ws, conn, cancel).await;
+                        // A trace of its own, as long as the connection: its messages are
+                        // traces of their own too.
+                        let session = debug_span!(
+                            parent: None,
+                            "opamp.session",
+                            otel.kind = "server",
+                            transport = "websocket",
+                            %peer,
+                            gateway = %this.cfg.gateway_id,
+                            uid = tracing::field::Empty,
+                        );
+                        this.session(ws, conn, cancel).instrument(session).await;
                     }
                     Err(e) => debug!(error = %e, "upgrade failed"),
                 }
@@ -268,6 +280,9 @@ impl Gateway {
             );
             let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
             return Next::Reply(reply);
+        }
+        if !*spoken {
+            tracing::Span::current().record("uid", uid_text(&msg.instance_uid));
         }
         *spoken = true;
         match self.forward(payload, &msg.instance_uid, origin).await {

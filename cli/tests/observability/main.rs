@@ -144,6 +144,20 @@ async fn one_agent_message_is_one_trace_across_the_gateway_and_the_coordinator()
     assert_eq!(deliver.attr("delivered"), "true");
     assert_eq!(push.attr("delivered"), "true");
 
+    // The session ends with the connection: its span names the agent it carried.
+    drop(agent);
+    let session = receiver
+        .wait_for("the WebSocket session's span", WAIT, |spans| {
+            spans
+                .iter()
+                .find(|s| s.name == "opamp.session" && s.attr("uid") == uid)
+                .cloned()
+        })
+        .await;
+    assert_eq!(session.service, "flotilla-gateway");
+    assert_eq!(session.parent_id, "");
+    assert_eq!(session.attr("transport"), "websocket");
+
     // What was sent is counted; nothing was dropped.
     let exported = c
         .metric(c.api(), "flotilla_trace_spans_total{fate=\"exported\"}")
