@@ -435,7 +435,7 @@ impl fmt::Display for ServeConfig {
             "roles={}{} opamp_listen={} api_listen={} region={} node_id={} data_dir={} \
              heartbeat_interval={} max_message_size={} api_max_body={} lease_ttl={} tls={} client_ca={} \
              agent_identity={:?} agent_tokens={} api_tokens={} api_tls={} signing_ca={} \
-             max_connections={} nats={} redis={} otlp={}",
+             max_connections={} nats={} redis={} otlp={} alert_sinks={}",
             if self.gateway { "gateway," } else { "" },
             if self.coordinator { "coordinator" } else { "" },
             self.opamp_listen,
@@ -458,6 +458,7 @@ impl fmt::Display for ServeConfig {
             self.nats_url.as_deref().map_or("-".into(), redact),
             self.redis_url.as_deref().map_or("-".into(), redact),
             self.trace.endpoint.as_deref().map_or("-".into(), redact),
+            self.alerts.webhooks.len() + self.alerts.alertmanagers.len(),
         )
     }
 }

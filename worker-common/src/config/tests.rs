@@ -1,4 +1,5 @@
 use super::*;
+use crate::telemetry::traces::OtlpProtocol;
 
 #[test]
 fn defaults_are_the_contract() {
@@ -103,6 +104,53 @@ fn the_example_config_in_deploy_parses() {
         Some(Duration::from_secs(24 * 3600))
     );
     assert_eq!(c.limits.message_rate, 10);
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.alerts.grace, Duration::from_secs(60));
+    assert_eq!(c.alerts.kinds.len(), 5);
+}
+
+#[test]
+fn observability_settings_read_from_the_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.toml");
+    std::fs::write(
+        &path,
+        "otlp-endpoint = \"http://c:4317\"\notlp-protocol = \"grpc\"\ntrace-sample-ratio = 0.5\n\
+         alert-webhook = [\"http://h/1\", \"http://h/2\"]\nalertmanager-url = [\"http://am:9093\"]\n\
+         alert-interval = \"2s\"\n",
+    )
+    .unwrap();
+    let c = ServeConfig::load(ServeArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.trace.endpoint.as_deref(), Some("http://c:4317"));
+    assert_eq!(c.trace.protocol, Some(OtlpProtocol::Grpc));
+    assert_eq!(c.trace.sample_ratio, Some(0.5));
+    assert_eq!(c.alerts.webhooks, ["http://h/1", "http://h/2"]);
+    assert_eq!(c.alerts.alertmanagers, ["http://am:9093"]);
+    assert_eq!(c.alerts.interval, Duration::from_secs(2));
+    assert_eq!(c.alerts.grace, Duration::from_secs(60), "the default");
+    let flags = ServeConfig::load(ServeArgs {
+        config: Some(path),
+        alert_webhooks: vec!["http://other".into()],
+        trace_sample_ratio: Some(1.0),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        flags.alerts.webhooks,
+        ["http://other"],
+        "a list flag replaces the file's"
+    );
+    assert_eq!(flags.trace.sample_ratio, Some(1.0));
+    let err = ServeConfig::load(ServeArgs {
+        alert_interval: Some(Duration::from_millis(10)),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("--alert-interval"), "{err}");
 }
 
 #[test]
