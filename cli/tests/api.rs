@@ -221,12 +221,7 @@ async fn configs_are_versioned_and_listed_and_health_and_metrics_answer() {
     }
     let http = HttpClient::new(&srv.http_url);
     report(&http, &mut SimAgent::new("otelcol", &[])).await;
-    let metrics = reqwest::get(format!("{}/metrics", srv.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics().await;
     assert!(
         metrics.contains("flotilla_coordinator_uplinks_total{result=\"ok\"} 2"),
         "{metrics}"

@@ -169,12 +169,7 @@ async fn every_family_a_server_exposes_is_documented_and_well_named() {
     let _ws = common::connect(&srv, &mut agent).await;
     srv.get("/api/v1/agents").await;
     srv.get("/api/v1/nothing-here").await;
-    let text = reqwest::get(format!("{}/metrics", srv.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = srv.metrics().await;
     let documented = documented();
     let mut exposed = BTreeSet::new();
     for line in text.lines() {

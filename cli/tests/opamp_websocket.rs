@@ -335,12 +335,7 @@ async fn agents_that_stop_talking_are_marked_silent_once_and_recover() {
         started.elapsed() >= Duration::from_millis(2500),
         "not before 3 intervals"
     );
-    let metrics = reqwest::get(format!("{}/metrics", srv.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = srv.metrics().await;
     assert!(
         metrics.contains("flotilla_coordinator_agent_events_total{kind=\"silent\"} 1"),
         "{metrics}"

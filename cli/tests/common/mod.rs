@@ -79,6 +79,21 @@ impl Server {
             .await;
     }
 
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.api))
+            .await
+            .expect("API reachable")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The sum of the samples of `series` (see [`flotilla_testkit::metric_sum`]).
+    pub async fn metric(&self, series: &str) -> f64 {
+        flotilla_testkit::metric_sum(&self.metrics().await, series)
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = reqwest::get(format!("{}{path}", self.api))
             .await

@@ -77,7 +77,7 @@ async fn out_of_range_settings_are_refused_and_stored_ones_cannot_crash_the_serv
     let ready = reqwest::get(format!("{}/readyz", srv.api)).await.unwrap();
     assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
     assert_eq!(
-        metric(&srv, "flotilla_coordinator_duty_failures_total").await,
+        srv.metric("flotilla_coordinator_duty_failures_total").await,
         0.0
     );
     assert_eq!(srv.agent(agent.uid).await["status"], "connected");
@@ -208,19 +208,13 @@ async fn dot_names_multi_member_gzip_and_refused_admin_calls() {
     assert_eq!(put(None).await.unwrap().status(), 401);
     assert_eq!(put(Some("vic-secret")).await.unwrap().status(), 403);
     assert_eq!(
-        metric(
-            &srv,
-            "flotilla_coordinator_api_refused_total{reason=\"unauthenticated\""
-        )
-        .await,
+        srv.metric("flotilla_coordinator_api_refused_total{reason=\"unauthenticated\"")
+            .await,
         1.0
     );
     assert_eq!(
-        metric(
-            &srv,
-            "flotilla_coordinator_api_refused_total{reason=\"forbidden\""
-        )
-        .await,
+        srv.metric("flotilla_coordinator_api_refused_total{reason=\"forbidden\"")
+            .await,
         1.0
     );
     let audit: Value = client

@@ -135,11 +135,8 @@ async fn half_sent_messages_are_cut_off_and_oversized_reports_refused() {
         started.elapsed()
     );
     assert!(
-        metric(
-            &srv,
-            "flotilla_gateway_rejected_total{reason=\"slow_message\""
-        )
-        .await
+        srv.metric("flotilla_gateway_rejected_total{reason=\"slow_message\"")
+            .await
             >= 4.0
     );
 
@@ -227,11 +224,8 @@ async fn incomplete_messages_over_all_connections_share_a_budget() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
-        metric(
-            &srv,
-            "flotilla_gateway_rejected_total{reason=\"inflight_budget\""
-        )
-        .await,
+        srv.metric("flotilla_gateway_rejected_total{reason=\"inflight_budget\"")
+            .await,
         1.0
     );
     // Agents with whole messages are still served.
@@ -261,11 +255,8 @@ async fn idle_connections_cannot_keep_agents_out() {
         agents.push(ws);
     }
     assert!(
-        metric(
-            &srv,
-            "flotilla_gateway_rejected_total{reason=\"evicted_pending\""
-        )
-        .await
+        srv.metric("flotilla_gateway_rejected_total{reason=\"evicted_pending\"")
+            .await
             >= 4.0
     );
     // Every slot held by an agent: the cap holds.
@@ -301,18 +292,13 @@ async fn a_refused_certificate_in_a_loop_costs_a_handshake_each() {
     }
     assert!(attempts > 20, "{attempts} attempts");
     assert_eq!(upgraded, 1, "only the first attempt reached a session");
-    let owner_refusals = metric(
-        &srv,
-        "flotilla_coordinator_uplinks_total{result=\"identity\"",
-    )
-    .await;
+    let owner_refusals = srv
+        .metric("flotilla_coordinator_uplinks_total{result=\"identity\"")
+        .await;
     assert_eq!(owner_refusals, 1.0);
     assert!(
-        metric(
-            &srv,
-            "flotilla_gateway_rejected_total{reason=\"refused_certificate\""
-        )
-        .await
+        srv.metric("flotilla_gateway_rejected_total{reason=\"refused_certificate\"")
+            .await
             >= f64::from(attempts - 1)
     );
     let http = HttpClient::with_options(&u.http, &evil_opts).unwrap();

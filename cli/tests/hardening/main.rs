@@ -37,16 +37,6 @@ fn api_addr(srv: &Server) -> std::net::SocketAddr {
     srv.running.as_ref().unwrap().api_addr
 }
 
-async fn metric(srv: &Server, series: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", srv.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    flotilla_testkit::metric_sum(&text, series)
-}
-
 fn error_of(reply: &ServerToAgent) -> &str {
     &reply
         .error_response

@@ -135,16 +135,11 @@ async fn an_unhealthy_agent_is_one_alert_per_sink_fired_and_resolved_though_a_si
     let hook: Vec<String> = r.hook().into_iter().map(|(s, _, _)| s).collect();
     assert_eq!(hook, ["firing", "resolved"], "nothing lost, nothing twice");
     assert_eq!(r.alertmanager().len(), 2, "{:#?}", r.alertmanager());
-    let metrics = reqwest::get(format!("{}/metrics", srv.api))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let failed = flotilla_testkit::metric_sum(
-        &metrics,
-        "flotilla_coordinator_alert_notifications_total{sink=\"webhook\",outcome=\"failed\"}",
-    );
+    let failed = srv
+        .metric(
+            "flotilla_coordinator_alert_notifications_total{sink=\"webhook\",outcome=\"failed\"}",
+        )
+        .await;
     assert!(failed >= 1.0);
 
     // The stream: one unhealthy event (not one a message), then healthy.
