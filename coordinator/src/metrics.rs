@@ -32,6 +32,7 @@ pub struct OwnerMetrics {
     pub rollouts: Family<Labels, Gauge>,
     pub alerts: Family<Labels, Gauge>,
     pub alerts_refused: Counter,
+    pub alerts_expired: Counter,
     pub alert_notifications: Family<Labels, Counter>,
     pub owned_shards: Gauge,
     pub shard_changes: Family<Labels, Counter>,
@@ -55,6 +56,7 @@ impl OwnerMetrics {
             rollouts: Family::default(),
             alerts: Family::default(),
             alerts_refused: Counter::default(),
+            alerts_expired: Counter::default(),
             alert_notifications: Family::default(),
             owned_shards: Gauge::default(),
             shard_changes: Family::default(),
@@ -122,6 +124,12 @@ impl OwnerMetrics {
             "alerts_refused",
             "Conditions not raised because their alert book was full",
             m.alerts_refused.clone(),
+        );
+        r.register(
+            "alerts_expired",
+            "Resolved alerts dropped after a day without reaching every sink (a sink down that \
+             long)",
+            m.alerts_expired.clone(),
         );
         r.register(
             "alert_notifications",

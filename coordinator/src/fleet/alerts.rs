@@ -219,7 +219,8 @@ impl Book {
 
     /// The alerts `sink` should be told of now: firing ones it has not acknowledged as firing
     /// (or, with `resend_ms`, not for that long: Alertmanager forgets alerts not re-sent),
-    /// resolved ones it has not acknowledged as resolved. At most `max` of them.
+    /// resolved ones it has not acknowledged as resolved (one that fired and resolved while the
+    /// sink was down is told once, resolved, with both times). At most `max` of them.
     pub fn due(&self, sink: &str, now_ms: u64, resend_ms: Option<u64>, max: usize) -> Vec<&Alert> {
         self.alerts
             .values()
@@ -229,33 +230,39 @@ impl Book {
                     resend_ms.is_some_and(|r| now_ms.saturating_sub(*at) >= r)
                 }
                 (State::Resolved, Some((State::Resolved, _))) => false,
-                // Never told it fired: its resolution is news only to whoever heard it fire.
-                (State::Resolved, None) => false,
                 _ => true,
             })
             .take(max)
             .collect()
     }
 
-    /// Records that `sink` acknowledged `ids` (as [`Alert::id`]) in their current state, and
-    /// forgets the resolved alerts every sink in `sinks` has now been told of.
-    pub fn delivered(&mut self, sink: &str, ids: &[String], now_ms: u64, sinks: &[String]) {
+    /// Records that `sink` acknowledged `ids` (as [`Alert::id`]) in their current state.
+    pub fn delivered(&mut self, sink: &str, ids: &[String], now_ms: u64) {
         for a in self.alerts.values_mut() {
             if ids.contains(&a.id()) {
                 a.told.insert(sink.to_owned(), (a.state, now_ms));
             }
         }
-        self.settle(sinks);
     }
 
-    /// Forgets the resolved alerts no sink in `sinks` still needs to hear of.
-    pub fn settle(&mut self, sinks: &[String]) {
+    /// Forgets the resolved alerts every sink in `sinks` has been told of, and those resolved
+    /// longer than `keep_ms` ago that some sink never took (a sink down for that long); says how
+    /// many of the latter there were.
+    pub fn settle(&mut self, sinks: &[String], now_ms: u64, keep_ms: u64) -> usize {
+        let mut expired = 0;
         self.alerts.retain(|_, a| {
-            a.state != State::Resolved
-                || sinks
-                    .iter()
-                    .any(|s| matches!(a.told.get(s), Some((State::Firing, _))))
+            if a.state != State::Resolved {
+                return true;
+            }
+            let told = |s: &String| matches!(a.told.get(s), Some((State::Resolved, _)));
+            if sinks.iter().all(told) {
+                return false;
+            }
+            let old = now_ms.saturating_sub(a.resolved_ms.unwrap_or(now_ms)) > keep_ms;
+            expired += usize::from(old);
+            !old
         });
+        expired
     }
 
     /// Alerts by kind and state, for the gauges.
@@ -295,13 +302,16 @@ mod tests {
             .collect()
     }
 
+    const KEEP: u64 = 86_400_000;
+
     fn tell(book: &mut Book, sink: &str, now: u64, sinks: &[String]) {
         let due: Vec<String> = book
             .due(sink, now, None, 100)
             .iter()
             .map(|a| a.id())
             .collect();
-        book.delivered(sink, &due, now, sinks);
+        book.delivered(sink, &due, now);
+        book.settle(sinks, now, KEEP);
     }
 
     #[test]
@@ -337,12 +347,17 @@ mod tests {
             ids(&book, "hook", 0),
             [format!("Resolved unhealthy/a/{GRACE}")]
         );
-        assert!(
-            ids(&book, "am", 0).is_empty(),
-            "a sink never told it fired is not told it resolved"
-        );
         tell(&mut book, "hook", GRACE + 20_000, &sinks);
-        assert!(book.alerts.is_empty(), "resolved and told: forgotten");
+        assert_eq!(
+            ids(&book, "am", 0),
+            [format!("Resolved unhealthy/a/{GRACE}")],
+            "a sink that missed it all is told once, resolved"
+        );
+        tell(&mut book, "am", GRACE + 20_000, &sinks);
+        assert!(
+            book.alerts.is_empty(),
+            "resolved and told everywhere: forgotten"
+        );
     }
 
     #[test]
@@ -363,6 +378,15 @@ mod tests {
         );
         tell(&mut taken, "hook", 5_000, &sinks);
         assert!(ids(&taken, "hook", 6_000).is_empty());
+
+        // A sink that never comes back: a resolved alert is kept for it a day, then dropped.
+        let both = ["hook".to_owned(), "gone".to_owned()];
+        taken.observe(7_000, vec![], &policy());
+        tell(&mut taken, "hook", 7_000, &both);
+        assert_eq!(taken.alerts.len(), 1, "kept for the sink that missed it");
+        assert_eq!(taken.settle(&both, 7_000 + KEEP, KEEP), 0);
+        assert_eq!(taken.settle(&both, 7_001 + KEEP, KEEP), 1);
+        assert!(taken.alerts.is_empty());
     }
 
     #[test]

@@ -25,6 +25,8 @@ use tracing::{info, warn};
 /// The store collection of alert books.
 pub const ALERTS: &str = "alerts";
 const ROLLOUT_BOOK: &str = "rollouts";
+/// How long a resolved alert waits for a sink that is down before it is dropped (and counted).
+const KEEP_RESOLVED_MS: u64 = 24 * 3600 * 1000;
 /// Alerts sent to one sink in one request at most (the rest go in the next pass).
 const MAX_BATCH: usize = 500;
 
@@ -307,7 +309,7 @@ impl Owner {
                         .or_default()
                         .succeeded();
                     for (i, ids) in by_book {
-                        books[i].3.delivered(name, &ids, now, &names);
+                        books[i].3.delivered(name, &ids, now);
                     }
                 }
                 Err(e) => {
@@ -321,8 +323,16 @@ impl Owner {
                 }
             }
         }
-        for (_, _, _, book) in books.iter_mut() {
-            book.settle(&names);
+        let expired: usize = books
+            .iter_mut()
+            .map(|(_, _, _, book)| book.settle(&names, now, KEEP_RESOLVED_MS))
+            .sum();
+        if expired > 0 {
+            self.metrics.alerts_expired.inc_by(expired as u64);
+            warn!(
+                expired,
+                "resolved alerts dropped after a day without reaching every sink"
+            );
         }
     }
 

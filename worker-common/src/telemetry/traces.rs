@@ -224,7 +224,9 @@ pub(crate) fn provider(
         opentelemetry::KeyValue::new("service.instance.id", service.instance.clone()),
         opentelemetry::KeyValue::new("flotilla.region", service.region.clone()),
     ]);
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    if !named {
         resource = resource.with_service_name(service.name);
     }
     let mut builder = SdkTracerProvider::builder()
