@@ -5,20 +5,17 @@
 
 use super::caller::Caller;
 use super::error::{Error, Result};
+use super::watchers::MAX_WATCHERS;
 use super::{Ops, agents::parse_selector};
 use crate::fleet::rollout::{Rollout, State};
 use crate::opamp::EventKind;
 use flotilla_common::bus::BusMessage;
 use flotilla_common::selector::Selector;
 use flotilla_common::telemetry::now_unix_ms;
-use prometheus_client::metrics::counter::Counter;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::debug;
 
-/// Event streams open at once at most, per process.
-pub const MAX_WATCHERS: usize = 64;
 /// Events held for a watcher that reads slower than they come; past it they are dropped (and it
 /// is told how many).
 pub const WATCH_QUEUE: usize = 1024;
@@ -43,30 +40,6 @@ pub enum Watched {
     Event { kind: String, json: String },
     /// This many events were dropped because the watcher fell behind.
     Lagged(u64),
-}
-
-/// Watchers open now and events dropped for slow ones, across the process.
-#[derive(Debug, Clone)]
-pub struct Watchers {
-    open: Arc<Semaphore>,
-    /// Events not given to a watcher that fell behind.
-    pub dropped: Counter,
-}
-
-impl Default for Watchers {
-    fn default() -> Self {
-        Self {
-            open: Arc::new(Semaphore::new(MAX_WATCHERS)),
-            dropped: Counter::default(),
-        }
-    }
-}
-
-impl Watchers {
-    /// Event streams open now.
-    pub fn open(&self) -> usize {
-        MAX_WATCHERS - self.open.available_permits()
-    }
 }
 
 /// A live stream of events; dropping it stops it.
@@ -135,7 +108,7 @@ impl Ops {
             None => None,
             Some(s) => Some(parse_selector(s)?),
         };
-        let permit = self.watchers.open.clone().try_acquire_owned().map_err(|_| {
+        let permit = self.watchers.permit().ok_or_else(|| {
             Error::Unavailable(format!(
                 "{MAX_WATCHERS} event streams are open on this server already; close one or try \
                  another server"

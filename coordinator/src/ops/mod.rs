@@ -24,6 +24,7 @@ pub mod query;
 pub mod restarts;
 pub mod rollouts;
 pub mod views;
+pub mod watchers;
 
 pub use caller::{Caller, Role};
 pub use desired::DesiredState;
@@ -75,7 +76,7 @@ pub struct Ops {
     owners: OwnerClient,
     desired: DesiredState,
     cfg: Arc<OpsConfig>,
-    watchers: events::Watchers,
+    watchers: watchers::Watchers,
 }
 
 impl Ops {
@@ -98,12 +99,12 @@ impl Ops {
             subjects,
             desired,
             cfg: Arc::new(cfg),
-            watchers: events::Watchers::default(),
+            watchers: watchers::Watchers::default(),
         }
     }
 
     /// The event streams open, and what they dropped.
-    pub fn watchers(&self) -> &events::Watchers {
+    pub fn watchers(&self) -> &watchers::Watchers {
         &self.watchers
     }
 

@@ -5,10 +5,9 @@
 //! the next owner of its shards, who tells the sinks what they were not yet told: at least once.
 
 use super::owner::Owner;
-use super::sinks::Backoff;
-pub use super::sinks::{Sink, SinkKind};
+pub use super::sinks::{AlertsConfig, Sink, SinkKind};
 use crate::fleet::agents::{attributes, healthy, status_name};
-use crate::fleet::alerts::{AlertKind, Book, Condition, Policy, State};
+use crate::fleet::alerts::{AlertKind, Book, Condition, State};
 use crate::fleet::configs::{Aspect, Desired};
 use crate::fleet::rollout::{Rollout, State as RolloutState};
 use crate::opamp::desired::desired_config;
@@ -19,7 +18,6 @@ use flotilla_common::store::Doc;
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::AgentRecord;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
 use tracing::{info, warn};
 
 /// The store collection of alert books.
@@ -29,53 +27,6 @@ const ROLLOUT_BOOK: &str = "rollouts";
 const KEEP_RESOLVED_MS: u64 = 24 * 3600 * 1000;
 /// Alerts sent to one sink in one request at most (the rest go in the next pass).
 const MAX_BATCH: usize = 500;
-
-/// How alerts are raised and where they go.
-#[derive(Debug, Clone)]
-pub struct AlertsConfig {
-    pub sinks: Vec<Sink>,
-    /// The kinds raised (the others are not even looked for).
-    pub kinds: BTreeSet<AlertKind>,
-    pub policy: Policy,
-    /// How often Alertmanager is told again of what still fires (it forgets what is not).
-    pub resend: Duration,
-    /// How often the fleet is looked at.
-    pub every: Duration,
-}
-
-impl AlertsConfig {
-    /// Every kind but `disconnected` (agents shut down on purpose close their connection too).
-    pub fn default_kinds() -> BTreeSet<AlertKind> {
-        AlertKind::ALL
-            .into_iter()
-            .filter(|k| *k != AlertKind::Disconnected)
-            .collect()
-    }
-}
-
-impl Default for AlertsConfig {
-    fn default() -> Self {
-        Self {
-            sinks: Vec::new(),
-            kinds: Self::default_kinds(),
-            policy: Policy {
-                grace_ms: 60_000,
-                max_alerts: 2_000,
-            },
-            resend: Duration::from_secs(60),
-            every: Duration::from_secs(5),
-        }
-    }
-}
-
-/// What the alert duty keeps between passes: each sink's backoff, and the client it sends with.
-#[derive(Debug, Default)]
-pub(crate) struct AlertState {
-    backoff: HashMap<String, Backoff>,
-}
-
-/// How long a sink has to answer.
-pub(crate) const SINK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The conditions an agent's record shows now.
 fn conditions(rec: &AgentRecord, desired: &Desired, kinds: &BTreeSet<AlertKind>) -> Vec<Condition> {
@@ -375,6 +326,7 @@ impl Owner {
 mod tests {
     use super::*;
     use crate::fleet::rollout::{ErrorBudget, Plan};
+    use std::time::Duration;
 
     fn rollout(id: &str, config: &str, state: RolloutState, created: u64) -> Rollout {
         Rollout {

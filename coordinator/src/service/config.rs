@@ -29,7 +29,7 @@ pub struct CoordinatorConfig {
     /// config is accepted whose offer would be larger.
     pub max_message_size: usize,
     /// Which alerts are raised and where they are sent (none: no sink, no alert duty).
-    pub alerts: super::alerts::AlertsConfig,
+    pub alerts: super::sinks::AlertsConfig,
 }
 
 impl CoordinatorConfig {

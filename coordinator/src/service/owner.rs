@@ -24,7 +24,7 @@ pub struct Owner {
     pub(crate) metrics: OwnerMetrics,
     /// A change of desired state was announced since the last push to connected agents.
     pub(super) pending_push: AtomicBool,
-    pub(super) alert_state: parking_lot::Mutex<super::alerts::AlertState>,
+    pub(super) alert_state: parking_lot::Mutex<super::sinks::AlertState>,
     pub(super) alert_client: reqwest::Client,
 }
 
@@ -49,7 +49,7 @@ impl Owner {
             pending_push: AtomicBool::new(false),
             alert_state: Default::default(),
             alert_client: reqwest::Client::builder()
-                .timeout(super::alerts::SINK_TIMEOUT)
+                .timeout(super::sinks::SINK_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
         }

@@ -2,10 +2,58 @@
 //! (`POST /api/v2/alerts`, firing and resolved, labelled with the agent's attributes). A sink that
 //! fails is tried again later with exponential backoff; what it was not told stays due.
 
-use crate::fleet::alerts::{Alert, AlertKind, State};
+use crate::fleet::alerts::{Alert, AlertKind, Policy, State};
 use crate::ops::views::rfc3339;
 use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
+
+/// How alerts are raised and where they go.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub sinks: Vec<Sink>,
+    /// The kinds raised (the others are not even looked for).
+    pub kinds: BTreeSet<AlertKind>,
+    pub policy: Policy,
+    /// How often Alertmanager is told again of what still fires (it forgets what is not).
+    pub resend: Duration,
+    /// How often the fleet is looked at.
+    pub every: Duration,
+}
+
+impl AlertsConfig {
+    /// Every kind but `disconnected` (agents shut down on purpose close their connection too).
+    pub fn default_kinds() -> BTreeSet<AlertKind> {
+        AlertKind::ALL
+            .into_iter()
+            .filter(|k| *k != AlertKind::Disconnected)
+            .collect()
+    }
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            sinks: Vec::new(),
+            kinds: Self::default_kinds(),
+            policy: Policy {
+                grace_ms: 60_000,
+                max_alerts: 2_000,
+            },
+            resend: Duration::from_secs(60),
+            every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the alert duty keeps between passes: each sink's backoff.
+#[derive(Debug, Default)]
+pub(crate) struct AlertState {
+    pub(super) backoff: HashMap<String, Backoff>,
+}
+
+/// How long a sink has to answer.
+pub(crate) const SINK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What kind of receiver a sink is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -107,8 +107,8 @@ impl Bus for Measured {
 
 #[cfg(test)]
 mod tests {
+    use super::super::inproc::InProcessBus;
     use super::*;
-    use crate::bus::InProcessBus;
 
     #[tokio::test]
     async fn requests_are_timed_and_counted_by_kind_and_outcome() {

@@ -212,14 +212,14 @@ impl Store for Measured {
 
 #[cfg(test)]
 mod tests {
+    use super::super::embedded::EmbeddedStore;
+    use super::super::types::DEFAULT_AUDIT_RETENTION;
     use super::*;
-    use crate::store::EmbeddedStore;
 
     #[tokio::test]
     async fn calls_are_timed_and_failures_counted_by_operation() {
         let dir = tempfile::tempdir().unwrap();
-        let inner =
-            EmbeddedStore::open_with(dir.path(), crate::store::DEFAULT_AUDIT_RETENTION).unwrap();
+        let inner = EmbeddedStore::open_with(dir.path(), DEFAULT_AUDIT_RETENTION).unwrap();
         let mut registry = Registry::default();
         let store = Measured::new(Arc::new(inner), "embedded", &mut registry);
         assert_eq!(store.get_agent(Uuid::nil()).await.unwrap(), None);
