@@ -45,11 +45,11 @@ base=""
 {
 echo "| tracing | messages | server CPU s / 1,000 msgs | vs off | p50 ms | p99 ms | spans exported | spans dropped |"
 echo "|---|---|---|---|---|---|---|---|"
-for variant in off default 1.0; do
+for variant in ${VARIANTS:-off default 1.0}; do
   flags=()
   case $variant in
     default) flags=(--otlp-endpoint http://127.0.0.1:4318) ;;
-    1.0) flags=(--otlp-endpoint http://127.0.0.1:4318 --trace-sample-ratio 1) ;;
+    0|1.0) flags=(--otlp-endpoint http://127.0.0.1:4318 --trace-sample-ratio "$variant") ;;
   esac
   rm -rf "$out/data-$variant"
   "$bin/flotilla" serve --opamp-listen 127.0.0.1:4340 --api-listen 127.0.0.1:4341 \

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use flotilla_common::bus::{Bus, BusError, BusMessage, request_with_retry};
 use flotilla_common::config::{AgentIdentity, AgentLimits, DEFAULT_MAX_INFLIGHT_BYTES};
 use flotilla_common::names::{Subjects, shard_of, uid_text};
+use flotilla_common::telemetry::traces;
 use flotilla_common::tls::ReloadingTls;
 use flotilla_proto::bus::{
     Downlink, DownlinkAck, IdentityRule, Origin, Transport, Uplink, UplinkReply, uplink,
@@ -353,19 +354,21 @@ impl Gateway {
         origin: &Origin,
     ) -> Result<UplinkReply, BusError> {
         // Each message is a trace of its own (a session lasts for days).
-        let span = debug_span!(
-            parent: None,
-            "opamp.message",
-            otel.kind = "server",
-            uid = %uid_text(instance_uid),
-            transport = match origin.transport() {
-                Transport::Websocket => "websocket",
-                Transport::Http => "http",
-                _ => "unknown",
-            },
-            peer = %origin.peer_addr,
-            gateway = %self.cfg.gateway_id,
-        );
+        let span = traces::root(|| {
+            debug_span!(
+                parent: None,
+                "opamp.message",
+                otel.kind = "server",
+                uid = %uid_text(instance_uid),
+                transport = match origin.transport() {
+                    Transport::Websocket => "websocket",
+                    Transport::Http => "http",
+                    _ => "unknown",
+                },
+                peer = %origin.peer_addr,
+                gateway = %self.cfg.gateway_id,
+            )
+        });
         let uplink = Uplink {
             origin: Some(origin.clone()),
             kind: Some(uplink::Kind::AgentToServer(agent_to_server.to_vec())),
@@ -382,7 +385,7 @@ impl Gateway {
     ) -> Result<UplinkReply, BusError> {
         let started = Instant::now();
         let subject = self.subjects.uplink(shard_of(instance_uid));
-        let span = debug_span!("bus.request", otel.kind = "client", %subject);
+        let span = traces::child(|| debug_span!("bus.request", otel.kind = "client", %subject));
         let msg = {
             let _entered = span.enter();
             BusMessage::new(subject, Bytes::from(uplink.encode_to_vec()))
@@ -429,14 +432,15 @@ impl Gateway {
 
     async fn deliver(&self, incoming: flotilla_common::bus::Incoming) {
         // The owner's push, continued: handing the message to the agent's connection.
-        let span = debug_span!(
-            parent: None,
-            "opamp.deliver",
-            otel.kind = "server",
-            gateway = %self.cfg.gateway_id,
-            delivered = tracing::field::Empty,
-        );
-        incoming.msg.continue_trace(&span);
+        let span = traces::continued(&incoming.msg, || {
+            debug_span!(
+                parent: None,
+                "opamp.deliver",
+                otel.kind = "server",
+                gateway = %self.cfg.gateway_id,
+                delivered = tracing::field::Empty,
+            )
+        });
         let delivered = span.in_scope(|| match Downlink::decode(incoming.msg.payload) {
             Ok(d) => self
                 .table

@@ -11,6 +11,7 @@ use crate::table::{Bind, MAX_AGENTS_PER_CONNECTION};
 use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_common::names::uid_text;
+use flotilla_common::telemetry::traces;
 use flotilla_proto::bus::Transport;
 use flotilla_proto::opamp::AgentToServer;
 use futures_util::{SinkExt, StreamExt};
@@ -90,18 +91,7 @@ impl Gateway {
                             Some(this.ws_config()),
                         )
                         .await;
-                        // A trace of its own, as long as the connection: its messages are
-                        // traces of their own too.
-                        let session = debug_span!(
-                            parent: None,
-                            "opamp.session",
-                            otel.kind = "server",
-                            transport = "websocket",
-                            %peer,
-                            gateway = %this.cfg.gateway_id,
-                            uid = tracing::field::Empty,
-                        );
-                        this.session(ws, conn, cancel).instrument(session).await;
+                        this.session(ws, conn, cancel).await;
                     }
                     Err(e) => debug!(error = %e, "upgrade failed"),
                 }
@@ -136,6 +126,19 @@ impl Gateway {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let origin = self.origin(Transport::Websocket, &conn);
+        // A trace of its own, as long as the connection, never entered: each message is a trace
+        // of its own too.
+        let session = traces::root(|| {
+            debug_span!(
+                parent: None,
+                "opamp.session",
+                otel.kind = "server",
+                transport = "websocket",
+                peer = %conn.peer,
+                gateway = %self.cfg.gateway_id,
+                uid = tracing::field::Empty,
+            )
+        });
         // An agent that upgrades and then says nothing is holding a slot for free.
         let first_message_by = tokio::time::Instant::now() + self.cfg.limits.handshake_timeout;
         let retire = async {
@@ -196,6 +199,9 @@ impl Gateway {
                             )
                         } else {
                             strikes = 0;
+                            if !spoken && !session.is_disabled() {
+                                session.record("uid", first_uid(&data));
+                            }
                             match self.ws_message(&data, &conn, &origin, &mut spoken).await {
                                 Next::Reply(reply) => reply,
                                 Next::ReplyAndClose(reply, why) => {
@@ -281,9 +287,6 @@ impl Gateway {
             let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
             return Next::Reply(reply);
         }
-        if !*spoken {
-            tracing::Span::current().record("uid", uid_text(&msg.instance_uid));
-        }
         *spoken = true;
         match self.forward(payload, &msg.instance_uid, origin).await {
             Ok(reply) if reply.close_connection => {
@@ -315,6 +318,13 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The instance uid of a session's first message, for its span (none if it does not decode).
+fn first_uid(frame: &[u8]) -> String {
+    AgentToServer::decode(decode_ws_frame(frame))
+        .map(|m| uid_text(&m.instance_uid))
+        .unwrap_or_default()
 }
 
 fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {

@@ -75,17 +75,18 @@ async fn observe(
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let method = req.method().as_str().to_owned();
-    let span = tracing::debug_span!(
-        parent: None,
-        "api.request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
-        caller = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-    );
-    flotilla_common::telemetry::traces::adopt_http(&span, req.headers());
+    let span = flotilla_common::telemetry::traces::continued_http(req.headers(), || {
+        tracing::debug_span!(
+            parent: None,
+            "api.request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            http.request.method = %method,
+            http.route = %route,
+            caller = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        )
+    });
     let started = std::time::Instant::now();
     let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = response.status().as_u16();

@@ -18,6 +18,7 @@ use crate::fleet::rollout::{ErrorBudget, Outcome, Plan, Rollout, State};
 use crate::opamp::offers;
 use flotilla_common::store::{Doc, StoredConfig};
 use flotilla_common::telemetry::now_unix_ms;
+use flotilla_common::telemetry::traces;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use flotilla_proto::opamp::{AgentCapabilities as Cap, PackageStatusEnum, RemoteConfigStatuses};
 use serde::{Deserialize, Serialize};
@@ -348,13 +349,15 @@ impl Ops {
 
     /// One step of one rollout; errors are logged and the step is retried next second.
     async fn step_rollout(&self, id: &str) {
-        let span = tracing::debug_span!(
-            parent: None,
-            "rollout.step",
-            rollout = id,
-            state = tracing::field::Empty,
-            phase = tracing::field::Empty,
-        );
+        let span = traces::root(|| {
+            tracing::debug_span!(
+                parent: None,
+                "rollout.step",
+                rollout = id,
+                state = tracing::field::Empty,
+                phase = tracing::field::Empty,
+            )
+        });
         let step = tracing::Instrument::instrument(self.try_step_rollout(id), span);
         if let Err(e) = step.await {
             warn!(rollout = id, error = %e, "rollout step failed; retrying");

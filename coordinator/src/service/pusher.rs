@@ -9,6 +9,7 @@ use crate::opamp::desired::{config_to_offer, packages_to_offer};
 use crate::opamp::offers::remote_config_message;
 use flotilla_common::bus::{Bus, BusMessage};
 use flotilla_common::names::{Subjects, uid_text};
+use flotilla_common::telemetry::traces;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, Transport};
 use flotilla_proto::opamp::ServerToAgent;
 use prost::Message;
@@ -47,13 +48,15 @@ impl Pusher {
             instance_uid: msg.instance_uid.clone(),
             server_to_agent: msg.encode_to_vec(),
         };
-        let span = debug_span!(
-            "opamp.push",
-            otel.kind = "client",
-            uid = %uid_text(&msg.instance_uid),
-            gateway = %origin.gateway_id,
-            delivered = tracing::field::Empty,
-        );
+        let span = traces::child_or_root(|| {
+            debug_span!(
+                "opamp.push",
+                otel.kind = "client",
+                uid = %uid_text(&msg.instance_uid),
+                gateway = %origin.gateway_id,
+                delivered = tracing::field::Empty,
+            )
+        });
         let req = span.in_scope(|| {
             BusMessage::new(
                 self.subjects.downlink(&origin.gateway_id),

@@ -12,6 +12,7 @@ use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_common::names::{shard_of, uid_text};
 use flotilla_common::store::{AuditEntry, Deadline, Fence, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
+use flotilla_common::telemetry::traces;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Uplink, UplinkReply, uplink};
 use flotilla_proto::opamp::{AgentToServer, ServerCapabilities};
 use futures_util::FutureExt;
@@ -57,15 +58,16 @@ impl Owner {
     async fn handle_uplink(&self, incoming: Incoming) {
         let Some(reply) = incoming.reply else { return };
         // Continues the gateway's trace of this message; the outcome is the uplinks metric's result.
-        let span = debug_span!(
-            parent: None,
-            "opamp.process",
-            otel.kind = "server",
-            shard = Empty,
-            epoch = Empty,
-            outcome = Empty,
-        );
-        incoming.msg.continue_trace(&span);
+        let span = traces::continued(&incoming.msg, || {
+            debug_span!(
+                parent: None,
+                "opamp.process",
+                otel.kind = "server",
+                shard = Empty,
+                epoch = Empty,
+                outcome = Empty,
+            )
+        });
         let answer = async {
             match Uplink::decode(incoming.msg.payload) {
                 Ok(Uplink {

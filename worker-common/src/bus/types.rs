@@ -56,16 +56,11 @@ impl BusMessage {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Carries the current span's trace context (W3C `traceparent`) to the receiver, who continues
-    /// the trace with [`BusMessage::continue_trace`]. Nothing is added while traces are off.
+    /// Carries the current trace (W3C `traceparent`) to the receiver, who continues it with
+    /// [`crate::telemetry::traces::continued`]. Nothing is added while traces are off.
     pub fn with_trace_context(mut self) -> Self {
         crate::telemetry::traces::inject(&mut self);
         self
-    }
-
-    /// Makes `span` part of the trace this message carries, if it carries one.
-    pub fn continue_trace(&self, span: &tracing::Span) {
-        crate::telemetry::traces::adopt(span, self);
     }
 }
 

@@ -58,13 +58,15 @@ impl Measured {
         op: &'static str,
         f: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        let span = tracing::debug_span!(
-            "store",
-            otel.name = %format_args!("store.{op}"),
-            otel.kind = "client",
-            db.system = self.backend,
-            db.operation = op,
-        );
+        let span = crate::telemetry::traces::child(|| {
+            tracing::debug_span!(
+                "store",
+                otel.name = %format_args!("store.{op}"),
+                otel.kind = "client",
+                db.system = self.backend,
+                db.operation = op,
+            )
+        });
         let started = Instant::now();
         let result = f.instrument(span).await;
         self.observe(op, started, &result);
