@@ -125,4 +125,7 @@ run cluster-gateway-loss "${cluster_urls[@]}" --scenario gateway-loss --agents "
 scripts/cluster.sh stop >/dev/null
 
 python3 scripts/bench_summary.py "$out" | tee "$out/summary.md"
+
+# --- 4. what tracing costs (docs/benchmarks.md#tracing) ------------------------------------------
+BENCH_DIR=$out/tracing scripts/bench_tracing.sh
 echo "==> results in $out"

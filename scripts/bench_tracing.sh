@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # What tracing costs on the hot path: the same steady swarm against standalone Flotilla (release
-# build, plain WebSocket, embedded store) three times in one run: tracing off, on at the default
-# sampler (parent-based, 0.1) and on at 1.0, exporting over OTLP http/protobuf to a local
+# build, plain WebSocket, embedded store) several times in one run: tracing off, and on at the
+# sample ratios of VARIANTS (default "off default 1.0"; 0 keeps no trace; default is 0.1), exporting over OTLP http/protobuf to a local
 # receiver that takes and drops every batch (python3's http.server). For each run: messages, the
 # server's CPU per 1,000 messages (process_cpu_seconds_total), reply latency (swarm), and the
 # spans exported or dropped (flotilla_trace_spans_total). Prints a Markdown table.
 #
-#   scripts/bench_tracing.sh     (AGENTS=2000, HEARTBEAT=1s, DURATION=40s; about 3 minutes)
+#   scripts/bench_tracing.sh     (AGENTS=2000, HEARTBEAT=1s, DURATION=40s; about 4 minutes)
+#   VARIANTS="off 0 default 1.0" scripts/bench_tracing.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents=${AGENTS:-2000}; heartbeat=${HEARTBEAT:-1s}; duration=${DURATION:-40s}
