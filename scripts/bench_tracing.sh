@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What tracing costs on the hot path: the same steady swarm against standalone Flotilla (release
 # build, plain WebSocket, embedded store) several times in one run: tracing off, and on at the
-# sample ratios of VARIANTS (default "off default 1.0"; 0 keeps no trace; default is 0.1), exporting over OTLP http/protobuf to a local
-# receiver that takes and drops every batch (python3's http.server). For each run: messages, the
+# sample ratios of VARIANTS (default "off default 1.0"; 0 keeps no trace; default is 0.1),
+# exporting over OTLP http/protobuf to a local receiver that takes and drops every batch
+# (python3's http.server). For each run: messages, the
 # server's CPU per 1,000 messages (process_cpu_seconds_total), reply latency (swarm), and the
 # spans exported or dropped (flotilla_trace_spans_total). Prints a Markdown table.
 #
