@@ -144,6 +144,7 @@ async fn the_console_shows_the_fleet_and_changes_it_as_the_api_would() {
     assert_eq!(health["total_agents"], 6);
     assert_eq!(health["unhealthy_agents"], 1);
     assert!(b.source().await.contains(&unhealthy.to_string()));
+
     b.shot("overview").await;
 
     // A search by selector narrows the list; a bad selector shows its error inline.
@@ -294,6 +295,28 @@ async fn the_console_shows_the_fleet_and_changes_it_as_the_api_would() {
         2,
         "{history}"
     );
+    b.goto(&format!("{base}/")).await;
+    // Events appear on the overview as they happen (the page follows /events, with the viewer's
+    // session): agents that connect now are listed, with their service name. (Until the page's
+    // stream is open an agent's connection goes unseen, so agents keep coming until one is.)
+    let mut late = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.all("#events li[data-kind=connected]").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no live event\n{}",
+            b.source().await
+        );
+        let mut agent = flotilla_loadtest::sim::SimAgent::new("otelcol-contrib", &[]);
+        let mut ws = flotilla_loadtest::client::WsClient::connect(&s.ws)
+            .await
+            .unwrap();
+        ws.request(&agent.full_report()).await.unwrap();
+        late.push(ws);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let event = b.text("#events li[data-kind=connected]").await;
+    assert!(event.contains("otelcol-contrib"), "{event}");
 
     b.close().await;
     fleet.stop().await;

@@ -12,6 +12,7 @@ pub mod console;
 pub mod grpc;
 pub mod openapi;
 pub mod rest;
+pub mod sse;
 
 use crate::metrics::ApiMetrics;
 use crate::ops::Ops;

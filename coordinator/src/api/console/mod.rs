@@ -38,6 +38,7 @@ pub fn routes(ops: Ops, tokens: Option<Arc<ApiTokens>>, tls: bool) -> Router {
     };
     Router::new()
         .route("/", get(overview::page))
+        .route("/events", get(overview::events))
         .route("/agents", get(agents::list))
         .route("/agents/{uid}", get(agents::detail))
         .route("/agents/{uid}/restart", post(agents::restart))

@@ -2,10 +2,13 @@
 
 use super::page::{Console, Ctx, PageResult, Section, layout};
 use super::render::{badge, count, href, seg};
+use crate::api::sse;
+use crate::ops::events::event_kinds;
 use crate::ops::views::{AgentBrief, ENVIRONMENT_KEY, Group, REGION_KEY, VERSION_KEY};
 use axum::Extension;
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 
 pub async fn page(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> PageResult {
@@ -61,8 +64,27 @@ pub async fn page(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> P
             (attention("Silent agents", "status", "silent", h.silent_agents, &o.silent))
             (attention("Failed configs", "config", "failed", o.config_states.get("failed").copied().unwrap_or(0), &o.failed_configs))
         }
+        // Outside the live region (it is swapped every few seconds): filled as events arrive.
+        section aria-label="Live events" {
+            h2 { "Live events" }
+            p.hint { "What happens from now on, newest first: agents connecting, going silent or unhealthy, applying configs; rollouts changing state." }
+            ol #events.events data-events="/events" data-kinds=(event_kinds().join(",")) {}
+        }
     };
     Ok(layout(&ctx, Section::Overview, "Fleet overview", body).into_response())
+}
+
+/// `/events`: the overview's live events, as Server-Sent Events (the console's session, not a
+/// bearer token, authenticates it).
+pub async fn events(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
+    match c.ops.watch_events(&ctx.caller, None, None).await {
+        Ok(watched) => sse::events(watched),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.kind().http_status())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            (status, e.to_string()).into_response()
+        }
+    }
 }
 
 fn groups(title: &str, key: &str, groups: &[Group]) -> Markup {

@@ -1,15 +1,12 @@
-//! `GET /api/v1/events`: agents' and rollouts' events as they happen, as Server-Sent Events
-//! (`event: <kind>`, `data: <json>`; `event: lagged` says how many a slow reader missed).
+//! `GET /api/v1/events`: agents' and rollouts' events as they happen, as Server-Sent Events.
 
 use super::reply::ApiError;
-use crate::ops::events::Watched;
+use crate::api::sse;
 use crate::ops::{Caller, Error, Ops};
 use axum::Extension;
 use axum::extract::{Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use std::collections::HashMap;
-use std::convert::Infallible;
 
 pub(super) async fn stream(
     State(ops): State<Ops>,
@@ -31,16 +28,5 @@ pub(super) async fn stream(
             q.get("selector").map(String::as_str),
         )
         .await?;
-    let events = futures_util::stream::unfold(watched, |mut w| async move {
-        let event = match w.next().await? {
-            Watched::Event { kind, json } => Event::default().event(kind).data(json),
-            Watched::Lagged(n) => Event::default()
-                .event("lagged")
-                .data(format!("{{\"dropped\":{n}}}")),
-        };
-        Some((Ok::<_, Infallible>(event), w))
-    });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
+    Ok(sse::events(watched))
 }
