@@ -100,12 +100,7 @@ async fn sign_in(b: &Browser, s: &Serve, token: &str) {
     b.shot("signin").await;
     b.fill("#token", token).await;
     b.click("form[action='/signin'] button[type=submit]").await;
-    b.find("h1").await;
-    assert!(
-        b.text("h1").await.contains("Fleet overview"),
-        "{}",
-        b.source().await
-    );
+    b.wait_text("h1", "Fleet overview").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,8 +110,33 @@ impl Browser {
         self.client.find_all(Locator::Css(css)).await.unwrap()
     }
 
+    /// The text of the element `css` selects; tried again for up to 10 s while the element is
+    /// replaced under it (a live region swapped, a page still navigating).
     pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.find(css).await.text().await {
+                Ok(t) => return t,
+                Err(e) if Instant::now() > deadline => panic!("{css}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Waits up to 10 s for the element `css` selects to show `needle`; its text.
+    pub async fn wait_text(&self, css: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text(css).await;
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed {needle:?}; it shows {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn attr(&self, css: &str, name: &str) -> String {
