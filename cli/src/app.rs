@@ -141,7 +141,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let (bus, bus_connected): (Arc<dyn Bus>, Arc<dyn Fn() -> bool + Send + Sync>) =
         match &cfg.nats_url {
             Some(url) => {
-                let nats = NatsBus::connect(url, &format!("flotilla-{}", cfg.node_id))
+                let name = format!("flotilla-{}", cfg.node_id);
+                let nats = NatsBus::connect(url, &name, &cfg.nats_security)
                     .await
                     .map_err(anyhow::Error::msg)?;
                 let bus_max = nats.max_payload().saturating_sub(ENVELOPE_ROOM);

@@ -388,7 +388,9 @@ async fn vanished_agents_are_marked_silent_once_even_when_their_owner_dies() {
     // Short leases so the owner's death falls inside the 3-heartbeat silence window.
     let c = Cluster::start(3, 2, &["--heartbeat-interval", "3s", "--lease-ttl", "4s"]).await;
     let hb = Duration::from_secs(3);
-    let events = NatsBus::connect(&c.nats.url(), "test").await.unwrap();
+    let events = NatsBus::connect(&c.nats.url(), "test", &Default::default())
+        .await
+        .unwrap();
     let mut silent = events
         .subscribe(&format!("opamp.{REGION}.evt.silent"))
         .await

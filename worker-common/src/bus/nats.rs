@@ -3,6 +3,7 @@
 //! requests made while it is away time out and callers retry or answer UNAVAILABLE.
 
 use super::types::{Bus, BusError, BusMessage, Subscription, SubscriptionInner};
+use crate::config::{NatsSecurity, redact};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::time::Duration;
@@ -16,8 +17,11 @@ impl NatsBus {
     /// Connects to `url` (a comma-separated list of servers is allowed), naming the connection
     /// `name` in NATS monitoring. Fails when no server answers within a few seconds, so a wrong
     /// URL is reported at start instead of retried forever; after that, reconnects never stop.
-    pub async fn connect(url: &str, name: &str) -> Result<Self, String> {
-        let client = async_nats::ConnectOptions::new()
+    ///
+    /// Credentials come from the URL (`user:password@`, or `token@`) or `security.creds`; TLS is
+    /// required by a `tls://` URL or a CA given in `security`.
+    pub async fn connect(url: &str, name: &str, security: &NatsSecurity) -> Result<Self, String> {
+        let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             // At most 1 s between reconnect attempts (the default backs off to 4 s): a NATS
@@ -31,10 +35,38 @@ impl NatsBus {
                     }
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
+            });
+        // The client does not send credentials written in the URL by itself.
+        let servers: Vec<async_nats::ServerAddr> = url
+            .split(',')
+            .map(|u| {
+                u.trim()
+                    .parse()
+                    .map_err(|e| format!("--nats-url {:?} is not a NATS URL: {e}", redact(u)))
             })
-            .connect(url)
+            .collect::<Result<_, _>>()?;
+        if let Some(first) = servers.first() {
+            options = match (first.username(), first.password()) {
+                (Some(user), Some(pass)) => options.user_and_password(user.into(), pass.into()),
+                (Some(token), None) => options.token(token.into()),
+                _ => options,
+            };
+        }
+        if let Some(creds) = &security.creds {
+            options = options.credentials_file(creds).await.map_err(|e| {
+                format!("--nats-creds {}: not a NATS credentials file: {e}", creds.display())
+            })?;
+        }
+        if let Some(ca) = &security.ca {
+            options = options.require_tls(true).add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &security.client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let client = options
+            .connect(servers)
             .await
-            .map_err(|e| format!("cannot connect to NATS at {url}: {e}"))?;
+            .map_err(|e| format!("cannot connect to NATS at {}: {e}", redact(url)))?;
         Ok(Self { client })
     }
 

@@ -19,6 +19,29 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How this process authenticates to NATS and checks its servers, beyond the URL (which carries
+/// user and password or a token, and `tls://`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NatsSecurity {
+    pub creds: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Two settings that are given together or not at all (a certificate and its key).
+fn pair(
+    a: Option<PathBuf>,
+    b: Option<PathBuf>,
+    what: &str,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some((a, b))),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Invalid(format!("{what} go together"))),
+    }
+}
+
 /// A list flag's values, else the file's (a list given on the command line replaces the file's).
 fn either(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
     if flag.is_empty() { file } else { flag }
@@ -79,6 +102,7 @@ pub struct ServeConfig {
     pub opamp_listen: SocketAddr,
     pub api_listen: SocketAddr,
     pub nats_url: Option<String>,
+    pub nats_security: NatsSecurity,
     pub redis_url: Option<String>,
     pub data_dir: PathBuf,
     pub region: String,
@@ -140,6 +164,15 @@ impl ServeConfig {
                 .or(f.api_listen)
                 .unwrap_or(([0, 0, 0, 0], 4321).into()),
             nats_url: a.nats_url.or(f.nats_url),
+            nats_security: NatsSecurity {
+                creds: a.nats_creds.or(f.nats_creds),
+                ca: a.nats_ca.or(f.nats_ca),
+                client: pair(
+                    a.nats_cert.or(f.nats_cert),
+                    a.nats_key.or(f.nats_key),
+                    "--nats-cert and --nats-key",
+                )?,
+            },
             redis_url: a.redis_url.or(f.redis_url),
             data_dir: a
                 .data_dir
@@ -187,35 +220,22 @@ impl ServeConfig {
                     .or(f.max_inflight_bytes)
                     .unwrap_or(DEFAULT_MAX_INFLIGHT_BYTES),
             },
-            signing_ca: match (
+            signing_ca: pair(
                 a.signing_ca_cert.or(f.signing_ca_cert),
                 a.signing_ca_key.or(f.signing_ca_key),
-            ) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) => None,
-                _ => {
-                    return Err(ConfigError::Invalid(
-                        "--signing-ca-cert and --signing-ca-key go together".into(),
-                    ));
-                }
-            },
+                "--signing-ca-cert and --signing-ca-key",
+            )?,
             issued_cert_validity: a
                 .issued_cert_validity
                 .or(f.issued_cert_validity)
                 .unwrap_or(Duration::from_secs(30 * 86_400)),
             api_tokens: a.api_tokens.or(f.api_tokens),
-            api_tls: match (
+            api_tls: pair(
                 a.api_tls_cert.or(f.api_tls_cert),
                 a.api_tls_key.or(f.api_tls_key),
-            ) {
-                (Some(c), Some(k)) => Some(TlsFiles::new(c, k)),
-                (None, None) => None,
-                _ => {
-                    return Err(ConfigError::Invalid(
-                        "--api-tls-cert and --api-tls-key go together".into(),
-                    ));
-                }
-            },
+                "--api-tls-cert and --api-tls-key",
+            )?
+            .map(|(c, k)| TlsFiles::new(c, k)),
             heartbeat_interval: a
                 .heartbeat_interval
                 .or(f.heartbeat_interval)
@@ -419,7 +439,8 @@ fn is_subject_token(s: &str) -> bool {
 }
 
 /// Hides the password of a URL such as `redis://:secret@host`.
-fn redact(url: &str) -> String {
+/// A URL with its credentials hidden, for logs and errors.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])

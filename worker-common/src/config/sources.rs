@@ -54,8 +54,22 @@ pub struct ServeArgs {
     #[arg(long, env = "FLOTILLA_API_LISTEN")]
     pub api_listen: Option<SocketAddr>,
     /// NATS URL; with --redis-url, runs the clustered mode instead of the embedded default.
+    /// Several servers comma-separated; `tls://` requires TLS; credentials in the URL
+    /// (`nats://user:password@host:4222`, `nats://token@host:4222`) are sent to the server.
     #[arg(long, env = "FLOTILLA_NATS_URL")]
     pub nats_url: Option<String>,
+    /// NATS credentials file (a JWT and an nkey seed, as `nsc` writes them).
+    #[arg(long, env = "FLOTILLA_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// PEM CA to verify the NATS servers' certificates with (else the system's roots); implies TLS.
+    #[arg(long, env = "FLOTILLA_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// PEM client certificate for NATS servers that verify clients (with --nats-key).
+    #[arg(long, env = "FLOTILLA_NATS_CERT")]
+    pub nats_cert: Option<PathBuf>,
+    /// PEM private key for --nats-cert.
+    #[arg(long, env = "FLOTILLA_NATS_KEY")]
+    pub nats_key: Option<PathBuf>,
     /// Redis URL; with --nats-url, runs the clustered mode instead of the embedded default.
     #[arg(long, env = "FLOTILLA_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -225,6 +239,10 @@ pub(super) struct FileConfig {
     pub(super) opamp_listen: Option<SocketAddr>,
     pub(super) api_listen: Option<SocketAddr>,
     pub(super) nats_url: Option<String>,
+    pub(super) nats_creds: Option<PathBuf>,
+    pub(super) nats_ca: Option<PathBuf>,
+    pub(super) nats_cert: Option<PathBuf>,
+    pub(super) nats_key: Option<PathBuf>,
     pub(super) redis_url: Option<String>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) region: Option<String>,
