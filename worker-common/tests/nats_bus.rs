@@ -11,7 +11,9 @@ const T: Duration = Duration::from_secs(2);
 async fn request_reply_headers_no_responders_and_drain() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start(dir.path());
-    let bus = NatsBus::connect(&nats.url(), "test", &NatsSecurity::default()).await.unwrap();
+    let bus = NatsBus::connect(&nats.url(), "test", &NatsSecurity::default())
+        .await
+        .unwrap();
 
     let err = bus.request(BusMessage::new("x.0001", "hi"), T).await;
     assert_eq!(err, Err(BusError::NoResponders("x.0001".into())));
@@ -48,7 +50,9 @@ async fn request_reply_headers_no_responders_and_drain() {
 async fn subscriptions_come_back_after_a_nats_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut nats = NatsServer::start(dir.path());
-    let bus = NatsBus::connect(&nats.url(), "test", &NatsSecurity::default()).await.unwrap();
+    let bus = NatsBus::connect(&nats.url(), "test", &NatsSecurity::default())
+        .await
+        .unwrap();
     let mut sub = bus.subscribe("svc").await.unwrap();
     tokio::spawn(async move {
         while let Some(inc) = sub.next().await {
@@ -84,9 +88,13 @@ async fn subscriptions_come_back_after_a_nats_restart() {
 #[tokio::test]
 async fn a_wrong_url_is_a_clear_error() {
     let port = flotilla_testkit::free_port();
-    let err = NatsBus::connect(&format!("nats://127.0.0.1:{port}"), "t", &NatsSecurity::default())
-        .await
-        .unwrap_err();
+    let err = NatsBus::connect(
+        &format!("nats://127.0.0.1:{port}"),
+        "t",
+        &NatsSecurity::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.contains("cannot connect to NATS"), "{err}");
 }
 
@@ -94,7 +102,9 @@ async fn a_wrong_url_is_a_clear_error() {
 async fn a_message_over_the_servers_max_payload_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start_with_config(dir.path(), "max_payload: 65536");
-    let bus = NatsBus::connect(&nats.url(), "test", &NatsSecurity::default()).await.unwrap();
+    let bus = NatsBus::connect(&nats.url(), "test", &NatsSecurity::default())
+        .await
+        .unwrap();
     assert_eq!(bus.max_payload(), 65536, "read from the server");
     let mut sub = bus.subscribe("big").await.unwrap();
     tokio::spawn(async move {

@@ -36,7 +36,9 @@ fn pki(dir: &Path) -> Pki {
 
 async fn round_trip(bus: &NatsBus) {
     let mut sub = bus.subscribe("sec.*").await.unwrap();
-    bus.publish(BusMessage::new("sec.1", "hello")).await.unwrap();
+    bus.publish(BusMessage::new("sec.1", "hello"))
+        .await
+        .unwrap();
     let got = tokio::time::timeout(Duration::from_secs(2), sub.next())
         .await
         .unwrap()
@@ -90,28 +92,32 @@ async fn tls_client_certificates_and_url_credentials() {
                 client: None,
                 ..secure.clone()
             },
-            "cannot connect to NATS",
+            "certificate",
         ),
         (
             format!("nats://flotilla:s3cret@127.0.0.1:{port}"),
             NatsSecurity::default(),
-            "cannot connect to NATS",
+            "invalid peer certificate",
         ),
     ];
     for (url, security, says) in refusals {
         let err = NatsBus::connect(&url, "t", &security).await.unwrap_err();
-        assert!(err.to_lowercase().contains(says), "{url}: {err}");
-        assert!(!err.contains("s3cret") && !err.contains("wrong"), "a password in {err}");
+        assert!(
+            err.to_lowercase().contains(&says.to_lowercase()),
+            "{url}: {err}"
+        );
+        assert!(
+            !err.contains("s3cret") && !err.contains("wrong"),
+            "a password in {err}"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_token_in_the_url_and_a_bad_credentials_file() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start_with_config(
-        dir.path(),
-        "authorization { token: \"t0ken-xyz\" }\n",
-    );
+    let nats =
+        NatsServer::start_with_config(dir.path(), "authorization { token: \"t0ken-xyz\" }\n");
     let port = nats.url().rsplit(':').next().unwrap().to_owned();
     let none = NatsSecurity::default();
     let bus = NatsBus::connect(&format!("nats://t0ken-xyz@127.0.0.1:{port}"), "t", &none)

@@ -54,7 +54,10 @@ impl NatsBus {
         }
         if let Some(creds) = &security.creds {
             options = options.credentials_file(creds).await.map_err(|e| {
-                format!("--nats-creds {}: not a NATS credentials file: {e}", creds.display())
+                format!(
+                    "--nats-creds {}: not a NATS credentials file: {e}",
+                    creds.display()
+                )
             })?;
         }
         if let Some(ca) = &security.ca {

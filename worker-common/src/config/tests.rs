@@ -329,3 +329,33 @@ fn toml_keys_are_the_flags_without_dashes() {
         assert_eq!(c.redact_patterns, ["(?i)pin"], "{key}");
     }
 }
+
+#[test]
+fn nats_security_settings_are_read_and_paired() {
+    let c = ServeConfig::load(ServeArgs {
+        nats_url: Some("tls://n:4222".into()),
+        nats_ca: Some("ca.pem".into()),
+        nats_cert: Some("c.pem".into()),
+        nats_key: Some("k.pem".into()),
+        nats_creds: Some("f.creds".into()),
+        roles: Some(vec![Role::Gateway]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(c.nats_security.ca, Some(PathBuf::from("ca.pem")));
+    assert_eq!(
+        c.nats_security.client,
+        Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
+    );
+    assert_eq!(c.nats_security.creds, Some(PathBuf::from("f.creds")));
+    let err = ServeConfig::load(ServeArgs {
+        nats_cert: Some("c.pem".into()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("--nats-cert and --nats-key go together"),
+        "{err}"
+    );
+}
