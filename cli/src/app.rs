@@ -188,7 +188,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             }));
         }
         let coordinator = if let Some(url) = &cfg.redis_url {
-            let redis = RedisStore::connect(url, &cfg.region)
+            let redis = RedisStore::connect(url, &cfg.region, &cfg.redis_tls)
                 .await
                 .map_err(anyhow::Error::msg)?
                 .with_audit_retention(cfg.audit_retention);

@@ -246,8 +246,14 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// A server with `extra` arguments (e.g. TLS: `--port 0 --tls-port P ...`; the port the
+    /// test waits on is the last `--port` or `--tls-port` given).
+    pub fn start_with(dir: &Path, extra: &[String]) -> Self {
         require("redis-server");
-        let port = free_port();
+        let mut port = free_port();
         let data = dir.join("redis-data");
         std::fs::create_dir_all(&data).expect("redis data dir");
         let args: Vec<String> = [
@@ -268,7 +274,15 @@ impl RedisServer {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
         .collect();
+        if let Some(p) = extra
+            .windows(2)
+            .filter(|w| w[0] == "--tls-port")
+            .find_map(|w| w[1].parse().ok())
+        {
+            port = p;
+        }
         let proc = Proc::spawn(
             "redis-server",
             "redis-server",

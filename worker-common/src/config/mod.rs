@@ -29,6 +29,14 @@ pub struct NatsSecurity {
     pub client: Option<(PathBuf, PathBuf)>,
 }
 
+/// How this process checks Redis's certificate and proves its own, for a `rediss://` URL.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedisTls {
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
 /// Two settings that are given together or not at all (a certificate and its key).
 fn pair(
     a: Option<PathBuf>,
@@ -104,6 +112,7 @@ pub struct ServeConfig {
     pub nats_url: Option<String>,
     pub nats_security: NatsSecurity,
     pub redis_url: Option<String>,
+    pub redis_tls: RedisTls,
     pub data_dir: PathBuf,
     pub region: String,
     pub log_format: LogFormat,
@@ -174,6 +183,14 @@ impl ServeConfig {
                 )?,
             },
             redis_url: a.redis_url.or(f.redis_url),
+            redis_tls: RedisTls {
+                ca: a.redis_ca.or(f.redis_ca),
+                client: pair(
+                    a.redis_cert.or(f.redis_cert),
+                    a.redis_key.or(f.redis_key),
+                    "--redis-cert and --redis-key",
+                )?,
+            },
             data_dir: a
                 .data_dir
                 .or(f.data_dir)

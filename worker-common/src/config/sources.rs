@@ -71,8 +71,19 @@ pub struct ServeArgs {
     #[arg(long, env = "FLOTILLA_NATS_KEY")]
     pub nats_key: Option<PathBuf>,
     /// Redis URL; with --nats-url, runs the clustered mode instead of the embedded default.
+    /// `rediss://` for TLS; `redis://:password@host:6379` or `redis://user:password@...` (ACL).
     #[arg(long, env = "FLOTILLA_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// PEM CA to verify Redis's certificate with (else the system's roots), for `rediss://`.
+    #[arg(long, env = "FLOTILLA_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
+    /// PEM client certificate for a Redis that verifies clients (`tls-auth-clients yes`), with
+    /// --redis-key.
+    #[arg(long, env = "FLOTILLA_REDIS_CERT")]
+    pub redis_cert: Option<PathBuf>,
+    /// PEM private key for --redis-cert.
+    #[arg(long, env = "FLOTILLA_REDIS_KEY")]
+    pub redis_key: Option<PathBuf>,
     /// Where the embedded store keeps its data [default: ./flotilla-data].
     #[arg(long, env = "FLOTILLA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -244,6 +255,9 @@ pub(super) struct FileConfig {
     pub(super) nats_cert: Option<PathBuf>,
     pub(super) nats_key: Option<PathBuf>,
     pub(super) redis_url: Option<String>,
+    pub(super) redis_ca: Option<PathBuf>,
+    pub(super) redis_cert: Option<PathBuf>,
+    pub(super) redis_key: Option<PathBuf>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) region: Option<String>,
     pub(super) log_format: Option<LogFormat>,

@@ -33,6 +33,7 @@ use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
     StoreError, StoredConfig,
 };
+use crate::config::{RedisTls, redact};
 use crate::names::{SHARD_COUNT, shard_of};
 use async_trait::async_trait;
 use flotilla_proto::bus::AgentRecord;
@@ -80,9 +81,36 @@ fn fenced_or_io(e: redis::RedisError, fence: Fence) -> StoreError {
 impl RedisStore {
     /// Connects to `url` (fails at once if Redis does not answer, so a wrong URL is reported at
     /// start); afterwards the connection re-establishes itself after Redis restarts.
-    pub async fn connect(url: &str, region: &str) -> Result<Self, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("invalid Redis URL {url}: {e}"))?;
+    pub async fn connect(url: &str, region: &str, tls: &RedisTls) -> Result<Self, String> {
+        let shown = redact(url);
+        let client = if tls.ca.is_none() && tls.client.is_none() {
+            redis::Client::open(url)
+        } else {
+            if !url.starts_with("rediss://") {
+                return Err(format!(
+                    "--redis-ca, --redis-cert and --redis-key need a rediss:// URL, not {shown}"
+                ));
+            }
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            };
+            let client_tls = match &tls.client {
+                Some((cert, key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read(cert)?,
+                    client_key: read(key)?,
+                }),
+                None => None,
+            };
+            let root_cert = tls.ca.as_deref().map(read).transpose()?;
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+        }
+        .map_err(|e| format!("invalid Redis URL {shown}: {e}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -91,7 +119,7 @@ impl RedisStore {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| format!("cannot connect to Redis at {url}: {e}"))?;
+            .map_err(|e| format!("cannot connect to Redis at {shown}: {e}"))?;
         Ok(Self {
             conn,
             prefix: format!("opamp:{region}"),
