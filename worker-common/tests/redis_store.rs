@@ -32,7 +32,9 @@ fn record(uid: Uuid, seq: u64) -> AgentRecord {
 async fn a_taken_over_shard_fences_its_former_owner() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let store = RedisStore::connect(&redis.url(), "t", &Default::default()).await.unwrap();
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
     let uid = Uuid::now_v7();
     let shard = shard_of(uid.as_bytes());
     let ttl = Duration::from_millis(300);
@@ -135,7 +137,9 @@ async fn a_taken_over_shard_fences_its_former_owner() {
 async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(dir.path());
-    let store = RedisStore::connect(&redis.url(), "t", &Default::default()).await.unwrap();
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
     let uid = Uuid::now_v7();
     let f = store
         .acquire(shard_of(uid.as_bytes()), "a", Duration::from_secs(10))
@@ -174,7 +178,9 @@ async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
 async fn membership_visits_configs_and_a_restart_of_redis() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisServer::start(dir.path());
-    let store = RedisStore::connect(&redis.url(), "t", &Default::default()).await.unwrap();
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
     let ttl = Duration::from_millis(500);
     assert_eq!(store.heartbeat("b", ttl).await.unwrap(), vec!["b"]);
     assert_eq!(store.heartbeat("a", ttl).await.unwrap(), vec!["a", "b"]);

@@ -81,6 +81,9 @@ async fn tls_with_client_certificates_and_a_password() {
             Err(e) => e,
         };
         assert!(err.contains(says), "{err}");
-        assert!(!err.contains("s3cret") && !err.contains("wrong"), "a password in {err}");
+        assert!(
+            !err.contains("s3cret") && !err.contains("wrong"),
+            "a password in {err}"
+        );
     }
 }

@@ -331,7 +331,7 @@ fn toml_keys_are_the_flags_without_dashes() {
 }
 
 #[test]
-fn nats_security_settings_are_read_and_paired() {
+fn nats_and_redis_security_settings_are_read_and_paired() {
     let c = ServeConfig::load(ServeArgs {
         nats_url: Some("tls://n:4222".into()),
         nats_ca: Some("ca.pem".into()),
