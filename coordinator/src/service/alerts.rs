@@ -111,6 +111,15 @@ pub fn rollout_conditions(rollouts: &[Rollout], kinds: &BTreeSet<AlertKind>) -> 
         .collect()
 }
 
+/// One alert book in a pass: its id, the revision it was read at, and the book as read and as
+/// the pass leaves it.
+struct Kept {
+    id: String,
+    revision: u64,
+    before: Book,
+    book: Book,
+}
+
 fn book_id(shard: u16) -> String {
     format!("shard-{shard:04}")
 }
@@ -181,7 +190,7 @@ impl Owner {
             .cloned()
             .chain(docs.keys().filter(|id| mine(id)).map(|id| (*id).to_owned()))
             .collect();
-        let mut books: Vec<(String, u64, Book, Book)> = Vec::new();
+        let mut books: Vec<Kept> = Vec::new();
         let mut refused = 0;
         for id in ids {
             let (revision, mut book) = read_book(docs.get(id.as_str()).copied());
@@ -189,7 +198,12 @@ impl Owner {
             refused += book
                 .observe(now, holding.remove(&id).unwrap_or_default(), &cfg.policy)
                 .refused;
-            books.push((id, revision, before, book));
+            books.push(Kept {
+                id,
+                revision,
+                before,
+                book,
+            });
         }
         if refused > 0 {
             self.metrics.alerts_refused.inc_by(refused as u64);
@@ -201,7 +215,7 @@ impl Owner {
 
     /// Sends each sink (not backing off) what it was not told, in one batch, and records what
     /// it took.
-    async fn tell_sinks(&self, books: &mut [(String, u64, Book, Book)], now: u64) {
+    async fn tell_sinks(&self, books: &mut [Kept], now: u64) {
         let state = &self.alert_state;
         let cfg = &self.cfg.alerts;
         let names: Vec<String> = cfg.sinks.iter().map(Sink::name).collect();
@@ -221,7 +235,7 @@ impl Owner {
             let due: Vec<(usize, String, &crate::fleet::alerts::Alert)> = books
                 .iter()
                 .enumerate()
-                .flat_map(|(i, (_, _, _, b))| {
+                .flat_map(|(i, Kept { book: b, .. })| {
                     b.due(name, now, resend, MAX_BATCH)
                         .into_iter()
                         .map(move |a| (i, a.id(), a))
@@ -260,7 +274,7 @@ impl Owner {
                         .or_default()
                         .succeeded();
                     for (i, ids) in by_book {
-                        books[i].3.delivered(name, &ids, now);
+                        books[i].book.delivered(name, &ids, now);
                     }
                 }
                 Err(e) => {
@@ -276,7 +290,7 @@ impl Owner {
         }
         let expired: usize = books
             .iter_mut()
-            .map(|(_, _, _, book)| book.settle(&names, now, KEEP_RESOLVED_MS))
+            .map(|k| k.book.settle(&names, now, KEEP_RESOLVED_MS))
             .sum();
         if expired > 0 {
             self.metrics.alerts_expired.inc_by(expired as u64);
@@ -289,9 +303,15 @@ impl Owner {
 
     /// Stores the books that changed (if nobody else wrote them meanwhile: then the next pass
     /// starts from theirs) and refreshes the alert gauges.
-    async fn save_books(&self, books: Vec<(String, u64, Book, Book)>) {
+    async fn save_books(&self, books: Vec<Kept>) {
         let mut counts = BTreeMap::new();
-        for (id, revision, before, book) in books {
+        for Kept {
+            id,
+            revision,
+            before,
+            book,
+        } in books
+        {
             book.counts(&mut counts);
             if book == before {
                 continue;
