@@ -47,11 +47,13 @@ base=""
 {
 echo "| tracing | messages | server CPU s / 1,000 msgs | vs off | p50 ms | p99 ms | spans exported | spans dropped |"
 echo "|---|---|---|---|---|---|---|---|"
+# "off" first: the ratios are to it.
 for variant in ${VARIANTS:-off default 1.0}; do
   flags=()
   case $variant in
+    off) ;;
     default) flags=(--otlp-endpoint http://127.0.0.1:4318) ;;
-    0|1.0) flags=(--otlp-endpoint http://127.0.0.1:4318 --trace-sample-ratio "$variant") ;;
+    *) flags=(--otlp-endpoint http://127.0.0.1:4318 --trace-sample-ratio "$variant") ;;
   esac
   rm -rf "$out/data-$variant"
   "$bin/flotilla" serve --opamp-listen 127.0.0.1:4340 --api-listen 127.0.0.1:4341 \
@@ -68,9 +70,13 @@ for variant in ${VARIANTS:-off default 1.0}; do
   exported=$(metric 'flotilla_trace_spans_total{fate="exported"}'); dropped=$(metric 'flotilla_trace_spans_total{fate="dropped"}')
   kill "$pid"; wait "$pid" 2>/dev/null || true
   read -r p50 p99 < <(python3 -c "import json,sys; l=json.load(open(sys.argv[1]))['latency']['steady']; print(l['p50_ms'], l['p99_ms'])" "$out/swarm-$variant/report.json")
-  per=$(python3 -c "print(round(($cpu1-$cpu0)/max(($msgs1-$msgs0)/1000,1e-9), 4))")
-  [ -z "$base" ] && base=$per
-  ratio=$(python3 -c "print(round($per/$base, 2))")
+  if python3 -c "import sys; sys.exit(0 if $msgs1 - $msgs0 > 0 else 1)"; then :; else
+    echo "bench_tracing.sh: no agent message counted in the $variant run (see $out/swarm-$variant.txt)" >&2
+    exit 1
+  fi
+  per=$(python3 -c "print(round(($cpu1-$cpu0)/(($msgs1-$msgs0)/1000), 4))")
+  [ "$variant" = off ] && base=$per
+  ratio=$([ -n "$base" ] && python3 -c "print(round($per/$base, 2))" || echo "-")
   echo "| $variant | $(printf %.0f "$(python3 -c "print($msgs1-$msgs0)")") | $per | ${ratio}x | $p50 | $p99 | $(printf %.0f "$exported") | $(printf %.0f "$dropped") |"
 done
 } | tee "$out/summary.md"

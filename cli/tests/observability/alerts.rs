@@ -40,16 +40,18 @@ async fn report(ws: &mut WsClient, agent: &mut SimAgent, healthy: bool, n: usize
     }
 }
 
-/// Reads `GET /api/v1/events?<query>` as Server-Sent Events: (event name, data).
-fn follow(api: &str, query: &str) -> Arc<Mutex<Vec<(String, Value)>>> {
+/// Reads `GET /api/v1/events?<query>` as Server-Sent Events: (event name, data). Returns once
+/// the server answered (it answers once it follows the events).
+async fn follow(api: &str, query: &str) -> Arc<Mutex<Vec<(String, Value)>>> {
     let events = Arc::new(Mutex::new(Vec::new()));
     let out = events.clone();
-    let url = format!("{api}/api/v1/events?{query}");
+    let mut resp = reqwest::get(format!("{api}/api/v1/events?{query}"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let kind = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(kind.starts_with("text/event-stream"), "{kind}");
     tokio::spawn(async move {
-        let mut resp = reqwest::get(&url).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let kind = resp.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(kind.starts_with("text/event-stream"), "{kind}");
         let mut buf = String::new();
         let mut name = String::new();
         while let Ok(Some(chunk)) = resp.chunk().await {
@@ -89,9 +91,8 @@ async fn an_unhealthy_agent_is_one_alert_per_sink_fired_and_resolved_though_a_si
     let r = Receivers::start().await;
     r.set_down(true);
     let srv = server(dir.path(), &r, Duration::from_secs(1)).await;
-    let events = follow(&srv.api, "kind=unhealthy,healthy&selector=env%3Dtest");
-    let others = follow(&srv.api, "selector=env%3Dprod");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = follow(&srv.api, "kind=unhealthy,healthy&selector=env%3Dtest").await;
+    let others = follow(&srv.api, "selector=env%3Dprod").await;
 
     let mut agent = SimAgent::new("io.opentelemetry.collector", &[("env", "test")]);
     let mut ws = common::connect(&srv, &mut agent).await;

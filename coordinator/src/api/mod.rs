@@ -75,7 +75,12 @@ async fn observe(
         .get::<axum::extract::MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
-    let method = req.method().as_str().to_owned();
+    // Bounded: a client can send any method name.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
     let span = flotilla_common::telemetry::traces::continued_http(req.headers(), || {
         tracing::debug_span!(
             parent: None,

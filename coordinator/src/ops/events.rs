@@ -70,11 +70,14 @@ impl Filter {
             return true;
         };
         // Rollout events have no agent attributes: a selector matches agents' events only.
+        if kind.starts_with("rollout_") {
+            return false;
+        }
         let attributes: BTreeMap<String, String> = serde_json::from_str::<serde_json::Value>(json)
             .ok()
             .and_then(|v| serde_json::from_value(v.get("attributes")?.clone()).ok())
             .unwrap_or_default();
-        !kind.starts_with("rollout_") && selector.matches(&attributes)
+        selector.matches(&attributes)
     }
 }
 

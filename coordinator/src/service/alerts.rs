@@ -7,7 +7,7 @@
 use super::owner::Owner;
 pub use super::sinks::{AlertsConfig, Sink, SinkKind};
 use crate::fleet::agents::{attributes, healthy, status_name};
-use crate::fleet::alerts::{AlertKind, Book, Condition, State};
+use crate::fleet::alerts::{AlertKind, Book, Condition};
 use crate::fleet::configs::{Aspect, Desired};
 use crate::fleet::rollout::{Rollout, State as RolloutState};
 use crate::opamp::desired::desired_config;
@@ -219,7 +219,7 @@ impl Owner {
         let state = &self.alert_state;
         let cfg = &self.cfg.alerts;
         let names: Vec<String> = cfg.sinks.iter().map(Sink::name).collect();
-        let resend_ms = u64::try_from(cfg.resend.as_millis()).unwrap_or(u64::MAX);
+        let resend_ms = super::millis(cfg.resend);
         for (sink, name) in cfg.sinks.iter().zip(&names) {
             if !state
                 .lock()
@@ -329,14 +329,9 @@ impl Owner {
         }
         self.metrics.alerts.clear();
         for ((kind, state), n) in counts {
-            let state = match state {
-                State::Pending => "pending",
-                State::Firing => "firing",
-                State::Resolved => "resolved",
-            };
             self.metrics
                 .alerts
-                .get_or_create(&vec![("kind", kind.as_str()), ("state", state)])
+                .get_or_create(&vec![("kind", kind.as_str()), ("state", state.as_str())])
                 .set(n as i64);
         }
     }

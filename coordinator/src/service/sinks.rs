@@ -131,14 +131,6 @@ impl Sink {
     }
 }
 
-fn state_name(s: State) -> &'static str {
-    match s {
-        State::Pending => "pending",
-        State::Firing => "firing",
-        State::Resolved => "resolved",
-    }
-}
-
 /// The generic webhook's document: one notification per alert that fired or resolved.
 pub fn webhook_body(alerts: &[&Alert], region: &str) -> Value {
     let notifications: Vec<Value> = alerts
@@ -147,7 +139,7 @@ pub fn webhook_body(alerts: &[&Alert], region: &str) -> Value {
             json!({
                 "id": a.id(),
                 "kind": a.kind.as_str(),
-                "state": state_name(a.state),
+                "state": a.state.as_str(),
                 "subject": a.subject,
                 "labels": a.labels,
                 "summary": a.summary,
@@ -163,7 +155,7 @@ pub fn webhook_body(alerts: &[&Alert], region: &str) -> Value {
 /// Alertmanager's `postableAlerts`. A firing alert ends, unless sent again, four resend intervals
 /// from now (as Prometheus does): should Flotilla stop, its alerts resolve on their own.
 pub fn alertmanager_body(alerts: &[&Alert], region: &str, now_ms: u64, resend: Duration) -> Value {
-    let resend_ms = u64::try_from(resend.as_millis()).unwrap_or(u64::MAX);
+    let resend_ms = super::millis(resend);
     let list: Vec<Value> = alerts
         .iter()
         .map(|a| {

@@ -348,14 +348,35 @@ fn nats_and_redis_security_settings_are_read_and_paired() {
         Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
     );
     assert_eq!(c.nats_security.creds, Some(PathBuf::from("f.creds")));
-    let err = ServeConfig::load(ServeArgs {
-        nats_cert: Some("c.pem".into()),
+    for (args, says) in [
+        (
+            ServeArgs {
+                nats_cert: Some("c.pem".into()),
+                ..Default::default()
+            },
+            "--nats-cert and --nats-key go together",
+        ),
+        (
+            ServeArgs {
+                redis_key: Some("k.pem".into()),
+                ..Default::default()
+            },
+            "--redis-cert and --redis-key go together",
+        ),
+    ] {
+        let err = ServeConfig::load(args).unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    let c = ServeConfig::load(ServeArgs {
+        redis_ca: Some("ca.pem".into()),
+        redis_cert: Some("c.pem".into()),
+        redis_key: Some("k.pem".into()),
         ..Default::default()
     })
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("--nats-cert and --nats-key go together"),
-        "{err}"
+    .unwrap();
+    assert_eq!(c.redis_tls.ca, Some(PathBuf::from("ca.pem")));
+    assert_eq!(
+        c.redis_tls.client,
+        Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
     );
 }

@@ -1,14 +1,16 @@
 //! Traces: `tracing` spans exported over OTLP (gRPC or http/protobuf) by `opentelemetry-otlp`,
 //! off unless an endpoint is configured. The standard `OTEL_*` variables apply (endpoint, headers,
-//! timeout, compression, protocol, service name, resource attributes, sampler, batch queue); the
-//! `--otlp-*` and `--trace-sample-ratio` flags override them.
+//! compression, protocol, service name, resource attributes, sampler, batch queue; the timeout for
+//! gRPC, an http/protobuf request being cut at 10 s); the `--otlp-*` and `--trace-sample-ratio`
+//! flags override them.
 //!
 //! Export never blocks the hot path: ended spans go to a bounded batch queue drained by a thread
 //! of its own; a span that finds the queue full is dropped and counted
-//! (`flotilla_trace_spans_total{fate="dropped"}`), as is a batch the backend refused.
+//! (`flotilla_trace_spans_total{fate="dropped"}`), a batch the backend refused too
+//! (`fate="failed"`).
 //!
 //! The context crosses the bus in W3C `traceparent`/`tracestate` headers: [`inject`] on the
-//! sending side, [`adopt`] on the receiving one, so one agent message is one trace across the
+//! sending side, [`continued`] on the receiving one, so one agent message is one trace across the
 //! gateway and coordinator processes.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -298,6 +300,9 @@ fn on() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
+/// A valid W3C context whose trace is not kept (flag 00).
+const NOT_KEPT: &str = "00-00000000000000000000000000000001-0000000000000001-00";
+
 /// Whether a trace starting here is kept.
 fn keep_new_trace() -> bool {
     let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
@@ -369,14 +374,8 @@ pub fn inject(carrier: &mut dyn Injector) {
     }
     match current_kept() {
         Some(cx) => TraceContextPropagator::new().inject_context(&cx, carrier),
-        None => carrier.set(
-            "traceparent",
-            format!(
-                "00-{:032x}-{:016x}-00",
-                rand::random::<u128>() | 1,
-                rand::random::<u64>() | 1
-            ),
-        ),
+        // Only the flag is read downstream: one constant context does, with no work per message.
+        None => carrier.set("traceparent", NOT_KEPT.to_owned()),
     }
 }
 

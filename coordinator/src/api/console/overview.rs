@@ -7,8 +7,7 @@ use crate::ops::events::event_kinds;
 use crate::ops::views::{AgentBrief, ENVIRONMENT_KEY, Group, REGION_KEY, VERSION_KEY};
 use axum::Extension;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use maud::{Markup, html};
 
 pub async fn page(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> PageResult {
@@ -76,15 +75,10 @@ pub async fn page(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> P
 
 /// `/events`: the overview's live events, as Server-Sent Events (the console's session, not a
 /// bearer token, authenticates it).
-pub async fn events(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> Response {
-    match c.ops.watch_events(&ctx.caller, None, None).await {
-        Ok(watched) => sse::events(watched),
-        Err(e) => {
-            let status = StatusCode::from_u16(e.kind().http_status())
-                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            (status, e.to_string()).into_response()
-        }
-    }
+pub async fn events(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> PageResult {
+    Ok(sse::events(
+        c.ops.watch_events(&ctx.caller, None, None).await?,
+    ))
 }
 
 fn groups(title: &str, key: &str, groups: &[Group]) -> Markup {
