@@ -249,8 +249,8 @@ impl RedisServer {
         Self::start_with(dir, &[])
     }
 
-    /// A server with `extra` arguments (e.g. TLS: `--port 0 --tls-port P ...`; the port the
-    /// test waits on is the last `--port` or `--tls-port` given).
+    /// A server with `extra` arguments (e.g. TLS: `--port 0 --tls-port P ...`); with a
+    /// `--tls-port`, that is the port waited on and kept in `port`.
     pub fn start_with(dir: &Path, extra: &[String]) -> Self {
         require("redis-server");
         let mut port = free_port();

@@ -59,7 +59,7 @@ async fn tls_with_client_certificates_and_a_password() {
         (
             format!("rediss://:wrong@127.0.0.1:{port}"),
             tls.clone(),
-            "cannot connect to Redis",
+            "Password authentication failed",
         ),
         (
             url.clone(),
@@ -67,7 +67,7 @@ async fn tls_with_client_certificates_and_a_password() {
                 client: None,
                 ..tls.clone()
             },
-            "cannot connect to Redis",
+            "CertificateRequired",
         ),
         (
             format!("redis://:s3cret@127.0.0.1:{port}"),

@@ -455,8 +455,8 @@ fn is_subject_token(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Hides the password of a URL such as `redis://:secret@host`.
-/// A URL with its credentials hidden, for logs and errors.
+/// A URL with its credentials hidden (`redis://:secret@host` as `redis://***@host`), for logs
+/// and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {

@@ -69,8 +69,10 @@ pub fn init(
     if let Some(p) = &provider {
         layers.push(traces::layer(p).boxed());
     }
-    // try_init: tests may call this more than once per process.
-    let _ = tracing_subscriber::registry().with(layers).try_init();
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| format!("logging could not start: {e}"))?;
     Ok(Telemetry { provider })
 }
 

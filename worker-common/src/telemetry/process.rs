@@ -80,9 +80,7 @@ impl Collector for ProcessCollector {
                 fds as f64,
             )?;
         }
-        if let Ok(limits) = me.limits()
-            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
-        {
+        if let Some(max) = crate::config::open_file_limit() {
             gauge(
                 "process_max_fds",
                 "Maximum number of open file descriptors",
