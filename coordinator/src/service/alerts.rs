@@ -253,7 +253,7 @@ impl Owner {
                     &alerts,
                     &self.cfg.region,
                     now,
-                    cfg.resend,
+                    resend_ms,
                 )
                 .await;
             let outcome = if sent.is_ok() { "delivered" } else { "failed" };

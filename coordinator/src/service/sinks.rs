@@ -108,13 +108,13 @@ impl Sink {
         alerts: &[&Alert],
         region: &str,
         now_ms: u64,
-        resend: Duration,
+        resend_ms: u64,
     ) -> Result<(), String> {
         let (url, body) = match self.kind {
             SinkKind::Webhook => (self.url.clone(), webhook_body(alerts, region)),
             SinkKind::Alertmanager => (
                 format!("{}/api/v2/alerts", self.url),
-                alertmanager_body(alerts, region, now_ms, resend),
+                alertmanager_body(alerts, region, now_ms, resend_ms),
             ),
         };
         let resp = client
@@ -154,8 +154,7 @@ pub fn webhook_body(alerts: &[&Alert], region: &str) -> Value {
 
 /// Alertmanager's `postableAlerts`. A firing alert ends, unless sent again, four resend intervals
 /// from now (as Prometheus does): should Flotilla stop, its alerts resolve on their own.
-pub fn alertmanager_body(alerts: &[&Alert], region: &str, now_ms: u64, resend: Duration) -> Value {
-    let resend_ms = super::millis(resend);
+pub fn alertmanager_body(alerts: &[&Alert], region: &str, now_ms: u64, resend_ms: u64) -> Value {
     let list: Vec<Value> = alerts
         .iter()
         .map(|a| {
@@ -270,7 +269,7 @@ mod tests {
     fn alertmanager_gets_prometheus_labels_and_start_and_end_times() {
         let firing = alert(State::Firing);
         let resolved = alert(State::Resolved);
-        let body = alertmanager_body(&[&firing, &resolved], "eu", 60_000, Duration::from_secs(60));
+        let body = alertmanager_body(&[&firing, &resolved], "eu", 60_000, 60_000);
         let f = &body[0];
         assert_eq!(
             f["labels"]["alertname"], "FlotillaAgentUnhealthy",
