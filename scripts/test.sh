@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v redis-server >/dev/null || missing+=(redis-server)
+# The Redis high-availability test fails a primary over with real Sentinels.
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # The README's Quickstart runs as a test, curl lines included.
@@ -33,6 +35,9 @@ if ! "$venv/bin/python" -c 'import opentelemetry._opamp' 2>/dev/null; then
 fi
 export FLOTILLA_INTEROP_PYTHON="$PWD/$venv/bin/python"
 
+# The container image and Kubernetes manifests: rendered, schema-validated, linted (checkov).
+echo "==> deploy/ (scripts/check_deploy.sh)"
+scripts/check_deploy.sh
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

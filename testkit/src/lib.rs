@@ -316,6 +316,59 @@ impl RedisServer {
     }
 }
 
+/// A `redis-sentinel` on a free loopback port, watching the primary on `127.0.0.1:primary`
+/// under the name `master` (quorum 2, down after one second: quick failovers for tests). With a
+/// `password`, it is the primary's and replicas' and this Sentinel's own (as its peers').
+pub struct RedisSentinel {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl RedisSentinel {
+    pub fn start(dir: &Path, master: &str, primary: u16, password: Option<&str>) -> Self {
+        require("redis-sentinel");
+        let port = free_port();
+        std::fs::create_dir_all(dir).expect("sentinel dir");
+        // Sentinel rewrites its configuration file as it learns the topology.
+        let conf = dir.join("sentinel.conf");
+        let auth = password.map_or(String::new(), |p| {
+            format!(
+                "requirepass {p}\nsentinel sentinel-pass {p}\nsentinel auth-pass {master} {p}\n"
+            )
+        });
+        std::fs::write(
+            &conf,
+            auth + &format!(
+                "bind 127.0.0.1\nport {port}\ndir {dir}\n\
+                 sentinel monitor {master} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 10000\n\
+                 sentinel parallel-syncs {master} 1\n",
+                dir = dir.display()
+            ),
+        )
+        .expect("sentinel config");
+        let proc = Proc::spawn(
+            "redis-sentinel",
+            "redis-sentinel",
+            &[conf.display().to_string()],
+            &[],
+            dir.join("sentinel.log"),
+        );
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "redis-sentinel did not start\n{}",
+            proc.log_tail(20)
+        );
+        Self { port, proc }
+    }
+
+    /// `host:port` of this Sentinel, for a `redis+sentinel://` URL.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
 /// A TCP forwarder on a free loopback port to `127.0.0.1:upstream`, that can cut every connection
 /// through it (and refuse new ones) to partition one process from a server, then heal.
 pub struct TcpProxy {

@@ -425,3 +425,44 @@ async fn documents_compare_and_set_and_the_audit_log_is_queried_by_time_and_obje
             .is_empty()
     );
 }
+
+/// The error of a connect that must fail.
+async fn refused(url: &str) -> String {
+    match RedisStore::connect(url, "t", &Default::default()).await {
+        Ok(_) => panic!("{url} was accepted"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn redis_cluster_and_unreachable_sentinels_are_refused_with_what_to_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = RedisServer::start_with(dir.path(), &["--cluster-enabled".into(), "yes".into()]);
+    let err = refused(&cluster.url()).await;
+    assert!(
+        err.contains("is a Redis Cluster") && err.contains("redis+sentinel://"),
+        "{err}"
+    );
+    let err = refused("redis+cluster://127.0.0.1:1/").await;
+    assert!(err.contains("is a Redis Cluster"), "{err}");
+
+    // Nothing listens as a Sentinel here; and the URL's form is checked first.
+    let port = flotilla_testkit::free_port();
+    let err = refused(&format!("redis+sentinel://:pw@127.0.0.1:{port}/main")).await;
+    assert!(
+        err.contains("cannot reach the Redis primary \"main\" through the Sentinels")
+            && !err.contains("pw"),
+        "{err}"
+    );
+    let err = refused("redis+sentinel://127.0.0.1:26379").await;
+    assert!(err.contains("ends with /<master-name>"), "{err}");
+    let tls = flotilla_common::config::RedisTls {
+        ca: Some("ca.pem".into()),
+        client: None,
+    };
+    let err = RedisStore::connect("redis+sentinel://127.0.0.1:26379/main", "t", &tls)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.contains("not supported with Sentinel"), "{err}");
+}

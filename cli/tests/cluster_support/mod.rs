@@ -35,6 +35,10 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nats: NatsServer,
     pub redis: RedisServer,
+    /// What flotilla processes are given as --nats-url and --redis-url (by default the URLs of
+    /// `nats` and `redis`).
+    pub nats_url: String,
+    pub redis_url: String,
     pub coordinators: Vec<Node>,
     pub gateways: Vec<Node>,
     extra: Vec<String>,
@@ -94,10 +98,38 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsServer::start_with_config(dir.path(), nats_config);
         let redis = RedisServer::start(dir.path());
+        let backends = Backends {
+            nats_url: nats.url(),
+            redis_url: redis.url(),
+            dir,
+            nats,
+            redis,
+        };
+        Self::start_on(backends, coordinators, gateways, extra, role_extra).await
+    }
+
+    /// A cluster on NATS and Redis the test started itself (e.g. a NATS cluster, or Redis behind
+    /// Sentinel).
+    pub async fn start_on(
+        backends: Backends,
+        coordinators: usize,
+        gateways: usize,
+        extra: &[&str],
+        role_extra: [Vec<String>; 2],
+    ) -> Self {
+        let Backends {
+            dir,
+            nats,
+            redis,
+            nats_url,
+            redis_url,
+        } = backends;
         let mut c = Self {
             dir,
             nats,
             redis,
+            nats_url,
+            redis_url,
             coordinators: Vec::new(),
             gateways: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -144,7 +176,7 @@ impl Cluster {
     }
 
     fn spawn(&self, id: &str, gateway: bool) -> Node {
-        self.spawn_with_nats(id, gateway, &self.nats.url())
+        self.spawn_with_nats(id, gateway, &self.nats_url)
     }
 
     fn spawn_with_nats(&self, id: &str, gateway: bool, nats_url: &str) -> Node {
@@ -160,7 +192,7 @@ impl Cluster {
             "--nats-url",
             nats_url,
             "--redis-url",
-            &self.redis.url(),
+            &self.redis_url,
             "--api-listen",
             &format!("127.0.0.1:{api_port}"),
         ]
@@ -335,6 +367,15 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// The NATS and Redis a [`Cluster`] runs on, and the URLs its processes are given.
+pub struct Backends {
+    pub dir: tempfile::TempDir,
+    pub nats: NatsServer,
+    pub redis: RedisServer,
+    pub nats_url: String,
+    pub redis_url: String,
 }
 
 /// What a simulated agent has done, as the test sees it.

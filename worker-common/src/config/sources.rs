@@ -71,7 +71,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FLOTILLA_NATS_KEY")]
     pub nats_key: Option<PathBuf>,
     /// Redis URL; with --nats-url, runs the clustered mode instead of the embedded default.
-    /// `rediss://` for TLS; `redis://:password@host:6379` or `redis://user:password@...` (ACL).
+    /// `rediss://` for TLS; `redis://:password@host:6379` or `redis://user:password@...` (ACL);
+    /// `redis+sentinel://[user:password@]host:port[,host:port...]/<master-name>` for a primary
+    /// that Sentinel fails over (the credentials serve the Sentinels and the primary). Redis
+    /// Cluster is refused.
     #[arg(long, env = "FLOTILLA_REDIS_URL")]
     pub redis_url: Option<String>,
     /// PEM CA to verify Redis's certificate with (else the system's roots), for `rediss://`.

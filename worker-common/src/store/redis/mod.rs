@@ -26,6 +26,7 @@
 //! without the other. The audit stream lies outside the shard's slot: that needs one Redis
 //! (a primary with replicas, or Sentinel), not Redis Cluster.
 
+mod conn;
 pub mod leases;
 mod scripts;
 
@@ -36,10 +37,10 @@ use super::types::{
 use crate::config::{RedisTls, redact};
 use crate::names::{SHARD_COUNT, shard_of};
 use async_trait::async_trait;
+use conn::{Conn, parse_sentinel_url};
 use flotilla_proto::bus::AgentRecord;
 use prost::Message;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use scripts::{ACTIVATE_CONFIG, CLAIM, DEACTIVATE_CONFIG, DELETE, PUT_CONFIG, PUT_DOC, SAVE};
 use std::time::Duration;
 use uuid::Uuid;
@@ -49,7 +50,7 @@ const AUDIT_PAGE: usize = 500;
 
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     audit_retention: Duration,
 }
@@ -78,48 +79,85 @@ fn fenced_or_io(e: redis::RedisError, fence: Fence) -> StoreError {
     }
 }
 
+fn cluster_refused(shown: &str) -> String {
+    format!(
+        "{shown} is a Redis Cluster, which Flotilla does not support: the audit stream and the \
+         configs live outside the shards' slots. Use one Redis primary with replicas, and \
+         Sentinel (redis+sentinel://host:port[,host:port]/<master-name>) for failover"
+    )
+}
+
+/// A client of one Redis address; TLS settings need a `rediss://` URL.
+fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, String> {
+    let shown = redact(url);
+    if tls.ca.is_none() && tls.client.is_none() {
+        return redis::Client::open(url).map_err(|e| format!("invalid Redis URL {shown}: {e}"));
+    }
+    if !url.starts_with("rediss://") {
+        return Err(format!(
+            "--redis-ca, --redis-cert and --redis-key need a rediss:// URL, not {shown}"
+        ));
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let client_tls = match &tls.client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        None => None,
+    };
+    let root_cert = tls.ca.as_deref().map(read).transpose()?;
+    redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| format!("invalid Redis URL {shown}: {e}"))
+}
+
 impl RedisStore {
-    /// Connects to `url` (fails at once if Redis does not answer, so a wrong URL is reported at
-    /// start); afterwards the connection re-establishes itself after Redis restarts.
+    /// Connects to `url`: `redis://` or `rediss://` (one address; the connection re-establishes
+    /// itself after Redis restarts) or `redis+sentinel://` (the primary the Sentinels name, found
+    /// again after a failover). Fails at once if Redis does not answer, so a wrong URL is
+    /// reported at start, and refuses Redis Cluster, whose slots the audit stream and the
+    /// configs' keys would span.
     pub async fn connect(url: &str, region: &str, tls: &RedisTls) -> Result<Self, String> {
         let shown = redact(url);
-        let client = if tls.ca.is_none() && tls.client.is_none() {
-            redis::Client::open(url)
-        } else {
-            if !url.starts_with("rediss://") {
+        let tls_given = tls.ca.is_some() || tls.client.is_some();
+        let conn = if url.starts_with("redis+sentinel://") {
+            if tls_given {
                 return Err(format!(
-                    "--redis-ca, --redis-cert and --redis-key need a rediss:// URL, not {shown}"
+                    "--redis-ca, --redis-cert and --redis-key are not supported with Sentinel \
+                     ({shown}): use rediss:// to one address, or Sentinel without TLS"
                 ));
             }
-            let read = |p: &std::path::Path| {
-                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-            };
-            let client_tls = match &tls.client {
-                Some((cert, key)) => Some(redis::ClientTlsConfig {
-                    client_cert: read(cert)?,
-                    client_key: read(key)?,
-                }),
-                None => None,
-            };
-            let root_cert = tls.ca.as_deref().map(read).transpose()?;
-            redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls,
-                    root_cert,
-                },
-            )
-        }
-        .map_err(|e| format!("invalid Redis URL {shown}: {e}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(2);
-        let conn = client
-            .get_connection_manager_with_config(config)
+            let parsed = parse_sentinel_url(url)
+                .map_err(|e| format!("invalid Redis Sentinel URL {shown}: {e}"))?;
+            Conn::sentinel(&parsed).await.map_err(|e| {
+                format!(
+                    "cannot reach the Redis primary {:?} through the Sentinels of {shown}: {e}",
+                    parsed.master
+                )
+            })?
+        } else if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+            return Err(cluster_refused(&shown));
+        } else {
+            Conn::direct(client(url, tls)?)
+                .await
+                .map_err(|e| format!("cannot connect to Redis at {shown}: {e}"))?
+        };
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut conn.clone())
             .await
-            .map_err(|e| format!("cannot connect to Redis at {shown}: {e}"))?;
+            .map_err(|e| format!("cannot query Redis at {shown}: {e}"))?;
+        if info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            return Err(cluster_refused(&shown));
+        }
         Ok(Self {
             conn,
             prefix: format!("opamp:{region}"),
