@@ -1,7 +1,8 @@
 //! What operators load into their monitoring holds together: the Prometheus rules parse and pass
 //! their unit tests (promtool, from Debian's prometheus package), the Grafana dashboard's queries
 //! parse, every metric they use is documented in docs/observability.md, every metric family a
-//! running server exposes is documented, and every documented family exists in the code.
+//! running server exposes is documented, every documented family exists in the code, and every
+//! alert has its entry in docs/deploy.md's runbook.
 
 mod common;
 
@@ -106,6 +107,31 @@ fn the_rules_pass_their_tests_and_the_dashboard_queries_parse() {
     }
     std::fs::write(tmp.path().join("dashboard.yml"), rules).unwrap();
     promtool(&["check", "rules", "dashboard.yml"], tmp.path());
+}
+
+#[test]
+fn every_alert_has_a_runbook_entry_and_every_entry_an_alert() {
+    let alerts: BTreeSet<String> = read("deploy/prometheus/rules.yml")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(str::to_owned)
+        .collect();
+    assert!(alerts.len() >= 13, "{alerts:?}");
+    let deploy = read("docs/deploy.md");
+    let runbook = deploy
+        .split_once("## Runbook")
+        .expect("docs/deploy.md has a Runbook section")
+        .1;
+    let entries: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("| ")?.split(" |").next())
+        .filter(|name| name.starts_with("Flotilla"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        alerts, entries,
+        "rules.yml's alerts against the runbook's rows"
+    );
 }
 
 #[test]
