@@ -54,6 +54,7 @@ async fn rollout_reaches_every_agent_and_reports_failures() {
     cfg.apply = ApplyBehavior {
         delay: Duration::from_millis(100),
         failure_rate: 0.2,
+        ..Default::default()
     };
     let out = dir.path().join("report");
     cfg.out = Some(out.clone());

@@ -102,7 +102,7 @@ impl SimAgent {
         AgentToServer {
             agent_description: Some(self.description.clone()),
             health: Some(self.health.clone()),
-            remote_config_status: self.remote_status.clone(),
+            remote_config_status: self.reported_status(),
             effective_config: self.effective.clone().map(|m| EffectiveConfig {
                 config_map: Some(m),
             }),
@@ -129,8 +129,10 @@ impl SimAgent {
 
     /// Ends applying the pending config: APPLIED (and the new effective config) or FAILED, by
     /// the fail marker or the failure rate. Returns the status report to send.
-    pub fn finish_apply(&mut self) -> Option<AgentToServer> {
-        let rc = self.pending.take()?;
+    pub fn finish_apply(&mut self) -> Vec<AgentToServer> {
+        let Some(rc) = self.pending.take() else {
+            return Vec::new();
+        };
         let map = rc.config.unwrap_or_default();
         let marked = self.fail_marker.as_ref().is_some_and(|m| {
             map.config_map
@@ -149,22 +151,39 @@ impl SimAgent {
             self.effective = Some(map);
             (RemoteConfigStatuses::Applied, String::new())
         };
+        let previous = self.remote_status.take();
         self.remote_status = Some(RemoteConfigStatus {
             last_remote_config_hash: rc.config_hash,
             status: status as i32,
             error_message,
         });
-        Some(self.status_report())
+        let mut out = vec![self.status_report()];
+        // The supervisor with rollback on: FAILED for the new config, then APPLIED for the one
+        // it ran before (its effective config never changed).
+        if let Some(previous) = previous.filter(|p| {
+            fails && self.apply.rollback && p.status == RemoteConfigStatuses::Applied as i32
+        }) {
+            self.remote_status = Some(previous);
+            out.push(self.status_report());
+        }
+        out
     }
 
-    /// The remote config status and effective config, compressed otherwise.
+    /// The remote config status (when it reports it) and effective config, compressed otherwise.
     fn status_report(&mut self) -> AgentToServer {
         let mut msg = self.base();
-        msg.remote_config_status = self.remote_status.clone();
+        msg.remote_config_status = self.reported_status();
         msg.effective_config = self.effective.clone().map(|m| EffectiveConfig {
             config_map: Some(m),
         });
         msg
+    }
+
+    /// The remote config status, if the agent reports it (ReportsRemoteConfig).
+    fn reported_status(&self) -> Option<RemoteConfigStatus> {
+        (self.capabilities & Cap::ReportsRemoteConfig as u64 != 0)
+            .then(|| self.remote_status.clone())
+            .flatten()
     }
 
     /// Reacts to a server message the way a collector does; returns the messages it sends back.
@@ -219,7 +238,9 @@ impl SimAgent {
                 if self.apply.delay.is_zero() {
                     self.pending = Some(rc.clone());
                     let done = self.finish_apply();
-                    out.extend(done.filter(|_| !full_state));
+                    if !full_state {
+                        out.extend(done);
+                    }
                 } else {
                     self.pending = Some(rc.clone());
                     self.remote_status = Some(RemoteConfigStatus {
@@ -247,6 +268,9 @@ pub struct ApplyBehavior {
     pub delay: Duration,
     /// Probability (0..=1) that applying fails.
     pub failure_rate: f64,
+    /// After a failure, go back to the previous config and report it APPLIED (the collector's
+    /// supervisor with rollback on).
+    pub rollback: bool,
 }
 
 /// A collector's health: two pipelines, each with a receiver and an exporter.
@@ -408,10 +432,10 @@ mod tests {
         assert!(a.applying());
         // The same config again while applying is not applied twice.
         assert!(a.handle(&push("receivers: {}", b"h1")).is_empty());
-        let done = a.finish_apply().unwrap();
-        assert_eq!(status(&done), RemoteConfigStatuses::Applied as i32);
-        assert!(done.effective_config.is_some());
-        assert!(!a.applying() && a.finish_apply().is_none());
+        let done = a.finish_apply();
+        assert_eq!(status(&done[0]), RemoteConfigStatuses::Applied as i32);
+        assert!(done[0].effective_config.is_some());
+        assert!(!a.applying() && a.finish_apply().is_empty());
         assert!(a.handle(&push("receivers: {}", b"h1")).is_empty());
     }
 
@@ -431,6 +455,38 @@ mod tests {
         b.fail_marker = Some("BROKEN".into());
         let out = b.handle(&push("x BROKEN", b"h3"));
         assert_eq!(status(&out[0]), RemoteConfigStatuses::Failed as i32);
+    }
+
+    #[test]
+    fn with_rollback_a_failure_goes_back_to_the_previous_config_and_silence_sends_no_status() {
+        let mut a = SimAgent::new("svc", &[]);
+        a.apply.rollback = true;
+        a.fail_marker = Some("BROKEN".into());
+        // Nothing to go back to yet: FAILED alone.
+        assert_eq!(a.handle(&push("BROKEN", b"h0")).len(), 1);
+        a.handle(&push("good", b"h1"));
+        let out = a.handle(&push("BROKEN", b"h2"));
+        let reported: Vec<_> = out
+            .iter()
+            .map(|m| m.remote_config_status.clone().unwrap())
+            .map(|s| (s.status, s.last_remote_config_hash))
+            .collect();
+        assert_eq!(
+            reported,
+            [
+                (RemoteConfigStatuses::Failed as i32, b"h2".to_vec()),
+                (RemoteConfigStatuses::Applied as i32, b"h1".to_vec()),
+            ]
+        );
+        let effective = &a.effective.as_ref().unwrap().config_map["collector.yaml"].body;
+        assert_eq!(effective, b"good");
+
+        let mut quiet = SimAgent::new("svc", &[]);
+        quiet.capabilities &= !(Cap::ReportsRemoteConfig as u64);
+        let out = quiet.handle(&push("good", b"h1"));
+        assert!(out[0].remote_config_status.is_none());
+        assert!(out[0].effective_config.is_some(), "it applied the config");
+        assert!(quiet.full_report().remote_config_status.is_none());
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum ConfigState {
     Applied,
     Applying,
     Failed,
+    /// Sent its config, but it reports no remote config status.
+    Unknown,
     Pending,
     Unmanaged,
 }

@@ -510,13 +510,17 @@ async fn rollouts(
     while matches!(r["state"].as_str(), Some("running" | "paused")) {
         progress.total(r["agents_total"].as_u64().unwrap_or(0));
         progress.set(
-            r["applied"].as_u64().unwrap_or(0) + r["failed"].as_u64().unwrap_or(0),
+            ["applied", "failed", "unknown"]
+                .iter()
+                .map(|k| r[k].as_u64().unwrap_or(0))
+                .sum(),
             &format!(
-                "{} phase {}: {} applied, {} failed, {} pending",
+                "{} phase {}: {} applied, {} failed, {} unknown, {} pending",
                 r["state"].as_str().unwrap_or_default(),
                 r["phases"].as_array().map_or(0, Vec::len),
                 r["applied"],
                 r["failed"],
+                r["unknown"],
                 r["pending"]
             ),
         );

@@ -216,14 +216,18 @@ pub(super) fn print_rollout(r: &Value) {
         .into_iter()
         .flatten()
         .map(|p| {
-            ["phase", "agents", "applied", "failed", "pending", "started"]
-                .iter()
-                .map(|k| field(p, k))
-                .collect()
+            [
+                "phase", "agents", "applied", "failed", "unknown", "pending", "started",
+            ]
+            .iter()
+            .map(|k| field(p, k))
+            .collect()
         })
         .collect();
     table(
-        &["PHASE", "AGENTS", "APPLIED", "FAILED", "PENDING", "STARTED"],
+        &[
+            "PHASE", "AGENTS", "APPLIED", "FAILED", "UNKNOWN", "PENDING", "STARTED",
+        ],
         &rows,
     );
     out!(

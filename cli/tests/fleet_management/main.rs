@@ -1,11 +1,12 @@
 //! Fleet management against a real standalone Flotilla with agents over real WebSockets: phased
 //! rollouts (completing in order, and stopping and rolling back when agents fail), config
-//! validation, labels that change which config an agent gets, history/diff/rollback, and the
-//! audit log naming each change's caller.
+//! validation, labels that change which config an agent gets, history/diff/rollback, the audit
+//! log naming each change's caller, and the collector supervisor's habits.
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod collectors;
 mod configs;
 mod rollouts;
 

@@ -14,12 +14,17 @@ async fn a_refused_csr_is_answered_with_the_error_alone() {
     let (status, body) = srv
         .put(
             "/api/v1/configs/base",
-            json!({"files": {"collector.yaml": "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}\n"}}),
+            json!({
+                "files": {"collector.yaml": "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}\n"},
+                "settings": {"own_metrics": {"destination_endpoint": "https://otlp.example:4318"}},
+            }),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     let mut agent = SimAgent::new("otelcol", &[]);
-    agent.capabilities |= AgentCapabilities::AcceptsOpAmpConnectionSettings as u64;
+    // It takes connection settings (so no heartbeat-only offer) and reports its own metrics.
+    agent.capabilities |= AgentCapabilities::AcceptsOpAmpConnectionSettings as u64
+        | AgentCapabilities::ReportsOwnMetrics as u64;
     let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
     let with_bad_csr = AgentToServer {
         connection_settings_request: Some(csr_request(b"not a CSR".to_vec())),

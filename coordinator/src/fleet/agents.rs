@@ -4,7 +4,7 @@
 use crate::fleet::configs::Aspect;
 use flotilla_common::selector::Attributes;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
-use flotilla_proto::opamp::{AgentCapabilities as Cap, any_value};
+use flotilla_proto::opamp::{AgentCapabilities as Cap, RemoteConfigStatuses, any_value};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -26,6 +26,64 @@ pub fn takes(rec: &AgentRecord, aspect: Aspect) -> bool {
         Aspect::Packages => has(rec.capabilities, Cap::AcceptsPackages),
         Aspect::Settings => true,
     }
+}
+
+/// Where an agent stands with config files of hash `want` (lowercase hex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigStanding {
+    Applied,
+    Applying,
+    /// It reported FAILED for this config; or failed it and went back to its previous config (the
+    /// collector's supervisor rolls back so), which is also a refusal of this one.
+    Failed,
+    /// It was sent this config but reports no remote config status: nobody knows.
+    Unknown,
+    /// It has not been sent this config yet, or has not said anything about it yet.
+    Pending,
+}
+
+/// Whether the agent tells how applying a remote config went: it says it does
+/// (ReportsRemoteConfig), or it has told (a client that forgets the bit is still heard).
+pub fn reports_config_status(rec: &AgentRecord) -> bool {
+    has(rec.capabilities, Cap::ReportsRemoteConfig) || rec.remote_config_status.is_some()
+}
+
+/// Where `rec` stands with config files of hash `want`.
+pub fn config_standing(rec: &AgentRecord, want: &str) -> ConfigStanding {
+    if !reports_config_status(rec) {
+        return if hex_eq(&rec.offered_config_hash, want) {
+            ConfigStanding::Unknown
+        } else {
+            ConfigStanding::Pending
+        };
+    }
+    if let Some(s) = &rec.remote_config_status
+        && hex_eq(&s.last_remote_config_hash, want)
+    {
+        return match s.status() {
+            RemoteConfigStatuses::Applied => ConfigStanding::Applied,
+            RemoteConfigStatuses::Applying => ConfigStanding::Applying,
+            RemoteConfigStatuses::Failed => ConfigStanding::Failed,
+            RemoteConfigStatuses::Unset => ConfigStanding::Pending,
+        };
+    }
+    if hex_eq(&rec.rejected_config_hash, want) {
+        ConfigStanding::Failed
+    } else {
+        ConfigStanding::Pending
+    }
+}
+
+/// `bytes` written in hex is `hex` (lowercase), without writing it out.
+pub fn hex_eq(bytes: &[u8], hex: &str) -> bool {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    hex.len() == bytes.len() * 2
+        && bytes
+            .iter()
+            .zip(hex.as_bytes().chunks_exact(2))
+            .all(|(b, h)| {
+                h[0] == DIGITS[usize::from(b >> 4)] && h[1] == DIGITS[usize::from(b & 15)]
+            })
 }
 
 /// What selectors see of an agent, as strings: its non-identifying attributes, its identifying

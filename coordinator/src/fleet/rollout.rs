@@ -227,6 +227,10 @@ pub struct Phase {
     pub failed: usize,
     #[serde(default)]
     pub pending: usize,
+    /// Agents sent the version that report no remote config status: they settle the phase but
+    /// count neither as applied nor against the error budget.
+    #[serde(default)]
+    pub unknown: usize,
 }
 
 /// Where an enrolled agent stands with the target version.
@@ -236,6 +240,8 @@ pub enum Outcome {
     Applied,
     /// Reported failing to apply it, or turned unhealthy on it.
     Failed,
+    /// Was sent it, and reports no remote config status: how it went is not known.
+    Unknown,
     Pending,
 }
 
@@ -341,6 +347,7 @@ impl Rollout {
             completed_unix_ms: None,
             applied: 0,
             failed: 0,
+            unknown: 0,
         });
         self.updated_unix_ms = now_unix_ms;
         effects.desired_changed = true;
@@ -349,17 +356,19 @@ impl Rollout {
 
     fn count(&mut self, outcomes: &HashMap<Uuid, Outcome>) {
         for phase in &mut self.phases {
-            let (mut applied, mut failed) = (0, 0);
+            let (mut applied, mut failed, mut unknown) = (0, 0, 0);
             for uid in &phase.agents {
                 match outcomes.get(uid) {
                     Some(Outcome::Applied) => applied += 1,
                     Some(Outcome::Failed) => failed += 1,
+                    Some(Outcome::Unknown) => unknown += 1,
                     _ => {}
                 }
             }
             phase.applied = applied;
             phase.failed = failed;
-            phase.pending = phase.agents.len() - applied - failed;
+            phase.unknown = unknown;
+            phase.pending = phase.agents.len() - applied - failed - unknown;
         }
     }
 }

@@ -207,3 +207,48 @@ fn state_names_are_the_api_names() {
         );
     }
 }
+
+#[test]
+fn agents_whose_outcome_is_unknown_settle_a_phase_and_spend_no_budget() {
+    let agents = uids(10);
+    let mut r = rollout(plan_of_ten(), budget_of_ten());
+    r.step(0, &HashMap::new(), &agents);
+    // Nine never say and one applied: the phase settles, and completes after its soak.
+    let mut outcomes = all(&r, Outcome::Unknown);
+    outcomes.insert(agents[0], Outcome::Applied);
+    r.step(1_000, &outcomes, &agents);
+    assert_eq!(r.state, State::Running);
+    assert_eq!(
+        (
+            r.phases[0].applied,
+            r.phases[0].unknown,
+            r.phases[0].pending
+        ),
+        (1, 9, 0)
+    );
+    r.step(11_000, &outcomes, &agents);
+    assert_eq!(r.state, State::Completed, "{}", r.reason);
+    // One failure among the two that said: 50% of those settled, over the 10% budget.
+    let mut r = rollout(plan_of_ten(), budget_of_ten());
+    r.step(0, &HashMap::new(), &agents);
+    outcomes.insert(agents[1], Outcome::Failed);
+    r.step(1_000, &outcomes, &agents);
+    assert_eq!(r.state, State::RolledBack);
+    assert_eq!(r.reason, "1 of 2 agents failed (50.0% > error budget 10%)");
+}
+
+fn plan_of_ten() -> Plan {
+    Plan::Steps {
+        initial: 10,
+        multiplier: 2.0,
+        max_per_phase: None,
+    }
+}
+
+fn budget_of_ten() -> ErrorBudget {
+    ErrorBudget {
+        max_failure_percent: 10.0,
+        min_sample: 1,
+        action: BudgetAction::Rollback,
+    }
+}

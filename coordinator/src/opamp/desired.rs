@@ -3,7 +3,7 @@
 //! it, or may have lost it).
 
 use super::offers;
-use crate::fleet::agents::{takes, uid_of};
+use crate::fleet::agents::{ConfigStanding, config_standing, takes, uid_of};
 use crate::fleet::configs::{Aspect, Desired};
 use flotilla_common::selector::Attributes;
 use flotilla_common::store::StoredConfig;
@@ -30,6 +30,7 @@ pub(super) fn fill_offers(
     settings_unknown: bool,
 ) {
     if let Some(cfg) = config_to_offer(rec, attrs, desired) {
+        rec.offered_config_hash = hex::decode(&cfg.hash).unwrap_or_default();
         reply.remote_config = Some(offers::remote_config_message(cfg));
     }
     if let Some(p) = packages_to_offer(rec, attrs, desired) {
@@ -97,18 +98,16 @@ pub fn desired_config<'a, A: Attributes + ?Sized>(
     desired.resolve(uid.as_ref(), attrs, aspect)
 }
 
-/// The desired config of an agent that does not report running it yet: what to send it.
+/// The desired config of an agent that does not report running it yet: what to send it. Not a
+/// config it refused (a fixed version has another hash), and not again to an agent that reports
+/// no status once it was sent.
 pub fn config_to_offer<'a, A: Attributes + ?Sized>(
     rec: &AgentRecord,
     attrs: &A,
     desired: &'a Desired,
 ) -> Option<&'a StoredConfig> {
     let cfg = desired_config(rec, attrs, desired, Aspect::Files)?;
-    let reported = rec
-        .remote_config_status
-        .as_ref()
-        .map(|s| hex::encode(&s.last_remote_config_hash));
-    (reported.as_deref() != Some(cfg.hash.as_str())).then_some(cfg)
+    (config_standing(rec, &cfg.hash) == ConfigStanding::Pending).then_some(cfg)
 }
 
 /// The packages to offer this agent: once per change of its desired package set, and again while

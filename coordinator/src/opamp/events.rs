@@ -11,10 +11,12 @@ pub enum EventKind {
     Healthy,
     ConfigApplied,
     ConfigFailed,
+    /// Reports its previous config applied right after failing a new one: it went back.
+    ConfigRolledBack,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         Self::Connected,
         Self::Disconnected,
         Self::Silent,
@@ -22,6 +24,7 @@ impl EventKind {
         Self::Healthy,
         Self::ConfigApplied,
         Self::ConfigFailed,
+        Self::ConfigRolledBack,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl EventKind {
             Self::Healthy => "healthy",
             Self::ConfigApplied => "config_applied",
             Self::ConfigFailed => "config_failed",
+            Self::ConfigRolledBack => "config_rolled_back",
         }
     }
 }

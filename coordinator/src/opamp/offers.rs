@@ -113,6 +113,11 @@ fn telemetry(d: &TelemetryDestination) -> TelemetryConnectionSettings {
 /// agents that report heartbeats (always filled in: an `opamp` offer without it would switch
 /// heartbeats off, as proto3 cannot tell 0 from unset), and each own-telemetry destination the
 /// config sets to agents that report that signal. None when nothing applies to the agent.
+///
+/// Not the heartbeat to agents that accept OpAMP connection settings: those (the collector's
+/// supervisor among them) take an `opamp` offer as their whole new connection, and one without a
+/// destination and a CA would leave them connecting nowhere, or without verifying the server's
+/// certificate. They keep the heartbeat they were configured with.
 pub fn settings_offer(
     settings: Option<&AgentSettings>,
     default_heartbeat: Duration,
@@ -125,7 +130,9 @@ pub fn settings_offer(
         d.filter(|_| has(capabilities, cap)).map(telemetry)
     };
     let mut offer = ConnectionSettingsOffers {
-        opamp: has(capabilities, Cap::ReportsHeartbeat).then(|| OpAmpConnectionSettings {
+        opamp: (has(capabilities, Cap::ReportsHeartbeat)
+            && !has(capabilities, Cap::AcceptsOpAmpConnectionSettings))
+        .then(|| OpAmpConnectionSettings {
             // At least 1: opamp-go takes 0 as "no heartbeats" (and HTTP agents stop polling).
             heartbeat_interval_seconds: interval.as_secs().max(1),
             ..Default::default()
@@ -214,5 +221,13 @@ mod tests {
         assert!(settings_offer(Some(&settings), Duration::from_secs(30), 0).is_none());
         let default = settings_offer(None, Duration::from_secs(30), hb).unwrap();
         assert_eq!(default.opamp.unwrap().heartbeat_interval_seconds, 30);
+        // A supervisor that accepts connection settings would take a heartbeat-only offer as a
+        // connection with no destination and no CA: it gets none, only its own telemetry.
+        let supervisor = hb | metrics | Cap::AcceptsOpAmpConnectionSettings as u64;
+        let o = settings_offer(Some(&settings), Duration::from_secs(30), supervisor).unwrap();
+        assert!(o.opamp.is_none());
+        assert!(o.own_metrics.is_some());
+        let only_hb = hb | Cap::AcceptsOpAmpConnectionSettings as u64;
+        assert!(settings_offer(Some(&settings), Duration::from_secs(30), only_hb).is_none());
     }
 }

@@ -13,8 +13,8 @@ use flotilla_common::store::Deadline;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags, CommandType,
-    RemoteConfigStatuses, ServerCapabilities, ServerToAgent, ServerToAgentCommand,
-    ServerToAgentFlags,
+    RemoteConfigStatus, RemoteConfigStatuses, ServerCapabilities, ServerToAgent,
+    ServerToAgentCommand, ServerToAgentFlags,
 };
 use prost::Message;
 use std::time::Duration;
@@ -253,6 +253,9 @@ pub fn process(
 fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     rec.sequence_num = msg.sequence_num;
     rec.capabilities = msg.capabilities;
+    if let Some(s) = &msg.remote_config_status {
+        note_refusal(rec, s);
+    }
     macro_rules! take {
         ($($field:ident <- $src:ident),*) => {
             $(if msg.$src.is_some() { rec.$field = msg.$src; })*
@@ -283,6 +286,25 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     }
     rec.available_components = Some(reported);
     false
+}
+
+/// Remembers the config an agent reported FAILED for (so it is not sent again, and a rollback to
+/// the previous config still counts as its failure), until the agent reports running it.
+fn note_refusal(rec: &mut AgentRecord, s: &RemoteConfigStatus) {
+    match s.status() {
+        RemoteConfigStatuses::Failed => {
+            rec.rejected_config_hash
+                .clone_from(&s.last_remote_config_hash);
+            rec.rejected_config_error.clone_from(&s.error_message);
+        }
+        RemoteConfigStatuses::Applied | RemoteConfigStatuses::Applying
+            if s.last_remote_config_hash == rec.rejected_config_hash =>
+        {
+            rec.rejected_config_hash.clear();
+            rec.rejected_config_error.clear();
+        }
+        _ => {}
+    }
 }
 
 /// The few facts of a record that events compare before and after a message.
@@ -316,7 +338,18 @@ impl EventFacts {
                 .config_status
                 .map(|(status, _)| RemoteConfigStatuses::try_from(status))
             {
-                Some(Ok(RemoteConfigStatuses::Applied)) => events.push(EventKind::ConfigApplied),
+                Some(Ok(RemoteConfigStatuses::Applied)) => {
+                    // Applied right after failing another config: the agent went back to it.
+                    let went_back = self.config_status.as_ref().is_some_and(|(status, hash)| {
+                        *status == RemoteConfigStatuses::Failed as i32
+                            && *hash == after.rejected_config_hash
+                    });
+                    events.push(if went_back {
+                        EventKind::ConfigRolledBack
+                    } else {
+                        EventKind::ConfigApplied
+                    });
+                }
                 Some(Ok(RemoteConfigStatuses::Failed)) => events.push(EventKind::ConfigFailed),
                 _ => {}
             }

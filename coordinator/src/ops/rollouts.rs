@@ -12,7 +12,7 @@ use super::audit;
 use super::docs::{ROLLOUTS, parse};
 use super::views::RolloutView;
 use super::{Caller, Error, Ops, Result};
-use crate::fleet::agents::{RecordAttributes, has, takes};
+use crate::fleet::agents::{ConfigStanding, RecordAttributes, config_standing, has, takes};
 use crate::fleet::configs::{Aspect, Desired, resolve_among};
 use crate::fleet::rollout::{ErrorBudget, Outcome, Plan, Rollout, State};
 use crate::opamp::offers;
@@ -20,7 +20,7 @@ use flotilla_common::store::{Doc, StoredConfig};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_common::telemetry::traces;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
-use flotilla_proto::opamp::{AgentCapabilities as Cap, PackageStatusEnum, RemoteConfigStatuses};
+use flotilla_proto::opamp::{AgentCapabilities as Cap, PackageStatusEnum};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -73,17 +73,17 @@ fn to_value(r: &Rollout) -> Option<serde_json::Value> {
 }
 
 /// Where agent `rec` stands with `target`: every aspect the version defines (that the agent can
-/// take) reported applied, and not unhealthy; or a reported failure.
+/// take) reported applied, and not unhealthy; or a reported failure (a rollback by the agent
+/// included); or unknown, for an agent sent the config that reports no status.
 fn outcome(rec: &AgentRecord, target: &StoredConfig, packages_hash: &[u8]) -> Outcome {
-    let mut applied = true;
+    let (mut applied, mut unknown) = (true, false);
     if !target.files.is_empty() && has(rec.capabilities, Cap::AcceptsRemoteConfig) {
-        match &rec.remote_config_status {
-            Some(s) if hex::encode(&s.last_remote_config_hash) == target.hash => match s.status() {
-                RemoteConfigStatuses::Applied => {}
-                RemoteConfigStatuses::Failed => return Outcome::Failed,
-                _ => applied = false,
-            },
-            _ => applied = false,
+        match config_standing(rec, &target.hash) {
+            ConfigStanding::Applied => {}
+            ConfigStanding::Failed => return Outcome::Failed,
+            // Sent, and it will never say how it went: neither a success nor a failure.
+            ConfigStanding::Unknown => unknown = true,
+            ConfigStanding::Applying | ConfigStanding::Pending => applied = false,
         }
     }
     if !target.packages.is_empty() && has(rec.capabilities, Cap::AcceptsPackages) {
@@ -104,6 +104,7 @@ fn outcome(rec: &AgentRecord, target: &StoredConfig, packages_hash: &[u8]) -> Ou
     }
     match (applied, rec.health.as_ref().map(|h| h.healthy)) {
         (true, Some(false)) => Outcome::Failed,
+        (true, _) if unknown => Outcome::Unknown,
         (true, _) => Outcome::Applied,
         (false, _) => Outcome::Pending,
     }

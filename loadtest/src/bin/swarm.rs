@@ -62,6 +62,14 @@ struct Args {
     /// Probability (0 to 1) that applying a config fails (FAILED with an error).
     #[arg(long, default_value_t = 0.0)]
     apply_failure_rate: f64,
+    /// After a failed apply, go back to the previous config and report it APPLIED, as the
+    /// collector's supervisor does with rollback on.
+    #[arg(long)]
+    rollback: bool,
+    /// Agents do not report their remote config status (the supervisor's default: no
+    /// ReportsRemoteConfig capability).
+    #[arg(long)]
+    no_config_status: bool,
     /// Churn: fraction of the agents leaving (replaced by new ones) per second, e.g. 0.01.
     #[arg(long)]
     churn: Option<f64>,
@@ -203,10 +211,12 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
         apply: ApplyBehavior {
             delay: args.apply_delay,
             failure_rate: args.apply_failure_rate,
+            rollback: args.rollback,
         },
         churn_per_s: args.churn,
         connect,
         accept_certificates: args.accept_certificates,
+        no_config_status: args.no_config_status,
         server_ca: args.ca.as_ref().map(read).transpose()?,
         source_ips: args.source_ips,
         api,

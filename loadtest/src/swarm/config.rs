@@ -60,6 +60,8 @@ pub struct SwarmConfig {
     /// Agents announce AcceptsOpAMPConnectionSettings and reconnect with a client certificate the
     /// server offers them (WebSocket), trusting `server_ca` (PEM) for the server.
     pub accept_certificates: bool,
+    /// Agents do not report their remote config status (no ReportsRemoteConfig).
+    pub no_config_status: bool,
     pub server_ca: Option<Vec<u8>>,
     /// Spread connections over 127.0.0.1..=127.0.0.N (0: let the OS pick).
     pub source_ips: u8,
@@ -95,6 +97,7 @@ impl SwarmConfig {
             churn_per_s: None,
             connect: ConnectOptions::default(),
             accept_certificates: false,
+            no_config_status: false,
             server_ca: None,
             source_ips: 0,
             api: None,

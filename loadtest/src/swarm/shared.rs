@@ -34,6 +34,9 @@ impl Shared {
         if self.cfg.accept_certificates {
             agent.capabilities |= Cap::AcceptsOpAmpConnectionSettings as u64;
         }
+        if self.cfg.no_config_status {
+            agent.capabilities &= !(Cap::ReportsRemoteConfig as u64);
+        }
         agent
     }
 

@@ -225,6 +225,12 @@ pub async fn detail(
                     (s.remote_config_status.status)
                     @if !s.remote_config_status.hash.is_empty() { " of " code { (short(&s.remote_config_status.hash)) } }
                     @if !s.remote_config_status.error.is_empty() { p.error { (s.remote_config_status.error) } }
+                    @if let Some(back) = &s.remote_config_status.rolled_back {
+                        p.error {
+                            "Went back from " code { (short(&back.hash)) } ", which failed: " (back.error)
+                            " (not sent to it again)"
+                        }
+                    }
                 }
                 dt { "Last seen" } dd { time { (s.last_seen) } }
                 dt { "First seen" } dd { time { (a.first_seen) } }

@@ -148,7 +148,7 @@ async fn render_list(
                                 td { a.mono href={ "/rollouts/" (seg(&r.id)) } { (r.id) } }
                                 td { (r.config) " v" (r.from_version) " → v" (r.to_version) }
                                 td { (badge(state_word(r.state))) }
-                                td { (progress(r.applied, r.failed, r.pending, r.agents_total)) }
+                                td { (progress(r.applied, r.failed, r.unknown, r.pending, r.agents_total)) }
                                 td { time { (r.created) } }
                                 td { (r.created_by) }
                             }
@@ -284,8 +284,9 @@ fn state_word(s: RolloutState) -> &'static str {
     }
 }
 
-/// Applied, failed and pending of `total` as a bar with the numbers written out.
-fn progress(applied: usize, failed: usize, pending: usize, total: usize) -> Markup {
+/// Applied, failed and pending of `total` as a bar with the numbers written out; agents whose
+/// outcome is unknown (they report no config status) are written out when there are any.
+fn progress(applied: usize, failed: usize, unknown: usize, pending: usize, total: usize) -> Markup {
     let pct = |n: usize| {
         if total == 0 {
             0.0
@@ -299,7 +300,11 @@ fn progress(applied: usize, failed: usize, pending: usize, total: usize) -> Mark
             span.bar.bad style={ "width:" (format!("{:.1}", pct(failed))) "%" } {}
             span.bar.warn style={ "width:" (format!("{:.1}", pct(pending))) "%" } {}
         }
-        span.nums { (applied) " applied · " (failed) " failed · " (pending) " pending · " (total) " in all" }
+        span.nums {
+            (applied) " applied · " (failed) " failed · "
+            @if unknown > 0 { (unknown) " unknown · " }
+            (pending) " pending · " (total) " in all"
+        }
     }
 }
 
@@ -318,7 +323,7 @@ pub async fn detail(
                     dt { @if r.state == RolloutState::RolledBack { "Why it rolled back" } @else { "Why" } }
                     dd class=[(r.state == RolloutState::RolledBack).then_some("error")] { (r.reason) }
                 }
-                dt { "Progress" } dd { (progress(r.applied, r.failed, r.pending, r.agents_total)) }
+                dt { "Progress" } dd { (progress(r.applied, r.failed, r.unknown, r.pending, r.agents_total)) }
                 dt { "Soak" } dd { (r.soak) }
                 dt { "Error budget" } dd { (r.error_budget.max_failure_percent) "% of at least " (r.error_budget.min_sample) " settled agents, then " (match r.error_budget.action { BudgetAction::Rollback => "roll back", BudgetAction::Pause => "pause" }) }
                 dt { "Started" } dd { time { (r.created) } " by " (r.created_by) }
@@ -364,7 +369,7 @@ fn phases(r: &RolloutView) -> Markup {
                     tr data-phase=(p.phase) {
                         td.num { (p.phase) }
                         td.num { (p.agents) }
-                        td { (progress(p.applied, p.failed, p.pending, p.agents)) }
+                        td { (progress(p.applied, p.failed, p.unknown, p.pending, p.agents)) }
                         td { time { (p.started) } }
                         td { (p.settled.clone().unwrap_or_default()) }
                         td { (p.completed.clone().unwrap_or_default()) }

@@ -149,6 +149,7 @@ pub(super) fn rollout_message(r: &RolloutView) -> pb::Rollout {
         enrolled: n(r.enrolled),
         applied: n(r.applied),
         failed: n(r.failed),
+        unknown: n(r.unknown),
         pending: n(r.pending),
         phases: r
             .phases
@@ -157,6 +158,7 @@ pub(super) fn rollout_message(r: &RolloutView) -> pb::Rollout {
                 agents: n(p.agents),
                 applied: n(p.applied),
                 failed: n(p.failed),
+                unknown: n(p.unknown),
                 pending: n(p.pending),
                 started: p.started.clone(),
                 settled: p.settled.clone().unwrap_or_default(),

@@ -2,6 +2,7 @@
 //! change, again when the agent may have lost them, never beside an error.
 
 use super::*;
+use crate::fleet::agents::{ConfigStanding, config_standing};
 use prost::Message;
 
 #[test]
@@ -31,6 +32,109 @@ fn config_is_offered_until_the_agent_reports_its_hash() {
     let out = process(out.record, applied, ws(), &ctx(&configs));
     assert!(out.reply.remote_config.is_none());
     assert_eq!(out.events, vec![EventKind::ConfigApplied]);
+}
+
+fn status(hash: &[u8], status: RemoteConfigStatuses, error: &str) -> Option<RemoteConfigStatus> {
+    Some(RemoteConfigStatus {
+        last_remote_config_hash: hash.to_vec(),
+        status: status as i32,
+        error_message: error.into(),
+    })
+}
+
+#[test]
+fn a_config_the_agent_failed_and_rolled_back_from_is_not_sent_again() {
+    let uid = Uuid::now_v7();
+    let previous = vec![0xaa; 32];
+    let mut first = full(uid, 0);
+    first.remote_config_status = status(&previous, RemoteConfigStatuses::Applied, "");
+    let configs = [prod_config()];
+    let out = process(None, first, ws(), &ctx(&configs));
+    let offered = out
+        .reply
+        .remote_config
+        .clone()
+        .expect("config offered")
+        .config_hash;
+
+    // The supervisor's sequence with rollback on: APPLYING, FAILED, then its previous config.
+    let mut applying = heartbeat(uid, 1);
+    applying.remote_config_status = status(&offered, RemoteConfigStatuses::Applying, "");
+    let out = process(out.record, applying, ws(), &ctx(&configs));
+    let mut failed = heartbeat(uid, 2);
+    failed.remote_config_status =
+        status(&offered, RemoteConfigStatuses::Failed, "no such receiver");
+    let out = process(out.record, failed, ws(), &ctx(&configs));
+    assert_eq!(out.events, vec![EventKind::ConfigFailed]);
+    assert!(out.reply.remote_config.is_none());
+    let mut back = heartbeat(uid, 3);
+    back.remote_config_status = status(&previous, RemoteConfigStatuses::Applied, "");
+    let out = process(out.record, back, ws(), &ctx(&configs));
+    assert_eq!(out.events, vec![EventKind::ConfigRolledBack]);
+    assert!(
+        out.reply.remote_config.is_none(),
+        "no re-push after a rollback"
+    );
+    let rec = out.record.unwrap();
+    assert_eq!(
+        config_standing(&rec, &configs[0].hash),
+        ConfigStanding::Failed
+    );
+    assert_eq!(rec.rejected_config_hash, offered);
+    assert_eq!(rec.rejected_config_error, "no such receiver");
+
+    // Heartbeats after it do not bring it back either; a fixed version (a new hash) is sent.
+    let out = process(Some(rec), heartbeat(uid, 4), ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none());
+    let mut fixed = prod_config();
+    fixed.version = 2;
+    fixed.files.get_mut("c.yaml").unwrap().body = "a: 2".into();
+    fixed.hash = hex::encode(configs::hash_of_files(&fixed.files));
+    let fixed = [fixed];
+    let out = process(out.record, heartbeat(uid, 5), ws(), &ctx(&fixed));
+    let sent = out.reply.remote_config.expect("the fixed version is sent");
+    assert_eq!(hex::encode(sent.config_hash), fixed[0].hash);
+
+    // Reporting the refused hash applied after all clears the refusal.
+    let mut applied = heartbeat(uid, 6);
+    applied.remote_config_status = status(&offered, RemoteConfigStatuses::Applied, "");
+    let out = process(out.record, applied, ws(), &ctx(&configs));
+    let rec = out.record.unwrap();
+    assert!(rec.rejected_config_hash.is_empty());
+    assert_eq!(
+        config_standing(&rec, &configs[0].hash),
+        ConfigStanding::Applied
+    );
+}
+
+#[test]
+fn an_agent_that_reports_no_config_status_is_sent_each_config_once_and_stands_unknown() {
+    let uid = Uuid::now_v7();
+    let configs = [prod_config()];
+    let quiet = |mut m: AgentToServer| {
+        m.capabilities &= !(Cap::ReportsRemoteConfig as u64);
+        m
+    };
+    let out = process(None, quiet(full(uid, 0)), ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_some(), "sent once");
+    let rec = out.record.clone().unwrap();
+    assert_eq!(
+        config_standing(&rec, &configs[0].hash),
+        ConfigStanding::Unknown
+    );
+    let out = process(out.record, quiet(heartbeat(uid, 1)), ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none(), "not on every reply");
+    // Capabilities are read from every message: once it reports status, it is judged by it.
+    let out = process(out.record, heartbeat(uid, 2), ws(), &ctx(&configs));
+    let rec = out.record.unwrap();
+    assert_eq!(
+        config_standing(&rec, &configs[0].hash),
+        ConfigStanding::Pending
+    );
+    assert!(
+        out.reply.remote_config.is_some(),
+        "it does not report running it: sent"
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! Agents as the API shows them: the fleet's health, a page of summaries, one agent's detail.
 
 use super::time::rfc3339;
-use crate::fleet::agents::{attributes, healthy, status_name, uid_of};
+use crate::fleet::agents::{
+    ConfigStanding, attributes, config_standing, healthy, status_name, uid_of,
+};
 use crate::fleet::configs::{self, Aspect, Desired};
 use crate::fleet::redact::Redactor;
 use crate::opamp::desired::desired_config;
@@ -54,6 +56,16 @@ pub struct ConfigRef {
 pub struct RemoteConfigStatusView {
     /// UNSET, APPLYING, APPLIED or FAILED.
     pub status: &'static str,
+    pub hash: String,
+    pub error: String,
+    /// The config it last reported FAILED for and went back from (the collector's supervisor
+    /// rolls back so): not sent to it again. Absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBackView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolledBackView {
     pub hash: String,
     pub error: String,
 }
@@ -169,10 +181,18 @@ fn remote_config_status(rec: &AgentRecord) -> RemoteConfigStatusView {
         RemoteConfigStatuses::Applied => "APPLIED",
         RemoteConfigStatuses::Failed => "FAILED",
     };
+    // Still reporting FAILED for it is no rollback; reporting another hash after it is.
+    let rolled_back = (!rec.rejected_config_hash.is_empty()
+        && rec.rejected_config_hash != s.last_remote_config_hash)
+        .then(|| RolledBackView {
+            hash: hex::encode(&rec.rejected_config_hash),
+            error: rec.rejected_config_error.clone(),
+        });
     RemoteConfigStatusView {
         status,
         hash: hex::encode(&s.last_remote_config_hash),
         error: s.error_message,
+        rolled_back,
     }
 }
 
@@ -274,39 +294,30 @@ impl AgentDetail {
 }
 
 /// The config states, in the order the console shows them.
-pub const CONFIG_STATES: [&str; 5] = ["applied", "applying", "failed", "pending", "unmanaged"];
+pub const CONFIG_STATES: [&str; 6] = [
+    "applied",
+    "applying",
+    "failed",
+    "unknown",
+    "pending",
+    "unmanaged",
+];
 
 /// Where an agent stands with the config files it should run (`desired_hash`): `applied`,
-/// `applying` or `failed` as it reports for that config; `pending` while it reports another one
-/// (or none); `unmanaged` when no active config selects it.
+/// `applying` or `failed` as it reports for that config (`failed` also when it failed that config
+/// and went back to its previous one); `unknown` when it was sent the config but reports no
+/// status; `pending` until then; `unmanaged` when no active config selects it.
 pub fn config_state(rec: &AgentRecord, desired_hash: Option<&str>) -> &'static str {
     let Some(want) = desired_hash else {
         return "unmanaged";
     };
-    let Some(s) = &rec.remote_config_status else {
-        return "pending";
-    };
-    if !hex_eq(&s.last_remote_config_hash, want) {
-        return "pending";
+    match config_standing(rec, want) {
+        ConfigStanding::Applied => "applied",
+        ConfigStanding::Applying => "applying",
+        ConfigStanding::Failed => "failed",
+        ConfigStanding::Unknown => "unknown",
+        ConfigStanding::Pending => "pending",
     }
-    match s.status() {
-        RemoteConfigStatuses::Applied => "applied",
-        RemoteConfigStatuses::Applying => "applying",
-        RemoteConfigStatuses::Failed => "failed",
-        RemoteConfigStatuses::Unset => "pending",
-    }
-}
-
-/// `bytes` written in hex is `hex` (lowercase), without writing it out.
-fn hex_eq(bytes: &[u8], hex: &str) -> bool {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    hex.len() == bytes.len() * 2
-        && bytes
-            .iter()
-            .zip(hex.as_bytes().chunks_exact(2))
-            .all(|(b, h)| {
-                h[0] == DIGITS[usize::from(b >> 4)] && h[1] == DIGITS[usize::from(b & 15)]
-            })
 }
 
 fn package_status_name(s: PackageStatusEnum) -> &'static str {

@@ -74,6 +74,62 @@ mod tests {
     }
 
     #[test]
+    fn a_rollback_by_the_agent_is_failed_and_shown_and_silence_is_unknown() {
+        use flotilla_proto::bus::AgentRecord;
+        use flotilla_proto::opamp::{
+            AgentCapabilities as Cap, RemoteConfigStatus, RemoteConfigStatuses as S,
+        };
+        let want = [0xab; 32];
+        let rolled_back = AgentRecord {
+            capabilities: Cap::ReportsRemoteConfig as u64,
+            remote_config_status: Some(RemoteConfigStatus {
+                last_remote_config_hash: vec![0xcd; 32],
+                status: S::Applied as i32,
+                error_message: String::new(),
+            }),
+            rejected_config_hash: want.to_vec(),
+            rejected_config_error: "bad exporter".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            config_state(&rolled_back, Some(&hex::encode(want))),
+            "failed"
+        );
+        let view = AgentSummary::of(&rolled_back, &Default::default());
+        assert_eq!(
+            serde_json::to_value(&view.remote_config_status).unwrap(),
+            serde_json::json!({
+                "status": "APPLIED",
+                "hash": hex::encode([0xcd; 32]),
+                "error": "",
+                "rolled_back": {"hash": hex::encode(want), "error": "bad exporter"},
+            })
+        );
+        // Still reporting FAILED for it is a failure, not a rollback.
+        let mut failing = rolled_back.clone();
+        failing
+            .remote_config_status
+            .as_mut()
+            .unwrap()
+            .last_remote_config_hash = want.to_vec();
+        failing.remote_config_status.as_mut().unwrap().status = S::Failed as i32;
+        assert_eq!(config_state(&failing, Some(&hex::encode(want))), "failed");
+        let view = AgentSummary::of(&failing, &Default::default());
+        assert!(view.remote_config_status.rolled_back.is_none());
+
+        let silent = AgentRecord {
+            capabilities: Cap::AcceptsRemoteConfig as u64,
+            offered_config_hash: want.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(config_state(&silent, Some(&hex::encode(want))), "unknown");
+        assert_eq!(
+            config_state(&silent, Some(&hex::encode([1; 32]))),
+            "pending"
+        );
+    }
+
+    #[test]
     fn selectors_show_as_pairs_when_they_can() {
         let pairs = SelectorView::of(&"env=prod,region=eu".parse().unwrap());
         assert_eq!(

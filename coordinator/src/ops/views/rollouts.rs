@@ -21,6 +21,8 @@ pub struct RolloutView {
     pub enrolled: usize,
     pub applied: usize,
     pub failed: usize,
+    /// Sent the version, but they report no remote config status.
+    pub unknown: usize,
     pub pending: usize,
     pub phases: Vec<PhaseView>,
     pub created: String,
@@ -34,6 +36,7 @@ pub struct PhaseView {
     pub agents: usize,
     pub applied: usize,
     pub failed: usize,
+    pub unknown: usize,
     pub pending: usize,
     pub started: String,
     pub settled: Option<String>,
@@ -58,6 +61,7 @@ impl RolloutView {
             enrolled: sum(|p| p.agents.len()),
             applied: sum(|p| p.applied),
             failed: sum(|p| p.failed),
+            unknown: sum(|p| p.unknown),
             pending: sum(|p| p.pending),
             phases: r
                 .phases
@@ -68,6 +72,7 @@ impl RolloutView {
                     agents: p.agents.len(),
                     applied: p.applied,
                     failed: p.failed,
+                    unknown: p.unknown,
                     pending: p.pending,
                     started: rfc3339(p.started_unix_ms),
                     settled: p.settled_unix_ms.map(rfc3339),

@@ -1,0 +1,158 @@
+//! The habits of the collector's OpAMP supervisor, over a real WebSocket: rolling back a config
+//! that did not come up (FAILED for it, then APPLIED for the previous one), and accepting configs
+//! without reporting their status (its default).
+
+use super::*;
+use flotilla_loadtest::client::{WsClient, WsEvent};
+use flotilla_loadtest::sim::SimAgent;
+use flotilla_proto::opamp::{AgentCapabilities as Cap, AgentToServer};
+use std::collections::VecDeque;
+
+/// Sends `first` and whatever the agent answers to each reply, until it has nothing more to say;
+/// returns how many configs the server sent it meanwhile.
+async fn converse(ws: &mut WsClient, agent: &mut SimAgent, first: Vec<AgentToServer>) -> usize {
+    let mut queue = VecDeque::from(first);
+    let mut configs = 0;
+    while let Some(msg) = queue.pop_front() {
+        let reply = ws.request(&msg).await.expect("answered");
+        configs += usize::from(reply.remote_config.is_some());
+        queue.extend(agent.handle(&reply));
+    }
+    configs
+}
+
+/// The next push the server sends unasked, answered; how many configs were sent meanwhile.
+async fn take_push(ws: &mut WsClient, agent: &mut SimAgent) -> usize {
+    match ws.next_event(Duration::from_secs(10)).await {
+        Ok(WsEvent::Message(push)) => {
+            let answers = agent.handle(&push);
+            usize::from(push.remote_config.is_some()) + converse(ws, agent, answers).await
+        }
+        other => panic!("no push: {other:?}"),
+    }
+}
+
+async fn put_otel(srv: &Server, note: &str) -> String {
+    let (status, v) = srv
+        .put(
+            "/api/v1/configs/otel",
+            json!({"selector": "env=prod", "files": {"collector.yaml": collector_yaml(note)}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["hash"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_config_the_agent_rolled_back_from_counts_as_failed_and_is_not_pushed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let good = put_otel(&srv, "v1").await;
+    let mut agent = SimAgent::new("otelcol", &[("env", "prod")]);
+    agent.apply.rollback = true;
+    agent.fail_marker = Some("BROKEN".into());
+    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
+    let first = agent.full_report();
+    assert_eq!(converse(&mut ws, &mut agent, vec![first]).await, 1);
+
+    let broken = put_otel(&srv, "v2 BROKEN").await;
+    assert_eq!(take_push(&mut ws, &mut agent).await, 1, "v2 sent once");
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["config_state"], "failed", "{view}");
+    let status = &view["remote_config_status"];
+    assert_eq!(status["status"], "APPLIED", "{status}");
+    assert_eq!(status["hash"], good.as_str());
+    assert_eq!(status["rolled_back"]["hash"], broken.as_str());
+    assert_eq!(
+        status["rolled_back"]["error"],
+        "config rejected: invalid pipeline"
+    );
+    // Heartbeats and a full report after that: no re-push, so no collector restart loop.
+    for _ in 0..3 {
+        let hb = agent.heartbeat();
+        assert_eq!(converse(&mut ws, &mut agent, vec![hb]).await, 0);
+    }
+    let full = agent.full_report();
+    assert_eq!(converse(&mut ws, &mut agent, vec![full]).await, 0);
+    let (_, failed) = srv
+        .get("/api/v1/agents?selector=env=prod&config=failed")
+        .await;
+    assert_eq!(failed["total"], 1, "{failed}");
+
+    // A fixed version is sent, and applied.
+    let fixed = put_otel(&srv, "v3").await;
+    assert_eq!(take_push(&mut ws, &mut agent).await, 1);
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["config_state"], "applied", "{view}");
+    assert_eq!(view["remote_config_status"]["hash"], fixed.as_str());
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn agents_that_report_no_config_status_get_each_config_once_and_do_not_stall_a_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let (status, body) = srv
+        .put(
+            "/api/v1/configs/solo",
+            json!({"selector": "team=solo", "files": {"collector.yaml": collector_yaml("solo")}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut agent = SimAgent::new("otelcol", &[("team", "solo")]);
+    agent.capabilities &= !(Cap::ReportsRemoteConfig as u64);
+    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
+    let first = agent.full_report();
+    assert_eq!(converse(&mut ws, &mut agent, vec![first]).await, 1);
+    for _ in 0..3 {
+        let hb = agent.heartbeat();
+        assert_eq!(
+            converse(&mut ws, &mut agent, vec![hb]).await,
+            0,
+            "sent once"
+        );
+    }
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["config_state"], "unknown", "{view}");
+    let _ = ws.close().await;
+
+    // A rollout over ten such agents completes; they are counted unknown, not pending.
+    let quiet = |mut a: SimAgent| {
+        a.capabilities &= !(Cap::ReportsRemoteConfig as u64);
+        a
+    };
+    let agents = collectors(10, &[("env", "prod")], |_| false, "")
+        .into_iter()
+        .map(quiet)
+        .collect();
+    put_otel(&srv, "v1").await;
+    let fleet = Fleet::start(&srv.ws_url, agents).await;
+    let (_, v2) = srv
+        .put(
+            "/api/v1/configs/otel",
+            json!({"selector": "env=prod", "files": {"collector.yaml": collector_yaml("v2")},
+                   "activate": false}),
+        )
+        .await;
+    assert_eq!(v2["version"], 2, "{v2}");
+    let (status, r) = srv
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"config": "otel", "phases": {"initial": 5, "multiplier": 2}, "soak": "1s"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap();
+    let done = srv
+        .wait_for(&format!("/api/v1/rollouts/{id}"), WAIT, |r| {
+            r["state"] == "completed"
+        })
+        .await;
+    assert_eq!(
+        (&done["unknown"], &done["failed"], &done["pending"]),
+        (&json!(10), &json!(0), &json!(0)),
+        "{done}"
+    );
+    fleet.stop().await;
+    srv.stop().await;
+}
