@@ -46,6 +46,8 @@ async fn serve() -> Serve {
         .arg(&tokens)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
+        // The unhealthy agent counts as failing in a rollout at once.
+        .args(["--alert-grace", "0s"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -69,6 +69,27 @@ fn show(v: &Value, shape: Shape, format: Format) -> anyhow::Result<()> {
                     .as_str()
                     .unwrap_or_default()
             );
+            let back = &v["remote_config_status"]["rolled_back"];
+            if back.is_object() {
+                out!(
+                    "rolled back from: {} {}",
+                    field(back, "hash"),
+                    back["error"].as_str().unwrap_or_default()
+                );
+            }
+            for (kind, types) in v["available_components"]["components"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                let types: Vec<&str> = types
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                out!("components: {kind}: {}", types.join(" "));
+            }
             if !wide {
                 out!("(health tree, effective config, packages: -o wide, json or yaml)");
             } else {

@@ -156,3 +156,60 @@ async fn agents_that_report_no_config_status_get_each_config_once_and_do_not_sta
     fleet.stop().await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn the_components_an_agent_has_are_asked_for_once_and_shown() {
+    use flotilla_proto::opamp::{AvailableComponents, ComponentDetails, ServerToAgentFlags};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let mut agent = SimAgent::new("otelcol", &[("env", "prod")]);
+    agent.capabilities |= Cap::ReportsAvailableComponents as u64;
+    let kind = |types: &[&str]| ComponentDetails {
+        sub_component_map: types
+            .iter()
+            .map(|t| (t.to_string(), ComponentDetails::default()))
+            .collect(),
+        ..Default::default()
+    };
+    let all = AvailableComponents {
+        hash: vec![9; 32],
+        components: [
+            ("receivers".to_string(), kind(&["otlp", "hostmetrics"])),
+            ("exporters".to_string(), kind(&["debug"])),
+        ]
+        .into(),
+    };
+    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
+    // The supervisor's first message: the hash alone.
+    let mut first = agent.full_report();
+    first.available_components = Some(AvailableComponents {
+        hash: all.hash.clone(),
+        components: Default::default(),
+    });
+    let reply = ws.request(&first).await.unwrap();
+    let asked = ServerToAgentFlags::ReportAvailableComponents as u64;
+    assert_ne!(reply.flags & asked, 0, "the list is asked for");
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["available_components"]["complete"], false, "{view}");
+    let mut listed = agent.heartbeat();
+    listed.available_components = Some(all.clone());
+    let reply = ws.request(&listed).await.unwrap();
+    assert_eq!(reply.flags & asked, 0);
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(
+        view["available_components"],
+        json!({"hash": hex::encode([9; 32]), "complete": true, "components": {
+            "exporters": ["debug"], "receivers": ["hostmetrics", "otlp"]}}),
+        "{view}"
+    );
+    // The hash again after a reconnect: known, not asked for again.
+    let mut again = agent.full_report();
+    again.sequence_num = 0;
+    again.available_components = Some(AvailableComponents {
+        hash: all.hash.clone(),
+        components: Default::default(),
+    });
+    let reply = ws.request(&again).await.unwrap();
+    assert_eq!(reply.flags & asked, 0, "known hash, not asked again");
+    srv.stop().await;
+}

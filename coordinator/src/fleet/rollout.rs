@@ -238,7 +238,7 @@ pub struct Phase {
 pub enum Outcome {
     /// Runs it (every aspect the version defines) and is not unhealthy.
     Applied,
-    /// Reported failing to apply it, or turned unhealthy on it.
+    /// Reported failing to apply it, or unhealthy on it for longer than a grace.
     Failed,
     /// Was sent it, and reports no remote config status: how it went is not known.
     Unknown,

@@ -202,6 +202,11 @@ pub fn process(
         return Outcome::refused(reply.instance_uid, why, ctx);
     }
     rec.last_seen_unix_ms = ctx.now_unix_ms;
+    rec.unhealthy_since_unix_ms = match rec.health.as_ref().map(|h| h.healthy) {
+        Some(false) if rec.unhealthy_since_unix_ms == 0 => ctx.now_unix_ms,
+        Some(false) => rec.unhealthy_since_unix_ms,
+        _ => 0,
+    };
 
     if leaving {
         rec.status = AgentStatus::Disconnected as i32;

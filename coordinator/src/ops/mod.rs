@@ -53,6 +53,9 @@ pub struct OpsConfig {
     pub owner_timeout: Duration,
     /// How long to keep looking for the owner of an agent's shard.
     pub owner_deadline: Duration,
+    /// How long an agent may report unhealthy before a rollout counts it as failing (the
+    /// collector's supervisor reports unhealthy while its collector starts): `--alert-grace`.
+    pub unhealthy_grace: Duration,
 }
 
 impl OpsConfig {
@@ -63,6 +66,7 @@ impl OpsConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             owner_timeout: Duration::from_secs(3),
             owner_deadline: Duration::from_secs(5),
+            unhealthy_grace: Duration::from_secs(60),
         }
     }
 }

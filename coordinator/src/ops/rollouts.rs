@@ -72,10 +72,16 @@ fn to_value(r: &Rollout) -> Option<serde_json::Value> {
     serde_json::to_value(r).ok()
 }
 
-/// Where agent `rec` stands with `target`: every aspect the version defines (that the agent can
-/// take) reported applied, and not unhealthy; or a reported failure (a rollback by the agent
-/// included); or unknown, for an agent sent the config that reports no status.
-fn outcome(rec: &AgentRecord, target: &StoredConfig, packages_hash: &[u8]) -> Outcome {
+/// Where agent `rec` stands with `target` at `now_ms`: every aspect the version defines (that the
+/// agent can take) reported applied, and not unhealthy for `grace_ms` or longer; or a reported
+/// failure (a rollback by the agent included); or unknown, for an agent sent the config that
+/// reports no status.
+fn outcome(
+    rec: &AgentRecord,
+    target: &StoredConfig,
+    packages_hash: &[u8],
+    (now_ms, grace_ms): (u64, u64),
+) -> Outcome {
     let (mut applied, mut unknown) = (true, false);
     if !target.files.is_empty() && has(rec.capabilities, Cap::AcceptsRemoteConfig) {
         match config_standing(rec, &target.hash) {
@@ -102,8 +108,12 @@ fn outcome(rec: &AgentRecord, target: &StoredConfig, packages_hash: &[u8]) -> Ou
             _ => applied = false,
         }
     }
-    match (applied, rec.health.as_ref().map(|h| h.healthy)) {
-        (true, Some(false)) => Outcome::Failed,
+    let unhealthy = rec.health.as_ref().is_some_and(|h| !h.healthy);
+    let past_grace = now_ms.saturating_sub(rec.unhealthy_since_unix_ms) >= grace_ms;
+    match (applied, unhealthy) {
+        (true, true) if past_grace => Outcome::Failed,
+        // Starting up (a supervisor restarts its collector on a new config): not yet.
+        (true, true) => Outcome::Pending,
         (true, _) if unknown => Outcome::Unknown,
         (true, _) => Outcome::Applied,
         (false, _) => Outcome::Pending,
@@ -383,6 +393,8 @@ impl Ops {
             )));
         };
         let packages_hash = offers::packages_available(&target.packages).all_packages_hash;
+        let now = now_unix_ms();
+        let grace = u64::try_from(self.cfg.unhealthy_grace.as_millis()).unwrap_or(u64::MAX);
         let desired = self.desired.current();
         let enrolled = r.enrolled();
         let mut outcomes = HashMap::new();
@@ -393,7 +405,7 @@ impl Ops {
                     return;
                 };
                 if enrolled.contains(&uid) {
-                    outcomes.insert(uid, outcome(rec, &target, &packages_hash));
+                    outcomes.insert(uid, outcome(rec, &target, &packages_hash, (now, grace)));
                 } else if desired.enrolled.get(&uid).is_none_or(|n| *n == r.config)
                     && candidate(rec, &desired, &target)
                 {
@@ -406,7 +418,7 @@ impl Ops {
         candidates.sort_unstable();
         let candidates: Vec<Uuid> = candidates.into_iter().map(|(_, u)| u).collect();
         let before = r.clone();
-        let effects = r.step(now_unix_ms(), &outcomes, &candidates);
+        let effects = r.step(now, &outcomes, &candidates);
         if effects.activate
             && self
                 .store()
@@ -458,5 +470,53 @@ impl Ops {
             self.announce_change(&format!("rollout/{id}")).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::opamp::{ComponentHealth, RemoteConfigStatus, RemoteConfigStatuses};
+
+    #[test]
+    fn an_agent_unhealthy_on_the_version_fails_only_after_the_grace() {
+        let file = flotilla_common::store::ConfigFile {
+            body: "a: 1".into(),
+            content_type: "text/yaml".into(),
+        };
+        let target = StoredConfig {
+            name: "otel".into(),
+            version: 2,
+            selector: Default::default(),
+            files: [("c.yaml".to_string(), file)].into(),
+            hash: hex::encode([7; 32]),
+            packages: Default::default(),
+            settings: None,
+            created_unix_ms: 0,
+            created_by: String::new(),
+            comment: String::new(),
+        };
+        let rec = AgentRecord {
+            capabilities: Cap::AcceptsRemoteConfig as u64 | Cap::ReportsRemoteConfig as u64,
+            remote_config_status: Some(RemoteConfigStatus {
+                last_remote_config_hash: vec![7; 32],
+                status: RemoteConfigStatuses::Applied as i32,
+                error_message: String::new(),
+            }),
+            health: Some(ComponentHealth {
+                healthy: false,
+                ..Default::default()
+            }),
+            unhealthy_since_unix_ms: 1_000_000,
+            ..Default::default()
+        };
+        let at = |ms: u64| outcome(&rec, &target, &[], (1_000_000 + ms, 60_000));
+        assert_eq!(at(0), Outcome::Pending, "starting up");
+        assert_eq!(at(59_999), Outcome::Pending);
+        assert_eq!(at(60_000), Outcome::Failed);
+        let mut healthy = rec.clone();
+        healthy.health.as_mut().unwrap().healthy = true;
+        let now = (1_000_000, 60_000);
+        assert_eq!(outcome(&healthy, &target, &[], now), Outcome::Applied);
     }
 }

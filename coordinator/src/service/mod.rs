@@ -75,6 +75,7 @@ impl Service {
                 max_message_size: cfg.max_message_size,
                 owner_timeout: cfg.push_timeout + Duration::from_secs(1),
                 owner_deadline: cfg.owner_deadline,
+                unhealthy_grace: Duration::from_millis(cfg.alerts.policy.grace_ms),
                 ..OpsConfig::new(&cfg.region)
             },
             store.clone(),

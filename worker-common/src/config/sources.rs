@@ -233,8 +233,9 @@ pub struct ServeArgs {
     /// rollout_paused, rollout_rolled_back [default: all but disconnected].
     #[arg(long, env = "FLOTILLA_ALERT_KINDS", value_delimiter = ',')]
     pub alert_kinds: Vec<String>,
-    /// How long an agent may be unhealthy (or disconnected) before it is alerted on: supervisors
-    /// report unhealthy until their collector is up [default: 1m].
+    /// How long an agent may be unhealthy (or disconnected) before it is alerted on, or counts as
+    /// failing in a rollout: supervisors report unhealthy until their collector is up
+    /// [default: 1m].
     #[arg(long, env = "FLOTILLA_ALERT_GRACE", value_parser = humantime::parse_duration)]
     pub alert_grace: Option<Duration>,
     /// How often the fleet is checked for alerts and sinks are told [default: 5s].

@@ -261,6 +261,15 @@ pub async fn detail(
                 h3 { "Custom capabilities" }
                 ul.words { @for n in custom { li { code { (n) } } } }
             }
+            @if let Some(available) = &a.available_components {
+                h3 { "Available components" }
+                @if !available.complete { p.muted { "Asked for: only their hash has come so far." } }
+                dl.facts {
+                    @for (kind, types) in &available.components {
+                        dt { (kind) } dd { ul.words { @for t in types { li { code { (t) } } } } }
+                    }
+                }
+            }
         }
         section {
             h2 { "Effective config" }

@@ -402,3 +402,27 @@ fn available_components_hash_without_map_asks_for_the_map_once() {
 }
 
 mod offers;
+
+#[test]
+fn the_time_an_agent_turned_unhealthy_is_kept_until_it_is_healthy() {
+    let uid = Uuid::now_v7();
+    let mut starting = full(uid, 0);
+    starting.health.as_mut().unwrap().healthy = false;
+    let out = process(None, starting, ws(), &ctx(&[]));
+    assert_eq!(out.record.as_ref().unwrap().unhealthy_since_unix_ms, NOW);
+    let mut later = ctx(&[]);
+    later.now_unix_ms = NOW + 5_000;
+    let out = process(out.record, heartbeat(uid, 1), ws(), &later);
+    assert_eq!(
+        out.record.as_ref().unwrap().unhealthy_since_unix_ms,
+        NOW,
+        "still the same spell"
+    );
+    let mut up = heartbeat(uid, 2);
+    up.health = Some(ComponentHealth {
+        healthy: true,
+        ..Default::default()
+    });
+    let out = process(out.record, up, ws(), &later);
+    assert_eq!(out.record.unwrap().unhealthy_since_unix_ms, 0);
+}

@@ -115,7 +115,19 @@ pub struct AgentDetail {
     pub effective_config: Option<BTreeMap<String, EffectiveFile>>,
     pub packages: Option<PackagesView>,
     pub custom_capabilities: Option<Vec<String>>,
+    /// What the agent's build contains (AvailableComponents): null until it reports them.
+    pub available_components: Option<ComponentsView>,
     pub restart_pending: bool,
+}
+
+/// An agent's available components: each kind (`receivers`, `processors`, `exporters`,
+/// `extensions`, `connectors` for a collector) to its component types, sorted. `complete` is
+/// false while only the hash is known (the server has asked for the list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ComponentsView {
+    pub hash: String,
+    pub complete: bool,
+    pub components: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -288,6 +300,20 @@ impl AgentDetail {
                 .custom_capabilities
                 .as_ref()
                 .map(|c| c.capabilities.clone()),
+            available_components: rec.available_components.as_ref().map(|a| ComponentsView {
+                hash: hex::encode(&a.hash),
+                complete: !a.components.is_empty(),
+                components: a
+                    .components
+                    .iter()
+                    .map(|(kind, details)| {
+                        let mut types: Vec<String> =
+                            details.sub_component_map.keys().cloned().collect();
+                        types.sort();
+                        (kind.clone(), types)
+                    })
+                    .collect(),
+            }),
             restart_pending: rec.restart_expires_unix_ms > 0,
         }
     }
