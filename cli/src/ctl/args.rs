@@ -184,6 +184,10 @@ pub enum AgentsCommand {
         /// Only agents that should run this version of their config.
         #[arg(long)]
         config_version: Option<u64>,
+        /// Only agents whose effective config differs (true) or not (false) from what they
+        /// should run, past what the collector's supervisor adds.
+        #[arg(long)]
+        drift: Option<bool>,
         /// Agents per page (at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,

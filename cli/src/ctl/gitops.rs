@@ -18,8 +18,12 @@
 use super::output::out;
 use anyhow::{Context, bail};
 use flotilla_common::selector::Selector;
+use flotilla_common::store::{AgentSettings, PackageOffer};
+use flotilla_coordinator::fleet::drift::yaml_to_json as to_json;
 use saphyr::LoadableYamlNode;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One config document, read and resolved (file bodies loaded).
@@ -146,31 +150,6 @@ fn declared(file: &Path, doc: Value) -> anyhow::Result<Declared> {
     })
 }
 
-fn to_json(y: &saphyr::Yaml) -> Value {
-    use saphyr::{Scalar, Yaml};
-    match y {
-        Yaml::Value(Scalar::Null) | Yaml::BadValue | Yaml::Alias(_) => Value::Null,
-        Yaml::Value(Scalar::Boolean(b)) => Value::Bool(*b),
-        Yaml::Value(Scalar::Integer(i)) => json!(i),
-        Yaml::Value(Scalar::FloatingPoint(f)) => json!(f.into_inner()),
-        Yaml::Value(Scalar::String(s)) => Value::String(s.to_string()),
-        Yaml::Representation(s, _, _) => Value::String(s.to_string()),
-        Yaml::Sequence(items) => Value::Array(items.iter().map(to_json).collect()),
-        Yaml::Mapping(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let key = match to_json(k) {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    (key, to_json(v))
-                })
-                .collect(),
-        ),
-        Yaml::Tagged(_, inner) => to_json(inner),
-    }
-}
-
 /// A selector as the API shows it (text or pairs), in a canonical text form (terms sorted).
 fn canonical_selector(v: &Value) -> anyhow::Result<String> {
     let s: Selector = match v {
@@ -235,17 +214,31 @@ pub(super) fn differences(
             .to_string();
         lines.extend(diff.lines().map(str::to_owned));
     }
-    for key in ["packages", "settings"] {
-        let (old, new) = (&have[key], &want[key]);
-        let same = match (old, new) {
-            (Value::Null, Value::Object(m)) | (Value::Object(m), Value::Null) => m.is_empty(),
-            _ => old == new,
-        };
+    // Read as the server reads them, so that defaults left out, `1m` against `60s` and the
+    // order of keys are no change.
+    let same = [
+        same_as::<BTreeMap<String, PackageOffer>>(&have["packages"], &want["packages"]),
+        same_as::<AgentSettings>(&have["settings"], &want["settings"]),
+    ];
+    for (key, same) in ["packages", "settings"].into_iter().zip(same) {
         if !same {
-            lines.push(format!("~ {key}: {old} -> {new}"));
+            lines.push(format!("~ {key}: {} -> {}", have[key], want[key]));
         }
     }
     Ok(lines)
+}
+
+/// Whether `old` and `new` are one value of `T` (null reading as `T`'s default); values that do
+/// not read as `T` are compared as they are written.
+fn same_as<T: DeserializeOwned + Default + PartialEq>(old: &Value, new: &Value) -> bool {
+    let read = |v: &Value| match v {
+        Value::Null => Ok(T::default()),
+        v => serde_json::from_value::<T>(v.clone()),
+    };
+    match (read(old), read(new)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => old == new,
+    }
 }
 
 /// Prints what applying would change; true if anything would.
@@ -307,5 +300,38 @@ mod tests {
             "{lines:?}"
         );
         assert!(differences(None, &d).unwrap()[0].starts_with("+ new config a"));
+    }
+
+    #[test]
+    fn packages_and_settings_compare_as_the_server_reads_them() {
+        let d = doc(
+            "name: a\nfiles: {}\nsettings:\n  heartbeat_interval: 60s\npackages:\n  \
+                     otelcol: {version: '1.2', download_url: 'https://x/o.tgz'}\n",
+        )
+        .unwrap();
+        // What the server answers for the same thing: defaults filled in, the duration its way.
+        let stored = json!({"selector": "", "files": {},
+            "settings": {"heartbeat_interval": "1m"},
+            "packages": {"otelcol": {"type": "top_level", "version": "1.2",
+                "download_url": "https://x/o.tgz", "content_hash": "", "signature": ""}}});
+        assert_eq!(
+            differences(Some(&stored), &d).unwrap(),
+            Vec::<String>::new()
+        );
+        let mut newer = stored.clone();
+        newer["packages"]["otelcol"]["version"] = json!("1.3");
+        newer["settings"] = Value::Null;
+        let lines = differences(Some(&newer), &d).unwrap();
+        assert!(
+            lines.iter().any(|l| l.starts_with("~ packages")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with("~ settings")),
+            "{lines:?}"
+        );
+        let no_settings = doc("name: a\nfiles: {}\nsettings: {}\n").unwrap();
+        let stored = json!({"selector": "", "files": {}, "settings": null, "packages": {}});
+        assert!(differences(Some(&stored), &no_settings).unwrap().is_empty());
     }
 }

@@ -196,6 +196,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             config,
             config_name,
             config_version,
+            drift,
             limit,
             cursor,
             all,
@@ -207,6 +208,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             query.extend(config.map(|c| ("config", api_name(c))));
             query.extend(config_name.map(|n| ("config_name", n)));
             query.extend(config_version.map(|v| ("config_version", v.to_string())));
+            query.extend(drift.map(|d| ("drift", d.to_string())));
             let mut cursor = cursor;
             let mut first = true;
             loop {

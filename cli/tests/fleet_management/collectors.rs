@@ -213,3 +213,62 @@ async fn the_components_an_agent_has_are_asked_for_once_and_shown() {
     assert_eq!(reply.flags & asked, 0, "known hash, not asked again");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn an_effective_config_that_differs_from_the_desired_one_is_drift_past_what_the_supervisor_adds()
+ {
+    use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    put_otel(&srv, "v1").await;
+    let mut agent = SimAgent::new("otelcol", &[("env", "prod")]);
+    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
+    let first = agent.full_report();
+    assert_eq!(converse(&mut ws, &mut agent, vec![first]).await, 1);
+    // The supervisor reports one "" entry: what it was sent, plus its opamp extension and own
+    // telemetry.
+    let as_supervisor = |body: String| AgentConfigMap {
+        config_map: [(
+            String::new(),
+            AgentConfigFile {
+                body: body.into_bytes(),
+                content_type: "text/yaml".into(),
+            },
+        )]
+        .into(),
+    };
+    let uid = agent.uid;
+    let supervised = |sent: String| {
+        let service = format!(
+            "service:\n  extensions: [opamp]\n  telemetry:\n    resource: {{service.instance.id: {uid}}}\n"
+        );
+        as_supervisor(
+            sent.replace("service:\n", &service)
+                + "extensions:\n  opamp:\n    server: {ws: {endpoint: ws://x/v1/opamp}}\n",
+        )
+    };
+    agent.effective = Some(supervised(collector_yaml("v1")));
+    let full = agent.full_report();
+    converse(&mut ws, &mut agent, vec![full]).await;
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["config_drift"], false, "{view}");
+
+    // Someone changed the collector's exporters by hand.
+    let by_hand = collector_yaml("v1").replace("exporters: [debug]", "exporters: [otlp]");
+    agent.effective = Some(supervised(by_hand));
+    let full = agent.full_report();
+    converse(&mut ws, &mut agent, vec![full]).await;
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["config_drift"], true, "{view}");
+    let (_, overview) = srv.get("/api/v1/fleet/overview").await;
+    assert_eq!(overview["drifted_agents"], 1, "{overview}");
+    assert_eq!(
+        overview["drifted"][0]["instance_uid"],
+        agent.uid.to_string()
+    );
+    let (_, drifted) = srv.get("/api/v1/agents?drift=true").await;
+    assert_eq!(drifted["total"], 1, "{drifted}");
+    let (status, refused) = srv.get("/api/v1/agents?drift=maybe").await;
+    assert_eq!(status, 400, "{refused}");
+    srv.stop().await;
+}

@@ -74,6 +74,24 @@ pub fn config_standing(rec: &AgentRecord, want: &str) -> ConfigStanding {
     }
 }
 
+/// Why an agent's config stands failed: the error it reported, or, when it went back to its
+/// previous config, the error of the one it refused.
+pub fn config_failure(rec: &AgentRecord) -> String {
+    let reported = rec.remote_config_status.as_ref();
+    let went_back = !rec.rejected_config_hash.is_empty()
+        && reported.is_some_and(|s| s.last_remote_config_hash != rec.rejected_config_hash);
+    if went_back {
+        format!(
+            "{} (it went back to its previous config)",
+            rec.rejected_config_error
+        )
+    } else {
+        reported
+            .map(|s| s.error_message.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// `bytes` written in hex is `hex` (lowercase), without writing it out.
 pub fn hex_eq(bytes: &[u8], hex: &str) -> bool {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

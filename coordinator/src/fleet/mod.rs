@@ -12,6 +12,7 @@ pub mod agents;
 pub mod alerts;
 pub mod checks;
 pub mod configs;
+pub mod drift;
 pub mod redact;
 pub mod rollout;
 pub mod validate;

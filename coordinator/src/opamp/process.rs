@@ -2,21 +2,23 @@
 //! stored record, detect sequence gaps, and decide what the reply carries. Pure: no I/O, no clock
 //! (the caller passes `now`), so every protocol rule is unit-tested here.
 
-use super::desired::{fill_offers, heartbeat_interval};
+use super::desired::{desired_config, fill_offers, heartbeat_interval};
 use super::events::EventKind;
 use super::identity::certificate_names;
 use crate::fleet::agents::{attributes, has};
-use crate::fleet::configs::Desired;
+use crate::fleet::configs::{Aspect, Desired};
+use crate::fleet::drift;
 use flotilla_common::config::RecordLimits;
 use flotilla_common::error::{ErrorKind, opamp_error};
 use flotilla_common::store::Deadline;
-use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
+use flotilla_proto::bus::{AgentRecord, AgentStatus, Drift, Origin, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags, CommandType,
     RemoteConfigStatus, RemoteConfigStatuses, ServerCapabilities, ServerToAgent,
     ServerToAgentCommand, ServerToAgentFlags,
 };
 use prost::Message;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -195,6 +197,7 @@ pub fn process(
     if !in_sequence {
         reply.flags |= ServerToAgentFlags::ReportFullState as u64;
     }
+    let effective_reported = msg.effective_config.is_some();
     if merge(&mut rec, msg) {
         reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
     }
@@ -222,6 +225,7 @@ pub fn process(
     events.extend(before.events_to(&rec));
 
     let attrs = attributes(&rec);
+    refresh_drift(&mut rec, &attrs, ctx.desired, effective_reported);
     let interval = heartbeat_interval(&rec, &attrs, ctx.desired, ctx.heartbeat_interval);
     let deadline = match silence_deadline(&rec, interval) {
         Some(at) => Deadline::Arm(at),
@@ -291,6 +295,47 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     }
     rec.available_components = Some(reported);
     false
+}
+
+/// Judges again whether the agent runs its desired config, when its effective config came with
+/// this message or its desired config changed since the last judgement.
+fn refresh_drift(
+    rec: &mut AgentRecord,
+    attrs: &BTreeMap<String, String>,
+    desired: &Desired,
+    effective_reported: bool,
+) {
+    let want = desired_config(rec, attrs, desired, Aspect::Files);
+    let want_hash = want.map_or_else(Vec::new, |c| hex::decode(&c.hash).unwrap_or_default());
+    if !effective_reported && want_hash == rec.drift_checked_hash {
+        return;
+    }
+    let effective = rec
+        .effective_config
+        .as_ref()
+        .and_then(|e| e.config_map.as_ref())
+        .map(|m| {
+            m.config_map
+                .iter()
+                .map(|(k, f)| (k.clone(), String::from_utf8_lossy(&f.body).into_owned()))
+                .collect::<BTreeMap<_, _>>()
+        });
+    let want_files = want.map(|c| {
+        c.files
+            .iter()
+            .map(|(k, f)| (k.clone(), f.body.clone()))
+            .collect::<BTreeMap<_, _>>()
+    });
+    let judged = match (want_files, effective) {
+        (Some(want), Some(have)) => drift::compose(&want).zip(drift::compose(&have)),
+        _ => None,
+    };
+    rec.config_drift = match judged {
+        Some((want, have)) if drift::runs(&want, &have) => Drift::InSync,
+        Some(_) => Drift::Drifted,
+        None => Drift::Unknown,
+    } as i32;
+    rec.drift_checked_hash = want_hash;
 }
 
 /// Remembers the config an agent reported FAILED for (so it is not sent again, and a rollback to

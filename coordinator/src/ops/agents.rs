@@ -6,7 +6,7 @@ use super::error::bad_request;
 use super::query::parse_limit;
 use super::views::{
     AgentDetail, AgentSummary, AgentsPage, CONFIG_STATES, FleetHealth, FleetOverview,
-    OverviewBuilder, config_state, rfc3339,
+    OverviewBuilder, config_drift, config_state, rfc3339,
 };
 use super::{Caller, Error, Ops, Result};
 use crate::fleet::agents::{RecordAttributes, healthy, status_name};
@@ -97,6 +97,9 @@ pub struct AgentQuery {
     /// Only agents whose config files come from this config (by name), and version.
     pub config_name: Option<String>,
     pub config_version: Option<u64>,
+    /// Only agents whose effective config differs (true) or does not (false) from their desired
+    /// config ([`config_drift`]).
+    pub drift: Option<bool>,
     pub sort: SortKey,
     pub descending: bool,
     pub limit: usize,
@@ -108,8 +111,8 @@ pub struct AgentQuery {
 
 impl AgentQuery {
     /// The query of text parameters (`selector`, `status`, `health`, `config`, `config_name`,
-    /// `config_version`, `sort`, `order`, `limit`, `cursor`, `offset`), as an interface received them; unknown parameters are
-    /// refused.
+    /// `config_version`, `drift`, `sort`, `order`, `limit`, `cursor`, `offset`), as an interface
+    /// received them; unknown parameters are refused.
     pub fn parse<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut q = Self {
             limit: DEFAULT_LIMIT,
@@ -147,6 +150,11 @@ impl AgentQuery {
                     q.config = Some(value.to_owned());
                 }
                 "config_name" => q.config_name = Some(value.to_owned()),
+                "drift" => {
+                    q.drift = Some(value.parse().map_err(|_| {
+                        bad_request(format!("drift must be true or false, not {value:?}"))
+                    })?);
+                }
                 "config_version" => {
                     q.config_version = Some(value.parse().map_err(|_| {
                         bad_request(format!("config_version must be a number, not {value:?}"))
@@ -200,6 +208,7 @@ impl AgentQuery {
         let by_config = self.config.is_some()
             || self.config_name.is_some()
             || self.config_version.is_some()
+            || self.drift.is_some()
             || self.sort == SortKey::Config;
         if !by_config {
             return Some("");
@@ -213,7 +222,10 @@ impl AgentQuery {
         let versioned = self
             .config_version
             .is_none_or(|want| files.is_some_and(|c| c.version == want));
-        (named && versioned && self.config.as_deref().is_none_or(|want| want == state))
+        let drifted = self
+            .drift
+            .is_none_or(|want| config_drift(rec, files.map(|c| c.hash.as_str())) == Some(want));
+        (named && versioned && drifted && self.config.as_deref().is_none_or(|want| want == state))
             .then_some(state)
     }
 }

@@ -57,19 +57,7 @@ fn conditions(rec: &AgentRecord, desired: &Desired, kinds: &BTreeSet<AlertKind>)
         let attrs = crate::fleet::agents::RecordAttributes(rec);
         let files = desired_config(rec, &attrs, desired, Aspect::Files);
         if config_state(rec, files.map(|c| c.hash.as_str())) == "failed" {
-            let reported = rec.remote_config_status.as_ref();
-            let went_back = !rec.rejected_config_hash.is_empty()
-                && reported.is_some_and(|s| s.last_remote_config_hash != rec.rejected_config_hash);
-            let error = if went_back {
-                format!(
-                    "{} (it went back to its previous config)",
-                    rec.rejected_config_error
-                )
-            } else {
-                reported
-                    .map(|s| s.error_message.clone())
-                    .unwrap_or_default()
-            };
+            let error = crate::fleet::agents::config_failure(rec);
             let cfg = files.map_or(String::new(), |c| format!("{} v{}: ", c.name, c.version));
             raise(AlertKind::ConfigFailed, format!("{cfg}{error}"));
         }

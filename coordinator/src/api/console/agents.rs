@@ -221,6 +221,13 @@ pub async fn detail(
                         None => { " no active config selects this agent" }
                     }
                 }
+                dt { "Runs" } dd {
+                    @match s.config_drift {
+                        Some(false) => { "what it should (past what its supervisor adds)" }
+                        Some(true) => { (badge("drifted")) " its effective config differs from what it should run" }
+                        None => { span.muted { "cannot tell" } }
+                    }
+                }
                 dt { "Reports" } dd {
                     (s.remote_config_status.status)
                     @if !s.remote_config_status.hash.is_empty() { " of " code { (short(&s.remote_config_status.hash)) } }

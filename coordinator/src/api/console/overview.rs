@@ -62,6 +62,7 @@ pub async fn page(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> P
             (attention("Unhealthy agents", "health", "unhealthy", h.unhealthy_agents, &o.unhealthy))
             (attention("Silent agents", "status", "silent", h.silent_agents, &o.silent))
             (attention("Failed configs", "config", "failed", o.config_states.get("failed").copied().unwrap_or(0), &o.failed_configs))
+            (attention("Drifted configs", "drift", "true", o.drifted_agents, &o.drifted))
         }
         // Outside the live region (it is swapped every few seconds): filled as events arrive.
         section aria-label="Live events" {

@@ -9,7 +9,7 @@ pub fn badge(word: &str) -> Markup {
     let class = match word {
         "connected" | "healthy" | "applied" | "completed" | "running" => "ok",
         "silent" | "applying" | "pending" | "paused" => "warn",
-        "unhealthy" | "failed" | "rolled_back" | "aborted" => "bad",
+        "unhealthy" | "failed" | "rolled_back" | "aborted" | "drifted" => "bad",
         _ => "muted",
     };
     html! { span class={ "badge " (class) } { (word.replace('_', " ")) } }

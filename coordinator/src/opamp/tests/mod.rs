@@ -426,3 +426,43 @@ fn the_time_an_agent_turned_unhealthy_is_kept_until_it_is_healthy() {
     let out = process(out.record, up, ws(), &later);
     assert_eq!(out.record.unwrap().unhealthy_since_unix_ms, 0);
 }
+
+#[test]
+fn drift_is_judged_when_the_effective_or_the_desired_config_changes() {
+    use flotilla_proto::bus::Drift;
+    use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap, EffectiveConfig};
+    let uid = Uuid::now_v7();
+    let configs = [prod_config()]; // c.yaml: "a: 1"
+    let effective = |body: &str| {
+        Some(EffectiveConfig {
+            config_map: Some(AgentConfigMap {
+                config_map: [(
+                    String::new(),
+                    AgentConfigFile {
+                        body: body.into(),
+                        content_type: "text/yaml".into(),
+                    },
+                )]
+                .into(),
+            }),
+        })
+    };
+    let mut first = full(uid, 0);
+    first.effective_config = effective("a: 1\nextensions: {opamp: {}}\n");
+    let out = process(None, first, ws(), &ctx(&configs));
+    let rec = out.record.unwrap();
+    assert_eq!(rec.config_drift, Drift::InSync as i32);
+    assert_eq!(hex::encode(&rec.drift_checked_hash), configs[0].hash);
+
+    let mut changed = heartbeat(uid, 1);
+    changed.effective_config = effective("a: 2\n");
+    let out = process(Some(rec), changed, ws(), &ctx(&configs));
+    let rec = out.record.unwrap();
+    assert_eq!(rec.config_drift, Drift::Drifted as i32);
+
+    // No desired config any more: judged again at the next message, unknown.
+    let out = process(Some(rec), heartbeat(uid, 2), ws(), &ctx(&[]));
+    let rec = out.record.unwrap();
+    assert_eq!(rec.config_drift, Drift::Unknown as i32);
+    assert!(rec.drift_checked_hash.is_empty());
+}

@@ -2,12 +2,12 @@
 
 use super::time::rfc3339;
 use crate::fleet::agents::{
-    ConfigStanding, attributes, config_standing, healthy, status_name, uid_of,
+    ConfigStanding, attributes, config_standing, healthy, hex_eq, status_name, uid_of,
 };
 use crate::fleet::configs::{self, Aspect, Desired};
 use crate::fleet::redact::Redactor;
 use crate::opamp::desired::desired_config;
-use flotilla_proto::bus::{AgentRecord, Transport};
+use flotilla_proto::bus::{AgentRecord, Drift, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, ComponentHealth, KeyValue, PackageStatusEnum, RemoteConfigStatuses,
 };
@@ -88,6 +88,10 @@ pub struct AgentSummary {
     pub desired_packages: Option<ConfigRef>,
     pub desired_settings: Option<ConfigRef>,
     pub effective_config_hash: Option<String>,
+    /// Whether the effective config differs from what the agent should run, past what the
+    /// collector's supervisor adds (fleet/drift.rs); null when that cannot be told (no desired
+    /// or effective config, not YAML, or not judged since the desired config changed).
+    pub config_drift: Option<bool>,
 }
 
 /// One page of the agent list.
@@ -239,7 +243,20 @@ impl AgentSummary {
                 .as_ref()
                 .and_then(|e| e.config_map.as_ref())
                 .map(|m| hex::encode(configs::hash_of_config_map(m))),
+            config_drift: config_drift(rec, files.map(|c| c.hash.as_str())),
         }
+    }
+}
+
+/// The record's drift judgement, if it was made against the desired config of hash `want`.
+pub fn config_drift(rec: &AgentRecord, want: Option<&str>) -> Option<bool> {
+    if !want.is_some_and(|w| hex_eq(&rec.drift_checked_hash, w)) {
+        return None;
+    }
+    match Drift::try_from(rec.config_drift) {
+        Ok(Drift::InSync) => Some(false),
+        Ok(Drift::Drifted) => Some(true),
+        _ => None,
     }
 }
 

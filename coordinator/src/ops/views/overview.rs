@@ -1,9 +1,9 @@
 //! The fleet at a glance: counts by status, health, config state, agent version, region and
 //! environment, and the agents that need someone's attention.
 
-use super::agents::{CONFIG_STATES, FleetHealth, config_state};
+use super::agents::{CONFIG_STATES, FleetHealth, config_drift, config_state};
 use super::time::rfc3339;
-use crate::fleet::agents::{RecordAttributes, healthy, status_name, uid_of};
+use crate::fleet::agents::{RecordAttributes, config_failure, healthy, status_name, uid_of};
 use crate::fleet::configs::{Aspect, Desired};
 use crate::opamp::desired::desired_config;
 use flotilla_common::selector::Attributes;
@@ -36,6 +36,10 @@ pub struct FleetOverview {
     pub silent: Vec<AgentBrief>,
     /// Agents that failed to apply the config they should run (the first [`MAX_LISTED`] by uid).
     pub failed_configs: Vec<AgentBrief>,
+    /// Agents whose effective config differs from what they should run (fleet/drift.rs).
+    pub drifted_agents: u64,
+    /// Those agents (the first [`MAX_LISTED`] by uid).
+    pub drifted: Vec<AgentBrief>,
 }
 
 /// How many agents have one value of an attribute (`(none)`: agents without it).
@@ -104,15 +108,17 @@ impl OverviewBuilder {
         if status == "silent" {
             push_bounded(&mut self.out.silent, brief(String::new()));
         }
+        let cfg = files.map_or(String::new(), |c| format!("{} v{}", c.name, c.version));
         if state == "failed" {
-            let cfg = files.map(|c| format!("{} v{}", c.name, c.version));
-            let error = rec
-                .remote_config_status
-                .as_ref()
-                .map(|s| s.error_message.as_str())
-                .unwrap_or_default();
-            let detail = format!("{}: {error}", cfg.unwrap_or_default());
+            let detail = format!("{cfg}: {}", config_failure(rec));
             push_bounded(&mut self.out.failed_configs, brief(detail));
+        }
+        if config_drift(rec, files.map(|c| c.hash.as_str())) == Some(true) {
+            self.out.drifted_agents += 1;
+            push_bounded(
+                &mut self.out.drifted,
+                brief(format!("runs other than {cfg}")),
+            );
         }
     }
 
@@ -127,6 +133,7 @@ impl OverviewBuilder {
             &mut self.out.unhealthy,
             &mut self.out.silent,
             &mut self.out.failed_configs,
+            &mut self.out.drifted,
         ] {
             list.sort_by(|a, b| a.instance_uid.cmp(&b.instance_uid));
         }
