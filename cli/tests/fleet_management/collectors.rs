@@ -158,7 +158,7 @@ async fn agents_that_report_no_config_status_get_each_config_once_and_do_not_sta
 }
 
 #[tokio::test]
-async fn the_components_an_agent_has_are_asked_for_once_and_shown() {
+async fn the_components_an_agent_has_and_the_custom_messages_it_sends_are_shown() {
     use flotilla_proto::opamp::{AvailableComponents, ComponentDetails, ServerToAgentFlags};
     let dir = tempfile::tempdir().unwrap();
     let srv = start(config(dir.path())).await;
@@ -211,6 +211,22 @@ async fn the_components_an_agent_has_are_asked_for_once_and_shown() {
     });
     let reply = ws.request(&again).await.unwrap();
     assert_eq!(reply.flags & asked, 0, "known hash, not asked again");
+
+    // A custom message it sends is kept and shown.
+    let mut custom = agent.heartbeat();
+    custom.custom_message = Some(flotilla_proto::opamp::CustomMessage {
+        capability: "io.example.echo".into(),
+        r#type: "ping".into(),
+        data: b"hi".to_vec(),
+    });
+    ws.request(&custom).await.unwrap();
+    let view = srv.agent(agent.uid).await;
+    let shown = &view["custom_messages"][0];
+    assert_eq!(
+        (&shown["capability"], &shown["type"], &shown["data_base64"]),
+        (&json!("io.example.echo"), &json!("ping"), &json!("aGk=")),
+        "{view}"
+    );
     srv.stop().await;
 }
 

@@ -11,10 +11,12 @@ use crate::fleet::drift;
 use flotilla_common::config::RecordLimits;
 use flotilla_common::error::{ErrorKind, opamp_error};
 use flotilla_common::store::Deadline;
-use flotilla_proto::bus::{AgentRecord, AgentStatus, Drift, Origin, Transport};
+use flotilla_proto::bus::{
+    AgentRecord, AgentStatus, Drift, Origin, ReceivedCustomMessage, Transport,
+};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags, CommandType,
-    RemoteConfigStatus, RemoteConfigStatuses, ServerCapabilities, ServerToAgent,
+    CustomMessage, RemoteConfigStatus, RemoteConfigStatuses, ServerCapabilities, ServerToAgent,
     ServerToAgentCommand, ServerToAgentFlags,
 };
 use prost::Message;
@@ -198,6 +200,9 @@ pub fn process(
         reply.flags |= ServerToAgentFlags::ReportFullState as u64;
     }
     let effective_reported = msg.effective_config.is_some();
+    if let Some(custom) = &msg.custom_message {
+        keep_custom_message(&mut rec, custom, ctx.now_unix_ms);
+    }
     if merge(&mut rec, msg) {
         reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
     }
@@ -295,6 +300,24 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     }
     rec.available_components = Some(reported);
     false
+}
+
+/// Custom messages kept per agent, newest first, and the data kept of each.
+pub const KEPT_CUSTOM_MESSAGES: usize = 20;
+pub const KEPT_CUSTOM_DATA: usize = 64 * 1024;
+
+/// Keeps a custom message the agent sent (its data cut at [`KEPT_CUSTOM_DATA`], the size as
+/// sent kept beside it), dropping the oldest past [`KEPT_CUSTOM_MESSAGES`].
+fn keep_custom_message(rec: &mut AgentRecord, msg: &CustomMessage, now_unix_ms: u64) {
+    let kept = ReceivedCustomMessage {
+        capability: msg.capability.clone(),
+        r#type: msg.r#type.clone(),
+        data: msg.data[..msg.data.len().min(KEPT_CUSTOM_DATA)].to_vec(),
+        data_bytes: msg.data.len() as u64,
+        at_unix_ms: now_unix_ms,
+    };
+    rec.custom_messages.insert(0, kept);
+    rec.custom_messages.truncate(KEPT_CUSTOM_MESSAGES);
 }
 
 /// Judges again whether the agent runs its desired config, when its effective config came with

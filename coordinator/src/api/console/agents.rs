@@ -268,6 +268,22 @@ pub async fn detail(
                 h3 { "Custom capabilities" }
                 ul.words { @for n in custom { li { code { (n) } } } }
             }
+            @if !a.custom_messages.is_empty() {
+                h3 { "Custom messages it sent" }
+                table {
+                    thead { tr { th scope="col" { "Received" } th scope="col" { "Capability" } th scope="col" { "Type" } th scope="col" { "Bytes" } } }
+                    tbody {
+                        @for m in &a.custom_messages {
+                            tr {
+                                td { time { (m.received) } }
+                                td { code { (m.capability) } }
+                                td { (m.kind) }
+                                td.num { (m.data_bytes) @if m.truncated { " (first 64 KiB kept)" } }
+                            }
+                        }
+                    }
+                }
+            }
             @if let Some(available) = &a.available_components {
                 h3 { "Available components" }
                 @if !available.complete { p.muted { "Asked for: only their hash has come so far." } }

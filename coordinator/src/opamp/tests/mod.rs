@@ -466,3 +466,30 @@ fn drift_is_judged_when_the_effective_or_the_desired_config_changes() {
     assert_eq!(rec.config_drift, Drift::Unknown as i32);
     assert!(rec.drift_checked_hash.is_empty());
 }
+
+#[test]
+fn custom_messages_are_kept_newest_first_bounded_and_cut() {
+    use super::process::{KEPT_CUSTOM_DATA, KEPT_CUSTOM_MESSAGES};
+    use flotilla_proto::opamp::CustomMessage;
+    let uid = Uuid::now_v7();
+    let mut out = process(None, full(uid, 0), ws(), &ctx(&[]));
+    for i in 1..=25u64 {
+        let mut msg = heartbeat(uid, i);
+        msg.custom_message = Some(CustomMessage {
+            capability: "io.example.echo".into(),
+            r#type: format!("t{i}"),
+            data: vec![7; if i == 25 { KEPT_CUSTOM_DATA + 10 } else { 3 }],
+        });
+        out = process(out.record, msg, ws(), &ctx(&[]));
+    }
+    let kept = out.record.unwrap().custom_messages;
+    assert_eq!(kept.len(), KEPT_CUSTOM_MESSAGES);
+    assert_eq!(kept[0].r#type, "t25", "newest first");
+    assert_eq!(kept[0].data.len(), KEPT_CUSTOM_DATA);
+    assert_eq!(kept[0].data_bytes, (KEPT_CUSTOM_DATA + 10) as u64);
+    assert_eq!(
+        kept[KEPT_CUSTOM_MESSAGES - 1].r#type,
+        "t6",
+        "the oldest went"
+    );
+}

@@ -7,6 +7,7 @@ use crate::fleet::agents::{
 use crate::fleet::configs::{self, Aspect, Desired};
 use crate::fleet::redact::Redactor;
 use crate::opamp::desired::desired_config;
+use base64::Engine;
 use flotilla_proto::bus::{AgentRecord, Drift, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, ComponentHealth, KeyValue, PackageStatusEnum, RemoteConfigStatuses,
@@ -121,7 +122,22 @@ pub struct AgentDetail {
     pub custom_capabilities: Option<Vec<String>>,
     /// What the agent's build contains (AvailableComponents): null until it reports them.
     pub available_components: Option<ComponentsView>,
+    /// The custom messages it sent, newest first (the last 20).
+    pub custom_messages: Vec<CustomMessageView>,
     pub restart_pending: bool,
+}
+
+/// A custom message an agent sent: its data in base64 (the first 64 KiB; `data_bytes` is the
+/// size it had).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CustomMessageView {
+    pub capability: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data_base64: String,
+    pub data_bytes: u64,
+    pub truncated: bool,
+    pub received: String,
 }
 
 /// An agent's available components: each kind (`receivers`, `processors`, `exporters`,
@@ -331,6 +347,18 @@ impl AgentDetail {
                     })
                     .collect(),
             }),
+            custom_messages: rec
+                .custom_messages
+                .iter()
+                .map(|m| CustomMessageView {
+                    capability: m.capability.clone(),
+                    kind: m.r#type.clone(),
+                    data_base64: base64::engine::general_purpose::STANDARD.encode(&m.data),
+                    data_bytes: m.data_bytes,
+                    truncated: (m.data.len() as u64) < m.data_bytes,
+                    received: rfc3339(m.at_unix_ms),
+                })
+                .collect(),
             restart_pending: rec.restart_expires_unix_ms > 0,
         }
     }
