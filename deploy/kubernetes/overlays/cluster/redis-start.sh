@@ -6,15 +6,7 @@ password=$(cat /etc/redis/auth/password)
 self="${POD_NAME}.flotilla-redis-headless"
 export REDISCLI_AUTH="$password"
 
-primary=""
-for i in 0 1 2; do
-  answer=$(timeout 3 redis-cli -h "flotilla-redis-sentinel-$i.flotilla-redis-sentinel-headless" \
-    -p 26379 --raw sentinel get-master-addr-by-name mymaster 2>/dev/null | head -n 1) || true
-  case "$answer" in
-    flotilla-redis-*) primary="$answer"; break ;;
-  esac
-done
-[ -n "$primary" ] || primary="flotilla-redis-0.flotilla-redis-headless"
+primary=$(sh /etc/redis/known-primary.sh)
 
 conf=/run/redis/redis.conf
 cp /etc/redis/redis.conf "$conf"

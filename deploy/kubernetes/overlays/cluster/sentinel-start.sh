@@ -12,15 +12,7 @@ conf=/data/sentinel.conf
 if [ ! -s "$conf" ]; then
   # First start: the primary another Sentinel already knows, else Redis pod 0 (the first primary).
   export REDISCLI_AUTH="$password"
-  primary=""
-  for i in 0 1 2; do
-    answer=$(timeout 3 redis-cli -h "flotilla-redis-sentinel-$i.flotilla-redis-sentinel-headless" \
-      -p 26379 --raw sentinel get-master-addr-by-name mymaster 2>/dev/null | head -n 1) || true
-    case "$answer" in
-      flotilla-redis-*) primary="$answer"; break ;;
-    esac
-  done
-  [ -n "$primary" ] || primary="flotilla-redis-0.flotilla-redis-headless"
+  primary=$(sh /etc/redis/known-primary.sh)
   cp /etc/redis/sentinel.conf "$conf.new"
   cat >>"$conf.new" <<CONF
 sentinel announce-ip $self

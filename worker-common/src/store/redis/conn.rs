@@ -17,6 +17,12 @@ use std::time::Duration;
 
 /// How long connecting to, and one answer from, a Redis server may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long asking the Sentinels (each in turn) for the primary may take.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn timed_out(what: &'static str) -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, what))
+}
 
 #[derive(Clone)]
 pub enum Conn {
@@ -136,7 +142,10 @@ impl Primary {
         if let Some(current) = self.cached() {
             return Ok(current);
         }
-        let client = sentinels.async_get_client().await?;
+        // A Sentinel that does not answer (a dropped route) must not hold every store call.
+        let client = tokio::time::timeout(SENTINEL_TIMEOUT, sentinels.async_get_client())
+            .await
+            .map_err(|_| timed_out("no Sentinel named the primary in time"))??;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT));
