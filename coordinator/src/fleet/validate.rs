@@ -5,13 +5,15 @@
 //! catches the common mistakes up front and reports every one of them at once, each with the file
 //! and, where known, the line and column, so the person editing can fix them in one pass:
 //!
-//! - `.yaml`/`.yml` files must parse as YAML. A document that is a mapping with a `service` key is
-//!   an OpenTelemetry Collector config, and its `service` section is checked the way the collector
-//!   checks it at startup: pipeline ids, non-empty receiver and exporter lists, every referenced
-//!   receiver, processor, exporter, connector and extension defined at the top level, and every
-//!   connector used on both sides (exporter of one pipeline, receiver of another).
+//! - `.yaml`/`.yml` files (and the file named "") must parse as YAML. A document that is a
+//!   mapping with a `service` key is an OpenTelemetry Collector config, and its `service` section
+//!   is checked the way the collector checks it at startup: pipeline ids, non-empty receiver and
+//!   exporter lists, every referenced receiver, processor, exporter, connector and extension
+//!   defined at the top level of some YAML file of the config (the supervisor merges them), and
+//!   every connector used on both sides (exporter of one pipeline, receiver of another).
 //! - `.json` files must parse as JSON.
-//! - Other files are not checked.
+//! - Other files are not checked, unless the config holds a collector config: then they must
+//!   parse as YAML too (the supervisor reads every file so).
 //!
 //! What is not checked: component settings (only the collector binary knows each component's
 //! schema), whether a component type exists in the agent's build, and whether a connector
@@ -60,18 +62,55 @@ impl Problem {
 
 /// Checks every file of a config (file name -> body). Returns all problems found, in file-name
 /// order and, within a file, in position order.
+///
+/// The collector's OpAMP supervisor merges the files of a config map into one config, so a
+/// collector config may be split over files: components count as defined when any YAML file of
+/// the map defines them, and once a file holds a collector config (a `service` key) every file
+/// must parse as YAML, since the supervisor reads each one so whatever its name.
 pub fn validate_files(files: &BTreeMap<String, String>) -> Result<(), Vec<Problem>> {
-    let mut problems = Vec::new();
+    let mut found: BTreeMap<&str, Vec<Problem>> = BTreeMap::new();
+    let mut parsed: Vec<(&str, Vec<Node<'_>>)> = Vec::new();
+    let mut unchecked = Vec::new();
     for (name, body) in files {
-        let mut found = Vec::new();
+        let problems = found.entry(name).or_default();
         match extension(name).as_deref() {
-            Some("yaml" | "yml") => check_yaml(name, body, &mut found),
-            Some("json") => check_json(name, body, &mut found),
-            _ => {}
+            _ if name.is_empty() => parsed.extend(parse_yaml(name, body, problems)),
+            Some("yaml" | "yml") => parsed.extend(parse_yaml(name, body, problems)),
+            Some("json") => check_json(name, body, problems),
+            _ => unchecked.push((name.as_str(), body.as_str())),
         }
+    }
+    let roots = || {
+        parsed
+            .iter()
+            .flat_map(|(name, docs)| docs.iter().filter_map(mapping).map(move |m| (*name, m)))
+    };
+    let defined = Defined::union(roots().map(|(_, root)| root));
+    let mut collector = false;
+    for (name, root) in roots() {
+        if let Some((service_key, service)) = entry(root, "service") {
+            collector = true;
+            let problems = found.entry(name).or_default();
+            CollectorCheck::new(name, &defined, problems).check(service_key, service);
+        }
+    }
+    if collector {
+        for (name, body) in unchecked {
+            let problems = found.entry(name).or_default();
+            if parse_yaml(name, body, problems).is_none()
+                && let Some(last) = problems.last_mut()
+            {
+                last.message.push_str(
+                    " (the collector's supervisor reads every file of a collector config as YAML)",
+                );
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (_, mut file) in found {
         // Checks run section by section; sorting gives the order a reader walks the file in.
-        found.sort_by_key(|p| (p.line, p.column));
-        problems.append(&mut found);
+        file.sort_by_key(|p| (p.line, p.column));
+        problems.append(&mut file);
     }
     if problems.is_empty() {
         Ok(())
@@ -102,23 +141,21 @@ fn check_json(file: &str, body: &str, problems: &mut Vec<Problem>) {
     }
 }
 
-fn check_yaml(file: &str, body: &str, problems: &mut Vec<Problem>) {
-    let docs = match MarkedYaml::load_from_str(body) {
-        Ok(docs) => docs,
+/// The documents of a YAML file; None (and the problem noted) when it does not parse.
+fn parse_yaml<'a>(
+    file: &'a str,
+    body: &'a str,
+    problems: &mut Vec<Problem>,
+) -> Option<(&'a str, Vec<Node<'a>>)> {
+    match MarkedYaml::load_from_str(body) {
+        Ok(docs) => Some((file, docs)),
         Err(e) => {
             problems.push(Problem::at(
                 file,
                 *e.marker(),
                 format!("invalid YAML: {}", e.info()),
             ));
-            return;
-        }
-    };
-    for doc in &docs {
-        if let Some(root) = mapping(doc)
-            && let Some((service_key, service)) = entry(root, "service")
-        {
-            CollectorCheck::new(file, root, problems).check(service_key, service);
+            None
         }
     }
 }
@@ -178,6 +215,34 @@ fn defined(root: &Mapping<'_>, section: &str) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// The components defined in the top-level sections of every file of a config map.
+#[derive(Default)]
+struct Defined {
+    receivers: BTreeSet<String>,
+    processors: BTreeSet<String>,
+    exporters: BTreeSet<String>,
+    connectors: BTreeSet<String>,
+    extensions: BTreeSet<String>,
+}
+
+impl Defined {
+    fn union<'m, 'a: 'm>(roots: impl Iterator<Item = &'m Mapping<'a>>) -> Self {
+        let mut all = Self::default();
+        for root in roots {
+            for (set, section) in [
+                (&mut all.receivers, "receivers"),
+                (&mut all.processors, "processors"),
+                (&mut all.exporters, "exporters"),
+                (&mut all.connectors, "connectors"),
+                (&mut all.extensions, "extensions"),
+            ] {
+                set.extend(defined(root, section));
+            }
+        }
+        all
+    }
+}
+
 /// The three lists of a pipeline.
 #[derive(Clone, Copy)]
 enum Role {
@@ -224,15 +289,15 @@ struct CollectorCheck<'p> {
 }
 
 impl<'p> CollectorCheck<'p> {
-    fn new(file: &'p str, root: &Mapping<'_>, problems: &'p mut Vec<Problem>) -> Self {
+    fn new(file: &'p str, defined: &Defined, problems: &'p mut Vec<Problem>) -> Self {
         Self {
             file,
             problems,
-            receivers: defined(root, "receivers"),
-            processors: defined(root, "processors"),
-            exporters: defined(root, "exporters"),
-            connectors: defined(root, "connectors"),
-            extensions: defined(root, "extensions"),
+            receivers: defined.receivers.clone(),
+            processors: defined.processors.clone(),
+            exporters: defined.exporters.clone(),
+            connectors: defined.connectors.clone(),
+            extensions: defined.extensions.clone(),
             as_receiver: Vec::new(),
             as_exporter: Vec::new(),
         }

@@ -285,14 +285,16 @@ service:
     let files = BTreeMap::from([
         ("collector.yaml".to_owned(), collector.to_owned()),
         ("bad.json".to_owned(), "[1, 2".to_owned()),
-        ("README.md".to_owned(), "not checked: [".to_owned()),
+        // Beside a collector config, read as YAML as the supervisor would.
+        ("README.md".to_owned(), "not YAML: [".to_owned()),
     ]);
-    let got: Vec<String> = validate_files(&files)
+    let mut got: Vec<String> = validate_files(&files)
         .unwrap_err()
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert_eq!(got.len(), 5, "{got:#?}");
+    assert_eq!(got.len(), 6, "{got:#?}");
+    assert!(got.remove(0).starts_with("README.md:2:1: invalid YAML: "));
     assert!(
         got[0].starts_with("bad.json:1:5: invalid JSON: "),
         "{got:#?}"
@@ -387,4 +389,46 @@ fn display_without_a_position() {
         message: "something".into(),
     };
     assert_eq!(p.to_string(), "a.yaml: something");
+}
+
+#[test]
+fn a_collector_config_split_over_files_is_checked_as_the_supervisor_merges_it() {
+    let files = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let service = "service:\n  pipelines:\n    traces: {receivers: [otlp], exporters: [debug]}\n";
+    let split = files(&[
+        (
+            "components.yaml",
+            "receivers: {otlp: }\nexporters: {debug: }\n",
+        ),
+        ("service.yaml", service),
+    ]);
+    assert_eq!(validate_files(&split), Ok(()), "defined in another file");
+    let missing = files(&[
+        ("components.yaml", "receivers: {otlp: }\n"),
+        ("service.yaml", service),
+    ]);
+    let got: Vec<String> = validate_files(&missing)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("service.yaml:3:") && got[0].contains("\"debug\""),
+        "{got:?}"
+    );
+    // The "" file is YAML; beside a collector config, so is every other file.
+    let mut whole = files(&[("", "receivers: {otlp: }\nexporters: {debug: }\n")]);
+    whole.insert("service.yaml".into(), service.into());
+    whole.insert("notes.txt".into(), "a: [unclosed".into());
+    let got = validate_files(&whole).unwrap_err();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].file, "notes.txt");
+    assert!(got[0].message.contains("reads every file"), "{got:?}");
+    assert!(validate_files(&files(&[("", "a: [")])).is_err());
 }
