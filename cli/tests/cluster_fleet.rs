@@ -1,6 +1,7 @@
 //! Fleet management in the clustered mode (real nats-server, redis-server, two coordinators and
 //! two gateways as processes): a phased rollout whose driving coordinator is killed mid-way
-//! carries on from the store, and labels and the audit log work through any coordinator.
+//! carries on from the store, labels and the audit log work through any coordinator, and the
+//! collector supervisor's rollbacks and silences are judged alike by every coordinator.
 
 mod cluster_support;
 mod common;
@@ -129,4 +130,77 @@ async fn a_rollout_carries_on_after_its_driving_coordinator_is_killed() {
     assert_eq!(actions, ["rollout.completed", "rollout.start"], "{log}");
     f1.stop().await;
     f2.stop().await;
+}
+
+/// The collector supervisor's habits across processes: agents that roll a failing config back
+/// (each rolls back once: the refused config is not pushed again by whichever coordinator owns
+/// it), and agents that report no config status (`unknown`, not `pending`).
+#[tokio::test]
+async fn supervisor_rollbacks_and_silent_agents_are_judged_alike_by_every_coordinator() {
+    use flotilla_common::bus::{Bus, NatsBus};
+    use flotilla_proto::opamp::AgentCapabilities as Cap;
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2, 1, &["--heartbeat-interval", "2s"]).await;
+    let http = reqwest::Client::new();
+    let mut agents = collectors(10, &[("env", "prod")], |i| i < 5, "BROKEN");
+    for a in &mut agents[..5] {
+        a.apply.rollback = true;
+    }
+    for a in &mut agents[5..] {
+        a.capabilities &= !(Cap::ReportsRemoteConfig as u64);
+    }
+    let quiet: Vec<String> = agents[5..].iter().map(|a| a.uid.to_string()).collect();
+    let fleet = Fleet::start(&c.ws_urls()[0], agents).await;
+    let url = format!("{}/api/v1/configs/otel", c.api());
+    let put = |note: &str| {
+        let body = json!({"selector": "env=prod",
+            "files": {"collector.yaml": format!("# {note}\nreceivers: {{otlp: }}\nexporters: {{debug: }}\nservice: {{pipelines: {{traces: {{receivers: [otlp], exporters: [debug]}}}}}}\n")}});
+        send(&http, "PUT", &url, body)
+    };
+    let (status, v1) = put("v1").await;
+    assert_eq!(status, 200, "{v1}");
+    let states = "/api/v1/agents?selector=env=prod&limit=100";
+    wait_for(&c, c.api(), states, |v| {
+        applied_with(v, v1["hash"].as_str().unwrap()) == 5
+    })
+    .await;
+
+    let events = NatsBus::connect(&c.nats.url(), "test", &Default::default())
+        .await
+        .unwrap();
+    let mut rolled_back = events
+        .subscribe(&format!("opamp.{REGION}.evt.config_rolled_back"))
+        .await
+        .unwrap();
+    let (status, v2) = put("v2 BROKEN").await;
+    assert_eq!(status, 200, "{v2}");
+    let v2_hash = v2["hash"].as_str().unwrap().to_owned();
+    // Read through the other coordinator: five failed by rollback, five unknown.
+    let other = &c.coordinators[1].api;
+    let list = wait_for(&c, other, states, |v| {
+        v["agents"].as_array().unwrap().iter().all(|a| {
+            let uid = a["instance_uid"].as_str().unwrap().to_owned();
+            if quiet.contains(&uid) {
+                a["config_state"] == "unknown"
+            } else {
+                a["config_state"] == "failed"
+                    && a["remote_config_status"]["rolled_back"]["hash"] == v2_hash.as_str()
+            }
+        })
+    })
+    .await;
+    assert_eq!(list["total"], 10);
+    // Each agent rolled back once; heartbeats over the next 6 s bring no re-push.
+    let until = Instant::now() + Duration::from_secs(6);
+    let mut seen = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(
+        until.saturating_duration_since(Instant::now()),
+        rolled_back.next(),
+    )
+    .await
+    {
+        seen += 1;
+    }
+    assert_eq!(seen, 5, "config_rolled_back events");
+    fleet.stop().await;
 }
