@@ -302,9 +302,10 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     false
 }
 
-/// Custom messages kept per agent, newest first, and the data kept of each.
+/// Custom messages kept per agent, newest first, and the data kept of each: at most 80 KiB in a
+/// record that is written again on every report.
 pub const KEPT_CUSTOM_MESSAGES: usize = 20;
-pub const KEPT_CUSTOM_DATA: usize = 64 * 1024;
+pub const KEPT_CUSTOM_DATA: usize = 4 * 1024;
 
 /// Keeps a custom message the agent sent (its data cut at [`KEPT_CUSTOM_DATA`], the size as
 /// sent kept beside it), dropping the oldest past [`KEPT_CUSTOM_MESSAGES`].

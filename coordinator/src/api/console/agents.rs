@@ -278,7 +278,7 @@ pub async fn detail(
                                 td { time { (m.received) } }
                                 td { code { (m.capability) } }
                                 td { (m.kind) }
-                                td.num { (m.data_bytes) @if m.truncated { " (first 64 KiB kept)" } }
+                                td.num { (m.data_bytes) @if m.truncated { " (first 4 KiB kept)" } }
                             }
                         }
                     }

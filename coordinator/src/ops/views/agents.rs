@@ -127,7 +127,7 @@ pub struct AgentDetail {
     pub restart_pending: bool,
 }
 
-/// A custom message an agent sent: its data in base64 (the first 64 KiB; `data_bytes` is the
+/// A custom message an agent sent: its data in base64 (the first 4 KiB; `data_bytes` is the
 /// size it had).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CustomMessageView {
