@@ -19,7 +19,7 @@ use super::output::out;
 use anyhow::{Context, bail};
 use flotilla_common::selector::Selector;
 use flotilla_common::store::{AgentSettings, PackageOffer};
-use flotilla_coordinator::fleet::drift::yaml_to_json as to_json;
+use flotilla_coordinator::fleet::yaml::to_json;
 use saphyr::LoadableYamlNode;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -45,6 +45,8 @@ pub(super) fn read(path: &Path) -> anyhow::Result<Vec<Declared>> {
     for file in files {
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("cannot read {}", file.display()))?;
+        flotilla_coordinator::fleet::yaml::check(&text, true)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let docs = saphyr::Yaml::load_from_str(&text)
             .map_err(|e| anyhow::anyhow!("{}: not YAML: {e}", file.display()))?;
         for doc in docs {

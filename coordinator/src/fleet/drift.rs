@@ -8,41 +8,17 @@
 //! local config files. So an agent runs its desired config when every value the desired config
 //! sets is in the effective config with the same value; `service.extensions` may list more.
 
-use serde_json::{Map, Value, json};
+use super::yaml;
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
-/// A YAML document as JSON (aliases and unreadable values as null; keys as text).
-pub fn yaml_to_json(y: &saphyr::Yaml) -> Value {
-    use saphyr::{Scalar, Yaml};
-    match y {
-        Yaml::Value(Scalar::Null) | Yaml::BadValue | Yaml::Alias(_) => Value::Null,
-        Yaml::Value(Scalar::Boolean(b)) => Value::Bool(*b),
-        Yaml::Value(Scalar::Integer(i)) => json!(i),
-        Yaml::Value(Scalar::FloatingPoint(f)) => json!(f.into_inner()),
-        Yaml::Value(Scalar::String(s)) => Value::String(s.to_string()),
-        Yaml::Representation(s, _, _) => Value::String(s.to_string()),
-        Yaml::Sequence(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
-        Yaml::Mapping(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| {
-                    let key = match yaml_to_json(k) {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    (key, yaml_to_json(v))
-                })
-                .collect(),
-        ),
-        Yaml::Tagged(_, inner) => yaml_to_json(inner),
-    }
-}
-
 /// The first document of `body` read as YAML (null when there is none); None when it does not
-/// parse.
+/// parse, or is nested too deep or uses aliases (what agents report is read with care).
 fn parse(body: &str) -> Option<Value> {
     use saphyr::LoadableYamlNode;
+    yaml::check(body, false).ok()?;
     let docs = saphyr::Yaml::load_from_str(body).ok()?;
-    Some(docs.first().map_or(Value::Null, yaml_to_json))
+    Some(docs.first().map_or(Value::Null, yaml::to_json))
 }
 
 /// Merges `over` into `base`: maps key by key, anything else replaced.
@@ -106,6 +82,7 @@ fn covers<'a>(want: &'a Value, have: &Value, path: &mut Vec<&'a str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

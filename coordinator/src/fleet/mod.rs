@@ -16,3 +16,4 @@ pub mod drift;
 pub mod redact;
 pub mod rollout;
 pub mod validate;
+pub mod yaml;

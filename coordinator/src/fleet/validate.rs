@@ -147,6 +147,15 @@ fn parse_yaml<'a>(
     body: &'a str,
     problems: &mut Vec<Problem>,
 ) -> Option<(&'a str, Vec<Node<'a>>)> {
+    if let Err(why) = super::yaml::check(body, true) {
+        problems.push(Problem {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            message: why,
+        });
+        return None;
+    }
     match MarkedYaml::load_from_str(body) {
         Ok(docs) => Some((file, docs)),
         Err(e) => {

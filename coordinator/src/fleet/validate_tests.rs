@@ -432,3 +432,14 @@ fn a_collector_config_split_over_files_is_checked_as_the_supervisor_merges_it() 
     assert!(got[0].message.contains("reads every file"), "{got:?}");
     assert!(validate_files(&files(&[("", "a: [")])).is_err());
 }
+
+#[test]
+fn nesting_past_the_limit_is_a_problem_not_a_crash() {
+    let deep = format!("{}x\n", "- ".repeat(100_000));
+    let got = problems("deep.yaml", &deep);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("deep.yaml: nested deeper than 64 levels"),
+        "{got:?}"
+    );
+}

@@ -460,8 +460,15 @@ fn drift_is_judged_when_the_effective_or_the_desired_config_changes() {
     let rec = out.record.unwrap();
     assert_eq!(rec.config_drift, Drift::Drifted as i32);
 
+    // An effective config nested past what is read safely: not judged, and no crash.
+    let mut deep = heartbeat(uid, 2);
+    deep.effective_config = effective(&format!("{}x", "- ".repeat(100_000)));
+    let out = process(Some(rec), deep, ws(), &ctx(&configs));
+    let rec = out.record.unwrap();
+    assert_eq!(rec.config_drift, Drift::Unknown as i32);
+
     // No desired config any more: judged again at the next message, unknown.
-    let out = process(Some(rec), heartbeat(uid, 2), ws(), &ctx(&[]));
+    let out = process(Some(rec), heartbeat(uid, 3), ws(), &ctx(&[]));
     let rec = out.record.unwrap();
     assert_eq!(rec.config_drift, Drift::Unknown as i32);
     assert!(rec.drift_checked_hash.is_empty());
