@@ -3,12 +3,12 @@
 //! it, or may have lost it).
 
 use super::offers;
-use crate::fleet::agents::{ConfigStanding, config_standing, takes, uid_of};
+use crate::fleet::agents::{ConfigStanding, config_standing, has, takes, uid_of};
 use crate::fleet::configs::{Aspect, Desired};
 use flotilla_common::selector::Attributes;
 use flotilla_common::store::StoredConfig;
 use flotilla_proto::bus::AgentRecord;
-use flotilla_proto::opamp::{PackagesAvailable, ServerToAgent};
+use flotilla_proto::opamp::{AgentCapabilities as Cap, PackagesAvailable, ServerToAgent};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -136,7 +136,15 @@ pub fn heartbeat_interval<A: Attributes + ?Sized>(
     default: Duration,
 ) -> Duration {
     let cfg = desired.resolve(uid_of(rec).as_ref(), attrs, Aspect::Settings);
-    offers::settings_of(cfg)
+    let asked = offers::settings_of(cfg)
         .and_then(|s| s.heartbeat_interval)
-        .unwrap_or(default)
+        .unwrap_or(default);
+    // Agents that take connection settings are offered no heartbeat (offers::settings_offer)
+    // unless with a certificate: they beat as configured, 30 s by default in OpAMP's clients.
+    if has(rec.capabilities, Cap::AcceptsOpAmpConnectionSettings) && !rec.settings_have_certificate
+    {
+        asked.max(offers::CLIENT_DEFAULT_HEARTBEAT)
+    } else {
+        asked
+    }
 }

@@ -109,6 +109,10 @@ fn telemetry(d: &TelemetryDestination) -> TelemetryConnectionSettings {
     }
 }
 
+/// The heartbeat interval OpAMP clients (opamp-go, and the collector's supervisor on it) use
+/// unless told otherwise.
+pub const CLIENT_DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// The connection settings offered to an agent with `capabilities`: the heartbeat interval to
 /// agents that report heartbeats (always filled in: an `opamp` offer without it would switch
 /// heartbeats off, as proto3 cannot tell 0 from unset), and each own-telemetry destination the

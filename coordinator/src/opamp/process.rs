@@ -200,6 +200,11 @@ pub fn process(
         reply.flags |= ServerToAgentFlags::ReportFullState as u64;
     }
     let effective_reported = msg.effective_config.is_some();
+    if !in_sequence {
+        // A new session (a restart may have lost it): a config is sent again once to an agent
+        // that does not say what it runs.
+        rec.offered_config_hash.clear();
+    }
     if let Some(custom) = &msg.custom_message {
         keep_custom_message(&mut rec, custom, ctx.now_unix_ms);
     }
@@ -307,12 +312,24 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
 pub const KEPT_CUSTOM_MESSAGES: usize = 20;
 pub const KEPT_CUSTOM_DATA: usize = 4 * 1024;
 
+/// Bytes kept of a custom message's capability and type.
+const KEPT_CUSTOM_NAME: usize = 256;
+
+/// The first `max` bytes of `s` (fewer, to end on a character).
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 /// Keeps a custom message the agent sent (its data cut at [`KEPT_CUSTOM_DATA`], the size as
 /// sent kept beside it), dropping the oldest past [`KEPT_CUSTOM_MESSAGES`].
 fn keep_custom_message(rec: &mut AgentRecord, msg: &CustomMessage, now_unix_ms: u64) {
     let kept = ReceivedCustomMessage {
-        capability: msg.capability.clone(),
-        r#type: msg.r#type.clone(),
+        capability: cut(&msg.capability, KEPT_CUSTOM_NAME),
+        r#type: cut(&msg.r#type, KEPT_CUSTOM_NAME),
         data: msg.data[..msg.data.len().min(KEPT_CUSTOM_DATA)].to_vec(),
         data_bytes: msg.data.len() as u64,
         at_unix_ms: now_unix_ms,
@@ -363,21 +380,29 @@ fn refresh_drift(
 }
 
 /// Remembers the config an agent reported FAILED for (so it is not sent again, and a rollback to
-/// the previous config still counts as its failure), until the agent reports running it.
+/// the previous config still counts as its failure), until the agent reports running it after
+/// all, or moves on to another config. Called before `s` replaces the status in the record.
 fn note_refusal(rec: &mut AgentRecord, s: &RemoteConfigStatus) {
+    let hash = &s.last_remote_config_hash;
     match s.status() {
         RemoteConfigStatuses::Failed => {
-            rec.rejected_config_hash
-                .clone_from(&s.last_remote_config_hash);
+            rec.rejected_config_hash.clone_from(hash);
             rec.rejected_config_error.clone_from(&s.error_message);
         }
-        RemoteConfigStatuses::Applied | RemoteConfigStatuses::Applying
-            if s.last_remote_config_hash == rec.rejected_config_hash =>
-        {
-            rec.rejected_config_hash.clear();
-            rec.rejected_config_error.clear();
+        RemoteConfigStatuses::Applied | RemoteConfigStatuses::Applying => {
+            let previous = rec.remote_config_status.as_ref();
+            // The report right after FAILED is the rollback; the same hash again is a reconnect.
+            let rolling_back = previous.is_some_and(|p| {
+                p.status == RemoteConfigStatuses::Failed as i32
+                    && p.last_remote_config_hash == rec.rejected_config_hash
+            });
+            let same = previous.is_some_and(|p| p.last_remote_config_hash == *hash);
+            if *hash == rec.rejected_config_hash || !(rolling_back || same) {
+                rec.rejected_config_hash.clear();
+                rec.rejected_config_error.clear();
+            }
         }
-        _ => {}
+        RemoteConfigStatuses::Unset => {}
     }
 }
 

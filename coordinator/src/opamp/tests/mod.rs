@@ -500,3 +500,26 @@ fn custom_messages_are_kept_newest_first_bounded_and_cut() {
         "the oldest went"
     );
 }
+
+#[test]
+fn custom_message_names_are_cut_and_supervisors_are_judged_by_their_own_heartbeat() {
+    use flotilla_proto::opamp::CustomMessage;
+    let uid = Uuid::now_v7();
+    let mut msg = full(uid, 0);
+    msg.custom_message = Some(CustomMessage {
+        capability: "é".repeat(1000),
+        r#type: "t".repeat(1000),
+        data: Vec::new(),
+    });
+    // It takes connection settings: no heartbeat is offered, so its own (30 s) is expected,
+    // not the 2 s the server would ask for.
+    msg.capabilities |= Cap::AcceptsOpAmpConnectionSettings as u64;
+    let mut fast = ctx(&[]);
+    fast.heartbeat_interval = Duration::from_secs(2);
+    let out = process(None, msg, ws(), &fast);
+    assert!(out.reply.connection_settings.is_none());
+    assert_eq!(out.deadline, Deadline::Arm(NOW + 90_000));
+    let kept = &out.record.unwrap().custom_messages[0];
+    assert_eq!(kept.capability.len(), 256, "cut on a character boundary");
+    assert_eq!(kept.r#type.len(), 256);
+}

@@ -83,27 +83,37 @@ fn a_config_the_agent_failed_and_rolled_back_from_is_not_sent_again() {
     assert_eq!(rec.rejected_config_hash, offered);
     assert_eq!(rec.rejected_config_error, "no such receiver");
 
-    // Heartbeats after it do not bring it back either; a fixed version (a new hash) is sent.
+    // Heartbeats after it do not bring it back either, nor a reconnect that reports the config
+    // it went back to; a fixed version (a new hash) is sent.
     let out = process(Some(rec), heartbeat(uid, 4), ws(), &ctx(&configs));
     assert!(out.reply.remote_config.is_none());
+    let mut reconnect = full(uid, 0);
+    reconnect.remote_config_status = status(&previous, RemoteConfigStatuses::Applied, "");
+    let out = process(out.record, reconnect, ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none());
+    assert_eq!(out.record.as_ref().unwrap().rejected_config_hash, offered);
     let mut fixed = prod_config();
     fixed.version = 2;
     fixed.files.get_mut("c.yaml").unwrap().body = "a: 2".into();
     fixed.hash = hex::encode(configs::hash_of_files(&fixed.files));
     let fixed = [fixed];
-    let out = process(out.record, heartbeat(uid, 5), ws(), &ctx(&fixed));
+    let out = process(out.record, heartbeat(uid, 1), ws(), &ctx(&fixed));
     let sent = out.reply.remote_config.expect("the fixed version is sent");
-    assert_eq!(hex::encode(sent.config_hash), fixed[0].hash);
+    assert_eq!(hex::encode(&sent.config_hash), fixed[0].hash);
 
-    // Reporting the refused hash applied after all clears the refusal.
-    let mut applied = heartbeat(uid, 6);
-    applied.remote_config_status = status(&offered, RemoteConfigStatuses::Applied, "");
-    let out = process(out.record, applied, ws(), &ctx(&configs));
+    // Moving on to it ends the refusal (a later config with the refused files is sent again).
+    let mut moved = heartbeat(uid, 2);
+    moved.remote_config_status = status(&sent.config_hash, RemoteConfigStatuses::Applied, "");
+    let out = process(out.record, moved, ws(), &ctx(&fixed));
     let rec = out.record.unwrap();
     assert!(rec.rejected_config_hash.is_empty());
     assert_eq!(
-        config_standing(&rec, &configs[0].hash),
+        config_standing(&rec, &fixed[0].hash),
         ConfigStanding::Applied
+    );
+    assert_eq!(
+        config_standing(&rec, &configs[0].hash),
+        ConfigStanding::Pending
     );
 }
 

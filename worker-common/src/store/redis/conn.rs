@@ -2,9 +2,10 @@
 //! `ConnectionManager`, or found through Redis Sentinel, and found again after a failover.
 //!
 //! A Sentinel-found connection is dropped when a command fails in a way that says the primary is
-//! gone or has changed (an I/O error, a timeout, `READONLY` from a demoted primary, `MASTERDOWN`);
-//! the next command asks the Sentinels for the primary again. The failed command is not retried
-//! here: callers see the error, as they do when a direct connection drops.
+//! gone or has changed (an I/O error, a timeout; or a reply of `READONLY` from a demoted primary
+//! or `MASTERDOWN`, which redis hands back as values inside an `Ok`); the next command asks the
+//! Sentinels for the primary again. The failed command is not retried here: callers see the
+//! error, as they do when a direct connection drops.
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 /// How long connecting to, and one answer from, a Redis server may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
-/// How long asking the Sentinels (each in turn) for the primary may take.
+/// How long asking the Sentinels for the primary may take.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn timed_out(what: &'static str) -> RedisError {
@@ -166,22 +167,20 @@ impl Primary {
         Ok((generation, conn))
     }
 
-    /// Drops connection `generation` after `result` failed with an error that says the primary
-    /// is gone or no longer the primary.
-    fn judge<T>(&self, generation: u64, result: RedisResult<T>) -> RedisResult<T> {
-        if let Err(e) = &result
-            && primary_lost(e)
-        {
-            let mut current = self
-                .current
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if current.as_ref().is_some_and(|(g, _)| *g == generation) {
-                tracing::warn!(error = %e, "lost the Redis primary; asking Sentinel again");
-                *current = None;
-            }
+    /// Drops connection `generation` when `lost` (its reply said the primary is gone or no
+    /// longer the primary), unless a newer one replaced it already.
+    fn judge(&self, generation: u64, lost: bool) {
+        if !lost {
+            return;
         }
-        result
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            tracing::warn!("lost the Redis primary; asking Sentinel again");
+            *current = None;
+        }
     }
 }
 
@@ -192,8 +191,18 @@ fn primary_lost(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || matches!(e.code(), Some("READONLY" | "MASTERDOWN"))
-        // A script's write on a demoted primary fails inside the script.
-        || e.to_string().contains("READONLY")
+}
+
+/// Whether a reply is a server error saying the primary was demoted or lost its own primary. A
+/// script's write on a demoted primary fails inside the script, with READONLY in its details.
+fn reply_lost(v: &Value) -> bool {
+    match v {
+        Value::ServerError(e) => {
+            matches!(e.code(), "READONLY" | "MASTERDOWN")
+                || e.details().is_some_and(|d| d.contains("READONLY"))
+        }
+        _ => false,
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -203,7 +212,12 @@ impl ConnectionLike for Conn {
             Self::Sentinel(primary) => Box::pin(async move {
                 let (generation, mut conn) = primary.connection().await?;
                 let result = conn.req_packed_command(cmd).await;
-                primary.judge(generation, result)
+                let lost = match &result {
+                    Err(e) => primary_lost(e),
+                    Ok(v) => reply_lost(v),
+                };
+                primary.judge(generation, lost);
+                result
             }),
         }
     }
@@ -219,7 +233,12 @@ impl ConnectionLike for Conn {
             Self::Sentinel(primary) => Box::pin(async move {
                 let (generation, mut conn) = primary.connection().await?;
                 let result = conn.req_packed_commands(pipeline, offset, count).await;
-                primary.judge(generation, result)
+                let lost = match &result {
+                    Err(e) => primary_lost(e),
+                    Ok(replies) => replies.iter().any(reply_lost),
+                };
+                primary.judge(generation, lost);
+                result
             }),
         }
     }
@@ -255,6 +274,22 @@ mod tests {
                 .userinfo,
             None
         );
+    }
+
+    #[test]
+    fn a_demoted_primary_is_told_by_its_replies() {
+        let reply = |raw: &[u8]| redis::parse_redis_value(raw).unwrap();
+        assert!(reply_lost(&reply(
+            b"-READONLY You can't write against a read only replica.\r\n"
+        )));
+        assert!(reply_lost(&reply(
+            b"-MASTERDOWN Link with MASTER is down\r\n"
+        )));
+        assert!(reply_lost(&reply(
+            b"-ERR Error running script: READONLY You can't write against a read only replica.\r\n"
+        )));
+        assert!(!reply_lost(&reply(b"-FENCED shard 3\r\n")));
+        assert!(!reply_lost(&reply(b"+OK\r\n")));
     }
 
     #[test]
