@@ -237,8 +237,13 @@ impl SimAgent {
             if !known(&self.remote_status) && !pending {
                 if self.apply.delay.is_zero() {
                     self.pending = Some(rc.clone());
+                    let seq = self.next_seq;
                     let done = self.finish_apply();
-                    if !full_state {
+                    if full_state {
+                        // The full report below says it all; the reports not sent take no
+                        // sequence numbers (a gap would tell the server messages were lost).
+                        self.next_seq = seq;
+                    } else {
                         out.extend(done);
                     }
                 } else {
@@ -420,6 +425,18 @@ mod tests {
 
     fn status(m: &AgentToServer) -> i32 {
         m.remote_config_status.as_ref().unwrap().status
+    }
+
+    #[test]
+    fn a_config_with_a_full_state_request_keeps_the_sequence_unbroken() {
+        let mut a = SimAgent::new("svc", &[]);
+        assert_eq!(a.full_report().sequence_num, 0);
+        let mut reply = push("receivers: {}", b"h1");
+        reply.flags = ServerToAgentFlags::ReportFullState as u64;
+        let out = a.handle(&reply);
+        assert_eq!(out.len(), 1, "the full report alone");
+        assert_eq!(out[0].sequence_num, 1);
+        assert_eq!(status(&out[0]), RemoteConfigStatuses::Applied as i32);
     }
 
     #[test]
