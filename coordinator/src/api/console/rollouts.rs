@@ -295,9 +295,10 @@ fn progress(applied: usize, failed: usize, unknown: usize, pending: usize, total
         }
     };
     html! {
-        div.progress role="img" aria-label={ (applied) " applied, " (failed) " failed, " (pending) " pending of " (total) } {
+        div.progress role="img" aria-label={ (applied) " applied, " (failed) " failed, " (unknown) " unknown, " (pending) " pending of " (total) } {
             span.bar.ok style={ "width:" (format!("{:.1}", pct(applied))) "%" } {}
             span.bar.bad style={ "width:" (format!("{:.1}", pct(failed))) "%" } {}
+            span.bar.unknown style={ "width:" (format!("{:.1}", pct(unknown))) "%" } {}
             span.bar.warn style={ "width:" (format!("{:.1}", pct(pending))) "%" } {}
         }
         span.nums {
