@@ -86,21 +86,12 @@ async fn wait_replicated(primary: u16, replica: u16) {
         info.lines()
             .find_map(|l| l.strip_prefix(field)?.trim().parse().ok())
     };
+    let (mut p_conn, mut r_conn) = (connect(primary).await, connect(replica).await);
     let started = Instant::now();
     loop {
-        let p: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut connect(primary).await)
-            .await
-            .unwrap();
-        let r: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut connect(replica).await)
-            .await
-            .unwrap();
         let (p, r) = (
-            offset(p, "master_repl_offset:"),
-            offset(r, "slave_repl_offset:"),
+            offset(info_replication(&mut p_conn).await, "master_repl_offset:"),
+            offset(info_replication(&mut r_conn).await, "slave_repl_offset:"),
         );
         if p.is_some() && r >= p {
             return;
@@ -111,6 +102,25 @@ async fn wait_replicated(primary: u16, replica: u16) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn info_replication(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// What a Sentinel knows of the primary: `replicas` or (other) `sentinels`, one entry each.
+async fn sentinel_knows(conn: &mut redis::aio::MultiplexedConnection, what: &str) -> usize {
+    let known: Vec<redis::Value> = redis::cmd("SENTINEL")
+        .arg(what)
+        .arg(MASTER)
+        .query_async(conn)
+        .await
+        .unwrap();
+    known.len()
 }
 
 /// What a Sentinel names as the primary's port.
@@ -146,22 +156,12 @@ async fn the_cluster_carries_on_when_sentinel_fails_the_redis_primary_over() {
         })
         .collect();
     // A failover needs the Sentinels to know the replica and each other (their hello messages).
+    let mut conn = connect(sentinels[0].port).await;
     let started = Instant::now();
     loop {
-        let mut conn = connect(sentinels[0].port).await;
-        let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
-            .arg("replicas")
-            .arg(MASTER)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let peers: Vec<redis::Value> = redis::cmd("SENTINEL")
-            .arg("sentinels")
-            .arg(MASTER)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if replicas.len() == 1 && peers.len() == 2 {
+        if sentinel_knows(&mut conn, "replicas").await == 1
+            && sentinel_knows(&mut conn, "sentinels").await == 2
+        {
             break;
         }
         assert!(

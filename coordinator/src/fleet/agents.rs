@@ -4,7 +4,9 @@
 use crate::fleet::configs::Aspect;
 use flotilla_common::selector::Attributes;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
-use flotilla_proto::opamp::{AgentCapabilities as Cap, RemoteConfigStatuses, any_value};
+use flotilla_proto::opamp::{
+    AgentCapabilities as Cap, AgentConfigMap, RemoteConfigStatuses, any_value,
+};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -74,19 +76,32 @@ pub fn config_standing(rec: &AgentRecord, want: &str) -> ConfigStanding {
     }
 }
 
+/// Whether the agent refused a config and now reports another (it went back to its previous one,
+/// as the collector's supervisor does); still reporting FAILED for it is no rollback.
+pub fn went_back(rec: &AgentRecord) -> bool {
+    !rec.rejected_config_hash.is_empty()
+        && rec
+            .remote_config_status
+            .as_ref()
+            .is_some_and(|s| s.last_remote_config_hash != rec.rejected_config_hash)
+}
+
+/// The agent's reported effective config, if any.
+pub fn effective_map(rec: &AgentRecord) -> Option<&AgentConfigMap> {
+    rec.effective_config.as_ref()?.config_map.as_ref()
+}
+
 /// Why an agent's config stands failed: the error it reported, or, when it went back to its
 /// previous config, the error of the one it refused.
 pub fn config_failure(rec: &AgentRecord) -> String {
-    let reported = rec.remote_config_status.as_ref();
-    let went_back = !rec.rejected_config_hash.is_empty()
-        && reported.is_some_and(|s| s.last_remote_config_hash != rec.rejected_config_hash);
-    if went_back {
+    if went_back(rec) {
         format!(
             "{} (it went back to its previous config)",
             rec.rejected_config_error
         )
     } else {
-        reported
+        rec.remote_config_status
+            .as_ref()
             .map(|s| s.error_message.clone())
             .unwrap_or_default()
     }

@@ -5,7 +5,7 @@
 use super::desired::{desired_config, fill_offers, heartbeat_interval};
 use super::events::EventKind;
 use super::identity::certificate_names;
-use crate::fleet::agents::{attributes, has};
+use crate::fleet::agents::{attributes, effective_map, has, hex_eq};
 use crate::fleet::configs::{Aspect, Desired};
 use crate::fleet::drift;
 use flotilla_common::config::RecordLimits;
@@ -347,20 +347,19 @@ fn refresh_drift(
     effective_reported: bool,
 ) {
     let want = desired_config(rec, attrs, desired, Aspect::Files);
-    let want_hash = want.map_or_else(Vec::new, |c| hex::decode(&c.hash).unwrap_or_default());
-    if !effective_reported && want_hash == rec.drift_checked_hash {
+    let judged_already = match want {
+        Some(c) => hex_eq(&rec.drift_checked_hash, &c.hash),
+        None => rec.drift_checked_hash.is_empty(),
+    };
+    if !effective_reported && judged_already {
         return;
     }
-    let effective = rec
-        .effective_config
-        .as_ref()
-        .and_then(|e| e.config_map.as_ref())
-        .map(|m| {
-            m.config_map
-                .iter()
-                .map(|(k, f)| (k.clone(), String::from_utf8_lossy(&f.body).into_owned()))
-                .collect::<BTreeMap<_, _>>()
-        });
+    let effective = effective_map(rec).map(|m| {
+        m.config_map
+            .iter()
+            .map(|(k, f)| (k.clone(), String::from_utf8_lossy(&f.body).into_owned()))
+            .collect::<BTreeMap<_, _>>()
+    });
     let want_files = want.map(|c| {
         c.files
             .iter()
@@ -376,7 +375,8 @@ fn refresh_drift(
         Some(_) => Drift::Drifted,
         None => Drift::Unknown,
     } as i32;
-    rec.drift_checked_hash = want_hash;
+    rec.drift_checked_hash =
+        want.map_or_else(Vec::new, |c| hex::decode(&c.hash).unwrap_or_default());
 }
 
 /// Remembers the config an agent reported FAILED for (so it is not sent again, and a rollback to

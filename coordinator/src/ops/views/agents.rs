@@ -2,7 +2,8 @@
 
 use super::time::rfc3339;
 use crate::fleet::agents::{
-    ConfigStanding, attributes, config_standing, healthy, hex_eq, status_name, uid_of,
+    ConfigStanding, attributes, config_standing, effective_map, healthy, hex_eq, status_name,
+    uid_of, went_back,
 };
 use crate::fleet::configs::{self, Aspect, Desired};
 use crate::fleet::redact::Redactor;
@@ -213,13 +214,10 @@ fn remote_config_status(rec: &AgentRecord) -> RemoteConfigStatusView {
         RemoteConfigStatuses::Applied => "APPLIED",
         RemoteConfigStatuses::Failed => "FAILED",
     };
-    // Still reporting FAILED for it is no rollback; reporting another hash after it is.
-    let rolled_back = (!rec.rejected_config_hash.is_empty()
-        && rec.rejected_config_hash != s.last_remote_config_hash)
-        .then(|| RolledBackView {
-            hash: hex::encode(&rec.rejected_config_hash),
-            error: rec.rejected_config_error.clone(),
-        });
+    let rolled_back = went_back(rec).then(|| RolledBackView {
+        hash: hex::encode(&rec.rejected_config_hash),
+        error: rec.rejected_config_error.clone(),
+    });
     RemoteConfigStatusView {
         status,
         hash: hex::encode(&s.last_remote_config_hash),
@@ -254,10 +252,7 @@ impl AgentSummary {
             desired_config: of(Aspect::Files),
             desired_packages: of(Aspect::Packages),
             desired_settings: of(Aspect::Settings),
-            effective_config_hash: rec
-                .effective_config
-                .as_ref()
-                .and_then(|e| e.config_map.as_ref())
+            effective_config_hash: effective_map(rec)
                 .map(|m| hex::encode(configs::hash_of_config_map(m))),
             config_drift: config_drift(rec, files.map(|c| c.hash.as_str())),
         }
@@ -295,20 +290,16 @@ impl AgentDetail {
                 retired: rec.retired_cert_sha256.iter().map(hex::encode).collect(),
             },
             health: rec.health.as_ref().map(health),
-            effective_config: rec
-                .effective_config
-                .as_ref()
-                .and_then(|e| e.config_map.as_ref())
-                .map(|m| {
-                    m.config_map
-                        .iter()
-                        .map(|(name, f)| {
-                            let body = redactor.redact(&String::from_utf8_lossy(&f.body));
-                            let content_type = f.content_type.clone();
-                            (name.clone(), EffectiveFile { content_type, body })
-                        })
-                        .collect()
-                }),
+            effective_config: effective_map(rec).map(|m| {
+                m.config_map
+                    .iter()
+                    .map(|(name, f)| {
+                        let body = redactor.redact(&String::from_utf8_lossy(&f.body));
+                        let content_type = f.content_type.clone();
+                        (name.clone(), EffectiveFile { content_type, body })
+                    })
+                    .collect()
+            }),
             packages: rec.package_statuses.as_ref().map(|p| PackagesView {
                 server_provided_all_packages_hash: hex::encode(
                     &p.server_provided_all_packages_hash,
