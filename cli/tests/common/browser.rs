@@ -139,13 +139,17 @@ impl Browser {
         }
     }
 
+    /// The attribute `name` of the element `css` selects ("" when absent); tried again for up to
+    /// 10 s while the element is replaced under it, as [`Browser::text`] is.
     pub async fn attr(&self, css: &str, name: &str) -> String {
-        self.find(css)
-            .await
-            .attr(name)
-            .await
-            .unwrap()
-            .unwrap_or_default()
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.find(css).await.attr(name).await {
+                Ok(v) => return v.unwrap_or_default(),
+                Err(e) if Instant::now() > deadline => panic!("{css} [{name}]: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     pub async fn url(&self) -> String {
@@ -167,8 +171,16 @@ impl Browser {
         e.send_keys(text).await.unwrap();
     }
 
+    /// Clicks the element `css` selects, tried again for up to 10 s while it is replaced.
     pub async fn click(&self, css: &str) {
-        self.find(css).await.click().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.find(css).await.click().await {
+                Ok(_) => return,
+                Err(e) if Instant::now() > deadline => panic!("click {css}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Saves a screenshot as `<name>.png` when FLOTILLA_SCREENSHOTS names a folder.
