@@ -158,6 +158,18 @@ async fn admin_operations_over_grpc_on_the_api_port() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // The fleet's agents declare no custom capability: refused as the REST API refuses it.
+    let e = client
+        .send_custom_message(pb::SendCustomMessageRequest {
+            instance_uid: a.clone(),
+            capability: "io.example.ping".into(),
+            r#type: "ping".into(),
+            data: b"x".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("does not declare"), "{e:?}");
 
     let v2 = client
         .put_config(put("otel", "env=prod", collector_yaml("v2"), Some(false)))

@@ -2,8 +2,8 @@
 
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentConfigMap, AgentDescription, AgentDisconnect, AgentToServer,
-    AnyValue, ComponentHealth, EffectiveConfig, KeyValue, RemoteConfigStatus, RemoteConfigStatuses,
-    ServerToAgent, ServerToAgentFlags, any_value,
+    AnyValue, ComponentHealth, CustomCapabilities, CustomMessage, EffectiveConfig, KeyValue,
+    RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent, ServerToAgentFlags, any_value,
 };
 use rand::Rng;
 use rand::distr::Distribution;
@@ -48,6 +48,10 @@ pub struct SimAgent {
     /// A client certificate (PEM) and key the server offered, to connect with from now on
     /// (agents with AcceptsOpAMPConnectionSettings take it); taken by the connection loop.
     pub offered_identity: Option<OfferedIdentity>,
+    /// Custom capabilities it declares (in its full reports).
+    pub custom_capabilities: Vec<String>,
+    /// The custom messages the server sent it, in order.
+    pub received_custom: Vec<CustomMessage>,
     next_seq: u64,
 }
 
@@ -82,6 +86,8 @@ impl SimAgent {
             heartbeat_interval_seconds: None,
             restarts: 0,
             offered_identity: None,
+            custom_capabilities: Vec::new(),
+            received_custom: Vec::new(),
             next_seq: 0,
         }
     }
@@ -105,6 +111,11 @@ impl SimAgent {
             remote_config_status: self.reported_status(),
             effective_config: self.effective.clone().map(|m| EffectiveConfig {
                 config_map: Some(m),
+            }),
+            custom_capabilities: (!self.custom_capabilities.is_empty()).then(|| {
+                CustomCapabilities {
+                    capabilities: self.custom_capabilities.clone(),
+                }
             }),
             ..self.base()
         }
@@ -192,6 +203,7 @@ impl SimAgent {
         if reply.error_response.is_some() {
             return out;
         }
+        self.received_custom.extend(reply.custom_message.clone());
         if let Some(uid) = reply
             .agent_identification
             .as_ref()

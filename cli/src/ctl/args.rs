@@ -209,6 +209,24 @@ pub enum AgentsCommand {
         /// The agent's instance uid.
         uid: String,
     },
+    /// Sends an agent a custom message (OpAMP CustomMessage) under a custom capability it
+    /// declares: now over its WebSocket, or with the reply to its next message.
+    SendMessage {
+        /// The agent's instance uid.
+        uid: String,
+        /// The custom capability (one the agent lists in its custom capabilities).
+        #[arg(long)]
+        capability: String,
+        /// The message's type within the capability.
+        #[arg(long = "type")]
+        kind: String,
+        /// The data, as text.
+        #[arg(long, conflicts_with = "data_file")]
+        data: Option<String>,
+        /// The data, read from a file (any bytes, at most 64 KiB).
+        #[arg(long)]
+        data_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ mod output;
 use anyhow::{Context, bail};
 pub use args::CtlArgs;
 use args::{AgentsCommand, ConfigsCommand, CtlCommand, LabelsCommand, RolloutsCommand, api_name};
+use base64::Engine;
 pub use output::emit;
 use output::{
     Format, Progress, document, document_in_stream, field, out, pairs, print_agent_table,
@@ -89,6 +90,29 @@ fn show(v: &Value, shape: Shape, format: Format) -> anyhow::Result<()> {
                     .filter_map(Value::as_str)
                     .collect();
                 out!("components: {kind}: {}", types.join(" "));
+            }
+            let custom: Vec<&str> = v["custom_capabilities"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !custom.is_empty() {
+                out!("custom capabilities: {}", custom.join(" "));
+            }
+            for (key, verb, when) in [
+                ("custom_messages", "received", "received"),
+                ("pending_custom_messages", "waiting", "expires"),
+            ] {
+                for m in v[key].as_array().into_iter().flatten() {
+                    out!(
+                        "custom message {verb}: {} {} ({} bytes) {when} {}",
+                        field(m, "capability"),
+                        field(m, "type"),
+                        m["data_bytes"],
+                        field(m, when)
+                    );
+                }
             }
             if !wide {
                 out!("(health tree, effective config, packages: -o wide, json or yaml)");
@@ -185,6 +209,30 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             call(client.get(url(&format!("/api/v1/agents/{uid}")))).await?,
             Shape::Agent,
         ),
+        CtlCommand::Agents(AgentsCommand::SendMessage {
+            uid,
+            capability,
+            kind,
+            data,
+            data_file,
+        }) => {
+            let data = match (data, data_file) {
+                (_, Some(path)) => std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                (Some(text), None) => text.into_bytes(),
+                (None, None) => Vec::new(),
+            };
+            let body = json!({
+                "capability": capability,
+                "type": kind,
+                "data_base64": base64::engine::general_purpose::STANDARD.encode(data),
+            });
+            let path = format!("/api/v1/agents/{uid}/custom-messages");
+            (
+                call(client.post(url(&path)).json(&body)).await?,
+                Shape::Pairs,
+            )
+        }
         CtlCommand::Agents(AgentsCommand::Delete { uid }) => (
             call(client.delete(url(&format!("/api/v1/agents/{uid}")))).await?,
             Shape::Pairs,

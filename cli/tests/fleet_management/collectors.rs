@@ -288,3 +288,188 @@ async fn an_effective_config_that_differs_from_the_desired_one_is_drift_past_wha
     assert_eq!(status, 400, "{refused}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn custom_messages_reach_the_agent_now_or_at_its_next_message_and_bad_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let mut agent = SimAgent::new("otelcol", &[("env", "prod")]);
+    agent.custom_capabilities = vec!["io.example.ping".into()];
+    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
+    let first = agent.full_report();
+    converse(&mut ws, &mut agent, vec![first]).await;
+    let path = format!("/api/v1/agents/{}/custom-messages", agent.uid);
+
+    // Connected over WebSocket: sent at once.
+    let (status, sent) = srv
+        .post_json(
+            &path,
+            json!({"capability": "io.example.ping", "type": "ping", "data": "hello"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{sent}");
+    assert_eq!(
+        (&sent["delivered"], &sent["queued"]),
+        (&json!(true), &json!(false))
+    );
+    take_push(&mut ws, &mut agent).await;
+    let got = agent.received_custom.last().expect("the push carried it");
+    assert_eq!(
+        (
+            got.capability.as_str(),
+            got.r#type.as_str(),
+            got.data.as_slice()
+        ),
+        ("io.example.ping", "ping", b"hello".as_slice())
+    );
+
+    // Bad requests say why and send nothing.
+    for (body, code, why) in [
+        (
+            json!({"capability": "io.example.other", "type": "t"}),
+            409,
+            "does not declare the custom capability",
+        ),
+        (
+            json!({"capability": "io.example.ping", "type": ""}),
+            400,
+            "type must be",
+        ),
+        (
+            json!({"capability": "io.example.ping", "type": "t", "data": "a", "data_base64": "YQ=="}),
+            400,
+            "not both",
+        ),
+        (
+            json!({"capability": "io.example.ping", "type": "t", "data_base64": "!!"}),
+            400,
+            "not base64",
+        ),
+        (
+            json!({"capability": "io.example.ping", "type": "t", "data": "x".repeat(65 * 1024)}),
+            400,
+            "at most 65536",
+        ),
+        (
+            json!({"capability": "io.example.ping", "kind": "t"}),
+            400,
+            "kind",
+        ),
+    ] {
+        let (status, err) = srv.post_json(&path, body.clone()).await;
+        assert_eq!(status, code, "{body}: {err}");
+        assert!(
+            err["error"].as_str().unwrap().contains(why),
+            "{body}: {err}"
+        );
+    }
+    let (status, _) = srv
+        .post_json(
+            &format!("/api/v1/agents/{}/custom-messages", uuid::Uuid::now_v7()),
+            json!({"capability": "io.example.ping", "type": "t"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Gone: kept for its next message, eight at most, the first sent with the CLI.
+    let bye = agent.disconnect();
+    ws.send(&bye).await.unwrap();
+    ws.close().await.unwrap();
+    srv.wait_agent(agent.uid, Duration::from_secs(10), |a| {
+        a["status"] == "disconnected"
+    })
+    .await;
+    let file = dir.path().join("payload.bin");
+    std::fs::write(&file, [0u8, 159, 146, 150]).unwrap();
+    let uid = agent.uid.to_string();
+    let api = srv.api.clone();
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["ctl", "--api", &api, "agents", "send-message", &uid])
+            .args([
+                "--capability",
+                "io.example.ping",
+                "--type",
+                "m0",
+                "--data-file",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(out.contains("queued") && out.contains("true"), "{out}");
+    for i in 1..8 {
+        let (status, sent) = srv
+            .post_json(
+                &path,
+                json!({"capability": "io.example.ping", "type": format!("m{i}")}),
+            )
+            .await;
+        assert_eq!((status, &sent["queued"]), (202, &json!(true)), "{sent}");
+    }
+    let (status, full) = srv
+        .post_json(
+            &path,
+            json!({"capability": "io.example.ping", "type": "m8"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{full}");
+    assert!(
+        full["error"].as_str().unwrap().contains("already has 8"),
+        "{full}"
+    );
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(
+        view["pending_custom_messages"].as_array().unwrap().len(),
+        8,
+        "{view}"
+    );
+    assert_eq!(view["pending_custom_messages"][0]["type"], "m0");
+    assert_eq!(view["pending_custom_messages"][0]["data_bytes"], 4);
+
+    // Back: one per reply, oldest first, the queue emptied.
+    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
+    agent.received_custom.clear();
+    for _ in 0..9 {
+        let hb = agent.heartbeat();
+        converse(&mut ws, &mut agent, vec![hb]).await;
+    }
+    let kinds: Vec<&str> = agent
+        .received_custom
+        .iter()
+        .map(|m| m.r#type.as_str())
+        .collect();
+    assert_eq!(kinds, ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7"]);
+    assert_eq!(agent.received_custom[0].data, [0u8, 159, 146, 150]);
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["pending_custom_messages"], json!([]), "{view}");
+
+    // Each one sent is audited, with how it went.
+    let (_, log) = srv
+        .get(&format!(
+            "/api/v1/audit?object=agent/{}&limit=100",
+            agent.uid
+        ))
+        .await;
+    let sent: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "agent.custom_message")
+        .map(|e| e["after"]["sent"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sent.iter().filter(|s| **s == "delivered").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(sent.iter().filter(|s| **s == "queued").count(), 8, "{log}");
+}

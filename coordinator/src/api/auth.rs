@@ -101,9 +101,9 @@ impl ApiTokens {
     }
 }
 
-/// The role a request needs: reads are for viewers; agent commands, labels and holding or
-/// aborting a rollout for operators; the rest (configs, starting rollouts, certificates,
-/// anything new) for admins. gRPC calls are all POSTs, so their role follows the RPC's name.
+/// The role a request needs: reads are for viewers; agent commands (restart, custom messages),
+/// labels and holding or aborting a rollout for operators; the rest (configs, starting rollouts,
+/// certificates, anything new) for admins. gRPC calls are all POSTs, so their role follows the RPC's name.
 pub fn required_role(method: &Method, path: &str) -> Role {
     if let Some(rpc) = grpc_method(path) {
         return grpc_role(rpc);
@@ -112,6 +112,7 @@ pub fn required_role(method: &Method, path: &str) -> Role {
         return Role::Operator;
     }
     let operator = path.ends_with("/restart")
+        || path.ends_with("/custom-messages")
         || path == "/api/v1/restarts"
         || path.ends_with("/labels")
         || (path.starts_with("/api/v1/rollouts/")
@@ -140,7 +141,12 @@ fn grpc_role(rpc: &str) -> Role {
         Role::Viewer
     } else if matches!(
         rpc,
-        "RestartAgent" | "DeleteAgent" | "RestartMatching" | "SetLabels" | "ControlRollout"
+        "RestartAgent"
+            | "SendCustomMessage"
+            | "DeleteAgent"
+            | "RestartMatching"
+            | "SetLabels"
+            | "ControlRollout"
     ) {
         Role::Operator
     } else {
@@ -348,6 +354,7 @@ mod tests {
         for operator in [
             "/api/v1/restarts",
             "/api/v1/agents/x/labels",
+            "/api/v1/agents/x/custom-messages",
             "/api/v1/rollouts/r/pause",
             "/api/v1/rollouts/r/abort",
         ] {
@@ -389,6 +396,7 @@ mod tests {
         }
         for operator in [
             "RestartAgent",
+            "SendCustomMessage",
             "DeleteAgent",
             "RestartMatching",
             "SetLabels",

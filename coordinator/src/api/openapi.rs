@@ -15,6 +15,7 @@ mod tests {
         ("GET", "/api/v1/agents/{uid}"),
         ("DELETE", "/api/v1/agents/{uid}"),
         ("POST", "/api/v1/agents/{uid}/restart"),
+        ("POST", "/api/v1/agents/{uid}/custom-messages"),
         ("POST", "/api/v1/agents/{uid}/certificate"),
         ("GET", "/api/v1/agents/{uid}/labels"),
         ("POST", "/api/v1/agents/{uid}/labels"),

@@ -12,7 +12,7 @@ use flotilla_common::config::RecordLimits;
 use flotilla_common::error::{ErrorKind, opamp_error};
 use flotilla_common::store::Deadline;
 use flotilla_proto::bus::{
-    AgentRecord, AgentStatus, Drift, Origin, ReceivedCustomMessage, Transport,
+    AgentRecord, AgentStatus, Drift, Origin, PendingCustomMessage, ReceivedCustomMessage, Transport,
 };
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags, CommandType,
@@ -70,6 +70,7 @@ struct OfferMarks {
     restart_expires_unix_ms: u64,
     settings_reoffers: u32,
     settings_reoffer_window_unix_ms: u64,
+    pending_custom_messages: Vec<PendingCustomMessage>,
 }
 
 impl OfferMarks {
@@ -80,6 +81,7 @@ impl OfferMarks {
             restart_expires_unix_ms: rec.restart_expires_unix_ms,
             settings_reoffers: rec.settings_reoffers,
             settings_reoffer_window_unix_ms: rec.settings_reoffer_window_unix_ms,
+            pending_custom_messages: rec.pending_custom_messages.clone(),
         }
     }
 
@@ -89,6 +91,7 @@ impl OfferMarks {
         rec.restart_expires_unix_ms = self.restart_expires_unix_ms;
         rec.settings_reoffers = self.settings_reoffers;
         rec.settings_reoffer_window_unix_ms = self.settings_reoffer_window_unix_ms;
+        rec.pending_custom_messages = self.pending_custom_messages;
     }
 }
 
@@ -256,6 +259,7 @@ pub fn process(
         let now = ctx.now_unix_ms;
         let offers = (ctx.desired, ctx.heartbeat_interval, now);
         fill_offers(&mut reply, &mut rec, &attrs, offers, settings_unknown);
+        reply.custom_message = take_custom_message(&mut rec, now);
     }
     Outcome {
         reply,
@@ -476,6 +480,28 @@ pub fn silence_deadline(rec: &AgentRecord, heartbeat_interval: Duration) -> Opti
     let window = heartbeat_interval.saturating_mul(SILENT_AFTER_INTERVALS);
     let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
     Some(rec.last_seen_unix_ms.saturating_add(window_ms))
+}
+
+/// Takes the oldest queued custom message that has not expired and whose capability the agent
+/// still declares (one per reply: the message has room for one); forgets the others that fail
+/// either test.
+fn take_custom_message(rec: &mut AgentRecord, now_unix_ms: u64) -> Option<CustomMessage> {
+    let declared = rec
+        .custom_capabilities
+        .as_ref()
+        .map(|c| c.capabilities.as_slice())
+        .unwrap_or_default();
+    rec.pending_custom_messages
+        .retain(|m| m.expires_unix_ms > now_unix_ms && declared.contains(&m.capability));
+    if rec.pending_custom_messages.is_empty() {
+        return None;
+    }
+    let m = rec.pending_custom_messages.remove(0);
+    Some(CustomMessage {
+        capability: m.capability,
+        r#type: m.r#type,
+        data: m.data,
+    })
 }
 
 /// Takes a queued, unexpired restart if the agent can restart; forgets an expired one.

@@ -16,7 +16,8 @@ use crate::opamp::desired::desired_config;
 use flotilla_common::selector::Attributes;
 use flotilla_common::selector::Selector;
 use flotilla_proto::bus::{
-    AgentRecord, DeleteAgent, IssueCertificate, RestartAgent, RestartResult, SetLabels, uplink,
+    AgentRecord, DeleteAgent, IssueCertificate, RestartAgent, RestartResult, SendCustomMessage,
+    SetLabels, uplink,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -253,6 +254,20 @@ pub struct Restarted {
     pub queued: bool,
 }
 
+/// What became of a custom message sent to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CustomMessageSent {
+    pub instance_uid: String,
+    /// Sent over its live WebSocket now.
+    pub delivered: bool,
+    /// Kept for the reply to its next message (HTTP poll or reconnect), for 10 minutes.
+    pub queued: bool,
+}
+
+/// Longest capability and type of a custom message sent to an agent, and most data.
+pub const MAX_CUSTOM_NAME: usize = 256;
+pub const MAX_CUSTOM_DATA: usize = 64 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Deleted {
     pub instance_uid: String,
@@ -436,6 +451,65 @@ impl Ops {
                 "agent {uid}: the agent's state could not be written; try again"
             ))),
         }
+    }
+
+    /// Sends agent `uid` a custom message (OpAMP CustomMessage) under a custom capability it
+    /// declares: at once over its live WebSocket, otherwise with the reply to its next message.
+    pub async fn send_custom_message(
+        &self,
+        caller: &Caller,
+        uid: &str,
+        capability: &str,
+        kind: &str,
+        data: Vec<u8>,
+    ) -> Result<CustomMessageSent> {
+        let uid = parse_uid(uid)?;
+        if capability.is_empty() || capability.len() > MAX_CUSTOM_NAME {
+            return Err(bad_request(format!(
+                "capability must be 1-{MAX_CUSTOM_NAME} bytes (a custom capability the agent declares)"
+            )));
+        }
+        if kind.is_empty() || kind.len() > MAX_CUSTOM_NAME {
+            return Err(bad_request(format!(
+                "type must be 1-{MAX_CUSTOM_NAME} bytes"
+            )));
+        }
+        if data.len() > MAX_CUSTOM_DATA {
+            return Err(bad_request(format!(
+                "data is {} bytes; a custom message carries at most {MAX_CUSTOM_DATA}",
+                data.len()
+            )));
+        }
+        let ask = uplink::Kind::SendCustomMessage(SendCustomMessage {
+            instance_uid: uid.as_bytes().to_vec(),
+            capability: capability.to_owned(),
+            r#type: kind.to_owned(),
+            data,
+            caller: caller.name.clone(),
+        });
+        let r = self
+            .owners
+            .ask(uid, ask)
+            .await?
+            .custom_message
+            .unwrap_or_default();
+        if r.unknown_agent {
+            return Err(Error::NotFound(format!("no agent {uid}")));
+        }
+        if !r.refused.is_empty() {
+            return Err(Error::Conflict(r.refused));
+        }
+        if !(r.delivered || r.queued) {
+            return Err(Error::Unavailable(format!(
+                "agent {uid}: custom message not sent: {}; try again",
+                r.error
+            )));
+        }
+        Ok(CustomMessageSent {
+            instance_uid: uid.to_string(),
+            delivered: r.delivered,
+            queued: r.queued,
+        })
     }
 
     /// Removes an agent's record (audited). A connected agent comes back as a new record at its

@@ -15,16 +15,20 @@ use flotilla_common::pki::Issued;
 use flotilla_common::store::{AuditEntry, Deadline, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{
-    AgentRecord, DeleteAgent, DeleteResult, IssueCertificate, IssuedCertificate, LabelsResult,
-    RestartAgent, RestartResult, SetLabels,
+    AgentRecord, CustomMessageResult, DeleteAgent, DeleteResult, IssueCertificate,
+    IssuedCertificate, LabelsResult, PendingCustomMessage, RestartAgent, RestartResult,
+    SendCustomMessage, SetLabels,
 };
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, CommandType, ConnectionSettingsOffers, ServerToAgent,
+    AgentCapabilities as Cap, CommandType, ConnectionSettingsOffers, CustomMessage, ServerToAgent,
     ServerToAgentCommand,
 };
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 use uuid::Uuid;
+
+/// How many custom messages may wait in one agent's record for its next message.
+pub(crate) const MAX_PENDING_CUSTOM_MESSAGES: usize = 8;
 
 /// What the audit log keeps of an issued certificate (never its key).
 fn issued_json(issued: &Issued) -> serde_json::Value {
@@ -82,7 +86,7 @@ impl Owner {
                 return Some(RestartResult::Delivered);
             }
         }
-        rec.restart_expires_unix_ms = now_unix_ms().saturating_add(millis(self.cfg.restart_ttl));
+        rec.restart_expires_unix_ms = now_unix_ms().saturating_add(millis(self.cfg.command_ttl));
         match self
             .save_or_drop(fence, &rec, Deadline::Keep, entry("queued").as_ref())
             .await
@@ -96,6 +100,118 @@ impl Owner {
                 warn!(error = %e, %uid, "restart: could not queue");
                 Some(RestartResult::Failed)
             }
+        }
+    }
+
+    /// The owner's side of a custom message to an agent; None if this process does not own the
+    /// agent's shard. Sent now over the agent's live WebSocket, else kept in its record (at most
+    /// [`MAX_PENDING_CUSTOM_MESSAGES`]) for the reply to its next message.
+    pub(super) async fn custom_message_here(
+        &self,
+        req: SendCustomMessage,
+    ) -> Option<CustomMessageResult> {
+        let unknown = CustomMessageResult {
+            unknown_agent: true,
+            ..Default::default()
+        };
+        let Ok(uid) = Uuid::from_slice(&req.instance_uid) else {
+            return Some(unknown);
+        };
+        let shard = shard_of(&req.instance_uid);
+        let _guard = self.shards.lock(shard).await;
+        let fence = self.fence_for(shard)?;
+        let failed = |e: &dyn std::fmt::Display| {
+            Some(CustomMessageResult {
+                error: e.to_string(),
+                ..Default::default()
+            })
+        };
+        let refused = |why: String| {
+            Some(CustomMessageResult {
+                refused: why,
+                ..Default::default()
+            })
+        };
+        let mut rec = match self.store.get_agent(uid).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Some(unknown),
+            Err(e) => return failed(&e),
+        };
+        let declared = rec
+            .custom_capabilities
+            .as_ref()
+            .is_some_and(|c| c.capabilities.contains(&req.capability));
+        if !declared {
+            return refused(format!(
+                "agent {uid} does not declare the custom capability {:?}",
+                req.capability
+            ));
+        }
+        let how = |how: &str| {
+            audit::entry(
+                &req.caller,
+                "agent.custom_message",
+                format!("agent/{uid}"),
+                None,
+                Some(serde_json::json!({
+                    "capability": req.capability,
+                    "type": req.r#type,
+                    "data_bytes": req.data.len(),
+                    "sent": how,
+                })),
+            )
+        };
+        if let Some(origin) = live_ws(&rec) {
+            let msg = ServerToAgent {
+                instance_uid: rec.instance_uid.clone(),
+                capabilities: SERVER_CAPABILITIES,
+                custom_message: Some(CustomMessage {
+                    capability: req.capability.clone(),
+                    r#type: req.r#type.clone(),
+                    data: req.data.clone(),
+                }),
+                ..Default::default()
+            };
+            if self.pusher.push(origin, &msg).await {
+                info!(%uid, capability = %req.capability, "custom message delivered");
+                audit::record(self.store.as_ref(), how("delivered")).await;
+                return Some(CustomMessageResult {
+                    delivered: true,
+                    ..Default::default()
+                });
+            }
+        }
+        let now = now_unix_ms();
+        rec.pending_custom_messages
+            .retain(|m| m.expires_unix_ms > now);
+        if rec.pending_custom_messages.len() >= MAX_PENDING_CUSTOM_MESSAGES {
+            return refused(format!(
+                "agent {uid} already has {MAX_PENDING_CUSTOM_MESSAGES} custom messages waiting \
+                 for its next message; try again after it has taken them"
+            ));
+        }
+        rec.pending_custom_messages.push(PendingCustomMessage {
+            capability: req.capability.clone(),
+            r#type: req.r#type.clone(),
+            data: req.data.clone(),
+            expires_unix_ms: now.saturating_add(millis(self.cfg.command_ttl)),
+        });
+        if let Err(why) = self.cfg.limits.check_record(&rec) {
+            return refused(why);
+        }
+        match self
+            .save_or_drop(fence, &rec, Deadline::Keep, Some(&how("queued")))
+            .await
+        {
+            Ok(true) => {
+                info!(%uid, "custom message queued until the agent's next message");
+                Some(CustomMessageResult {
+                    queued: true,
+                    ..Default::default()
+                })
+            }
+            Ok(false) => None,
+            Err(e) => failed(&e),
         }
     }
 

@@ -11,8 +11,8 @@ pub struct CoordinatorConfig {
     pub region: String,
     pub node_id: String,
     pub heartbeat_interval: Duration,
-    /// How long a queued restart waits for its agent.
-    pub restart_ttl: Duration,
+    /// How long a queued restart or custom message waits for its agent's next message.
+    pub command_ttl: Duration,
     /// How long a push waits for the gateway's acknowledgement.
     pub push_timeout: Duration,
     /// How long an admin request keeps looking for the owner of an agent's shard.
@@ -38,7 +38,7 @@ impl CoordinatorConfig {
             region: region.into(),
             node_id: node_id.into(),
             heartbeat_interval,
-            restart_ttl: Duration::from_secs(600),
+            command_ttl: Duration::from_secs(600),
             push_timeout: Duration::from_secs(2),
             owner_deadline: Duration::from_secs(5),
             issuer: None,

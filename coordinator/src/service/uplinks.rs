@@ -109,6 +109,13 @@ impl Owner {
                     deleted: Some(deleted),
                     ..Default::default()
                 }),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::SendCustomMessage(m)),
+                    ..
+                }) => self.custom_message_here(m).await.map(|sent| UplinkReply {
+                    custom_message: Some(sent),
+                    ..Default::default()
+                }),
                 _ => {
                     warn!("dropping a malformed bus uplink envelope");
                     Some(UplinkReply::default())

@@ -151,6 +151,24 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn send_custom_message(
+        &self,
+        req: Request<pb::SendCustomMessageRequest>,
+    ) -> Reply<pb::SendCustomMessageResponse> {
+        let caller = caller(&req)?;
+        let r = req.into_inner();
+        let sent = self
+            .ops
+            .send_custom_message(&caller, &r.instance_uid, &r.capability, &r.r#type, r.data)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SendCustomMessageResponse {
+            instance_uid: sent.instance_uid,
+            delivered: sent.delivered,
+            queued: sent.queued,
+        }))
+    }
+
     async fn delete_agent(
         &self,
         req: Request<pb::DeleteAgentRequest>,

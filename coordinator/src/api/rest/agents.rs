@@ -2,6 +2,7 @@
 
 use super::reply::{ApiError, Reply, pairs, parse_body};
 use crate::ops::agents::{AgentQuery, Deleted, Labels};
+use crate::ops::error::bad_request;
 use crate::ops::views::{AgentDetail, AgentsPage, FleetHealth, FleetOverview};
 use crate::ops::{Caller, Ops};
 use axum::Json;
@@ -9,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -58,6 +60,41 @@ pub(super) async fn restart(
 ) -> Result<Response, ApiError> {
     let r = ops.restart_agent(&caller, &uid).await?;
     Ok((StatusCode::ACCEPTED, Json(r)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomMessageBody {
+    capability: String,
+    r#type: String,
+    data: Option<String>,
+    data_base64: Option<String>,
+}
+
+/// Sends the agent a custom message (data as text, or base64).
+pub(super) async fn custom_message(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: CustomMessageBody = parse_body(
+        &body,
+        "{\"capability\": \"io.example.cap\", \"type\": \"ping\", \"data\": \"text\"} \
+         (or \"data_base64\")",
+    )?;
+    let data = match (body.data, body.data_base64) {
+        (Some(_), Some(_)) => return Err(bad_request("give data or data_base64, not both").into()),
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| bad_request(format!("data_base64 is not base64: {e}")))?,
+        (None, None) => Vec::new(),
+    };
+    let sent = ops
+        .send_custom_message(&caller, &uid, &body.capability, &body.r#type, data)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(sent)).into_response())
 }
 
 /// Issues the agent a new client certificate and key and offers them over OpAMP.

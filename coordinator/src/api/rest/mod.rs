@@ -28,6 +28,10 @@ pub fn routes(ops: Ops) -> Router {
         )
         .route("/api/v1/agents/{uid}/restart", post(agents::restart))
         .route(
+            "/api/v1/agents/{uid}/custom-messages",
+            post(agents::custom_message),
+        )
+        .route(
             "/api/v1/agents/{uid}/certificate",
             post(agents::certificate),
         )

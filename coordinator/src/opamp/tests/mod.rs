@@ -523,3 +523,57 @@ fn custom_message_names_are_cut_and_supervisors_are_judged_by_their_own_heartbea
     assert_eq!(kept.capability.len(), 256, "cut on a character boundary");
     assert_eq!(kept.r#type.len(), 256);
 }
+
+#[test]
+fn queued_custom_messages_go_one_per_reply_while_declared_and_unexpired_and_survive_a_refusal() {
+    use flotilla_proto::bus::{AgentRecord, PendingCustomMessage};
+    use flotilla_proto::opamp::CustomCapabilities;
+    let uid = Uuid::now_v7();
+    let mut first = full(uid, 0);
+    first.custom_capabilities = Some(CustomCapabilities {
+        capabilities: vec!["io.example.ping".into()],
+    });
+    let mut rec = process(None, first, ws(), &ctx(&[])).record.unwrap();
+    let pending = |capability: &str, kind: &str, expires_unix_ms: u64| PendingCustomMessage {
+        capability: capability.into(),
+        r#type: kind.into(),
+        data: kind.as_bytes().to_vec(),
+        expires_unix_ms,
+    };
+    rec.pending_custom_messages = vec![
+        pending("io.example.ping", "expired", NOW - 1),
+        pending("io.example.other", "undeclared", NOW + 1000),
+        pending("io.example.ping", "a", NOW + 1000),
+        pending("io.example.ping", "b", NOW + 1000),
+    ];
+    // A reply replaced by an error (its offers not made) keeps what was queued.
+    let mut refused = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&[]));
+    refused.answer_with_error(flotilla_common::error::ErrorKind::Unavailable, "x".into());
+    let kinds = |r: &AgentRecord| -> Vec<String> {
+        r.pending_custom_messages
+            .iter()
+            .map(|m| m.r#type.clone())
+            .collect()
+    };
+    assert_eq!(
+        kinds(refused.record.as_ref().unwrap()),
+        ["expired", "undeclared", "a", "b"]
+    );
+    let out = process(refused.record, heartbeat(uid, 2), ws(), &ctx(&[]));
+    let sent = out
+        .reply
+        .custom_message
+        .clone()
+        .expect("the oldest valid one");
+    assert_eq!(
+        (sent.capability.as_str(), sent.r#type.as_str()),
+        ("io.example.ping", "a")
+    );
+    assert_eq!(sent.data, b"a");
+    assert_eq!(kinds(out.record.as_ref().unwrap()), ["b"]);
+    let out = process(out.record, heartbeat(uid, 3), ws(), &ctx(&[]));
+    assert_eq!(out.reply.custom_message.unwrap().r#type, "b");
+    let out = process(out.record, heartbeat(uid, 4), ws(), &ctx(&[]));
+    assert!(out.reply.custom_message.is_none());
+    assert!(out.record.unwrap().pending_custom_messages.is_empty());
+}

@@ -125,7 +125,19 @@ pub struct AgentDetail {
     pub available_components: Option<ComponentsView>,
     /// The custom messages it sent, newest first (the last 20).
     pub custom_messages: Vec<CustomMessageView>,
+    /// Custom messages sent to it that wait for its next message, oldest first.
+    pub pending_custom_messages: Vec<PendingCustomMessageView>,
     pub restart_pending: bool,
+}
+
+/// A custom message sent to an agent, waiting for its next message until `expires`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingCustomMessageView {
+    pub capability: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data_bytes: u64,
+    pub expires: String,
 }
 
 /// A custom message an agent sent: its data in base64 (the first 4 KiB; `data_bytes` is the
@@ -348,6 +360,16 @@ impl AgentDetail {
                     data_bytes: m.data_bytes,
                     truncated: (m.data.len() as u64) < m.data_bytes,
                     received: rfc3339(m.at_unix_ms),
+                })
+                .collect(),
+            pending_custom_messages: rec
+                .pending_custom_messages
+                .iter()
+                .map(|m| PendingCustomMessageView {
+                    capability: m.capability.clone(),
+                    kind: m.r#type.clone(),
+                    data_bytes: m.data.len() as u64,
+                    expires: rfc3339(m.expires_unix_ms),
                 })
                 .collect(),
             restart_pending: rec.restart_expires_unix_ms > 0,
