@@ -243,7 +243,13 @@ async fn the_console_shows_the_fleet_and_changes_it_as_the_api_would() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(b.all("table.phases tbody tr").await.len(), 2);
+    assert_eq!(b.all("table.phases tbody tr[data-phase]").await.len(), 2);
+    // The fleet's unhealthy agent failed phase 1: the page says which and why.
+    let why = b.text("tr[data-phase-failures='1']").await;
+    assert!(
+        why.contains("unhealthy: exporter otlp: connection refused"),
+        "{why}"
+    );
     b.shot("rollout").await;
     let rollouts = api(&s, "/api/v1/rollouts").await.1;
     assert_eq!(rollouts["rollouts"][0]["state"], "completed", "{rollouts}");

@@ -244,3 +244,51 @@ async fn swarm_agents_take_an_offered_certificate_and_reconnect_with_it() {
     assert_eq!(report.certificates_taken, 1, "{report}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_supervisor_swarm_takes_a_config_and_shows_healthy_complete_and_in_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(common::config(dir.path())).await;
+    let mut cfg = swarm_on(Scenario::Rollout, vec![server.ws_url.clone()], 100);
+    cfg.supervisor = true;
+    cfg.api = Some(Api {
+        url: server.api.clone(),
+        token: None,
+        ca: None,
+    });
+    let r = swarm::run(cfg).await.unwrap();
+    let push = r.config_push.as_ref().unwrap();
+    assert_eq!(
+        (push.agents, push.applied, push.failed),
+        (100, 100, 0),
+        "{r}"
+    );
+    assert_eq!(r.errors_total, 0, "{r}");
+
+    // What the server shows of them: each up (healthy after starting unhealthy), its build's
+    // components listed (asked for by hash), and running what it was sent past what the
+    // supervisor adds (its effective config is one "" entry).
+    let run = &r.run_id;
+    let (code, v) = server
+        .get(&format!(
+            "/api/v1/agents?selector=swarm.run={run}&health=healthy&config=applied&drift=false&limit=1000"
+        ))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["total"], 100, "{v}");
+    let uid = v["agents"][0]["instance_uid"].as_str().unwrap();
+    let (_, agent) = server.get(&format!("/api/v1/agents/{uid}")).await;
+    assert_eq!(agent["available_components"]["complete"], true, "{agent}");
+    assert_eq!(
+        agent["available_components"]["components"]["exporters"],
+        serde_json::json!(["debug", "otlp", "otlphttp", "prometheusremotewrite"]),
+        "{agent}"
+    );
+    let effective: Vec<&String> = agent["effective_config"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(effective, [""], "{agent}");
+    server.stop().await;
+}

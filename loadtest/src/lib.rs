@@ -1,8 +1,10 @@
 //! Synthetic OpAMP agents. [`sim::SimAgent`] is the protocol behaviour of one agent (sequence
 //! numbers, compression, full state on request, applying pushed configs, restart); [`client`] moves
 //! its messages over WebSocket or plain HTTP. Flotilla's tests use both directly; the
-//! `flotilla-swarm` binary runs thousands of them. Depends only on `flotilla-proto`.
+//! `flotilla-swarm` binary runs thousands of them; [`supervisor`] adds the habits of the
+//! collector's OpAMP supervisor. Depends only on `flotilla-proto` (and a YAML parser).
 
 pub mod client;
 pub mod sim;
+pub mod supervisor;
 pub mod swarm;

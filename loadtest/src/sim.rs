@@ -1,5 +1,6 @@
 //! One simulated agent's protocol state, independent of transport.
 
+use crate::supervisor;
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentConfigMap, AgentDescription, AgentDisconnect, AgentToServer,
     AnyValue, ComponentHealth, CustomCapabilities, CustomMessage, EffectiveConfig, KeyValue,
@@ -11,6 +12,17 @@ use rand::distr::weighted::WeightedIndex;
 use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Capabilities of the collector's OpAMP supervisor with remote config on (its defaults plus
+/// accepts_remote_config, reports_remote_config and reports_available_components).
+pub const SUPERVISOR_CAPS: u64 = Cap::ReportsStatus as u64
+    | Cap::ReportsEffectiveConfig as u64
+    | Cap::ReportsOwnMetrics as u64
+    | Cap::ReportsHealth as u64
+    | Cap::ReportsHeartbeat as u64
+    | Cap::AcceptsRemoteConfig as u64
+    | Cap::ReportsRemoteConfig as u64
+    | Cap::ReportsAvailableComponents as u64;
 
 /// Capabilities of a typical OpenTelemetry Collector managed by OpAMP.
 pub const COLLECTOR_CAPS: u64 = Cap::ReportsStatus as u64
@@ -52,6 +64,8 @@ pub struct SimAgent {
     pub custom_capabilities: Vec<String>,
     /// The custom messages the server sent it, in order.
     pub received_custom: Vec<CustomMessage>,
+    /// Behaves as the collector's OpAMP supervisor ([`SimAgent::supervisor`]).
+    pub supervisor: Option<supervisor::Habits>,
     next_seq: u64,
 }
 
@@ -88,8 +102,43 @@ impl SimAgent {
             offered_identity: None,
             custom_capabilities: Vec::new(),
             received_custom: Vec::new(),
+            supervisor: None,
             next_seq: 0,
         }
+    }
+
+    /// A collector run by its OpAMP supervisor with remote config on (accepts_remote_config and
+    /// reports_remote_config), whose build has `components`: it reports its components by hash
+    /// until asked for the list, reports unhealthy until its collector is up (after the server's
+    /// first reply), reports the config it runs as one "" entry with the supervisor's own sections,
+    /// applies a config only when the composed result changes (an equivalent one under a new hash
+    /// gets no status at all), and fails a config that does not compose or names a component its
+    /// build lacks.
+    pub fn supervisor(
+        service: &str,
+        non_identifying: &[(&str, &str)],
+        components: &[(&str, &[&str])],
+    ) -> Self {
+        let mut a = Self::new(service, non_identifying);
+        a.act_as_supervisor(components);
+        a
+    }
+
+    /// Turns this agent into a collector run by its supervisor (see [`SimAgent::supervisor`]).
+    pub fn act_as_supervisor(&mut self, components: &[(&str, &[&str])]) {
+        self.capabilities = SUPERVISOR_CAPS;
+        self.health = ComponentHealth {
+            healthy: false,
+            status: "StatusStarting".into(),
+            last_error: "the collector is starting".into(),
+            ..Default::default()
+        };
+        let mut habits = supervisor::Habits::new(components);
+        let local = supervisor::compose(&AgentConfigMap::default(), &self.uid.to_string())
+            .unwrap_or_default();
+        habits.composed = body_of(&local);
+        self.effective = Some(local);
+        self.supervisor = Some(habits);
     }
 
     fn base(&mut self) -> AgentToServer {
@@ -117,6 +166,10 @@ impl SimAgent {
                     capabilities: self.custom_capabilities.clone(),
                 }
             }),
+            available_components: self
+                .supervisor
+                .as_mut()
+                .map(supervisor::Habits::components_report),
             ..self.base()
         }
     }
@@ -153,15 +206,27 @@ impl SimAgent {
         let fails = marked
             || (self.apply.failure_rate > 0.0
                 && rand::rng().random_bool(self.apply.failure_rate.min(1.0)));
-        let (status, error_message) = if fails {
-            (
+        // The supervisor runs what it composes; a config that does not compose fails.
+        let runs = match &self.supervisor {
+            Some(h) => supervisor::compose(&map, &self.uid.to_string())
+                .and_then(|m| h.check(&m).map(|()| m)),
+            None => Ok(map),
+        };
+        let (status, error_message) = match runs {
+            Err(why) => (RemoteConfigStatuses::Failed, why),
+            Ok(_) if fails => (
                 RemoteConfigStatuses::Failed,
                 "config rejected: invalid pipeline".to_string(),
-            )
-        } else {
-            self.effective = Some(map);
-            (RemoteConfigStatuses::Applied, String::new())
+            ),
+            Ok(runs) => {
+                if let Some(h) = self.supervisor.as_mut() {
+                    h.composed = body_of(&runs);
+                }
+                self.effective = Some(runs);
+                (RemoteConfigStatuses::Applied, String::new())
+            }
         };
+        let fails = status == RemoteConfigStatuses::Failed;
         let previous = self.remote_status.take();
         self.remote_status = Some(RemoteConfigStatus {
             last_remote_config_hash: rc.config_hash,
@@ -237,7 +302,35 @@ impl SimAgent {
             }
         }
         let full_state = reply.flags & ServerToAgentFlags::ReportFullState as u64 != 0;
-        if let Some(rc) = &reply.remote_config {
+        if let Some(h) = self.supervisor.as_mut() {
+            // A full report below carries what is asked for and the health.
+            let asked = reply.flags & ServerToAgentFlags::ReportAvailableComponents as u64 != 0;
+            h.components_asked |= asked;
+            let starting = !std::mem::replace(&mut h.collector_up, true);
+            if starting {
+                self.health = collector_health();
+            }
+            if !full_state && (asked || starting) {
+                let mut msg = self.base();
+                msg.health = starting.then(|| self.health.clone());
+                msg.available_components = self
+                    .supervisor
+                    .as_mut()
+                    .filter(|_| asked)
+                    .map(supervisor::Habits::components_report);
+                out.push(msg);
+            }
+        }
+        // The supervisor applies a config only when what it composes changes: an equivalent one
+        // under a new hash gets no status at all.
+        let equivalent = |rc: &flotilla_proto::opamp::AgentRemoteConfig| {
+            self.supervisor.as_ref().is_some_and(|h| {
+                let files = rc.config.clone().unwrap_or_default();
+                supervisor::compose(&files, &self.uid.to_string())
+                    .is_ok_and(|m| body_of(&m) == h.composed)
+            })
+        };
+        if let Some(rc) = reply.remote_config.as_ref().filter(|rc| !equivalent(rc)) {
             let known = |s: &Option<RemoteConfigStatus>| {
                 s.as_ref()
                     .is_some_and(|s| s.last_remote_config_hash == rc.config_hash)
@@ -276,6 +369,14 @@ impl SimAgent {
         }
         out
     }
+}
+
+/// The body of the "" entry of a composed config (what the supervisor reports).
+fn body_of(map: &AgentConfigMap) -> String {
+    map.config_map
+        .get("")
+        .map(|f| String::from_utf8_lossy(&f.body).into_owned())
+        .unwrap_or_default()
 }
 
 /// How a simulated agent applies a pushed config.
@@ -557,5 +658,64 @@ mod tests {
             ]
         );
         assert_eq!(a.health.component_health_map.len(), 2);
+    }
+
+    #[test]
+    fn the_supervisor_profile_starts_unhealthy_lists_components_when_asked_and_skips_equivalents() {
+        let mut a = SimAgent::supervisor(
+            "otelcol",
+            &[],
+            &[("receivers", &["otlp"]), ("exporters", &["debug"])],
+        );
+        let first = a.full_report();
+        assert!(!first.health.as_ref().unwrap().healthy, "starting");
+        let comps = first.available_components.unwrap();
+        assert!(
+            comps.components.is_empty() && !comps.hash.is_empty(),
+            "hash only"
+        );
+        let effective = first.effective_config.unwrap().config_map.unwrap();
+        assert_eq!(effective.config_map.keys().collect::<Vec<_>>(), [""]);
+
+        // Asked for the list: it comes, with the collector now up.
+        let ask = ServerToAgent {
+            flags: ServerToAgentFlags::ReportAvailableComponents as u64,
+            ..Default::default()
+        };
+        let out = a.handle(&ask);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].health.as_ref().unwrap().healthy);
+        assert_eq!(
+            out[0]
+                .available_components
+                .as_ref()
+                .unwrap()
+                .components
+                .len(),
+            2
+        );
+
+        // A config that changes what runs: applied, reported as one "" entry.
+        let body = "receivers: {otlp: {}}\nexporters: {debug: {}}";
+        let out = a.handle(&push(body, &[1]));
+        assert_eq!(status(&out[0]), RemoteConfigStatuses::Applied as i32);
+        let runs = &out[0]
+            .effective_config
+            .as_ref()
+            .unwrap()
+            .config_map
+            .as_ref()
+            .unwrap()
+            .config_map[""];
+        let runs: serde_json::Value = serde_json::from_slice(&runs.body).unwrap();
+        assert_eq!(runs["service"]["extensions"], serde_json::json!(["opamp"]));
+        assert_eq!(runs["exporters"]["debug"], serde_json::json!({}));
+        // The same under another hash (a comment): no status at all.
+        assert!(a.handle(&push(&format!("# note\n{body}"), &[2])).is_empty());
+        // A component its build lacks: FAILED, as the collector refuses it.
+        let out = a.handle(&push("exporters: {kafka: {}}", &[3]));
+        assert_eq!(status(&out[0]), RemoteConfigStatuses::Failed as i32);
+        let error = &out[0].remote_config_status.as_ref().unwrap().error_message;
+        assert!(error.contains("unknown type: \"kafka\""), "{error}");
     }
 }

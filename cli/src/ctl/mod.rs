@@ -70,13 +70,15 @@ fn show(v: &Value, shape: Shape, format: Format) -> anyhow::Result<()> {
                     .as_str()
                     .unwrap_or_default()
             );
-            let back = &v["remote_config_status"]["rolled_back"];
-            if back.is_object() {
-                out!(
-                    "rolled back from: {} {}",
-                    field(back, "hash"),
-                    back["error"].as_str().unwrap_or_default()
-                );
+            for (key, label) in [("rolled_back", "rolled back from"), ("not_sent", "config")] {
+                let refusal = &v["remote_config_status"][key];
+                if refusal.is_object() {
+                    out!(
+                        "{label}: {} {}",
+                        field(refusal, "hash"),
+                        refusal["error"].as_str().unwrap_or_default()
+                    );
+                }
             }
             for (kind, types) in v["available_components"]["components"]
                 .as_object()

@@ -236,6 +236,15 @@ pub(super) fn print_rollout(r: &Value) {
         r["agents_total"],
         r["failed"]
     );
+    for p in r["phases"].as_array().into_iter().flatten() {
+        for why in p["failures"].as_array().into_iter().flatten() {
+            out!(
+                "phase {} failed: {}",
+                p["phase"],
+                why.as_str().unwrap_or_default()
+            );
+        }
+    }
 }
 
 /// A progress bar on a terminal; on anything else (a pipe, CI), a line whenever the message

@@ -473,3 +473,110 @@ async fn custom_messages_reach_the_agent_now_or_at_its_next_message_and_bad_ones
     );
     assert_eq!(sent.iter().filter(|s| **s == "queued").count(), 8, "{log}");
 }
+
+/// A collector config that sends traces to Kafka.
+fn kafka_yaml(note: &str) -> String {
+    collector_yaml(note)
+        .replace(
+            "  debug: {}\n",
+            "  debug: {}\n  kafka/eu:\n    brokers: [k:9092]\n",
+        )
+        .replace("exporters: [debug]", "exporters: [debug, kafka/eu]")
+}
+
+#[tokio::test]
+async fn a_config_naming_a_component_an_agents_build_lacks_is_not_sent_to_it_and_its_rollout_says_why()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    const BASE: &[(&str, &[&str])] = &[
+        ("receivers", &["otlp"]),
+        ("processors", &["batch"]),
+        ("exporters", &["debug"]),
+    ];
+    const WITH_KAFKA: &[(&str, &[&str])] = &[
+        ("receivers", &["otlp"]),
+        ("processors", &["batch"]),
+        ("exporters", &["debug", "kafka"]),
+    ];
+    let mut plain = SimAgent::supervisor("otelcol", &[("env", "prod")], BASE);
+    let mut kafka = SimAgent::supervisor("otelcol", &[("env", "prod")], WITH_KAFKA);
+    let mut ws_plain = WsClient::connect(&srv.ws_url).await.unwrap();
+    let mut ws_kafka = WsClient::connect(&srv.ws_url).await.unwrap();
+    for (ws, agent) in [(&mut ws_plain, &mut plain), (&mut ws_kafka, &mut kafka)] {
+        let first = agent.full_report();
+        converse(ws, agent, vec![first]).await;
+    }
+    let v1 = put_otel(&srv, "v1").await;
+    for (ws, agent) in [(&mut ws_plain, &mut plain), (&mut ws_kafka, &mut kafka)] {
+        assert_eq!(take_push(ws, agent).await, 1, "v1 fits both builds");
+    }
+
+    // v2 sends to Kafka: staged, then rolled out to both in one phase.
+    let (status, v2) = srv
+        .put(
+            "/api/v1/configs/otel",
+            json!({"selector": "env=prod", "files": {"collector.yaml": kafka_yaml("v2")},
+                   "activate": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v2}");
+    let (status, r) = srv
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"config": "otel", "phases": {"percentages": [100]}, "soak": "1s",
+                   "error_budget": {"max_failure_percent": 60, "min_sample": 1, "action": "pause"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap();
+    assert_eq!(
+        take_push(&mut ws_kafka, &mut kafka).await,
+        1,
+        "sent where it fits"
+    );
+    // The other gets nothing; its next message finds the config refused for it.
+    let hb = plain.heartbeat();
+    assert_eq!(
+        converse(&mut ws_plain, &mut plain, vec![hb]).await,
+        0,
+        "not sent"
+    );
+    let view = srv.agent(plain.uid).await;
+    assert_eq!(view["config_state"], "failed", "{view}");
+    let not_sent = &view["remote_config_status"]["not_sent"];
+    assert_eq!(not_sent["hash"], v2["hash"], "{view}");
+    assert!(
+        not_sent["error"]
+            .as_str()
+            .unwrap()
+            .contains("lacks exporters/kafka"),
+        "{view}"
+    );
+    assert_eq!(
+        (
+            &view["remote_config_status"]["status"],
+            &view["remote_config_status"]["hash"]
+        ),
+        (&json!("APPLIED"), &json!(v1)),
+        "it still runs v1"
+    );
+    let r = srv
+        .wait_for(&format!("/api/v1/rollouts/{id}"), WAIT, |r| {
+            r["phases"][0]["failures"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        })
+        .await;
+    let why = r["phases"][0]["failures"][0].as_str().unwrap();
+    assert!(
+        why.starts_with(&plain.uid.to_string()) && why.contains("lacks exporters/kafka"),
+        "{r}"
+    );
+    assert_eq!(
+        (r["applied"].as_u64(), r["failed"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    srv.stop().await;
+}

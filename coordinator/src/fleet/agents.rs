@@ -79,7 +79,8 @@ pub fn config_standing(rec: &AgentRecord, want: &str) -> ConfigStanding {
 /// Whether the agent refused a config and now reports another (it went back to its previous one,
 /// as the collector's supervisor does); still reporting FAILED for it is no rollback.
 pub fn went_back(rec: &AgentRecord) -> bool {
-    !rec.rejected_config_hash.is_empty()
+    !rec.rejected_by_server
+        && !rec.rejected_config_hash.is_empty()
         && rec
             .remote_config_status
             .as_ref()
@@ -91,10 +92,12 @@ pub fn effective_map(rec: &AgentRecord) -> Option<&AgentConfigMap> {
     rec.effective_config.as_ref()?.config_map.as_ref()
 }
 
-/// Why an agent's config stands failed: the error it reported, or, when it went back to its
-/// previous config, the error of the one it refused.
+/// Why an agent's config stands failed: the error it reported; when it went back to its previous
+/// config, the error of the one it refused; when the server did not send it, why.
 pub fn config_failure(rec: &AgentRecord) -> String {
-    if went_back(rec) {
+    if rec.rejected_by_server {
+        rec.rejected_config_error.clone()
+    } else if went_back(rec) {
         format!(
             "{} (it went back to its previous config)",
             rec.rejected_config_error

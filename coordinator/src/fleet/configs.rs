@@ -9,10 +9,12 @@
 //! `len(name) name len(content_type) content_type len(body) body` (lengths as 8-byte big-endian):
 //! the same files always give the same hash, on every node and every build.
 
+use super::components;
 use flotilla_common::selector::Attributes;
 use flotilla_common::store::{ConfigFile, StoredConfig};
 use flotilla_proto::opamp::AgentConfigMap;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
@@ -46,6 +48,9 @@ pub struct Desired {
     pub rollouts: HashMap<String, RolloutTarget>,
     /// Which rollout (config name) each enrolled agent is in: at most one per agent.
     pub enrolled: HashMap<Uuid, String>,
+    /// The components (`kind/type`) each config's files need, by hash: read once per desired
+    /// state, checked against each agent's build before its config is sent.
+    needs: HashMap<String, Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -56,9 +61,26 @@ pub struct RolloutTarget {
 
 impl Desired {
     pub fn new(configs: Vec<StoredConfig>) -> Self {
-        Self {
-            configs,
-            ..Default::default()
+        let mut d = Self::default();
+        for c in &configs {
+            d.note_needs(c);
+        }
+        d.configs = configs;
+        d
+    }
+
+    fn note_needs(&mut self, c: &StoredConfig) {
+        if !self.needs.contains_key(&c.hash) {
+            self.needs
+                .insert(c.hash.clone(), components::needed(&c.files));
+        }
+    }
+
+    /// The components (`kind/type`) config `c`'s files need.
+    pub fn needs(&self, c: &StoredConfig) -> Cow<'_, [String]> {
+        match self.needs.get(&c.hash) {
+            Some(n) => Cow::Borrowed(n),
+            None => Cow::Owned(components::needed(&c.files)),
         }
     }
 
@@ -67,6 +89,7 @@ impl Desired {
         for uid in agents {
             self.enrolled.insert(*uid, target.name.clone());
         }
+        self.note_needs(&target);
         let name = target.name.clone();
         let id = id.to_owned();
         self.rollouts.insert(name, RolloutTarget { id, target });

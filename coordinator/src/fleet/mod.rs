@@ -1,8 +1,9 @@
 //! Fleet management rules, pure (no I/O, no clock): named configs and how each agent's desired
 //! state is resolved from them ([`configs`]), what selectors see of an agent and which of its
 //! capabilities take which part of a config ([`agents`]), what an admin may store ([`checks`]),
-//! collector config validation ([`validate`]), secret redaction ([`redact`]), and the phased
-//! rollout plan and its step rule ([`rollout`]).
+//! collector config validation ([`validate`]) and what an agent's build lacks for a config
+//! ([`components`]), secret redaction ([`redact`]), and the phased rollout plan and its step rule
+//! ([`rollout`]).
 //!
 //! May use: flotilla-common's types (selectors, stored configs, settings) and flotilla-proto's.
 //! Must not: do I/O, read the clock, or use the OpAMP state machine, the operations, the
@@ -11,6 +12,7 @@
 pub mod agents;
 pub mod alerts;
 pub mod checks;
+pub mod components;
 pub mod configs;
 pub mod drift;
 pub mod redact;

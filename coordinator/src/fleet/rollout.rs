@@ -231,6 +231,31 @@ pub struct Phase {
     /// count neither as applied nor against the error budget.
     #[serde(default)]
     pub unknown: usize,
+    /// Why agents of the phase failed, `<uid>: <why>`, the first [`MAX_FAILURES_SHOWN`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+/// How many failed agents a phase says why of.
+pub const MAX_FAILURES_SHOWN: usize = 10;
+
+impl Rollout {
+    /// Notes why agents failed (`why` holds a reason for each failed agent) in each phase that is
+    /// not complete: its first [`MAX_FAILURES_SHOWN`] failed agents, by uid.
+    pub fn note_failures(&mut self, why: &HashMap<Uuid, String>) {
+        for p in self
+            .phases
+            .iter_mut()
+            .filter(|p| p.completed_unix_ms.is_none())
+        {
+            p.failures = p
+                .agents
+                .iter()
+                .filter_map(|u| why.get(u).map(|w| format!("{u}: {w}")))
+                .take(MAX_FAILURES_SHOWN)
+                .collect();
+        }
+    }
 }
 
 /// Where an enrolled agent stands with the target version.
@@ -348,6 +373,7 @@ impl Rollout {
             applied: 0,
             failed: 0,
             unknown: 0,
+            failures: Vec::new(),
         });
         self.updated_unix_ms = now_unix_ms;
         effects.desired_changed = true;

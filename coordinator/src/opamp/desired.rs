@@ -4,6 +4,7 @@
 
 use super::offers;
 use crate::fleet::agents::{ConfigStanding, config_standing, has, takes, uid_of};
+use crate::fleet::components;
 use crate::fleet::configs::{Aspect, Desired};
 use flotilla_common::selector::Attributes;
 use flotilla_common::store::StoredConfig;
@@ -29,7 +30,9 @@ pub(super) fn fill_offers(
     (desired, default_heartbeat, now_unix_ms): (&Desired, Duration, u64),
     settings_unknown: bool,
 ) {
-    if let Some(cfg) = config_to_offer(rec, attrs, desired) {
+    let files = desired_config(rec, attrs, desired, Aspect::Files);
+    refuse_unbuildable(rec, files, desired);
+    if let Some(cfg) = files.filter(|c| config_standing(rec, &c.hash) == ConfigStanding::Pending) {
         rec.offered_config_hash = hex::decode(&cfg.hash).unwrap_or_default();
         reply.remote_config = Some(offers::remote_config_message(cfg));
     }
@@ -66,6 +69,28 @@ pub(super) fn fill_offers(
     }
 }
 
+/// Notes (or lifts) the server's refusal of config `files` for an agent whose build lacks
+/// components it needs: such a config is not sent and stands failed, with what is missing.
+fn refuse_unbuildable(rec: &mut AgentRecord, files: Option<&StoredConfig>, desired: &Desired) {
+    let lacking = files.map(|c| (c, components::missing(rec, &desired.needs(c))));
+    match lacking {
+        Some((c, missing)) if !missing.is_empty() => {
+            rec.rejected_config_hash = hex::decode(&c.hash).unwrap_or_default();
+            rec.rejected_config_error = format!(
+                "not sent: this agent's build lacks {} (from the components it reports)",
+                missing.join(", ")
+            );
+            rec.rejected_by_server = true;
+        }
+        _ if rec.rejected_by_server => {
+            rec.rejected_config_hash.clear();
+            rec.rejected_config_error.clear();
+            rec.rejected_by_server = false;
+        }
+        _ => {}
+    }
+}
+
 /// Counts a repeated settings offer against the agent's allowance; false when it is spent.
 fn may_reoffer(rec: &mut AgentRecord, now_unix_ms: u64) -> bool {
     if now_unix_ms.saturating_sub(rec.settings_reoffer_window_unix_ms) > REOFFER_WINDOW_MS {
@@ -99,15 +124,17 @@ pub fn desired_config<'a, A: Attributes + ?Sized>(
 }
 
 /// The desired config of an agent that does not report running it yet: what to send it. Not a
-/// config it refused (a fixed version has another hash), and not again to an agent that reports
-/// no status once it was sent.
+/// config it refused (a fixed version has another hash), not again to an agent that reports no
+/// status once it was sent, and not one naming components its build lacks.
 pub fn config_to_offer<'a, A: Attributes + ?Sized>(
     rec: &AgentRecord,
     attrs: &A,
     desired: &'a Desired,
 ) -> Option<&'a StoredConfig> {
     let cfg = desired_config(rec, attrs, desired, Aspect::Files)?;
-    (config_standing(rec, &cfg.hash) == ConfigStanding::Pending).then_some(cfg)
+    (config_standing(rec, &cfg.hash) == ConfigStanding::Pending
+        && components::missing(rec, &desired.needs(cfg)).is_empty())
+    .then_some(cfg)
 }
 
 /// The packages to offer this agent: once per change of its desired package set, and again while

@@ -392,6 +392,7 @@ fn note_refusal(rec: &mut AgentRecord, s: &RemoteConfigStatus) {
         RemoteConfigStatuses::Failed => {
             rec.rejected_config_hash.clone_from(hash);
             rec.rejected_config_error.clone_from(&s.error_message);
+            rec.rejected_by_server = false;
         }
         RemoteConfigStatuses::Applied | RemoteConfigStatuses::Applying => {
             let previous = rec.remote_config_status.as_ref();
@@ -404,6 +405,7 @@ fn note_refusal(rec: &mut AgentRecord, s: &RemoteConfigStatus) {
             if *hash == rec.rejected_config_hash || !(rolling_back || same) {
                 rec.rejected_config_hash.clear();
                 rec.rejected_config_error.clear();
+                rec.rejected_by_server = false;
             }
         }
         RemoteConfigStatuses::Unset => {}

@@ -12,9 +12,12 @@ use super::audit;
 use super::docs::{ROLLOUTS, parse};
 use super::views::RolloutView;
 use super::{Caller, Error, Ops, Result};
-use crate::fleet::agents::{ConfigStanding, RecordAttributes, config_standing, has, takes};
+use crate::fleet::agents::{
+    ConfigStanding, RecordAttributes, config_failure, config_standing, has, takes,
+};
+use crate::fleet::components;
 use crate::fleet::configs::{Aspect, Desired, resolve_among};
-use crate::fleet::rollout::{ErrorBudget, Outcome, Plan, Rollout, State};
+use crate::fleet::rollout::{ErrorBudget, MAX_FAILURES_SHOWN, Outcome, Plan, Rollout, State};
 use crate::opamp::offers;
 use flotilla_common::store::{Doc, StoredConfig};
 use flotilla_common::telemetry::now_unix_ms;
@@ -39,6 +42,10 @@ pub struct RolloutPlan {
     pub candidates: usize,
     /// Agents each phase would take, in order.
     pub phases: Vec<usize>,
+    /// Candidates whose build lacks components the version needs: they would fail it.
+    pub incompatible: usize,
+    /// The first [`MAX_FAILURES_SHOWN`] of them, `<uid>: its build lacks <kind/type>, ...`.
+    pub incompatible_agents: Vec<String>,
 }
 
 /// What `POST /api/v1/rollouts` takes.
@@ -72,21 +79,40 @@ fn to_value(r: &Rollout) -> Option<serde_json::Value> {
     serde_json::to_value(r).ok()
 }
 
+/// The version a rollout moves agents to, with what its offer needs of them.
+struct Target {
+    config: StoredConfig,
+    packages_hash: Vec<u8>,
+    /// The components its files need (`kind/type`).
+    needs: Vec<String>,
+}
+
+impl Target {
+    fn new(config: StoredConfig, desired: &Desired) -> Self {
+        Self {
+            packages_hash: offers::packages_available(&config.packages).all_packages_hash,
+            needs: desired.needs(&config).into_owned(),
+            config,
+        }
+    }
+}
+
 /// Where agent `rec` stands with `target` at `now_ms`: every aspect the version defines (that the
-/// agent can take) reported applied, and not unhealthy for `grace_ms` or longer; or a reported
-/// failure (a rollback by the agent included); or unknown, for an agent sent the config that
-/// reports no status.
-fn outcome(
-    rec: &AgentRecord,
-    target: &StoredConfig,
-    packages_hash: &[u8],
-    (now_ms, grace_ms): (u64, u64),
-) -> Outcome {
+/// agent can take) reported applied, and not unhealthy for `grace_ms` or longer; or failed (a
+/// reported failure, a rollback by the agent, a build that lacks components the version needs),
+/// with why; or unknown, for an agent sent the config that reports no status.
+fn outcome(rec: &AgentRecord, t: &Target, (now_ms, grace_ms): (u64, u64)) -> (Outcome, String) {
+    let failed = |why: String| (Outcome::Failed, why);
+    let target = &t.config;
     let (mut applied, mut unknown) = (true, false);
     if !target.files.is_empty() && has(rec.capabilities, Cap::AcceptsRemoteConfig) {
+        let missing = components::missing(rec, &t.needs);
+        if !missing.is_empty() {
+            return failed(format!("its build lacks {}", missing.join(", ")));
+        }
         match config_standing(rec, &target.hash) {
             ConfigStanding::Applied => {}
-            ConfigStanding::Failed => return Outcome::Failed,
+            ConfigStanding::Failed => return failed(config_failure(rec)),
             // Sent, and it will never say how it went: neither a success nor a failure.
             ConfigStanding::Unknown => unknown = true,
             ConfigStanding::Applying | ConfigStanding::Pending => applied = false,
@@ -94,30 +120,39 @@ fn outcome(
     }
     if !target.packages.is_empty() && has(rec.capabilities, Cap::AcceptsPackages) {
         match &rec.package_statuses {
-            Some(p) if p.server_provided_all_packages_hash == packages_hash => {
+            Some(p) if p.server_provided_all_packages_hash == t.packages_hash => {
                 // A package the agent does not report yet is still pending.
                 let status = |name: &String| p.packages.get(name).map(|s| s.status());
-                let statuses: Vec<_> = target.packages.keys().map(status).collect();
-                if statuses.contains(&Some(PackageStatusEnum::InstallFailed)) {
-                    return Outcome::Failed;
+                if let Some((name, s)) = target
+                    .packages
+                    .keys()
+                    .filter_map(|n| p.packages.get(n).map(|s| (n, s)))
+                    .find(|(_, s)| s.status() == PackageStatusEnum::InstallFailed)
+                {
+                    return failed(format!(
+                        "package {name} failed to install: {}",
+                        s.error_message
+                    ));
                 }
-                applied &= statuses
-                    .iter()
-                    .all(|s| *s == Some(PackageStatusEnum::Installed));
+                applied &= target
+                    .packages
+                    .keys()
+                    .all(|n| status(n) == Some(PackageStatusEnum::Installed));
             }
             _ => applied = false,
         }
     }
-    let unhealthy = rec.health.as_ref().is_some_and(|h| !h.healthy);
+    let unhealthy = rec.health.as_ref().filter(|h| !h.healthy);
     let past_grace = now_ms.saturating_sub(rec.unhealthy_since_unix_ms) >= grace_ms;
-    match (applied, unhealthy) {
-        (true, true) if past_grace => Outcome::Failed,
+    let outcome = match (applied, unhealthy) {
+        (true, Some(h)) if past_grace => return failed(format!("unhealthy: {}", h.last_error)),
         // Starting up (a supervisor restarts its collector on a new config): not yet.
-        (true, true) => Outcome::Pending,
+        (true, Some(_)) => Outcome::Pending,
         (true, _) if unknown => Outcome::Unknown,
         (true, _) => Outcome::Applied,
         (false, _) => Outcome::Pending,
-    }
+    };
+    (outcome, String::new())
 }
 
 /// Would `rec` get config `target.name` for some aspect `target` defines, were `target` active?
@@ -168,11 +203,26 @@ impl Ops {
         req.error_budget.check().map_err(Error::BadRequest)?;
         let target = self.rollout_target(req).await?;
         let desired = self.desired.current();
-        let mut candidates = 0;
+        let needs = desired.needs(&target);
+        let takes_files = |rec: &AgentRecord| {
+            !target.files.is_empty() && has(rec.capabilities, Cap::AcceptsRemoteConfig)
+        };
+        let (mut candidates, mut incompatible) = (0, 0);
+        let mut incompatible_agents = Vec::new();
         self.store()
             .visit_agents(&|_| true, &mut |rec| {
-                if candidate(rec, &desired, &target) {
-                    candidates += 1;
+                if !candidate(rec, &desired, &target) {
+                    return;
+                }
+                candidates += 1;
+                let missing = components::missing(rec, &needs);
+                if takes_files(rec) && !missing.is_empty() {
+                    incompatible += 1;
+                    if incompatible_agents.len() < MAX_FAILURES_SHOWN {
+                        let uid = Uuid::from_slice(&rec.instance_uid).unwrap_or_default();
+                        incompatible_agents
+                            .push(format!("{uid}: its build lacks {}", missing.join(", ")));
+                    }
                 }
             })
             .await?;
@@ -181,6 +231,8 @@ impl Ops {
             version: target.version,
             candidates,
             phases: req.phases.phase_sizes(candidates, MAX_PLANNED_PHASES),
+            incompatible,
+            incompatible_agents,
         })
     }
 
@@ -241,7 +293,8 @@ impl Ops {
             .await?;
         if candidates == 0 && !req.allow_empty {
             return Err(Error::Conflict(format!(
-                "no agent would take version {} of {:?} now: its selector matches none, or they                  cannot take what it holds; set allow_empty (ctl: --allow-empty) to start it anyway",
+                "no agent would take version {} of {:?} now: its selector matches none, or they \
+                 cannot take what it holds; set allow_empty (ctl: --allow-empty) to start it anyway",
                 target.version, req.config
             )));
         }
@@ -392,12 +445,13 @@ impl Ops {
                 r.to_version, r.config
             )));
         };
-        let packages_hash = offers::packages_available(&target.packages).all_packages_hash;
         let now = now_unix_ms();
         let grace = u64::try_from(self.cfg.unhealthy_grace.as_millis()).unwrap_or(u64::MAX);
         let desired = self.desired.current();
+        let target = Target::new(target, &desired);
         let enrolled = r.enrolled();
         let mut outcomes = HashMap::new();
+        let mut failures = HashMap::new();
         let mut candidates: Vec<(bool, Uuid)> = Vec::new();
         self.store()
             .visit_agents(&|_| true, &mut |rec| {
@@ -405,9 +459,13 @@ impl Ops {
                     return;
                 };
                 if enrolled.contains(&uid) {
-                    outcomes.insert(uid, outcome(rec, &target, &packages_hash, (now, grace)));
+                    let (o, why) = outcome(rec, &target, (now, grace));
+                    if o == Outcome::Failed {
+                        failures.insert(uid, why);
+                    }
+                    outcomes.insert(uid, o);
                 } else if desired.enrolled.get(&uid).is_none_or(|n| *n == r.config)
-                    && candidate(rec, &desired, &target)
+                    && candidate(rec, &desired, &target.config)
                 {
                     let connected = rec.status == AgentStatus::Connected as i32;
                     candidates.push((!connected, uid));
@@ -418,6 +476,7 @@ impl Ops {
         candidates.sort_unstable();
         let candidates: Vec<Uuid> = candidates.into_iter().map(|(_, u)| u).collect();
         let before = r.clone();
+        r.note_failures(&failures);
         let effects = r.step(now, &outcomes, &candidates);
         if effects.activate
             && self
@@ -510,13 +569,80 @@ mod tests {
             unhealthy_since_unix_ms: 1_000_000,
             ..Default::default()
         };
-        let at = |ms: u64| outcome(&rec, &target, &[], (1_000_000 + ms, 60_000));
-        assert_eq!(at(0), Outcome::Pending, "starting up");
-        assert_eq!(at(59_999), Outcome::Pending);
-        assert_eq!(at(60_000), Outcome::Failed);
+        let mut rec = rec;
+        rec.health.as_mut().unwrap().last_error = "exporter otlp: connection refused".into();
+        let target = Target::new(target, &Desired::default());
+        let at = |ms: u64| outcome(&rec, &target, (1_000_000 + ms, 60_000));
+        assert_eq!(at(0).0, Outcome::Pending, "starting up");
+        assert_eq!(at(59_999).0, Outcome::Pending);
+        assert_eq!(
+            at(60_000),
+            (
+                Outcome::Failed,
+                "unhealthy: exporter otlp: connection refused".into()
+            )
+        );
         let mut healthy = rec.clone();
         healthy.health.as_mut().unwrap().healthy = true;
         let now = (1_000_000, 60_000);
-        assert_eq!(outcome(&healthy, &target, &[], now), Outcome::Applied);
+        assert_eq!(outcome(&healthy, &target, now).0, Outcome::Applied);
+    }
+
+    #[test]
+    fn an_agent_whose_build_lacks_a_component_of_the_version_fails_it_and_says_which() {
+        use flotilla_proto::opamp::{AvailableComponents, ComponentDetails};
+        let body = "receivers: {otlp: {}}\nexporters: {kafka/eu: {}}\n\
+                    service: {pipelines: {traces: {receivers: [otlp], exporters: [kafka/eu]}}}";
+        let files = [(
+            "c.yaml".to_string(),
+            flotilla_common::store::ConfigFile {
+                body: body.into(),
+                content_type: "text/yaml".into(),
+            },
+        )];
+        let target = StoredConfig {
+            name: "otel".into(),
+            version: 2,
+            selector: Default::default(),
+            files: files.into(),
+            hash: hex::encode([7; 32]),
+            packages: Default::default(),
+            settings: None,
+            created_unix_ms: 0,
+            created_by: String::new(),
+            comment: String::new(),
+        };
+        let target = Target::new(target, &Desired::default());
+        let kind = |types: &[&str]| ComponentDetails {
+            sub_component_map: types
+                .iter()
+                .map(|t| (t.to_string(), ComponentDetails::default()))
+                .collect(),
+            ..Default::default()
+        };
+        let mut rec = AgentRecord {
+            capabilities: Cap::AcceptsRemoteConfig as u64 | Cap::ReportsRemoteConfig as u64,
+            available_components: Some(AvailableComponents {
+                components: [
+                    ("receivers".to_string(), kind(&["otlp"])),
+                    ("exporters".to_string(), kind(&["debug"])),
+                ]
+                .into(),
+                hash: vec![1],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            outcome(&rec, &target, (0, 0)),
+            (
+                Outcome::Failed,
+                "its build lacks exporters/kafka".to_string()
+            )
+        );
+        let comps = rec.available_components.as_mut().unwrap();
+        comps
+            .components
+            .insert("exporters".into(), kind(&["debug", "kafka"]));
+        assert_eq!(outcome(&rec, &target, (0, 0)).0, Outcome::Pending);
     }
 }

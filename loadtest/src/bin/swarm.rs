@@ -70,6 +70,11 @@ struct Args {
     /// ReportsRemoteConfig capability).
     #[arg(long)]
     no_config_status: bool,
+    /// Agents behave as collectors run by the OpAMP supervisor (remote config on): unhealthy
+    /// until the collector is up, components reported by hash until asked, effective config as
+    /// one "" entry with the supervisor's sections, no status for an equivalent config.
+    #[arg(long)]
+    supervisor: bool,
     /// Churn: fraction of the agents leaving (replaced by new ones) per second, e.g. 0.01.
     #[arg(long)]
     churn: Option<f64>,
@@ -217,6 +222,7 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
         connect,
         accept_certificates: args.accept_certificates,
         no_config_status: args.no_config_status,
+        supervisor: args.supervisor,
         server_ca: args.ca.as_ref().map(read).transpose()?,
         source_ips: args.source_ips,
         api,

@@ -62,6 +62,8 @@ pub struct SwarmConfig {
     pub accept_certificates: bool,
     /// Agents do not report their remote config status (no ReportsRemoteConfig).
     pub no_config_status: bool,
+    /// Agents behave as collectors run by the OpAMP supervisor ([`crate::sim::SimAgent::supervisor`]).
+    pub supervisor: bool,
     pub server_ca: Option<Vec<u8>>,
     /// Spread connections over 127.0.0.1..=127.0.0.N (0: let the OS pick).
     pub source_ips: u8,
@@ -98,6 +100,7 @@ impl SwarmConfig {
             connect: ConnectOptions::default(),
             accept_certificates: false,
             no_config_status: false,
+            supervisor: false,
             server_ca: None,
             source_ips: 0,
             api: None,

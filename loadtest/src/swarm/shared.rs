@@ -31,6 +31,9 @@ impl Shared {
             &mut rand::rng(),
         );
         agent.apply = self.cfg.apply;
+        if self.cfg.supervisor {
+            agent.act_as_supervisor(crate::supervisor::TYPICAL_BUILD);
+        }
         if self.cfg.accept_certificates {
             agent.capabilities |= Cap::AcceptsOpAmpConnectionSettings as u64;
         }

@@ -238,6 +238,9 @@ pub async fn detail(
                             " (not sent to it again)"
                         }
                     }
+                    @if let Some(refused) = &s.remote_config_status.not_sent {
+                        p.error { "Config " code { (short(&refused.hash)) } " " (refused.error) }
+                    }
                 }
                 dt { "Last seen" } dd { time { (s.last_seen) } }
                 dt { "First seen" } dd { time { (a.first_seen) } }

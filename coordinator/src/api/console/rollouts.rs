@@ -181,6 +181,12 @@ fn start_form(
             @if let Some(p) = plan {
                 div.notice #plan role="status" {
                     p { "Version " (p.version) " of " (p.config) " could reach " strong data-candidates=(p.candidates) { (count(p.candidates as u64, "agent")) } "." }
+                    @if p.incompatible > 0 {
+                        p.error data-incompatible=(p.incompatible) {
+                            (count(p.incompatible as u64, "agent")) " would fail it: their builds lack components it names."
+                        }
+                        ul.error { @for why in &p.incompatible_agents { li { (why) } } }
+                    }
                     @if !p.phases.is_empty() {
                         ol.phases { @for (i, n) in p.phases.iter().enumerate() { li data-phase=(i + 1) { "Phase " (i + 1) ": " (count(*n as u64, "agent")) } } }
                     }
@@ -374,6 +380,11 @@ fn phases(r: &RolloutView) -> Markup {
                         td { time { (p.started) } }
                         td { (p.settled.clone().unwrap_or_default()) }
                         td { (p.completed.clone().unwrap_or_default()) }
+                    }
+                    @if !p.failures.is_empty() {
+                        tr.failures data-phase-failures=(p.phase) {
+                            td colspan="6" { ul.error { @for why in &p.failures { li { (why) } } } }
+                        }
                     }
                 }
             }

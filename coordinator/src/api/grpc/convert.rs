@@ -164,6 +164,7 @@ pub(super) fn rollout_message(r: &RolloutView) -> pb::Rollout {
                 settled: p.settled.clone().unwrap_or_default(),
                 completed: p.completed.clone().unwrap_or_default(),
                 instance_uids: p.instance_uids.clone(),
+                failures: p.failures.clone(),
             })
             .collect(),
         soak: r.soak.clone(),

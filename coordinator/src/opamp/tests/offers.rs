@@ -372,3 +372,62 @@ fn a_reply_too_large_defers_its_packages_then_drops_a_config_too_large_alone() {
     assert!(dropped.reply.remote_config.is_none() && dropped.reply.packages_available.is_none());
     assert!(dropped.reply.connection_settings.is_some());
 }
+
+#[test]
+fn a_config_naming_a_component_the_build_lacks_is_not_sent_until_the_build_has_it() {
+    use crate::fleet::agents::{config_failure, went_back};
+    use flotilla_proto::opamp::{AvailableComponents, ComponentDetails};
+    let uid = Uuid::now_v7();
+    let mut cfg = prod_config();
+    let body = "receivers: {otlp: {}}\nexporters: {kafka: {}}";
+    cfg.files.get_mut("c.yaml").unwrap().body = body.into();
+    cfg.hash = hex::encode(configs::hash_of_files(&cfg.files));
+    let configs = [cfg];
+    let built = |exporters: &[&str]| {
+        let kind = |types: &[&str]| ComponentDetails {
+            sub_component_map: types
+                .iter()
+                .map(|t| (t.to_string(), ComponentDetails::default()))
+                .collect(),
+            ..Default::default()
+        };
+        Some(AvailableComponents {
+            components: [
+                ("receivers".to_string(), kind(&["otlp"])),
+                ("exporters".to_string(), kind(exporters)),
+            ]
+            .into(),
+            hash: exporters.join(",").into_bytes(),
+        })
+    };
+    let mut first = full(uid, 0);
+    first.available_components = built(&["debug"]);
+    let out = process(None, first, ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none(), "not sent");
+    let rec = out.record.unwrap();
+    assert_eq!(
+        config_standing(&rec, &configs[0].hash),
+        ConfigStanding::Failed
+    );
+    assert!(!went_back(&rec), "the agent did not go back from anything");
+    assert_eq!(
+        config_failure(&rec),
+        "not sent: this agent's build lacks exporters/kafka (from the components it reports)"
+    );
+    let out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&configs));
+    assert!(
+        out.reply.remote_config.is_none(),
+        "not on later messages either"
+    );
+
+    // Upgraded to a build with the exporter: sent.
+    let mut upgraded = full(uid, 0);
+    upgraded.available_components = built(&["debug", "kafka"]);
+    let out = process(out.record, upgraded, ws(), &ctx(&configs));
+    assert!(
+        out.reply.remote_config.is_some(),
+        "sent once the build has it"
+    );
+    let rec = out.record.unwrap();
+    assert!(!rec.rejected_by_server && rec.rejected_config_hash.is_empty());
+}

@@ -63,11 +63,16 @@ pub struct RemoteConfigStatusView {
     /// The config it last reported FAILED for and went back from (the collector's supervisor
     /// rolls back so): not sent to it again. Absent when there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rolled_back: Option<RolledBackView>,
+    pub rolled_back: Option<RefusalView>,
+    /// The config Flotilla did not send it, because its build lacks components the config
+    /// names (`error` lists them). Absent when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_sent: Option<RefusalView>,
 }
 
+/// A config refused for an agent (by the agent, or by the server for it), and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RolledBackView {
+pub struct RefusalView {
     pub hash: String,
     pub error: String,
 }
@@ -226,15 +231,16 @@ fn remote_config_status(rec: &AgentRecord) -> RemoteConfigStatusView {
         RemoteConfigStatuses::Applied => "APPLIED",
         RemoteConfigStatuses::Failed => "FAILED",
     };
-    let rolled_back = went_back(rec).then(|| RolledBackView {
+    let refusal = || RefusalView {
         hash: hex::encode(&rec.rejected_config_hash),
         error: rec.rejected_config_error.clone(),
-    });
+    };
     RemoteConfigStatusView {
         status,
         hash: hex::encode(&s.last_remote_config_hash),
         error: s.error_message,
-        rolled_back,
+        rolled_back: went_back(rec).then(refusal),
+        not_sent: rec.rejected_by_server.then(refusal),
     }
 }
 

@@ -42,6 +42,8 @@ pub struct PhaseView {
     pub settled: Option<String>,
     pub completed: Option<String>,
     pub instance_uids: Vec<String>,
+    /// Why agents of the phase failed, `<uid>: <why>` (the first 10).
+    pub failures: Vec<String>,
 }
 
 impl RolloutView {
@@ -78,6 +80,7 @@ impl RolloutView {
                     settled: p.settled_unix_ms.map(rfc3339),
                     completed: p.completed_unix_ms.map(rfc3339),
                     instance_uids: p.agents.iter().map(Uuid::to_string).collect(),
+                    failures: p.failures.clone(),
                 })
                 .collect(),
             created: rfc3339(r.created_unix_ms),
