@@ -204,3 +204,88 @@ async fn supervisor_rollbacks_and_silent_agents_are_judged_alike_by_every_coordi
     assert_eq!(seen, 5, "config_rolled_back events");
     fleet.stop().await;
 }
+
+/// Sends `first` and whatever `agent` answers to each reply, until it has nothing more to say.
+async fn converse(
+    ws: &mut flotilla_loadtest::client::WsClient,
+    agent: &mut flotilla_loadtest::sim::SimAgent,
+    first: flotilla_proto::opamp::AgentToServer,
+) {
+    let mut queue = std::collections::VecDeque::from([first]);
+    while let Some(msg) = queue.pop_front() {
+        let reply = ws.request(&msg).await.expect("answered");
+        queue.extend(agent.handle(&reply));
+    }
+}
+
+#[tokio::test]
+async fn custom_messages_new_uids_and_builds_that_lack_a_component_work_through_any_coordinator() {
+    use flotilla_loadtest::client::{WsClient, WsEvent};
+    use flotilla_loadtest::sim::SimAgent;
+    use flotilla_proto::opamp::AgentToServerFlags;
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::start(2, 1, &[]).await;
+    let http = reqwest::Client::new();
+    let [first, second] = [c.coordinators[0].api.clone(), c.coordinators[1].api.clone()];
+    let build: &[(&str, &[&str])] = &[("receivers", &["otlp"]), ("exporters", &["debug"])];
+    let mut agent = SimAgent::supervisor("otelcol", &[("env", "prod")], build);
+    agent.custom_capabilities = vec!["io.example.ping".into()];
+    let mut ws = WsClient::connect(&c.ws_urls()[0]).await.unwrap();
+    let hello = agent.full_report();
+    converse(&mut ws, &mut agent, hello).await;
+
+    // A custom message sent through either coordinator reaches the agent's connection.
+    for (api, data) in [(&first, "one"), (&second, "two")] {
+        let url = format!("{api}/api/v1/agents/{}/custom-messages", agent.uid);
+        let body = json!({"capability": "io.example.ping", "type": "ping", "data": data});
+        let (status, sent) = send(&http, "POST", &url, body).await;
+        assert_eq!((status, &sent["delivered"]), (202, &json!(true)), "{sent}");
+        match ws.next_event(Duration::from_secs(10)).await {
+            Ok(WsEvent::Message(m)) => {
+                assert_eq!(m.custom_message.unwrap().data, data.as_bytes());
+            }
+            other => panic!("no custom message: {other:?}"),
+        }
+    }
+
+    // A config naming Kafka is not sent to this build; read through the other coordinator.
+    let body = json!({"selector": "env=prod", "files": {"collector.yaml":
+        "receivers: {otlp: }\nexporters: {kafka: {brokers: [k:9092]}}\n\
+         service: {pipelines: {traces: {receivers: [otlp], exporters: [kafka]}}}\n"}});
+    let (status, v) = send(&http, "PUT", &format!("{first}/api/v1/configs/otel"), body).await;
+    assert_eq!(status, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hb = agent.heartbeat();
+    converse(&mut ws, &mut agent, hb).await;
+    let path = format!("/api/v1/agents/{}", agent.uid);
+    let view = wait_for(&c, &second, &path, |a| a["config_state"] == "failed").await;
+    let why = view["remote_config_status"]["not_sent"]["error"]
+        .as_str()
+        .unwrap();
+    assert!(why.contains("lacks exporters/kafka"), "{view}");
+
+    // Asked for a new uid: the record moves, labels and all; the old uid is gone everywhere.
+    let labels = format!("{second}/api/v1/agents/{}/labels", agent.uid);
+    let (status, v) = send(&http, "POST", &labels, json!({"set": {"ring": "canary"}})).await;
+    assert_eq!(status, 200, "{v}");
+    let old = agent.uid;
+    let mut ask = agent.heartbeat();
+    ask.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    converse(&mut ws, &mut agent, ask).await;
+    assert_ne!(agent.uid, old);
+    for api in [&first, &second] {
+        let moved = wait_for(&c, api, &format!("/api/v1/agents/{}", agent.uid), |a| {
+            a["labels"]["ring"] == "canary"
+        })
+        .await;
+        assert_eq!(moved["status"], "connected", "{moved}");
+        let (status, _) = c.get(api, &format!("/api/v1/agents/{old}")).await;
+        assert_eq!(status, 404, "no ghost under {old}");
+    }
+    // The gateway re-bound the connection: a push reaches it under the new uid.
+    let url = format!("{second}/api/v1/agents/{}/custom-messages", agent.uid);
+    let body = json!({"capability": "io.example.ping", "type": "ping", "data": "three"});
+    let (status, sent) = send(&http, "POST", &url, body).await;
+    assert_eq!((status, &sent["delivered"]), (202, &json!(true)), "{sent}");
+}

@@ -580,3 +580,55 @@ async fn a_config_naming_a_component_an_agents_build_lacks_is_not_sent_to_it_and
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn an_agent_given_a_new_uid_keeps_its_record_and_leaves_no_ghost() {
+    use flotilla_proto::opamp::AgentToServerFlags;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let mut agent = SimAgent::supervisor("otelcol", &[("env", "prod")], &[]);
+    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
+    let first = agent.full_report();
+    converse(&mut ws, &mut agent, vec![first]).await;
+    let old = agent.uid;
+    let (status, v) = srv
+        .post_json(
+            &format!("/api/v1/agents/{old}/labels"),
+            json!({"set": {"ring": "canary"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    // It asks for a new uid (the supervisor persists it and restarts its collector).
+    let mut ask = agent.heartbeat();
+    ask.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    // Past the gateway's per-connection burst allowance (the supervisor's first messages).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    converse(&mut ws, &mut agent, vec![ask]).await;
+    assert_ne!(agent.uid, old, "the agent took the new uid");
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["labels"]["ring"], "canary", "{view}");
+    assert_eq!(view["status"], "connected", "{view}");
+    let (status, _) = srv.get(&format!("/api/v1/agents/{old}")).await;
+    assert_eq!(status, 404, "no ghost under the old uid");
+    let (_, all) = srv.get("/api/v1/agents?selector=env=prod").await;
+    assert_eq!(all["total"], 1, "{all}");
+    let (_, log) = srv.get(&format!("/api/v1/audit?object=agent/{old}")).await;
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "agent.new_uid"
+                && e["after"]["instance_uid"] == agent.uid.to_string()),
+        "{log}"
+    );
+    // It goes on under the new uid: the connection was re-bound to it.
+    let hb = agent.heartbeat();
+    converse(&mut ws, &mut agent, vec![hb]).await;
+    srv.wait_agent(agent.uid, Duration::from_secs(5), |a| {
+        a["status"] == "connected"
+    })
+    .await;
+    srv.stop().await;
+}

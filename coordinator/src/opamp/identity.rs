@@ -121,7 +121,8 @@ pub fn certificate_offer(
                 private_key: issued.key_pem.clone().unwrap_or_default().into_bytes(),
                 ca_cert: ca_pem.as_bytes().to_vec(),
             }),
-            heartbeat_interval_seconds: heartbeat.as_secs(),
+            // At least 1: opamp-go takes 0 as "no heartbeats" (and HTTP agents stop polling).
+            heartbeat_interval_seconds: heartbeat.as_secs().max(1),
             ..Default::default()
         }),
         ..Default::default()

@@ -10,6 +10,7 @@ use crate::fleet::configs::{Aspect, Desired};
 use crate::fleet::drift;
 use flotilla_common::config::RecordLimits;
 use flotilla_common::error::{ErrorKind, opamp_error};
+use flotilla_common::names::{SHARD_COUNT, shard_of};
 use flotilla_common::store::Deadline;
 use flotilla_proto::bus::{
     AgentRecord, AgentStatus, Drift, Origin, PendingCustomMessage, ReceivedCustomMessage, Transport,
@@ -60,6 +61,9 @@ pub struct Outcome {
     pub interval: Duration,
     /// What the record noted about the reply's offers, as it was before them.
     before_offers: OfferMarks,
+    /// The uid the record moved from (the agent asked for a new one): remove that record once
+    /// this one is stored.
+    pub moved_from: Option<Vec<u8>>,
 }
 
 /// The parts of a record that say what has been offered or queued for the agent.
@@ -105,6 +109,7 @@ impl Outcome {
             events: Vec::new(),
             interval: ctx.heartbeat_interval,
             before_offers: OfferMarks::default(),
+            moved_from: None,
         }
     }
 
@@ -170,6 +175,34 @@ pub fn process(
         .then(|| Uuid::from_slice(&msg.instance_uid).ok())
         .flatten();
     let Some(uid) = kept else {
+        reply.flags |= ServerToAgentFlags::ReportFullState as u64;
+        // A known agent that asks for a new uid takes its record along (labels, certificate
+        // binding, history): a uid in the same shard, so this owner stores the move, and no
+        // ghost is left under the old one.
+        let moved = stored
+            .filter(|_| origin.client_cert_uids.is_empty())
+            .and_then(|rec| Some((rec, same_shard_uid(&msg.instance_uid)?)));
+        if let Some((mut rec, new)) = moved {
+            reply.agent_identification = Some(AgentIdentification {
+                new_instance_uid: new.as_bytes().to_vec(),
+            });
+            rec.instance_uid = new.as_bytes().to_vec();
+            rec.status = AgentStatus::Connected as i32;
+            rec.origin = Some(origin);
+            rec.last_seen_unix_ms = ctx.now_unix_ms;
+            let interval =
+                heartbeat_interval(&rec, &attributes(&rec), ctx.desired, ctx.heartbeat_interval);
+            let deadline = silence_deadline(&rec, interval).map_or(Deadline::Clear, Deadline::Arm);
+            return Outcome {
+                reply,
+                record: Some(rec),
+                deadline,
+                events: Vec::new(),
+                interval,
+                before_offers: OfferMarks::default(),
+                moved_from: Some(msg.instance_uid),
+            };
+        }
         let new = match origin.client_cert_uids.as_slice() {
             [only] => Uuid::from_slice(only).unwrap_or_else(|_| Uuid::now_v7()),
             _ => Uuid::now_v7(),
@@ -177,7 +210,6 @@ pub fn process(
         reply.agent_identification = Some(AgentIdentification {
             new_instance_uid: new.as_bytes().to_vec(),
         });
-        reply.flags |= ServerToAgentFlags::ReportFullState as u64;
         return Outcome::nothing_stored(reply, ctx);
     };
 
@@ -268,6 +300,7 @@ pub fn process(
         events,
         interval,
         before_offers,
+        moved_from: None,
     }
 }
 
@@ -482,6 +515,15 @@ pub fn silence_deadline(rec: &AgentRecord, heartbeat_interval: Duration) -> Opti
     let window = heartbeat_interval.saturating_mul(SILENT_AFTER_INTERVALS);
     let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
     Some(rec.last_seen_unix_ms.saturating_add(window_ms))
+}
+
+/// A new UUIDv7 in the same shard as `uid` (about [`SHARD_COUNT`] tries); None in the unlikely
+/// case that none turns up within a bound.
+fn same_shard_uid(uid: &[u8]) -> Option<Uuid> {
+    let shard = shard_of(uid);
+    (0..u32::from(SHARD_COUNT) * 64)
+        .map(|_| Uuid::now_v7())
+        .find(|u| shard_of(u.as_bytes()) == shard)
 }
 
 /// Takes the oldest queued custom message that has not expired and whose capability the agent

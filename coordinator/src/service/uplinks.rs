@@ -5,8 +5,10 @@
 
 use super::millis;
 use super::owner::Owner;
+use crate::fleet::agents::uid_of;
 use crate::opamp::identity::{check_identity, record_certificate};
 use crate::opamp::{Ctx, EventKind, process};
+use crate::ops::audit;
 use flotilla_common::bus::{Incoming, Subscription};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_common::names::{shard_of, uid_text};
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::field::Empty;
-use tracing::{Instrument, Span, debug_span, error, warn};
+use tracing::{Instrument, Span, debug_span, error, info, warn};
 use uuid::Uuid;
 
 impl Owner {
@@ -298,6 +300,9 @@ impl Owner {
             Ok(false) => return None,
             Err(e) => return Some(self.store_failed(uid_sent, &e)),
         }
+        if let Some(old) = out.moved_from.as_deref() {
+            self.forget_moved(fence, old, rec).await;
+        }
         for kind in &out.events {
             self.events.emit(*kind, rec).await;
         }
@@ -306,10 +311,36 @@ impl Owner {
             .uplink_seconds
             .observe(started.elapsed().as_secs_f64());
         Some(UplinkReply {
+            new_instance_uid: out
+                .reply
+                .agent_identification
+                .as_ref()
+                .map(|a| a.new_instance_uid.clone())
+                .unwrap_or_default(),
             server_to_agent: out.reply.encode_to_vec(),
             poll_interval_ms: millis(out.interval),
             ..Default::default()
         })
+    }
+
+    /// Removes the record an agent left behind under `old` when it took a new uid (its record,
+    /// `rec`, is stored under the new one), audited with the removal. A failure leaves a
+    /// disconnected duplicate for retention to remove, never a lost record.
+    async fn forget_moved(&self, fence: Fence, old: &[u8], rec: &AgentRecord) {
+        let (Ok(old), Some(new)) = (Uuid::from_slice(old), uid_of(rec)) else {
+            return;
+        };
+        let entry = audit::entry(
+            &format!("agent/{old}"),
+            "agent.new_uid",
+            format!("agent/{old}"),
+            Some(serde_json::json!({ "instance_uid": old.to_string() })),
+            Some(serde_json::json!({ "instance_uid": new.to_string() })),
+        );
+        match self.store.delete_agent(fence, old, Some(&entry)).await {
+            Ok(_) => info!(%old, %new, "agent took a new instance uid; its record moved"),
+            Err(e) => warn!(error = %e, %old, %new, "the record under an agent's old uid stays"),
+        }
     }
 
     /// The answer while the agent's state cannot be read or written: UNAVAILABLE with a retry

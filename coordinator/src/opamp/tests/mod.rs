@@ -214,6 +214,47 @@ fn a_requested_or_invalid_uid_gets_a_new_uuid_v7_and_no_record_until_it_is_used(
 }
 
 #[test]
+fn a_known_agent_that_asks_for_a_new_uid_takes_its_record_along_in_the_same_shard() {
+    use flotilla_common::names::shard_of;
+    let old = Uuid::now_v7();
+    let mut rec = process(None, full(old, 0), ws(), &ctx(&[])).record.unwrap();
+    rec.labels.insert("ring".into(), "canary".into());
+    rec.cert_sha256 = vec![5; 32];
+    let mut ask = heartbeat(old, 1);
+    ask.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    let out = process(Some(rec), ask, ws(), &ctx(&[]));
+    let new = out
+        .reply
+        .agent_identification
+        .as_ref()
+        .expect("new uid")
+        .new_instance_uid
+        .clone();
+    assert_ne!(new, old.as_bytes().to_vec());
+    assert_eq!(
+        shard_of(&new),
+        shard_of(old.as_bytes()),
+        "the same owner stores the move"
+    );
+    assert!(full_state_asked(&out));
+    assert_eq!(out.moved_from.as_deref(), Some(old.as_bytes().as_slice()));
+    let moved = out.record.expect("stored under the new uid");
+    assert_eq!(moved.instance_uid, new);
+    assert_eq!(moved.labels["ring"], "canary");
+    assert_eq!(
+        moved.cert_sha256,
+        vec![5; 32],
+        "the certificate binding moves too"
+    );
+    assert!(matches!(out.deadline, Deadline::Arm(_)));
+
+    // Its next message, under the new uid, finds the record.
+    let uid = Uuid::from_slice(&new).unwrap();
+    let out = process(Some(moved), full(uid, 2), ws(), &ctx(&[]));
+    assert_eq!(out.record.unwrap().labels["ring"], "canary");
+}
+
+#[test]
 fn a_certificate_that_names_the_uid_fixes_it() {
     let uid = Uuid::now_v7();
     let named = Origin {
