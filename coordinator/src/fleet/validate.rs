@@ -6,18 +6,20 @@
 //! and, where known, the line and column, so the person editing can fix them in one pass:
 //!
 //! - `.yaml`/`.yml` files (and the file named "") must parse as YAML. A document that is a
-//!   mapping with a `service` key is an OpenTelemetry Collector config, and its `service` section
-//!   is checked the way the collector checks it at startup: pipeline ids, non-empty receiver and
-//!   exporter lists, every referenced receiver, processor, exporter, connector and extension
-//!   defined at the top level of some YAML file of the config (the supervisor merges them), and
-//!   every connector used on both sides (exporter of one pipeline, receiver of another).
+//!   mapping with a `service` key is an OpenTelemetry Collector config, and the `service`
+//!   sections, merged as the supervisor merges the files (key order, "" last; a later list
+//!   replaces an earlier one), are checked the way the collector checks them at startup: pipeline
+//!   ids, non-empty receiver and exporter lists, every referenced receiver, processor, exporter,
+//!   connector and extension defined at the top level of some YAML file of the config, and every
+//!   connector used on both sides (exporter of one pipeline, receiver of another).
 //! - `.json` files must parse as JSON.
 //! - Other files are not checked, unless the config holds a collector config: then they must
 //!   parse as YAML too (the supervisor reads every file so).
 //!
-//! What is not checked: component settings (only the collector binary knows each component's
-//! schema), whether a component type exists in the agent's build, and whether a connector
-//! supports the signal types of the pipelines it joins.
+//! What is not checked here: component settings (only the collector binary knows each
+//! component's schema) and whether a connector supports the signal types of the pipelines it
+//! joins. Whether each agent's build has the components is checked per agent
+//! (`fleet::components`), against what it reports.
 
 use saphyr::{AnnotatedMapping, LoadableYamlNode, MarkedYaml, Marker, Scalar, YamlData};
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,8 +67,9 @@ impl Problem {
 ///
 /// The collector's OpAMP supervisor merges the files of a config map into one config, so a
 /// collector config may be split over files: components count as defined when any YAML file of
-/// the map defines them, and once a file holds a collector config (a `service` key) every file
-/// must parse as YAML, since the supervisor reads each one so whatever its name.
+/// the map defines them, the `service` sections are checked as merged (maps key by key, a later
+/// file's list replacing an earlier one's), and once a file holds a collector config (a `service`
+/// key) every file must parse as YAML, since the supervisor reads each one so whatever its name.
 pub fn validate_files(files: &BTreeMap<String, String>) -> Result<(), Vec<Problem>> {
     let mut found: BTreeMap<&str, Vec<Problem>> = BTreeMap::new();
     let mut parsed: Vec<(&str, Vec<Node<'_>>)> = Vec::new();
@@ -86,13 +89,16 @@ pub fn validate_files(files: &BTreeMap<String, String>) -> Result<(), Vec<Proble
             .flat_map(|(name, docs)| docs.iter().filter_map(mapping).map(move |m| (*name, m)))
     };
     let defined = Defined::union(roots().map(|(_, root)| root));
-    let mut collector = false;
-    for (name, root) in roots() {
-        if let Some((service_key, service)) = entry(root, "service") {
-            collector = true;
-            let problems = found.entry(name).or_default();
-            CollectorCheck::new(name, &defined, problems).check(service_key, service);
-        }
+    // The supervisor merges the files in key order, the "" file last.
+    let mut ordered: Vec<(&str, &Mapping<'_>)> = roots().collect();
+    ordered.sort_by_key(|(name, _)| (name.is_empty(), *name));
+    let services: Vec<(&str, &Node<'_>, &Node<'_>)> = ordered
+        .iter()
+        .filter_map(|(name, root)| entry(root, "service").map(|(k, v)| (*name, k, v)))
+        .collect();
+    let collector = !services.is_empty();
+    if collector {
+        CollectorCheck::new(&defined, &mut found).check(&services);
     }
     if collector {
         for (name, body) in unchecked {
@@ -279,28 +285,40 @@ impl Role {
 }
 
 /// A connector named in a pipeline's receivers or exporters, kept for the both-sides check.
-struct ConnectorUse {
+struct ConnectorUse<'f> {
     connector: String,
     pipeline: String,
+    file: &'f str,
     at: Marker,
 }
 
-struct CollectorCheck<'p> {
-    file: &'p str,
-    problems: &'p mut Vec<Problem>,
+/// A pipeline as the merged config holds it: each of its lists from the last file that sets it.
+#[derive(Default)]
+struct MergedPipeline<'f, 'n, 'a> {
+    /// Where its id was last written (problems about the pipeline as a whole go there).
+    id: Option<(&'f str, &'n Node<'a>)>,
+    lists: BTreeMap<&'static str, (&'f str, &'n Node<'a>, &'n Node<'a>)>,
+}
+
+/// Checks the `service` section of a collector config merged from its files; each problem is
+/// noted against the file (and place) it comes from.
+struct CollectorCheck<'f, 'p> {
+    /// The file being looked at: problems go to it.
+    file: &'f str,
+    problems: &'p mut BTreeMap<&'f str, Vec<Problem>>,
     receivers: BTreeSet<String>,
     processors: BTreeSet<String>,
     exporters: BTreeSet<String>,
     connectors: BTreeSet<String>,
     extensions: BTreeSet<String>,
-    as_receiver: Vec<ConnectorUse>,
-    as_exporter: Vec<ConnectorUse>,
+    as_receiver: Vec<ConnectorUse<'f>>,
+    as_exporter: Vec<ConnectorUse<'f>>,
 }
 
-impl<'p> CollectorCheck<'p> {
-    fn new(file: &'p str, defined: &Defined, problems: &'p mut Vec<Problem>) -> Self {
+impl<'f, 'p> CollectorCheck<'f, 'p> {
+    fn new(defined: &Defined, problems: &'p mut BTreeMap<&'f str, Vec<Problem>>) -> Self {
         Self {
-            file,
+            file: "",
             problems,
             receivers: defined.receivers.clone(),
             processors: defined.processors.clone(),
@@ -313,32 +331,76 @@ impl<'p> CollectorCheck<'p> {
     }
 
     fn problem(&mut self, at: Marker, message: String) {
-        self.problems.push(Problem::at(self.file, at, message));
+        let file = self.file;
+        self.problems
+            .entry(file)
+            .or_default()
+            .push(Problem::at(file, at, message));
     }
 
-    fn check(mut self, service_key: &Node<'_>, service: &Node<'_>) {
-        let Some(service) = mapping(service) else {
-            self.problem(service_key.span.start, "service must be a mapping".into());
-            return;
-        };
-        if let Some((key, list)) = entry(service, "extensions") {
+    /// Checks the `service` sections of `services` (file, key, value), in merge order.
+    fn check<'n, 'a>(mut self, services: &[(&'f str, &'n Node<'a>, &'n Node<'a>)]) {
+        let mut extensions = None;
+        let mut pipelines_seen = false;
+        let mut last_mapping = None;
+        let mut pipelines: BTreeMap<String, MergedPipeline<'f, 'n, 'a>> = BTreeMap::new();
+        for (file, service_key, service) in services {
+            self.file = file;
+            let Some(service) = mapping(service) else {
+                self.problem(service_key.span.start, "service must be a mapping".into());
+                continue;
+            };
+            last_mapping = Some((*file, *service_key));
+            if let Some((key, list)) = entry(service, "extensions") {
+                extensions = Some((*file, key, list));
+            }
+            let Some((key, section)) = entry(service, "pipelines") else {
+                continue;
+            };
+            pipelines_seen = true;
+            let Some(section) = mapping(section) else {
+                self.problem(key.span.start, "service.pipelines must be a mapping".into());
+                continue;
+            };
+            for (id_node, pipeline) in section {
+                let Some(id) = key_text(id_node) else {
+                    self.problem(
+                        id_node.span.start,
+                        "pipeline ids must be strings like \"traces/name\"".into(),
+                    );
+                    continue;
+                };
+                let Some(pipeline) = mapping(pipeline) else {
+                    self.problem(
+                        id_node.span.start,
+                        format!("pipeline \"{id}\" must be a mapping with receivers and exporters"),
+                    );
+                    continue;
+                };
+                let merged = pipelines.entry(id).or_default();
+                merged.id = Some((file, id_node));
+                for role in [Role::Receiver, Role::Processor, Role::Exporter] {
+                    if let Some((k, list)) = entry(pipeline, role.list_key()) {
+                        merged.lists.insert(role.list_key(), (file, k, list));
+                    }
+                }
+            }
+        }
+        if let Some((file, key, list)) = extensions {
+            self.file = file;
             self.check_extensions(key, list);
         }
-        match entry(service, "pipelines") {
-            None => self.problem(
-                service_key.span.start,
-                "service.pipelines is missing".into(),
-            ),
-            Some((key, pipelines)) => match mapping(pipelines) {
-                None => self.problem(key.span.start, "service.pipelines must be a mapping".into()),
-                Some(pipelines) => {
-                    for (id, pipeline) in pipelines {
-                        self.check_pipeline(id, pipeline);
-                    }
-                    self.check_connectors();
-                }
-            },
+        if !pipelines_seen {
+            if let Some((file, key)) = last_mapping {
+                self.file = file;
+                self.problem(key.span.start, "service.pipelines is missing".into());
+            }
+            return;
         }
+        for (id, pipeline) in &pipelines {
+            self.check_pipeline(id, pipeline);
+        }
+        self.check_connectors();
     }
 
     fn check_extensions(&mut self, key: &Node<'_>, list: &Node<'_>) {
@@ -370,41 +432,32 @@ impl<'p> CollectorCheck<'p> {
         }
     }
 
-    fn check_pipeline(&mut self, id_node: &Node<'_>, pipeline: &Node<'_>) {
-        let at = id_node.span.start;
-        let Some(id) = key_text(id_node) else {
-            self.problem(
-                at,
-                "pipeline ids must be strings like \"traces/name\"".into(),
-            );
+    fn check_pipeline(&mut self, id: &str, pipeline: &MergedPipeline<'f, '_, '_>) {
+        let Some((file, id_node)) = pipeline.id else {
             return;
         };
-        if let Some(message) = pipeline_id_problem(&id) {
-            self.problem(at, message);
+        self.file = file;
+        if let Some(message) = pipeline_id_problem(id) {
+            self.problem(id_node.span.start, message);
         }
-        let Some(pipeline) = mapping(pipeline) else {
-            self.problem(
-                at,
-                format!("pipeline \"{id}\" must be a mapping with receivers and exporters"),
-            );
-            return;
-        };
         for role in [Role::Receiver, Role::Processor, Role::Exporter] {
-            for (component, at) in self.component_list(&id, id_node, pipeline, role) {
-                self.check_reference(&id, role, component, at);
+            let list = pipeline.lists.get(role.list_key()).copied();
+            for (component, file, at) in self.component_list(id, (file, id_node), list, role) {
+                self.file = file;
+                self.check_reference(id, role, component, at);
             }
         }
     }
 
-    /// The ids in one of a pipeline's lists, with their positions; problems with the list itself
-    /// are reported here.
+    /// The ids in one of a pipeline's lists (as merged: from the file that set it last), with
+    /// their file and position; problems with the list itself are reported here.
     fn component_list(
         &mut self,
         pipeline_id: &str,
-        id_node: &Node<'_>,
-        pipeline: &Mapping<'_>,
+        (id_file, id_node): (&'f str, &Node<'_>),
+        list: Option<(&'f str, &Node<'_>, &Node<'_>)>,
         role: Role,
-    ) -> Vec<(String, Marker)> {
+    ) -> Vec<(String, &'f str, Marker)> {
         // Processors are optional; a pipeline without receivers or exporters moves no data and
         // the collector refuses to start.
         let required = !matches!(role, Role::Processor);
@@ -412,21 +465,24 @@ impl<'p> CollectorCheck<'p> {
             "pipeline \"{pipeline_id}\" must have at least one {}",
             role.name()
         );
-        let (key, list) = match entry(pipeline, role.list_key()) {
-            Some((key, list)) if !is_null(list) => (key, list),
-            Some((key, _)) => {
+        let (file, key, list) = match list {
+            Some((file, key, list)) if !is_null(list) => (file, key, list),
+            Some((file, key, _)) => {
+                self.file = file;
                 if required {
                     self.problem(key.span.start, missing);
                 }
                 return Vec::new();
             }
             None => {
+                self.file = id_file;
                 if required {
                     self.problem(id_node.span.start, missing);
                 }
                 return Vec::new();
             }
         };
+        self.file = file;
         let YamlData::Sequence(items) = data(list) else {
             self.problem(
                 key.span.start,
@@ -444,7 +500,7 @@ impl<'p> CollectorCheck<'p> {
         let mut ids = Vec::new();
         for item in items {
             match string(item) {
-                Some(component) => ids.push((component, item.span.start)),
+                Some(component) => ids.push((component, file, item.span.start)),
                 None => self.problem(
                     item.span.start,
                     format!(
@@ -485,6 +541,7 @@ impl<'p> CollectorCheck<'p> {
             let used = ConnectorUse {
                 connector: component,
                 pipeline: pipeline.to_owned(),
+                file: self.file,
                 at,
             };
             match role {
@@ -509,19 +566,18 @@ impl<'p> CollectorCheck<'p> {
                     .iter()
                     .any(|o| o.connector == used.connector && o.pipeline != used.pipeline);
                 if !joined {
-                    found.push(Problem::at(
-                        self.file,
-                        used.at,
-                        format!(
-                            "connector \"{}\" used as {side} in [{}] pipeline but not used as \
-                             {other_side} in any other pipeline",
-                            used.connector, used.pipeline
-                        ),
-                    ));
+                    let message = format!(
+                        "connector \"{}\" used as {side} in [{}] pipeline but not used as \
+                         {other_side} in any other pipeline",
+                        used.connector, used.pipeline
+                    );
+                    found.push((used.file, Problem::at(used.file, used.at, message)));
                 }
             }
         }
-        self.problems.append(&mut found);
+        for (file, problem) in found {
+            self.problems.entry(file).or_default().push(problem);
+        }
     }
 }
 

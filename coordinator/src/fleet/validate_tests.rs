@@ -443,3 +443,77 @@ fn nesting_past_the_limit_is_a_problem_not_a_crash() {
         "{got:?}"
     );
 }
+
+fn many(files: &[(&str, &str)]) -> Vec<String> {
+    let files = files
+        .iter()
+        .map(|(n, b)| (n.to_string(), b.to_string()))
+        .collect();
+    match validate_files(&files) {
+        Ok(()) => Vec::new(),
+        Err(problems) => problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn a_service_split_over_files_is_checked_as_the_supervisor_merges_it() {
+    let components = "receivers: {otlp: }\nexporters: {debug: }\nconnectors: {forward: }\n\
+                      extensions: {health_check: }\n";
+    // Extensions in one file, a pipeline's lists in two others, a connector joining pipelines
+    // of different files; an undefined exporter in a list a later file replaces.
+    let split = [
+        ("a.yaml", "service: {extensions: [health_check]}"),
+        (
+            "b.yaml",
+            "service: {pipelines: {traces: {receivers: [otlp], exporters: [nope]}, \
+             logs: {receivers: [otlp], exporters: [forward]}}}",
+        ),
+        (
+            "c.yaml",
+            "service: {pipelines: {traces: {exporters: [debug]}}}",
+        ),
+        (
+            "",
+            "service: {pipelines: {logs/2: {receivers: [forward], exporters: [debug]}}}",
+        ),
+        ("components.yaml", components),
+    ];
+    assert_eq!(many(&split), Vec::<String>::new());
+
+    // What the merged config lacks is reported once, where it would go.
+    assert_eq!(
+        many(&[
+            ("a.yaml", "service: {extensions: []}"),
+            ("b.yaml", components)
+        ]),
+        ["a.yaml:1:1: service.pipelines is missing"]
+    );
+    assert_eq!(
+        many(&[
+            (
+                "a.yaml",
+                "service: {pipelines: {traces: {receivers: [otlp]}}}"
+            ),
+            (
+                "b.yaml",
+                "service: {pipelines: {traces: {receivers: [otlp]}}}"
+            ),
+            ("c.yaml", components),
+        ]),
+        ["b.yaml:1:23: pipeline \"traces\" must have at least one exporter"]
+    );
+    // The "" file goes last: its list replaces the others'.
+    assert_eq!(
+        many(&[
+            ("", "service: {pipelines: {traces: {exporters: [nope]}}}"),
+            (
+                "a.yaml",
+                "service: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}"
+            ),
+            ("c.yaml", components),
+        ]),
+        [
+            ":1:44: pipeline \"traces\" uses exporter \"nope\", which is not defined under \"exporters\" or \"connectors\""
+        ]
+    );
+}
