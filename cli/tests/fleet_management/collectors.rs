@@ -632,3 +632,61 @@ async fn an_agent_given_a_new_uid_keeps_its_record_and_leaves_no_ghost() {
     .await;
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn an_equivalent_config_under_a_new_hash_that_gets_no_status_counts_as_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let build: &[(&str, &[&str])] = &[
+        ("receivers", &["otlp"]),
+        ("processors", &["batch"]),
+        ("exporters", &["debug"]),
+    ];
+    let mut agent = SimAgent::supervisor("otelcol", &[("env", "prod")], build);
+    let mut ws = WsClient::connect(&srv.ws_url).await.unwrap();
+    let first = agent.full_report();
+    converse(&mut ws, &mut agent, vec![first]).await;
+    let v1 = put_otel(&srv, "v1").await;
+    assert_eq!(take_push(&mut ws, &mut agent).await, 1);
+    srv.wait_agent(agent.uid, WAIT, |a| a["config_state"] == "applied")
+        .await;
+
+    // v2 differs by a comment: the supervisor composes the same config and says nothing.
+    let v2 = put_otel(&srv, "v2, a comment only").await;
+    assert_ne!(v1, v2);
+    assert_eq!(take_push(&mut ws, &mut agent).await, 1, "sent");
+    let hb = agent.heartbeat();
+    converse(&mut ws, &mut agent, vec![hb]).await;
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(
+        view["remote_config_status"]["hash"],
+        v1.as_str(),
+        "no status for v2"
+    );
+    assert_eq!(view["desired_config"]["hash"], v2.as_str(), "{view}");
+    assert_eq!(view["config_state"], "applied", "it runs v2: {view}");
+
+    // A change that is not equivalent (another pipeline) is not taken for applied: pending
+    // until the agent reports it.
+    let more = collector_yaml("v3").replace(
+        "exporters: [debug]\n",
+        "exporters: [debug]\n    metrics:\n      receivers: [otlp]\n      exporters: [debug]\n",
+    );
+    let (status, v3) = srv
+        .put(
+            "/api/v1/configs/otel",
+            json!({"selector": "env=prod", "files": {"collector.yaml": more}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v3}");
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(view["config_state"], "pending", "{view}");
+    assert_eq!(take_push(&mut ws, &mut agent).await, 1);
+    let view = srv.agent(agent.uid).await;
+    assert_eq!(
+        (&view["config_state"], &view["remote_config_status"]["hash"]),
+        (&json!("applied"), &v3["hash"]),
+        "{view}"
+    );
+    srv.stop().await;
+}

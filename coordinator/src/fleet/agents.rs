@@ -76,6 +76,23 @@ pub fn config_standing(rec: &AgentRecord, want: &str) -> ConfigStanding {
     }
 }
 
+/// Where `rec` stands with `want` as shown and counted in rollouts: as [`config_standing`], but a
+/// config an agent that reports its status has said nothing about stands applied when the agent
+/// runs exactly that config (its effective config, past the supervisor's own sections): the
+/// supervisor sends no status for a config that composes to what it already runs.
+pub fn config_standing_seen(rec: &AgentRecord, want: &str) -> ConfigStanding {
+    match config_standing(rec, want) {
+        ConfigStanding::Pending
+            if reports_config_status(rec)
+                && rec.runs_desired
+                && hex_eq(&rec.drift_checked_hash, want) =>
+        {
+            ConfigStanding::Applied
+        }
+        standing => standing,
+    }
+}
+
 /// Whether the agent refused a config and now reports another (it went back to its previous one,
 /// as the collector's supervisor does); still reporting FAILED for it is no rollback.
 pub fn went_back(rec: &AgentRecord) -> bool {

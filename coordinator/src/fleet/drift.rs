@@ -62,6 +62,39 @@ pub fn runs(desired: &Value, effective: &Value) -> bool {
     covers(desired, effective, &mut Vec::new())
 }
 
+/// Whether `effective` is exactly `desired` past the supervisor's own sections (its `opamp`
+/// extension and `service.telemetry`): it holds every value `desired` sets and sets nothing
+/// more. The supervisor sends no status for a config that composes to what it already runs (an
+/// equivalent config under a new hash), so this is how such an agent is known to run it.
+pub fn same(desired: &Value, effective: &Value) -> bool {
+    runs(desired, effective) && runs(&without_supervisor(effective), desired)
+}
+
+/// `effective` without what the supervisor adds to every config.
+fn without_supervisor(effective: &Value) -> Value {
+    let mut v = effective.clone();
+    if let Some(ext) = v.get_mut("extensions").and_then(Value::as_object_mut) {
+        ext.remove("opamp");
+    }
+    if let Some(service) = v.get_mut("service").and_then(Value::as_object_mut) {
+        service.remove("telemetry");
+        if let Some(list) = service.get_mut("extensions").and_then(Value::as_array_mut) {
+            list.retain(|x| x != "opamp");
+            if list.is_empty() {
+                service.remove("extensions");
+            }
+        }
+    }
+    if let Some(root) = v.as_object_mut()
+        && root
+            .get("extensions")
+            .is_some_and(|e| e.as_object().is_some_and(Map::is_empty))
+    {
+        root.remove("extensions");
+    }
+    v
+}
+
 fn covers<'a>(want: &'a Value, have: &Value, path: &mut Vec<&'a str>) -> bool {
     match (want, have) {
         (Value::Object(w), Value::Object(h)) => w.iter().all(|(k, v)| {
@@ -142,5 +175,26 @@ mod tests {
         let mut null_defaults = effective;
         null_defaults["exporters"]["debug"] = Value::Null;
         assert!(runs(&desired, &null_defaults), "`debug:` is `debug: {{}}`");
+    }
+
+    #[test]
+    fn the_same_config_past_the_supervisors_sections_is_told_from_a_subset() {
+        let desired = compose(&files(&[(
+            "c.yaml",
+            "# v2: a comment only\nreceivers: {otlp: }\nexporters: {debug: }\n\
+             service: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}\n",
+        )]))
+        .unwrap();
+        let effective = json!({
+            "receivers": {"otlp": {}}, "exporters": {"debug": {}},
+            "extensions": {"opamp": {"server": {}}},
+            "service": {"extensions": ["opamp"], "telemetry": {"resource": {}},
+                        "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["debug"]}}},
+        });
+        assert!(same(&desired, &effective));
+        // It runs more than the desired config (the desired one dropped an exporter): not it.
+        let mut more = effective.clone();
+        more["exporters"]["otlp"] = json!({});
+        assert!(runs(&desired, &more) && !same(&desired, &more));
     }
 }

@@ -407,6 +407,9 @@ fn refresh_drift(
         (Some(want), Some(have)) => drift::compose(&want).zip(drift::compose(&have)),
         _ => None,
     };
+    rec.runs_desired = judged
+        .as_ref()
+        .is_some_and(|(want, have)| drift::same(want, have));
     rec.config_drift = match judged {
         Some((want, have)) if drift::runs(&want, &have) => Drift::InSync,
         Some(_) => Drift::Drifted,

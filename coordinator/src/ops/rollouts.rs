@@ -13,7 +13,7 @@ use super::docs::{ROLLOUTS, parse};
 use super::views::RolloutView;
 use super::{Caller, Error, Ops, Result};
 use crate::fleet::agents::{
-    ConfigStanding, RecordAttributes, config_failure, config_standing, has, takes,
+    ConfigStanding, RecordAttributes, config_failure, config_standing_seen, has, takes,
 };
 use crate::fleet::components;
 use crate::fleet::configs::{Aspect, Desired, resolve_among};
@@ -110,7 +110,7 @@ fn outcome(rec: &AgentRecord, t: &Target, (now_ms, grace_ms): (u64, u64)) -> (Ou
         if !missing.is_empty() {
             return failed(format!("its build lacks {}", missing.join(", ")));
         }
-        match config_standing(rec, &target.hash) {
+        match config_standing_seen(rec, &target.hash) {
             ConfigStanding::Applied => {}
             ConfigStanding::Failed => return failed(config_failure(rec)),
             // Sent, and it will never say how it went: neither a success nor a failure.

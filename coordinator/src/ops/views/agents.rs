@@ -2,7 +2,7 @@
 
 use super::time::rfc3339;
 use crate::fleet::agents::{
-    ConfigStanding, attributes, config_standing, effective_map, healthy, hex_eq, status_name,
+    ConfigStanding, attributes, config_standing_seen, effective_map, healthy, hex_eq, status_name,
     uid_of, went_back,
 };
 use crate::fleet::configs::{self, Aspect, Desired};
@@ -401,7 +401,7 @@ pub fn config_state(rec: &AgentRecord, desired_hash: Option<&str>) -> &'static s
     let Some(want) = desired_hash else {
         return "unmanaged";
     };
-    match config_standing(rec, want) {
+    match config_standing_seen(rec, want) {
         ConfigStanding::Applied => "applied",
         ConfigStanding::Applying => "applying",
         ConfigStanding::Failed => "failed",
