@@ -182,9 +182,15 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         coord_cfg.alerts = alerts_config(&cfg.alerts)?;
         if let Some((cert, key)) = &cfg.signing_ca {
             let ca = Ca::load(cert, key).context("the signing CA (--signing-ca-cert)")?;
+            let server_ca_pem = match &cfg.opamp_server_ca {
+                Some(path) => Some(read_pem_certificate(path).context("--opamp-server-ca")?),
+                None => None,
+            };
             coord_cfg.issuer = Some(Arc::new(Issuer {
                 ca,
                 validity: cfg.issued_cert_validity,
+                endpoint: cfg.opamp_advertise_url.clone(),
+                server_ca_pem,
             }));
         }
         let coordinator = if let Some(url) = &cfg.redis_url {
@@ -417,4 +423,14 @@ fn ops_router(registry: Arc<Registry>, ready: Vec<Readiness>) -> Router {
                 }
             }),
         )
+}
+
+/// A PEM file holding at least one certificate, as text.
+fn read_pem_certificate(path: &std::path::Path) -> anyhow::Result<String> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(pem)
 }

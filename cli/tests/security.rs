@@ -199,6 +199,10 @@ async fn offered_and_csr_signed_certificates_replace_the_old_one_once_used() {
     let pki = Pki::new(dir.path());
     let mut cfg = with_tls(config(dir.path()), pki.tls_files(true));
     cfg.signing_ca = Some((pki.path("ca.pem"), pki.path("ca-key.pem")));
+    // Where agents reach the server, and its certificate's CA: offers carry both, so the
+    // collector's supervisor can take them as its new connection.
+    cfg.opamp_advertise_url = Some("wss://opamp.example:4320/v1/opamp".into());
+    cfg.opamp_server_ca = Some(pki.path("ca.pem"));
     let srv = start(cfg).await;
     let u = urls(&srv);
     let boot = pki.agent(YEAR);
@@ -219,6 +223,21 @@ async fn offered_and_csr_signed_certificates_replace_the_old_one_once_used() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["delivered"], true);
     let push = ws.recv(T).await.unwrap();
+    let opamp = push
+        .connection_settings
+        .as_ref()
+        .and_then(|c| c.opamp.as_ref())
+        .unwrap();
+    assert_eq!(
+        opamp.destination_endpoint,
+        "wss://opamp.example:4320/v1/opamp"
+    );
+    assert_eq!(
+        opamp.tls.as_ref().unwrap().ca_pem_contents,
+        pki.ca.cert_pem(),
+        "the server's CA"
+    );
+    assert!(opamp.heartbeat_interval_seconds > 0);
     let (cert, key) = offered_certificate(&push).expect("a certificate offer");
     let key = key.expect("the offer flow carries the key");
     let sha = body["sha256"].as_str().unwrap().to_owned();

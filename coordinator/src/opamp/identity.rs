@@ -13,7 +13,9 @@
 use flotilla_common::names::uid_text;
 use flotilla_common::pki::{Ca, Issued};
 use flotilla_proto::bus::{AgentRecord, IdentityRule, Origin};
-use flotilla_proto::opamp::{ConnectionSettingsOffers, OpAmpConnectionSettings, TlsCertificate};
+use flotilla_proto::opamp::{
+    ConnectionSettingsOffers, OpAmpConnectionSettings, TlsCertificate, TlsConnectionSettings,
+};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -107,22 +109,32 @@ pub fn record_certificate(rec: &mut AgentRecord, origin: &Origin) {
     rec.cert_sha256 = fp.to_vec();
 }
 
-/// The OpAMP connection settings that carry `issued`, keeping the heartbeat interval (an opamp
-/// offer without it would switch heartbeats off).
+/// The OpAMP connection settings that carry `issued` (signed by `issuer`), keeping the heartbeat
+/// interval (an opamp offer without it would switch heartbeats off), with where to connect and
+/// the CA of the server's certificate when they are configured: the collector's supervisor takes
+/// an offer as its whole new connection, and cannot take one without a destination.
 pub fn certificate_offer(
     issued: &Issued,
-    ca_pem: &str,
+    issuer: &Issuer,
     heartbeat: Duration,
 ) -> ConnectionSettingsOffers {
     let mut offer = ConnectionSettingsOffers {
         opamp: Some(OpAmpConnectionSettings {
+            destination_endpoint: issuer.endpoint.clone().unwrap_or_default(),
             certificate: Some(TlsCertificate {
                 cert: issued.cert_pem.clone().into_bytes(),
                 private_key: issued.key_pem.clone().unwrap_or_default().into_bytes(),
-                ca_cert: ca_pem.as_bytes().to_vec(),
+                ca_cert: issuer.ca.cert_pem().as_bytes().to_vec(),
             }),
             // At least 1: opamp-go takes 0 as "no heartbeats" (and HTTP agents stop polling).
             heartbeat_interval_seconds: heartbeat.as_secs().max(1),
+            tls: issuer
+                .server_ca_pem
+                .as_ref()
+                .map(|pem| TlsConnectionSettings {
+                    ca_pem_contents: pem.clone(),
+                    ..Default::default()
+                }),
             ..Default::default()
         }),
         ..Default::default()
@@ -147,6 +159,10 @@ fn short(fp: &[u8]) -> String {
 pub struct Issuer {
     pub ca: Ca,
     pub validity: Duration,
+    /// The OpAMP URL agents reach the server at (`--opamp-advertise-url`): offers carry it.
+    pub endpoint: Option<String>,
+    /// PEM CA of the server's certificate (`--opamp-server-ca`): offers carry it.
+    pub server_ca_pem: Option<String>,
 }
 
 #[cfg(test)]
@@ -199,7 +215,13 @@ mod tests {
         let issued = ca
             .issue_client(Uuid::now_v7(), Duration::from_secs(60))
             .unwrap();
-        let offer = certificate_offer(&issued, ca.cert_pem(), Duration::from_secs(30));
+        let issuer = Issuer {
+            ca,
+            validity: Duration::from_secs(60),
+            endpoint: None,
+            server_ca_pem: None,
+        };
+        let offer = certificate_offer(&issued, &issuer, Duration::from_secs(30));
         assert_eq!(offer.opamp.as_ref().unwrap().heartbeat_interval_seconds, 30);
         record_issued(&mut rec, &issued, offer);
         // Until the agent uses the new one, the old one still works.

@@ -350,7 +350,7 @@ impl Owner {
             .sign_csr(csr, uid, issuer.validity)
             .map_err(|e| e.to_string())?;
         info!(%uid, sha256 = %hex::encode(&issued.sha256), "signed the agent's CSR");
-        let offer = certificate_offer(&issued, issuer.ca.cert_pem(), self.cfg.heartbeat_interval);
+        let offer = certificate_offer(&issued, issuer, self.cfg.heartbeat_interval);
         record_issued(rec, &issued, offer.clone());
         let entry = audit::entry(
             &format!("agent/{uid}"),
@@ -402,7 +402,7 @@ impl Owner {
             Ok(i) => i,
             Err(e) => return Some(failed(e.to_string())),
         };
-        let offer = certificate_offer(&issued, issuer.ca.cert_pem(), self.cfg.heartbeat_interval);
+        let offer = certificate_offer(&issued, issuer, self.cfg.heartbeat_interval);
         record_issued(&mut rec, &issued, offer.clone());
         let entry = audit::entry(
             &req.caller,

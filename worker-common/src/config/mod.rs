@@ -127,6 +127,10 @@ pub struct ServeConfig {
     /// CA certificate and key the coordinator issues agent certificates with.
     pub signing_ca: Option<(PathBuf, PathBuf)>,
     pub issued_cert_validity: Duration,
+    /// The OpAMP URL agents reach this server at, for certificate offers.
+    pub opamp_advertise_url: Option<String>,
+    /// PEM CA of the OpAMP listener's certificate, for certificate offers.
+    pub opamp_server_ca: Option<PathBuf>,
     pub api_tokens: Option<PathBuf>,
     pub api_tls: Option<TlsFiles>,
     pub heartbeat_interval: Duration,
@@ -246,6 +250,20 @@ impl ServeConfig {
                 .issued_cert_validity
                 .or(f.issued_cert_validity)
                 .unwrap_or(Duration::from_secs(30 * 86_400)),
+            opamp_advertise_url: match a.opamp_advertise_url.or(f.opamp_advertise_url) {
+                Some(url)
+                    if !["ws://", "wss://", "http://", "https://"]
+                        .iter()
+                        .any(|scheme| url.starts_with(scheme)) =>
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "--opamp-advertise-url {url:?} must be a ws://, wss://, http:// or \
+                         https:// URL"
+                    )));
+                }
+                url => url,
+            },
+            opamp_server_ca: a.opamp_server_ca.or(f.opamp_server_ca),
             api_tokens: a.api_tokens.or(f.api_tokens),
             api_tls: pair(
                 a.api_tls_cert.or(f.api_tls_cert),

@@ -164,6 +164,15 @@ pub struct ServeArgs {
     /// Lifetime of the certificates the coordinator issues [default: 30d].
     #[arg(long, env = "FLOTILLA_ISSUED_CERT_VALIDITY", value_parser = humantime::parse_duration)]
     pub issued_cert_validity: Option<Duration>,
+    /// The OpAMP URL agents reach this server at (e.g. wss://opamp.example.com:4320/v1/opamp):
+    /// certificate offers carry it as their destination, which the collector's supervisor needs
+    /// to take them.
+    #[arg(long, env = "FLOTILLA_OPAMP_ADVERTISE_URL")]
+    pub opamp_advertise_url: Option<String>,
+    /// PEM CA that signed the OpAMP listener's certificate: certificate offers carry it
+    /// (tls.ca_pem_contents) so agents keep verifying the server.
+    #[arg(long, env = "FLOTILLA_OPAMP_SERVER_CA")]
+    pub opamp_server_ca: Option<PathBuf>,
     /// TOML file of admin API tokens with roles (viewer, operator, admin); without it the API
     /// is open to anyone who can reach it.
     #[arg(long, env = "FLOTILLA_API_TOKENS")]
@@ -288,6 +297,8 @@ pub(super) struct FileConfig {
     pub(super) signing_ca_key: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub(super) issued_cert_validity: Option<Duration>,
+    pub(super) opamp_advertise_url: Option<String>,
+    pub(super) opamp_server_ca: Option<PathBuf>,
     pub(super) api_tokens: Option<PathBuf>,
     pub(super) api_tls_cert: Option<PathBuf>,
     pub(super) api_tls_key: Option<PathBuf>,

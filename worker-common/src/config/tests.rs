@@ -196,6 +196,22 @@ fn security_flags_are_checked() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("go together"), "{err}");
+    let err = ServeConfig::load(ServeArgs {
+        opamp_advertise_url: Some("opamp.example:4320".into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("must be a ws://, wss://"), "{err}");
+    let c = ServeConfig::load(ServeArgs {
+        opamp_advertise_url: Some("wss://opamp.example:4320/v1/opamp".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        c.opamp_advertise_url.as_deref(),
+        Some("wss://opamp.example:4320/v1/opamp")
+    );
     let c = ServeConfig::load(ServeArgs {
         max_connection_age: Some(Duration::ZERO),
         tls_min_version: Some(TlsVersion::Tls12),
