@@ -416,3 +416,103 @@ async fn changes_need_the_csrf_token_and_the_same_origin() {
     assert_eq!(r.status(), 303);
     assert_eq!(api(&s, "/api/v1/configs/c").await.0, 200);
 }
+
+/// Stores a config through the API (as the admin).
+async fn put_config(s: &Serve, name: &str, body: serde_json::Value) -> Value {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/configs/{name}", s.api))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sends_a_custom_message_and_sees_which_builds_a_version_would_fail() {
+    use flotilla_loadtest::client::{WsClient, WsEvent};
+    use flotilla_loadtest::sim::SimAgent;
+    let s = serve().await;
+    let build: &[(&str, &[&str])] = &[("receivers", &["otlp"]), ("exporters", &["debug"])];
+    let mut agent = SimAgent::supervisor("otelcol", &[("env", "prod")], build);
+    agent.custom_capabilities = vec!["io.example.ping".into()];
+    let mut ws = WsClient::connect(&s.ws).await.unwrap();
+    let mut outbox = vec![agent.full_report()];
+    while let Some(msg) = outbox.pop() {
+        let reply = ws.request(&msg).await.unwrap();
+        outbox.extend(agent.handle(&reply));
+    }
+    put_config(
+        &s,
+        "otel",
+        serde_json::json!({"selector": "env=prod", "files": {"c.yaml": VALID}}),
+    )
+    .await;
+    match ws.next_event(Duration::from_secs(10)).await {
+        Ok(WsEvent::Message(push)) => {
+            for answer in agent.handle(&push) {
+                ws.request(&answer).await.unwrap();
+            }
+        }
+        other => panic!("no config: {other:?}"),
+    }
+    let b = Browser::start().await;
+    sign_in(&b, &s, ADMIN).await;
+
+    // The agent's page: a form to send a custom message under a capability it declares.
+    b.goto(&format!("{}/agents/{}", s.api, agent.uid)).await;
+    b.fill("#type", "ping").await;
+    b.fill("#data", "hello from the console").await;
+    b.click("#custom-message button[type=submit]").await;
+    match ws.next_event(Duration::from_secs(10)).await {
+        Ok(WsEvent::Message(push)) => {
+            let m = push.custom_message.expect("a custom message");
+            assert_eq!(
+                (m.capability.as_str(), m.r#type.as_str(), m.data.as_slice()),
+                (
+                    "io.example.ping",
+                    "ping",
+                    b"hello from the console".as_slice()
+                )
+            );
+        }
+        other => panic!("no custom message: {other:?}"),
+    }
+    // Back on the agent's page.
+    b.wait_text("h1", "otelcol").await;
+    assert!(
+        b.url().await.ends_with(&agent.uid.to_string()),
+        "{}",
+        b.url().await
+    );
+    b.shot("custom-message").await;
+
+    // A version that sends to Kafka: the preview says this agent's build would fail it.
+    let kafka = VALID
+        .replace(
+            "exporters: {debug: {}}",
+            "exporters: {debug: {}, kafka: {}}",
+        )
+        .replace("exporters: [debug]", "exporters: [debug, kafka]");
+    put_config(
+        &s,
+        "otel",
+        serde_json::json!({"selector": "env=prod", "files": {"c.yaml": kafka}, "activate": false}),
+    )
+    .await;
+    b.goto(&format!("{}/rollouts", s.api)).await;
+    b.fill("input[name=percentages]", "100").await;
+    b.click("button[value=plan]").await;
+    assert_eq!(
+        b.attr("[data-incompatible]", "data-incompatible").await,
+        "1"
+    );
+    let why = b.text("#plan").await;
+    assert!(
+        why.contains(&agent.uid.to_string()) && why.contains("lacks exporters/kafka"),
+        "{why}"
+    );
+    b.close().await;
+}

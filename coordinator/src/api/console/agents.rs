@@ -270,6 +270,15 @@ pub async fn detail(
             @if let Some(custom) = &a.custom_capabilities {
                 h3 { "Custom capabilities" }
                 ul.words { @for n in custom { li { code { (n) } } } }
+                @if !custom.is_empty() && ctx.may(Role::Operator) {
+                    (custom_message_form(&ctx, &s.instance_uid, custom))
+                }
+            }
+            @if !a.pending_custom_messages.is_empty() {
+                h3 { "Custom messages waiting for its next message" }
+                ul { @for m in &a.pending_custom_messages {
+                    li { code { (m.capability) } " " (m.kind) " (" (m.data_bytes) " bytes), until " time { (m.expires) } }
+                } }
             }
             @if !a.custom_messages.is_empty() {
                 h3 { "Custom messages it sent" }
@@ -429,6 +438,30 @@ fn actions(ctx: &Ctx, a: &AgentDetail) -> Markup {
     }
 }
 
+/// Sends the agent a custom message under one of the custom capabilities it declares.
+fn custom_message_form(ctx: &Ctx, uid: &str, capabilities: &[String]) -> Markup {
+    html! {
+        form.editor #custom-message method="post" action={ "/agents/" (seg(uid)) "/custom-messages" } {
+            (ctx.csrf_field())
+            div.row {
+                div.field {
+                    label for="capability" { "Capability" }
+                    select #capability name="capability" required {
+                        @for c in capabilities { option value=(c) { (c) } }
+                    }
+                }
+                div.field {
+                    label for="type" { "Type" }
+                    input #type type="text" name="type" required maxlength="256";
+                }
+            }
+            label for="data" { "Data (text)" }
+            textarea #data name="data" rows="3" {}
+            button type="submit" { "Send custom message" }
+        }
+    }
+}
+
 fn labels_form(ctx: &Ctx, s: &AgentSummary) -> Markup {
     let text: String = s.labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     html! {
@@ -456,6 +489,24 @@ pub async fn restart(
     form: Submitted,
 ) -> PageResult {
     c.ops.restart_agent(&form.ctx.caller, &uid).await?;
+    Ok(see_other(&format!("/agents/{}", seg(&uid))))
+}
+
+pub async fn custom_message(
+    State(c): State<Console>,
+    Path(uid): Path<String>,
+    form: Submitted,
+) -> PageResult {
+    let data = form.get("data").as_bytes().to_vec();
+    c.ops
+        .send_custom_message(
+            &form.ctx.caller,
+            &uid,
+            form.get("capability"),
+            form.get("type"),
+            data,
+        )
+        .await?;
     Ok(see_other(&format!("/agents/{}", seg(&uid))))
 }
 

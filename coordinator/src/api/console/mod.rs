@@ -42,6 +42,10 @@ pub fn routes(ops: Ops, tokens: Option<Arc<ApiTokens>>, tls: bool) -> Router {
         .route("/agents", get(agents::list))
         .route("/agents/{uid}", get(agents::detail))
         .route("/agents/{uid}/restart", post(agents::restart))
+        .route(
+            "/agents/{uid}/custom-messages",
+            post(agents::custom_message),
+        )
         .route("/agents/{uid}/certificate", post(agents::certificate))
         .route("/agents/{uid}/labels", post(agents::labels))
         .route("/configs", get(configs::list))
