@@ -73,11 +73,30 @@ pub fn missing(rec: &AgentRecord, needs: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The AvailableComponents of a build with `kinds` (kind, types), for tests.
+#[cfg(test)]
+pub(crate) fn build_of(kinds: &[(&str, &[&str])]) -> flotilla_proto::opamp::AvailableComponents {
+    use flotilla_proto::opamp::ComponentDetails;
+    let details = |types: &[&str]| ComponentDetails {
+        sub_component_map: types
+            .iter()
+            .map(|t| (t.to_string(), ComponentDetails::default()))
+            .collect(),
+        ..Default::default()
+    };
+    flotilla_proto::opamp::AvailableComponents {
+        components: kinds
+            .iter()
+            .map(|(k, types)| (k.to_string(), details(types)))
+            .collect(),
+        hash: format!("{kinds:?}").into_bytes(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_proto::opamp::{AvailableComponents, ComponentDetails};
-    use std::collections::HashMap;
+    use flotilla_proto::opamp::AvailableComponents;
 
     fn file(body: &str) -> ConfigFile {
         ConfigFile {
@@ -87,21 +106,8 @@ mod tests {
     }
 
     fn built_with(kinds: &[(&str, &[&str])]) -> AgentRecord {
-        let details = |types: &[&str]| ComponentDetails {
-            sub_component_map: types
-                .iter()
-                .map(|t| (t.to_string(), ComponentDetails::default()))
-                .collect(),
-            ..Default::default()
-        };
         AgentRecord {
-            available_components: Some(AvailableComponents {
-                components: kinds
-                    .iter()
-                    .map(|(k, types)| (k.to_string(), details(types)))
-                    .collect::<HashMap<_, _>>(),
-                hash: vec![1],
-            }),
+            available_components: Some(build_of(kinds)),
             ..Default::default()
         }
     }

@@ -537,13 +537,13 @@ mod tests {
     use super::*;
     use flotilla_proto::opamp::{ComponentHealth, RemoteConfigStatus, RemoteConfigStatuses};
 
-    #[test]
-    fn an_agent_unhealthy_on_the_version_fails_only_after_the_grace() {
+    /// Version 2 of config "otel": one file, `body`, of hash 0707...
+    fn version_2(body: &str) -> StoredConfig {
         let file = flotilla_common::store::ConfigFile {
-            body: "a: 1".into(),
+            body: body.into(),
             content_type: "text/yaml".into(),
         };
-        let target = StoredConfig {
+        StoredConfig {
             name: "otel".into(),
             version: 2,
             selector: Default::default(),
@@ -554,7 +554,12 @@ mod tests {
             created_unix_ms: 0,
             created_by: String::new(),
             comment: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn an_agent_unhealthy_on_the_version_fails_only_after_the_grace() {
+        let target = version_2("a: 1");
         let rec = AgentRecord {
             capabilities: Cap::AcceptsRemoteConfig as u64 | Cap::ReportsRemoteConfig as u64,
             remote_config_status: Some(RemoteConfigStatus {
@@ -590,46 +595,19 @@ mod tests {
 
     #[test]
     fn an_agent_whose_build_lacks_a_component_of_the_version_fails_it_and_says_which() {
-        use flotilla_proto::opamp::{AvailableComponents, ComponentDetails};
         let body = "receivers: {otlp: {}}\nexporters: {kafka/eu: {}}\n\
                     service: {pipelines: {traces: {receivers: [otlp], exporters: [kafka/eu]}}}";
-        let files = [(
-            "c.yaml".to_string(),
-            flotilla_common::store::ConfigFile {
-                body: body.into(),
-                content_type: "text/yaml".into(),
-            },
-        )];
-        let target = StoredConfig {
-            name: "otel".into(),
-            version: 2,
-            selector: Default::default(),
-            files: files.into(),
-            hash: hex::encode([7; 32]),
-            packages: Default::default(),
-            settings: None,
-            created_unix_ms: 0,
-            created_by: String::new(),
-            comment: String::new(),
-        };
+        let target = version_2(body);
         let target = Target::new(target, &Desired::default());
-        let kind = |types: &[&str]| ComponentDetails {
-            sub_component_map: types
-                .iter()
-                .map(|t| (t.to_string(), ComponentDetails::default()))
-                .collect(),
-            ..Default::default()
+        let build = |exporters: &[&str]| {
+            crate::fleet::components::build_of(&[
+                ("receivers", &["otlp"]),
+                ("exporters", exporters),
+            ])
         };
         let mut rec = AgentRecord {
             capabilities: Cap::AcceptsRemoteConfig as u64 | Cap::ReportsRemoteConfig as u64,
-            available_components: Some(AvailableComponents {
-                components: [
-                    ("receivers".to_string(), kind(&["otlp"])),
-                    ("exporters".to_string(), kind(&["debug"])),
-                ]
-                .into(),
-                hash: vec![1],
-            }),
+            available_components: Some(build(&["debug"])),
             ..Default::default()
         };
         assert_eq!(
@@ -639,10 +617,7 @@ mod tests {
                 "its build lacks exporters/kafka".to_string()
             )
         );
-        let comps = rec.available_components.as_mut().unwrap();
-        comps
-            .components
-            .insert("exporters".into(), kind(&["debug", "kafka"]));
+        rec.available_components = Some(build(&["debug", "kafka"]));
         assert_eq!(outcome(&rec, &target, (0, 0)).0, Outcome::Pending);
     }
 }

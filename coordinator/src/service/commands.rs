@@ -10,9 +10,9 @@ use crate::opamp::SERVER_CAPABILITIES;
 use crate::opamp::identity::{certificate_offer, record_issued};
 use crate::ops::audit;
 use crate::ops::views::AgentSummary;
-use flotilla_common::names::shard_of;
+use flotilla_common::names::{shard_of, uid_text};
 use flotilla_common::pki::Issued;
-use flotilla_common::store::{AuditEntry, Deadline, StoreError};
+use flotilla_common::store::{AuditEntry, Deadline, Fence, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{
     AgentRecord, CustomMessageResult, DeleteAgent, DeleteResult, IssueCertificate,
@@ -38,16 +38,43 @@ fn issued_json(issued: &Issued) -> serde_json::Value {
     })
 }
 
+/// An agent's record read under its shard's lock and fence, for one operation on it.
+pub(super) struct Held<'a> {
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+    fence: Fence,
+    uid: Uuid,
+    /// Ok(None): no such agent (or the uid is not one).
+    record: Result<Option<AgentRecord>, StoreError>,
+}
+
 impl Owner {
+    /// Takes the lock of agent `uid`'s shard and reads its record; None if this process does not
+    /// own the shard.
+    async fn hold(&self, uid: &[u8]) -> Option<Held<'_>> {
+        let shard = shard_of(uid);
+        let guard = self.shards.lock(shard).await;
+        let fence = self.fence_for(shard)?;
+        let (uid, record) = match Uuid::from_slice(uid) {
+            Ok(u) => (u, self.store.get_agent(u).await),
+            Err(_) => (Uuid::nil(), Ok(None)),
+        };
+        Some(Held {
+            _guard: guard,
+            fence,
+            uid,
+            record,
+        })
+    }
+
     /// The owner's side of a restart; None if this process does not own the shard.
     pub(super) async fn restart_here(&self, req: &RestartAgent) -> Option<RestartResult> {
-        let Ok(uid) = Uuid::from_slice(&req.instance_uid) else {
-            return Some(RestartResult::UnknownAgent);
-        };
-        let shard = shard_of(&req.instance_uid);
-        let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_for(shard)?;
-        let mut rec = match self.store.get_agent(uid).await {
+        let Held {
+            _guard,
+            fence,
+            uid,
+            record,
+        } = self.hold(&req.instance_uid).await?;
+        let mut rec = match record {
             Ok(Some(rec)) => rec,
             Ok(None) => return Some(RestartResult::UnknownAgent),
             Err(e) => {
@@ -114,12 +141,12 @@ impl Owner {
             unknown_agent: true,
             ..Default::default()
         };
-        let Ok(uid) = Uuid::from_slice(&req.instance_uid) else {
-            return Some(unknown);
-        };
-        let shard = shard_of(&req.instance_uid);
-        let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_for(shard)?;
+        let Held {
+            _guard,
+            fence,
+            uid,
+            record,
+        } = self.hold(&req.instance_uid).await?;
         let failed = |e: &dyn std::fmt::Display| {
             Some(CustomMessageResult {
                 error: e.to_string(),
@@ -132,7 +159,7 @@ impl Owner {
                 ..Default::default()
             })
         };
-        let mut rec = match self.store.get_agent(uid).await {
+        let mut rec = match record {
             Ok(Some(rec)) => rec,
             Ok(None) => return Some(unknown),
             Err(e) => return failed(&e),
@@ -218,22 +245,19 @@ impl Owner {
     /// The owner's side of a change of labels; None if this process does not own the agent's
     /// shard.
     pub(super) async fn labels_here(&self, req: SetLabels) -> Option<LabelsResult> {
-        let Ok(uid) = Uuid::from_slice(&req.instance_uid) else {
-            return Some(LabelsResult {
-                unknown_agent: true,
-                ..Default::default()
-            });
-        };
-        let shard = shard_of(&req.instance_uid);
-        let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_for(shard)?;
+        let Held {
+            _guard,
+            fence,
+            uid,
+            record,
+        } = self.hold(&req.instance_uid).await?;
         let failed = |e: &dyn std::fmt::Display| {
             Some(LabelsResult {
                 error: e.to_string(),
                 ..Default::default()
             })
         };
-        let mut rec = match self.store.get_agent(uid).await {
+        let mut rec = match record {
             Ok(Some(rec)) => rec,
             Ok(None) => {
                 return Some(LabelsResult {
@@ -286,13 +310,13 @@ impl Owner {
             unknown_agent: true,
             ..Default::default()
         };
-        let Ok(uid) = Uuid::from_slice(&req.instance_uid) else {
-            return Some(unknown);
-        };
-        let shard = shard_of(&req.instance_uid);
-        let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_for(shard)?;
-        let before = match self.store.get_agent(uid).await {
+        let Held {
+            _guard,
+            fence,
+            uid,
+            record,
+        } = self.hold(&req.instance_uid).await?;
+        let before = match record {
             Ok(Some(rec)) => rec,
             Ok(None) => return Some(unknown),
             Err(e) => {
@@ -316,7 +340,7 @@ impl Owner {
             }
             Ok(false) => Some(unknown),
             Err(StoreError::Fenced { .. }) => {
-                self.fenced(shard);
+                self.fenced(fence.shard);
                 None
             }
             Err(e) => Some(DeleteResult {
@@ -364,14 +388,10 @@ impl Owner {
 
     /// The owner's side of issuing a certificate; None if this process does not own the shard.
     pub(super) async fn issue_here(&self, req: &IssueCertificate) -> Option<IssuedCertificate> {
-        let uid_bytes = req.instance_uid.as_slice();
         let refuse = |error: String| IssuedCertificate {
             not_capable: true,
             error,
             ..Default::default()
-        };
-        let Ok(uid) = Uuid::from_slice(uid_bytes) else {
-            return Some(refuse("not an instance uid".into()));
         };
         let Some(issuer) = self.cfg.issuer.as_deref() else {
             return Some(refuse(
@@ -380,16 +400,19 @@ impl Owner {
                     .into(),
             ));
         };
-        let shard = shard_of(uid_bytes);
-        let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_for(shard)?;
+        let Held {
+            _guard,
+            fence,
+            uid,
+            record,
+        } = self.hold(&req.instance_uid).await?;
         let failed = |error: String| IssuedCertificate {
             error,
             ..Default::default()
         };
-        let mut rec = match self.store.get_agent(uid).await {
+        let mut rec = match record {
             Ok(Some(rec)) => rec,
-            Ok(None) => return Some(refuse(format!("no agent {uid}"))),
+            Ok(None) => return Some(refuse(format!("no agent {}", uid_text(&req.instance_uid)))),
             Err(e) => return Some(failed(format!("agent {uid} unreadable: {e}"))),
         };
         if !has(rec.capabilities, Cap::AcceptsOpAmpConnectionSettings) {

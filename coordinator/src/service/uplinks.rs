@@ -16,7 +16,7 @@ use flotilla_common::store::{AuditEntry, Deadline, Fence, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_common::telemetry::traces;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Uplink, UplinkReply, uplink};
-use flotilla_proto::opamp::{AgentToServer, ServerCapabilities};
+use flotilla_proto::opamp::{AgentToServer, ServerCapabilities, ServerToAgent};
 use futures_util::FutureExt;
 use prost::Message;
 use std::panic::AssertUnwindSafe;
@@ -281,12 +281,7 @@ impl Owner {
                 "uid_assigned"
             });
             return Some(UplinkReply {
-                new_instance_uid: out
-                    .reply
-                    .agent_identification
-                    .as_ref()
-                    .map(|a| a.new_instance_uid.clone())
-                    .unwrap_or_default(),
+                new_instance_uid: assigned_uid(&out.reply),
                 server_to_agent: out.reply.encode_to_vec(),
                 poll_interval_ms: millis(out.interval),
                 ..Default::default()
@@ -311,12 +306,7 @@ impl Owner {
             .uplink_seconds
             .observe(started.elapsed().as_secs_f64());
         Some(UplinkReply {
-            new_instance_uid: out
-                .reply
-                .agent_identification
-                .as_ref()
-                .map(|a| a.new_instance_uid.clone())
-                .unwrap_or_default(),
+            new_instance_uid: assigned_uid(&out.reply),
             server_to_agent: out.reply.encode_to_vec(),
             poll_interval_ms: millis(out.interval),
             ..Default::default()
@@ -410,6 +400,16 @@ impl Owner {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The uid a reply gives the agent (AgentIdentification), for the gateway to re-bind the
+/// connection to; empty when none.
+fn assigned_uid(reply: &ServerToAgent) -> Vec<u8> {
+    reply
+        .agent_identification
+        .as_ref()
+        .map(|a| a.new_instance_uid.clone())
+        .unwrap_or_default()
 }
 
 fn reply_of(server_to_agent: Vec<u8>) -> UplinkReply {

@@ -376,7 +376,6 @@ fn a_reply_too_large_defers_its_packages_then_drops_a_config_too_large_alone() {
 #[test]
 fn a_config_naming_a_component_the_build_lacks_is_not_sent_until_the_build_has_it() {
     use crate::fleet::agents::{config_failure, went_back};
-    use flotilla_proto::opamp::{AvailableComponents, ComponentDetails};
     let uid = Uuid::now_v7();
     let mut cfg = prod_config();
     let body = "receivers: {otlp: {}}\nexporters: {kafka: {}}";
@@ -384,21 +383,10 @@ fn a_config_naming_a_component_the_build_lacks_is_not_sent_until_the_build_has_i
     cfg.hash = hex::encode(configs::hash_of_files(&cfg.files));
     let configs = [cfg];
     let built = |exporters: &[&str]| {
-        let kind = |types: &[&str]| ComponentDetails {
-            sub_component_map: types
-                .iter()
-                .map(|t| (t.to_string(), ComponentDetails::default()))
-                .collect(),
-            ..Default::default()
-        };
-        Some(AvailableComponents {
-            components: [
-                ("receivers".to_string(), kind(&["otlp"])),
-                ("exporters".to_string(), kind(exporters)),
-            ]
-            .into(),
-            hash: exporters.join(",").into_bytes(),
-        })
+        Some(crate::fleet::components::build_of(&[
+            ("receivers", &["otlp"]),
+            ("exporters", exporters),
+        ]))
     };
     let mut first = full(uid, 0);
     first.available_components = built(&["debug"]);
