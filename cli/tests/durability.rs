@@ -146,6 +146,62 @@ async fn connect(url: &str, agent: &mut SimAgent) -> WsClient {
     ws
 }
 
+/// A custom message the API confirmed as queued, and a record moved to the new uid an agent
+/// asked for, are on disk before the confirmation: a kill -9 right after loses neither.
+#[tokio::test]
+async fn a_queued_custom_message_and_a_moved_record_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut srv = Standalone::start(dir.path(), &data, &[]);
+    let mut agent = SimAgent::new("otelcol", &[]);
+    agent.custom_capabilities = vec!["io.example.ping".into()];
+    let mut ws = connect(&srv.ws(), &mut agent).await;
+    let bye = agent.disconnect();
+    common::answered_ok(&mut ws, &bye).await;
+    let path = format!("/api/v1/agents/{}/custom-messages", agent.uid);
+    let (status, sent) = srv
+        .send(
+            reqwest::Method::POST,
+            &path,
+            json!({"capability": "io.example.ping", "type": "ping", "data": "kept"}),
+        )
+        .await;
+    assert_eq!((status, &sent["queued"]), (202, &json!(true)), "{sent}");
+    srv.proc.kill();
+    srv.restart();
+    let mut ws = WsClient::connect(&srv.ws()).await.unwrap();
+    let reply = common::answered_ok(&mut ws, &agent.full_report()).await;
+    let got = reply
+        .custom_message
+        .expect("the queued message, after the kill");
+    assert_eq!(got.data, b"kept");
+
+    // It asks for a new uid: its record, labels and all, is under the new uid after a kill -9.
+    let labels = format!("/api/v1/agents/{}/labels", agent.uid);
+    let (status, v) = srv
+        .send(
+            reqwest::Method::POST,
+            &labels,
+            json!({"set": {"ring": "canary"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let mut ask = agent.heartbeat();
+    ask.flags = flotilla_proto::opamp::AgentToServerFlags::RequestInstanceUid as u64;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reply = common::answered_ok(&mut ws, &ask).await;
+    let new = reply
+        .agent_identification
+        .expect("a new uid")
+        .new_instance_uid;
+    let new = uuid::Uuid::from_slice(&new).unwrap();
+    srv.proc.kill();
+    srv.restart();
+    let (status, moved) = srv.get(&format!("/api/v1/agents/{new}")).await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["labels"]["ring"], "canary", "{moved}");
+}
+
 /// Item 8: labels the API confirmed, and a certificate signed for an agent's CSR, are on disk
 /// before the reply: a kill -9 right after it loses neither.
 #[tokio::test]

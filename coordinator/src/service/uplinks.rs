@@ -252,7 +252,11 @@ impl Owner {
             out.reply.capabilities |= ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
         }
         let mut audit = None;
-        if let Some(rec) = out.record.as_mut() {
+        if let (Some(old), Some(rec)) = (out.moved_from.as_deref(), out.record.as_ref()) {
+            // The moved record is written with its audit entry (durable before the reply names
+            // the new uid); the CSR, if any, waits for a message under the new uid.
+            audit = moved_entry(old, rec);
+        } else if let Some(rec) = out.record.as_mut() {
             record_certificate(rec, &origin_seen);
             if let Some(csr) = csr {
                 match self.sign_csr(&csr, rec) {
@@ -295,8 +299,16 @@ impl Owner {
             Ok(false) => return None,
             Err(e) => return Some(self.store_failed(uid_sent, &e)),
         }
-        if let Some(old) = out.moved_from.as_deref() {
-            self.forget_moved(fence, old, rec).await;
+        if let Some(old) = out
+            .moved_from
+            .as_deref()
+            .and_then(|o| Uuid::from_slice(o).ok())
+        {
+            // Its record is safe under the new uid: a failure here leaves a disconnected
+            // duplicate for retention to remove, never a lost record.
+            if let Err(e) = self.store.delete_agent(fence, old, None).await {
+                warn!(error = %e, %old, "the record under an agent's old uid stays");
+            }
         }
         for kind in &out.events {
             self.events.emit(*kind, rec).await;
@@ -311,26 +323,6 @@ impl Owner {
             poll_interval_ms: millis(out.interval),
             ..Default::default()
         })
-    }
-
-    /// Removes the record an agent left behind under `old` when it took a new uid (its record,
-    /// `rec`, is stored under the new one), audited with the removal. A failure leaves a
-    /// disconnected duplicate for retention to remove, never a lost record.
-    async fn forget_moved(&self, fence: Fence, old: &[u8], rec: &AgentRecord) {
-        let (Ok(old), Some(new)) = (Uuid::from_slice(old), uid_of(rec)) else {
-            return;
-        };
-        let entry = audit::entry(
-            &format!("agent/{old}"),
-            "agent.new_uid",
-            format!("agent/{old}"),
-            Some(serde_json::json!({ "instance_uid": old.to_string() })),
-            Some(serde_json::json!({ "instance_uid": new.to_string() })),
-        );
-        match self.store.delete_agent(fence, old, Some(&entry)).await {
-            Ok(_) => info!(%old, %new, "agent took a new instance uid; its record moved"),
-            Err(e) => warn!(error = %e, %old, %new, "the record under an agent's old uid stays"),
-        }
     }
 
     /// The answer while the agent's state cannot be read or written: UNAVAILABLE with a retry
@@ -400,6 +392,19 @@ impl Owner {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The audit entry of an agent's record moving from uid `old` to `rec`'s (it asked for a new one).
+fn moved_entry(old: &[u8], rec: &AgentRecord) -> Option<AuditEntry> {
+    let (old, new) = (Uuid::from_slice(old).ok()?, uid_of(rec)?);
+    info!(%old, %new, "agent took a new instance uid; its record moves with it");
+    Some(audit::entry(
+        &format!("agent/{old}"),
+        "agent.new_uid",
+        format!("agent/{old}"),
+        Some(serde_json::json!({ "instance_uid": old.to_string() })),
+        Some(serde_json::json!({ "instance_uid": new.to_string() })),
+    ))
 }
 
 /// The uid a reply gives the agent (AgentIdentification), for the gateway to re-bind the
