@@ -2,7 +2,7 @@
 //! numbers, compression, full state on request, applying pushed configs, restart); [`client`] moves
 //! its messages over WebSocket or plain HTTP. Flotilla's tests use both directly; the
 //! `flotilla-swarm` binary runs thousands of them; [`supervisor`] adds the habits of the
-//! collector's OpAMP supervisor. Depends only on `flotilla-proto` (and a YAML parser).
+//! collector's OpAMP supervisor. Of Flotilla's crates it depends on `flotilla-proto` alone.
 
 pub mod client;
 pub mod sim;

@@ -207,10 +207,13 @@ impl SimAgent {
             || (self.apply.failure_rate > 0.0
                 && rand::rng().random_bool(self.apply.failure_rate.min(1.0)));
         // The supervisor runs what it composes; a config that does not compose fails.
-        let runs = match &self.supervisor {
-            Some(h) => supervisor::compose(&map, &self.uid.to_string())
-                .and_then(|m| h.check(&m).map(|()| m)),
-            None => Ok(map),
+        let (runs, remote) = match &self.supervisor {
+            Some(h) => {
+                let runs = supervisor::compose(&map, &self.uid.to_string())
+                    .and_then(|m| h.check(&m).map(|()| m));
+                (runs, Some(map))
+            }
+            None => (Ok(map), None),
         };
         let (status, error_message) = match runs {
             Err(why) => (RemoteConfigStatuses::Failed, why),
@@ -219,8 +222,9 @@ impl SimAgent {
                 "config rejected: invalid pipeline".to_string(),
             ),
             Ok(runs) => {
-                if let Some(h) = self.supervisor.as_mut() {
+                if let (Some(h), Some(remote)) = (self.supervisor.as_mut(), remote) {
                     h.composed = body_of(&runs);
+                    h.remote = remote;
                 }
                 self.effective = Some(runs);
                 (RemoteConfigStatuses::Applied, String::new())
@@ -275,6 +279,13 @@ impl SimAgent {
             .and_then(|id| Uuid::from_slice(&id.new_instance_uid).ok())
         {
             self.uid = uid;
+            // The supervisor composes its config again with the new service.instance.id.
+            if let Some(h) = self.supervisor.as_mut()
+                && let Ok(runs) = supervisor::compose(&h.remote, &uid.to_string())
+            {
+                h.composed = body_of(&runs);
+                self.effective = Some(runs);
+            }
         }
         if reply.command.is_some() {
             // A restart: a new process, so the sequence starts over with a full report.

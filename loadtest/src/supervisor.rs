@@ -41,6 +41,8 @@ pub struct Habits {
     pub collector_up: bool,
     /// The composed config the collector runs (JSON text), to tell a change from an equivalent.
     pub composed: String,
+    /// The remote config it runs, to compose again (a new instance uid changes its own sections).
+    pub remote: AgentConfigMap,
 }
 
 impl Habits {
@@ -76,6 +78,7 @@ impl Habits {
             components_asked: false,
             collector_up: false,
             composed: String::new(),
+            remote: AgentConfigMap::default(),
         }
     }
 

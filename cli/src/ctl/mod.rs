@@ -219,8 +219,19 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             data_file,
         }) => {
             let data = match (data, data_file) {
-                (_, Some(path)) => std::fs::read(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
+                (_, Some(path)) => {
+                    let len = std::fs::metadata(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                        .len();
+                    if len > 64 * 1024 {
+                        bail!(
+                            "{} is {len} bytes; a custom message carries at most 65536",
+                            path.display()
+                        );
+                    }
+                    std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                }
                 (Some(text), None) => text.into_bytes(),
                 (None, None) => Vec::new(),
             };

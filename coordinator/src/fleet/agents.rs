@@ -127,6 +127,15 @@ pub fn config_failure(rec: &AgentRecord) -> String {
     }
 }
 
+/// The first `max` bytes of `s` (fewer, to end on a character).
+pub fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 /// `bytes` written in hex is `hex` (lowercase), without writing it out.
 pub fn hex_eq(bytes: &[u8], hex: &str) -> bool {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

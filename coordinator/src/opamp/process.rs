@@ -5,7 +5,7 @@
 use super::desired::{desired_config, fill_offers, heartbeat_interval};
 use super::events::EventKind;
 use super::identity::certificate_names;
-use crate::fleet::agents::{attributes, effective_map, has, hex_eq};
+use crate::fleet::agents::{attributes, cut, effective_map, has, hex_eq};
 use crate::fleet::configs::{Aspect, Desired};
 use crate::fleet::drift;
 use flotilla_common::config::RecordLimits;
@@ -246,9 +246,13 @@ pub fn process(
     if merge(&mut rec, msg) {
         reply.flags |= ServerToAgentFlags::ReportAvailableComponents as u64;
     }
+    // What the agent reported is held to the record limit; custom messages waiting for it have
+    // their own bound (MAX_PENDING_CUSTOM_MESSAGES of at most 64 KiB) and must not lock it out.
+    let pending = std::mem::take(&mut rec.pending_custom_messages);
     if let Err(why) = ctx.limits.check_record(&rec) {
         return Outcome::refused(reply.instance_uid, why, ctx);
     }
+    rec.pending_custom_messages = pending;
     rec.last_seen_unix_ms = ctx.now_unix_ms;
     rec.unhealthy_since_unix_ms = match rec.health.as_ref().map(|h| h.healthy) {
         Some(false) if rec.unhealthy_since_unix_ms == 0 => ctx.now_unix_ms,
@@ -351,15 +355,6 @@ pub const KEPT_CUSTOM_DATA: usize = 4 * 1024;
 
 /// Bytes kept of a custom message's capability and type.
 const KEPT_CUSTOM_NAME: usize = 256;
-
-/// The first `max` bytes of `s` (fewer, to end on a character).
-fn cut(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
 
 /// Keeps a custom message the agent sent (its data cut at [`KEPT_CUSTOM_DATA`], the size as
 /// sent kept beside it), dropping the oldest past [`KEPT_CUSTOM_MESSAGES`].

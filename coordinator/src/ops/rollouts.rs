@@ -13,7 +13,7 @@ use super::docs::{ROLLOUTS, parse};
 use super::views::RolloutView;
 use super::{Caller, Error, Ops, Result};
 use crate::fleet::agents::{
-    ConfigStanding, RecordAttributes, config_failure, config_standing_seen, has, takes,
+    ConfigStanding, RecordAttributes, config_failure, config_standing_seen, cut, has, takes,
 };
 use crate::fleet::components;
 use crate::fleet::configs::{Aspect, Desired, resolve_among};
@@ -102,7 +102,8 @@ impl Target {
 /// reported failure, a rollback by the agent, a build that lacks components the version needs),
 /// with why; or unknown, for an agent sent the config that reports no status.
 fn outcome(rec: &AgentRecord, t: &Target, (now_ms, grace_ms): (u64, u64)) -> (Outcome, String) {
-    let failed = |why: String| (Outcome::Failed, why);
+    // An agent's own error text can be long: a rollout keeps the first 512 bytes.
+    let failed = |why: String| (Outcome::Failed, cut(&why, 512));
     let target = &t.config;
     let (mut applied, mut unknown) = (true, false);
     if !target.files.is_empty() && has(rec.capabilities, Cap::AcceptsRemoteConfig) {

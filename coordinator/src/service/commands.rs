@@ -223,9 +223,6 @@ impl Owner {
             data: req.data.clone(),
             expires_unix_ms: now.saturating_add(millis(self.cfg.command_ttl)),
         });
-        if let Err(why) = self.cfg.limits.check_record(&rec) {
-            return refused(why);
-        }
         match self
             .save_or_drop(fence, &rec, Deadline::Keep, Some(&how("queued")))
             .await

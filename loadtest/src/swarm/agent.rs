@@ -9,6 +9,7 @@ use crate::client::{HttpClient, WsClient, WsEvent};
 use crate::sim::SimAgent;
 use flotilla_proto::opamp::{AgentToServer, RemoteConfigStatuses, ServerToAgent};
 use rand::Rng;
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -247,7 +248,8 @@ async fn ws_session(
     stats.connected(t.elapsed());
     let _connected = Connected(shared);
     // A new connection starts with the full state.
-    let mut outbox = vec![life.agent.full_report()];
+    // First in, first out: messages go in the order (and so the sequence) they were made.
+    let mut outbox = VecDeque::from([life.agent.full_report()]);
     let mut replied = false;
     // Agents of a real fleet started at different times: the first heartbeat comes at a random
     // point of the interval, so heartbeats are spread evenly rather than in waves.
@@ -270,7 +272,7 @@ async fn ws_session(
             due = None;
             outbox.extend(life.agent.finish_apply());
         }
-        if let Some(msg) = outbox.pop() {
+        if let Some(msg) = outbox.pop_front() {
             let sent = Instant::now();
             life.note_sent(shared, &msg);
             if ws.send(&msg).await.is_err() {
@@ -334,7 +336,9 @@ async fn ws_session(
                 }
             }
             // Woken for the heartbeat, applying or leaving.
-            Ok(None) if Instant::now() >= next_heartbeat => outbox.push(life.agent.heartbeat()),
+            Ok(None) if Instant::now() >= next_heartbeat => {
+                outbox.push_back(life.agent.heartbeat())
+            }
             Ok(None) => {}
             Err(kind) => {
                 return End::Lost {
@@ -379,7 +383,7 @@ async fn http_session(
     };
     // A poller counts as connected while its polls are answered.
     let mut connected: Option<Connected> = None;
-    let mut outbox = vec![life.agent.full_report()];
+    let mut outbox = VecDeque::from([life.agent.full_report()]);
     let mut replied = false;
     let mut due: Option<Instant> = None;
     loop {
@@ -392,7 +396,7 @@ async fn http_session(
             due = None;
             outbox.extend(life.agent.finish_apply());
         }
-        let msg = outbox.pop().unwrap_or_else(|| life.agent.heartbeat());
+        let msg = outbox.pop_front().unwrap_or_else(|| life.agent.heartbeat());
         life.note_sent(shared, &msg);
         let sent = Instant::now();
         let post = tokio::select! {

@@ -361,6 +361,15 @@ impl ServeConfig {
         if !self.gateway && !self.coordinator {
             return invalid("--roles must name at least one of: gateway, coordinator".into());
         }
+        if self.signing_ca.is_none()
+            && (self.opamp_advertise_url.is_some() || self.opamp_server_ca.is_some())
+        {
+            return invalid(
+                "--opamp-advertise-url and --opamp-server-ca go into the certificates offered to \
+                 agents: they need --signing-ca-cert and --signing-ca-key"
+                    .into(),
+            );
+        }
         for (name, value) in [("--region", &self.region), ("--node-id", &self.node_id)] {
             if !is_subject_token(value) {
                 return invalid(format!(

@@ -203,8 +203,17 @@ fn security_flags_are_checked() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("must be a ws://, wss://"), "{err}");
+    let err = ServeConfig::load(ServeArgs {
+        opamp_advertise_url: Some("wss://opamp.example:4320/v1/opamp".into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("need --signing-ca-cert"), "{err}");
     let c = ServeConfig::load(ServeArgs {
         opamp_advertise_url: Some("wss://opamp.example:4320/v1/opamp".into()),
+        signing_ca_cert: Some("ca.pem".into()),
+        signing_ca_key: Some("ca-key.pem".into()),
         ..Default::default()
     })
     .unwrap();

@@ -618,3 +618,36 @@ fn queued_custom_messages_go_one_per_reply_while_declared_and_unexpired_and_surv
     assert!(out.reply.custom_message.is_none());
     assert!(out.record.unwrap().pending_custom_messages.is_empty());
 }
+
+#[test]
+fn custom_messages_waiting_for_an_agent_do_not_count_against_its_record_limit() {
+    use flotilla_proto::bus::PendingCustomMessage;
+    use flotilla_proto::opamp::CustomCapabilities;
+    let uid = Uuid::now_v7();
+    let mut first = full(uid, 0);
+    first.custom_capabilities = Some(CustomCapabilities {
+        capabilities: vec!["io.example.ping".into()],
+    });
+    let mut rec = process(None, first, ws(), &ctx(&[])).record.unwrap();
+    let mut tight = ctx(&[]);
+    tight.limits = Box::leak(Box::new(RecordLimits {
+        max_record_bytes: 4096,
+        ..RecordLimits::default()
+    }));
+    rec.pending_custom_messages = (0..8)
+        .map(|i| PendingCustomMessage {
+            capability: "io.example.ping".into(),
+            r#type: format!("m{i}"),
+            data: vec![0; 64 * 1024],
+            expires_unix_ms: NOW + 1000,
+        })
+        .collect();
+    let out = process(Some(rec), heartbeat(uid, 1), ws(), &tight);
+    assert!(
+        out.reply.error_response.is_none(),
+        "{:?}",
+        out.reply.error_response
+    );
+    assert_eq!(out.reply.custom_message.unwrap().r#type, "m0");
+    assert_eq!(out.record.unwrap().pending_custom_messages.len(), 7);
+}

@@ -9,6 +9,7 @@ use crate::fleet::configs::{self, Aspect, Desired};
 use crate::fleet::redact::Redactor;
 use crate::opamp::desired::desired_config;
 use base64::Engine;
+use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{AgentRecord, Drift, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, ComponentHealth, KeyValue, PackageStatusEnum, RemoteConfigStatuses,
@@ -371,6 +372,8 @@ impl AgentDetail {
             pending_custom_messages: rec
                 .pending_custom_messages
                 .iter()
+                // An expired one is dropped at the agent's next message; not waiting any more.
+                .filter(|m| m.expires_unix_ms > now_unix_ms())
                 .map(|m| PendingCustomMessageView {
                     capability: m.capability.clone(),
                     kind: m.r#type.clone(),
