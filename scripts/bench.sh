@@ -51,7 +51,9 @@ swarm=$bin/flotilla-swarm
 pki=$out/pki
 "$flotilla" certs init --out "$pki" --clients 1 >/dev/null
 tls=(--ca "$pki/ca.pem" --cert "$pki/client-1.pem" --key "$pki/client-1-key.pem")
-server_tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --client-ca "$pki/ca.pem")
+# Every swarm agent presents the one client certificate, which names one instance uid: the
+# identity rule that holds agents to the uid their certificate names is off for the benchmark.
+server_tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --client-ca "$pki/ca.pem" --agent-identity none)
 
 pids=()
 cleanup() {
@@ -106,6 +108,8 @@ run standalone-steady "${standalone_url[@]}" --scenario steady --agents "$agents
   --heartbeat 10s --connect-rate 2000 --duration "$steady"
 run standalone-rollout "${standalone_url[@]}" --scenario rollout --agents "$agents" \
   --heartbeat 10s --connect-rate 2000 --api http://127.0.0.1:4321 --duration 120s
+run standalone-rollout-supervisor "${standalone_url[@]}" --scenario rollout --agents "$agents" \
+  --heartbeat 10s --connect-rate 2000 --api http://127.0.0.1:4321 --duration 120s --supervisor
 run standalone-churn "${standalone_url[@]}" --scenario churn --agents "$((agents / 10))" \
   --heartbeat 10s --churn 0.05 --duration "$churn_for"
 kill "$standalone_pid"; wait "$standalone_pid" 2>/dev/null || true

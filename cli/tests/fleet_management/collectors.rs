@@ -665,6 +665,15 @@ async fn an_equivalent_config_under_a_new_hash_that_gets_no_status_counts_as_app
     );
     assert_eq!(view["desired_config"]["hash"], v2.as_str(), "{view}");
     assert_eq!(view["config_state"], "applied", "it runs v2: {view}");
+    // Sent once: not again with every reply.
+    for _ in 0..3 {
+        let hb = agent.heartbeat();
+        assert_eq!(
+            converse(&mut ws, &mut agent, vec![hb]).await,
+            0,
+            "v2 sent again"
+        );
+    }
 
     // A change that is not equivalent (another pipeline) is not taken for applied: pending
     // until the agent reports it.

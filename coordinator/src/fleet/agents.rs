@@ -52,6 +52,10 @@ pub fn reports_config_status(rec: &AgentRecord) -> bool {
 
 /// Where `rec` stands with config files of hash `want`.
 pub fn config_standing(rec: &AgentRecord, want: &str) -> ConfigStanding {
+    // Not sent: the agent's build lacks components it names (whether it reports status or not).
+    if rec.rejected_by_server && hex_eq(&rec.rejected_config_hash, want) {
+        return ConfigStanding::Failed;
+    }
     if !reports_config_status(rec) {
         return if hex_eq(&rec.offered_config_hash, want) {
             ConfigStanding::Unknown
@@ -82,15 +86,15 @@ pub fn config_standing(rec: &AgentRecord, want: &str) -> ConfigStanding {
 /// supervisor sends no status for a config that composes to what it already runs.
 pub fn config_standing_seen(rec: &AgentRecord, want: &str) -> ConfigStanding {
     match config_standing(rec, want) {
-        ConfigStanding::Pending
-            if reports_config_status(rec)
-                && rec.runs_desired
-                && hex_eq(&rec.drift_checked_hash, want) =>
-        {
-            ConfigStanding::Applied
-        }
+        ConfigStanding::Pending if runs_equivalent(rec, want) => ConfigStanding::Applied,
         standing => standing,
     }
+}
+
+/// Whether an agent that reports its status runs exactly config `want` (its effective config,
+/// past the supervisor's own sections), whatever hash it reports.
+pub fn runs_equivalent(rec: &AgentRecord, want: &str) -> bool {
+    reports_config_status(rec) && rec.runs_desired && hex_eq(&rec.drift_checked_hash, want)
 }
 
 /// Whether the agent refused a config and now reports another (it went back to its previous one,

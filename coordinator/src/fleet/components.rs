@@ -47,7 +47,8 @@ pub fn needed(files: &BTreeMap<String, ConfigFile>) -> Vec<String> {
 }
 
 /// The entries of `needs` (`kind/type`) that `rec`'s build lacks. Empty when the agent has not
-/// reported its components (nothing is known, so nothing is held back).
+/// reported its components, and a kind it reports nothing of is not held against it (nothing is
+/// known, so nothing is held back).
 pub fn missing(rec: &AgentRecord, needs: &[String]) -> Vec<String> {
     let Some(have) = rec
         .available_components
@@ -67,7 +68,7 @@ pub fn missing(rec: &AgentRecord, needs: &[String]) -> Vec<String> {
             let types = have
                 .get(kind)
                 .or_else(|| have.get(kind.trim_end_matches('s')));
-            !types.is_some_and(|t| t.sub_component_map.contains_key(ty))
+            types.is_some_and(|t| !t.sub_component_map.contains_key(ty))
         })
         .cloned()
         .collect()
@@ -148,6 +149,11 @@ mod tests {
         assert_eq!(missing(&rec, &needs), ["exporters/kafka"]);
         let singular = built_with(&[("receiver", &["otlp"]), ("exporter", &["kafka"])]);
         assert!(missing(&singular, &needs).is_empty());
+        let no_exporters_listed = built_with(&[("receivers", &["otlp"])]);
+        assert!(
+            missing(&no_exporters_listed, &needs).is_empty(),
+            "unknown, not lacking"
+        );
         assert!(missing(&AgentRecord::default(), &needs).is_empty());
         let hash_only = AgentRecord {
             available_components: Some(AvailableComponents {

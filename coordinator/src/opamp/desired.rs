@@ -3,13 +3,17 @@
 //! it, or may have lost it).
 
 use super::offers;
-use crate::fleet::agents::{ConfigStanding, config_standing, has, takes, uid_of};
+use crate::fleet::agents::{
+    ConfigStanding, config_standing, has, hex_eq, runs_equivalent, takes, uid_of,
+};
 use crate::fleet::components;
 use crate::fleet::configs::{Aspect, Desired};
 use flotilla_common::selector::Attributes;
 use flotilla_common::store::StoredConfig;
 use flotilla_proto::bus::AgentRecord;
-use flotilla_proto::opamp::{AgentCapabilities as Cap, PackagesAvailable, ServerToAgent};
+use flotilla_proto::opamp::{
+    AgentCapabilities as Cap, PackagesAvailable, RemoteConfigStatuses, ServerToAgent,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -32,7 +36,13 @@ pub(super) fn fill_offers(
 ) {
     let files = desired_config(rec, attrs, desired, Aspect::Files);
     refuse_unbuildable(rec, files, desired);
-    if let Some(cfg) = files.filter(|c| config_standing(rec, &c.hash) == ConfigStanding::Pending) {
+    // A config the agent already runs under another hash (the supervisor sends no status for
+    // it) goes once per session, not with every reply.
+    let due = |rec: &AgentRecord, c: &StoredConfig| {
+        config_standing(rec, &c.hash) == ConfigStanding::Pending
+            && !(runs_equivalent(rec, &c.hash) && hex_eq(&rec.offered_config_hash, &c.hash))
+    };
+    if let Some(cfg) = files.filter(|c| due(rec, c)) {
         rec.offered_config_hash = hex::decode(&cfg.hash).unwrap_or_default();
         reply.remote_config = Some(offers::remote_config_message(cfg));
     }
@@ -72,7 +82,10 @@ pub(super) fn fill_offers(
 /// Notes (or lifts) the server's refusal of config `files` for an agent whose build lacks
 /// components it needs: such a config is not sent and stands failed, with what is missing.
 fn refuse_unbuildable(rec: &mut AgentRecord, files: Option<&StoredConfig>, desired: &Desired) {
-    let lacking = files.map(|c| (c, components::missing(rec, &desired.needs(c))));
+    // What the agent says of a config wins over what its components suggest.
+    let lacking = files
+        .filter(|c| !reports_taking(rec, &c.hash))
+        .map(|c| (c, components::missing(rec, &desired.needs(c))));
     match lacking {
         Some((c, missing)) if !missing.is_empty() => {
             rec.rejected_config_hash = hex::decode(&c.hash).unwrap_or_default();
@@ -89,6 +102,17 @@ fn refuse_unbuildable(rec: &mut AgentRecord, files: Option<&StoredConfig>, desir
         }
         _ => {}
     }
+}
+
+/// Whether the agent reports applying or running config `hash`.
+fn reports_taking(rec: &AgentRecord, hash: &str) -> bool {
+    rec.remote_config_status.as_ref().is_some_and(|s| {
+        hex_eq(&s.last_remote_config_hash, hash)
+            && matches!(
+                s.status(),
+                RemoteConfigStatuses::Applied | RemoteConfigStatuses::Applying
+            )
+    })
 }
 
 /// Counts a repeated settings offer against the agent's allowance; false when it is spent.

@@ -61,9 +61,12 @@ pub struct Outcome {
     pub interval: Duration,
     /// What the record noted about the reply's offers, as it was before them.
     before_offers: OfferMarks,
-    /// The uid the record moved from (the agent asked for a new one): remove that record once
-    /// this one is stored.
-    pub moved_from: Option<Vec<u8>>,
+    /// The agent asked for a new uid: its old record, marked as moved (`moved_to`), stored once
+    /// the record under the new uid is.
+    pub left_behind: Option<AgentRecord>,
+    /// The agent used its new uid for the first time: remove the marker left under this old uid
+    /// once its record is stored.
+    pub forget: Option<Uuid>,
 }
 
 /// The parts of a record that say what has been offered or queued for the agent.
@@ -109,7 +112,8 @@ impl Outcome {
             events: Vec::new(),
             interval: ctx.heartbeat_interval,
             before_offers: OfferMarks::default(),
-            moved_from: None,
+            left_behind: None,
+            forget: None,
         }
     }
 
@@ -136,6 +140,15 @@ impl Outcome {
     pub fn fit(&mut self, max: usize) -> Option<usize> {
         if self.reply.encoded_len() <= max {
             return None;
+        }
+        // A custom message goes back to the queue first (its own message is due later).
+        if self.reply.custom_message.take().is_some()
+            && let Some(rec) = self.record.as_mut()
+        {
+            rec.pending_custom_messages = self.before_offers.pending_custom_messages.clone();
+            if self.reply.encoded_len() <= max {
+                return None;
+            }
         }
         if self.reply.packages_available.take().is_some() {
             if let Some(rec) = self.record.as_mut() {
@@ -174,24 +187,45 @@ pub fn process(
     let kept = (!requested || named)
         .then(|| Uuid::from_slice(&msg.instance_uid).ok())
         .flatten();
+    // An agent that was given a new uid but still uses its old one (the reply was lost): told
+    // the same new uid again; nothing is stored.
+    if let Some(marker) = stored.as_ref().filter(|r| !r.moved_to.is_empty()) {
+        reply.agent_identification = Some(AgentIdentification {
+            new_instance_uid: marker.moved_to.clone(),
+        });
+        reply.flags |= ServerToAgentFlags::ReportFullState as u64;
+        return Outcome::nothing_stored(reply, ctx);
+    }
     let Some(uid) = kept else {
         reply.flags |= ServerToAgentFlags::ReportFullState as u64;
         // A known agent that asks for a new uid takes its record along (labels, certificate
-        // binding, history): a uid in the same shard, so this owner stores the move, and no
-        // ghost is left under the old one.
+        // binding, history): a uid in the same shard, so this owner stores the move; the old
+        // record stays as a marker until the agent uses the new uid, so a lost reply is answered
+        // with the same uid again.
         let moved = stored
             .filter(|_| origin.client_cert_uids.is_empty())
             .and_then(|rec| Some((rec, same_shard_uid(&msg.instance_uid)?)));
-        if let Some((mut rec, new)) = moved {
+        if let Some((old, new)) = moved {
+            let new = new.as_bytes().to_vec();
             reply.agent_identification = Some(AgentIdentification {
-                new_instance_uid: new.as_bytes().to_vec(),
+                new_instance_uid: new.clone(),
             });
-            rec.instance_uid = new.as_bytes().to_vec();
+            let marker = AgentRecord {
+                instance_uid: old.instance_uid.clone(),
+                moved_to: new.clone(),
+                status: AgentStatus::Disconnected as i32,
+                first_seen_unix_ms: old.first_seen_unix_ms,
+                last_seen_unix_ms: ctx.now_unix_ms,
+                ..Default::default()
+            };
+            let mut rec = old;
+            rec.instance_uid = new;
+            rec.moved_from.clone_from(&msg.instance_uid);
             rec.status = AgentStatus::Connected as i32;
             rec.origin = Some(origin);
             rec.last_seen_unix_ms = ctx.now_unix_ms;
-            let interval =
-                heartbeat_interval(&rec, &attributes(&rec), ctx.desired, ctx.heartbeat_interval);
+            let attrs = attributes(&rec);
+            let interval = heartbeat_interval(&rec, &attrs, ctx.desired, ctx.heartbeat_interval);
             let deadline = silence_deadline(&rec, interval).map_or(Deadline::Clear, Deadline::Arm);
             return Outcome {
                 reply,
@@ -200,7 +234,8 @@ pub fn process(
                 events: Vec::new(),
                 interval,
                 before_offers: OfferMarks::default(),
-                moved_from: Some(msg.instance_uid),
+                left_behind: Some(marker),
+                forget: None,
             };
         }
         let new = match origin.client_cert_uids.as_slice() {
@@ -224,6 +259,10 @@ pub fn process(
         first_seen_unix_ms: ctx.now_unix_ms,
         ..Default::default()
     });
+    // The first message under a uid the agent was given: the marker under its old uid goes.
+    let forget = (!rec.moved_from.is_empty())
+        .then(|| Uuid::from_slice(&std::mem::take(&mut rec.moved_from)).ok())
+        .flatten();
     let before = EventFacts::of(&rec);
     let leaving = msg.agent_disconnect.is_some();
     // A new session (a restart, a gap) that does not say which connection settings the agent
@@ -304,7 +343,8 @@ pub fn process(
         events,
         interval,
         before_offers,
-        moved_from: None,
+        left_behind: None,
+        forget,
     }
 }
 

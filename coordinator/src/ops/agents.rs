@@ -288,9 +288,7 @@ impl Ops {
     /// The agents' counts by status and health.
     pub async fn fleet_health(&self, _caller: &Caller) -> Result<FleetHealth> {
         let mut h = FleetHealth::default();
-        self.store()
-            .visit_agents(&|_| true, &mut |a| h.count(a))
-            .await?;
+        self.visit_fleet(&mut |a| h.count(a)).await?;
         Ok(h)
     }
 
@@ -298,9 +296,7 @@ impl Ops {
     pub async fn fleet_overview(&self, _caller: &Caller) -> Result<FleetOverview> {
         let desired = self.desired.current();
         let mut b = OverviewBuilder::default();
-        self.store()
-            .visit_agents(&|_| true, &mut |a| b.add(a, &desired))
-            .await?;
+        self.visit_fleet(&mut |a| b.add(a, &desired)).await?;
         Ok(b.finish())
     }
 
@@ -310,15 +306,14 @@ impl Ops {
         // one page.
         let desired = self.desired.current();
         let mut keyed: Vec<(String, Uuid)> = Vec::new();
-        self.store()
-            .visit_agents(&|_| true, &mut |a| {
-                if let Some(config) = q.matches(a, &desired)
-                    && let Ok(uid) = Uuid::from_slice(&a.instance_uid)
-                {
-                    keyed.push((q.sort.of(a, config), uid));
-                }
-            })
-            .await?;
+        self.visit_fleet(&mut |a| {
+            if let Some(config) = q.matches(a, &desired)
+                && let Ok(uid) = Uuid::from_slice(&a.instance_uid)
+            {
+                keyed.push((q.sort.of(a, config), uid));
+            }
+        })
+        .await?;
         if q.sort == SortKey::Uid {
             keyed.sort_unstable_by_key(|(_, uid)| *uid);
         } else {
@@ -359,10 +354,14 @@ impl Ops {
     }
 
     async fn record_of(&self, uid: Uuid) -> Result<AgentRecord> {
-        self.store()
-            .get_agent(uid)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no agent {uid}")))
+        match self.store().get_agent(uid).await? {
+            None => Err(Error::NotFound(format!("no agent {uid}"))),
+            Some(marker) if !marker.moved_to.is_empty() => Err(Error::NotFound(format!(
+                "no agent {uid}: it took the new instance uid {}",
+                flotilla_common::names::uid_text(&marker.moved_to)
+            ))),
+            Some(rec) => Ok(rec),
+        }
     }
 
     /// Everything known of one agent (secrets in its effective config redacted).

@@ -115,13 +115,12 @@ impl Ops {
     /// `view` with how many agents `selector` matches now, and a warning when none does.
     async fn with_matches(&self, mut view: ConfigView, selector: &Selector) -> Result<ConfigView> {
         let mut n = 0;
-        self.store()
-            .visit_agents(&|_| true, &mut |rec| {
-                if selector.matches(&RecordAttributes(rec)) {
-                    n += 1;
-                }
-            })
-            .await?;
+        self.visit_fleet(&mut |rec| {
+            if selector.matches(&RecordAttributes(rec)) {
+                n += 1;
+            }
+        })
+        .await?;
         if n == 0 {
             let which = if selector.is_empty() {
                 "no agent is known yet".to_owned()

@@ -35,7 +35,8 @@ use crate::fleet::redact::Redactor;
 use flotilla_common::bus::{Bus, BusMessage};
 use flotilla_common::config::DEFAULT_MAX_MESSAGE_SIZE;
 use flotilla_common::names::Subjects;
-use flotilla_common::store::Store;
+use flotilla_common::store::{Store, StoreError};
+use flotilla_proto::bus::AgentRecord;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::warn;
@@ -114,6 +115,21 @@ impl Ops {
 
     pub(crate) fn store(&self) -> &dyn Store {
         self.store.as_ref()
+    }
+
+    /// Visits every agent of the fleet: every record but the markers left under the old uid of
+    /// an agent that took a new one (its record is under the new uid).
+    pub(crate) async fn visit_fleet(
+        &self,
+        visit: &mut (dyn FnMut(&AgentRecord) + Send),
+    ) -> std::result::Result<(), StoreError> {
+        self.store
+            .visit_agents(&|_| true, &mut |rec| {
+                if rec.moved_to.is_empty() {
+                    visit(rec);
+                }
+            })
+            .await
     }
 
     /// Tells every coordinator (this one included) that desired state changed in the store: this

@@ -51,16 +51,15 @@ impl Ops {
             ));
         }
         let mut uids = Vec::new();
-        self.store()
-            .visit_agents(&|_| true, &mut |rec| {
-                if selector.matches(&RecordAttributes(rec))
-                    && has(rec.capabilities, Cap::AcceptsRestartCommand)
-                    && let Ok(uid) = Uuid::from_slice(&rec.instance_uid)
-                {
-                    uids.push(uid);
-                }
-            })
-            .await?;
+        self.visit_fleet(&mut |rec| {
+            if selector.matches(&RecordAttributes(rec))
+                && has(rec.capabilities, Cap::AcceptsRestartCommand)
+                && let Ok(uid) = Uuid::from_slice(&rec.instance_uid)
+            {
+                uids.push(uid);
+            }
+        })
+        .await?;
         uids.sort_unstable();
         let job = RestartJob {
             id: Uuid::now_v7().to_string(),

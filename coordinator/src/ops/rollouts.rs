@@ -107,11 +107,14 @@ fn outcome(rec: &AgentRecord, t: &Target, (now_ms, grace_ms): (u64, u64)) -> (Ou
     let target = &t.config;
     let (mut applied, mut unknown) = (true, false);
     if !target.files.is_empty() && has(rec.capabilities, Cap::AcceptsRemoteConfig) {
+        let standing = config_standing_seen(rec, &target.hash);
+        // What the agent says of the version wins over what its components suggest.
+        let reported = matches!(standing, ConfigStanding::Applied | ConfigStanding::Applying);
         let missing = components::missing(rec, &t.needs);
-        if !missing.is_empty() {
+        if !reported && !missing.is_empty() {
             return failed(format!("its build lacks {}", missing.join(", ")));
         }
-        match config_standing_seen(rec, &target.hash) {
+        match standing {
             ConfigStanding::Applied => {}
             ConfigStanding::Failed => return failed(config_failure(rec)),
             // Sent, and it will never say how it went: neither a success nor a failure.
@@ -210,23 +213,22 @@ impl Ops {
         };
         let (mut candidates, mut incompatible) = (0, 0);
         let mut incompatible_agents = Vec::new();
-        self.store()
-            .visit_agents(&|_| true, &mut |rec| {
-                if !candidate(rec, &desired, &target) {
-                    return;
+        self.visit_fleet(&mut |rec| {
+            if !candidate(rec, &desired, &target) {
+                return;
+            }
+            candidates += 1;
+            let missing = components::missing(rec, &needs);
+            if takes_files(rec) && !missing.is_empty() {
+                incompatible += 1;
+                if incompatible_agents.len() < MAX_FAILURES_SHOWN {
+                    let uid = Uuid::from_slice(&rec.instance_uid).unwrap_or_default();
+                    incompatible_agents
+                        .push(format!("{uid}: its build lacks {}", missing.join(", ")));
                 }
-                candidates += 1;
-                let missing = components::missing(rec, &needs);
-                if takes_files(rec) && !missing.is_empty() {
-                    incompatible += 1;
-                    if incompatible_agents.len() < MAX_FAILURES_SHOWN {
-                        let uid = Uuid::from_slice(&rec.instance_uid).unwrap_or_default();
-                        incompatible_agents
-                            .push(format!("{uid}: its build lacks {}", missing.join(", ")));
-                    }
-                }
-            })
-            .await?;
+            }
+        })
+        .await?;
         Ok(RolloutPlan {
             config: target.name.clone(),
             version: target.version,
@@ -276,22 +278,21 @@ impl Ops {
         // another one.
         let mut held: Option<(Uuid, String)> = None;
         let mut candidates = 0usize;
-        self.store()
-            .visit_agents(&|_| true, &mut |rec| {
-                let Ok(uid) = Uuid::from_slice(&rec.instance_uid) else {
-                    return;
-                };
-                if !candidate(rec, &desired, &target) {
-                    return;
-                }
-                candidates += 1;
-                if held.is_none()
-                    && let Some(other) = desired.enrolled.get(&uid)
-                {
-                    held = Some((uid, other.clone()));
-                }
-            })
-            .await?;
+        self.visit_fleet(&mut |rec| {
+            let Ok(uid) = Uuid::from_slice(&rec.instance_uid) else {
+                return;
+            };
+            if !candidate(rec, &desired, &target) {
+                return;
+            }
+            candidates += 1;
+            if held.is_none()
+                && let Some(other) = desired.enrolled.get(&uid)
+            {
+                held = Some((uid, other.clone()));
+            }
+        })
+        .await?;
         if candidates == 0 && !req.allow_empty {
             return Err(Error::Conflict(format!(
                 "no agent would take version {} of {:?} now: its selector matches none, or they \
@@ -454,25 +455,29 @@ impl Ops {
         let mut outcomes = HashMap::new();
         let mut failures = HashMap::new();
         let mut candidates: Vec<(bool, Uuid)> = Vec::new();
-        self.store()
-            .visit_agents(&|_| true, &mut |rec| {
-                let Ok(uid) = Uuid::from_slice(&rec.instance_uid) else {
-                    return;
-                };
-                if enrolled.contains(&uid) {
-                    let (o, why) = outcome(rec, &target, (now, grace));
-                    if o == Outcome::Failed {
-                        failures.insert(uid, why);
-                    }
-                    outcomes.insert(uid, o);
-                } else if desired.enrolled.get(&uid).is_none_or(|n| *n == r.config)
-                    && candidate(rec, &desired, &target.config)
-                {
-                    let connected = rec.status == AgentStatus::Connected as i32;
-                    candidates.push((!connected, uid));
+        self.visit_fleet(&mut |rec| {
+            let Ok(uid) = Uuid::from_slice(&rec.instance_uid) else {
+                return;
+            };
+            if enrolled.contains(&uid) {
+                let (o, why) = outcome(rec, &target, (now, grace));
+                if o == Outcome::Failed {
+                    failures.insert(uid, why);
                 }
-            })
-            .await?;
+                outcomes.insert(uid, o);
+            } else if desired.enrolled.get(&uid).is_none_or(|n| *n == r.config)
+                && candidate(rec, &desired, &target.config)
+            {
+                let connected = rec.status == AgentStatus::Connected as i32;
+                candidates.push((!connected, uid));
+            }
+        })
+        .await?;
+        // An enrolled agent whose record is gone (removed, or moved to a new uid) cannot be
+        // waited on: it settles its phase as unknown.
+        for uid in &enrolled {
+            outcomes.entry(*uid).or_insert(Outcome::Unknown);
+        }
         // Connected agents first (they can apply now), then by uid: a stable order.
         candidates.sort_unstable();
         let candidates: Vec<Uuid> = candidates.into_iter().map(|(_, u)| u).collect();

@@ -260,7 +260,12 @@ impl Owner {
         let mut overview = OverviewBuilder::default();
         let owned = |s| self.shards.fence(s).is_some();
         self.store
-            .visit_agents(&owned, &mut |a| overview.add(a, &desired))
+            .visit_agents(&owned, &mut |a| {
+                // Not the marker left under the old uid of an agent that took a new one.
+                if a.moved_to.is_empty() {
+                    overview.add(a, &desired);
+                }
+            })
             .await
             .map_err(|e| e.to_string())?;
         let o = overview.finish();

@@ -252,10 +252,10 @@ impl Owner {
             out.reply.capabilities |= ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
         }
         let mut audit = None;
-        if let (Some(old), Some(rec)) = (out.moved_from.as_deref(), out.record.as_ref()) {
+        if let (Some(marker), Some(rec)) = (out.left_behind.as_ref(), out.record.as_ref()) {
             // The moved record is written with its audit entry (durable before the reply names
             // the new uid); the CSR, if any, waits for a message under the new uid.
-            audit = moved_entry(old, rec);
+            audit = moved_entry(&marker.instance_uid, rec);
         } else if let Some(rec) = out.record.as_mut() {
             record_certificate(rec, &origin_seen);
             if let Some(csr) = csr {
@@ -299,16 +299,21 @@ impl Owner {
             Ok(false) => return None,
             Err(e) => return Some(self.store_failed(uid_sent, &e)),
         }
-        if let Some(old) = out
-            .moved_from
-            .as_deref()
-            .and_then(|o| Uuid::from_slice(o).ok())
+        // The agent's record is safe under its new uid: what is left under the old one is a
+        // marker (answering a retry with the same new uid), removed when the new uid is used. A
+        // failure here leaves a duplicate for retention to remove, never a lost record.
+        if let Some(marker) = &out.left_behind
+            && let Err(e) = self
+                .store
+                .save_agent(fence, marker, Deadline::Clear, None)
+                .await
         {
-            // Its record is safe under the new uid: a failure here leaves a disconnected
-            // duplicate for retention to remove, never a lost record.
-            if let Err(e) = self.store.delete_agent(fence, old, None).await {
-                warn!(error = %e, %old, "the record under an agent's old uid stays");
-            }
+            warn!(error = %e, "the record under an agent's old uid stays as it was");
+        }
+        if let Some(old) = out.forget
+            && let Err(e) = self.store.delete_agent(fence, old, None).await
+        {
+            warn!(error = %e, %old, "the marker under an agent's old uid stays");
         }
         for kind in &out.events {
             self.events.emit(*kind, rec).await;

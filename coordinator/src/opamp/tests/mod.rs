@@ -237,7 +237,12 @@ fn a_known_agent_that_asks_for_a_new_uid_takes_its_record_along_in_the_same_shar
         "the same owner stores the move"
     );
     assert!(full_state_asked(&out));
-    assert_eq!(out.moved_from.as_deref(), Some(old.as_bytes().as_slice()));
+    let marker = out.left_behind.expect("a marker under the old uid");
+    assert_eq!(
+        (marker.instance_uid.as_slice(), marker.moved_to.as_slice()),
+        (old.as_bytes().as_slice(), new.as_slice())
+    );
+    assert!(marker.labels.is_empty(), "the record itself moves");
     let moved = out.record.expect("stored under the new uid");
     assert_eq!(moved.instance_uid, new);
     assert_eq!(moved.labels["ring"], "canary");
@@ -248,10 +253,23 @@ fn a_known_agent_that_asks_for_a_new_uid_takes_its_record_along_in_the_same_shar
     );
     assert!(matches!(out.deadline, Deadline::Arm(_)));
 
-    // Its next message, under the new uid, finds the record.
+    // The reply was lost: the agent asks again under its old uid and is told the same new uid.
+    let mut again = heartbeat(old, 2);
+    again.flags = AgentToServerFlags::RequestInstanceUid as u64;
+    let retry = process(Some(marker), again, ws(), &ctx(&[]));
+    assert_eq!(
+        retry.reply.agent_identification.unwrap().new_instance_uid,
+        new
+    );
+    assert!(retry.record.is_none() && retry.left_behind.is_none());
+
+    // Its first message under the new uid finds the record, and the marker is to go.
     let uid = Uuid::from_slice(&new).unwrap();
     let out = process(Some(moved), full(uid, 2), ws(), &ctx(&[]));
-    assert_eq!(out.record.unwrap().labels["ring"], "canary");
+    assert_eq!(out.forget, Some(old));
+    let rec = out.record.unwrap();
+    assert_eq!(rec.labels["ring"], "canary");
+    assert!(rec.moved_from.is_empty());
 }
 
 #[test]

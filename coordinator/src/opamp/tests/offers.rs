@@ -419,3 +419,71 @@ fn a_config_naming_a_component_the_build_lacks_is_not_sent_until_the_build_has_i
     let rec = out.record.unwrap();
     assert!(!rec.rejected_by_server && rec.rejected_config_hash.is_empty());
 }
+
+#[test]
+fn an_unbuildable_config_is_not_sent_to_an_agent_without_status_and_a_report_of_running_it_wins() {
+    use crate::fleet::components::build_of;
+    let uid = Uuid::now_v7();
+    let mut cfg = prod_config();
+    cfg.files.get_mut("c.yaml").unwrap().body = "exporters: {kafka: {}}".into();
+    cfg.hash = hex::encode(configs::hash_of_files(&cfg.files));
+    let configs = [cfg];
+    // The supervisor's default: it takes configs, says nothing of how they went.
+    let mut first = full(uid, 0);
+    first.capabilities &= !(Cap::ReportsRemoteConfig as u64);
+    first.available_components = Some(build_of(&[("exporters", &["debug"])]));
+    let out = process(None, first, ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none(), "not sent");
+    let rec = out.record.unwrap();
+    assert_eq!(
+        config_standing(&rec, &configs[0].hash),
+        ConfigStanding::Failed
+    );
+    let out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&configs));
+    assert!(out.reply.remote_config.is_none());
+
+    // An agent that reports running it (it got it elsewhere, or names the type otherwise) is
+    // believed over its component list.
+    let other = Uuid::now_v7();
+    let mut report = full(other, 0);
+    report.available_components = Some(build_of(&[("exporters", &["debug"])]));
+    report.remote_config_status = Some(RemoteConfigStatus {
+        last_remote_config_hash: hex::decode(&configs[0].hash).unwrap(),
+        status: RemoteConfigStatuses::Applied as i32,
+        error_message: String::new(),
+    });
+    let rec = process(None, report, ws(), &ctx(&configs)).record.unwrap();
+    assert!(!rec.rejected_by_server);
+    assert_eq!(
+        config_standing(&rec, &configs[0].hash),
+        ConfigStanding::Applied
+    );
+}
+
+#[test]
+fn a_custom_message_waits_for_a_later_reply_rather_than_push_a_config_out_of_it() {
+    use flotilla_proto::bus::PendingCustomMessage;
+    use flotilla_proto::opamp::CustomCapabilities;
+    let uid = Uuid::now_v7();
+    let configs = [prod_config()];
+    let mut first = full(uid, 0);
+    first.custom_capabilities = Some(CustomCapabilities {
+        capabilities: vec!["io.example.ping".into()],
+    });
+    let mut rec = process(None, first, ws(), &ctx(&[])).record.unwrap();
+    rec.pending_custom_messages = vec![PendingCustomMessage {
+        capability: "io.example.ping".into(),
+        r#type: "big".into(),
+        data: vec![0; 8 * 1024],
+        expires_unix_ms: NOW + 1000,
+    }];
+    let mut out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&configs));
+    assert!(out.reply.custom_message.is_some() && out.reply.remote_config.is_some());
+    // Room for the config, not for both.
+    let max = out.reply.encoded_len() - 1024;
+    assert_eq!(out.fit(max), None);
+    assert!(out.reply.remote_config.is_some(), "the config goes");
+    assert!(out.reply.custom_message.is_none());
+    let rec = out.record.unwrap();
+    assert_eq!(rec.pending_custom_messages.len(), 1, "the message waits");
+}
