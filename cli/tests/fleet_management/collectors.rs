@@ -699,3 +699,56 @@ async fn an_equivalent_config_under_a_new_hash_that_gets_no_status_counts_as_app
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn a_rollout_does_not_wait_for_an_agent_whose_record_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let mut a = SimAgent::new("otelcol", &[("env", "prod")]);
+    let mut b = SimAgent::new("otelcol", &[("env", "prod")]);
+    let mut ws_a = WsClient::connect(&srv.ws_url).await.unwrap();
+    let mut ws_b = WsClient::connect(&srv.ws_url).await.unwrap();
+    for (ws, agent) in [(&mut ws_a, &mut a), (&mut ws_b, &mut b)] {
+        let first = agent.full_report();
+        converse(ws, agent, vec![first]).await;
+    }
+    put_otel(&srv, "v1").await;
+    for (ws, agent) in [(&mut ws_a, &mut a), (&mut ws_b, &mut b)] {
+        take_push(ws, agent).await;
+    }
+    let (status, v2) = srv
+        .put(
+            "/api/v1/configs/otel",
+            json!({"selector": "env=prod", "files": {"collector.yaml": collector_yaml("v2")},
+                   "activate": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v2}");
+    let (status, r) = srv
+        .post_json(
+            "/api/v1/rollouts",
+            json!({"config": "otel", "phases": {"percentages": [100]}, "soak": "1s"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    // A applies v2; B never answers the push, and is then removed.
+    take_push(&mut ws_a, &mut a).await;
+    let removed = reqwest::Client::new()
+        .delete(format!("{}/api/v1/agents/{}", srv.api, b.uid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let done = srv
+        .wait_for(&format!("/api/v1/rollouts/{id}"), WAIT, |r| {
+            r["state"] == "completed"
+        })
+        .await;
+    assert_eq!(
+        (&done["applied"], &done["unknown"], &done["pending"]),
+        (&json!(1), &json!(1), &json!(0)),
+        "{done}"
+    );
+    srv.stop().await;
+}
