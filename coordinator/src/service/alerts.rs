@@ -13,11 +13,11 @@ use crate::fleet::rollout::{Rollout, State as RolloutState};
 use crate::opamp::desired::desired_config;
 use crate::ops::docs::{ROLLOUTS, parse};
 use crate::ops::views::config_state;
-use flotilla_common::names::{shard_of, uid_text};
+use flotilla_common::names::{SHARD_COUNT, shard_of, uid_text};
 use flotilla_common::store::Doc;
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::AgentRecord;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tracing::{info, warn};
 
 /// The store collection of alert books.
@@ -142,7 +142,13 @@ impl Owner {
         let now = now_unix_ms();
         let desired = self.desired.current();
         let mut holding: BTreeMap<String, Vec<Condition>> = BTreeMap::new();
-        let owned = |s| self.shards.fence(s).is_some();
+        // The shards owned when the pass starts, for the whole pass: a shard taken over while it
+        // runs would otherwise have its book read (and its alerts judged resolved) without its
+        // agents having been looked at.
+        let owned_now: HashSet<u16> = (0..SHARD_COUNT)
+            .filter(|s| self.shards.fence(*s).is_some())
+            .collect();
+        let owned = |s: u16| owned_now.contains(&s);
         self.store
             .visit_agents(&owned, &mut |rec| {
                 for c in conditions(rec, &desired, &cfg.kinds) {
@@ -154,7 +160,7 @@ impl Owner {
             })
             .await
             .map_err(|e| format!("cannot read agents: {e}"))?;
-        let stepping_rollouts = self.shards.fence(0).is_some();
+        let stepping_rollouts = owned(0);
         if stepping_rollouts {
             let rollouts: Vec<Rollout> = self
                 .store
