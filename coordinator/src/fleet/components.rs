@@ -24,11 +24,12 @@ const KINDS: [&str; 5] = [
 /// sorted, each once; the files composed as the supervisor composes them. Empty for files that do
 /// not compose into a map (not YAML, not a collector config).
 pub fn needed(files: &BTreeMap<String, ConfigFile>) -> Vec<String> {
-    let bodies = files
-        .iter()
-        .map(|(name, f)| (name.clone(), f.body.clone()))
-        .collect();
-    let Some(Value::Object(root)) = drift::compose(&bodies) else {
+    drift::compose_files(files).map_or_else(Vec::new, |c| needed_in(&c))
+}
+
+/// [`needed`] of a config already composed.
+pub fn needed_in(composed: &Value) -> Vec<String> {
+    let Value::Object(root) = composed else {
         return Vec::new();
     };
     let mut out = Vec::new();

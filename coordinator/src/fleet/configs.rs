@@ -9,7 +9,7 @@
 //! `len(name) name len(content_type) content_type len(body) body` (lengths as 8-byte big-endian):
 //! the same files always give the same hash, on every node and every build.
 
-use super::components;
+use super::{components, drift};
 use flotilla_common::selector::Attributes;
 use flotilla_common::store::{ConfigFile, StoredConfig};
 use flotilla_proto::opamp::AgentConfigMap;
@@ -48,9 +48,26 @@ pub struct Desired {
     pub rollouts: HashMap<String, RolloutTarget>,
     /// Which rollout (config name) each enrolled agent is in: at most one per agent.
     pub enrolled: HashMap<Uuid, String>,
-    /// The components (`kind/type`) each config's files need, by hash: read once per desired
-    /// state, checked against each agent's build before its config is sent.
-    needs: HashMap<String, Vec<String>>,
+    /// Each config's files composed as the supervisor composes them (None: they do not compose),
+    /// and the components (`kind/type`) they need, by hash: read once per desired state, for
+    /// drift and each agent's build, instead of once per agent message.
+    parsed: HashMap<String, Parsed>,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    composed: Option<serde_json::Value>,
+    needs: Vec<String>,
+}
+
+impl Parsed {
+    fn of(c: &StoredConfig) -> Self {
+        let composed = drift::compose_files(&c.files);
+        let needs = composed
+            .as_ref()
+            .map_or_else(Vec::new, components::needed_in);
+        Self { composed, needs }
+    }
 }
 
 #[derive(Debug)]
@@ -70,17 +87,24 @@ impl Desired {
     }
 
     fn note_needs(&mut self, c: &StoredConfig) {
-        if !self.needs.contains_key(&c.hash) {
-            self.needs
-                .insert(c.hash.clone(), components::needed(&c.files));
+        if !self.parsed.contains_key(&c.hash) {
+            self.parsed.insert(c.hash.clone(), Parsed::of(c));
         }
     }
 
     /// The components (`kind/type`) config `c`'s files need.
     pub fn needs(&self, c: &StoredConfig) -> Cow<'_, [String]> {
-        match self.needs.get(&c.hash) {
-            Some(n) => Cow::Borrowed(n),
+        match self.parsed.get(&c.hash) {
+            Some(p) => Cow::Borrowed(&p.needs),
             None => Cow::Owned(components::needed(&c.files)),
+        }
+    }
+
+    /// Config `c`'s files composed as the supervisor composes them; None when they do not.
+    pub fn composed(&self, c: &StoredConfig) -> Option<Cow<'_, serde_json::Value>> {
+        match self.parsed.get(&c.hash) {
+            Some(p) => p.composed.as_ref().map(Cow::Borrowed),
+            None => drift::compose_files(&c.files).map(Cow::Owned),
         }
     }
 

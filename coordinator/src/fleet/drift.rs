@@ -9,6 +9,7 @@
 //! sets is in the effective config with the same value; `service.extensions` may list more.
 
 use super::yaml;
+use flotilla_common::store::ConfigFile;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -54,6 +55,15 @@ pub fn compose(files: &BTreeMap<String, String>) -> Option<Value> {
         }
     }
     Some(out)
+}
+
+/// [`compose`] of a stored config's files.
+pub fn compose_files(files: &BTreeMap<String, ConfigFile>) -> Option<Value> {
+    let bodies = files
+        .iter()
+        .map(|(name, f)| (name.clone(), f.body.clone()))
+        .collect();
+    compose(&bodies)
 }
 
 /// Whether `effective` holds every value `desired` sets (see the module's doc); lists must be

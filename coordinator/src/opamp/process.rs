@@ -432,14 +432,9 @@ fn refresh_drift(
             .map(|(k, f)| (k.clone(), String::from_utf8_lossy(&f.body).into_owned()))
             .collect::<BTreeMap<_, _>>()
     });
-    let want_files = want.map(|c| {
-        c.files
-            .iter()
-            .map(|(k, f)| (k.clone(), f.body.clone()))
-            .collect::<BTreeMap<_, _>>()
-    });
-    let judged = match (want_files, effective) {
-        (Some(want), Some(have)) => drift::compose(&want).zip(drift::compose(&have)),
+    // The desired config is composed once per version (Desired), the effective one here.
+    let judged = match (want.and_then(|c| desired.composed(c)), effective) {
+        (Some(want), Some(have)) => drift::compose(&have).map(|have| (want, have)),
         _ => None,
     };
     rec.runs_desired = judged
