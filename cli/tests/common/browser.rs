@@ -5,7 +5,6 @@ use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,13 +38,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
-        // Its own process group: chromium runs in it too, and goes with it however the test ends
-        // (a panicking test must not leave a browser running).
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
             .spawn()
             .expect("chromedriver starts");
         let profile = tempfile::tempdir().unwrap();
@@ -196,17 +192,8 @@ impl Browser {
         }
     }
 
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
-        // Drop ends the driver and the browser.
-    }
-
-    /// Kills chromedriver's process group (the browser with it) and reaps the driver.
-    fn kill_group(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.driver.id())])
-            .stderr(Stdio::null())
-            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -214,6 +201,6 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        self.kill_group();
+        let _ = self.driver.kill();
     }
 }
