@@ -43,6 +43,19 @@ async fn put_otel(srv: &Server, note: &str) -> String {
     v["hash"].as_str().unwrap().to_owned()
 }
 
+/// Stores `yaml` as the next version of config "otel" for env=prod without activating it (for
+/// a rollout); the stored version.
+async fn stage_otel(srv: &Server, yaml: String) -> Value {
+    let (status, v) = srv
+        .put(
+            "/api/v1/configs/otel",
+            json!({"selector": "env=prod", "files": {"collector.yaml": yaml}, "activate": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
 #[tokio::test]
 async fn a_config_the_agent_rolled_back_from_counts_as_failed_and_is_not_pushed_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,13 +140,7 @@ async fn agents_that_report_no_config_status_get_each_config_once_and_do_not_sta
         .collect();
     put_otel(&srv, "v1").await;
     let fleet = Fleet::start(&srv.ws_url, agents).await;
-    let (_, v2) = srv
-        .put(
-            "/api/v1/configs/otel",
-            json!({"selector": "env=prod", "files": {"collector.yaml": collector_yaml("v2")},
-                   "activate": false}),
-        )
-        .await;
+    let v2 = stage_otel(&srv, collector_yaml("v2")).await;
     assert_eq!(v2["version"], 2, "{v2}");
     let (status, r) = srv
         .post_json(
@@ -513,14 +520,7 @@ async fn a_config_naming_a_component_an_agents_build_lacks_is_not_sent_to_it_and
     }
 
     // v2 sends to Kafka: staged, then rolled out to both in one phase.
-    let (status, v2) = srv
-        .put(
-            "/api/v1/configs/otel",
-            json!({"selector": "env=prod", "files": {"collector.yaml": kafka_yaml("v2")},
-                   "activate": false}),
-        )
-        .await;
-    assert_eq!(status, 200, "{v2}");
+    let v2 = stage_otel(&srv, kafka_yaml("v2")).await;
     let (status, r) = srv
         .post_json(
             "/api/v1/rollouts",
@@ -716,14 +716,7 @@ async fn a_rollout_does_not_wait_for_an_agent_whose_record_is_gone() {
     for (ws, agent) in [(&mut ws_a, &mut a), (&mut ws_b, &mut b)] {
         take_push(ws, agent).await;
     }
-    let (status, v2) = srv
-        .put(
-            "/api/v1/configs/otel",
-            json!({"selector": "env=prod", "files": {"collector.yaml": collector_yaml("v2")},
-                   "activate": false}),
-        )
-        .await;
-    assert_eq!(status, 200, "{v2}");
+    stage_otel(&srv, collector_yaml("v2")).await;
     let (status, r) = srv
         .post_json(
             "/api/v1/rollouts",

@@ -7,7 +7,7 @@ use crate::fleet::agents::attributes;
 use crate::fleet::configs::{self, Aspect, Desired};
 use flotilla_common::config::RecordLimits;
 use flotilla_common::store::{AgentSettings, ConfigFile, Deadline, PackageOffer, StoredConfig};
-use flotilla_proto::bus::{AgentStatus, Origin, Transport};
+use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentDescription, AgentDisconnect, AgentToServer, AgentToServerFlags,
     AnyValue, CommandType, ComponentHealth, KeyValue, RemoteConfigStatus, RemoteConfigStatuses,
@@ -103,6 +103,16 @@ fn prod_config() -> StoredConfig {
         created_by: String::new(),
         comment: String::new(),
     }
+}
+
+/// The record of agent `uid` after a full report that declares custom capability
+/// `io.example.ping`.
+fn declaring_ping(uid: Uuid) -> AgentRecord {
+    let mut first = full(uid, 0);
+    first.custom_capabilities = Some(flotilla_proto::opamp::CustomCapabilities {
+        capabilities: vec!["io.example.ping".into()],
+    });
+    process(None, first, ws(), &ctx(&[])).record.unwrap()
 }
 
 fn full_state_asked(o: &Outcome) -> bool {
@@ -585,14 +595,9 @@ fn custom_message_names_are_cut_and_supervisors_are_judged_by_their_own_heartbea
 
 #[test]
 fn queued_custom_messages_go_one_per_reply_while_declared_and_unexpired_and_survive_a_refusal() {
-    use flotilla_proto::bus::{AgentRecord, PendingCustomMessage};
-    use flotilla_proto::opamp::CustomCapabilities;
+    use flotilla_proto::bus::PendingCustomMessage;
     let uid = Uuid::now_v7();
-    let mut first = full(uid, 0);
-    first.custom_capabilities = Some(CustomCapabilities {
-        capabilities: vec!["io.example.ping".into()],
-    });
-    let mut rec = process(None, first, ws(), &ctx(&[])).record.unwrap();
+    let mut rec = declaring_ping(uid);
     let pending = |capability: &str, kind: &str, expires_unix_ms: u64| PendingCustomMessage {
         capability: capability.into(),
         r#type: kind.into(),
@@ -640,13 +645,8 @@ fn queued_custom_messages_go_one_per_reply_while_declared_and_unexpired_and_surv
 #[test]
 fn custom_messages_waiting_for_an_agent_do_not_count_against_its_record_limit() {
     use flotilla_proto::bus::PendingCustomMessage;
-    use flotilla_proto::opamp::CustomCapabilities;
     let uid = Uuid::now_v7();
-    let mut first = full(uid, 0);
-    first.custom_capabilities = Some(CustomCapabilities {
-        capabilities: vec!["io.example.ping".into()],
-    });
-    let mut rec = process(None, first, ws(), &ctx(&[])).record.unwrap();
+    let mut rec = declaring_ping(uid);
     let mut tight = ctx(&[]);
     tight.limits = Box::leak(Box::new(RecordLimits {
         max_record_bytes: 4096,

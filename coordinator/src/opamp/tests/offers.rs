@@ -463,14 +463,9 @@ fn an_unbuildable_config_is_not_sent_to_an_agent_without_status_and_a_report_of_
 #[test]
 fn a_custom_message_waits_for_a_later_reply_rather_than_push_a_config_out_of_it() {
     use flotilla_proto::bus::PendingCustomMessage;
-    use flotilla_proto::opamp::CustomCapabilities;
     let uid = Uuid::now_v7();
     let configs = [prod_config()];
-    let mut first = full(uid, 0);
-    first.custom_capabilities = Some(CustomCapabilities {
-        capabilities: vec!["io.example.ping".into()],
-    });
-    let mut rec = process(None, first, ws(), &ctx(&[])).record.unwrap();
+    let mut rec = declaring_ping(uid);
     rec.pending_custom_messages = vec![PendingCustomMessage {
         capability: "io.example.ping".into(),
         r#type: "big".into(),
