@@ -25,13 +25,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The interop test drives agents built on the Python OpAMP client (plain HTTP).
+# The interop tests drive agents built on the Python OpAMP client (plain HTTP), and agents that
+# send their own metrics with the OpenTelemetry SDK's OTLP/HTTP exporter.
 venv="target/interop-venv"
-if ! "$venv/bin/python" -c 'import opentelemetry._opamp' 2>/dev/null; then
-  echo "==> installing opentelemetry-opamp-client into $venv"
+if ! "$venv/bin/python" -c 'import opentelemetry._opamp, opentelemetry.exporter.otlp.proto.http.metric_exporter' 2>/dev/null; then
+  echo "==> installing opentelemetry-opamp-client and the OpenTelemetry SDK into $venv"
   mkdir -p target
-  python3 -m venv "$venv" || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$venv"; }
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "opentelemetry-opamp-client==0.5b0"
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv "$venv"; }
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "opentelemetry-opamp-client==0.5b0" \
+    "opentelemetry-sdk==1.45.2" "opentelemetry-exporter-otlp-proto-http==1.45.2"
 fi
 export FLOTILLA_INTEROP_PYTHON="$PWD/$venv/bin/python"
 

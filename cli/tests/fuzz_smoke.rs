@@ -1,12 +1,14 @@
 //! A short, seeded, stable-toolchain run of the fuzz targets' code paths (fuzz/fuzz_targets): the
 //! committed seeds plus mutations of them (bit flips, truncations, insertions) through the
-//! WebSocket frame and OpAMP state machine, the HTTP body decoder and the CSR signer. No input may
-//! panic. The coverage-guided runs are `cargo +nightly fuzz run <target>` (docs/security.md).
+//! WebSocket frame and OpAMP state machine, the HTTP body decoder, agents' own-metrics exports
+//! (gateway and rollup) and the CSR signer. No input may panic. The coverage-guided runs are
+//! `cargo +nightly fuzz run <target>` (docs/security.md).
 
 use bytes::Bytes;
 use flotilla_common::codec::decode_ws_frame;
 use flotilla_common::pki::Ca;
 use flotilla_coordinator::fleet::configs::Desired;
+use flotilla_coordinator::fleet::own_metrics::fold;
 use flotilla_coordinator::opamp::{Ctx, process};
 use flotilla_gateway::decode_body;
 use flotilla_loadtest::sim::SimAgent;
@@ -78,6 +80,7 @@ fn websocket_messages_never_panic_the_state_machine() {
         desired: &desired,
         limits: &flotilla_common::config::RecordLimits::default(),
         hold_restart: false,
+        agent_metrics: &flotilla_common::config::AgentMetricsOffer::Gateway,
     };
     let mut agent = SimAgent::new("otelcol", &[("env", "prod")]);
     let real = [0u8]
@@ -125,6 +128,24 @@ fn http_bodies_never_panic_the_decoder() {
         }
     });
     assert!(too_large > 0, "the bomb is stopped at the limit");
+}
+
+#[test]
+fn own_metrics_exports_never_panic_the_gateway_or_the_rollup() {
+    let mut kept = 0;
+    run("otlp_metrics", vec![], |data| {
+        let Ok(export) = flotilla_gateway::otlp::samples_of(data, None, 1_700_000_000_000) else {
+            return;
+        };
+        for mut s in export.samples {
+            let mut rollup = None;
+            fold(&mut rollup, &s);
+            s.at_unix_ms += 10_000;
+            assert!(fold(&mut rollup, &s));
+            kept += 1;
+        }
+    });
+    assert!(kept > 0, "some exports are kept");
 }
 
 #[test]

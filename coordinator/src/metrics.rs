@@ -25,6 +25,7 @@ pub struct OwnerMetrics {
     pub uplink_seconds: Histogram,
     pub pushes: Family<Labels, Counter>,
     pub events: Family<Labels, Counter>,
+    pub own_metrics: Family<Labels, Counter>,
     pub agents: Family<Labels, Gauge>,
     pub agents_health: Family<Labels, Gauge>,
     pub agents_config: Family<Labels, Gauge>,
@@ -49,6 +50,7 @@ impl OwnerMetrics {
             uplink_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             pushes: Family::default(),
             events: Family::default(),
+            own_metrics: Family::default(),
             agents: Family::default(),
             agents_health: Family::default(),
             agents_config: Family::default(),
@@ -84,6 +86,13 @@ impl OwnerMetrics {
             "agent_events",
             "Agent events emitted, by kind",
             m.events.clone(),
+        );
+        r.register(
+            "own_metrics_samples",
+            "Agents' own-metrics samples from gateways, by outcome (kept; unknown_agent: no such \
+             agent; identity: its certificate may not speak for the agent; stale: older than the \
+             last kept; store_error)",
+            m.own_metrics.clone(),
         );
         r.register(
             "agents",

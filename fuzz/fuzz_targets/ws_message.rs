@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         desired: &desired,
         limits: &flotilla_common::config::RecordLimits::default(),
         hold_restart: false,
+        agent_metrics: &flotilla_common::config::AgentMetricsOffer::Gateway,
     };
     let first = process(None, msg.clone(), Origin::default(), &ctx);
     let known = AgentRecord {

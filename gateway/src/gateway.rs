@@ -32,6 +32,8 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 /// The OpAMP endpoint path.
 pub const OPAMP_PATH: &str = "/v1/opamp";
+/// Where agents send their own metrics (OTLP/HTTP), on the OpAMP listener.
+pub const METRICS_PATH: &str = flotilla_common::names::OWN_METRICS_PATH;
 
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -92,6 +94,8 @@ pub struct Gateway {
     /// Bytes of incomplete agent messages over all connections.
     inflight: Arc<Inflight>,
     pub(crate) metrics: Metrics,
+    /// Agents' own metrics waiting for their owners.
+    pub(crate) own_metrics_queue: crate::metrics_queue::MetricsQueue,
 }
 
 impl Gateway {
@@ -111,6 +115,7 @@ impl Gateway {
             next_connection: AtomicU64::new(1),
             refused: RefusedCerts::default(),
             metrics,
+            own_metrics_queue: Default::default(),
         })
     }
 
@@ -140,6 +145,11 @@ impl Gateway {
                 }
             }
             .instrument(info_span!("downlink")),
+        );
+        tracker.spawn(
+            self.clone()
+                .flush_own_metrics(cancel.clone())
+                .instrument(info_span!("own_metrics")),
         );
         info!(gateway = %self.cfg.gateway_id, addr = ?listener.local_addr().ok(), "gateway accepting agents");
         loop {
@@ -321,8 +331,33 @@ impl Gateway {
         }
     }
 
-    pub(crate) fn origin(&self, transport: Transport, conn: &ConnInfo) -> Origin {
+    /// Where a request reached this gateway (`https://host:port`, from its Host header), for
+    /// offers of the gateway's own endpoints; empty when the header is missing or odd.
+    pub(crate) fn authority(&self, headers: &http::HeaderMap) -> String {
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 255
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+            });
+        match host {
+            Some(h) if self.cfg.tls.is_some() => format!("https://{h}"),
+            Some(h) => format!("http://{h}"),
+            None => String::new(),
+        }
+    }
+
+    pub(crate) fn origin(
+        &self,
+        transport: Transport,
+        conn: &ConnInfo,
+        authority: String,
+    ) -> Origin {
         Origin {
+            authority,
             gateway_id: self.cfg.gateway_id.clone(),
             connection_id: self.next_connection.fetch_add(1, Ordering::Relaxed),
             transport: transport as i32,
@@ -378,7 +413,7 @@ impl Gateway {
             .await
     }
 
-    async fn request_owner(
+    pub(crate) async fn request_owner(
         &self,
         instance_uid: &[u8],
         uplink: Uplink,

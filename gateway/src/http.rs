@@ -1,7 +1,7 @@
 //! Request routing on the OpAMP port and the plain-HTTP transport: one POST carries one
 //! AgentToServer (optionally gzipped) and gets one ServerToAgent back.
 
-use crate::gateway::{Gateway, OPAMP_PATH};
+use crate::gateway::{Gateway, METRICS_PATH, OPAMP_PATH};
 use crate::guard::ConnInfo;
 use bytes::Bytes;
 use flate2::Compression;
@@ -79,10 +79,14 @@ impl Gateway {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
             return self.reject("connection_cap", r);
         };
-        if req.uri().path() != OPAMP_PATH {
+        let own_metrics = req.uri().path() == METRICS_PATH;
+        if req.uri().path() != OPAMP_PATH && !own_metrics {
             return text(
                 StatusCode::NOT_FOUND,
-                format!("the OpAMP endpoint is {OPAMP_PATH}"),
+                format!(
+                    "the OpAMP endpoint is {OPAMP_PATH}; agents' own metrics (OTLP/HTTP) go to \
+                     {METRICS_PATH}"
+                ),
             );
         }
         if let Some(left) = conn
@@ -112,6 +116,9 @@ impl Gateway {
             return self.reject("unauthorized", r);
         }
         slot.establish();
+        if own_metrics {
+            return self.own_metrics(req, &conn).await;
+        }
         if header_has(req.headers(), CONTENT_TYPE, PROTOBUF) {
             if req.method() != Method::POST {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "plain-HTTP OpAMP uses POST");
@@ -134,25 +141,8 @@ impl Gateway {
             .messages
             .get_or_create(&vec![("transport", "http"), ("direction", "in")])
             .inc();
-        let gzipped = match req
-            .headers()
-            .get(CONTENT_ENCODING)
-            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-        {
-            None => false,
-            Some(e) if e == "identity" => false,
-            Some(e) if e == "gzip" => true,
-            Some(e) => {
-                return self.reject(
-                    "encoding",
-                    text(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                        format!("unsupported Content-Encoding {e:?}; use gzip or none"),
-                    ),
-                );
-            }
-        };
         let accepts_gzip = header_has(req.headers(), ACCEPT_ENCODING, "gzip");
+        let authority = self.authority(req.headers());
         let header_uid = req
             .headers()
             .get("opamp-instance-uid")
@@ -167,39 +157,9 @@ impl Gateway {
             );
         }
 
-        let max = self.cfg.max_message_size;
-        let too_large = || {
-            text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("AgentToServer larger than the {max}-byte limit"),
-            )
-        };
-        let read = Limited::new(req.into_body(), max).collect();
-        let body = match tokio::time::timeout(self.cfg.limits.handshake_timeout, read).await {
-            Err(_) => {
-                let r = text(StatusCode::REQUEST_TIMEOUT, "request body too slow");
-                return self.reject("body_timeout", r);
-            }
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return self.reject("too_large", too_large());
-            }
-            Ok(Err(e)) => {
-                debug!(error = %e, "request body not read");
-                return text(StatusCode::BAD_REQUEST, "request body could not be read");
-            }
-        };
-        conn.activity.settled();
-        let body = match decode_body(body, gzipped, max) {
+        let body = match self.read_body(req, conn, "AgentToServer").await {
             Ok(b) => b,
-            Err(BodyError::TooLarge) => return self.reject("too_large", too_large()),
-            Err(BodyError::BadGzip(e)) => {
-                let r = text(
-                    StatusCode::BAD_REQUEST,
-                    format!("request body is not valid gzip: {e}"),
-                );
-                return self.reject("bad_request", r);
-            }
+            Err(r) => return r,
         };
 
         let msg = match AgentToServer::decode(body.as_ref()) {
@@ -233,7 +193,7 @@ impl Gateway {
             let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
             return self.reject("identity", protobuf(StatusCode::FORBIDDEN, reply, false));
         }
-        let origin = self.origin(Transport::Http, conn);
+        let origin = self.origin(Transport::Http, conn, authority);
         match self.forward(&body, &msg.instance_uid, &origin).await {
             Ok(reply) if reply.close_connection => {
                 self.refuse_certificate(conn);
@@ -276,6 +236,72 @@ impl Gateway {
         }
     }
 
+    /// The body of a request on this connection: at most `max_message_size` bytes (after gunzip,
+    /// with `Content-Encoding: gzip`), read within the handshake timeout. Err: the answer to give.
+    pub(crate) async fn read_body(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        what: &str,
+    ) -> Result<Bytes, HttpResponse> {
+        let gzipped = match req
+            .headers()
+            .get(CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+        {
+            None => false,
+            Some(e) if e == "identity" => false,
+            Some(e) if e == "gzip" => true,
+            Some(e) => {
+                return Err(self.reject(
+                    "encoding",
+                    text(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        format!("unsupported Content-Encoding {e:?}; use gzip or none"),
+                    ),
+                ));
+            }
+        };
+        let max = self.cfg.max_message_size;
+        let too_large = || {
+            self.reject(
+                "too_large",
+                text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("{what} larger than the {max}-byte limit"),
+                ),
+            )
+        };
+        let read = Limited::new(req.into_body(), max).collect();
+        let body = match tokio::time::timeout(self.cfg.limits.handshake_timeout, read).await {
+            Err(_) => {
+                let r = text(StatusCode::REQUEST_TIMEOUT, "request body too slow");
+                return Err(self.reject("body_timeout", r));
+            }
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Ok(Err(e)) => {
+                debug!(error = %e, "request body not read");
+                return Err(text(
+                    StatusCode::BAD_REQUEST,
+                    "request body could not be read",
+                ));
+            }
+        };
+        conn.activity.settled();
+        match decode_body(body, gzipped, max) {
+            Ok(b) => Ok(b),
+            Err(BodyError::TooLarge) => Err(too_large()),
+            Err(BodyError::BadGzip(e)) => {
+                let r = text(
+                    StatusCode::BAD_REQUEST,
+                    format!("request body is not valid gzip: {e}"),
+                );
+                Err(self.reject("bad_request", r))
+            }
+        }
+    }
+
     pub(crate) fn reject(&self, reason: &'static str, r: HttpResponse) -> HttpResponse {
         self.count_rejected(reason);
         r
@@ -293,7 +319,7 @@ impl Gateway {
 /// How much longer than two poll intervals an HTTP poller's idle keep-alive connection is kept.
 const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(5);
 
-fn retry_later(status: StatusCode, why: &str, after: Duration) -> HttpResponse {
+pub(crate) fn retry_later(status: StatusCode, why: &str, after: Duration) -> HttpResponse {
     let mut r = text(status, why);
     r.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
@@ -328,7 +354,7 @@ pub fn decode_body(body: Bytes, gzipped: bool, max: usize) -> Result<Bytes, Body
     }
 }
 
-fn protobuf(status: StatusCode, body: Vec<u8>, gzip: bool) -> HttpResponse {
+pub(crate) fn protobuf(status: StatusCode, body: Vec<u8>, gzip: bool) -> HttpResponse {
     let compress = gzip && body.len() >= GZIP_MIN_BYTES;
     let body = if compress {
         let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 2), Compression::fast());

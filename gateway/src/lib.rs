@@ -11,10 +11,13 @@ mod gateway;
 mod guard;
 mod http;
 mod metrics;
+mod metrics_queue;
+pub mod otlp;
+mod own_metrics;
 mod slots;
 pub mod table;
 mod ws;
 
-pub use gateway::{Gateway, GatewayConfig, OPAMP_PATH};
+pub use gateway::{Gateway, GatewayConfig, METRICS_PATH, OPAMP_PATH};
 pub use guard::AgentTokens;
 pub use http::{BodyError, decode_body};

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub messages: Family<Labels, Counter>,
     pub rejected: Family<Labels, Counter>,
     pub uplink_seconds: Histogram,
+    pub own_metrics: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -23,6 +24,7 @@ impl Metrics {
             messages: Family::default(),
             rejected: Family::default(),
             uplink_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            own_metrics: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("flotilla_gateway");
         r.register(
@@ -44,6 +46,12 @@ impl Metrics {
             "uplink_seconds",
             "Agent message to owner reply, as seen by the gateway",
             m.uplink_seconds.clone(),
+        );
+        r.register(
+            "own_metrics",
+            "Agents' own metrics (OTLP): samples queued for, delivered to and not taken by owners, \
+             refused for a full queue (queue_full), and data points not kept (dropped_points)",
+            m.own_metrics.clone(),
         );
         m
     }

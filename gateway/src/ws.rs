@@ -79,6 +79,7 @@ impl Gateway {
             return r;
         }
         let accept = derive_accept_key(&key);
+        let authority = self.authority(req.headers());
         let this = self.clone();
         let peer = conn.peer;
         tracker.spawn(
@@ -91,7 +92,7 @@ impl Gateway {
                             Some(this.ws_config()),
                         )
                         .await;
-                        this.session(ws, conn, cancel).await;
+                        this.session(ws, conn, authority, cancel).await;
                     }
                     Err(e) => debug!(error = %e, "upgrade failed"),
                 }
@@ -121,11 +122,12 @@ impl Gateway {
         self: Arc<Self>,
         ws: WebSocketStream<S>,
         conn: Arc<ConnInfo>,
+        authority: String,
         cancel: CancellationToken,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let origin = self.origin(Transport::Websocket, &conn);
+        let origin = self.origin(Transport::Websocket, &conn, authority);
         // A trace of its own, as long as the connection, never entered: each message is a trace
         // of its own too.
         let session = traces::root(|| {

@@ -2,6 +2,9 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
+/// Where gateways take agents' own metrics (OTLP/HTTP), on the OpAMP listener: offers name it.
+pub const OWN_METRICS_PATH: &str = "/v1/metrics";
+
 /// Fixed per deployment: changing it moves every agent to another shard.
 pub const SHARD_COUNT: u16 = 1024;
 

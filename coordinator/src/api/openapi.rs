@@ -11,6 +11,7 @@ mod tests {
     const ROUTES: &[(&str, &str)] = &[
         ("GET", "/api/v1/fleet/health"),
         ("GET", "/api/v1/fleet/overview"),
+        ("GET", "/api/v1/fleet/agent-metrics"),
         ("GET", "/api/v1/agents"),
         ("GET", "/api/v1/agents/{uid}"),
         ("DELETE", "/api/v1/agents/{uid}"),

@@ -28,16 +28,22 @@ pub enum AlertKind {
     RolloutPaused,
     /// A rollout was rolled back (and no newer rollout of its config has started).
     RolloutRolledBack,
+    /// Sends its own metrics, and an exporter of it fails to send at every export.
+    ExporterFailing,
+    /// Sends its own metrics, and an exporter's queue is 90% full or more.
+    ExporterQueueFull,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 8] = [
         Self::Unhealthy,
         Self::Silent,
         Self::Disconnected,
         Self::ConfigFailed,
         Self::RolloutPaused,
         Self::RolloutRolledBack,
+        Self::ExporterFailing,
+        Self::ExporterQueueFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +54,8 @@ impl AlertKind {
             Self::ConfigFailed => "config_failed",
             Self::RolloutPaused => "rollout_paused",
             Self::RolloutRolledBack => "rollout_rolled_back",
+            Self::ExporterFailing => "exporter_failing",
+            Self::ExporterQueueFull => "exporter_queue_full",
         }
     }
 
@@ -60,6 +68,8 @@ impl AlertKind {
             Self::ConfigFailed => "FlotillaAgentConfigFailed",
             Self::RolloutPaused => "FlotillaRolloutPaused",
             Self::RolloutRolledBack => "FlotillaRolloutRolledBack",
+            Self::ExporterFailing => "FlotillaAgentExporterFailing",
+            Self::ExporterQueueFull => "FlotillaAgentExporterQueueFull",
         }
     }
 
@@ -136,7 +146,8 @@ impl Alert {
 /// How alerts are raised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
-    /// How long an unhealthy or disconnected agent is given before it is alerted on.
+    /// How long an agent may be unhealthy, disconnected, or have an exporter failing or a queue
+    /// near full before it is alerted on.
     pub grace_ms: u64,
     /// Alerts kept per book at most; past it, new conditions are counted, not kept.
     pub max_alerts: usize,
@@ -145,7 +156,10 @@ pub struct Policy {
 impl Policy {
     fn grace(&self, kind: AlertKind) -> u64 {
         match kind {
-            AlertKind::Unhealthy | AlertKind::Disconnected => self.grace_ms,
+            AlertKind::Unhealthy
+            | AlertKind::Disconnected
+            | AlertKind::ExporterFailing
+            | AlertKind::ExporterQueueFull => self.grace_ms,
             _ => 0,
         }
     }

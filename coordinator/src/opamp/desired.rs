@@ -8,6 +8,8 @@ use crate::fleet::agents::{
 };
 use crate::fleet::components;
 use crate::fleet::configs::{Aspect, Desired};
+use flotilla_common::config::AgentMetricsOffer;
+use flotilla_common::names::OWN_METRICS_PATH;
 use flotilla_common::selector::Attributes;
 use flotilla_common::store::StoredConfig;
 use flotilla_proto::bus::AgentRecord;
@@ -31,7 +33,12 @@ pub(super) fn fill_offers(
     reply: &mut ServerToAgent,
     rec: &mut AgentRecord,
     attrs: &BTreeMap<String, String>,
-    (desired, default_heartbeat, now_unix_ms): (&Desired, Duration, u64),
+    (desired, default_heartbeat, now_unix_ms, metrics_offer): (
+        &Desired,
+        Duration,
+        u64,
+        &AgentMetricsOffer,
+    ),
     settings_unknown: bool,
 ) {
     let files = desired_config(rec, attrs, desired, Aspect::Files);
@@ -58,7 +65,14 @@ pub(super) fn fill_offers(
         None => {
             let cfg = desired.resolve(uid_of(rec).as_ref(), attrs, Aspect::Settings);
             let settings = offers::settings_of(cfg);
-            match offers::settings_offer(settings, default_heartbeat, rec.capabilities) {
+            let metrics_url = own_metrics_url(metrics_offer, rec);
+            let offer = offers::settings_offer(
+                settings,
+                default_heartbeat,
+                rec.capabilities,
+                metrics_url.as_deref(),
+            );
+            match offer {
                 Some(o) => o,
                 None => return,
             }
@@ -76,6 +90,19 @@ pub(super) fn fill_offers(
     if changed || (settings_unknown && may_reoffer(rec, now_unix_ms)) {
         rec.offered_settings_hash.clone_from(&offer.hash);
         reply.connection_settings = Some(offer);
+    }
+}
+
+/// Where the agent is told to send its own metrics when its config names no destination.
+fn own_metrics_url(offer: &AgentMetricsOffer, rec: &AgentRecord) -> Option<String> {
+    match offer {
+        AgentMetricsOffer::Gateway => rec
+            .origin
+            .as_ref()
+            .filter(|o| !o.authority.is_empty())
+            .map(|o| format!("{}{OWN_METRICS_PATH}", o.authority)),
+        AgentMetricsOffer::Url(url) => Some(url.clone()),
+        AgentMetricsOffer::Off => None,
     }
 }
 

@@ -83,7 +83,7 @@ pub fn offer_size(cfg: &StoredConfig) -> usize {
         flags: all,
         remote_config: (!cfg.files.is_empty()).then(|| remote_config_message(cfg)),
         packages_available: (!cfg.packages.is_empty()).then(|| packages_available(&cfg.packages)),
-        connection_settings: settings_offer(cfg.settings.as_ref(), Duration::MAX, all),
+        connection_settings: settings_offer(cfg.settings.as_ref(), Duration::MAX, all, None),
         ..Default::default()
     };
     msg.encoded_len()
@@ -116,7 +116,8 @@ pub const CLIENT_DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 /// The connection settings offered to an agent with `capabilities`: the heartbeat interval to
 /// agents that report heartbeats (always filled in: an `opamp` offer without it would switch
 /// heartbeats off, as proto3 cannot tell 0 from unset), and each own-telemetry destination the
-/// config sets to agents that report that signal. None when nothing applies to the agent.
+/// config sets to agents that report that signal (own metrics to `own_metrics_default` when the
+/// config names no destination for them). None when nothing applies to the agent.
 ///
 /// Not the heartbeat to agents that accept OpAMP connection settings: those (the collector's
 /// supervisor among them) take an `opamp` offer as their whole new connection, and one without a
@@ -126,10 +127,15 @@ pub fn settings_offer(
     settings: Option<&AgentSettings>,
     default_heartbeat: Duration,
     capabilities: u64,
+    own_metrics_default: Option<&str>,
 ) -> Option<ConnectionSettingsOffers> {
     let interval = settings
         .and_then(|s| s.heartbeat_interval)
         .unwrap_or(default_heartbeat);
+    let default_metrics = own_metrics_default.map(|url| TelemetryDestination {
+        destination_endpoint: url.to_owned(),
+        headers: BTreeMap::new(),
+    });
     let own = |cap: Cap, d: Option<&TelemetryDestination>| {
         d.filter(|_| has(capabilities, cap)).map(telemetry)
     };
@@ -143,7 +149,9 @@ pub fn settings_offer(
         }),
         own_metrics: own(
             Cap::ReportsOwnMetrics,
-            settings.and_then(|s| s.own_metrics.as_ref()),
+            settings
+                .and_then(|s| s.own_metrics.as_ref())
+                .or(default_metrics.as_ref()),
         ),
         own_traces: own(
             Cap::ReportsOwnTraces,
@@ -213,25 +221,53 @@ mod tests {
         };
         let hb = Cap::ReportsHeartbeat as u64;
         let metrics = Cap::ReportsOwnMetrics as u64;
-        let o = settings_offer(Some(&settings), Duration::from_secs(30), hb).unwrap();
+        let o = settings_offer(Some(&settings), Duration::from_secs(30), hb, None).unwrap();
         assert_eq!(o.opamp.unwrap().heartbeat_interval_seconds, 10);
         assert!(o.own_metrics.is_none(), "agent does not report its metrics");
-        let o = settings_offer(Some(&settings), Duration::from_secs(30), metrics).unwrap();
+        let o = settings_offer(Some(&settings), Duration::from_secs(30), metrics, None).unwrap();
         assert!(o.opamp.is_none());
         assert_eq!(
             o.own_metrics.unwrap().destination_endpoint,
             "https://otlp.example:4318"
         );
-        assert!(settings_offer(Some(&settings), Duration::from_secs(30), 0).is_none());
-        let default = settings_offer(None, Duration::from_secs(30), hb).unwrap();
+        assert!(settings_offer(Some(&settings), Duration::from_secs(30), 0, None).is_none());
+        let default = settings_offer(None, Duration::from_secs(30), hb, None).unwrap();
         assert_eq!(default.opamp.unwrap().heartbeat_interval_seconds, 30);
         // A supervisor that accepts connection settings would take a heartbeat-only offer as a
         // connection with no destination and no CA: it gets none, only its own telemetry.
         let supervisor = hb | metrics | Cap::AcceptsOpAmpConnectionSettings as u64;
-        let o = settings_offer(Some(&settings), Duration::from_secs(30), supervisor).unwrap();
+        let o = settings_offer(Some(&settings), Duration::from_secs(30), supervisor, None).unwrap();
         assert!(o.opamp.is_none());
         assert!(o.own_metrics.is_some());
         let only_hb = hb | Cap::AcceptsOpAmpConnectionSettings as u64;
-        assert!(settings_offer(Some(&settings), Duration::from_secs(30), only_hb).is_none());
+        assert!(settings_offer(Some(&settings), Duration::from_secs(30), only_hb, None).is_none());
+    }
+
+    #[test]
+    fn own_metrics_go_to_the_default_unless_the_config_names_a_destination() {
+        let metrics = Cap::ReportsOwnMetrics as u64;
+        let here = Some("https://gw.example:4320/v1/metrics");
+        let endpoint = |o: Option<ConnectionSettingsOffers>| {
+            o.and_then(|o| o.own_metrics)
+                .map(|m| m.destination_endpoint)
+        };
+        let hb = Duration::from_secs(30);
+        assert_eq!(
+            endpoint(settings_offer(None, hb, metrics, here)).as_deref(),
+            here
+        );
+        let elsewhere = AgentSettings {
+            own_metrics: Some(TelemetryDestination {
+                destination_endpoint: "https://otlp.example:4318/v1/metrics".into(),
+                headers: BTreeMap::new(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            endpoint(settings_offer(Some(&elsewhere), hb, metrics, here)).as_deref(),
+            Some("https://otlp.example:4318/v1/metrics")
+        );
+        // Not to agents that do not report their metrics.
+        assert_eq!(endpoint(settings_offer(None, hb, 0, here)), None);
     }
 }

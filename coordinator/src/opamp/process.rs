@@ -8,7 +8,7 @@ use super::identity::certificate_names;
 use crate::fleet::agents::{attributes, cut, effective_map, has, hex_eq};
 use crate::fleet::configs::{Aspect, Desired};
 use crate::fleet::drift;
-use flotilla_common::config::RecordLimits;
+use flotilla_common::config::{AgentMetricsOffer, RecordLimits};
 use flotilla_common::error::{ErrorKind, opamp_error};
 use flotilla_common::names::{SHARD_COUNT, shard_of};
 use flotilla_common::store::Deadline;
@@ -47,6 +47,8 @@ pub struct Ctx<'a> {
     /// Keep a queued restart for a later message (this one's reply has something else to
     /// carry, e.g. the answer to a CSR).
     pub hold_restart: bool,
+    /// The own-metrics destination offered to agents whose config names none.
+    pub agent_metrics: &'a AgentMetricsOffer,
 }
 
 #[derive(Debug)]
@@ -332,7 +334,7 @@ pub fn process(
         });
     } else if !leaving {
         let now = ctx.now_unix_ms;
-        let offers = (ctx.desired, ctx.heartbeat_interval, now);
+        let offers = (ctx.desired, ctx.heartbeat_interval, now, ctx.agent_metrics);
         fill_offers(&mut reply, &mut rec, &attrs, offers, settings_unknown);
         reply.custom_message = take_custom_message(&mut rec, now);
     }

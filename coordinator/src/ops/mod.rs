@@ -19,6 +19,7 @@ pub mod desired;
 pub mod docs;
 pub mod error;
 pub mod events;
+pub mod own_metrics;
 pub mod owner;
 pub mod query;
 pub mod restarts;

@@ -9,6 +9,7 @@ pub use super::sinks::{AlertsConfig, Sink, SinkKind};
 use crate::fleet::agents::{attributes, healthy, status_name};
 use crate::fleet::alerts::{AlertKind, Book, Condition};
 use crate::fleet::configs::{Aspect, Desired};
+use crate::fleet::own_metrics::FRESH_MS;
 use crate::fleet::rollout::{Rollout, State as RolloutState};
 use crate::opamp::desired::desired_config;
 use crate::ops::docs::{ROLLOUTS, parse};
@@ -16,7 +17,7 @@ use crate::ops::views::config_state;
 use flotilla_common::names::{SHARD_COUNT, shard_of, uid_text};
 use flotilla_common::store::Doc;
 use flotilla_common::telemetry::now_unix_ms;
-use flotilla_proto::bus::AgentRecord;
+use flotilla_proto::bus::{AgentRecord, ComponentMetrics};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tracing::{info, warn};
 
@@ -28,8 +29,13 @@ const KEEP_RESOLVED_MS: u64 = 24 * 3600 * 1000;
 /// Alerts sent to one sink in one request at most (the rest go in the next pass).
 const MAX_BATCH: usize = 500;
 
-/// The conditions an agent's record shows now.
-fn conditions(rec: &AgentRecord, desired: &Desired, kinds: &BTreeSet<AlertKind>) -> Vec<Condition> {
+/// The conditions an agent's record shows at `now`.
+fn conditions(
+    rec: &AgentRecord,
+    desired: &Desired,
+    kinds: &BTreeSet<AlertKind>,
+    now: u64,
+) -> Vec<Condition> {
     let uid = uid_text(&rec.instance_uid);
     let status = status_name(rec);
     let mut out = Vec::new();
@@ -60,6 +66,35 @@ fn conditions(rec: &AgentRecord, desired: &Desired, kinds: &BTreeSet<AlertKind>)
             let error = crate::fleet::agents::config_failure(rec);
             let cfg = files.map_or(String::new(), |c| format!("{} v{}: ", c.name, c.version));
             raise(AlertKind::ConfigFailed, format!("{cfg}{error}"));
+        }
+    }
+    // Its own metrics, while it sends them: exporters failing, queues near full.
+    if let Some(m) = rec
+        .own_metrics
+        .as_ref()
+        .filter(|m| now.saturating_sub(m.last_unix_ms) <= FRESH_MS)
+    {
+        let names = |pick: &dyn Fn(&ComponentMetrics) -> bool| {
+            m.exporters
+                .iter()
+                .filter(|e| pick(e))
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let failing = names(&|e| e.failing_since_unix_ms != 0);
+        if !failing.is_empty() {
+            raise(
+                AlertKind::ExporterFailing,
+                format!("exporters failing to send: {failing}"),
+            );
+        }
+        let full = names(&|e| e.queue_full_since_unix_ms != 0);
+        if !full.is_empty() {
+            raise(
+                AlertKind::ExporterQueueFull,
+                format!("exporter queues 90% full or more: {full}"),
+            );
         }
     }
     if out.is_empty() {
@@ -151,7 +186,7 @@ impl Owner {
         let owned = |s: u16| owned_now.contains(&s);
         self.store
             .visit_agents(&owned, &mut |rec| {
-                for c in conditions(rec, &desired, &cfg.kinds) {
+                for c in conditions(rec, &desired, &cfg.kinds, now) {
                     holding
                         .entry(book_id(shard_of(&rec.instance_uid)))
                         .or_default()
@@ -394,5 +429,52 @@ mod tests {
         );
         let only_paused = BTreeSet::from([AlertKind::RolloutPaused]);
         assert_eq!(rollout_conditions(&all, &only_paused).len(), 1);
+    }
+
+    #[test]
+    fn failing_exporters_and_full_queues_of_fresh_own_metrics_are_conditions() {
+        use flotilla_proto::bus::{AgentMetrics, AgentStatus};
+        let now = 1_800_000_000_000;
+        let exporter = |name: &str, failing: u64, full: u64| ComponentMetrics {
+            name: name.into(),
+            failing_since_unix_ms: failing,
+            queue_full_since_unix_ms: full,
+            ..Default::default()
+        };
+        let rec = AgentRecord {
+            instance_uid: vec![7; 16],
+            status: AgentStatus::Connected as i32,
+            own_metrics: Some(AgentMetrics {
+                last_unix_ms: now - 10_000,
+                exporters: vec![
+                    exporter("otlp", now - 90_000, 0),
+                    exporter("otlphttp", now - 20_000, now - 20_000),
+                    exporter("debug", 0, 0),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let kinds: BTreeSet<AlertKind> = AlertKind::ALL.into_iter().collect();
+        let desired = Desired::new(Vec::new());
+        let got: Vec<(AlertKind, String)> = conditions(&rec, &desired, &kinds, now)
+            .into_iter()
+            .map(|c| (c.kind, c.summary))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    AlertKind::ExporterFailing,
+                    "exporters failing to send: otlp, otlphttp".to_owned()
+                ),
+                (
+                    AlertKind::ExporterQueueFull,
+                    "exporter queues 90% full or more: otlphttp".to_owned()
+                ),
+            ]
+        );
+        // An agent that stopped sending its metrics is not judged on its last ones.
+        assert!(conditions(&rec, &desired, &kinds, now + FRESH_MS + 10_000).is_empty());
     }
 }

@@ -2,7 +2,9 @@
 
 use crate::fleet::redact::Redactor;
 use crate::opamp::identity::Issuer;
-use flotilla_common::config::{DEFAULT_AGENT_RETENTION, DEFAULT_MAX_MESSAGE_SIZE, RecordLimits};
+use flotilla_common::config::{
+    AgentMetricsOffer, DEFAULT_AGENT_RETENTION, DEFAULT_MAX_MESSAGE_SIZE, RecordLimits,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ pub struct CoordinatorConfig {
     pub max_message_size: usize,
     /// Which alerts are raised and where they are sent (none: no sink, no alert duty).
     pub alerts: super::sinks::AlertsConfig,
+    /// The own-metrics destination offered to agents whose config names none.
+    pub agent_metrics: AgentMetricsOffer,
 }
 
 impl CoordinatorConfig {
@@ -47,6 +51,7 @@ impl CoordinatorConfig {
             agent_retention: DEFAULT_AGENT_RETENTION,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             alerts: Default::default(),
+            agent_metrics: AgentMetricsOffer::Gateway,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod shards;
 mod commands;
 mod config;
 mod events;
+mod own_metrics;
 mod owner;
 mod pusher;
 mod pushes;

@@ -118,6 +118,10 @@ impl Owner {
                     custom_message: Some(sent),
                     ..Default::default()
                 }),
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::OwnMetrics(batch)),
+                    ..
+                }) => self.own_metrics_here(batch).await,
                 _ => {
                     warn!("dropping a malformed bus uplink envelope");
                     Some(UplinkReply::default())
@@ -245,6 +249,7 @@ impl Owner {
             desired: &desired,
             limits: &self.cfg.limits,
             hold_restart: csr.is_some(),
+            agent_metrics: &self.cfg.agent_metrics,
         };
         let origin_seen = origin.clone();
         let mut out = process(stored, msg, origin, &ctx);

@@ -102,6 +102,17 @@ impl TlsFiles {
     }
 }
 
+/// Which own-metrics destination agents are offered (their config's, when it names one, wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentMetricsOffer {
+    /// The gateway's `/v1/metrics`, at the scheme, host and port the agent reached it with.
+    Gateway,
+    /// This URL.
+    Url(String),
+    /// None.
+    Off,
+}
+
 /// The effective configuration of one `flotilla serve` process.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -131,6 +142,8 @@ pub struct ServeConfig {
     pub opamp_advertise_url: Option<String>,
     /// PEM CA of the OpAMP listener's certificate, for certificate offers.
     pub opamp_server_ca: Option<PathBuf>,
+    /// The own-metrics destination offered to agents.
+    pub agent_metrics: AgentMetricsOffer,
     pub api_tokens: Option<PathBuf>,
     pub api_tls: Option<TlsFiles>,
     pub heartbeat_interval: Duration,
@@ -264,6 +277,19 @@ impl ServeConfig {
                 url => url,
             },
             opamp_server_ca: a.opamp_server_ca.or(f.opamp_server_ca),
+            agent_metrics: match a.agent_metrics_url.or(f.agent_metrics_url) {
+                None => AgentMetricsOffer::Gateway,
+                Some(v) if v == "none" => AgentMetricsOffer::Off,
+                Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                    AgentMetricsOffer::Url(url)
+                }
+                Some(url) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "--agent-metrics-url {url:?} must be an http:// or https:// URL (with its \
+                         path, e.g. https://opamp.example.com:4320/v1/metrics) or none"
+                    )));
+                }
+            },
             api_tokens: a.api_tokens.or(f.api_tokens),
             api_tls: pair(
                 a.api_tls_cert.or(f.api_tls_cert),

@@ -173,6 +173,12 @@ pub struct ServeArgs {
     /// (tls.ca_pem_contents) so agents keep verifying the server.
     #[arg(long, env = "FLOTILLA_OPAMP_SERVER_CA")]
     pub opamp_server_ca: Option<PathBuf>,
+    /// Where agents that report their own metrics are told to send them (OTLP/HTTP, a full URL
+    /// such as https://opamp.example.com:4320/v1/metrics), unless their config names another
+    /// destination; `none`: not offered. [default: the gateway's /v1/metrics, at the host and
+    /// port the agent reached it with]
+    #[arg(long, env = "FLOTILLA_AGENT_METRICS_URL")]
+    pub agent_metrics_url: Option<String>,
     /// TOML file of admin API tokens with roles (viewer, operator, admin); without it the API
     /// is open to anyone who can reach it.
     #[arg(long, env = "FLOTILLA_API_TOKENS")]
@@ -239,12 +245,13 @@ pub struct ServeArgs {
     )]
     pub alertmanager_urls: Vec<String>,
     /// Which conditions raise alerts: unhealthy, silent, disconnected, config_failed,
-    /// rollout_paused, rollout_rolled_back [default: all but disconnected].
+    /// rollout_paused, rollout_rolled_back, exporter_failing, exporter_queue_full [default: all
+    /// but disconnected].
     #[arg(long, env = "FLOTILLA_ALERT_KINDS", value_delimiter = ',')]
     pub alert_kinds: Vec<String>,
-    /// How long an agent may be unhealthy (or disconnected) before it is alerted on, or counts as
-    /// failing in a rollout: supervisors report unhealthy until their collector is up
-    /// [default: 1m].
+    /// How long an agent may be unhealthy (or disconnected, or have an exporter failing or a
+    /// queue near full) before it is alerted on, or counts as failing in a rollout: supervisors
+    /// report unhealthy until their collector is up [default: 1m].
     #[arg(long, env = "FLOTILLA_ALERT_GRACE", value_parser = humantime::parse_duration)]
     pub alert_grace: Option<Duration>,
     /// How often the fleet is checked for alerts and sinks are told [default: 5s].
@@ -299,6 +306,7 @@ pub(super) struct FileConfig {
     pub(super) issued_cert_validity: Option<Duration>,
     pub(super) opamp_advertise_url: Option<String>,
     pub(super) opamp_server_ca: Option<PathBuf>,
+    pub(super) agent_metrics_url: Option<String>,
     pub(super) api_tokens: Option<PathBuf>,
     pub(super) api_tls_cert: Option<PathBuf>,
     pub(super) api_tls_key: Option<PathBuf>,

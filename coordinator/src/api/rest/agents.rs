@@ -3,7 +3,8 @@
 use super::reply::{ApiError, Reply, pairs, parse_body};
 use crate::ops::agents::{AgentQuery, Deleted, Labels};
 use crate::ops::error::bad_request;
-use crate::ops::views::{AgentDetail, AgentsPage, FleetHealth, FleetOverview};
+use crate::ops::own_metrics::FleetMetricsQuery;
+use crate::ops::views::{AgentDetail, AgentsPage, FleetHealth, FleetMetrics, FleetOverview};
 use crate::ops::{Caller, Ops};
 use axum::Json;
 use axum::body::Bytes;
@@ -26,6 +27,15 @@ pub(super) async fn fleet_overview(
     Extension(caller): Extension<Caller>,
 ) -> Reply<FleetOverview> {
     Ok(Json(ops.fleet_overview(&caller).await?))
+}
+
+pub(super) async fn fleet_metrics(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Reply<FleetMetrics> {
+    let query = FleetMetricsQuery::parse(pairs(&q))?;
+    Ok(Json(ops.fleet_metrics(&caller, &query).await?))
 }
 
 pub(super) async fn list(

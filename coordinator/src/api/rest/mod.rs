@@ -21,6 +21,7 @@ pub fn routes(ops: Ops) -> Router {
     Router::new()
         .route("/api/v1/fleet/health", get(agents::fleet_health))
         .route("/api/v1/fleet/overview", get(agents::fleet_overview))
+        .route("/api/v1/fleet/agent-metrics", get(agents::fleet_metrics))
         .route("/api/v1/agents", get(agents::list))
         .route(
             "/api/v1/agents/{uid}",

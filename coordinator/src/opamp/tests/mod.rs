@@ -45,6 +45,7 @@ fn with_desired(desired: Desired) -> Ctx<'static> {
         desired: Box::leak(Box::new(desired)),
         limits: Box::leak(Box::new(RecordLimits::default())),
         hold_restart: false,
+        agent_metrics: &flotilla_common::config::AgentMetricsOffer::Gateway,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Agents as the API shows them: the fleet's health, a page of summaries, one agent's detail.
 
+use super::own_metrics::OwnMetricsView;
 use super::time::rfc3339;
 use crate::fleet::agents::{
     ConfigStanding, attributes, config_standing_seen, effective_map, healthy, hex_eq, status_name,
@@ -134,6 +135,8 @@ pub struct AgentDetail {
     /// Custom messages sent to it that wait for its next message, oldest first.
     pub pending_custom_messages: Vec<PendingCustomMessageView>,
     pub restart_pending: bool,
+    /// Its own metrics, as it sends them over OTLP (null until it sends any).
+    pub own_metrics: Option<OwnMetricsView>,
 }
 
 /// A custom message sent to an agent, waiting for its next message until `expires`.
@@ -382,6 +385,7 @@ impl AgentDetail {
                 })
                 .collect(),
             restart_pending: rec.restart_expires_unix_ms > 0,
+            own_metrics: rec.own_metrics.as_ref().map(OwnMetricsView::of),
         }
     }
 }

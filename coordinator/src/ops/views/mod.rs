@@ -10,6 +10,7 @@ mod agents;
 mod audit;
 mod configs;
 mod overview;
+mod own_metrics;
 mod rollouts;
 mod time;
 
@@ -17,6 +18,7 @@ pub use agents::*;
 pub use audit::*;
 pub use configs::*;
 pub use overview::*;
+pub use own_metrics::*;
 pub use rollouts::*;
 pub use time::rfc3339;
 

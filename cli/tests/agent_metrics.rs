@@ -1,0 +1,380 @@
+//! Agents' own metrics, end to end on a standalone server: agents written with the OpenTelemetry
+//! Python SDK's OTLP/HTTP metric exporter send to the destination Flotilla offered them over
+//! OpAMP, and the API shows each one's rollup and the fleet's top agents and troubled exporters
+//! (selectors included); a client certificate cannot report for another agent; a flood of
+//! unknown metrics leaves memory flat and the rollups bounded.
+//!
+//! The SDK test needs `FLOTILLA_INTEROP_PYTHON` (scripts/test.sh sets one up), or
+//! `FLOTILLA_SKIP_INTEROP=1` to skip it.
+
+mod common;
+
+use common::pki::{Pki, YEAR};
+use common::{config, start};
+use flotilla_gateway::otlp::string_kv;
+use flotilla_loadtest::client::{ConnectOptions, HttpClient};
+use flotilla_loadtest::sim::SimAgent;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric::Data, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The Python with the OpAMP client and the OpenTelemetry SDK, or None when told to skip.
+pub fn python() -> Option<String> {
+    match std::env::var("FLOTILLA_INTEROP_PYTHON") {
+        Ok(p) => Some(p),
+        Err(_) if std::env::var("FLOTILLA_SKIP_INTEROP").is_ok_and(|v| v == "1") => {
+            eprintln!("SDK test skipped (FLOTILLA_SKIP_INTEROP=1)");
+            None
+        }
+        Err(_) => panic!(
+            "set FLOTILLA_INTEROP_PYTHON to a python with opentelemetry-opamp-client and \
+             opentelemetry-sdk (see scripts/test.sh), or FLOTILLA_SKIP_INTEROP=1"
+        ),
+    }
+}
+
+/// A Python agent (cli/tests/interop/own_metrics_agent.py), killed when dropped.
+struct PyAgent {
+    child: Child,
+    uid: Uuid,
+    metrics_endpoint: String,
+}
+
+impl PyAgent {
+    fn spawn(python: &str, opamp_url: &str, args: &[&str]) -> Self {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/own_metrics_agent.py"
+        );
+        let mut child = Command::new(python)
+            .args([script, "--endpoint", opamp_url, "--duration", "120"])
+            .args(["--export-interval", "1"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the agent's first line {line:?}: {e}"));
+        Self {
+            child,
+            uid: v["instance_uid"].as_str().unwrap().parse().unwrap(),
+            metrics_endpoint: v["metrics_endpoint"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+impl Drop for PyAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether an agent's view has its own metrics with rates for `exporter`.
+fn reports(v: &Value, exporter: &str) -> bool {
+    let m = &v["own_metrics"];
+    !m["cpu_cores"].is_null()
+        && m["exporters"].as_array().is_some_and(|e| {
+            e.iter().any(|e| {
+                e["name"] == exporter
+                    && (e["sent_per_second"].as_f64() > Some(0.0)
+                        || e["failed_per_second"].as_f64() > Some(0.0))
+            })
+        })
+}
+
+fn uids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["instance_uid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+// Multi-threaded: the agents are started (and their first line read) blocking, while the
+// in-process server answers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_agents_send_to_the_offered_destination_and_the_api_ranks_them() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let healthy = PyAgent::spawn(&python, &srv.http_url, &["--attr", "env=prod"]);
+    let failing = PyAgent::spawn(&python, &srv.http_url, &["--attr", "env=prod", "--failing"]);
+    let dev = PyAgent::spawn(&python, &srv.http_url, &["--attr", "env=dev"]);
+    // Offered: this gateway's /v1/metrics, where the agent reached it.
+    let offered = srv.http_url.replace("/v1/opamp", "/v1/metrics");
+    for a in [&healthy, &failing, &dev] {
+        assert_eq!(a.metrics_endpoint, offered);
+    }
+
+    let v = srv
+        .wait_agent(healthy.uid, WAIT, |v| reports(v, "otlp"))
+        .await;
+    let m = &v["own_metrics"];
+    assert!(m["cpu_cores"].as_f64().unwrap() > 0.2, "{m}");
+    assert_eq!(m["memory_bytes"], 150_000_000.0);
+    assert_eq!(m["receivers"][0]["name"], "otlp");
+    assert!(m["receivers"][0]["accepted_total"].as_f64().unwrap() > 0.0);
+    assert_eq!(m["exporters"][0]["queue_capacity"], 1000.0);
+    assert!(m["exporters"][0].get("failing_since").is_none());
+    assert!(!m["minutes"].as_array().unwrap().is_empty());
+    // otelcol_other_metric is not kept, and counted.
+    assert!(m["dropped_points"].as_u64().unwrap() > 0);
+
+    let v = srv
+        .wait_agent(failing.uid, WAIT, |v| reports(v, "otlp"))
+        .await;
+    let e = &v["own_metrics"]["exporters"][0];
+    assert!(e["failing_since"].is_string(), "{e}");
+    assert!(e["queue_full_since"].is_string(), "{e}");
+    assert_eq!(e["queue_fill"], 1.0);
+    srv.wait_agent(dev.uid, WAIT, |v| reports(v, "otlp")).await;
+
+    let (status, prod) = srv
+        .get("/api/v1/fleet/agent-metrics?selector=env%3Dprod&top=5")
+        .await;
+    assert_eq!(status, 200, "{prod}");
+    assert_eq!(prod["agents_selected"], 2);
+    assert_eq!(prod["agents_reporting"], 2);
+    let mut top_cpu = uids(&prod["top_cpu"]);
+    top_cpu.sort();
+    let mut both = vec![healthy.uid.to_string(), failing.uid.to_string()];
+    both.sort();
+    assert_eq!(top_cpu, both);
+    assert_eq!(prod["top_cpu"][0]["service_name"], "otelcol-contrib");
+    assert_eq!(uids(&prod["top_failed"]), [failing.uid.to_string()]);
+    assert_eq!(uids(&prod["failing_exporters"]), [failing.uid.to_string()]);
+    assert_eq!(prod["failing_exporters"][0]["name"], "otlp");
+    assert_eq!(uids(&prod["queues_near_full"]), [failing.uid.to_string()]);
+    assert_eq!(prod["failing_exporters_total"], 1);
+
+    let (_, dev_view) = srv
+        .get("/api/v1/fleet/agent-metrics?selector=env%3Ddev")
+        .await;
+    assert_eq!(uids(&dev_view["top_cpu"]), [dev.uid.to_string()]);
+    assert_eq!(dev_view["failing_exporters_total"], 0);
+    let (status, bad) = srv.get("/api/v1/fleet/agent-metrics?top=0").await;
+    assert_eq!(status, 400, "{bad}");
+}
+
+fn point(attrs: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>, v: f64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes: attrs,
+        value: Some(number_data_point::Value::AsDouble(v)),
+        ..Default::default()
+    }
+}
+
+fn counter(name: &str, points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.into(),
+        data: Some(Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+/// An export for one resource (`service.instance.id` = `uid`, when given).
+fn export(uid: Option<Uuid>, metrics: Vec<Metric>) -> Vec<u8> {
+    let attributes = uid
+        .map(|u| vec![string_kv("service.instance.id", &u.to_string())])
+        .unwrap_or_default();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes,
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+fn sent(v: f64) -> Metric {
+    counter(
+        "otelcol_exporter_sent_spans",
+        vec![point(vec![string_kv("exporter", "otlp")], v)],
+    )
+}
+
+#[tokio::test]
+async fn a_client_certificate_reports_only_for_its_own_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let mut cfg = common::pki::with_tls(config(dir.path()), pki.tls_files(true));
+    cfg.agent_identity = flotilla_common::config::AgentIdentity::UriSan;
+    let srv = start(cfg).await;
+    let urls = common::pki::urls(&srv);
+    let cert = pki.agent(YEAR);
+    let opts = pki.client(Some(&cert));
+    // The agent exists: it connected with its certificate.
+    let mut agent = SimAgent::new("otelcol", &[]);
+    agent.uid = cert.uid;
+    let opamp = HttpClient::with_options(&urls.http, &opts).unwrap();
+    assert_eq!(
+        opamp
+            .post(&agent.full_report(), false)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    let metrics_url = urls.http.replace("/v1/opamp", "/v1/metrics");
+    let otlp = HttpClient::with_options(&metrics_url, &opts).unwrap();
+    let other = Uuid::now_v7();
+    let r = otlp
+        .post_raw(export(Some(other), vec![sent(1.0)]), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    let why = String::from_utf8_lossy(&r.raw);
+    assert!(
+        why.contains("cannot report metrics for another agent"),
+        "{why}"
+    );
+
+    // Its own uid, then no uid at all (the certificate's): both kept.
+    let r = otlp
+        .post_raw(export(Some(cert.uid), vec![sent(10.0)]), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = otlp
+        .post_raw(export(None, vec![sent(30.0)]), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    srv.wait_agent(cert.uid, WAIT, |v| {
+        v["own_metrics"]["exporters"][0]["sent_total"] == 30.0
+    })
+    .await;
+    // No other agent came to be.
+    let (_, list) = srv.get("/api/v1/agents").await;
+    assert_eq!(list["total"], 1);
+
+    // Without a client certificate, no TLS session at all.
+    let plain = ConnectOptions::tls(pki.ca.cert_pem().as_bytes(), None).unwrap();
+    let anonymous = HttpClient::with_options(&metrics_url, &plain).unwrap();
+    assert!(
+        anonymous
+            .post_raw(export(Some(cert.uid), vec![sent(1.0)]), &[])
+            .await
+            .is_err()
+    );
+}
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_metrics_leaves_memory_flat_and_rollups_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // The flood comes over one connection, faster than an agent may send.
+    cfg.limits.message_rate = 100_000;
+    let srv = start(cfg).await;
+    let mut agent = SimAgent::new("otelcol", &[]);
+    let opamp = HttpClient::new(&srv.http_url);
+    assert_eq!(
+        opamp
+            .post(&agent.full_report(), false)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let otlp = HttpClient::new(&srv.http_url.replace("/v1/opamp", "/v1/metrics"));
+    let known = agent.uid;
+
+    // Each export: 2,000 metrics never seen before, 40 exporters (16 are kept), for the agent and
+    // for an agent that does not exist.
+    let flood = |round: u32| {
+        let unknown = (0..2000)
+            .map(|i| counter(&format!("flood_{round}_{i}"), vec![point(vec![], 1.0)]))
+            .collect::<Vec<_>>();
+        let exporters = (0..40)
+            .map(|i| {
+                point(
+                    vec![string_kv("exporter", &format!("otlp/{round}_{i}"))],
+                    1.0,
+                )
+            })
+            .collect();
+        let mut metrics = unknown;
+        metrics.push(counter("otelcol_exporter_sent_spans", exporters));
+        let uid = if round.is_multiple_of(2) {
+            known
+        } else {
+            Uuid::now_v7()
+        };
+        export(Some(uid), metrics)
+    };
+    let send = async |rounds: std::ops::Range<u32>| {
+        for round in rounds {
+            let r = otlp.post_raw(flood(round), &[]).await.unwrap();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.raw));
+        }
+    };
+    send(0..60).await;
+    let before = rss();
+    send(60..360).await;
+    let grown = rss().saturating_sub(before);
+    // 300 exports of ~100 KB each: were any of it kept, this would be tens of megabytes.
+    assert!(grown < 24 << 20, "resident memory grew by {grown} bytes");
+
+    let v = srv
+        .wait_agent(agent.uid, WAIT, |v| {
+            v["own_metrics"]["dropped_points"].as_u64() >= Some(180 * 2024)
+        })
+        .await;
+    assert_eq!(v["own_metrics"]["exporters"].as_array().unwrap().len(), 16);
+    let dropped = "flotilla_gateway_own_metrics_total{outcome=\"dropped_points\"}";
+    assert_eq!(srv.metric(dropped).await, 360.0 * 2024.0);
+    // The samples for agents that do not exist are counted and make no agent.
+    let unknown = "flotilla_coordinator_own_metrics_samples_total{outcome=\"unknown_agent\"}";
+    let deadline = std::time::Instant::now() + WAIT;
+    while srv.metric(unknown).await < 180.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            srv.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, list) = srv.get("/api/v1/agents").await;
+    assert_eq!(list["total"], 1);
+}

@@ -1,0 +1,259 @@
+//! Agents' own metrics as Flotilla keeps them: each sample a gateway summarised from an OTLP
+//! export ([`OwnMetricsSample`], cumulative counters) is folded into the agent's rollup
+//! ([`AgentMetrics`], kept in its record): last values, rates over the last interval, one point
+//! per minute for the last hour, and since when an exporter fails or its queue is near full.
+//! Pure and bounded: a rollup never holds more than [`MAX_MINUTES`] points and the components a
+//! sample may carry.
+
+use flotilla_proto::bus::{
+    AgentMetrics, ComponentMetrics, ComponentSample, MinuteMetrics, OwnMetricsSample,
+};
+
+/// Minutes of history kept.
+pub const MAX_MINUTES: usize = 60;
+/// Own metrics older than this are not ranked or alerted on (the agent stopped sending them).
+pub const FRESH_MS: u64 = 5 * 60 * 1000;
+/// A queue this full (size / capacity) is near full.
+pub const QUEUE_NEAR_FULL: f64 = 0.9;
+
+/// The increase of a cumulative counter from `prev` to `cur`: a counter that went down restarted
+/// (its process did), and counted `cur` since.
+fn increase(prev: f64, cur: f64) -> f64 {
+    if cur >= prev { cur - prev } else { cur }
+}
+
+/// How full a queue is (0 to 1), when both its size and capacity are known.
+pub fn queue_fill(c: &ComponentMetrics) -> Option<f64> {
+    match (c.queue_size, c.queue_capacity) {
+        (Some(size), Some(cap)) if cap > 0.0 => Some((size / cap).clamp(0.0, 1.0)),
+        _ => None,
+    }
+}
+
+/// What one component's sample adds: (ok, bad) items since the previous sample.
+fn fold_component(
+    kept: &mut Vec<ComponentMetrics>,
+    s: &ComponentSample,
+    secs: Option<f64>,
+    at: u64,
+) -> (f64, f64) {
+    let i = match kept.iter().position(|c| c.name == s.name) {
+        Some(i) => i,
+        None => {
+            kept.push(ComponentMetrics {
+                name: s.name.clone(),
+                ok_total: s.ok_total,
+                bad_total: s.bad_total,
+                ..Default::default()
+            });
+            kept.len() - 1
+        }
+    };
+    let c = &mut kept[i];
+    let (ok, bad) = match secs {
+        Some(_) => (
+            increase(c.ok_total, s.ok_total),
+            increase(c.bad_total, s.bad_total),
+        ),
+        None => (0.0, 0.0),
+    };
+    if let Some(secs) = secs.filter(|s| *s > 0.0) {
+        c.ok_per_second = ok / secs;
+        c.bad_per_second = bad / secs;
+    }
+    c.ok_total = s.ok_total;
+    c.bad_total = s.bad_total;
+    c.queue_size = s.queue_size;
+    c.queue_capacity = s.queue_capacity;
+    c.failing_since_unix_ms = match (bad > 0.0, c.failing_since_unix_ms) {
+        (true, 0) => at,
+        (true, since) => since,
+        (false, _) => 0,
+    };
+    let near_full = queue_fill(c).is_some_and(|f| f >= QUEUE_NEAR_FULL);
+    c.queue_full_since_unix_ms = match (near_full, c.queue_full_since_unix_ms) {
+        (true, 0) => at,
+        (true, since) => since,
+        (false, _) => 0,
+    };
+    (ok, bad)
+}
+
+/// Folds `s` into the agent's rollup (creating it). False, and nothing changes, when the sample is
+/// older than the last one kept (exports that crossed on their way).
+pub fn fold(rollup: &mut Option<AgentMetrics>, s: &OwnMetricsSample) -> bool {
+    let m = rollup.get_or_insert_with(|| AgentMetrics {
+        since_unix_ms: s.at_unix_ms,
+        ..Default::default()
+    });
+    let first = m.last_unix_ms == 0;
+    if !first && s.at_unix_ms < m.last_unix_ms {
+        return false;
+    }
+    // Seconds since the previous sample; None for the first (its counters have no base).
+    let secs = (!first).then(|| (s.at_unix_ms - m.last_unix_ms) as f64 / 1000.0);
+    let mut minute = MinuteMetrics {
+        minute: s.at_unix_ms / 60_000,
+        ..Default::default()
+    };
+    if let Some(cpu) = s.cpu_seconds {
+        if let (Some(prev), Some(secs)) = (m.cpu_seconds, secs) {
+            let used = increase(prev, cpu);
+            minute.cpu_seconds = used;
+            if secs > 0.0 {
+                m.cpu_cores = Some(used / secs);
+            }
+        }
+        m.cpu_seconds = Some(cpu);
+    }
+    m.memory_bytes = s.memory_bytes;
+    minute.memory_bytes = s.memory_bytes.unwrap_or(0.0);
+    for r in &s.receivers {
+        let (ok, bad) = fold_component(&mut m.receivers, r, secs, s.at_unix_ms);
+        minute.accepted += ok;
+        minute.refused += bad;
+    }
+    for e in &s.exporters {
+        let (ok, bad) = fold_component(&mut m.exporters, e, secs, s.at_unix_ms);
+        minute.sent += ok;
+        minute.failed += bad;
+    }
+    // Components the agent no longer reports are not kept (a config change removed them).
+    for (kept, sent) in [
+        (&mut m.receivers, &s.receivers),
+        (&mut m.exporters, &s.exporters),
+    ] {
+        kept.retain(|c| sent.iter().any(|s| s.name == c.name));
+    }
+    minute.queue_fill = m
+        .exporters
+        .iter()
+        .filter_map(queue_fill)
+        .fold(0.0, f64::max);
+    add_minute(&mut m.minutes, minute);
+    m.last_unix_ms = s.at_unix_ms;
+    m.dropped_points += s.dropped_points;
+    true
+}
+
+/// Adds a sample's share to its minute's point and forgets points older than an hour.
+fn add_minute(minutes: &mut Vec<MinuteMetrics>, p: MinuteMetrics) {
+    match minutes.last_mut() {
+        Some(last) if last.minute == p.minute => {
+            last.cpu_seconds += p.cpu_seconds;
+            last.memory_bytes = last.memory_bytes.max(p.memory_bytes);
+            last.accepted += p.accepted;
+            last.refused += p.refused;
+            last.sent += p.sent;
+            last.failed += p.failed;
+            last.queue_fill = last.queue_fill.max(p.queue_fill);
+        }
+        _ => minutes.push(p),
+    }
+    let oldest = minutes
+        .last()
+        .map_or(0, |l| l.minute.saturating_sub(MAX_MINUTES as u64 - 1));
+    minutes.retain(|m| m.minute >= oldest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at: u64, cpu: f64, sent: f64, failed: f64, queue: f64) -> OwnMetricsSample {
+        OwnMetricsSample {
+            instance_uid: vec![1; 16],
+            at_unix_ms: at,
+            cpu_seconds: Some(cpu),
+            memory_bytes: Some(1e8),
+            receivers: vec![ComponentSample {
+                name: "otlp".into(),
+                ok_total: sent,
+                bad_total: 0.0,
+                ..Default::default()
+            }],
+            exporters: vec![ComponentSample {
+                name: "otlp".into(),
+                ok_total: sent,
+                bad_total: failed,
+                queue_size: Some(queue),
+                queue_capacity: Some(1000.0),
+            }],
+            dropped_points: 2,
+            origin: None,
+        }
+    }
+
+    const T0: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn rates_come_from_the_increase_between_samples() {
+        let mut m = None;
+        assert!(fold(&mut m, &sample(T0, 10.0, 1000.0, 0.0, 0.0)));
+        let r = m.as_ref().unwrap();
+        assert_eq!((r.cpu_cores, r.exporters[0].ok_per_second), (None, 0.0));
+        assert!(fold(&mut m, &sample(T0 + 10_000, 15.0, 3000.0, 0.0, 0.0)));
+        let r = m.as_ref().unwrap();
+        assert_eq!(r.cpu_cores, Some(0.5));
+        assert_eq!(r.exporters[0].ok_per_second, 200.0);
+        assert_eq!(r.receivers[0].ok_per_second, 200.0);
+        assert_eq!(r.dropped_points, 4);
+        assert_eq!((r.since_unix_ms, r.last_unix_ms), (T0, T0 + 10_000));
+        // The process restarted: its counters start again from zero.
+        assert!(fold(&mut m, &sample(T0 + 20_000, 1.0, 500.0, 0.0, 0.0)));
+        let r = m.as_ref().unwrap();
+        assert_eq!(r.exporters[0].ok_per_second, 50.0);
+        assert_eq!(r.cpu_cores, Some(0.1));
+        // An older sample that arrives late changes nothing.
+        let before = m.clone();
+        assert!(!fold(&mut m, &sample(T0 + 15_000, 99.0, 9e9, 0.0, 0.0)));
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn failing_and_full_since_hold_while_the_condition_does() {
+        let mut m = None;
+        fold(&mut m, &sample(T0, 1.0, 0.0, 0.0, 100.0));
+        fold(&mut m, &sample(T0 + 10_000, 1.0, 0.0, 5.0, 950.0));
+        fold(&mut m, &sample(T0 + 20_000, 1.0, 0.0, 9.0, 990.0));
+        let r = m.as_ref().unwrap();
+        assert_eq!(r.exporters[0].failing_since_unix_ms, T0 + 10_000);
+        assert_eq!(r.exporters[0].queue_full_since_unix_ms, T0 + 10_000);
+        // No failure in the next interval and a queue drained: both end.
+        fold(&mut m, &sample(T0 + 30_000, 1.0, 10.0, 9.0, 10.0));
+        let r = m.as_ref().unwrap();
+        assert_eq!(r.exporters[0].failing_since_unix_ms, 0);
+        assert_eq!(r.exporters[0].queue_full_since_unix_ms, 0);
+    }
+
+    #[test]
+    fn one_point_per_minute_for_an_hour() {
+        let mut m = None;
+        for i in 0..200u64 {
+            // Every 30 s: two samples a minute, 6 items each interval.
+            fold(
+                &mut m,
+                &sample(T0 + i * 30_000, i as f64, (i * 6) as f64, 0.0, 0.0),
+            );
+        }
+        let r = m.unwrap();
+        assert_eq!(r.minutes.len(), MAX_MINUTES);
+        let last = r.minutes.last().unwrap();
+        assert_eq!(last.minute, (T0 + 199 * 30_000) / 60_000);
+        assert!(r.minutes.windows(2).all(|w| w[1].minute == w[0].minute + 1));
+        // A full minute in the middle holds two intervals' worth.
+        assert_eq!(r.minutes[30].sent, 12.0);
+        assert_eq!(r.minutes[30].cpu_seconds, 2.0);
+    }
+
+    #[test]
+    fn components_no_longer_reported_are_forgotten() {
+        let mut m = None;
+        fold(&mut m, &sample(T0, 1.0, 0.0, 0.0, 0.0));
+        let mut s = sample(T0 + 10_000, 1.0, 0.0, 0.0, 0.0);
+        s.exporters[0].name = "otlphttp".into();
+        fold(&mut m, &s);
+        let names: Vec<_> = m.unwrap().exporters.into_iter().map(|e| e.name).collect();
+        assert_eq!(names, ["otlphttp"]);
+    }
+}
