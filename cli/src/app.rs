@@ -292,6 +292,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             tokens,
             cfg.api_tls.is_some(),
             cfg.api_max_body,
+            cfg.per_agent_metrics,
             &mut registry,
         ));
     }
@@ -311,6 +312,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         gw_cfg.tls = opamp_tls;
         gw_cfg.identity = cfg.agent_identity;
         gw_cfg.limits = cfg.limits.clone();
+        gw_cfg.forward = cfg.agent_metrics_forward.clone();
         gw_cfg.tokens = match &cfg.agent_tokens {
             Some(path) => Some(Arc::new(
                 AgentTokens::load(path).map_err(anyhow::Error::msg)?,

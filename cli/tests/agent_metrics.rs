@@ -24,6 +24,7 @@ use prost::Message;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -377,4 +378,210 @@ async fn a_flood_of_unknown_metrics_leaves_memory_flat_and_rollups_bounded() {
     }
     let (_, list) = srv.get("/api/v1/agents").await;
     assert_eq!(list["total"], 1);
+}
+
+#[tokio::test]
+async fn per_agent_series_are_served_only_when_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = start(config(dir.path().join("a").as_path())).await;
+    let status = reqwest::get(format!("{}/metrics/agents", plain.api))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+
+    let mut cfg = config(dir.path().join("b").as_path());
+    cfg.per_agent_metrics = true;
+    let srv = start(cfg).await;
+    let mut agent = SimAgent::new("otelcol", &[]);
+    let opamp = HttpClient::new(&srv.http_url);
+    assert_eq!(
+        opamp
+            .post(&agent.full_report(), false)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let otlp = HttpClient::new(&srv.http_url.replace("/v1/opamp", "/v1/metrics"));
+    let failed = |v: f64| {
+        counter(
+            "otelcol_exporter_send_failed_spans",
+            vec![point(vec![string_kv("exporter", "otlp")], v)],
+        )
+    };
+    let cpu = |v: f64| counter("otelcol_process_cpu_seconds", vec![point(vec![], v)]);
+    for (c, f) in [(1.0, 0.0), (3.0, 50.0)] {
+        let body = export(Some(agent.uid), vec![cpu(c), failed(f)]);
+        assert_eq!(otlp.post_raw(body, &[]).await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    srv.wait_agent(agent.uid, WAIT, |v| {
+        v["own_metrics"]["exporters"][0]["failed_per_second"].as_f64() > Some(0.0)
+    })
+    .await;
+    let text = reqwest::get(format!("{}/metrics/agents", srv.api))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let uid = agent.uid;
+    let series = |name: &str| {
+        flotilla_testkit::metric_sum(&text, &format!("{name}{{instance_uid=\"{uid}\""))
+    };
+    assert_eq!(series("flotilla_agent_up"), 1.0, "{text}");
+    assert!(series("flotilla_agent_cpu_cores") > 0.5, "{text}");
+    assert!(
+        series("flotilla_agent_exporter_failed_per_second") > 10.0,
+        "{text}"
+    );
+    // The exposition is valid for Prometheus.
+    if let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_config_keeps_metrics_here_and_forwards_a_copy_to_a_named_destination() {
+    // The user's OTLP backend: records what it is sent.
+    let got: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
+    let seen = got.clone();
+    let backend = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_url = format!("http://{}/v1/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, backend).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.agent_metrics_forward = [("backend".to_owned(), backend_url)].into();
+    let srv = start(cfg).await;
+    let (status, body) = srv
+        .put(
+            "/api/v1/configs/fwd",
+            serde_json::json!({"selector": {"env": "fwd"}, "settings": {"own_metrics_forward": "backend"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = srv
+        .put(
+            "/api/v1/configs/both",
+            serde_json::json!({"selector": {"env": "x"}, "settings": {
+                "own_metrics_forward": "backend",
+                "own_metrics": {"destination_endpoint": "https://otlp.example/v1/metrics"}}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    let mut agent = SimAgent::new("otelcol", &[("env", "fwd")]);
+    agent.capabilities |= flotilla_proto::opamp::AgentCapabilities::ReportsOwnMetrics as u64;
+    let opamp = HttpClient::new(&srv.http_url);
+    let reply = opamp.post(&agent.full_report(), false).await.unwrap();
+    let offer = reply
+        .message
+        .and_then(|m| m.connection_settings?.own_metrics)
+        .expect("an own-metrics offer");
+    let metrics_url = srv.http_url.replace("/v1/opamp", "/v1/metrics");
+    assert_eq!(offer.destination_endpoint, metrics_url);
+    let headers: Vec<(String, String)> = offer
+        .headers
+        .unwrap()
+        .headers
+        .into_iter()
+        .map(|h| (h.key, h.value))
+        .collect();
+    assert_eq!(
+        headers,
+        [("Flotilla-Forward".to_owned(), "backend".to_owned())]
+    );
+
+    // The agent exports with the offered header: kept here, and a copy goes to the backend.
+    let otlp = HttpClient::new(&metrics_url);
+    let export = export(Some(agent.uid), vec![sent(5.0)]);
+    let with = |name: &str| vec![("Flotilla-Forward", name.to_owned())];
+    let r = otlp
+        .post_raw(export.clone(), &with("backend"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    srv.wait_agent(agent.uid, WAIT, |v| {
+        v["own_metrics"]["exporters"][0]["sent_total"] == 5.0
+    })
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing forwarded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.lock().unwrap()[0], export);
+
+    // A destination the gateway does not know: kept, not forwarded, counted.
+    let r = otlp
+        .post_raw(export.clone(), &with("nowhere"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let unknown = "flotilla_gateway_own_metrics_forwarded_total{destination=\"(unknown)\",outcome=\"unknown_destination\"}";
+    assert_eq!(srv.metric(unknown).await, 1.0);
+    let sent_ok =
+        "flotilla_gateway_own_metrics_forwarded_total{destination=\"backend\",outcome=\"sent\"}";
+    assert_eq!(srv.metric(sent_ok).await, 1.0);
+}
+
+/// An exporter keeps its connection between exports: the gateway keeps it open longer than its
+/// handshake timeout (which closes idle connections that never sent anything).
+#[tokio::test]
+async fn an_exporters_connection_stays_open_between_exports() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.limits.handshake_timeout = Duration::from_secs(1);
+    let srv = start(cfg).await;
+    let addr = srv.running.as_ref().unwrap().opamp_addr.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = export(Some(Uuid::now_v7()), vec![sent(1.0)]);
+    let request = |body: &[u8]| {
+        let mut r = format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    for _ in 0..2 {
+        tcp.write_all(&request(&body)).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // Twice the handshake timeout: a connection that never sent anything would be closed.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
 }

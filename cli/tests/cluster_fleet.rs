@@ -289,3 +289,71 @@ async fn custom_messages_new_uids_and_builds_that_lack_a_component_work_through_
     let (status, sent) = send(&http, "POST", &url, body).await;
     assert_eq!((status, &sent["delivered"]), (202, &json!(true)), "{sent}");
 }
+
+/// An agent written with the OpenTelemetry Python SDK sends its own metrics to the gateway it was
+/// offered (the one it reached); the batches reach its shard's owner over NATS; the rollup is
+/// read through either coordinator, and when the owner is killed the next owner continues it
+/// from Redis (same `since`, new exports still kept).
+#[tokio::test]
+async fn own_metrics_reach_the_owner_through_the_gateway_and_outlive_it() {
+    let python = match std::env::var("FLOTILLA_INTEROP_PYTHON") {
+        Ok(p) => p,
+        Err(_) if std::env::var("FLOTILLA_SKIP_INTEROP").is_ok_and(|v| v == "1") => return,
+        Err(_) => {
+            panic!("set FLOTILLA_INTEROP_PYTHON (see scripts/test.sh) or FLOTILLA_SKIP_INTEROP=1")
+        }
+    };
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::start(2, 2, &["--heartbeat-interval", "2s"]).await;
+    let opamp = c.http_urls()[1].clone();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/own_metrics_agent.py"
+    );
+    let mut child = std::process::Command::new(python)
+        .args([script, "--endpoint", &opamp, "--duration", "120"])
+        .args(["--export-interval", "1", "--failing"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("python starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let first: Value = serde_json::from_str(&line).expect("the agent's first line");
+    assert_eq!(
+        first["metrics_endpoint"],
+        opamp.replace("/v1/opamp", "/v1/metrics")
+    );
+    let uid: uuid::Uuid = first["instance_uid"].as_str().unwrap().parse().unwrap();
+    let path = format!("/api/v1/agents/{uid}");
+    let failing = |v: &Value| v["own_metrics"]["exporters"][0]["failing_since"].is_string();
+    let owner = c.owner_of(uid).await.unwrap();
+    let other = c.api_except(&owner).to_owned();
+    let before = wait_for(&c, &other, &path, failing).await;
+
+    c.coordinator(&owner).proc.kill();
+    let after = wait_for(&c, &other, &path, |v| {
+        failing(v) && v["own_metrics"]["last"] != before["own_metrics"]["last"]
+    })
+    .await;
+    let (m0, m1) = (&before["own_metrics"], &after["own_metrics"]);
+    assert_eq!(m1["since"], m0["since"], "continued from what Redis holds");
+    assert_eq!(
+        m1["exporters"][0]["failing_since"], m0["exporters"][0]["failing_since"],
+        "{m1}"
+    );
+    let fleet = wait_for(&c, &other, "/api/v1/fleet/agent-metrics", |f| {
+        f["failing_exporters_total"] == 1
+    })
+    .await;
+    assert_eq!(
+        fleet["failing_exporters"][0]["instance_uid"],
+        uid.to_string()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -516,3 +516,192 @@ async fn an_operator_sends_a_custom_message_and_sees_which_builds_a_version_woul
     );
     b.close().await;
 }
+
+/// What a collector exports of itself (OTLP/HTTP protobuf) for the agent `uid`: cumulative CPU
+/// seconds, resident memory, items sent and failed by its `otlp` exporter, and that exporter's
+/// queue (of 1000).
+fn own_metrics_export(uid: uuid::Uuid, cpu: f64, sent: f64, failed: f64, queue: f64) -> Vec<u8> {
+    use flotilla_gateway::otlp::string_kv;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+        metric::Data, number_data_point::Value as V,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+    let metric = |name: &str, exporter: bool, v: f64, sum: bool| {
+        let data_points = vec![NumberDataPoint {
+            attributes: if exporter {
+                vec![string_kv("exporter", "otlp")]
+            } else {
+                vec![]
+            },
+            value: Some(V::AsDouble(v)),
+            ..Default::default()
+        }];
+        let data = if sum {
+            Data::Sum(Sum {
+                data_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            })
+        } else {
+            Data::Gauge(Gauge { data_points })
+        };
+        Metric {
+            name: name.into(),
+            data: Some(data),
+            ..Default::default()
+        }
+    };
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![string_kv("service.instance.id", &uid.to_string())],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![
+                    metric("otelcol_process_cpu_seconds", false, cpu, true),
+                    metric("otelcol_process_memory_rss", false, 150_000_000.0, false),
+                    metric("otelcol_exporter_sent_spans", true, sent, true),
+                    metric("otelcol_exporter_send_failed_spans", true, failed, true),
+                    metric("otelcol_exporter_queue_size", true, queue, false),
+                    metric("otelcol_exporter_queue_capacity", true, 1000.0, false),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_charts_an_agents_own_metrics_and_lists_the_fleets_failing_exporters() {
+    use flotilla_loadtest::sim::SimAgent;
+    let s = serve().await;
+    let agents = vec![
+        SimAgent::new("otelcol", &[("deployment.environment", "prod")]),
+        SimAgent::new("otelcol", &[("deployment.environment", "staging")]),
+        SimAgent::new("otelcol", &[("deployment.environment", "staging")]),
+    ];
+    let (failing, healthy, quiet) = (agents[0].uid, agents[1].uid, agents[2].uid);
+    let fleet = Fleet::start(&s.ws, agents).await;
+    wait_api(&s, "/api/v1/agents", "three agents", |v| v["total"] == 3).await;
+
+    // Two exports 1.1 s apart (rates need two): the prod agent's exporter fails more at each and
+    // its queue is 95% full; the staging one's sends everything. The third agent sends nothing.
+    let metrics_url =
+        s.ws.replace("ws://", "http://")
+            .replace("/v1/opamp", "/v1/metrics");
+    let otlp = flotilla_loadtest::client::HttpClient::new(&metrics_url);
+    for (i, (cpu, sent, failed)) in [(1.0, 100.0, 10.0), (1.5, 200.0, 40.0)]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        for (uid, failed, queue) in [(failing, failed, 950.0), (healthy, 0.0, 10.0)] {
+            let r = otlp
+                .post_raw(own_metrics_export(uid, cpu, sent, failed, queue), &[])
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.raw));
+        }
+    }
+    // The gateway hands samples to the owner every second.
+    wait_api(&s, &format!("/api/v1/agents/{failing}"), "failing", |v| {
+        v["own_metrics"]["exporters"][0]["failing_since"].is_string()
+    })
+    .await;
+    wait_api(&s, &format!("/api/v1/agents/{healthy}"), "rates", |v| {
+        v["own_metrics"]["exporters"][0]["sent_per_second"].as_f64() > Some(0.0)
+    })
+    .await;
+
+    let b = Browser::start().await;
+    let base = s.api.clone();
+    sign_in(&b, &s, VIEWER).await;
+
+    // The failing agent's page: last values, charts drawn on the server, the exporter marked.
+    b.goto(&format!("{base}/agents/{failing}")).await;
+    assert_eq!(b.text("#own-metrics [data-memory]").await, "143.1 MiB");
+    let cpu = b.text("#own-metrics [data-cpu]").await;
+    let cpu: f64 = cpu.trim_end_matches(" cores").parse().unwrap();
+    assert!(cpu > 0.0, "{cpu}");
+    for chart in ["cpu", "memory", "exported"] {
+        let svg = format!("#own-metrics [data-chart={chart}] svg[role=img]");
+        let title = b.find(&format!("{svg} title")).await;
+        let title = title.html(true).await.unwrap();
+        assert!(title.contains("the last hour"), "{title}");
+        assert!(
+            !b.all(&format!("{svg} .series")).await.is_empty(),
+            "{chart}"
+        );
+    }
+    let exported = b.attr("[data-chart=exported] svg", "aria-labelledby").await;
+    assert_eq!(exported, "chart-exported-title");
+    let row = "#own-metrics tr[data-exporter=otlp]";
+    assert_eq!(b.attr(row, "data-state").await, "failing near-full");
+    assert_eq!(b.attr(row, "class").await, "bad");
+    let text = b.text(row).await;
+    assert!(
+        text.contains("failing") && text.contains("950 / 1,000"),
+        "{text}"
+    );
+    b.shot("agent-own-metrics").await;
+    b.goto(&format!("{base}/agents/{healthy}")).await;
+    assert_eq!(b.attr("tr[data-exporter=otlp]", "data-state").await, "ok");
+    b.goto(&format!("{base}/agents/{quiet}")).await;
+    let none = b.text("#no-own-metrics").await;
+    assert!(none.contains("sends no own metrics"), "{none}");
+
+    // The fleet page, from the navigation: both reporting agents ranked, the failing one listed.
+    b.click("nav a[href='/agent-metrics']").await;
+    b.wait_text("h1", "Agent metrics").await;
+    assert_eq!(b.attr("[data-selected]", "data-selected").await, "3");
+    assert_eq!(b.attr("[data-reporting]", "data-reporting").await, "2");
+    assert_eq!(b.all("#top-cpu tbody tr").await.len(), 2);
+    assert_eq!(b.attr("#failing", "data-total").await, "1");
+    b.find(&format!("#failing tr[data-agent='{failing}']"))
+        .await;
+    b.find(&format!("#near-full tr[data-agent='{failing}']"))
+        .await;
+    b.find(&format!("#top-failed tr[data-agent='{failing}']"))
+        .await;
+    b.shot("agent-metrics").await;
+
+    // Filtered by selector: only staging, where nothing fails.
+    b.fill("#selector", "deployment.environment=staging").await;
+    b.click("form.search button[type=submit]").await;
+    b.find("[data-selected='2']").await;
+    assert_eq!(b.attr("#failing", "data-total").await, "0");
+    b.find(&format!("#top-cpu tr[data-agent='{healthy}']"))
+        .await;
+    assert!(
+        b.all(&format!("tr[data-agent='{failing}']"))
+            .await
+            .is_empty()
+    );
+    // A bad selector: its error under the form, as on the agent list.
+    b.fill("#selector", "deployment.environment in (prod").await;
+    b.click("form.search button[type=submit]").await;
+    let error = b.text("#selector-error").await;
+    assert!(error.contains("expected \")\""), "{error}");
+
+    // Each agent links to its page.
+    b.goto(&format!("{base}/agent-metrics?top=5")).await;
+    b.click(&format!("#failing a[href='/agents/{failing}']"))
+        .await;
+    b.find("#own-metrics").await;
+    assert!(
+        b.url().await.ends_with(&failing.to_string()),
+        "{}",
+        b.url().await
+    );
+
+    b.close().await;
+    fleet.stop().await;
+}

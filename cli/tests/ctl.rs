@@ -1,10 +1,22 @@
 //! `flotilla ctl` as a user types it: arguments checked before any request, paging through every
-//! agent, and output piped into a reader that goes away.
+//! agent, agents' own metrics, and output piped into a reader that goes away.
 
 mod common;
 
 use common::fleet::{Fleet, collectors};
+use flotilla_gateway::otlp::string_kv;
+use flotilla_loadtest::client::HttpClient;
+use flotilla_loadtest::sim::SimAgent;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric::Data, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
 
@@ -45,6 +57,16 @@ fn arguments_are_checked_before_any_request() {
             &["agents", "list", "--status", "up"],
             &[],
             "possible values: connected, disconnected, silent",
+        ),
+        (
+            &["agents", "metrics", "--top", "0"],
+            &[],
+            "0 is not in 1..=100",
+        ),
+        (
+            &["agents", "metrics", "--top", "101"],
+            &[],
+            "101 is not in 1..=100",
         ),
     ];
     for (args, more, reason) in cases {
@@ -341,5 +363,183 @@ async fn declared_configs_apply_idempotently_diff_and_delete() {
     assert!(back.contains("~ base stored: version 3"), "{back}");
 
     fleet.stop().await;
+    srv.stop().await;
+}
+
+/// One metric of one point: a cumulative sum (a counter) or a gauge.
+fn metric(name: &str, counter: bool, v: f64, attributes: Vec<KeyValue>) -> Metric {
+    let data_points = vec![NumberDataPoint {
+        attributes,
+        value: Some(number_data_point::Value::AsDouble(v)),
+        ..Default::default()
+    }];
+    let data = match counter {
+        true => Data::Sum(Sum {
+            data_points,
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        }),
+        false => Data::Gauge(Gauge { data_points }),
+    };
+    Metric {
+        name: name.into(),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// A collector's own metrics export for agent `uid`, as OTLP/HTTP protobuf: cumulative CPU
+/// seconds, 150 MB resident, and exporter `otlp` with `sent` and `failed` spans so far and its
+/// queue 95% full.
+fn own_metrics(uid: uuid::Uuid, cpu: f64, sent: f64, failed: f64) -> Vec<u8> {
+    let otlp = || vec![string_kv("exporter", "otlp")];
+    let metrics = vec![
+        metric("otelcol_process_cpu_seconds", true, cpu, vec![]),
+        metric("otelcol_process_memory_rss", false, 150_000_000.0, vec![]),
+        metric("otelcol_exporter_sent_spans", true, sent, otlp()),
+        metric("otelcol_exporter_send_failed_spans", true, failed, otlp()),
+        metric("otelcol_exporter_queue_size", false, 950.0, otlp()),
+        metric("otelcol_exporter_queue_capacity", false, 1000.0, otlp()),
+    ];
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![string_kv("service.instance.id", &uid.to_string())],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// The lines of `text` from the one starting with `title` to the next blank line.
+fn section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
+    text.lines()
+        .skip_while(|l| !l.starts_with(title))
+        .take_while(|l| !l.is_empty())
+        .collect()
+}
+
+/// The first row of the table under `title` (its line, then the header).
+fn first_row<'a>(text: &'a str, title: &str) -> &'a str {
+    let rows = section(text, title);
+    assert_eq!(
+        rows.get(1).map(|h| h.starts_with("INSTANCE UID")),
+        Some(true),
+        "{text}"
+    );
+    rows.get(2)
+        .unwrap_or_else(|| panic!("no row under {title:?}: {text}"))
+}
+
+/// An agent that sends its own metrics, one exporter failing with its queue near full: `agents
+/// metrics` ranks it and lists the exporter in both troubled lists, in people's units;
+/// `agents get` shows its block; both print the API's JSON with -o json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_metrics_and_get_show_an_agents_own_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = common::start(common::config(dir.path())).await;
+    let mut agent = SimAgent::new("otelcol-ctl", &[("env", "prod")]);
+    let opamp = HttpClient::new(&srv.http_url);
+    let reply = opamp.post(&agent.full_report(), false).await.unwrap();
+    assert_eq!(reply.status, 200);
+    let uid = agent.uid.to_string();
+
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--api", srv.api.as_str()];
+        all.extend_from_slice(args);
+        flotilla(&all)
+    };
+    // Before any export: nobody reports, and the agent has no block.
+    let before = stdout(&ctl(&["agents", "metrics"]));
+    assert!(
+        before.contains("1 agents selected, 0 reporting"),
+        "{before}"
+    );
+    assert!(before.contains("failing exporters: none"), "{before}");
+    assert!(!stdout(&ctl(&["agents", "get", &uid])).contains("own metrics:"));
+
+    // Two exports apart in time, so rates exist: 50 spans failed in between.
+    let otlp = HttpClient::new(&srv.http_url.replace("/v1/opamp", "/v1/metrics"));
+    for (i, (cpu, sent, failed)) in [(1.0, 100.0, 10.0), (1.5, 200.0, 60.0)]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let r = otlp
+            .post_raw(own_metrics(agent.uid, cpu, sent, failed), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.raw));
+    }
+    // The gateway hands samples to the owner every second.
+    srv.wait_agent(agent.uid, Duration::from_secs(20), |v| {
+        v["own_metrics"]["exporters"][0]["failing_since"].is_string()
+    })
+    .await;
+
+    let o = ctl(&["agents", "metrics", "--selector", "env=prod", "--top", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("1 agents selected, 1 reporting"), "{text}");
+    let memory = first_row(&text, "top memory:");
+    assert!(
+        memory.starts_with(&uid) && memory.contains("otelcol-ctl") && memory.ends_with("143.1 MiB"),
+        "{text}"
+    );
+    assert!(first_row(&text, "top CPU:").ends_with(" cores"), "{text}");
+    assert!(
+        first_row(&text, "top failed (exporters):").ends_with("/s"),
+        "{text}"
+    );
+    assert!(text.contains("top refused (receivers): none"), "{text}");
+    for title in ["failing exporters: 1", "queues near full: 1"] {
+        assert_eq!(section(&text, title).len(), 3, "one row: {text}");
+        let row = first_row(&text, title);
+        let cells: Vec<&str> = row.split_whitespace().take(3).collect();
+        assert_eq!(cells, [uid.as_str(), "otelcol-ctl", "otlp"], "{text}");
+        assert!(row.contains("95% (950/1000)"), "{text}");
+    }
+
+    let other = stdout(&ctl(&["agents", "metrics", "--selector", "env=dev"]));
+    assert!(other.contains("0 agents selected, 0 reporting"), "{other}");
+    assert!(other.contains("top CPU: none"), "{other}");
+    let bad = ctl(&["agents", "metrics", "--selector", "env in (prod"]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("API answered 400"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let json = ctl(&["agents", "metrics", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["failing_exporters"][0]["instance_uid"], uid.as_str());
+    assert_eq!(v["failing_exporters"][0]["name"], "otlp");
+    assert_eq!(v["top_memory"][0]["value"], 150_000_000.0);
+
+    let get = stdout(&ctl(&["agents", "get", &uid]));
+    let block = section(&get, "own metrics: last export");
+    assert!(block.iter().any(|l| l.ends_with(" cores")), "{get}");
+    assert!(block.contains(&"  memory: 143.1 MiB"), "{get}");
+    let exporter = block
+        .iter()
+        .find(|l| l.starts_with("  exporter otlp: sent "))
+        .unwrap_or_else(|| panic!("no exporter line: {get}"));
+    assert!(
+        exporter.contains("queue 95% (950/1000), failing since 20"),
+        "{get}"
+    );
+    let get = ctl(&["agents", "get", &uid, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(v["own_metrics"]["exporters"][0]["failed_total"], 60.0);
+
     srv.stop().await;
 }

@@ -123,6 +123,29 @@ async fn admin_operations_over_grpc_on_the_api_port() {
         .unwrap()
         .into_inner();
     assert_eq!((health.total_agents, health.connected_agents), (3, 3));
+    let metrics = client
+        .get_fleet_agent_metrics(pb::GetFleetAgentMetricsRequest {
+            selector: "env=prod".into(),
+            top: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // No agent sends its own metrics here: selected, none reporting, the lists empty.
+    assert_eq!(
+        (metrics.agents_reporting, metrics.agents_selected > 0),
+        (0, true)
+    );
+    let lists: serde_json::Value = serde_json::from_str(&metrics.json).unwrap();
+    assert_eq!(lists["top_cpu"], serde_json::json!([]));
+    let e = client
+        .get_fleet_agent_metrics(pb::GetFleetAgentMetricsRequest {
+            top: 101,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     let a = fleet.uids[0].to_string();
     let labels = client

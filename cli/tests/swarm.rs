@@ -1,6 +1,6 @@
 //! flotilla-swarm's scenarios against a real Flotilla: a rollout with failing agents, HTTP
-//! pollers, churn (standalone), and the loss of a gateway in a cluster of real processes. Each
-//! checks the swarm's report against what the server's API says.
+//! pollers, churn and agents' own metrics (standalone), and the loss of a gateway in a cluster of
+//! real processes. Each checks the swarm's report against what the server's API says.
 
 mod cluster_support;
 mod common;
@@ -290,5 +290,50 @@ async fn a_supervisor_swarm_takes_a_config_and_shows_healthy_complete_and_in_syn
         .keys()
         .collect();
     assert_eq!(effective, [""], "{agent}");
+    server.stop().await;
+}
+
+/// `--own-metrics`: every agent of the run sends its own metrics, as a collector does, to the
+/// gateway it talks OpAMP with, and the server shows them: every agent of the run reporting, and
+/// the one agent the swarm makes fail (every 50th: agent 0 of 20) with an exporter failing and
+/// its queue near full.
+#[tokio::test]
+async fn own_metrics_of_every_agent_reach_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(common::config(dir.path())).await;
+    let mut cfg = swarm_on(Scenario::Steady, vec![server.ws_url.clone()], 20);
+    // The gateway's per-connection message rate (10/s) is no limit here: with 20 agents each of
+    // the swarm's export lanes (one connection each) carries one agent's export a second.
+    cfg.own_metrics = Some(Duration::from_secs(1));
+    cfg.duration = Duration::from_secs(5);
+    let r = swarm::run(cfg).await.unwrap();
+    assert_eq!(r.errors_total, 0, "{r}");
+    let own = r.own_metrics.as_ref().unwrap();
+    assert_eq!((own.errors_total, own.ok), (0, own.exports), "{r}");
+    // One a second each from about the first second on.
+    assert!(own.exports >= 20 * 3, "{r}");
+    assert_eq!(own.latency.count, own.exports, "{r}");
+    assert!(own.bytes_per_export.is_some_and(|b| b > 1000.0), "{r}");
+
+    // The owner folds what the gateway passes on every second: wait for the last of it.
+    let failing = 20u64.div_ceil(swarm::FAILING_EVERY as u64);
+    let run = &r.run_id;
+    let path = format!("/api/v1/fleet/agent-metrics?selector=swarm.run={run}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        let (code, v) = server.get(&path).await;
+        assert_eq!(code, 200, "{v}");
+        let done = v["agents_reporting"] == 20 && v["failing_exporters_total"] == failing;
+        if done || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(v["agents_selected"], 20, "{v}\n{r}");
+    assert_eq!(v["agents_reporting"], 20, "{v}\n{r}");
+    assert_eq!(v["failing_exporters_total"], failing, "{v}\n{r}");
+    assert_eq!(v["queues_near_full_total"], failing, "{v}\n{r}");
+    // CPU is a rate between two exports: every agent sent at least two.
+    assert!(!v["top_cpu"].as_array().unwrap().is_empty(), "{v}");
     server.stop().await;
 }

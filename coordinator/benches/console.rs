@@ -174,6 +174,7 @@ fn pages(c: &mut Criterion) {
         None,
         false,
         flotilla_common::config::DEFAULT_API_MAX_BODY,
+        false,
         &mut prometheus_client::registry::Registry::default(),
     );
     let paths = [

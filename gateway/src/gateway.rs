@@ -56,6 +56,8 @@ pub struct GatewayConfig {
     /// Bearer tokens agents must present, if any.
     pub tokens: Option<Arc<AgentTokens>>,
     pub limits: AgentLimits,
+    /// Where copies of agents' own metrics may be forwarded, by name.
+    pub forward: std::collections::BTreeMap<String, String>,
 }
 
 impl GatewayConfig {
@@ -77,6 +79,7 @@ impl GatewayConfig {
                 handshake_timeout: Duration::from_secs(10),
                 max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
             },
+            forward: Default::default(),
         }
     }
 }
@@ -96,6 +99,8 @@ pub struct Gateway {
     pub(crate) metrics: Metrics,
     /// Agents' own metrics waiting for their owners.
     pub(crate) own_metrics_queue: crate::metrics_queue::MetricsQueue,
+    /// Copies of them for other destinations, once the gateway runs.
+    pub(crate) forwarders: std::sync::OnceLock<crate::forward::Forwarders>,
 }
 
 impl Gateway {
@@ -116,6 +121,7 @@ impl Gateway {
             refused: RefusedCerts::default(),
             metrics,
             own_metrics_queue: Default::default(),
+            forwarders: Default::default(),
         })
     }
 
@@ -146,6 +152,12 @@ impl Gateway {
             }
             .instrument(info_span!("downlink")),
         );
+        let forwarders = crate::forward::Forwarders::start(
+            &self.cfg.forward,
+            self.metrics.own_metrics_forwarded.clone(),
+            &cancel,
+        );
+        let _ = self.forwarders.set(forwarders);
         tracker.spawn(
             self.clone()
                 .flush_own_metrics(cancel.clone())

@@ -7,6 +7,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, &'static str)>;
+/// Counts by a label of the configuration (a destination's name) and an outcome.
+pub type Outcomes = Family<Vec<(&'static str, String)>, Counter>;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -15,6 +17,7 @@ pub struct Metrics {
     pub rejected: Family<Labels, Counter>,
     pub uplink_seconds: Histogram,
     pub own_metrics: Family<Labels, Counter>,
+    pub own_metrics_forwarded: Outcomes,
 }
 
 impl Metrics {
@@ -25,6 +28,7 @@ impl Metrics {
             rejected: Family::default(),
             uplink_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             own_metrics: Family::default(),
+            own_metrics_forwarded: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("flotilla_gateway");
         r.register(
@@ -52,6 +56,12 @@ impl Metrics {
             "Agents' own metrics (OTLP): samples queued for, delivered to and not taken by owners, \
              refused for a full queue (queue_full), and data points not kept (dropped_points)",
             m.own_metrics.clone(),
+        );
+        r.register(
+            "own_metrics_forwarded",
+            "Copies of agents' own-metrics exports for --agent-metrics-forward destinations, by \
+             destination and outcome (sent, failed, queue_full, unknown_destination)",
+            m.own_metrics_forwarded.clone(),
         );
         m
     }

@@ -11,6 +11,7 @@ use crate::http::{HttpResponse, PROTOBUF, header_has, protobuf, retry_later, tex
 use crate::metrics_queue::FLUSH_EVERY;
 use crate::otlp::{self, Refused};
 use flotilla_common::config::AgentIdentity;
+use flotilla_common::names::FORWARD_HEADER;
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{OwnMetricsBatch, OwnMetricsSample, Transport, Uplink, uplink};
 use futures_util::StreamExt;
@@ -25,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 use uuid::Uuid;
 
+/// How long a connection that carried an export may idle.
+const EXPORT_KEEP_ALIVE: Duration = Duration::from_secs(130);
 /// Owners' batches in flight at once.
 const CONCURRENT_BATCHES: usize = 16;
 
@@ -54,6 +57,11 @@ impl Gateway {
             );
             return self.reject("rate_limited", r);
         }
+        let forward = req
+            .headers()
+            .get(FORWARD_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = match self.read_body(req, conn, "OTLP export").await {
             Ok(b) => b,
             Err(r) => return r,
@@ -101,6 +109,12 @@ impl Gateway {
             return self.reject("own_metrics_queue_full", r);
         }
         count("queued", n);
+        // Exporters keep their connection between exports (the OpenTelemetry SDKs every 60 s by
+        // default): kept open past two of those, so closing it never races the next export.
+        conn.activity.set_idle(Some(EXPORT_KEEP_ALIVE));
+        if let (Some(name), Some(f)) = (forward, self.forwarders.get()) {
+            f.forward(&name, body);
+        }
         protobuf(
             StatusCode::OK,
             ExportMetricsServiceResponse::default().encode_to_vec(),

@@ -237,7 +237,29 @@ impl HttpClient {
 
     /// A client with TLS (and client certificate) and token of `opts`.
     pub fn with_options(url: &str, opts: &ConnectOptions) -> anyhow::Result<Self> {
-        let mut builder = reqwest::Client::builder();
+        Self::build(url, opts, reqwest::Client::builder())
+    }
+
+    /// As [`HttpClient::with_options`], dropping connections idle for `idle` rather than reusing
+    /// them: below the server's own idle limit, a request never races the server closing the
+    /// connection it goes out on.
+    pub fn with_idle_limit(
+        url: &str,
+        opts: &ConnectOptions,
+        idle: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::build(
+            url,
+            opts,
+            reqwest::Client::builder().pool_idle_timeout(idle),
+        )
+    }
+
+    fn build(
+        url: &str,
+        opts: &ConnectOptions,
+        mut builder: reqwest::ClientBuilder,
+    ) -> anyhow::Result<Self> {
         if let Some(tls) = &opts.tls {
             builder = builder.use_preconfigured_tls((**tls).clone());
         }
@@ -275,6 +297,27 @@ impl HttpClient {
             body
         };
         self.post_raw(body, &headers).await
+    }
+
+    /// POSTs `body` as `content_type` to `url` (another path of a server, e.g. its OTLP
+    /// endpoint) over this client's connections, TLS and token: the status and the body as
+    /// received, not decoded.
+    pub async fn post_to(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        content_type: &'static str,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let resp = self
+            .http
+            .post(url)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        // Read to the end, so that the connection is kept for the next request.
+        Ok((status, resp.bytes().await?))
     }
 
     pub async fn post_raw(

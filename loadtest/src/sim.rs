@@ -450,6 +450,11 @@ impl Weighted {
     pub fn pick<R: Rng + ?Sized>(&self, rng: &mut R) -> &str {
         &self.values[self.index.sample(rng)]
     }
+
+    /// The values, in the order written.
+    pub fn values(&self) -> &[String] {
+        &self.values
+    }
 }
 
 impl std::str::FromStr for Weighted {

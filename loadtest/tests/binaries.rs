@@ -104,6 +104,7 @@ fn bad_flags_are_refused_with_the_reason() {
             "does not fit",
         ),
         (&["--url", "ftp://127.0.0.1:1/v1/opamp"], "give ws://"),
+        (&["--own-metrics", "0s"], "--own-metrics must be above 0"),
     ];
     for (args, reason) in cases {
         let run = swarm(args);

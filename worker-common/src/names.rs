@@ -5,6 +5,10 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Where gateways take agents' own metrics (OTLP/HTTP), on the OpAMP listener: offers name it.
 pub const OWN_METRICS_PATH: &str = "/v1/metrics";
 
+/// The header an agent's own-metrics exports carry when a copy is to be forwarded: the name of a
+/// gateway's `--agent-metrics-forward` destination (offered with the destination).
+pub const FORWARD_HEADER: &str = "Flotilla-Forward";
+
 /// Fixed per deployment: changing it moves every agent to another shard.
 pub const SHARD_COUNT: u16 = 1024;
 

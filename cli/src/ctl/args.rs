@@ -204,6 +204,17 @@ pub enum AgentsCommand {
         /// The agent's instance uid.
         uid: String,
     },
+    /// The agents' own metrics: the top agents by CPU, memory, refused and failed items per
+    /// second, and the exporters failing or with queues near full, among the agents that sent
+    /// their metrics in the last 5 minutes.
+    Metrics {
+        /// Only agents this selector matches (as for `agents list`), e.g. "env=prod".
+        #[arg(long)]
+        selector: Option<String>,
+        /// At most this many agents (or exporters) per list, 1 to 100 [default: 10].
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        top: Option<u8>,
+    },
     /// Removes an agent's record (it comes back at its next message if still connected).
     Delete {
         /// The agent's instance uid.

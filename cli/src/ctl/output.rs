@@ -380,3 +380,21 @@ pub(super) fn print_agent_table(page: &Value, first: bool, all: bool, wide: bool
         out!("next page: --cursor {c} (or --all for every page)");
     }
 }
+
+/// What an answer is, for its table form (-o json and yaml print the document as it is).
+pub(super) enum Shape {
+    /// Flat `key: value` lines.
+    Pairs,
+    /// One agent.
+    Agent,
+    /// The fleet by agents' own metrics.
+    FleetMetrics,
+    /// One config version.
+    Config,
+    /// The active configs.
+    Configs,
+    /// An agent's labels.
+    Labels,
+    /// Audit entries.
+    Audit,
+}

@@ -24,12 +24,13 @@ use std::sync::Arc;
 /// The API routes, REST and gRPC, and the web console, over `ops`; with `tokens`, every request
 /// must carry one whose role allows it (the console: a signed-in browser). `tls`: the port is
 /// served over TLS (the console's cookies are then Secure). `max_body`: the largest request body
-/// (413 past it).
+/// (413 past it). `per_agent_series`: serve `GET /metrics/agents` (one series per agent).
 pub fn router(
     ops: Ops,
     tokens: Option<Arc<ApiTokens>>,
     tls: bool,
     max_body: usize,
+    per_agent_series: bool,
     registry: &mut Registry,
 ) -> Router {
     let metrics = ApiMetrics::new(registry);
@@ -43,7 +44,7 @@ pub fn router(
         );
     let gate = Gate::new(tokens.clone(), ops.clone(), metrics.clone());
     let console = console::routes(ops.clone(), tokens, tls);
-    rest::routes(ops.clone())
+    rest::routes(ops.clone(), per_agent_series)
         // Routed by hand rather than through `tonic::service::Routes`, whose catch-all fallback
         // (gRPC UNIMPLEMENTED) would answer unknown REST paths too.
         .route_service(

@@ -28,7 +28,7 @@ pub enum AlertKind {
     RolloutPaused,
     /// A rollout was rolled back (and no newer rollout of its config has started).
     RolloutRolledBack,
-    /// Sends its own metrics, and an exporter of it fails to send at every export.
+    /// Sends its own metrics, and an exporter of it fails to send.
     ExporterFailing,
     /// Sends its own metrics, and an exporter's queue is 90% full or more.
     ExporterQueueFull,

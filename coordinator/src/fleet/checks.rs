@@ -72,6 +72,22 @@ pub fn check_settings(settings: &AgentSettings) -> Result<(), String> {
             humantime::format_duration(h)
         ));
     }
+    if let Some(name) = &settings.own_metrics_forward {
+        if settings.own_metrics.is_some() {
+            return Err(
+                "settings.own_metrics_forward and settings.own_metrics exclude each other: the \
+                 first keeps the metrics in Flotilla and forwards a copy, the second sends them \
+                 elsewhere only"
+                    .into(),
+            );
+        }
+        if !is_forward_name(name) {
+            return Err(format!(
+                "settings.own_metrics_forward must name a gateway --agent-metrics-forward \
+                 destination (1 to 64 letters, digits, '-' or '_'), not {name:?}"
+            ));
+        }
+    }
     for (name, d) in [
         ("own_metrics", &settings.own_metrics),
         ("own_traces", &settings.own_traces),
@@ -99,6 +115,14 @@ pub fn check_settings(settings: &AgentSettings) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A name of a forwarding destination: 1 to 64 letters, digits, '-' or '_'.
+pub fn is_forward_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -6,13 +6,15 @@
 //! sample may carry.
 
 use flotilla_proto::bus::{
-    AgentMetrics, ComponentMetrics, ComponentSample, MinuteMetrics, OwnMetricsSample,
+    AgentMetrics, ComponentMetrics, ComponentSample, MinuteSeries, OwnMetricsSample,
 };
 
 /// Minutes of history kept.
 pub const MAX_MINUTES: usize = 60;
 /// Own metrics older than this are not ranked or alerted on (the agent stopped sending them).
 pub const FRESH_MS: u64 = 5 * 60 * 1000;
+/// An exporter without failures for this long is no longer failing (even if it sent nothing).
+pub const FAILING_PAUSE_MS: u64 = 60_000;
 /// A queue this full (size / capacity) is near full.
 pub const QUEUE_NEAR_FULL: f64 = 0.9;
 
@@ -65,11 +67,16 @@ fn fold_component(
     c.bad_total = s.bad_total;
     c.queue_size = s.queue_size;
     c.queue_capacity = s.queue_capacity;
-    c.failing_since_unix_ms = match (bad > 0.0, c.failing_since_unix_ms) {
-        (true, 0) => at,
-        (true, since) => since,
-        (false, _) => 0,
-    };
+    // Failing from a sample with failures until one that sent without failing, or a minute
+    // without failures: exports that come closer together than the agent counts are no pause.
+    if bad > 0.0 {
+        c.last_failure_unix_ms = at;
+        if c.failing_since_unix_ms == 0 {
+            c.failing_since_unix_ms = at;
+        }
+    } else if ok > 0.0 || at.saturating_sub(c.last_failure_unix_ms) >= FAILING_PAUSE_MS {
+        c.failing_since_unix_ms = 0;
+    }
     let near_full = queue_fill(c).is_some_and(|f| f >= QUEUE_NEAR_FULL);
     c.queue_full_since_unix_ms = match (near_full, c.queue_full_since_unix_ms) {
         (true, 0) => at,
@@ -92,7 +99,7 @@ pub fn fold(rollup: &mut Option<AgentMetrics>, s: &OwnMetricsSample) -> bool {
     }
     // Seconds since the previous sample; None for the first (its counters have no base).
     let secs = (!first).then(|| (s.at_unix_ms - m.last_unix_ms) as f64 / 1000.0);
-    let mut minute = MinuteMetrics {
+    let mut minute = Minute {
         minute: s.at_unix_ms / 60_000,
         ..Default::default()
     };
@@ -130,30 +137,81 @@ pub fn fold(rollup: &mut Option<AgentMetrics>, s: &OwnMetricsSample) -> bool {
         .iter()
         .filter_map(queue_fill)
         .fold(0.0, f64::max);
-    add_minute(&mut m.minutes, minute);
+    add_minute(m.minutes.get_or_insert_with(Default::default), &minute);
     m.last_unix_ms = s.at_unix_ms;
     m.dropped_points += s.dropped_points;
     true
 }
 
+/// A sample's share of its minute.
+#[derive(Debug, Default)]
+struct Minute {
+    minute: u64,
+    cpu_seconds: f64,
+    memory_bytes: f64,
+    accepted: f64,
+    refused: f64,
+    sent: f64,
+    failed: f64,
+    queue_fill: f64,
+}
+
 /// Adds a sample's share to its minute's point and forgets points older than an hour.
-fn add_minute(minutes: &mut Vec<MinuteMetrics>, p: MinuteMetrics) {
-    match minutes.last_mut() {
-        Some(last) if last.minute == p.minute => {
-            last.cpu_seconds += p.cpu_seconds;
-            last.memory_bytes = last.memory_bytes.max(p.memory_bytes);
-            last.accepted += p.accepted;
-            last.refused += p.refused;
-            last.sent += p.sent;
-            last.failed += p.failed;
-            last.queue_fill = last.queue_fill.max(p.queue_fill);
-        }
-        _ => minutes.push(p),
+fn add_minute(series: &mut MinuteSeries, p: &Minute) {
+    let s = series;
+    let n = s.minute.len();
+    let columns = [
+        &s.cpu_seconds,
+        &s.memory_bytes,
+        &s.accepted,
+        &s.refused,
+        &s.sent,
+        &s.failed,
+        &s.queue_fill,
+    ];
+    if columns.iter().any(|c| c.len() != n) {
+        // Never written so; were it read so, start again rather than misalign the minutes.
+        *s = MinuteSeries::default();
     }
-    let oldest = minutes
-        .last()
-        .map_or(0, |l| l.minute.saturating_sub(MAX_MINUTES as u64 - 1));
-    minutes.retain(|m| m.minute >= oldest);
+    let f = |v: f64| v as f32;
+    match s.minute.last() {
+        Some(last) if *last == p.minute => {
+            let i = n - 1;
+            s.cpu_seconds[i] += f(p.cpu_seconds);
+            s.memory_bytes[i] = s.memory_bytes[i].max(f(p.memory_bytes));
+            s.accepted[i] += f(p.accepted);
+            s.refused[i] += f(p.refused);
+            s.sent[i] += f(p.sent);
+            s.failed[i] += f(p.failed);
+            s.queue_fill[i] = s.queue_fill[i].max(f(p.queue_fill));
+        }
+        _ => {
+            s.minute.push(p.minute);
+            s.cpu_seconds.push(f(p.cpu_seconds));
+            s.memory_bytes.push(f(p.memory_bytes));
+            s.accepted.push(f(p.accepted));
+            s.refused.push(f(p.refused));
+            s.sent.push(f(p.sent));
+            s.failed.push(f(p.failed));
+            s.queue_fill.push(f(p.queue_fill));
+        }
+    }
+    let oldest = p.minute.saturating_sub(MAX_MINUTES as u64 - 1);
+    let stale = s.minute.iter().take_while(|m| **m < oldest).count();
+    if stale > 0 {
+        s.minute.drain(..stale);
+        for c in [
+            &mut s.cpu_seconds,
+            &mut s.memory_bytes,
+            &mut s.accepted,
+            &mut s.refused,
+            &mut s.sent,
+            &mut s.failed,
+            &mut s.queue_fill,
+        ] {
+            c.drain(..stale);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -219,11 +277,26 @@ mod tests {
         let r = m.as_ref().unwrap();
         assert_eq!(r.exporters[0].failing_since_unix_ms, T0 + 10_000);
         assert_eq!(r.exporters[0].queue_full_since_unix_ms, T0 + 10_000);
-        // No failure in the next interval and a queue drained: both end.
-        fold(&mut m, &sample(T0 + 30_000, 1.0, 10.0, 9.0, 10.0));
+        // An interval without failures and without sends is no pause (exports can come closer
+        // together than the agent counts)...
+        fold(&mut m, &sample(T0 + 30_000, 1.0, 0.0, 9.0, 990.0));
+        assert_eq!(
+            m.as_ref().unwrap().exporters[0].failing_since_unix_ms,
+            T0 + 10_000
+        );
+        // ...one that sent without failing is, and a drained queue ends the other.
+        fold(&mut m, &sample(T0 + 40_000, 1.0, 10.0, 9.0, 10.0));
         let r = m.as_ref().unwrap();
         assert_eq!(r.exporters[0].failing_since_unix_ms, 0);
         assert_eq!(r.exporters[0].queue_full_since_unix_ms, 0);
+        // A minute without failures ends it too.
+        fold(&mut m, &sample(T0 + 50_000, 1.0, 10.0, 12.0, 10.0));
+        assert_eq!(
+            m.as_ref().unwrap().exporters[0].failing_since_unix_ms,
+            T0 + 50_000
+        );
+        fold(&mut m, &sample(T0 + 110_000, 1.0, 10.0, 12.0, 10.0));
+        assert_eq!(m.as_ref().unwrap().exporters[0].failing_since_unix_ms, 0);
     }
 
     #[test]
@@ -236,14 +309,18 @@ mod tests {
                 &sample(T0 + i * 30_000, i as f64, (i * 6) as f64, 0.0, 0.0),
             );
         }
-        let r = m.unwrap();
-        assert_eq!(r.minutes.len(), MAX_MINUTES);
-        let last = r.minutes.last().unwrap();
-        assert_eq!(last.minute, (T0 + 199 * 30_000) / 60_000);
-        assert!(r.minutes.windows(2).all(|w| w[1].minute == w[0].minute + 1));
+        let r = m.unwrap().minutes.unwrap();
+        assert_eq!(r.minute.len(), MAX_MINUTES);
+        assert!(
+            [&r.sent, &r.cpu_seconds, &r.queue_fill]
+                .iter()
+                .all(|c| c.len() == MAX_MINUTES)
+        );
+        assert_eq!(r.minute.last(), Some(&((T0 + 199 * 30_000) / 60_000)));
+        assert!(r.minute.windows(2).all(|w| w[1] == w[0] + 1));
         // A full minute in the middle holds two intervals' worth.
-        assert_eq!(r.minutes[30].sent, 12.0);
-        assert_eq!(r.minutes[30].cpu_seconds, 2.0);
+        assert_eq!(r.sent[30], 12.0);
+        assert_eq!(r.cpu_seconds[30], 2.0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::fleet::agents::has;
 use base64::Engine;
+use flotilla_common::names::FORWARD_HEADER;
 use flotilla_common::store::{AgentSettings, PackageOffer, StoredConfig, TelemetryDestination};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentConfigFile, AgentConfigMap, AgentRemoteConfig,
@@ -132,9 +133,14 @@ pub fn settings_offer(
     let interval = settings
         .and_then(|s| s.heartbeat_interval)
         .unwrap_or(default_heartbeat);
+    // Flotilla's own endpoint; with a forward, the gateway is told (a header the agent sends) to
+    // pass a copy on to that destination.
+    let forward = settings.and_then(|s| s.own_metrics_forward.as_ref());
     let default_metrics = own_metrics_default.map(|url| TelemetryDestination {
         destination_endpoint: url.to_owned(),
-        headers: BTreeMap::new(),
+        headers: forward
+            .map(|name| BTreeMap::from([(FORWARD_HEADER.to_owned(), name.clone())]))
+            .unwrap_or_default(),
     });
     let own = |cap: Cap, d: Option<&TelemetryDestination>| {
         d.filter(|_| has(capabilities, cap)).map(telemetry)
@@ -269,5 +275,18 @@ mod tests {
         );
         // Not to agents that do not report their metrics.
         assert_eq!(endpoint(settings_offer(None, hb, 0, here)), None);
+        // Kept here and forwarded: this endpoint, with the header naming the destination.
+        let both = AgentSettings {
+            own_metrics_forward: Some("backend".into()),
+            ..Default::default()
+        };
+        let o = settings_offer(Some(&both), hb, metrics, here).unwrap();
+        let m = o.own_metrics.unwrap();
+        assert_eq!(Some(m.destination_endpoint.as_str()), here);
+        let h = &m.headers.unwrap().headers[0];
+        assert_eq!(
+            (h.key.as_str(), h.value.as_str()),
+            (FORWARD_HEADER, "backend")
+        );
     }
 }

@@ -6,7 +6,7 @@ use super::agents::parse_selector;
 use super::error::bad_request;
 use super::views::{ExporterView, FleetMetrics, Ranked, Troubled};
 use super::{Caller, Ops, Result};
-use crate::fleet::agents::RecordAttributes;
+use crate::fleet::agents::{RecordAttributes, healthy, status_name};
 use crate::fleet::own_metrics::{FRESH_MS, QUEUE_NEAR_FULL, queue_fill};
 use flotilla_common::names::uid_text;
 use flotilla_common::selector::{Attributes, Selector};
@@ -179,7 +179,54 @@ impl Builder {
     }
 }
 
+/// One agent's values for the per-agent Prometheus series (`/metrics/agents`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSeries {
+    pub instance_uid: String,
+    pub service_name: String,
+    pub connected: bool,
+    pub healthy: Option<bool>,
+    /// From its own metrics, while fresh.
+    pub cpu_cores: Option<f64>,
+    pub memory_bytes: Option<f64>,
+    /// Per exporter: failed items per second, queue fill (0 to 1) when known.
+    pub exporters: Vec<(String, f64, Option<f64>)>,
+}
+
 impl Ops {
+    /// Every agent's values for per-agent series (one pass over the records).
+    pub async fn agent_series(&self, _caller: &Caller) -> Result<Vec<AgentSeries>> {
+        let now = now_unix_ms();
+        let mut out = Vec::new();
+        self.visit_fleet(&mut |rec| {
+            let fresh = rec
+                .own_metrics
+                .as_ref()
+                .filter(|m| now.saturating_sub(m.last_unix_ms) <= FRESH_MS);
+            out.push(AgentSeries {
+                instance_uid: uid_text(&rec.instance_uid),
+                service_name: RecordAttributes(rec)
+                    .attribute("service.name")
+                    .map(|s| s.into_owned())
+                    .unwrap_or_default(),
+                connected: status_name(rec) == "connected",
+                healthy: healthy(rec),
+                cpu_cores: fresh.and_then(|m| m.cpu_cores),
+                memory_bytes: fresh.and_then(|m| m.memory_bytes),
+                exporters: fresh
+                    .map(|m| {
+                        m.exporters
+                            .iter()
+                            .map(|e| (e.name.clone(), e.bad_per_second, queue_fill(e)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        })
+        .await?;
+        Ok(out)
+    }
+
     /// The fleet by its agents' own metrics.
     pub async fn fleet_metrics(
         &self,

@@ -114,6 +114,12 @@ struct Args {
     /// Bearer token every agent presents (--agent-tokens on the server).
     #[arg(long)]
     token: Option<String>,
+    /// Every agent also sends a collector's own metrics (OTLP/HTTP protobuf) this often, e.g.
+    /// 10s, to its gateway's /v1/metrics (its --url with that path; the destination the server
+    /// offers is not read), with --ca, --cert, --key and --token; spread over the interval, at
+    /// most 256 in flight. Off by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    own_metrics: Option<Duration>,
     /// Directory for report.json and timeline.svg.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -220,6 +226,7 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
         },
         churn_per_s: args.churn,
         connect,
+        own_metrics: args.own_metrics,
         accept_certificates: args.accept_certificates,
         no_config_status: args.no_config_status,
         supervisor: args.supervisor,

@@ -42,6 +42,10 @@ struct Life {
     answered: bool,
     /// The client certificate the server issued this agent, once it offered one.
     identity: Option<ConnectOptions>,
+    /// Its place in the run (its own-metrics slot).
+    index: usize,
+    /// The uid its own metrics are sent under (once answered).
+    metrics_uid: Option<uuid::Uuid>,
 }
 
 pub(super) async fn run(shared: Arc<Shared>, index: usize) {
@@ -54,8 +58,13 @@ pub(super) async fn run(shared: Arc<Shared>, index: usize) {
             lost: false,
             answered: false,
             identity: None,
+            index,
+            metrics_uid: None,
         };
         live(&shared, index, &mut life).await;
+        if let Some(own) = &shared.own_metrics {
+            own.left(index);
+        }
         if shared.stop.is_cancelled() {
             return;
         }
@@ -88,6 +97,9 @@ async fn live(shared: &Shared, index: usize, life: &mut Life) {
                 1 + (index % n as usize) as u8,
             ))),
         };
+        if let Some(own) = &shared.own_metrics {
+            own.moved(index, url);
+        }
         let end = match cfg.transport {
             Transport::Ws => ws_session(shared, &cfg.urls[url], &opts, life).await,
             Transport::Http => http_session(shared, &cfg.urls[url], &opts, life).await,
@@ -180,6 +192,14 @@ impl Life {
         }
         let mut out = self.agent.handle(msg);
         out.reverse();
+        // Known to the server now (under a new uid, if it gave one): its own metrics may go.
+        if let Some(own) = &shared.own_metrics
+            && msg.error_response.is_none()
+            && self.metrics_uid != Some(self.agent.uid)
+        {
+            self.metrics_uid = Some(self.agent.uid);
+            own.answered(self.index, &self.agent, &shared.cfg);
+        }
         out
     }
 

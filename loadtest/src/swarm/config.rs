@@ -2,7 +2,7 @@
 
 use crate::client::ConnectOptions;
 use crate::sim::{ApplyBehavior, Profile};
-use anyhow::bail;
+use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub struct SwarmConfig {
     /// Fraction of the agents that leave (and are replaced) per second.
     pub churn_per_s: Option<f64>,
     pub connect: ConnectOptions,
+    /// Every agent sends its own metrics (OTLP/HTTP) this often to its gateway's /v1/metrics,
+    /// over `connect` ([`super::own_metrics`]).
+    pub own_metrics: Option<Duration>,
     /// Agents announce AcceptsOpAMPConnectionSettings and reconnect with a client certificate the
     /// server offers them (WebSocket), trusting `server_ca` (PEM) for the server.
     pub accept_certificates: bool,
@@ -98,6 +101,7 @@ impl SwarmConfig {
             apply: ApplyBehavior::default(),
             churn_per_s: None,
             connect: ConnectOptions::default(),
+            own_metrics: None,
             accept_certificates: false,
             no_config_status: false,
             supervisor: false,
@@ -118,6 +122,14 @@ impl SwarmConfig {
         }
         if self.agents == 0 {
             bail!("--agents must be at least 1");
+        }
+        if let Some(interval) = self.own_metrics {
+            if interval.is_zero() {
+                bail!("--own-metrics must be above 0 (e.g. 10s)");
+            }
+            for url in &self.urls {
+                metrics_url(url)?;
+            }
         }
         match self.scenario {
             Scenario::Rollout if self.api.is_none() => {
@@ -141,4 +153,19 @@ impl SwarmConfig {
 pub(super) fn name(v: impl clap::ValueEnum) -> String {
     v.to_possible_value()
         .map_or(String::new(), |p| p.get_name().to_owned())
+}
+
+/// The OTLP/HTTP metrics endpoint of the gateway at `opamp_url`.
+pub(super) fn metrics_url(opamp_url: &str) -> anyhow::Result<String> {
+    let mut url = reqwest::Url::parse(opamp_url).with_context(|| format!("URL {opamp_url:?}"))?;
+    let scheme = match url.scheme() {
+        "ws" | "http" => "http",
+        "wss" | "https" => "https",
+        other => bail!("URL {opamp_url:?}: no metrics endpoint for scheme {other}"),
+    };
+    url.set_scheme(scheme)
+        .map_err(|()| anyhow::anyhow!("URL {opamp_url:?}: cannot use {scheme}"))?;
+    url.set_path("/v1/metrics");
+    url.set_query(None);
+    Ok(url.into())
 }

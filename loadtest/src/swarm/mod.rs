@@ -11,15 +11,25 @@
 //!   agent has reported APPLIED or FAILED;
 //! - `gateway-loss` kills the process `kill_pid` (a gateway) after `kill_after`, waits until
 //!   every agent is connected again and answered, and ends 3 s later.
+//!
+//! With `own_metrics`, every agent also sends its own metrics to its gateway throughout
+//! ([`own_metrics`]).
 
 mod agent;
+mod collector_metrics;
+mod collector_other;
+mod collector_parts;
 mod config;
+mod exports;
+mod own_metrics;
 mod plot;
 mod report;
 mod shared;
 mod stats;
 
 pub use config::{Api, Scenario, SwarmConfig, Transport};
+pub use own_metrics::OwnMetricsReport;
+pub use own_metrics::{FAILING_EVERY, LANES};
 pub use report::{ConfigPush, Connect, Process, Recovery, Report};
 use shared::Shared;
 use stats::Stats;
@@ -39,15 +49,21 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     }
     let processes_before = report::processes_before(&cfg.gateway_pids)?;
+    let own_metrics = cfg
+        .own_metrics
+        .map(|interval| own_metrics::OwnMetrics::new(&cfg, interval))
+        .transpose()?;
     let shared = Arc::new(Shared {
         connecting: Semaphore::new(cfg.connect_concurrency.max(1)),
         stats: Stats::new(),
         stop: CancellationToken::new(),
         run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+        own_metrics,
         cfg,
     });
     let cfg = &shared.cfg;
     let deadline = shared.stats.started + cfg.duration;
+    let mut exports = exports::spawn(&shared)?;
     let sampler = tokio::spawn(sample_every_second(shared.clone()));
     // Ctrl-C or SIGTERM ends the run early: agents say goodbye, the summary and report are
     // written as for a run that reached its end.
@@ -92,6 +108,8 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
 
     shared.stop.cancel();
     let _ = ramp.await;
+    // Lanes stop at once, leaving an export in flight unanswered.
+    while exports.join_next().await.is_some() {}
     sampler.abort();
     interrupt.abort();
     shared.stats.sample();

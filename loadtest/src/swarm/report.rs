@@ -1,6 +1,7 @@
 //! The result of a run: JSON (report.json), a human summary, and the timeline plot.
 
 use super::config::{Scenario, Transport, name};
+use super::own_metrics::OwnMetricsReport;
 use super::shared::Shared;
 use super::stats::{Percentiles, Sample};
 use anyhow::Context;
@@ -30,6 +31,9 @@ pub struct Report {
     pub churn: Option<Churn>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery: Option<Recovery>,
+    /// The agents' own-metrics exports (`--own-metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own_metrics: Option<OwnMetricsReport>,
     pub errors_total: u64,
     pub errors: BTreeMap<String, u64>,
     /// Why connections failed (the first few distinct reasons).
@@ -193,6 +197,7 @@ impl Report {
             config_push: None,
             churn: None,
             recovery: None,
+            own_metrics: None,
             errors_total: 0,
             errors: BTreeMap::new(),
             error_reasons: Vec::new(),
@@ -222,6 +227,10 @@ impl Report {
                 joined: st.joined.load(Ordering::Relaxed),
             });
         }
+        self.own_metrics = shared
+            .own_metrics
+            .as_ref()
+            .map(|o| o.report(self.duration_s));
         (self.errors_total, self.errors) = st.errors();
         self.error_reasons = st.reasons();
         self.certificates_taken = st.rotated.load(Ordering::Relaxed);
@@ -332,6 +341,27 @@ impl fmt::Display for Report {
                 "  per connection: {:.1} KiB resident, {c:.3} ms CPU (TLS handshake, upgrade, first report)",
                 b / 1024.0
             )?;
+        }
+        if let Some(o) = &self.own_metrics {
+            writeln!(
+                f,
+                "  own metrics every {:.1} s: {} exports ({:.0}/s, {:.0} bytes, {:.0} points each), {} ok, {} errors{}; latency {}",
+                o.interval_s,
+                o.exports,
+                o.exports_per_s,
+                o.bytes_per_export.unwrap_or(0.0),
+                o.points_per_export.unwrap_or(0.0),
+                o.ok,
+                o.errors_total,
+                o.errors
+                    .iter()
+                    .map(|(k, n)| format!(", {k} {n}"))
+                    .collect::<String>(),
+                pct(&o.latency)
+            )?;
+            for why in &o.error_reasons {
+                writeln!(f, "    {why}")?;
+            }
         }
         if self.certificates_taken > 0 {
             writeln!(

@@ -1,6 +1,8 @@
-//! What every agent task of a run shares: the config, the statistics, the stop signal.
+//! What every agent task of a run shares: the config, the statistics, the stop signal, the
+//! own-metrics slots.
 
 use super::config::SwarmConfig;
+use super::own_metrics::OwnMetrics;
 use super::stats::Stats;
 use crate::sim::SimAgent;
 use flotilla_proto::opamp::AgentCapabilities as Cap;
@@ -16,6 +18,8 @@ pub(super) struct Shared {
     pub(super) stop: CancellationToken,
     pub(super) connecting: Semaphore,
     pub(super) run_id: String,
+    /// With `--own-metrics`.
+    pub(super) own_metrics: Option<OwnMetrics>,
 }
 
 impl Shared {

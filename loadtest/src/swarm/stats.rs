@@ -95,12 +95,12 @@ pub struct Stats {
     last_messages: AtomicU64,
 }
 
-fn record(h: &mut Option<Histogram<u64>>, d: Duration) {
+pub(super) fn record(h: &mut Option<Histogram<u64>>, d: Duration) {
     h.get_or_insert_with(histogram)
         .saturating_record((d.as_micros() as u64).max(1));
 }
 
-fn percentiles(h: &Option<Histogram<u64>>) -> Percentiles {
+pub(super) fn percentiles(h: &Option<Histogram<u64>>) -> Percentiles {
     h.as_ref().map(Percentiles::of).unwrap_or_default()
 }
 

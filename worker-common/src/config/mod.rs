@@ -14,6 +14,7 @@ pub use limits::{
 pub use sources::{AgentIdentity, ConfigError, LogFormat, Role, ServeArgs, TlsVersion};
 use sources::{FileConfig, read_file};
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,32 @@ fn pair(
 /// A list flag's values, else the file's (a list given on the command line replaces the file's).
 fn either(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
     if flag.is_empty() { file } else { flag }
+}
+
+/// `--agent-metrics-forward NAME=URL` values, by name.
+fn forward_destinations(values: Vec<String>) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        let parsed = v.split_once('=').filter(|(name, url)| {
+            (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && (url.starts_with("http://") || url.starts_with("https://"))
+        });
+        let Some((name, url)) = parsed else {
+            return Err(ConfigError::Invalid(format!(
+                "--agent-metrics-forward {v:?} must be NAME=URL: a name of letters, digits, '-' \
+                 or '_' and an http:// or https:// OTLP metrics URL"
+            )));
+        };
+        if out.insert(name.to_owned(), url.to_owned()).is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "--agent-metrics-forward names {name:?} twice"
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// Where alerts go and which are raised (`--alert-*`, `--alertmanager-url`).
@@ -144,6 +171,10 @@ pub struct ServeConfig {
     pub opamp_server_ca: Option<PathBuf>,
     /// The own-metrics destination offered to agents.
     pub agent_metrics: AgentMetricsOffer,
+    /// Serve `/metrics/agents`, one series per agent.
+    pub per_agent_metrics: bool,
+    /// Where gateways forward copies of agents' own metrics, by name.
+    pub agent_metrics_forward: BTreeMap<String, String>,
     pub api_tokens: Option<PathBuf>,
     pub api_tls: Option<TlsFiles>,
     pub heartbeat_interval: Duration,
@@ -277,6 +308,11 @@ impl ServeConfig {
                 url => url,
             },
             opamp_server_ca: a.opamp_server_ca.or(f.opamp_server_ca),
+            per_agent_metrics: a.per_agent_metrics || f.per_agent_metrics.unwrap_or(false),
+            agent_metrics_forward: forward_destinations(either(
+                a.agent_metrics_forward,
+                f.agent_metrics_forward,
+            ))?,
             agent_metrics: match a.agent_metrics_url.or(f.agent_metrics_url) {
                 None => AgentMetricsOffer::Gateway,
                 Some(v) if v == "none" => AgentMetricsOffer::Off,

@@ -179,6 +179,14 @@ pub struct ServeArgs {
     /// port the agent reached it with]
     #[arg(long, env = "FLOTILLA_AGENT_METRICS_URL")]
     pub agent_metrics_url: Option<String>,
+    /// Serve GET /metrics/agents on the API port: Prometheus series per agent (up, healthy, CPU,
+    /// memory, exporters' failures and queues), about 4 series per agent plus 2 per exporter.
+    #[arg(long, env = "FLOTILLA_PER_AGENT_METRICS")]
+    pub per_agent_metrics: bool,
+    /// A destination gateways forward a copy of agents' own metrics to, as NAME=URL (an
+    /// OTLP/HTTP metrics URL); configs choose it with settings.own_metrics_forward. Repeatable.
+    #[arg(long, env = "FLOTILLA_AGENT_METRICS_FORWARD", value_delimiter = ',')]
+    pub agent_metrics_forward: Vec<String>,
     /// TOML file of admin API tokens with roles (viewer, operator, admin); without it the API
     /// is open to anyone who can reach it.
     #[arg(long, env = "FLOTILLA_API_TOKENS")]
@@ -307,6 +315,9 @@ pub(super) struct FileConfig {
     pub(super) opamp_advertise_url: Option<String>,
     pub(super) opamp_server_ca: Option<PathBuf>,
     pub(super) agent_metrics_url: Option<String>,
+    pub(super) per_agent_metrics: Option<bool>,
+    #[serde(default)]
+    pub(super) agent_metrics_forward: Vec<String>,
     pub(super) api_tokens: Option<PathBuf>,
     pub(super) api_tls_cert: Option<PathBuf>,
     pub(super) api_tls_key: Option<PathBuf>,

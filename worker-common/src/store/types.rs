@@ -117,6 +117,10 @@ pub struct AgentSettings {
     /// Where agents that report their own metrics send them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_metrics: Option<TelemetryDestination>,
+    /// Flotilla keeps the agents' own metrics and forwards a copy to the gateways' destination of
+    /// this name (`--agent-metrics-forward NAME=URL`): instead of `own_metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_metrics_forward: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub own_traces: Option<TelemetryDestination>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
-//! `/agents` (search, filter, sort, page) and `/agents/{uid}` (one agent, its labels and the
-//! commands its capabilities and the caller's role allow).
+//! `/agents` (search, filter, sort, page) and `/agents/{uid}` (one agent, its labels, its own
+//! metrics and the commands its capabilities and the caller's role allow).
 
+use super::own_metrics;
 use super::page::{Console, Ctx, PageError, PageResult, Section, layout, see_other};
 use super::render::{badge, code, count, health_word, href, seg, side_by_side};
 use super::session::Submitted;
@@ -253,6 +254,7 @@ pub async fn detail(
                     None => { p.muted { "Not reported." } }
                 }
             }
+            (own_metrics::section(a.own_metrics.as_ref(), a.capabilities.names.contains(&"ReportsOwnMetrics")))
         }
         (actions(&ctx, &a))
         section {

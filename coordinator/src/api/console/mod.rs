@@ -4,16 +4,19 @@
 //! check and audit entry as the API would. A small script adds live updates and confirmations;
 //! every page works without it. ADR 0012 records why.
 //!
-//! Routes: `/` (overview), `/agents`, `/agents/{uid}`, `/configs`, `/configs/{name}`,
+//! Routes: `/` (overview), `/agents`, `/agents/{uid}`, `/agent-metrics`, `/configs`, `/configs/{name}`,
 //! `/configs/{name}/edit`, `/rollouts`, `/rollouts/{id}`, `/audit`, `/signin`, `/signout` and
 //! `/assets/*`. Changes are POSTs to the page's path (or a sub-path named like the API's), each
 //! checked by [`session::Submitted`]: a CSRF token matching the cookie, a same-origin `Origin`,
 //! and the role the API asks for the same change.
 
+mod agent_metrics;
 mod agents;
 mod audit;
+mod chart;
 mod configs;
 mod overview;
+mod own_metrics;
 mod page;
 mod render;
 mod rollouts;
@@ -48,6 +51,7 @@ pub fn routes(ops: Ops, tokens: Option<Arc<ApiTokens>>, tls: bool) -> Router {
         )
         .route("/agents/{uid}/certificate", post(agents::certificate))
         .route("/agents/{uid}/labels", post(agents::labels))
+        .route("/agent-metrics", get(agent_metrics::page))
         .route("/configs", get(configs::list))
         .route(
             "/configs/{name}",

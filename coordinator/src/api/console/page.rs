@@ -43,15 +43,17 @@ impl Ctx {
 pub enum Section {
     Overview,
     Agents,
+    AgentMetrics,
     Configs,
     Rollouts,
     Audit,
     None,
 }
 
-const SECTIONS: [(Section, &str, &str); 5] = [
+const SECTIONS: [(Section, &str, &str); 6] = [
     (Section::Overview, "/", "Overview"),
     (Section::Agents, "/agents", "Agents"),
+    (Section::AgentMetrics, "/agent-metrics", "Agent metrics"),
     (Section::Configs, "/configs", "Configs"),
     (Section::Rollouts, "/rollouts", "Rollouts"),
     (Section::Audit, "/audit", "Audit"),

@@ -7,9 +7,9 @@ use similar::{ChangeTag, TextDiff};
 /// A status word in a badge whose class (and so colour) follows the word.
 pub fn badge(word: &str) -> Markup {
     let class = match word {
-        "connected" | "healthy" | "applied" | "completed" | "running" => "ok",
-        "silent" | "applying" | "pending" | "paused" => "warn",
-        "unhealthy" | "failed" | "rolled_back" | "aborted" | "drifted" => "bad",
+        "connected" | "healthy" | "applied" | "completed" | "running" | "sending" => "ok",
+        "silent" | "applying" | "pending" | "paused" | "near_full" => "warn",
+        "unhealthy" | "failed" | "rolled_back" | "aborted" | "drifted" | "failing" => "bad",
         _ => "muted",
     };
     html! { span class={ "badge " (class) } { (word.replace('_', " ")) } }

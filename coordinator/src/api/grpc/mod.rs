@@ -9,6 +9,7 @@
 
 use crate::ops::agents::{AgentQuery, parse_selector};
 use crate::ops::configs::ConfigDraft;
+use crate::ops::own_metrics::FleetMetricsQuery;
 use crate::ops::restarts::DEFAULT_RATE;
 use crate::ops::{self, Caller, Ops, audit};
 use flotilla_common::error::ErrorKind;
@@ -118,6 +119,31 @@ impl Admin for AdminService {
             total: page.total as u64,
             agents: page.agents.iter().map(agent_summary).collect(),
             next_cursor: page.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_fleet_agent_metrics(
+        &self,
+        req: Request<pb::GetFleetAgentMetricsRequest>,
+    ) -> Reply<pb::FleetAgentMetrics> {
+        let caller = caller(&req)?;
+        let r = req.get_ref();
+        let top = (r.top != 0).then(|| r.top.to_string());
+        let params = [
+            ("selector", r.selector.as_str()),
+            ("top", top.as_deref().unwrap_or("")),
+        ];
+        let query = FleetMetricsQuery::parse(params.into_iter().filter(|(_, v)| !v.is_empty()))
+            .map_err(status)?;
+        let m = self
+            .ops
+            .fleet_metrics(&caller, &query)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::FleetAgentMetrics {
+            agents_selected: m.agents_selected,
+            agents_reporting: m.agents_reporting,
+            json: serde_json::to_string(&m).unwrap_or_default(),
         }))
     }
 

@@ -7,6 +7,7 @@ mod configs;
 mod events;
 mod reply;
 mod rollouts;
+mod series;
 
 use crate::ops::Ops;
 use axum::Json;
@@ -16,9 +17,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-/// The REST routes, over `ops`. The auth gate is layered on by [`crate::api::router`].
-pub fn routes(ops: Ops) -> Router {
-    Router::new()
+/// The REST routes, over `ops` (with `per_agent_series`, `GET /metrics/agents` too). The auth
+/// gate is layered on by [`crate::api::router`].
+pub fn routes(ops: Ops, per_agent_series: bool) -> Router {
+    let router = if per_agent_series {
+        Router::new().route("/metrics/agents", get(series::agents))
+    } else {
+        Router::new()
+    };
+    router
         .route("/api/v1/fleet/health", get(agents::fleet_health))
         .route("/api/v1/fleet/overview", get(agents::fleet_overview))
         .route("/api/v1/fleet/agent-metrics", get(agents::fleet_metrics))

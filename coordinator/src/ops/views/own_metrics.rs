@@ -3,7 +3,7 @@
 
 use super::time::rfc3339;
 use crate::fleet::own_metrics::queue_fill;
-use flotilla_proto::bus::{AgentMetrics, ComponentMetrics};
+use flotilla_proto::bus::{AgentMetrics, ComponentMetrics, MinuteSeries};
 use serde::Serialize;
 
 /// An agent's own metrics: last values, rates over the last interval between its exports, and
@@ -43,7 +43,8 @@ pub struct ExporterView {
     pub queue_capacity: Option<f64>,
     /// size / capacity, 0 to 1.
     pub queue_fill: Option<f64>,
-    /// Since when it fails to send at every export (absent while it does not).
+    /// Since when it fails to send (absent while it does not): from an export with failures until
+    /// one that sent without failing, or a minute without failures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<String>,
     /// Since when its queue is 90% full or more.
@@ -88,23 +89,31 @@ impl OwnMetricsView {
                 })
                 .collect(),
             exporters: m.exporters.iter().map(ExporterView::of).collect(),
-            minutes: m
-                .minutes
-                .iter()
-                .map(|p| MinuteView {
-                    at: rfc3339(p.minute.saturating_mul(60_000)),
-                    cpu_cores: p.cpu_seconds / 60.0,
-                    memory_bytes: p.memory_bytes,
-                    accepted: p.accepted,
-                    refused: p.refused,
-                    sent: p.sent,
-                    failed: p.failed,
-                    queue_fill: p.queue_fill,
-                })
-                .collect(),
+            minutes: m.minutes.as_ref().map(minutes).unwrap_or_default(),
             dropped_points: m.dropped_points,
         }
     }
+}
+
+/// The points of a minute series (as many as its shortest column has).
+fn minutes(s: &MinuteSeries) -> Vec<MinuteView> {
+    let at = |i: usize, c: &[f32]| c.get(i).copied().map(f64::from);
+    s.minute
+        .iter()
+        .enumerate()
+        .map_while(|(i, minute)| {
+            Some(MinuteView {
+                at: rfc3339(minute.saturating_mul(60_000)),
+                cpu_cores: at(i, &s.cpu_seconds)? / 60.0,
+                memory_bytes: at(i, &s.memory_bytes)?,
+                accepted: at(i, &s.accepted)?,
+                refused: at(i, &s.refused)?,
+                sent: at(i, &s.sent)?,
+                failed: at(i, &s.failed)?,
+                queue_fill: at(i, &s.queue_fill)?,
+            })
+        })
+        .collect()
 }
 
 impl ExporterView {
@@ -138,7 +147,7 @@ pub struct FleetMetrics {
     /// Items refused by receivers, and failed by exporters, per second over the last interval.
     pub top_refused: Vec<Ranked>,
     pub top_failed: Vec<Ranked>,
-    /// Exporters failing at every export, longest first (`top` at most; the total beside).
+    /// Exporters failing, longest first (`top` at most; the total beside).
     pub failing_exporters: Vec<Troubled>,
     pub failing_exporters_total: u64,
     /// Exporters whose queue is 90% full or more, fullest first.
