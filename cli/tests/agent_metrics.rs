@@ -404,10 +404,15 @@ async fn per_agent_series_are_served_only_when_asked_for() {
         200
     );
     let otlp = HttpClient::new(&srv.http_url.replace("/v1/opamp", "/v1/metrics"));
+    // An exporter named to forge a series of another agent: written escaped.
+    let forger = "x\"} 1\nflotilla_agent_up{instance_uid=\"forged";
     let failed = |v: f64| {
         counter(
             "otelcol_exporter_send_failed_spans",
-            vec![point(vec![string_kv("exporter", "otlp")], v)],
+            vec![
+                point(vec![string_kv("exporter", "otlp")], v),
+                point(vec![string_kv("exporter", forger)], v),
+            ],
         )
     };
     let cpu = |v: f64| counter("otelcol_process_cpu_seconds", vec![point(vec![], v)]);
@@ -436,6 +441,7 @@ async fn per_agent_series_are_served_only_when_asked_for() {
         series("flotilla_agent_exporter_failed_per_second") > 10.0,
         "{text}"
     );
+    assert!(!text.contains("instance_uid=\"forged\""), "{text}");
     // The exposition is valid for Prometheus.
     if let Ok(mut promtool) = Command::new("promtool")
         .args(["check", "metrics"])

@@ -1,20 +1,23 @@
 //! Copies of agents' own-metrics exports passed on to a user's OTLP endpoint: each
-//! `--agent-metrics-forward NAME=URL` destination has a bounded queue and a sender that posts
-//! each export (OTLP/HTTP protobuf, as the agent sent it, gunzipped) with a few in flight. A copy
-//! that does not fit the queue, or that the destination refuses, is counted and dropped: the
-//! agent's next export carries the same cumulative counters.
+//! `--agent-metrics-forward NAME=URL` destination has a queue bounded in exports and bytes and a
+//! sender that posts each export (OTLP/HTTP protobuf, as the agent sent it, gunzipped) with a few
+//! in flight, following no redirect. A copy that does not fit the queue, or that the destination
+//! refuses, is counted and dropped: the agent's next export carries the same cumulative counters.
 
 use crate::metrics::Outcomes;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-/// Exports waiting for one destination at most.
+/// Exports waiting for one destination at most, and their bytes.
 pub const MAX_QUEUED: usize = 1024;
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 /// Posts in flight to one destination at most.
 const IN_FLIGHT: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,8 +26,14 @@ const OTLP_PROTOBUF: &str = "application/x-protobuf";
 
 /// The destinations, by name, and their queues.
 pub(crate) struct Forwarders {
-    queues: BTreeMap<String, mpsc::Sender<Bytes>>,
+    queues: BTreeMap<String, Queue>,
     outcomes: Outcomes,
+}
+
+/// One destination's queue and the bytes it holds.
+struct Queue {
+    tx: mpsc::Sender<Bytes>,
+    bytes: Arc<AtomicUsize>,
 }
 
 impl Forwarders {
@@ -34,16 +43,20 @@ impl Forwarders {
         outcomes: Outcomes,
         cancel: &CancellationToken,
     ) -> Self {
+        // No redirects: a copy goes where the operator said, nowhere else.
         let client = reqwest::Client::builder()
             .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         let queues = destinations
             .iter()
             .map(|(name, url)| {
                 let (tx, rx) = mpsc::channel(MAX_QUEUED);
+                let bytes = Arc::new(AtomicUsize::new(0));
                 let sender = send_all(
                     rx,
+                    bytes.clone(),
                     client.clone(),
                     url.clone(),
                     name.clone(),
@@ -56,7 +69,7 @@ impl Forwarders {
                         () = cancel.cancelled() => {}
                     }
                 });
-                (name.clone(), tx)
+                (name.clone(), Queue { tx, bytes })
             })
             .collect();
         Self { queues, outcomes }
@@ -66,10 +79,15 @@ impl Forwarders {
     pub fn forward(&self, name: &str, body: Bytes) {
         let outcome = match self.queues.get(name) {
             None => "unknown_destination",
-            Some(q) => match q.try_send(body) {
-                Ok(()) => return,
-                Err(_) => "queue_full",
-            },
+            Some(q) => {
+                let len = body.len();
+                let held = q.bytes.fetch_add(len, Ordering::AcqRel);
+                if held + len <= MAX_QUEUED_BYTES && q.tx.try_send(body).is_ok() {
+                    return;
+                }
+                q.bytes.fetch_sub(len, Ordering::AcqRel);
+                "queue_full"
+            }
         };
         debug!(destination = name, outcome, "own metrics not forwarded");
         self.count(name, outcome);
@@ -93,6 +111,7 @@ impl Forwarders {
 
 async fn send_all(
     rx: mpsc::Receiver<Bytes>,
+    held: Arc<AtomicUsize>,
     client: reqwest::Client,
     url: String,
     name: String,
@@ -100,6 +119,7 @@ async fn send_all(
 ) {
     futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
         .for_each_concurrent(IN_FLIGHT, |body| {
+            held.fetch_sub(body.len(), Ordering::AcqRel);
             let sent = client
                 .post(&url)
                 .header(http::header::CONTENT_TYPE, OTLP_PROTOBUF)

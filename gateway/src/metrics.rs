@@ -54,7 +54,9 @@ impl Metrics {
         r.register(
             "own_metrics",
             "Agents' own metrics (OTLP): samples queued for, delivered to and not taken by owners, \
-             refused for a full queue (queue_full), and data points not kept (dropped_points)",
+             replaced by a newer one of the same agent (superseded), refused for a full queue \
+             (queue_full); data points not kept (dropped_points); exports not forwarded under \
+             the registry identity rule (not_forwarded_registry)",
             m.own_metrics.clone(),
         );
         r.register(

@@ -137,13 +137,27 @@ impl Sums {
     }
 
     fn into_sample(self, uid: Uuid, at_unix_ms: u64) -> OwnMetricsSample {
+        // Counts and sizes are finite and not negative; sums past f64's range are not kept.
+        let valid = |v: f64| v.is_finite() && v >= 0.0;
+        let kept = |v: Option<f64>| v.filter(|v| valid(*v));
+        let components = |m: BTreeMap<String, ComponentSample>| {
+            m.into_values()
+                .map(|c| ComponentSample {
+                    ok_total: if valid(c.ok_total) { c.ok_total } else { 0.0 },
+                    bad_total: if valid(c.bad_total) { c.bad_total } else { 0.0 },
+                    queue_size: kept(c.queue_size),
+                    queue_capacity: kept(c.queue_capacity),
+                    ..c
+                })
+                .collect()
+        };
         OwnMetricsSample {
             instance_uid: uid.as_bytes().to_vec(),
             at_unix_ms,
-            cpu_seconds: self.cpu,
-            memory_bytes: self.memory,
-            receivers: self.receivers.into_values().collect(),
-            exporters: self.exporters.into_values().collect(),
+            cpu_seconds: kept(self.cpu),
+            memory_bytes: kept(self.memory),
+            receivers: components(self.receivers),
+            exporters: components(self.exporters),
             dropped_points: self.dropped,
             origin: None,
         }
@@ -431,6 +445,34 @@ mod tests {
         assert_eq!(out.samples[0].cpu_seconds, Some(3.0));
         assert_eq!(out.samples[0].memory_bytes, None);
         assert_eq!(out.dropped_points, 1);
+    }
+
+    #[test]
+    fn values_past_range_or_negative_are_not_kept() {
+        let uid = Uuid::now_v7();
+        let id = vec![string_kv("service.instance.id", &uid.to_string())];
+        let exp = vec![string_kv("exporter", "otlp")];
+        let req = export(
+            id,
+            vec![
+                sum(
+                    "otelcol_process_cpu_seconds",
+                    vec![point(vec![], 1e308), point(vec![], 1e308)],
+                    CUMULATIVE,
+                ),
+                gauge("otelcol_process_memory_rss", vec![point(vec![], -5.0)]),
+                sum(
+                    "otelcol_exporter_sent_spans",
+                    vec![point(exp.clone(), -1.0)],
+                    CUMULATIVE,
+                ),
+                gauge("otelcol_exporter_queue_size", vec![point(exp, f64::MAX)]),
+            ],
+        );
+        let s = &samples(&req, None, 1).unwrap().samples[0];
+        assert_eq!((s.cpu_seconds, s.memory_bytes), (None, None));
+        assert_eq!(s.exporters[0].ok_total, 0.0);
+        assert_eq!(s.exporters[0].queue_size, Some(f64::MAX));
     }
 
     #[test]

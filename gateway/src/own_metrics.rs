@@ -1,20 +1,20 @@
 //! Agents' own metrics on `/v1/metrics` (OTLP/HTTP, protobuf, optionally gzipped): the same
 //! connection checks as OpAMP (TLS, mutual TLS, tokens, the connection cap and rate), what is kept
-//! of each export ([`crate::otlp`]), and the queue that takes it to the agents' owners over the bus
-//! in batches, one per shard per second. The agent is answered once its sample is queued; a full
-//! queue answers 503 with Retry-After, and what the owners never take is counted, not retried
-//! forever (these are measurements: the next export carries the same counters).
+//! of each export ([`crate::otlp`]), and the queue ([`crate::metrics_queue`]) that takes it to the
+//! agents' owners over the bus in batches, each shard's every second. The agent is answered once
+//! its sample is queued; a full queue answers 503 with Retry-After, and what the owners never take
+//! is counted, not retried forever (these are measurements: the next export carries the same
+//! counters).
 
 use crate::gateway::Gateway;
 use crate::guard::ConnInfo;
 use crate::http::{HttpResponse, PROTOBUF, header_has, protobuf, retry_later, text};
-use crate::metrics_queue::FLUSH_EVERY;
+use crate::metrics_queue::{FLUSH_EVERY, Pushed};
 use crate::otlp::{self, Refused};
 use flotilla_common::config::AgentIdentity;
 use flotilla_common::names::FORWARD_HEADER;
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{OwnMetricsBatch, OwnMetricsSample, Transport, Uplink, uplink};
-use futures_util::StreamExt;
 use http::header::CONTENT_TYPE;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -22,14 +22,18 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResp
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 use uuid::Uuid;
 
 /// How long a connection that carried an export may idle.
 const EXPORT_KEEP_ALIVE: Duration = Duration::from_secs(130);
-/// Owners' batches in flight at once.
-const CONCURRENT_BATCHES: usize = 16;
+/// Shards whose batches are on their way at once.
+const CONCURRENT_BATCHES: usize = 64;
+/// How long a stopping gateway waits for the owners to take what it holds.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
 impl Gateway {
     /// One OTLP/HTTP metrics export.
@@ -99,21 +103,30 @@ impl Gateway {
             })
             .collect();
         let n = samples.len() as u64;
-        if !self.own_metrics_queue.push(samples) {
-            count("queue_full", n);
-            let r = retry_later(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this gateway holds as many agents' metrics as it may; retry later",
-                Duration::from_secs(5),
-            );
-            return self.reject("own_metrics_queue_full", r);
+        match self.own_metrics_queue.push(samples) {
+            Pushed::Queued { superseded } => count("superseded", superseded as u64),
+            Pushed::Full => {
+                count("queue_full", n);
+                let r = retry_later(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this gateway holds as many agents' metrics as it may; retry later",
+                    Duration::from_secs(5),
+                );
+                return self.reject("own_metrics_queue_full", r);
+            }
         }
         count("queued", n);
         // Exporters keep their connection between exports (the OpenTelemetry SDKs every 60 s by
         // default): kept open past two of those, so closing it never races the next export.
         conn.activity.set_idle(Some(EXPORT_KEEP_ALIVE));
-        if let (Some(name), Some(f)) = (forward, self.forwarders.get()) {
-            f.forward(&name, body);
+        match (forward, self.forwarders.get()) {
+            // Under the registry rule the owner, not the gateway, knows whose certificate this
+            // is: a copy would leave before anyone checked that it may speak for its agents.
+            (Some(_), _) if self.cfg.identity == AgentIdentity::Registry => {
+                count("not_forwarded_registry", 1);
+            }
+            (Some(name), Some(f)) => f.forward(&name, body),
+            _ => {}
         }
         protobuf(
             StatusCode::OK,
@@ -122,22 +135,39 @@ impl Gateway {
         )
     }
 
-    /// Sends queued samples to their owners every [`FLUSH_EVERY`] until `cancel`, then once more.
+    /// Sends queued samples to their owners every [`FLUSH_EVERY`] until `cancel`, then once more
+    /// (waiting at most [`FINAL_FLUSH`] for the owners). Each shard's batches go on their own, so
+    /// a shard without an owner delays no other.
     pub(crate) async fn flush_own_metrics(self: Arc<Self>, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
                 () = cancel.cancelled() => true,
             };
-            let batches = self.own_metrics_queue.take();
-            futures_util::stream::iter(batches.into_values())
-                .for_each_concurrent(CONCURRENT_BATCHES, |samples| self.send_batch(samples))
-                .await;
+            for (shard, batches) in self.own_metrics_queue.take() {
+                let (this, permits) = (self.clone(), permits.clone());
+                tracker.spawn(async move {
+                    let _permit = permits.acquire().await;
+                    for batch in batches {
+                        this.send_batch(batch).await;
+                    }
+                    this.own_metrics_queue.sent(shard);
+                });
+            }
             if stopping {
                 break;
             }
+        }
+        tracker.close();
+        if tokio::time::timeout(FINAL_FLUSH, tracker.wait())
+            .await
+            .is_err()
+        {
+            debug!("agents' metrics still on their way at shutdown are given up");
         }
     }
 

@@ -9,6 +9,15 @@ pub const OWN_METRICS_PATH: &str = "/v1/metrics";
 /// gateway's `--agent-metrics-forward` destination (offered with the destination).
 pub const FORWARD_HEADER: &str = "Flotilla-Forward";
 
+/// A name of a forwarding destination (`--agent-metrics-forward NAME=URL`): 1 to 64 letters,
+/// digits, '-' or '_'.
+pub fn is_forward_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Fixed per deployment: changing it moves every agent to another shard.
 pub const SHARD_COUNT: u16 = 1024;
 

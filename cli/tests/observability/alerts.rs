@@ -210,3 +210,91 @@ async fn the_event_stream_refuses_what_it_cannot_follow() {
     }
     srv.stop().await;
 }
+
+/// An own-metrics export for `agent`: its exporter `otlp` has sent `sent` items and failed
+/// `failed`, cumulatively.
+fn exporter_export(agent: &SimAgent, sent: f64, failed: f64) -> Vec<u8> {
+    use flotilla_gateway::otlp::string_kv;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+        metric::Data, number_data_point,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use prost::Message;
+    let counter = |name: &str, v: f64| Metric {
+        name: name.into(),
+        data: Some(Data::Sum(Sum {
+            data_points: vec![NumberDataPoint {
+                attributes: vec![string_kv("exporter", "otlp")],
+                value: Some(number_data_point::Value::AsDouble(v)),
+                ..Default::default()
+            }],
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    };
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![string_kv("service.instance.id", &agent.uid.to_string())],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![
+                    counter("otelcol_exporter_sent_spans", sent),
+                    counter("otelcol_exporter_send_failed_spans", failed),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test]
+async fn a_failing_exporter_is_alerted_after_the_grace_and_resolved_once_it_sends_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Receivers::start().await;
+    let srv = server(dir.path(), &r, Duration::from_secs(1)).await;
+    let mut agent = SimAgent::new("io.opentelemetry.collector", &[("env", "test")]);
+    let _ws = common::connect(&srv, &mut agent).await;
+    let uid = agent.uid.to_string();
+    let otlp = flotilla_loadtest::client::HttpClient::new(
+        &srv.http_url.replace("/v1/opamp", "/v1/metrics"),
+    );
+    let send = async |sent: f64, failed: f64| {
+        let r = otlp
+            .post_raw(exporter_export(&agent, sent, failed), &[])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        // The gateway hands exports to the owner once a second: one per batch.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    };
+    send(100.0, 0.0).await;
+    send(100.0, 50.0).await;
+    send(100.0, 90.0).await;
+    r.wait("the exporter alert at both sinks", WAIT, |r| {
+        firing_for(r, &uid) == (1, 1)
+    })
+    .await;
+    let am = r.alertmanager();
+    let (_, alert) = &am[0];
+    assert_eq!(alert["labels"]["alertname"], "FlotillaAgentExporterFailing");
+    assert_eq!(
+        alert["annotations"]["summary"],
+        "exporters failing to send: otlp"
+    );
+    // It sends again without failing: resolved.
+    send(200.0, 90.0).await;
+    r.wait("the resolution", WAIT, |r| {
+        r.hook()
+            .iter()
+            .any(|(s, u, _)| s == "resolved" && *u == uid)
+    })
+    .await;
+    srv.stop().await;
+}

@@ -81,7 +81,7 @@ pub fn check_settings(settings: &AgentSettings) -> Result<(), String> {
                     .into(),
             );
         }
-        if !is_forward_name(name) {
+        if !flotilla_common::names::is_forward_name(name) {
             return Err(format!(
                 "settings.own_metrics_forward must name a gateway --agent-metrics-forward \
                  destination (1 to 64 letters, digits, '-' or '_'), not {name:?}"
@@ -115,14 +115,6 @@ pub fn check_settings(settings: &AgentSettings) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A name of a forwarding destination: 1 to 64 letters, digits, '-' or '_'.
-pub fn is_forward_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

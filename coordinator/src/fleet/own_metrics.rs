@@ -11,6 +11,8 @@ use flotilla_proto::bus::{
 
 /// Minutes of history kept.
 pub const MAX_MINUTES: usize = 60;
+/// The longest interval between samples whose counts go to the minute of the later one.
+pub const MAX_SPREAD_SECS: f64 = 90.0;
 /// Own metrics older than this are not ranked or alerted on (the agent stopped sending them).
 pub const FRESH_MS: u64 = 5 * 60 * 1000;
 /// An exporter without failures for this long is no longer failing (even if it sent nothing).
@@ -137,6 +139,15 @@ pub fn fold(rollup: &mut Option<AgentMetrics>, s: &OwnMetricsSample) -> bool {
         .iter()
         .filter_map(queue_fill)
         .fold(0.0, f64::max);
+    // What an interval longer than [`MAX_SPREAD_SECS`] counted (a gap: no owner took the samples,
+    // or the agent exports that seldom) is not put in one minute: those minutes show no counts.
+    if secs.is_some_and(|s| s > MAX_SPREAD_SECS) {
+        minute.cpu_seconds = 0.0;
+        minute.accepted = 0.0;
+        minute.refused = 0.0;
+        minute.sent = 0.0;
+        minute.failed = 0.0;
+    }
     add_minute(m.minutes.get_or_insert_with(Default::default), &minute);
     m.last_unix_ms = s.at_unix_ms;
     m.dropped_points += s.dropped_points;
@@ -321,6 +332,21 @@ mod tests {
         // A full minute in the middle holds two intervals' worth.
         assert_eq!(r.sent[30], 12.0);
         assert_eq!(r.cpu_seconds[30], 2.0);
+    }
+
+    #[test]
+    fn a_gap_is_not_counted_in_one_minute() {
+        let mut m = None;
+        fold(&mut m, &sample(T0, 10.0, 100.0, 0.0, 0.0));
+        // Five minutes later: the rates cover the interval, the minute holds no counts.
+        fold(&mut m, &sample(T0 + 300_000, 160.0, 3100.0, 0.0, 0.0));
+        let r = m.unwrap();
+        assert_eq!(r.cpu_cores, Some(0.5));
+        assert_eq!(r.exporters[0].ok_per_second, 10.0);
+        let minutes = r.minutes.unwrap();
+        assert_eq!(minutes.sent, [0.0, 0.0]);
+        assert_eq!(minutes.cpu_seconds, [0.0, 0.0]);
+        assert_eq!(minutes.memory_bytes, [1e8, 1e8]);
     }
 
     #[test]

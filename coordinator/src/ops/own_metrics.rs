@@ -12,7 +12,6 @@ use flotilla_common::names::uid_text;
 use flotilla_common::selector::{Attributes, Selector};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{AgentMetrics, AgentRecord};
-use std::cmp::Ordering;
 
 /// The most agents each list holds.
 pub const MAX_TOP: usize = 100;
@@ -80,8 +79,7 @@ impl<T> Top<T> {
     }
 
     fn trim(&mut self) {
-        self.items
-            .sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal));
+        self.items.sort_by(|a, b| b.0.total_cmp(&a.0));
         self.items.truncate(self.n);
     }
 

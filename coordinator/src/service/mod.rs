@@ -36,6 +36,7 @@ use events::Events;
 use flotilla_common::bus::{Bus, BusError};
 use flotilla_common::names::Subjects;
 use flotilla_common::store::{Store, StoreError};
+use flotilla_common::telemetry::label_value;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use prometheus_client::registry::Registry;
@@ -300,7 +301,7 @@ impl Owner {
         m.agents_version.clear();
         for g in &o.versions {
             m.agents_version
-                .get_or_create(&vec![("version", g.value.clone())])
+                .get_or_create(&vec![("version", label_value(&g.value))])
                 .set(g.agents as i64);
         }
         Ok(())

@@ -61,10 +61,7 @@ fn forward_destinations(values: Vec<String>) -> Result<BTreeMap<String, String>,
     let mut out = BTreeMap::new();
     for v in values {
         let parsed = v.split_once('=').filter(|(name, url)| {
-            (1..=64).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            crate::names::is_forward_name(name)
                 && (url.starts_with("http://") || url.starts_with("https://"))
         });
         let Some((name, url)) = parsed else {

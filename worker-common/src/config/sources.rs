@@ -185,7 +185,7 @@ pub struct ServeArgs {
     pub per_agent_metrics: bool,
     /// A destination gateways forward a copy of agents' own metrics to, as NAME=URL (an
     /// OTLP/HTTP metrics URL); configs choose it with settings.own_metrics_forward. Repeatable.
-    #[arg(long, env = "FLOTILLA_AGENT_METRICS_FORWARD", value_delimiter = ',')]
+    #[arg(long, env = "FLOTILLA_AGENT_METRICS_FORWARD")]
     pub agent_metrics_forward: Vec<String>,
     /// TOML file of admin API tokens with roles (viewer, operator, admin); without it the API
     /// is open to anyone who can reach it.

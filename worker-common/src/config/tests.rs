@@ -405,3 +405,47 @@ fn nats_and_redis_security_settings_are_read_and_paired() {
         Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
     );
 }
+
+#[test]
+fn own_metrics_settings_are_checked() {
+    let load = |url: Option<&str>, forward: &[&str]| {
+        ServeConfig::load(ServeArgs {
+            agent_metrics_url: url.map(str::to_owned),
+            agent_metrics_forward: forward.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    };
+    let c = load(None, &["backend=https://otlp.example/v1/metrics?a=1,2"]).unwrap();
+    assert_eq!(c.agent_metrics, AgentMetricsOffer::Gateway);
+    assert_eq!(
+        c.agent_metrics_forward["backend"],
+        "https://otlp.example/v1/metrics?a=1,2"
+    );
+    assert_eq!(
+        load(Some("none"), &[]).unwrap().agent_metrics,
+        AgentMetricsOffer::Off
+    );
+    let url = "https://gw.example:4320/v1/metrics";
+    assert_eq!(
+        load(Some(url), &[]).unwrap().agent_metrics,
+        AgentMetricsOffer::Url(url.into())
+    );
+    for (url, forward, says) in [
+        (
+            Some("gw.example/v1/metrics"),
+            &[][..],
+            "--agent-metrics-url",
+        ),
+        (
+            None,
+            &["https://otlp.example/v1/metrics"][..],
+            "must be NAME=URL",
+        ),
+        (None, &["a b=https://x/v1/metrics"][..], "must be NAME=URL"),
+        (None, &["b=ftp://x"][..], "must be NAME=URL"),
+        (None, &["b=http://x", "b=http://y"][..], "twice"),
+    ] {
+        let err = load(url, forward).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+}

@@ -119,9 +119,25 @@ impl LogLimiter {
     }
 }
 
+/// A Prometheus label value written safely: the text exposition's escapes for `\`, `"` and line
+/// feeds (prometheus-client writes label values as they are). For values agents choose (their
+/// version, their exporters' names), which could otherwise forge series or break a scrape.
+pub fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::LogLimiter;
+    use super::{LogLimiter, label_value};
 
     #[test]
     fn a_flood_of_lines_is_cut_to_a_few_that_count_the_rest() {
@@ -132,5 +148,15 @@ mod tests {
         }
         assert_eq!(lines.len(), LogLimiter::PER_WINDOW as usize);
         assert!(lines.iter().all(|n| *n == 0), "nothing held back yet");
+    }
+
+    #[test]
+    fn label_values_cannot_break_out() {
+        let forged = "x\"} 0\nflotilla_agent_up{instance_uid=\"victim\\";
+        assert_eq!(
+            label_value(forged),
+            "x\\\"} 0\\nflotilla_agent_up{instance_uid=\\\"victim\\\\"
+        );
+        assert_eq!(label_value("0.120.0"), "0.120.0");
     }
 }

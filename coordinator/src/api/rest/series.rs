@@ -9,6 +9,7 @@ use crate::ops::{Caller, Ops};
 use axum::extract::{Extension, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use flotilla_common::telemetry::label_value;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -27,7 +28,7 @@ pub(super) async fn agents(
     for a in &agents {
         let labels = vec![
             ("instance_uid", a.instance_uid.clone()),
-            ("service_name", a.service_name.clone()),
+            ("service_name", label_value(&a.service_name)),
         ];
         up.get_or_create(&labels)
             .set(f64::from(u8::from(a.connected)));
@@ -42,7 +43,7 @@ pub(super) async fn agents(
         }
         for (name, failed_per_second, queue_fill) in &a.exporters {
             let mut labels = labels.clone();
-            labels.push(("exporter", name.clone()));
+            labels.push(("exporter", label_value(name)));
             failed.get_or_create(&labels).set(*failed_per_second);
             if let Some(f) = queue_fill {
                 fill.get_or_create(&labels).set(*f);
