@@ -290,6 +290,16 @@ async fn a_client_certificate_reports_only_for_its_own_agent() {
     );
 }
 
+/// An agent the server knows (it reported over plain HTTP), and a client of its OTLP endpoint.
+async fn known_agent(srv: &common::Server) -> (SimAgent, HttpClient) {
+    let mut agent = SimAgent::new("otelcol", &[]);
+    let opamp = HttpClient::new(&srv.http_url);
+    let reply = opamp.post(&agent.full_report(), false).await.unwrap();
+    assert_eq!(reply.status, 200);
+    let otlp = HttpClient::new(&srv.http_url.replace("/v1/opamp", "/v1/metrics"));
+    (agent, otlp)
+}
+
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -308,17 +318,7 @@ async fn a_flood_of_unknown_metrics_leaves_memory_flat_and_rollups_bounded() {
     // The flood comes over one connection, faster than an agent may send.
     cfg.limits.message_rate = 100_000;
     let srv = start(cfg).await;
-    let mut agent = SimAgent::new("otelcol", &[]);
-    let opamp = HttpClient::new(&srv.http_url);
-    assert_eq!(
-        opamp
-            .post(&agent.full_report(), false)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    let otlp = HttpClient::new(&srv.http_url.replace("/v1/opamp", "/v1/metrics"));
+    let (agent, otlp) = known_agent(&srv).await;
     let known = agent.uid;
 
     // Each export: 2,000 metrics never seen before, 40 exporters (16 are kept), for the agent and
@@ -393,17 +393,7 @@ async fn per_agent_series_are_served_only_when_asked_for() {
     let mut cfg = config(dir.path().join("b").as_path());
     cfg.per_agent_metrics = true;
     let srv = start(cfg).await;
-    let mut agent = SimAgent::new("otelcol", &[]);
-    let opamp = HttpClient::new(&srv.http_url);
-    assert_eq!(
-        opamp
-            .post(&agent.full_report(), false)
-            .await
-            .unwrap()
-            .status,
-        200
-    );
-    let otlp = HttpClient::new(&srv.http_url.replace("/v1/opamp", "/v1/metrics"));
+    let (agent, otlp) = known_agent(&srv).await;
     // An exporter named to forge a series of another agent: written escaped.
     let forger = "x\"} 1\nflotilla_agent_up{instance_uid=\"forged";
     let failed = |v: f64| {
@@ -416,9 +406,17 @@ async fn per_agent_series_are_served_only_when_asked_for() {
         )
     };
     let cpu = |v: f64| counter("otelcol_process_cpu_seconds", vec![point(vec![], v)]);
-    for (c, f) in [(1.0, 0.0), (3.0, 50.0)] {
-        let body = export(Some(agent.uid), vec![cpu(c), failed(f)]);
-        assert_eq!(otlp.post_raw(body, &[]).await.unwrap().status, 200);
+    // The second export gzipped, as exporters with compression on send it.
+    for (c, f, gzip) in [(1.0, 0.0, false), (3.0, 50.0, true)] {
+        let mut body = export(Some(agent.uid), vec![cpu(c), failed(f)]);
+        let mut headers = Vec::new();
+        if gzip {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut enc, &body).unwrap();
+            body = enc.finish().unwrap();
+            headers.push(("Content-Encoding", "gzip".to_owned()));
+        }
+        assert_eq!(otlp.post_raw(body, &headers).await.unwrap().status, 200);
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     srv.wait_agent(agent.uid, WAIT, |v| {
