@@ -7,7 +7,7 @@ use flotilla_gateway::otlp::samples_of;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(export) = samples_of(data, None, 1_700_000_000_000) else {
+    let Ok(export) = samples_of(&bytes::Bytes::copy_from_slice(data), None, 1_700_000_000_000) else {
         return;
     };
     for mut s in export.samples {

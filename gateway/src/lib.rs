@@ -14,6 +14,7 @@ mod http;
 mod metrics;
 mod metrics_queue;
 pub mod otlp;
+mod otlp_wire;
 mod own_metrics;
 mod slots;
 pub mod table;

@@ -5,12 +5,10 @@
 //! where other agents send those), summed over signals and attributes. Everything else is counted
 //! as dropped. Pure: the same export always gives the same samples.
 
+use crate::otlp_wire::{self as wire, DELTA, ExportRequest, Numbers, Points};
+use bytes::Bytes;
 use flotilla_proto::bus::{ComponentSample, OwnMetricsSample};
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, NumberDataPoint, metric::Data, number_data_point,
-};
 use prost::Message;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -69,19 +67,19 @@ fn kind_of(name: &str) -> Option<Kind> {
     Some(kind)
 }
 
-fn string_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
-        match kv.value.as_ref()?.value.as_ref()? {
-            any_value::Value::StringValue(s) => Some(s.as_str()),
-            _ => None,
-        }
-    })
+fn string_attr<'a>(attrs: &'a [wire::KeyValue], key: &str) -> Option<&'a str> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key.as_bytes())
+        .and_then(|kv| kv.value.as_ref()?.string_value.as_ref())
+        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-fn value_of(p: &NumberDataPoint) -> Option<f64> {
-    let v = match p.value? {
-        number_data_point::Value::AsDouble(d) => d,
-        number_data_point::Value::AsInt(i) => i as f64,
+fn value_of(p: &wire::NumberDataPoint) -> Option<f64> {
+    let v = match (p.as_double, p.as_int) {
+        (Some(d), _) => d,
+        (None, Some(i)) => i as f64,
+        (None, None) => return None,
     };
     v.is_finite().then_some(v)
 }
@@ -98,7 +96,7 @@ struct Sums {
 
 impl Sums {
     /// Adds one point; false when it is not kept.
-    fn add(&mut self, kind: Kind, attrs: &[KeyValue], v: f64) -> bool {
+    fn add(&mut self, kind: Kind, attrs: &[wire::KeyValue], v: f64) -> bool {
         let add = |slot: &mut Option<f64>| *slot = Some(slot.unwrap_or(0.0) + v);
         let (components, key) = match kind {
             Kind::Cpu => {
@@ -167,7 +165,7 @@ impl Sums {
 /// The agent a resource is: the uid its `service.instance.id` names (a UUID), which must be one
 /// `cert_uids` names when the connection's certificate binds agents (URI SAN rule); without the
 /// attribute, the one agent the certificate names.
-fn agent_of(resource: &[KeyValue], cert_uids: Option<&[Uuid]>) -> Result<Uuid, Refused> {
+fn agent_of(resource: &[wire::KeyValue], cert_uids: Option<&[Uuid]>) -> Result<Uuid, Refused> {
     let named = match string_attr(resource, "service.instance.id") {
         Some(s) => Some(Uuid::parse_str(s).map_err(|_| {
             Refused::BadRequest(format!(
@@ -195,24 +193,17 @@ fn agent_of(resource: &[KeyValue], cert_uids: Option<&[Uuid]>) -> Result<Uuid, R
     }
 }
 
-/// The samples of one export's protobuf body (see [`samples`]).
+/// The samples of one export's protobuf body, received at `at_unix_ms`. `cert_uids`: the uids the
+/// connection's certificate names, when the URI SAN identity rule binds agents to certificates.
 pub fn samples_of(
-    body: &[u8],
+    body: &Bytes,
     cert_uids: Option<&[Uuid]>,
     at_unix_ms: u64,
 ) -> Result<Export, Refused> {
-    let req = ExportMetricsServiceRequest::decode(body)
-        .map_err(|e| Refused::BadRequest(format!("malformed ExportMetricsServiceRequest: {e}")))?;
-    samples(&req, cert_uids, at_unix_ms)
-}
-
-/// The samples of one export, received at `at_unix_ms`. `cert_uids`: the uids the connection's
-/// certificate names, when the URI SAN identity rule binds agents to certificates.
-pub fn samples(
-    req: &ExportMetricsServiceRequest,
-    cert_uids: Option<&[Uuid]>,
-    at_unix_ms: u64,
-) -> Result<Export, Refused> {
+    let malformed = |e: prost::DecodeError| {
+        Refused::BadRequest(format!("malformed ExportMetricsServiceRequest: {e}"))
+    };
+    let req = ExportRequest::decode(body.clone()).map_err(malformed)?;
     let mut agents: BTreeMap<Uuid, Sums> = BTreeMap::new();
     for rm in &req.resource_metrics {
         let attrs = rm.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
@@ -224,30 +215,32 @@ pub fn samples(
         }
         let sums = agents.entry(uid).or_default();
         for metric in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
-            let kind = kind_of(&metric.name);
-            let (points, cumulative): (&[NumberDataPoint], bool) = match &metric.data {
-                Some(Data::Gauge(g)) => (&g.data_points, true),
-                Some(Data::Sum(s)) => (
-                    &s.data_points,
-                    s.aggregation_temporality != AggregationTemporality::Delta as i32,
-                ),
-                Some(Data::Histogram(h)) => {
-                    sums.dropped += h.data_points.len() as u64;
+            let kind = std::str::from_utf8(&metric.name).ok().and_then(kind_of);
+            let numbers = match (&metric.gauge, &metric.sum) {
+                (Some(data), _) | (None, Some(data)) if kind.is_some() => data,
+                _ => {
+                    // Not kept: only its points are counted.
+                    let data = [
+                        &metric.gauge,
+                        &metric.sum,
+                        &metric.histogram,
+                        &metric.exponential_histogram,
+                        &metric.summary,
+                    ];
+                    for d in data.into_iter().flatten() {
+                        sums.dropped += Points::decode(d.clone())
+                            .map_err(malformed)?
+                            .data_points
+                            .len() as u64;
+                    }
                     continue;
                 }
-                Some(Data::ExponentialHistogram(h)) => {
-                    sums.dropped += h.data_points.len() as u64;
-                    continue;
-                }
-                Some(Data::Summary(s)) => {
-                    sums.dropped += s.data_points.len() as u64;
-                    continue;
-                }
-                None => continue,
             };
-            for p in points {
+            let numbers = Numbers::decode(numbers.clone()).map_err(malformed)?;
+            // Rates are taken between cumulative values; deltas are not kept.
+            let cumulative = metric.gauge.is_some() || numbers.aggregation_temporality != DELTA;
+            for p in &numbers.data_points {
                 let kept = match (kind, value_of(p)) {
-                    // Rates are taken between cumulative values; deltas are not kept.
                     (Some(k), Some(v)) if cumulative => sums.add(k, &p.attributes, v),
                     _ => false,
                 };
@@ -279,6 +272,19 @@ pub fn string_kv(key: &str, value: &str) -> KeyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        AggregationTemporality, NumberDataPoint, metric::Data, number_data_point,
+    };
+
+    /// What the gateway keeps of `req`, as it reads it off the wire.
+    fn samples(
+        req: &ExportMetricsServiceRequest,
+        cert_uids: Option<&[Uuid]>,
+        at_unix_ms: u64,
+    ) -> Result<Export, Refused> {
+        samples_of(&Bytes::from(req.encode_to_vec()), cert_uids, at_unix_ms)
+    }
     use opentelemetry_proto::tonic::metrics::v1::{
         Gauge, Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics, Sum,
     };
