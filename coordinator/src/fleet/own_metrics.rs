@@ -167,61 +167,53 @@ struct Minute {
     queue_fill: f64,
 }
 
+/// The value columns of a minute series, each with whether a minute keeps its highest value
+/// (memory, queue fill) rather than the sum of its samples' shares.
+fn columns(s: &mut MinuteSeries) -> [(&mut Vec<f32>, bool); 7] {
+    [
+        (&mut s.cpu_seconds, false),
+        (&mut s.memory_bytes, true),
+        (&mut s.accepted, false),
+        (&mut s.refused, false),
+        (&mut s.sent, false),
+        (&mut s.failed, false),
+        (&mut s.queue_fill, true),
+    ]
+}
+
 /// Adds a sample's share to its minute's point and forgets points older than an hour.
-fn add_minute(series: &mut MinuteSeries, p: &Minute) {
-    let s = series;
+fn add_minute(s: &mut MinuteSeries, p: &Minute) {
+    let values = [
+        p.cpu_seconds,
+        p.memory_bytes,
+        p.accepted,
+        p.refused,
+        p.sent,
+        p.failed,
+        p.queue_fill,
+    ]
+    .map(|v| v as f32);
     let n = s.minute.len();
-    let columns = [
-        &s.cpu_seconds,
-        &s.memory_bytes,
-        &s.accepted,
-        &s.refused,
-        &s.sent,
-        &s.failed,
-        &s.queue_fill,
-    ];
-    if columns.iter().any(|c| c.len() != n) {
+    if columns(s).iter().any(|(c, _)| c.len() != n) {
         // Never written so; were it read so, start again rather than misalign the minutes.
         *s = MinuteSeries::default();
     }
-    let f = |v: f64| v as f32;
-    match s.minute.last() {
-        Some(last) if *last == p.minute => {
-            let i = n - 1;
-            s.cpu_seconds[i] += f(p.cpu_seconds);
-            s.memory_bytes[i] = s.memory_bytes[i].max(f(p.memory_bytes));
-            s.accepted[i] += f(p.accepted);
-            s.refused[i] += f(p.refused);
-            s.sent[i] += f(p.sent);
-            s.failed[i] += f(p.failed);
-            s.queue_fill[i] = s.queue_fill[i].max(f(p.queue_fill));
-        }
-        _ => {
-            s.minute.push(p.minute);
-            s.cpu_seconds.push(f(p.cpu_seconds));
-            s.memory_bytes.push(f(p.memory_bytes));
-            s.accepted.push(f(p.accepted));
-            s.refused.push(f(p.refused));
-            s.sent.push(f(p.sent));
-            s.failed.push(f(p.failed));
-            s.queue_fill.push(f(p.queue_fill));
+    let same_minute = s.minute.last() == Some(&p.minute);
+    if !same_minute {
+        s.minute.push(p.minute);
+    }
+    for ((column, highest), v) in columns(s).into_iter().zip(values) {
+        match column.last_mut() {
+            Some(last) if same_minute && highest => *last = last.max(v),
+            Some(last) if same_minute => *last += v,
+            _ => column.push(v),
         }
     }
     let oldest = p.minute.saturating_sub(MAX_MINUTES as u64 - 1);
     let stale = s.minute.iter().take_while(|m| **m < oldest).count();
-    if stale > 0 {
-        s.minute.drain(..stale);
-        for c in [
-            &mut s.cpu_seconds,
-            &mut s.memory_bytes,
-            &mut s.accepted,
-            &mut s.refused,
-            &mut s.sent,
-            &mut s.failed,
-            &mut s.queue_fill,
-        ] {
-            c.drain(..stale);
-        }
+    s.minute.drain(..stale);
+    for (column, _) in columns(s) {
+        column.drain(..stale);
     }
 }
 
