@@ -181,6 +181,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         }
         coord_cfg.alerts = alerts_config(&cfg.alerts)?;
         coord_cfg.agent_metrics = cfg.agent_metrics.clone();
+        coord_cfg.regions = cfg.regions.clone();
         if let Some((cert, key)) = &cfg.signing_ca {
             let ca = Ca::load(cert, key).context("the signing CA (--signing-ca-cert)")?;
             let server_ca_pem = match &cfg.opamp_server_ca {

@@ -47,7 +47,7 @@ async fn fleet_health_filters_and_paging() {
     let (_, h) = srv.get("/api/v1/fleet/health").await;
     assert_eq!(
         h,
-        json!({"total_agents": 7, "connected_agents": 6, "healthy_agents": 5, "unhealthy_agents": 1, "silent_agents": 0, "disconnected_agents": 1})
+        json!({"total_agents": 7, "connected_agents": 6, "healthy_agents": 5, "unhealthy_agents": 1, "silent_agents": 0, "disconnected_agents": 1, "missing_regions": [], "partial": false})
     );
 
     let (_, page) = srv

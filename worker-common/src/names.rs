@@ -35,6 +35,9 @@ pub fn uid_text(uid: &[u8]) -> String {
     }
 }
 
+/// The queue group of the coordinators answering [`Subjects::fleet_query`].
+pub const FLEET_QUERY_GROUP: &str = "fleet";
+
 /// Subject names within one region.
 #[derive(Clone, Debug)]
 pub struct Subjects {
@@ -73,6 +76,12 @@ impl Subjects {
         format!("opamp.{}.ctl.shard.released", self.region)
     }
 
+    /// Fleet views asked of this region by the others (request/reply, one coordinator of the
+    /// region answers: queue group [`FLEET_QUERY_GROUP`]).
+    pub fn fleet_query(&self) -> String {
+        format!("opamp.{}.ctl.fleet", self.region)
+    }
+
     /// Agent events: connected, disconnected, silent, unhealthy, config_applied, config_failed.
     pub fn event(&self, kind: &str) -> String {
         format!("opamp.{}.evt.{kind}", self.region)
@@ -101,5 +110,6 @@ mod tests {
         assert_eq!(s.uplink(7), "opamp.eu1.up.0007");
         assert_eq!(s.downlink("gw-a"), "opamp.eu1.gw.gw-a.down");
         assert_eq!(s.event("silent"), "opamp.eu1.evt.silent");
+        assert_eq!(s.fleet_query(), "opamp.eu1.ctl.fleet");
     }
 }

@@ -41,6 +41,8 @@ pub struct Cluster {
     pub redis_url: String,
     pub coordinators: Vec<Node>,
     pub gateways: Vec<Node>,
+    /// Every process's `--region`.
+    pub region: String,
     extra: Vec<String>,
     /// Flags for coordinators only, and for gateways only.
     role_extra: [Vec<String>; 2],
@@ -117,6 +119,18 @@ impl Cluster {
         extra: &[&str],
         role_extra: [Vec<String>; 2],
     ) -> Self {
+        Self::start_in(REGION, backends, coordinators, gateways, extra, role_extra).await
+    }
+
+    /// [`Cluster::start_on`] as region `region`.
+    pub async fn start_in(
+        region: &str,
+        backends: Backends,
+        coordinators: usize,
+        gateways: usize,
+        extra: &[&str],
+        role_extra: [Vec<String>; 2],
+    ) -> Self {
         let Backends {
             dir,
             nats,
@@ -132,6 +146,7 @@ impl Cluster {
             redis_url,
             coordinators: Vec::new(),
             gateways: Vec::new(),
+            region: region.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             role_extra,
             http: reqwest::Client::builder()
@@ -188,7 +203,7 @@ impl Cluster {
             "--node-id",
             id,
             "--region",
-            REGION,
+            &self.region,
             "--nats-url",
             nats_url,
             "--redis-url",

@@ -4,6 +4,7 @@
 
 use super::error::bad_request;
 use super::query::parse_limit;
+use super::regions::{RegionAnswer, RegionPage, RegionQuery, UNEXPECTED};
 use super::views::{
     AgentDetail, AgentSummary, AgentsPage, CONFIG_STATES, FleetHealth, FleetOverview,
     OverviewBuilder, config_drift, config_state, rfc3339,
@@ -13,17 +14,22 @@ use crate::fleet::agents::{RecordAttributes, healthy, status_name};
 use crate::fleet::checks::valid_label_key;
 use crate::fleet::configs::{Aspect, Desired};
 use crate::opamp::desired::desired_config;
+use base64::Engine;
 use flotilla_common::selector::Attributes;
 use flotilla_common::selector::Selector;
 use flotilla_proto::bus::{
     AgentRecord, DeleteAgent, IssueCertificate, RestartAgent, RestartResult, SendCustomMessage,
     SetLabels, uplink,
 };
+use prost::Message;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 const DEFAULT_LIMIT: usize = 100;
+
+/// How deep (offset + limit) a list over several regions may page: each region sends that many.
+pub const MAX_REGIONS_DEPTH: usize = 2000;
 
 /// An instance uid from its text (a UUID).
 pub fn parse_uid(s: &str) -> Result<Uuid> {
@@ -108,6 +114,8 @@ pub struct AgentQuery {
     pub cursor: Option<Uuid>,
     /// Matches skipped before the page (any order).
     pub offset: usize,
+    /// The text parameters it was parsed from (what other regions are asked with).
+    pub params: Vec<(String, String)>,
 }
 
 impl AgentQuery {
@@ -120,6 +128,7 @@ impl AgentQuery {
             ..Default::default()
         };
         for (key, value) in params {
+            q.params.push((key.to_owned(), value.to_owned()));
             match key {
                 "selector" => q.selector = parse_selector(value)?,
                 "status" => {
@@ -285,8 +294,30 @@ pub struct Issued {
 }
 
 impl Ops {
-    /// The agents' counts by status and health.
+    /// The agents' counts by status and health, over every region of the fleet.
     pub async fn fleet_health(&self, _caller: &Caller) -> Result<FleetHealth> {
+        let mut h = self.region_health().await?;
+        if self.peer_regions().is_empty() {
+            return Ok(h);
+        }
+        let asked = self
+            .ask_regions(&RegionQuery::Health, |a| match a {
+                RegionAnswer::Health(h) => Ok(h),
+                _ => Err(UNEXPECTED.into()),
+            })
+            .await?;
+        h.regions.insert(self.region().to_owned(), h.clone());
+        for (region, theirs) in asked.answers {
+            h.add(&theirs);
+            h.regions.insert(region, theirs);
+        }
+        h.partial = !asked.missing.is_empty();
+        h.missing_regions = asked.missing;
+        Ok(h)
+    }
+
+    /// This region's agents' counts.
+    pub(crate) async fn region_health(&self) -> Result<FleetHealth> {
         let mut h = FleetHealth::default();
         self.visit_fleet(&mut |a| h.count(a)).await?;
         Ok(h)
@@ -300,10 +331,86 @@ impl Ops {
         Ok(b.finish())
     }
 
-    /// One page of the agents `q` selects, in the order it asks for.
+    /// One page of the agents `q` selects, in the order it asks for, over every region of the
+    /// fleet: each region sends the first `offset + limit` of its matches, merged here in the
+    /// list's order.
     pub async fn list_agents(&self, _caller: &Caller, q: &AgentQuery) -> Result<AgentsPage> {
-        // Only the uids (and sort keys) of matching agents are collected; records are read for
-        // one page.
+        if q.cursor.is_some() && (q.sort != SortKey::Uid || q.descending) {
+            return Err(bad_request(
+                "cursor pages through the default order only; use offset with sort or order",
+            ));
+        }
+        if self.peer_regions().is_empty() {
+            let part = self.region_page(q, q.offset, q.limit).await?;
+            let next_cursor = (q.offset + q.limit < part.after_cursor && q.sort == SortKey::Uid)
+                .then(|| part.items.last().map(|(_, a)| a.instance_uid.clone()))
+                .flatten();
+            return Ok(AgentsPage {
+                total: part.total,
+                agents: part.items.into_iter().map(|(_, a)| a).collect(),
+                next_cursor,
+                missing_regions: Vec::new(),
+                partial: false,
+            });
+        }
+        let deepest = q.offset + q.limit;
+        if deepest > MAX_REGIONS_DEPTH {
+            return Err(bad_request(format!(
+                "offset + limit may reach {MAX_REGIONS_DEPTH} agents in a fleet of several \
+                 regions; page further with cursor (in the default order) or a narrower selector"
+            )));
+        }
+        let local = self.region_page(q, 0, deepest).await?;
+        let asked = self
+            .ask_regions(
+                &RegionQuery::Agents {
+                    params: q.params.clone(),
+                },
+                |a| match a {
+                    RegionAnswer::Agents(p) => Ok(p),
+                    _ => Err(UNEXPECTED.into()),
+                },
+            )
+            .await?;
+        let (mut total, mut after_cursor) = (0, 0);
+        let mut items = Vec::new();
+        for part in std::iter::once(local).chain(asked.answers.into_iter().map(|(_, p)| p)) {
+            total += part.total;
+            after_cursor += part.after_cursor;
+            items.extend(part.items);
+        }
+        items
+            .sort_unstable_by(|(ka, a), (kb, b)| (ka, &a.instance_uid).cmp(&(kb, &b.instance_uid)));
+        if q.descending {
+            items.reverse();
+        }
+        let agents: Vec<AgentSummary> = items
+            .into_iter()
+            .skip(q.offset)
+            .take(q.limit)
+            .map(|(_, a)| a)
+            .collect();
+        let next_cursor = (deepest < after_cursor && q.sort == SortKey::Uid)
+            .then(|| agents.last().map(|a| a.instance_uid.clone()))
+            .flatten();
+        Ok(AgentsPage {
+            total,
+            agents,
+            next_cursor,
+            partial: !asked.missing.is_empty(),
+            missing_regions: asked.missing,
+        })
+    }
+
+    /// This region's part of a list: its matches after the cursor, `skip` of them left out and
+    /// the next `take` read, with their sort keys. Only the uids (and sort keys) of matching
+    /// agents are collected; records are read for the page alone.
+    pub(crate) async fn region_page(
+        &self,
+        q: &AgentQuery,
+        skip: usize,
+        take: usize,
+    ) -> Result<RegionPage> {
         let desired = self.desired.current();
         let mut keyed: Vec<(String, Uuid)> = Vec::new();
         self.visit_fleet(&mut |a| {
@@ -322,56 +429,102 @@ impl Ops {
         if q.descending {
             keyed.reverse();
         }
-        let uids: Vec<Uuid> = keyed.into_iter().map(|(_, u)| u).collect();
-        let total = uids.len();
-        let start = match q.cursor {
-            Some(cur) if q.sort == SortKey::Uid && !q.descending => {
-                uids.partition_point(|u| *u <= cur)
-            }
-            Some(_) => {
-                return Err(bad_request(
-                    "cursor pages through the default order only; use offset with sort or order",
-                ));
-            }
-            None => q.offset.min(total),
-        };
-        let page = &uids[start..(start + q.limit).min(total)];
-        let next_cursor = (start + q.limit < total && q.sort == SortKey::Uid && !q.descending)
-            .then(|| page.last().map(Uuid::to_string))
-            .flatten();
-        let mut agents = Vec::with_capacity(page.len());
-        for uid in page {
+        let total = keyed.len();
+        let start = q
+            .cursor
+            .map_or(0, |cur| keyed.partition_point(|(_, u)| *u <= cur));
+        let mut items = Vec::with_capacity(take.min(total));
+        for (key, uid) in keyed.into_iter().skip(start + skip).take(take) {
             // Removed since the visit: left out of the page.
-            if let Some(rec) = self.store().get_agent(*uid).await? {
-                agents.push(AgentSummary::of(&rec, &desired));
+            if let Some(rec) = self.store().get_agent(uid).await? {
+                items.push((key, self.summary(&rec, &desired)));
             }
         }
-        Ok(AgentsPage {
+        Ok(RegionPage {
             total,
-            agents,
-            next_cursor,
+            after_cursor: total - start,
+            items,
         })
     }
 
-    async fn record_of(&self, uid: Uuid) -> Result<AgentRecord> {
+    /// An agent's summary, naming this region.
+    fn summary(&self, rec: &AgentRecord, desired: &Desired) -> AgentSummary {
+        let mut s = AgentSummary::of(rec, desired);
+        s.region = self.region().to_owned();
+        s
+    }
+
+    /// The record of an agent of this region; none when it has none (or only the marker left
+    /// under the uid of an agent that took a new one: the error says which).
+    pub(crate) async fn region_record(&self, uid: Uuid) -> Result<Option<AgentRecord>> {
         match self.store().get_agent(uid).await? {
-            None => Err(Error::NotFound(format!("no agent {uid}"))),
             Some(marker) if !marker.moved_to.is_empty() => Err(Error::NotFound(format!(
                 "no agent {uid}: it took the new instance uid {}",
                 flotilla_common::names::uid_text(&marker.moved_to)
             ))),
-            Some(rec) => Ok(rec),
+            rec => Ok(rec),
         }
     }
 
-    /// Everything known of one agent (secrets in its effective config redacted).
+    async fn record_of(&self, uid: Uuid) -> Result<AgentRecord> {
+        self.region_record(uid)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no agent {uid}")))
+    }
+
+    /// Everything known of one agent (secrets in its effective config redacted), from whichever
+    /// region holds it.
     pub async fn agent(&self, _caller: &Caller, uid: &str) -> Result<AgentDetail> {
-        let rec = self.record_of(parse_uid(uid)?).await?;
-        Ok(AgentDetail::of(
-            &rec,
-            &self.desired.current(),
-            &self.cfg.redactor,
-        ))
+        let uid = parse_uid(uid)?;
+        let (region, rec) = match self.region_record(uid).await? {
+            Some(rec) => (self.region().to_owned(), rec),
+            None if self.peer_regions().is_empty() => {
+                return Err(Error::NotFound(format!("no agent {uid}")));
+            }
+            None => self.remote_record(uid).await?,
+        };
+        let mut detail = AgentDetail::of(&rec, &self.desired.current(), &self.cfg.redactor);
+        detail.summary.region = region;
+        Ok(detail)
+    }
+
+    /// An agent's record from the other region that holds it.
+    async fn remote_record(&self, uid: Uuid) -> Result<(String, AgentRecord)> {
+        let asked = self
+            .ask_regions(
+                &RegionQuery::Agent {
+                    uid: uid.to_string(),
+                },
+                |a| match a {
+                    RegionAnswer::Agent(rec) => rec
+                        .map(|b64| {
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(b64)
+                                .map_err(|e| e.to_string())?;
+                            AgentRecord::decode(bytes.as_slice()).map_err(|e| e.to_string())
+                        })
+                        .transpose(),
+                    _ => Err(UNEXPECTED.into()),
+                },
+            )
+            .await?;
+        if let Some((region, Some(rec))) = asked.answers.into_iter().find(|(_, r)| r.is_some()) {
+            if !rec.moved_to.is_empty() {
+                return Err(Error::NotFound(format!(
+                    "no agent {uid}: it took the new instance uid {}",
+                    flotilla_common::names::uid_text(&rec.moved_to)
+                )));
+            }
+            return Ok((region, rec));
+        }
+        if asked.missing.is_empty() {
+            Err(Error::NotFound(format!("no agent {uid}")))
+        } else {
+            Err(Error::Unavailable(format!(
+                "no agent {uid} in the regions that answered; {} did not answer in time",
+                asked.missing.join(", ")
+            )))
+        }
     }
 
     pub async fn labels(&self, _caller: &Caller, uid: &str) -> Result<Labels> {

@@ -22,6 +22,8 @@ pub mod events;
 pub mod own_metrics;
 pub mod owner;
 pub mod query;
+mod region_answers;
+pub mod regions;
 pub mod restarts;
 pub mod rollouts;
 pub mod views;
@@ -58,6 +60,10 @@ pub struct OpsConfig {
     /// How long an agent may report unhealthy before a rollout counts it as failing (the
     /// collector's supervisor reports unhealthy while its collector starts): `--alert-grace`.
     pub unhealthy_grace: Duration,
+    /// The fleet's other regions (sorted; empty: this one alone) and how long a fleet view
+    /// waits for them.
+    pub peer_regions: Vec<String>,
+    pub region_timeout: Duration,
 }
 
 impl OpsConfig {
@@ -69,6 +75,8 @@ impl OpsConfig {
             owner_timeout: Duration::from_secs(3),
             owner_deadline: Duration::from_secs(5),
             unhealthy_grace: Duration::from_secs(60),
+            peer_regions: Vec::new(),
+            region_timeout: flotilla_common::config::DEFAULT_REGION_TIMEOUT,
         }
     }
 }

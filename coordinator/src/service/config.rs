@@ -4,6 +4,7 @@ use crate::fleet::redact::Redactor;
 use crate::opamp::identity::Issuer;
 use flotilla_common::config::{
     AgentMetricsOffer, DEFAULT_AGENT_RETENTION, DEFAULT_MAX_MESSAGE_SIZE, RecordLimits,
+    RegionSettings,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct CoordinatorConfig {
     pub alerts: super::sinks::AlertsConfig,
     /// The own-metrics destination offered to agents whose config names none.
     pub agent_metrics: AgentMetricsOffer,
+    /// The fleet's regions: who fleet views ask, where agents of other regions belong.
+    pub regions: RegionSettings,
 }
 
 impl CoordinatorConfig {
@@ -52,6 +55,7 @@ impl CoordinatorConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             alerts: Default::default(),
             agent_metrics: AgentMetricsOffer::Gateway,
+            regions: RegionSettings::default(),
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::ops::{DesiredState, Ops, OpsConfig};
 use duties::{DutyHealth, supervise};
 use events::Events;
 use flotilla_common::bus::{Bus, BusError};
-use flotilla_common::names::Subjects;
+use flotilla_common::names::{FLEET_QUERY_GROUP, Subjects};
 use flotilla_common::store::{Store, StoreError};
 use flotilla_common::telemetry::label_value;
 use futures_util::FutureExt;
@@ -78,6 +78,8 @@ impl Service {
                 owner_timeout: cfg.push_timeout + Duration::from_secs(1),
                 owner_deadline: cfg.owner_deadline,
                 unhealthy_grace: Duration::from_millis(cfg.alerts.policy.grace_ms),
+                peer_regions: cfg.regions.peers(&cfg.region),
+                region_timeout: cfg.regions.timeout,
                 ..OpsConfig::new(&cfg.region)
             },
             store.clone(),
@@ -153,6 +155,7 @@ impl Service {
         };
         tokio::join!(
             self.clone().hear_changes(announced.clone(), cancel.clone()),
+            self.clone().answer_regions(cancel.clone()),
             duty("silence_sweep", SECOND, None, |s| {
                 async move { s.owner.sweep_silent().await.map_err(|e| e.to_string()) }.boxed()
             }),
@@ -198,6 +201,44 @@ impl Service {
         );
     }
 
+    /// Answers the other regions' fleet views (one coordinator of this region, the queue
+    /// group's choice, answers each), at most [`REGION_ANSWERS`] at once: past that the asker is
+    /// told this region is busy at once rather than left to time out.
+    async fn answer_regions(self: Arc<Self>, cancel: CancellationToken) {
+        let subject = self.subjects.fleet_query();
+        let mut queries = match self.bus.subscribe_queue(&subject, FLEET_QUERY_GROUP).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "cannot answer other regions' fleet views");
+                return;
+            }
+        };
+        let slots = Arc::new(tokio::sync::Semaphore::new(REGION_ANSWERS));
+        loop {
+            let query = tokio::select! {
+                m = queries.next() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+                () = cancel.cancelled() => return,
+            };
+            let Some(reply) = query.reply else { continue };
+            let ops = self.ops.clone();
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    tokio::spawn(async move {
+                        let answer = ops.answer_region(&query.msg.payload).await;
+                        let _ = reply.send(answer).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    let _ = reply.send(ops.region_busy()).await;
+                }
+            }
+        }
+    }
+
     /// Wakes `announced` whenever a coordinator announces a change of desired state.
     async fn hear_changes(self: Arc<Self>, announced: Arc<Notify>, cancel: CancellationToken) {
         let mut changes = match self.bus.subscribe(&self.subjects.desired_changed()).await {
@@ -223,6 +264,9 @@ impl Service {
 }
 
 const SECOND: Duration = Duration::from_secs(1);
+
+/// Other regions' fleet views one coordinator answers at once.
+const REGION_ANSWERS: usize = 4;
 
 /// Milliseconds of `d`, saturating.
 pub(crate) fn millis(d: Duration) -> u64 {

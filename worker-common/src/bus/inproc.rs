@@ -90,6 +90,11 @@ impl Bus for InProcessBus {
         self.subs.write().push((subject.to_owned(), tx));
         Ok(Subscription(SubscriptionInner::InProcess(rx)))
     }
+
+    /// One process is one member: a plain subscription (requests go to the first subscriber).
+    async fn subscribe_queue(&self, subject: &str, _group: &str) -> Result<Subscription, BusError> {
+        self.subscribe(subject).await
+    }
 }
 
 #[cfg(test)]

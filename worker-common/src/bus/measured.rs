@@ -103,6 +103,10 @@ impl Bus for Measured {
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
         self.inner.subscribe(subject).await
     }
+
+    async fn subscribe_queue(&self, subject: &str, group: &str) -> Result<Subscription, BusError> {
+        self.inner.subscribe_queue(subject, group).await
+    }
 }
 
 #[cfg(test)]

@@ -150,4 +150,16 @@ impl Bus for NatsBus {
             sub,
         }))
     }
+
+    async fn subscribe_queue(&self, subject: &str, group: &str) -> Result<Subscription, BusError> {
+        let sub = self
+            .client
+            .queue_subscribe(subject.to_owned(), group.to_owned())
+            .await
+            .map_err(|_| BusError::Closed)?;
+        Ok(Subscription(SubscriptionInner::Nats {
+            client: self.client.clone(),
+            sub,
+        }))
+    }
 }

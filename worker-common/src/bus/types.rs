@@ -159,6 +159,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Sends `msg` to one subscriber and waits for its answer.
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<Bytes, BusError>;
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError>;
+    /// A subscription in the queue group `group`: each message reaches one member of the group
+    /// (NATS prefers members connected to the same cluster as the sender).
+    async fn subscribe_queue(&self, subject: &str, group: &str) -> Result<Subscription, BusError>;
 }
 
 /// Sends a request to whoever serves `msg.subject`, retrying while nobody answers (e.g. during a

@@ -79,6 +79,68 @@ fn forward_destinations(values: Vec<String>) -> Result<BTreeMap<String, String>,
     Ok(out)
 }
 
+/// `--region-endpoint REGION=URL` values, by region.
+fn region_endpoints(values: Vec<String>) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        let parsed = v.split_once('=').filter(|(region, url)| {
+            is_subject_token(region)
+                && ["ws://", "wss://", "http://", "https://"]
+                    .iter()
+                    .any(|s| url.starts_with(s))
+        });
+        let Some((region, url)) = parsed else {
+            return Err(ConfigError::Invalid(format!(
+                "--region-endpoint {v:?} must be REGION=URL: a region name and the ws://, wss://, \
+                 http:// or https:// OpAMP URL of its gateways"
+            )));
+        };
+        if out.insert(region.to_owned(), url.to_owned()).is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "--region-endpoint names {region:?} twice"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// How long a fleet view waits for the other regions by default.
+pub const DEFAULT_REGION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The fleet's regions (`--regions`, `--region-endpoint`, `--home-region-attribute`,
+/// `--region-timeout`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionSettings {
+    /// Every region of the fleet as configured (this one included; empty: this one alone).
+    pub fleet: Vec<String>,
+    pub timeout: Duration,
+    /// The OpAMP URL of each region's gateways, for agents that reach the wrong region.
+    pub endpoints: BTreeMap<String, String>,
+    /// The attribute naming an agent's home region.
+    pub home_attribute: String,
+}
+
+impl Default for RegionSettings {
+    fn default() -> Self {
+        Self {
+            fleet: Vec::new(),
+            timeout: DEFAULT_REGION_TIMEOUT,
+            endpoints: BTreeMap::new(),
+            home_attribute: "cloud.region".into(),
+        }
+    }
+}
+
+impl RegionSettings {
+    /// The other regions of the fleet, sorted, without `own`.
+    pub fn peers(&self, own: &str) -> Vec<String> {
+        let mut peers: Vec<String> = self.fleet.iter().filter(|r| *r != own).cloned().collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+}
+
 /// Where alerts go and which are raised (`--alert-*`, `--alertmanager-url`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertSettings {
@@ -150,6 +212,8 @@ pub struct ServeConfig {
     pub redis_tls: RedisTls,
     pub data_dir: PathBuf,
     pub region: String,
+    /// The fleet's other regions, and how agents find their home region.
+    pub regions: RegionSettings,
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `info,flotilla_gateway=debug`); None: RUST_LOG, else info.
     pub log_level: Option<String>,
@@ -241,6 +305,18 @@ impl ServeConfig {
                 .or(f.data_dir)
                 .unwrap_or_else(|| "flotilla-data".into()),
             region: a.region.or(f.region).unwrap_or_else(|| "local".into()),
+            regions: RegionSettings {
+                fleet: either(a.regions, f.regions),
+                timeout: a
+                    .region_timeout
+                    .or(f.region_timeout)
+                    .unwrap_or(DEFAULT_REGION_TIMEOUT),
+                endpoints: region_endpoints(either(a.region_endpoint, f.region_endpoint))?,
+                home_attribute: a
+                    .home_region_attribute
+                    .or(f.home_region_attribute)
+                    .unwrap_or_else(|| "cloud.region".into()),
+            },
             log_format: a.log_format.or(f.log_format).unwrap_or_default(),
             log_level: a.log_level.or(f.log_level),
             trace: TraceConfig {
@@ -436,6 +512,30 @@ impl ServeConfig {
                      (it becomes part of bus subjects)"
                 ));
             }
+        }
+        if !self.regions.fleet.is_empty() && !self.regions.fleet.contains(&self.region) {
+            return invalid(format!(
+                "--regions {:?} must include this process's --region {:?}",
+                self.regions.fleet.join(","),
+                self.region
+            ));
+        }
+        if !self.regions.peers(&self.region).is_empty() && self.nats_url.is_none() {
+            return invalid(
+                "--regions names other regions: they are asked over NATS, so --nats-url is needed"
+                    .into(),
+            );
+        }
+        if let Some(bad) = self.regions.fleet.iter().find(|r| !is_subject_token(r)) {
+            return invalid(format!(
+                "--regions names {bad:?}: a region uses only letters, digits, '-' and '_'"
+            ));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.regions.timeout) {
+            return invalid("--region-timeout must be from 100ms to 60s".into());
+        }
+        if self.regions.home_attribute.is_empty() {
+            return invalid("--home-region-attribute must not be empty".into());
         }
         if !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&self.heartbeat_interval) {
             return invalid("--heartbeat-interval must be from 1s to 1day".into());

@@ -93,6 +93,22 @@ pub struct ServeArgs {
     /// Region name, part of every bus subject [default: local].
     #[arg(long, env = "FLOTILLA_REGION")]
     pub region: Option<String>,
+    /// Every region of the fleet (this one included), comma-separated: fleet views answer for
+    /// all of them, asking the others over NATS (a supercluster) [default: this region alone].
+    #[arg(long, env = "FLOTILLA_REGIONS", value_delimiter = ',')]
+    pub regions: Vec<String>,
+    /// How long a fleet view waits for the other regions before answering without them (and
+    /// saying which are missing) [default: 2s].
+    #[arg(long, env = "FLOTILLA_REGION_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub region_timeout: Option<Duration>,
+    /// The OpAMP URL of a region's gateways, as REGION=URL: agents of that region that reach
+    /// this one are offered it. Repeatable.
+    #[arg(long, env = "FLOTILLA_REGION_ENDPOINT")]
+    pub region_endpoint: Vec<String>,
+    /// The agent attribute that names an agent's home region (a `home-region` label pins it
+    /// instead) [default: cloud.region].
+    #[arg(long, env = "FLOTILLA_HOME_REGION_ATTRIBUTE")]
+    pub home_region_attribute: Option<String>,
     /// Log lines as text or as JSON objects, one a line, on stderr [default: text].
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -288,6 +304,13 @@ pub(super) struct FileConfig {
     pub(super) redis_key: Option<PathBuf>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) region: Option<String>,
+    #[serde(default)]
+    pub(super) regions: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) region_timeout: Option<Duration>,
+    #[serde(default)]
+    pub(super) region_endpoint: Vec<String>,
+    pub(super) home_region_attribute: Option<String>,
     pub(super) log_format: Option<LogFormat>,
     pub(super) log_level: Option<String>,
     pub(super) otlp_endpoint: Option<String>,

@@ -449,3 +449,54 @@ fn own_metrics_settings_are_checked() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+#[test]
+fn regions_of_the_fleet() {
+    let load = |region: &str, regions: &[&str], endpoints: &[&str]| {
+        ServeConfig::load(ServeArgs {
+            region: Some(region.into()),
+            regions: regions.iter().map(|s| s.to_string()).collect(),
+            region_endpoint: endpoints.iter().map(|s| s.to_string()).collect(),
+            nats_url: Some("nats://127.0.0.1:4222".into()),
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            ..Default::default()
+        })
+    };
+    let c = load("eu", &[], &[]).unwrap();
+    assert!(c.regions.peers("eu").is_empty());
+    assert_eq!(c.regions.home_attribute, "cloud.region");
+    assert_eq!(c.regions.timeout, DEFAULT_REGION_TIMEOUT);
+    let c = load(
+        "eu",
+        &["us", "eu", "ap", "us"],
+        &["us=wss://us.example:4320/v1/opamp"],
+    )
+    .unwrap();
+    assert_eq!(c.regions.peers("eu"), ["ap", "us"]);
+    assert_eq!(c.regions.endpoints["us"], "wss://us.example:4320/v1/opamp");
+    for (regions, endpoints, says) in [
+        (
+            &["us", "ap"][..],
+            &[][..],
+            "must include this process's --region",
+        ),
+        (&["eu", "u s"][..], &[][..], "--regions names \"u s\""),
+        (&["eu"][..], &["us"][..], "must be REGION=URL"),
+        (&["eu"][..], &["us=ftp://x"][..], "must be REGION=URL"),
+        (&["eu"][..], &["us=ws://a", "us=ws://b"][..], "twice"),
+    ] {
+        let err = load("eu", regions, endpoints).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+    let embedded = ServeConfig::load(ServeArgs {
+        region: Some("eu".into()),
+        regions: vec!["eu".into(), "us".into()],
+        ..Default::default()
+    });
+    assert!(
+        embedded
+            .unwrap_err()
+            .to_string()
+            .contains("--nats-url is needed")
+    );
+}

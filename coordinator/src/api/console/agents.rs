@@ -174,10 +174,10 @@ fn row(a: &AgentSummary, columns: &[&str]) -> Markup {
         tr {
             td { a.mono href={ "/agents/" (seg(&a.instance_uid)) } { (a.instance_uid) } }
             td { (attr("service.name")) }
-            td { (badge(a.status)) }
+            td { (badge(&a.status)) }
             td { (badge(health_word(a.healthy))) }
             td {
-                (badge(a.config_state))
+                (badge(&a.config_state))
                 @if let Some(c) = &a.desired_config {
                     " " a href={ "/configs/" (seg(&c.name)) } { (c.name) " v" (c.version) }
                 }
@@ -213,10 +213,10 @@ pub async fn detail(
         p.mono { (s.instance_uid) }
         div #live data-live="5" {
             dl.facts {
-                dt { "Status" } dd { (badge(s.status)) }
+                dt { "Status" } dd { (badge(&s.status)) }
                 dt { "Health" } dd { (badge(health_word(s.healthy))) }
                 dt { "Config" } dd {
-                    (badge(s.config_state))
+                    (badge(&s.config_state))
                     @match &s.desired_config {
                         Some(r) => { " should run " a href={ "/configs/" (seg(&r.name)) } { (r.name) " v" (r.version) } }
                         None => { " no active config selects this agent" }

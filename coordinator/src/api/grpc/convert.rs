@@ -4,7 +4,7 @@
 use crate::ops::restarts::RestartJob;
 use crate::ops::rollouts::RolloutRequest;
 use crate::ops::views::{
-    AgentSummary, AuditView, ConfigRef, ConfigView, RolloutView, VersionView, rfc3339,
+    AgentSummary, AuditView, ConfigRef, ConfigView, FleetHealth, RolloutView, VersionView, rfc3339,
 };
 use flotilla_proto::admin as pb;
 use serde_json::json;
@@ -112,6 +112,24 @@ fn config_ref(r: &Option<ConfigRef>) -> Option<pb::ConfigRef> {
     })
 }
 
+pub(super) fn fleet_health(h: &FleetHealth) -> pb::FleetHealth {
+    pb::FleetHealth {
+        total_agents: h.total_agents,
+        connected_agents: h.connected_agents,
+        healthy_agents: h.healthy_agents,
+        unhealthy_agents: h.unhealthy_agents,
+        silent_agents: h.silent_agents,
+        disconnected_agents: h.disconnected_agents,
+        regions: h
+            .regions
+            .iter()
+            .map(|(r, h)| (r.clone(), fleet_health(h)))
+            .collect(),
+        missing_regions: h.missing_regions.clone(),
+        partial: h.partial,
+    }
+}
+
 pub(super) fn agent_summary(s: &AgentSummary) -> pb::AgentSummary {
     let map = |m: &std::collections::BTreeMap<String, String>| m.clone().into_iter().collect();
     pb::AgentSummary {
@@ -130,6 +148,7 @@ pub(super) fn agent_summary(s: &AgentSummary) -> pb::AgentSummary {
         desired_config: config_ref(&s.desired_config),
         desired_packages: config_ref(&s.desired_packages),
         desired_settings: config_ref(&s.desired_settings),
+        region: s.region.clone(),
     }
 }
 

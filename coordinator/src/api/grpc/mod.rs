@@ -85,14 +85,7 @@ impl Admin for AdminService {
             .fleet_health(&caller(&req)?)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::FleetHealth {
-            total_agents: h.total_agents,
-            connected_agents: h.connected_agents,
-            healthy_agents: h.healthy_agents,
-            unhealthy_agents: h.unhealthy_agents,
-            silent_agents: h.silent_agents,
-            disconnected_agents: h.disconnected_agents,
-        }))
+        Ok(Response::new(convert::fleet_health(&h)))
     }
 
     async fn list_agents(
@@ -119,6 +112,8 @@ impl Admin for AdminService {
             total: page.total as u64,
             agents: page.agents.iter().map(agent_summary).collect(),
             next_cursor: page.next_cursor.unwrap_or_default(),
+            missing_regions: page.missing_regions,
+            partial: page.partial,
         }))
     }
 

@@ -15,11 +15,11 @@ use flotilla_proto::bus::{AgentRecord, Drift, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, ComponentHealth, KeyValue, PackageStatusEnum, RemoteConfigStatuses,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The agents' counts by status and health (health counts connected agents).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FleetHealth {
     pub total_agents: u64,
     pub connected_agents: u64,
@@ -27,9 +27,28 @@ pub struct FleetHealth {
     pub unhealthy_agents: u64,
     pub silent_agents: u64,
     pub disconnected_agents: u64,
+    /// Each region's counts, when the fleet has several (`--regions`); absent otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub regions: BTreeMap<String, FleetHealth>,
+    /// Regions that did not answer in time: their agents are not in the counts.
+    #[serde(default)]
+    pub missing_regions: Vec<String>,
+    /// Whether a region is missing (the counts are a part of the fleet).
+    #[serde(default)]
+    pub partial: bool,
 }
 
 impl FleetHealth {
+    /// Adds another region's counts.
+    pub fn add(&mut self, o: &FleetHealth) {
+        self.total_agents += o.total_agents;
+        self.connected_agents += o.connected_agents;
+        self.healthy_agents += o.healthy_agents;
+        self.unhealthy_agents += o.unhealthy_agents;
+        self.silent_agents += o.silent_agents;
+        self.disconnected_agents += o.disconnected_agents;
+    }
+
     /// Counts one more agent.
     pub fn count(&mut self, rec: &AgentRecord) {
         self.total_agents += 1;
@@ -49,17 +68,17 @@ impl FleetHealth {
 }
 
 /// Which version of a config gives an agent one aspect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigRef {
     pub name: String,
     pub version: u64,
     pub hash: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteConfigStatusView {
     /// UNSET, APPLYING, APPLIED or FAILED.
-    pub status: &'static str,
+    pub status: String,
     pub hash: String,
     pub error: String,
     /// The config it last reported FAILED for and went back from (the collector's supervisor
@@ -73,17 +92,19 @@ pub struct RemoteConfigStatusView {
 }
 
 /// A config refused for an agent (by the agent, or by the server for it), and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefusalView {
     pub hash: String,
     pub error: String,
 }
 
 /// AgentSummary: the list view.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentSummary {
     pub instance_uid: String,
-    pub status: &'static str,
+    /// The region whose store holds the agent (set by the operation that reads it).
+    pub region: String,
+    pub status: String,
     pub healthy: Option<bool>,
     pub last_seen: String,
     pub gateway: Option<String>,
@@ -92,7 +113,7 @@ pub struct AgentSummary {
     pub labels: BTreeMap<String, String>,
     pub remote_config_status: RemoteConfigStatusView,
     /// Where the agent stands with the config it should run ([`config_state`]).
-    pub config_state: &'static str,
+    pub config_state: String,
     pub desired_config: Option<ConfigRef>,
     pub desired_packages: Option<ConfigRef>,
     pub desired_settings: Option<ConfigRef>,
@@ -110,6 +131,10 @@ pub struct AgentsPage {
     pub total: usize,
     pub agents: Vec<AgentSummary>,
     pub next_cursor: Option<String>,
+    /// Regions that did not answer in time: their agents are not in the page or the total.
+    pub missing_regions: Vec<String>,
+    /// Whether a region is missing.
+    pub partial: bool,
 }
 
 /// The detail view: the summary plus everything the agent reported.
@@ -240,7 +265,7 @@ fn remote_config_status(rec: &AgentRecord) -> RemoteConfigStatusView {
         error: rec.rejected_config_error.clone(),
     };
     RemoteConfigStatusView {
-        status,
+        status: status.to_owned(),
         hash: hex::encode(&s.last_remote_config_hash),
         error: s.error_message,
         rolled_back: went_back(rec).then(refusal),
@@ -262,7 +287,8 @@ impl AgentSummary {
         };
         Self {
             instance_uid: uid_of(rec).map(|u| u.to_string()).unwrap_or_default(),
-            status: status_name(rec),
+            region: String::new(),
+            status: status_name(rec).to_owned(),
             healthy: healthy(rec),
             last_seen: rfc3339(rec.last_seen_unix_ms),
             gateway: rec.origin.as_ref().map(|o| o.gateway_id.clone()),
@@ -270,7 +296,7 @@ impl AgentSummary {
             non_identifying_attributes: attrs(&d.non_identifying_attributes),
             labels: rec.labels.clone().into_iter().collect(),
             remote_config_status: remote_config_status(rec),
-            config_state: config_state(rec, files.map(|c| c.hash.as_str())),
+            config_state: config_state(rec, files.map(|c| c.hash.as_str())).to_owned(),
             desired_config: of(Aspect::Files),
             desired_packages: of(Aspect::Packages),
             desired_settings: of(Aspect::Settings),

@@ -1,0 +1,272 @@
+//! Two regions on loopback, as `REGIONS="eu us" scripts/cluster.sh` runs them: each its own
+//! nats-server, redis-server, coordinator and gateway, the two nats-servers joined by NATS
+//! gateway connections (a supercluster) that run through a [`TcpProxy`] each way, so the test can
+//! cut the link between the regions and heal it.
+
+mod cluster_support;
+
+use cluster_support::{Backends, Cluster, LiveAgent, SERIAL, TcpProxy, wait_applied, ws_agent};
+use flotilla_testkit::{NatsServer, RedisServer, free_port};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const HB: Duration = Duration::from_secs(2);
+const REGIONS: [&str; 2] = ["eu", "us"];
+
+struct Fleet {
+    regions: BTreeMap<&'static str, Cluster>,
+    /// The NATS gateway link into each region (every connection from the other region's NATS).
+    links: Vec<TcpProxy>,
+}
+
+impl Fleet {
+    async fn start() -> Self {
+        let gateway_ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
+        let links: Vec<TcpProxy> = gateway_ports.iter().map(|p| TcpProxy::start(*p)).collect();
+        let mut regions = BTreeMap::new();
+        for (i, region) in REGIONS.iter().enumerate() {
+            let other = 1 - i;
+            // Each server advertises its proxy as its gateway address, so every connection
+            // between the regions runs through a proxy, whichever side dialled.
+            let config = format!(
+                "gateway {{\n  name: {region}\n  listen: \"127.0.0.1:{}\"\n  advertise: \
+                 \"127.0.0.1:{}\"\n  gateways: [{{name: {}, url: \"nats://127.0.0.1:{}\"}}]\n}}\n",
+                gateway_ports[i], links[i].port, REGIONS[other], links[other].port
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let nats = NatsServer::start_with_config(dir.path(), &config);
+            let redis = RedisServer::start(dir.path());
+            let backends = Backends {
+                nats_url: nats.url(),
+                redis_url: redis.url(),
+                dir,
+                nats,
+                redis,
+            };
+            let flags = [
+                "--heartbeat-interval",
+                "2s",
+                "--regions",
+                "eu,us",
+                "--region-timeout",
+                "1s",
+            ];
+            let c = Cluster::start_in(region, backends, 1, 1, &flags, Default::default()).await;
+            regions.insert(*region, c);
+        }
+        Self { regions, links }
+    }
+
+    fn api(&self, region: &str) -> &str {
+        self.regions[region].api()
+    }
+
+    async fn get(&self, region: &str, path: &str) -> Value {
+        let (status, body) = self.regions[region].get(self.api(region), path).await;
+        assert_eq!(status, 200, "GET {path} in {region}: {body}");
+        body
+    }
+
+    fn cut(&self) {
+        self.links.iter().for_each(TcpProxy::cut);
+    }
+
+    fn heal(&self) {
+        self.links.iter().for_each(TcpProxy::heal);
+    }
+
+    fn logs(&self) -> String {
+        self.regions
+            .iter()
+            .map(|(r, c)| format!("=== region {r}\n{}", c.logs()))
+            .collect()
+    }
+
+    /// Waits until `region`'s fleet health satisfies `done`; returns it and how long it took.
+    async fn wait_health(
+        &self,
+        region: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> (Value, Duration) {
+        let started = Instant::now();
+        loop {
+            let h = self.get(region, "/api/v1/fleet/health").await;
+            if done(&h) {
+                return (h, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{what} not seen from {region} within {timeout:?}: {h}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn agents_in(c: &Cluster, n: usize) -> Vec<LiveAgent> {
+    (0..n).map(|i| ws_agent(c.ws_urls(), i, HB)).collect()
+}
+
+fn connected(h: &Value, region: &str) -> u64 {
+    h["regions"][region]["connected_agents"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_fleet_view_from_either_region_and_each_region_alone_when_cut_off() {
+    let _serial = SERIAL.lock().await;
+    let fleet = Fleet::start().await;
+    let eu_agents = agents_in(&fleet.regions["eu"], 3);
+    let us_agents = agents_in(&fleet.regions["us"], 2);
+
+    // Once the NATS gateways have joined the regions, either API counts both regions' agents.
+    let whole = |h: &Value| {
+        h["partial"] == false
+            && h["total_agents"] == 5
+            && connected(h, "eu") == 3
+            && connected(h, "us") == 2
+    };
+    let (h, took) = fleet
+        .wait_health("eu", "both regions' agents", Duration::from_secs(30), whole)
+        .await;
+    eprintln!("one fleet view from eu after {took:?}: {h}");
+    assert_eq!(h["missing_regions"], serde_json::json!([]));
+    fleet
+        .wait_health("us", "both regions' agents", Duration::from_secs(10), whole)
+        .await;
+
+    // The agent list merges the regions in uid order, each agent naming its region; a page of 2
+    // with its cursor walks all 5 exactly once.
+    let mut expected: Vec<(String, &str)> = eu_agents
+        .iter()
+        .map(|a| (a.uid.to_string(), "eu"))
+        .chain(us_agents.iter().map(|a| (a.uid.to_string(), "us")))
+        .collect();
+    expected.sort();
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = fleet
+            .get("us", &format!("/api/v1/agents?limit=2&cursor={cursor}"))
+            .await;
+        assert_eq!(page["total"], 5, "{page}");
+        assert_eq!(page["partial"], false, "{page}");
+        for a in page["agents"].as_array().unwrap() {
+            seen.push((
+                a["instance_uid"].as_str().unwrap().to_owned(),
+                a["region"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    let seen: Vec<(String, &str)> = seen.iter().map(|(u, r)| (u.clone(), r.as_str())).collect();
+    assert_eq!(seen, expected);
+
+    // A selector and a sort apply in every region.
+    let page = fleet
+        .get(
+            "eu",
+            "/api/v1/agents?selector=env%3Dtest&sort=status&order=desc",
+        )
+        .await;
+    assert_eq!(page["agents"].as_array().unwrap().len(), 5, "{page}");
+
+    // One agent's page, from the region that does not hold it.
+    let us_uid = us_agents[0].uid.to_string();
+    let detail = fleet.get("eu", &format!("/api/v1/agents/{us_uid}")).await;
+    assert_eq!(detail["region"], "us", "{detail}");
+    assert_eq!(detail["instance_uid"], us_uid.as_str());
+    assert_eq!(detail["status"], "connected");
+    let (status, body) = fleet.regions["eu"]
+        .get(
+            fleet.api("eu"),
+            "/api/v1/agents/00000000-0000-4000-8000-000000000000",
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    // The link between the regions is cut: each region's view marks the other missing at once
+    // (within the region timeout), never hangs, and counts its own agents.
+    fleet.cut();
+    let alone = |me: &'static str, them: &'static str| {
+        move |h: &Value| {
+            h["partial"] == true
+                && h["missing_regions"] == serde_json::json!([them])
+                && connected(h, me) == if me == "eu" { 3 } else { 2 }
+        }
+    };
+    let (h, took) = fleet
+        .wait_health(
+            "eu",
+            "us missing",
+            Duration::from_secs(10),
+            alone("eu", "us"),
+        )
+        .await;
+    eprintln!("eu marks us missing {took:?} after the cut: {h}");
+    assert_eq!(h["total_agents"], 3);
+    fleet
+        .wait_health(
+            "us",
+            "eu missing",
+            Duration::from_secs(10),
+            alone("us", "eu"),
+        )
+        .await;
+    let asked = Instant::now();
+    let page = fleet.get("eu", "/api/v1/agents").await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        (&page["partial"], &page["missing_regions"], &page["total"]),
+        (
+            &Value::Bool(true),
+            &serde_json::json!(["us"]),
+            &Value::from(3)
+        ),
+        "{page}"
+    );
+    let (status, body) = fleet.regions["eu"]
+        .get(fleet.api("eu"), &format!("/api/v1/agents/{us_uid}"))
+        .await;
+    assert_eq!(
+        status, 503,
+        "an agent of a missing region is not 'not found': {body}"
+    );
+    assert!(body.to_string().contains("us did not answer"), "{body}");
+
+    // Cut off, each region still serves its agents and its configs.
+    for (region, agents) in [("eu", &eu_agents), ("us", &us_agents)] {
+        let c = &fleet.regions[region];
+        let hash = c
+            .put_config(
+                c.api(),
+                &format!("cut-{region}"),
+                &format!("receivers: {{}}\n# {region} alone\n"),
+            )
+            .await;
+        let took = wait_applied(agents, &hash, Duration::from_secs(20)).await;
+        eprintln!("{region} pushed a config to its agents while cut off in {took:?}");
+    }
+
+    // The link returns: both views are whole again.
+    fleet.heal();
+    let (_, took) = fleet
+        .wait_health("eu", "us back", Duration::from_secs(30), whole)
+        .await;
+    eprintln!("eu sees us again {took:?} after the link returned");
+    fleet
+        .wait_health("us", "eu back", Duration::from_secs(30), whole)
+        .await;
+}

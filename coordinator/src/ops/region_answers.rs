@@ -1,0 +1,59 @@
+//! What this region answers when another region asks for its part of a fleet view
+//! ([`super::regions`]): the same operations, on this region's store alone.
+
+use super::agents::AgentQuery;
+use super::regions::{RegionAnswer, RegionQuery};
+use super::{Error, Ops};
+use base64::Engine;
+use bytes::Bytes;
+use prost::Message;
+
+impl Ops {
+    /// The answer to another region's query (`payload`, JSON); always an answer, errors
+    /// included, so the asking region never waits for its timeout when this one can say why.
+    pub async fn answer_region(&self, payload: &[u8]) -> Bytes {
+        let answer = match serde_json::from_slice::<RegionQuery>(payload) {
+            Err(e) => RegionAnswer::Error(format!("unreadable region query: {e}")),
+            Ok(query) => self
+                .region_answer(query)
+                .await
+                .unwrap_or_else(|e| RegionAnswer::Error(e.to_string())),
+        };
+        serde_json::to_vec(&answer)
+            .unwrap_or_else(|e| {
+                serde_json::to_vec(&RegionAnswer::Error(format!("cannot encode: {e}")))
+                    .unwrap_or_default()
+            })
+            .into()
+    }
+
+    /// The answer when this coordinator answers as many regions' queries as it may at once.
+    pub fn region_busy(&self) -> Bytes {
+        serde_json::to_vec(&RegionAnswer::Error(format!(
+            "region {} is busy answering other fleet views",
+            self.region()
+        )))
+        .unwrap_or_default()
+        .into()
+    }
+
+    async fn region_answer(&self, query: RegionQuery) -> super::Result<RegionAnswer> {
+        Ok(match query {
+            RegionQuery::Health => RegionAnswer::Health(self.region_health().await?),
+            RegionQuery::Agents { params } => {
+                let q = AgentQuery::parse(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+                let deepest = (q.offset + q.limit).min(super::agents::MAX_REGIONS_DEPTH);
+                RegionAnswer::Agents(self.region_page(&q, 0, deepest).await?)
+            }
+            RegionQuery::Agent { uid } => {
+                let uid = uuid::Uuid::parse_str(&uid)
+                    .map_err(|_| Error::BadRequest(format!("invalid instance uid {uid:?}")))?;
+                // The record as it is (a marker left under an old uid included): the asking
+                // region says what it means.
+                RegionAnswer::Agent(self.store().get_agent(uid).await?.map(|rec| {
+                    base64::engine::general_purpose::STANDARD.encode(rec.encode_to_vec())
+                }))
+            }
+        })
+    }
+}
