@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local Flotilla cluster on loopback: nats-server, redis-server (append-only file), 3 coordinators
-# and 2 gateways, each its own `flotilla serve` process.
+# and 2 gateways, each its own `flotilla serve` process. With REGIONS, a fleet of such cells, one
+# per region, their nats-servers joined as a NATS supercluster (gateway connections).
 #
 #   scripts/cluster.sh start    build, start everything in the background, print where it listens
 #   scripts/cluster.sh status   which processes are running
@@ -10,20 +11,60 @@
 # Environment: CLUSTER_DIR (default target/cluster: logs, pids, Redis data), CLUSTER_BASE_PORT
 # (default 4400), FLOTILLA_BIN (default: cargo build --release, then target/release/flotilla), REGION (local),
 # GATEWAY_FLAGS (more flags for the gateways, e.g. their TLS files; split on spaces).
+#
+# REGIONS (e.g. "eu us"; unset: one region, named by REGION): one cell per region, the i-th
+# (0-based) on ports CLUSTER_BASE_PORT + 100*i and up, with its files in CLUSTER_DIR/<region>/,
+# its processes named <region>-c1, <region>-g1, <region>-nats, ... Every flotilla process gets
+# --region <region>, --regions (all of them) and a --region-endpoint for each region (the OpAMP
+# URL of its first gateway). Give status and stop the same REGIONS.
+#
+# Ports of a cell from its first port P: nats P, redis P+1, NATS gateway P+2 (REGIONS only),
+# coordinators' API P+10.., gateways' OpAMP P+20.. and ops API P+30..
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir="${CLUSTER_DIR:-target/cluster}"
 base="${CLUSTER_BASE_PORT:-4400}"
-region="${REGION:-local}"
-nats_port=$base
-redis_port=$((base + 1))
 coordinators=(c1 c2 c3)
 gateways=(g1 g2)
+if [ -n "${REGIONS:-}" ]; then
+  read -ra regions <<<"$REGIONS"
+  multi=1
+else
+  regions=("${REGION:-local}")
+  multi=
+fi
+stop_command="${multi:+REGIONS=\"${regions[*]}\" }$0 stop"
 
-coord_api() { echo $((base + 10 + $1)); }
-gw_opamp() { echo $((base + 20 + $1)); }
-gw_api() { echo $((base + 30 + $1)); }
+# in_region I: the I-th region's settings (region, rdir, prefix, col, ports) become current. One
+# region without REGIONS keeps the legacy layout: files in $dir, names without a prefix.
+in_region() {
+  region=${regions[$1]}
+  local first=$((base + 100 * $1))
+  nats_port=$first
+  redis_port=$((first + 1))
+  nats_gateway_port=$((first + 2))
+  coord_api_base=$((first + 10))
+  gw_opamp_base=$((first + 20))
+  gw_api_base=$((first + 30))
+  if [ -n "$multi" ]; then
+    rdir=$dir/$region
+    prefix=$region-
+    col=$(printf '%-*s  ' "$region_width" "$region")
+  else
+    rdir=$dir
+    prefix=
+    col=
+  fi
+}
+region_width=0 # the longest region name, for the summary's first column
+for r in "${regions[@]}"; do
+  if [ ${#r} -gt "$region_width" ]; then region_width=${#r}; fi
+done
+
+coord_api() { echo $((coord_api_base + $1)); }
+gw_opamp() { echo $((gw_opamp_base + $1)); }
+gw_api() { echo $((gw_api_base + $1)); }
 
 need() {
   command -v "$1" >/dev/null || { echo "cluster.sh: $1 is not installed (apt-get install $2)" >&2; exit 1; }
@@ -40,35 +81,46 @@ wait_port() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "cluster.sh: nothing listens on 127.0.0.1:$1 (see $dir/*.log)" >&2
+  echo "cluster.sh: nothing listens on 127.0.0.1:$1 (see $rdir/*.log)" >&2
   return 1
 }
 
-# start NAME COMMAND...: runs it in the background with its log and pid file.
+# launch NAME COMMAND...: runs it in the background with its log and pid file (in the current
+# region's directory).
 launch() {
   local name=$1; shift
-  "$@" >>"$dir/$name.log" 2>&1 &
-  echo $! >"$dir/$name.pid"
+  "$@" >>"$rdir/$name.log" 2>&1 &
+  echo $! >"$rdir/$name.pid"
 }
 
-running() { [ -f "$dir/$1.pid" ] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
+running() { [ -f "$rdir/$1.pid" ] && kill -0 "$(cat "$rdir/$1.pid")" 2>/dev/null; }
 
-start() {
-  need nats-server nats-server
-  need redis-server redis-server
-  local flotilla
-  flotilla=$(bin)
-  mkdir -p "$dir/redis-data"
-  for p in nats redis "${coordinators[@]}" "${gateways[@]}"; do
-    if running "$p"; then echo "cluster.sh: $p is already running; run: $0 stop" >&2; exit 1; fi
+# The NATS gateway block joining the current region's nats-server to every region's.
+nats_config() {
+  local i all=""
+  for i in "${!regions[@]}"; do
+    all+="${all:+, }{name: ${regions[$i]}, url: \"nats://127.0.0.1:$((base + 100 * i + 2))\"}"
   done
-  launch nats nats-server -a 127.0.0.1 -p "$nats_port"
-  launch redis redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dir/redis-data" \
+  printf 'gateway {\n  name: %s\n  listen: "127.0.0.1:%s"\n  gateways: [%s]\n}\n' \
+    "$region" "$nats_gateway_port" "$all"
+}
+
+# start_region FLOTILLA FLEET_FLAGS...: the current region's processes, in the background.
+start_region() {
+  local flotilla=$1; shift
+  mkdir -p "$rdir/redis-data"
+  local nats_flags=()
+  if [ -n "$multi" ]; then
+    nats_config >"$rdir/nats.conf"
+    nats_flags=(-c "$rdir/nats.conf")
+  fi
+  launch nats nats-server -a 127.0.0.1 -p "$nats_port" "${nats_flags[@]}"
+  launch redis redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$rdir/redis-data" \
     --save "" --appendonly yes --daemonize no
   wait_port "$nats_port"
   wait_port "$redis_port"
   local urls=(--nats-url "nats://127.0.0.1:$nats_port" --redis-url "redis://127.0.0.1:$redis_port"
-    --region "$region")
+    --region "$region" "$@")
   local i=0
   for c in "${coordinators[@]}"; do
     launch "$c" "$flotilla" serve --roles coordinator --node-id "$c" "${urls[@]}" \
@@ -77,53 +129,112 @@ start() {
   done
   i=0
   for g in "${gateways[@]}"; do
+    # shellcheck disable=SC2086 # GATEWAY_FLAGS is split on spaces
     launch "$g" "$flotilla" serve --roles gateway --node-id "$g" "${urls[@]}" \
       --opamp-listen "127.0.0.1:$(gw_opamp $i)" --api-listen "127.0.0.1:$(gw_api $i)" \
       ${GATEWAY_FLAGS:-}
     i=$((i + 1))
   done
-  for i in 0 1 2; do wait_port "$(coord_api $i)"; done
-  for i in 0 1; do wait_port "$(gw_opamp $i)"; done
-  cat <<EOF
-Flotilla cluster (region $region) is up; logs and pids in $dir
-  nats-server      nats://127.0.0.1:$nats_port
-  redis-server     redis://127.0.0.1:$redis_port   (append-only file in $dir/redis-data)
-  coordinator c1   API http://127.0.0.1:$(coord_api 0)
-  coordinator c2   API http://127.0.0.1:$(coord_api 1)
-  coordinator c3   API http://127.0.0.1:$(coord_api 2)
-  gateway g1       OpAMP ws://127.0.0.1:$(gw_opamp 0)/v1/opamp   ops http://127.0.0.1:$(gw_api 0)
-  gateway g2       OpAMP ws://127.0.0.1:$(gw_opamp 1)/v1/opamp   ops http://127.0.0.1:$(gw_api 1)
-Try: flotilla ctl --api http://127.0.0.1:$(coord_api 0) health
-Stop: $0 stop
-EOF
+}
+
+# One line of the summary: the region (with REGIONS), the process, where it listens.
+line() { printf '  %s%-17s%s\n' "$col" "$1" "$2"; }
+
+summary() {
+  if [ -n "$multi" ]; then
+    echo "Flotilla fleet (regions ${regions[*]}) is up; logs and pids in $dir/<region>"
+  else
+    echo "Flotilla cluster (region $region) is up; logs and pids in $dir"
+  fi
+  local i n
+  for i in "${!regions[@]}"; do
+    in_region "$i"
+    line nats-server "nats://127.0.0.1:$nats_port${multi:+   gateway nats://127.0.0.1:$nats_gateway_port}"
+    line redis-server "redis://127.0.0.1:$redis_port   (append-only file in $rdir/redis-data)"
+    for n in "${!coordinators[@]}"; do
+      line "coordinator ${coordinators[$n]}" "API http://127.0.0.1:$(coord_api "$n")"
+    done
+    for n in "${!gateways[@]}"; do
+      line "gateway ${gateways[$n]}" \
+        "OpAMP ws://127.0.0.1:$(gw_opamp "$n")/v1/opamp   ops http://127.0.0.1:$(gw_api "$n")"
+    done
+  done
+  in_region 0
+  echo "Try: flotilla ctl --api http://127.0.0.1:$(coord_api 0) health"
+  echo "Stop: $stop_command"
+}
+
+start() {
+  need nats-server nats-server
+  need redis-server redis-server
+  local flotilla
+  flotilla=$(bin)
+  local i p fleet=()
+  for i in "${!regions[@]}"; do
+    in_region "$i"
+    for p in nats redis "${coordinators[@]}" "${gateways[@]}"; do
+      if running "$p"; then echo "cluster.sh: $prefix$p is already running; run: $stop_command" >&2; exit 1; fi
+    done
+    if [ -n "$multi" ]; then
+      fleet+=(--region-endpoint "$region=ws://127.0.0.1:$(gw_opamp 0)/v1/opamp")
+    fi
+  done
+  if [ -n "$multi" ]; then
+    fleet=(--regions "$(IFS=,; echo "${regions[*]}")" "${fleet[@]}")
+  fi
+  for i in "${!regions[@]}"; do
+    in_region "$i"
+    start_region "$flotilla" "${fleet[@]}"
+  done
+  for i in "${!regions[@]}"; do
+    in_region "$i"
+    for p in "${!coordinators[@]}"; do wait_port "$(coord_api "$p")"; done
+    for p in "${!gateways[@]}"; do wait_port "$(gw_opamp "$p")"; done
+  done
+  summary
 }
 
 stop_one() {
   local name=$1
-  [ -f "$dir/$name.pid" ] || return 0
+  [ -f "$rdir/$name.pid" ] || return 0
   local pid
-  pid=$(cat "$dir/$name.pid")
+  pid=$(cat "$rdir/$name.pid")
   if kill -0 "$pid" 2>/dev/null; then
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 250); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
-      echo "cluster.sh: $name did not stop in 25 s; killing it" >&2
+      echo "cluster.sh: $prefix$name did not stop in 25 s; killing it" >&2
       kill -KILL "$pid" 2>/dev/null || true
     fi
-    echo "stopped $name"
+    echo "stopped $prefix$name"
   fi
-  rm -f "$dir/$name.pid"
+  rm -f "$rdir/$name.pid"
 }
 
 stop() {
   # Gateways first (agents are told to go away), then coordinators (they hand their shards
-  # over to each other, the last one releases them), then the servers they need.
-  for p in "${gateways[@]}" "${coordinators[@]}" nats redis; do stop_one "$p"; done
+  # over to each other, the last one releases them), then the servers they need; each step in
+  # every region before the next.
+  local group i p
+  for group in "${gateways[*]}" "${coordinators[*]}" "nats redis"; do
+    for i in "${!regions[@]}"; do
+      in_region "$i"
+      for p in $group; do stop_one "$p"; done
+    done
+  done
 }
 
 status() {
-  for p in nats redis "${coordinators[@]}" "${gateways[@]}"; do
-    if running "$p"; then echo "$p: running (pid $(cat "$dir/$p.pid"))"; else echo "$p: stopped"; fi
+  local i p
+  for i in "${!regions[@]}"; do
+    in_region "$i"
+    for p in nats redis "${coordinators[@]}" "${gateways[@]}"; do
+      if running "$p"; then
+        echo "$prefix$p: running (pid $(cat "$rdir/$p.pid"))"
+      else
+        echo "$prefix$p: stopped"
+      fi
+    done
   done
 }
 

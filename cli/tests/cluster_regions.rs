@@ -6,6 +6,9 @@
 mod cluster_support;
 
 use cluster_support::{Backends, Cluster, LiveAgent, SERIAL, TcpProxy, wait_applied, ws_agent};
+use flotilla_loadtest::client::{WsClient, WsEvent};
+use flotilla_loadtest::sim::SimAgent;
+use flotilla_proto::opamp::{AgentCapabilities, ServerToAgent};
 use flotilla_testkit::{NatsServer, RedisServer, free_port};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -16,6 +19,8 @@ const REGIONS: [&str; 2] = ["eu", "us"];
 
 struct Fleet {
     regions: BTreeMap<&'static str, Cluster>,
+    /// Each region's gateway OpAMP URL (its `--region-endpoint`).
+    endpoints: BTreeMap<&'static str, String>,
     /// The NATS gateway link into each region (every connection from the other region's NATS).
     links: Vec<TcpProxy>,
 }
@@ -24,6 +29,16 @@ impl Fleet {
     async fn start() -> Self {
         let gateway_ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
         let links: Vec<TcpProxy> = gateway_ports.iter().map(|p| TcpProxy::start(*p)).collect();
+        let opamp_ports: Vec<u16> = REGIONS.iter().map(|_| free_port()).collect();
+        let endpoints: BTreeMap<&str, String> = REGIONS
+            .iter()
+            .zip(&opamp_ports)
+            .map(|(r, p)| (*r, format!("ws://127.0.0.1:{p}/v1/opamp")))
+            .collect();
+        let endpoint_flags: Vec<String> = endpoints
+            .iter()
+            .flat_map(|(r, url)| ["--region-endpoint".to_owned(), format!("{r}={url}")])
+            .collect();
         let mut regions = BTreeMap::new();
         for (i, region) in REGIONS.iter().enumerate() {
             let other = 1 - i;
@@ -44,7 +59,7 @@ impl Fleet {
                 nats,
                 redis,
             };
-            let flags = [
+            let mut flags = vec![
                 "--heartbeat-interval",
                 "2s",
                 "--regions",
@@ -52,10 +67,17 @@ impl Fleet {
                 "--region-timeout",
                 "1s",
             ];
-            let c = Cluster::start_in(region, backends, 1, 1, &flags, Default::default()).await;
+            flags.extend(endpoint_flags.iter().map(String::as_str));
+            let gateways = [opamp_ports[i]];
+            let c =
+                Cluster::start_in(region, backends, 1, &gateways, &flags, Default::default()).await;
             regions.insert(*region, c);
         }
-        Self { regions, links }
+        Self {
+            regions,
+            endpoints,
+            links,
+        }
     }
 
     fn api(&self, region: &str) -> &str {
@@ -109,6 +131,35 @@ impl Fleet {
 
 fn agents_in(c: &Cluster, n: usize) -> Vec<LiveAgent> {
     (0..n).map(|i| ws_agent(c.ws_urls(), i, HB)).collect()
+}
+
+/// An agent whose `cloud.region` is us, taking OpAMP connection settings or not.
+fn from_us(takes_settings: bool) -> SimAgent {
+    let mut a = SimAgent::new(
+        "io.opentelemetry.collector",
+        &[("env", "test"), ("cloud.region", "us")],
+    );
+    if takes_settings {
+        a.capabilities |= AgentCapabilities::AcceptsOpAmpConnectionSettings as u64;
+    }
+    a
+}
+
+/// Sends the agent's full report over `ws` and returns the reply.
+async fn report(ws: &mut WsClient, agent: &mut SimAgent) -> ServerToAgent {
+    ws.send(&agent.full_report()).await.unwrap();
+    match ws.next_event(Duration::from_secs(10)).await.unwrap() {
+        WsEvent::Message(m) => *m,
+        other => panic!("no reply: {other:?}"),
+    }
+}
+
+/// Whether a reply offers no other OpAMP endpoint (a heartbeat alone may be offered).
+fn sends_nowhere(reply: ServerToAgent) -> bool {
+    reply
+        .connection_settings
+        .and_then(|c| c.opamp)
+        .is_none_or(|o| o.destination_endpoint.is_empty())
 }
 
 fn connected(h: &Value, region: &str) -> u64 {
@@ -269,4 +320,97 @@ async fn one_fleet_view_from_either_region_and_each_region_alone_when_cut_off() 
     fleet
         .wait_health("us", "eu back", Duration::from_secs(30), whole)
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_of_another_region_is_sent_home_or_served_as_roaming() {
+    let _serial = SERIAL.lock().await;
+    let fleet = Fleet::start().await;
+
+    // It takes connection settings: the eu gateway's reply sends it to the us endpoint, and it
+    // goes there (as the collector's supervisor does: a new client on the offered endpoint).
+    let mut mover = from_us(true);
+    let mut ws = WsClient::connect(&fleet.endpoints["eu"]).await.unwrap();
+    let reply = report(&mut ws, &mut mover).await;
+    let offered = reply
+        .connection_settings
+        .and_then(|c| c.opamp)
+        .expect("an OpAMP connection settings offer");
+    assert_eq!(offered.destination_endpoint, fleet.endpoints["us"]);
+    assert!(offered.heartbeat_interval_seconds > 0);
+    let uid = mover.uid.to_string();
+    let seen_in_eu = fleet.get("eu", &format!("/api/v1/agents/{uid}")).await;
+    assert_eq!(
+        (
+            &seen_in_eu["region"],
+            &seen_in_eu["home_region"],
+            &seen_in_eu["redirected_to"]
+        ),
+        (
+            &Value::from("eu"),
+            &Value::from("us"),
+            &Value::from(fleet.endpoints["us"].clone())
+        ),
+        "{seen_in_eu}"
+    );
+    assert_eq!(seen_in_eu["roaming"], false);
+    drop(ws);
+    let mut ws = WsClient::connect(&offered.destination_endpoint)
+        .await
+        .unwrap();
+    let reply = report(&mut ws, &mut mover).await;
+    assert!(sends_nowhere(reply), "not sent anywhere from home");
+
+    // It does not: served in eu, shown as roaming.
+    let mut roamer = from_us(false);
+    let mut roaming_ws = WsClient::connect(&fleet.endpoints["eu"]).await.unwrap();
+    let reply = report(&mut roaming_ws, &mut roamer).await;
+    assert!(sends_nowhere(reply));
+
+    // From either region: the mover once, at home in us (what it left in eu is not counted
+    // again), the roamer in eu; the list can be asked for either.
+    for region in REGIONS {
+        let started = Instant::now();
+        let (mover_view, roamer_view) = loop {
+            let page = fleet
+                .get(region, "/api/v1/agents?selector=cloud.region%3Dus")
+                .await;
+            let agents = page["agents"].as_array().unwrap().clone();
+            let find = |uid: &str| agents.iter().find(|a| a["instance_uid"] == uid).cloned();
+            let mover_view = find(&uid).filter(|a| a["region"] == "us");
+            let roamer_view = find(&roamer.uid.to_string());
+            if page["total"] == 2
+                && let (Some(m), Some(r)) = (mover_view, roamer_view)
+            {
+                break (m, r);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "from {region}: {page}\n{}",
+                fleet.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(
+            (
+                &mover_view["home_region"],
+                &mover_view["roaming"],
+                &mover_view["redirected_to"]
+            ),
+            (&Value::from("us"), &Value::Bool(false), &Value::Null),
+            "{mover_view}"
+        );
+        assert_eq!(
+            (
+                &roamer_view["region"],
+                &roamer_view["home_region"],
+                &roamer_view["roaming"]
+            ),
+            (&Value::from("eu"), &Value::from("us"), &Value::Bool(true)),
+            "{roamer_view}"
+        );
+        let detail = fleet.get(region, &format!("/api/v1/agents/{uid}")).await;
+        assert_eq!(detail["region"], "us", "from {region}: {detail}");
+    }
+    drop((ws, roaming_ws));
 }

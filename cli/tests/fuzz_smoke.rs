@@ -74,6 +74,12 @@ fn run(target: &str, extra: Vec<Vec<u8>>, mut f: impl FnMut(&[u8])) {
 #[test]
 fn websocket_messages_never_panic_the_state_machine() {
     let desired = Desired::default();
+    // Two regions, this one eu: agents naming us are sent there.
+    let regions = flotilla_common::config::RegionSettings {
+        fleet: vec!["eu".into(), "us".into()],
+        endpoints: [("us".to_owned(), "ws://127.0.0.1:1/v1/opamp".to_owned())].into(),
+        ..Default::default()
+    };
     let ctx = Ctx {
         now_unix_ms: 1_700_000_000_000,
         heartbeat_interval: Duration::from_secs(30),
@@ -81,8 +87,11 @@ fn websocket_messages_never_panic_the_state_machine() {
         limits: &flotilla_common::config::RecordLimits::default(),
         hold_restart: false,
         agent_metrics: &flotilla_common::config::AgentMetricsOffer::Gateway,
+        region: "eu",
+        regions: &regions,
+        server_ca_pem: None,
     };
-    let mut agent = SimAgent::new("otelcol", &[("env", "prod")]);
+    let mut agent = SimAgent::new("otelcol", &[("env", "prod"), ("cloud.region", "us")]);
     let real = [0u8]
         .into_iter()
         .chain(agent.full_report().encode_to_vec())

@@ -16,6 +16,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let desired = Desired::default();
+    let regions = flotilla_common::config::RegionSettings {
+        fleet: vec!["eu".into(), "us".into()],
+        endpoints: [("us".to_owned(), "ws://127.0.0.1:1/v1/opamp".to_owned())].into(),
+        ..Default::default()
+    };
     let ctx = Ctx {
         now_unix_ms: 1_700_000_000_000,
         heartbeat_interval: Duration::from_secs(30),
@@ -23,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
         limits: &flotilla_common::config::RecordLimits::default(),
         hold_restart: false,
         agent_metrics: &flotilla_common::config::AgentMetricsOffer::Gateway,
+        region: "eu",
+        regions: &regions,
+        server_ca_pem: None,
     };
     let first = process(None, msg.clone(), Origin::default(), &ctx);
     let known = AgentRecord {

@@ -119,15 +119,16 @@ impl Cluster {
         extra: &[&str],
         role_extra: [Vec<String>; 2],
     ) -> Self {
-        Self::start_in(REGION, backends, coordinators, gateways, extra, role_extra).await
+        let gateways: Vec<u16> = (0..gateways).map(|_| free_port()).collect();
+        Self::start_in(REGION, backends, coordinators, &gateways, extra, role_extra).await
     }
 
-    /// [`Cluster::start_on`] as region `region`.
+    /// [`Cluster::start_on`] as region `region`, with gateways on the OpAMP ports `gateways`.
     pub async fn start_in(
         region: &str,
         backends: Backends,
         coordinators: usize,
-        gateways: usize,
+        gateways: &[u16],
         extra: &[&str],
         role_extra: [Vec<String>; 2],
     ) -> Self {
@@ -155,11 +156,11 @@ impl Cluster {
                 .unwrap(),
         };
         for i in 1..=coordinators {
-            let node = c.spawn(&format!("c{i}"), false);
+            let node = c.spawn(&format!("c{i}"), None);
             c.coordinators.push(node);
         }
-        for i in 1..=gateways {
-            let node = c.spawn(&format!("g{i}"), true);
+        for (i, port) in (1..).zip(gateways) {
+            let node = c.spawn(&format!("g{i}"), Some(*port));
             c.gateways.push(node);
         }
         c.wait_balanced(Duration::from_secs(30)).await;
@@ -190,11 +191,13 @@ impl Cluster {
         }
     }
 
-    fn spawn(&self, id: &str, gateway: bool) -> Node {
-        self.spawn_with_nats(id, gateway, &self.nats_url)
+    /// Spawns a coordinator, or a gateway (on the OpAMP port `opamp_port`).
+    fn spawn(&self, id: &str, opamp_port: Option<u16>) -> Node {
+        self.spawn_with_nats(id, opamp_port, &self.nats_url)
     }
 
-    fn spawn_with_nats(&self, id: &str, gateway: bool, nats_url: &str) -> Node {
+    fn spawn_with_nats(&self, id: &str, opamp_port: Option<u16>, nats_url: &str) -> Node {
+        let gateway = opamp_port.is_some();
         let api_port = free_port();
         let mut args: Vec<String> = [
             "serve",
@@ -214,7 +217,7 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let opamp = gateway.then(|| format!("127.0.0.1:{}", free_port()));
+        let opamp = opamp_port.map(|port| format!("127.0.0.1:{port}"));
         if let Some(addr) = &opamp {
             args.extend(["--opamp-listen".to_string(), addr.clone()]);
         }
@@ -243,13 +246,13 @@ impl Cluster {
 
     /// Adds a coordinator `id` (e.g. to replace a killed one).
     pub fn add_coordinator(&mut self, id: &str) {
-        let node = self.spawn(id, false);
+        let node = self.spawn(id, None);
         self.coordinators.push(node);
     }
 
     /// Adds a coordinator that reaches NATS at `nats_url` (e.g. through a [`TcpProxy`]).
     pub fn add_coordinator_via(&mut self, id: &str, nats_url: &str) {
-        let node = self.spawn_with_nats(id, false, nats_url);
+        let node = self.spawn_with_nats(id, None, nats_url);
         self.coordinators.push(node);
     }
 

@@ -2,7 +2,7 @@
 //! state is resolved from them ([`configs`]), what selectors see of an agent and which of its
 //! capabilities take which part of a config ([`agents`]), what an admin may store ([`checks`]),
 //! collector config validation ([`validate`]) and what an agent's build lacks for a config
-//! ([`components`]), secret redaction ([`redact`]), agents' own metrics rolled up ([`own_metrics`]), and the phased rollout plan and its step rule
+//! ([`components`]), secret redaction ([`redact`]), agents' home regions ([`regions`]), agents' own metrics rolled up ([`own_metrics`]), and the phased rollout plan and its step rule
 //! ([`rollout`]).
 //!
 //! May use: flotilla-common's types (selectors, stored configs, settings) and flotilla-proto's.
@@ -17,6 +17,7 @@ pub mod configs;
 pub mod drift;
 pub mod own_metrics;
 pub mod redact;
+pub mod regions;
 pub mod rollout;
 pub mod validate;
 pub mod yaml;

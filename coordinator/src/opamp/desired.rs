@@ -25,19 +25,29 @@ use std::time::Duration;
 pub const SETTINGS_REOFFERS: u32 = 3;
 pub const REOFFER_WINDOW_MS: u64 = 10 * 60 * 1000;
 
+/// Where an agent that reached another region than its home is sent: its home region's OpAMP
+/// endpoint, and the CA of that endpoint's certificate when one is known.
+#[derive(Debug, Clone, Copy)]
+pub struct Redirect<'a> {
+    pub endpoint: &'a str,
+    pub server_ca_pem: Option<&'a str>,
+}
+
 /// Adds what differs between the desired state and what the agent reported: the remote config,
 /// the packages, and the connection settings (heartbeat interval and own-telemetry destinations,
-/// or an issued certificate), given the desired state, the default heartbeat interval and the time.
+/// or an issued certificate, or its home region's endpoint), given the desired state, the default
+/// heartbeat interval, the time and where the agent belongs (`redirect`: another region).
 /// `settings_unknown`: the agent started a new session without saying which settings it runs.
 pub(super) fn fill_offers(
     reply: &mut ServerToAgent,
     rec: &mut AgentRecord,
     attrs: &BTreeMap<String, String>,
-    (desired, default_heartbeat, now_unix_ms, metrics_offer): (
+    (desired, default_heartbeat, now_unix_ms, metrics_offer, redirect): (
         &Desired,
         Duration,
         u64,
         &AgentMetricsOffer,
+        Option<Redirect<'_>>,
     ),
     settings_unknown: bool,
 ) {
@@ -59,6 +69,9 @@ pub(super) fn fill_offers(
     }
     // A pending certificate offer carries the heartbeat interval too. Once an agent runs settings
     // with a certificate, an offer without one would tell it to drop its certificate: none is made.
+    // An agent in another region than its home that takes connection settings is sent home
+    // (with its settings); one that does not is served here (roaming, as the API shows).
+    rec.redirected_to.clear();
     let offer = match &rec.settings_offer {
         Some(cert_offer) => cert_offer.clone(),
         None if rec.settings_have_certificate => return,
@@ -72,9 +85,16 @@ pub(super) fn fill_offers(
                 rec.capabilities,
                 metrics_url.as_deref(),
             );
-            match offer {
-                Some(o) => o,
-                None => return,
+            let home =
+                redirect.filter(|_| has(rec.capabilities, Cap::AcceptsOpAmpConnectionSettings));
+            match (home, offer) {
+                (Some(home), offer) => {
+                    rec.redirected_to = home.endpoint.to_owned();
+                    let beat = heartbeat_interval(rec, attrs, desired, default_heartbeat);
+                    offers::redirect_offer(offer, home.endpoint, beat, home.server_ca_pem)
+                }
+                (None, Some(o)) => o,
+                (None, None) => return,
             }
         }
     };

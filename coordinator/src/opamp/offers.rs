@@ -10,6 +10,7 @@ use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentConfigFile, AgentConfigMap, AgentRemoteConfig,
     ConnectionSettingsOffers, DownloadableFile, Header, Headers, OpAmpConnectionSettings,
     PackageAvailable, PackageType, PackagesAvailable, TelemetryConnectionSettings,
+    TlsConnectionSettings,
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -178,6 +179,29 @@ pub fn settings_offer(
     }
     offer.hash = Sha256::digest(offer.encode_to_vec()).to_vec();
     Some(offer)
+}
+
+/// `offer` (the agent's settings, if any) with an OpAMP connection to its home region's
+/// `endpoint`: a positive heartbeat (0 would stop it), and the CA of that region's certificate
+/// when one is known (an offer without one makes the collector's supervisor skip verifying it).
+pub fn redirect_offer(
+    offer: Option<ConnectionSettingsOffers>,
+    endpoint: &str,
+    heartbeat: Duration,
+    server_ca_pem: Option<&str>,
+) -> ConnectionSettingsOffers {
+    let mut offer = offer.unwrap_or_default();
+    offer.opamp = Some(OpAmpConnectionSettings {
+        destination_endpoint: endpoint.to_owned(),
+        heartbeat_interval_seconds: heartbeat.as_secs().max(1),
+        tls: server_ca_pem.map(|pem| TlsConnectionSettings {
+            ca_pem_contents: pem.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    offer.hash = Sha256::digest(offer.encode_to_vec()).to_vec();
+    offer
 }
 
 /// The settings of a config, if it defines any.

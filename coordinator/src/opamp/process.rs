@@ -2,13 +2,14 @@
 //! stored record, detect sequence gaps, and decide what the reply carries. Pure: no I/O, no clock
 //! (the caller passes `now`), so every protocol rule is unit-tested here.
 
-use super::desired::{desired_config, fill_offers, heartbeat_interval};
+use super::desired::{Redirect, desired_config, fill_offers, heartbeat_interval};
 use super::events::EventKind;
 use super::identity::certificate_names;
 use crate::fleet::agents::{attributes, cut, effective_map, has, hex_eq};
 use crate::fleet::configs::{Aspect, Desired};
 use crate::fleet::drift;
-use flotilla_common::config::{AgentMetricsOffer, RecordLimits};
+use crate::fleet::regions::home_region;
+use flotilla_common::config::{AgentMetricsOffer, RecordLimits, RegionSettings};
 use flotilla_common::error::{ErrorKind, opamp_error};
 use flotilla_common::names::{SHARD_COUNT, shard_of};
 use flotilla_common::store::Deadline;
@@ -49,6 +50,11 @@ pub struct Ctx<'a> {
     pub hold_restart: bool,
     /// The own-metrics destination offered to agents whose config names none.
     pub agent_metrics: &'a AgentMetricsOffer,
+    /// This region, and the fleet's regions (where agents belong).
+    pub region: &'a str,
+    pub regions: &'a RegionSettings,
+    /// The CA of the OpAMP endpoints' certificates, for offers that send an agent elsewhere.
+    pub server_ca_pem: Option<&'a str>,
 }
 
 #[derive(Debug)]
@@ -315,6 +321,8 @@ pub fn process(
     events.extend(before.events_to(&rec));
 
     let attrs = attributes(&rec);
+    let home = home_region(&attrs, ctx.regions);
+    rec.home_region = home.unwrap_or_default().to_owned();
     refresh_drift(&mut rec, &attrs, ctx.desired, effective_reported);
     let interval = heartbeat_interval(&rec, &attrs, ctx.desired, ctx.heartbeat_interval);
     let deadline = match silence_deadline(&rec, interval) {
@@ -334,7 +342,20 @@ pub fn process(
         });
     } else if !leaving {
         let now = ctx.now_unix_ms;
-        let offers = (ctx.desired, ctx.heartbeat_interval, now, ctx.agent_metrics);
+        let redirect = home
+            .filter(|h| *h != ctx.region)
+            .and_then(|h| ctx.regions.endpoints.get(h))
+            .map(|endpoint| Redirect {
+                endpoint,
+                server_ca_pem: ctx.server_ca_pem,
+            });
+        let offers = (
+            ctx.desired,
+            ctx.heartbeat_interval,
+            now,
+            ctx.agent_metrics,
+            redirect,
+        );
         fill_offers(&mut reply, &mut rec, &attrs, offers, settings_unknown);
         reply.custom_message = take_custom_message(&mut rec, now);
     }

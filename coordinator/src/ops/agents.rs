@@ -10,7 +10,7 @@ use super::views::{
     OverviewBuilder, config_drift, config_state, rfc3339,
 };
 use super::{Caller, Error, Ops, Result};
-use crate::fleet::agents::{RecordAttributes, healthy, status_name};
+use crate::fleet::agents::{RecordAttributes, healthy, in_fleet_view, status_name};
 use crate::fleet::checks::valid_label_key;
 use crate::fleet::configs::{Aspect, Desired};
 use crate::opamp::desired::desired_config;
@@ -449,9 +449,7 @@ impl Ops {
 
     /// An agent's summary, naming this region.
     fn summary(&self, rec: &AgentRecord, desired: &Desired) -> AgentSummary {
-        let mut s = AgentSummary::of(rec, desired);
-        s.region = self.region().to_owned();
-        s
+        AgentSummary::of(rec, desired).in_region(self.region())
     }
 
     /// The record of an agent of this region; none when it has none (or only the marker left
@@ -476,15 +474,23 @@ impl Ops {
     /// region holds it.
     pub async fn agent(&self, _caller: &Caller, uid: &str) -> Result<AgentDetail> {
         let uid = parse_uid(uid)?;
-        let (region, rec) = match self.region_record(uid).await? {
-            Some(rec) => (self.region().to_owned(), rec),
+        let here = self.region_record(uid).await?;
+        let (region, rec) = match here {
+            Some(rec) if self.peer_regions().is_empty() || in_fleet_view(&rec) => {
+                (self.region().to_owned(), rec)
+            }
             None if self.peer_regions().is_empty() => {
                 return Err(Error::NotFound(format!("no agent {uid}")));
             }
-            None => self.remote_record(uid).await?,
+            // Not here, or sent home and gone: from the region that holds it, else what is here.
+            here => match (self.remote_record(uid).await, here) {
+                (Ok(found), _) => found,
+                (Err(_), Some(rec)) => (self.region().to_owned(), rec),
+                (Err(e), None) => return Err(e),
+            },
         };
         let mut detail = AgentDetail::of(&rec, &self.desired.current(), &self.cfg.redactor);
-        detail.summary.region = region;
+        detail.summary = detail.summary.in_region(&region);
         Ok(detail)
     }
 
@@ -508,7 +514,14 @@ impl Ops {
                 },
             )
             .await?;
-        if let Some((region, Some(rec))) = asked.answers.into_iter().find(|(_, r)| r.is_some()) {
+        // The region it is in first (another may hold what it left behind when sent home).
+        let mut found: Vec<(String, AgentRecord)> = asked
+            .answers
+            .into_iter()
+            .filter_map(|(region, rec)| Some((region, rec?)))
+            .collect();
+        found.sort_by_key(|(_, rec)| !in_fleet_view(rec));
+        if let Some((region, rec)) = found.into_iter().next() {
             if !rec.moved_to.is_empty() {
                 return Err(Error::NotFound(format!(
                     "no agent {uid}: it took the new instance uid {}",

@@ -34,6 +34,7 @@ pub use desired::DesiredState;
 pub use error::{Error, Result};
 pub use owner::OwnerClient;
 
+use crate::fleet::agents::in_fleet_view;
 use crate::fleet::redact::Redactor;
 use flotilla_common::bus::{Bus, BusMessage};
 use flotilla_common::config::DEFAULT_MAX_MESSAGE_SIZE;
@@ -126,15 +127,14 @@ impl Ops {
         self.store.as_ref()
     }
 
-    /// Visits every agent of the fleet: every record but the markers left under the old uid of
-    /// an agent that took a new one (its record is under the new uid).
+    /// Visits every agent of this region's store the fleet views show ([`in_fleet_view`]).
     pub(crate) async fn visit_fleet(
         &self,
         visit: &mut (dyn FnMut(&AgentRecord) + Send),
     ) -> std::result::Result<(), StoreError> {
         self.store
             .visit_agents(&|_| true, &mut |rec| {
-                if rec.moved_to.is_empty() {
+                if in_fleet_view(rec) {
                     visit(rec);
                 }
             })

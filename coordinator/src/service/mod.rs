@@ -28,6 +28,7 @@ mod uplinks;
 pub use config::CoordinatorConfig;
 pub use owner::Owner;
 
+use crate::fleet::agents::in_fleet_view;
 use crate::metrics::OwnerMetrics;
 use crate::ops::views::OverviewBuilder;
 use crate::ops::{DesiredState, Ops, OpsConfig};
@@ -307,8 +308,7 @@ impl Owner {
         let owned = |s| self.shards.fence(s).is_some();
         self.store
             .visit_agents(&owned, &mut |a| {
-                // Not the marker left under the old uid of an agent that took a new one.
-                if a.moved_to.is_empty() {
+                if in_fleet_view(a) {
                     overview.add(a, &desired);
                 }
             })

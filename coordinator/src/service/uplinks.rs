@@ -250,6 +250,13 @@ impl Owner {
             limits: &self.cfg.limits,
             hold_restart: csr.is_some(),
             agent_metrics: &self.cfg.agent_metrics,
+            region: &self.cfg.region,
+            regions: &self.cfg.regions,
+            server_ca_pem: self
+                .cfg
+                .issuer
+                .as_ref()
+                .and_then(|i| i.server_ca_pem.as_deref()),
         };
         let origin_seen = origin.clone();
         let mut out = process(stored, msg, origin, &ctx);

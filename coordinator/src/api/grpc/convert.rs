@@ -149,6 +149,9 @@ pub(super) fn agent_summary(s: &AgentSummary) -> pb::AgentSummary {
         desired_packages: config_ref(&s.desired_packages),
         desired_settings: config_ref(&s.desired_settings),
         region: s.region.clone(),
+        home_region: s.home_region.clone().unwrap_or_default(),
+        roaming: s.roaming,
+        redirected_to: s.redirected_to.clone().unwrap_or_default(),
     }
 }
 

@@ -46,6 +46,9 @@ fn with_desired(desired: Desired) -> Ctx<'static> {
         limits: Box::leak(Box::new(RecordLimits::default())),
         hold_restart: false,
         agent_metrics: &flotilla_common::config::AgentMetricsOffer::Gateway,
+        region: "local",
+        regions: Box::leak(Box::default()),
+        server_ca_pem: None,
     }
 }
 

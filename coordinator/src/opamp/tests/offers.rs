@@ -482,3 +482,72 @@ fn a_custom_message_waits_for_a_later_reply_rather_than_push_a_config_out_of_it(
     let rec = out.record.unwrap();
     assert_eq!(rec.pending_custom_messages.len(), 1, "the message waits");
 }
+
+#[test]
+fn an_agent_of_another_region_is_sent_home_when_it_takes_settings_else_served_here() {
+    let regions = flotilla_common::config::RegionSettings {
+        fleet: vec!["eu".into(), "us".into()],
+        endpoints: [("us".to_owned(), "wss://us.example:4320/v1/opamp".to_owned())].into(),
+        ..Default::default()
+    };
+    let eu = Ctx {
+        region: "eu",
+        regions: &regions,
+        server_ca_pem: Some("CA PEM"),
+        ..ctx(&[])
+    };
+    let from_us = |caps: u64| {
+        let mut m = full(Uuid::now_v7(), 0);
+        m.capabilities = caps;
+        m.agent_description
+            .as_mut()
+            .unwrap()
+            .non_identifying_attributes
+            .push(kv("cloud.region", "us"));
+        m
+    };
+    let takes = CAPS | Cap::AcceptsOpAmpConnectionSettings as u64;
+    let out = process(None, from_us(takes), ws(), &eu);
+    let opamp = out.reply.connection_settings.unwrap().opamp.unwrap();
+    assert_eq!(opamp.destination_endpoint, "wss://us.example:4320/v1/opamp");
+    assert_eq!(opamp.heartbeat_interval_seconds, 30);
+    assert_eq!(opamp.tls.unwrap().ca_pem_contents, "CA PEM");
+    let rec = out.record.unwrap();
+    assert_eq!(
+        (rec.home_region.as_str(), rec.redirected_to.as_str()),
+        ("us", "wss://us.example:4320/v1/opamp")
+    );
+
+    // It does not take connection settings: served here, its home noted, nothing redirected.
+    let out = process(None, from_us(CAPS), ws(), &eu);
+    let offered = out.reply.connection_settings.and_then(|c| c.opamp);
+    assert!(offered.is_none_or(|o| o.destination_endpoint.is_empty()));
+    let rec = out.record.unwrap();
+    assert_eq!(
+        (rec.home_region.as_str(), rec.redirected_to.as_str()),
+        ("us", "")
+    );
+
+    // At home, or with a home that has no endpoint configured: no redirect.
+    let us = Ctx { region: "us", ..eu };
+    let rec = process(None, from_us(takes), ws(), &us).record.unwrap();
+    assert_eq!(
+        (rec.home_region.as_str(), rec.redirected_to.as_str()),
+        ("us", "")
+    );
+    let no_endpoints = flotilla_common::config::RegionSettings {
+        endpoints: Default::default(),
+        ..regions.clone()
+    };
+    let eu_blind = Ctx {
+        regions: &no_endpoints,
+        ..eu
+    };
+    let rec = process(None, from_us(takes), ws(), &eu_blind)
+        .record
+        .unwrap();
+    assert_eq!(
+        (rec.home_region.as_str(), rec.redirected_to.as_str()),
+        ("us", "")
+    );
+}

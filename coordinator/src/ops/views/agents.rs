@@ -102,8 +102,15 @@ pub struct RefusalView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentSummary {
     pub instance_uid: String,
-    /// The region whose store holds the agent (set by the operation that reads it).
+    /// The region whose store holds the agent (set by [`AgentSummary::in_region`]).
     pub region: String,
+    /// Its home region, when the fleet has several and the agent names one of them.
+    pub home_region: Option<String>,
+    /// Served outside its home region (it does not take connection settings that would send
+    /// it home, or no endpoint is configured for its home).
+    pub roaming: bool,
+    /// The OpAMP endpoint of its home region it was offered.
+    pub redirected_to: Option<String>,
     pub status: String,
     pub healthy: Option<bool>,
     pub last_seen: String,
@@ -288,6 +295,9 @@ impl AgentSummary {
         Self {
             instance_uid: uid_of(rec).map(|u| u.to_string()).unwrap_or_default(),
             region: String::new(),
+            home_region: (!rec.home_region.is_empty()).then(|| rec.home_region.clone()),
+            roaming: false,
+            redirected_to: (!rec.redirected_to.is_empty()).then(|| rec.redirected_to.clone()),
             status: status_name(rec).to_owned(),
             healthy: healthy(rec),
             last_seen: rfc3339(rec.last_seen_unix_ms),
@@ -304,6 +314,17 @@ impl AgentSummary {
                 .map(|m| hex::encode(configs::hash_of_config_map(m))),
             config_drift: config_drift(rec, files.map(|c| c.hash.as_str())),
         }
+    }
+}
+
+impl AgentSummary {
+    /// The summary of an agent held by `region`'s store: roaming when that is not its home and
+    /// it was not sent home.
+    pub fn in_region(mut self, region: &str) -> Self {
+        self.roaming = self.home_region.as_deref().is_some_and(|h| h != region)
+            && self.redirected_to.is_none();
+        self.region = region.to_owned();
+        self
     }
 }
 
