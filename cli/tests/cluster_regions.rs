@@ -244,6 +244,26 @@ async fn one_fleet_view_from_either_region_and_each_region_alone_when_cut_off() 
         .await;
     assert_eq!(status, 404, "{body}");
 
+    // A config stored in one region reaches every agent of both.
+    let stored = Instant::now();
+    let base = put_config(&fleet.regions["eu"], "base", "", "# everywhere\n").await;
+    let everyone: Vec<&LiveAgent> = eu_agents.iter().chain(&us_agents).collect();
+    loop {
+        if everyone.iter().all(|a| a.applied() == base) {
+            break;
+        }
+        assert!(
+            stored.elapsed() < Duration::from_secs(20),
+            "{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "a config stored in eu ran on every agent of both regions after {:?}",
+        stored.elapsed()
+    );
+
     // The link between the regions is cut: each region's view marks the other missing at once
     // (within the region timeout), never hangs, and counts its own agents.
     fleet.cut();
@@ -297,22 +317,21 @@ async fn one_fleet_view_from_either_region_and_each_region_alone_when_cut_off() 
     );
     assert!(body.to_string().contains("us did not answer"), "{body}");
 
-    // Cut off, each region still serves its agents and its configs.
+    // Cut off, each region still serves its agents and takes configs; both make version 1 of
+    // config "shared" (us later).
+    let mut shared = BTreeMap::new();
     for (region, agents) in [("eu", &eu_agents), ("us", &us_agents)] {
         let c = &fleet.regions[region];
-        let hash = c
-            .put_config(
-                c.api(),
-                &format!("cut-{region}"),
-                &format!("receivers: {{}}\n# {region} alone\n"),
-            )
-            .await;
+        let hash = put_config(c, "shared", "env=test", &format!("# {region} alone\n")).await;
         let took = wait_applied(agents, &hash, Duration::from_secs(20)).await;
         eprintln!("{region} pushed a config to its agents while cut off in {took:?}");
+        shared.insert(region, hash);
     }
 
-    // The link returns: both views are whole again.
+    // The link returns: both views are whole again, and both regions hold us's version 1 (made
+    // later), which every agent runs.
     fleet.heal();
+    let healed = Instant::now();
     let (_, took) = fleet
         .wait_health("eu", "us back", Duration::from_secs(30), whole)
         .await;
@@ -320,6 +339,58 @@ async fn one_fleet_view_from_either_region_and_each_region_alone_when_cut_off() 
     fleet
         .wait_health("us", "eu back", Duration::from_secs(30), whole)
         .await;
+    let all: Vec<LiveAgent> = eu_agents.into_iter().chain(us_agents).collect();
+    let started = Instant::now();
+    while !all.iter().all(|a| a.applied() == shared["us"]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not every agent runs us's version 1 of shared ({}): {:?}\n{}",
+            shared["us"],
+            all.iter().map(LiveAgent::applied).collect::<Vec<_>>(),
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "every agent runs the winning version 1 {:?} after the link returned",
+        healed.elapsed()
+    );
+    assert!(took < Duration::from_secs(30));
+    for region in REGIONS {
+        let v = fleet.get(region, "/api/v1/configs/shared").await;
+        assert_eq!(
+            (&v["version"], &v["hash"]),
+            (&Value::from(1), &Value::from(shared["us"].clone())),
+            "{region}: {v}"
+        );
+        let audit = fleet
+            .get(region, "/api/v1/audit?object=config/shared")
+            .await;
+        let regions: Vec<&str> = audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["region"].as_str().unwrap())
+            .collect();
+        assert!(
+            regions.contains(&"eu") && regions.contains(&"us"),
+            "audit from {region}: {audit}"
+        );
+    }
+}
+
+/// Stores config `name` (activated) through `c`'s API; returns its hash.
+async fn put_config(c: &Cluster, name: &str, selector: &str, body: &str) -> String {
+    let r = reqwest::Client::new()
+        .put(format!("{}/api/v1/configs/{name}", c.api()))
+        .json(&serde_json::json!({"selector": selector, "files": {"collector.yaml": format!("receivers: {{}}\n{body}")}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    v["hash"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -120,16 +120,18 @@ impl Desired {
     }
 
     /// What identifies this desired state: two with the same fingerprint resolve every agent alike.
-    pub fn fingerprint(&self) -> Vec<(String, u64, usize)> {
+    pub fn fingerprint(&self) -> Vec<(String, u64, String, usize)> {
+        // The hash too: a version another region made under the same number replaces one here.
         let mut f: Vec<_> = self
             .configs
             .iter()
-            .map(|c| (c.name.clone(), c.version, 0))
+            .map(|c| (c.name.clone(), c.version, c.hash.clone(), 0))
             .chain(self.rollouts.values().map(|r| {
                 let enrolled = self.enrolled.values().filter(|n| **n == r.target.name);
                 (
                     format!("rollout/{}", r.id),
                     r.target.version,
+                    r.target.hash.clone(),
                     enrolled.count(),
                 )
             }))

@@ -305,7 +305,7 @@ impl Ops {
                 RegionAnswer::Health(h) => Ok(h),
                 _ => Err(UNEXPECTED.into()),
             })
-            .await?;
+            .await;
         h.regions.insert(self.region().to_owned(), h.clone());
         for (region, theirs) in asked.answers {
             h.add(&theirs);
@@ -371,7 +371,7 @@ impl Ops {
                     _ => Err(UNEXPECTED.into()),
                 },
             )
-            .await?;
+            .await;
         let (mut total, mut after_cursor) = (0, 0);
         let mut items = Vec::new();
         for part in std::iter::once(local).chain(asked.answers.into_iter().map(|(_, p)| p)) {
@@ -513,7 +513,7 @@ impl Ops {
                     _ => Err(UNEXPECTED.into()),
                 },
             )
-            .await?;
+            .await;
         // The region it is in first (another may hold what it left behind when sent home).
         let mut found: Vec<(String, AgentRecord)> = asked
             .answers

@@ -3,6 +3,7 @@
 
 use super::error::bad_request;
 use super::query::parse_limit;
+use super::regions::{RegionAnswer, RegionQuery, UNEXPECTED};
 use super::views::{AuditLog, AuditView};
 use super::{Caller, Ops, Result};
 use flotilla_common::store::{AuditEntry, AuditQuery, Store};
@@ -68,12 +69,43 @@ pub fn query<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result
 
 impl Ops {
     /// Who changed what, newest first.
+    /// Who changed what, newest first, in every region of the fleet.
     pub async fn audit_log(&self, _caller: &Caller, query: &AuditQuery) -> Result<AuditLog> {
         let page = self.store().query_audit(query).await?;
-        Ok(AuditLog {
-            entries: page.entries.iter().map(AuditView::of).collect(),
+        let mut entries: Vec<AuditView> = page
+            .entries
+            .iter()
+            .map(|e| AuditView::of(e, self.region()))
+            .collect();
+        let mut log = AuditLog {
+            entries: Vec::new(),
             truncated: page.truncated,
-        })
+            missing_regions: Vec::new(),
+            partial: false,
+        };
+        if !self.peer_regions().is_empty() {
+            let asked = self
+                .ask_regions(
+                    &RegionQuery::Audit {
+                        query: query.clone(),
+                    },
+                    |a| match a {
+                        RegionAnswer::Audit(entries) => Ok(entries),
+                        _ => Err(UNEXPECTED.into()),
+                    },
+                )
+                .await;
+            for (region, theirs) in asked.answers {
+                entries.extend(theirs.iter().map(|e| AuditView::of(e, &region)));
+            }
+            // Ids are "<unix ms>-<n>": time order within a region, and across regions by time.
+            entries.sort_by(|a, b| (&b.at, &b.id).cmp(&(&a.at, &a.id)));
+            entries.truncate(query.limit);
+            log.partial = !asked.missing.is_empty();
+            log.missing_regions = asked.missing;
+        }
+        log.entries = entries;
+        Ok(log)
     }
 
     /// Records what changed no stored state (a refused call): [`record`].

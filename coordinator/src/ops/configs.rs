@@ -264,6 +264,7 @@ impl Ops {
         };
         let stored = self.store().put_config(version, activate, &entry).await?;
         info!(target: "flotilla::audit", config = %name, version = stored.version, hash = %stored.hash, activated = activate, caller = %caller.name, action, "config stored");
+        self.noted_activation(name, activate).await;
         if activate {
             self.announce_change(&format!("config/{name}")).await;
         }
@@ -410,6 +411,7 @@ impl Ops {
             )));
         }
         info!(target: "flotilla::audit", config = %name, version = active.version, caller = %caller.name, "config deleted");
+        self.noted_activation(name, true).await;
         self.announce_change(&format!("config/{name}")).await;
         Ok(ConfigDeleted {
             name: name.to_owned(),

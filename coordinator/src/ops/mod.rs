@@ -14,6 +14,7 @@
 pub mod agents;
 pub mod audit;
 pub mod caller;
+pub mod config_sync;
 pub mod configs;
 pub mod desired;
 pub mod docs;

@@ -45,6 +45,13 @@ impl Ops {
                 let deepest = (q.offset + q.limit).min(super::agents::MAX_REGIONS_DEPTH);
                 RegionAnswer::Agents(self.region_page(&q, 0, deepest).await?)
             }
+            RegionQuery::ConfigDigest => RegionAnswer::ConfigDigest(self.config_digest().await?),
+            RegionQuery::ConfigVersion { name, version } => {
+                RegionAnswer::ConfigVersion(Box::new(self.config_version(&name, version).await?))
+            }
+            RegionQuery::Audit { query } => {
+                RegionAnswer::Audit(self.store().query_audit(&query).await?.entries)
+            }
             RegionQuery::Agent { uid } => {
                 let uid = uuid::Uuid::parse_str(&uid)
                     .map_err(|_| Error::BadRequest(format!("invalid instance uid {uid:?}")))?;

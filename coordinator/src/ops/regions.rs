@@ -6,10 +6,11 @@
 //! the answer and named as missing: a fleet view never waits longer and never undercounts
 //! silently.
 
+use super::Ops;
 use super::views::{AgentSummary, FleetHealth};
-use super::{Error, Ops, Result};
 use flotilla_common::bus::BusMessage;
 use flotilla_common::names::Subjects;
+use flotilla_common::store::{AuditEntry, AuditQuery, StoredConfig};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -24,6 +25,12 @@ pub enum RegionQuery {
     Agents { params: Vec<(String, String)> },
     /// One agent's record, if that region holds it.
     Agent { uid: String },
+    /// Its newest audit entries.
+    Audit { query: AuditQuery },
+    /// What it holds of every config.
+    ConfigDigest,
+    /// One version of a config.
+    ConfigVersion { name: String, version: u64 },
 }
 
 /// A region's answer.
@@ -34,6 +41,9 @@ pub enum RegionAnswer {
     Agents(RegionPage),
     /// The agent's record (protobuf, base64), or none.
     Agent(Option<String>),
+    Audit(Vec<AuditEntry>),
+    ConfigDigest(Vec<ConfigDigest>),
+    ConfigVersion(Box<StoredConfig>),
     /// The region could not answer (its store is down, the query was refused).
     Error(String),
 }
@@ -45,6 +55,29 @@ pub struct RegionPage {
     pub total: usize,
     pub after_cursor: usize,
     pub items: Vec<(String, AgentSummary)>,
+}
+
+/// Which version of a config an operator last made active (0: none), when, in which region.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    pub active: u64,
+    pub at_unix_ms: u64,
+    pub region: String,
+}
+
+/// What a region holds of one config: its activation and a line per version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDigest {
+    pub name: String,
+    pub activation: Activation,
+    pub versions: Vec<VersionDigest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionDigest {
+    pub version: u64,
+    pub hash: String,
+    pub created_unix_ms: u64,
 }
 
 /// The answers of the regions that answered, by region, and the regions that did not.
@@ -71,21 +104,12 @@ impl Ops {
         &self,
         query: &RegionQuery,
         accept: impl Fn(RegionAnswer) -> std::result::Result<T, String>,
-    ) -> Result<Asked<T>> {
-        let payload = serde_json::to_vec(query)
-            .map_err(|e| Error::Unavailable(format!("cannot encode a region query: {e}")))?;
-        let asks = self.cfg.peer_regions.iter().map(|region| {
-            let msg = BusMessage::new(Subjects::new(region).fleet_query(), payload.clone())
-                .with_trace_context();
-            async move {
-                let answer = match self.bus.request(msg, self.cfg.region_timeout).await {
-                    Ok(bytes) => serde_json::from_slice::<RegionAnswer>(&bytes)
-                        .map_err(|e| format!("unreadable answer: {e}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                (region, answer)
-            }
-        });
+    ) -> Asked<T> {
+        let asks = self
+            .cfg
+            .peer_regions
+            .iter()
+            .map(|region| async move { (region, self.ask_region(region, query).await) });
         let mut asked = Asked {
             answers: Vec::new(),
             missing: Vec::new(),
@@ -102,7 +126,26 @@ impl Ops {
                 }
             }
         }
-        Ok(asked)
+        asked
+    }
+}
+
+impl Ops {
+    /// Asks one region, for `--region-timeout` at most.
+    pub(crate) async fn ask_region(
+        &self,
+        region: &str,
+        query: &RegionQuery,
+    ) -> std::result::Result<RegionAnswer, String> {
+        let payload = serde_json::to_vec(query).map_err(|e| format!("cannot encode: {e}"))?;
+        let msg =
+            BusMessage::new(Subjects::new(region).fleet_query(), payload).with_trace_context();
+        let bytes = self
+            .bus
+            .request(msg, self.cfg.region_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("unreadable answer: {e}"))
     }
 }
 

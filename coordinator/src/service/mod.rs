@@ -180,6 +180,27 @@ impl Service {
                 }
                 .boxed()
             }),
+            async {
+                // A fleet of several regions: the holder of shard 0 takes the configs the other
+                // regions hold and this one lacks.
+                if !self.ops.peer_regions().is_empty() {
+                    duty("config_sync", 2 * SECOND, None, |s| {
+                        async move {
+                            match s.owner.shards.fence(0) {
+                                Some(_) => s
+                                    .ops
+                                    .sync_configs()
+                                    .await
+                                    .map(drop)
+                                    .map_err(|e| e.to_string()),
+                                None => Ok(()),
+                            }
+                        }
+                        .boxed()
+                    })
+                    .await;
+                }
+            },
             duty("gauges", 15 * SECOND, None, |s| {
                 async move { s.owner.refresh_gauges().await }.boxed()
             }),

@@ -146,6 +146,15 @@ impl Store for Measured {
         self.call("put_config", f).await
     }
 
+    async fn import_config(
+        &self,
+        config: StoredConfig,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let f = self.inner.import_config(config, audit);
+        self.call("import_config", f).await
+    }
+
     async fn activate_config(
         &self,
         name: &str,

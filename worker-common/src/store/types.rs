@@ -165,7 +165,7 @@ pub struct AuditEntry {
 
 /// Which audit entries to read: newest first, at most `limit`, and no more once their JSON
 /// comes to `max_bytes` (0: no such bound).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditQuery {
     pub since_unix_ms: Option<u64>,
     pub until_unix_ms: Option<u64>,
@@ -265,6 +265,14 @@ pub trait Store: Send + Sync + 'static {
         activate: bool,
         audit: AuditOf<'_>,
     ) -> Result<StoredConfig, StoreError>;
+    /// Stores `config` under its own version number, as another region made it: added, or put in
+    /// place of the version of that number (the active one included); versions stored here later
+    /// get numbers after it. With `audit` in the same write.
+    async fn import_config(
+        &self,
+        config: StoredConfig,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError>;
     /// Makes an existing version the active one; None if there is no such version.
     async fn activate_config(
         &self,

@@ -299,6 +299,34 @@ impl Store for EmbeddedStore {
         Ok(config)
     }
 
+    async fn import_config(
+        &self,
+        config: StoredConfig,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut configs = inner.configs.lock();
+        let key = format!("{}\0{:020}", config.name, config.version);
+        let json = serde_json::to_vec(&config).map_err(io)?;
+        let pinned = configs.active.get(&config.name).copied();
+        inner.commit_audited(audit, |txn| {
+            txn.open_table(CONFIGS)?
+                .insert(key.as_str(), json.as_slice())?;
+            if pinned.is_none() {
+                // Without a row the latest would count as active: none is.
+                txn.open_table(ACTIVE)?.insert(config.name.as_str(), 0)?;
+            }
+            Ok(())
+        })?;
+        configs.active.entry(config.name.clone()).or_insert(0);
+        let versions = configs.versions.entry(config.name.clone()).or_default();
+        match versions.binary_search_by_key(&config.version, |c| c.version) {
+            Ok(i) => versions[i] = config,
+            Err(i) => versions.insert(i, config),
+        }
+        Ok(())
+    }
+
     async fn activate_config(
         &self,
         name: &str,

@@ -201,3 +201,61 @@ async fn due_deadlines_are_claimed_then_come_back_unless_saved() {
         .unwrap();
     assert!(store.claim_due(f, 10_000, 1000).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_version_from_another_region_is_added_or_replaces_its_number_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |hash: &str| StoredConfig {
+        name: "shared".into(),
+        version: 0,
+        selector: crate::selector::Selector::default(),
+        files: BTreeMap::new(),
+        hash: hash.into(),
+        packages: BTreeMap::new(),
+        settings: None,
+        created_unix_ms: 1,
+        created_by: String::new(),
+        comment: String::new(),
+    };
+    let no_audit = |c: &StoredConfig| AuditEntry {
+        id: String::new(),
+        at_unix_ms: 1,
+        caller: "t".into(),
+        action: "config.put".into(),
+        object: format!("config/{}", c.name),
+        before: None,
+        after: None,
+    };
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.put_config(cfg("aa"), true, &no_audit).await.unwrap();
+        // Version 1 as another region made it replaces ours, the active copy included; version
+        // 3 is added, and the next version stored here is 4.
+        let theirs = StoredConfig {
+            version: 1,
+            ..cfg("bb")
+        };
+        store.import_config(theirs, None).await.unwrap();
+        let three = StoredConfig {
+            version: 3,
+            ..cfg("cc")
+        };
+        store.import_config(three, None).await.unwrap();
+        assert_eq!(store.list_configs().await.unwrap()[0].hash, "bb");
+        let next = store.put_config(cfg("dd"), false, &no_audit).await.unwrap();
+        assert_eq!(next.version, 4);
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let versions: Vec<(u64, String)> = store
+        .config_versions("shared")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.version, c.hash))
+        .collect();
+    assert_eq!(
+        versions,
+        [(1, "bb".into()), (3, "cc".into()), (4, "dd".into())]
+    );
+    assert_eq!(store.list_configs().await.unwrap()[0].version, 1);
+}

@@ -41,7 +41,9 @@ use conn::{Conn, parse_sentinel_url};
 use flotilla_proto::bus::AgentRecord;
 use prost::Message;
 use redis::AsyncCommands;
-use scripts::{ACTIVATE_CONFIG, CLAIM, DEACTIVATE_CONFIG, DELETE, PUT_CONFIG, PUT_DOC, SAVE};
+use scripts::{
+    ACTIVATE_CONFIG, CLAIM, DEACTIVATE_CONFIG, DELETE, IMPORT_CONFIG, PUT_CONFIG, PUT_DOC, SAVE,
+};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -375,6 +377,30 @@ impl Store for RedisStore {
             .await
             .map_err(io)?;
         Ok(config)
+    }
+
+    async fn import_config(
+        &self,
+        config: StoredConfig,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(&config).map_err(|e| StoreError::Io(e.to_string()))?;
+        let (horizon, audit) = self.audit_args(audit)?;
+        let _: i64 = IMPORT_CONFIG
+            .key(self.cfg_key("latest-version"))
+            .key(self.cfg_key("latest"))
+            .key(self.cfg_key(&format!("v:{}", config.name)))
+            .key(format!("{}:{{cfg}}:seq", self.prefix))
+            .key(self.audit_key())
+            .arg(&config.name)
+            .arg(config.version)
+            .arg(json)
+            .arg(horizon)
+            .arg(audit)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(io)?;
+        Ok(())
     }
 
     async fn activate_config(

@@ -100,6 +100,21 @@ pub(super) static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+/// Stores a version under its own number (ARGV[2]) in place of any of that number, keeps the next
+/// number past it, and refreshes the active copy when that version is the active one.
+pub(super) static IMPORT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])\n\
+         local seq = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0')\n\
+         if tonumber(ARGV[2]) > seq then redis.call('HSET', KEYS[4], ARGV[1], ARGV[2]) end\n\
+         if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then\n\
+           redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n\
+         end\n\
+         {}return 1",
+        audit_lua("KEYS[5]", "ARGV[4]", "ARGV[5]")
+    ))
+});
+
 pub(super) static ACTIVATE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "local json = redis.call('HGET', KEYS[3], ARGV[2])\n\
