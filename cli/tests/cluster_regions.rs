@@ -485,3 +485,92 @@ async fn an_agent_of_another_region_is_sent_home_or_served_as_roaming() {
     }
     drop((ws, roaming_ws));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_config_rolled_out_region_by_region_reaches_every_agent_one_region_after_the_other() {
+    let _serial = SERIAL.lock().await;
+    let fleet = Fleet::start().await;
+    let eu_agents = agents_in(&fleet.regions["eu"], 2);
+    let us_agents = agents_in(&fleet.regions["us"], 2);
+    let http = reqwest::Client::new();
+    let api = fleet.api("eu");
+    let staged: Value = http
+        .put(format!("{api}/api/v1/configs/staged"))
+        .json(
+            &serde_json::json!({"selector": "env=test", "activate": false,
+            "files": {"collector.yaml": "receivers: {}\n# staged\n"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hash = staged["hash"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let r = http
+        .post(format!("{api}/api/v1/region-rollouts"))
+        .json(
+            &serde_json::json!({"config": "staged", "regions": ["eu", "us"],
+            "phases": {"percentages": [100]}, "soak": "1s"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r: Value = r.json().await.unwrap();
+    let id = r["id"].as_str().unwrap().to_owned();
+
+    // eu's agents run it before any of us's does; then us's; then the rollout is completed.
+    let (mut eu_done, mut us_first) = (None, None);
+    let done = loop {
+        let r = fleet
+            .get("eu", &format!("/api/v1/region-rollouts/{id}"))
+            .await;
+        if eu_done.is_none() && eu_agents.iter().all(|a| a.applied() == hash) {
+            eu_done = Some(started.elapsed());
+        }
+        if us_first.is_none() && us_agents.iter().any(|a| a.applied() == hash) {
+            us_first = Some(started.elapsed());
+        }
+        if r["state"] != "running" {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{r}\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "rollout across regions: eu's agents all ran it at {eu_done:?}, us's first at {us_first:?}, \
+         completed at {:?}: {done}",
+        started.elapsed()
+    );
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(us_first.is_some_and(|us| eu_done.is_some_and(|eu| eu <= us)));
+    let all: Vec<LiveAgent> = eu_agents.into_iter().chain(us_agents).collect();
+    wait_applied(&all, &hash, Duration::from_secs(10)).await;
+    // Each region ran its own part, visible there as a rollout.
+    for region in REGIONS {
+        let part = fleet
+            .get(region, &format!("/api/v1/rollouts/{id}-{region}"))
+            .await;
+        assert_eq!(part["state"], "completed", "{region}: {part}");
+        let config = fleet.get(region, "/api/v1/configs/staged").await;
+        assert_eq!(config["hash"], hash.as_str(), "{region}: {config}");
+    }
+
+    // Refused: a region the fleet does not have.
+    let r = http
+        .post(format!("{api}/api/v1/region-rollouts"))
+        .json(
+            &serde_json::json!({"config": "staged", "regions": ["eu", "ap"],
+            "phases": {"percentages": [100]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

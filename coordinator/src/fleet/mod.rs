@@ -3,7 +3,7 @@
 //! capabilities take which part of a config ([`agents`]), what an admin may store ([`checks`]),
 //! collector config validation ([`validate`]) and what an agent's build lacks for a config
 //! ([`components`]), secret redaction ([`redact`]), agents' home regions ([`regions`]), agents' own metrics rolled up ([`own_metrics`]), and the phased rollout plan and its step rule
-//! ([`rollout`]).
+//! ([`rollout`]) and across regions ([`region_rollout`]).
 //!
 //! May use: flotilla-common's types (selectors, stored configs, settings) and flotilla-proto's.
 //! Must not: do I/O, read the clock, or use the OpAMP state machine, the operations, the
@@ -17,6 +17,7 @@ pub mod configs;
 pub mod drift;
 pub mod own_metrics;
 pub mod redact;
+pub mod region_rollout;
 pub mod regions;
 pub mod rollout;
 pub mod validate;

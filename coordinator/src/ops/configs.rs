@@ -419,7 +419,7 @@ impl Ops {
         })
     }
 
-    fn active_version(&self, name: &str) -> Option<u64> {
+    pub(crate) fn active_version(&self, name: &str) -> Option<u64> {
         let desired = self.desired.current();
         desired
             .configs

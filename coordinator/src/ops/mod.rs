@@ -24,6 +24,7 @@ pub mod own_metrics;
 pub mod owner;
 pub mod query;
 mod region_answers;
+pub mod region_rollouts;
 pub mod regions;
 pub mod restarts;
 pub mod rollouts;

@@ -37,7 +37,7 @@ impl Ops {
         .into()
     }
 
-    async fn region_answer(&self, query: RegionQuery) -> super::Result<RegionAnswer> {
+    pub(crate) async fn region_answer(&self, query: RegionQuery) -> super::Result<RegionAnswer> {
         Ok(match query {
             RegionQuery::Health => RegionAnswer::Health(self.region_health().await?),
             RegionQuery::Agents { params } => {
@@ -48,6 +48,16 @@ impl Ops {
             RegionQuery::ConfigDigest => RegionAnswer::ConfigDigest(self.config_digest().await?),
             RegionQuery::ConfigVersion { name, version } => {
                 RegionAnswer::ConfigVersion(Box::new(self.config_version(&name, version).await?))
+            }
+            RegionQuery::RolloutPart {
+                id,
+                request,
+                caller,
+            } => {
+                let req = serde_json::from_value(request)
+                    .map_err(|e| Error::BadRequest(format!("invalid rollout: {e}")))?;
+                let (state, reason) = self.rollout_part(&id, req, &caller).await?;
+                RegionAnswer::RolloutState { state, reason }
             }
             RegionQuery::Audit { query } => {
                 RegionAnswer::Audit(self.store().query_audit(&query).await?.entries)

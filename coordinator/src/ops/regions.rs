@@ -8,6 +8,7 @@
 
 use super::Ops;
 use super::views::{AgentSummary, FleetHealth};
+use crate::fleet::rollout::State;
 use flotilla_common::bus::BusMessage;
 use flotilla_common::names::Subjects;
 use flotilla_common::store::{AuditEntry, AuditQuery, StoredConfig};
@@ -31,6 +32,12 @@ pub enum RegionQuery {
     ConfigDigest,
     /// One version of a config.
     ConfigVersion { name: String, version: u64 },
+    /// Its part of a rollout across regions (started if it was not): how it stands.
+    RolloutPart {
+        id: String,
+        request: serde_json::Value,
+        caller: String,
+    },
 }
 
 /// A region's answer.
@@ -44,6 +51,10 @@ pub enum RegionAnswer {
     Audit(Vec<AuditEntry>),
     ConfigDigest(Vec<ConfigDigest>),
     ConfigVersion(Box<StoredConfig>),
+    RolloutState {
+        state: State,
+        reason: String,
+    },
     /// The region could not answer (its store is down, the query was refused).
     Error(String),
 }

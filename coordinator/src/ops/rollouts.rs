@@ -257,6 +257,45 @@ impl Ops {
 
     /// Starts rolling a version of a config out; its first phase starts at once.
     pub async fn start_rollout(&self, caller: &Caller, req: RolloutRequest) -> Result<RolloutView> {
+        let id = Uuid::now_v7().to_string();
+        self.start_rollout_as(caller, req, id).await
+    }
+
+    /// This region's part of a rollout across regions (`id`: the same in every region): started
+    /// when it was not, with how it stands; completed at once when the version is active here
+    /// already.
+    pub(crate) async fn rollout_part(
+        &self,
+        id: &str,
+        req: RolloutRequest,
+        caller: &str,
+    ) -> Result<(State, String)> {
+        if let Some(doc) = self.store().get_doc(ROLLOUTS, id).await? {
+            let r = parse(&doc)?;
+            return Ok((r.state, r.reason));
+        }
+        let active = self.active_version(&req.config);
+        if req.version.is_some() && active == req.version {
+            return Ok((
+                State::Completed,
+                "the version is active here already".into(),
+            ));
+        }
+        let caller = Caller {
+            name: caller.to_owned(),
+            ..Caller::system()
+        };
+        self.start_rollout_as(&caller, req, id.to_owned()).await?;
+        let (_, r) = self.rollout_doc(id).await?;
+        Ok((r.state, r.reason))
+    }
+
+    async fn start_rollout_as(
+        &self,
+        caller: &Caller,
+        req: RolloutRequest,
+        id: String,
+    ) -> Result<RolloutView> {
         req.phases.check().map_err(Error::BadRequest)?;
         req.error_budget.check().map_err(Error::BadRequest)?;
         let target = self.rollout_target(&req).await?;
@@ -308,7 +347,7 @@ impl Ops {
         }
         let now = now_unix_ms();
         let r = Rollout {
-            id: Uuid::now_v7().to_string(),
+            id,
             config: req.config.clone(),
             from_version: active.map_or(0, |a| a.version),
             to_version: target.version,

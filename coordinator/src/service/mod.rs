@@ -166,12 +166,20 @@ impl Service {
                 async move {
                     let rollouts = &s.owner.metrics.rollouts;
                     match s.owner.shards.fence(0) {
-                        Some(_) => s.ops.step_rollouts().await.map(|states| {
+                        Some(_) => {
+                            let states = s.ops.step_rollouts().await?;
                             for (state, n) in states {
                                 let labels = vec![("state", state.as_str())];
                                 rollouts.get_or_create(&labels).set(n as i64);
                             }
-                        }),
+                            if s.ops.peer_regions().is_empty() {
+                                return Ok(());
+                            }
+                            s.ops
+                                .step_region_rollouts()
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
                         None => {
                             rollouts.clear();
                             Ok(())

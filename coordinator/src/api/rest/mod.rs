@@ -65,6 +65,11 @@ pub fn routes(ops: Ops, per_agent_series: bool) -> Router {
         )
         .route("/api/v1/rollouts/{id}", get(rollouts::get))
         .route("/api/v1/rollouts/{id}/{action}", post(rollouts::control))
+        .route(
+            "/api/v1/region-rollouts",
+            get(rollouts::region_list).post(rollouts::region_start),
+        )
+        .route("/api/v1/region-rollouts/{id}", get(rollouts::region_get))
         .route("/api/v1/restarts", post(rollouts::restart_matching))
         .route("/api/v1/restarts/{id}", get(rollouts::restart_job))
         .route("/api/v1/audit", get(rollouts::audit))

@@ -1,6 +1,8 @@
 //! REST handlers for rollouts, restart jobs and the audit log.
 
 use super::reply::{ApiError, Reply, pairs, parse_body};
+use crate::fleet::region_rollout::RegionRollout;
+use crate::ops::region_rollouts::RegionRolloutRequest;
 use crate::ops::restarts::{DEFAULT_RATE, RestartJob};
 use crate::ops::rollouts::RolloutRequest;
 use crate::ops::views::{AuditLog, RolloutView};
@@ -39,6 +41,41 @@ pub(super) async fn start(
     )?;
     let r = ops.start_rollout(&caller, req).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+#[derive(Serialize)]
+pub(super) struct RegionRollouts {
+    rollouts: Vec<RegionRollout>,
+}
+
+pub(super) async fn region_list(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+) -> Reply<RegionRollouts> {
+    Ok(Json(RegionRollouts {
+        rollouts: ops.region_rollouts(&caller).await?,
+    }))
+}
+
+pub(super) async fn region_start(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RegionRolloutRequest = parse_body(
+        &body,
+        "{\"config\": \"name\", \"version\": 2, \"regions\": [\"eu\", \"us\"], \"phases\": {\"percentages\": [10, 100]}, \"soak\": \"30s\", \"error_budget\": {\"max_failure_percent\": 10, \"min_sample\": 5, \"action\": \"rollback\"}}",
+    )?;
+    let r = ops.start_region_rollout(&caller, req).await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+pub(super) async fn region_get(
+    State(ops): State<Ops>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Reply<RegionRollout> {
+    Ok(Json(ops.region_rollout(&caller, &id).await?))
 }
 
 pub(super) async fn get(
