@@ -562,6 +562,22 @@ async fn a_config_rolled_out_region_by_region_reaches_every_agent_one_region_aft
         assert_eq!(config["hash"], hash.as_str(), "{region}: {config}");
     }
 
+    // As the CLI shows it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["ctl", "--api", api, "rollouts", "status", &id, "--regions"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("across regions: completed"), "{text}");
+    for region in REGIONS {
+        assert!(text.contains(&format!("{id}-{region}")), "{text}");
+    }
+
     // Refused: a region the fleet does not have.
     let r = http
         .post(format!("{api}/api/v1/region-rollouts"))

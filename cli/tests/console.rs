@@ -141,12 +141,21 @@ async fn the_console_shows_the_fleet_and_changes_it_as_the_api_would() {
     assert_eq!(health["total_agents"], 6);
     assert_eq!(health["unhealthy_agents"], 1);
     assert!(b.source().await.contains(&unhealthy.to_string()));
+    // One region: no region table, no warning about regions, no "this region" heading.
+    for absent in ["#regions", "#missing-regions", "#this-region"] {
+        assert!(b.all(absent).await.is_empty(), "{absent} on the overview");
+    }
 
     b.shot("overview").await;
 
     // A search by selector narrows the list; a bad selector shows its error inline.
     b.goto(&format!("{base}/agents")).await;
     assert_eq!(b.attr("[data-matches]", "data-matches").await, "6");
+    assert!(
+        b.all("th[data-col=region], td[data-region], #missing-regions")
+            .await
+            .is_empty()
+    );
     b.fill("#selector", "deployment.environment=prod").await;
     b.click("form.search button[type=submit]").await;
     b.find("[data-matches='4']").await;
@@ -172,6 +181,11 @@ async fn the_console_shows_the_fleet_and_changes_it_as_the_api_would() {
     assert!(tree.contains("unhealthy"), "{tree}");
     assert!(tree.contains("connection refused"), "{tree}");
     assert!(b.all("form[action$='/restart'] button").await.len() == 1);
+    assert!(
+        b.all("#region, #home-region, #roaming, #sent-home")
+            .await
+            .is_empty()
+    );
     b.shot("agent").await;
 
     // A config with an error: the error at its file:line, and nothing stored.
@@ -266,6 +280,11 @@ async fn the_console_shows_the_fleet_and_changes_it_as_the_api_would() {
         "{audit}"
     );
     assert!(audit.contains("alice"), "{audit}");
+    assert!(
+        b.all("th[data-col=region], #missing-regions")
+            .await
+            .is_empty()
+    );
     b.shot("audit").await;
 
     // A forged cross-site POST (a page elsewhere posting to the console) is refused.

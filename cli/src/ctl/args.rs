@@ -358,6 +358,10 @@ pub enum RolloutsCommand {
         /// Start it even when no agent would take the version now (else refused).
         #[arg(long)]
         allow_empty: bool,
+        /// Roll it out region by region instead, in this order (a fleet of several regions):
+        /// each region runs these phases on its agents; the next starts when it completed.
+        #[arg(long, value_delimiter = ',', conflicts_with = "allow_empty")]
+        regions: Vec<String>,
         /// Follow it with a progress bar until it ends.
         #[arg(long)]
         watch: bool,
@@ -368,6 +372,9 @@ pub enum RolloutsCommand {
     Status {
         /// The rollout's id.
         id: String,
+        /// A rollout across regions (started with --regions).
+        #[arg(long)]
+        regions: bool,
         /// Follow it with a progress bar until it ends.
         #[arg(long)]
         watch: bool,

@@ -54,6 +54,7 @@ pub(super) async fn rollouts(
             min_sample,
             on_failure,
             allow_empty,
+            regions,
             watch,
         } => {
             let phases = match (initial, percentages.is_empty()) {
@@ -77,12 +78,31 @@ pub(super) async fn rollouts(
                 },
                 "allow_empty": allow_empty,
             });
+            if !regions.is_empty() {
+                let mut body = body;
+                body["regions"] = json!(regions);
+                if let Some(b) = body.as_object_mut() {
+                    b.remove("allow_empty");
+                }
+                let across = format!("{api}/api/v1/region-rollouts");
+                let r = call(client.post(&across).json(&body)).await?;
+                return across_regions(client, &across, r, watch, format).await;
+            }
             (
                 call(client.post(url(String::new())).json(&body)).await?,
                 watch,
             )
         }
-        RolloutsCommand::Status { id, watch } => {
+        RolloutsCommand::Status {
+            id,
+            regions: true,
+            watch,
+        } => {
+            let across = format!("{api}/api/v1/region-rollouts");
+            let r = call(client.get(format!("{across}/{id}"))).await?;
+            return across_regions(client, &across, r, watch, format).await;
+        }
+        RolloutsCommand::Status { id, watch, .. } => {
             (call(client.get(url(format!("/{id}")))).await?, watch)
         }
         RolloutsCommand::Pause { id } => {
@@ -142,6 +162,67 @@ pub(super) async fn rollouts(
             "rollout {id} ended {}: {}",
             r["state"].as_str().unwrap_or_default(),
             r["reason"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Shows a rollout across regions (`r`, from `across`); with `watch`, follows it until it ends
+/// (an error when it did not complete).
+async fn across_regions(
+    client: &Client,
+    across: &str,
+    mut r: serde_json::Value,
+    watch: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let id = field(&r, "id");
+    if watch {
+        let regions = r["regions"].as_array().map_or(0, Vec::len) as u64;
+        let mut progress = Progress::new(regions, "regions completed");
+        while r["state"] == "running" {
+            let done = r["regions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["state"] == "completed")
+                .count();
+            progress.set(done as u64, &field(&r, "reason"));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            r = call(client.get(format!("{across}/{id}"))).await?;
+        }
+        progress.finish(&format!("rollout {id} {}", field(&r, "state")));
+    }
+    if format.is_document() {
+        document(&r, format)?;
+    } else {
+        println!(
+            "rollout {id} of {} version {} across regions: {} {}",
+            field(&r, "config"),
+            r["version"],
+            field(&r, "state"),
+            field(&r, "reason")
+        );
+        let rows: Vec<Vec<String>> = r["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                vec![
+                    field(p, "region"),
+                    p["state"].as_str().unwrap_or("pending").to_owned(),
+                    field(p, "rollout"),
+                    field(p, "reason"),
+                ]
+            })
+            .collect();
+        table(&["REGION", "STATE", "ROLLOUT", "REASON"], &rows);
+    }
+    if watch && r["state"] != "completed" {
+        bail!(
+            "rollout {id} ended {}: {}",
+            field(&r, "state"),
+            field(&r, "reason")
         );
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 use super::own_metrics;
 use super::page::{Console, Ctx, PageError, PageResult, Section, layout, see_other};
+use super::regions;
 use super::render::{badge, code, count, health_word, href, seg, side_by_side};
 use super::session::Submitted;
 use crate::ops::agents::AgentQuery;
@@ -55,6 +56,8 @@ pub async fn list(
         Err(e @ ops::Error::BadRequest(_)) => (Some(e.to_string()), None, None),
         Err(e) => return Err(e.into()),
     };
+    // The region column only in a fleet of several, so a single region's list reads as before.
+    let multi = !c.ops.peer_regions().is_empty();
     let kept: Vec<(&str, &str)> = KEPT.iter().map(|k| (*k, param(k))).collect();
     let link = |changes: &[(&str, &str)]| {
         let mut pairs = kept.clone();
@@ -124,6 +127,7 @@ pub async fn list(
                 @if page.total > 0 { " · showing " (first) "–" (last) }
             }
             div #live data-live="10" {
+                (regions::missing(&page.missing_regions, page.partial, "the count and the list leave their agents out."))
                 table.agents {
                     thead {
                         tr {
@@ -133,11 +137,12 @@ pub async fn list(
                             (sort_header("health", "Health"))
                             (sort_header("config", "Config"))
                             (sort_header("last_seen", "Last seen"))
+                            @if multi { th scope="col" data-col="region" { "Region" } }
                             @for col in &columns { (sort_header(col, col)) }
                         }
                     }
                     tbody {
-                        @for a in &page.agents { (row(a, &columns)) }
+                        @for a in &page.agents { (row(a, &columns, multi)) }
                     }
                 }
             }
@@ -161,7 +166,8 @@ pub async fn list(
     Ok((status, layout(&ctx, Section::Agents, "Agents", body)).into_response())
 }
 
-fn row(a: &AgentSummary, columns: &[&str]) -> Markup {
+/// One agent's row; `multi`: with the region column.
+fn row(a: &AgentSummary, columns: &[&str], multi: bool) -> Markup {
     let attr = |k: &str| {
         a.labels
             .get(k)
@@ -183,6 +189,7 @@ fn row(a: &AgentSummary, columns: &[&str]) -> Markup {
                 }
             }
             td { time { (a.last_seen) } }
+            @if multi { td data-region=(a.region) { (regions::agent_region(a)) } }
             @for col in columns { td { (attr(col)) } }
         }
     }
@@ -243,6 +250,7 @@ pub async fn detail(
                         p.error { "Config " code { (short(&refused.hash)) } " " (refused.error) }
                     }
                 }
+                (regions::agent_facts(s, !c.ops.peer_regions().is_empty()))
                 dt { "Last seen" } dd { time { (s.last_seen) } }
                 dt { "First seen" } dd { time { (a.first_seen) } }
                 @if a.restart_pending { dt { "Restart" } dd { (badge("pending")) } }
@@ -570,6 +578,23 @@ mod tests {
         assert_eq!(
             capability_words("AcceptsOpAMPConnectionSettings"),
             "Accepts OpAMP connection settings"
+        );
+    }
+
+    #[test]
+    fn the_region_column_shows_only_in_a_fleet_of_several() {
+        let rec = flotilla_proto::bus::AgentRecord {
+            home_region: "us".into(),
+            ..Default::default()
+        };
+        let a = AgentSummary::of(&rec, &Default::default()).in_region("eu");
+        let multi = row(&a, &[], true).0;
+        assert!(multi.contains(r#"<td data-region="eu">eu "#), "{multi}");
+        assert!(multi.contains(">roaming</span>"), "{multi}");
+        let single = row(&a, &[], false).0;
+        assert!(
+            !single.contains("data-region") && !single.contains("roaming"),
+            "{single}"
         );
     }
 

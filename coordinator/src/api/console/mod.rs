@@ -18,6 +18,7 @@ mod configs;
 mod overview;
 mod own_metrics;
 mod page;
+mod regions;
 mod render;
 mod rollouts;
 mod session;

@@ -1,6 +1,8 @@
-//! `/`: the fleet at a glance, updated live.
+//! `/`: the fleet at a glance, updated live. In a fleet of several regions the counts and lists
+//! are this region's, under a table of every region's counts.
 
 use super::page::{Console, Ctx, PageResult, Section, layout};
+use super::regions;
 use super::render::{badge, count, href, seg};
 use crate::api::sse;
 use crate::ops::events::event_kinds;
@@ -12,6 +14,13 @@ use maud::{Markup, html};
 
 pub async fn page(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> PageResult {
     let o = c.ops.fleet_overview(&ctx.caller).await?;
+    // Every region's counts, when there are several (the overview itself is this region's).
+    let fleet = if c.ops.peer_regions().is_empty() {
+        None
+    } else {
+        Some(c.ops.fleet_health(&ctx.caller).await?)
+    };
+    let here = c.ops.region();
     let h = &o.health;
     let tiles = [
         ("Agents", h.total_agents, "", ""),
@@ -28,7 +37,13 @@ pub async fn page(State(c): State<Console>, Extension(ctx): Extension<Ctx>) -> P
     ];
     let body = html! {
         div #live data-live="5" {
-            section aria-label="Totals" {
+            @if let Some(f) = &fleet {
+                (regions::missing(&f.missing_regions, f.partial, "the region table leaves their agents out."))
+                (regions::table(f, here))
+                h2 #this-region { "This region: " (here) }
+                p.hint { "The counts and lists below are this region's agents; their links open the agent list, which covers every region." }
+            }
+            section aria-label=(if fleet.is_some() { "This region's totals" } else { "Totals" }) {
                 ul.tiles {
                     @for (name, n, key, value) in tiles {
                         li.tile {
