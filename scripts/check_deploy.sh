@@ -297,16 +297,19 @@ run_target secrets "$secrets"
 run_target secrets-cluster "$secrets/cluster" "$secrets/cluster/gateway.toml" "$secrets/cluster/coordinator.toml"
 run_target standalone deploy/kubernetes/overlays/standalone "$work/secrets.yaml"
 run_target cluster deploy/kubernetes/overlays/cluster "$work/secrets.yaml" "$work/secrets-cluster.yaml"
+run_target region deploy/kubernetes/overlays/region "$work/secrets.yaml" "$work/secrets-cluster.yaml"
 
-# --- what the cluster overlay's NATS and Redis pods run ------------------------------------
+# --- what the cluster and region overlays' NATS and Redis pods run ------------------------
 for s in deploy/kubernetes/overlays/cluster/*.sh; do sh -n "$s" || fail "$s: syntax error"; done
 if command -v nats-server >/dev/null; then
-  mkdir -p "$work/nats"
-  cp deploy/kubernetes/overlays/cluster/nats.conf "$work/nats/"
-  cp "$secrets/cluster/nats-auth.conf" "$work/nats/auth.conf"
-  SERVER_NAME=check timeout 10 nats-server -c "$work/nats/nats.conf" -t >/dev/null 2>"$work/nats/err" ||
-    { cat "$work/nats/err" >&2; fail "nats.conf: nats-server -t refused it"; }
-  nats="nats.conf accepted by nats-server $(nats-server --version | sed 's/.* v//')"
+  for o in cluster region; do
+    mkdir -p "$work/nats/$o"
+    cp "deploy/kubernetes/overlays/$o/nats.conf" "$work/nats/$o/"
+    cp "$secrets/cluster/nats-auth.conf" "$work/nats/$o/auth.conf"
+    SERVER_NAME=check timeout 10 nats-server -c "$work/nats/$o/nats.conf" -t >/dev/null 2>"$work/nats/err" ||
+      { cat "$work/nats/err" >&2; fail "overlays/$o/nats.conf: nats-server -t refused it"; }
+  done
+  nats="nats.conf (cluster, region) accepted by nats-server $(nats-server --version | sed 's/.* v//')"
 else
   nats="nats.conf not parsed (no nats-server here)"
 fi

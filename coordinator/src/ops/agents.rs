@@ -29,7 +29,7 @@ use uuid::Uuid;
 const DEFAULT_LIMIT: usize = 100;
 
 /// How deep (offset + limit) a list over several regions may page: each region sends that many.
-pub const MAX_REGIONS_DEPTH: usize = 2000;
+pub const MAX_REGIONS_DEPTH: usize = 1000;
 
 /// An instance uid from its text (a UUID).
 pub fn parse_uid(s: &str) -> Result<Uuid> {

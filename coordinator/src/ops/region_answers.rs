@@ -8,6 +8,9 @@ use base64::Engine;
 use bytes::Bytes;
 use prost::Message;
 
+/// The largest answer a region sends another (NATS carries 1 MiB by default).
+pub const MAX_ANSWER_BYTES: usize = 900 * 1024;
+
 impl Ops {
     /// The answer to another region's query (`payload`, JSON); always an answer, errors
     /// included, so the asking region never waits for its timeout when this one can say why.
@@ -19,12 +22,23 @@ impl Ops {
                 .await
                 .unwrap_or_else(|e| RegionAnswer::Error(e.to_string())),
         };
-        serde_json::to_vec(&answer)
-            .unwrap_or_else(|e| {
-                serde_json::to_vec(&RegionAnswer::Error(format!("cannot encode: {e}")))
-                    .unwrap_or_default()
-            })
-            .into()
+        let bytes = serde_json::to_vec(&answer).unwrap_or_else(|e| {
+            serde_json::to_vec(&RegionAnswer::Error(format!("cannot encode: {e}")))
+                .unwrap_or_default()
+        });
+        if bytes.len() > MAX_ANSWER_BYTES {
+            // Past what NATS carries by default: say so rather than leave the asker waiting.
+            let why = format!(
+                "region {}'s answer is {} bytes, more than the {MAX_ANSWER_BYTES} a region \
+                 sends: ask for fewer agents",
+                self.region(),
+                bytes.len()
+            );
+            return serde_json::to_vec(&RegionAnswer::Error(why))
+                .unwrap_or_default()
+                .into();
+        }
+        bytes.into()
     }
 
     /// The answer when this coordinator answers as many regions' queries as it may at once.

@@ -258,7 +258,9 @@ impl Service {
                 Ok(slot) => {
                     tokio::spawn(async move {
                         let answer = ops.answer_region(&query.msg.payload).await;
-                        let _ = reply.send(answer).await;
+                        if let Err(e) = reply.send(answer).await {
+                            warn!(error = %e, "an answer to another region was not sent");
+                        }
                         drop(slot);
                     });
                 }
