@@ -8,6 +8,7 @@ mod cluster_support;
 use cluster_support::{Backends, Cluster, LiveAgent, SERIAL, TcpProxy, wait_applied, ws_agent};
 use flotilla_loadtest::client::{WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
+use flotilla_proto::admin::{self as pb, admin_client::AdminClient};
 use flotilla_proto::opamp::{AgentCapabilities, ServerToAgent};
 use flotilla_testkit::{NatsServer, RedisServer, free_port};
 use serde_json::Value;
@@ -577,6 +578,37 @@ async fn a_config_rolled_out_region_by_region_reaches_every_agent_one_region_aft
     for region in REGIONS {
         assert!(text.contains(&format!("{id}-{region}")), "{text}");
     }
+
+    // And as gRPC shows it, with the audit log of every region.
+    let mut grpc = AdminClient::connect(api.to_owned()).await.unwrap();
+    let listed = grpc
+        .list_region_rollouts(pb::ListRolloutsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let r = &listed.rollouts[0];
+    assert_eq!(
+        (r.id.as_str(), r.state.as_str()),
+        (id.as_str(), "completed")
+    );
+    let parts: Vec<(&str, &str)> = r
+        .regions
+        .iter()
+        .map(|p| (p.region.as_str(), p.state.as_str()))
+        .collect();
+    assert_eq!(parts, [("eu", "completed"), ("us", "completed")]);
+    let audit = grpc
+        .query_audit(pb::QueryAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!audit.partial);
+    assert!(
+        audit
+            .entries
+            .iter()
+            .any(|e| e.region == "us" && e.action == "rollout.completed")
+    );
 
     // Refused: a region the fleet does not have.
     let r = http

@@ -1,6 +1,8 @@
 //! The admin service's messages from the operations' typed answers, and the rollout request a
 //! StartRollout stands for.
 
+use crate::fleet::region_rollout::RegionRollout;
+use crate::ops::region_rollouts::RegionRolloutRequest;
 use crate::ops::restarts::RestartJob;
 use crate::ops::rollouts::RolloutRequest;
 use crate::ops::views::{
@@ -13,6 +15,47 @@ use tonic::Status;
 /// The REST body of a rollout, so its defaults (soak, multiplier, error budget) and checks are
 /// the REST API's own.
 pub(super) fn rollout_request(r: pb::StartRolloutRequest) -> Result<RolloutRequest, Status> {
+    serde_json::from_value(rollout_body(r)?)
+        .map_err(|e| Status::invalid_argument(format!("invalid rollout: {e}")))
+}
+
+pub(super) fn region_rollout_request(
+    r: pb::StartRegionRolloutRequest,
+) -> Result<RegionRolloutRequest, Status> {
+    let rollout = r
+        .rollout
+        .ok_or_else(|| Status::invalid_argument("rollout is required"))?;
+    let mut body = rollout_body(rollout)?;
+    body["regions"] = json!(r.regions);
+    serde_json::from_value(body)
+        .map_err(|e| Status::invalid_argument(format!("invalid rollout: {e}")))
+}
+
+pub(super) fn region_rollout(r: &RegionRollout) -> pb::RegionRollout {
+    pb::RegionRollout {
+        id: r.id.clone(),
+        config: r.config.clone(),
+        version: r.version,
+        regions: r
+            .regions
+            .iter()
+            .map(|p| pb::RegionPart {
+                region: p.region.clone(),
+                state: p.state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                rollout: p.rollout.clone().unwrap_or_default(),
+                reason: p.reason.clone(),
+            })
+            .collect(),
+        state: r.state.as_str().to_owned(),
+        reason: r.reason.clone(),
+        created_by: r.created_by.clone(),
+        created: rfc3339(r.created_unix_ms),
+        updated: rfc3339(r.updated_unix_ms),
+    }
+}
+
+/// The JSON body `POST /api/v1/rollouts` takes, of a gRPC request.
+fn rollout_body(r: pb::StartRolloutRequest) -> Result<serde_json::Value, Status> {
     use pb::start_rollout_request::Phases;
     let phases = match r.phases {
         Some(Phases::Steps(s)) => {
@@ -49,8 +92,7 @@ pub(super) fn rollout_request(r: pb::StartRolloutRequest) -> Result<RolloutReque
         }
         body["error_budget"] = budget;
     }
-    serde_json::from_value(body)
-        .map_err(|e| Status::invalid_argument(format!("invalid rollout: {e}")))
+    Ok(body)
 }
 
 pub(super) fn config_version(c: &ConfigView) -> pb::ConfigVersion {
@@ -207,6 +249,7 @@ pub(super) fn audit_entry(e: &AuditView) -> pb::AuditEntry {
         object: e.object.clone(),
         before_json: json(&e.before),
         after_json: json(&e.after),
+        region: e.region.clone(),
     }
 }
 

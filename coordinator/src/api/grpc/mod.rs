@@ -372,6 +372,39 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn start_region_rollout(
+        &self,
+        req: Request<pb::StartRegionRolloutRequest>,
+    ) -> Reply<pb::RegionRollout> {
+        let caller = caller(&req)?;
+        let request = convert::region_rollout_request(req.into_inner())?;
+        let r = self.ops.start_region_rollout(&caller, request).await;
+        ok(r.map(|r| convert::region_rollout(&r)))
+    }
+
+    async fn get_region_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Reply<pb::RegionRollout> {
+        let caller = caller(&req)?;
+        let r = self.ops.region_rollout(&caller, &req.get_ref().id).await;
+        ok(r.map(|r| convert::region_rollout(&r)))
+    }
+
+    async fn list_region_rollouts(
+        &self,
+        req: Request<pb::ListRolloutsRequest>,
+    ) -> Reply<pb::ListRegionRolloutsResponse> {
+        let all = self
+            .ops
+            .region_rollouts(&caller(&req)?)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListRegionRolloutsResponse {
+            rollouts: all.iter().map(convert::region_rollout).collect(),
+        }))
+    }
+
     async fn control_rollout(&self, req: Request<pb::ControlRolloutRequest>) -> Reply<pb::Rollout> {
         let caller = caller(&req)?;
         let r = req.into_inner();
@@ -417,6 +450,8 @@ impl Admin for AdminService {
         Ok(Response::new(pb::QueryAuditResponse {
             entries: log.entries.iter().map(audit_entry).collect(),
             truncated: log.truncated,
+            missing_regions: log.missing_regions,
+            partial: log.partial,
         }))
     }
 }
