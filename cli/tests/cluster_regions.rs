@@ -5,7 +5,9 @@
 
 mod cluster_support;
 
-use cluster_support::{Backends, Cluster, LiveAgent, SERIAL, TcpProxy, wait_applied, ws_agent};
+use cluster_support::{
+    Backends, Cluster, LiveAgent, SERIAL, TcpProxy, wait_applied, ws_agent, ws_sim_agent,
+};
 use flotilla_loadtest::client::{WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::admin::{self as pb, admin_client::AdminClient};
@@ -621,4 +623,86 @@ async fn a_config_rolled_out_region_by_region_reaches_every_agent_one_region_aft
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_region_that_rolls_back_stops_the_rollout_before_the_next_region() {
+    let _serial = SERIAL.lock().await;
+    let fleet = Fleet::start().await;
+    // eu's agents fail every config that says BROKEN; us's would take it.
+    let eu_agents: Vec<LiveAgent> = (0..2)
+        .map(|i| {
+            let mut a = SimAgent::new("io.opentelemetry.collector", &[("env", "test")]);
+            a.fail_marker = Some("BROKEN".into());
+            ws_sim_agent(a, fleet.regions["eu"].ws_urls(), i, HB)
+        })
+        .collect();
+    let us_agents = agents_in(&fleet.regions["us"], 2);
+    let api = fleet.api("eu");
+    let http = reqwest::Client::new();
+    let staged: Value = http
+        .put(format!("{api}/api/v1/configs/risky"))
+        .json(
+            &serde_json::json!({"selector": "env=test", "activate": false,
+            "files": {"collector.yaml": "receivers: {}\n# BROKEN\n"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hash = staged["hash"].as_str().unwrap().to_owned();
+    let r: Value = http
+        .post(format!("{api}/api/v1/region-rollouts"))
+        .json(
+            &serde_json::json!({"config": "risky", "regions": ["eu", "us"],
+            "phases": {"percentages": [100]}, "soak": "1s",
+            "error_budget": {"max_failure_percent": 10, "min_sample": 1, "action": "rollback"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = r["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let done = loop {
+        let r = fleet
+            .get("eu", &format!("/api/v1/region-rollouts/{id}"))
+            .await;
+        if r["state"] != "running" {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{r}\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "eu rolled back, the rollout stopped after {:?}: {done}",
+        started.elapsed()
+    );
+    assert_eq!(done["state"], "rolled_back", "{done}");
+    assert!(
+        done["reason"].as_str().unwrap().contains("region eu"),
+        "{done}"
+    );
+    assert_eq!(done["regions"][0]["state"], "rolled_back", "{done}");
+    assert_eq!(
+        done["regions"][1]["state"],
+        Value::Null,
+        "us never started: {done}"
+    );
+    // us never started its part, and its agents never got the version.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _) = fleet.regions["us"]
+        .get(fleet.api("us"), &format!("/api/v1/rollouts/{id}-us"))
+        .await;
+    assert_eq!(status, 404);
+    assert!(us_agents.iter().all(|a| a.applied() != hash));
+    assert!(eu_agents.iter().all(|a| a.applied() != hash));
 }

@@ -443,6 +443,16 @@ fn record(view: &Mutex<AgentView>, agent: &SimAgent) {
 /// the server sends, and when its connection drops moves on to the next gateway in `urls`.
 pub fn ws_agent(urls: Vec<String>, first: usize, heartbeat: Duration) -> LiveAgent {
     let agent = SimAgent::new("io.opentelemetry.collector", &[("env", "test")]);
+    ws_sim_agent(agent, urls, first, heartbeat)
+}
+
+/// [`ws_agent`] with the simulated agent given (e.g. one that fails some configs).
+pub fn ws_sim_agent(
+    agent: SimAgent,
+    urls: Vec<String>,
+    first: usize,
+    heartbeat: Duration,
+) -> LiveAgent {
     spawn_agent(agent, move |mut agent, v, gone| async move {
         let mut idx = first;
         loop {
