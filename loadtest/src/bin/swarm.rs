@@ -37,6 +37,10 @@ struct Args {
     /// Heartbeat (or poll) interval of each agent, unless the server offers another.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// Every agent heartbeats at the same moments (multiples of --heartbeat from the start of
+    /// the run), the worst case; by default each beats at its own phase, as a real fleet does.
+    #[arg(long)]
+    synchronized_heartbeats: bool,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     reply_timeout: Duration,
     /// First reconnect delay; doubles per failed attempt up to --backoff-max, with jitter.
@@ -210,6 +214,7 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
         connect_concurrency: args.connect_concurrency,
         duration: args.duration,
         heartbeat: args.heartbeat,
+        synchronized_heartbeats: args.synchronized_heartbeats,
         reply_timeout: args.reply_timeout,
         backoff_min: args.backoff_min,
         backoff_max: args.backoff_max,

@@ -272,11 +272,16 @@ async fn ws_session(
     let mut outbox = VecDeque::from([life.agent.full_report()]);
     let mut replied = false;
     // Agents of a real fleet started at different times: the first heartbeat comes at a random
-    // point of the interval, so heartbeats are spread evenly rather than in waves.
-    let mut next_heartbeat = Instant::now()
-        + life
-            .interval(shared)
-            .mul_f64(rand::rng().random_range(0.0..1.0));
+    // point of the interval, so heartbeats are spread evenly rather than in waves (unless they
+    // are to come all at once).
+    let mut next_heartbeat = if shared.cfg.synchronized_heartbeats {
+        next_beat(shared, life.interval(shared), Instant::now())
+    } else {
+        Instant::now()
+            + life
+                .interval(shared)
+                .mul_f64(rand::rng().random_range(0.0..1.0))
+    };
     let mut due: Option<Instant> = None;
     loop {
         if shared.stop.is_cancelled() || life.leaving() {
@@ -335,7 +340,7 @@ async fn ws_session(
                 }
             }
             // The interval counts from the last message sent, at the server's offered value.
-            next_heartbeat = Instant::now() + life.interval(shared);
+            next_heartbeat = next_beat(shared, life.interval(shared), Instant::now());
             continue;
         }
         let wait = life
@@ -474,12 +479,46 @@ async fn http_session(
         outbox.extend(life.react(shared, &reply));
         apply_due(shared, &life.agent, &mut due);
         if outbox.is_empty() {
-            let next_poll = Instant::now() + life.interval(shared);
+            let next_poll = next_beat(shared, life.interval(shared), Instant::now());
             let wake = life.next_wake(next_poll, due);
             tokio::select! {
                 () = shared.stop.cancelled() => {}
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
         }
+    }
+}
+/// When an agent beats next, `interval` after `now`; with synchronized heartbeats, at the next
+/// multiple of `interval` from the start of the run (every agent at the same moment).
+fn next_beat(shared: &Shared, interval: Duration, now: Instant) -> Instant {
+    if shared.cfg.synchronized_heartbeats {
+        on_grid(shared.stats.started, interval, now)
+    } else {
+        now + interval
+    }
+}
+
+/// The first multiple of `interval` from `start` that is after `now`.
+fn on_grid(start: Instant, interval: Duration, now: Instant) -> Instant {
+    let step = interval.as_nanos().max(1);
+    let past = now.saturating_duration_since(start).as_nanos();
+    let n = u32::try_from(past / step + 1).unwrap_or(u32::MAX);
+    start + interval.saturating_mul(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synchronized_beats_fall_on_the_next_multiple_of_the_interval() {
+        let start = Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(on_grid(start, s(30), start), start + s(30));
+        assert_eq!(on_grid(start, s(30), start + s(29)), start + s(30));
+        assert_eq!(on_grid(start, s(30), start + s(30)), start + s(60));
+        assert_eq!(on_grid(start, s(30), start + s(95)), start + s(120));
+        // A zero interval does not divide by zero.
+        assert!(on_grid(start, Duration::ZERO, start + s(1)) >= start);
     }
 }

@@ -49,6 +49,10 @@ pub struct SwarmConfig {
     pub duration: Duration,
     /// Heartbeat (WebSocket) or poll (HTTP) interval, unless the server offers another.
     pub heartbeat: Duration,
+    /// Every agent heartbeats at the same moments (multiples of the interval from the start of
+    /// the run): the worst case. Otherwise each beats at its own phase of the interval, as the
+    /// agents of a real fleet, started at different times, do.
+    pub synchronized_heartbeats: bool,
     pub reply_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -94,6 +98,7 @@ impl SwarmConfig {
             connect_concurrency: 256,
             duration: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
+            synchronized_heartbeats: false,
             reply_timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
