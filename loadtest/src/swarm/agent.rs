@@ -271,17 +271,12 @@ async fn ws_session(
     // First in, first out: messages go in the order (and so the sequence) they were made.
     let mut outbox = VecDeque::from([life.agent.full_report()]);
     let mut replied = false;
-    // Agents of a real fleet started at different times: the first heartbeat comes at a random
-    // point of the interval, so heartbeats are spread evenly rather than in waves (unless they
-    // are to come all at once).
-    let mut next_heartbeat = if shared.cfg.synchronized_heartbeats {
-        next_beat(shared, life.interval(shared), Instant::now())
-    } else {
-        Instant::now()
-            + life
-                .interval(shared)
-                .mul_f64(rand::rng().random_range(0.0..1.0))
-    };
+    // Agents of a real fleet started at different times: the first heartbeat after the messages
+    // of connecting (the full report and what its reply asks for) comes at a random point of the
+    // interval, so heartbeats spread evenly over it rather than following the connect ramp
+    // (unless they are to come all at once).
+    let mut first_phase = first_phase(shared);
+    let mut next_heartbeat = next_beat(shared, life.interval(shared), Instant::now());
     let mut due: Option<Instant> = None;
     loop {
         if shared.stop.is_cancelled() || life.leaving() {
@@ -340,7 +335,10 @@ async fn ws_session(
                 }
             }
             // The interval counts from the last message sent, at the server's offered value.
-            next_heartbeat = next_beat(shared, life.interval(shared), Instant::now());
+            next_heartbeat = match outbox.is_empty() {
+                true => after_send(shared, life.interval(shared), &mut first_phase),
+                false => next_beat(shared, life.interval(shared), Instant::now()),
+            };
             continue;
         }
         let wait = life
@@ -411,6 +409,8 @@ async fn http_session(
     let mut outbox = VecDeque::from([life.agent.full_report()]);
     let mut replied = false;
     let mut due: Option<Instant> = None;
+    // The first poll after the full report at the poller's own phase, as for heartbeats.
+    let mut first_phase = first_phase(shared);
     loop {
         if shared.stop.is_cancelled() || life.leaving() {
             let bye = life.agent.disconnect();
@@ -479,7 +479,7 @@ async fn http_session(
         outbox.extend(life.react(shared, &reply));
         apply_due(shared, &life.agent, &mut due);
         if outbox.is_empty() {
-            let next_poll = next_beat(shared, life.interval(shared), Instant::now());
+            let next_poll = after_send(shared, life.interval(shared), &mut first_phase);
             let wake = life.next_wake(next_poll, due);
             tokio::select! {
                 () = shared.stop.cancelled() => {}
@@ -488,6 +488,21 @@ async fn http_session(
         }
     }
 }
+/// Where in the interval an agent's first beat after its full report falls (none: synchronized
+/// heartbeats).
+fn first_phase(shared: &Shared) -> Option<f64> {
+    (!shared.cfg.synchronized_heartbeats).then(|| rand::rng().random_range(0.0..1.0))
+}
+
+/// When an agent that has sent what it had to send beats next: the first time at its own phase
+/// of the interval, then [`next_beat`].
+fn after_send(shared: &Shared, interval: Duration, phase: &mut Option<f64>) -> Instant {
+    match phase.take() {
+        Some(f) => Instant::now() + interval.mul_f64(f),
+        None => next_beat(shared, interval, Instant::now()),
+    }
+}
+
 /// When an agent beats next, `interval` after `now`; with synchronized heartbeats, at the next
 /// multiple of `interval` from the start of the run (every agent at the same moment).
 fn next_beat(shared: &Shared, interval: Duration, now: Instant) -> Instant {
