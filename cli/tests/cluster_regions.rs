@@ -249,7 +249,7 @@ async fn one_fleet_view_from_either_region_and_each_region_alone_when_cut_off() 
 
     // A config stored in one region reaches every agent of both.
     let stored = Instant::now();
-    let base = put_config(&fleet.regions["eu"], "base", "", "# everywhere\n").await;
+    let base = put_config(&fleet.regions["eu"], "base", "", "# everywhere\n", true).await;
     let everyone: Vec<&LiveAgent> = eu_agents.iter().chain(&us_agents).collect();
     loop {
         if everyone.iter().all(|a| a.applied() == base) {
@@ -325,7 +325,14 @@ async fn one_fleet_view_from_either_region_and_each_region_alone_when_cut_off() 
     let mut shared = BTreeMap::new();
     for (region, agents) in [("eu", &eu_agents), ("us", &us_agents)] {
         let c = &fleet.regions[region];
-        let hash = put_config(c, "shared", "env=test", &format!("# {region} alone\n")).await;
+        let hash = put_config(
+            c,
+            "shared",
+            "env=test",
+            &format!("# {region} alone\n"),
+            true,
+        )
+        .await;
         let took = wait_applied(agents, &hash, Duration::from_secs(20)).await;
         eprintln!("{region} pushed a config to its agents while cut off in {took:?}");
         shared.insert(region, hash);
@@ -383,17 +390,53 @@ async fn one_fleet_view_from_either_region_and_each_region_alone_when_cut_off() 
     }
 }
 
-/// Stores config `name` (activated) through `c`'s API; returns its hash.
-async fn put_config(c: &Cluster, name: &str, selector: &str, body: &str) -> String {
+/// Stores config `name` through `c`'s API, activated or only staged; returns its hash.
+async fn put_config(c: &Cluster, name: &str, selector: &str, body: &str, activate: bool) -> String {
     let r = reqwest::Client::new()
         .put(format!("{}/api/v1/configs/{name}", c.api()))
-        .json(&serde_json::json!({"selector": selector, "files": {"collector.yaml": format!("receivers: {{}}\n{body}")}}))
+        .json(
+            &serde_json::json!({"selector": selector, "activate": activate,
+            "files": {"collector.yaml": format!("receivers: {{}}\n{body}")}}),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     v["hash"].as_str().unwrap().to_owned()
+}
+
+/// Starts a rollout across regions (`body`) through eu's API; returns its id.
+async fn start_across(fleet: &Fleet, body: Value) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/region-rollouts", fleet.api("eu")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r: Value = r.json().await.unwrap();
+    r["id"].as_str().unwrap().to_owned()
+}
+
+/// Follows rollout `id` across regions (calling `watch` at each look) until it ends.
+async fn end_of(fleet: &Fleet, id: &str, mut watch: impl FnMut()) -> Value {
+    let started = Instant::now();
+    loop {
+        let r = fleet
+            .get("eu", &format!("/api/v1/region-rollouts/{id}"))
+            .await;
+        watch();
+        if r["state"] != "running" {
+            return r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{r}\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -495,57 +538,34 @@ async fn a_config_rolled_out_region_by_region_reaches_every_agent_one_region_aft
     let fleet = Fleet::start().await;
     let eu_agents = agents_in(&fleet.regions["eu"], 2);
     let us_agents = agents_in(&fleet.regions["us"], 2);
-    let http = reqwest::Client::new();
     let api = fleet.api("eu");
-    let staged: Value = http
-        .put(format!("{api}/api/v1/configs/staged"))
-        .json(
-            &serde_json::json!({"selector": "env=test", "activate": false,
-            "files": {"collector.yaml": "receivers: {}\n# staged\n"}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let hash = staged["hash"].as_str().unwrap().to_owned();
+    let hash = put_config(
+        &fleet.regions["eu"],
+        "staged",
+        "env=test",
+        "# staged\n",
+        false,
+    )
+    .await;
     let started = Instant::now();
-    let r = http
-        .post(format!("{api}/api/v1/region-rollouts"))
-        .json(
-            &serde_json::json!({"config": "staged", "regions": ["eu", "us"],
+    let id = start_across(
+        &fleet,
+        serde_json::json!({"config": "staged", "regions": ["eu", "us"],
             "phases": {"percentages": [100]}, "soak": "1s"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let r: Value = r.json().await.unwrap();
-    let id = r["id"].as_str().unwrap().to_owned();
+    )
+    .await;
 
     // eu's agents run it before any of us's does; then us's; then the rollout is completed.
     let (mut eu_done, mut us_first) = (None, None);
-    let done = loop {
-        let r = fleet
-            .get("eu", &format!("/api/v1/region-rollouts/{id}"))
-            .await;
+    let done = end_of(&fleet, &id, || {
         if eu_done.is_none() && eu_agents.iter().all(|a| a.applied() == hash) {
             eu_done = Some(started.elapsed());
         }
         if us_first.is_none() && us_agents.iter().any(|a| a.applied() == hash) {
             us_first = Some(started.elapsed());
         }
-        if r["state"] != "running" {
-            break r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{r}\n{}",
-            fleet.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     eprintln!(
         "rollout across regions: eu's agents all ran it at {eu_done:?}, us's first at {us_first:?}, \
          completed at {:?}: {done}",
@@ -613,7 +633,7 @@ async fn a_config_rolled_out_region_by_region_reaches_every_agent_one_region_aft
     );
 
     // Refused: a region the fleet does not have.
-    let r = http
+    let r = reqwest::Client::new()
         .post(format!("{api}/api/v1/region-rollouts"))
         .json(
             &serde_json::json!({"config": "staged", "regions": ["eu", "ap"],
@@ -638,50 +658,23 @@ async fn a_region_that_rolls_back_stops_the_rollout_before_the_next_region() {
         })
         .collect();
     let us_agents = agents_in(&fleet.regions["us"], 2);
-    let api = fleet.api("eu");
-    let http = reqwest::Client::new();
-    let staged: Value = http
-        .put(format!("{api}/api/v1/configs/risky"))
-        .json(
-            &serde_json::json!({"selector": "env=test", "activate": false,
-            "files": {"collector.yaml": "receivers: {}\n# BROKEN\n"}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let hash = staged["hash"].as_str().unwrap().to_owned();
-    let r: Value = http
-        .post(format!("{api}/api/v1/region-rollouts"))
-        .json(
-            &serde_json::json!({"config": "risky", "regions": ["eu", "us"],
+    let hash = put_config(
+        &fleet.regions["eu"],
+        "risky",
+        "env=test",
+        "# BROKEN\n",
+        false,
+    )
+    .await;
+    let started = Instant::now();
+    let id = start_across(
+        &fleet,
+        serde_json::json!({"config": "risky", "regions": ["eu", "us"],
             "phases": {"percentages": [100]}, "soak": "1s",
             "error_budget": {"max_failure_percent": 10, "min_sample": 1, "action": "rollback"}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = r["id"].as_str().unwrap().to_owned();
-    let started = Instant::now();
-    let done = loop {
-        let r = fleet
-            .get("eu", &format!("/api/v1/region-rollouts/{id}"))
-            .await;
-        if r["state"] != "running" {
-            break r;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{r}\n{}",
-            fleet.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    )
+    .await;
+    let done = end_of(&fleet, &id, || {}).await;
     eprintln!(
         "eu rolled back, the rollout stopped after {:?}: {done}",
         started.elapsed()

@@ -48,6 +48,18 @@ pub enum Heard {
     Waiting(String),
 }
 
+impl RegionPhase {
+    /// A region's part, not started yet.
+    pub fn pending(region: String) -> Self {
+        Self {
+            region,
+            state: None,
+            rollout: None,
+            reason: String::new(),
+        }
+    }
+}
+
 impl RegionRollout {
     /// The region whose part runs now: the first not completed. None when every region is done
     /// or the rollout stopped.
@@ -111,12 +123,7 @@ mod tests {
             version: 3,
             regions: ["eu", "us", "ap"]
                 .iter()
-                .map(|r| RegionPhase {
-                    region: r.to_string(),
-                    state: None,
-                    rollout: None,
-                    reason: String::new(),
-                })
+                .map(|r| RegionPhase::pending(r.to_string()))
                 .collect(),
             state: State::Running,
             reason: String::new(),

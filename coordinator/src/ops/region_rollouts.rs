@@ -104,16 +104,7 @@ impl Ops {
             id: Uuid::now_v7().to_string(),
             config: req.config,
             version,
-            regions: req
-                .regions
-                .into_iter()
-                .map(|region| RegionPhase {
-                    region,
-                    state: None,
-                    rollout: None,
-                    reason: String::new(),
-                })
-                .collect(),
+            regions: req.regions.into_iter().map(RegionPhase::pending).collect(),
             state: State::Running,
             reason: String::new(),
             request,

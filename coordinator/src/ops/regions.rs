@@ -1,5 +1,5 @@
-//! One fleet over several regions (`--regions`): what a fleet view asks of the other regions and
-//! how it asks. Each region is a cell with its own store; the regions' NATS clusters are joined by
+//! One fleet over several regions (`--regions`): what one region asks another (fleet views,
+//! config replication, rollouts across regions) and how it asks. Each region is a cell with its own store; the regions' NATS clusters are joined by
 //! NATS gateways (a supercluster), so a request on another region's
 //! [`Subjects::fleet_query`] reaches one coordinator there, which answers from its own store
 //! (`region_answers.rs`). A region that does not answer within `--region-timeout` is left out of
