@@ -38,15 +38,9 @@ bin=$PWD/target/release
 flotilla=$bin/flotilla
 swarm=$bin/flotilla-swarm
 
-{
-  echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
-  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs) x $(nproc)"
-  echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
-  echo "kernel: $(uname -r)"
-  echo "open files per process: $(ulimit -n)"
-  echo "agents: $agents, max agents: $max_agents, steady: $steady"
-} | tee "$out/machine.txt"
+# shellcheck source=scripts/bench_lib.sh
+source scripts/bench_lib.sh
+machine_info "agents: $agents, max agents: $max_agents, steady: $steady"
 
 pki=$out/pki
 "$flotilla" certs init --out "$pki" --clients 1 >/dev/null
@@ -54,22 +48,6 @@ tls=(--ca "$pki/ca.pem" --cert "$pki/client-1.pem" --key "$pki/client-1-key.pem"
 # Every swarm agent presents the one client certificate, which names one instance uid: the
 # identity rule that holds agents to the uid their certificate names is off for the benchmark.
 server_tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --client-ca "$pki/ca.pem" --agent-identity none)
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  CLUSTER_DIR=$out/cluster scripts/cluster.sh stop >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench.sh: nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
 
 # run NAME ARGS...: one swarm run into $out/NAME.
 run() {

@@ -18,28 +18,9 @@ out=${BENCH_DIR:-target/bench/own-metrics-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 cargo build --release --quiet -p flotilla -p flotilla-loadtest
 bin=$PWD/target/release
-{
-  echo "date: $(date -u +%FT%TZ)"
-  echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
-  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs) x $(nproc)"
-  echo "agents: $agents, export interval: $interval, steady: $steady"
-} | tee "$out/machine.txt"
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  CLUSTER_DIR=$out/cluster scripts/cluster.sh stop >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "bench_own_metrics.sh: nothing listens on 127.0.0.1:$1" >&2
-  return 1
-}
+# shellcheck source=scripts/bench_lib.sh
+source scripts/bench_lib.sh
+machine_info "agents: $agents, export interval: $interval, steady: $steady"
 
 # CPU time (ms) of processes, summed.
 cpu_ms() {
@@ -52,14 +33,16 @@ cpu_ms() {
 
 # run NAME PIDS URLS [SWARM ARGS...]: one steady swarm run; prints the servers' CPU ms.
 run() {
-  local name=$1 pids=$2 urls=$3; shift 3
+  local name=$1 servers=$2 urls=$3; shift 3
   local before after
-  before=$(cpu_ms $pids)
+  # shellcheck disable=SC2086 # PIDS and URLS are lists split on spaces
+  before=$(cpu_ms $servers)
   # shellcheck disable=SC2086
   "$bin/flotilla-swarm" $urls --scenario steady --agents "$agents" --heartbeat 10s \
     --connect-rate 2000 --duration "$steady" --source-ips 32 --quiet --out "$out/$name" "$@" \
     >"$out/$name.txt"
-  after=$(cpu_ms $pids)
+  # shellcheck disable=SC2086
+  after=$(cpu_ms $servers)
   echo "$((after - before))" >"$out/$name.cpu_ms"
 }
 

@@ -9,6 +9,7 @@ mod common;
 use cluster_support::{Cluster, REGION, SERIAL};
 use common::applied_with;
 use common::fleet::{Fleet, collectors};
+use common::py_agent::{PyAgent, python};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -296,39 +297,16 @@ async fn custom_messages_new_uids_and_builds_that_lack_a_component_work_through_
 /// from Redis (same `since`, new exports still kept).
 #[tokio::test]
 async fn own_metrics_reach_the_owner_through_the_gateway_and_outlive_it() {
-    let python = match std::env::var("FLOTILLA_INTEROP_PYTHON") {
-        Ok(p) => p,
-        Err(_) if std::env::var("FLOTILLA_SKIP_INTEROP").is_ok_and(|v| v == "1") => return,
-        Err(_) => {
-            panic!("set FLOTILLA_INTEROP_PYTHON (see scripts/test.sh) or FLOTILLA_SKIP_INTEROP=1")
-        }
-    };
+    let Some(python) = python() else { return };
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(2, 2, &["--heartbeat-interval", "2s"]).await;
     let opamp = c.http_urls()[1].clone();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/interop/own_metrics_agent.py"
-    );
-    let mut child = std::process::Command::new(python)
-        .args([script, "--endpoint", &opamp, "--duration", "120"])
-        .args(["--export-interval", "1", "--failing"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("python starts");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let first: Value = serde_json::from_str(&line).expect("the agent's first line");
+    let agent = PyAgent::spawn(&python, &opamp, &["--failing"]);
     assert_eq!(
-        first["metrics_endpoint"],
+        agent.metrics_endpoint,
         opamp.replace("/v1/opamp", "/v1/metrics")
     );
-    let uid: uuid::Uuid = first["instance_uid"].as_str().unwrap().parse().unwrap();
+    let uid = agent.uid;
     let path = format!("/api/v1/agents/{uid}");
     let failing = |v: &Value| v["own_metrics"]["exporters"][0]["failing_since"].is_string();
     let owner = c.owner_of(uid).await.unwrap();
@@ -354,6 +332,5 @@ async fn own_metrics_reach_the_owner_through_the_gateway_and_outlive_it() {
         fleet["failing_exporters"][0]["instance_uid"],
         uid.to_string()
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(agent);
 }

@@ -100,13 +100,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsServer::start_with_config(dir.path(), nats_config);
         let redis = RedisServer::start(dir.path());
-        let backends = Backends {
-            nats_url: nats.url(),
-            redis_url: redis.url(),
-            dir,
-            nats,
-            redis,
-        };
+        let backends = Backends::new(dir, nats, redis);
         Self::start_on(backends, coordinators, gateways, extra, role_extra).await
     }
 
@@ -394,6 +388,19 @@ pub struct Backends {
     pub redis: RedisServer,
     pub nats_url: String,
     pub redis_url: String,
+}
+
+impl Backends {
+    /// `nats` and `redis` as the flotilla processes reach them (their own URLs).
+    pub fn new(dir: tempfile::TempDir, nats: NatsServer, redis: RedisServer) -> Self {
+        Self {
+            nats_url: nats.url(),
+            redis_url: redis.url(),
+            dir,
+            nats,
+            redis,
+        }
+    }
 }
 
 /// What a simulated agent has done, as the test sees it.

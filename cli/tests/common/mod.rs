@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod fleet;
 pub mod pki;
+pub mod py_agent;
 
 use flotilla::app::{self, Running};
 use flotilla_common::config::ServeConfig;

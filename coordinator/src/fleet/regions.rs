@@ -14,6 +14,9 @@ pub fn home_region<'a>(
     attrs: &BTreeMap<String, String>,
     regions: &'a RegionSettings,
 ) -> Option<&'a str> {
+    if regions.fleet.is_empty() {
+        return None;
+    }
     let named = attrs
         .get(HOME_REGION_LABEL)
         .or_else(|| attrs.get(&regions.home_attribute))?;

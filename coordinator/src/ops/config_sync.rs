@@ -27,6 +27,15 @@ use tracing::info;
 /// The documents holding each config's [`Activation`], by config name.
 pub const ACTIVATIONS: &str = "config-activations";
 
+/// A config's activation from its document.
+fn parse_activation(json: &str, name: &str) -> Result<Activation> {
+    serde_json::from_str(json).map_err(|e| {
+        Error::Store(flotilla_common::store::StoreError::Corrupt(format!(
+            "activation of config {name:?}: {e}"
+        )))
+    })
+}
+
 impl Activation {
     /// Whether this stamp is later than `other` (time, then region name: the same everywhere).
     fn after(&self, other: &Activation) -> bool {
@@ -97,14 +106,7 @@ impl Ops {
 
     async fn activation(&self, name: &str) -> Result<(u64, Activation)> {
         Ok(match self.store().get_doc(ACTIVATIONS, name).await? {
-            Some(doc) => (
-                doc.revision,
-                serde_json::from_str(&doc.json).map_err(|e| {
-                    Error::Store(flotilla_common::store::StoreError::Corrupt(format!(
-                        "activation of config {name:?}: {e}"
-                    )))
-                })?,
-            ),
+            Some(doc) => (doc.revision, parse_activation(&doc.json, name)?),
             None => (0, Activation::default()),
         })
     }
@@ -134,7 +136,7 @@ impl Ops {
     pub(crate) async fn config_digest(&self) -> Result<Vec<ConfigDigest>> {
         let mut digests: BTreeMap<String, ConfigDigest> = BTreeMap::new();
         for doc in self.store().list_docs(ACTIVATIONS).await? {
-            let (_, activation) = self.activation(&doc.id).await?;
+            let activation = parse_activation(&doc.json, &doc.id)?;
             digests.insert(
                 doc.id.clone(),
                 ConfigDigest {
