@@ -14,14 +14,9 @@ use common::py_agent::{PyAgent, python};
 use common::{config, start};
 use flotilla_gateway::otlp::string_kv;
 use flotilla_loadtest::client::{ConnectOptions, HttpClient};
+use flotilla_loadtest::otlp::{self, counter, point};
 use flotilla_loadtest::sim::SimAgent;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    metric::Data, number_data_point,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message;
+use opentelemetry_proto::tonic::metrics::v1::Metric;
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -117,45 +112,9 @@ async fn sdk_agents_send_to_the_offered_destination_and_the_api_ranks_them() {
     assert_eq!(status, 400, "{bad}");
 }
 
-fn point(attrs: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>, v: f64) -> NumberDataPoint {
-    NumberDataPoint {
-        attributes: attrs,
-        value: Some(number_data_point::Value::AsDouble(v)),
-        ..Default::default()
-    }
-}
-
-fn counter(name: &str, points: Vec<NumberDataPoint>) -> Metric {
-    Metric {
-        name: name.into(),
-        data: Some(Data::Sum(Sum {
-            data_points: points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    }
-}
-
 /// An export for one resource (`service.instance.id` = `uid`, when given).
 fn export(uid: Option<Uuid>, metrics: Vec<Metric>) -> Vec<u8> {
-    let attributes = uid
-        .map(|u| vec![string_kv("service.instance.id", &u.to_string())])
-        .unwrap_or_default();
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes,
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
+    otlp::export(uid.map(|u| u.to_string()).as_deref(), metrics)
 }
 
 fn sent(v: f64) -> Metric {

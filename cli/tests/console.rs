@@ -536,66 +536,6 @@ async fn an_operator_sends_a_custom_message_and_sees_which_builds_a_version_woul
     b.close().await;
 }
 
-/// What a collector exports of itself (OTLP/HTTP protobuf) for the agent `uid`: cumulative CPU
-/// seconds, resident memory, items sent and failed by its `otlp` exporter, and that exporter's
-/// queue (of 1000).
-fn own_metrics_export(uid: uuid::Uuid, cpu: f64, sent: f64, failed: f64, queue: f64) -> Vec<u8> {
-    use flotilla_gateway::otlp::string_kv;
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-    use opentelemetry_proto::tonic::metrics::v1::{
-        AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-        metric::Data, number_data_point::Value as V,
-    };
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use prost::Message;
-    let metric = |name: &str, exporter: bool, v: f64, sum: bool| {
-        let data_points = vec![NumberDataPoint {
-            attributes: if exporter {
-                vec![string_kv("exporter", "otlp")]
-            } else {
-                vec![]
-            },
-            value: Some(V::AsDouble(v)),
-            ..Default::default()
-        }];
-        let data = if sum {
-            Data::Sum(Sum {
-                data_points,
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                is_monotonic: true,
-            })
-        } else {
-            Data::Gauge(Gauge { data_points })
-        };
-        Metric {
-            name: name.into(),
-            data: Some(data),
-            ..Default::default()
-        }
-    };
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![string_kv("service.instance.id", &uid.to_string())],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![
-                    metric("otelcol_process_cpu_seconds", false, cpu, true),
-                    metric("otelcol_process_memory_rss", false, 150_000_000.0, false),
-                    metric("otelcol_exporter_sent_spans", true, sent, true),
-                    metric("otelcol_exporter_send_failed_spans", true, failed, true),
-                    metric("otelcol_exporter_queue_size", true, queue, false),
-                    metric("otelcol_exporter_queue_capacity", true, 1000.0, false),
-                ],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_charts_an_agents_own_metrics_and_lists_the_fleets_failing_exporters() {
     use flotilla_loadtest::sim::SimAgent;
@@ -624,7 +564,10 @@ async fn the_console_charts_an_agents_own_metrics_and_lists_the_fleets_failing_e
         }
         for (uid, failed, queue) in [(failing, failed, 950.0), (healthy, 0.0, 10.0)] {
             let r = otlp
-                .post_raw(own_metrics_export(uid, cpu, sent, failed, queue), &[])
+                .post_raw(
+                    flotilla_loadtest::otlp::collector(uid, cpu, sent, failed, queue),
+                    &[],
+                )
                 .await
                 .unwrap();
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.raw));

@@ -4,17 +4,9 @@
 mod common;
 
 use common::fleet::{Fleet, collectors};
-use flotilla_gateway::otlp::string_kv;
 use flotilla_loadtest::client::HttpClient;
+use flotilla_loadtest::otlp;
 use flotilla_loadtest::sim::SimAgent;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::KeyValue;
-use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    metric::Data, number_data_point,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -367,56 +359,6 @@ async fn declared_configs_apply_idempotently_diff_and_delete() {
 }
 
 /// One metric of one point: a cumulative sum (a counter) or a gauge.
-fn metric(name: &str, counter: bool, v: f64, attributes: Vec<KeyValue>) -> Metric {
-    let data_points = vec![NumberDataPoint {
-        attributes,
-        value: Some(number_data_point::Value::AsDouble(v)),
-        ..Default::default()
-    }];
-    let data = match counter {
-        true => Data::Sum(Sum {
-            data_points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        }),
-        false => Data::Gauge(Gauge { data_points }),
-    };
-    Metric {
-        name: name.into(),
-        data: Some(data),
-        ..Default::default()
-    }
-}
-
-/// A collector's own metrics export for agent `uid`, as OTLP/HTTP protobuf: cumulative CPU
-/// seconds, 150 MB resident, and exporter `otlp` with `sent` and `failed` spans so far and its
-/// queue 95% full.
-fn own_metrics(uid: uuid::Uuid, cpu: f64, sent: f64, failed: f64) -> Vec<u8> {
-    let otlp = || vec![string_kv("exporter", "otlp")];
-    let metrics = vec![
-        metric("otelcol_process_cpu_seconds", true, cpu, vec![]),
-        metric("otelcol_process_memory_rss", false, 150_000_000.0, vec![]),
-        metric("otelcol_exporter_sent_spans", true, sent, otlp()),
-        metric("otelcol_exporter_send_failed_spans", true, failed, otlp()),
-        metric("otelcol_exporter_queue_size", false, 950.0, otlp()),
-        metric("otelcol_exporter_queue_capacity", false, 1000.0, otlp()),
-    ];
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![string_kv("service.instance.id", &uid.to_string())],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
-}
-
 /// The lines of `text` from the one starting with `title` to the next blank line.
 fn section<'a>(text: &'a str, title: &str) -> Vec<&'a str> {
     text.lines()
@@ -474,7 +416,7 @@ async fn agents_metrics_and_get_show_an_agents_own_metrics() {
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         let r = otlp
-            .post_raw(own_metrics(agent.uid, cpu, sent, failed), &[])
+            .post_raw(otlp::collector(agent.uid, cpu, sent, failed, 950.0), &[])
             .await
             .unwrap();
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.raw));

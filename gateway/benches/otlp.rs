@@ -11,11 +11,12 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use flotilla_gateway::otlp::{samples_of, string_kv};
+use flotilla_loadtest::otlp::{counter, gauge};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
-    ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
+    AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
@@ -31,32 +32,10 @@ fn point(attrs: Vec<KeyValue>, v: f64) -> NumberDataPoint {
     }
 }
 
-fn sum(name: &str, points: Vec<NumberDataPoint>) -> Metric {
-    Metric {
-        name: name.into(),
-        data: Some(Data::Sum(Sum {
-            data_points: points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    }
-}
-
-fn gauge(name: &str, points: Vec<NumberDataPoint>) -> Metric {
-    Metric {
-        name: name.into(),
-        data: Some(Data::Gauge(Gauge {
-            data_points: points,
-        })),
-        ..Default::default()
-    }
-}
-
 fn collector_export() -> Vec<u8> {
     let signals = ["spans", "metric_points", "log_records"];
     let mut metrics = vec![
-        sum("otelcol_process_cpu_seconds", vec![point(vec![], 1234.5)]),
+        counter("otelcol_process_cpu_seconds", vec![point(vec![], 1234.5)]),
         gauge("otelcol_process_memory_rss", vec![point(vec![], 2.1e8)]),
     ];
     for kind in ["receiver_accepted", "receiver_refused"] {
@@ -70,7 +49,7 @@ fn collector_export() -> Vec<u8> {
                     )
                 })
                 .collect();
-            metrics.push(sum(&format!("otelcol_{kind}_{s}"), points));
+            metrics.push(counter(&format!("otelcol_{kind}_{s}"), points));
         }
     }
     let exporters = || ["otlp", "otlphttp/backup", "debug"];
@@ -80,7 +59,7 @@ fn collector_export() -> Vec<u8> {
                 .iter()
                 .map(|e| point(vec![string_kv("exporter", e)], 1e6))
                 .collect();
-            metrics.push(sum(&format!("otelcol_{kind}_{s}"), points));
+            metrics.push(counter(&format!("otelcol_{kind}_{s}"), points));
         }
     }
     for g in ["exporter_queue_size", "exporter_queue_capacity"] {

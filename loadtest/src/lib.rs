@@ -5,6 +5,7 @@
 //! collector's OpAMP supervisor. Of Flotilla's crates it depends on `flotilla-proto` alone.
 
 pub mod client;
+pub mod otlp;
 pub mod sim;
 pub mod supervisor;
 pub mod swarm;

@@ -214,44 +214,15 @@ async fn the_event_stream_refuses_what_it_cannot_follow() {
 /// An own-metrics export for `agent`: its exporter `otlp` has sent `sent` items and failed
 /// `failed`, cumulatively.
 fn exporter_export(agent: &SimAgent, sent: f64, failed: f64) -> Vec<u8> {
-    use flotilla_gateway::otlp::string_kv;
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-    use opentelemetry_proto::tonic::metrics::v1::{
-        AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-        metric::Data, number_data_point,
-    };
-    use opentelemetry_proto::tonic::resource::v1::Resource;
-    use prost::Message;
-    let counter = |name: &str, v: f64| Metric {
-        name: name.into(),
-        data: Some(Data::Sum(Sum {
-            data_points: vec![NumberDataPoint {
-                attributes: vec![string_kv("exporter", "otlp")],
-                value: Some(number_data_point::Value::AsDouble(v)),
-                ..Default::default()
-            }],
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    };
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![string_kv("service.instance.id", &agent.uid.to_string())],
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![
-                    counter("otelcol_exporter_sent_spans", sent),
-                    counter("otelcol_exporter_send_failed_spans", failed),
-                ],
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
+    use flotilla_loadtest::otlp::{counter, export, kv, point};
+    let otlp = |v: f64| vec![point(vec![kv("exporter", "otlp")], v)];
+    export(
+        Some(&agent.uid.to_string()),
+        vec![
+            counter("otelcol_exporter_sent_spans", otlp(sent)),
+            counter("otelcol_exporter_send_failed_spans", otlp(failed)),
+        ],
+    )
 }
 
 #[tokio::test]

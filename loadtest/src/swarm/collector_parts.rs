@@ -3,6 +3,7 @@
 //! ([`Shape`]), numbers drawn from the agent's uid, attributes, and the point and metric builders
 //! ([`At`]). Builds protobuf only: no I/O, no clock.
 
+pub(super) use crate::otlp::kv;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum,
@@ -47,16 +48,6 @@ pub(super) fn draw(uid: Uuid, k: u64) -> f64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
-}
-
-pub(super) fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
 }
 
 pub(super) fn int_kv(key: &str, value: i64) -> KeyValue {
