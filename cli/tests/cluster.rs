@@ -63,6 +63,16 @@ async fn unavailable(c: &Cluster) -> f64 {
     n
 }
 
+/// Store calls of operation `op` so far, over every coordinator.
+async fn store_calls(c: &Cluster, op: &str) -> f64 {
+    let series = format!("flotilla_store_seconds_count{{backend=\"redis\",op=\"{op}\"");
+    let mut n = 0.0;
+    for coord in &c.coordinators {
+        n += c.metric(&coord.api, &series).await.unwrap_or(0.0);
+    }
+    n
+}
+
 #[tokio::test]
 async fn config_and_restart_reach_agents_spread_across_gateways() {
     let _serial = SERIAL.lock().await;
@@ -82,6 +92,19 @@ async fn config_and_restart_reach_agents_spread_across_gateways() {
         .await;
     let took = wait_applied(&agents, &hash, Duration::from_secs(10)).await;
     println!("config applied by 30 agents on 2 gateways in {took:?}");
+
+    // Once the agents are known, what they send changes nothing but their sequence numbers and
+    // last-seen times: their owners write just those (touches), not their records.
+    let (saves, touches) = (
+        store_calls(&c, "save_agent").await,
+        store_calls(&c, "touch_agent").await,
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let saved = store_calls(&c, "save_agent").await - saves;
+    let touched = store_calls(&c, "touch_agent").await - touches;
+    println!("in 6 s of heartbeats and polls: {saved} saves, {touched} touches");
+    assert!(touched >= 40.0, "{touched} touches");
+    assert!(saved * 4.0 < touched, "{saved} saves, {touched} touches");
 
     // Every coordinator's API sees the whole fleet and where each agent is connected.
     for coord in &c.coordinators {

@@ -220,6 +220,56 @@ async fn config_is_pushed_to_connected_agents_and_applied_and_failed_are_tracked
 }
 
 #[tokio::test]
+async fn a_config_change_reaches_the_agents_of_a_gateway_in_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let mut fleet = Vec::new();
+    for _ in 0..12 {
+        let mut agent = SimAgent::new("otelcol", &[("env", "batch")]);
+        let ws = connect(&srv, &mut agent).await;
+        fleet.push((agent, ws));
+    }
+    let downlinks = r#"flotilla_bus_requests_total{kind="downlink""#;
+    assert_eq!(srv.metric(downlinks).await, 0.0, "nothing pushed yet");
+
+    let body = "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}\n";
+    let (status, cfg) = srv
+        .put(
+            "/api/v1/configs/batch",
+            json!({"selector": {"env": "batch"}, "files": {"collector.yaml": body}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{cfg}");
+    for (agent, ws) in &mut fleet {
+        let push = ws.recv(T).await.expect("pushed without the agent asking");
+        assert_eq!(push.instance_uid, agent.uid.as_bytes().to_vec());
+        let rc = push.remote_config.expect("remote config");
+        assert_eq!(
+            rc.config.unwrap().config_map["collector.yaml"].body,
+            body.as_bytes()
+        );
+    }
+    // The coordinator counts the acknowledgements once the gateway's answer is back.
+    let delivered = r#"flotilla_coordinator_pushes_total{result="delivered"}"#;
+    let deadline = std::time::Instant::now() + T;
+    while srv.metric(delivered).await < 12.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(srv.metric(delivered).await, 12.0);
+    assert_eq!(
+        srv.metric(r#"flotilla_coordinator_pushes_total{result="undelivered"}"#)
+            .await,
+        0.0
+    );
+    assert_eq!(
+        srv.metric(downlinks).await,
+        1.0,
+        "one bus request for the twelve agents"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn restart_is_delivered_alone_to_capable_agents_and_refused_to_others() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start(config(dir.path())).await;

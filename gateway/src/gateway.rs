@@ -1,6 +1,7 @@
 //! The gateway itself: its settings, the accept loop (connection slots, TLS, slow and idle
 //! clients), each connection served over HTTP/1.1 (plain HTTP in [`crate::http`], upgrades in
-//! [`crate::ws`]), forwarding to the owner over the bus, and deliveries of owners' pushes.
+//! [`crate::ws`]), forwarding to the owner over the bus; owners' pushes are delivered in
+//! [`crate::downlinks`].
 
 use crate::activity::{Activity, ActivityIo, Expiry, Inflight};
 use crate::guard::{AgentTokens, ConnInfo, PeerCert, RefusedCerts};
@@ -11,11 +12,9 @@ use bytes::Bytes;
 use flotilla_common::bus::{Bus, BusError, BusMessage, request_with_retry};
 use flotilla_common::config::{AgentIdentity, AgentLimits, DEFAULT_MAX_INFLIGHT_BYTES};
 use flotilla_common::names::{Subjects, shard_of, uid_text};
-use flotilla_common::telemetry::traces;
+use flotilla_common::telemetry::{LogLimiter, traces};
 use flotilla_common::tls::ReloadingTls;
-use flotilla_proto::bus::{
-    Downlink, DownlinkAck, IdentityRule, Origin, Transport, Uplink, UplinkReply, uplink,
-};
+use flotilla_proto::bus::{IdentityRule, Origin, Transport, Uplink, UplinkReply, uplink};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
@@ -101,6 +100,8 @@ pub struct Gateway {
     pub(crate) own_metrics_queue: crate::metrics_queue::MetricsQueue,
     /// Copies of them for other destinations, once the gateway runs.
     pub(crate) forwarders: std::sync::OnceLock<crate::forward::Forwarders>,
+    /// Pushes from owners that did not decode.
+    pub(crate) downlink_log: LogLimiter,
 }
 
 impl Gateway {
@@ -122,6 +123,7 @@ impl Gateway {
             metrics,
             own_metrics_queue: Default::default(),
             forwarders: Default::default(),
+            downlink_log: LogLimiter::default(),
         })
     }
 
@@ -132,25 +134,20 @@ impl Gateway {
         listener: TcpListener,
         cancel: CancellationToken,
     ) -> Result<(), BusError> {
-        let mut downlinks = self
+        let gateway_id = &self.cfg.gateway_id;
+        let singles = self
             .bus
-            .subscribe(&self.subjects.downlink(&self.cfg.gateway_id))
+            .subscribe(&self.subjects.downlink(gateway_id))
+            .await?;
+        let batches = self
+            .bus
+            .subscribe(&self.subjects.downlink_batch(gateway_id))
             .await?;
         let tracker = TaskTracker::new();
-        let this = self.clone();
-        let down_cancel = cancel.clone();
         tracker.spawn(
-            async move {
-                loop {
-                    let incoming = tokio::select! {
-                        i = downlinks.next() => i,
-                        () = down_cancel.cancelled() => None,
-                    };
-                    let Some(incoming) = incoming else { break };
-                    this.deliver(incoming).await;
-                }
-            }
-            .instrument(info_span!("downlink")),
+            self.clone()
+                .deliver_pushes(singles, batches, cancel.clone())
+                .instrument(info_span!("downlink")),
         );
         let forwarders = crate::forward::Forwarders::start(
             &self.cfg.forward,
@@ -474,31 +471,6 @@ impl Gateway {
         };
         if let Err(e) = self.request_owner(instance_uid, uplink).await {
             debug!(error = %e, "disconnect not recorded; the agent will be found silent instead");
-        }
-    }
-
-    async fn deliver(&self, incoming: flotilla_common::bus::Incoming) {
-        // The owner's push, continued: handing the message to the agent's connection.
-        let span = traces::continued(&incoming.msg, || {
-            debug_span!(
-                parent: None,
-                "opamp.deliver",
-                otel.kind = "server",
-                gateway = %self.cfg.gateway_id,
-                delivered = tracing::field::Empty,
-            )
-        });
-        let delivered = span.in_scope(|| match Downlink::decode(incoming.msg.payload) {
-            Ok(d) => self
-                .table
-                .deliver(d.connection_id, &d.instance_uid, d.server_to_agent),
-            Err(_) => false,
-        });
-        span.record("delivered", delivered);
-        if let Some(reply) = incoming.reply {
-            let _ = reply
-                .send(DownlinkAck { delivered }.encode_to_vec().into())
-                .await;
         }
     }
 

@@ -7,6 +7,7 @@
 //! state that outlives it and never talks to the Store (Redis) or depends on the coordinator.
 
 mod activity;
+mod downlinks;
 mod forward;
 mod gateway;
 mod guard;

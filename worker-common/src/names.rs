@@ -66,6 +66,12 @@ impl Subjects {
         format!("opamp.{}.gw.{gateway_id}.down", self.region)
     }
 
+    /// owner -> the gateway holding many agents' connections: several downlinks in one request
+    /// (a config pushed to the fleet).
+    pub fn downlink_batch(&self, gateway_id: &str) -> String {
+        format!("opamp.{}.gw.{gateway_id}.down.batch", self.region)
+    }
+
     /// A coordinator stored a new config version: the others re-read configs and push.
     pub fn desired_changed(&self) -> String {
         format!("opamp.{}.ctl.desired", self.region)
@@ -109,6 +115,7 @@ mod tests {
         let s = Subjects::new("eu1");
         assert_eq!(s.uplink(7), "opamp.eu1.up.0007");
         assert_eq!(s.downlink("gw-a"), "opamp.eu1.gw.gw-a.down");
+        assert_eq!(s.downlink_batch("gw-a"), "opamp.eu1.gw.gw-a.down.batch");
         assert_eq!(s.event("silent"), "opamp.eu1.evt.silent");
         assert_eq!(s.fleet_query(), "opamp.eu1.ctl.fleet");
     }

@@ -1,7 +1,7 @@
 //! RedisStore and shard leases against a real `redis-server` on a free loopback port.
 
 use flotilla_common::names::shard_of;
-use flotilla_common::store::{Deadline, Fence, RedisStore, Store, StoreError, StoredConfig};
+use flotilla_common::store::{Deadline, Fence, RedisStore, Store, StoreError, StoredConfig, Touch};
 use flotilla_proto::bus::AgentRecord;
 use flotilla_testkit::RedisServer;
 use std::collections::BTreeMap;
@@ -172,6 +172,101 @@ async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
             .unwrap()
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn a_touch_writes_the_sequence_number_and_last_seen_time_alone_and_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
+    let uid = Uuid::now_v7();
+    let shard = shard_of(uid.as_bytes());
+    let f = store
+        .acquire(shard, "a", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let touch = |seq, seen| Touch {
+        uid,
+        sequence_num: seq,
+        last_seen_unix_ms: seen,
+    };
+    assert!(
+        !store
+            .touch_agent(f, touch(1, 1), Deadline::Keep)
+            .await
+            .unwrap(),
+        "no record to touch: nothing written"
+    );
+    assert_eq!(store.get_agent(uid).await.unwrap(), None);
+
+    let mut rec = record(uid, 1);
+    rec.labels.insert("team".into(), "a".into());
+    store
+        .save_agent(f, &rec, Deadline::Arm(100), None)
+        .await
+        .unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("opamp:t:{{s{shard:04}}}:a:{uid}");
+    let whole: Vec<u8> = redis::AsyncCommands::hget(&mut raw, &key, "r")
+        .await
+        .unwrap();
+
+    assert!(
+        store
+            .touch_agent(f, touch(2, 5_000), Deadline::Arm(9_000))
+            .await
+            .unwrap()
+    );
+    let after: Vec<u8> = redis::AsyncCommands::hget(&mut raw, &key, "r")
+        .await
+        .unwrap();
+    assert_eq!(after, whole, "the record itself is not written again");
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!((read.sequence_num, read.last_seen_unix_ms), (2, 5_000));
+    assert_eq!(read.labels, rec.labels);
+    let mut visited = Vec::new();
+    store
+        .visit_agents(&|s| s == shard, &mut |r| visited.push(r.sequence_num))
+        .await
+        .unwrap();
+    assert_eq!(visited, vec![2], "visits see the touch too");
+    assert!(
+        store.claim_due(f, 8_999, 1000).await.unwrap().is_empty(),
+        "the touch moved the deadline"
+    );
+    assert_eq!(store.claim_due(f, 9_000, 1000).await.unwrap(), vec![uid]);
+
+    // A whole save replaces the touch.
+    store
+        .save_agent(f, &record(uid, 3), Deadline::Keep, None)
+        .await
+        .unwrap();
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!((read.sequence_num, read.last_seen_unix_ms), (3, 0));
+
+    // Once another owner has the shard, a touch from the former one is refused.
+    store.release(f, "a").await.unwrap();
+    let g = store
+        .acquire(shard, "b", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let stale = store.touch_agent(f, touch(9, 9), Deadline::Keep).await;
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    assert!(
+        store
+            .touch_agent(g, touch(4, 6_000), Deadline::Keep)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 4);
 }
 
 #[tokio::test]

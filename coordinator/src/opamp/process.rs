@@ -230,7 +230,7 @@ pub fn process(
             rec.instance_uid = new;
             rec.moved_from.clone_from(&msg.instance_uid);
             rec.status = AgentStatus::Connected as i32;
-            rec.origin = Some(origin);
+            rec.origin = Some(recorded(origin));
             rec.last_seen_unix_ms = ctx.now_unix_ms;
             let attrs = attributes(&rec);
             let interval = heartbeat_interval(&rec, &attrs, ctx.desired, ctx.heartbeat_interval);
@@ -313,7 +313,7 @@ pub fn process(
         events.push(EventKind::Disconnected);
     } else {
         rec.status = AgentStatus::Connected as i32;
-        rec.origin = Some(origin);
+        rec.origin = Some(recorded(origin));
         if !was_connected {
             events.push(EventKind::Connected);
         }
@@ -373,6 +373,20 @@ pub fn process(
 
 /// Moves the sub-messages present in `msg` into the record; an absent one means "unchanged".
 /// Returns true when the server should ask for the full map of available components.
+/// The origin a record keeps. A plain-HTTP request's connection id is the gateway's count of
+/// requests, and its source port changes with each connection the poller opens: nothing can be
+/// sent to either, and keeping them would make every poll a change of the record rather than a
+/// touch. So an HTTP agent's peer is its address alone.
+fn recorded(mut origin: Origin) -> Origin {
+    if origin.transport() == Transport::Http {
+        origin.connection_id = 0;
+        if let Ok(peer) = origin.peer_addr.parse::<std::net::SocketAddr>() {
+            origin.peer_addr = peer.ip().to_string();
+        }
+    }
+    origin
+}
+
 fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     rec.sequence_num = msg.sequence_num;
     rec.capabilities = msg.capabilities;

@@ -5,6 +5,7 @@
 use super::millis;
 use super::owner::Owner;
 use super::pusher::{live_ws, push_for};
+use super::records::Locked;
 use crate::fleet::agents::has;
 use crate::opamp::SERVER_CAPABILITIES;
 use crate::opamp::identity::{certificate_offer, record_issued};
@@ -12,7 +13,7 @@ use crate::ops::audit;
 use crate::ops::views::AgentSummary;
 use flotilla_common::names::{shard_of, uid_text};
 use flotilla_common::pki::Issued;
-use flotilla_common::store::{AuditEntry, Deadline, Fence, StoreError};
+use flotilla_common::store::{AuditEntry, Deadline, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{
     AgentRecord, CustomMessageResult, DeleteAgent, DeleteResult, IssueCertificate,
@@ -40,8 +41,7 @@ fn issued_json(issued: &Issued) -> serde_json::Value {
 
 /// An agent's record read under its shard's lock and fence, for one operation on it.
 pub(super) struct Held<'a> {
-    _guard: tokio::sync::MutexGuard<'a, ()>,
-    fence: Fence,
+    shard: Locked<'a>,
     uid: Uuid,
     /// Ok(None): no such agent (or the uid is not one).
     record: Result<Option<AgentRecord>, StoreError>,
@@ -51,26 +51,18 @@ impl Owner {
     /// Takes the lock of agent `uid`'s shard and reads its record; None if this process does not
     /// own the shard.
     async fn hold(&self, uid: &[u8]) -> Option<Held<'_>> {
-        let shard = shard_of(uid);
-        let guard = self.shards.lock(shard).await;
-        let fence = self.fence_for(shard)?;
+        let mut shard = self.lock_for_uplink(shard_of(uid)).await?;
         let (uid, record) = match Uuid::from_slice(uid) {
-            Ok(u) => (u, self.store.get_agent(u).await),
+            Ok(u) => (u, shard.get(u).await),
             Err(_) => (Uuid::nil(), Ok(None)),
         };
-        Some(Held {
-            _guard: guard,
-            fence,
-            uid,
-            record,
-        })
+        Some(Held { shard, uid, record })
     }
 
     /// The owner's side of a restart; None if this process does not own the shard.
     pub(super) async fn restart_here(&self, req: &RestartAgent) -> Option<RestartResult> {
         let Held {
-            _guard,
-            fence,
+            mut shard,
             uid,
             record,
         } = self.hold(&req.instance_uid).await?;
@@ -115,7 +107,7 @@ impl Owner {
         }
         rec.restart_expires_unix_ms = now_unix_ms().saturating_add(millis(self.cfg.command_ttl));
         match self
-            .save_or_drop(fence, &rec, Deadline::Keep, entry("queued").as_ref())
+            .save_or_drop(&mut shard, &rec, Deadline::Keep, entry("queued").as_ref())
             .await
         {
             Ok(true) => {
@@ -142,8 +134,7 @@ impl Owner {
             ..Default::default()
         };
         let Held {
-            _guard,
-            fence,
+            mut shard,
             uid,
             record,
         } = self.hold(&req.instance_uid).await?;
@@ -224,7 +215,7 @@ impl Owner {
             expires_unix_ms: now.saturating_add(millis(self.cfg.command_ttl)),
         });
         match self
-            .save_or_drop(fence, &rec, Deadline::Keep, Some(&how("queued")))
+            .save_or_drop(&mut shard, &rec, Deadline::Keep, Some(&how("queued")))
             .await
         {
             Ok(true) => {
@@ -243,8 +234,7 @@ impl Owner {
     /// shard.
     pub(super) async fn labels_here(&self, req: SetLabels) -> Option<LabelsResult> {
         let Held {
-            _guard,
-            fence,
+            mut shard,
             uid,
             record,
         } = self.hold(&req.instance_uid).await?;
@@ -281,7 +271,7 @@ impl Owner {
                 Some(sorted(&rec.labels)),
             );
             match self
-                .save_or_drop(fence, &rec, Deadline::Keep, Some(&entry))
+                .save_or_drop(&mut shard, &rec, Deadline::Keep, Some(&entry))
                 .await
             {
                 Ok(true) => {}
@@ -308,8 +298,7 @@ impl Owner {
             ..Default::default()
         };
         let Held {
-            _guard,
-            fence,
+            mut shard,
             uid,
             record,
         } = self.hold(&req.instance_uid).await?;
@@ -330,16 +319,13 @@ impl Owner {
             serde_json::to_value(AgentSummary::of(&before, &self.desired.current())).ok(),
             None,
         );
-        match self.store.delete_agent(fence, uid, Some(&entry)).await {
-            Ok(true) => {
+        match self.delete_or_drop(&mut shard, uid, Some(&entry)).await {
+            Ok(Some(true)) => {
                 info!(%uid, caller = %req.caller, "agent deleted");
                 Some(DeleteResult::default())
             }
-            Ok(false) => Some(unknown),
-            Err(StoreError::Fenced { .. }) => {
-                self.fenced(fence.shard);
-                None
-            }
+            Ok(Some(false)) => Some(unknown),
+            Ok(None) => None,
             Err(e) => Some(DeleteResult {
                 error: e.to_string(),
                 ..Default::default()
@@ -398,8 +384,7 @@ impl Owner {
             ));
         };
         let Held {
-            _guard,
-            fence,
+            mut shard,
             uid,
             record,
         } = self.hold(&req.instance_uid).await?;
@@ -432,7 +417,7 @@ impl Owner {
             Some(issued_json(&issued)),
         );
         match self
-            .save_or_drop(fence, &rec, Deadline::Keep, Some(&entry))
+            .save_or_drop(&mut shard, &rec, Deadline::Keep, Some(&entry))
             .await
         {
             Ok(true) => {}

@@ -318,9 +318,10 @@ impl LeaseKeeper {
                 let _ = w.done.await;
                 let fence = {
                     // Sweeps and admin changes on the shard finish before the lease goes.
-                    let _guard = this.owner.shards.lock(shard).await;
+                    let mut cache = this.owner.shards.lock(shard).await;
                     let fence = this.owner.shards.held(shard);
                     this.owner.shards.drop_shard(shard);
+                    cache.clear();
                     fence
                 };
                 let Some(fence) = fence else { return };

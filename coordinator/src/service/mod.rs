@@ -21,6 +21,7 @@ mod own_metrics;
 mod owner;
 mod pusher;
 mod pushes;
+mod records;
 mod silence;
 mod sinks;
 mod uplinks;
@@ -92,6 +93,7 @@ impl Service {
             subjects.clone(),
             cfg.push_timeout,
             metrics.clone(),
+            cfg.max_message_size,
         );
         let events = Events::new(bus.clone(), subjects.clone(), &cfg.node_id, metrics.clone());
         let owner = Arc::new(Owner::new(

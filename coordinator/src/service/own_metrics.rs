@@ -17,12 +17,11 @@ impl Owner {
     /// gateway asks again until its owner answers).
     pub(super) async fn own_metrics_here(&self, batch: OwnMetricsBatch) -> Option<UplinkReply> {
         let shard = shard_of(&batch.samples.first()?.instance_uid);
-        let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_for(shard)?;
+        let mut locked = self.lock_for_uplink(shard).await?;
         for s in batch.samples {
             let outcome = match Uuid::from_slice(&s.instance_uid) {
                 Ok(uid) if shard_of(uid.as_bytes()) == shard => {
-                    match self.store.get_agent(uid).await {
+                    match locked.get(uid).await {
                         Ok(Some(mut rec)) if rec.moved_to.is_empty() => {
                             let origin = s.origin.clone().unwrap_or_default();
                             if let Err(why) = check_identity(Some(&rec), &origin, &s.instance_uid) {
@@ -31,7 +30,10 @@ impl Owner {
                             } else if !fold(&mut rec.own_metrics, &s) {
                                 "stale"
                             } else {
-                                match self.save_or_drop(fence, &rec, Deadline::Keep, None).await {
+                                match self
+                                    .save_or_drop(&mut locked, &rec, Deadline::Keep, None)
+                                    .await
+                                {
                                     Ok(true) => "kept",
                                     // Another coordinator holds the shard now: it gets the next ones.
                                     Ok(false) => return None,

@@ -1,5 +1,6 @@
 //! Pushes to connected agents: a ServerToAgent sent through the gateway that holds the agent's
-//! WebSocket ([`Pusher`]), and what an agent's record says is due to it now ([`push_for`]).
+//! WebSocket ([`Pusher`]), alone or with others for the same gateway ([`batches`]), and what an
+//! agent's record says is due to it now ([`push_for`]).
 
 use crate::fleet::agents::RecordAttributes;
 use crate::fleet::configs::Desired;
@@ -7,15 +8,28 @@ use crate::metrics::OwnerMetrics;
 use crate::opamp::SERVER_CAPABILITIES;
 use crate::opamp::desired::{config_to_offer, packages_to_offer};
 use crate::opamp::offers::remote_config_message;
-use flotilla_common::bus::{Bus, BusMessage};
+use bytes::Bytes;
+use flotilla_common::bus::{Bus, BusError, BusMessage};
 use flotilla_common::names::{Subjects, uid_text};
 use flotilla_common::telemetry::traces;
-use flotilla_proto::bus::{AgentRecord, AgentStatus, Downlink, DownlinkAck, Origin, Transport};
+use flotilla_proto::bus::{
+    AgentRecord, AgentStatus, Downlink, DownlinkAck, DownlinkBatch, DownlinkBatchAck, Origin,
+    Transport,
+};
 use flotilla_proto::opamp::ServerToAgent;
+use futures_util::StreamExt;
 use prost::Message;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{Instrument, debug, debug_span};
+use tracing::{Instrument, Span, debug, debug_span};
+
+/// Downlinks in one batch at most.
+pub(crate) const MAX_BATCH_COUNT: usize = 512;
+/// Batch requests on their way at once (over all gateways).
+const BATCHES_IN_FLIGHT: usize = 8;
+/// Single requests on their way at once per batch, when its gateway takes no batches.
+const SINGLES_IN_FLIGHT: usize = 32;
 
 /// Sends ServerToAgent messages to the gateway connections that hold agents.
 pub(crate) struct Pusher {
@@ -23,65 +37,182 @@ pub(crate) struct Pusher {
     subjects: Subjects,
     timeout: Duration,
     metrics: OwnerMetrics,
+    /// Encoded bytes of one batch at most (a single larger downlink still goes, alone).
+    max_batch_bytes: usize,
 }
 
 impl Pusher {
+    /// `max_message_size`: the largest message the bus carries (in a cluster, the NATS server's
+    /// max_payload less room for headers); batches stay within half of it.
     pub fn new(
         bus: Arc<dyn Bus>,
         subjects: Subjects,
         timeout: Duration,
         metrics: OwnerMetrics,
+        max_message_size: usize,
     ) -> Self {
         Self {
             bus,
             subjects,
             timeout,
             metrics,
+            max_batch_bytes: max_message_size / 2,
         }
     }
 
     /// Sends a ServerToAgent (addressed by its instance_uid) to the connection `origin`; true if
     /// the gateway delivered it.
     pub async fn push(&self, origin: &Origin, msg: &ServerToAgent) -> bool {
-        let down = Downlink {
-            connection_id: origin.connection_id,
-            instance_uid: msg.instance_uid.clone(),
-            server_to_agent: msg.encode_to_vec(),
-        };
+        self.push_one(&origin.gateway_id, downlink(origin, msg))
+            .await
+    }
+
+    /// [`Pusher::push`] of a downlink made already.
+    async fn push_one(&self, gateway: &str, down: Downlink) -> bool {
         let span = traces::child_or_root(|| {
             debug_span!(
                 "opamp.push",
                 otel.kind = "client",
-                uid = %uid_text(&msg.instance_uid),
-                gateway = %origin.gateway_id,
+                uid = %uid_text(&down.instance_uid),
+                %gateway,
                 delivered = tracing::field::Empty,
             )
         });
-        let req = span.in_scope(|| {
-            BusMessage::new(
-                self.subjects.downlink(&origin.gateway_id),
-                down.encode_to_vec(),
-            )
-            .with_trace_context()
-        });
-        let sent = self.bus.request(req, self.timeout).instrument(span.clone());
-        let result = match sent.await {
-            Ok(ack) => DownlinkAck::decode(ack)
-                .map(|a| a.delivered)
-                .unwrap_or(false),
-            Err(e) => {
-                debug!(error = %e, gateway = %origin.gateway_id, "push failed");
-                false
-            }
-        };
-        span.record("delivered", result);
-        let label = if result { "delivered" } else { "undelivered" };
-        self.metrics
-            .pushes
-            .get_or_create(&vec![("result", label)])
-            .inc();
-        result
+        let subject = self.subjects.downlink(gateway);
+        let ack = self.request(&span, subject, down.encode_to_vec()).await;
+        let delivered = ack
+            .ok()
+            .and_then(|a| DownlinkAck::decode(a).ok())
+            .is_some_and(|a| a.delivered);
+        span.record("delivered", delivered);
+        self.count(usize::from(delivered), 1);
+        delivered
     }
+
+    /// Sends many ServerToAgent messages, each to its connection: in batches per gateway, a few
+    /// batches at a time. Returns how many the gateways delivered; a batch whose request fails
+    /// delivers none (those agents get their desired state in the reply to their next message),
+    /// except that a gateway that takes no batches gets its pushes one by one.
+    pub async fn push_many(&self, pushes: Vec<(Origin, ServerToAgent)>) -> usize {
+        let batches = batches(pushes, MAX_BATCH_COUNT, self.max_batch_bytes);
+        futures_util::stream::iter(batches)
+            .map(|(gateway, downlinks)| self.push_batch(gateway, downlinks))
+            .buffer_unordered(BATCHES_IN_FLIGHT)
+            .fold(0, |sum, n| std::future::ready(sum + n))
+            .await
+    }
+
+    /// One batch to one gateway; how many of it were delivered.
+    async fn push_batch(&self, gateway: String, downlinks: Vec<Downlink>) -> usize {
+        let size = downlinks.len();
+        let span = traces::child_or_root(|| {
+            debug_span!(
+                "opamp.push_batch",
+                otel.kind = "client",
+                %gateway,
+                size,
+                delivered = tracing::field::Empty,
+            )
+        });
+        let batch = DownlinkBatch { downlinks };
+        let subject = self.subjects.downlink_batch(&gateway);
+        let acks = match self.request(&span, subject, batch.encode_to_vec()).await {
+            Ok(ack) => DownlinkBatchAck::decode(ack)
+                .map(|a| a.delivered)
+                .unwrap_or_default(),
+            Err(BusError::NoResponders(_)) => {
+                // Nobody serves the gateway's batch subject: a gateway of the version before
+                // batches (mixed versions during an upgrade) still takes them one by one, as
+                // all pushes went before; a gateway that is gone refuses those at once too.
+                let single = |d| self.push_one(&gateway, d);
+                let delivered = futures_util::stream::iter(batch.downlinks)
+                    .map(single)
+                    .buffer_unordered(SINGLES_IN_FLIGHT)
+                    .filter(|ok| std::future::ready(*ok))
+                    .count()
+                    .instrument(span.clone())
+                    .await;
+                span.record("delivered", delivered);
+                return delivered;
+            }
+            Err(_) => Vec::new(),
+        };
+        // Entries past the batch's own (a confused gateway) count for nothing.
+        let delivered = acks.iter().take(size).filter(|d| **d).count();
+        span.record("delivered", delivered);
+        self.count(delivered, size);
+        delivered
+    }
+
+    /// A bus request to a gateway within the push timeout, in `span`.
+    async fn request(
+        &self,
+        span: &Span,
+        subject: String,
+        payload: Vec<u8>,
+    ) -> Result<Bytes, BusError> {
+        let req = span.in_scope(|| BusMessage::new(subject, payload).with_trace_context());
+        let sent = self.bus.request(req, self.timeout).instrument(span.clone());
+        sent.await
+            .inspect_err(|e| debug!(error = %e, "push failed"))
+    }
+
+    /// Counts `delivered` of `total` pushes as delivered, the rest as undelivered.
+    fn count(&self, delivered: usize, total: usize) {
+        for (label, n) in [("delivered", delivered), ("undelivered", total - delivered)] {
+            if n > 0 {
+                self.metrics
+                    .pushes
+                    .get_or_create(&vec![("result", label)])
+                    .inc_by(n as u64);
+            }
+        }
+    }
+}
+
+/// The Downlink that carries `msg` to the connection `origin`.
+fn downlink(origin: &Origin, msg: &ServerToAgent) -> Downlink {
+    Downlink {
+        connection_id: origin.connection_id,
+        instance_uid: msg.instance_uid.clone(),
+        server_to_agent: msg.encode_to_vec(),
+    }
+}
+
+/// Pushes grouped by gateway (in gateway id order, each gateway's in the order given), split into
+/// batches of at most `max_count` downlinks and `max_bytes` encoded bytes; a downlink larger than
+/// `max_bytes` by itself is a batch of its own.
+pub(crate) fn batches(
+    pushes: Vec<(Origin, ServerToAgent)>,
+    max_count: usize,
+    max_bytes: usize,
+) -> Vec<(String, Vec<Downlink>)> {
+    let mut by_gateway: BTreeMap<String, Vec<Downlink>> = BTreeMap::new();
+    for (origin, msg) in pushes {
+        let down = downlink(&origin, &msg);
+        by_gateway.entry(origin.gateway_id).or_default().push(down);
+    }
+    let mut out = Vec::new();
+    for (gateway, downlinks) in by_gateway {
+        let mut batch: Vec<Downlink> = Vec::new();
+        let mut bytes = 0;
+        for down in downlinks {
+            // What the downlink adds to an encoded DownlinkBatch: its field's tag, length, body.
+            let len = down.encoded_len();
+            let adds = 1 + prost::length_delimiter_len(len) + len;
+            let full = batch.len() >= max_count || bytes + adds > max_bytes;
+            if full && !batch.is_empty() {
+                out.push((gateway.clone(), std::mem::take(&mut batch)));
+                bytes = 0;
+            }
+            batch.push(down);
+            bytes += adds;
+        }
+        if !batch.is_empty() {
+            out.push((gateway, batch));
+        }
+    }
+    out
 }
 
 /// What to push to `rec` now: its config and packages, if they differ from what it reported and
@@ -111,3 +242,7 @@ pub(crate) fn live_ws(rec: &AgentRecord) -> Option<&Origin> {
         rec.status == AgentStatus::Connected as i32 && o.transport() == Transport::Websocket
     })
 }
+
+#[cfg(test)]
+#[path = "pusher_tests.rs"]
+mod tests;

@@ -1,11 +1,10 @@
 //! The desired state pushed to every connected agent of the owned shards whose reported config
-//! differs: after a change, and when shards are acquired.
+//! differs: after a change, and when shards are acquired; in batches per gateway.
 
 use super::owner::Owner;
 use super::pusher::push_for;
 use flotilla_proto::bus::Origin;
 use flotilla_proto::opamp::ServerToAgent;
-use futures_util::StreamExt;
 use tracing::{info, warn};
 
 impl Owner {
@@ -41,12 +40,7 @@ impl Owner {
         if total == 0 {
             return;
         }
-        let delivered = futures_util::stream::iter(pushes)
-            .map(|(origin, msg)| async move { self.pusher.push(&origin, &msg).await })
-            .buffer_unordered(256)
-            .filter(|ok| std::future::ready(*ok))
-            .count()
-            .await;
+        let delivered = self.pusher.push_many(pushes).await;
         info!(total, delivered, "config pushed to connected agents");
     }
 }

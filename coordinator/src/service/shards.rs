@@ -4,9 +4,12 @@
 
 use flotilla_common::names::SHARD_COUNT;
 use flotilla_common::store::Fence;
+use flotilla_proto::bus::AgentRecord;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::{Mutex, MutexGuard};
+use uuid::Uuid;
 
 pub struct ShardTable {
     base: Instant,
@@ -14,7 +17,7 @@ pub struct ShardTable {
 }
 
 struct Slot {
-    lock: Mutex<()>,
+    lock: Mutex<ShardCache>,
     /// 0: not held.
     epoch: AtomicU64,
     /// Milliseconds after `base` until which the holder may act (u64::MAX: for good).
@@ -28,7 +31,7 @@ impl ShardTable {
             base: Instant::now(),
             slots: (0..SHARD_COUNT)
                 .map(|_| Slot {
-                    lock: Mutex::new(()),
+                    lock: Mutex::new(ShardCache::default()),
                     epoch: AtomicU64::new(0),
                     valid_until_ms: AtomicU64::new(0),
                 })
@@ -46,8 +49,17 @@ impl ShardTable {
         t
     }
 
-    pub async fn lock(&self, shard: u16) -> MutexGuard<'_, ()> {
-        self.slots[usize::from(shard)].lock.lock().await
+    /// Takes the shard's lock; with it, the owner's copies of the shard's records, empty unless
+    /// made under the epoch the shard is held with now.
+    pub async fn lock(&self, shard: u16) -> MutexGuard<'_, ShardCache> {
+        let slot = &self.slots[usize::from(shard)];
+        let mut cache = slot.lock.lock().await;
+        let epoch = slot.epoch.load(Ordering::Acquire);
+        if cache.epoch != epoch {
+            cache.records.clear();
+            cache.epoch = epoch;
+        }
+        cache
     }
 
     /// The fence to write `shard` with, if this process may act on it now.
@@ -79,11 +91,15 @@ impl ShardTable {
         }
     }
 
-    /// Forgets `shard` (released, lost or fenced): nothing acts on it from now on.
+    /// Forgets `shard` (released, lost or fenced): nothing acts on it from now on. Its record
+    /// copies go now unless someone holds its lock (who clears them, or the next lock does).
     pub fn drop_shard(&self, shard: u16) {
         let slot = &self.slots[usize::from(shard)];
         slot.epoch.store(0, Ordering::Release);
         slot.valid_until_ms.store(0, Ordering::Release);
+        if let Ok(mut cache) = slot.lock.try_lock() {
+            cache.clear();
+        }
     }
 
     /// Shards this process may act on now.
@@ -102,6 +118,23 @@ impl ShardTable {
             .as_millis()
             .try_into()
             .unwrap_or(u64::MAX - 1)
+    }
+}
+
+/// The owner's copies of one shard's agent records, as it last read or wrote them under the
+/// shard's lock and [`ShardCache::epoch`]. They stand for the store's while that epoch is the
+/// shard's: no one else may write the shard meanwhile (every write is fenced), so a heartbeat is
+/// answered without reading the store, and what it changed is all that is written.
+#[derive(Debug, Default)]
+pub struct ShardCache {
+    epoch: u64,
+    pub(crate) records: HashMap<Uuid, AgentRecord>,
+}
+
+impl ShardCache {
+    /// Forgets every copy (the shard was lost, or a write's outcome is unknown).
+    pub fn clear(&mut self) {
+        self.records = HashMap::new();
     }
 }
 

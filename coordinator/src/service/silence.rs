@@ -54,11 +54,10 @@ impl Owner {
 
     /// One claimed deadline: silent if still due, otherwise re-armed (or cleared).
     async fn settle_due(&self, shard: u16, uid: Uuid, now: u64) -> Result<(), StoreError> {
-        let _guard = self.shards.lock(shard).await;
-        let Some(fence) = self.shards.fence(shard) else {
+        let Some(mut shard) = self.lock_owned(shard).await else {
             return Ok(());
         };
-        let Some(mut rec) = self.store.get_agent(uid).await? else {
+        let Some(mut rec) = shard.get(uid).await? else {
             return Ok(());
         };
         let attrs = attributes(&rec);
@@ -70,7 +69,7 @@ impl Owner {
         );
         let silent = match silence_deadline(&rec, interval) {
             Some(at) if at > now => {
-                self.save_or_drop(fence, &rec, Deadline::Arm(at), None)
+                self.save_or_drop(&mut shard, &rec, Deadline::Arm(at), None)
                     .await?;
                 return Ok(());
             }
@@ -81,7 +80,7 @@ impl Owner {
             rec.status = AgentStatus::Silent as i32;
         }
         if self
-            .save_or_drop(fence, &rec, Deadline::Clear, None)
+            .save_or_drop(&mut shard, &rec, Deadline::Clear, None)
             .await?
             && silent
         {
@@ -111,13 +110,11 @@ impl Owner {
             .await
             .map_err(|e| e.to_string())?;
         for uid in gone {
-            let shard = shard_of(uid.as_bytes());
-            let _guard = self.shards.lock(shard).await;
-            let Some(fence) = self.shards.fence(shard) else {
+            let Some(mut shard) = self.lock_owned(shard_of(uid.as_bytes())).await else {
                 continue;
             };
             // Read again under the lock: the agent may have come back meanwhile.
-            let Some(rec) = self.store.get_agent(uid).await.map_err(|e| e.to_string())? else {
+            let Some(rec) = shard.get(uid).await.map_err(|e| e.to_string())? else {
                 continue;
             };
             if !expired(&rec) {
@@ -132,9 +129,9 @@ impl Owner {
                 ),
                 None,
             );
-            match self.store.delete_agent(fence, uid, Some(&entry)).await {
-                Ok(_) => info!(%uid, "agent removed after the agent retention"),
-                Err(StoreError::Fenced { .. }) => self.fenced(shard),
+            match self.delete_or_drop(&mut shard, uid, Some(&entry)).await {
+                Ok(Some(_)) => info!(%uid, "agent removed after the agent retention"),
+                Ok(None) => {}
                 Err(e) => return Err(e.to_string()),
             }
         }

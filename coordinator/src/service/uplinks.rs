@@ -5,6 +5,7 @@
 
 use super::millis;
 use super::owner::Owner;
+use super::records::Locked;
 use crate::fleet::agents::uid_of;
 use crate::opamp::identity::{check_identity, record_certificate};
 use crate::opamp::{Ctx, EventKind, process};
@@ -12,7 +13,7 @@ use crate::ops::audit;
 use flotilla_common::bus::{Incoming, Subscription};
 use flotilla_common::error::{ErrorKind, opamp_error_reply};
 use flotilla_common::names::{shard_of, uid_text};
-use flotilla_common::store::{AuditEntry, Deadline, Fence, StoreError};
+use flotilla_common::store::{AuditEntry, Deadline, StoreError};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_common::telemetry::traces;
 use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Uplink, UplinkReply, uplink};
@@ -173,18 +174,14 @@ impl Owner {
             .inc();
     }
 
-    /// The fence of `shard` if this process may act on it; counts the message as not ours if not.
-    pub(crate) fn fence_for(&self, shard: u16) -> Option<Fence> {
-        let fence = self.shards.fence(shard);
-        match &fence {
-            Some(f) => {
-                Span::current()
-                    .record("shard", shard)
-                    .record("epoch", f.epoch);
-            }
-            None => self.count_uplink("not_owner"),
+    /// [`Owner::lock_owned`] for a message to the shard's owner: counted as not ours if this
+    /// process may not act on it.
+    pub(crate) async fn lock_for_uplink(&self, shard: u16) -> Option<Locked<'_>> {
+        let locked = self.lock_owned(shard).await;
+        if locked.is_none() {
+            self.count_uplink("not_owner");
         }
-        fence
+        locked
     }
 
     /// A write was refused because another coordinator took the shard: stop acting on it.
@@ -215,11 +212,9 @@ impl Owner {
             }
         };
         let uid_sent = msg.instance_uid.clone();
-        let shard = shard_of(&msg.instance_uid);
-        let _guard = self.shards.lock(shard).await;
-        let fence = self.fence_for(shard)?;
+        let mut shard = self.lock_for_uplink(shard_of(&msg.instance_uid)).await?;
         let stored = match Uuid::from_slice(&msg.instance_uid) {
-            Ok(uid) => self.store.get_agent(uid).await,
+            Ok(uid) => shard.get(uid).await,
             Err(_) => Ok(None),
         };
         let stored = match stored {
@@ -304,7 +299,7 @@ impl Owner {
             });
         };
         match self
-            .save_or_drop(fence, rec, out.deadline, audit.as_ref())
+            .save_or_drop(&mut shard, rec, out.deadline, audit.as_ref())
             .await
         {
             Ok(true) => {}
@@ -315,15 +310,12 @@ impl Owner {
         // marker (answering a retry with the same new uid), removed when the new uid is used. A
         // failure here leaves a duplicate for retention to remove, never a lost record.
         if let Some(marker) = &out.left_behind
-            && let Err(e) = self
-                .store
-                .save_agent(fence, marker, Deadline::Clear, None)
-                .await
+            && let Err(e) = shard.save(marker, Deadline::Clear, None).await
         {
             warn!(error = %e, "the record under an agent's old uid stays as it was");
         }
         if let Some(old) = out.forget
-            && let Err(e) = self.store.delete_agent(fence, old, None).await
+            && let Err(e) = shard.delete(old, None).await
         {
             warn!(error = %e, %old, "the marker under an agent's old uid stays");
         }
@@ -370,12 +362,10 @@ impl Owner {
         let Ok(uid) = Uuid::from_slice(uid_bytes) else {
             return true;
         };
-        let shard = shard_of(uid_bytes);
-        let _guard = self.shards.lock(shard).await;
-        let Some(fence) = self.fence_for(shard) else {
+        let Some(mut shard) = self.lock_for_uplink(shard_of(uid_bytes)).await else {
             return false;
         };
-        let Ok(Some(mut rec)) = self.store.get_agent(uid).await else {
+        let Ok(Some(mut rec)) = shard.get(uid).await else {
             return true;
         };
         if rec.status != AgentStatus::Connected as i32 || rec.origin.as_ref() != Some(origin) {
@@ -383,31 +373,15 @@ impl Owner {
         }
         rec.status = AgentStatus::Disconnected as i32;
         rec.origin = None;
-        match self.save_or_drop(fence, &rec, Deadline::Clear, None).await {
+        match self
+            .save_or_drop(&mut shard, &rec, Deadline::Clear, None)
+            .await
+        {
             Ok(true) => self.events.emit(EventKind::Disconnected, &rec).await,
             Ok(false) => return false,
             Err(e) => warn!(error = %e, %uid, "could not record a disconnect"),
         }
         true
-    }
-
-    /// Saves under `fence` (with `audit` in the same step); false (and the shard dropped) if
-    /// another coordinator took it.
-    pub(crate) async fn save_or_drop(
-        &self,
-        fence: Fence,
-        rec: &AgentRecord,
-        deadline: Deadline,
-        audit: Option<&AuditEntry>,
-    ) -> Result<bool, StoreError> {
-        match self.store.save_agent(fence, rec, deadline, audit).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::Fenced { shard, .. }) => {
-                self.fenced(shard);
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
     }
 }
 

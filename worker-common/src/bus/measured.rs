@@ -134,6 +134,7 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert_eq!(kind("opamp.eu.gw.g1.down"), "downlink");
+        assert_eq!(kind("opamp.eu.gw.g1.down.batch"), "downlink");
         assert_eq!(kind("opamp.eu.ctl.desired"), "control");
         assert_eq!(kind("elsewhere"), "other");
     }

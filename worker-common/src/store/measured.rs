@@ -3,7 +3,7 @@
 
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
-    StoreError, StoredConfig,
+    StoreError, StoredConfig, Touch,
 };
 use async_trait::async_trait;
 use flotilla_proto::bus::AgentRecord;
@@ -105,6 +105,20 @@ impl Store for Measured {
     ) -> Result<(), StoreError> {
         let f = self.inner.save_agent(fence, record, deadline, audit);
         self.call("save_agent", f).await
+    }
+
+    async fn touch_agent(
+        &self,
+        fence: Fence,
+        touch: Touch,
+        deadline: Deadline,
+    ) -> Result<bool, StoreError> {
+        let f = self.inner.touch_agent(fence, touch, deadline);
+        self.call("touch_agent", f).await
+    }
+
+    fn holds_agents_in_memory(&self) -> bool {
+        self.inner.holds_agents_in_memory()
     }
 
     async fn delete_agent(

@@ -19,5 +19,5 @@ pub use measured::Measured;
 pub use types::{
     AgentSettings, AuditEntry, AuditOf, AuditPage, AuditQuery, ConfigFile, DEFAULT_AUDIT_RETENTION,
     Deadline, Doc, Fence, PackageOffer, ShardFilter, Store, StoreError, StoredConfig,
-    TelemetryDestination,
+    TelemetryDestination, Touch,
 };

@@ -38,6 +38,50 @@ pub enum Deadline {
     Keep,
 }
 
+/// What changes in an agent's record when it is heard from and nothing else changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touch {
+    pub uid: Uuid,
+    pub sequence_num: u64,
+    pub last_seen_unix_ms: u64,
+}
+
+impl Touch {
+    /// The touch that turns a record into `rec`, when `rec` differs from it in nothing else.
+    pub fn of(rec: &AgentRecord) -> Option<Self> {
+        Some(Self {
+            uid: Uuid::from_slice(&rec.instance_uid).ok()?,
+            sequence_num: rec.sequence_num,
+            last_seen_unix_ms: rec.last_seen_unix_ms,
+        })
+    }
+
+    pub fn apply(&self, rec: &mut AgentRecord) {
+        rec.sequence_num = self.sequence_num;
+        rec.last_seen_unix_ms = self.last_seen_unix_ms;
+    }
+
+    /// As stored beside a record: `"<sequence_num> <last_seen_unix_ms>"`.
+    pub fn encode(&self) -> String {
+        format!("{} {}", self.sequence_num, self.last_seen_unix_ms)
+    }
+
+    /// A stored touch applied to `rec` (of `uid`); Err if it is not one.
+    pub fn decode_onto(text: &[u8], rec: &mut AgentRecord) -> Result<(), StoreError> {
+        let bad = || {
+            StoreError::Corrupt(format!(
+                "bad agent touch {:?}",
+                String::from_utf8_lossy(text)
+            ))
+        };
+        let text = std::str::from_utf8(text).map_err(|_| bad())?;
+        let (seq, seen) = text.split_once(' ').ok_or_else(bad)?;
+        rec.sequence_num = seq.parse().map_err(|_| bad())?;
+        rec.last_seen_unix_ms = seen.parse().map_err(|_| bad())?;
+        Ok(())
+    }
+}
+
 /// Which shards a visit covers.
 pub type ShardFilter<'a> = &'a (dyn Fn(u16) -> bool + Sync);
 
@@ -231,6 +275,21 @@ pub trait Store: Send + Sync + 'static {
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError>;
+    /// Records that an agent was heard from and nothing else of its record changed: only its
+    /// sequence number and last-seen time are written (and its deadline changed), if `fence`
+    /// still holds; false if it has no record (the caller saves the whole record instead). What
+    /// a heartbeat costs the store: a few bytes, not the record.
+    async fn touch_agent(
+        &self,
+        fence: Fence,
+        touch: Touch,
+        deadline: Deadline,
+    ) -> Result<bool, StoreError>;
+    /// Whether this store keeps every agent record in the process's memory, so a shard owner
+    /// gains nothing by keeping copies of its own.
+    fn holds_agents_in_memory(&self) -> bool {
+        false
+    }
     /// Removes an agent record and its deadline (and writes `audit` with it), if `fence` still
     /// holds; false if there was no such agent.
     async fn delete_agent(

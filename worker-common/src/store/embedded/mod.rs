@@ -18,7 +18,7 @@ mod tests;
 
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, DEFAULT_AUDIT_RETENTION, Deadline, Doc, Fence,
-    ShardFilter, Store, StoreError, StoredConfig,
+    ShardFilter, Store, StoreError, StoredConfig, Touch,
 };
 use crate::names::shard_of;
 use async_trait::async_trait;
@@ -204,6 +204,26 @@ impl Store for EmbeddedStore {
         inner.agents.lock().insert(uid, record.clone());
         inner.deadlines.lock().apply(uid, deadline);
         Ok(())
+    }
+
+    async fn touch_agent(
+        &self,
+        _fence: Fence,
+        touch: Touch,
+        deadline: Deadline,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        match inner.agents.lock().get_mut(&touch.uid) {
+            Some(rec) => touch.apply(rec),
+            None => return Ok(false),
+        }
+        inner.dirty.lock().insert(touch.uid);
+        inner.deadlines.lock().apply(touch.uid, deadline);
+        Ok(true)
+    }
+
+    fn holds_agents_in_memory(&self) -> bool {
+        true
     }
 
     async fn delete_agent(

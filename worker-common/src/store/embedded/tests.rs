@@ -259,3 +259,52 @@ async fn a_version_from_another_region_is_added_or_replaces_its_number_and_survi
     );
     assert_eq!(store.list_configs().await.unwrap()[0].version, 1);
 }
+
+#[tokio::test]
+async fn a_touch_changes_the_sequence_number_last_seen_and_deadline_and_is_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let uid = Uuid::now_v7();
+    let touch = Touch {
+        uid,
+        sequence_num: 6,
+        last_seen_unix_ms: 7_000,
+    };
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(store.holds_agents_in_memory());
+        assert!(
+            !store
+                .touch_agent(fence(uid), touch, Deadline::Keep)
+                .await
+                .unwrap(),
+            "no such agent"
+        );
+        store
+            .save_agent(fence(uid), &record(uid, 5), Deadline::Keep, None)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .touch_agent(fence(uid), touch, Deadline::Arm(9_000))
+                .await
+                .unwrap()
+        );
+        let read = store.get_agent(uid).await.unwrap().unwrap();
+        assert_eq!((read.sequence_num, read.last_seen_unix_ms), (6, 7_000));
+        assert!(
+            store
+                .claim_due(fence(uid), 8_999, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.claim_due(fence(uid), 9_000, 10).await.unwrap(),
+            vec![uid]
+        );
+        store.flush().await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!((read.sequence_num, read.last_seen_unix_ms), (6, 7_000));
+}

@@ -4,7 +4,8 @@
 //! ```text
 //! opamp:r:{sn}:lease      "<node>/<epoch>", PX ttl: who holds the shard
 //! opamp:r:{sn}:epoch      the shard's current epoch, raised by every acquisition
-//! opamp:r:{sn}:a:<uid>    hash: r = AgentRecord (protobuf), e = epoch of the write
+//! opamp:r:{sn}:a:<uid>    hash: r = AgentRecord (protobuf), e = epoch of the write,
+//!                         t = "<sequence_num> <last_seen_unix_ms>" when newer than r's (a touch)
 //! opamp:r:{sn}:agents     set of the shard's uids (what visits iterate)
 //! opamp:r:{sn}:dl         zset uid -> silence deadline (unix ms)
 //! opamp:r:coords          zset node -> last membership heartbeat (Redis time, ms)
@@ -32,7 +33,7 @@ mod scripts;
 
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
-    StoreError, StoredConfig,
+    StoreError, StoredConfig, Touch,
 };
 use crate::config::{RedisTls, redact};
 use crate::names::{SHARD_COUNT, shard_of};
@@ -43,6 +44,7 @@ use prost::Message;
 use redis::AsyncCommands;
 use scripts::{
     ACTIVATE_CONFIG, CLAIM, DEACTIVATE_CONFIG, DELETE, IMPORT_CONFIG, PUT_CONFIG, PUT_DOC, SAVE,
+    TOUCH,
 };
 use std::time::Duration;
 use uuid::Uuid;
@@ -236,16 +238,13 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
-        let bytes: Option<Vec<u8>> = self
+        let row: (Option<Vec<u8>>, Option<Vec<u8>>) = self
             .conn
             .clone()
-            .hget(self.agent_key(uid), "r")
+            .hmget(self.agent_key(uid), &["r", "t"])
             .await
             .map_err(io)?;
-        bytes
-            .map(|b| AgentRecord::decode(b.as_slice()))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))
+        record_of(row)
     }
 
     async fn save_agent(
@@ -257,11 +256,7 @@ impl Store for RedisStore {
     ) -> Result<(), StoreError> {
         let uid = Uuid::from_slice(&record.instance_uid)
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
-        let (mode, at) = match deadline {
-            Deadline::Arm(at) => ("arm", at),
-            Deadline::Clear => ("clear", 0),
-            Deadline::Keep => ("keep", 0),
-        };
+        let (mode, at) = deadline_args(deadline);
         let (horizon, audit) = self.audit_args(audit)?;
         let _: i64 = SAVE
             .key(self.shard_key(fence.shard, "epoch"))
@@ -280,6 +275,28 @@ impl Store for RedisStore {
             .await
             .map_err(|e| fenced_or_io(e, fence))?;
         Ok(())
+    }
+
+    async fn touch_agent(
+        &self,
+        fence: Fence,
+        touch: Touch,
+        deadline: Deadline,
+    ) -> Result<bool, StoreError> {
+        let (mode, at) = deadline_args(deadline);
+        let n: i64 = TOUCH
+            .key(self.shard_key(fence.shard, "epoch"))
+            .key(self.agent_key(touch.uid))
+            .key(self.shard_key(fence.shard, "dl"))
+            .arg(fence.epoch.to_string())
+            .arg(touch.encode())
+            .arg(touch.uid.to_string())
+            .arg(mode)
+            .arg(at)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| fenced_or_io(e, fence))?;
+        Ok(n == 1)
     }
 
     async fn delete_agent(
@@ -316,13 +333,14 @@ impl Store for RedisStore {
         for chunk in keys.chunks(512) {
             let mut pipe = redis::pipe();
             for key in chunk {
-                pipe.hget(key, "r");
+                pipe.hmget(key, &["r", "t"]);
             }
-            let rows: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.map_err(io)?;
-            for bytes in rows.into_iter().flatten() {
-                let rec = AgentRecord::decode(bytes.as_slice())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                f(&rec);
+            let rows: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> =
+                pipe.query_async(&mut conn).await.map_err(io)?;
+            for row in rows {
+                if let Some(rec) = record_of(row)? {
+                    f(&rec);
+                }
             }
         }
         Ok(())
@@ -582,6 +600,28 @@ impl Store for RedisStore {
             }
         }
     }
+}
+
+/// A save's or touch's deadline change, as the scripts take it.
+fn deadline_args(deadline: Deadline) -> (&'static str, u64) {
+    match deadline {
+        Deadline::Arm(at) => ("arm", at),
+        Deadline::Clear => ("clear", 0),
+        Deadline::Keep => ("keep", 0),
+    }
+}
+
+/// An agent's record from its hash fields `r` and `t` (the touch since, if any).
+fn record_of(row: (Option<Vec<u8>>, Option<Vec<u8>>)) -> Result<Option<AgentRecord>, StoreError> {
+    let (Some(bytes), touch) = row else {
+        return Ok(None);
+    };
+    let mut rec =
+        AgentRecord::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let Some(t) = touch {
+        Touch::decode_onto(&t, &mut rec)?;
+    }
+    Ok(Some(rec))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, StoreError> {

@@ -44,15 +44,35 @@ fn audit_lua(key: &str, horizon: &str, json: &str) -> String {
     )
 }
 
+/// A deadline change: arm (ZADD at `at`), clear (ZREM) or keep, of member `uid` in zset `key`.
+fn deadline_lua(key: &str, mode: &str, at: &str, uid: &str) -> String {
+    format!(
+        "if {mode} == 'arm' then redis.call('ZADD', {key}, {at}, {uid})\n\
+         elseif {mode} == 'clear' then redis.call('ZREM', {key}, {uid}) end\n"
+    )
+}
+
+/// The whole record (a touch since the last one is part of it now).
 pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
          redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1])\n\
+         redis.call('HDEL', KEYS[2], 't')\n\
          redis.call('SADD', KEYS[3], ARGV[3])\n\
-         if ARGV[4] == 'arm' then redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])\n\
-         elseif ARGV[4] == 'clear' then redis.call('ZREM', KEYS[4], ARGV[3]) end\n\
-         {}return 1",
+         {}{}return 1",
+        deadline_lua("KEYS[4]", "ARGV[4]", "ARGV[5]", "ARGV[3]"),
         audit_lua("KEYS[5]", "ARGV[6]", "ARGV[7]")
+    ))
+});
+
+/// Sequence number and last-seen time of an existing record (0 if there is none).
+pub(super) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         if redis.call('HEXISTS', KEYS[2], 'r') == 0 then return 0 end\n\
+         redis.call('HSET', KEYS[2], 't', ARGV[2], 'e', ARGV[1])\n\
+         {}return 1",
+        deadline_lua("KEYS[3]", "ARGV[4]", "ARGV[5]", "ARGV[3]")
     ))
 });
 
