@@ -1,7 +1,9 @@
 //! RedisStore and shard leases against a real `redis-server` on a free loopback port.
 
 use flotilla_common::names::shard_of;
-use flotilla_common::store::{Deadline, Fence, RedisStore, Store, StoreError, StoredConfig, Touch};
+use flotilla_common::store::{
+    AgentCounts, Deadline, Fence, RedisStore, Store, StoreError, StoredConfig, Touch,
+};
 use flotilla_proto::bus::AgentRecord;
 use flotilla_testkit::RedisServer;
 use std::collections::BTreeMap;
@@ -267,6 +269,149 @@ async fn a_touch_writes_the_sequence_number_and_last_seen_time_alone_and_is_fenc
             .unwrap()
     );
     assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 4);
+}
+
+#[tokio::test]
+async fn counts_follow_every_write_and_records_from_before_are_counted_once() {
+    use flotilla_proto::bus::AgentStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
+    let (a, b) = (Uuid::now_v7(), Uuid::new_v4());
+    let mut fences = BTreeMap::new();
+    for uid in [a, b] {
+        let shard = shard_of(uid.as_bytes());
+        if let std::collections::btree_map::Entry::Vacant(e) = fences.entry(shard) {
+            e.insert(
+                store
+                    .acquire(shard, "n", Duration::from_secs(10))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+    }
+    let fence = |uid: Uuid| fences[&shard_of(uid.as_bytes())];
+    let with = |uid, status: AgentStatus| AgentRecord {
+        status: status as i32,
+        ..record(uid, 1)
+    };
+    assert_eq!(
+        store.agent_counts().await.unwrap(),
+        Some(AgentCounts::default())
+    );
+    store
+        .save_agent(
+            fence(a),
+            &with(a, AgentStatus::Connected),
+            Deadline::Keep,
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .save_agent(
+            fence(b),
+            &with(b, AgentStatus::Connected),
+            Deadline::Keep,
+            None,
+        )
+        .await
+        .unwrap();
+    store
+        .save_agent(
+            fence(b),
+            &with(b, AgentStatus::Silent),
+            Deadline::Keep,
+            None,
+        )
+        .await
+        .unwrap();
+    let touch = Touch {
+        uid: a,
+        sequence_num: 2,
+        last_seen_unix_ms: 2,
+    };
+    store
+        .touch_agent(fence(a), touch, Deadline::Keep)
+        .await
+        .unwrap();
+    let counts = AgentCounts {
+        total: 2,
+        connected: 1,
+        silent: 1,
+        ..Default::default()
+    };
+    assert_eq!(store.agent_counts().await.unwrap(), Some(counts));
+    assert!(
+        !store.count_shard(fence(a)).await.unwrap(),
+        "counted already"
+    );
+    assert!(store.delete_agent(fence(b), b, None).await.unwrap());
+    let one = AgentCounts {
+        total: 1,
+        connected: 1,
+        ..Default::default()
+    };
+    assert_eq!(store.agent_counts().await.unwrap(), Some(one));
+
+    // A record written before counts were kept (no tally, its shard's counts not complete) is
+    // not in the counts: none are given until its shard is counted.
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let shard = shard_of(a.as_bytes());
+    let key = |what: &str| format!("opamp:t:{{s{shard:04}}}:{what}");
+    let _: () = redis::cmd("HDEL")
+        .arg(key(&format!("a:{a}")))
+        .arg("c")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(key("counts"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(store.agent_counts().await.unwrap(), None);
+    assert!(store.count_shard(fence(a)).await.unwrap());
+    assert_eq!(store.agent_counts().await.unwrap(), Some(one));
+    store
+        .save_agent(
+            fence(a),
+            &with(a, AgentStatus::Disconnected),
+            Deadline::Keep,
+            None,
+        )
+        .await
+        .unwrap();
+    let gone = AgentCounts {
+        total: 1,
+        disconnected: 1,
+        ..Default::default()
+    };
+    assert_eq!(store.agent_counts().await.unwrap(), Some(gone));
+
+    // Counting is fenced like every other write of the shard.
+    let _: () = redis::cmd("DEL")
+        .arg(key("counts"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    store.release(fence(a), "n").await.unwrap();
+    let taken = store
+        .acquire(shard, "m", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let stale = store.count_shard(fence(a)).await;
+    assert!(matches!(stale, Err(StoreError::Fenced { .. })), "{stale:?}");
+    assert!(store.count_shard(taken).await.unwrap());
+    assert_eq!(store.agent_counts().await.unwrap(), Some(gone));
 }
 
 #[tokio::test]

@@ -236,15 +236,10 @@ pub fn any_value_string(v: Option<&any_value::Value>) -> String {
     }
 }
 
-/// The status as the API names it.
-/// Whether the record is one of the fleet's agents: not the marker left under the old uid of an
-/// agent that took a new one, nor what an agent sent to its home region left behind here once it
-/// went (its home region holds it; retention removes this one).
-pub fn in_fleet_view(rec: &AgentRecord) -> bool {
-    rec.moved_to.is_empty()
-        && (rec.redirected_to.is_empty() || rec.status == AgentStatus::Connected as i32)
-}
+/// Whether the record is one of the fleet's agents (the store's counts use the same rule).
+pub use flotilla_common::store::in_fleet_view;
 
+/// The status as the API names it.
 pub fn status_name(rec: &AgentRecord) -> &'static str {
     match rec.status() {
         AgentStatus::Connected => "connected",

@@ -316,8 +316,12 @@ impl Ops {
         Ok(h)
     }
 
-    /// This region's agents' counts.
+    /// This region's agents' counts: as the store keeps them, or (while it does not count some
+    /// shard yet) counted by visiting every agent.
     pub(crate) async fn region_health(&self) -> Result<FleetHealth> {
+        if let Some(counts) = self.store().agent_counts().await? {
+            return Ok(counts.into());
+        }
         let mut h = FleetHealth::default();
         self.visit_fleet(&mut |a| h.count(a)).await?;
         Ok(h)

@@ -9,7 +9,7 @@ use super::shards::ShardCache;
 use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
 use tokio::sync::MutexGuard;
-use tracing::Span;
+use tracing::{Span, info};
 use uuid::Uuid;
 
 /// One owned shard under its lock, with the fence its writes carry.
@@ -72,6 +72,30 @@ impl Owner {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Has the store count the agents of owned shards it does not count yet (records written
+    /// before counts were kept); each shard is asked once per epoch.
+    pub(crate) async fn count_shards(&self) -> Result<(), StoreError> {
+        for shard in self.shards.owned() {
+            let Some(mut locked) = self.lock_owned(shard).await else {
+                continue;
+            };
+            if locked.cache.counted {
+                continue;
+            }
+            match locked.store.count_shard(locked.fence).await {
+                Ok(counted) => {
+                    if counted {
+                        info!(shard, "agents written before counts were kept are counted");
+                    }
+                    locked.cache.counted = true;
+                }
+                Err(StoreError::Fenced { .. }) => self.lost(&mut locked),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// A write was refused: another coordinator holds the shard now.

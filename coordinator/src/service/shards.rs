@@ -56,7 +56,7 @@ impl ShardTable {
         let mut cache = slot.lock.lock().await;
         let epoch = slot.epoch.load(Ordering::Acquire);
         if cache.epoch != epoch {
-            cache.records.clear();
+            cache.clear();
             cache.epoch = epoch;
         }
         cache
@@ -129,12 +129,16 @@ impl ShardTable {
 pub struct ShardCache {
     epoch: u64,
     pub(crate) records: HashMap<Uuid, AgentRecord>,
+    /// The store counts the shard's agents ([`flotilla_common::store::Store::count_shard`] was
+    /// asked under this epoch).
+    pub(crate) counted: bool,
 }
 
 impl ShardCache {
     /// Forgets every copy (the shard was lost, or a write's outcome is unknown).
     pub fn clear(&mut self) {
         self.records = HashMap::new();
+        self.counted = false;
     }
 }
 

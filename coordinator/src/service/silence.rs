@@ -27,6 +27,7 @@ impl Owner {
     /// silence: each due deadline is claimed under the shard's fence, so one owner handles it,
     /// and one that dies midway leaves it due again for the next.
     pub(super) async fn sweep_silent(&self) -> Result<(), StoreError> {
+        self.count_shards().await?;
         let now = now_unix_ms();
         let claims = futures_util::stream::iter(self.shards.owned())
             .filter_map(|shard| std::future::ready(self.shards.fence(shard)))

@@ -1,6 +1,7 @@
 //! [`Measured`]: any [`Store`], with each call timed and counted by operation
 //! (`flotilla_store_seconds`, `flotilla_store_errors_total`) and traced as a `store.<op>` span.
 
+use super::tally::AgentCounts;
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
     StoreError, StoredConfig, Touch,
@@ -137,6 +138,15 @@ impl Store for Measured {
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError> {
         self.call("visit_agents", self.inner.visit_agents(shards, f))
+            .await
+    }
+
+    async fn agent_counts(&self) -> Result<Option<AgentCounts>, StoreError> {
+        self.call("agent_counts", self.inner.agent_counts()).await
+    }
+
+    async fn count_shard(&self, fence: Fence) -> Result<bool, StoreError> {
+        self.call("count_shard", self.inner.count_shard(fence))
             .await
     }
 

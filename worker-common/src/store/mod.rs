@@ -10,12 +10,14 @@
 mod embedded;
 mod measured;
 mod redis;
+mod tally;
 mod types;
 
 pub use self::redis::RedisStore;
 pub use self::redis::leases::LeaseTiming;
 pub use embedded::EmbeddedStore;
 pub use measured::Measured;
+pub use tally::{AgentCounts, Tally, in_fleet_view};
 pub use types::{
     AgentSettings, AuditEntry, AuditOf, AuditPage, AuditQuery, ConfigFile, DEFAULT_AUDIT_RETENTION,
     Deadline, Doc, Fence, PackageOffer, ShardFilter, Store, StoreError, StoredConfig,

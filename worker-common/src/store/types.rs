@@ -2,6 +2,7 @@
 //! the fences that guard agent writes. [`super::EmbeddedStore`] and [`super::RedisStore`]
 //! implement it.
 
+use super::tally::AgentCounts;
 use crate::selector::Selector;
 use async_trait::async_trait;
 use flotilla_proto::bus::AgentRecord;
@@ -305,6 +306,15 @@ pub trait Store: Send + Sync + 'static {
         shards: ShardFilter<'_>,
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError>;
+    /// The fleet's counts, kept as records are written ([`super::Tally`]); None while some
+    /// shard holds records written before counts were kept (count it with
+    /// [`Store::count_shard`]; meanwhile the caller counts by visiting).
+    async fn agent_counts(&self) -> Result<Option<AgentCounts>, StoreError>;
+    /// Counts the agents of `fence.shard` if they are not counted yet (records written before
+    /// counts were kept); true if it counted them.
+    async fn count_shard(&self, _fence: Fence) -> Result<bool, StoreError> {
+        Ok(false)
+    }
     /// Claims the agents of `fence.shard` whose deadline is at or before `now_unix_ms`: their
     /// deadlines move to `now + retry_ms`, so if the claimer dies before saving them, the next
     /// owner finds them due again. The claimer saves each one (marking it silent, or re-arming).

@@ -10,6 +10,7 @@ use crate::fleet::configs::{self, Aspect, Desired};
 use crate::fleet::redact::Redactor;
 use crate::opamp::desired::desired_config;
 use base64::Engine;
+use flotilla_common::store::{AgentCounts, Tally};
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::{AgentRecord, Drift, Transport};
 use flotilla_proto::opamp::{
@@ -49,20 +50,24 @@ impl FleetHealth {
         self.disconnected_agents += o.disconnected_agents;
     }
 
-    /// Counts one more agent.
+    /// Counts one more agent (by the rule the store keeps its counts by: [`Tally`]).
     pub fn count(&mut self, rec: &AgentRecord) {
-        self.total_agents += 1;
-        match status_name(rec) {
-            "connected" => {
-                self.connected_agents += 1;
-                match healthy(rec) {
-                    Some(true) => self.healthy_agents += 1,
-                    Some(false) => self.unhealthy_agents += 1,
-                    None => {}
-                }
-            }
-            "silent" => self.silent_agents += 1,
-            _ => self.disconnected_agents += 1,
+        let mut c = AgentCounts::default();
+        c.add(Tally::of(rec));
+        self.add(&c.into());
+    }
+}
+
+impl From<AgentCounts> for FleetHealth {
+    fn from(c: AgentCounts) -> Self {
+        Self {
+            total_agents: c.total,
+            connected_agents: c.connected,
+            healthy_agents: c.healthy,
+            unhealthy_agents: c.unhealthy,
+            silent_agents: c.silent,
+            disconnected_agents: c.disconnected,
+            ..Default::default()
         }
     }
 }

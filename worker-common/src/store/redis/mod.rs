@@ -5,9 +5,12 @@
 //! opamp:r:{sn}:lease      "<node>/<epoch>", PX ttl: who holds the shard
 //! opamp:r:{sn}:epoch      the shard's current epoch, raised by every acquisition
 //! opamp:r:{sn}:a:<uid>    hash: r = AgentRecord (protobuf), e = epoch of the write,
-//!                         t = "<sequence_num> <last_seen_unix_ms>" when newer than r's (a touch)
+//!                         t = "<sequence_num> <last_seen_unix_ms>" when newer than r's (a touch),
+//!                         c = the counters it adds 1 to (its Tally)
 //! opamp:r:{sn}:agents     set of the shard's uids (what visits iterate)
 //! opamp:r:{sn}:dl         zset uid -> silence deadline (unix ms)
+//! opamp:r:{sn}:counts     hash counter -> agents (total, connected, ...: the sums of the
+//!                         records' tallies, field c of each); v = 1 once complete
 //! opamp:r:coords          zset node -> last membership heartbeat (Redis time, ms)
 //! opamp:r:{cfg}:latest    hash name -> JSON of the active version (what agents get)
 //! opamp:r:{cfg}:seq       hash name -> last version number handed out
@@ -31,6 +34,7 @@ mod conn;
 pub mod leases;
 mod scripts;
 
+use super::tally::{AgentCounts, Tally};
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
     StoreError, StoredConfig, Touch,
@@ -43,9 +47,10 @@ use flotilla_proto::bus::AgentRecord;
 use prost::Message;
 use redis::AsyncCommands;
 use scripts::{
-    ACTIVATE_CONFIG, CLAIM, DEACTIVATE_CONFIG, DELETE, IMPORT_CONFIG, PUT_CONFIG, PUT_DOC, SAVE,
-    TOUCH,
+    ACTIVATE_CONFIG, CLAIM, DEACTIVATE_CONFIG, DELETE, IMPORT_CONFIG, PUT_CONFIG, PUT_DOC, RECOUNT,
+    SAVE, TOUCH,
 };
+use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -264,6 +269,7 @@ impl Store for RedisStore {
             .key(self.shard_key(fence.shard, "agents"))
             .key(self.shard_key(fence.shard, "dl"))
             .key(self.audit_key())
+            .key(self.shard_key(fence.shard, "counts"))
             .arg(fence.epoch.to_string())
             .arg(record.encode_to_vec())
             .arg(uid.to_string())
@@ -271,6 +277,7 @@ impl Store for RedisStore {
             .arg(at)
             .arg(horizon)
             .arg(audit)
+            .arg(Tally::of(record).names())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| fenced_or_io(e, fence))?;
@@ -312,6 +319,7 @@ impl Store for RedisStore {
             .key(self.shard_key(fence.shard, "agents"))
             .key(self.shard_key(fence.shard, "dl"))
             .key(self.audit_key())
+            .key(self.shard_key(fence.shard, "counts"))
             .arg(fence.epoch.to_string())
             .arg(uid.to_string())
             .arg(horizon)
@@ -344,6 +352,70 @@ impl Store for RedisStore {
             }
         }
         Ok(())
+    }
+
+    async fn agent_counts(&self) -> Result<Option<AgentCounts>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut counts = AgentCounts::default();
+        let shards: Vec<u16> = (0..SHARD_COUNT).collect();
+        for chunk in shards.chunks(256) {
+            let mut pipe = redis::pipe();
+            for shard in chunk {
+                pipe.hgetall(self.shard_key(*shard, "counts"))
+                    .scard(self.shard_key(*shard, "agents"));
+            }
+            let rows: Vec<(HashMap<String, i64>, u64)> =
+                pipe.query_async(&mut conn).await.map_err(io)?;
+            for (shard_counts, agents) in rows {
+                if agents > 0 && !shard_counts.contains_key("v") {
+                    return Ok(None);
+                }
+                for (name, n) in shard_counts {
+                    counts.add_named(&name, n);
+                }
+            }
+        }
+        Ok(Some(counts))
+    }
+
+    async fn count_shard(&self, fence: Fence) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let counts_key = self.shard_key(fence.shard, "counts");
+        let counted: bool = conn.hexists(&counts_key, "v").await.map_err(io)?;
+        if counted {
+            return Ok(false);
+        }
+        let keys = self.agent_keys(&[fence.shard]).await?;
+        let mut tallies = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(512) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.hmget(key, &["r", "t"]);
+            }
+            let rows: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> =
+                pipe.query_async(&mut conn).await.map_err(io)?;
+            for row in rows {
+                tallies.push(
+                    record_of(row)?
+                        .map(|r| Tally::of(&r).names())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        let mut script = RECOUNT.prepare_invoke();
+        script
+            .key(self.shard_key(fence.shard, "epoch"))
+            .key(self.shard_key(fence.shard, "agents"))
+            .key(&counts_key)
+            .arg(fence.epoch.to_string());
+        for (key, tally) in keys.iter().zip(&tallies) {
+            script.key(key).arg(tally);
+        }
+        let _: i64 = script
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| fenced_or_io(e, fence))?;
+        Ok(true)
     }
 
     async fn claim_due(

@@ -52,16 +52,47 @@ fn deadline_lua(key: &str, mode: &str, at: &str, uid: &str) -> String {
     )
 }
 
-/// The whole record (a touch since the last one is part of it now).
+/// Adds `sign` (1 or -1) to each counter named in `names` (space-separated) of hash `key`.
+fn tally_lua(key: &str, names: &str, sign: &str) -> String {
+    format!(
+        "for n in string.gmatch({names}, '%S+') do redis.call('HINCRBY', {key}, n, {sign}) end\n"
+    )
+}
+
+/// The whole record (a touch since the last one is part of it now), and the shard's counts
+/// (KEYS[6]) moved from the record's old tally (field c) to its new one (ARGV[8]). A shard's
+/// counts are complete (field v) from its first record on, or once counted (RECOUNT).
 pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
-         redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1])\n\
+         local old = redis.call('HGET', KEYS[2], 'c') or ''\n\
+         if redis.call('SCARD', KEYS[3]) == 0 then redis.call('HSET', KEYS[6], 'v', '1') end\n\
+         redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1], 'c', ARGV[8])\n\
          redis.call('HDEL', KEYS[2], 't')\n\
          redis.call('SADD', KEYS[3], ARGV[3])\n\
+         if old ~= ARGV[8] then\n{}{}end\n\
          {}{}return 1",
+        tally_lua("KEYS[6]", "old", "-1"),
+        tally_lua("KEYS[6]", "ARGV[8]", "1"),
         deadline_lua("KEYS[4]", "ARGV[4]", "ARGV[5]", "ARGV[3]"),
         audit_lua("KEYS[5]", "ARGV[6]", "ARGV[7]")
+    ))
+});
+
+/// A shard's counts made again from its records' tallies (KEYS[4..] the agents' keys, ARGV[2..]
+/// their tallies, in the same order), and marked complete.
+pub(super) static RECOUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         redis.call('DEL', KEYS[3])\n\
+         for i = 4, #KEYS do\n\
+           if redis.call('EXISTS', KEYS[i]) == 1 then\n\
+             redis.call('HSET', KEYS[i], 'c', ARGV[i - 2])\n{}\
+           end\n\
+         end\n\
+         redis.call('HSET', KEYS[3], 'v', '1')\n\
+         return 1",
+        tally_lua("KEYS[3]", "ARGV[i - 2]", "1")
     ))
 });
 
@@ -76,13 +107,16 @@ pub(super) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+/// Removes a record, its deadline and its tally from the shard's counts (KEYS[6]).
 pub(super) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         local old = redis.call('HGET', KEYS[2], 'c') or ''\n\
          if redis.call('DEL', KEYS[2]) == 0 then return 0 end\n\
          redis.call('SREM', KEYS[3], ARGV[2])\n\
          redis.call('ZREM', KEYS[4], ARGV[2])\n\
-         {}return 1",
+         {}{}return 1",
+        tally_lua("KEYS[6]", "old", "-1"),
         audit_lua("KEYS[5]", "ARGV[3]", "ARGV[4]")
     ))
 });
