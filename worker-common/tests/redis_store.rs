@@ -415,6 +415,144 @@ async fn counts_follow_every_write_and_records_from_before_are_counted_once() {
 }
 
 #[tokio::test]
+async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
+    use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap, EffectiveConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
+    let config = |body: String| EffectiveConfig {
+        config_map: Some(AgentConfigMap {
+            config_map: [(
+                String::new(),
+                AgentConfigFile {
+                    body: body.into_bytes(),
+                    content_type: "text/yaml".into(),
+                },
+            )]
+            .into(),
+        }),
+    };
+    let big = config(format!("receivers: {{}}\n# {}", "x".repeat(20_000)));
+    let small = config("receivers: {}".into());
+    let (a, b) = (Uuid::now_v7(), Uuid::new_v4());
+    let mut fences = BTreeMap::new();
+    for uid in [a, b] {
+        let shard = shard_of(uid.as_bytes());
+        if let std::collections::btree_map::Entry::Vacant(e) = fences.entry(shard) {
+            e.insert(
+                store
+                    .acquire(shard, "n", Duration::from_secs(10))
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+    }
+    let fence = |uid: Uuid| fences[&shard_of(uid.as_bytes())];
+    let with = |uid, c: &EffectiveConfig| AgentRecord {
+        effective_config: Some(c.clone()),
+        ..record(uid, 1)
+    };
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let bodies = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        async move {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("opamp:t:ec:*")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            keys.len()
+        }
+    };
+    for uid in [a, b] {
+        store
+            .save_agent(fence(uid), &with(uid, &big), Deadline::Keep, None)
+            .await
+            .unwrap();
+    }
+    assert_eq!(bodies(&mut raw).await, 1, "one body for both agents");
+    let stored: Vec<u8> = redis::AsyncCommands::hget(
+        &mut raw,
+        format!("opamp:t:{{s{:04}}}:a:{a}", shard_of(a.as_bytes())),
+        "r",
+    )
+    .await
+    .unwrap();
+    assert!(
+        stored.len() < 1_000,
+        "the record without it: {} bytes",
+        stored.len()
+    );
+    let read = store.get_agent(a).await.unwrap().unwrap();
+    assert_eq!(read.effective_config.as_ref(), Some(&big), "read whole");
+    let mut visited = Vec::new();
+    store
+        .visit_agents(&|_| true, &mut |r| {
+            visited.push((
+                r.effective_config.is_none(),
+                r.effective_config_sha256.len(),
+            ))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        visited,
+        vec![(true, 32); 2],
+        "visits name it without reading it"
+    );
+    let sha = read.effective_config_sha256.clone();
+    assert_eq!(
+        store.effective_config(&sha).await.unwrap(),
+        Some(big.clone())
+    );
+
+    // One agent moves to a small config (kept in its record), the other is removed: the body
+    // goes with its last reference.
+    store
+        .save_agent(
+            fence(a),
+            &AgentRecord {
+                effective_config_sha256: sha.clone(),
+                ..with(a, &small)
+            },
+            Deadline::Keep,
+            None,
+        )
+        .await
+        .unwrap();
+    let read = store.get_agent(a).await.unwrap().unwrap();
+    assert_eq!(read.effective_config.as_ref(), Some(&small));
+    assert!(
+        read.effective_config_sha256.is_empty(),
+        "it names none any more"
+    );
+    assert_eq!(bodies(&mut raw).await, 1, "b still names it");
+    assert!(store.delete_agent(fence(b), b, None).await.unwrap());
+    assert_eq!(bodies(&mut raw).await, 0);
+    let refs: std::collections::HashMap<String, i64> =
+        redis::AsyncCommands::hgetall(&mut raw, "opamp:t:ec-refs")
+            .await
+            .unwrap();
+    assert!(refs.is_empty(), "{refs:?}");
+    // Saved again by an agent, it is stored again.
+    store
+        .save_agent(fence(b), &with(b, &big), Deadline::Keep, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_agent(b).await.unwrap().unwrap().effective_config,
+        Some(big)
+    );
+}
+
+#[tokio::test]
 async fn membership_visits_configs_and_a_restart_of_redis() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisServer::start(dir.path());

@@ -6,7 +6,7 @@ use super::desired::{Redirect, desired_config, fill_offers, heartbeat_interval};
 use super::events::EventKind;
 use super::identity::certificate_names;
 use crate::fleet::agents::{attributes, cut, effective_map, has, hex_eq};
-use crate::fleet::configs::{Aspect, Desired};
+use crate::fleet::configs::{Aspect, Desired, hash_of_config_map};
 use crate::fleet::drift;
 use crate::fleet::regions::home_region;
 use flotilla_common::config::{AgentMetricsOffer, RecordLimits, RegionSettings};
@@ -392,6 +392,13 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     rec.capabilities = msg.capabilities;
     if let Some(s) = &msg.remote_config_status {
         note_refusal(rec, s);
+    }
+    if let Some(e) = &msg.effective_config {
+        rec.effective_config_hash = e
+            .config_map
+            .as_ref()
+            .map(|m| hash_of_config_map(m).to_vec())
+            .unwrap_or_default();
     }
     macro_rules! take {
         ($($field:ident <- $src:ident),*) => {

@@ -107,7 +107,12 @@ impl Owner {
         }
         rec.restart_expires_unix_ms = now_unix_ms().saturating_add(millis(self.cfg.command_ttl));
         match self
-            .save_or_drop(&mut shard, &rec, Deadline::Keep, entry("queued").as_ref())
+            .save_or_drop(
+                &mut shard,
+                &mut rec,
+                Deadline::Keep,
+                entry("queued").as_ref(),
+            )
             .await
         {
             Ok(true) => {
@@ -215,7 +220,7 @@ impl Owner {
             expires_unix_ms: now.saturating_add(millis(self.cfg.command_ttl)),
         });
         match self
-            .save_or_drop(&mut shard, &rec, Deadline::Keep, Some(&how("queued")))
+            .save_or_drop(&mut shard, &mut rec, Deadline::Keep, Some(&how("queued")))
             .await
         {
             Ok(true) => {
@@ -271,7 +276,7 @@ impl Owner {
                 Some(sorted(&rec.labels)),
             );
             match self
-                .save_or_drop(&mut shard, &rec, Deadline::Keep, Some(&entry))
+                .save_or_drop(&mut shard, &mut rec, Deadline::Keep, Some(&entry))
                 .await
             {
                 Ok(true) => {}
@@ -417,7 +422,7 @@ impl Owner {
             Some(issued_json(&issued)),
         );
         match self
-            .save_or_drop(&mut shard, &rec, Deadline::Keep, Some(&entry))
+            .save_or_drop(&mut shard, &mut rec, Deadline::Keep, Some(&entry))
             .await
         {
             Ok(true) => {}

@@ -31,7 +31,7 @@ impl Owner {
                                 "stale"
                             } else {
                                 match self
-                                    .save_or_drop(&mut locked, &rec, Deadline::Keep, None)
+                                    .save_or_drop(&mut locked, &mut rec, Deadline::Keep, None)
                                     .await
                                 {
                                     Ok(true) => "kept",

@@ -5,7 +5,7 @@
 //! last-seen time (a heartbeat) writes just those ([`Store::touch_agent`]), still fenced.
 
 use super::owner::Owner;
-use super::shards::ShardCache;
+use super::shards::{RecordCopy, ShardCache, SharedConfigs};
 use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
 use tokio::sync::MutexGuard;
@@ -15,6 +15,7 @@ use uuid::Uuid;
 /// One owned shard under its lock, with the fence its writes carry.
 pub(crate) struct Locked<'a> {
     cache: MutexGuard<'a, ShardCache>,
+    shared: &'a SharedConfigs,
     pub(crate) fence: Fence,
     store: &'a dyn Store,
     /// Whether copies are kept (not when the store itself holds every record in memory).
@@ -31,6 +32,7 @@ impl Owner {
             .record("epoch", fence.epoch);
         Some(Locked {
             cache,
+            shared: self.shards.shared_configs(),
             fence,
             store: self.store.as_ref(),
             keep: !self.store.holds_agents_in_memory(),
@@ -42,7 +44,7 @@ impl Owner {
     pub(crate) async fn save_or_drop(
         &self,
         shard: &mut Locked<'_>,
-        rec: &AgentRecord,
+        rec: &mut AgentRecord,
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
@@ -108,23 +110,45 @@ impl Owner {
 impl Locked<'_> {
     /// Agent `uid`'s record: the owner's copy, or the store's.
     pub(crate) async fn get(&mut self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
-        if let Some(rec) = self.cache.records.get(&uid) {
-            return Ok(Some(rec.clone()));
+        if let Some(copy) = self.cache.records.get(&uid) {
+            return Ok(Some(copy.whole()));
         }
-        let rec = self.store.get_agent(uid).await?;
+        let mut rec = self.store.get_agent(uid).await?;
         if self.keep
-            && let Some(rec) = &rec
+            && let Some(rec) = &mut rec
         {
-            self.cache.records.insert(uid, rec.clone());
+            let copy = self.copy_of(rec, None);
+            self.cache.records.insert(uid, copy);
         }
         Ok(rec)
     }
 
+    /// The copy to keep of `rec`, its effective config shared with `before` (the copy it
+    /// replaces) or any other copy that has the same. `rec` is as it was when this returns.
+    fn copy_of(&self, rec: &mut AgentRecord, before: Option<&RecordCopy>) -> RecordCopy {
+        let config = rec.effective_config.take();
+        let effective =
+            config
+                .as_ref()
+                .map(|config| match before.and_then(|b| b.effective.as_ref()) {
+                    Some(kept) if **kept == *config => kept.clone(),
+                    _ => self.shared.share(&rec.effective_config_hash, config),
+                });
+        let copy = RecordCopy {
+            rec: rec.clone(),
+            effective,
+        };
+        rec.effective_config = config;
+        copy
+    }
+
     /// Writes `rec` and changes its deadline (with `audit` in the same step): only its sequence
-    /// number and last-seen time when nothing else differs from the copy, else all of it.
+    /// number and last-seen time when nothing else differs from the copy, else all of it. `rec`
+    /// is borrowed mutably to compare it without copying its effective config; it is as it was
+    /// when this returns.
     pub(crate) async fn save(
         &mut self,
-        rec: &AgentRecord,
+        rec: &mut AgentRecord,
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
@@ -141,7 +165,7 @@ impl Locked<'_> {
             match touched {
                 Ok(true) => {
                     if let Some(copy) = self.cache.records.get_mut(&touch.uid) {
-                        touch.apply(copy);
+                        touch.apply(&mut copy.rec);
                     }
                     return Ok(());
                 }
@@ -159,7 +183,8 @@ impl Locked<'_> {
             .await;
         match &saved {
             Ok(()) if self.keep => {
-                self.cache.records.insert(touch.uid, rec.clone());
+                let copy = self.copy_of(rec, self.cache.records.get(&touch.uid));
+                self.cache.records.insert(touch.uid, copy);
             }
             // Written or not: the store's copy is the one to read next.
             _ => {
@@ -181,38 +206,83 @@ impl Locked<'_> {
 }
 
 /// Whether `new` differs from `copy` in its sequence number and last-seen time alone. Compares in
-/// place (the copy's two fields set to `new`'s, then put back) rather than cloning the record.
-fn heard_only(copy: &mut AgentRecord, new: &AgentRecord) -> bool {
-    let kept = (copy.sequence_num, copy.last_seen_unix_ms);
-    (copy.sequence_num, copy.last_seen_unix_ms) = (new.sequence_num, new.last_seen_unix_ms);
-    let same = copy == new;
-    (copy.sequence_num, copy.last_seen_unix_ms) = kept;
+/// place (the copy's two fields set to `new`'s and `new`'s effective config taken out, then both
+/// put back) rather than cloning either record.
+fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
+    let config = new.effective_config.take();
+    let rec = &mut copy.rec;
+    let kept = (rec.sequence_num, rec.last_seen_unix_ms);
+    (rec.sequence_num, rec.last_seen_unix_ms) = (new.sequence_num, new.last_seen_unix_ms);
+    let same = *rec == *new && copy.effective.as_deref() == config.as_ref();
+    (rec.sequence_num, rec.last_seen_unix_ms) = kept;
+    new.effective_config = config;
     same
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap, EffectiveConfig};
+    use std::sync::Arc;
+
+    fn config(body: &str) -> EffectiveConfig {
+        EffectiveConfig {
+            config_map: Some(AgentConfigMap {
+                config_map: [(
+                    String::new(),
+                    AgentConfigFile {
+                        body: body.into(),
+                        content_type: "text/yaml".into(),
+                    },
+                )]
+                .into(),
+            }),
+        }
+    }
 
     #[test]
     fn only_the_sequence_number_and_last_seen_time_make_a_touch() {
-        let mut copy = AgentRecord {
-            instance_uid: vec![7; 16],
-            sequence_num: 4,
-            last_seen_unix_ms: 1_000,
-            ..Default::default()
+        let mut copy = RecordCopy {
+            rec: AgentRecord {
+                instance_uid: vec![7; 16],
+                sequence_num: 4,
+                last_seen_unix_ms: 1_000,
+                ..Default::default()
+            },
+            effective: Some(Arc::new(config("a: 1"))),
         };
-        let mut new = copy.clone();
+        let mut new = copy.whole();
         new.sequence_num = 5;
         new.last_seen_unix_ms = 31_000;
-        assert!(heard_only(&mut copy, &new));
+        assert!(heard_only(&mut copy, &mut new));
         assert_eq!(
-            (copy.sequence_num, copy.last_seen_unix_ms),
+            (copy.rec.sequence_num, copy.rec.last_seen_unix_ms),
             (4, 1_000),
             "the copy is left as it was"
         );
+        assert_eq!(new.effective_config, Some(config("a: 1")), "and the record");
+        new.effective_config = Some(config("a: 2"));
+        assert!(!heard_only(&mut copy, &mut new), "a new effective config");
+        new.effective_config = Some(config("a: 1"));
         new.status = 2;
-        assert!(!heard_only(&mut copy, &new));
-        assert_eq!((copy.sequence_num, copy.status), (4, 0));
+        assert!(!heard_only(&mut copy, &mut new));
+        assert_eq!((copy.rec.sequence_num, copy.rec.status), (4, 0));
+    }
+
+    #[test]
+    fn copies_share_an_effective_config_they_have_in_common() {
+        let shared = SharedConfigs::default();
+        let (a, b) = (config("a: 1"), config("a: 1"));
+        let first = shared.share(b"h1", &a);
+        let second = shared.share(b"h1", &b);
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = shared.share(b"h1", &config("a: 2"));
+        assert!(
+            !Arc::ptr_eq(&first, &other),
+            "same hash, other body: not shared"
+        );
+        drop((first, second, other));
+        let again = shared.share(b"h1", &a);
+        assert_eq!(*again, a, "none held any more: a new one");
     }
 }

@@ -5,8 +5,10 @@
 use flotilla_common::names::SHARD_COUNT;
 use flotilla_common::store::Fence;
 use flotilla_proto::bus::AgentRecord;
+use flotilla_proto::opamp::EffectiveConfig;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
@@ -14,6 +16,7 @@ use uuid::Uuid;
 pub struct ShardTable {
     base: Instant,
     slots: Vec<Slot>,
+    shared: SharedConfigs,
 }
 
 struct Slot {
@@ -36,7 +39,13 @@ impl ShardTable {
                     valid_until_ms: AtomicU64::new(0),
                 })
                 .collect(),
+            shared: SharedConfigs::default(),
         }
+    }
+
+    /// The effective configs the record copies of every shard share.
+    pub(crate) fn shared_configs(&self) -> &SharedConfigs {
+        &self.shared
     }
 
     /// Every shard held for good: the embedded mode, where one process is the only owner.
@@ -128,7 +137,7 @@ impl ShardTable {
 #[derive(Debug, Default)]
 pub struct ShardCache {
     epoch: u64,
-    pub(crate) records: HashMap<Uuid, AgentRecord>,
+    pub(crate) records: HashMap<Uuid, RecordCopy>,
     /// The store counts the shard's agents ([`flotilla_common::store::Store::count_shard`] was
     /// asked under this epoch).
     pub(crate) counted: bool,
@@ -139,6 +148,49 @@ impl ShardCache {
     pub fn clear(&mut self) {
         self.records = HashMap::new();
         self.counted = false;
+    }
+}
+
+/// An owner's copy of a record: the record without its effective config, and that config shared
+/// with every copy reporting the same ([`SharedConfigs`]): a fleet of collectors runs a handful of
+/// configs of tens of KB each, which copies would otherwise hold once per agent.
+#[derive(Debug)]
+pub(crate) struct RecordCopy {
+    pub rec: AgentRecord,
+    pub effective: Option<Arc<EffectiveConfig>>,
+}
+
+impl RecordCopy {
+    /// The record, whole.
+    pub fn whole(&self) -> AgentRecord {
+        let mut rec = self.rec.clone();
+        rec.effective_config = self.effective.as_deref().cloned();
+        rec
+    }
+}
+
+/// The effective configs the owner's copies share, by their config hash; an entry lives as long
+/// as a copy holds it.
+#[derive(Debug, Default)]
+pub(crate) struct SharedConfigs(parking_lot::Mutex<HashMap<Vec<u8>, Weak<EffectiveConfig>>>);
+
+impl SharedConfigs {
+    /// The shared copy of `config` (of config hash `hash`): the one held already, else a new one.
+    pub fn share(&self, hash: &[u8], config: &EffectiveConfig) -> Arc<EffectiveConfig> {
+        let mut held = self.0.lock();
+        if let Some(shared) = held.get(hash).and_then(Weak::upgrade)
+            && *shared == *config
+        {
+            return shared;
+        }
+        let shared = Arc::new(config.clone());
+        if !hash.is_empty() {
+            if held.len() >= 1024 {
+                held.retain(|_, w| w.strong_count() > 0);
+            }
+            held.insert(hash.to_vec(), Arc::downgrade(&shared));
+        }
+        shared
     }
 }
 

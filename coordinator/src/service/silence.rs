@@ -70,7 +70,7 @@ impl Owner {
         );
         let silent = match silence_deadline(&rec, interval) {
             Some(at) if at > now => {
-                self.save_or_drop(&mut shard, &rec, Deadline::Arm(at), None)
+                self.save_or_drop(&mut shard, &mut rec, Deadline::Arm(at), None)
                     .await?;
                 return Ok(());
             }
@@ -81,7 +81,7 @@ impl Owner {
             rec.status = AgentStatus::Silent as i32;
         }
         if self
-            .save_or_drop(&mut shard, &rec, Deadline::Clear, None)
+            .save_or_drop(&mut shard, &mut rec, Deadline::Clear, None)
             .await?
             && silent
         {

@@ -283,7 +283,7 @@ impl Owner {
                 "a config is too large to reach its agents; store a smaller version"
             );
         }
-        let Some(rec) = out.record.as_ref() else {
+        let Some(rec) = out.record.as_mut() else {
             // Nothing to store: a uid was assigned (it becomes a record when the agent uses it),
             // or the report was refused.
             self.count_uplink(if out.reply.error_response.is_some() {
@@ -309,7 +309,7 @@ impl Owner {
         // The agent's record is safe under its new uid: what is left under the old one is a
         // marker (answering a retry with the same new uid), removed when the new uid is used. A
         // failure here leaves a duplicate for retention to remove, never a lost record.
-        if let Some(marker) = &out.left_behind
+        if let Some(marker) = &mut out.left_behind
             && let Err(e) = shard.save(marker, Deadline::Clear, None).await
         {
             warn!(error = %e, "the record under an agent's old uid stays as it was");
@@ -374,7 +374,7 @@ impl Owner {
         rec.status = AgentStatus::Disconnected as i32;
         rec.origin = None;
         match self
-            .save_or_drop(&mut shard, &rec, Deadline::Clear, None)
+            .save_or_drop(&mut shard, &mut rec, Deadline::Clear, None)
             .await
         {
             Ok(true) => self.events.emit(EventKind::Disconnected, &rec).await,

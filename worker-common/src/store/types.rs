@@ -6,7 +6,10 @@ use super::tally::AgentCounts;
 use crate::selector::Selector;
 use async_trait::async_trait;
 use flotilla_proto::bus::AgentRecord;
+use flotilla_proto::opamp::EffectiveConfig;
+use prost::Message;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use thiserror::Error;
 use uuid::Uuid;
@@ -37,6 +40,23 @@ pub enum Deadline {
     Clear,
     /// Leave it as it is.
     Keep,
+}
+
+/// Effective configs of at least this many encoded bytes are kept apart from the records that
+/// report them, once for every agent reporting the same (a stores that can: Redis).
+pub const SHARED_EFFECTIVE_CONFIG_MIN: usize = 1024;
+
+/// `rec` as kept when its effective config is kept apart: without the body, naming it by the
+/// SHA-256 of its encoding; with that encoding. None when the config stays in the record.
+pub fn effective_config_apart(rec: &AgentRecord) -> Option<(AgentRecord, Vec<u8>)> {
+    let body = rec.effective_config.as_ref()?.encode_to_vec();
+    if body.len() < SHARED_EFFECTIVE_CONFIG_MIN {
+        return None;
+    }
+    let mut apart = rec.clone();
+    apart.effective_config = None;
+    apart.effective_config_sha256 = Sha256::digest(&body).to_vec();
+    Some((apart, body))
 }
 
 /// What changes in an agent's record when it is heard from and nothing else changed.
@@ -300,12 +320,22 @@ pub trait Store: Send + Sync + 'static {
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError>;
     /// Calls `f` on every agent record of the shards `shards` accepts. Fleet-wide views (counts,
-    /// filters, pushes) use this so they copy only what they keep, never the whole fleet.
+    /// filters, pushes) use this so they copy only what they keep, never the whole fleet. A
+    /// record whose effective config the store keeps apart comes without it here
+    /// (`effective_config_sha256` names it; [`Store::effective_config`] reads it).
     async fn visit_agents(
         &self,
         shards: ShardFilter<'_>,
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError>;
+    /// The effective config of SHA-256 `sha256` kept apart from the records reporting it; None if
+    /// no record names it (or this store keeps none apart).
+    async fn effective_config(
+        &self,
+        _sha256: &[u8],
+    ) -> Result<Option<EffectiveConfig>, StoreError> {
+        Ok(None)
+    }
     /// The fleet's counts, kept as records are written ([`super::Tally`]); None while some
     /// shard holds records written before counts were kept (count it with
     /// [`Store::count_shard`]; meanwhile the caller counts by visiting).

@@ -285,6 +285,16 @@ fn remote_config_status(rec: &AgentRecord) -> RemoteConfigStatusView {
     }
 }
 
+/// The hash of an agent's effective config: as recorded with it (visited records may come
+/// without the body: [`flotilla_common::store::Store::visit_agents`]), or of the body for records
+/// from before the hash was kept.
+fn effective_hash(rec: &AgentRecord) -> Option<String> {
+    if !rec.effective_config_hash.is_empty() {
+        return Some(hex::encode(&rec.effective_config_hash));
+    }
+    effective_map(rec).map(|m| hex::encode(configs::hash_of_config_map(m)))
+}
+
 impl AgentSummary {
     pub fn of(rec: &AgentRecord, desired: &Desired) -> Self {
         let d = rec.description.clone().unwrap_or_default();
@@ -315,8 +325,7 @@ impl AgentSummary {
             desired_config: of(Aspect::Files),
             desired_packages: of(Aspect::Packages),
             desired_settings: of(Aspect::Settings),
-            effective_config_hash: effective_map(rec)
-                .map(|m| hex::encode(configs::hash_of_config_map(m))),
+            effective_config_hash: effective_hash(rec),
             config_drift: config_drift(rec, files.map(|c| c.hash.as_str())),
         }
     }

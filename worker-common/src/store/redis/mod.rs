@@ -6,12 +6,16 @@
 //! opamp:r:{sn}:epoch      the shard's current epoch, raised by every acquisition
 //! opamp:r:{sn}:a:<uid>    hash: r = AgentRecord (protobuf), e = epoch of the write,
 //!                         t = "<sequence_num> <last_seen_unix_ms>" when newer than r's (a touch),
-//!                         c = the counters it adds 1 to (its Tally)
+//!                         c = the counters it adds 1 to (its Tally), h = its effective config's
+//!                         SHA-256 in hex when kept apart (r has none then)
 //! opamp:r:{sn}:agents     set of the shard's uids (what visits iterate)
 //! opamp:r:{sn}:dl         zset uid -> silence deadline (unix ms)
 //! opamp:r:{sn}:counts     hash counter -> agents (total, connected, ...: the sums of the
 //!                         records' tallies, field c of each); v = 1 once complete
 //! opamp:r:coords          zset node -> last membership heartbeat (Redis time, ms)
+//! opamp:r:ec:<sha256>     an effective config kept apart (EffectiveConfig, protobuf): one for
+//!                         every agent reporting the same, named by field h of their records
+//! opamp:r:ec-refs         hash sha256 -> records naming it (the body goes with the last)
 //! opamp:r:{cfg}:latest    hash name -> JSON of the active version (what agents get)
 //! opamp:r:{cfg}:seq       hash name -> last version number handed out
 //! opamp:r:{cfg}:latest-version  hash name -> version held in :latest
@@ -37,13 +41,14 @@ mod scripts;
 use super::tally::{AgentCounts, Tally};
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
-    StoreError, StoredConfig, Touch,
+    StoreError, StoredConfig, Touch, effective_config_apart,
 };
 use crate::config::{RedisTls, redact};
 use crate::names::{SHARD_COUNT, shard_of};
 use async_trait::async_trait;
 use conn::{Conn, parse_sentinel_url};
 use flotilla_proto::bus::AgentRecord;
+use flotilla_proto::opamp::EffectiveConfig;
 use prost::Message;
 use redis::AsyncCommands;
 use scripts::{
@@ -51,17 +56,24 @@ use scripts::{
     SAVE, TOUCH,
 };
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
 /// Audit entries read per round trip while filtering.
 const AUDIT_PAGE: usize = 500;
 
+/// Effective configs kept in memory once read, at most (the whole map is dropped past it; a
+/// fleet runs few distinct configs).
+const EFFECTIVE_CACHED: usize = 256;
+
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
     prefix: String,
     audit_retention: Duration,
+    /// Effective configs kept apart, by SHA-256, as read (they never change under their hash).
+    effective: Arc<parking_lot::Mutex<HashMap<Vec<u8>, Arc<EffectiveConfig>>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -177,6 +189,7 @@ impl RedisStore {
             conn,
             prefix: format!("opamp:{region}"),
             audit_retention: super::types::DEFAULT_AUDIT_RETENTION,
+            effective: Default::default(),
         })
     }
 
@@ -215,6 +228,16 @@ impl RedisStore {
         self.shard_key(shard_of(uid.as_bytes()), &format!("a:{uid}"))
     }
 
+    /// Where the bodies of effective configs kept apart are: this prefix and the SHA-256 in hex.
+    fn effective_prefix(&self) -> String {
+        format!("{}:ec:", self.prefix)
+    }
+
+    /// The references to each body kept apart (hash: SHA-256 in hex -> records naming it).
+    fn effective_refs_key(&self) -> String {
+        format!("{}:ec-refs", self.prefix)
+    }
+
     fn lease_value(node: &str, epoch: u64) -> String {
         format!("{node}/{epoch}")
     }
@@ -249,7 +272,37 @@ impl Store for RedisStore {
             .hmget(self.agent_key(uid), &["r", "t"])
             .await
             .map_err(io)?;
-        record_of(row)
+        let Some(mut rec) = record_of(row)? else {
+            return Ok(None);
+        };
+        if rec.effective_config.is_none() && !rec.effective_config_sha256.is_empty() {
+            rec.effective_config = self.effective_config(&rec.effective_config_sha256).await?;
+            if rec.effective_config.is_none() {
+                return Err(StoreError::Corrupt(format!(
+                    "agent {uid} names an effective config the store does not hold"
+                )));
+            }
+        }
+        Ok(Some(rec))
+    }
+
+    async fn effective_config(&self, sha256: &[u8]) -> Result<Option<EffectiveConfig>, StoreError> {
+        if let Some(cached) = self.effective.lock().get(sha256) {
+            return Ok(Some(EffectiveConfig::clone(cached)));
+        }
+        let key = format!("{}{}", self.effective_prefix(), hex::encode(sha256));
+        let body: Option<Vec<u8>> = self.conn.clone().get(key).await.map_err(io)?;
+        let Some(body) = body else {
+            return Ok(None);
+        };
+        let config = EffectiveConfig::decode(body.as_slice())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut cache = self.effective.lock();
+        if cache.len() >= EFFECTIVE_CACHED {
+            cache.clear();
+        }
+        cache.insert(sha256.to_vec(), Arc::new(config.clone()));
+        Ok(Some(config))
     }
 
     async fn save_agent(
@@ -263,24 +316,58 @@ impl Store for RedisStore {
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
         let (mode, at) = deadline_args(deadline);
         let (horizon, audit) = self.audit_args(audit)?;
-        let _: i64 = SAVE
-            .key(self.shard_key(fence.shard, "epoch"))
-            .key(self.agent_key(uid))
-            .key(self.shard_key(fence.shard, "agents"))
-            .key(self.shard_key(fence.shard, "dl"))
-            .key(self.audit_key())
-            .key(self.shard_key(fence.shard, "counts"))
-            .arg(fence.epoch.to_string())
-            .arg(record.encode_to_vec())
-            .arg(uid.to_string())
-            .arg(mode)
-            .arg(at)
-            .arg(horizon)
-            .arg(audit)
-            .arg(Tally::of(record).names())
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| fenced_or_io(e, fence))?;
+        let apart = effective_config_apart(record);
+        let (bytes, sha) = match &apart {
+            Some((rec, _)) => (
+                rec.encode_to_vec(),
+                hex::encode(&rec.effective_config_sha256),
+            ),
+            // Its config is kept in it now: it names no other.
+            None if !record.effective_config_sha256.is_empty() => {
+                let mut rec = record.clone();
+                rec.effective_config_sha256.clear();
+                (rec.encode_to_vec(), String::new())
+            }
+            None => (record.encode_to_vec(), String::new()),
+        };
+        let tally = Tally::of(record).names();
+        let save = |body: &[u8]| {
+            let mut script = SAVE.prepare_invoke();
+            script
+                .key(self.shard_key(fence.shard, "epoch"))
+                .key(self.agent_key(uid))
+                .key(self.shard_key(fence.shard, "agents"))
+                .key(self.shard_key(fence.shard, "dl"))
+                .key(self.audit_key())
+                .key(self.shard_key(fence.shard, "counts"))
+                .key(self.effective_refs_key())
+                .arg(fence.epoch.to_string())
+                .arg(bytes.as_slice())
+                .arg(uid.to_string())
+                .arg(mode)
+                .arg(at)
+                .arg(horizon)
+                .arg(audit.as_str())
+                .arg(tally.as_str())
+                .arg(sha.as_str())
+                .arg(body)
+                .arg(self.effective_prefix());
+            script
+        };
+        // The body goes only when the store lacks it: most agents report what others did.
+        let first: Result<i64, _> = save(&[]).invoke_async(&mut self.conn.clone()).await;
+        match first {
+            Err(e) if e.code() == Some("NEEDBODY") || e.to_string().contains("NEEDBODY") => {
+                let body = apart.as_ref().map_or(&[][..], |(_, b)| b.as_slice());
+                let _: i64 = save(body)
+                    .invoke_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| fenced_or_io(e, fence))?;
+            }
+            other => {
+                other.map_err(|e| fenced_or_io(e, fence))?;
+            }
+        }
         Ok(())
     }
 
@@ -320,10 +407,12 @@ impl Store for RedisStore {
             .key(self.shard_key(fence.shard, "dl"))
             .key(self.audit_key())
             .key(self.shard_key(fence.shard, "counts"))
+            .key(self.effective_refs_key())
             .arg(fence.epoch.to_string())
             .arg(uid.to_string())
             .arg(horizon)
             .arg(audit)
+            .arg(self.effective_prefix())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| fenced_or_io(e, fence))?;

@@ -59,12 +59,36 @@ fn tally_lua(key: &str, names: &str, sign: &str) -> String {
     )
 }
 
+/// The effective config a record names moves from `old` (its SHA-256 in hex, '' for none) to
+/// `new`: references counted in hash `refs`, a body (key `prefix` .. sha) removed with its last
+/// reference.
+fn effective_refs_lua(refs: &str, prefix: &str, old: &str, new: &str) -> String {
+    format!(
+        "if {new} ~= {old} then\n\
+           if {new} ~= '' then redis.call('HINCRBY', {refs}, {new}, 1) end\n\
+           if {old} ~= '' and redis.call('HINCRBY', {refs}, {old}, -1) <= 0 then\n\
+             redis.call('HDEL', {refs}, {old})\n\
+             redis.call('DEL', {prefix} .. {old})\n\
+           end\n\
+         end\n"
+    )
+}
+
 /// The whole record (a touch since the last one is part of it now), and the shard's counts
 /// (KEYS[6]) moved from the record's old tally (field c) to its new one (ARGV[8]). A shard's
-/// counts are complete (field v) from its first record on, or once counted (RECOUNT).
+/// counts are complete (field v) from its first record on, or once counted (RECOUNT). An
+/// effective config kept apart (ARGV[9]: its SHA-256 in hex, field h of the record) is stored
+/// under ARGV[11] .. sha unless it is there; without its body (ARGV[10]) the script stops with
+/// NEEDBODY before writing anything, and the caller sends it again with the body.
 pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
+         local oldh = redis.call('HGET', KEYS[2], 'h') or ''\n\
+         if ARGV[9] ~= '' and ARGV[9] ~= oldh and redis.call('EXISTS', ARGV[11] .. ARGV[9]) == 0 then\n\
+           if ARGV[10] == '' then return redis.error_reply('NEEDBODY') end\n\
+           redis.call('SET', ARGV[11] .. ARGV[9], ARGV[10])\n\
+         end\n\
+         {}redis.call('HSET', KEYS[2], 'h', ARGV[9])\n\
          local old = redis.call('HGET', KEYS[2], 'c') or ''\n\
          if redis.call('SCARD', KEYS[3]) == 0 then redis.call('HSET', KEYS[6], 'v', '1') end\n\
          redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1], 'c', ARGV[8])\n\
@@ -72,6 +96,7 @@ pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
          redis.call('SADD', KEYS[3], ARGV[3])\n\
          if old ~= ARGV[8] then\n{}{}end\n\
          {}{}return 1",
+        effective_refs_lua("KEYS[7]", "ARGV[11]", "oldh", "ARGV[9]"),
         tally_lua("KEYS[6]", "old", "-1"),
         tally_lua("KEYS[6]", "ARGV[8]", "1"),
         deadline_lua("KEYS[4]", "ARGV[4]", "ARGV[5]", "ARGV[3]"),
@@ -107,15 +132,18 @@ pub(super) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// Removes a record, its deadline and its tally from the shard's counts (KEYS[6]).
+/// Removes a record, its deadline, its tally from the shard's counts (KEYS[6]) and its
+/// reference to an effective config kept apart (KEYS[7], ARGV[5] the bodies' key prefix).
 pub(super) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
          local old = redis.call('HGET', KEYS[2], 'c') or ''\n\
+         local oldh = redis.call('HGET', KEYS[2], 'h') or ''\n\
          if redis.call('DEL', KEYS[2]) == 0 then return 0 end\n\
          redis.call('SREM', KEYS[3], ARGV[2])\n\
          redis.call('ZREM', KEYS[4], ARGV[2])\n\
-         {}{}return 1",
+         {}{}{}return 1",
+        effective_refs_lua("KEYS[7]", "ARGV[5]", "oldh", "''"),
         tally_lua("KEYS[6]", "old", "-1"),
         audit_lua("KEYS[5]", "ARGV[3]", "ARGV[4]")
     ))
