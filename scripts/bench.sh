@@ -9,12 +9,16 @@
 #
 #   scripts/bench.sh            the full benchmark (10,000 agents; about 5 minutes here)
 #   scripts/bench.sh --quick    the same with 1,000 agents and short runs (about 2 minutes here)
+#   scripts/bench.sh --scale    100,000 agents with realistic reports through a local cluster of
+#                               6 gateways, one config push, API latency and memory per role
+#                               (scripts/bench_scale.sh; AGENTS=12000 for a quick check)
 #
 # Environment: AGENTS (default 10000, quick 1000), MAX_AGENTS (the connect-storm that finds how
 # many agents one process holds; default 19000, quick 2000: the machine's open-file limit per
 # process bounds it, see docs/benchmarks.md), BENCH_DIR (default target/bench/<time>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ "${1:-}" = "--scale" ] && exec scripts/bench_scale.sh
 
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A local Flotilla cluster on loopback: nats-server, redis-server (append-only file), 3 coordinators
-# and 2 gateways, each its own `flotilla serve` process. With REGIONS, a fleet of such cells, one
+# A local Flotilla cluster on loopback: nats-server, redis-server (append-only file), coordinators
+# (3 by default) and gateways (2 by default), each its own `flotilla serve` process. With REGIONS, a fleet of such cells, one
 # per region, their nats-servers joined as a NATS supercluster (gateway connections).
 #
 #   scripts/cluster.sh start    build, start everything in the background, print where it listens
@@ -10,7 +10,9 @@
 #
 # Environment: CLUSTER_DIR (default target/cluster: logs, pids, Redis data), CLUSTER_BASE_PORT
 # (default 4400), FLOTILLA_BIN (default: cargo build --release, then target/release/flotilla), REGION (local),
-# GATEWAY_FLAGS (more flags for the gateways, e.g. their TLS files; split on spaces).
+# GATEWAY_FLAGS (more flags for the gateways, e.g. their TLS files; split on spaces),
+# COORDINATORS (how many, 1-9, default 3: c1, c2, ...), GATEWAYS (1-9, default 2: g1, g2, ...).
+# status and stop also see every cN and gN with a pid file, whatever COORDINATORS and GATEWAYS say.
 #
 # REGIONS (e.g. "eu us"; unset: one region, named by REGION): one cell per region, the i-th
 # (0-based) on ports CLUSTER_BASE_PORT + 100*i and up, with its files in CLUSTER_DIR/<region>/,
@@ -19,14 +21,23 @@
 # URL of its first gateway). Give status and stop the same REGIONS.
 #
 # Ports of a cell from its first port P: nats P, redis P+1, NATS gateway P+2 (REGIONS only),
-# coordinators' API P+10.., gateways' OpAMP P+20.. and ops API P+30..
+# coordinators' API P+10.. (c1 on P+10, c9 on P+18), gateways' OpAMP P+20.. and ops API P+30..
+# (g1 on P+20 and P+30, g9 on P+28 and P+38).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir="${CLUSTER_DIR:-target/cluster}"
 base="${CLUSTER_BASE_PORT:-4400}"
-coordinators=(c1 c2 c3)
-gateways=(g1 g2)
+# A cell has room for 9 of each on its ports (see above).
+for count in "COORDINATORS=${COORDINATORS:-3}" "GATEWAYS=${GATEWAYS:-2}"; do
+  case "${count#*=}" in
+    [1-9]) ;;
+    *) echo "cluster.sh: ${count%%=*} must be a number from 1 to 9 (got '${count#*=}')" >&2; exit 2 ;;
+  esac
+done
+coordinators=() gateways=()
+for i in $(seq 1 "${COORDINATORS:-3}"); do coordinators+=("c$i"); done
+for i in $(seq 1 "${GATEWAYS:-2}"); do gateways+=("g$i"); done
 if [ -n "${REGIONS:-}" ]; then
   read -ra regions <<<"$REGIONS"
   multi=1
@@ -211,15 +222,34 @@ stop_one() {
   rm -f "$rdir/$name.pid"
 }
 
+# members PREFIX NAMES...: NAMES, and every other PREFIX<n> with a pid file in the current
+# region's directory (started with more than this run's COORDINATORS or GATEWAYS).
+members() {
+  local prefix=$1 f n
+  shift
+  local all=("$@")
+  for f in "$rdir/$prefix"[0-9]*.pid; do
+    [ -e "$f" ] || continue
+    n=$(basename "$f" .pid)
+    [[ " ${all[*]} " == *" $n "* ]] || all+=("$n")
+  done
+  echo "${all[*]}"
+}
+
 stop() {
   # Gateways first (agents are told to go away), then coordinators (they hand their shards
   # over to each other, the last one releases them), then the servers they need; each step in
   # every region before the next.
-  local group i p
-  for group in "${gateways[*]}" "${coordinators[*]}" "nats redis"; do
+  local group i p group_members
+  for group in g c servers; do
     for i in "${!regions[@]}"; do
       in_region "$i"
-      for p in $group; do stop_one "$p"; done
+      case $group in
+        g) group_members=$(members g "${gateways[@]}") ;;
+        c) group_members=$(members c "${coordinators[@]}") ;;
+        *) group_members="nats redis" ;;
+      esac
+      for p in $group_members; do stop_one "$p"; done
     done
   done
 }
@@ -228,7 +258,8 @@ status() {
   local i p
   for i in "${!regions[@]}"; do
     in_region "$i"
-    for p in nats redis "${coordinators[@]}" "${gateways[@]}"; do
+    # shellcheck disable=SC2046 # members prints names without spaces
+    for p in nats redis $(members c "${coordinators[@]}") $(members g "${gateways[@]}"); do
       if running "$p"; then
         echo "$prefix$p: running (pid $(cat "$rdir/$p.pid"))"
       else

@@ -107,6 +107,7 @@ const OTHER_TOOLS: &[&str] = &[
     "workspace",
     // scripts/bench.sh
     "quick",
+    "scale",
     // the `duplicates` tool CONTRIBUTING.md names
     "change",
 ];

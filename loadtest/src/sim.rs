@@ -10,6 +10,7 @@ use rand::Rng;
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -54,7 +55,13 @@ pub struct SimAgent {
     /// A config being applied (reported as APPLYING) until [`SimAgent::finish_apply`].
     pending: Option<flotilla_proto::opamp::AgentRemoteConfig>,
     pub remote_status: Option<RemoteConfigStatus>,
+    /// The config it runs, as it reports it (with `effective_padding` added).
     pub effective: Option<AgentConfigMap>,
+    /// A file every reported effective config also carries, shared by the agents of a swarm
+    /// ([`crate::realistic`]): the host's own additions to whatever config it runs.
+    pub effective_padding: Option<Arc<flotilla_proto::opamp::AgentConfigFile>>,
+    /// The health a supervisor's collector reports once up (else the collector's default).
+    pub up_health: Option<ComponentHealth>,
     pub heartbeat_interval_seconds: Option<u64>,
     pub restarts: u32,
     /// A client certificate (PEM) and key the server offered, to connect with from now on
@@ -97,6 +104,8 @@ impl SimAgent {
             pending: None,
             remote_status: None,
             effective: None,
+            effective_padding: None,
+            up_health: None,
             heartbeat_interval_seconds: None,
             restarts: 0,
             offered_identity: None,
@@ -158,9 +167,7 @@ impl SimAgent {
             agent_description: Some(self.description.clone()),
             health: Some(self.health.clone()),
             remote_config_status: self.reported_status(),
-            effective_config: self.effective.clone().map(|m| EffectiveConfig {
-                config_map: Some(m),
-            }),
+            effective_config: self.reported_effective(),
             custom_capabilities: (!self.custom_capabilities.is_empty()).then(|| {
                 CustomCapabilities {
                     capabilities: self.custom_capabilities.clone(),
@@ -237,26 +244,41 @@ impl SimAgent {
             status: status as i32,
             error_message,
         });
-        let mut out = vec![self.status_report()];
+        // The effective config goes along only when it changed (OpAMP: fields are sent again
+        // when they change).
+        let mut out = vec![self.status_report(!fails)];
         // The supervisor with rollback on: FAILED for the new config, then APPLIED for the one
         // it ran before (its effective config never changed).
         if let Some(previous) = previous.filter(|p| {
             fails && self.apply.rollback && p.status == RemoteConfigStatuses::Applied as i32
         }) {
             self.remote_status = Some(previous);
-            out.push(self.status_report());
+            out.push(self.status_report(false));
         }
         out
     }
 
-    /// The remote config status (when it reports it) and effective config, compressed otherwise.
-    fn status_report(&mut self) -> AgentToServer {
+    /// The remote config status (when it reports it), with the effective config if `changed`;
+    /// compressed otherwise.
+    fn status_report(&mut self, changed: bool) -> AgentToServer {
         let mut msg = self.base();
         msg.remote_config_status = self.reported_status();
-        msg.effective_config = self.effective.clone().map(|m| EffectiveConfig {
-            config_map: Some(m),
-        });
+        if changed {
+            msg.effective_config = self.reported_effective();
+        }
         msg
+    }
+
+    /// The effective config as reported: the config it runs and the padding, if any.
+    fn reported_effective(&self) -> Option<EffectiveConfig> {
+        let mut map = self.effective.clone()?;
+        if let Some(p) = &self.effective_padding {
+            map.config_map
+                .insert(crate::realistic::PADDING_FILE.into(), (**p).clone());
+        }
+        Some(EffectiveConfig {
+            config_map: Some(map),
+        })
     }
 
     /// The remote config status, if the agent reports it (ReportsRemoteConfig).
@@ -319,7 +341,7 @@ impl SimAgent {
             h.components_asked |= asked;
             let starting = !std::mem::replace(&mut h.collector_up, true);
             if starting {
-                self.health = collector_health();
+                self.health = self.up_health.take().unwrap_or_else(collector_health);
             }
             if !full_state && (asked || starting) {
                 let mut msg = self.base();
@@ -370,7 +392,7 @@ impl SimAgent {
                         error_message: String::new(),
                     });
                     if !full_state {
-                        out.push(self.status_report());
+                        out.push(self.status_report(false));
                     }
                 }
             }

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use clap::Parser;
 use flotilla_loadtest::client::ConnectOptions;
+use flotilla_loadtest::realistic::Shape;
 use flotilla_loadtest::sim::{ApplyBehavior, Profile, Weighted};
 use flotilla_loadtest::swarm::{self, Api, Scenario, SwarmConfig, Transport};
 use std::path::PathBuf;
@@ -19,6 +20,11 @@ struct Args {
     /// Repeat for several gateways: agents are spread over them and fail over to the next.
     #[arg(long = "url", default_value = "ws://127.0.0.1:4320/v1/opamp")]
     urls: Vec<String>,
+    /// An endpoint agents move to only after losing a connection (repeatable): after the --url
+    /// they were on, agents try the next --url, then these, in a ring. So each swarm of several
+    /// can have its own gateway with the others as failover.
+    #[arg(long = "failover-url")]
+    failover_urls: Vec<String>,
     /// How agents talk OpAMP [default: from the URL: ws:// and wss:// WebSocket, http:// and
     /// https:// polling].
     #[arg(long, value_enum)]
@@ -60,6 +66,25 @@ struct Args {
     /// service.version values with weights.
     #[arg(long, default_value = "0.110.0=80,0.109.0=20")]
     version: Weighted,
+    /// Attributes per agent in all (identifying and non-identifying): the usual ones count, the
+    /// rest are host., os., cloud. and k8s. attributes with values of each agent's own
+    /// [default: 0, the usual 9 alone].
+    #[arg(long)]
+    attributes: Option<usize>,
+    /// Entries of each agent's health tree (pipelines and their receivers, processors and
+    /// exporters, all healthy) [default: 0, the usual 6].
+    #[arg(long)]
+    components: Option<usize>,
+    /// Bytes of the effective config each agent reports: a collector config padded to about
+    /// this with rules of a second file, the same for every agent; after applying a pushed
+    /// config, the pushed files plus the same padding [default: 0, none until a push].
+    #[arg(long)]
+    effective_config_bytes: Option<usize>,
+    /// Reports of a production fleet: --attributes 15 --components 30
+    /// --effective-config-bytes 20000 (each may still be given). Full reports grow, heartbeats do
+    /// not.
+    #[arg(long)]
+    realistic: bool,
     /// How long applying a pushed config takes (APPLYING is reported first when above 0).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     apply_delay: Duration,
@@ -173,6 +198,7 @@ fn transport(args: &Args) -> anyhow::Result<Transport> {
     let schemes = args
         .urls
         .iter()
+        .chain(&args.failover_urls)
         .map(|u| of(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let first = schemes[0];
@@ -196,6 +222,18 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
         anyhow::bail!("--source-ips must be at most 254 (127.0.0.1 to 127.0.0.254)");
     }
     let connect = connect_options(&args)?;
+    let base = if args.realistic {
+        Shape::REALISTIC
+    } else {
+        Shape::default()
+    };
+    let shape = Shape {
+        attributes: args.attributes.unwrap_or(base.attributes),
+        components: args.components.unwrap_or(base.components),
+        effective_config_bytes: args
+            .effective_config_bytes
+            .unwrap_or(base.effective_config_bytes),
+    };
     let transport = transport(&args)?;
     let api = match args.api {
         Some(url) => Some(Api {
@@ -208,6 +246,7 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
     Ok(SwarmConfig {
         scenario: args.scenario,
         urls: args.urls,
+        failover_urls: args.failover_urls,
         transport,
         agents: args.agents,
         connect_rate: args.connect_rate,
@@ -224,6 +263,7 @@ fn config(args: Args) -> anyhow::Result<SwarmConfig> {
             region: args.region,
             version: args.version,
         },
+        shape,
         apply: ApplyBehavior {
             delay: args.apply_delay,
             failure_rate: args.apply_failure_rate,

@@ -101,8 +101,8 @@ async fn live(shared: &Shared, index: usize, life: &mut Life) {
             own.moved(index, url);
         }
         let end = match cfg.transport {
-            Transport::Ws => ws_session(shared, &cfg.urls[url], &opts, life).await,
-            Transport::Http => http_session(shared, &cfg.urls[url], &opts, life).await,
+            Transport::Ws => ws_session(shared, cfg.url(url), &opts, life).await,
+            Transport::Http => http_session(shared, cfg.url(url), &opts, life).await,
         };
         let (kind, replied, why) = match end {
             End::Done => return,
@@ -126,7 +126,7 @@ async fn live(shared: &Shared, index: usize, life: &mut Life) {
             life.lost = true;
         }
         attempt += 1;
-        url = (url + 1) % cfg.urls.len();
+        url = (url + 1) % (cfg.urls.len() + cfg.failover_urls.len());
         let backoff = cfg
             .backoff_max
             .min(cfg.backoff_min.saturating_mul(1 << attempt.min(16)));
@@ -158,7 +158,9 @@ impl Life {
             && s.last_remote_config_hash != self.counted
         {
             self.counted.clone_from(&s.last_remote_config_hash);
-            shared.stats.config_result(applied);
+            shared
+                .stats
+                .config_result(&s.last_remote_config_hash, applied);
         }
     }
 
@@ -187,8 +189,9 @@ impl Life {
     /// The server's message (reply or push): what the agent sends back, in sending order popped
     /// from the back.
     fn react(&mut self, shared: &Shared, msg: &ServerToAgent) -> Vec<AgentToServer> {
-        if msg.error_response.is_some() {
+        if let Some(e) = &msg.error_response {
             shared.stats.error("error_response");
+            shared.stats.reason("error_response", &e.error_message);
         }
         let mut out = self.agent.handle(msg);
         out.reverse();
@@ -302,6 +305,8 @@ async fn ws_session(
                     why: None,
                 };
             }
+            // Sent: a full report is tens of KB, and a slow server keeps every agent waiting.
+            drop(msg);
             // Replies and pushes both arrive here; the first one answers the message.
             let reply = tokio::select! {
                 () = shared.stop.cancelled() => continue,

@@ -1,6 +1,7 @@
 //! What a swarm run is asked to do: the scenario, the transport, the agents, the limits.
 
 use crate::client::ConnectOptions;
+use crate::realistic::Shape;
 use crate::sim::{ApplyBehavior, Profile};
 use anyhow::{Context, bail};
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ pub struct SwarmConfig {
     /// OpAMP endpoints; agent i starts on `urls[i % len]` and moves to the next on a lost
     /// connection.
     pub urls: Vec<String>,
+    /// Where agents go after `urls`, only once they lost a connection: agent i tries
+    /// `urls[i % len]`, then the next of `urls` followed by `failover_urls`, in a ring.
+    pub failover_urls: Vec<String>,
     pub transport: Transport,
     pub agents: usize,
     /// New agents per second while ramping up; 0 starts them all at once.
@@ -57,6 +61,8 @@ pub struct SwarmConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub profile: Profile,
+    /// How much each agent reports in full ([`crate::realistic`]); zeros: the minimum.
+    pub shape: Shape,
     pub apply: ApplyBehavior,
     /// Fraction of the agents that leave (and are replaced) per second.
     pub churn_per_s: Option<f64>,
@@ -92,6 +98,7 @@ impl SwarmConfig {
         Self {
             scenario,
             urls,
+            failover_urls: Vec::new(),
             transport: Transport::Ws,
             agents,
             connect_rate: 500.0,
@@ -103,6 +110,7 @@ impl SwarmConfig {
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
             profile: Profile::default(),
+            shape: Shape::default(),
             apply: ApplyBehavior::default(),
             churn_per_s: None,
             connect: ConnectOptions::default(),
@@ -121,6 +129,19 @@ impl SwarmConfig {
         }
     }
 
+    /// `urls`, then `failover_urls`: the ring agents move along.
+    pub(super) fn all_urls(&self) -> impl Iterator<Item = &String> {
+        self.urls.iter().chain(&self.failover_urls)
+    }
+
+    /// The `i`-th of [`SwarmConfig::all_urls`].
+    pub(super) fn url(&self, i: usize) -> &str {
+        match self.urls.get(i) {
+            Some(u) => u,
+            None => &self.failover_urls[i - self.urls.len()],
+        }
+    }
+
     pub(super) fn check(&self) -> anyhow::Result<()> {
         if self.urls.is_empty() {
             bail!("at least one OpAMP URL is needed");
@@ -132,7 +153,7 @@ impl SwarmConfig {
             if interval.is_zero() {
                 bail!("--own-metrics must be above 0 (e.g. 10s)");
             }
-            for url in &self.urls {
+            for url in self.all_urls() {
                 metrics_url(url)?;
             }
         }

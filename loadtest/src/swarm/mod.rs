@@ -30,10 +30,10 @@ mod stats;
 pub use config::{Api, Scenario, SwarmConfig, Transport};
 pub use own_metrics::OwnMetricsReport;
 pub use own_metrics::{FAILING_EVERY, LANES};
-pub use report::{ConfigPush, Connect, Process, Recovery, Report};
+pub use report::{AppliedConfig, ConfigPush, Connect, MessageBytes, Process, Recovery, Report};
 use shared::Shared;
 use stats::Stats;
-pub use stats::{Percentiles, Sample};
+pub use stats::{Percentiles, Sample, bucket};
 
 use anyhow::{Context, bail};
 use std::sync::Arc;
@@ -59,6 +59,7 @@ pub async fn run(cfg: SwarmConfig) -> anyhow::Result<Report> {
         stop: CancellationToken::new(),
         run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
         own_metrics,
+        dress: crate::realistic::Dress::new(cfg.shape),
         cfg,
     });
     let cfg = &shared.cfg;

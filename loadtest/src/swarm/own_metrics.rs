@@ -116,8 +116,7 @@ impl OwnMetrics {
         Ok(Self {
             interval,
             urls: cfg
-                .urls
-                .iter()
+                .all_urls()
                 .map(|u| metrics_url(u))
                 .collect::<anyhow::Result<_>>()?,
             slots: (0..cfg.agents).map(|_| Mutex::default()).collect(),

@@ -3,7 +3,8 @@
 use super::config::{Scenario, Transport, name};
 use super::own_metrics::OwnMetricsReport;
 use super::shared::Shared;
-use super::stats::{Percentiles, Sample};
+use super::stats::{Percentiles, Sample, unix_ms};
+use crate::realistic::Shape;
 use anyhow::Context;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -19,7 +20,14 @@ pub struct Report {
     pub tls: bool,
     pub agents: usize,
     pub run_id: String,
+    /// When the run started, in ms since the Unix epoch.
+    pub started_unix_ms: u64,
     pub duration_s: f64,
+    /// What each agent reports in full (`--attributes`, `--components`,
+    /// `--effective-config-bytes`; zeros: the minimum).
+    pub shape: Shape,
+    /// Encoded sizes of an agent's first full report and of a heartbeat.
+    pub message_bytes: MessageBytes,
     pub connect: Connect,
     pub messages: u64,
     pub messages_per_s: f64,
@@ -27,6 +35,9 @@ pub struct Report {
     pub latency: Latencies,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_push: Option<ConfigPush>,
+    /// Every config the agents reported APPLIED during the run (whoever pushed it), first
+    /// applied first.
+    pub applied_configs: Vec<AppliedConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<Churn>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -91,6 +102,56 @@ pub struct ConfigPush {
     pub all_reported_s: Option<f64>,
     /// Push -> APPLIED per agent.
     pub applied_after: Percentiles,
+}
+
+/// A config the agents of a run applied: how many, and when they reported it (ms since the
+/// Unix epoch, so that several swarms' reports line up with each other and with the push).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedConfig {
+    /// Hex config hash, as the API shows it.
+    pub hash: String,
+    pub agents: u64,
+    pub first_unix_ms: u64,
+    pub p50_unix_ms: u64,
+    pub p99_unix_ms: u64,
+    pub last_unix_ms: u64,
+}
+
+impl AppliedConfig {
+    /// From the moments agents reported `hash` APPLIED (None if none did).
+    pub fn of(hash: &[u8], mut times: Vec<u64>) -> Option<Self> {
+        times.sort_unstable();
+        let (&first, &last) = (times.first()?, times.last()?);
+        // Nearest rank: the smallest time at least a fraction q of the reports came by.
+        let at = |q: f64| {
+            let rank = (q * times.len() as f64).ceil() as usize;
+            times[rank.clamp(1, times.len()) - 1]
+        };
+        Some(Self {
+            hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
+            agents: times.len() as u64,
+            first_unix_ms: first,
+            p50_unix_ms: at(0.50),
+            p99_unix_ms: at(0.99),
+            last_unix_ms: last,
+        })
+    }
+
+    /// Every config of `applied` (hash -> report times), first applied first.
+    pub fn all(applied: std::collections::BTreeMap<Vec<u8>, Vec<u64>>) -> Vec<Self> {
+        let mut out: Vec<Self> = applied
+            .into_iter()
+            .filter_map(|(hash, times)| Self::of(&hash, times))
+            .collect();
+        out.sort_by_key(|c| c.first_unix_ms);
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MessageBytes {
+    pub full_report: usize,
+    pub heartbeat: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -189,12 +250,17 @@ impl Report {
             tls: cfg.connect.tls.is_some(),
             agents: cfg.agents,
             run_id: shared.run_id.clone(),
+            started_unix_ms: unix_ms()
+                .saturating_sub(shared.stats.started.elapsed().as_millis() as u64),
             duration_s: 0.0,
+            shape: cfg.shape,
+            message_bytes: MessageBytes::of(&mut shared.new_agent(0, 0)),
             connect: Connect::default(),
             messages: 0,
             messages_per_s: 0.0,
             latency: Latencies::default(),
             config_push: None,
+            applied_configs: Vec::new(),
             churn: None,
             recovery: None,
             own_metrics: None,
@@ -234,6 +300,7 @@ impl Report {
         (self.errors_total, self.errors) = st.errors();
         self.error_reasons = st.reasons();
         self.certificates_taken = st.rotated.load(Ordering::Relaxed);
+        self.applied_configs = AppliedConfig::all(st.applied_at());
         self.timeline = st.timeline();
     }
 
@@ -248,6 +315,16 @@ impl Report {
         self.cpu_ms_per_connection = per(|p| p.cpu_connected_ms as i64 - p.cpu_before_ms as i64);
         self.memory_connections = connected;
         self.processes = processes;
+    }
+}
+
+impl MessageBytes {
+    fn of(agent: &mut crate::sim::SimAgent) -> Self {
+        use prost::Message;
+        Self {
+            full_report: agent.full_report().encoded_len(),
+            heartbeat: agent.heartbeat().encoded_len(),
+        }
     }
 }
 
@@ -285,6 +362,17 @@ impl fmt::Display for Report {
             self.connect.connections,
             pct(&self.connect.time)
         )?;
+        if self.shape != Shape::default() {
+            writeln!(
+                f,
+                "  reports: {} attributes, {} health components, {} bytes of effective config; full report {} bytes, heartbeat {} bytes",
+                self.shape.attributes,
+                self.shape.components,
+                self.shape.effective_config_bytes,
+                self.message_bytes.full_report,
+                self.message_bytes.heartbeat
+            )?;
+        }
         writeln!(
             f,
             "  messages: {} ({:.0}/s); reply latency {}",
@@ -308,6 +396,18 @@ impl fmt::Display for Report {
                 p.missing,
                 opt_s(p.all_reported_s),
                 pct(&p.applied_after)
+            )?;
+        }
+        for c in &self.applied_configs {
+            writeln!(
+                f,
+                "  applied config {}: {} agents, first at {} ms, p50 +{} ms, p99 +{} ms, last +{} ms",
+                &c.hash[..c.hash.len().min(12)],
+                c.agents,
+                c.first_unix_ms,
+                c.p50_unix_ms - c.first_unix_ms,
+                c.p99_unix_ms - c.first_unix_ms,
+                c.last_unix_ms - c.first_unix_ms
             )?;
         }
         if let Some(c) = &self.churn {
@@ -378,5 +478,45 @@ impl fmt::Display for Report {
             write!(f, "\n    {why}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn applied_configs_count_each_hash_with_its_first_percentiles_and_last() {
+        let mut applied = BTreeMap::new();
+        // 100 agents applied config ab from t=1000 to t=1099 (given out of order) ...
+        applied.insert(vec![0xab], (0..100).rev().map(|i| 1_000 + i).collect());
+        // ... after one agent applied config 01 at t=500.
+        applied.insert(vec![0x01, 0xff], vec![500]);
+        applied.insert(vec![0x02], vec![]);
+        let all = AppliedConfig::all(applied);
+        assert_eq!(
+            all,
+            [
+                AppliedConfig {
+                    hash: "01ff".into(),
+                    agents: 1,
+                    first_unix_ms: 500,
+                    p50_unix_ms: 500,
+                    p99_unix_ms: 500,
+                    last_unix_ms: 500,
+                },
+                AppliedConfig {
+                    hash: "ab".into(),
+                    agents: 100,
+                    first_unix_ms: 1_000,
+                    p50_unix_ms: 1_049,
+                    p99_unix_ms: 1_098,
+                    last_unix_ms: 1_099,
+                },
+            ]
+        );
+        let two = AppliedConfig::of(b"x", vec![7, 3]).unwrap();
+        assert_eq!((two.p50_unix_ms, two.p99_unix_ms), (3, 7));
     }
 }

@@ -4,6 +4,7 @@
 use super::config::SwarmConfig;
 use super::own_metrics::OwnMetrics;
 use super::stats::Stats;
+use crate::realistic::Dress;
 use crate::sim::SimAgent;
 use flotilla_proto::opamp::AgentCapabilities as Cap;
 use std::sync::atomic::Ordering;
@@ -20,6 +21,8 @@ pub(super) struct Shared {
     pub(super) run_id: String,
     /// With `--own-metrics`.
     pub(super) own_metrics: Option<OwnMetrics>,
+    /// The report shape, ready to put on each agent.
+    pub(super) dress: Dress,
 }
 
 impl Shared {
@@ -44,6 +47,7 @@ impl Shared {
         if self.cfg.no_config_status {
             agent.capabilities &= !(Cap::ReportsRemoteConfig as u64);
         }
+        self.dress.put_on(&mut agent, index);
         agent
     }
 

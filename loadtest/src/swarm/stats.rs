@@ -41,16 +41,36 @@ impl Percentiles {
     }
 }
 
+/// Milliseconds since the Unix epoch, now: what several swarms' reports are lined up by.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The latency bucket of `us` microseconds: bucket b holds (10^((b-1)/20), 10^(b/20)] µs, 20 a
+/// decade (each 12% wide), so that buckets of several seconds and swarms add up to percentiles
+/// of any window.
+pub fn bucket(us: u64) -> u16 {
+    (20.0 * (us.max(1) as f64).log10()).ceil() as u16
+}
+
 /// One second of the run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sample {
     pub t_s: f64,
+    /// When the second ended, in ms since the Unix epoch.
+    pub unix_ms: u64,
     pub connected: u64,
     pub messages_per_s: u64,
     pub errors: u64,
     /// Reply latency of the messages answered in this second.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// ... as `[bucket, count]` pairs ([`bucket`]).
+    pub reply_buckets: Vec<(u16, u64)>,
+    /// Config results APPLIED so far.
+    pub applied: u64,
 }
 
 #[derive(Default)]
@@ -91,6 +111,8 @@ pub struct Stats {
     push: Mutex<Option<Histogram<u64>>>,
     /// When the rollout's config was pushed, if one was.
     pub rollout_started: Mutex<Option<Instant>>,
+    /// When each config (by hash) was reported APPLIED, in ms since the Unix epoch.
+    applied_at: Mutex<BTreeMap<Vec<u8>, Vec<u64>>>,
     timeline: Mutex<Vec<Sample>>,
     last_messages: AtomicU64,
 }
@@ -127,6 +149,7 @@ impl Stats {
             handshake: Mutex::default(),
             push: Mutex::default(),
             rollout_started: Mutex::default(),
+            applied_at: Mutex::default(),
             timeline: Mutex::default(),
             last_messages: AtomicU64::new(0),
         }
@@ -191,13 +214,19 @@ impl Stats {
         }
     }
 
-    /// An agent finished applying a pushed config.
-    pub fn config_result(&self, applied: bool) {
+    /// An agent finished applying the pushed config of hash `hash`.
+    pub fn config_result(&self, hash: &[u8], applied: bool) {
         if !applied {
             self.failed.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.applied.fetch_add(1, Ordering::Relaxed);
+        self.applied_at
+            .lock()
+            .expect("applied lock")
+            .entry(hash.to_vec())
+            .or_default()
+            .push(unix_ms());
         if let Some(t0) = *self.rollout_started.lock().expect("rollout lock") {
             record(&mut self.push.lock().expect("push lock"), t0.elapsed());
         }
@@ -205,23 +234,26 @@ impl Stats {
 
     /// Closes the current second of the timeline and returns it.
     pub fn sample(&self) -> Sample {
-        let window = self
-            .latency
-            .lock()
-            .expect("latency lock")
-            .window
-            .take()
-            .map(|h| Percentiles::of(&h))
-            .unwrap_or_default();
+        let hist = self.latency.lock().expect("latency lock").window.take();
+        let window = hist.as_ref().map(Percentiles::of).unwrap_or_default();
+        let mut reply_buckets = BTreeMap::<u16, u64>::new();
+        for v in hist.iter().flat_map(|h| h.iter_recorded()) {
+            *reply_buckets
+                .entry(bucket(v.value_iterated_to()))
+                .or_default() += v.count_at_value();
+        }
         let messages = self.messages.load(Ordering::Relaxed);
         let last = self.last_messages.swap(messages, Ordering::Relaxed);
         let s = Sample {
             t_s: self.elapsed_s(),
+            unix_ms: unix_ms(),
             connected: self.connected.load(Ordering::Relaxed),
             messages_per_s: messages - last,
             errors: self.errors_total.load(Ordering::Relaxed),
             p50_ms: window.p50_ms,
             p99_ms: window.p99_ms,
+            reply_buckets: reply_buckets.into_iter().collect(),
+            applied: self.applied.load(Ordering::Relaxed),
         };
         self.timeline.lock().expect("timeline lock").push(s.clone());
         s
@@ -240,7 +272,33 @@ impl Stats {
         percentiles(&self.handshake.lock().expect("handshake lock"))
     }
 
+    /// Every config hash APPLIED during the run, with the times of its reports.
+    pub fn applied_at(&self) -> BTreeMap<Vec<u8>, Vec<u64>> {
+        self.applied_at.lock().expect("applied lock").clone()
+    }
+
     pub fn push_times(&self) -> Percentiles {
         percentiles(&self.push.lock().expect("push lock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seconds_replies_go_into_buckets_of_twenty_a_decade() {
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(1_000), 60);
+        assert_eq!(bucket(1_001), 61);
+        assert_eq!(bucket(1_122), 61);
+        assert_eq!(bucket(1_123), 62);
+        let stats = Stats::new();
+        for ms in [1, 1, 1, 50] {
+            stats.reply(Duration::from_millis(ms));
+        }
+        let s = stats.sample();
+        assert_eq!(s.reply_buckets, [(60, 3), (94, 1)]);
+        assert!(stats.sample().reply_buckets.is_empty(), "the next second");
     }
 }

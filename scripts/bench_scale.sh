@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# The scale benchmark (issue 17), run as `scripts/bench.sh --scale`: 100,000 agents reporting as
+# a production fleet does (flotilla-swarm --realistic: 15 attributes, 30 health components, 20 KB
+# effective configs) through a local cluster on this one machine (scripts/cluster.sh: nats-server,
+# redis-server, 3 coordinators, 6 gateways; plain WebSocket, 30 s heartbeats), one swarm process
+# per gateway: each process holds at most 17,000 connections (the open-file limit is 20,000 per
+# process). Every swarm's agents start on its own gateway, the others are their failover.
+#
+#   1. ramp: the swarms connect their agents at rates that bring the fleet in over RAMP seconds;
+#      then wait until GET /api/v1/fleet/health counts every agent connected;
+#   2. steady state for STEADY seconds;
+#   3. push: PUT /api/v1/configs/scale (empty selector: every agent), then wait until
+#      GET /api/v1/agents?config=applied counts every agent;
+#   4. API latency: the fleet health and a filtered agent list, SAMPLES times each (curl);
+#   5. resident memory of each role (ps); the swarms stop (writing their report.json), then the
+#      cluster;
+#   6. summary.md and timeline.svg under BENCH_DIR (scripts/bench_scale_summary.py).
+#
+# Every wait is bounded and the run ends within 10 minutes of the build; every process it started
+# is stopped on exit, and all of them at once if the machine's used memory passes MEM_LIMIT_GIB.
+#
+# Environment: AGENTS (default 100000; fewer agents run on fewer gateways and swarms: at most
+# 17,000 agents each, at least 2, e.g. AGENTS=12000 for a quick check), RAMP (default 60),
+# STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer token, if the
+# API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+agents=${AGENTS:-100000}
+ramp=${RAMP:-60}
+steady=${STEADY:-60}
+push_wait=${PUSH_WAIT:-180}
+samples=${SAMPLES:-20}
+mem_limit_gib=${MEM_LIMIT_GIB:-20}
+per_process=17000
+n=$(((agents + per_process - 1) / per_process))
+[ "$n" -ge 2 ] || n=2
+if [ "$n" -gt 9 ]; then
+  echo "bench_scale.sh: at most 9 x $per_process agents (9 gateways fit a cluster cell)" >&2
+  exit 2
+fi
+out=${BENCH_DIR:-target/bench/scale-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+ulimit -n "$(ulimit -Hn)"
+for p in nats-server redis-server python3 curl; do
+  command -v $p >/dev/null || { echo "bench_scale.sh: $p is not installed" >&2; exit 1; }
+done
+
+echo "==> cargo build --release"
+cargo build --release --quiet -p flotilla -p flotilla-loadtest
+bin=$PWD/target/release
+
+# shellcheck source=scripts/bench_lib.sh
+source scripts/bench_lib.sh
+swarms=() roles=()
+# On any exit: the swarms, then the cluster, gracefully for at most 60 s, then by SIGKILL, so that
+# the run stays bounded however it ends; then bench_lib's cleanup.
+finish() {
+  local r role name pid
+  [ ${#swarms[@]} = 0 ] || kill -TERM "${swarms[@]}" 2>/dev/null || true
+  for _ in $(seq 1 30); do alive "${swarms[@]}" || break; sleep 1; done
+  timeout 60 scripts/cluster.sh stop >/dev/null 2>&1 || true
+  for r in "${roles[@]}"; do
+    read -r role name pid <<<"$r"
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null && echo "killed $role $name"
+  done
+  cleanup
+}
+# summarize: summary.md and timeline.svg from whatever the run got to.
+summarize() {
+  python3 scripts/bench_scale_summary.py "$out" | tee "$out/summary.md" || true
+  echo "==> results in $out (summary.md, timeline.svg, swarm-*/report.json)"
+}
+trap 'finish; summarize' EXIT
+# A signal ends the run through the EXIT trap, once the command in progress returns (waits are
+# `nap`s, which a signal cuts short).
+trap 'exit 143' INT TERM
+nap() {
+  sleep "$1" &
+  wait $! || true
+}
+# alive PID...: whether any of them runs.
+alive() {
+  local p
+  for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done
+  return 1
+}
+machine_info "agents: $agents over $n gateways and $n swarms (--realistic, plain WebSocket)" \
+  "ramp: ${ramp}s, steady: ${steady}s, heartbeat: 30s, 3 coordinators"
+
+now_ms() { date +%s%3N; }
+started=$(now_ms)
+deadline=$((started + 600 * 1000))
+# left S: seconds to wait, at most S and what is left of the 10 minutes (less 60 s to stop).
+left() {
+  local rest=$(((deadline - 60000 - $(now_ms)) / 1000))
+  if [ "$rest" -lt "$1" ]; then echo $((rest > 0 ? rest : 0)); else echo "$1"; fi
+}
+# event NAME VALUE: one line of events.txt (read by the summary).
+event() { echo "$1 $2" >>"$out/events.txt"; }
+: >"$out/events.txt"
+event agents "$agents"
+event processes "$n"
+event started_ms "$started"
+
+api=http://127.0.0.1:4410
+auth=()
+[ -n "${API_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $API_TOKEN")
+# get PATH FIELD: FIELD of the API's JSON answer to GET PATH (empty if it did not answer).
+get() {
+  curl -sf --max-time 10 "${auth[@]}" "$api$1" |
+    python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])" 2>/dev/null || true
+}
+
+# --- the cluster ---------------------------------------------------------------------------------
+export CLUSTER_DIR=$out/cluster CLUSTER_BASE_PORT=4400 FLOTILLA_BIN=$bin/flotilla
+export GATEWAYS=$n COORDINATORS=3 FLOTILLA_HEARTBEAT_INTERVAL=30s FLOTILLA_LOG_LEVEL=warn
+echo "==> cluster: 3 coordinators, $n gateways"
+timeout 120 scripts/cluster.sh start >"$out/cluster.txt"
+for c in c1 c2 c3; do roles+=("coordinator $c $(cat "$CLUSTER_DIR/$c.pid")"); done
+for i in $(seq 1 "$n"); do roles+=("gateway g$i $(cat "$CLUSTER_DIR/g$i.pid")"); done
+roles+=("redis redis $(cat "$CLUSTER_DIR/redis.pid")" "nats nats $(cat "$CLUSTER_DIR/nats.pid")")
+# rss PHASE: every server process's resident memory, as lines of rss.txt.
+rss() {
+  local r role name pid kib
+  for r in "${roles[@]}"; do
+    read -r role name pid <<<"$r"
+    kib=$(ps -o rss= -p "$pid" | tr -d ' ')
+    echo "$PHASE $role $name $pid ${kib:-0}" >>"$out/rss.txt"
+  done
+}
+PHASE=idle rss
+
+# --- 1. ramp -------------------------------------------------------------------------------------
+echo "==> ramp: $agents agents over ${ramp}s"
+swarms=()
+for i in $(seq 0 $((n - 1))); do
+  count=$((agents / n + (i < agents % n ? 1 : 0)))
+  rate=$(awk "BEGIN {printf \"%.1f\", $count / $ramp}")
+  urls=(--url "ws://127.0.0.1:$((4420 + i))/v1/opamp")
+  for j in $(seq 0 $((n - 1))); do
+    [ "$j" = "$i" ] || urls+=(--failover-url "ws://127.0.0.1:$((4420 + (i + j) % n))/v1/opamp")
+  done
+  # Its summary on stdout, a progress line a second on stderr.
+  "$bin/flotilla-swarm" --scenario steady --agents "$count" "${urls[@]}" --realistic \
+    --source-ips 16 --connect-rate "$rate" --heartbeat 30s --reply-timeout 30s \
+    --duration "$(left 600)s" --out "$out/swarm-$((i + 1))" \
+    >"$out/swarm-$((i + 1)).txt" 2>"$out/swarm-$((i + 1)).progress" &
+  swarms+=($!)
+  pids+=($!)
+  roles+=("swarm swarm-$((i + 1)) $!")
+done
+# The machine's used memory, every 2 s: past the limit, the servers are killed at once (their
+# memory now), the swarms told to stop (they write their reports), and the run ends.
+(
+  while sleep 2; do
+    used=$(free -m | awk '/Mem:/ {print $3}')
+    echo "$(date +%s) $used" >>"$out/memory.txt"
+    if [ "$used" -gt $((mem_limit_gib * 1024)) ]; then
+      echo "bench_scale.sh: $used MiB used, above MEM_LIMIT_GIB=$mem_limit_gib: stopping" >&2
+      event memory_limit_ms "$(now_ms)"
+      PHASE=limit rss
+      for r in "${roles[@]}"; do
+        read -r role _ pid <<<"$r"
+        if [ "$role" = swarm ]; then kill -TERM "$pid"; else kill -KILL "$pid"; fi 2>/dev/null
+      done
+      kill -TERM $$
+      exit 0
+    fi
+  done
+) &
+pids+=($!)
+# swarms_applied: config results APPLIED so far, over every swarm (their last progress lines).
+swarms_applied() {
+  local total=0 f v
+  for f in "$out"/swarm-*.progress; do
+    v=$(tail -n 1 "$f" | sed -n 's/.* applied \([0-9]*\) .*/\1/p')
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+event swarms_started_ms "$(now_ms)"
+connected=0
+until_s=$(($(now_ms) / 1000 + $(left $((ramp + 120)))))
+while [ "$(date +%s)" -lt "$until_s" ]; do
+  nap 2
+  connected=$(get /api/v1/fleet/health connected_agents)
+  echo "$(now_ms) ${connected:-?}" >>"$out/fleet-connected.txt"
+  [ "${connected:-0}" -ge "$agents" ] && break
+  alive "${swarms[@]}" || { echo "bench_scale.sh: every swarm ended (see $out/swarm-*.txt)" >&2; break; }
+done
+event all_connected_ms "$(now_ms)"
+event connected "${connected:-0}"
+echo "    connected: ${connected:-0} of $agents"
+
+# --- 2. steady -----------------------------------------------------------------------------------
+echo "==> steady state: ${steady}s"
+event steady_from_ms "$(now_ms)"
+nap "$(left "$steady")"
+PHASE=steady rss
+
+# --- 3. push -------------------------------------------------------------------------------------
+echo "==> push: PUT /api/v1/configs/scale for every agent"
+python3 - "$(date -u +%FT%TZ)" >"$out/config.json" <<'PY'
+import json, sys
+body = f"""# scale benchmark, {sys.argv[1]}
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 0.0.0.0:4317
+  hostmetrics:
+    collection_interval: 60s
+    scrapers:
+      cpu: {{}}
+      memory: {{}}
+processors:
+  memory_limiter:
+    check_interval: 1s
+    limit_percentage: 75
+  batch:
+    timeout: 10s
+exporters:
+  otlp:
+    endpoint: otel-gateway.observability.svc:4317
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [memory_limiter, batch]
+      exporters: [otlp]
+    metrics:
+      receivers: [otlp, hostmetrics]
+      processors: [memory_limiter, batch]
+      exporters: [otlp]
+"""
+print(json.dumps({"selector": "", "files": {"collector.yaml": body}}))
+PY
+put_ms=$(now_ms)
+event put_ms "$put_ms"
+curl -sf --max-time 60 "${auth[@]}" -X PUT -H 'Content-Type: application/json' \
+  --data-binary "@$out/config.json" -o "$out/put.json" \
+  -w '%{time_total}\n' "$api/api/v1/configs/scale" >"$out/put-time.txt"
+event put_done_ms "$(now_ms)"
+hash=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['hash'])" "$out/put.json" ||
+  get /api/v1/configs/scale hash)
+event hash "${hash:-?}"
+# Until every swarm's agents reported APPLIED, and the API counts them all (10 s more at most).
+applied=0 by_swarms=0 swarms_done_ms=
+until_s=$(($(date +%s) + $(left "$push_wait")))
+while [ "$(date +%s)" -lt "$until_s" ]; do
+  nap 1
+  by_swarms=$(swarms_applied)
+  applied=$(get "/api/v1/agents?config=applied&limit=1" total)
+  echo "$(now_ms) ${applied:-?} $by_swarms" >>"$out/fleet-applied.txt"
+  [ "${applied:-0}" -ge "$agents" ] && break
+  if [ "$by_swarms" -ge "$agents" ] && [ -z "$swarms_done_ms" ]; then
+    swarms_done_ms=$(now_ms)
+    until_s=$(($(date +%s) + $(left 10)))
+  fi
+done
+event all_applied_ms "$(now_ms)"
+event applied "${applied:-0}"
+echo "    applied: $by_swarms of $agents as the agents report, ${applied:-0} as the API counts"
+
+# --- 4. API latency ------------------------------------------------------------------------------
+echo "==> API latency: $samples samples each"
+list="/api/v1/agents?selector=deployment.environment%3Dprod,cloud.region%3Deu-west-1&limit=50"
+for _ in $(seq 1 "$samples"); do
+  [ "$(left 1)" -gt 0 ] || break
+  curl -s -o /dev/null --max-time 10 "${auth[@]}" -w '%{time_total}\n' \
+    "$api/api/v1/fleet/health" >>"$out/api-health.txt" || true
+  curl -s -o /dev/null --max-time 10 "${auth[@]}" -w '%{time_total}\n' \
+    "$api$list" >>"$out/api-list.txt" || true
+done
+event api_list_path "$list"
+
+# --- 5. memory, stop -----------------------------------------------------------------------------
+PHASE=pushed rss
+echo "==> stopping the swarms and the cluster"
+event stopping_ms "$(now_ms)"
+# --- 6. summary: the EXIT trap stops everything, then writes it ----------------------------------
