@@ -23,6 +23,7 @@ const PREFIX: &str = "flotilla_coordinator";
 pub struct OwnerMetrics {
     pub uplinks: Family<Labels, Counter>,
     pub uplink_seconds: Histogram,
+    pub uplinks_in_flight: Gauge,
     pub pushes: Family<Labels, Counter>,
     pub events: Family<Labels, Counter>,
     pub own_metrics: Family<Labels, Counter>,
@@ -48,6 +49,7 @@ impl OwnerMetrics {
         let m = Self {
             uplinks: Family::default(),
             uplink_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            uplinks_in_flight: Gauge::default(),
             pushes: Family::default(),
             events: Family::default(),
             own_metrics: Family::default(),
@@ -76,6 +78,12 @@ impl OwnerMetrics {
             "uplink_seconds",
             "Time to process one agent message",
             m.uplink_seconds.clone(),
+        );
+        r.register(
+            "uplinks_in_flight",
+            "Agent messages taken from the bus and not answered yet (at most 256; past that the \
+             owner takes no more until some are answered, and gateways wait or answer UNAVAILABLE)",
+            m.uplinks_in_flight.clone(),
         );
         r.register(
             "pushes",

@@ -12,6 +12,7 @@
 use super::{components, drift};
 use flotilla_common::selector::Attributes;
 use flotilla_common::store::{ConfigFile, StoredConfig};
+use flotilla_proto::bus::Drift;
 use flotilla_proto::opamp::AgentConfigMap;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -52,6 +53,21 @@ pub struct Desired {
     /// and the components (`kind/type`) they need, by hash: read once per desired state, for
     /// drift and each agent's build, instead of once per agent message.
     parsed: HashMap<String, Parsed>,
+    /// Drift verdicts already reached, by desired config hash and effective config hash: a fleet
+    /// reports a handful of effective configs, each tens of KB of YAML to parse, and every agent
+    /// that applies a config reports the same one.
+    verdicts: parking_lot::Mutex<HashMap<(String, Vec<u8>), DriftVerdict>>,
+}
+
+/// Verdicts remembered per desired state at most (all are forgotten past it).
+const MAX_VERDICTS: usize = 4096;
+
+/// Whether an agent runs its desired config: exactly (past what the supervisor adds), and in
+/// what it sets ([`drift::same`], [`drift::runs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriftVerdict {
+    pub runs_desired: bool,
+    pub drift: Drift,
 }
 
 #[derive(Debug)]
@@ -98,6 +114,30 @@ impl Desired {
             Some(p) => Cow::Borrowed(&p.needs),
             None => Cow::Owned(components::needed(&c.files)),
         }
+    }
+
+    /// The verdict on an agent running effective config `effective_hash` with desired config
+    /// `c`: remembered, or reached by `judge` (and remembered when the hash names the config).
+    pub fn drift_verdict(
+        &self,
+        c: &StoredConfig,
+        effective_hash: &[u8],
+        judge: impl FnOnce() -> DriftVerdict,
+    ) -> DriftVerdict {
+        if effective_hash.is_empty() {
+            return judge();
+        }
+        let key = (c.hash.clone(), effective_hash.to_vec());
+        if let Some(v) = self.verdicts.lock().get(&key) {
+            return *v;
+        }
+        let verdict = judge();
+        let mut verdicts = self.verdicts.lock();
+        if verdicts.len() >= MAX_VERDICTS {
+            verdicts.clear();
+        }
+        verdicts.insert(key, verdict);
+        verdict
     }
 
     /// Config `c`'s files composed as the supervisor composes them; None when they do not.
@@ -233,6 +273,46 @@ pub fn resolve_among<'a, A: Attributes + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drift_verdict_is_reached_once_per_desired_and_effective_config() {
+        let desired = Desired::default();
+        let (mut a, mut b) = (cfg("a", ""), cfg("b", ""));
+        (a.hash, b.hash) = ("aa".into(), "bb".into());
+        let judged = std::cell::Cell::new(0);
+        let judge = |runs_desired| {
+            judged.set(judged.get() + 1);
+            DriftVerdict {
+                runs_desired,
+                drift: Drift::InSync,
+            }
+        };
+        assert!(
+            desired
+                .drift_verdict(&a, b"e1", || judge(true))
+                .runs_desired
+        );
+        assert!(
+            desired
+                .drift_verdict(&a, b"e1", || judge(false))
+                .runs_desired,
+            "remembered"
+        );
+        assert!(
+            !desired
+                .drift_verdict(&a, b"e2", || judge(false))
+                .runs_desired
+        );
+        assert!(
+            !desired
+                .drift_verdict(&b, b"e1", || judge(false))
+                .runs_desired
+        );
+        assert_eq!(judged.get(), 3);
+        desired.drift_verdict(&a, b"", || judge(true));
+        desired.drift_verdict(&a, b"", || judge(true));
+        assert_eq!(judged.get(), 5, "no hash, nothing to remember it by");
+    }
 
     fn cfg(name: &str, sel: &str) -> StoredConfig {
         StoredConfig {

@@ -6,7 +6,7 @@ use super::desired::{Redirect, desired_config, fill_offers, heartbeat_interval};
 use super::events::EventKind;
 use super::identity::certificate_names;
 use crate::fleet::agents::{attributes, cut, effective_map, has, hex_eq};
-use crate::fleet::configs::{Aspect, Desired, hash_of_config_map};
+use crate::fleet::configs::{Aspect, Desired, DriftVerdict, hash_of_config_map};
 use crate::fleet::drift;
 use crate::fleet::regions::home_region;
 use flotilla_common::config::{AgentMetricsOffer, RecordLimits, RegionSettings};
@@ -470,27 +470,43 @@ fn refresh_drift(
     if !effective_reported && judged_already {
         return;
     }
+    let verdict = match want {
+        // Agents that run the same config with the same desired one share a verdict: the YAML
+        // of each pair is parsed once.
+        Some(c) => desired.drift_verdict(c, &rec.effective_config_hash, || {
+            judge_drift(rec, desired.composed(c).as_deref())
+        }),
+        None => judge_drift(rec, None),
+    };
+    rec.runs_desired = verdict.runs_desired;
+    rec.config_drift = verdict.drift as i32;
+    rec.drift_checked_hash =
+        want.map_or_else(Vec::new, |c| hex::decode(&c.hash).unwrap_or_default());
+}
+
+/// Whether `rec`'s effective config runs `want` (the desired config, composed as the supervisor
+/// composes it; None when it has none or it does not compose).
+fn judge_drift(rec: &AgentRecord, want: Option<&serde_json::Value>) -> DriftVerdict {
     let effective = effective_map(rec).map(|m| {
         m.config_map
             .iter()
             .map(|(k, f)| (k.clone(), String::from_utf8_lossy(&f.body).into_owned()))
             .collect::<BTreeMap<_, _>>()
     });
-    // The desired config is composed once per version (Desired), the effective one here.
-    let judged = match (want.and_then(|c| desired.composed(c)), effective) {
+    let judged = match (want, effective) {
         (Some(want), Some(have)) => drift::compose(&have).map(|have| (want, have)),
         _ => None,
     };
-    rec.runs_desired = judged
-        .as_ref()
-        .is_some_and(|(want, have)| drift::same(want, have));
-    rec.config_drift = match judged {
-        Some((want, have)) if drift::runs(&want, &have) => Drift::InSync,
-        Some(_) => Drift::Drifted,
-        None => Drift::Unknown,
-    } as i32;
-    rec.drift_checked_hash =
-        want.map_or_else(Vec::new, |c| hex::decode(&c.hash).unwrap_or_default());
+    DriftVerdict {
+        runs_desired: judged
+            .as_ref()
+            .is_some_and(|(want, have)| drift::same(want, have)),
+        drift: match judged {
+            Some((want, have)) if drift::runs(want, &have) => Drift::InSync,
+            Some(_) => Drift::Drifted,
+            None => Drift::Unknown,
+        },
+    }
 }
 
 /// Remembers the config an agent reported FAILED for (so it is not sent again, and a rollback to

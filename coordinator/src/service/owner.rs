@@ -26,7 +26,13 @@ pub struct Owner {
     pub(super) pending_push: AtomicBool,
     pub(super) alert_state: parking_lot::Mutex<super::sinks::AlertState>,
     pub(super) alert_client: reqwest::Client,
+    /// Bounds the agent messages taken from the bus and not answered yet, over every shard: each
+    /// holds its message (a full report is tens of KB) and the record being made of it.
+    pub(super) in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Agent messages being processed at once, at most.
+pub(super) const MAX_UPLINKS_IN_FLIGHT: usize = 256;
 
 impl Owner {
     pub(super) fn new(
@@ -52,6 +58,7 @@ impl Owner {
                 .timeout(super::sinks::SINK_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_UPLINKS_IN_FLIGHT)),
         }
     }
 }

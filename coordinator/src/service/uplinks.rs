@@ -35,20 +35,33 @@ impl Owner {
     /// returns when every one is answered. What a graceful handoff waits for.
     pub(crate) async fn serve(self: Arc<Self>, mut uplinks: Subscription, stop: CancellationToken) {
         let tracker = TaskTracker::new();
-        let spawn = |incoming: Incoming| {
+        // Waits for room among the messages in flight: past the bound, messages stay with the
+        // bus (and the gateways) rather than piling up here.
+        let spawn = async |incoming: Incoming| {
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                return;
+            };
             let this = self.clone();
-            tracker.spawn(async move { this.handle_uplink(incoming).await }.in_current_span());
+            this.metrics.uplinks_in_flight.inc();
+            tracker.spawn(
+                async move {
+                    this.handle_uplink(incoming).await;
+                    this.metrics.uplinks_in_flight.dec();
+                    drop(permit);
+                }
+                .in_current_span(),
+            );
         };
         loop {
             tokio::select! {
                 incoming = uplinks.next() => match incoming {
-                    Some(i) => spawn(i),
+                    Some(i) => spawn(i).await,
                     None => break,
                 },
                 () = stop.cancelled() => {
                     uplinks.drain().await;
                     while let Some(i) = uplinks.next().await {
-                        spawn(i);
+                        spawn(i).await;
                     }
                     break;
                 }

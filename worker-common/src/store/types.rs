@@ -46,8 +46,10 @@ pub enum Deadline {
 /// report them, once for every agent reporting the same (a stores that can: Redis).
 pub const SHARED_EFFECTIVE_CONFIG_MIN: usize = 1024;
 
-/// `rec` as kept when its effective config is kept apart: without the body, naming it by the
-/// SHA-256 of its encoding; with that encoding. None when the config stays in the record.
+/// `rec` as kept when its effective config is kept apart: without the body, naming it by a
+/// SHA-256 of its content (its OpAMP config hash when the record has it, a hash of every file's
+/// name, content type and body; else of its encoding); with that encoding. None when the config
+/// stays in the record.
 pub fn effective_config_apart(rec: &AgentRecord) -> Option<(AgentRecord, Vec<u8>)> {
     let body = rec.effective_config.as_ref()?.encode_to_vec();
     if body.len() < SHARED_EFFECTIVE_CONFIG_MIN {
@@ -55,7 +57,11 @@ pub fn effective_config_apart(rec: &AgentRecord) -> Option<(AgentRecord, Vec<u8>
     }
     let mut apart = rec.clone();
     apart.effective_config = None;
-    apart.effective_config_sha256 = Sha256::digest(&body).to_vec();
+    apart.effective_config_sha256 = if rec.effective_config_hash.len() == 32 {
+        rec.effective_config_hash.clone()
+    } else {
+        Sha256::digest(&body).to_vec()
+    };
     Some((apart, body))
 }
 
