@@ -3,7 +3,8 @@
 # (3 by default) and gateways (2 by default), each its own `flotilla serve` process. With REGIONS, a fleet of such cells, one
 # per region, their nats-servers joined as a NATS supercluster (gateway connections).
 #
-#   scripts/cluster.sh start    build, start everything in the background, print where it listens
+#   scripts/cluster.sh start    build, start everything in the background, wait until the
+#                               coordinators hold every shard, print where it listens
 #   scripts/cluster.sh status   which processes are running
 #   scripts/cluster.sh stop     SIGTERM every process (gateways first), wait, clean up pid files
 #   scripts/cluster.sh run      start, then stop on Ctrl-C
@@ -96,6 +97,24 @@ wait_port() {
   return 1
 }
 
+# wait_owned: waits (at most 30 s) until the current region's coordinators hold all 1024 shards
+# between them. Until then an agent's first message waits at its gateway for an owner (the
+# coordinators join the membership on their first second and take their shards on the next).
+wait_owned() {
+  local owned=0 n
+  for _ in $(seq 1 300); do
+    owned=0
+    for p in "${!coordinators[@]}"; do
+      n=$(curl -s "http://127.0.0.1:$(coord_api "$p")/metrics" 2>/dev/null \
+        | awk '$1 == "flotilla_coordinator_owned_shards" { print $2 }')
+      owned=$((owned + ${n:-0}))
+    done
+    [ "$owned" -ge 1024 ] && return 0
+    sleep 0.1
+  done
+  echo "cluster.sh: the coordinators hold $owned of 1024 shards after 30 s (see $rdir/c*.log)" >&2
+}
+
 # launch NAME COMMAND...: runs it in the background with its log and pid file (in the current
 # region's directory).
 launch() {
@@ -178,6 +197,7 @@ summary() {
 start() {
   need nats-server nats-server
   need redis-server redis-server
+  need curl curl
   local flotilla
   flotilla=$(bin)
   local i p fleet=()
@@ -201,6 +221,7 @@ start() {
     in_region "$i"
     for p in "${!coordinators[@]}"; do wait_port "$(coord_api "$p")"; done
     for p in "${!gateways[@]}"; do wait_port "$(gw_opamp "$p")"; done
+    wait_owned
   done
   summary
 }

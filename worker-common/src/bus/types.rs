@@ -181,8 +181,16 @@ pub async fn request_with_retry(
                 if remaining.is_zero() {
                     return Err(e);
                 }
-                tokio::time::sleep(backoff.min(remaining)).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                // Nobody serves the subject (a shard no coordinator holds yet, as in the first
+                // second of a cluster, or one between owners): asking costs nothing, so it is
+                // asked again often and answered within 100 ms of an owner taking it. A server
+                // that did not answer in time is given more room.
+                let most = match e {
+                    BusError::NoResponders(_) => Duration::from_millis(100),
+                    _ => Duration::from_millis(500),
+                };
+                tokio::time::sleep(backoff.min(most).min(remaining)).await;
+                backoff = (backoff * 2).min(most);
             }
             other => return other,
         }
