@@ -44,6 +44,7 @@ impl Owner {
         events: Events,
         metrics: OwnerMetrics,
     ) -> Self {
+        let in_flight = pusher.room().clone();
         Self {
             cfg,
             store,
@@ -58,7 +59,7 @@ impl Owner {
                 .timeout(super::sinks::SINK_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_UPLINKS_IN_FLIGHT)),
+            in_flight,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! WebSocket ([`Pusher`]), alone or with others for the same gateway ([`batches`]), and what an
 //! agent's record says is due to it now ([`push_for`]).
 
+use super::owner::MAX_UPLINKS_IN_FLIGHT;
 use crate::fleet::agents::RecordAttributes;
 use crate::fleet::configs::Desired;
 use crate::metrics::OwnerMetrics;
@@ -22,10 +23,11 @@ use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tracing::{Instrument, Span, debug, debug_span};
 
 /// Downlinks in one batch at most.
-pub(crate) const MAX_BATCH_COUNT: usize = 512;
+pub(crate) const MAX_BATCH_COUNT: usize = 256;
 /// Batch requests on their way at once (over all gateways).
 const BATCHES_IN_FLIGHT: usize = 8;
 /// Single requests on their way at once per batch, when its gateway takes no batches.
@@ -39,7 +41,15 @@ pub(crate) struct Pusher {
     metrics: OwnerMetrics,
     /// Encoded bytes of one batch at most (a single larger downlink still goes, alone).
     max_batch_bytes: usize,
+    /// The owner's room for agent messages ([`super::owner::Owner::in_flight`]): a batch waits
+    /// while it is more than half taken.
+    room: Arc<Semaphore>,
 }
+
+/// How long a batch waits for the owner's agent messages to thin out, at most: a push to many
+/// agents makes each of them report (APPLYING, APPLIED with its effective config), and sent all
+/// at once those reports would queue behind one another, every agent's own messages with them.
+const MOST_WAIT_FOR_ROOM: Duration = Duration::from_secs(2);
 
 impl Pusher {
     /// `max_message_size`: the largest message the bus carries (in a cluster, the NATS server's
@@ -50,6 +60,7 @@ impl Pusher {
         timeout: Duration,
         metrics: OwnerMetrics,
         max_message_size: usize,
+        room: Arc<Semaphore>,
     ) -> Self {
         Self {
             bus,
@@ -57,6 +68,23 @@ impl Pusher {
             timeout,
             metrics,
             max_batch_bytes: max_message_size / 2,
+            room,
+        }
+    }
+
+    /// The owner's room for agent messages, which this pusher leaves to them first.
+    pub fn room(&self) -> &Arc<Semaphore> {
+        &self.room
+    }
+
+    /// Waits (at most [`MOST_WAIT_FOR_ROOM`]) until at most half of the owner's room for agent
+    /// messages is taken.
+    async fn wait_for_room(&self) {
+        let started = tokio::time::Instant::now();
+        while self.room.available_permits() < MAX_UPLINKS_IN_FLIGHT / 2
+            && started.elapsed() < MOST_WAIT_FOR_ROOM
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -90,9 +118,10 @@ impl Pusher {
     }
 
     /// Sends many ServerToAgent messages, each to its connection: in batches per gateway, a few
-    /// batches at a time. Returns how many the gateways delivered; a batch whose request fails
-    /// delivers none (those agents get their desired state in the reply to their next message),
-    /// except that a gateway that takes no batches gets its pushes one by one.
+    /// batches at a time, each when the owner has room for the reports it brings. Returns how
+    /// many the gateways delivered; a batch whose request fails delivers none (those agents get
+    /// their desired state in the reply to their next message), except that a gateway that takes
+    /// no batches gets its pushes one by one.
     pub async fn push_many(&self, pushes: Vec<(Origin, ServerToAgent)>) -> usize {
         let batches = batches(pushes, MAX_BATCH_COUNT, self.max_batch_bytes);
         futures_util::stream::iter(batches)
@@ -104,6 +133,7 @@ impl Pusher {
 
     /// One batch to one gateway; how many of it were delivered.
     async fn push_batch(&self, gateway: String, downlinks: Vec<Downlink>) -> usize {
+        self.wait_for_room().await;
         let size = downlinks.len();
         let span = traces::child_or_root(|| {
             debug_span!(

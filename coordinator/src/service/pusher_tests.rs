@@ -181,6 +181,7 @@ async fn push_many_counts_what_each_gateway_acknowledged() {
         Duration::from_millis(300),
         metrics.clone(),
         4 << 20,
+        Arc::new(Semaphore::new(MAX_UPLINKS_IN_FLIGHT)),
     );
     // gw-a: 600 agents, one of them on a connection it does not know; gw-old takes single
     // downlinks only; gw-mute never answers; gw-gone is not there.
@@ -193,7 +194,9 @@ async fn push_many_counts_what_each_gateway_acknowledged() {
     assert_eq!(delivered, 599 + 3);
     let mut sizes = gw_a.lock().clone();
     sizes.sort_unstable();
-    assert_eq!(sizes, vec![600 - MAX_BATCH_COUNT, MAX_BATCH_COUNT]);
+    let mut want = vec![MAX_BATCH_COUNT; 600 / MAX_BATCH_COUNT];
+    want.insert(0, 600 % MAX_BATCH_COUNT);
+    assert_eq!(sizes, want);
     assert_eq!(*gw_old.lock(), vec![1, 1, 1], "one request per push");
     assert_eq!(*gw_mute.lock(), vec![0], "one batch, not answered");
     let count = |result| {
@@ -215,4 +218,31 @@ async fn push_many_counts_what_each_gateway_acknowledged() {
     let (origin, msg) = to("gw-a", 7, 7, 100);
     assert!(!pusher.push(&origin, &msg).await, "gw-a takes batches only");
     assert_eq!(count("undelivered"), 11);
+}
+
+#[tokio::test]
+async fn a_batch_waits_while_the_owner_is_busy_with_agents_messages() {
+    let bus = Arc::new(InProcessBus::default());
+    let gw = fake_gateway(&bus, "gw-a", Serves::Batches).await;
+    let room = Arc::new(Semaphore::new(MAX_UPLINKS_IN_FLIGHT));
+    let pusher = Pusher::new(
+        bus.clone(),
+        Subjects::new("test"),
+        Duration::from_millis(300),
+        OwnerMetrics::new(&mut Registry::default()),
+        4 << 20,
+        room.clone(),
+    );
+    // More than half of the room is taken: agents' messages come first.
+    let busy = room
+        .clone()
+        .acquire_many_owned(MAX_UPLINKS_IN_FLIGHT as u32 / 2 + 1)
+        .await
+        .unwrap();
+    let pushing = tokio::spawn(async move { pusher.push_many(vec![to("gw-a", 1, 1, 100)]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(gw.lock().is_empty(), "sent while the owner was busy");
+    drop(busy);
+    assert_eq!(pushing.await.unwrap(), 1);
+    assert_eq!(*gw.lock(), vec![1]);
 }
