@@ -30,6 +30,19 @@ fn record(uid: Uuid, seq: u64) -> AgentRecord {
     }
 }
 
+/// The fences of the shards of `uids`, each acquired by node "n".
+async fn acquire_for(store: &RedisStore, uids: &[Uuid]) -> BTreeMap<u16, Fence> {
+    let mut fences = BTreeMap::new();
+    for uid in uids {
+        let shard = shard_of(uid.as_bytes());
+        if !fences.contains_key(&shard) {
+            let f = store.acquire(shard, "n", Duration::from_secs(10)).await;
+            fences.insert(shard, f.unwrap().expect("a free shard"));
+        }
+    }
+    fences
+}
+
 #[tokio::test]
 async fn a_taken_over_shard_fences_its_former_owner() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,19 +293,7 @@ async fn counts_follow_every_write_and_records_from_before_are_counted_once() {
         .await
         .unwrap();
     let (a, b) = (Uuid::now_v7(), Uuid::new_v4());
-    let mut fences = BTreeMap::new();
-    for uid in [a, b] {
-        let shard = shard_of(uid.as_bytes());
-        if let std::collections::btree_map::Entry::Vacant(e) = fences.entry(shard) {
-            e.insert(
-                store
-                    .acquire(shard, "n", Duration::from_secs(10))
-                    .await
-                    .unwrap()
-                    .unwrap(),
-            );
-        }
-    }
+    let fences = acquire_for(&store, &[a, b]).await;
     let fence = |uid: Uuid| fences[&shard_of(uid.as_bytes())];
     let with = |uid, status: AgentStatus| AgentRecord {
         status: status as i32,
@@ -437,19 +438,7 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
     let big = config(format!("receivers: {{}}\n# {}", "x".repeat(20_000)));
     let small = config("receivers: {}".into());
     let (a, b) = (Uuid::now_v7(), Uuid::new_v4());
-    let mut fences = BTreeMap::new();
-    for uid in [a, b] {
-        let shard = shard_of(uid.as_bytes());
-        if let std::collections::btree_map::Entry::Vacant(e) = fences.entry(shard) {
-            e.insert(
-                store
-                    .acquire(shard, "n", Duration::from_secs(10))
-                    .await
-                    .unwrap()
-                    .unwrap(),
-            );
-        }
-    }
+    let fences = acquire_for(&store, &[a, b]).await;
     let fence = |uid: Uuid| fences[&shard_of(uid.as_bytes())];
     let with = |uid, c: &EffectiveConfig| AgentRecord {
         effective_config: Some(c.clone()),

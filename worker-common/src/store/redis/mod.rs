@@ -238,6 +238,21 @@ impl RedisStore {
         format!("{}:ec-refs", self.prefix)
     }
 
+    /// The keys SAVE and DELETE take, in their order: the shard's epoch, the agent's hash, the
+    /// shard's agents and deadlines, the audit stream, the shard's counts, the references to
+    /// effective configs kept apart.
+    fn agent_write_keys(&self, fence: Fence, uid: Uuid) -> [String; 7] {
+        [
+            self.shard_key(fence.shard, "epoch"),
+            self.agent_key(uid),
+            self.shard_key(fence.shard, "agents"),
+            self.shard_key(fence.shard, "dl"),
+            self.audit_key(),
+            self.shard_key(fence.shard, "counts"),
+            self.effective_refs_key(),
+        ]
+    }
+
     fn lease_value(node: &str, epoch: u64) -> String {
         format!("{node}/{epoch}")
     }
@@ -333,14 +348,10 @@ impl Store for RedisStore {
         let tally = Tally::of(record).names();
         let save = |body: &[u8]| {
             let mut script = SAVE.prepare_invoke();
+            for key in self.agent_write_keys(fence, uid) {
+                script.key(key);
+            }
             script
-                .key(self.shard_key(fence.shard, "epoch"))
-                .key(self.agent_key(uid))
-                .key(self.shard_key(fence.shard, "agents"))
-                .key(self.shard_key(fence.shard, "dl"))
-                .key(self.audit_key())
-                .key(self.shard_key(fence.shard, "counts"))
-                .key(self.effective_refs_key())
                 .arg(fence.epoch.to_string())
                 .arg(bytes.as_slice())
                 .arg(uid.to_string())
@@ -400,14 +411,11 @@ impl Store for RedisStore {
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
         let (horizon, audit) = self.audit_args(audit)?;
-        let n: i64 = DELETE
-            .key(self.shard_key(fence.shard, "epoch"))
-            .key(self.agent_key(uid))
-            .key(self.shard_key(fence.shard, "agents"))
-            .key(self.shard_key(fence.shard, "dl"))
-            .key(self.audit_key())
-            .key(self.shard_key(fence.shard, "counts"))
-            .key(self.effective_refs_key())
+        let mut script = DELETE.prepare_invoke();
+        for key in self.agent_write_keys(fence, uid) {
+            script.key(key);
+        }
+        let n: i64 = script
             .arg(fence.epoch.to_string())
             .arg(uid.to_string())
             .arg(horizon)
