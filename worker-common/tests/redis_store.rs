@@ -35,9 +35,9 @@ async fn acquire_for(store: &RedisStore, uids: &[Uuid]) -> BTreeMap<u16, Fence> 
     let mut fences = BTreeMap::new();
     for uid in uids {
         let shard = shard_of(uid.as_bytes());
-        if !fences.contains_key(&shard) {
+        if let std::collections::btree_map::Entry::Vacant(e) = fences.entry(shard) {
             let f = store.acquire(shard, "n", Duration::from_secs(10)).await;
-            fences.insert(shard, f.unwrap().expect("a free shard"));
+            e.insert(f.unwrap().expect("a free shard"));
         }
     }
     fences
