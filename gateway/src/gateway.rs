@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
@@ -102,7 +103,16 @@ pub struct Gateway {
     pub(crate) forwarders: std::sync::OnceLock<crate::forward::Forwarders>,
     /// Pushes from owners that did not decode.
     pub(crate) downlink_log: LogLimiter,
+    /// Room for agent messages sent to owners and not answered yet ([`MAX_UPLINKS_IN_FLIGHT`]).
+    uplinks: Arc<Semaphore>,
 }
+
+/// Agent messages a gateway has sent to their owners and not had answered, at most. Past it an
+/// agent's next message waits here (its connection is not read meanwhile) until an owner answers
+/// one: when owners fall behind (a fleet ramping up, a push to every agent), messages wait in a
+/// short queue instead of each timing out at the owner, being answered "retry later", and coming
+/// back as a full report of the agent's state.
+pub const MAX_UPLINKS_IN_FLIGHT: usize = 256;
 
 impl Gateway {
     pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>, registry: &mut Registry) -> Arc<Self> {
@@ -124,6 +134,7 @@ impl Gateway {
             own_metrics_queue: Default::default(),
             forwarders: Default::default(),
             downlink_log: LogLimiter::default(),
+            uplinks: Arc::new(Semaphore::new(MAX_UPLINKS_IN_FLIGHT)),
         })
     }
 
@@ -417,9 +428,16 @@ impl Gateway {
             origin: Some(origin.clone()),
             kind: Some(uplink::Kind::AgentToServer(agent_to_server.to_vec())),
         };
-        self.request_owner(instance_uid, uplink)
+        let Ok(_room) = self.uplinks.acquire().await else {
+            return Err(BusError::Closed);
+        };
+        self.metrics.uplinks_in_flight.inc();
+        let answer = self
+            .request_owner(instance_uid, uplink)
             .instrument(span)
-            .await
+            .await;
+        self.metrics.uplinks_in_flight.dec();
+        answer
     }
 
     pub(crate) async fn request_owner(

@@ -21,6 +21,6 @@ mod slots;
 pub mod table;
 mod ws;
 
-pub use gateway::{Gateway, GatewayConfig, METRICS_PATH, OPAMP_PATH};
+pub use gateway::{Gateway, GatewayConfig, MAX_UPLINKS_IN_FLIGHT, METRICS_PATH, OPAMP_PATH};
 pub use guard::AgentTokens;
 pub use http::{BodyError, decode_body};

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub messages: Family<Labels, Counter>,
     pub rejected: Family<Labels, Counter>,
     pub uplink_seconds: Histogram,
+    pub uplinks_in_flight: Gauge,
     pub own_metrics: Family<Labels, Counter>,
     pub own_metrics_forwarded: Outcomes,
 }
@@ -27,6 +28,7 @@ impl Metrics {
             messages: Family::default(),
             rejected: Family::default(),
             uplink_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            uplinks_in_flight: Gauge::default(),
             own_metrics: Family::default(),
             own_metrics_forwarded: Family::default(),
         };
@@ -50,6 +52,12 @@ impl Metrics {
             "uplink_seconds",
             "Agent message to owner reply, as seen by the gateway",
             m.uplink_seconds.clone(),
+        );
+        r.register(
+            "uplinks_in_flight",
+            "Agent messages sent to their owners and not answered yet (at most 256: past that, \
+             agents' next messages wait at the gateway until owners answer)",
+            m.uplinks_in_flight.clone(),
         );
         r.register(
             "own_metrics",

@@ -131,18 +131,25 @@ async fn one_agent_message_is_one_trace_across_the_gateway_and_the_coordinator()
     assert_eq!(api.attr("caller"), "anonymous");
     let (push, deliver) = receiver
         .wait_for("a push delivered through the gateway", WAIT, |spans| {
+            // Pushes of a config go to each gateway in batches (one agent here: a batch of one).
             spans
                 .iter()
-                .filter(|s| s.name == "opamp.push" && s.attr("uid") == uid)
+                .filter(|s| s.name == "opamp.push_batch")
                 .find_map(|p| {
-                    let d = find(spans, "flotilla-gateway", "opamp.deliver", &p.trace_id)?;
+                    let d = find(
+                        spans,
+                        "flotilla-gateway",
+                        "opamp.deliver_batch",
+                        &p.trace_id,
+                    )?;
                     Some((p.clone(), d.clone()))
                 })
         })
         .await;
     assert_eq!(deliver.parent_id, push.span_id);
-    assert_eq!(deliver.attr("delivered"), "true");
-    assert_eq!(push.attr("delivered"), "true");
+    assert_eq!(deliver.attr("size"), "1");
+    assert_eq!(deliver.attr("delivered"), "1");
+    assert_eq!(push.attr("delivered"), "1");
 
     // The session ends with the connection: its span names the agent it carried.
     drop(agent);
