@@ -35,10 +35,6 @@ impl Shape {
     };
 }
 
-/// The file name of the padding in the effective config map: the host's own additions, as a
-/// collector started with a second `--config` file reports them.
-pub const PADDING_FILE: &str = "host-local.yaml";
-
 /// Attributes a collector's resource detection finds, in the order they are added.
 const EXTRA_ATTRIBUTES: &[&str] = &[
     "host.id",
@@ -307,6 +303,7 @@ pub fn config_bytes(map: &AgentConfigMap) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::PADDING_FILE;
     use flotilla_proto::opamp::{AgentRemoteConfig, ServerToAgent};
 
     fn attributes(a: &flotilla_proto::opamp::AgentToServer) -> usize {

@@ -42,6 +42,10 @@ pub struct OfferedIdentity {
     pub ca: Vec<u8>,
 }
 
+/// The file name of the padding in the effective config map: the host's own additions, as a
+/// collector started with a second `--config` file reports them.
+pub const PADDING_FILE: &str = "host-local.yaml";
+
 #[derive(Debug, Clone)]
 pub struct SimAgent {
     pub uid: Uuid,
@@ -58,7 +62,7 @@ pub struct SimAgent {
     /// The config it runs, as it reports it (with `effective_padding` added).
     pub effective: Option<AgentConfigMap>,
     /// A file every reported effective config also carries, shared by the agents of a swarm
-    /// ([`crate::realistic`]): the host's own additions to whatever config it runs.
+    /// (`--realistic`): the host's own additions to whatever config it runs.
     pub effective_padding: Option<Arc<flotilla_proto::opamp::AgentConfigFile>>,
     /// The health a supervisor's collector reports once up (else the collector's default).
     pub up_health: Option<ComponentHealth>,
@@ -273,8 +277,7 @@ impl SimAgent {
     fn reported_effective(&self) -> Option<EffectiveConfig> {
         let mut map = self.effective.clone()?;
         if let Some(p) = &self.effective_padding {
-            map.config_map
-                .insert(crate::realistic::PADDING_FILE.into(), (**p).clone());
+            map.config_map.insert(PADDING_FILE.into(), (**p).clone());
         }
         Some(EffectiveConfig {
             config_map: Some(map),

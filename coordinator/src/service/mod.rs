@@ -94,7 +94,7 @@ impl Service {
             cfg.push_timeout,
             metrics.clone(),
             cfg.max_message_size,
-            Arc::new(tokio::sync::Semaphore::new(owner::MAX_UPLINKS_IN_FLIGHT)),
+            Arc::new(tokio::sync::Semaphore::new(pusher::MAX_UPLINKS_IN_FLIGHT)),
         );
         let events = Events::new(bus.clone(), subjects.clone(), &cfg.node_id, metrics.clone());
         let owner = Arc::new(Owner::new(

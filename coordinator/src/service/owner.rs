@@ -31,9 +31,6 @@ pub struct Owner {
     pub(super) in_flight: Arc<tokio::sync::Semaphore>,
 }
 
-/// Agent messages being processed at once, at most.
-pub(super) const MAX_UPLINKS_IN_FLIGHT: usize = 256;
-
 impl Owner {
     pub(super) fn new(
         cfg: CoordinatorConfig,

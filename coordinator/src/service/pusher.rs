@@ -2,7 +2,6 @@
 //! WebSocket ([`Pusher`]), alone or with others for the same gateway ([`batches`]), and what an
 //! agent's record says is due to it now ([`push_for`]).
 
-use super::owner::MAX_UPLINKS_IN_FLIGHT;
 use crate::fleet::agents::RecordAttributes;
 use crate::fleet::configs::Desired;
 use crate::metrics::OwnerMetrics;
@@ -41,10 +40,13 @@ pub(crate) struct Pusher {
     metrics: OwnerMetrics,
     /// Encoded bytes of one batch at most (a single larger downlink still goes, alone).
     max_batch_bytes: usize,
-    /// The owner's room for agent messages ([`super::owner::Owner::in_flight`]): a batch waits
-    /// while it is more than half taken.
+    /// The owner's room for agent messages (its `in_flight`, [`MAX_UPLINKS_IN_FLIGHT`]): a batch
+    /// waits while it is more than half taken.
     room: Arc<Semaphore>,
 }
+
+/// Agent messages an owner processes at once, at most (its room, which pushes leave to them).
+pub(super) const MAX_UPLINKS_IN_FLIGHT: usize = 256;
 
 /// How long a batch waits for the owner's agent messages to thin out, at most: a push to many
 /// agents makes each of them report (APPLYING, APPLIED with its effective config), and sent all
