@@ -26,9 +26,6 @@ pub struct Owner {
     pub(super) pending_push: AtomicBool,
     pub(super) alert_state: parking_lot::Mutex<super::sinks::AlertState>,
     pub(super) alert_client: reqwest::Client,
-    /// Bounds the agent messages taken from the bus and not answered yet, over every shard: each
-    /// holds its message (a full report is tens of KB) and the record being made of it.
-    pub(super) in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Owner {
@@ -41,7 +38,6 @@ impl Owner {
         events: Events,
         metrics: OwnerMetrics,
     ) -> Self {
-        let in_flight = pusher.room().clone();
         Self {
             cfg,
             store,
@@ -56,7 +52,6 @@ impl Owner {
                 .timeout(super::sinks::SINK_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
-            in_flight,
         }
     }
 }

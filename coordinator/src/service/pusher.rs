@@ -40,8 +40,9 @@ pub(crate) struct Pusher {
     metrics: OwnerMetrics,
     /// Encoded bytes of one batch at most (a single larger downlink still goes, alone).
     max_batch_bytes: usize,
-    /// The owner's room for agent messages (its `in_flight`, [`MAX_UPLINKS_IN_FLIGHT`]): a batch
-    /// waits while it is more than half taken.
+    /// The owner's room for agent messages taken from the bus and not answered yet, over every
+    /// shard ([`MAX_UPLINKS_IN_FLIGHT`]; each holds its message, a full report is tens of KB, and
+    /// the record being made of it): a batch waits while it is more than half taken.
     room: Arc<Semaphore>,
 }
 
@@ -74,7 +75,8 @@ impl Pusher {
         }
     }
 
-    /// The owner's room for agent messages, which this pusher leaves to them first.
+    /// The owner's room for agent messages (the owner takes a permit for each), which this
+    /// pusher leaves to them first.
     pub fn room(&self) -> &Arc<Semaphore> {
         &self.room
     }

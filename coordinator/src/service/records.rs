@@ -79,19 +79,26 @@ impl Owner {
     /// Has the store count the agents of owned shards it does not count yet (records written
     /// before counts were kept); each shard is asked once per epoch.
     pub(crate) async fn count_shards(&self) -> Result<(), StoreError> {
-        for shard in self.shards.owned() {
+        let uncounted: Vec<u16> = self
+            .shards
+            .owned()
+            .into_iter()
+            .filter(|s| {
+                self.shards
+                    .fence(*s)
+                    .is_some_and(|f| !self.shards.counted(f))
+            })
+            .collect();
+        for shard in uncounted {
             let Some(mut locked) = self.lock_owned(shard).await else {
                 continue;
             };
-            if locked.cache.counted {
-                continue;
-            }
             match locked.store.count_shard(locked.fence).await {
                 Ok(counted) => {
                     if counted {
                         info!(shard, "agents written before counts were kept are counted");
                     }
-                    locked.cache.counted = true;
+                    self.shards.mark_counted(locked.fence);
                 }
                 Err(StoreError::Fenced { .. }) => self.lost(&mut locked),
                 Err(e) => return Err(e),

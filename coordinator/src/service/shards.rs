@@ -25,6 +25,9 @@ struct Slot {
     epoch: AtomicU64,
     /// Milliseconds after `base` until which the holder may act (u64::MAX: for good).
     valid_until_ms: AtomicU64,
+    /// The epoch under which the store was last asked to count the shard's agents (0: never):
+    /// read without the lock, so a sweep skips counted shards without waiting on their work.
+    counted_epoch: AtomicU64,
 }
 
 impl ShardTable {
@@ -37,6 +40,7 @@ impl ShardTable {
                     lock: Mutex::new(ShardCache::default()),
                     epoch: AtomicU64::new(0),
                     valid_until_ms: AtomicU64::new(0),
+                    counted_epoch: AtomicU64::new(0),
                 })
                 .collect(),
             shared: SharedConfigs::default(),
@@ -100,6 +104,21 @@ impl ShardTable {
         }
     }
 
+    /// Whether the store was asked to count the agents of the shard under `fence`.
+    pub fn counted(&self, fence: Fence) -> bool {
+        self.slots[usize::from(fence.shard)]
+            .counted_epoch
+            .load(Ordering::Acquire)
+            == fence.epoch
+    }
+
+    /// Records that the store counts the agents of the shard under `fence`.
+    pub fn mark_counted(&self, fence: Fence) {
+        self.slots[usize::from(fence.shard)]
+            .counted_epoch
+            .store(fence.epoch, Ordering::Release);
+    }
+
     /// Forgets `shard` (released, lost or fenced): nothing acts on it from now on. Its record
     /// copies go now unless someone holds its lock (who clears them, or the next lock does).
     pub fn drop_shard(&self, shard: u16) {
@@ -138,16 +157,12 @@ impl ShardTable {
 pub struct ShardCache {
     epoch: u64,
     pub(crate) records: HashMap<Uuid, RecordCopy>,
-    /// The store counts the shard's agents ([`flotilla_common::store::Store::count_shard`] was
-    /// asked under this epoch).
-    pub(crate) counted: bool,
 }
 
 impl ShardCache {
     /// Forgets every copy (the shard was lost, or a write's outcome is unknown).
     pub fn clear(&mut self) {
         self.records = HashMap::new();
-        self.counted = false;
     }
 }
 
@@ -233,6 +248,16 @@ mod tests {
             t.held(3),
             Some(f),
             "but still held until renewed or dropped"
+        );
+        assert!(!t.counted(f));
+        t.mark_counted(f);
+        assert!(t.counted(f));
+        assert!(
+            !t.counted(Fence {
+                shard: 3,
+                epoch: 10
+            }),
+            "counted under another epoch: asked again"
         );
         t.drop_shard(3);
         assert_eq!(t.held(3), None);

@@ -38,7 +38,7 @@ impl Owner {
         // Waits for room among the messages in flight: past the bound, messages stay with the
         // bus (and the gateways) rather than piling up here.
         let spawn = async |incoming: Incoming| {
-            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            let Ok(permit) = self.pusher.room().clone().acquire_owned().await else {
                 return;
             };
             let this = self.clone();

@@ -238,6 +238,27 @@ impl RedisStore {
         format!("{}:ec-refs", self.prefix)
     }
 
+    /// Reads the records under `keys` (without the effective configs kept apart), 512 a round
+    /// trip, and calls `f` with each one in the keys' order (None where there is none).
+    async fn read_records(
+        &self,
+        keys: &[String],
+        f: &mut (dyn for<'r> FnMut(Option<&'r AgentRecord>) + Send),
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        for chunk in keys.chunks(512) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.hmget(key, &["r", "t"]);
+            }
+            let rows: Vec<Row> = pipe.query_async(&mut conn).await.map_err(io)?;
+            for row in rows {
+                f(record_of(row)?.as_ref());
+            }
+        }
+        Ok(())
+    }
+
     /// The keys SAVE and DELETE take, in their order: the shard's epoch, the agent's hash, the
     /// shard's agents and deadlines, the audit stream, the shard's counts, the references to
     /// effective configs kept apart.
@@ -281,7 +302,7 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
-        let row: (Option<Vec<u8>>, Option<Vec<u8>>) = self
+        let row: Row = self
             .conn
             .clone()
             .hmget(self.agent_key(uid), &["r", "t"])
@@ -434,21 +455,12 @@ impl Store for RedisStore {
     ) -> Result<(), StoreError> {
         let wanted: Vec<u16> = (0..SHARD_COUNT).filter(|s| shards(*s)).collect();
         let keys = self.agent_keys(&wanted).await?;
-        let mut conn = self.conn.clone();
-        for chunk in keys.chunks(512) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.hmget(key, &["r", "t"]);
+        self.read_records(&keys, &mut |rec| {
+            if let Some(rec) = rec {
+                f(rec);
             }
-            let rows: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> =
-                pipe.query_async(&mut conn).await.map_err(io)?;
-            for row in rows {
-                if let Some(rec) = record_of(row)? {
-                    f(&rec);
-                }
-            }
-        }
-        Ok(())
+        })
+        .await
     }
 
     async fn agent_counts(&self) -> Result<Option<AgentCounts>, StoreError> {
@@ -484,21 +496,10 @@ impl Store for RedisStore {
         }
         let keys = self.agent_keys(&[fence.shard]).await?;
         let mut tallies = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(512) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.hmget(key, &["r", "t"]);
-            }
-            let rows: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> =
-                pipe.query_async(&mut conn).await.map_err(io)?;
-            for row in rows {
-                tallies.push(
-                    record_of(row)?
-                        .map(|r| Tally::of(&r).names())
-                        .unwrap_or_default(),
-                );
-            }
-        }
+        self.read_records(&keys, &mut |rec| {
+            tallies.push(rec.map(|r| Tally::of(r).names()).unwrap_or_default());
+        })
+        .await?;
         let mut script = RECOUNT.prepare_invoke();
         script
             .key(self.shard_key(fence.shard, "epoch"))
@@ -780,8 +781,11 @@ fn deadline_args(deadline: Deadline) -> (&'static str, u64) {
     }
 }
 
-/// An agent's record from its hash fields `r` and `t` (the touch since, if any).
-fn record_of(row: (Option<Vec<u8>>, Option<Vec<u8>>)) -> Result<Option<AgentRecord>, StoreError> {
+/// An agent's hash fields `r` (the record) and `t` (the touch since, if any).
+type Row = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// An agent's record from its hash fields `r` and `t`.
+fn record_of(row: Row) -> Result<Option<AgentRecord>, StoreError> {
     let (Some(bytes), touch) = row else {
         return Ok(None);
     };
