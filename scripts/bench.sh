@@ -51,7 +51,8 @@ pki=$out/pki
 tls=(--ca "$pki/ca.pem" --cert "$pki/client-1.pem" --key "$pki/client-1-key.pem")
 # Every swarm agent presents the one client certificate, which names one instance uid: the
 # identity rule that holds agents to the uid their certificate names is off for the benchmark.
-server_tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --client-ca "$pki/ca.pem" --agent-identity none)
+echo_tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --client-ca "$pki/ca.pem")
+server_tls=("${echo_tls[@]}" --agent-identity none)
 
 # run NAME ARGS...: one swarm run into $out/NAME.
 run() {
@@ -61,7 +62,7 @@ run() {
 }
 
 # --- 1. baseline ---------------------------------------------------------------------------------
-"$bin/flotilla-echo" --listen 127.0.0.1:4330 "${server_tls[@]}" >"$out/echo.log" 2>&1 &
+"$bin/flotilla-echo" --listen 127.0.0.1:4330 "${echo_tls[@]}" >"$out/echo.log" 2>&1 &
 echo_pid=$!; pids+=("$echo_pid")
 wait_port 4330
 echo_url=(--url wss://localhost:4330/v1/opamp "${tls[@]}")

@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tracing::info;
 
+/// Many connections each allocating and freeing messages of tens of KB: glibc's allocator kept
+/// that memory (docs/adr/0017-allocator.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "flotilla",

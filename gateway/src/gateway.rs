@@ -424,12 +424,13 @@ impl Gateway {
                 gateway = %self.cfg.gateway_id,
             )
         });
+        // Room first: a message waiting for it is held once (its frame), not copied yet.
+        let Ok(_room) = self.uplinks.acquire().await else {
+            return Err(BusError::Closed);
+        };
         let uplink = Uplink {
             origin: Some(origin.clone()),
             kind: Some(uplink::Kind::AgentToServer(agent_to_server.to_vec())),
-        };
-        let Ok(_room) = self.uplinks.acquire().await else {
-            return Err(BusError::Closed);
         };
         self.metrics.uplinks_in_flight.inc();
         let answer = self

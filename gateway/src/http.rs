@@ -162,8 +162,9 @@ impl Gateway {
             Err(r) => return r,
         };
 
-        let msg = match AgentToServer::decode(body.as_ref()) {
-            Ok(m) => m,
+        // Only the uid is kept while the owner works (see ws_message).
+        let uid = match AgentToServer::decode(body.as_ref()) {
+            Ok(m) => m.instance_uid,
             Err(e) => {
                 let reply = opamp_error_reply(
                     Vec::new(),
@@ -178,23 +179,23 @@ impl Gateway {
             }
         };
         if let Some(Some(h)) = header_uid
-            && msg.instance_uid.len() == 16
-            && msg.instance_uid != h.as_bytes()
+            && uid.len() == 16
+            && uid != h.as_bytes()
         {
             let why = "OpAMP-Instance-UID header differs from instance_uid".to_owned();
-            let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            let reply = opamp_error_reply(uid, ErrorKind::BadRequest, why, None);
             return self.reject(
                 "bad_request",
                 protobuf(StatusCode::BAD_REQUEST, reply, false),
             );
         }
-        if let Err(why) = conn.may_speak_for(self.cfg.identity, &msg.instance_uid) {
+        if let Err(why) = conn.may_speak_for(self.cfg.identity, &uid) {
             self.refuse_certificate(conn);
-            let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            let reply = opamp_error_reply(uid, ErrorKind::BadRequest, why, None);
             return self.reject("identity", protobuf(StatusCode::FORBIDDEN, reply, false));
         }
         let origin = self.origin(Transport::Http, conn, authority);
-        match self.forward(&body, &msg.instance_uid, &origin).await {
+        match self.forward(&body, &uid, &origin).await {
             Ok(reply) if reply.close_connection => {
                 self.refuse_certificate(conn);
                 self.reject(

@@ -262,8 +262,10 @@ impl Gateway {
         spoken: &mut bool,
     ) -> Next {
         let payload = decode_ws_frame(data);
-        let msg = match AgentToServer::decode(payload) {
-            Ok(m) => m,
+        // Decoded to check it and learn its uid; only the uid is kept while the owner works (a
+        // full report is tens of KB, and a busy cluster keeps many waiting).
+        let uid = match AgentToServer::decode(payload) {
+            Ok(m) => m.instance_uid,
             Err(e) => {
                 self.count_rejected("bad_request");
                 return Next::Reply(opamp_error_reply(
@@ -274,29 +276,29 @@ impl Gateway {
                 ));
             }
         };
-        if let Err(why) = conn.may_speak_for(self.cfg.identity, &msg.instance_uid) {
+        if let Err(why) = conn.may_speak_for(self.cfg.identity, &uid) {
             self.count_rejected("identity");
             self.refuse_certificate(conn);
-            let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            let reply = opamp_error_reply(uid, ErrorKind::BadRequest, why, None);
             return Next::ReplyAndClose(reply, "certificate does not name this instance_uid");
         }
-        if self.table.bind(origin.connection_id, &msg.instance_uid) == Bind::Full {
+        if self.table.bind(origin.connection_id, &uid) == Bind::Full {
             self.count_rejected("too_many_agents");
             let why = format!(
                 "one connection may speak for at most {MAX_AGENTS_PER_CONNECTION} agents; \
                  open another connection"
             );
-            let reply = opamp_error_reply(msg.instance_uid, ErrorKind::BadRequest, why, None);
+            let reply = opamp_error_reply(uid, ErrorKind::BadRequest, why, None);
             return Next::Reply(reply);
         }
         *spoken = true;
-        match self.forward(payload, &msg.instance_uid, origin).await {
+        match self.forward(payload, &uid, origin).await {
             Ok(reply) if reply.close_connection => {
                 self.count_rejected("identity");
                 self.refuse_certificate(conn);
                 // Not this connection's agent: its close must not be recorded as the agent's
                 // disconnect.
-                self.table.unbind(origin.connection_id, &msg.instance_uid);
+                self.table.unbind(origin.connection_id, &uid);
                 Next::ReplyAndClose(reply.server_to_agent, "certificate not bound to this agent")
             }
             Ok(reply) => {
@@ -312,7 +314,7 @@ impl Gateway {
                 self.count_rejected("unavailable");
                 let text = format!("no server could take this agent's message ({e}); retry later");
                 Next::Reply(opamp_error_reply(
-                    msg.instance_uid,
+                    uid,
                     ErrorKind::Unavailable,
                     text,
                     Some(self.cfg.retry_after),

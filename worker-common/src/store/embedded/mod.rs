@@ -76,7 +76,7 @@ impl EmbeddedStore {
             let mut rec = AgentRecord::decode(v.value()).map_err(corrupt)?;
             rec.status = AgentStatus::Disconnected as i32;
             rec.origin = None;
-            agents.insert(uid, rec);
+            agents.insert(uid, Arc::new(rec));
         }
         for row in read.open_table(CONFIGS).map_err(io)?.iter().map_err(io)? {
             let (_, v) = row.map_err(io)?;
@@ -178,7 +178,8 @@ impl EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(self.inner.agents.lock().get(&uid).cloned())
+        let rec = self.inner.agents.lock().get(&uid).cloned();
+        Ok(rec.map(Arc::unwrap_or_clone))
     }
 
     async fn save_agent(
@@ -202,7 +203,9 @@ impl Store for EmbeddedStore {
         } else {
             inner.dirty.lock().insert(uid);
         }
-        inner.agents.lock().insert(uid, record.clone());
+        let record = Arc::new(record.clone());
+        // The record it replaces is freed after the lock.
+        let _replaced = inner.agents.lock().insert(uid, record);
         inner.deadlines.lock().apply(uid, deadline);
         Ok(())
     }
@@ -215,7 +218,7 @@ impl Store for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let inner = &self.inner;
         match inner.agents.lock().get_mut(&touch.uid) {
-            Some(rec) => touch.apply(rec),
+            Some(rec) => touch.apply(Arc::make_mut(rec)),
             None => return Ok(false),
         }
         inner.dirty.lock().insert(touch.uid);
@@ -252,10 +255,8 @@ impl Store for EmbeddedStore {
         shards: ShardFilter<'_>,
         f: &mut (dyn for<'r> FnMut(&'r AgentRecord) + Send),
     ) -> Result<(), StoreError> {
-        for (uid, rec) in self.inner.agents.lock().iter() {
-            if shards(shard_of(uid.as_bytes())) {
-                f(rec);
-            }
+        for rec in self.inner.records(|uid| shards(shard_of(uid.as_bytes()))) {
+            f(&rec);
         }
         Ok(())
     }
@@ -264,8 +265,8 @@ impl Store for EmbeddedStore {
         // Every record is in memory: summing their tallies takes a few milliseconds even for
         // 100,000 agents, and needs nothing kept in step.
         let mut counts = AgentCounts::default();
-        for rec in self.inner.agents.lock().values() {
-            counts.add(Tally::of(rec));
+        for rec in self.inner.records(|_| true) {
+            counts.add(Tally::of(&rec));
         }
         Ok(Some(counts))
     }

@@ -34,7 +34,9 @@ pub(super) struct Inner {
     /// Held by every write to the file, so a write-behind flush of older records can never land
     /// after a newer record written through.
     pub(super) writing: Mutex<()>,
-    pub(super) agents: Mutex<HashMap<Uuid, AgentRecord>>,
+    /// Shared, so that a flush or a visit takes the records under the lock and reads them
+    /// outside it (the lock is on every agent message's path).
+    pub(super) agents: Mutex<HashMap<Uuid, Arc<AgentRecord>>>,
     pub(super) dirty: Mutex<HashSet<Uuid>>,
     pub(super) deadlines: Mutex<Deadlines>,
     pub(super) configs: Mutex<Configs>,
@@ -172,13 +174,17 @@ impl Inner {
         let mut taken: Vec<Uuid> = Vec::new();
         let written = self.commit(|txn| {
             taken = self.dirty.lock().drain().collect();
-            let rows: Vec<(Uuid, Vec<u8>)> = {
+            let records: Vec<(Uuid, Arc<AgentRecord>)> = {
                 let agents = self.agents.lock();
                 taken
                     .iter()
-                    .filter_map(|u| agents.get(u).map(|r| (*u, r.encode_to_vec())))
+                    .filter_map(|u| agents.get(u).map(|r| (*u, r.clone())))
                     .collect()
             };
+            let rows: Vec<(Uuid, Vec<u8>)> = records
+                .into_iter()
+                .map(|(u, r)| (u, r.encode_to_vec()))
+                .collect();
             let mut table = txn.open_table(AGENTS)?;
             for (uid, bytes) in &rows {
                 table.insert(uid.as_bytes().as_slice(), bytes.as_slice())?;
@@ -192,6 +198,16 @@ impl Inner {
         }
         self.metrics.unwritten_agents.set(dirty.len() as i64);
         written.map(|()| n)
+    }
+
+    /// Every agent record (of the shards `keep` names), taken under the lock.
+    pub(super) fn records(&self, keep: impl Fn(&Uuid) -> bool) -> Vec<Arc<AgentRecord>> {
+        let agents = self.agents.lock();
+        agents
+            .iter()
+            .filter(|(uid, _)| keep(uid))
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     pub(super) fn next_audit_seq(&self) -> u64 {

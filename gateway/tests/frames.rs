@@ -1,0 +1,86 @@
+//! A connection's messages are answered in order whatever their sizes, when an agent writes
+//! several (larger than the gateway's read buffer, and small) before reading any answer.
+
+use flotilla_common::bus::{Bus, InProcessBus};
+use flotilla_common::names::Subjects;
+use flotilla_gateway::{Gateway, GatewayConfig};
+use flotilla_loadtest::client::WsClient;
+use flotilla_proto::bus::{Uplink, UplinkReply, uplink};
+use flotilla_proto::opamp::{AgentToServer, EffectiveConfig, ServerToAgent};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn messages_sent_back_to_back_after_a_large_one_are_all_answered_in_order() {
+    let bus = Arc::new(InProcessBus::default());
+    // The owner answers each message with its sequence number in `flags`.
+    let mut uplinks = bus
+        .subscribe(&Subjects::new("test").uplink_all())
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(i) = uplinks.next().await {
+            let up = Uplink::decode(i.msg.payload).unwrap();
+            let Some(uplink::Kind::AgentToServer(a)) = up.kind else {
+                continue;
+            };
+            let msg = AgentToServer::decode(a.as_slice()).unwrap();
+            let answer = ServerToAgent {
+                instance_uid: msg.instance_uid,
+                flags: msg.sequence_num,
+                ..Default::default()
+            };
+            let reply = UplinkReply {
+                server_to_agent: answer.encode_to_vec(),
+                ..Default::default()
+            };
+            let _ = i.reply.unwrap().send(reply.encode_to_vec().into()).await;
+        }
+    });
+    let gateway = Gateway::new(
+        GatewayConfig::new("test", "gw1", 1 << 20),
+        bus.clone(),
+        &mut Registry::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
+
+    let uid = uuid::Uuid::now_v7().as_bytes().to_vec();
+    let message = |sequence_num: u64, config_bytes: usize| AgentToServer {
+        instance_uid: uid.clone(),
+        sequence_num,
+        effective_config: (config_bytes > 0).then(|| EffectiveConfig {
+            config_map: Some(flotilla_proto::opamp::AgentConfigMap {
+                config_map: [(
+                    "collector.yaml".to_owned(),
+                    flotilla_proto::opamp::AgentConfigFile {
+                        body: vec![b'x'; config_bytes],
+                        content_type: "text/yaml".into(),
+                    },
+                )]
+                .into(),
+            }),
+        }),
+        ..Default::default()
+    };
+    let mut ws = WsClient::connect(&url).await.unwrap();
+    // Large, small, large, small, small: all written before any answer is read.
+    let sizes = [64 * 1024, 0, 20 * 1024, 0, 0];
+    for (seq, size) in sizes.iter().enumerate() {
+        ws.send(&message(seq as u64, *size)).await.unwrap();
+    }
+    for seq in 0..sizes.len() {
+        let reply = ws.recv(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(reply.flags, seq as u64, "answers in the order sent");
+    }
+    // And the connection goes on as usual.
+    let reply = ws.request(&message(5, 0)).await.unwrap();
+    assert_eq!(reply.flags, 5);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
