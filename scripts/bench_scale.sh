@@ -12,17 +12,25 @@
 #   3. push: PUT /api/v1/configs/scale (empty selector: every agent), then wait until
 #      GET /api/v1/agents?config=applied counts every agent;
 #   4. API latency: the fleet health and a filtered agent list, SAMPLES times each (curl);
-#   5. resident memory of each role (ps); the swarms stop (writing their report.json), then the
+#   5. with FAULTS=1, two faults, each followed by a push of a new config to every agent:
+#      kill -9 of gateway g1 (its agents fail over to the others), then, once the swarms have
+#      every agent connected again, the push; then kill -9 of coordinator c3 (c1 serves the API
+#      this script asks) and at once the push (its shards are taken over by the others once its
+#      leases expire);
+#   6. resident memory of each role (ps); the swarms stop (writing their report.json), then the
 #      cluster;
-#   6. summary.md and timeline.svg under BENCH_DIR (scripts/bench_scale_summary.py).
+#   7. summary.md and timeline.svg under BENCH_DIR (scripts/bench_scale_summary.py).
 #
-# Every wait is bounded and the run ends within 10 minutes of the build; every process it started
-# is stopped on exit, and all of them at once if the machine's used memory passes MEM_LIMIT_GIB.
+# Every wait is bounded and the run ends within 10 minutes of the build (15 with FAULTS=1); every
+# process it started is stopped on exit, and all of them at once if the machine's used memory
+# passes MEM_LIMIT_GIB.
 #
 # Environment: AGENTS (default 100000; fewer agents run on fewer gateways and swarms: at most
 # 17,000 agents each, at least 2, e.g. AGENTS=12000 for a quick check), RAMP (default 60),
 # STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer token, if the
-# API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>).
+# API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>), FAULTS (1: step 5; the
+# agents are then spread over more gateways, at most 14,000 each, so that the survivors of a
+# gateway's loss hold its agents within their open-file limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +40,9 @@ steady=${STEADY:-60}
 push_wait=${PUSH_WAIT:-180}
 samples=${SAMPLES:-20}
 mem_limit_gib=${MEM_LIMIT_GIB:-20}
+faults=${FAULTS:-0}
 per_process=17000
+[ "$faults" = 1 ] && per_process=14000
 n=$(((agents + per_process - 1) / per_process))
 [ "$n" -ge 2 ] || n=2
 if [ "$n" -gt 9 ]; then
@@ -92,8 +102,10 @@ machine_info "agents: $agents over $n gateways and $n swarms (--realistic, plain
 
 now_ms() { date +%s%3N; }
 started=$(now_ms)
-deadline=$((started + 600 * 1000))
-# left S: seconds to wait, at most S and what is left of the 10 minutes (less 60 s to stop).
+run_s=600
+[ "$faults" = 1 ] && run_s=900
+deadline=$((started + run_s * 1000))
+# left S: seconds to wait, at most S and what is left of the run's time (less 60 s to stop).
 left() {
   local rest=$(((deadline - 60000 - $(now_ms)) / 1000))
   if [ "$rest" -lt "$1" ]; then echo $((rest > 0 ? rest : 0)); else echo "$1"; fi
@@ -127,7 +139,7 @@ rss() {
   local r role name pid kib
   for r in "${roles[@]}"; do
     read -r role name pid <<<"$r"
-    kib=$(ps -o rss= -p "$pid" | tr -d ' ')
+    kib=$(ps -o rss= -p "$pid" | tr -d ' ' || true) # none once killed (FAULTS)
     echo "$PHASE $role $name $pid ${kib:-0}" >>"$out/rss.txt"
   done
 }
@@ -203,7 +215,9 @@ PHASE=steady rss
 
 # --- 3. push -------------------------------------------------------------------------------------
 echo "==> push: PUT /api/v1/configs/scale for every agent"
-python3 - "$(date -u +%FT%TZ)" >"$out/config.json" <<'PY'
+# config_json TAG: the config pushed, a collector's, with TAG in its first line.
+config_json() {
+  python3 - "$(date -u +%FT%TZ) $1" <<'PY'
 import json, sys
 body = f"""# scale benchmark, {sys.argv[1]}
 receivers:
@@ -238,6 +252,8 @@ service:
 """
 print(json.dumps({"selector": "", "files": {"collector.yaml": body}}))
 PY
+}
+config_json push >"$out/config.json"
 put_ms=$(now_ms)
 event put_ms "$put_ms"
 curl -sf --max-time 60 "${auth[@]}" -X PUT -H 'Content-Type: application/json' \
@@ -277,8 +293,63 @@ for _ in $(seq 1 "$samples"); do
 done
 event api_list_path "$list"
 
-# --- 5. memory, stop -----------------------------------------------------------------------------
-PHASE=pushed rss
+# --- 5. faults -----------------------------------------------------------------------------------
+# swarms_connected: agents connected now, over every swarm (their last progress lines).
+swarms_connected() {
+  local total=0 f v
+  for f in "$out"/swarm-*.progress; do
+    v=$(tail -n 1 "$f" | sed -n 's/.*connected *\([0-9]*\)\/.*/\1/p')
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+# push_again TAG: PUT a new config for every agent; events TAG_put_ms, then TAG_applied_ms and
+# TAG_applied once the API counts every agent applied (or the bound passed).
+push_again() {
+  local tag=$1 n=0 until_s
+  config_json "$tag" >"$out/config-$tag.json"
+  event "${tag}_put_ms" "$(now_ms)"
+  curl -sf --max-time 60 "${auth[@]}" -X PUT -H 'Content-Type: application/json' \
+    --data-binary "@$out/config-$tag.json" -o /dev/null "$api/api/v1/configs/scale" ||
+    echo "bench_scale.sh: PUT after $tag failed" >&2
+  until_s=$(($(date +%s) + $(left "$push_wait")))
+  while [ "$(date +%s)" -lt "$until_s" ]; do
+    nap 1
+    n=$(get "/api/v1/agents?config=applied&limit=1" total)
+    echo "$(now_ms) ${n:-?}" >>"$out/fleet-applied-$tag.txt"
+    [ "${n:-0}" -ge "$agents" ] && break
+  done
+  event "${tag}_applied_ms" "$(now_ms)"
+  event "${tag}_applied" "${n:-0}"
+  echo "    $tag: ${n:-0} of $agents applied as the API counts"
+}
+if [ "$faults" = 1 ]; then
+  PHASE=pushed rss
+  echo "==> fault: kill -9 gateway g1"
+  event gateway_killed_ms "$(now_ms)"
+  event gateway_agents "$(tail -n 1 "$out/swarm-1.progress" | sed -n 's/.*connected *\([0-9]*\)\/.*/\1/p')"
+  kill -KILL "$(cat "$CLUSTER_DIR/g1.pid")"
+  nap 2
+  back=0
+  until_s=$(($(date +%s) + $(left 180)))
+  while [ "$(date +%s)" -lt "$until_s" ]; do
+    back=$(swarms_connected)
+    [ "$back" -ge "$agents" ] && break
+    nap 1
+  done
+  event gateway_back_ms "$(now_ms)"
+  event gateway_back "$back"
+  echo "    connected again: $back of $agents (as the swarms count)"
+  push_again gateway
+  echo "==> fault: kill -9 coordinator c3, and a push at once"
+  event coordinator_killed_ms "$(now_ms)"
+  kill -KILL "$(cat "$CLUSTER_DIR/c3.pid")"
+  push_again coordinator
+  event coordinator_connected "$(get /api/v1/fleet/health connected_agents)"
+fi
+
+# --- 6. memory, stop -----------------------------------------------------------------------------
+[ "$faults" = 1 ] || PHASE=pushed rss
 echo "==> stopping the swarms and the cluster"
 event stopping_ms "$(now_ms)"
-# --- 6. summary: the EXIT trap stops everything, then writes it ----------------------------------
+# --- 7. summary: the EXIT trap stops everything, then writes it ----------------------------------

@@ -165,6 +165,30 @@ def summary(d, ev, reports):
         t = [x * 1000 for x in numbers(d / file)]
         row(f"{name}: median / max ({len(t)} samples)",
             f"{ms(statistics.median(t) if t else None, 1)} / {ms(max(t) if t else None, 1)}")
+    def count(key):
+        v = ev.get(key)
+        return v if isinstance(v, int) else 0
+
+    if "gateway_killed_ms" in ev:
+        row(
+            f"fault: kill -9 gateway g1 ({count('gateway_agents'):,} agents on it) -> "
+            "swarms have every agent connected again",
+            seconds(since("gateway_back_ms", "gateway_killed_ms"))
+            if count("gateway_back") >= agents
+            else f"not within the bound ({count('gateway_back'):,})",
+        )
+    for tag, label in (("gateway", "after the gateway's loss"),
+                       ("coordinator", "with coordinator c3 killed just before")):
+        if f"{tag}_put_ms" in ev:
+            row(
+                f"fault: push {label}: PUT -> API counts all applied",
+                seconds(since(f"{tag}_applied_ms", f"{tag}_put_ms"))
+                if count(f"{tag}_applied") >= agents
+                else f"not within the bound ({count(f'{tag}_applied'):,})",
+            )
+    if "coordinator_connected" in ev:
+        row("fault: connected agents (API) after the coordinator's loss",
+            f"{count('coordinator_connected'):,}")
     mem = rss(d)
     held = max(ev.get("connected", 0) or agents, 1)
     for role in ("gateway", "coordinator", "redis", "nats", "swarm"):

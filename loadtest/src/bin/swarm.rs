@@ -17,12 +17,12 @@ struct Args {
     #[arg(long, value_enum, default_value = "steady")]
     scenario: Scenario,
     /// OpAMP endpoint, e.g. ws://127.0.0.1:4320/v1/opamp or http://127.0.0.1:4320/v1/opamp.
-    /// Repeat for several gateways: agents are spread over them and fail over to the next.
+    /// Repeat for several gateways: agents are spread over them and fail over to another.
     #[arg(long = "url", default_value = "ws://127.0.0.1:4320/v1/opamp")]
     urls: Vec<String>,
-    /// An endpoint agents move to only after losing a connection (repeatable): after the --url
-    /// they were on, agents try the next --url, then these, in a ring. So each swarm of several
-    /// can have its own gateway with the others as failover.
+    /// An endpoint agents move to only after losing a connection (repeatable): an agent that lost
+    /// one of the --url and --failover-url endpoints tries any other, at random. So each swarm of
+    /// several can have its own gateway with the others as failover.
     #[arg(long = "failover-url")]
     failover_urls: Vec<String>,
     /// How agents talk OpAMP [default: from the URL: ws:// and wss:// WebSocket, http:// and

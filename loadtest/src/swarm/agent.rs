@@ -126,7 +126,7 @@ async fn live(shared: &Shared, index: usize, life: &mut Life) {
             life.lost = true;
         }
         attempt += 1;
-        url = (url + 1) % (cfg.urls.len() + cfg.failover_urls.len());
+        url = another(url, cfg.urls.len() + cfg.failover_urls.len());
         let backoff = cfg
             .backoff_max
             .min(cfg.backoff_min.saturating_mul(1 << attempt.min(16)));
@@ -136,6 +136,15 @@ async fn live(shared: &Shared, index: usize, life: &mut Life) {
             () = tokio::time::sleep(jittered) => {}
         }
     }
+}
+
+/// Where an agent goes after losing its connection to endpoint `url` of `n`: any other, at random
+/// (as a load balancer in front of several gateways spreads the reconnects of a lost one's agents).
+fn another(url: usize, n: usize) -> usize {
+    if n < 2 {
+        return 0;
+    }
+    (url + rand::rng().random_range(1..n)) % n
 }
 
 /// Decrements the connected count however a session ends.
@@ -540,5 +549,19 @@ mod tests {
         assert_eq!(on_grid(start, s(30), start + s(95)), start + s(120));
         // A zero interval does not divide by zero: the grid is the start.
         assert_eq!(on_grid(start, Duration::ZERO, start + s(1)), start);
+    }
+
+    #[test]
+    fn a_lost_agent_moves_to_any_other_endpoint() {
+        assert_eq!(another(0, 1), 0);
+        for _ in 0..100 {
+            assert_eq!(another(0, 2), 1);
+        }
+        let mut seen = [0; 4];
+        for _ in 0..400 {
+            seen[another(2, 4)] += 1;
+        }
+        assert_eq!(seen[2], 0, "never the endpoint it lost");
+        assert!(seen[0] > 0 && seen[1] > 0 && seen[3] > 0, "{seen:?}");
     }
 }

@@ -37,11 +37,11 @@ pub struct Api {
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
     pub scenario: Scenario,
-    /// OpAMP endpoints; agent i starts on `urls[i % len]` and moves to the next on a lost
+    /// OpAMP endpoints; agent i starts on `urls[i % len]` and moves to another on a lost
     /// connection.
     pub urls: Vec<String>,
-    /// Where agents go after `urls`, only once they lost a connection: agent i tries
-    /// `urls[i % len]`, then the next of `urls` followed by `failover_urls`, in a ring.
+    /// Where agents may also go, only once they lost a connection: an agent that lost one
+    /// endpoint of `urls` and `failover_urls` tries any other of them, at random.
     pub failover_urls: Vec<String>,
     pub transport: Transport,
     pub agents: usize,
