@@ -26,7 +26,7 @@
 # passes MEM_LIMIT_GIB.
 #
 # Environment: AGENTS (default 100000; fewer agents run on fewer gateways and swarms: at most
-# 17,000 agents each, at least 2, e.g. AGENTS=12000 for a quick check), RAMP (default 60),
+# 17,000 agents each, at least 2, e.g. AGENTS=12000 for a quick check), RAMP (default 120),
 # STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer token, if the
 # API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>), FAULTS (1: step 5; the
 # agents are then spread over more gateways, at most 14,000 each, so that the survivors of a
@@ -35,7 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 agents=${AGENTS:-100000}
-ramp=${RAMP:-60}
+ramp=${RAMP:-120}
 steady=${STEADY:-60}
 push_wait=${PUSH_WAIT:-180}
 samples=${SAMPLES:-20}
@@ -120,9 +120,10 @@ event started_ms "$started"
 api=http://127.0.0.1:4410
 auth=()
 [ -n "${API_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $API_TOKEN")
-# get PATH FIELD: FIELD of the API's JSON answer to GET PATH (empty if it did not answer).
+# get PATH FIELD [SECONDS]: FIELD of the API's JSON answer to GET PATH (empty if it did not
+# answer within SECONDS, default 10).
 get() {
-  curl -sf --max-time 10 "${auth[@]}" "$api$1" |
+  curl -sf --max-time "${3:-10}" "${auth[@]}" "$api$1" |
     python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])" 2>/dev/null || true
 }
 
@@ -158,7 +159,7 @@ for i in $(seq 0 $((n - 1))); do
   # Its summary on stdout, a progress line a second on stderr.
   "$bin/flotilla-swarm" --scenario steady --agents "$count" "${urls[@]}" --realistic \
     --source-ips 16 --connect-rate "$rate" --heartbeat 30s --reply-timeout 30s \
-    --duration "$(left 600)s" --out "$out/swarm-$((i + 1))" \
+    --duration "$(left "$run_s")s" --out "$out/swarm-$((i + 1))" \
     >"$out/swarm-$((i + 1)).txt" 2>"$out/swarm-$((i + 1)).progress" &
   swarms+=($!)
   pids+=($!)
@@ -263,18 +264,19 @@ event put_done_ms "$(now_ms)"
 hash=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['hash'])" "$out/put.json" ||
   get /api/v1/configs/scale hash)
 event hash "${hash:-?}"
-# Until every swarm's agents reported APPLIED, and the API counts them all (10 s more at most).
+# Until every swarm's agents reported APPLIED, and the API counts them all (30 s more at most).
 applied=0 by_swarms=0 swarms_done_ms=
 until_s=$(($(date +%s) + $(left "$push_wait")))
 while [ "$(date +%s)" -lt "$until_s" ]; do
-  nap 1
+  nap 2
   by_swarms=$(swarms_applied)
-  applied=$(get "/api/v1/agents?config=applied&limit=1" total)
+  # A count of every agent's config state walks the whole fleet (seconds at 100,000 agents).
+  applied=$(get "/api/v1/agents?config=applied&limit=1" total 60)
   echo "$(now_ms) ${applied:-?} $by_swarms" >>"$out/fleet-applied.txt"
   [ "${applied:-0}" -ge "$agents" ] && break
   if [ "$by_swarms" -ge "$agents" ] && [ -z "$swarms_done_ms" ]; then
     swarms_done_ms=$(now_ms)
-    until_s=$(($(date +%s) + $(left 10)))
+    until_s=$(($(date +%s) + $(left 30)))
   fi
 done
 event all_applied_ms "$(now_ms)"
@@ -314,8 +316,8 @@ push_again() {
     echo "bench_scale.sh: PUT after $tag failed" >&2
   until_s=$(($(date +%s) + $(left "$push_wait")))
   while [ "$(date +%s)" -lt "$until_s" ]; do
-    nap 1
-    n=$(get "/api/v1/agents?config=applied&limit=1" total)
+    nap 2
+    n=$(get "/api/v1/agents?config=applied&limit=1" total 60)
     echo "$(now_ms) ${n:-?}" >>"$out/fleet-applied-$tag.txt"
     [ "${n:-0}" -ge "$agents" ] && break
   done

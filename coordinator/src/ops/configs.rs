@@ -112,15 +112,27 @@ impl Ops {
             .await
     }
 
-    /// `view` with how many agents `selector` matches now, and a warning when none does.
+    /// `view` with how many agents `selector` matches now, and a warning when none does. Every
+    /// agent (the empty selector) is the store's kept count; another selector is counted by
+    /// visiting the agents.
     async fn with_matches(&self, mut view: ConfigView, selector: &Selector) -> Result<ConfigView> {
-        let mut n = 0;
-        self.visit_fleet(&mut |rec| {
-            if selector.matches(&RecordAttributes(rec)) {
-                n += 1;
+        let kept = match selector.is_empty() {
+            true => self.store().agent_counts().await?,
+            false => None,
+        };
+        let n = match kept {
+            Some(counts) => usize::try_from(counts.total).unwrap_or(usize::MAX),
+            None => {
+                let mut n = 0;
+                self.visit_fleet(&mut |rec| {
+                    if selector.matches(&RecordAttributes(rec)) {
+                        n += 1;
+                    }
+                })
+                .await?;
+                n
             }
-        })
-        .await?;
+        };
         if n == 0 {
             let which = if selector.is_empty() {
                 "no agent is known yet".to_owned()

@@ -45,6 +45,7 @@ use flotilla_common::store::{Store, StoreError};
 use flotilla_proto::bus::AgentRecord;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::warn;
 
 /// What the operations are set to.
@@ -94,6 +95,34 @@ pub struct Ops {
     desired: DesiredState,
     cfg: Arc<OpsConfig>,
     watchers: watchers::Watchers,
+    /// Turns at walking the whole fleet.
+    walks: Walks,
+}
+
+/// Turns at walking the whole fleet: one walk at a time per coordinator, and a request that
+/// waits more than its bound for its turn is told to retry.
+#[derive(Clone)]
+struct Walks {
+    turns: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl Walks {
+    fn new(wait: Duration) -> Self {
+        Self {
+            turns: Arc::new(Semaphore::new(1)),
+            wait,
+        }
+    }
+
+    async fn turn(&self) -> std::result::Result<SemaphorePermit<'_>, StoreError> {
+        match tokio::time::timeout(self.wait, self.turns.acquire()).await {
+            Ok(Ok(turn)) => Ok(turn),
+            _ => Err(StoreError::Io(
+                "the fleet is being read for other requests; retry later".into(),
+            )),
+        }
+    }
 }
 
 impl Ops {
@@ -117,6 +146,7 @@ impl Ops {
             desired,
             cfg: Arc::new(cfg),
             watchers: watchers::Watchers::default(),
+            walks: Walks::new(Duration::from_secs(30)),
         }
     }
 
@@ -129,11 +159,16 @@ impl Ops {
         self.store.as_ref()
     }
 
-    /// Visits every agent of this region's store the fleet views show ([`in_fleet_view`]).
+    /// Visits every agent of this region's store the fleet views show ([`in_fleet_view`]), one
+    /// walk at a time: a walk reads every record, and several at once (a dashboard polling a
+    /// list that takes longer than its timeout) took the store from the agents' own messages at
+    /// 100,000 agents (docs/benchmarks.md). A request that waits too long for its
+    /// turn ([`Walks`], 30 s) is answered "unavailable".
     pub(crate) async fn visit_fleet(
         &self,
         visit: &mut (dyn FnMut(&AgentRecord) + Send),
     ) -> std::result::Result<(), StoreError> {
+        let _turn = self.walks.turn().await?;
         self.store
             .visit_agents(&|_| true, &mut |rec| {
                 if in_fleet_view(rec) {
@@ -156,5 +191,30 @@ impl Ops {
             // The others re-read the store every few seconds anyway.
             warn!(error = %e, "change not announced");
         }
+    }
+}
+
+#[cfg(test)]
+mod walk_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn walks_take_turns_and_a_long_wait_is_told_to_retry() {
+        let walks = Walks::new(Duration::from_secs(30));
+        let first = walks.turn().await.unwrap();
+        // The second waits for the first...
+        let second = walks.clone();
+        let waiting = tokio::spawn(async move { second.turn().await.map(drop) });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        waiting.await.unwrap().unwrap();
+        // ...and one that waits past the bound is refused, with a reason.
+        let _held = walks.turn().await.unwrap();
+        let third = walks.clone();
+        let refused = tokio::spawn(async move { third.turn().await.map(drop) });
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let err = refused.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("retry later"), "{err}");
     }
 }
