@@ -1,6 +1,7 @@
 //! The `flotilla` binary itself: `serve` as a real process (clear errors on bad config, drain on
 //! SIGTERM, configs kept across a restart) and `ctl` against it.
 
+use flotilla_testkit::free_port;
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::Path;
@@ -8,14 +9,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn serve(data: &Path, opamp: u16, api: u16) -> Child {
     Command::new(BIN)
