@@ -185,11 +185,14 @@ done
   done
 ) &
 pids+=($!)
-# swarms_applied: config results APPLIED so far, over every swarm (their last progress lines).
-swarms_applied() {
-  local total=0 f v
-  for f in "$out"/swarm-*.progress; do
-    v=$(tail -n 1 "$f" | sed -n 's/.* applied \([0-9]*\) .*/\1/p')
+# progress FIELD [FILE...]: the number after FIELD ("connected", "applied") in the last progress
+# line of each swarm (default: every swarm), summed.
+progress() {
+  local field=$1 total=0 f v
+  shift
+  [ $# -gt 0 ] || set -- "$out"/swarm-*.progress
+  for f in "$@"; do
+    v=$(tail -n 1 "$f" | sed -n "s/.* $field *\([0-9]*\)[ /].*/\1/p")
     total=$((total + ${v:-0}))
   done
   echo "$total"
@@ -269,7 +272,7 @@ applied=0 by_swarms=0 swarms_done_ms=
 until_s=$(($(date +%s) + $(left "$push_wait")))
 while [ "$(date +%s)" -lt "$until_s" ]; do
   nap 2
-  by_swarms=$(swarms_applied)
+  by_swarms=$(progress applied)
   # A count of every agent's config state walks the whole fleet (seconds at 100,000 agents).
   applied=$(get "/api/v1/agents?config=applied&limit=1" total 60)
   echo "$(now_ms) ${applied:-?} $by_swarms" >>"$out/fleet-applied.txt"
@@ -296,15 +299,6 @@ done
 event api_list_path "$list"
 
 # --- 5. faults -----------------------------------------------------------------------------------
-# swarms_connected: agents connected now, over every swarm (their last progress lines).
-swarms_connected() {
-  local total=0 f v
-  for f in "$out"/swarm-*.progress; do
-    v=$(tail -n 1 "$f" | sed -n 's/.*connected *\([0-9]*\)\/.*/\1/p')
-    total=$((total + ${v:-0}))
-  done
-  echo "$total"
-}
 # push_again TAG: PUT a new config for every agent; events TAG_put_ms, then TAG_applied_ms and
 # TAG_applied once the API counts every agent applied (or the bound passed).
 push_again() {
@@ -329,13 +323,13 @@ if [ "$faults" = 1 ]; then
   PHASE=pushed rss
   echo "==> fault: kill -9 gateway g1"
   event gateway_killed_ms "$(now_ms)"
-  event gateway_agents "$(tail -n 1 "$out/swarm-1.progress" | sed -n 's/.*connected *\([0-9]*\)\/.*/\1/p')"
+  event gateway_agents "$(progress connected "$out/swarm-1.progress")"
   kill -KILL "$(cat "$CLUSTER_DIR/g1.pid")"
   nap 2
   back=0
   until_s=$(($(date +%s) + $(left 180)))
   while [ "$(date +%s)" -lt "$until_s" ]; do
-    back=$(swarms_connected)
+    back=$(progress connected)
     [ "$back" -ge "$agents" ] && break
     nap 1
   done

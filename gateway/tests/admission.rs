@@ -2,19 +2,19 @@
 //! more agents speak at once, the rest wait at the gateway and are sent as answers come back,
 //! and every agent is answered.
 
+mod common;
+
 use flotilla_common::bus::{Bus, InProcessBus};
 use flotilla_common::names::Subjects;
-use flotilla_gateway::{Gateway, GatewayConfig, MAX_UPLINKS_IN_FLIGHT};
+use flotilla_gateway::MAX_UPLINKS_IN_FLIGHT;
 use flotilla_loadtest::client::WsClient;
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::bus::{Uplink, UplinkReply, uplink};
 use flotilla_proto::opamp::{AgentToServer, ServerToAgent};
-use prometheus_client::registry::Registry;
 use prost::Message;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn agents_past_the_bound_wait_at_the_gateway_and_are_all_answered() {
@@ -51,15 +51,8 @@ async fn agents_past_the_bound_wait_at_the_gateway_and_are_all_answered() {
             });
         }
     });
-    let gateway = Gateway::new(
-        GatewayConfig::new("test", "gw1", 1 << 20),
-        bus.clone(),
-        &mut Registry::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
+    let gateway = common::serve(bus.clone()).await;
+    let url = gateway.url.clone();
 
     let agents = MAX_UPLINKS_IN_FLIGHT + 100;
     let mut connected = Vec::new();
@@ -88,6 +81,5 @@ async fn agents_past_the_bound_wait_at_the_gateway_and_are_all_answered() {
         "{peak} messages at the owner at once"
     );
     assert!(peak >= MAX_UPLINKS_IN_FLIGHT / 2, "only {peak} at once");
-    cancel.cancel();
-    task.await.unwrap().unwrap();
+    gateway.stop().await;
 }

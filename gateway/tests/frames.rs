@@ -1,17 +1,16 @@
 //! A connection's messages are answered in order whatever their sizes, when an agent writes
 //! several (larger than the gateway's read buffer, and small) before reading any answer.
 
+mod common;
+
 use flotilla_common::bus::{Bus, InProcessBus};
 use flotilla_common::names::Subjects;
-use flotilla_gateway::{Gateway, GatewayConfig};
 use flotilla_loadtest::client::WsClient;
 use flotilla_proto::bus::{Uplink, UplinkReply, uplink};
 use flotilla_proto::opamp::{AgentToServer, EffectiveConfig, ServerToAgent};
-use prometheus_client::registry::Registry;
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn messages_sent_back_to_back_after_a_large_one_are_all_answered_in_order() {
@@ -40,15 +39,8 @@ async fn messages_sent_back_to_back_after_a_large_one_are_all_answered_in_order(
             let _ = i.reply.unwrap().send(reply.encode_to_vec().into()).await;
         }
     });
-    let gateway = Gateway::new(
-        GatewayConfig::new("test", "gw1", 1 << 20),
-        bus.clone(),
-        &mut Registry::default(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
+    let gateway = common::serve(bus.clone()).await;
+    let url = gateway.url.clone();
 
     let uid = uuid::Uuid::now_v7().as_bytes().to_vec();
     let message = |sequence_num: u64, config_bytes: usize| AgentToServer {
@@ -81,6 +73,5 @@ async fn messages_sent_back_to_back_after_a_large_one_are_all_answered_in_order(
     // And the connection goes on as usual.
     let reply = ws.request(&message(5, 0)).await.unwrap();
     assert_eq!(reply.flags, 5);
-    cancel.cancel();
-    task.await.unwrap().unwrap();
+    gateway.stop().await;
 }
