@@ -94,17 +94,25 @@ async fn config_and_restart_reach_agents_spread_across_gateways() {
     println!("config applied by 30 agents on 2 gateways in {took:?}");
 
     // Once the agents are known, what they send changes nothing but their sequence numbers and
-    // last-seen times: their owners write just those (touches), not their records.
-    let (saves, touches) = (
+    // last-seen times: their owners write just those (touches), not their records; and the
+    // owners' walks read no store.
+    let (saves, touches, visits) = (
         store_calls(&c, "save_agent").await,
         store_calls(&c, "touch_agent").await,
+        store_calls(&c, "visit_agents").await,
     );
     tokio::time::sleep(Duration::from_secs(6)).await;
     let saved = store_calls(&c, "save_agent").await - saves;
     let touched = store_calls(&c, "touch_agent").await - touches;
-    println!("in 6 s of heartbeats and polls: {saved} saves, {touched} touches");
+    let visited = store_calls(&c, "visit_agents").await - visits;
+    println!(
+        "in 6 s of heartbeats and polls: {saved} saves, {touched} touches, {visited} walks of the store"
+    );
     assert!(touched >= 40.0, "{touched} touches");
     assert!(saved * 4.0 < touched, "{saved} saves, {touched} touches");
+    // The owners' walks over their agents (alerts every 5 s, gauges, retention) read their
+    // copies once those are the whole shard, not the store.
+    assert_eq!(visited, 0.0, "the owners' walks read the store");
 
     // Every coordinator's API sees the whole fleet and where each agent is connected.
     for coord in &c.coordinators {

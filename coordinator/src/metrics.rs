@@ -25,6 +25,8 @@ pub struct OwnerMetrics {
     pub uplink_seconds: Histogram,
     pub uplinks_in_flight: Gauge,
     pub pushes: Family<Labels, Counter>,
+    pub pushes_awaiting: Gauge,
+    pub pushes_unanswered: Counter,
     pub events: Family<Labels, Counter>,
     pub own_metrics: Family<Labels, Counter>,
     pub agents: Family<Labels, Gauge>,
@@ -51,6 +53,8 @@ impl OwnerMetrics {
             uplink_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             uplinks_in_flight: Gauge::default(),
             pushes: Family::default(),
+            pushes_awaiting: Gauge::default(),
+            pushes_unanswered: Counter::default(),
             events: Family::default(),
             own_metrics: Family::default(),
             agents: Family::default(),
@@ -89,6 +93,17 @@ impl OwnerMetrics {
             "pushes",
             "ServerToAgent pushes to connected agents, by result",
             m.pushes.clone(),
+        );
+        r.register(
+            "pushes_awaiting",
+            "Agents a push to many reached that have not answered it yet (at most 1024; the next \
+             batch waits for room)",
+            m.pushes_awaiting.clone(),
+        );
+        r.register(
+            "pushes_unanswered",
+            "Agents a push reached that did not answer it within 5 s (they stopped being awaited)",
+            m.pushes_unanswered.clone(),
         );
         r.register(
             "agent_events",

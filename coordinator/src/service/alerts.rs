@@ -184,17 +184,16 @@ impl Owner {
             .filter(|s| self.shards.fence(*s).is_some())
             .collect();
         let owned = |s: u16| owned_now.contains(&s);
-        self.store
-            .visit_agents(&owned, &mut |rec| {
-                for c in conditions(rec, &desired, &cfg.kinds, now) {
-                    holding
-                        .entry(book_id(shard_of(&rec.instance_uid)))
-                        .or_default()
-                        .push(c);
-                }
-            })
-            .await
-            .map_err(|e| format!("cannot read agents: {e}"))?;
+        self.visit_owned(&owned, &mut |rec| {
+            for c in conditions(rec, &desired, &cfg.kinds, now) {
+                holding
+                    .entry(book_id(shard_of(&rec.instance_uid)))
+                    .or_default()
+                    .push(c);
+            }
+        })
+        .await
+        .map_err(|e| format!("cannot read agents: {e}"))?;
         let stepping_rollouts = owned(0);
         if stepping_rollouts {
             let rollouts: Vec<Rollout> = self

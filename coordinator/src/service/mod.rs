@@ -14,6 +14,7 @@ pub mod duties;
 pub mod leases;
 pub mod shards;
 
+mod awaiting;
 mod commands;
 mod config;
 mod events;
@@ -339,15 +340,13 @@ impl Owner {
             .set(self.shards.owned_count() as i64);
         let desired = self.desired.current();
         let mut overview = OverviewBuilder::default();
-        let owned = |s| self.shards.fence(s).is_some();
-        self.store
-            .visit_agents(&owned, &mut |a| {
-                if in_fleet_view(a) {
-                    overview.add(a, &desired);
-                }
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+        self.visit_owned(&|_| true, &mut |a| {
+            if in_fleet_view(a) {
+                overview.add(a, &desired);
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         let o = overview.finish();
         let h = &o.health;
         let m = &self.metrics;

@@ -1,7 +1,9 @@
 //! Pushes to connected agents: a ServerToAgent sent through the gateway that holds the agent's
-//! WebSocket ([`Pusher`]), alone or with others for the same gateway ([`batches`]), and what an
-//! agent's record says is due to it now ([`push_for`]).
+//! WebSocket ([`Pusher`]), alone or with others for the same gateway ([`batches`]) while the
+//! agents pushed to before answer ([`Awaiting`]), and what an agent's record says is due to it now
+//! ([`push_for`]).
 
+use super::awaiting::{Awaiting, PATIENCE, WINDOW};
 use crate::fleet::agents::RecordAttributes;
 use crate::fleet::configs::Desired;
 use crate::metrics::OwnerMetrics;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{Instrument, Span, debug, debug_span};
+use uuid::Uuid;
 
 /// Downlinks in one batch at most.
 pub(crate) const MAX_BATCH_COUNT: usize = 256;
@@ -44,6 +47,8 @@ pub(crate) struct Pusher {
     /// shard ([`MAX_UPLINKS_IN_FLIGHT`]; each holds its message, a full report is tens of KB, and
     /// the record being made of it): a batch waits while it is more than half taken.
     room: Arc<Semaphore>,
+    /// The agents batches reached that have not answered yet: a batch waits for room among them.
+    awaiting: Awaiting,
 }
 
 /// Agent messages an owner processes at once, at most (its room, which pushes leave to them).
@@ -65,6 +70,12 @@ impl Pusher {
         max_message_size: usize,
         room: Arc<Semaphore>,
     ) -> Self {
+        let awaiting = Awaiting::new(
+            WINDOW,
+            PATIENCE,
+            metrics.pushes_awaiting.clone(),
+            metrics.pushes_unanswered.clone(),
+        );
         Self {
             bus,
             subjects,
@@ -72,7 +83,13 @@ impl Pusher {
             metrics,
             max_batch_bytes: max_message_size / 2,
             room,
+            awaiting,
         }
+    }
+
+    /// The agents pushed to that have not answered yet.
+    pub fn awaiting(&self) -> &Awaiting {
+        &self.awaiting
     }
 
     /// The owner's room for agent messages (the owner takes a permit for each), which this
@@ -122,11 +139,19 @@ impl Pusher {
     }
 
     /// Sends many ServerToAgent messages, each to its connection: in batches per gateway, a few
-    /// batches at a time, each when the owner has room for the reports it brings. Returns how
-    /// many the gateways delivered; a batch whose request fails delivers none (those agents get
-    /// their desired state in the reply to their next message), except that a gateway that takes
-    /// no batches gets its pushes one by one.
+    /// batches at a time, each when the agents pushed to before have answered (at most
+    /// [`WINDOW`] awaited) and the owner has room for the reports it brings. Returns how many the
+    /// gateways delivered; a batch whose request fails delivers none (those agents get their
+    /// desired state in the reply to their next message), except that a gateway that takes no
+    /// batches gets its pushes one by one.
     pub async fn push_many(&self, pushes: Vec<(Origin, ServerToAgent)>) -> usize {
+        self.awaiting.plan(pushes.iter().filter_map(|(_, msg)| {
+            let uid = Uuid::from_slice(&msg.instance_uid).ok()?;
+            Some((
+                uid,
+                msg.remote_config.as_ref().map(|c| c.config_hash.clone()),
+            ))
+        }));
         let batches = batches(pushes, MAX_BATCH_COUNT, self.max_batch_bytes);
         futures_util::stream::iter(batches)
             .map(|(gateway, downlinks)| self.push_batch(gateway, downlinks))
@@ -135,8 +160,19 @@ impl Pusher {
             .await
     }
 
-    /// One batch to one gateway; how many of it were delivered.
+    /// One batch to one gateway, once there is room among the agents awaited (less those that
+    /// reported the config on their own meanwhile); how many of it were delivered.
     async fn push_batch(&self, gateway: String, downlinks: Vec<Downlink>) -> usize {
+        let uids: Vec<Uuid> = downlinks.iter().map(uid_of_downlink).collect();
+        let due = self.awaiting.take(&uids).await;
+        let downlinks: Vec<Downlink> = downlinks
+            .into_iter()
+            .zip(due)
+            .filter_map(|(d, due)| due.then_some(d))
+            .collect();
+        if downlinks.is_empty() {
+            return 0;
+        }
         self.wait_for_room().await;
         let size = downlinks.len();
         let span = traces::child_or_root(|| {
@@ -155,6 +191,7 @@ impl Pusher {
                 .map(|a| a.delivered)
                 .unwrap_or_default(),
             Err(BusError::NoResponders(_)) => {
+                self.not_awaited(&batch.downlinks);
                 // Nobody serves the gateway's batch subject: a gateway of the version before
                 // batches (mixed versions during an upgrade) still takes them one by one, as
                 // all pushes went before; a gateway that is gone refuses those at once too.
@@ -171,11 +208,25 @@ impl Pusher {
             }
             Err(_) => Vec::new(),
         };
-        // Entries past the batch's own (a confused gateway) count for nothing.
+        // Entries past the batch's own (a confused gateway) count for nothing; those it did not
+        // deliver to answer nothing.
+        let missed = batch.downlinks.iter().enumerate();
+        let missed: Vec<Downlink> = missed
+            .filter(|(i, _)| !acks.get(*i).copied().unwrap_or(false))
+            .map(|(_, d)| d.clone())
+            .collect();
+        self.not_awaited(&missed);
         let delivered = acks.iter().take(size).filter(|d| **d).count();
         span.record("delivered", delivered);
         self.count(delivered, size);
         delivered
+    }
+
+    /// The agents of `downlinks` answer nothing: they are not awaited.
+    fn not_awaited(&self, downlinks: &[Downlink]) {
+        for d in downlinks {
+            self.awaiting.gone(uid_of_downlink(d));
+        }
     }
 
     /// A bus request to a gateway within the push timeout, in `span`.
@@ -211,6 +262,11 @@ fn downlink(origin: &Origin, msg: &ServerToAgent) -> Downlink {
         instance_uid: msg.instance_uid.clone(),
         server_to_agent: msg.encode_to_vec(),
     }
+}
+
+/// The agent a downlink goes to (the nil uuid for a malformed one, which nothing awaits).
+fn uid_of_downlink(d: &Downlink) -> Uuid {
+    Uuid::from_slice(&d.instance_uid).unwrap_or_default()
 }
 
 /// Pushes grouped by gateway (in gateway id order, each gateway's in the order given), split into

@@ -22,10 +22,8 @@ impl Owner {
     pub(crate) async fn push_configs(&self, shards: &(dyn Fn(u16) -> bool + Sync)) {
         let desired = self.desired.current();
         let mut pushes: Vec<(Origin, ServerToAgent)> = Vec::new();
-        let mine = |s| shards(s) && self.shards.fence(s).is_some();
         let visited = self
-            .store
-            .visit_agents(&mine, &mut |rec| {
+            .visit_owned(shards, &mut |rec| {
                 if let Some(push) = push_for(rec, &desired) {
                     pushes.push(push);
                 }

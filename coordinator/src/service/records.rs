@@ -2,7 +2,9 @@
 //! by its owner goes through here, under the shard's lock and fence. With a remote store the owner
 //! keeps a copy of each record it read or wrote ([`super::shards::ShardCache`]): a message is
 //! processed without reading the store, and a save that changes only the sequence number and
-//! last-seen time (a heartbeat) writes just those ([`Store::touch_agent`]), still fenced.
+//! last-seen time (a heartbeat) writes just those ([`Store::touch_agent`]), still fenced. The
+//! owner's first walk over a shard's agents ([`Owner::visit_owned`]) copies all of them; its
+//! walks after that (alerts, gauges, retention, pushes) read the copies, not the store.
 
 use super::owner::Owner;
 use super::shards::{RecordCopy, ShardCache, SharedConfigs};
@@ -120,6 +122,10 @@ impl Locked<'_> {
         if let Some(copy) = self.cache.records.get(&uid) {
             return Ok(Some(copy.whole()));
         }
+        if self.cache.whole {
+            // The copies are every record of the shard: there is no such agent.
+            return Ok(None);
+        }
         let mut rec = self.store.get_agent(uid).await?;
         if self.keep
             && let Some(rec) = &mut rec
@@ -179,7 +185,7 @@ impl Locked<'_> {
                 // Gone from the store: written whole below.
                 Ok(false) => {}
                 Err(e) => {
-                    self.cache.records.remove(&touch.uid);
+                    self.cache.forget(&touch.uid);
                     return Err(e);
                 }
             }
@@ -194,9 +200,7 @@ impl Locked<'_> {
                 self.cache.records.insert(touch.uid, copy);
             }
             // Written or not: the store's copy is the one to read next.
-            _ => {
-                self.cache.records.remove(&touch.uid);
-            }
+            _ => self.cache.forget(&touch.uid),
         }
         saved
     }
@@ -207,8 +211,80 @@ impl Locked<'_> {
         uid: Uuid,
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
-        self.cache.records.remove(&uid);
-        self.store.delete_agent(self.fence, uid, audit).await
+        let deleted = self.store.delete_agent(self.fence, uid, audit).await;
+        match deleted {
+            Ok(_) => {
+                self.cache.records.remove(&uid);
+            }
+            Err(_) => self.cache.forget(&uid),
+        }
+        deleted
+    }
+
+    /// Calls `f` with every record of the shard (without its effective config when the store
+    /// keeps that apart): from the copies once they are the whole shard, else from the store,
+    /// whose records become the copies (so the next walk reads no store). A record whose
+    /// effective config the store does not hold is visited as read and not copied.
+    pub(crate) async fn visit(
+        &mut self,
+        f: &mut (dyn FnMut(&AgentRecord) + Send),
+    ) -> Result<(), StoreError> {
+        if self.cache.whole {
+            self.cache.records.values().for_each(|copy| f(&copy.rec));
+            return Ok(());
+        }
+        let shard = self.fence.shard;
+        let mut read: Vec<AgentRecord> = Vec::new();
+        self.store
+            .visit_agents(&|s| s == shard, &mut |rec| read.push(rec.clone()))
+            .await?;
+        let mut whole = self.keep;
+        for mut rec in read {
+            f(&rec);
+            let Ok(uid) = Uuid::from_slice(&rec.instance_uid) else {
+                whole = false;
+                continue;
+            };
+            if !self.keep || self.cache.records.contains_key(&uid) {
+                continue;
+            }
+            if rec.effective_config.is_none() && !rec.effective_config_sha256.is_empty() {
+                rec.effective_config = self
+                    .store
+                    .effective_config(&rec.effective_config_sha256)
+                    .await?;
+                if rec.effective_config.is_none() {
+                    whole = false;
+                    continue;
+                }
+            }
+            let copy = self.copy_of(&mut rec, None);
+            self.cache.records.insert(uid, copy);
+        }
+        self.cache.whole = whole;
+        Ok(())
+    }
+}
+
+impl Owner {
+    /// Calls `f` with every record of the owned shards `shards` selects, shard by shard under
+    /// each one's lock ([`Locked::visit`]): the owner's copies where they are whole, else the
+    /// store. With a store that holds every record in memory, that store's own walk.
+    pub(crate) async fn visit_owned(
+        &self,
+        shards: &(dyn Fn(u16) -> bool + Sync),
+        f: &mut (dyn FnMut(&AgentRecord) + Send),
+    ) -> Result<(), StoreError> {
+        if self.store.holds_agents_in_memory() {
+            let mine = |s| shards(s) && self.shards.fence(s).is_some();
+            return self.store.visit_agents(&mine, f).await;
+        }
+        for shard in self.shards.owned().into_iter().filter(|s| shards(*s)) {
+            if let Some(mut locked) = self.lock_owned(shard).await {
+                locked.visit(f).await?;
+            }
+        }
+        Ok(())
     }
 }
 

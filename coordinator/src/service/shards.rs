@@ -157,12 +157,24 @@ impl ShardTable {
 pub struct ShardCache {
     epoch: u64,
     pub(crate) records: HashMap<Uuid, RecordCopy>,
+    /// Whether the copies are every record of the shard (all were read since the epoch began,
+    /// and none was dropped since): the owner's walks over its agents read them, not the store.
+    pub(crate) whole: bool,
 }
 
 impl ShardCache {
     /// Forgets every copy (the shard was lost, or a write's outcome is unknown).
     pub fn clear(&mut self) {
         self.records = HashMap::new();
+        self.whole = false;
+    }
+
+    /// Forgets one copy whose record may differ in the store now (a write's outcome is
+    /// unknown): the copies are no longer the whole shard.
+    pub(crate) fn forget(&mut self, uid: &Uuid) {
+        if self.records.remove(uid).is_some() {
+            self.whole = false;
+        }
     }
 }
 

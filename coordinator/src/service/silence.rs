@@ -99,17 +99,15 @@ impl Owner {
             rec.status != AgentStatus::Connected as i32 && rec.last_seen_unix_ms < horizon
         };
         let mut gone: Vec<Uuid> = Vec::new();
-        let owned = |s| self.shards.fence(s).is_some();
-        self.store
-            .visit_agents(&owned, &mut |rec| {
-                if expired(rec)
-                    && let Ok(uid) = Uuid::from_slice(&rec.instance_uid)
-                {
-                    gone.push(uid);
-                }
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+        self.visit_owned(&|_| true, &mut |rec| {
+            if expired(rec)
+                && let Ok(uid) = Uuid::from_slice(&rec.instance_uid)
+            {
+                gone.push(uid);
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         for uid in gone {
             let Some(mut shard) = self.lock_owned(shard_of(uid.as_bytes())).await else {
                 continue;

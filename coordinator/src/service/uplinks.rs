@@ -225,6 +225,7 @@ impl Owner {
             }
         };
         let uid_sent = msg.instance_uid.clone();
+        self.pusher.awaiting().heard(&msg);
         let mut shard = self.lock_for_uplink(shard_of(&msg.instance_uid)).await?;
         let stored = match Uuid::from_slice(&msg.instance_uid) {
             Ok(uid) => shard.get(uid).await,
@@ -375,6 +376,7 @@ impl Owner {
         let Ok(uid) = Uuid::from_slice(uid_bytes) else {
             return true;
         };
+        self.pusher.awaiting().gone(uid);
         let Some(mut shard) = self.lock_for_uplink(shard_of(uid_bytes)).await else {
             return false;
         };
