@@ -96,8 +96,8 @@ impl OwnerMetrics {
         );
         r.register(
             "pushes_awaiting",
-            "Agents a push to many reached that have not answered it yet (at most 1024; the next \
-             batch waits for room)",
+            "Agents a push or a reply offered a config to that have not answered yet (about 1024 \
+             at most: past that, pushes wait and replies offer no config)",
             m.pushes_awaiting.clone(),
         );
         r.register(

@@ -33,21 +33,25 @@ pub struct Redirect<'a> {
     pub server_ca_pem: Option<&'a str>,
 }
 
+/// Whether a reply may offer an agent (uid bytes) a config (hash) now.
+pub type MayOfferConfig<'a> = dyn Fn(&[u8], &[u8]) -> bool + Sync + 'a;
+
 /// Adds what differs between the desired state and what the agent reported: the remote config,
 /// the packages, and the connection settings (heartbeat interval and own-telemetry destinations,
 /// or an issued certificate, or its home region's endpoint), given the desired state, the default
-/// heartbeat interval, the time and where the agent belongs (`redirect`: another region).
-/// `settings_unknown`: the agent started a new session without saying which settings it runs.
+/// heartbeat interval, the time, where the agent belongs (`redirect`: another region) and whether
+/// a config may be offered now (`may_offer_config`, by uid and hash). `settings_unknown`: the agent started a new session without saying which settings it runs.
 pub(super) fn fill_offers(
     reply: &mut ServerToAgent,
     rec: &mut AgentRecord,
     attrs: &BTreeMap<String, String>,
-    (desired, default_heartbeat, now_unix_ms, metrics_offer, redirect): (
+    (desired, default_heartbeat, now_unix_ms, metrics_offer, redirect, may_offer_config): (
         &Desired,
         Duration,
         u64,
         &AgentMetricsOffer,
         Option<Redirect<'_>>,
+        &MayOfferConfig<'_>,
     ),
     settings_unknown: bool,
 ) {
@@ -60,8 +64,11 @@ pub(super) fn fill_offers(
             && !(runs_equivalent(rec, &c.hash) && hex_eq(&rec.offered_config_hash, &c.hash))
     };
     if let Some(cfg) = files.filter(|c| due(rec, c)) {
-        rec.offered_config_hash = hex::decode(&cfg.hash).unwrap_or_default();
-        reply.remote_config = Some(offers::remote_config_message(cfg));
+        let hash = hex::decode(&cfg.hash).unwrap_or_default();
+        if may_offer_config(&rec.instance_uid, &hash) {
+            rec.offered_config_hash = hash;
+            reply.remote_config = Some(offers::remote_config_message(cfg));
+        }
     }
     if let Some(p) = packages_to_offer(rec, attrs, desired) {
         rec.offered_packages_hash.clone_from(&p.all_packages_hash);

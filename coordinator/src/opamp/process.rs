@@ -2,7 +2,7 @@
 //! stored record, detect sequence gaps, and decide what the reply carries. Pure: no I/O, no clock
 //! (the caller passes `now`), so every protocol rule is unit-tested here.
 
-use super::desired::{Redirect, desired_config, fill_offers, heartbeat_interval};
+use super::desired::{MayOfferConfig, Redirect, desired_config, fill_offers, heartbeat_interval};
 use super::events::EventKind;
 use super::identity::certificate_names;
 use crate::fleet::agents::{attributes, cut, effective_map, has, hex_eq};
@@ -55,6 +55,10 @@ pub struct Ctx<'a> {
     pub regions: &'a RegionSettings,
     /// The CA of the OpAMP endpoints' certificates, for offers that send an agent elsewhere.
     pub server_ca_pem: Option<&'a str>,
+    /// Whether the reply may offer agent `uid` (bytes) the config of hash `hash` now: the owner
+    /// paces configs to the answers it can take (ADR 0018). When not, a later reply or a push
+    /// offers it.
+    pub may_offer_config: &'a MayOfferConfig<'a>,
 }
 
 #[derive(Debug)]
@@ -355,6 +359,7 @@ pub fn process(
             now,
             ctx.agent_metrics,
             redirect,
+            ctx.may_offer_config,
         );
         fill_offers(&mut reply, &mut rec, &attrs, offers, settings_unknown);
         reply.custom_message = take_custom_message(&mut rec, now);

@@ -1,10 +1,11 @@
-//! The agents a push went to that have not answered it yet ([`Awaiting`]). A push to many agents
-//! goes to at most [`WINDOW`] of them at a time: each pushed agent answers with reports
-//! (APPLYING, then APPLIED with its effective config, tens of KB), and pushed all at once a fleet
-//! of 100,000 sends more of them than its owners can take; they queue behind one another with
-//! every agent's own heartbeats, the replies pass the agents' timeouts, and the agents reconnect
-//! with full reports on top. With the window, the reports a push causes that wait anywhere are
-//! bounded, and the push goes as fast as the owner answers them.
+//! The agents a push or a reply offered a config to that have not answered yet ([`Awaiting`]).
+//! Each answers with reports (APPLYING, then APPLIED with its effective config, tens of KB); a
+//! change offered to a fleet of 100,000 all at once brings more of them than its owners can take,
+//! they queue behind one another with every agent's own heartbeats, the replies pass the agents'
+//! timeouts, and the agents reconnect with full reports on top. So an owner awaits about
+//! [`WINDOW`] agents at most: a push batch goes while fewer are awaited, and a reply offers a
+//! config only while there is room. The reports a change causes that wait anywhere are bounded,
+//! and the change goes as fast as the owner answers them (ADR 0018).
 
 use flotilla_proto::opamp::AgentToServer;
 use flotilla_proto::opamp::RemoteConfigStatuses::{self, Applied, Applying, Failed};
@@ -17,13 +18,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// Agents a push may await answers from at once, per owner.
+/// Agents awaited at once, per owner (a push batch may go over it by its own size).
 pub(crate) const WINDOW: usize = 1024;
-/// How long a pushed agent is awaited, at most: one that does not answer by then (it lost its
+/// How long an agent is awaited, at most: one that does not answer by then (it lost its
 /// connection, or does not report config status) no longer holds the window.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
 
-/// The agents a push plans to reach and those it reached that have not answered yet.
+/// The agents a push plans to reach, and those a push or a reply reached that have not answered.
 pub(crate) struct Awaiting {
     state: Mutex<State>,
     freed: Notify,
@@ -41,7 +42,7 @@ struct State {
     /// (None: no config). One that reports that config meanwhile (the reply to its heartbeat
     /// carried it) is not pushed to.
     planned: HashMap<Uuid, Option<Vec<u8>>>,
-    /// Agents pushed to, awaited until they answer.
+    /// Agents pushed to or offered a config by a reply, awaited until they answer.
     awaited: HashMap<Uuid, Expect>,
 }
 
@@ -82,17 +83,17 @@ impl Awaiting {
         self.state.lock().planned.extend(agents);
     }
 
-    /// Waits until `uids` (a batch of planned agents) fit among the awaited ones (a batch larger
-    /// than the window waits for it to be empty), then awaits those still planned and returns
-    /// whether each is: the others reported the config on their own since it was planned.
+    /// Waits until fewer agents than the window are awaited (so a batch goes over it by its own
+    /// size at most), then awaits those of `uids` (a batch of planned agents) still planned and
+    /// returns whether each is: the others reported the config on their own since it was planned,
+    /// or a reply offered it to them.
     pub(crate) async fn take(&self, uids: &[Uuid]) -> Vec<bool> {
         loop {
             let freed = self.freed.notified();
             {
                 let mut s = self.state.lock();
                 self.expire(&mut s);
-                let taken = s.awaited.len();
-                if taken == 0 || taken + uids.len() <= self.window {
+                if s.awaited.len() < self.window {
                     let since = Instant::now();
                     let due = uids
                         .iter()
@@ -111,6 +112,36 @@ impl Awaiting {
             // Woken when answers free room, or soon anyway to let the patient ones expire.
             let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
         }
+    }
+
+    /// Whether the reply to agent `uid` may offer it the config of hash `hash`: yes if the agent
+    /// is awaited for that config already, or if there is room for one more (it is awaited from
+    /// now, and a push no longer plans to reach it); no while the window is full.
+    pub(crate) fn may_offer(&self, uid: &[u8], hash: &[u8]) -> bool {
+        let Ok(uid) = Uuid::from_slice(uid) else {
+            return true;
+        };
+        let mut s = self.state.lock();
+        if s.awaited
+            .get(&uid)
+            .is_some_and(|e| e.config_hash.as_deref() == Some(hash))
+        {
+            return true;
+        }
+        if s.awaited.len() >= self.window {
+            self.expire(&mut s);
+            if s.awaited.len() >= self.window {
+                return false;
+            }
+        }
+        s.planned.remove(&uid);
+        let expect = Expect {
+            since: Instant::now(),
+            config_hash: Some(hash.to_vec()),
+        };
+        s.awaited.insert(uid, expect);
+        self.gauge.set(s.awaited.len() as i64);
+        true
     }
 
     /// The owner took `msg` from an agent: if it answers a push, that agent is no longer
@@ -252,9 +283,25 @@ mod tests {
         assert_eq!(taken(&a, &[3]).await, Some(vec![true]));
         a.gone(uid(2));
         a.gone(uid(3));
-        // A batch larger than the window goes alone once nothing else is awaited.
+        // A batch goes once fewer than the window are awaited, whatever its size.
         plan(&a, &[5, 6], None);
         assert_eq!(taken(&a, &[4, 5, 6]).await, Some(vec![true, true, true]));
+    }
+
+    #[tokio::test]
+    async fn replies_offer_a_config_while_there_is_room_and_take_it_from_the_push() {
+        let a = awaiting(2, Duration::from_secs(60));
+        plan(&a, &[1, 2, 3], Some(b"h"));
+        assert!(a.may_offer(&[1; 16], b"h"));
+        assert!(a.may_offer(&[1; 16], b"h"), "awaited for it already");
+        assert!(a.may_offer(&[4; 16], b"h"));
+        assert!(!a.may_offer(&[5; 16], b"h"), "the window is full");
+        assert_eq!(a.gauge.get(), 2);
+        // Agent 1 got it from a reply: the push skips it once there is room.
+        a.heard(&report(1, b"h", RemoteConfigStatuses::Applied));
+        assert!(a.may_offer(&[5; 16], b"h"));
+        a.heard(&report(4, b"h", RemoteConfigStatuses::Applied));
+        assert_eq!(taken(&a, &[1, 2, 3]).await, Some(vec![false, true, true]));
     }
 
     #[tokio::test]

@@ -252,6 +252,7 @@ impl Owner {
             .and_then(|r| r.opamp.as_ref()?.certificate_request.as_ref())
             .map(|c| c.csr.clone());
         let desired = self.desired.current();
+        let awaiting = self.pusher.awaiting();
         let ctx = Ctx {
             now_unix_ms: now_unix_ms(),
             heartbeat_interval: self.cfg.heartbeat_interval,
@@ -266,6 +267,7 @@ impl Owner {
                 .issuer
                 .as_ref()
                 .and_then(|i| i.server_ca_pem.as_deref()),
+            may_offer_config: &|uid, hash| awaiting.may_offer(uid, hash),
         };
         let origin_seen = origin.clone();
         let mut out = process(stored, msg, origin, &ctx);

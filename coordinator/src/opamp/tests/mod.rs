@@ -49,7 +49,13 @@ fn with_desired(desired: Desired) -> Ctx<'static> {
         region: "local",
         regions: Box::leak(Box::default()),
         server_ca_pem: None,
+        may_offer_config: &always,
     }
+}
+
+/// Configs may always be offered.
+fn always(_: &[u8], _: &[u8]) -> bool {
+    true
 }
 
 fn kv(k: &str, v: &str) -> KeyValue {

@@ -34,6 +34,36 @@ fn config_is_offered_until_the_agent_reports_its_hash() {
     assert_eq!(out.events, vec![EventKind::ConfigApplied]);
 }
 
+#[test]
+fn a_config_the_owner_has_no_room_for_is_offered_by_a_later_reply() {
+    let uid = Uuid::now_v7();
+    let configs = [prod_config()];
+    let asked = std::sync::Mutex::new(Vec::new());
+    let full_window = |uid: &[u8], hash: &[u8]| {
+        asked
+            .lock()
+            .unwrap()
+            .push((uid.to_vec(), hex::encode(hash)));
+        false
+    };
+    let busy = Ctx {
+        may_offer_config: &full_window,
+        ..ctx(&configs)
+    };
+    let out = process(None, full(uid, 0), ws(), &busy);
+    assert!(out.reply.remote_config.is_none(), "offered with no room");
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![(uid.as_bytes().to_vec(), configs[0].hash.clone())]
+    );
+    let rec = out.record.expect("recorded");
+    assert!(rec.offered_config_hash.is_empty(), "recorded as offered");
+    // Room again: the next heartbeat's reply carries it.
+    let out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&configs));
+    let offered = out.reply.remote_config.expect("config offered");
+    assert_eq!(hex::encode(&offered.config_hash), configs[0].hash);
+}
+
 fn status(hash: &[u8], status: RemoteConfigStatuses, error: &str) -> Option<RemoteConfigStatus> {
     Some(RemoteConfigStatus {
         last_remote_config_hash: hash.to_vec(),
