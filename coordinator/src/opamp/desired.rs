@@ -40,7 +40,8 @@ pub type MayOfferConfig<'a> = dyn Fn(&[u8], &[u8]) -> bool + Sync + 'a;
 /// the packages, and the connection settings (heartbeat interval and own-telemetry destinations,
 /// or an issued certificate, or its home region's endpoint), given the desired state, the default
 /// heartbeat interval, the time, where the agent belongs (`redirect`: another region) and whether
-/// a config may be offered now (`may_offer_config`, by uid and hash). `settings_unknown`: the agent started a new session without saying which settings it runs.
+/// a config may be offered now (`may_offer_config`, by uid and hash). `settings_unknown`: the
+/// agent started a new session without saying which settings it runs.
 pub(super) fn fill_offers(
     reply: &mut ServerToAgent,
     rec: &mut AgentRecord,

@@ -116,9 +116,10 @@ impl Ops {
     /// agent (the empty selector) is the store's kept count; another selector is counted by
     /// visiting the agents.
     async fn with_matches(&self, mut view: ConfigView, selector: &Selector) -> Result<ConfigView> {
-        let kept = match selector.is_empty() {
-            true => self.store().agent_counts().await?,
-            false => None,
+        let kept = if selector.is_empty() {
+            self.store().agent_counts().await?
+        } else {
+            None
         };
         let n = match kept {
             Some(counts) => usize::try_from(counts.total).unwrap_or(usize::MAX),

@@ -211,11 +211,9 @@ impl Pusher {
         // Entries past the batch's own (a confused gateway) count for nothing; those it did not
         // deliver to answer nothing.
         let missed = batch.downlinks.iter().enumerate();
-        let missed: Vec<Downlink> = missed
-            .filter(|(i, _)| !acks.get(*i).copied().unwrap_or(false))
-            .map(|(_, d)| d.clone())
-            .collect();
-        self.not_awaited(&missed);
+        self.not_awaited(
+            missed.filter_map(|(i, d)| (!acks.get(i).is_some_and(|a| *a)).then_some(d)),
+        );
         let delivered = acks.iter().take(size).filter(|d| **d).count();
         span.record("delivered", delivered);
         self.count(delivered, size);
@@ -223,7 +221,7 @@ impl Pusher {
     }
 
     /// The agents of `downlinks` answer nothing: they are not awaited.
-    fn not_awaited(&self, downlinks: &[Downlink]) {
+    fn not_awaited<'d>(&self, downlinks: impl IntoIterator<Item = &'d Downlink>) {
         for d in downlinks {
             self.awaiting.gone(uid_of_downlink(d));
         }

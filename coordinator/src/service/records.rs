@@ -269,7 +269,9 @@ impl Locked<'_> {
 impl Owner {
     /// Calls `f` with every record of the owned shards `shards` selects, shard by shard under
     /// each one's lock ([`Locked::visit`]): the owner's copies where they are whole, else the
-    /// store. With a store that holds every record in memory, that store's own walk.
+    /// store. With a store that holds every record in memory, that store's own walk. Fails if a
+    /// shard owned when the walk began is lost before its turn: a walk that left its agents out
+    /// would tell the alerts pass their conditions had ended.
     pub(crate) async fn visit_owned(
         &self,
         shards: &(dyn Fn(u16) -> bool + Sync),
@@ -280,9 +282,12 @@ impl Owner {
             return self.store.visit_agents(&mine, f).await;
         }
         for shard in self.shards.owned().into_iter().filter(|s| shards(*s)) {
-            if let Some(mut locked) = self.lock_owned(shard).await {
-                locked.visit(f).await?;
-            }
+            let Some(mut locked) = self.lock_owned(shard).await else {
+                return Err(StoreError::Io(format!(
+                    "shard {shard} was given up during a walk over its agents"
+                )));
+            };
+            locked.visit(f).await?;
         }
         Ok(())
     }
