@@ -119,6 +119,49 @@ async fn config_and_restart_reach_agents_spread_across_gateways() {
         let (_, h) = c.get(&coord.api, "/api/v1/fleet/health").await;
         assert_eq!(h["total_agents"], 30, "{}: {h}", coord.id);
     }
+    // A list page is answered by the shard owners from their copies: no walk of the store; the
+    // same page through every coordinator, and pages through the cursor meet every agent once.
+    let visits = store_calls(&c, "visit_agents").await;
+    let newest = "/api/v1/agents?limit=7&sort=last_seen&order=desc&status=connected";
+    let (_, first) = c.get(&c.coordinators[0].api, newest).await;
+    assert_eq!(first["total"], 30, "{first}");
+    let uids = |page: &serde_json::Value| -> Vec<String> {
+        page["agents"]
+            .as_array()
+            .map(|a| a.iter().map(|a| a["instance_uid"].to_string()).collect())
+            .unwrap_or_default()
+    };
+    // RFC 3339 with milliseconds, fixed width: text order is time order.
+    let seen: Vec<&str> = first["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["last_seen"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen.len(), 7);
+    assert!(
+        seen.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {seen:?}"
+    );
+    let mut met = BTreeSet::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!("/api/v1/agents?limit=8&cursor={cursor}");
+        let (status, page) = c.get(&c.coordinators[2].api, &path).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["total"], 30, "{page}");
+        let page_uids = uids(&page);
+        assert!(page_uids.windows(2).all(|w| w[0] < w[1]), "{page_uids:?}");
+        met.extend(page_uids);
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(met.len(), 30, "every agent once through the cursor");
+    let visited = store_calls(&c, "visit_agents").await - visits;
+    assert_eq!(visited, 0.0, "a list page walked the store");
+
     let a = &agents[1];
     let (_, view) = c
         .get(&c.coordinators[2].api, &format!("/api/v1/agents/{}", a.uid))
@@ -219,6 +262,16 @@ async fn a_killed_coordinator_is_replaced_within_the_lease_ttl_and_loses_no_conf
 
     let killed = Instant::now();
     c.coordinator("c1").proc.kill();
+    // While nobody owns its shards, a list reads them from the store: the whole fleet still.
+    let (status, page) = c
+        .get(&c.coordinators[1].api, "/api/v1/agents?limit=5")
+        .await;
+    assert_eq!(
+        (status, &page["total"]),
+        (200, &serde_json::json!(30)),
+        "{page}"
+    );
+    assert_eq!(page["agents"].as_array().map(Vec::len), Some(5), "{page}");
     // A config stored during the gap, through a survivor.
     let hash = c
         .put_config(&c.coordinators[1].api, "base", "during: gap")

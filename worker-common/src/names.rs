@@ -88,6 +88,12 @@ impl Subjects {
         format!("opamp.{}.ctl.fleet", self.region)
     }
 
+    /// Agent lists asked of every shard owner at once (gather): each answers for the shards it
+    /// owns from its copies of their records.
+    pub fn owned_lists(&self) -> String {
+        format!("opamp.{}.ctl.owned.agents", self.region)
+    }
+
     /// Agent events: connected, disconnected, silent, unhealthy, config_applied, config_failed.
     pub fn event(&self, kind: &str) -> String {
         format!("opamp.{}.evt.{kind}", self.region)

@@ -140,3 +140,37 @@ async fn a_message_over_the_servers_max_payload_is_refused_at_once() {
             .is_err()
     );
 }
+
+/// A gather reaches every subscriber and their answers arrive for as long as they are read;
+/// with nobody subscribed it ends at once (the server's "no responders").
+#[tokio::test]
+async fn gather_hears_every_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let bus = NatsBus::connect(&nats.url(), "test", &NatsSecurity::default())
+        .await
+        .unwrap();
+
+    let mut none = bus.gather(BusMessage::new("all", "?")).await.unwrap();
+    let ended = tokio::time::timeout(T, none.next()).await;
+    assert_eq!(ended, Ok(None), "nobody subscribes: no answer, no wait");
+
+    for name in ["a", "b", "c"] {
+        let mut sub = bus.subscribe("all").await.unwrap();
+        tokio::spawn(async move {
+            while let Some(inc) = sub.next().await {
+                inc.reply.unwrap().send(name.into()).await.unwrap();
+            }
+        });
+    }
+    let mut answers = bus.gather(BusMessage::new("all", "?")).await.unwrap();
+    let mut names = Vec::new();
+    for _ in 0..3 {
+        let answer = tokio::time::timeout(T, answers.next()).await.unwrap();
+        names.push(String::from_utf8_lossy(&answer.unwrap()).into_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+    let more = tokio::time::timeout(Duration::from_millis(300), answers.next()).await;
+    assert!(more.is_err(), "three subscribers, three answers: {more:?}");
+}

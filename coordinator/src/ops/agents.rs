@@ -15,6 +15,7 @@ use crate::fleet::checks::valid_label_key;
 use crate::fleet::configs::{Aspect, Desired};
 use crate::opamp::desired::desired_config;
 use base64::Engine;
+use flotilla_common::names::SHARD_COUNT;
 use flotilla_common::selector::Attributes;
 use flotilla_common::selector::Selector;
 use flotilla_proto::bus::{
@@ -30,6 +31,10 @@ const DEFAULT_LIMIT: usize = 100;
 
 /// How deep (offset + limit) a list over several regions may page: each region sends that many.
 pub const MAX_REGIONS_DEPTH: usize = 1000;
+
+/// How deep (offset + limit) a list may page and still be asked of the shard owners (each sends
+/// that many summaries, within a bus message); deeper, the store is walked.
+const MAX_OWNERS_DEPTH: usize = 500;
 
 /// An instance uid from its text (a UUID).
 pub fn parse_uid(s: &str) -> Result<Uuid> {
@@ -240,6 +245,120 @@ impl AgentQuery {
     }
 }
 
+/// One part of an agent list (a region's, one shard owner's, or the store's walk over some
+/// shards): every match counted, and the first `keep` of them in the list's order kept as
+/// summaries. Only a match that may be among the first becomes a summary: once the kept ones are
+/// cut down to `keep`, a match after the last of them is counted and let go.
+pub(crate) struct ListPart<'a> {
+    q: &'a AgentQuery,
+    desired: &'a Desired,
+    region: &'a str,
+    keep: usize,
+    total: usize,
+    after_cursor: usize,
+    kept: Vec<(String, Uuid, AgentSummary)>,
+    /// The last kept when they were last cut down.
+    last: Option<(String, Uuid)>,
+}
+
+impl<'a> ListPart<'a> {
+    pub(crate) fn new(
+        q: &'a AgentQuery,
+        desired: &'a Desired,
+        region: &'a str,
+        keep: usize,
+    ) -> Self {
+        Self {
+            q,
+            desired,
+            region,
+            keep,
+            total: 0,
+            after_cursor: 0,
+            kept: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// Whether key `a` comes before `b` in the list's order (uids break ties).
+    fn before(&self, a: (&String, &Uuid), b: (&String, &Uuid)) -> bool {
+        if self.q.descending { a > b } else { a < b }
+    }
+
+    /// Counts `rec` if the list shows it, and keeps it if it may be among the first.
+    pub(crate) fn add(&mut self, rec: &AgentRecord) {
+        if !in_fleet_view(rec) {
+            return;
+        }
+        let (Some(config), Ok(uid)) = (
+            self.q.matches(rec, self.desired),
+            Uuid::from_slice(&rec.instance_uid),
+        ) else {
+            return;
+        };
+        self.total += 1;
+        if self.q.cursor.is_some_and(|c| uid <= c) {
+            return;
+        }
+        self.after_cursor += 1;
+        let key = self.q.sort.of(rec, config);
+        if let Some((k, u)) = &self.last
+            && !self.before((&key, &uid), (k, u))
+        {
+            return;
+        }
+        let summary = AgentSummary::of(rec, self.desired).in_region(self.region);
+        self.kept.push((key, uid, summary));
+        self.cut_when_full();
+    }
+
+    /// Adds another part of the same list (kept as it was sent: its summaries name its region).
+    pub(crate) fn add_part(&mut self, part: RegionPage) {
+        self.total += part.total;
+        self.after_cursor += part.after_cursor;
+        for (key, summary) in part.items {
+            if let Ok(uid) = Uuid::parse_str(&summary.instance_uid) {
+                self.kept.push((key, uid, summary));
+            }
+        }
+        self.cut_when_full();
+    }
+
+    fn cut_when_full(&mut self) {
+        if self.kept.len() >= 2 * self.keep.max(64) {
+            self.cut();
+        }
+    }
+
+    /// Sorts the kept in the list's order and keeps the first `keep`.
+    fn cut(&mut self) {
+        let descending = self.q.descending;
+        self.kept.sort_unstable_by(|(ka, ua, _), (kb, ub, _)| {
+            let order = (ka, ua).cmp(&(kb, ub));
+            if descending { order.reverse() } else { order }
+        });
+        self.kept.truncate(self.keep);
+        if self.kept.len() == self.keep {
+            self.last = self.kept.last().map(|(k, u, _)| (k.clone(), *u));
+        }
+    }
+
+    /// The part: its counts and the kept matches in order, the first `skip` left out.
+    pub(crate) fn finish(mut self, skip: usize) -> RegionPage {
+        self.cut();
+        RegionPage {
+            total: self.total,
+            after_cursor: self.after_cursor,
+            items: self
+                .kept
+                .into_iter()
+                .skip(skip)
+                .map(|(key, _, summary)| (key, summary))
+                .collect(),
+        }
+    }
+}
+
 /// An agent's server-set labels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Labels {
@@ -407,8 +526,9 @@ impl Ops {
     }
 
     /// This region's part of a list: its matches after the cursor, `skip` of them left out and
-    /// the next `take` read, with their sort keys. Only the uids (and sort keys) of matching
-    /// agents are collected; records are read for the page alone.
+    /// the next `take` kept, with their sort keys. In a cluster every shard owner sends its part
+    /// from its copies of its shards' records ([`super::owner::OwnerClient::gather_lists`]); the
+    /// shards no owner answered for are read from the store.
     pub(crate) async fn region_page(
         &self,
         q: &AgentQuery,
@@ -416,44 +536,20 @@ impl Ops {
         take: usize,
     ) -> Result<RegionPage> {
         let desired = self.desired.current();
-        let mut keyed: Vec<(String, Uuid)> = Vec::new();
-        self.visit_fleet(&mut |a| {
-            if let Some(config) = q.matches(a, &desired)
-                && let Ok(uid) = Uuid::from_slice(&a.instance_uid)
-            {
-                keyed.push((q.sort.of(a, config), uid));
-            }
-        })
-        .await?;
-        if q.sort == SortKey::Uid {
-            keyed.sort_unstable_by_key(|(_, uid)| *uid);
-        } else {
-            keyed.sort_unstable();
+        let mut part = ListPart::new(q, &desired, self.region(), skip + take);
+        let mut unheard = vec![true; usize::from(SHARD_COUNT)];
+        if !self.store().holds_agents_in_memory() && skip + take <= MAX_OWNERS_DEPTH {
+            self.owners
+                .gather_lists(&q.params, skip + take, &mut unheard, &mut |p| {
+                    part.add_part(p)
+                })
+                .await;
         }
-        if q.descending {
-            keyed.reverse();
+        if unheard.contains(&true) {
+            self.visit_fleet_shards(&|s| unheard[usize::from(s)], &mut |a| part.add(a))
+                .await?;
         }
-        let total = keyed.len();
-        let start = q
-            .cursor
-            .map_or(0, |cur| keyed.partition_point(|(_, u)| *u <= cur));
-        let mut items = Vec::with_capacity(take.min(total));
-        for (key, uid) in keyed.into_iter().skip(start + skip).take(take) {
-            // Removed since the visit: left out of the page.
-            if let Some(rec) = self.store().get_agent(uid).await? {
-                items.push((key, self.summary(&rec, &desired)));
-            }
-        }
-        Ok(RegionPage {
-            total,
-            after_cursor: total - start,
-            items,
-        })
-    }
-
-    /// An agent's summary, naming this region.
-    fn summary(&self, rec: &AgentRecord, desired: &Desired) -> AgentSummary {
-        AgentSummary::of(rec, desired).in_region(self.region())
+        Ok(part.finish(skip))
     }
 
     /// The record of an agent of this region; none when it has none (or only the marker left
@@ -732,6 +828,88 @@ impl Ops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parts built over a fleet split three ways (as shard owners send them) and merged give the
+    /// page that sorting every match gives: counts, order (ties broken by uid), cursor, skip.
+    #[test]
+    fn list_parts_merge_to_the_page_a_full_sort_gives() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let fleet: Vec<AgentRecord> = (0..2000)
+            .map(|_| {
+                let mut rec = AgentRecord {
+                    instance_uid: Uuid::from_u64_pair(next(), next()).as_bytes().to_vec(),
+                    // Few distinct times: many ties.
+                    last_seen_unix_ms: 1_700_000_000_000 + next() % 50,
+                    ..Default::default()
+                };
+                let env = if next() % 3 == 0 { "prod" } else { "dev" };
+                rec.labels.insert("env".into(), env.into());
+                rec
+            })
+            .collect();
+        let desired = Desired::default();
+        let cursor = Uuid::from_u64_pair(u64::MAX / 2, 0).to_string();
+        for (params, skip, take) in [
+            (vec![("selector", "env=prod"), ("sort", "last_seen")], 0, 50),
+            (vec![("sort", "last_seen"), ("order", "desc")], 130, 70),
+            (
+                vec![("selector", "env=dev"), ("cursor", cursor.as_str())],
+                0,
+                100,
+            ),
+            (vec![("selector", "env=none")], 0, 10),
+            (vec![("order", "desc")], 1990, 100),
+        ] {
+            let q = AgentQuery::parse(params.clone()).unwrap();
+            let mut merged = ListPart::new(&q, &desired, "r", skip + take);
+            for third in fleet.chunks(700) {
+                let mut part = ListPart::new(&q, &desired, "r", skip + take);
+                third.iter().for_each(|rec| part.add(rec));
+                merged.add_part(part.finish(0));
+            }
+            let page = merged.finish(skip);
+
+            let mut all: Vec<(String, Uuid)> = fleet
+                .iter()
+                .filter_map(|rec| {
+                    let config = q.matches(rec, &desired)?;
+                    Some((
+                        q.sort.of(rec, config),
+                        Uuid::from_slice(&rec.instance_uid).ok()?,
+                    ))
+                })
+                .collect();
+            all.sort();
+            if q.descending {
+                all.reverse();
+            }
+            assert_eq!(page.total, all.len(), "{params:?}");
+            let after: Vec<_> = all
+                .into_iter()
+                .filter(|(_, u)| q.cursor.is_none_or(|c| *u > c))
+                .collect();
+            assert_eq!(page.after_cursor, after.len(), "{params:?}");
+            let want: Vec<String> = after
+                .iter()
+                .skip(skip)
+                .take(take)
+                .map(|(_, u)| u.to_string())
+                .collect();
+            let got: Vec<String> = page
+                .items
+                .iter()
+                .map(|(_, a)| a.instance_uid.clone())
+                .collect();
+            assert_eq!(got, want, "{params:?}");
+            assert!(page.items.iter().all(|(_, a)| a.region == "r"));
+        }
+    }
 
     #[test]
     fn list_queries_are_read_from_text_and_checked() {

@@ -168,9 +168,18 @@ impl Ops {
         &self,
         visit: &mut (dyn FnMut(&AgentRecord) + Send),
     ) -> std::result::Result<(), StoreError> {
+        self.visit_fleet_shards(&|_| true, visit).await
+    }
+
+    /// [`Ops::visit_fleet`] over the shards `shards` selects.
+    pub(crate) async fn visit_fleet_shards(
+        &self,
+        shards: &(dyn Fn(u16) -> bool + Sync),
+        visit: &mut (dyn FnMut(&AgentRecord) + Send),
+    ) -> std::result::Result<(), StoreError> {
         let _turn = self.walks.turn().await?;
         self.store
-            .visit_agents(&|_| true, &mut |rec| {
+            .visit_agents(shards, &mut |rec| {
                 if in_fleet_view(rec) {
                     visit(rec);
                 }

@@ -7,9 +7,33 @@ use flotilla_common::bus::{Bus, BusMessage, request_with_retry};
 use flotilla_common::names::{Subjects, shard_of};
 use flotilla_proto::bus::{Uplink, UplinkReply, uplink};
 use prost::Message;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
+use tracing::warn;
 use uuid::Uuid;
+
+/// How long the other owners may take past the first owner's answer to a list, at least.
+const STRAGGLERS: Duration = Duration::from_millis(250);
+
+/// An agent list asked of every shard owner: the query's text parameters and how many of its
+/// first matches each owner sends.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListAsk {
+    pub params: Vec<(String, String)>,
+    pub keep: usize,
+}
+
+/// One owner's answer: its part of the list over `shards` (a region's part of a list is its
+/// shape); or, without a part (busy, or its store failed it), the shards it leaves to the asker's
+/// walk over the store.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListAnswer<P> {
+    pub shards: Vec<u16>,
+    pub part: Option<P>,
+}
 
 #[derive(Clone)]
 pub struct OwnerClient {
@@ -31,6 +55,68 @@ impl OwnerClient {
             subjects,
             timeout,
             deadline,
+        }
+    }
+
+    /// Asks every shard owner for its part of a list (the first `keep` matches of the query of
+    /// `params`) and hands each part to `add`, until every shard is answered for or the owner
+    /// timeout passes. The shards a part covers are marked in `unheard` (indexed by shard); the
+    /// rest are the caller's to read from the store: those of an owner that is gone, busy or
+    /// failed, and of a shard two owners answered for (it changed hands during the walk: the
+    /// second part is not taken).
+    pub async fn gather_lists<P: DeserializeOwned>(
+        &self,
+        params: &[(String, String)],
+        keep: usize,
+        unheard: &mut [bool],
+        add: &mut (dyn FnMut(P) + Send),
+    ) {
+        let ask = ListAsk {
+            params: params.to_vec(),
+            keep,
+        };
+        let Ok(payload) = serde_json::to_vec(&ask) else {
+            return;
+        };
+        let msg = BusMessage::new(self.subjects.owned_lists(), payload);
+        let mut answers = match self.bus.gather(msg).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                warn!(error = %e, "an agent list was not asked of the shard owners");
+                return;
+            }
+        };
+        let mut settled = vec![false; unheard.len()];
+        let mut left = unheard.len();
+        let asked = Instant::now();
+        let mut until = asked + self.timeout;
+        while left > 0 {
+            let Ok(Some(answer)) = tokio::time::timeout_at(until, answers.next()).await else {
+                break;
+            };
+            // The owners walk at the same time: once one answered, the others get as long
+            // again (a dead owner's shards are read from the store soon, not after the timeout).
+            until = until.min(Instant::now() + asked.elapsed().max(STRAGGLERS));
+            let Ok(a) = serde_json::from_slice::<ListAnswer<P>>(&answer) else {
+                continue;
+            };
+            let shards: Vec<usize> = a
+                .shards
+                .iter()
+                .map(|&s| usize::from(s))
+                .filter(|&s| s < settled.len())
+                .collect();
+            let fresh = shards.iter().all(|&s| !settled[s]);
+            for &s in &shards {
+                if !settled[s] {
+                    settled[s] = true;
+                    left -= 1;
+                }
+            }
+            if let (Some(part), true) = (a.part, fresh) {
+                shards.iter().for_each(|&s| unheard[s] = false);
+                add(part);
+            }
         }
     }
 

@@ -18,6 +18,7 @@ mod awaiting;
 mod commands;
 mod config;
 mod events;
+mod lists;
 mod own_metrics;
 mod owner;
 mod pusher;
@@ -161,6 +162,7 @@ impl Service {
         tokio::join!(
             self.clone().hear_changes(announced.clone(), cancel.clone()),
             self.clone().answer_regions(cancel.clone()),
+            self.clone().answer_lists(cancel.clone()),
             duty("silence_sweep", SECOND, None, |s| {
                 async move { s.owner.sweep_silent().await.map_err(|e| e.to_string()) }.boxed()
             }),

@@ -281,15 +281,35 @@ impl Owner {
             let mine = |s| shards(s) && self.shards.fence(s).is_some();
             return self.store.visit_agents(&mine, f).await;
         }
-        for shard in self.shards.owned().into_iter().filter(|s| shards(*s)) {
+        let owned: Vec<u16> = self
+            .shards
+            .owned()
+            .into_iter()
+            .filter(|s| shards(*s))
+            .collect();
+        if self.visit_shards(&owned, f).await? < owned.len() {
+            return Err(StoreError::Io(
+                "a shard was given up during a walk over its agents".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every record of the shards `list` (each under its lock, from the copies
+    /// where they are whole), in order, until one is no longer owned: returns how many were
+    /// visited.
+    pub(crate) async fn visit_shards(
+        &self,
+        list: &[u16],
+        f: &mut (dyn FnMut(&AgentRecord) + Send),
+    ) -> Result<usize, StoreError> {
+        for (done, &shard) in list.iter().enumerate() {
             let Some(mut locked) = self.lock_owned(shard).await else {
-                return Err(StoreError::Io(format!(
-                    "shard {shard} was given up during a walk over its agents"
-                )));
+                return Ok(done);
             };
             locked.visit(f).await?;
         }
-        Ok(())
+        Ok(list.len())
     }
 }
 

@@ -3,8 +3,8 @@
 //! buffering without limit.
 
 use super::types::{
-    Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription, SubscriptionInner,
-    subject_matches,
+    Answers, AnswersInner, Bus, BusError, BusMessage, Incoming, Reply, ReplyInner, Subscription,
+    SubscriptionInner, subject_matches,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -85,6 +85,22 @@ impl Bus for InProcessBus {
         }
     }
 
+    async fn gather(&self, msg: BusMessage) -> Result<Answers, BusError> {
+        let answers = futures_util::stream::FuturesUnordered::new();
+        for tx in self.matching(&msg.subject) {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let incoming = Incoming {
+                msg: msg.clone(),
+                reply: Some(Reply(ReplyInner::InProcess(reply_tx))),
+            };
+            // Like a publish: a subscriber that cannot keep up does not answer.
+            if tx.try_send(incoming).is_ok() {
+                answers.push(reply_rx);
+            }
+        }
+        Ok(Answers(AnswersInner::InProcess(answers)))
+    }
+
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::channel(self.queue);
         self.subs.write().push((subject.to_owned(), tx));
@@ -140,6 +156,31 @@ mod tests {
             .request(BusMessage::new("q", vec![]), Duration::from_secs(5))
             .await;
         assert_eq!(third, Err(BusError::NoResponders("q".into())));
+    }
+
+    #[tokio::test]
+    async fn gather_hears_every_subscriber_then_ends() {
+        let bus = InProcessBus::default();
+        for name in ["a", "b", "c"] {
+            let mut sub = bus.subscribe("all").await.unwrap();
+            tokio::spawn(async move {
+                while let Some(inc) = sub.next().await {
+                    inc.reply.unwrap().send(name.into()).await.unwrap();
+                }
+            });
+        }
+        // One that drops the request unanswered is not waited for.
+        let mut mute = bus.subscribe("all").await.unwrap();
+        tokio::spawn(async move { while mute.next().await.is_some() {} });
+        let mut answers = bus.gather(BusMessage::new("all", "?")).await.unwrap();
+        let mut names = Vec::new();
+        while let Some(b) = answers.next().await {
+            names.push(b);
+        }
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"]);
+        let mut none = bus.gather(BusMessage::new("nobody", "?")).await.unwrap();
+        assert_eq!(none.next().await, None);
     }
 
     #[tokio::test]

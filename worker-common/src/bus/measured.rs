@@ -3,7 +3,7 @@
 //! `flotilla_bus_publishes_total`), labelled by the kind of subject (uplink, downlink, control,
 //! event), never by the subject itself (it names shards and gateways).
 
-use super::types::{Bus, BusError, BusMessage, Subscription};
+use super::types::{Answers, Bus, BusError, BusMessage, Subscription};
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
@@ -95,6 +95,15 @@ impl Bus for Measured {
             .get_or_create(&vec![("kind", kind)])
             .observe(started.elapsed().as_secs_f64());
         self.requests
+            .get_or_create(&vec![("kind", kind), ("outcome", outcome(&result))])
+            .inc();
+        result
+    }
+
+    async fn gather(&self, msg: BusMessage) -> Result<Answers, BusError> {
+        let kind = kind(&msg.subject);
+        let result = self.inner.gather(msg).await;
+        self.publishes
             .get_or_create(&vec![("kind", kind), ("outcome", outcome(&result))])
             .inc();
         result

@@ -11,5 +11,6 @@ pub use inproc::InProcessBus;
 pub use measured::Measured as MeasuredBus;
 pub use nats::NatsBus;
 pub use types::{
-    Bus, BusError, BusMessage, Incoming, Reply, Subscription, request_with_retry, subject_matches,
+    Answers, Bus, BusError, BusMessage, Incoming, Reply, Subscription, request_with_retry,
+    subject_matches,
 };

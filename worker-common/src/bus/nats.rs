@@ -2,7 +2,9 @@
 //! The client reconnects by itself and re-subscribes every subscription after a NATS restart;
 //! requests made while it is away time out and callers retry or answer UNAVAILABLE.
 
-use super::types::{Bus, BusError, BusMessage, Subscription, SubscriptionInner};
+use super::types::{
+    Answers, AnswersInner, Bus, BusError, BusMessage, Subscription, SubscriptionInner,
+};
 use crate::config::{NatsSecurity, redact};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -137,6 +139,23 @@ impl Bus for NatsBus {
                 _ => BusError::Closed,
             }),
         }
+    }
+
+    async fn gather(&self, msg: BusMessage) -> Result<Answers, BusError> {
+        self.check_size(&msg)?;
+        let inbox = self.client.new_inbox();
+        let answers = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|_| BusError::Closed)?;
+        let headers = headers_of(&msg);
+        self.client
+            .publish_with_reply_and_headers(msg.subject, inbox, headers, msg.payload)
+            .await
+            .map_err(|_| BusError::Closed)?;
+        // Dropping the subscriber unsubscribes the inbox.
+        Ok(Answers(AnswersInner::Nats(answers)))
     }
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {

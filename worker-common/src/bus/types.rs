@@ -152,6 +152,37 @@ impl Subscription {
     }
 }
 
+/// The answers to one [`Bus::gather`], as they arrive: the caller decides how long to wait.
+#[derive(Debug)]
+pub struct Answers(pub(super) AnswersInner);
+
+#[derive(Debug)]
+pub(super) enum AnswersInner {
+    InProcess(futures_util::stream::FuturesUnordered<oneshot::Receiver<Bytes>>),
+    Nats(async_nats::Subscriber),
+}
+
+impl Answers {
+    /// The next answer; none once every subscriber answered (in-process) or when nobody
+    /// subscribes to the subject (NATS's "no responders"). A NATS gather never knows it heard
+    /// everyone: the caller stops reading when it has what it needs, or on its own timeout.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        match &mut self.0 {
+            AnswersInner::InProcess(answers) => loop {
+                match futures_util::StreamExt::next(answers).await? {
+                    Ok(answer) => return Some(answer),
+                    // A subscriber that dropped the request unanswered.
+                    Err(_) => continue,
+                }
+            },
+            AnswersInner::Nats(sub) => {
+                let m = futures_util::StreamExt::next(sub).await?;
+                m.status.is_none().then_some(m.payload)
+            }
+        }
+    }
+}
+
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Fire and forget; a message nobody listens to is dropped.
@@ -162,6 +193,9 @@ pub trait Bus: Send + Sync + 'static {
     /// A subscription in the queue group `group`: each message reaches one member of the group
     /// (NATS prefers members connected to the same cluster as the sender).
     async fn subscribe_queue(&self, subject: &str, group: &str) -> Result<Subscription, BusError>;
+    /// Sends `msg` to every subscriber; their answers arrive on the [`Answers`] returned, for
+    /// as long as the caller reads them.
+    async fn gather(&self, msg: BusMessage) -> Result<Answers, BusError>;
 }
 
 /// Sends a request to whoever serves `msg.subject`, retrying while nobody answers (e.g. during a
