@@ -12,13 +12,15 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every Markdown file of the repository (not under target/).
+/// Every Markdown file of the repository (not under target/, nor the third-party crates under
+/// vendor/: their text is theirs).
 fn markdown(dir: &Path, out: &mut Vec<PathBuf>) {
+    let vendored = dir.file_name().is_some_and(|n| n == "vendor");
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         if p.is_dir() {
-            if !name.starts_with('.') && name != "target" {
+            if !name.starts_with('.') && name != "target" && !vendored {
                 markdown(&p, out);
             }
         } else if name.ends_with(".md") {

@@ -24,3 +24,4 @@ mod ws;
 pub use gateway::{Gateway, GatewayConfig, MAX_UPLINKS_IN_FLIGHT, METRICS_PATH, OPAMP_PATH};
 pub use guard::AgentTokens;
 pub use http::{BodyError, decode_body};
+pub use ws::websocket_config;

@@ -108,14 +108,8 @@ impl Gateway {
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "upgrade failed"))
     }
 
-    /// Small buffers: tungstenite's 128 KiB default read buffer alone would cost more per idle
-    /// agent than the whole budget. Messages larger than the buffer are still read, in pieces.
     fn ws_config(&self) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0)
-            .max_message_size(Some(self.cfg.max_message_size))
-            .max_frame_size(Some(self.cfg.max_message_size))
+        websocket_config(self.cfg.max_message_size)
     }
 
     async fn session<S>(
@@ -322,6 +316,19 @@ impl Gateway {
             }
         }
     }
+}
+
+/// An agent's WebSocket, as the gateway sets it. Small buffers: tungstenite's 128 KiB default
+/// read buffer alone would cost more per idle agent than the whole budget. Messages larger than
+/// the buffer are still read, in pieces; and the buffers a large message grew are given back
+/// (the patched tungstenite of vendor/README.md), so a connection whose agent sent a full report
+/// of tens of KB once does not keep that much for its life.
+pub fn websocket_config(max_message_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_message_size))
+        .max_frame_size(Some(max_message_size))
 }
 
 /// The instance uid of a session's first message, for its span (none if it does not decode).
