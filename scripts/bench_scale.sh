@@ -145,6 +145,19 @@ rss() {
   done
 }
 PHASE=idle rss
+# cpu MARK: every process's CPU time so far (user + system, in clock ticks), as lines of cpu.txt
+# with the time: the summary gives each role's share of the machine between two marks.
+cpu() {
+  local r role name pid ticks t
+  t=$(now_ms)
+  for r in "${roles[@]}"; do
+    read -r role name pid <<<"$r"
+    # None once killed (FAULTS).
+    if ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null); then
+      echo "$1 $t $role $name $ticks" >>"$out/cpu.txt"
+    fi
+  done
+}
 
 # --- 1. ramp -------------------------------------------------------------------------------------
 echo "==> ramp: $agents agents over ${ramp}s"
@@ -214,8 +227,10 @@ echo "    connected: ${connected:-0} of $agents"
 # --- 2. steady -----------------------------------------------------------------------------------
 echo "==> steady state: ${steady}s"
 event steady_from_ms "$(now_ms)"
+cpu steady
 nap "$(left "$steady")"
 PHASE=steady rss
+cpu push
 
 # --- 3. push -------------------------------------------------------------------------------------
 echo "==> push: PUT /api/v1/configs/scale for every agent"
@@ -284,6 +299,7 @@ while [ "$(date +%s)" -lt "$until_s" ]; do
 done
 event all_applied_ms "$(now_ms)"
 event applied "${applied:-0}"
+cpu applied
 echo "    applied: $by_swarms of $agents as the agents report, ${applied:-0} as the API counts"
 
 # --- 4. API latency ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Usage: bench_scale_summary.py DIR"""
 
 import json
 import math
+import os
 import pathlib
 import statistics
 import sys
@@ -73,6 +74,31 @@ def rss(d):
         kib_total, count = out.setdefault(phase, {}).get(role, (0, 0))
         out[phase][role] = (kib_total + int(kib or 0), count + 1)
     return out
+
+
+def cpu(d):
+    """{mark: (unix_ms, {role: ticks})} from cpu.txt."""
+    out = {}
+    path = d / "cpu.txt"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        mark, t, role, _name, ticks = line.split()
+        at, roles = out.setdefault(mark, (int(t), {}))
+        roles[role] = roles.get(role, 0) + int(ticks)
+    return out
+
+
+def cpu_shares(marks, start, end, hz=os.sysconf("SC_CLK_TCK"), cores=os.cpu_count()):
+    """Each role's CPU between two marks, as a share of the machine (every core): text."""
+    if start not in marks or end not in marks:
+        return None
+    (t0, a), (t1, b) = marks[start], marks[end]
+    wall = max((t1 - t0) / 1000, 1e-3)
+    parts = []
+    for role in ("coordinator", "gateway", "nats", "redis", "swarm"):
+        if role in a and role in b:
+            share = (b[role] - a[role]) / hz / wall / cores * 100
+            parts.append(f"{role} {share:.0f}%")
+    return f"{', '.join(parts)} (of {cores} cores, over {wall:.0f} s)"
 
 
 def ms(v, digits=0):
@@ -189,6 +215,11 @@ def summary(d, ev, reports):
     if "coordinator_connected" in ev:
         row("fault: connected agents (API) after the coordinator's loss",
             f"{count('coordinator_connected'):,}")
+    marks = cpu(d)
+    for label, start, end in (("steady", "steady", "push"), ("the push", "push", "applied")):
+        shares = cpu_shares(marks, start, end)
+        if shares:
+            row(f"CPU during {label}, by role", shares)
     mem = rss(d)
     held = max(ev.get("connected", 0) or agents, 1)
     for role in ("gateway", "coordinator", "redis", "nats", "swarm"):
