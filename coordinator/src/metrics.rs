@@ -24,6 +24,7 @@ pub struct OwnerMetrics {
     pub uplinks: Family<Labels, Counter>,
     pub uplink_seconds: Histogram,
     pub uplinks_in_flight: Gauge,
+    pub list_part_seconds: Histogram,
     pub pushes: Family<Labels, Counter>,
     pub pushes_awaiting: Gauge,
     pub pushes_unanswered: Counter,
@@ -52,6 +53,7 @@ impl OwnerMetrics {
             uplinks: Family::default(),
             uplink_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             uplinks_in_flight: Gauge::default(),
+            list_part_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             pushes: Family::default(),
             pushes_awaiting: Gauge::default(),
             pushes_unanswered: Counter::default(),
@@ -88,6 +90,11 @@ impl OwnerMetrics {
             "Agent messages taken from the bus and not answered yet (at most 256; past that the \
              owner takes no more until some are answered, and gateways wait or answer UNAVAILABLE)",
             m.uplinks_in_flight.clone(),
+        );
+        r.register(
+            "list_part_seconds",
+            "Time to walk the owned shards for this owner's part of an agent list (ADR 0019)",
+            m.list_part_seconds.clone(),
         );
         r.register(
             "pushes",

@@ -66,18 +66,22 @@ impl Owner {
         let Ok(q) = AgentQuery::parse(params) else {
             return self.declined();
         };
+        let started = std::time::Instant::now();
         let desired = self.desired.current();
         let mut part = ListPart::new(&q, &desired, &self.cfg.region, ask.keep);
         let owned = self.shards.owned();
         let visited = match self.visit_shards(&owned, &mut |rec| part.add(rec)).await {
-            Ok(n) => n,
+            Ok(shards) => shards,
             Err(e) => {
                 warn!(error = %e, "an agent list was left to the store");
                 return self.declined();
             }
         };
+        self.metrics
+            .list_part_seconds
+            .observe(started.elapsed().as_secs_f64());
         let answer = ListAnswer {
-            shards: owned[..visited].to_vec(),
+            shards: visited,
             part: Some(part.finish(0)),
         };
         match serde_json::to_vec(&answer) {

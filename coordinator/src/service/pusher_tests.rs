@@ -68,6 +68,27 @@ fn batches_group_by_gateway_in_order_and_split_by_count() {
         msg
     );
     assert!(batches(Vec::new(), 2, 100).is_empty());
+
+    // Each gateway's agents in uid order (spread over the shards), the gateways' batches in turn.
+    let pushes = vec![
+        to("gw-b", 9, 9, 10),
+        to("gw-a", 5, 5, 10),
+        to("gw-b", 1, 1, 10),
+        to("gw-a", 2, 2, 10),
+        to("gw-b", 4, 4, 10),
+        to("gw-a", 8, 8, 10),
+        to("gw-b", 3, 3, 10),
+        to("gw-a", 7, 7, 10),
+    ];
+    assert_eq!(
+        shape(&batches(pushes, 2, usize::MAX)),
+        vec![
+            ("gw-a", vec![2, 5]),
+            ("gw-b", vec![1, 3]),
+            ("gw-a", vec![7, 8]),
+            ("gw-b", vec![4, 9]),
+        ]
+    );
 }
 
 #[test]
