@@ -271,9 +271,10 @@ fn uid_of_downlink(d: &Downlink) -> Uuid {
 /// batches of at most `max_count` downlinks and `max_bytes` encoded bytes (a downlink larger than
 /// `max_bytes` by itself is a batch of its own), and the gateways' batches taken in turn (in
 /// gateway id order). Uid order spreads a batch over the shards (a shard is a hash of the uid):
-/// the owners' walks give agents shard by shard, and the agents of a batch in a few shards
-/// answered it one after another behind those shards' locks (the first 100,000-agent pushes
-/// applied about 1,000 agents a second with the machine a fifth idle).
+/// the owners' walks give agents shard by shard, and a batch's agents in a few shards answer it
+/// one after another behind those shards' locks. (Whether that is what held the 100,000-agent
+/// pushes to about 1,000 agents a second, with the machine a fifth idle, the runs so far do not
+/// tell: docs/benchmarks.md.)
 pub(crate) fn batches(
     mut pushes: Vec<(Origin, ServerToAgent)>,
     max_count: usize,

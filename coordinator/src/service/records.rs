@@ -302,9 +302,9 @@ impl Owner {
     /// Calls `f` with every record of the shards of `list` that are still owned when their turn
     /// comes (each under its lock, from the copies where they are whole): returns those shards.
     /// Up to [`WALK_SHARDS_AT_ONCE`] shards wait for their locks at once, so a walk waits about
-    /// as long as the busiest shards' messages hold them, not for every shard's in turn (a walk
-    /// one shard after another over 341 shards while a push kept their messages waiting on the
-    /// store took seconds at 100,000 agents); `f` is called for one record at a time.
+    /// as long as the busiest shards' messages hold them, not for every shard's in turn (during
+    /// a push to 100,000 agents a message holds its shard's lock for a store write of 39-181 ms
+    /// on average); `f` is called for one record at a time.
     pub(crate) async fn visit_shards(
         &self,
         list: &[u16],
