@@ -2,12 +2,11 @@
 //! ([`crate::ops::OwnerClient::gather_lists`]): the matches among the records of the shards it
 //! owns, read from its copies of them (ADR 0019), so that a list page reads no store.
 
-use super::{Owner, Service};
+use super::{Owner, Service, answer_each};
 use crate::ops::agents::{AgentQuery, ListPart};
 use crate::ops::owner::{ListAnswer, ListAsk};
 use bytes::Bytes;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -26,33 +25,19 @@ impl Service {
         if self.owner.store.holds_agents_in_memory() {
             return;
         }
-        let mut asks = match self.bus.subscribe(&self.subjects.owned_lists()).await {
+        let asks = match self.bus.subscribe(&self.subjects.owned_lists()).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "cannot answer agent lists; they read the store instead");
                 return;
             }
         };
-        let slots = Arc::new(Semaphore::new(LIST_ANSWERS));
-        loop {
-            let ask = tokio::select! {
-                m = asks.next() => match m {
-                    Some(m) => m,
-                    None => return,
-                },
-                () = cancel.cancelled() => return,
-            };
-            let Some(reply) = ask.reply else { continue };
-            let owner = self.owner.clone();
-            let slot = slots.clone().try_acquire_owned();
-            tokio::spawn(async move {
-                let answer = match slot {
-                    Ok(_slot) => owner.list_part(&ask.msg.payload).await,
-                    Err(_) => owner.declined(),
-                };
-                let _ = reply.send(answer).await;
-            });
-        }
+        let owner = self.owner.clone();
+        let answer = move |ask: Bytes| {
+            let owner = owner.clone();
+            async move { owner.list_part(&ask).await }
+        };
+        answer_each(asks, cancel, LIST_ANSWERS, answer, || self.owner.declined()).await;
     }
 }
 

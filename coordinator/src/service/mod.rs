@@ -35,9 +35,10 @@ use crate::fleet::agents::in_fleet_view;
 use crate::metrics::OwnerMetrics;
 use crate::ops::views::OverviewBuilder;
 use crate::ops::{DesiredState, Ops, OpsConfig};
+use bytes::Bytes;
 use duties::{DutyHealth, supervise};
 use events::Events;
-use flotilla_common::bus::{Bus, BusError};
+use flotilla_common::bus::{Bus, BusError, Subscription};
 use flotilla_common::names::{FLEET_QUERY_GROUP, Subjects};
 use flotilla_common::store::{Store, StoreError};
 use flotilla_common::telemetry::label_value;
@@ -52,6 +53,46 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// Answers each request of `requests` until `cancel`, each in a task of its own, with `answer`
+/// while fewer than `at_once` are being answered; past that with `busy` at once, so the asker
+/// is told rather than left to time out.
+async fn answer_each<F>(
+    mut requests: Subscription,
+    cancel: CancellationToken,
+    at_once: usize,
+    answer: impl Fn(Bytes) -> F,
+    busy: impl Fn() -> Bytes,
+) where
+    F: Future<Output = Bytes> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(at_once));
+    loop {
+        let request = tokio::select! {
+            m = requests.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            () = cancel.cancelled() => return,
+        };
+        let Some(reply) = request.reply else { continue };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let answering = answer(request.msg.payload);
+                tokio::spawn(async move {
+                    let answered = answering.await;
+                    drop(slot);
+                    if let Err(e) = reply.send(answered).await {
+                        warn!(error = %e, "an answer to a request was not sent");
+                    }
+                });
+            }
+            Err(_) => {
+                let _ = reply.send(busy()).await;
+            }
+        }
+    }
+}
 
 /// A coordinator, assembled: its shard owner, its operations, its duties.
 pub struct Service {
@@ -242,39 +283,22 @@ impl Service {
     /// told this region is busy at once rather than left to time out.
     async fn answer_regions(self: Arc<Self>, cancel: CancellationToken) {
         let subject = self.subjects.fleet_query();
-        let mut queries = match self.bus.subscribe_queue(&subject, FLEET_QUERY_GROUP).await {
+        let queries = match self.bus.subscribe_queue(&subject, FLEET_QUERY_GROUP).await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "cannot answer other regions' fleet views");
                 return;
             }
         };
-        let slots = Arc::new(tokio::sync::Semaphore::new(REGION_ANSWERS));
-        loop {
-            let query = tokio::select! {
-                m = queries.next() => match m {
-                    Some(m) => m,
-                    None => return,
-                },
-                () = cancel.cancelled() => return,
-            };
-            let Some(reply) = query.reply else { continue };
-            let ops = self.ops.clone();
-            match slots.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    tokio::spawn(async move {
-                        let answer = ops.answer_region(&query.msg.payload).await;
-                        if let Err(e) = reply.send(answer).await {
-                            warn!(error = %e, "an answer to another region was not sent");
-                        }
-                        drop(slot);
-                    });
-                }
-                Err(_) => {
-                    let _ = reply.send(ops.region_busy()).await;
-                }
-            }
-        }
+        let ops = self.ops.clone();
+        let answer = move |query: Bytes| {
+            let ops = ops.clone();
+            async move { ops.answer_region(&query).await }
+        };
+        answer_each(queries, cancel, REGION_ANSWERS, answer, || {
+            self.ops.region_busy()
+        })
+        .await;
     }
 
     /// Wakes `announced` whenever a coordinator announces a change of desired state.
