@@ -30,7 +30,9 @@
 # STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer token, if the
 # API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>), FAULTS (1: step 5; the
 # agents are then spread over more gateways, at most 14,000 each, so that the survivors of a
-# gateway's loss hold its agents within their open-file limit).
+# gateway's loss hold its agents within their open-file limit), TLS (1: mutual TLS between agents
+# and gateways, with a PKI from `flotilla certs init`; every agent presents the one client
+# certificate, so the gateways hold agents to no uid: --agent-identity none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +43,7 @@ push_wait=${PUSH_WAIT:-180}
 samples=${SAMPLES:-20}
 mem_limit_gib=${MEM_LIMIT_GIB:-20}
 faults=${FAULTS:-0}
+tls=${TLS:-0}
 per_process=17000
 [ "$faults" = 1 ] && per_process=14000
 n=$(((agents + per_process - 1) / per_process))
@@ -97,7 +100,9 @@ alive() {
   for p in "$@"; do kill -0 "$p" 2>/dev/null && return 0; done
   return 1
 }
-machine_info "agents: $agents over $n gateways and $n swarms (--realistic, plain WebSocket)" \
+transport="plain WebSocket"
+[ "$tls" = 1 ] && transport="WebSocket over mutual TLS"
+machine_info "agents: $agents over $n gateways and $n swarms (--realistic, $transport)" \
   "ramp: ${ramp}s, steady: ${steady}s, heartbeat: 30s, 3 coordinators"
 
 now_ms() { date +%s%3N; }
@@ -130,6 +135,13 @@ get() {
 # --- the cluster ---------------------------------------------------------------------------------
 export CLUSTER_DIR=$out/cluster CLUSTER_BASE_PORT=4400 FLOTILLA_BIN=$bin/flotilla
 export GATEWAYS=$n COORDINATORS=3 FLOTILLA_HEARTBEAT_INTERVAL=30s FLOTILLA_LOG_LEVEL=warn
+scheme=ws client_tls=()
+if [ "$tls" = 1 ]; then
+  pki=$out/pki
+  "$bin/flotilla" certs init --out "$pki" --clients 1 >/dev/null
+  export GATEWAY_FLAGS="--tls-cert $pki/server.pem --tls-key $pki/server-key.pem --client-ca $pki/ca.pem --agent-identity none"
+  scheme=wss client_tls=(--ca "$pki/ca.pem" --cert "$pki/client-1.pem" --key "$pki/client-1-key.pem")
+fi
 echo "==> cluster: 3 coordinators, $n gateways"
 timeout 120 scripts/cluster.sh start >"$out/cluster.txt"
 for c in c1 c2 c3; do roles+=("coordinator $c $(cat "$CLUSTER_DIR/$c.pid")"); done
@@ -165,9 +177,9 @@ swarms=()
 for i in $(seq 0 $((n - 1))); do
   count=$((agents / n + (i < agents % n ? 1 : 0)))
   rate=$(awk "BEGIN {printf \"%.1f\", $count / $ramp}")
-  urls=(--url "ws://127.0.0.1:$((4420 + i))/v1/opamp")
+  urls=(--url "$scheme://localhost:$((4420 + i))/v1/opamp" "${client_tls[@]}")
   for j in $(seq 0 $((n - 1))); do
-    [ "$j" = "$i" ] || urls+=(--failover-url "ws://127.0.0.1:$((4420 + (i + j) % n))/v1/opamp")
+    [ "$j" = "$i" ] || urls+=(--failover-url "$scheme://localhost:$((4420 + (i + j) % n))/v1/opamp")
   done
   # Its summary on stdout, a progress line a second on stderr.
   "$bin/flotilla-swarm" --scenario steady --agents "$count" "${urls[@]}" --realistic \

@@ -33,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info_span};
 
+/// The bytes an agent's WebSocket reads at a time, and keeps for its life: 2 KiB rather than 4
+/// (measured in docs/benchmarks.md: with mutual TLS, where rustls keeps a 4 KiB buffer of its own,
+/// a gateway kept 19.9 KiB per agent with 4).
+const READ_BUFFER: usize = 2048;
 /// Pushes queued per connection before further ones are dropped (desired state is re-sent).
 const PUSH_QUEUE: usize = 8;
 /// Messages over the rate limit in a row before the connection is closed.
@@ -319,13 +323,14 @@ impl Gateway {
 }
 
 /// An agent's WebSocket, as the gateway sets it. Small buffers: tungstenite's 128 KiB default
-/// read buffer alone would cost more per idle agent than the whole budget. Messages larger than
-/// the buffer are still read, in pieces; and the buffers a large message grew are given back
-/// (the patched tungstenite of vendor/README.md), so a connection whose agent sent a full report
-/// of tens of KB once does not keep that much for its life.
+/// read buffer alone would cost more per idle agent than the whole budget, and an idle agent's
+/// heartbeat is tens of bytes. Messages larger than the buffer are still read, in pieces; and the
+/// buffers a large message grew are given back (the patched tungstenite of vendor/README.md), so
+/// a connection whose agent sent a full report of tens of KB once does not keep that much for
+/// its life.
 pub fn websocket_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_message_size(Some(max_message_size))
         .max_frame_size(Some(max_message_size))

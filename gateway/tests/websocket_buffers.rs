@@ -78,7 +78,7 @@ async fn a_large_message_leaves_no_buffer_of_its_size_behind() {
     }
     let kept = live().saturating_sub(before) / PAIRS;
     println!("{PAIRS} pairs after a {LARGE} B message each way: {kept} B kept per pair");
-    // Two ends, each with its 4 KiB read buffer and its state: without the buffers given back
+    // Two ends, each with its read buffer and its state: without the buffers given back
     // each end would keep at least the large message's size twice over (read and write).
     assert!(kept < 2 * 12 * 1024, "{kept} B kept per pair of ends");
     drop((idle, warm));

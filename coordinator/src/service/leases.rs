@@ -318,10 +318,9 @@ impl LeaseKeeper {
                 let _ = w.done.await;
                 let fence = {
                     // Sweeps and admin changes on the shard finish before the lease goes.
-                    let mut cache = this.owner.shards.lock(shard).await;
+                    let _held = this.owner.shards.lock(shard).await;
                     let fence = this.owner.shards.held(shard);
                     this.owner.shards.drop_shard(shard);
-                    cache.clear();
                     fence
                 };
                 let Some(fence) = fence else { return };

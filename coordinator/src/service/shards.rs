@@ -20,7 +20,13 @@ pub struct ShardTable {
 }
 
 struct Slot {
-    lock: Mutex<ShardCache>,
+    /// Held by whatever acts on the shard (a message, a sweep, an admin change), across its
+    /// store calls: one at a time.
+    lock: Mutex<()>,
+    /// The owner's copies of the shard's records: taken for a moment, never across an await,
+    /// by the lock's holder, or by a walk that reads them without waiting for the lock
+    /// ([`ShardTable::read_whole`]).
+    cache: parking_lot::Mutex<ShardCache>,
     /// 0: not held.
     epoch: AtomicU64,
     /// Milliseconds after `base` until which the holder may act (u64::MAX: for good).
@@ -37,7 +43,8 @@ impl ShardTable {
             base: Instant::now(),
             slots: (0..SHARD_COUNT)
                 .map(|_| Slot {
-                    lock: Mutex::new(ShardCache::default()),
+                    lock: Mutex::new(()),
+                    cache: parking_lot::Mutex::new(ShardCache::default()),
                     epoch: AtomicU64::new(0),
                     valid_until_ms: AtomicU64::new(0),
                     counted_epoch: AtomicU64::new(0),
@@ -64,15 +71,37 @@ impl ShardTable {
 
     /// Takes the shard's lock; with it, the owner's copies of the shard's records, empty unless
     /// made under the epoch the shard is held with now.
-    pub async fn lock(&self, shard: u16) -> MutexGuard<'_, ShardCache> {
+    pub async fn lock(&self, shard: u16) -> ShardGuard<'_> {
         let slot = &self.slots[usize::from(shard)];
-        let mut cache = slot.lock.lock().await;
+        let held = slot.lock.lock().await;
         let epoch = slot.epoch.load(Ordering::Acquire);
+        let mut cache = slot.cache.lock();
         if cache.epoch != epoch {
             cache.clear();
             cache.epoch = epoch;
         }
-        cache
+        drop(cache);
+        ShardGuard {
+            _held: held,
+            cache: &slot.cache,
+        }
+    }
+
+    /// Calls `f` with the copy of every record of `shard` and returns true, if the copies are
+    /// the whole shard under the epoch it is held with now (and its lease is valid): without
+    /// waiting for the shard's lock, whose holder may be waiting for the store. The copies are
+    /// the records as last written (a write in progress shows once the store has it). False,
+    /// and `f` not called, otherwise: the caller reads under the lock.
+    pub fn read_whole(&self, shard: u16, f: &mut (dyn FnMut(&AgentRecord) + Send)) -> bool {
+        let Some(fence) = self.fence(shard) else {
+            return false;
+        };
+        let cache = self.slots[usize::from(shard)].cache.lock();
+        if cache.epoch != fence.epoch || !cache.whole {
+            return false;
+        }
+        cache.records.values().for_each(|copy| f(&copy.rec));
+        true
     }
 
     /// The fence to write `shard` with, if this process may act on it now.
@@ -119,15 +148,14 @@ impl ShardTable {
             .store(fence.epoch, Ordering::Release);
     }
 
-    /// Forgets `shard` (released, lost or fenced): nothing acts on it from now on. Its record
-    /// copies go now unless someone holds its lock (who clears them, or the next lock does).
+    /// Forgets `shard` (released, lost or fenced): nothing acts on it from now on, and its
+    /// record copies go (a copy its lock's holder still makes is of an epoch no longer held:
+    /// never read, and cleared by the next lock).
     pub fn drop_shard(&self, shard: u16) {
         let slot = &self.slots[usize::from(shard)];
         slot.epoch.store(0, Ordering::Release);
         slot.valid_until_ms.store(0, Ordering::Release);
-        if let Ok(mut cache) = slot.lock.try_lock() {
-            cache.clear();
-        }
+        slot.cache.lock().clear();
     }
 
     /// Shards this process may act on now.
@@ -146,6 +174,19 @@ impl ShardTable {
             .as_millis()
             .try_into()
             .unwrap_or(u64::MAX - 1)
+    }
+}
+
+/// A shard's lock, held: its copies with it ([`ShardGuard::cache`]).
+pub struct ShardGuard<'a> {
+    _held: MutexGuard<'a, ()>,
+    cache: &'a parking_lot::Mutex<ShardCache>,
+}
+
+impl ShardGuard<'_> {
+    /// The copies, for a moment (not to be held across an await).
+    pub fn cache(&self) -> parking_lot::MutexGuard<'_, ShardCache> {
+        self.cache.lock()
     }
 }
 
@@ -274,6 +315,68 @@ mod tests {
         t.drop_shard(3);
         assert_eq!(t.held(3), None);
         assert_eq!(ShardTable::all().owned_count(), usize::from(SHARD_COUNT));
+    }
+
+    /// The uids of the records `read_whole` gives, or None when it declines.
+    fn read(t: &ShardTable, shard: u16) -> Option<Vec<Vec<u8>>> {
+        let mut uids = Vec::new();
+        t.read_whole(shard, &mut |rec| uids.push(rec.instance_uid.clone()))
+            .then_some(uids)
+    }
+
+    /// Walks read a shard's copies while a message holds its lock (waiting for the store), but
+    /// only copies that are the whole shard under the epoch held now.
+    #[tokio::test]
+    async fn walks_read_whole_copies_without_the_lock_and_nothing_else() {
+        let t = ShardTable::none();
+        let f = Fence { shard: 5, epoch: 2 };
+        t.hold(f, Instant::now() + Duration::from_secs(60));
+        let uid = Uuid::now_v7();
+        let copy = |uid: Uuid| RecordCopy {
+            rec: AgentRecord {
+                instance_uid: uid.as_bytes().to_vec(),
+                ..Default::default()
+            },
+            effective: None,
+        };
+        let held = t.lock(5).await;
+        held.cache().records.insert(uid, copy(uid));
+        assert_eq!(read(&t, 5), None, "not known to be the whole shard");
+        held.cache().whole = true;
+        assert_eq!(
+            read(&t, 5),
+            Some(vec![uid.as_bytes().to_vec()]),
+            "read while the lock is held"
+        );
+        drop(held);
+
+        t.hold(
+            Fence { shard: 5, epoch: 3 },
+            Instant::now() + Duration::from_secs(60),
+        );
+        assert_eq!(read(&t, 5), None, "copies of an epoch no longer held");
+        let held = t.lock(5).await;
+        assert!(
+            held.cache().records.is_empty(),
+            "and the next lock clears them"
+        );
+        held.cache().whole = true;
+        drop(held);
+        assert_eq!(read(&t, 5), Some(vec![]));
+
+        let held = t.lock(5).await;
+        t.drop_shard(5);
+        assert_eq!(read(&t, 5), None, "dropped: not owned");
+        // A copy its lock's holder makes after the drop is never read.
+        held.cache().records.insert(uid, copy(uid));
+        held.cache().whole = true;
+        drop(held);
+        assert_eq!(read(&t, 5), None);
+        t.hold(
+            Fence { shard: 5, epoch: 4 },
+            Instant::now() + Duration::from_secs(60),
+        );
+        assert_eq!(read(&t, 5), None, "nor under the next epoch");
     }
 
     #[test]
