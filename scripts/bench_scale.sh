@@ -171,6 +171,22 @@ cpu() {
   done
 }
 
+# scrape MARK: every coordinator's and gateway's /metrics, into metrics/MARK-NAME.txt: what the
+# servers counted between two marks (the summary reads the owners' list walks from them).
+mkdir -p "$out/metrics"
+scrape() {
+  local r role name pid port
+  for r in "${roles[@]}"; do
+    read -r role name pid <<<"$r"
+    case $role in
+      coordinator) port=$((4410 + ${name#c} - 1)) ;;
+      gateway) port=$((4430 + ${name#g} - 1)) ;;
+      *) continue ;;
+    esac
+    curl -s --max-time 5 "http://127.0.0.1:$port/metrics" >"$out/metrics/$1-$name.txt" || true
+  done
+}
+
 # --- 1. ramp -------------------------------------------------------------------------------------
 echo "==> ramp: $agents agents over ${ramp}s"
 swarms=()
@@ -240,9 +256,11 @@ echo "    connected: ${connected:-0} of $agents"
 echo "==> steady state: ${steady}s"
 event steady_from_ms "$(now_ms)"
 cpu steady
+scrape steady
 nap "$(left "$steady")"
 PHASE=steady rss
 cpu push
+scrape push
 
 # --- 3. push -------------------------------------------------------------------------------------
 echo "==> push: PUT /api/v1/configs/scale for every agent"
@@ -312,6 +330,7 @@ done
 event all_applied_ms "$(now_ms)"
 event applied "${applied:-0}"
 cpu applied
+scrape applied
 echo "    applied: $by_swarms of $agents as the agents report, ${applied:-0} as the API counts"
 
 # --- 4. API latency ------------------------------------------------------------------------------
@@ -325,6 +344,7 @@ for _ in $(seq 1 "$samples"); do
     "$api$list" >>"$out/api-list.txt" || true
 done
 event api_list_path "$list"
+scrape api
 
 # --- 5. faults -----------------------------------------------------------------------------------
 # push_again TAG: PUT a new config for every agent; events TAG_put_ms, then TAG_applied_ms and

@@ -87,6 +87,30 @@ def cpu(d):
     return out
 
 
+def scraped(d, mark, name, role="c"):
+    """The sum over the coordinators' (role "c") or gateways' ("g") metrics scraped at `mark`
+    of every sample of `name` (all label sets); None if none was scraped."""
+    files = sorted((d / "metrics").glob(f"{mark}-{role}[0-9]*.txt"))
+    total, seen = 0.0, False
+    for f in files:
+        for line in f.read_text().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+                seen = True
+    return total if seen else None
+
+
+def mean_between(d, start, end, name, role="c"):
+    """Mean of histogram `name` over what was observed between marks `start` and `end`, in
+    ms, and how many observations: (mean_ms, count), or None."""
+    vals = [scraped(d, m, f"{name}_{k}", role) for m in (start, end) for k in ("sum", "count")]
+    if None in vals:
+        return None
+    s0, c0, s1, c1 = vals
+    n = c1 - c0
+    return ((s1 - s0) / n * 1000 if n > 0 else None), int(n)
+
+
 def cpu_shares(marks, start, end, hz=os.sysconf("SC_CLK_TCK"), cores=os.cpu_count()):
     """Each role's CPU between two marks, as a share of the machine (every core): text."""
     if start not in marks or end not in marks:
@@ -220,6 +244,14 @@ def summary(d, ev, reports):
         shares = cpu_shares(marks, start, end)
         if shares:
             row(f"CPU during {label}, by role", shares)
+    for label, name, start, end in (
+            ("the owners' store calls, steady", "flotilla_store_seconds", "steady", "push"),
+            ("the owners' store calls, during the push", "flotilla_store_seconds", "push", "applied"),
+            ("the owners' list walks during the API samples",
+             "flotilla_coordinator_list_part_seconds", "applied", "api")):
+        m = mean_between(d, start, end, name)
+        if m and m[0] is not None:
+            row(f"{label}: mean / calls (coordinators' metrics)", f"{ms(m[0], 1)} / {m[1]:,}")
     mem = rss(d)
     held = max(ev.get("connected", 0) or agents, 1)
     for role in ("gateway", "coordinator", "redis", "nats", "swarm"):
