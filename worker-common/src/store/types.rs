@@ -46,23 +46,77 @@ pub enum Deadline {
 /// report them, once for every agent reporting the same (a stores that can: Redis).
 pub const SHARED_EFFECTIVE_CONFIG_MIN: usize = 1024;
 
+/// A record as kept when its effective config is kept apart ([`effective_config_apart`]).
+pub struct Apart {
+    /// The record's encoding without the body, naming it by `sha256`.
+    pub record: Vec<u8>,
+    /// The SHA-256 the body is kept under.
+    pub sha256: Vec<u8>,
+    /// The effective config's encoding.
+    pub body: Vec<u8>,
+}
+
 /// `rec` as kept when its effective config is kept apart: without the body, naming it by a
 /// SHA-256 of its content (its OpAMP config hash when the record has it, a hash of every file's
-/// name, content type and body; else of its encoding); with that encoding. None when the config
-/// stays in the record.
-pub fn effective_config_apart(rec: &AgentRecord) -> Option<(AgentRecord, Vec<u8>)> {
-    let body = rec.effective_config.as_ref()?.encode_to_vec();
-    if body.len() < SHARED_EFFECTIVE_CONFIG_MIN {
+/// name, content type and body; else of its encoding). None when the config stays in the record
+/// (small, or, never for prost's own encoding, the record's encoding could not be cut).
+pub fn effective_config_apart(rec: &AgentRecord) -> Option<Apart> {
+    let config = rec.effective_config.as_ref()?;
+    if config.encoded_len() < SHARED_EFFECTIVE_CONFIG_MIN {
         return None;
     }
-    let mut apart = rec.clone();
-    apart.effective_config = None;
-    apart.effective_config_sha256 = if rec.effective_config_hash.len() == 32 {
+    let whole = rec.encode_to_vec();
+    let (record, body) = cut_effective_config(&whole)?;
+    let sha256 = if rec.effective_config_hash.len() == 32 {
         rec.effective_config_hash.clone()
     } else {
-        Sha256::digest(&body).to_vec()
+        Sha256::digest(body).to_vec()
     };
-    Some((apart, body))
+    let mut record = record;
+    prost::encoding::bytes::encode(RECORD_EFFECTIVE_CONFIG_SHA256, &sha256, &mut record);
+    Some(Apart {
+        record,
+        sha256,
+        body: body.to_vec(),
+    })
+}
+
+/// AgentRecord's field numbers for the effective config and the SHA-256 naming it (bus.proto).
+const RECORD_EFFECTIVE_CONFIG: u32 = 6;
+const RECORD_EFFECTIVE_CONFIG_SHA256: u32 = 42;
+
+/// An encoded AgentRecord without its effective config and SHA-256 fields, and the effective
+/// config's encoding: cut out of the record's encoding rather than encoding a copy of the record
+/// without them (a collector's record has dozens of health components: copying it is an
+/// allocation for each, on every save). Protobuf readers take fields in any order, so the
+/// SHA-256 may be appended after. None if `whole` is not a message's encoding.
+fn cut_effective_config(whole: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut rest = whole;
+    let mut kept = Vec::with_capacity(whole.len());
+    let mut body: &[u8] = &[];
+    while !rest.is_empty() {
+        let field_start = whole.len() - rest.len();
+        let (tag, wire_type) = decode_key(&mut rest).ok()?;
+        let len = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut rest).ok()?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => usize::try_from(decode_varint(&mut rest).ok()?).ok()?,
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        let value = rest.get(..len)?;
+        rest = &rest[len..];
+        match tag {
+            RECORD_EFFECTIVE_CONFIG => body = value,
+            RECORD_EFFECTIVE_CONFIG_SHA256 => {}
+            _ => kept.extend_from_slice(&whole[field_start..whole.len() - rest.len()]),
+        }
+    }
+    Some((kept, body))
 }
 
 /// What changes in an agent's record when it is heard from and nothing else changed.
@@ -423,3 +477,75 @@ pub trait Store: Send + Sync + 'static {
 /// How long audit entries are kept unless configured otherwise.
 pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
     std::time::Duration::from_secs(90 * 24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap, ComponentHealth};
+    use std::collections::HashMap;
+
+    fn record(effective_config_hash: Vec<u8>, earlier_sha256: Vec<u8>) -> AgentRecord {
+        let file = AgentConfigFile {
+            body: vec![b'x'; 4000],
+            content_type: "text/yaml".into(),
+        };
+        let health = (0..30)
+            .map(|i| (format!("c{i}"), ComponentHealth::default()))
+            .collect::<HashMap<_, _>>();
+        AgentRecord {
+            instance_uid: vec![7; 16],
+            sequence_num: 300,
+            labels: [("team".to_owned(), "a".to_owned())].into(),
+            health: Some(ComponentHealth {
+                healthy: true,
+                component_health_map: health,
+                ..Default::default()
+            }),
+            effective_config: Some(EffectiveConfig {
+                config_map: Some(AgentConfigMap {
+                    config_map: [(String::new(), file)].into(),
+                }),
+            }),
+            effective_config_hash,
+            effective_config_sha256: earlier_sha256,
+            ..Default::default()
+        }
+    }
+
+    /// The cut encoding reads back as the record without its config, naming the config by
+    /// its hash, with the config's encoding beside it: a record with an OpAMP config hash, one
+    /// without (named by a digest), one that named another config before.
+    #[test]
+    fn a_record_apart_is_the_record_without_its_config_naming_it() {
+        for rec in [
+            record(vec![1; 32], Vec::new()),
+            record(Vec::new(), Vec::new()),
+            record(vec![2; 32], vec![3; 32]),
+        ] {
+            let apart = effective_config_apart(&rec).expect("large enough to keep apart");
+            let config = rec.effective_config.clone().unwrap();
+            assert_eq!(apart.body, config.encode_to_vec());
+            let sha = if rec.effective_config_hash.len() == 32 {
+                rec.effective_config_hash.clone()
+            } else {
+                Sha256::digest(&apart.body).to_vec()
+            };
+            assert_eq!(apart.sha256, sha);
+            let mut want = rec.clone();
+            want.effective_config = None;
+            want.effective_config_sha256 = sha;
+            assert_eq!(AgentRecord::decode(apart.record.as_slice()).unwrap(), want);
+        }
+        let mut small = record(Vec::new(), Vec::new());
+        small.effective_config = Some(EffectiveConfig::default());
+        assert!(
+            effective_config_apart(&small).is_none(),
+            "kept in the record"
+        );
+        assert_eq!(
+            cut_effective_config(&[0x0a, 0x05, 1]),
+            None,
+            "a truncated field"
+        );
+    }
+}

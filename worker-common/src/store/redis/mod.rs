@@ -352,19 +352,17 @@ impl Store for RedisStore {
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
         let (mode, at) = deadline_args(deadline);
         let (horizon, audit) = self.audit_args(audit)?;
-        let apart = effective_config_apart(record);
-        let (bytes, sha) = match &apart {
-            Some((rec, _)) => (
-                rec.encode_to_vec(),
-                hex::encode(&rec.effective_config_sha256),
-            ),
+        // The record's encoding, the SHA-256 of the effective config kept apart (hex), and that
+        // config's encoding.
+        let (bytes, sha, apart) = match effective_config_apart(record) {
+            Some(a) => (a.record, hex::encode(&a.sha256), a.body),
             // Its config is kept in it now: it names no other.
             None if !record.effective_config_sha256.is_empty() => {
                 let mut rec = record.clone();
                 rec.effective_config_sha256.clear();
-                (rec.encode_to_vec(), String::new())
+                (rec.encode_to_vec(), String::new(), Vec::new())
             }
-            None => (record.encode_to_vec(), String::new()),
+            None => (record.encode_to_vec(), String::new(), Vec::new()),
         };
         let tally = Tally::of(record).names();
         let save = |body: &[u8]| {
@@ -390,8 +388,7 @@ impl Store for RedisStore {
         let first: Result<i64, _> = save(&[]).invoke_async(&mut self.conn.clone()).await;
         match first {
             Err(e) if e.code() == Some("NEEDBODY") || e.to_string().contains("NEEDBODY") => {
-                let body = apart.as_ref().map_or(&[][..], |(_, b)| b.as_slice());
-                let _: i64 = save(body)
+                let _: i64 = save(&apart)
                     .invoke_async(&mut self.conn.clone())
                     .await
                     .map_err(|e| fenced_or_io(e, fence))?;
