@@ -8,7 +8,8 @@
 #
 #   1. ramp: the swarms connect their agents at rates that bring the fleet in over RAMP seconds;
 #      then wait until GET /api/v1/fleet/health counts every agent connected;
-#   2. steady state for STEADY seconds;
+#   2. SETTLE seconds for the replies the ramp left waiting (its last agents' first reports: not
+#      the steady state), then the steady state for STEADY seconds;
 #   3. push: PUT /api/v1/configs/scale (empty selector: every agent), then wait until
 #      GET /api/v1/agents?config=applied counts every agent;
 #   4. API latency: the fleet health and a filtered agent list, SAMPLES times each (curl);
@@ -27,7 +28,7 @@
 #
 # Environment: AGENTS (default 100000; fewer agents run on fewer gateways and swarms: at most
 # 17,000 agents each, at least 2, e.g. AGENTS=12000 for a quick check), RAMP (default 120),
-# STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer token, if the
+# SETTLE (30), STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer token, if the
 # API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>), FAULTS (1: step 5; the
 # agents are then spread over more gateways, at most 14,000 each, so that the survivors of a
 # gateway's loss hold its agents within their open-file limit), TLS (1: mutual TLS between agents
@@ -38,6 +39,7 @@ cd "$(dirname "$0")/.."
 
 agents=${AGENTS:-100000}
 ramp=${RAMP:-120}
+settle=${SETTLE:-30}
 steady=${STEADY:-60}
 push_wait=${PUSH_WAIT:-180}
 samples=${SAMPLES:-20}
@@ -103,7 +105,7 @@ alive() {
 transport="plain WebSocket"
 [ "$tls" = 1 ] && transport="WebSocket over mutual TLS"
 machine_info "agents: $agents over $n gateways and $n swarms (--realistic, $transport)" \
-  "ramp: ${ramp}s, steady: ${steady}s, heartbeat: 30s, 3 coordinators"
+  "ramp: ${ramp}s, settle: ${settle}s, steady: ${steady}s, heartbeat: 30s, 3 coordinators"
 
 now_ms() { date +%s%3N; }
 started=$(now_ms)
@@ -253,6 +255,8 @@ event connected "${connected:-0}"
 echo "    connected: ${connected:-0} of $agents"
 
 # --- 2. steady -----------------------------------------------------------------------------------
+echo "==> settling: ${settle}s"
+nap "$(left "$settle")"
 echo "==> steady state: ${steady}s"
 event steady_from_ms "$(now_ms)"
 cpu steady
