@@ -36,10 +36,12 @@ impl Events {
     }
 
     pub async fn emit(&self, kind: EventKind, rec: &AgentRecord) {
-        self.metrics
-            .events
-            .get_or_create(&vec![("kind", kind.as_str())])
-            .inc();
+        self.publish(self.message(kind, rec)).await;
+    }
+
+    /// The event `kind` of agent `rec`, to publish later ([`Events::publish`]), when the record
+    /// itself may be gone.
+    pub fn message(&self, kind: EventKind, rec: &AgentRecord) -> (EventKind, BusMessage) {
         let detail = match kind {
             EventKind::Unhealthy => rec.health.as_ref().map(|h| h.last_error.as_str()),
             EventKind::ConfigFailed => rec
@@ -57,6 +59,14 @@ impl Events {
             "detail": detail.unwrap_or_default(),
         });
         let msg = BusMessage::new(self.subjects.event(kind.as_str()), body.to_string());
+        (kind, msg)
+    }
+
+    pub async fn publish(&self, (kind, msg): (EventKind, BusMessage)) {
+        self.metrics
+            .events
+            .get_or_create(&vec![("kind", kind.as_str())])
+            .inc();
         if let Err(e) = self.bus.publish(msg).await {
             debug!(error = %e, "event not published");
         }

@@ -10,6 +10,7 @@ use super::owner::Owner;
 use super::shards::{RecordCopy, ShardCache, ShardGuard, SharedConfigs};
 use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
+use flotilla_proto::opamp::EffectiveConfig;
 use futures_util::TryStreamExt;
 use tracing::{Span, info};
 use uuid::Uuid;
@@ -56,7 +57,30 @@ impl Owner {
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
-        match shard.save(rec, deadline, audit).await {
+        let saved = shard.save(rec, deadline, audit).await;
+        self.unless_fenced(shard, saved)
+    }
+
+    /// [`Owner::save_or_drop`] of a record the caller needs no more ([`Locked::save_owned`]).
+    pub(crate) async fn save_owned_or_drop(
+        &self,
+        shard: &mut Locked<'_>,
+        rec: AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
+        let saved = shard.save_owned(rec, deadline, audit).await;
+        self.unless_fenced(shard, saved)
+    }
+
+    /// A save's outcome: true if written, false (and the shard dropped) if another coordinator
+    /// took the shard.
+    fn unless_fenced(
+        &self,
+        shard: &mut Locked<'_>,
+        saved: Result<(), StoreError>,
+    ) -> Result<bool, StoreError> {
+        match saved {
             Ok(()) => Ok(true),
             Err(StoreError::Fenced { .. }) => {
                 self.lost(shard);
@@ -144,29 +168,41 @@ impl Locked<'_> {
         if self.keep
             && let Some(rec) = &mut rec
         {
-            let copy = self.copy_of(rec, None);
-            self.cache().records.insert(uid, copy);
+            self.keep_copy_of(rec);
         }
         Ok(rec)
     }
 
-    /// The copy to keep of `rec`, its effective config shared with `before` (the copy it
-    /// replaces) or any other copy that has the same. `rec` is as it was when this returns.
-    fn copy_of(&self, rec: &mut AgentRecord, before: Option<&RecordCopy>) -> RecordCopy {
-        let config = rec.effective_config.take();
+    /// Keeps `rec` (without its effective config) as the copy of agent `uid`'s record, with
+    /// `config` shared with the copy it replaces or any other copy that has the same.
+    fn keep(&self, rec: AgentRecord, config: Option<&EffectiveConfig>, uid: Uuid) {
+        let mut cache = self.cache();
         let effective =
-            config
-                .as_ref()
-                .map(|config| match before.and_then(|b| b.effective.as_ref()) {
+            config.map(
+                |config| match cache.records.get(&uid).and_then(|b| b.effective.as_ref()) {
                     Some(kept) if **kept == *config => kept.clone(),
                     _ => self.shared.share(&rec.effective_config_hash, config),
-                });
-        let copy = RecordCopy {
-            rec: rec.clone(),
-            effective,
-        };
-        rec.effective_config = config;
-        copy
+                },
+            );
+        cache.records.insert(uid, RecordCopy { rec, effective });
+    }
+
+    /// Keeps `rec` itself as its copy ([`Locked::keep`]).
+    fn keep_owned(&self, mut rec: AgentRecord) {
+        if let Ok(uid) = Uuid::from_slice(&rec.instance_uid) {
+            let config = rec.effective_config.take();
+            self.keep(rec, config.as_ref(), uid);
+        }
+    }
+
+    /// Keeps a copy of `rec` ([`Locked::keep`]): `rec` is as it was when this returns (its
+    /// effective config taken out while the rest is copied, so that it is not copied too).
+    fn keep_copy_of(&self, rec: &mut AgentRecord) {
+        if let Ok(uid) = Uuid::from_slice(&rec.instance_uid) {
+            let config = rec.effective_config.take();
+            self.keep(rec.clone(), config.as_ref(), uid);
+            rec.effective_config = config;
+        }
     }
 
     /// Writes `rec` and changes its deadline (with `audit` in the same step): only its sequence
@@ -179,6 +215,37 @@ impl Locked<'_> {
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
+        if self.write(rec, deadline, audit).await? {
+            self.keep_copy_of(rec);
+        }
+        Ok(())
+    }
+
+    /// [`Locked::save`] of a record the caller needs no more: it becomes the copy as it is,
+    /// rather than a copy of it (a collector's record has dozens of health components: copying
+    /// it is an allocation for each).
+    pub(crate) async fn save_owned(
+        &mut self,
+        mut rec: AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        if self.write(&mut rec, deadline, audit).await? {
+            self.keep_owned(rec);
+        }
+        Ok(())
+    }
+
+    /// The store's side of [`Locked::save`]: a touch when only the sequence number and
+    /// last-seen time differ from the copy (the copy touched too), else the whole record. True
+    /// when the whole record was written and its copy is to be kept (copies are kept); on an
+    /// error the copy goes.
+    async fn write(
+        &mut self,
+        rec: &mut AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+    ) -> Result<bool, StoreError> {
         let touch = Touch::of(rec)
             .ok_or_else(|| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
         let heard_only = audit.is_none()
@@ -194,7 +261,7 @@ impl Locked<'_> {
                     if let Some(copy) = self.cache().records.get_mut(&touch.uid) {
                         touch.apply(&mut copy.rec);
                     }
-                    return Ok(());
+                    return Ok(false);
                 }
                 // Gone from the store: written whole below.
                 Ok(false) => {}
@@ -208,16 +275,14 @@ impl Locked<'_> {
             .store
             .save_agent(self.fence, rec, deadline, audit)
             .await;
-        match &saved {
-            Ok(()) if self.keep => {
-                let mut cache = self.cache();
-                let copy = self.copy_of(rec, cache.records.get(&touch.uid));
-                cache.records.insert(touch.uid, copy);
+        match saved {
+            Ok(()) => Ok(self.keep),
+            Err(e) => {
+                // Written or not: the store's copy is the one to read next.
+                self.cache().forget(&touch.uid);
+                Err(e)
             }
-            // Written or not: the store's copy is the one to read next.
-            _ => self.cache().forget(&touch.uid),
         }
-        saved
     }
 
     /// Removes agent `uid` (with `audit` in the same step); false if there was no such agent.
@@ -276,8 +341,7 @@ impl Locked<'_> {
                     continue;
                 }
             }
-            let copy = self.copy_of(&mut rec, None);
-            self.cache().records.insert(uid, copy);
+            self.keep_owned(rec);
         }
         self.cache().whole = whole;
         Ok(())

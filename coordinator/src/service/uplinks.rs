@@ -299,7 +299,7 @@ impl Owner {
                 "a config is too large to reach its agents; store a smaller version"
             );
         }
-        let Some(rec) = out.record.as_mut() else {
+        let Some(rec) = out.record.take() else {
             // Nothing to store: a uid was assigned (it becomes a record when the agent uses it),
             // or the report was refused.
             self.count_uplink(if out.reply.error_response.is_some() {
@@ -314,8 +314,14 @@ impl Owner {
                 ..Default::default()
             });
         };
+        // Made now: the record becomes the owner's copy as it is saved.
+        let events: Vec<_> = out
+            .events
+            .iter()
+            .map(|kind| self.events.message(*kind, &rec))
+            .collect();
         match self
-            .save_or_drop(&mut shard, rec, out.deadline, audit.as_ref())
+            .save_owned_or_drop(&mut shard, rec, out.deadline, audit.as_ref())
             .await
         {
             Ok(true) => {}
@@ -335,8 +341,8 @@ impl Owner {
         {
             warn!(error = %e, %old, "the marker under an agent's old uid stays");
         }
-        for kind in &out.events {
-            self.events.emit(*kind, rec).await;
+        for event in events {
+            self.events.publish(event).await;
         }
         self.count_uplink("ok");
         self.metrics
