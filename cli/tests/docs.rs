@@ -112,6 +112,8 @@ const OTHER_TOOLS: &[&str] = &[
     "scale",
     // the `duplicates` tool CONTRIBUTING.md names
     "change",
+    // perf, for the profiles docs/benchmarks.md reports
+    "call-graph",
 ];
 
 #[test]

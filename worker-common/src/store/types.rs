@@ -66,13 +66,12 @@ pub fn effective_config_apart(rec: &AgentRecord) -> Option<Apart> {
         return None;
     }
     let whole = rec.encode_to_vec();
-    let (record, body) = cut_effective_config(&whole)?;
+    let (mut record, body) = cut_effective_config(&whole)?;
     let sha256 = if rec.effective_config_hash.len() == 32 {
         rec.effective_config_hash.clone()
     } else {
         Sha256::digest(body).to_vec()
     };
-    let mut record = record;
     prost::encoding::bytes::encode(RECORD_EFFECTIVE_CONFIG_SHA256, &sha256, &mut record);
     Some(Apart {
         record,
