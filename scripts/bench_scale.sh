@@ -27,18 +27,20 @@
 # passes MEM_LIMIT_GIB.
 #
 # Environment: AGENTS (default 100000; fewer agents run on fewer gateways and swarms: at most
-# 17,000 agents each, at least 2, e.g. AGENTS=12000 for a quick check), RAMP (default 120),
-# SETTLE (30), STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer token, if the
-# API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>), FAULTS (1: step 5; the
-# agents are then spread over more gateways, at most 14,000 each, so that the survivors of a
-# gateway's loss hold its agents within their open-file limit), TLS (1: mutual TLS between agents
-# and gateways, with a PKI from `flotilla certs init`; every agent presents the one client
-# certificate, so the gateways hold agents to no uid: --agent-identity none).
+# 17,000 agents each, at least 2, e.g. AGENTS=12000 for a quick check), RAMP (default 180: over
+# 120 s, the ramp's last seconds bring 100,000 agents' first reports faster than the cluster
+# answers them, and the agents answered late heartbeat together for the rest of the run),
+# SETTLE (30), STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer
+# token, if the API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>), FAULTS (1:
+# step 5; the agents are then spread over more gateways, at most 14,000 each, so that the
+# survivors of a gateway's loss hold its agents within their open-file limit), TLS (1: mutual TLS
+# between agents and gateways, with a PKI from `flotilla certs init`; every agent presents the
+# one client certificate, so the gateways hold agents to no uid: --agent-identity none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 agents=${AGENTS:-100000}
-ramp=${RAMP:-120}
+ramp=${RAMP:-180}
 settle=${SETTLE:-30}
 steady=${STEADY:-60}
 push_wait=${PUSH_WAIT:-180}
