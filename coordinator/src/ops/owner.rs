@@ -16,12 +16,12 @@ use tracing::warn;
 use uuid::Uuid;
 
 /// How long the other owners may take past the first owner's answer to a list, at least: under
-/// a push to 100,000 agents one owner's walk took 0.2 s and another's 3.3 s.
+/// a push to 100,000 agents one owner's walk took 0.2 s and another's 3.3 s (when walks still
+/// waited for their shards' locks; docs/benchmarks.md).
 const STRAGGLERS: Duration = Duration::from_secs(5);
 
-/// How long a list waits for the owners at most. Under a push to 100,000 agents an owner's walk
-/// took up to 3.3 s (its shards' locks are held while their messages write the store), and
-/// reading its shards from the store instead took 20 s and slowed every owner's writes.
+/// How long a list waits for the owners at most: reading a slow owner's shards from the store
+/// instead took 15-20 s at 100,000 agents and slowed every owner's writes meanwhile.
 const LIST_WAIT: Duration = Duration::from_secs(10);
 
 /// An agent list asked of every shard owner: the query's text parameters and how many of its
@@ -66,10 +66,11 @@ impl OwnerClient {
 
     /// Asks every shard owner for its part of a list (the first `keep` matches of the query of
     /// `params`) and hands each part to `add`, until every shard is answered for, or the others
-    /// had three times as long as the first owner to answer, or [`LIST_WAIT`] passes. The shards a part covers are marked in `unheard` (indexed by shard); the
-    /// rest are the caller's to read from the store: those of an owner that is gone, busy or
-    /// failed, and of a shard two owners answered for (it changed hands during the walk: the
-    /// second part is not taken).
+    /// had three times as long as the first owner to answer ([`STRAGGLERS`] at least), or
+    /// [`LIST_WAIT`] passes. The shards a part covers are marked in `unheard` (indexed by
+    /// shard); the rest are the caller's to read from the store: those of an owner that is gone,
+    /// busy or failed, and of a shard two owners answered for (it changed hands during the walk:
+    /// the second part is not taken).
     pub async fn gather_lists<P: DeserializeOwned>(
         &self,
         params: &[(String, String)],
@@ -103,7 +104,7 @@ impl OwnerClient {
             // The owners walk at the same time: once one answered, the others get three times
             // as long (at least 5 s): a dead owner's shards are read from the store then,
             // and a busy one is not taken for dead (reading its shards from the store takes far
-            // longer than its walk: 17-20 s against 1.6-3.3 s at 100,000 agents).
+            // longer than its walk: 15-20 s against 0.2-3.3 s at 100,000 agents).
             until = until.min(Instant::now() + (3 * asked.elapsed()).max(STRAGGLERS));
             let Ok(a) = serde_json::from_slice::<ListAnswer<P>>(&answer) else {
                 continue;

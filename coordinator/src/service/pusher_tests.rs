@@ -23,6 +23,14 @@ fn to(gateway: &str, connection: u64, uid: u8, data: usize) -> (Origin, ServerTo
     (origin, msg)
 }
 
+/// Small pushes (10 bytes), each to the connection of its agent's uid: `(gateway, n)`.
+fn small(pushes: &[(&str, u8)]) -> Vec<(Origin, ServerToAgent)> {
+    pushes
+        .iter()
+        .map(|&(gateway, n)| to(gateway, n.into(), n, 10))
+        .collect()
+}
+
 /// Per batch: its gateway and its downlinks' connection ids.
 fn shape(batches: &[(String, Vec<Downlink>)]) -> Vec<(&str, Vec<u64>)> {
     batches
@@ -40,15 +48,15 @@ fn encoded(downlinks: &[Downlink]) -> usize {
 
 #[test]
 fn batches_group_by_gateway_in_order_and_split_by_count() {
-    let pushes = vec![
-        to("gw-b", 1, 1, 10),
-        to("gw-a", 2, 2, 10),
-        to("gw-b", 3, 3, 10),
-        to("gw-a", 4, 4, 10),
-        to("gw-b", 5, 5, 10),
-        to("gw-b", 6, 6, 10),
-        to("gw-b", 7, 7, 10),
-    ];
+    let pushes = small(&[
+        ("gw-b", 1),
+        ("gw-a", 2),
+        ("gw-b", 3),
+        ("gw-a", 4),
+        ("gw-b", 5),
+        ("gw-b", 6),
+        ("gw-b", 7),
+    ]);
     let out = batches(pushes, 2, usize::MAX);
     assert_eq!(
         shape(&out),
@@ -70,16 +78,16 @@ fn batches_group_by_gateway_in_order_and_split_by_count() {
     assert!(batches(Vec::new(), 2, 100).is_empty());
 
     // Each gateway's agents in uid order (spread over the shards), the gateways' batches in turn.
-    let pushes = vec![
-        to("gw-b", 9, 9, 10),
-        to("gw-a", 5, 5, 10),
-        to("gw-b", 1, 1, 10),
-        to("gw-a", 2, 2, 10),
-        to("gw-b", 4, 4, 10),
-        to("gw-a", 8, 8, 10),
-        to("gw-b", 3, 3, 10),
-        to("gw-a", 7, 7, 10),
-    ];
+    let pushes = small(&[
+        ("gw-b", 9),
+        ("gw-a", 5),
+        ("gw-b", 1),
+        ("gw-a", 2),
+        ("gw-b", 4),
+        ("gw-a", 8),
+        ("gw-b", 3),
+        ("gw-a", 7),
+    ]);
     assert_eq!(
         shape(&batches(pushes, 2, usize::MAX)),
         vec![

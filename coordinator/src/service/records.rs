@@ -58,7 +58,7 @@ impl Owner {
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
         let saved = shard.save(rec, deadline, audit).await;
-        self.unless_fenced(shard, saved)
+        Ok(self.unless_fenced(shard, saved)?.is_some())
     }
 
     /// [`Owner::save_or_drop`] of a record the caller needs no more ([`Locked::save_owned`]).
@@ -70,21 +70,20 @@ impl Owner {
         audit: Option<&AuditEntry>,
     ) -> Result<bool, StoreError> {
         let saved = shard.save_owned(rec, deadline, audit).await;
-        self.unless_fenced(shard, saved)
+        Ok(self.unless_fenced(shard, saved)?.is_some())
     }
 
-    /// A save's outcome: true if written, false (and the shard dropped) if another coordinator
-    /// took the shard.
-    fn unless_fenced(
+    /// A write's outcome: None (and the shard dropped) if another coordinator took the shard.
+    fn unless_fenced<T>(
         &self,
         shard: &mut Locked<'_>,
-        saved: Result<(), StoreError>,
-    ) -> Result<bool, StoreError> {
-        match saved {
-            Ok(()) => Ok(true),
+        written: Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match written {
+            Ok(t) => Ok(Some(t)),
             Err(StoreError::Fenced { .. }) => {
                 self.lost(shard);
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(e),
         }
@@ -98,14 +97,8 @@ impl Owner {
         uid: Uuid,
         audit: Option<&AuditEntry>,
     ) -> Result<Option<bool>, StoreError> {
-        match shard.delete(uid, audit).await {
-            Ok(deleted) => Ok(Some(deleted)),
-            Err(StoreError::Fenced { .. }) => {
-                self.lost(shard);
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let deleted = shard.delete(uid, audit).await;
+        self.unless_fenced(shard, deleted)
     }
 
     /// Has the store count the agents of owned shards it does not count yet (records written
@@ -380,9 +373,9 @@ impl Owner {
     /// Calls `f` with every record of the shards of `list` that are still owned when their turn
     /// comes: returns those shards. A shard whose copies are whole is read from them without
     /// waiting for its lock ([`super::shards::ShardTable::read_whole`]): a message holds the lock
-    /// while it writes the store (5-7 ms on average in the steady state at 100,000 agents, 39-181
-    /// ms during a push), and a walk that waited for every shard's would wait for the slowest of
-    /// them. The others are read under their locks, up to [`WALK_SHARDS_AT_ONCE`] at once; `f`
+    /// while it writes the store (store calls took 3.2-7.5 ms on average in the steady state at
+    /// 100,000 agents, 39-181 ms during a push: docs/benchmarks.md), and a walk that waited for
+    /// every shard's would wait for the slowest of them. The others are read under their locks, up to [`WALK_SHARDS_AT_ONCE`] at once; `f`
     /// is called for one record at a time.
     pub(crate) async fn visit_shards(
         &self,
