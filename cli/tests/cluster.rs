@@ -113,6 +113,16 @@ async fn config_and_restart_reach_agents_spread_across_gateways() {
     // The owners' walks over their agents (alerts every 5 s, gauges, retention) read their
     // copies once those are the whole shard, not the store.
     assert_eq!(visited, 0.0, "the owners' walks read the store");
+    // The copies keep health trees encoded: what the owners wrote from them (the configs'
+    // statuses) still has every component.
+    let path = format!("/api/v1/agents/{}", agents[0].uid);
+    let (_, detail) = c.get(c.api(), &path).await;
+    let traces = &detail["health"]["components"]["pipeline:traces"];
+    assert_eq!(
+        traces["components"]["receiver:otlp"]["healthy"], true,
+        "{detail}"
+    );
+    assert_eq!(detail["remote_config_status"]["status"], "APPLIED", "{detail}");
 
     // Every coordinator's API sees the whole fleet and where each agent is connected.
     for coord in &c.coordinators {

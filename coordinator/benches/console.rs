@@ -58,7 +58,7 @@ fn record(i: usize, now: u64) -> AgentRecord {
     let env = ["prod", "prod", "staging", "dev"][i % 4];
     let region = ["eu-west-1", "us-east-1", "ap-south-1"][i % 3];
     let healthy = !i.is_multiple_of(50);
-    let pipelines: HashMap<String, ComponentHealth> = ["traces", "metrics"]
+    let pipelines: std::collections::BTreeMap<String, ComponentHealth> = ["traces", "metrics"]
         .iter()
         .map(|p| {
             let mut h = component(true, "");

@@ -10,7 +10,7 @@
 
 use crate::sim::{SimAgent, kv};
 use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap, ComponentHealth};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// How much a swarm's agents report; zeros keep [`SimAgent`]'s minimal report.
@@ -111,7 +111,7 @@ pub fn health(components: usize) -> ComponentHealth {
         "processor:transform",
         "exporter:prometheusremotewrite",
     ];
-    let ok = |map: HashMap<String, ComponentHealth>| ComponentHealth {
+    let ok = |map: BTreeMap<String, ComponentHealth>| ComponentHealth {
         healthy: true,
         status: "StatusOK".into(),
         start_time_unix_nano: 1_733_400_000_000_000_000,
@@ -123,7 +123,7 @@ pub fn health(components: usize) -> ComponentHealth {
     let pipelines = components
         .div_ceil(10)
         .clamp(usize::from(components > 0), components);
-    let mut children: Vec<HashMap<String, ComponentHealth>> = vec![HashMap::new(); pipelines];
+    let mut children: Vec<BTreeMap<String, ComponentHealth>> = vec![BTreeMap::new(); pipelines];
     for i in 0..components - pipelines {
         let part = PARTS[i / pipelines % PARTS.len()];
         let round = i / pipelines / PARTS.len();
@@ -131,7 +131,7 @@ pub fn health(components: usize) -> ComponentHealth {
             0 => part.to_owned(),
             r => format!("{part}/{}", r + 1),
         };
-        children[i % pipelines].insert(name, ok(HashMap::new()));
+        children[i % pipelines].insert(name, ok(BTreeMap::new()));
     }
     ok(children
         .into_iter()

@@ -9,7 +9,6 @@ use flotilla_proto::opamp::{
 use rand::Rng;
 use rand::distr::Distribution;
 use rand::distr::weighted::WeightedIndex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -441,7 +440,7 @@ fn collector_health() -> ComponentHealth {
     ComponentHealth {
         healthy: true,
         status: "StatusOK".into(),
-        component_health_map: HashMap::from([
+        component_health_map: std::collections::BTreeMap::from([
             (
                 "pipeline:traces".to_string(),
                 ok(&["receiver:otlp", "exporter:otlp"]),
@@ -563,7 +562,7 @@ mod tests {
         ServerToAgent {
             remote_config: Some(AgentRemoteConfig {
                 config: Some(AgentConfigMap {
-                    config_map: HashMap::from([(
+                    config_map: std::collections::HashMap::from([(
                         "collector.yaml".into(),
                         flotilla_proto::opamp::AgentConfigFile {
                             body: body.into(),

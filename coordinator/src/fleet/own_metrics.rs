@@ -90,10 +90,12 @@ fn fold_component(
 
 /// Folds `s` into the agent's rollup (creating it). False, and nothing changes, when the sample is
 /// older than the last one kept (exports that crossed on their way).
-pub fn fold(rollup: &mut Option<AgentMetrics>, s: &OwnMetricsSample) -> bool {
-    let m = rollup.get_or_insert_with(|| AgentMetrics {
-        since_unix_ms: s.at_unix_ms,
-        ..Default::default()
+pub fn fold(rollup: &mut Option<Box<AgentMetrics>>, s: &OwnMetricsSample) -> bool {
+    let m = rollup.get_or_insert_with(|| {
+        Box::new(AgentMetrics {
+            since_unix_ms: s.at_unix_ms,
+            ..Default::default()
+        })
     });
     let first = m.last_unix_ms == 0;
     if !first && s.at_unix_ms < m.last_unix_ms {

@@ -81,7 +81,7 @@ pub(super) fn fill_offers(
     // (with its settings); one that does not is served here (roaming, as the API shows).
     rec.redirected_to.clear();
     let offer = match &rec.settings_offer {
-        Some(cert_offer) => cert_offer.clone(),
+        Some(cert_offer) => (**cert_offer).clone(),
         None if rec.settings_have_certificate => return,
         None => {
             let cfg = desired.resolve(uid_of(rec).as_ref(), attrs, Aspect::Settings);

@@ -147,7 +147,7 @@ pub fn certificate_offer(
 pub fn record_issued(rec: &mut AgentRecord, issued: &Issued, offer: ConnectionSettingsOffers) {
     rec.issued_cert_sha256.clone_from(&issued.sha256);
     rec.offered_settings_hash.clone_from(&offer.hash);
-    rec.settings_offer = Some(offer);
+    rec.settings_offer = Some(Box::new(offer));
 }
 
 fn short(fp: &[u8]) -> String {

@@ -443,7 +443,7 @@ mod tests {
         let rec = AgentRecord {
             instance_uid: vec![7; 16],
             status: AgentStatus::Connected as i32,
-            own_metrics: Some(AgentMetrics {
+            own_metrics: Some(Box::new(AgentMetrics {
                 last_unix_ms: now - 10_000,
                 exporters: vec![
                     exporter("otlp", now - 90_000, 0),
@@ -451,7 +451,7 @@ mod tests {
                     exporter("debug", 0, 0),
                 ],
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         let kinds: BTreeSet<AlertKind> = AlertKind::ALL.into_iter().collect();

@@ -149,10 +149,10 @@ impl Locked<'_> {
     pub(crate) async fn get(&mut self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
         {
             let cache = self.cache();
-            if let Some(copy) = cache.records.get(&uid) {
-                return Ok(Some(copy.whole()));
+            if let Some(rec) = cache.records.get(&uid).and_then(|copy| copy.whole()) {
+                return Ok(Some(rec));
             }
-            if cache.whole {
+            if cache.whole && !cache.records.contains_key(&uid) {
                 // The copies are every record of the shard: there is no such agent.
                 return Ok(None);
             }
@@ -177,7 +177,9 @@ impl Locked<'_> {
                     _ => self.shared.share(&rec.effective_config_hash, config),
                 },
             );
-        cache.records.insert(uid, RecordCopy { rec, effective });
+        cache
+            .records
+            .insert(uid, Box::new(RecordCopy::new(rec, effective)));
     }
 
     /// Keeps `rec` itself as its copy ([`Locked::keep`]).
@@ -414,15 +416,27 @@ impl Owner {
 }
 
 /// Whether `new` differs from `copy` in its sequence number and last-seen time alone. Compares in
-/// place (the copy's two fields set to `new`'s and `new`'s effective config taken out, then both
-/// put back) rather than cloning either record.
+/// place (the copy's two fields set to `new`'s, and `new`'s effective config and health tree
+/// taken out, then all put back) rather than cloning either record.
 fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
     let config = new.effective_config.take();
+    let tree = new
+        .health
+        .as_mut()
+        .map(|h| std::mem::take(&mut h.component_health_map))
+        .unwrap_or_default();
     let rec = &mut copy.rec;
     let kept = (rec.sequence_num, rec.last_seen_unix_ms);
     (rec.sequence_num, rec.last_seen_unix_ms) = (new.sequence_num, new.last_seen_unix_ms);
     let same = *rec == *new && copy.effective.as_deref() == config.as_ref();
     (rec.sequence_num, rec.last_seen_unix_ms) = kept;
+    let (same, tree) = match same {
+        true => copy.same_components(tree),
+        false => (false, tree),
+    };
+    if let Some(h) = new.health.as_mut() {
+        h.component_health_map = tree;
+    }
     new.effective_config = config;
     same
 }
@@ -430,7 +444,9 @@ fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap, EffectiveConfig};
+    use flotilla_proto::opamp::{
+        AgentConfigFile, AgentConfigMap, ComponentHealth, EffectiveConfig,
+    };
     use std::sync::Arc;
 
     fn config(body: &str) -> EffectiveConfig {
@@ -448,18 +464,57 @@ mod tests {
         }
     }
 
+    fn component(status: &str) -> ComponentHealth {
+        ComponentHealth {
+            healthy: true,
+            status: status.into(),
+            ..Default::default()
+        }
+    }
+
+    /// A health tree of pipelines, each with a receiver and an exporter.
+    fn tree() -> ComponentHealth {
+        let pipeline = || ComponentHealth {
+            component_health_map: [
+                ("receiver:otlp".into(), component("StatusOK")),
+                ("exporter:otlp".into(), component("StatusOK")),
+            ]
+            .into(),
+            ..component("StatusOK")
+        };
+        ComponentHealth {
+            component_health_map: [
+                ("pipeline:traces".into(), pipeline()),
+                ("pipeline:logs".into(), pipeline()),
+            ]
+            .into(),
+            ..component("StatusOK")
+        }
+    }
+
     #[test]
     fn only_the_sequence_number_and_last_seen_time_make_a_touch() {
-        let mut copy = RecordCopy {
-            rec: AgentRecord {
+        let mut copy = RecordCopy::new(
+            AgentRecord {
                 instance_uid: vec![7; 16],
                 sequence_num: 4,
                 last_seen_unix_ms: 1_000,
+                health: Some(tree()),
                 ..Default::default()
             },
-            effective: Some(Arc::new(config("a: 1"))),
-        };
-        let mut new = copy.whole();
+            Some(Arc::new(config("a: 1"))),
+        );
+        assert!(
+            copy.rec
+                .health
+                .as_ref()
+                .unwrap()
+                .component_health_map
+                .is_empty(),
+            "the copy keeps the tree encoded"
+        );
+        let mut new = copy.whole().unwrap();
+        assert_eq!(new.health, Some(tree()), "and gives it back whole");
         new.sequence_num = 5;
         new.last_seen_unix_ms = 31_000;
         assert!(heard_only(&mut copy, &mut new));
@@ -469,9 +524,30 @@ mod tests {
             "the copy is left as it was"
         );
         assert_eq!(new.effective_config, Some(config("a: 1")), "and the record");
+        assert_eq!(new.health, Some(tree()));
         new.effective_config = Some(config("a: 2"));
         assert!(!heard_only(&mut copy, &mut new), "a new effective config");
         new.effective_config = Some(config("a: 1"));
+        let health = new.health.as_mut().unwrap();
+        let deep = health
+            .component_health_map
+            .get_mut("pipeline:logs")
+            .unwrap();
+        deep.component_health_map
+            .get_mut("exporter:otlp")
+            .unwrap()
+            .status = "StatusRecoverableError".into();
+        assert!(
+            !heard_only(&mut copy, &mut new),
+            "a component deep in the tree"
+        );
+        new.health = Some(tree());
+        new.health.as_mut().unwrap().component_health_map.clear();
+        assert!(!heard_only(&mut copy, &mut new), "no components");
+        new.health = None;
+        assert!(!heard_only(&mut copy, &mut new), "no health");
+        new.health = Some(tree());
+        assert!(heard_only(&mut copy, &mut new), "the same again");
         new.status = 2;
         assert!(!heard_only(&mut copy, &mut new));
         assert_eq!((copy.rec.sequence_num, copy.rec.status), (4, 0));

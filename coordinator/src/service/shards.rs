@@ -5,8 +5,9 @@
 use flotilla_common::names::SHARD_COUNT;
 use flotilla_common::store::Fence;
 use flotilla_proto::bus::AgentRecord;
-use flotilla_proto::opamp::EffectiveConfig;
-use std::collections::HashMap;
+use flotilla_proto::opamp::{ComponentHealth, EffectiveConfig};
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -197,7 +198,8 @@ impl ShardGuard<'_> {
 #[derive(Debug, Default)]
 pub struct ShardCache {
     epoch: u64,
-    pub(crate) records: HashMap<Uuid, RecordCopy>,
+    /// Boxed: a record is over a KB, and a map's spare slots would hold as much again.
+    pub(crate) records: HashMap<Uuid, Box<RecordCopy>>,
     /// Whether the copies are every record of the shard (all were read since the epoch began,
     /// and none was dropped since): the owner's walks over its agents read them, not the store.
     pub(crate) whole: bool,
@@ -219,22 +221,78 @@ impl ShardCache {
     }
 }
 
-/// An owner's copy of a record: the record without its effective config, and that config shared
-/// with every copy reporting the same ([`SharedConfigs`]): a fleet of collectors runs a handful of
-/// configs of tens of KB each, which copies would otherwise hold once per agent.
+/// An owner's copy of a record, in three parts. Its effective config is shared with every copy
+/// reporting the same ([`SharedConfigs`]): a fleet of collectors runs a handful of configs of tens
+/// of KB each, which copies would otherwise hold once per agent. Its health tree below the root
+/// is kept encoded: a collector's has dozens of components, about 10 KB decoded and 1.7 KB
+/// encoded (30 components, docs/benchmarks.md); walks over the copies read the rest.
 #[derive(Debug)]
 pub(crate) struct RecordCopy {
+    /// The record without its effective config, and its health without the components below
+    /// the root.
     pub rec: AgentRecord,
+    /// The components below the health's root: a [`ComponentHealth`] holding only
+    /// `component_health_map`, encoded (empty when there are none). The map is sorted, so equal
+    /// trees encode alike.
+    components: Box<[u8]>,
     pub effective: Option<Arc<EffectiveConfig>>,
 }
 
 impl RecordCopy {
-    /// The record, whole.
-    pub fn whole(&self) -> AgentRecord {
-        let mut rec = self.rec.clone();
-        rec.effective_config = self.effective.as_deref().cloned();
-        rec
+    /// The copy of `rec`, whose effective config is `effective` (not in `rec`).
+    pub fn new(mut rec: AgentRecord, effective: Option<Arc<EffectiveConfig>>) -> Self {
+        let components = match rec.health.as_mut() {
+            Some(h) => encode_components(std::mem::take(&mut h.component_health_map)),
+            None => Box::default(),
+        };
+        Self {
+            rec,
+            components,
+            effective,
+        }
     }
+
+    /// The record, whole; None if its health tree does not decode (the store's is read instead).
+    pub fn whole(&self) -> Option<AgentRecord> {
+        let mut rec = self.rec.clone();
+        if !self.components.is_empty() {
+            let tree = ComponentHealth::decode(&*self.components).ok()?;
+            rec.health.get_or_insert_default().component_health_map = tree.component_health_map;
+        }
+        rec.effective_config = self.effective.as_deref().cloned();
+        Some(rec)
+    }
+
+    /// Whether `tree` is the copy's health tree below the root (compared encoded, without
+    /// decoding the copy's); `tree` is given back.
+    pub fn same_components(
+        &self,
+        tree: BTreeMap<String, ComponentHealth>,
+    ) -> (bool, BTreeMap<String, ComponentHealth>) {
+        let wrapped = ComponentHealth {
+            component_health_map: tree,
+            ..Default::default()
+        };
+        let same = if wrapped.component_health_map.is_empty() {
+            self.components.is_empty()
+        } else {
+            wrapped.encoded_len() == self.components.len()
+                && *wrapped.encode_to_vec() == *self.components
+        };
+        (same, wrapped.component_health_map)
+    }
+}
+
+/// `tree` encoded as a [`RecordCopy`] keeps it (nothing when it is empty).
+fn encode_components(tree: BTreeMap<String, ComponentHealth>) -> Box<[u8]> {
+    if tree.is_empty() {
+        return Box::default();
+    }
+    let wrapped = ComponentHealth {
+        component_health_map: tree,
+        ..Default::default()
+    };
+    wrapped.encode_to_vec().into_boxed_slice()
 }
 
 /// The effective configs the owner's copies share, by their config hash; an entry lives as long
@@ -324,6 +382,22 @@ mod tests {
             .then_some(uids)
     }
 
+    #[test]
+    fn a_copy_whose_health_tree_does_not_decode_is_read_from_the_store() {
+        let health = ComponentHealth {
+            component_health_map: [("pipeline:logs".into(), ComponentHealth::default())].into(),
+            ..Default::default()
+        };
+        let rec = AgentRecord {
+            health: Some(health),
+            ..Default::default()
+        };
+        let mut copy = RecordCopy::new(rec.clone(), None);
+        assert_eq!(copy.whole(), Some(rec));
+        copy.components = vec![0xff; 3].into_boxed_slice();
+        assert_eq!(copy.whole(), None);
+    }
+
     /// Walks read a shard's copies while a message holds its lock (waiting for the store), but
     /// only copies that are the whole shard under the epoch held now.
     #[tokio::test]
@@ -332,12 +406,12 @@ mod tests {
         let f = Fence { shard: 5, epoch: 2 };
         t.hold(f, Instant::now() + Duration::from_secs(60));
         let uid = Uuid::now_v7();
-        let copy = |uid: Uuid| RecordCopy {
-            rec: AgentRecord {
+        let copy = |uid: Uuid| {
+            let rec = AgentRecord {
                 instance_uid: uid.as_bytes().to_vec(),
                 ..Default::default()
-            },
-            effective: None,
+            };
+            Box::new(RecordCopy::new(rec, None))
         };
         let held = t.lock(5).await;
         held.cache().records.insert(uid, copy(uid));

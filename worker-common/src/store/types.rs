@@ -481,7 +481,6 @@ pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
 mod tests {
     use super::*;
     use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap, ComponentHealth};
-    use std::collections::HashMap;
 
     fn record(effective_config_hash: Vec<u8>, earlier_sha256: Vec<u8>) -> AgentRecord {
         let file = AgentConfigFile {
@@ -490,7 +489,7 @@ mod tests {
         };
         let health = (0..30)
             .map(|i| (format!("c{i}"), ComponentHealth::default()))
-            .collect::<HashMap<_, _>>();
+            .collect();
         AgentRecord {
             instance_uid: vec![7; 16],
             sequence_num: 300,

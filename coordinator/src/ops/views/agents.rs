@@ -446,7 +446,7 @@ impl AgentDetail {
                 })
                 .collect(),
             restart_pending: rec.restart_expires_unix_ms > 0,
-            own_metrics: rec.own_metrics.as_ref().map(OwnMetricsView::of),
+            own_metrics: rec.own_metrics.as_deref().map(OwnMetricsView::of),
         }
     }
 }
