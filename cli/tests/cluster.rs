@@ -122,7 +122,10 @@ async fn config_and_restart_reach_agents_spread_across_gateways() {
         traces["components"]["receiver:otlp"]["healthy"], true,
         "{detail}"
     );
-    assert_eq!(detail["remote_config_status"]["status"], "APPLIED", "{detail}");
+    assert_eq!(
+        detail["remote_config_status"]["status"], "APPLIED",
+        "{detail}"
+    );
 
     // Every coordinator's API sees the whole fleet and where each agent is connected.
     for coord in &c.coordinators {

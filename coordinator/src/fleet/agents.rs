@@ -5,8 +5,11 @@ use crate::fleet::configs::Aspect;
 use flotilla_common::selector::Attributes;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, AgentConfigMap, RemoteConfigStatuses, any_value,
+    AgentCapabilities as Cap, AgentConfigMap, AgentDescription, AnyValue, RemoteConfigStatuses,
+    any_value,
 };
+use prost::Message;
+use prost::encoding::{WireType, decode_varint};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -169,8 +172,119 @@ pub fn attributes(rec: &AgentRecord) -> BTreeMap<String, String> {
             );
         }
     }
+    for identifying in [false, true] {
+        for (_, key, value) in
+            encoded_attributes(&rec.copied_description).filter(|(i, _, _)| *i == identifying)
+        {
+            let key = String::from_utf8_lossy(key).into_owned();
+            out.insert(key, encoded_value(value).into_owned());
+        }
+    }
     out.extend(rec.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
     out
+}
+
+/// The record's description, wherever the record holds it: as sent, or encoded in an owner's
+/// copy ([`copy_description`]).
+pub fn description(rec: &AgentRecord) -> Cow<'_, AgentDescription> {
+    match &rec.description {
+        Some(d) => Cow::Borrowed(d),
+        None => Cow::Owned(AgentDescription::decode(&*rec.copied_description).unwrap_or_default()),
+    }
+}
+
+/// Moves `rec`'s description into its encoded form (`copied_description`), as an owner's copy
+/// keeps it: unless it has no attributes (the record keeps it as it is then, so that an empty
+/// description stays apart from none).
+pub fn copy_description(rec: &mut AgentRecord) {
+    if let Some(encoded) = encoded_description(rec.description.as_ref()) {
+        (rec.description, rec.copied_description) = (None, encoded);
+    }
+}
+
+/// What [`copy_description`] keeps of description `d` in a copy: its encoding, unless it has no
+/// attributes.
+pub fn encoded_description(d: Option<&AgentDescription>) -> Option<Vec<u8>> {
+    d.filter(|d| d.encoded_len() > 0)
+        .map(Message::encode_to_vec)
+}
+
+/// The length-delimited fields of encoded message `buf` in order: (field number, contents). Ends
+/// at the first field of another wire type or that does not parse.
+fn delimited_fields(mut buf: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    std::iter::from_fn(move || next_delimited(&mut buf))
+}
+
+/// [`delimited_fields`]' step: the next field, `buf` moved past it.
+#[inline]
+fn next_delimited<'a>(buf: &mut &'a [u8]) -> Option<(u64, &'a [u8])> {
+    let key = varint(buf)?;
+    if key & 7 != WireType::LengthDelimited as u64 {
+        return None;
+    }
+    let len = usize::try_from(varint(buf)?).ok()?;
+    let contents = buf.get(..len)?;
+    *buf = &buf[len..];
+    Some((key >> 3, contents))
+}
+
+/// A varint, `buf` moved past it; a single byte read without prost's general decoder (keys and
+/// lengths of attributes are).
+#[inline]
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    match buf.split_first() {
+        Some((&b, rest)) if b < 0x80 => {
+            *buf = rest;
+            Some(u64::from(b))
+        }
+        Some(_) => decode_varint(buf).ok(),
+        None => None,
+    }
+}
+
+/// The attributes of an encoded description, read in place, in order: (identifying, key, its
+/// AnyValue encoded). Every field of a description and of a KeyValue is length-delimited. Keys
+/// are bytes: selectors compare them so, without checking them for UTF-8 (prost did when the
+/// description was decoded from the agent's message).
+fn encoded_attributes(description: &[u8]) -> impl Iterator<Item = (bool, &[u8], &[u8])> {
+    delimited_fields(description).map(|(field, kv)| {
+        let (key, value) = key_value(kv);
+        (field == 1, key, value)
+    })
+}
+
+/// An encoded KeyValue's key, its value left unread.
+#[inline]
+fn key_of(mut kv: &[u8]) -> &[u8] {
+    match next_delimited(&mut kv) {
+        Some((1, key)) => key,
+        _ => &[],
+    }
+}
+
+/// An encoded KeyValue's key and AnyValue. prost writes the key first (unless it is empty).
+#[inline]
+fn key_value(mut kv: &[u8]) -> (&[u8], &[u8]) {
+    match next_delimited(&mut kv) {
+        Some((1, key)) => match next_delimited(&mut kv) {
+            Some((2, value)) => (key, value),
+            _ => (key, &[]),
+        },
+        Some((2, value)) => (&[], value),
+        _ => (&[], &[]),
+    }
+}
+
+/// An encoded AnyValue as selectors see it ([`any_value_string`]): a string read in place, any
+/// other value decoded.
+fn encoded_value(value: &[u8]) -> Cow<'_, str> {
+    if let Some((1, s)) = delimited_fields(value).next()
+        && let Ok(s) = std::str::from_utf8(s)
+    {
+        return Cow::Borrowed(s);
+    }
+    let value = AnyValue::decode(value).unwrap_or_default();
+    Cow::Owned(any_value_string(value.value.as_ref()))
 }
 
 /// What selectors see of an agent (as [`attributes`]), read from its record in place: labels, then
@@ -184,7 +298,19 @@ impl Attributes for RecordAttributes<'_> {
         if let Some(v) = rec.labels.get(key) {
             return Some(Cow::Borrowed(v));
         }
-        let d = rec.description.as_ref()?;
+        let Some(d) = rec.description.as_ref() else {
+            // An owner's copy: the last of each kind, identifying first.
+            let mut found = [None, None];
+            let mut entries = &rec.copied_description[..];
+            while let Some((field, kv)) = next_delimited(&mut entries) {
+                if key_of(kv) == key.as_bytes() {
+                    found[usize::from(field == 1)] = Some(kv);
+                }
+            }
+            return found[1]
+                .or(found[0])
+                .map(|kv| encoded_value(key_value(kv).1));
+        };
         let kv = d
             .identifying_attributes
             .iter()
@@ -291,5 +417,36 @@ mod tests {
                 "{key}"
             );
         }
+        assert_eq!(map["a"], "id");
+        assert_eq!(map["b"], "2");
+        assert_eq!(map["n"], "7");
+        assert_eq!(map["l"], "label");
+        // An owner's copy keeps the description encoded: read alike, and given back whole.
+        let mut copy = rec.clone();
+        copy_description(&mut copy);
+        assert!(copy.description.is_none() && !copy.copied_description.is_empty());
+        assert_eq!(attributes(&copy), map);
+        let view = RecordAttributes(&copy);
+        for key in ["a", "b", "n", "l", "missing"] {
+            assert_eq!(
+                view.attribute(key).as_deref(),
+                map.get(key).map(String::as_str),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            description(&copy).as_ref(),
+            rec.description.as_ref().unwrap()
+        );
+        let mut empty = AgentRecord {
+            description: Some(AgentDescription::default()),
+            ..Default::default()
+        };
+        copy_description(&mut empty);
+        assert_eq!(
+            empty.description,
+            Some(AgentDescription::default()),
+            "kept as it is"
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 use super::owner::Owner;
 use super::shards::{RecordCopy, ShardCache, ShardGuard, SharedConfigs};
+use crate::fleet::agents::encoded_description;
 use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
 use flotilla_proto::opamp::EffectiveConfig;
@@ -416,10 +417,17 @@ impl Owner {
 }
 
 /// Whether `new` differs from `copy` in its sequence number and last-seen time alone. Compares in
-/// place (the copy's two fields set to `new`'s, and `new`'s effective config and health tree
-/// taken out, then all put back) rather than cloning either record.
+/// place (the copy's two fields set to `new`'s; `new`'s effective config and health tree taken
+/// out, and its description encoded as the copy keeps it; then all put back) rather than cloning
+/// either record.
 fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
     let config = new.effective_config.take();
+    let description = new.description.take();
+    match encoded_description(description.as_ref()) {
+        Some(encoded) => new.copied_description = encoded,
+        // None, or one without attributes: the copy has it as it is.
+        None => new.description.clone_from(&description),
+    }
     let tree = new
         .health
         .as_mut()
@@ -438,6 +446,7 @@ fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
         h.component_health_map = tree;
     }
     new.effective_config = config;
+    (new.description, new.copied_description) = (description, Vec::new());
     same
 }
 
@@ -445,7 +454,8 @@ fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
 mod tests {
     use super::*;
     use flotilla_proto::opamp::{
-        AgentConfigFile, AgentConfigMap, ComponentHealth, EffectiveConfig,
+        AgentConfigFile, AgentConfigMap, AgentDescription, AnyValue, ComponentHealth,
+        EffectiveConfig, KeyValue, any_value,
     };
     use std::sync::Arc;
 
@@ -469,6 +479,19 @@ mod tests {
             healthy: true,
             status: status.into(),
             ..Default::default()
+        }
+    }
+
+    fn description(env: &str) -> AgentDescription {
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+        };
+        AgentDescription {
+            identifying_attributes: vec![kv("service.name", "otelcol")],
+            non_identifying_attributes: vec![kv("deployment.environment", env)],
         }
     }
 
@@ -500,9 +523,14 @@ mod tests {
                 sequence_num: 4,
                 last_seen_unix_ms: 1_000,
                 health: Some(tree()),
+                description: Some(description("prod")),
                 ..Default::default()
             },
             Some(Arc::new(config("a: 1"))),
+        );
+        assert!(
+            copy.rec.description.is_none() && !copy.rec.copied_description.is_empty(),
+            "the copy keeps the description encoded"
         );
         assert!(
             copy.rec
@@ -515,6 +543,8 @@ mod tests {
         );
         let mut new = copy.whole().unwrap();
         assert_eq!(new.health, Some(tree()), "and gives it back whole");
+        assert_eq!(new.description, Some(description("prod")));
+        assert!(new.copied_description.is_empty());
         new.sequence_num = 5;
         new.last_seen_unix_ms = 31_000;
         assert!(heard_only(&mut copy, &mut new));
@@ -525,6 +555,14 @@ mod tests {
         );
         assert_eq!(new.effective_config, Some(config("a: 1")), "and the record");
         assert_eq!(new.health, Some(tree()));
+        assert_eq!(new.description, Some(description("prod")));
+        assert!(new.copied_description.is_empty());
+        new.description = Some(description("dev"));
+        assert!(!heard_only(&mut copy, &mut new), "another attribute value");
+        assert_eq!(new.description, Some(description("dev")));
+        new.description = Some(AgentDescription::default());
+        assert!(!heard_only(&mut copy, &mut new), "no attributes");
+        new.description = Some(description("prod"));
         new.effective_config = Some(config("a: 2"));
         assert!(!heard_only(&mut copy, &mut new), "a new effective config");
         new.effective_config = Some(config("a: 1"));

@@ -2,10 +2,11 @@
 //! work on a shard (an uplink, a sweep, an admin change) takes the shard's lock and asks for its
 //! [`Fence`] first; no fence, no work.
 
+use crate::fleet::agents::copy_description;
 use flotilla_common::names::SHARD_COUNT;
 use flotilla_common::store::Fence;
 use flotilla_proto::bus::AgentRecord;
-use flotilla_proto::opamp::{ComponentHealth, EffectiveConfig};
+use flotilla_proto::opamp::{AgentDescription, ComponentHealth, EffectiveConfig};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -225,11 +226,13 @@ impl ShardCache {
 /// reporting the same ([`SharedConfigs`]): a fleet of collectors runs a handful of configs of tens
 /// of KB each, which copies would otherwise hold once per agent. Its health tree below the root
 /// is kept encoded: a collector's has dozens of components, about 10 KB decoded and 1.7 KB
-/// encoded (30 components, docs/benchmarks.md); walks over the copies read the rest.
+/// encoded (30 components, docs/benchmarks.md); walks over the copies read the rest. Its
+/// description is kept encoded too (in `copied_description`, which selectors read in place:
+/// [`crate::fleet::agents::copy_description`]).
 #[derive(Debug)]
 pub(crate) struct RecordCopy {
-    /// The record without its effective config, and its health without the components below
-    /// the root.
+    /// The record without its effective config, its health without the components below the
+    /// root, and its description encoded.
     pub rec: AgentRecord,
     /// The components below the health's root: a [`ComponentHealth`] holding only
     /// `component_health_map`, encoded (empty when there are none). The map is sorted, so equal
@@ -241,6 +244,7 @@ pub(crate) struct RecordCopy {
 impl RecordCopy {
     /// The copy of `rec`, whose effective config is `effective` (not in `rec`).
     pub fn new(mut rec: AgentRecord, effective: Option<Arc<EffectiveConfig>>) -> Self {
+        copy_description(&mut rec);
         let components = match rec.health.as_mut() {
             Some(h) => encode_components(std::mem::take(&mut h.component_health_map)),
             None => Box::default(),
@@ -255,6 +259,10 @@ impl RecordCopy {
     /// The record, whole; None if its health tree does not decode (the store's is read instead).
     pub fn whole(&self) -> Option<AgentRecord> {
         let mut rec = self.rec.clone();
+        if !rec.copied_description.is_empty() {
+            let encoded = std::mem::take(&mut rec.copied_description);
+            rec.description = Some(AgentDescription::decode(&*encoded).ok()?);
+        }
         if !self.components.is_empty() {
             let tree = ComponentHealth::decode(&*self.components).ok()?;
             rec.health.get_or_insert_default().component_health_map = tree.component_health_map;

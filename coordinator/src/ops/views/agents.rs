@@ -297,7 +297,7 @@ fn effective_hash(rec: &AgentRecord) -> Option<String> {
 
 impl AgentSummary {
     pub fn of(rec: &AgentRecord, desired: &Desired) -> Self {
-        let d = rec.description.clone().unwrap_or_default();
+        let d = crate::fleet::agents::description(rec).into_owned();
         let attributes = attributes(rec);
         let files = desired_config(rec, &attributes, desired, Aspect::Files);
         let of = |aspect| {
