@@ -5,8 +5,8 @@ use crate::fleet::configs::Aspect;
 use flotilla_common::selector::Attributes;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use flotilla_proto::opamp::{
-    AgentCapabilities as Cap, AgentConfigMap, AgentDescription, AnyValue, RemoteConfigStatuses,
-    any_value,
+    AgentCapabilities as Cap, AgentConfigMap, AgentDescription, AnyValue, ComponentHealth,
+    RemoteConfigStatuses, any_value,
 };
 use prost::Message;
 use prost::encoding::{WireType, decode_varint};
@@ -185,7 +185,7 @@ pub fn attributes(rec: &AgentRecord) -> BTreeMap<String, String> {
 }
 
 /// The record's description, wherever the record holds it: as sent, or encoded in an owner's
-/// copy ([`copy_description`]).
+/// copy ([`copy_form`]).
 pub fn description(rec: &AgentRecord) -> Cow<'_, AgentDescription> {
     match &rec.description {
         Some(d) => Cow::Borrowed(d),
@@ -193,20 +193,62 @@ pub fn description(rec: &AgentRecord) -> Cow<'_, AgentDescription> {
     }
 }
 
-/// Moves `rec`'s description into its encoded form (`copied_description`), as an owner's copy
-/// keeps it: unless it has no attributes (the record keeps it as it is then, so that an empty
-/// description stays apart from none).
-pub fn copy_description(rec: &mut AgentRecord) {
+/// Puts `rec` in the form a shard owner's copy keeps it in memory (never stored or sent): its
+/// description encoded in `copied_description` (unless it has no attributes: it stays as it is
+/// then, so that an empty description stays apart from none), and its health's components below
+/// the root encoded in `copied_components` (when there are any). Selectors read the encoded
+/// description in place ([`RecordAttributes`], [`attributes`], [`description`]). Whoever sets a
+/// description or health in a record of this form clears the encoded one ([`full_form`] would
+/// otherwise decode the old one back).
+pub fn copy_form(rec: &mut AgentRecord) {
     if let Some(encoded) = encoded_description(rec.description.as_ref()) {
         (rec.description, rec.copied_description) = (None, encoded);
     }
+    if let Some(h) = rec.health.as_mut() {
+        let (encoded, tree) = encoded_components(std::mem::take(&mut h.component_health_map));
+        if let Some(encoded) = encoded {
+            rec.copied_components = encoded;
+        } else {
+            h.component_health_map = tree;
+        }
+    }
 }
 
-/// What [`copy_description`] keeps of description `d` in a copy: its encoding, unless it has no
-/// attributes.
+/// Puts a record of [`copy_form`] back in the form it is stored and shown in: what is encoded,
+/// decoded.
+pub fn full_form(rec: &mut AgentRecord) -> Result<(), prost::DecodeError> {
+    if !rec.copied_description.is_empty() {
+        rec.description = Some(AgentDescription::decode(&*rec.copied_description)?);
+        rec.copied_description = Vec::new();
+    }
+    if !rec.copied_components.is_empty() {
+        let tree = ComponentHealth::decode(&*rec.copied_components)?;
+        rec.health.get_or_insert_default().component_health_map = tree.component_health_map;
+        rec.copied_components = Vec::new();
+    }
+    Ok(())
+}
+
+/// What [`copy_form`] keeps of description `d`: its encoding, unless it has no attributes.
 pub fn encoded_description(d: Option<&AgentDescription>) -> Option<Vec<u8>> {
     d.filter(|d| d.encoded_len() > 0)
         .map(Message::encode_to_vec)
+}
+
+/// What [`copy_form`] keeps of a health tree below the root: its encoding (a [`ComponentHealth`]
+/// holding only the map; the map is sorted, so equal trees encode alike), unless it is empty;
+/// with the tree given back.
+pub fn encoded_components(
+    tree: BTreeMap<String, ComponentHealth>,
+) -> (Option<Vec<u8>>, BTreeMap<String, ComponentHealth>) {
+    if tree.is_empty() {
+        return (None, tree);
+    }
+    let wrapped = ComponentHealth {
+        component_health_map: tree,
+        ..Default::default()
+    };
+    (Some(wrapped.encode_to_vec()), wrapped.component_health_map)
 }
 
 /// The length-delimited fields of encoded message `buf` in order: (field number, contents). Ends
@@ -423,7 +465,7 @@ mod tests {
         assert_eq!(map["l"], "label");
         // An owner's copy keeps the description encoded: read alike, and given back whole.
         let mut copy = rec.clone();
-        copy_description(&mut copy);
+        copy_form(&mut copy);
         assert!(copy.description.is_none() && !copy.copied_description.is_empty());
         assert_eq!(attributes(&copy), map);
         let view = RecordAttributes(&copy);
@@ -442,11 +484,37 @@ mod tests {
             description: Some(AgentDescription::default()),
             ..Default::default()
         };
-        copy_description(&mut empty);
+        copy_form(&mut empty);
         assert_eq!(
             empty.description,
             Some(AgentDescription::default()),
             "kept as it is"
         );
+        let mut back = copy.clone();
+        full_form(&mut back).unwrap();
+        assert_eq!(back, rec, "and back");
+    }
+
+    #[test]
+    fn a_health_tree_goes_in_the_copy_form_and_back_and_a_broken_one_fails() {
+        let health = ComponentHealth {
+            healthy: true,
+            component_health_map: [("pipeline:logs".into(), ComponentHealth::default())].into(),
+            ..Default::default()
+        };
+        let rec = AgentRecord {
+            health: Some(health),
+            ..Default::default()
+        };
+        let mut copy = rec.clone();
+        copy_form(&mut copy);
+        let h = copy.health.as_ref().unwrap();
+        assert!(h.healthy && h.component_health_map.is_empty());
+        assert!(!copy.copied_components.is_empty());
+        let mut back = copy.clone();
+        full_form(&mut back).unwrap();
+        assert_eq!(back, rec);
+        copy.copied_components = vec![0xff; 3];
+        assert!(full_form(&mut copy).is_err());
     }
 }

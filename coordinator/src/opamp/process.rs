@@ -405,6 +405,14 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
             .map(|m| hash_of_config_map(m).to_vec())
             .unwrap_or_default();
     }
+    // A record in an owner's copy's form keeps these two encoded (fleet/agents.rs, copy_form):
+    // what the agent reports replaces them.
+    if msg.agent_description.is_some() {
+        rec.copied_description = Vec::new();
+    }
+    if msg.health.is_some() {
+        rec.copied_components = Vec::new();
+    }
     macro_rules! take {
         ($($field:ident <- $src:ident),*) => {
             $(if msg.$src.is_some() { rec.$field = msg.$src; })*

@@ -8,7 +8,7 @@
 
 use super::owner::Owner;
 use super::shards::{RecordCopy, ShardCache, ShardGuard, SharedConfigs};
-use crate::fleet::agents::encoded_description;
+use crate::fleet::agents::{encoded_components, encoded_description, full_form};
 use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
 use flotilla_proto::opamp::EffectiveConfig;
@@ -146,11 +146,30 @@ impl Locked<'_> {
         self.held.cache()
     }
 
-    /// Agent `uid`'s record: the owner's copy, or the store's.
+    /// Agent `uid`'s record, decoded whole: the owner's copy, or the store's.
     pub(crate) async fn get(&mut self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError> {
+        self.read(uid, RecordCopy::whole).await
+    }
+
+    /// Agent `uid`'s record for processing its message: the owner's copy in its form
+    /// ([`RecordCopy::for_message`]), or the store's (decoded). Whatever sets its description or
+    /// health clears the encoded one ([`crate::fleet::agents::copy_form`]).
+    pub(crate) async fn get_for_message(
+        &mut self,
+        uid: Uuid,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        self.read(uid, |copy| Some(copy.for_message())).await
+    }
+
+    /// Agent `uid`'s record: `from_copy` of the owner's copy, else the store's.
+    async fn read(
+        &mut self,
+        uid: Uuid,
+        from_copy: impl Fn(&RecordCopy) -> Option<AgentRecord>,
+    ) -> Result<Option<AgentRecord>, StoreError> {
         {
             let cache = self.cache();
-            if let Some(rec) = cache.records.get(&uid).and_then(|copy| copy.whole()) {
+            if let Some(rec) = cache.records.get(&uid).and_then(|copy| from_copy(copy)) {
                 return Ok(Some(rec));
             }
             if cache.whole && !cache.records.contains_key(&uid) {
@@ -266,6 +285,13 @@ impl Locked<'_> {
                     return Err(e);
                 }
             }
+        }
+        // Stored decoded (a record of the copy's form may come from a message).
+        if let Err(e) = full_form(rec) {
+            self.cache().forget(&touch.uid);
+            return Err(StoreError::Corrupt(format!(
+                "an owner's copy does not decode: {e}"
+            )));
         }
         let saved = self
             .store
@@ -416,37 +442,51 @@ impl Owner {
     }
 }
 
-/// Whether `new` differs from `copy` in its sequence number and last-seen time alone. Compares in
-/// place (the copy's two fields set to `new`'s; `new`'s effective config and health tree taken
-/// out, and its description encoded as the copy keeps it; then all put back) rather than cloning
-/// either record.
+/// Whether `new` differs from `copy` in its sequence number and last-seen time alone. `new` may
+/// be in the copy's form ([`RecordCopy::for_message`]) or decoded, part by part: it is compared
+/// in the copy's form, its decoded parts encoded for the comparison and its effective config
+/// taken out; the copy's two fields set to `new`'s. All is put back after: neither record is
+/// cloned.
 fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
     let config = new.effective_config.take();
     let description = new.description.take();
-    match encoded_description(description.as_ref()) {
-        Some(encoded) => new.copied_description = encoded,
+    let encoded_here = match encoded_description(description.as_ref()) {
+        Some(encoded) => {
+            new.copied_description = encoded;
+            true
+        }
         // None, or one without attributes: the copy has it as it is.
-        None => new.description.clone_from(&description),
+        None => {
+            new.description.clone_from(&description);
+            false
+        }
+    };
+    let (encoded_tree, tree) = encoded_components(
+        new.health
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.component_health_map))
+            .unwrap_or_default(),
+    );
+    let tree_encoded_here = encoded_tree.is_some();
+    if let Some(encoded) = encoded_tree {
+        new.copied_components = encoded;
     }
-    let tree = new
-        .health
-        .as_mut()
-        .map(|h| std::mem::take(&mut h.component_health_map))
-        .unwrap_or_default();
     let rec = &mut copy.rec;
     let kept = (rec.sequence_num, rec.last_seen_unix_ms);
     (rec.sequence_num, rec.last_seen_unix_ms) = (new.sequence_num, new.last_seen_unix_ms);
     let same = *rec == *new && copy.effective.as_deref() == config.as_ref();
     (rec.sequence_num, rec.last_seen_unix_ms) = kept;
-    let (same, tree) = match same {
-        true => copy.same_components(tree),
-        false => (false, tree),
-    };
+    if encoded_here {
+        new.copied_description = Vec::new();
+    }
+    new.description = description;
+    if tree_encoded_here {
+        new.copied_components = Vec::new();
+    }
     if let Some(h) = new.health.as_mut() {
         h.component_health_map = tree;
     }
     new.effective_config = config;
-    (new.description, new.copied_description) = (description, Vec::new());
     same
 }
 
@@ -589,6 +629,32 @@ mod tests {
         new.status = 2;
         assert!(!heard_only(&mut copy, &mut new));
         assert_eq!((copy.rec.sequence_num, copy.rec.status), (4, 0));
+
+        // A message's record is in the copy's form: compared as it is, and left so.
+        let mut new = copy.for_message();
+        assert!(new.description.is_none() && !new.copied_components.is_empty());
+        new.sequence_num = 6;
+        assert!(heard_only(&mut copy, &mut new), "a heartbeat");
+        let mut expected = copy.for_message();
+        expected.sequence_num = 6;
+        assert_eq!(new, expected, "left as it was");
+        // What a message reports replaces the encoded part (opamp/process.rs, merge).
+        new.copied_description = Vec::new();
+        new.description = Some(description("dev"));
+        assert!(!heard_only(&mut copy, &mut new), "a new description");
+        new.description = Some(description("prod"));
+        assert!(
+            heard_only(&mut copy, &mut new),
+            "the same description, decoded"
+        );
+        new.copied_components = Vec::new();
+        new.health = Some(tree());
+        assert!(heard_only(&mut copy, &mut new), "the same tree, decoded");
+        new.health = Some(component("StatusOK"));
+        assert!(
+            !heard_only(&mut copy, &mut new),
+            "a tree without components"
+        );
     }
 
     #[test]

@@ -2,13 +2,12 @@
 //! work on a shard (an uplink, a sweep, an admin change) takes the shard's lock and asks for its
 //! [`Fence`] first; no fence, no work.
 
-use crate::fleet::agents::copy_description;
+use crate::fleet::agents::{copy_form, full_form};
 use flotilla_common::names::SHARD_COUNT;
 use flotilla_common::store::Fence;
 use flotilla_proto::bus::AgentRecord;
-use flotilla_proto::opamp::{AgentDescription, ComponentHealth, EffectiveConfig};
-use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use flotilla_proto::opamp::EffectiveConfig;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
@@ -222,85 +221,40 @@ impl ShardCache {
     }
 }
 
-/// An owner's copy of a record, in three parts. Its effective config is shared with every copy
-/// reporting the same ([`SharedConfigs`]): a fleet of collectors runs a handful of configs of tens
-/// of KB each, which copies would otherwise hold once per agent. Its health tree below the root
-/// is kept encoded: a collector's has dozens of components, about 10 KB decoded and 1.7 KB
-/// encoded (30 components, docs/benchmarks.md); walks over the copies read the rest. Its
-/// description is kept encoded too (in `copied_description`, which selectors read in place:
-/// [`crate::fleet::agents::copy_description`]).
+/// An owner's copy of a record: the record in its copy's form ([`copy_form`]: description and
+/// health tree encoded; a collector's 30-component tree is about 10 KB decoded, 1.7 KB encoded,
+/// docs/benchmarks.md), and its effective config apart, shared with every copy reporting the same
+/// ([`SharedConfigs`]): a fleet of collectors runs a handful of configs of tens of KB each, which
+/// copies would otherwise hold once per agent. Walks over the copies read them in that form.
 #[derive(Debug)]
 pub(crate) struct RecordCopy {
-    /// The record without its effective config, its health without the components below the
-    /// root, and its description encoded.
     pub rec: AgentRecord,
-    /// The components below the health's root: a [`ComponentHealth`] holding only
-    /// `component_health_map`, encoded (empty when there are none). The map is sorted, so equal
-    /// trees encode alike.
-    components: Box<[u8]>,
     pub effective: Option<Arc<EffectiveConfig>>,
 }
 
 impl RecordCopy {
     /// The copy of `rec`, whose effective config is `effective` (not in `rec`).
     pub fn new(mut rec: AgentRecord, effective: Option<Arc<EffectiveConfig>>) -> Self {
-        copy_description(&mut rec);
-        let components = match rec.health.as_mut() {
-            Some(h) => encode_components(std::mem::take(&mut h.component_health_map)),
-            None => Box::default(),
-        };
-        Self {
-            rec,
-            components,
-            effective,
-        }
+        copy_form(&mut rec);
+        Self { rec, effective }
     }
 
-    /// The record, whole; None if its health tree does not decode (the store's is read instead).
+    /// The record, whole and decoded; None if a part does not decode (the store's is read
+    /// instead).
     pub fn whole(&self) -> Option<AgentRecord> {
-        let mut rec = self.rec.clone();
-        if !rec.copied_description.is_empty() {
-            let encoded = std::mem::take(&mut rec.copied_description);
-            rec.description = Some(AgentDescription::decode(&*encoded).ok()?);
-        }
-        if !self.components.is_empty() {
-            let tree = ComponentHealth::decode(&*self.components).ok()?;
-            rec.health.get_or_insert_default().component_health_map = tree.component_health_map;
-        }
-        rec.effective_config = self.effective.as_deref().cloned();
+        let mut rec = self.for_message();
+        full_form(&mut rec).ok()?;
         Some(rec)
     }
 
-    /// Whether `tree` is the copy's health tree below the root (compared encoded, without
-    /// decoding the copy's); `tree` is given back.
-    pub fn same_components(
-        &self,
-        tree: BTreeMap<String, ComponentHealth>,
-    ) -> (bool, BTreeMap<String, ComponentHealth>) {
-        let wrapped = ComponentHealth {
-            component_health_map: tree,
-            ..Default::default()
-        };
-        let same = if wrapped.component_health_map.is_empty() {
-            self.components.is_empty()
-        } else {
-            wrapped.encoded_len() == self.components.len()
-                && *wrapped.encode_to_vec() == *self.components
-        };
-        (same, wrapped.component_health_map)
+    /// The record, whole but in the copy's form: what an agent's message is processed with
+    /// (selectors read an encoded description in place; the message replaces what it reports),
+    /// without decoding the parts a heartbeat does not change.
+    pub fn for_message(&self) -> AgentRecord {
+        let mut rec = self.rec.clone();
+        rec.effective_config = self.effective.as_deref().cloned();
+        rec
     }
-}
-
-/// `tree` encoded as a [`RecordCopy`] keeps it (nothing when it is empty).
-fn encode_components(tree: BTreeMap<String, ComponentHealth>) -> Box<[u8]> {
-    if tree.is_empty() {
-        return Box::default();
-    }
-    let wrapped = ComponentHealth {
-        component_health_map: tree,
-        ..Default::default()
-    };
-    wrapped.encode_to_vec().into_boxed_slice()
 }
 
 /// The effective configs the owner's copies share, by their config hash; an entry lives as long
@@ -388,22 +342,6 @@ mod tests {
         let mut uids = Vec::new();
         t.read_whole(shard, &mut |rec| uids.push(rec.instance_uid.clone()))
             .then_some(uids)
-    }
-
-    #[test]
-    fn a_copy_whose_health_tree_does_not_decode_is_read_from_the_store() {
-        let health = ComponentHealth {
-            component_health_map: [("pipeline:logs".into(), ComponentHealth::default())].into(),
-            ..Default::default()
-        };
-        let rec = AgentRecord {
-            health: Some(health),
-            ..Default::default()
-        };
-        let mut copy = RecordCopy::new(rec.clone(), None);
-        assert_eq!(copy.whole(), Some(rec));
-        copy.components = vec![0xff; 3].into_boxed_slice();
-        assert_eq!(copy.whole(), None);
     }
 
     /// Walks read a shard's copies while a message holds its lock (waiting for the store), but

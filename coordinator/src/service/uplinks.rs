@@ -228,7 +228,7 @@ impl Owner {
         self.pusher.awaiting().heard(&msg);
         let mut shard = self.lock_for_uplink(shard_of(&msg.instance_uid)).await?;
         let stored = match Uuid::from_slice(&msg.instance_uid) {
-            Ok(uid) => shard.get(uid).await,
+            Ok(uid) => shard.get_for_message(uid).await,
             Err(_) => Ok(None),
         };
         let stored = match stored {
