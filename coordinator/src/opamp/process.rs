@@ -415,7 +415,7 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     }
     macro_rules! take {
         ($($field:ident <- $src:ident),*) => {
-            $(if msg.$src.is_some() { rec.$field = msg.$src; })*
+            $(if msg.$src.is_some() { rec.$field = msg.$src.map(Into::into); })*
         };
     }
     take!(
