@@ -75,9 +75,10 @@ kill "$echo_pid"
 # --- 2. standalone -------------------------------------------------------------------------------
 serve_standalone() {
   rm -rf "$out/standalone-data"
+  # The storm's agents, past the default cap (the open-file limit less a tenth: 18,000 here).
   "$flotilla" serve --opamp-listen 127.0.0.1:4320 --api-listen 127.0.0.1:4321 \
     --data-dir "$out/standalone-data" --heartbeat-interval 10s "${server_tls[@]}" \
-    >>"$out/standalone.log" 2>&1 &
+    --max-connections "$max_agents" >>"$out/standalone.log" 2>&1 &
   standalone_pid=$!; pids+=("$standalone_pid")
   wait_port 4320
 }
