@@ -6,7 +6,7 @@ use flotilla_common::selector::Attributes;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentConfigMap, AgentDescription, AnyValue, ComponentHealth,
-    RemoteConfigStatuses, any_value,
+    KeyValue, RemoteConfigStatuses, any_value,
 };
 use prost::Message;
 use prost::encoding::{WireType, decode_varint};
@@ -194,8 +194,9 @@ pub fn description(rec: &AgentRecord) -> Cow<'_, AgentDescription> {
 }
 
 /// Puts `rec` in the form a shard owner's copy keeps it in memory (never stored or sent): its
-/// description encoded in `copied_description` (unless it has no attributes: it stays as it is
-/// then, so that an empty description stays apart from none), and its health's components below
+/// description encoded in `copied_description` (unless it has no attributes, so that an empty
+/// description stays apart from none, or names a key twice among its identifying or its
+/// non-identifying attributes: it stays as it is then), and its health's components below
 /// the root encoded in `copied_components` (when there are any). Selectors read the encoded
 /// description in place ([`RecordAttributes`], [`attributes`], [`description`]). Whoever sets a
 /// description or health in a record of this form clears the encoded one ([`full_form`] would
@@ -229,10 +230,22 @@ pub fn full_form(rec: &mut AgentRecord) -> Result<(), prost::DecodeError> {
     Ok(())
 }
 
-/// What [`copy_form`] keeps of description `d`: its encoding, unless it has no attributes.
+/// What [`copy_form`] keeps of description `d`: its encoding, unless it has no attributes or
+/// names a key twice in one kind. With each key once per kind, and the identifying attributes
+/// written first (prost writes fields in order), a key's first attribute in the encoding is the
+/// one selectors see ([`RecordAttributes`] stops there).
 pub fn encoded_description(d: Option<&AgentDescription>) -> Option<Vec<u8>> {
-    d.filter(|d| d.encoded_len() > 0)
-        .map(Message::encode_to_vec)
+    let once = |kvs: &[KeyValue]| {
+        kvs.iter()
+            .enumerate()
+            .all(|(i, kv)| kvs[..i].iter().all(|other| other.key != kv.key))
+    };
+    d.filter(|d| {
+        d.encoded_len() > 0
+            && once(&d.identifying_attributes)
+            && once(&d.non_identifying_attributes)
+    })
+    .map(Message::encode_to_vec)
 }
 
 /// What [`copy_form`] keeps of a health tree below the root: its encoding (a [`ComponentHealth`]
@@ -341,17 +354,14 @@ impl Attributes for RecordAttributes<'_> {
             return Some(Cow::Borrowed(v));
         }
         let Some(d) = rec.description.as_ref() else {
-            // An owner's copy: the last of each kind, identifying first.
-            let mut found = [None, None];
+            // An owner's copy: the first attribute of the key is the one ([`encoded_description`]).
             let mut entries = &rec.copied_description[..];
-            while let Some((field, kv)) = next_delimited(&mut entries) {
+            while let Some((_, kv)) = next_delimited(&mut entries) {
                 if key_of(kv) == key.as_bytes() {
-                    found[usize::from(field == 1)] = Some(kv);
+                    return Some(encoded_value(key_value(kv).1));
                 }
             }
-            return found[1]
-                .or(found[0])
-                .map(|kv| encoded_value(key_value(kv).1));
+            return None;
         };
         let kv = d
             .identifying_attributes
@@ -463,7 +473,18 @@ mod tests {
         assert_eq!(map["b"], "2");
         assert_eq!(map["n"], "7");
         assert_eq!(map["l"], "label");
-        // An owner's copy keeps the description encoded: read alike, and given back whole.
+        // An owner's copy keeps a description naming a key twice in one kind as it is.
+        let mut copy = rec.clone();
+        copy_form(&mut copy);
+        assert_eq!(copy.description, rec.description);
+        // Else encoded: read alike, and given back whole.
+        rec.description
+            .as_mut()
+            .unwrap()
+            .non_identifying_attributes
+            .remove(1);
+        let map = attributes(&rec);
+        assert_eq!(map["b"], "2");
         let mut copy = rec.clone();
         copy_form(&mut copy);
         assert!(copy.description.is_none() && !copy.copied_description.is_empty());
