@@ -2,6 +2,7 @@
 //! attributes and server-set labels), its capabilities, and its status. Pure.
 
 use crate::fleet::configs::Aspect;
+use flotilla_common::codec::next_field;
 use flotilla_common::selector::Attributes;
 use flotilla_proto::bus::{AgentRecord, AgentStatus};
 use flotilla_proto::opamp::{
@@ -9,7 +10,7 @@ use flotilla_proto::opamp::{
     KeyValue, RemoteConfigStatuses, any_value,
 };
 use prost::Message;
-use prost::encoding::{WireType, decode_varint};
+use prost::encoding::WireType;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -266,34 +267,16 @@ pub fn encoded_components(
 
 /// The length-delimited fields of encoded message `buf` in order: (field number, contents). Ends
 /// at the first field of another wire type or that does not parse.
-fn delimited_fields(mut buf: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+fn delimited_fields(mut buf: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
     std::iter::from_fn(move || next_delimited(&mut buf))
 }
 
 /// [`delimited_fields`]' step: the next field, `buf` moved past it.
 #[inline]
-fn next_delimited<'a>(buf: &mut &'a [u8]) -> Option<(u64, &'a [u8])> {
-    let key = varint(buf)?;
-    if key & 7 != WireType::LengthDelimited as u64 {
-        return None;
-    }
-    let len = usize::try_from(varint(buf)?).ok()?;
-    let contents = buf.get(..len)?;
-    *buf = &buf[len..];
-    Some((key >> 3, contents))
-}
-
-/// A varint, `buf` moved past it; a single byte read without prost's general decoder (keys and
-/// lengths of attributes are).
-#[inline]
-fn varint(buf: &mut &[u8]) -> Option<u64> {
-    match buf.split_first() {
-        Some((&b, rest)) if b < 0x80 => {
-            *buf = rest;
-            Some(u64::from(b))
-        }
-        Some(_) => decode_varint(buf).ok(),
-        None => None,
+fn next_delimited<'a>(buf: &mut &'a [u8]) -> Option<(u32, &'a [u8])> {
+    match next_field(buf)? {
+        (number, WireType::LengthDelimited, contents) => Some((number, contents)),
+        _ => None,
     }
 }
 
@@ -443,6 +426,18 @@ mod tests {
         }
     }
 
+    /// `rec`'s attributes as [`RecordAttributes`] reads them are `map`'s.
+    fn reads_as(rec: &AgentRecord, map: &BTreeMap<String, String>) {
+        let view = RecordAttributes(rec);
+        for key in ["a", "b", "n", "l", "missing"] {
+            assert_eq!(
+                view.attribute(key).as_deref(),
+                map.get(key).map(String::as_str),
+                "{key}"
+            );
+        }
+    }
+
     #[test]
     fn record_attributes_read_as_the_map_does() {
         use any_value::Value::{IntValue, StringValue};
@@ -461,14 +456,7 @@ mod tests {
         };
         rec.labels.insert("l".into(), "label".into());
         let map = attributes(&rec);
-        let view = RecordAttributes(&rec);
-        for key in ["a", "b", "n", "l", "missing"] {
-            assert_eq!(
-                view.attribute(key).as_deref(),
-                map.get(key).map(String::as_str),
-                "{key}"
-            );
-        }
+        reads_as(&rec, &map);
         assert_eq!(map["a"], "id");
         assert_eq!(map["b"], "2");
         assert_eq!(map["n"], "7");
@@ -489,14 +477,7 @@ mod tests {
         copy_form(&mut copy);
         assert!(copy.description.is_none() && !copy.copied_description.is_empty());
         assert_eq!(attributes(&copy), map);
-        let view = RecordAttributes(&copy);
-        for key in ["a", "b", "n", "l", "missing"] {
-            assert_eq!(
-                view.attribute(key).as_deref(),
-                map.get(key).map(String::as_str),
-                "{key}"
-            );
-        }
+        reads_as(&copy, &map);
         assert_eq!(
             description(&copy).as_ref(),
             rec.description.as_ref().unwrap()

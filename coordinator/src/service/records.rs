@@ -402,10 +402,10 @@ impl Owner {
     /// Calls `f` with every record of the shards of `list` that are still owned when their turn
     /// comes: returns those shards. A shard whose copies are whole is read from them without
     /// waiting for its lock ([`super::shards::ShardTable::read_whole`]): a message holds the lock
-    /// while it writes the store (store calls took 3.2-7.5 ms on average in the steady state at
-    /// 100,000 agents, 39-181 ms during a push: docs/benchmarks.md), and a walk that waited for
-    /// every shard's would wait for the slowest of them. The others are read under their locks, up to [`WALK_SHARDS_AT_ONCE`] at once; `f`
-    /// is called for one record at a time.
+    /// while it writes the store (tens of milliseconds on average during a push at 100,000
+    /// agents: docs/benchmarks.md), and a walk that waited for every shard's would wait for the
+    /// slowest of them. The others are read under their locks, up to [`WALK_SHARDS_AT_ONCE`] at
+    /// once; `f` is called for one record at a time.
     pub(crate) async fn visit_shards(
         &self,
         list: &[u16],

@@ -90,25 +90,12 @@ const RECORD_EFFECTIVE_CONFIG_SHA256: u32 = 42;
 /// allocation for each, on every save). Protobuf readers take fields in any order, so the
 /// SHA-256 may be appended after. None if `whole` is not a message's encoding.
 fn cut_effective_config(whole: &[u8]) -> Option<(Vec<u8>, &[u8])> {
-    use prost::encoding::{WireType, decode_key, decode_varint};
     let mut rest = whole;
     let mut kept = Vec::with_capacity(whole.len());
     let mut body: &[u8] = &[];
     while !rest.is_empty() {
         let field_start = whole.len() - rest.len();
-        let (tag, wire_type) = decode_key(&mut rest).ok()?;
-        let len = match wire_type {
-            WireType::Varint => {
-                decode_varint(&mut rest).ok()?;
-                0
-            }
-            WireType::SixtyFourBit => 8,
-            WireType::ThirtyTwoBit => 4,
-            WireType::LengthDelimited => usize::try_from(decode_varint(&mut rest).ok()?).ok()?,
-            WireType::StartGroup | WireType::EndGroup => return None,
-        };
-        let value = rest.get(..len)?;
-        rest = &rest[len..];
+        let (tag, _, value) = crate::codec::next_field(&mut rest)?;
         match tag {
             RECORD_EFFECTIVE_CONFIG => body = value,
             RECORD_EFFECTIVE_CONFIG_SHA256 => {}
