@@ -541,6 +541,90 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
     );
 }
 
+/// An owner writes from its copy, which keeps the description and the health's components
+/// encoded (bus.proto `copied_description`, `copied_components`): every reader gets the record
+/// they stand for, its effective config kept apart as any other.
+#[tokio::test]
+async fn a_record_in_an_owners_copy_form_reads_back_whole() {
+    use flotilla_proto::opamp::{
+        AgentConfigFile, AgentConfigMap, AgentDescription, AnyValue, ComponentHealth,
+        EffectiveConfig, KeyValue, any_value,
+    };
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
+    let uid = Uuid::now_v7();
+    let fence = acquire_for(&store, &[uid]).await[&shard_of(uid.as_bytes())];
+    let attribute = |key: &str, value: &str| KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+    };
+    let component = |healthy| ComponentHealth {
+        healthy,
+        status: "StatusOK".into(),
+        ..Default::default()
+    };
+    let whole = AgentRecord {
+        description: Some(AgentDescription {
+            identifying_attributes: vec![attribute("service.name", "otelcol")],
+            non_identifying_attributes: vec![attribute("host.name", "h1")],
+        }),
+        health: Some(ComponentHealth {
+            healthy: false,
+            last_error: "exporter down".into(),
+            component_health_map: [
+                ("receiver:otlp".into(), component(true)),
+                ("exporter:otlp".into(), component(false)),
+            ]
+            .into(),
+            ..Default::default()
+        }),
+        effective_config: Some(EffectiveConfig {
+            config_map: Some(AgentConfigMap {
+                config_map: [(
+                    String::new(),
+                    AgentConfigFile {
+                        body: "x".repeat(20_000).into_bytes(),
+                        content_type: "text/yaml".into(),
+                    },
+                )]
+                .into(),
+            }),
+        }),
+        ..record(uid, 3)
+    };
+    let mut copy = whole.clone();
+    copy.copied_description = copy.description.take().unwrap().encode_to_vec();
+    let tree = std::mem::take(&mut copy.health.as_mut().unwrap().component_health_map);
+    copy.copied_components = ComponentHealth {
+        component_health_map: tree,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    store
+        .save_agent(fence, &copy, Deadline::Keep, None)
+        .await
+        .unwrap();
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(read.description, whole.description);
+    assert_eq!(read.health, whole.health);
+    assert_eq!(read.effective_config, whole.effective_config);
+    assert!(read.copied_description.is_empty() && read.copied_components.is_empty());
+    let mut visited = Vec::new();
+    store
+        .visit_agents(&|_| true, &mut |r| {
+            visited.push((r.description.clone(), r.health.clone()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(visited, vec![(whole.description, whole.health)]);
+}
+
 #[tokio::test]
 async fn membership_visits_configs_and_a_restart_of_redis() {
     let dir = tempfile::tempdir().unwrap();

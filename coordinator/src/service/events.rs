@@ -10,8 +10,21 @@ use flotilla_common::names::Subjects;
 use flotilla_common::names::uid_text;
 use flotilla_common::telemetry::now_unix_ms;
 use flotilla_proto::bus::AgentRecord;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tracing::debug;
+
+/// An event as published: its fields in the order of their names.
+#[derive(Serialize)]
+struct EventBody<'a> {
+    at_unix_ms: u64,
+    attributes: BTreeMap<String, String>,
+    detail: &'a str,
+    instance_uid: String,
+    kind: &'static str,
+    node: &'a str,
+}
 
 pub(crate) struct Events {
     bus: Arc<dyn Bus>,
@@ -50,15 +63,18 @@ impl Events {
                 .map(|s| s.error_message.as_str()),
             _ => None,
         };
-        let body = serde_json::json!({
-            "kind": kind.as_str(),
-            "instance_uid": uid_text(&rec.instance_uid),
-            "at_unix_ms": now_unix_ms(),
-            "node": self.node_id,
-            "attributes": attributes(rec),
-            "detail": detail.unwrap_or_default(),
-        });
-        let msg = BusMessage::new(self.subjects.event(kind.as_str()), body.to_string());
+        let body = EventBody {
+            at_unix_ms: now_unix_ms(),
+            attributes: attributes(rec),
+            detail: detail.unwrap_or_default(),
+            instance_uid: uid_text(&rec.instance_uid),
+            kind: kind.as_str(),
+            node: &self.node_id,
+        };
+        // Written straight from the struct (no JSON tree first: events come with every push's
+        // reports); its fields are strings, a number and a map of strings, which always serialize.
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let msg = BusMessage::new(self.subjects.event(kind.as_str()), json);
         (kind, msg)
     }
 

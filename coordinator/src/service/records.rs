@@ -8,7 +8,7 @@
 
 use super::owner::Owner;
 use super::shards::{RecordCopy, ShardCache, ShardGuard, SharedConfigs};
-use crate::fleet::agents::{encoded_components, encoded_description, full_form};
+use crate::fleet::agents::{encoded_components, encoded_description};
 use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
 use flotilla_proto::opamp::EffectiveConfig;
@@ -286,13 +286,8 @@ impl Locked<'_> {
                 }
             }
         }
-        // Stored decoded (a record of the copy's form may come from a message).
-        if let Err(e) = full_form(rec) {
-            self.cache().forget(&touch.uid);
-            return Err(StoreError::Corrupt(format!(
-                "an owner's copy does not decode: {e}"
-            )));
-        }
+        // A record of the copy's form (from a message) is stored as it is: the store writes its
+        // encoded parts as what they stand for, and it stays the copy's form for the copy.
         let saved = self
             .store
             .save_agent(self.fence, rec, deadline, audit)

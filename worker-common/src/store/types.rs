@@ -46,63 +46,117 @@ pub enum Deadline {
 /// report them, once for every agent reporting the same (a stores that can: Redis).
 pub const SHARED_EFFECTIVE_CONFIG_MIN: usize = 1024;
 
-/// A record as kept when its effective config is kept apart ([`effective_config_apart`]).
-pub struct Apart {
-    /// The record's encoding without the body, naming it by `sha256`.
+/// An agent record as stored ([`stored_record`]).
+pub struct StoredRecord {
+    /// The record's encoding, in the form every reader decodes: an owner's copy's encoded parts
+    /// (bus.proto `copied_description`, `copied_components`) written as the description and
+    /// health they stand for; without the effective config when it is kept apart (naming it by
+    /// its SHA-256 then, and never naming another).
     pub record: Vec<u8>,
-    /// The SHA-256 the body is kept under.
+    /// The effective config, when it is kept apart.
+    pub apart: Option<Apart>,
+}
+
+/// An effective config kept apart from the records that report it.
+pub struct Apart {
+    /// The SHA-256 it is kept under: its OpAMP config hash when the record has it (a hash of
+    /// every file's name, content type and body), else a hash of its encoding.
     pub sha256: Vec<u8>,
-    /// The effective config's encoding.
+    /// Its encoding.
     pub body: Vec<u8>,
 }
 
-/// `rec` as kept when its effective config is kept apart: without the body, naming it by a
-/// SHA-256 of its content (its OpAMP config hash when the record has it, a hash of every file's
-/// name, content type and body; else of its encoding). None when the config stays in the record
-/// (small, or, never for prost's own encoding, the record's encoding could not be cut).
-pub fn effective_config_apart(rec: &AgentRecord) -> Option<Apart> {
-    let config = rec.effective_config.as_ref()?;
-    if config.encoded_len() < SHARED_EFFECTIVE_CONFIG_MIN {
-        return None;
-    }
-    let whole = rec.encode_to_vec();
-    let (mut record, body) = cut_effective_config(&whole)?;
-    let sha256 = if rec.effective_config_hash.len() == 32 {
-        rec.effective_config_hash.clone()
-    } else {
-        Sha256::digest(body).to_vec()
-    };
-    prost::encoding::bytes::encode(RECORD_EFFECTIVE_CONFIG_SHA256, &sha256, &mut record);
-    Some(Apart {
-        record,
-        sha256,
-        body: body.to_vec(),
-    })
-}
-
-/// AgentRecord's field numbers for the effective config and the SHA-256 naming it (bus.proto).
+/// AgentRecord's field numbers (bus.proto) that [`stored_record`] rewrites.
+const RECORD_DESCRIPTION: u32 = 4;
+const RECORD_HEALTH: u32 = 5;
 const RECORD_EFFECTIVE_CONFIG: u32 = 6;
 const RECORD_EFFECTIVE_CONFIG_SHA256: u32 = 42;
+const RECORD_COPIED_DESCRIPTION: u32 = 44;
+const RECORD_COPIED_COMPONENTS: u32 = 45;
+/// ComponentHealth's field number of its map of components (opamp.proto).
+const HEALTH_COMPONENTS: u32 = 6;
 
-/// An encoded AgentRecord without its effective config and SHA-256 fields, and the effective
-/// config's encoding: cut out of the record's encoding rather than encoding a copy of the record
-/// without them (a collector's record has dozens of health components: copying it is an
-/// allocation for each, on every save). Protobuf readers take fields in any order, so the
-/// SHA-256 may be appended after. None if `whole` is not a message's encoding.
-fn cut_effective_config(whole: &[u8]) -> Option<(Vec<u8>, &[u8])> {
-    let mut rest = whole;
-    let mut kept = Vec::with_capacity(whole.len());
-    let mut body: &[u8] = &[];
+/// `rec` as a store keeps it, made from `rec`'s encoding rather than from a decoded copy of it:
+/// a collector's record has dozens of health components and an owner's copy holds them encoded
+/// (decoding them to encode them again was a fifth of an owner's work during a push). Protobuf
+/// readers take fields in any order, so the rewritten fields are appended; a message's field
+/// given twice is merged, so the health is its root's encoding followed by its components'.
+/// The effective config is kept apart (`apart`) when it has [`SHARED_EFFECTIVE_CONFIG_MIN`]
+/// bytes or more. `rec` may be in the owner's copy's form or not.
+pub fn stored_record(rec: &AgentRecord) -> Result<StoredRecord, StoreError> {
+    let whole = rec.encode_to_vec();
+    let mut record = Vec::with_capacity(whole.len());
+    let (mut description, mut copied_description) = (None, None);
+    let (mut health, mut components) = (None, None);
+    let mut body = None;
+    let mut rest = whole.as_slice();
     while !rest.is_empty() {
-        let field_start = whole.len() - rest.len();
-        let (tag, _, value) = crate::codec::next_field(&mut rest)?;
-        match tag {
-            RECORD_EFFECTIVE_CONFIG => body = value,
+        let start = whole.len() - rest.len();
+        let (number, _, value) = crate::codec::next_field(&mut rest).ok_or_else(|| {
+            StoreError::Corrupt("an agent record's encoding does not parse".into())
+        })?;
+        match number {
+            RECORD_DESCRIPTION => description = Some(value),
+            RECORD_COPIED_DESCRIPTION => copied_description = Some(value),
+            RECORD_HEALTH => health = Some(value),
+            RECORD_COPIED_COMPONENTS => components = Some(value),
+            RECORD_EFFECTIVE_CONFIG if value.len() >= SHARED_EFFECTIVE_CONFIG_MIN => {
+                body = Some(value);
+            }
             RECORD_EFFECTIVE_CONFIG_SHA256 => {}
-            _ => kept.extend_from_slice(&whole[field_start..whole.len() - rest.len()]),
+            _ => record.extend_from_slice(&whole[start..whole.len() - rest.len()]),
         }
     }
-    Some((kept, body))
+    if let Some(d) = copied_description.or(description) {
+        push_delimited(&mut record, RECORD_DESCRIPTION, &[d]);
+    }
+    match (health, components) {
+        (None, None) => {}
+        (Some(root), None) => push_delimited(&mut record, RECORD_HEALTH, &[root]),
+        // The copy's components replace any the root has (it has none in the copy's form).
+        (root, Some(components)) => {
+            let root = without_field(root.unwrap_or_default(), HEALTH_COMPONENTS)?;
+            push_delimited(&mut record, RECORD_HEALTH, &[&root, components]);
+        }
+    }
+    let apart = body.map(|body| {
+        let sha256 = if rec.effective_config_hash.len() == 32 {
+            rec.effective_config_hash.clone()
+        } else {
+            Sha256::digest(body).to_vec()
+        };
+        push_delimited(&mut record, RECORD_EFFECTIVE_CONFIG_SHA256, &[&sha256]);
+        Apart {
+            sha256,
+            body: body.to_vec(),
+        }
+    });
+    Ok(StoredRecord { record, apart })
+}
+
+/// Appends a length-delimited field `number` whose contents are `parts`, one after another.
+fn push_delimited(out: &mut Vec<u8>, number: u32, parts: &[&[u8]]) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(parts.iter().map(|p| p.len() as u64).sum(), out);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+/// Encoded message `msg` without its fields `number`.
+fn without_field(msg: &[u8], number: u32) -> Result<Vec<u8>, StoreError> {
+    let mut kept = Vec::with_capacity(msg.len());
+    let mut rest = msg;
+    while !rest.is_empty() {
+        let start = msg.len() - rest.len();
+        let (n, _, _) = crate::codec::next_field(&mut rest)
+            .ok_or_else(|| StoreError::Corrupt("an agent's health does not parse".into()))?;
+        if n != number {
+            kept.extend_from_slice(&msg[start..msg.len() - rest.len()]);
+        }
+    }
+    Ok(kept)
 }
 
 /// What changes in an agent's record when it is heard from and nothing else changed.
@@ -334,7 +388,10 @@ pub trait Store: Send + Sync + 'static {
     async fn get_agent(&self, uid: Uuid) -> Result<Option<AgentRecord>, StoreError>;
     /// Writes an agent record (keyed by its instance_uid, in shard `fence.shard`) and changes its
     /// silence deadline, in one step, if `fence` still holds. With `audit`, the entry is written
-    /// in the same step and both are durable when this returns.
+    /// in the same step and both are durable when this returns. A store that does not hold
+    /// every record in memory ([`Store::holds_agents_in_memory`]) takes a record in an owner's
+    /// copy's form too ([`stored_record`]); one that does is never given one (owners keep no
+    /// copies then) and refuses it.
     async fn save_agent(
         &self,
         fence: Fence,
@@ -467,7 +524,9 @@ pub const DEFAULT_AUDIT_RETENTION: std::time::Duration =
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_proto::opamp::{AgentConfigFile, AgentConfigMap, ComponentHealth};
+    use flotilla_proto::opamp::{
+        AgentConfigFile, AgentConfigMap, AgentDescription, ComponentHealth, KeyValue,
+    };
 
     fn record(effective_config_hash: Vec<u8>, earlier_sha256: Vec<u8>) -> AgentRecord {
         let file = AgentConfigFile {
@@ -497,9 +556,10 @@ mod tests {
         }
     }
 
-    /// The cut encoding reads back as the record without its config, naming the config by
+    /// The stored encoding reads back as the record without its config, naming the config by
     /// its hash, with the config's encoding beside it: a record with an OpAMP config hash, one
-    /// without (named by a digest), one that named another config before.
+    /// without (named by a digest), one that named another config before. A small config stays
+    /// in the record, naming nothing.
     #[test]
     fn a_record_apart_is_the_record_without_its_config_naming_it() {
         for rec in [
@@ -507,7 +567,8 @@ mod tests {
             record(Vec::new(), Vec::new()),
             record(vec![2; 32], vec![3; 32]),
         ] {
-            let apart = effective_config_apart(&rec).expect("large enough to keep apart");
+            let stored = stored_record(&rec).unwrap();
+            let apart = stored.apart.expect("large enough to keep apart");
             let config = rec.effective_config.clone().unwrap();
             assert_eq!(apart.body, config.encode_to_vec());
             let sha = if rec.effective_config_hash.len() == 32 {
@@ -519,18 +580,62 @@ mod tests {
             let mut want = rec.clone();
             want.effective_config = None;
             want.effective_config_sha256 = sha;
-            assert_eq!(AgentRecord::decode(apart.record.as_slice()).unwrap(), want);
+            assert_eq!(AgentRecord::decode(stored.record.as_slice()).unwrap(), want);
         }
-        let mut small = record(Vec::new(), Vec::new());
+        let mut small = record(Vec::new(), vec![3; 32]);
         small.effective_config = Some(EffectiveConfig::default());
-        assert!(
-            effective_config_apart(&small).is_none(),
-            "kept in the record"
-        );
-        assert_eq!(
-            cut_effective_config(&[0x0a, 0x05, 1]),
-            None,
-            "a truncated field"
-        );
+        let stored = stored_record(&small).unwrap();
+        assert!(stored.apart.is_none(), "kept in the record");
+        let mut want = small.clone();
+        want.effective_config_sha256.clear();
+        assert_eq!(AgentRecord::decode(stored.record.as_slice()).unwrap(), want);
+    }
+
+    /// A record in an owner's copy's form (description and components below the health's root
+    /// encoded) is stored as the record it stands for; a record with a description and health
+    /// of its own, as it is.
+    #[test]
+    fn a_copy_is_stored_as_the_record_it_stands_for() {
+        let leaf = |status: &str| ComponentHealth {
+            healthy: true,
+            status: status.into(),
+            ..Default::default()
+        };
+        let mut full = record(Vec::new(), Vec::new());
+        full.description = Some(AgentDescription {
+            identifying_attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: None,
+            }],
+            ..Default::default()
+        });
+        full.health = Some(ComponentHealth {
+            healthy: true,
+            last_error: "none".into(),
+            component_health_map: [("a".into(), leaf("ok")), ("b".into(), leaf("ok"))].into(),
+            ..Default::default()
+        });
+        let mut copy = full.clone();
+        copy.copied_description = copy.description.take().unwrap().encode_to_vec();
+        let health = copy.health.as_mut().unwrap();
+        copy.copied_components = ComponentHealth {
+            component_health_map: std::mem::take(&mut health.component_health_map),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let stored = stored_record(&full).unwrap();
+        for rec in [&full, &copy] {
+            let again = stored_record(rec).unwrap();
+            let read = AgentRecord::decode(again.record.as_slice()).unwrap();
+            assert_eq!(read, AgentRecord::decode(stored.record.as_slice()).unwrap());
+            assert_eq!(read.description, full.description);
+            assert_eq!(read.health, full.health);
+            assert!(read.copied_description.is_empty() && read.copied_components.is_empty());
+        }
+        // Components the root still names give way to the copy's (never both in a copy).
+        let mut both = copy.clone();
+        both.health.as_mut().unwrap().component_health_map = [("c".into(), leaf("x"))].into();
+        let read = AgentRecord::decode(stored_record(&both).unwrap().record.as_slice()).unwrap();
+        assert_eq!(read.health, full.health);
     }
 }

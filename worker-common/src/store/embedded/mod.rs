@@ -191,6 +191,11 @@ impl Store for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let uid = Uuid::from_slice(&record.instance_uid)
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
+        if !record.copied_description.is_empty() || !record.copied_components.is_empty() {
+            return Err(StoreError::Corrupt(
+                "an owner's copy given to a store that keeps records decoded".into(),
+            ));
+        }
         let inner = &self.inner;
         if audit.is_some() {
             // What an admin changed is on disk, with its audit entry, before anyone is told.

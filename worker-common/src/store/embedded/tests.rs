@@ -308,3 +308,26 @@ async fn a_touch_changes_the_sequence_number_last_seen_and_deadline_and_is_flush
     let read = store.get_agent(uid).await.unwrap().unwrap();
     assert_eq!((read.sequence_num, read.last_seen_unix_ms), (6, 7_000));
 }
+
+/// Owners keep no copies with a store that holds every record in memory: a record in a copy's
+/// form is refused, and the record saved before stays as it was.
+#[tokio::test]
+async fn a_record_in_an_owners_copy_form_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let uid = Uuid::now_v7();
+    store
+        .save_agent(fence(uid), &record(uid, 5), Deadline::Keep, None)
+        .await
+        .unwrap();
+    let mut copy = record(uid, 6);
+    copy.copied_components = vec![0x32, 0x00];
+    let refused = store
+        .save_agent(fence(uid), &copy, Deadline::Keep, None)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Corrupt(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 5);
+}

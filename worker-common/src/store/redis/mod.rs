@@ -41,7 +41,7 @@ mod scripts;
 use super::tally::{AgentCounts, Tally};
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
-    StoreError, StoredConfig, Touch, effective_config_apart,
+    StoreError, StoredConfig, Touch, stored_record,
 };
 use crate::config::{RedisTls, redact};
 use crate::names::{SHARD_COUNT, shard_of};
@@ -352,18 +352,12 @@ impl Store for RedisStore {
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
         let (mode, at) = deadline_args(deadline);
         let (horizon, audit) = self.audit_args(audit)?;
-        // The record's encoding, the SHA-256 of the effective config kept apart (hex), and that
-        // config's encoding.
-        let (bytes, sha, apart) = match effective_config_apart(record) {
-            Some(a) => (a.record, hex::encode(&a.sha256), a.body),
-            // Its config is kept in it now: it names no other.
-            None if !record.effective_config_sha256.is_empty() => {
-                let mut rec = record.clone();
-                rec.effective_config_sha256.clear();
-                (rec.encode_to_vec(), String::new(), Vec::new())
-            }
-            None => (record.encode_to_vec(), String::new(), Vec::new()),
+        let stored = stored_record(record)?;
+        let (sha, apart) = match &stored.apart {
+            Some(a) => (hex::encode(&a.sha256), a.body.as_slice()),
+            None => (String::new(), &[][..]),
         };
+        let bytes = stored.record;
         let tally = Tally::of(record).names();
         let save = |body: &[u8]| {
             let mut script = SAVE.prepare_invoke();
@@ -388,7 +382,7 @@ impl Store for RedisStore {
         let first: Result<i64, _> = save(&[]).invoke_async(&mut self.conn.clone()).await;
         match first {
             Err(e) if e.code() == Some("NEEDBODY") || e.to_string().contains("NEEDBODY") => {
-                let _: i64 = save(&apart)
+                let _: i64 = save(apart)
                     .invoke_async(&mut self.conn.clone())
                     .await
                     .map_err(|e| fenced_or_io(e, fence))?;
