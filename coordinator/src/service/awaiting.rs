@@ -18,8 +18,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// Agents awaited at once, per owner (a push batch may go over it by its own size).
-pub(crate) const WINDOW: usize = 1024;
+/// Agents awaited at once, per owner (a push batch may go over it by its own size). The reports
+/// a push causes wait about as long as the owner takes to answer this many (ADR 0018: 1,024
+/// held replies during a push to 24,000 agents at p99 944 ms, 96 at 211 ms, the push no slower).
+pub(crate) const WINDOW: usize = 96;
 /// How long an agent is awaited, at most: one that does not answer by then (it lost its
 /// connection, or does not report config status) no longer holds the window.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(5);
