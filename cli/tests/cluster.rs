@@ -200,6 +200,37 @@ async fn config_and_restart_reach_agents_spread_across_gateways() {
         .get(c.api(), &format!("/api/v1/agents/{}", uuid::Uuid::now_v7()))
         .await;
     assert_eq!(status, 404);
+
+    // An agent that goes away is written disconnected from its owner's copy (nothing decoded):
+    // its detail keeps its health tree; and a list asked again with the same filters, which the
+    // owners answer from what their last walk took while only touches changed (ADR 0019), no
+    // longer counts it.
+    let connected = "/api/v1/agents?status=connected&limit=50";
+    let (_, before) = c.get(c.api(), connected).await;
+    assert_eq!(before["total"], 30, "{before}");
+    let gone = agents.remove(0);
+    let gone_uid = gone.uid;
+    drop(gone);
+    let started = Instant::now();
+    loop {
+        let (_, now) = c.get(c.api(), connected).await;
+        if now["total"] == 29 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still counted: {now}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, detail) = c.get(c.api(), &format!("/api/v1/agents/{gone_uid}")).await;
+    assert_eq!(detail["status"], "disconnected", "{detail}");
+    let traces = &detail["health"]["components"]["pipeline:traces"];
+    assert_eq!(
+        traces["components"]["receiver:otlp"]["healthy"], true,
+        "{detail}"
+    );
 }
 
 #[tokio::test]

@@ -209,6 +209,28 @@ impl AgentQuery {
         Ok(q)
     }
 
+    /// The query's filters in text, when they read the record alone (not the desired state, as
+    /// filters on configs do): whether a record matches changes only when the record does.
+    pub(crate) fn record_filters(&self) -> Option<String> {
+        if self.by_config() {
+            return None;
+        }
+        let filters = self
+            .params
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "selector" | "status" | "health"));
+        Some(filters.map(|(k, v)| format!("{k}={v}\n")).collect())
+    }
+
+    /// Whether the query reads the desired state: its config filters, or an order by config.
+    fn by_config(&self) -> bool {
+        self.config.is_some()
+            || self.config_name.is_some()
+            || self.config_version.is_some()
+            || self.drift.is_some()
+            || self.sort == SortKey::Config
+    }
+
     /// Whether `rec` is listed; with its config state (when the query needs it).
     fn matches(&self, rec: &AgentRecord, desired: &Desired) -> Option<&'static str> {
         let listed = (self.status.is_none() || self.status.as_deref() == Some(status_name(rec)))
@@ -220,12 +242,7 @@ impl AgentQuery {
         if !self.selector.is_empty() && !self.selector.matches(&attrs) {
             return None;
         }
-        let by_config = self.config.is_some()
-            || self.config_name.is_some()
-            || self.config_version.is_some()
-            || self.drift.is_some()
-            || self.sort == SortKey::Config;
-        if !by_config {
+        if !self.by_config() {
             return Some("");
         }
         let files = desired_config(rec, &attrs, desired, Aspect::Files);
@@ -285,31 +302,33 @@ impl<'a> ListPart<'a> {
         if self.q.descending { a > b } else { a < b }
     }
 
-    /// Counts `rec` if the list shows it, and keeps it if it may be among the first.
-    pub(crate) fn add(&mut self, rec: &AgentRecord) {
+    /// Counts `rec` if the list shows it, and keeps it if it may be among the first; whether it
+    /// was counted.
+    pub(crate) fn add(&mut self, rec: &AgentRecord) -> bool {
         if !in_fleet_view(rec) {
-            return;
+            return false;
         }
         let (Some(config), Ok(uid)) = (
             self.q.matches(rec, self.desired),
             Uuid::from_slice(&rec.instance_uid),
         ) else {
-            return;
+            return false;
         };
         self.total += 1;
         if self.q.cursor.is_some_and(|c| uid <= c) {
-            return;
+            return true;
         }
         self.after_cursor += 1;
         let key = self.q.sort.of(rec, config);
         if let Some((k, u)) = &self.last
             && !self.before((&key, &uid), (k, u))
         {
-            return;
+            return true;
         }
         let summary = AgentSummary::of(rec, self.desired).in_region(self.region);
         self.kept.push((key, uid, summary));
         self.cut_when_full();
+        true
     }
 
     /// Adds another part of the same list (kept as it was sent: its summaries name its region).
@@ -546,8 +565,10 @@ impl Ops {
                 .await;
         }
         if unheard.contains(&true) {
-            self.visit_fleet_shards(&|s| unheard[usize::from(s)], &mut |a| part.add(a))
-                .await?;
+            self.visit_fleet_shards(&|s| unheard[usize::from(s)], &mut |a| {
+                part.add(a);
+            })
+            .await?;
         }
         Ok(part.finish(skip))
     }
@@ -831,6 +852,45 @@ mod tests {
 
     /// Parts built over a fleet split three ways (as shard owners send them) and merged give the
     /// page that sorting every match gives: counts, order (ties broken by uid), cursor, skip.
+    /// Lists whose filters read the record alone name them (the owners keep what such a walk
+    /// took); filters on configs read the desired state too and name none.
+    #[test]
+    fn record_filters_are_named_unless_a_config_is_read() {
+        let filters =
+            |params: Vec<(&str, &str)>| AgentQuery::parse(params).unwrap().record_filters();
+        let a = filters(vec![("selector", "env=prod"), ("limit", "50")]);
+        assert_eq!(
+            a,
+            filters(vec![
+                ("selector", "env=prod"),
+                ("limit", "10"),
+                ("order", "desc")
+            ])
+        );
+        assert_ne!(a, filters(vec![("selector", "env=dev")]));
+        assert_ne!(
+            a,
+            filters(vec![("selector", "env=prod"), ("status", "connected")])
+        );
+        assert_ne!(
+            a,
+            filters(vec![("selector", "env=prod"), ("health", "healthy")])
+        );
+        assert!(a.is_some());
+        for config in [
+            ("config", "applied"),
+            ("config_name", "c"),
+            ("drift", "true"),
+            ("sort", "config"),
+        ] {
+            assert_eq!(
+                filters(vec![("selector", "env=prod"), config]),
+                None,
+                "{config:?}"
+            );
+        }
+    }
+
     #[test]
     fn list_parts_merge_to_the_page_a_full_sort_gives() {
         let mut x = 0x2545_f491_4f6c_dd1d_u64;
@@ -870,7 +930,9 @@ mod tests {
             let mut merged = ListPart::new(&q, &desired, "r", skip + take);
             for third in fleet.chunks(700) {
                 let mut part = ListPart::new(&q, &desired, "r", skip + take);
-                third.iter().for_each(|rec| part.add(rec));
+                for rec in third {
+                    part.add(rec);
+                }
                 merged.add_part(part.finish(0));
             }
             let page = merged.finish(skip);

@@ -55,7 +55,9 @@ impl Owner {
         let desired = self.desired.current();
         let mut part = ListPart::new(&q, &desired, &self.cfg.region, ask.keep);
         let owned = self.shards.owned();
-        let visited = match self.visit_shards(&owned, &mut |rec| part.add(rec)).await {
+        let filters = q.record_filters();
+        let take = &mut |rec: &flotilla_proto::bus::AgentRecord| part.add(rec);
+        let visited = match self.visit_shards(&owned, filters.as_deref(), take).await {
             Ok(shards) => shards,
             Err(e) => {
                 warn!(error = %e, "an agent list was left to the store");

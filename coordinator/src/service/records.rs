@@ -151,9 +151,10 @@ impl Locked<'_> {
         self.read(uid, RecordCopy::whole).await
     }
 
-    /// Agent `uid`'s record for processing its message: the owner's copy in its form
-    /// ([`RecordCopy::for_message`]), or the store's (decoded). Whatever sets its description or
-    /// health clears the encoded one ([`crate::fleet::agents::copy_form`]).
+    /// Agent `uid`'s record for processing its message (or a change of its status): the
+    /// owner's copy in its form ([`RecordCopy::for_message`]), or the store's (decoded), saved
+    /// as it is (the store writes the copy's form as the record it stands for). Whatever sets
+    /// its description or health clears the encoded one ([`crate::fleet::agents::copy_form`]).
     pub(crate) async fn get_for_message(
         &mut self,
         uid: Uuid,
@@ -169,10 +170,10 @@ impl Locked<'_> {
     ) -> Result<Option<AgentRecord>, StoreError> {
         {
             let cache = self.cache();
-            if let Some(rec) = cache.records.get(&uid).and_then(|copy| from_copy(copy)) {
+            if let Some(rec) = cache.get(&uid).and_then(&from_copy) {
                 return Ok(Some(rec));
             }
-            if cache.whole && !cache.records.contains_key(&uid) {
+            if cache.is_whole() && cache.get(&uid).is_none() {
                 // The copies are every record of the shard: there is no such agent.
                 return Ok(None);
             }
@@ -192,14 +193,12 @@ impl Locked<'_> {
         let mut cache = self.cache();
         let effective =
             config.map(
-                |config| match cache.records.get(&uid).and_then(|b| b.effective.as_ref()) {
+                |config| match cache.get(&uid).and_then(|b| b.effective.as_ref()) {
                     Some(kept) if **kept == *config => kept.clone(),
                     _ => self.shared.share(&rec.effective_config_hash, config),
                 },
             );
-        cache
-            .records
-            .insert(uid, Box::new(RecordCopy::new(rec, effective)));
+        cache.keep(uid, Box::new(RecordCopy::new(rec, effective)));
     }
 
     /// Keeps `rec` itself as its copy ([`Locked::keep`]).
@@ -266,16 +265,13 @@ impl Locked<'_> {
         let heard_only = audit.is_none()
             && self
                 .cache()
-                .records
                 .get_mut(&touch.uid)
                 .is_some_and(|copy| heard_only(copy, rec));
         if heard_only {
             let touched = self.store.touch_agent(self.fence, touch, deadline).await;
             match touched {
                 Ok(true) => {
-                    if let Some(copy) = self.cache().records.get_mut(&touch.uid) {
-                        touch.apply(&mut copy.rec);
-                    }
+                    self.cache().touch(&touch);
                     return Ok(false);
                 }
                 // Gone from the store: written whole below.
@@ -311,7 +307,7 @@ impl Locked<'_> {
         let deleted = self.store.delete_agent(self.fence, uid, audit).await;
         match deleted {
             Ok(_) => {
-                self.cache().records.remove(&uid);
+                self.cache().remove(&uid);
             }
             Err(_) => self.cache().forget(&uid),
         }
@@ -328,8 +324,8 @@ impl Locked<'_> {
     ) -> Result<(), StoreError> {
         {
             let cache = self.cache();
-            if cache.whole {
-                cache.records.values().for_each(|copy| f(&copy.rec));
+            if cache.is_whole() {
+                cache.copies().for_each(f);
                 return Ok(());
             }
         }
@@ -345,7 +341,7 @@ impl Locked<'_> {
                 whole = false;
                 continue;
             };
-            if !self.keep || self.cache().records.contains_key(&uid) {
+            if !self.keep || self.cache().get(&uid).is_some() {
                 continue;
             }
             if rec.effective_config.is_none() && !rec.effective_config_sha256.is_empty() {
@@ -360,7 +356,7 @@ impl Locked<'_> {
             }
             self.keep_owned(rec);
         }
-        self.cache().whole = whole;
+        self.cache().set_whole(whole);
         Ok(())
     }
 }
@@ -386,7 +382,11 @@ impl Owner {
             .into_iter()
             .filter(|s| shards(*s))
             .collect();
-        if self.visit_shards(&owned, f).await?.len() < owned.len() {
+        let every = &mut |rec: &AgentRecord| {
+            f(rec);
+            true
+        };
+        if self.visit_shards(&owned, None, every).await?.len() < owned.len() {
             return Err(StoreError::Io(
                 "a shard was given up during a walk over its agents".into(),
             ));
@@ -401,15 +401,26 @@ impl Owner {
     /// agents: docs/benchmarks.md), and a walk that waited for every shard's would wait for the
     /// slowest of them. The others are read under their locks, up to [`WALK_SHARDS_AT_ONCE`] at
     /// once; `f` is called for one record at a time.
+    ///
+    /// A list walk names its filters (`listed`, [`super::shards::ShardTable::read_whole_listed`]),
+    /// and `f` says whether the list took each record: whole copies that changed by touches
+    /// alone since the last walk with the same filters are read for those it took then.
     pub(crate) async fn visit_shards(
         &self,
         list: &[u16],
-        f: &mut (dyn FnMut(&AgentRecord) + Send),
+        listed: Option<&str>,
+        f: &mut (dyn FnMut(&AgentRecord) -> bool + Send),
     ) -> Result<Vec<u16>, StoreError> {
         let mut visited = Vec::with_capacity(list.len());
         let mut locked = Vec::new();
         for (i, &shard) in list.iter().enumerate() {
-            if self.shards.read_whole(shard, f) {
+            let read = match listed {
+                Some(filters) => self.shards.read_whole_listed(shard, filters, f),
+                None => self.shards.read_whole(shard, &mut |rec| {
+                    f(rec);
+                }),
+            };
+            if read {
                 visited.push(shard);
             } else {
                 locked.push(shard);
@@ -427,7 +438,11 @@ impl Owner {
                     let Some(mut locked) = self.lock_owned(shard).await else {
                         return Ok(());
                     };
-                    locked.visit(&mut |rec| (f.lock())(rec)).await?;
+                    locked
+                        .visit(&mut |rec| {
+                            (f.lock())(rec);
+                        })
+                        .await?;
                     visited.lock().push(shard);
                     Ok(())
                 }

@@ -4,7 +4,7 @@
 
 use crate::fleet::agents::{copy_form, full_form};
 use flotilla_common::names::SHARD_COUNT;
-use flotilla_common::store::Fence;
+use flotilla_common::store::{Fence, Touch};
 use flotilla_proto::bus::AgentRecord;
 use flotilla_proto::opamp::EffectiveConfig;
 use std::collections::HashMap;
@@ -94,14 +94,56 @@ impl ShardTable {
     /// the records as last written (a write in progress shows once the store has it). False,
     /// and `f` not called, otherwise: the caller reads under the lock.
     pub fn read_whole(&self, shard: u16, f: &mut (dyn FnMut(&AgentRecord) + Send)) -> bool {
+        self.whole_copies(shard, |cache| cache.copies().for_each(f))
+    }
+
+    /// [`ShardTable::read_whole`] for a list whose filters (`filters`, in text) `take` applies:
+    /// `take` is called with every copy and says whether the list took it. The uids taken are
+    /// kept until the next list walk here; while nothing but touches changed the copies since,
+    /// a walk with the same filters calls `take` with those copies alone. A list's filters must
+    /// read nothing a touch changes (sequence number, last-seen time) and nothing but the record.
+    pub fn read_whole_listed(
+        &self,
+        shard: u16,
+        filters: &str,
+        take: &mut (dyn FnMut(&AgentRecord) -> bool + Send),
+    ) -> bool {
+        self.whole_copies(shard, |cache| {
+            if let Some(listed) = cache
+                .listed
+                .as_ref()
+                .filter(|l| l.filters == filters && l.changes == cache.changes)
+            {
+                for copy in listed.uids.iter().filter_map(|uid| cache.records.get(uid)) {
+                    take(&copy.rec);
+                }
+                return;
+            }
+            let uids = cache
+                .records
+                .iter()
+                .filter(|(_, copy)| take(&copy.rec))
+                .map(|(uid, _)| *uid)
+                .collect();
+            cache.listed = Some(Listed {
+                filters: filters.to_owned(),
+                changes: cache.changes,
+                uids,
+            });
+        })
+    }
+
+    /// Calls `read` with the shard's copies and returns true, if they are the whole shard under
+    /// the epoch it is held with now (and its lease is valid); else false.
+    fn whole_copies(&self, shard: u16, read: impl FnOnce(&mut ShardCache)) -> bool {
         let Some(fence) = self.fence(shard) else {
             return false;
         };
-        let cache = self.slots[usize::from(shard)].cache.lock();
+        let mut cache = self.slots[usize::from(shard)].cache.lock();
         if cache.epoch != fence.epoch || !cache.whole {
             return false;
         }
-        cache.records.values().for_each(|copy| f(&copy.rec));
+        read(&mut cache);
         true
     }
 
@@ -199,25 +241,85 @@ impl ShardGuard<'_> {
 pub struct ShardCache {
     epoch: u64,
     /// Boxed: a record is over a KB, and a map's spare slots would hold as much again.
-    pub(crate) records: HashMap<Uuid, Box<RecordCopy>>,
+    records: HashMap<Uuid, Box<RecordCopy>>,
     /// Whether the copies are every record of the shard (all were read since the epoch began,
     /// and none was dropped since): the owner's walks over its agents read them, not the store.
-    pub(crate) whole: bool,
+    whole: bool,
+    /// Counts every change of the copies but a touch (a touch changes the sequence number and
+    /// last-seen time, which no list filters on).
+    changes: u64,
+    /// The copies the last list walk here took ([`ShardTable::read_whole_listed`]).
+    listed: Option<Listed>,
+}
+
+/// The uids of the copies a list's filters took, and the copies' [`ShardCache::changes`] then.
+#[derive(Debug)]
+struct Listed {
+    filters: String,
+    changes: u64,
+    uids: Vec<Uuid>,
 }
 
 impl ShardCache {
     /// Forgets every copy (the shard was lost, or a write's outcome is unknown).
     pub fn clear(&mut self) {
         self.records = HashMap::new();
-        self.whole = false;
+        self.set_whole(false);
     }
 
     /// Forgets one copy whose record may differ in the store now (a write's outcome is
     /// unknown): the copies are no longer the whole shard.
     pub(crate) fn forget(&mut self, uid: &Uuid) {
-        if self.records.remove(uid).is_some() {
-            self.whole = false;
+        if self.remove(uid) {
+            self.set_whole(false);
         }
+    }
+
+    /// Whether the copies are every record of the shard.
+    pub(crate) fn is_whole(&self) -> bool {
+        self.whole
+    }
+
+    pub(crate) fn set_whole(&mut self, whole: bool) {
+        self.whole = whole;
+        self.changes += 1;
+    }
+
+    pub(crate) fn get(&self, uid: &Uuid) -> Option<&RecordCopy> {
+        self.records.get(uid).map(|b| &**b)
+    }
+
+    /// The copies' records.
+    pub(crate) fn copies(&self) -> impl Iterator<Item = &AgentRecord> {
+        self.records.values().map(|copy| &copy.rec)
+    }
+
+    /// Keeps `copy` as agent `uid`'s.
+    pub(crate) fn keep(&mut self, uid: Uuid, copy: Box<RecordCopy>) {
+        self.records.insert(uid, copy);
+        self.changes += 1;
+    }
+
+    /// Removes agent `uid`'s copy; whether there was one.
+    pub(crate) fn remove(&mut self, uid: &Uuid) -> bool {
+        self.changes += 1;
+        self.records.remove(uid).is_some()
+    }
+
+    /// Applies `touch` to its agent's copy; false if there is none.
+    pub(crate) fn touch(&mut self, touch: &Touch) -> bool {
+        match self.records.get_mut(&touch.uid) {
+            Some(copy) => {
+                touch.apply(&mut copy.rec);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Agent `uid`'s copy, to compare a record with ([`Touch`] changes nothing else).
+    pub(crate) fn get_mut(&mut self, uid: &Uuid) -> Option<&mut RecordCopy> {
+        self.records.get_mut(uid).map(|b| &mut **b)
     }
 }
 
@@ -360,9 +462,9 @@ mod tests {
             Box::new(RecordCopy::new(rec, None))
         };
         let held = t.lock(5).await;
-        held.cache().records.insert(uid, copy(uid));
+        held.cache().keep(uid, copy(uid));
         assert_eq!(read(&t, 5), None, "not known to be the whole shard");
-        held.cache().whole = true;
+        held.cache().set_whole(true);
         assert_eq!(
             read(&t, 5),
             Some(vec![uid.as_bytes().to_vec()]),
@@ -377,10 +479,10 @@ mod tests {
         assert_eq!(read(&t, 5), None, "copies of an epoch no longer held");
         let held = t.lock(5).await;
         assert!(
-            held.cache().records.is_empty(),
+            held.cache().copies().next().is_none(),
             "and the next lock clears them"
         );
-        held.cache().whole = true;
+        held.cache().set_whole(true);
         drop(held);
         assert_eq!(read(&t, 5), Some(vec![]));
 
@@ -388,8 +490,8 @@ mod tests {
         t.drop_shard(5);
         assert_eq!(read(&t, 5), None, "dropped: not owned");
         // A copy its lock's holder makes after the drop is never read.
-        held.cache().records.insert(uid, copy(uid));
-        held.cache().whole = true;
+        held.cache().keep(uid, copy(uid));
+        held.cache().set_whole(true);
         drop(held);
         assert_eq!(read(&t, 5), None);
         t.hold(
@@ -397,6 +499,82 @@ mod tests {
             Instant::now() + Duration::from_secs(60),
         );
         assert_eq!(read(&t, 5), None, "nor under the next epoch");
+    }
+
+    /// A list walk with the same filters reads the copies its last walk took while only touches
+    /// changed them since; any other change, other filters, or copies no longer whole read
+    /// every copy again.
+    #[tokio::test]
+    async fn a_list_walk_reads_what_the_last_took_until_a_copy_changes() {
+        let t = ShardTable::none();
+        t.hold(
+            Fence { shard: 7, epoch: 1 },
+            Instant::now() + Duration::from_secs(60),
+        );
+        let copy = |uid: Uuid, seq: u64| {
+            let rec = AgentRecord {
+                instance_uid: uid.as_bytes().to_vec(),
+                sequence_num: seq,
+                ..Default::default()
+            };
+            Box::new(RecordCopy::new(rec, None))
+        };
+        let uids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+        {
+            let held = t.lock(7).await;
+            let mut cache = held.cache();
+            for (i, uid) in uids.iter().enumerate() {
+                cache.keep(*uid, copy(*uid, i as u64));
+            }
+            cache.set_whole(true);
+        }
+        // Takes the records of even sequence numbers; returns the uids it was called with.
+        let walk = |filters: &str| {
+            let mut seen = Vec::new();
+            let read = t.read_whole_listed(7, filters, &mut |rec| {
+                seen.push(rec.sequence_num);
+                rec.sequence_num % 2 == 0
+            });
+            seen.sort_unstable();
+            read.then_some(seen)
+        };
+        assert_eq!(
+            walk("a"),
+            Some(vec![0, 1, 2, 3, 4, 5]),
+            "the first walk reads all"
+        );
+        assert_eq!(walk("a"), Some(vec![0, 2, 4]), "the next, what it took");
+        let touch = Touch {
+            uid: uids[2],
+            sequence_num: 12,
+            last_seen_unix_ms: 1,
+        };
+        assert!(t.lock(7).await.cache().touch(&touch));
+        assert_eq!(
+            walk("a"),
+            Some(vec![0, 4, 12]),
+            "a touch shows, and changes nothing else"
+        );
+        assert_eq!(
+            walk("b"),
+            Some(vec![0, 1, 3, 4, 5, 12]),
+            "other filters read all"
+        );
+        assert_eq!(walk("b"), Some(vec![0, 4, 12]));
+        t.lock(7).await.cache().keep(uids[1], copy(uids[1], 8));
+        assert_eq!(
+            walk("b"),
+            Some(vec![0, 3, 4, 5, 8, 12]),
+            "a copy kept: all again"
+        );
+        assert!(t.lock(7).await.cache().remove(&uids[0]));
+        assert_eq!(
+            walk("b"),
+            Some(vec![3, 4, 5, 8, 12]),
+            "a copy removed: all again"
+        );
+        t.lock(7).await.cache().forget(&uids[3]);
+        assert_eq!(walk("b"), None, "no longer whole: read under the lock");
     }
 
     #[test]

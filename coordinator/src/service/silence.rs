@@ -58,7 +58,8 @@ impl Owner {
         let Some(mut shard) = self.lock_owned(shard).await else {
             return Ok(());
         };
-        let Some(mut rec) = shard.get(uid).await? else {
+        // In the copy's form: only the status and deadline change, nothing is decoded.
+        let Some(mut rec) = shard.get_for_message(uid).await? else {
             return Ok(());
         };
         let attrs = attributes(&rec);

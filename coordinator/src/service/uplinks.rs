@@ -388,7 +388,8 @@ impl Owner {
         let Some(mut shard) = self.lock_for_uplink(shard_of(uid_bytes)).await else {
             return false;
         };
-        let Ok(Some(mut rec)) = shard.get(uid).await else {
+        // In the copy's form: only the status and connection change, nothing is decoded.
+        let Ok(Some(mut rec)) = shard.get_for_message(uid).await else {
             return true;
         };
         if rec.status != AgentStatus::Connected as i32 || rec.origin.as_ref() != Some(origin) {
