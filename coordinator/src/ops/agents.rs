@@ -273,9 +273,17 @@ pub(crate) struct ListPart<'a> {
     keep: usize,
     total: usize,
     after_cursor: usize,
-    kept: Vec<(String, Uuid, AgentSummary)>,
+    kept: Vec<(String, Uuid, Kept)>,
     /// The last kept when they were last cut down.
     last: Option<(String, Uuid)>,
+}
+
+/// A match kept by a [`ListPart`]: its summary (from another part), or the record it is made of
+/// when the part is finished. A walk keeps hundreds of matches on its way to the first 50 (each
+/// that may be among them, in the walk's order), and a summary takes more than the record's copy.
+enum Kept {
+    Record(Box<AgentRecord>),
+    Summary(Box<AgentSummary>),
 }
 
 impl<'a> ListPart<'a> {
@@ -325,8 +333,12 @@ impl<'a> ListPart<'a> {
         {
             return true;
         }
-        let summary = AgentSummary::of(rec, self.desired).in_region(self.region);
-        self.kept.push((key, uid, summary));
+        let mut copy = rec.clone();
+        if !copy.effective_config_hash.is_empty() {
+            // The summary names it by that hash: tens of KB not held.
+            copy.effective_config = None;
+        }
+        self.kept.push((key, uid, Kept::Record(Box::new(copy))));
         self.cut_when_full();
         true
     }
@@ -337,7 +349,7 @@ impl<'a> ListPart<'a> {
         self.after_cursor += part.after_cursor;
         for (key, summary) in part.items {
             if let Ok(uid) = Uuid::parse_str(&summary.instance_uid) {
-                self.kept.push((key, uid, summary));
+                self.kept.push((key, uid, Kept::Summary(Box::new(summary))));
             }
         }
         self.cut_when_full();
@@ -365,6 +377,11 @@ impl<'a> ListPart<'a> {
     /// The part: its counts and the kept matches in order, the first `skip` left out.
     pub(crate) fn finish(mut self, skip: usize) -> RegionPage {
         self.cut();
+        let (desired, region) = (self.desired, self.region);
+        let summary = |kept| match kept {
+            Kept::Record(rec) => AgentSummary::of(&rec, desired).in_region(region),
+            Kept::Summary(summary) => *summary,
+        };
         RegionPage {
             total: self.total,
             after_cursor: self.after_cursor,
@@ -372,7 +389,7 @@ impl<'a> ListPart<'a> {
                 .kept
                 .into_iter()
                 .skip(skip)
-                .map(|(key, _, summary)| (key, summary))
+                .map(|(key, _, kept)| (key, summary(kept)))
                 .collect(),
         }
     }
