@@ -867,8 +867,6 @@ impl Ops {
 mod tests {
     use super::*;
 
-    /// Parts built over a fleet split three ways (as shard owners send them) and merged give the
-    /// page that sorting every match gives: counts, order (ties broken by uid), cursor, skip.
     /// Lists whose filters read the record alone name them (the owners keep what such a walk
     /// took); filters on configs read the desired state too and name none.
     #[test]
@@ -908,6 +906,8 @@ mod tests {
         }
     }
 
+    /// Parts built over a fleet split three ways (as shard owners send them) and merged give the
+    /// page that sorting every match gives: counts, order (ties broken by uid), cursor, skip.
     #[test]
     fn list_parts_merge_to_the_page_a_full_sort_gives() {
         let mut x = 0x2545_f491_4f6c_dd1d_u64;

@@ -6,6 +6,7 @@ use super::{Owner, Service, answer_each};
 use crate::ops::agents::{AgentQuery, ListPart};
 use crate::ops::owner::{ListAnswer, ListAsk};
 use bytes::Bytes;
+use flotilla_proto::bus::AgentRecord;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -56,7 +57,7 @@ impl Owner {
         let mut part = ListPart::new(&q, &desired, &self.cfg.region, ask.keep);
         let owned = self.shards.owned();
         let filters = q.record_filters();
-        let take = &mut |rec: &flotilla_proto::bus::AgentRecord| part.add(rec);
+        let take = &mut |rec: &AgentRecord| part.add(rec);
         let visited = match self.visit_shards(&owned, filters.as_deref(), take).await {
             Ok(shards) => shards,
             Err(e) => {

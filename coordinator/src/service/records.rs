@@ -402,7 +402,7 @@ impl Owner {
     /// slowest of them. The others are read under their locks, up to [`WALK_SHARDS_AT_ONCE`] at
     /// once; `f` is called for one record at a time.
     ///
-    /// A list walk names its filters (`listed`, [`super::shards::ShardTable::read_whole_listed`]),
+    /// A list walk names its filters (`listed`, [`super::shards::ShardTable::read_whole`]),
     /// and `f` says whether the list took each record: whole copies that changed by touches
     /// alone since the last walk with the same filters are read for those it took then.
     pub(crate) async fn visit_shards(
@@ -414,13 +414,7 @@ impl Owner {
         let mut visited = Vec::with_capacity(list.len());
         let mut locked = Vec::new();
         for (i, &shard) in list.iter().enumerate() {
-            let read = match listed {
-                Some(filters) => self.shards.read_whole_listed(shard, filters, f),
-                None => self.shards.read_whole(shard, &mut |rec| {
-                    f(rec);
-                }),
-            };
-            if read {
+            if self.shards.read_whole(shard, listed, f) {
                 visited.push(shard);
             } else {
                 locked.push(shard);

@@ -88,54 +88,23 @@ impl ShardTable {
         }
     }
 
-    /// Calls `f` with the copy of every record of `shard` and returns true, if the copies are
+    /// Calls `take` with the copy of every record of `shard` and returns true, if the copies are
     /// the whole shard under the epoch it is held with now (and its lease is valid): without
     /// waiting for the shard's lock, whose holder may be waiting for the store. The copies are
     /// the records as last written (a write in progress shows once the store has it). False,
-    /// and `f` not called, otherwise: the caller reads under the lock.
-    pub fn read_whole(&self, shard: u16, f: &mut (dyn FnMut(&AgentRecord) + Send)) -> bool {
-        self.whole_copies(shard, |cache| cache.copies().for_each(f))
-    }
-
-    /// [`ShardTable::read_whole`] for a list whose filters (`filters`, in text) `take` applies:
-    /// `take` is called with every copy and says whether the list took it. The uids taken are
-    /// kept until the next list walk here; while nothing but touches changed the copies since,
-    /// a walk with the same filters calls `take` with those copies alone. A list's filters must
-    /// read nothing a touch changes (sequence number, last-seen time) and nothing but the record.
-    pub fn read_whole_listed(
+    /// and `take` not called, otherwise: the caller reads under the lock.
+    ///
+    /// A list names its filters (`listed`, in text) and `take` says whether the list took each
+    /// copy. The uids taken are kept until the next list walk here; while nothing but touches
+    /// changed the copies since, a walk with the same filters calls `take` with those copies
+    /// alone. A list's filters must read nothing a touch changes (sequence number, last-seen
+    /// time) and nothing but the record. Without filters `take`'s answers are not used.
+    pub fn read_whole(
         &self,
         shard: u16,
-        filters: &str,
+        listed: Option<&str>,
         take: &mut (dyn FnMut(&AgentRecord) -> bool + Send),
     ) -> bool {
-        self.whole_copies(shard, |cache| {
-            if let Some(listed) = cache
-                .listed
-                .as_ref()
-                .filter(|l| l.filters == filters && l.changes == cache.changes)
-            {
-                for copy in listed.uids.iter().filter_map(|uid| cache.records.get(uid)) {
-                    take(&copy.rec);
-                }
-                return;
-            }
-            let uids = cache
-                .records
-                .iter()
-                .filter(|(_, copy)| take(&copy.rec))
-                .map(|(uid, _)| *uid)
-                .collect();
-            cache.listed = Some(Listed {
-                filters: filters.to_owned(),
-                changes: cache.changes,
-                uids,
-            });
-        })
-    }
-
-    /// Calls `read` with the shard's copies and returns true, if they are the whole shard under
-    /// the epoch it is held with now (and its lease is valid); else false.
-    fn whole_copies(&self, shard: u16, read: impl FnOnce(&mut ShardCache)) -> bool {
         let Some(fence) = self.fence(shard) else {
             return false;
         };
@@ -143,7 +112,33 @@ impl ShardTable {
         if cache.epoch != fence.epoch || !cache.whole {
             return false;
         }
-        read(&mut cache);
+        let Some(filters) = listed else {
+            cache.copies().for_each(|rec| {
+                take(rec);
+            });
+            return true;
+        };
+        if let Some(listed) = cache
+            .listed
+            .as_ref()
+            .filter(|l| l.filters == filters && l.changes == cache.changes)
+        {
+            for copy in listed.uids.iter().filter_map(|uid| cache.records.get(uid)) {
+                take(&copy.rec);
+            }
+            return true;
+        }
+        let uids = cache
+            .records
+            .iter()
+            .filter(|(_, copy)| take(&copy.rec))
+            .map(|(uid, _)| *uid)
+            .collect();
+        cache.listed = Some(Listed {
+            filters: filters.to_owned(),
+            changes: cache.changes,
+            uids,
+        });
         true
     }
 
@@ -248,7 +243,7 @@ pub struct ShardCache {
     /// Counts every change of the copies but a touch (a touch changes the sequence number and
     /// last-seen time, which no list filters on).
     changes: u64,
-    /// The copies the last list walk here took ([`ShardTable::read_whole_listed`]).
+    /// The copies the last list walk here took ([`ShardTable::read_whole`]).
     listed: Option<Listed>,
 }
 
@@ -442,8 +437,11 @@ mod tests {
     /// The uids of the records `read_whole` gives, or None when it declines.
     fn read(t: &ShardTable, shard: u16) -> Option<Vec<Vec<u8>>> {
         let mut uids = Vec::new();
-        t.read_whole(shard, &mut |rec| uids.push(rec.instance_uid.clone()))
-            .then_some(uids)
+        t.read_whole(shard, None, &mut |rec| {
+            uids.push(rec.instance_uid.clone());
+            true
+        })
+        .then_some(uids)
     }
 
     /// Walks read a shard's copies while a message holds its lock (waiting for the store), but
@@ -531,7 +529,7 @@ mod tests {
         // Takes the records of even sequence numbers; returns the uids it was called with.
         let walk = |filters: &str| {
             let mut seen = Vec::new();
-            let read = t.read_whole_listed(7, filters, &mut |rec| {
+            let read = t.read_whole(7, Some(filters), &mut |rec| {
                 seen.push(rec.sequence_num);
                 rec.sequence_num % 2 == 0
             });

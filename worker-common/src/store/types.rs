@@ -53,17 +53,21 @@ pub struct StoredRecord {
     /// health they stand for; without the effective config when it is kept apart (naming it by
     /// its SHA-256 then, and never naming another).
     pub record: Vec<u8>,
-    /// The effective config, when it is kept apart.
-    pub apart: Option<Apart>,
+    /// The SHA-256 the effective config is kept apart under, when it is: its OpAMP config hash
+    /// when the record has it (a hash of every file's name, content type and body), else a hash
+    /// of its encoding.
+    pub apart_sha256: Option<Vec<u8>>,
+    /// The record's whole encoding, and where the effective config's is in it (empty when it is
+    /// not kept apart): read only when the store lacks that config ([`StoredRecord::apart_body`]).
+    whole: Vec<u8>,
+    body: std::ops::Range<usize>,
 }
 
-/// An effective config kept apart from the records that report it.
-pub struct Apart {
-    /// The SHA-256 it is kept under: its OpAMP config hash when the record has it (a hash of
-    /// every file's name, content type and body), else a hash of its encoding.
-    pub sha256: Vec<u8>,
-    /// Its encoding.
-    pub body: Vec<u8>,
+impl StoredRecord {
+    /// The encoding of the effective config kept apart (empty if it is not).
+    pub fn apart_body(&self) -> &[u8] {
+        &self.whole[self.body.clone()]
+    }
 }
 
 /// AgentRecord's field numbers (bus.proto) that [`stored_record`] rewrites.
@@ -81,32 +85,25 @@ const HEALTH_COMPONENTS: u32 = 6;
 /// (decoding them to encode them again was a fifth of an owner's work during a push). Protobuf
 /// readers take fields in any order, so the rewritten fields are appended; a message's field
 /// given twice is merged, so the health is its root's encoding followed by its components'.
-/// The effective config is kept apart (`apart`) when it has [`SHARED_EFFECTIVE_CONFIG_MIN`]
-/// bytes or more. `rec` may be in the owner's copy's form or not.
+/// The effective config is kept apart when it has [`SHARED_EFFECTIVE_CONFIG_MIN`] bytes or more.
+/// `rec` may be in the owner's copy's form or not.
 pub fn stored_record(rec: &AgentRecord) -> Result<StoredRecord, StoreError> {
     let whole = rec.encode_to_vec();
     let mut record = Vec::with_capacity(whole.len());
     let (mut description, mut copied_description) = (None, None);
     let (mut health, mut components) = (None, None);
     let mut body = None;
-    let mut rest = whole.as_slice();
-    while !rest.is_empty() {
-        let start = whole.len() - rest.len();
-        let (number, _, value) = crate::codec::next_field(&mut rest).ok_or_else(|| {
-            StoreError::Corrupt("an agent record's encoding does not parse".into())
-        })?;
-        match number {
-            RECORD_DESCRIPTION => description = Some(value),
-            RECORD_COPIED_DESCRIPTION => copied_description = Some(value),
-            RECORD_HEALTH => health = Some(value),
-            RECORD_COPIED_COMPONENTS => components = Some(value),
-            RECORD_EFFECTIVE_CONFIG if value.len() >= SHARED_EFFECTIVE_CONFIG_MIN => {
-                body = Some(value);
-            }
-            RECORD_EFFECTIVE_CONFIG_SHA256 => {}
-            _ => record.extend_from_slice(&whole[start..whole.len() - rest.len()]),
+    each_field(&whole, |number, value, field| match number {
+        RECORD_DESCRIPTION => description = Some(value),
+        RECORD_COPIED_DESCRIPTION => copied_description = Some(value),
+        RECORD_HEALTH => health = Some(value),
+        RECORD_COPIED_COMPONENTS => components = Some(value),
+        RECORD_EFFECTIVE_CONFIG if value.len() >= SHARED_EFFECTIVE_CONFIG_MIN => {
+            body = Some(value);
         }
-    }
+        RECORD_EFFECTIVE_CONFIG_SHA256 => {}
+        _ => record.extend_from_slice(field),
+    })?;
     if let Some(d) = copied_description.or(description) {
         push_delimited(&mut record, RECORD_DESCRIPTION, &[d]);
     }
@@ -115,23 +112,52 @@ pub fn stored_record(rec: &AgentRecord) -> Result<StoredRecord, StoreError> {
         (Some(root), None) => push_delimited(&mut record, RECORD_HEALTH, &[root]),
         // The copy's components replace any the root has (it has none in the copy's form).
         (root, Some(components)) => {
-            let root = without_field(root.unwrap_or_default(), HEALTH_COMPONENTS)?;
-            push_delimited(&mut record, RECORD_HEALTH, &[&root, components]);
+            let mut kept = Vec::new();
+            each_field(root.unwrap_or_default(), |number, _, field| {
+                if number != HEALTH_COMPONENTS {
+                    kept.extend_from_slice(field);
+                }
+            })?;
+            push_delimited(&mut record, RECORD_HEALTH, &[&kept, components]);
         }
     }
-    let apart = body.map(|body| {
+    let apart_sha256 = body.map(|body| {
         let sha256 = if rec.effective_config_hash.len() == 32 {
             rec.effective_config_hash.clone()
         } else {
             Sha256::digest(body).to_vec()
         };
         push_delimited(&mut record, RECORD_EFFECTIVE_CONFIG_SHA256, &[&sha256]);
-        Apart {
-            sha256,
-            body: body.to_vec(),
-        }
+        sha256
     });
-    Ok(StoredRecord { record, apart })
+    // Where the body is in `whole`: a slice of it.
+    let body = body.map_or(0..0, |b| {
+        let start = b.as_ptr() as usize - whole.as_ptr() as usize;
+        start..start + b.len()
+    });
+    Ok(StoredRecord {
+        record,
+        apart_sha256,
+        whole,
+        body,
+    })
+}
+
+/// Calls `f` with every field of encoded message `msg`: its number, its contents and the
+/// field's whole encoding (key and length with them). Err if `msg` does not parse.
+fn each_field<'a>(
+    msg: &'a [u8],
+    mut f: impl FnMut(u32, &'a [u8], &'a [u8]),
+) -> Result<(), StoreError> {
+    let mut rest = msg;
+    while !rest.is_empty() {
+        let start = msg.len() - rest.len();
+        let (number, _, value) = crate::codec::next_field(&mut rest).ok_or_else(|| {
+            StoreError::Corrupt("an agent record's encoding does not parse".into())
+        })?;
+        f(number, value, &msg[start..msg.len() - rest.len()]);
+    }
+    Ok(())
 }
 
 /// Appends a length-delimited field `number` whose contents are `parts`, one after another.
@@ -142,21 +168,6 @@ fn push_delimited(out: &mut Vec<u8>, number: u32, parts: &[&[u8]]) {
     for part in parts {
         out.extend_from_slice(part);
     }
-}
-
-/// Encoded message `msg` without its fields `number`.
-fn without_field(msg: &[u8], number: u32) -> Result<Vec<u8>, StoreError> {
-    let mut kept = Vec::with_capacity(msg.len());
-    let mut rest = msg;
-    while !rest.is_empty() {
-        let start = msg.len() - rest.len();
-        let (n, _, _) = crate::codec::next_field(&mut rest)
-            .ok_or_else(|| StoreError::Corrupt("an agent's health does not parse".into()))?;
-        if n != number {
-            kept.extend_from_slice(&msg[start..msg.len() - rest.len()]);
-        }
-    }
-    Ok(kept)
 }
 
 /// What changes in an agent's record when it is heard from and nothing else changed.
@@ -568,15 +579,18 @@ mod tests {
             record(vec![2; 32], vec![3; 32]),
         ] {
             let stored = stored_record(&rec).unwrap();
-            let apart = stored.apart.expect("large enough to keep apart");
+            let apart = stored
+                .apart_sha256
+                .clone()
+                .expect("large enough to keep apart");
             let config = rec.effective_config.clone().unwrap();
-            assert_eq!(apart.body, config.encode_to_vec());
+            assert_eq!(stored.apart_body(), config.encode_to_vec());
             let sha = if rec.effective_config_hash.len() == 32 {
                 rec.effective_config_hash.clone()
             } else {
-                Sha256::digest(&apart.body).to_vec()
+                Sha256::digest(stored.apart_body()).to_vec()
             };
-            assert_eq!(apart.sha256, sha);
+            assert_eq!(apart, sha);
             let mut want = rec.clone();
             want.effective_config = None;
             want.effective_config_sha256 = sha;
@@ -585,7 +599,8 @@ mod tests {
         let mut small = record(Vec::new(), vec![3; 32]);
         small.effective_config = Some(EffectiveConfig::default());
         let stored = stored_record(&small).unwrap();
-        assert!(stored.apart.is_none(), "kept in the record");
+        assert!(stored.apart_sha256.is_none(), "kept in the record");
+        assert!(stored.apart_body().is_empty());
         let mut want = small.clone();
         want.effective_config_sha256.clear();
         assert_eq!(AgentRecord::decode(stored.record.as_slice()).unwrap(), want);

@@ -353,11 +353,12 @@ impl Store for RedisStore {
         let (mode, at) = deadline_args(deadline);
         let (horizon, audit) = self.audit_args(audit)?;
         let stored = stored_record(record)?;
-        let (sha, apart) = match &stored.apart {
-            Some(a) => (hex::encode(&a.sha256), a.body.as_slice()),
-            None => (String::new(), &[][..]),
-        };
-        let bytes = stored.record;
+        let sha = stored
+            .apart_sha256
+            .as_deref()
+            .map(hex::encode)
+            .unwrap_or_default();
+        let bytes = &stored.record;
         let tally = Tally::of(record).names();
         let save = |body: &[u8]| {
             let mut script = SAVE.prepare_invoke();
@@ -382,7 +383,7 @@ impl Store for RedisStore {
         let first: Result<i64, _> = save(&[]).invoke_async(&mut self.conn.clone()).await;
         match first {
             Err(e) if e.code() == Some("NEEDBODY") || e.to_string().contains("NEEDBODY") => {
-                let _: i64 = save(apart)
+                let _: i64 = save(stored.apart_body())
                     .invoke_async(&mut self.conn.clone())
                     .await
                     .map_err(|e| fenced_or_io(e, fence))?;
