@@ -209,17 +209,21 @@ impl AgentQuery {
         Ok(q)
     }
 
-    /// The query's filters in text, when they read the record alone (not the desired state, as
-    /// filters on configs do): whether a record matches changes only when the record does.
-    pub(crate) fn record_filters(&self) -> Option<String> {
-        if self.by_config() {
+    /// What the query lists and in which order, in text, when that reads the record alone and
+    /// nothing a touch changes (sequence number, last-seen time): whether a record is listed,
+    /// and where, changes only when the record does. None for filters or an order on configs
+    /// (they read the desired state too) and for the order by last-seen time.
+    pub(crate) fn listing(&self) -> Option<String> {
+        if self.by_config() || self.sort == SortKey::LastSeen {
             return None;
         }
-        let filters = self
-            .params
-            .iter()
-            .filter(|(k, _)| matches!(k.as_str(), "selector" | "status" | "health"));
-        Some(filters.map(|(k, v)| format!("{k}={v}\n")).collect())
+        let listing = self.params.iter().filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "selector" | "status" | "health" | "sort" | "order"
+            )
+        });
+        Some(listing.map(|(k, v)| format!("{k}={v}\n")).collect())
     }
 
     /// Whether the query reads the desired state: its config filters, or an order by config.
@@ -306,41 +310,63 @@ impl<'a> ListPart<'a> {
     }
 
     /// Whether key `a` comes before `b` in the list's order (uids break ties).
-    fn before(&self, a: (&String, &Uuid), b: (&String, &Uuid)) -> bool {
+    fn before(&self, a: (&str, &Uuid), b: (&str, &Uuid)) -> bool {
         if self.q.descending { a > b } else { a < b }
     }
 
-    /// Counts `rec` if the list shows it, and keeps it if it may be among the first; whether it
-    /// was counted.
-    pub(crate) fn add(&mut self, rec: &AgentRecord) -> bool {
+    /// Counts `rec` if the list shows it, and keeps it if it may be among the first; its key in
+    /// the list's order if counted.
+    pub(crate) fn add(&mut self, rec: &AgentRecord) -> Option<String> {
         if !in_fleet_view(rec) {
-            return false;
+            return None;
         }
-        let (Some(config), Ok(uid)) = (
-            self.q.matches(rec, self.desired),
-            Uuid::from_slice(&rec.instance_uid),
-        ) else {
-            return false;
-        };
+        let config = self.q.matches(rec, self.desired)?;
+        let uid = Uuid::from_slice(&rec.instance_uid).ok()?;
+        let key = self.q.sort.of(rec, config);
+        self.add_listed(&key, uid, &|| Some(rec));
+        Some(key)
+    }
+
+    /// Counts a record the list shows, of key `key` in the list's order, and keeps it (`rec`)
+    /// if it may be among the first. False when no record after it in the list's order can be
+    /// among the first either: those are only counted ([`ListPart::count_listed`]).
+    pub(crate) fn add_listed<'r>(
+        &mut self,
+        key: &str,
+        uid: Uuid,
+        rec: &dyn Fn() -> Option<&'r AgentRecord>,
+    ) -> bool {
         self.total += 1;
         if self.q.cursor.is_some_and(|c| uid <= c) {
             return true;
         }
         self.after_cursor += 1;
-        let key = self.q.sort.of(rec, config);
         if let Some((k, u)) = &self.last
-            && !self.before((&key, &uid), (k, u))
+            && !self.before((key, &uid), (k.as_str(), u))
         {
-            return true;
+            // Every record after this one is after the cursor too, but in an order a cursor
+            // does not page through (which the API refuses).
+            return self.q.cursor.is_some() && (self.q.sort != SortKey::Uid || self.q.descending);
         }
+        let Some(rec) = rec() else {
+            return true;
+        };
         let mut copy = rec.clone();
         if !copy.effective_config_hash.is_empty() {
             // The summary names it by that hash: tens of KB not held.
             copy.effective_config = None;
         }
-        self.kept.push((key, uid, Kept::Record(Box::new(copy))));
+        self.kept
+            .push((key.to_owned(), uid, Kept::Record(Box::new(copy))));
         self.cut_when_full();
         true
+    }
+
+    /// Counts `n` records the list shows, none of which can be among the first, all after the
+    /// cursor ([`ListPart::add_listed`]).
+    pub(crate) fn count_listed(&mut self, n: usize) {
+        self.total += n;
+        self.after_cursor += n;
     }
 
     /// Adds another part of the same list (kept as it was sent: its summaries name its region).
@@ -867,41 +893,35 @@ impl Ops {
 mod tests {
     use super::*;
 
-    /// Lists whose filters read the record alone name them (the owners keep what such a walk
-    /// took); filters on configs read the desired state too and name none.
+    /// Lists whose filters and order read the record alone, and nothing a touch changes, name
+    /// them (the owners keep what such a walk listed, in its order); filters on configs read
+    /// the desired state too, and the order by last-seen time a touch's change: they name none.
     #[test]
-    fn record_filters_are_named_unless_a_config_is_read() {
-        let filters =
-            |params: Vec<(&str, &str)>| AgentQuery::parse(params).unwrap().record_filters();
-        let a = filters(vec![("selector", "env=prod"), ("limit", "50")]);
-        assert_eq!(
-            a,
-            filters(vec![
-                ("selector", "env=prod"),
-                ("limit", "10"),
-                ("order", "desc")
-            ])
-        );
-        assert_ne!(a, filters(vec![("selector", "env=dev")]));
-        assert_ne!(
-            a,
-            filters(vec![("selector", "env=prod"), ("status", "connected")])
-        );
-        assert_ne!(
-            a,
-            filters(vec![("selector", "env=prod"), ("health", "healthy")])
-        );
+    fn listings_are_named_unless_a_config_or_a_touch_is_read() {
+        let listing = |params: Vec<(&str, &str)>| AgentQuery::parse(params).unwrap().listing();
+        let a = listing(vec![("selector", "env=prod"), ("limit", "50")]);
         assert!(a.is_some());
-        for config in [
+        assert_eq!(a, listing(vec![("selector", "env=prod"), ("limit", "10")]));
+        for other in [
+            vec![("selector", "env=dev")],
+            vec![("selector", "env=prod"), ("status", "connected")],
+            vec![("selector", "env=prod"), ("health", "healthy")],
+            vec![("selector", "env=prod"), ("order", "desc")],
+            vec![("selector", "env=prod"), ("sort", "status")],
+        ] {
+            assert_ne!(a, listing(other.clone()), "{other:?}");
+        }
+        for unnamed in [
             ("config", "applied"),
             ("config_name", "c"),
             ("drift", "true"),
             ("sort", "config"),
+            ("sort", "last_seen"),
         ] {
             assert_eq!(
-                filters(vec![("selector", "env=prod"), config]),
+                listing(vec![("selector", "env=prod"), unnamed]),
                 None,
-                "{config:?}"
+                "{unnamed:?}"
             );
         }
     }

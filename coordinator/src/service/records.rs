@@ -7,7 +7,7 @@
 //! walks after that (alerts, gauges, retention, pushes) read the copies, not the store.
 
 use super::owner::Owner;
-use super::shards::{RecordCopy, ShardCache, ShardGuard, SharedConfigs};
+use super::shards::{RecordCopy, ShardCache, ShardGuard, SharedConfigs, Walk};
 use crate::fleet::agents::{encoded_components, encoded_description};
 use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
@@ -370,7 +370,7 @@ impl Owner {
     pub(crate) async fn visit_owned(
         &self,
         shards: &(dyn Fn(u16) -> bool + Sync),
-        f: &mut (dyn FnMut(&AgentRecord) + Send),
+        mut f: &mut (dyn FnMut(&AgentRecord) + Send),
     ) -> Result<(), StoreError> {
         if self.store.holds_agents_in_memory() {
             let mine = |s| shards(s) && self.shards.fence(s).is_some();
@@ -382,11 +382,7 @@ impl Owner {
             .into_iter()
             .filter(|s| shards(*s))
             .collect();
-        let every = &mut |rec: &AgentRecord| {
-            f(rec);
-            true
-        };
-        if self.visit_shards(&owned, None, every).await?.len() < owned.len() {
+        if self.visit_shards(&owned, &mut f).await?.len() < owned.len() {
             return Err(StoreError::Io(
                 "a shard was given up during a walk over its agents".into(),
             ));
@@ -402,19 +398,17 @@ impl Owner {
     /// slowest of them. The others are read under their locks, up to [`WALK_SHARDS_AT_ONCE`] at
     /// once; `f` is called for one record at a time.
     ///
-    /// A list walk names its filters (`listed`, [`super::shards::ShardTable::read_whole`]),
-    /// and `f` says whether the list took each record: whole copies that changed by touches
-    /// alone since the last walk with the same filters are read for those it took then.
+    /// A list's walk takes, of whole copies that changed by touches alone since the last walk
+    /// of the same listing, those it listed then ([`super::shards::ShardTable::read_whole`]).
     pub(crate) async fn visit_shards(
         &self,
         list: &[u16],
-        listed: Option<&str>,
-        f: &mut (dyn FnMut(&AgentRecord) -> bool + Send),
+        walk: &mut dyn Walk,
     ) -> Result<Vec<u16>, StoreError> {
         let mut visited = Vec::with_capacity(list.len());
         let mut locked = Vec::new();
         for (i, &shard) in list.iter().enumerate() {
-            if self.shards.read_whole(shard, listed, f) {
+            if self.shards.read_whole(shard, walk) {
                 visited.push(shard);
             } else {
                 locked.push(shard);
@@ -423,18 +417,18 @@ impl Owner {
                 tokio::task::yield_now().await;
             }
         }
-        let f = parking_lot::Mutex::new(f);
+        let walk = parking_lot::Mutex::new(walk);
         let visited = parking_lot::Mutex::new(visited);
         futures_util::stream::iter(locked.iter().map(Ok))
             .try_for_each_concurrent(WALK_SHARDS_AT_ONCE, |&shard| {
-                let (f, visited) = (&f, &visited);
+                let (walk, visited) = (&walk, &visited);
                 async move {
                     let Some(mut locked) = self.lock_owned(shard).await else {
                         return Ok(());
                     };
                     locked
                         .visit(&mut |rec| {
-                            (f.lock())(rec);
+                            walk.lock().take(rec);
                         })
                         .await?;
                     visited.lock().push(shard);

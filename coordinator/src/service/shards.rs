@@ -88,23 +88,17 @@ impl ShardTable {
         }
     }
 
-    /// Calls `take` with the copy of every record of `shard` and returns true, if the copies are
-    /// the whole shard under the epoch it is held with now (and its lease is valid): without
-    /// waiting for the shard's lock, whose holder may be waiting for the store. The copies are
-    /// the records as last written (a write in progress shows once the store has it). False,
-    /// and `take` not called, otherwise: the caller reads under the lock.
+    /// Gives `walk` the copy of every record of `shard` and returns true, if the copies are the
+    /// whole shard under the epoch it is held with now (and its lease is valid): without waiting
+    /// for the shard's lock, whose holder may be waiting for the store. The copies are the
+    /// records as last written (a write in progress shows once the store has it). False, and
+    /// `walk` given nothing, otherwise: the caller reads under the lock.
     ///
-    /// A list names its filters (`listed`, in text) and `take` says whether the list took each
-    /// copy. The uids taken are kept until the next list walk here; while nothing but touches
-    /// changed the copies since, a walk with the same filters calls `take` with those copies
-    /// alone. A list's filters must read nothing a touch changes (sequence number, last-seen
-    /// time) and nothing but the record. Without filters `take`'s answers are not used.
-    pub fn read_whole(
-        &self,
-        shard: u16,
-        listed: Option<&str>,
-        take: &mut (dyn FnMut(&AgentRecord) -> bool + Send),
-    ) -> bool {
+    /// A list's walk ([`Walk::listing`]) leaves the uids and keys of the copies it listed, in its
+    /// order, until the next list's walk here: while nothing but touches changed the copies
+    /// since, a list's walk that names the same listing is given those copies alone, in that
+    /// order, until it has all it can show of them ([`Walk::take_listed`]).
+    pub(crate) fn read_whole(&self, shard: u16, walk: &mut dyn Walk) -> bool {
         let Some(fence) = self.fence(shard) else {
             return false;
         };
@@ -112,32 +106,40 @@ impl ShardTable {
         if cache.epoch != fence.epoch || !cache.whole {
             return false;
         }
-        let Some(filters) = listed else {
+        let Some((listing, descending)) = walk.listing() else {
             cache.copies().for_each(|rec| {
-                take(rec);
+                walk.take(rec);
             });
             return true;
         };
         if let Some(listed) = cache
             .listed
             .as_ref()
-            .filter(|l| l.filters == filters && l.changes == cache.changes)
+            .filter(|l| l.listing == listing && l.changes == cache.changes)
         {
-            for copy in listed.uids.iter().filter_map(|uid| cache.records.get(uid)) {
-                take(&copy.rec);
+            for (i, (key, uid)) in listed.entries.iter().enumerate() {
+                let rec = || cache.records.get(uid).map(|copy| &copy.rec);
+                if !walk.take_listed(key, *uid, &rec) {
+                    walk.count_listed(listed.entries.len() - i - 1);
+                    break;
+                }
             }
             return true;
         }
-        let uids = cache
+        let listing = listing.to_owned();
+        let mut entries: Vec<(String, Uuid)> = cache
             .records
             .iter()
-            .filter(|(_, copy)| take(&copy.rec))
-            .map(|(uid, _)| *uid)
+            .filter_map(|(uid, copy)| Some((walk.take(&copy.rec)?, *uid)))
             .collect();
+        entries.sort_unstable();
+        if descending {
+            entries.reverse();
+        }
         cache.listed = Some(Listed {
-            filters: filters.to_owned(),
+            listing,
             changes: cache.changes,
-            uids,
+            entries,
         });
         true
     }
@@ -247,12 +249,53 @@ pub struct ShardCache {
     listed: Option<Listed>,
 }
 
-/// The uids of the copies a list's filters took, and the copies' [`ShardCache::changes`] then.
+/// The keys and uids of the copies a list's walk listed, in its order ([`Walk::listing`]), and
+/// the copies' [`ShardCache::changes`] then.
 #[derive(Debug)]
 struct Listed {
-    filters: String,
+    listing: String,
     changes: u64,
-    uids: Vec<Uuid>,
+    entries: Vec<(String, Uuid)>,
+}
+
+/// What a walk over an owner's records does with each ([`ShardTable::read_whole`]): a closure
+/// takes each record; a list also names what it lists and in which order, and takes the records
+/// it listed before without reading them again.
+pub(crate) trait Walk: Send {
+    /// Takes a record: its key in the walk's order if the walk lists it.
+    fn take(&mut self, rec: &AgentRecord) -> Option<String>;
+
+    /// What the walk lists and in which order (descending or not), in text, for a list whose
+    /// every record's place reads nothing but the record and nothing a touch changes (sequence
+    /// number, last-seen time); None otherwise.
+    fn listing(&self) -> Option<(&str, bool)> {
+        None
+    }
+
+    /// Takes a record it listed before (of `key`, read by `rec`), in the walk's order: false
+    /// when no record after it in that order is wanted (those are counted by
+    /// [`Walk::count_listed`]).
+    fn take_listed<'r>(
+        &mut self,
+        _key: &str,
+        _uid: Uuid,
+        rec: &dyn Fn() -> Option<&'r AgentRecord>,
+    ) -> bool {
+        if let Some(rec) = rec() {
+            self.take(rec);
+        }
+        true
+    }
+
+    /// Counts `n` records it listed before, not given to it.
+    fn count_listed(&mut self, _n: usize) {}
+}
+
+impl<F: FnMut(&AgentRecord) + Send> Walk for F {
+    fn take(&mut self, rec: &AgentRecord) -> Option<String> {
+        self(rec);
+        None
+    }
 }
 
 impl ShardCache {
@@ -437,9 +480,8 @@ mod tests {
     /// The uids of the records `read_whole` gives, or None when it declines.
     fn read(t: &ShardTable, shard: u16) -> Option<Vec<Vec<u8>>> {
         let mut uids = Vec::new();
-        t.read_whole(shard, None, &mut |rec| {
+        t.read_whole(shard, &mut |rec: &AgentRecord| {
             uids.push(rec.instance_uid.clone());
-            true
         })
         .then_some(uids)
     }
@@ -499,9 +541,47 @@ mod tests {
         assert_eq!(read(&t, 5), None, "nor under the next epoch");
     }
 
-    /// A list walk with the same filters reads the copies its last walk took while only touches
-    /// changed them since; any other change, other filters, or copies no longer whole read
-    /// every copy again.
+    /// A list's walk for the tests: lists the copies of even sequence numbers in uid order,
+    /// and wants the first `want` of them.
+    struct Evens {
+        listing: &'static str,
+        want: usize,
+        /// The sequence numbers of the copies it was given, in order.
+        seen: Vec<u64>,
+        listed: usize,
+    }
+
+    impl Walk for Evens {
+        fn take(&mut self, rec: &AgentRecord) -> Option<String> {
+            self.seen.push(rec.sequence_num);
+            let listed = rec.sequence_num.is_multiple_of(2);
+            self.listed += usize::from(listed);
+            listed.then(String::new)
+        }
+
+        fn listing(&self) -> Option<(&str, bool)> {
+            Some((self.listing, false))
+        }
+
+        fn take_listed<'r>(
+            &mut self,
+            _key: &str,
+            _uid: Uuid,
+            rec: &dyn Fn() -> Option<&'r AgentRecord>,
+        ) -> bool {
+            self.seen.extend(rec().map(|r| r.sequence_num));
+            self.listed += 1;
+            self.seen.len() < self.want
+        }
+
+        fn count_listed(&mut self, n: usize) {
+            self.listed += n;
+        }
+    }
+
+    /// A list's walk of the same listing is given the copies the last took while only touches
+    /// changed them since, in its order, until it wants no more (the rest only counted); any
+    /// other change, another listing, or copies no longer whole give every copy again.
     #[tokio::test]
     async fn a_list_walk_reads_what_the_last_took_until_a_copy_changes() {
         let t = ShardTable::none();
@@ -517,7 +597,7 @@ mod tests {
             };
             Box::new(RecordCopy::new(rec, None))
         };
-        let uids: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+        let uids: Vec<Uuid> = (0..6).map(|i| Uuid::from_u64_pair(1, i)).collect();
         {
             let held = t.lock(7).await;
             let mut cache = held.cache();
@@ -526,22 +606,41 @@ mod tests {
             }
             cache.set_whole(true);
         }
-        // Takes the records of even sequence numbers; returns the uids it was called with.
-        let walk = |filters: &str| {
-            let mut seen = Vec::new();
-            let read = t.read_whole(7, Some(filters), &mut |rec| {
-                seen.push(rec.sequence_num);
-                rec.sequence_num % 2 == 0
-            });
-            seen.sort_unstable();
-            read.then_some(seen)
+        // The sequence numbers of the copies given (sorted when every copy is: a map's order),
+        // and how many were listed.
+        let walk = |listing, want| {
+            let every = {
+                let cache = t.slots[7].cache.lock();
+                let listed = cache.listed.as_ref();
+                listed.is_none_or(|l| l.listing != listing || l.changes != cache.changes)
+            };
+            let mut w = Evens {
+                listing,
+                want,
+                seen: Vec::new(),
+                listed: 0,
+            };
+            let read = t.read_whole(7, &mut w);
+            if every {
+                w.seen.sort_unstable();
+            }
+            read.then_some((w.seen, w.listed))
         };
         assert_eq!(
-            walk("a"),
-            Some(vec![0, 1, 2, 3, 4, 5]),
+            walk("a", 9),
+            Some((vec![0, 1, 2, 3, 4, 5], 3)),
             "the first walk reads all"
         );
-        assert_eq!(walk("a"), Some(vec![0, 2, 4]), "the next, what it took");
+        assert_eq!(
+            walk("a", 9),
+            Some((vec![0, 2, 4], 3)),
+            "the next, what it took"
+        );
+        assert_eq!(
+            walk("a", 1),
+            Some((vec![0], 3)),
+            "in order, until it wants no more; the rest counted"
+        );
         let touch = Touch {
             uid: uids[2],
             sequence_num: 12,
@@ -549,30 +648,30 @@ mod tests {
         };
         assert!(t.lock(7).await.cache().touch(&touch));
         assert_eq!(
-            walk("a"),
-            Some(vec![0, 4, 12]),
+            walk("a", 9),
+            Some((vec![0, 12, 4], 3)),
             "a touch shows, and changes nothing else"
         );
         assert_eq!(
-            walk("b"),
-            Some(vec![0, 1, 3, 4, 5, 12]),
-            "other filters read all"
+            walk("b", 9),
+            Some((vec![0, 1, 3, 4, 5, 12], 3)),
+            "another listing reads all"
         );
-        assert_eq!(walk("b"), Some(vec![0, 4, 12]));
+        assert_eq!(walk("b", 9), Some((vec![0, 12, 4], 3)));
         t.lock(7).await.cache().keep(uids[1], copy(uids[1], 8));
         assert_eq!(
-            walk("b"),
-            Some(vec![0, 3, 4, 5, 8, 12]),
+            walk("b", 9),
+            Some((vec![0, 3, 4, 5, 8, 12], 4)),
             "a copy kept: all again"
         );
         assert!(t.lock(7).await.cache().remove(&uids[0]));
         assert_eq!(
-            walk("b"),
-            Some(vec![3, 4, 5, 8, 12]),
+            walk("b", 9),
+            Some((vec![3, 4, 5, 8, 12], 3)),
             "a copy removed: all again"
         );
         t.lock(7).await.cache().forget(&uids[3]);
-        assert_eq!(walk("b"), None, "no longer whole: read under the lock");
+        assert_eq!(walk("b", 9), None, "no longer whole: read under the lock");
     }
 
     #[test]
