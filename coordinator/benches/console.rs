@@ -87,7 +87,7 @@ fn record(i: usize, now: u64) -> AgentRecord {
         instance_uid: uid.as_bytes().to_vec(),
         sequence_num: 42,
         capabilities: 15367,
-        description: Some(AgentDescription {
+        description: Some(Box::new(AgentDescription {
             identifying_attributes: vec![
                 kv("service.name", "io.opentelemetry.collector"),
                 kv("service.instance.id", &uid.to_string()),
@@ -99,11 +99,11 @@ fn record(i: usize, now: u64) -> AgentRecord {
                 kv("host.name", &format!("host-{i}")),
                 kv("os.type", "linux"),
             ],
-        }),
-        health: Some(health),
-        effective_config: Some(EffectiveConfig {
+        })),
+        health: Some(Box::new(health)),
+        effective_config: Some(Box::new(EffectiveConfig {
             config_map: Some(AgentConfigMap { config_map: files }),
-        }),
+        })),
         remote_config_status: Some(RemoteConfigStatus {
             last_remote_config_hash: vec![7; 32],
             status: RemoteConfigStatuses::Applied as i32,

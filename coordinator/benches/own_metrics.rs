@@ -50,11 +50,11 @@ fn hour(width: usize) -> AgentRecord {
     };
     let mut rec = AgentRecord {
         instance_uid: vec![1; 16],
-        effective_config: Some(EffectiveConfig {
+        effective_config: Some(Box::new(EffectiveConfig {
             config_map: Some(AgentConfigMap {
                 config_map: [(String::new(), file)].into(),
             }),
-        }),
+        })),
         ..Default::default()
     };
     for i in 0..360 {

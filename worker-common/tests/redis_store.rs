@@ -441,7 +441,7 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
     let fences = acquire_for(&store, &[a, b]).await;
     let fence = |uid: Uuid| fences[&shard_of(uid.as_bytes())];
     let with = |uid, c: &EffectiveConfig| AgentRecord {
-        effective_config: Some(c.clone()),
+        effective_config: Some(Box::new(c.clone())),
         ..record(uid, 1)
     };
     let mut raw = redis::Client::open(redis.url())
@@ -480,7 +480,7 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
         stored.len()
     );
     let read = store.get_agent(a).await.unwrap().unwrap();
-    assert_eq!(read.effective_config.as_ref(), Some(&big), "read whole");
+    assert_eq!(read.effective_config.as_deref(), Some(&big), "read whole");
     let mut visited = Vec::new();
     store
         .visit_agents(&|_| true, &mut |r| {
@@ -517,7 +517,7 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
         .await
         .unwrap();
     let read = store.get_agent(a).await.unwrap().unwrap();
-    assert_eq!(read.effective_config.as_ref(), Some(&small));
+    assert_eq!(read.effective_config.as_deref(), Some(&small));
     assert!(
         read.effective_config_sha256.is_empty(),
         "it names none any more"
@@ -537,7 +537,7 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
         .unwrap();
     assert_eq!(
         store.get_agent(b).await.unwrap().unwrap().effective_config,
-        Some(big)
+        Some(Box::new(big))
     );
 }
 
@@ -570,11 +570,11 @@ async fn a_record_in_an_owners_copy_form_reads_back_whole() {
         ..Default::default()
     };
     let whole = AgentRecord {
-        description: Some(AgentDescription {
+        description: Some(Box::new(AgentDescription {
             identifying_attributes: vec![attribute("service.name", "otelcol")],
             non_identifying_attributes: vec![attribute("host.name", "h1")],
-        }),
-        health: Some(ComponentHealth {
+        })),
+        health: Some(Box::new(ComponentHealth {
             healthy: false,
             last_error: "exporter down".into(),
             component_health_map: [
@@ -583,8 +583,8 @@ async fn a_record_in_an_owners_copy_form_reads_back_whole() {
             ]
             .into(),
             ..Default::default()
-        }),
-        effective_config: Some(EffectiveConfig {
+        })),
+        effective_config: Some(Box::new(EffectiveConfig {
             config_map: Some(AgentConfigMap {
                 config_map: [(
                     String::new(),
@@ -595,7 +595,7 @@ async fn a_record_in_an_owners_copy_form_reads_back_whole() {
                 )]
                 .into(),
             }),
-        }),
+        })),
         ..record(uid, 3)
     };
     let mut copy = whole.clone();

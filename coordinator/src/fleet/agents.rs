@@ -203,7 +203,7 @@ pub fn description(rec: &AgentRecord) -> Cow<'_, AgentDescription> {
 /// description or health in a record of this form clears the encoded one ([`full_form`] would
 /// otherwise decode the old one back).
 pub fn copy_form(rec: &mut AgentRecord) {
-    if let Some(encoded) = encoded_description(rec.description.as_ref()) {
+    if let Some(encoded) = encoded_description(rec.description.as_deref()) {
         (rec.description, rec.copied_description) = (None, encoded);
     }
     if let Some(h) = rec.health.as_mut() {
@@ -220,7 +220,9 @@ pub fn copy_form(rec: &mut AgentRecord) {
 /// decoded.
 pub fn full_form(rec: &mut AgentRecord) -> Result<(), prost::DecodeError> {
     if !rec.copied_description.is_empty() {
-        rec.description = Some(AgentDescription::decode(&*rec.copied_description)?);
+        rec.description = Some(Box::new(AgentDescription::decode(
+            &*rec.copied_description,
+        )?));
         rec.copied_description = Vec::new();
     }
     if !rec.copied_components.is_empty() {
@@ -442,7 +444,7 @@ mod tests {
     fn record_attributes_read_as_the_map_does() {
         use any_value::Value::{IntValue, StringValue};
         let mut rec = AgentRecord {
-            description: Some(AgentDescription {
+            description: Some(Box::new(AgentDescription {
                 identifying_attributes: vec![kv("a", StringValue("id".into()))],
                 non_identifying_attributes: vec![
                     kv("a", StringValue("non".into())),
@@ -451,7 +453,7 @@ mod tests {
                     kv("n", IntValue(7)),
                     kv("l", StringValue("reported".into())),
                 ],
-            }),
+            })),
             ..Default::default()
         };
         rec.labels.insert("l".into(), "label".into());
@@ -480,16 +482,16 @@ mod tests {
         reads_as(&copy, &map);
         assert_eq!(
             description(&copy).as_ref(),
-            rec.description.as_ref().unwrap()
+            rec.description.as_deref().unwrap()
         );
         let mut empty = AgentRecord {
-            description: Some(AgentDescription::default()),
+            description: Some(Box::new(AgentDescription::default())),
             ..Default::default()
         };
         copy_form(&mut empty);
         assert_eq!(
             empty.description,
-            Some(AgentDescription::default()),
+            Some(Box::new(AgentDescription::default())),
             "kept as it is"
         );
         let mut back = copy.clone();
@@ -505,7 +507,7 @@ mod tests {
             ..Default::default()
         };
         let rec = AgentRecord {
-            health: Some(health),
+            health: Some(Box::new(health)),
             ..Default::default()
         };
         let mut copy = rec.clone();

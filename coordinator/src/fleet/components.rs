@@ -109,7 +109,7 @@ mod tests {
 
     fn built_with(kinds: &[(&str, &[&str])]) -> AgentRecord {
         AgentRecord {
-            available_components: Some(build_of(kinds)),
+            available_components: Some(Box::new(build_of(kinds))),
             ..Default::default()
         }
     }
@@ -157,10 +157,10 @@ mod tests {
         );
         assert!(missing(&AgentRecord::default(), &needs).is_empty());
         let hash_only = AgentRecord {
-            available_components: Some(AvailableComponents {
+            available_components: Some(Box::new(AvailableComponents {
                 hash: vec![1],
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         };
         assert!(missing(&hash_only, &needs).is_empty());

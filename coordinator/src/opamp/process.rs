@@ -437,11 +437,11 @@ fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     if reported.components.is_empty() {
         let have_map = same_hash && stored.is_some_and(|k| !k.components.is_empty());
         if !same_hash {
-            rec.available_components = Some(reported);
+            rec.available_components = Some(Box::new(reported));
         }
         return !have_map;
     }
-    rec.available_components = Some(reported);
+    rec.available_components = Some(Box::new(reported));
     false
 }
 

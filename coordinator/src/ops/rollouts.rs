@@ -612,10 +612,10 @@ mod tests {
                 status: RemoteConfigStatuses::Applied as i32,
                 error_message: String::new(),
             }),
-            health: Some(ComponentHealth {
+            health: Some(Box::new(ComponentHealth {
                 healthy: false,
                 ..Default::default()
-            }),
+            })),
             unhealthy_since_unix_ms: 1_000_000,
             ..Default::default()
         };
@@ -652,7 +652,7 @@ mod tests {
         };
         let mut rec = AgentRecord {
             capabilities: Cap::AcceptsRemoteConfig as u64 | Cap::ReportsRemoteConfig as u64,
-            available_components: Some(build(&["debug"])),
+            available_components: Some(Box::new(build(&["debug"]))),
             ..Default::default()
         };
         assert_eq!(
@@ -662,7 +662,7 @@ mod tests {
                 "its build lacks exporters/kafka".to_string()
             )
         );
-        rec.available_components = Some(build(&["debug", "kafka"]));
+        rec.available_components = Some(Box::new(build(&["debug", "kafka"])));
         assert_eq!(outcome(&rec, &target, (0, 0)).0, Outcome::Pending);
     }
 }

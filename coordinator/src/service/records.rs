@@ -205,7 +205,7 @@ impl Locked<'_> {
     fn keep_owned(&self, mut rec: AgentRecord) {
         if let Ok(uid) = Uuid::from_slice(&rec.instance_uid) {
             let config = rec.effective_config.take();
-            self.keep(rec, config.as_ref(), uid);
+            self.keep(rec, config.as_deref(), uid);
         }
     }
 
@@ -214,7 +214,7 @@ impl Locked<'_> {
     fn keep_copy_of(&self, rec: &mut AgentRecord) {
         if let Ok(uid) = Uuid::from_slice(&rec.instance_uid) {
             let config = rec.effective_config.take();
-            self.keep(rec.clone(), config.as_ref(), uid);
+            self.keep(rec.clone(), config.as_deref(), uid);
             rec.effective_config = config;
         }
     }
@@ -348,7 +348,8 @@ impl Locked<'_> {
                 rec.effective_config = self
                     .store
                     .effective_config(&rec.effective_config_sha256)
-                    .await?;
+                    .await?
+                    .map(Box::new);
                 if rec.effective_config.is_none() {
                     whole = false;
                     continue;
@@ -448,7 +449,7 @@ impl Owner {
 fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
     let config = new.effective_config.take();
     let description = new.description.take();
-    let encoded_here = match encoded_description(description.as_ref()) {
+    let encoded_here = match encoded_description(description.as_deref()) {
         Some(encoded) => {
             new.copied_description = encoded;
             true
@@ -472,7 +473,7 @@ fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
     let rec = &mut copy.rec;
     let kept = (rec.sequence_num, rec.last_seen_unix_ms);
     (rec.sequence_num, rec.last_seen_unix_ms) = (new.sequence_num, new.last_seen_unix_ms);
-    let same = *rec == *new && copy.effective.as_deref() == config.as_ref();
+    let same = *rec == *new && copy.effective.as_deref() == config.as_deref();
     (rec.sequence_num, rec.last_seen_unix_ms) = kept;
     if encoded_here {
         new.copied_description = Vec::new();
@@ -560,8 +561,8 @@ mod tests {
                 instance_uid: vec![7; 16],
                 sequence_num: 4,
                 last_seen_unix_ms: 1_000,
-                health: Some(tree()),
-                description: Some(description("prod")),
+                health: Some(Box::new(tree())),
+                description: Some(Box::new(description("prod"))),
                 ..Default::default()
             },
             Some(Arc::new(config("a: 1"))),
@@ -580,8 +581,12 @@ mod tests {
             "the copy keeps the tree encoded"
         );
         let mut new = copy.whole().unwrap();
-        assert_eq!(new.health, Some(tree()), "and gives it back whole");
-        assert_eq!(new.description, Some(description("prod")));
+        assert_eq!(
+            new.health,
+            Some(Box::new(tree())),
+            "and gives it back whole"
+        );
+        assert_eq!(new.description, Some(Box::new(description("prod"))));
         assert!(new.copied_description.is_empty());
         new.sequence_num = 5;
         new.last_seen_unix_ms = 31_000;
@@ -591,19 +596,23 @@ mod tests {
             (4, 1_000),
             "the copy is left as it was"
         );
-        assert_eq!(new.effective_config, Some(config("a: 1")), "and the record");
-        assert_eq!(new.health, Some(tree()));
-        assert_eq!(new.description, Some(description("prod")));
+        assert_eq!(
+            new.effective_config,
+            Some(Box::new(config("a: 1"))),
+            "and the record"
+        );
+        assert_eq!(new.health, Some(Box::new(tree())));
+        assert_eq!(new.description, Some(Box::new(description("prod"))));
         assert!(new.copied_description.is_empty());
-        new.description = Some(description("dev"));
+        new.description = Some(Box::new(description("dev")));
         assert!(!heard_only(&mut copy, &mut new), "another attribute value");
-        assert_eq!(new.description, Some(description("dev")));
-        new.description = Some(AgentDescription::default());
+        assert_eq!(new.description, Some(Box::new(description("dev"))));
+        new.description = Some(Box::new(AgentDescription::default()));
         assert!(!heard_only(&mut copy, &mut new), "no attributes");
-        new.description = Some(description("prod"));
-        new.effective_config = Some(config("a: 2"));
+        new.description = Some(Box::new(description("prod")));
+        new.effective_config = Some(Box::new(config("a: 2")));
         assert!(!heard_only(&mut copy, &mut new), "a new effective config");
-        new.effective_config = Some(config("a: 1"));
+        new.effective_config = Some(Box::new(config("a: 1")));
         let health = new.health.as_mut().unwrap();
         let deep = health
             .component_health_map
@@ -617,12 +626,12 @@ mod tests {
             !heard_only(&mut copy, &mut new),
             "a component deep in the tree"
         );
-        new.health = Some(tree());
+        new.health = Some(Box::new(tree()));
         new.health.as_mut().unwrap().component_health_map.clear();
         assert!(!heard_only(&mut copy, &mut new), "no components");
         new.health = None;
         assert!(!heard_only(&mut copy, &mut new), "no health");
-        new.health = Some(tree());
+        new.health = Some(Box::new(tree()));
         assert!(heard_only(&mut copy, &mut new), "the same again");
         new.status = 2;
         assert!(!heard_only(&mut copy, &mut new));
@@ -638,17 +647,17 @@ mod tests {
         assert_eq!(new, expected, "left as it was");
         // What a message reports replaces the encoded part (opamp/process.rs, merge).
         new.copied_description = Vec::new();
-        new.description = Some(description("dev"));
+        new.description = Some(Box::new(description("dev")));
         assert!(!heard_only(&mut copy, &mut new), "a new description");
-        new.description = Some(description("prod"));
+        new.description = Some(Box::new(description("prod")));
         assert!(
             heard_only(&mut copy, &mut new),
             "the same description, decoded"
         );
         new.copied_components = Vec::new();
-        new.health = Some(tree());
+        new.health = Some(Box::new(tree()));
         assert!(heard_only(&mut copy, &mut new), "the same tree, decoded");
-        new.health = Some(component("StatusOK"));
+        new.health = Some(Box::new(component("StatusOK")));
         assert!(
             !heard_only(&mut copy, &mut new),
             "a tree without components"

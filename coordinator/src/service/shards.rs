@@ -392,7 +392,7 @@ impl RecordCopy {
     /// without decoding the parts a heartbeat does not change.
     pub fn for_message(&self) -> AgentRecord {
         let mut rec = self.rec.clone();
-        rec.effective_config = self.effective.as_deref().cloned();
+        rec.effective_config = self.effective.as_deref().cloned().map(Box::new);
         rec
     }
 }

@@ -101,10 +101,12 @@ mod tests {
     fn rec(status: AgentStatus, healthy: Option<bool>) -> AgentRecord {
         AgentRecord {
             status: status as i32,
-            health: healthy.map(|healthy| ComponentHealth {
-                healthy,
-                ..Default::default()
-            }),
+            health: healthy
+                .map(|healthy| ComponentHealth {
+                    healthy,
+                    ..Default::default()
+                })
+                .map(Box::new),
             ..Default::default()
         }
     }

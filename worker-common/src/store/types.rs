@@ -551,16 +551,16 @@ mod tests {
             instance_uid: vec![7; 16],
             sequence_num: 300,
             labels: [("team".to_owned(), "a".to_owned())].into(),
-            health: Some(ComponentHealth {
+            health: Some(Box::new(ComponentHealth {
                 healthy: true,
                 component_health_map: health,
                 ..Default::default()
-            }),
-            effective_config: Some(EffectiveConfig {
+            })),
+            effective_config: Some(Box::new(EffectiveConfig {
                 config_map: Some(AgentConfigMap {
                     config_map: [(String::new(), file)].into(),
                 }),
-            }),
+            })),
             effective_config_hash,
             effective_config_sha256: earlier_sha256,
             ..Default::default()
@@ -597,7 +597,7 @@ mod tests {
             assert_eq!(AgentRecord::decode(stored.record.as_slice()).unwrap(), want);
         }
         let mut small = record(Vec::new(), vec![3; 32]);
-        small.effective_config = Some(EffectiveConfig::default());
+        small.effective_config = Some(Box::new(EffectiveConfig::default()));
         let stored = stored_record(&small).unwrap();
         assert!(stored.apart_sha256.is_none(), "kept in the record");
         assert!(stored.apart_body().is_empty());
@@ -617,19 +617,19 @@ mod tests {
             ..Default::default()
         };
         let mut full = record(Vec::new(), Vec::new());
-        full.description = Some(AgentDescription {
+        full.description = Some(Box::new(AgentDescription {
             identifying_attributes: vec![KeyValue {
                 key: "service.name".into(),
                 value: None,
             }],
             ..Default::default()
-        });
-        full.health = Some(ComponentHealth {
+        }));
+        full.health = Some(Box::new(ComponentHealth {
             healthy: true,
             last_error: "none".into(),
             component_health_map: [("a".into(), leaf("ok")), ("b".into(), leaf("ok"))].into(),
             ..Default::default()
-        });
+        }));
         let mut copy = full.clone();
         copy.copied_description = copy.description.take().unwrap().encode_to_vec();
         let health = copy.health.as_mut().unwrap();

@@ -282,14 +282,14 @@ mod tests {
         let rec = AgentRecord {
             instance_uid: uid.as_bytes().to_vec(),
             status: AgentStatus::Connected as i32,
-            description: Some(AgentDescription {
+            description: Some(Box::new(AgentDescription {
                 identifying_attributes: vec![kv("service.name", "otelcol")],
                 non_identifying_attributes: vec![kv("env", "prod")],
-            }),
-            health: Some(ComponentHealth {
+            })),
+            health: Some(Box::new(ComponentHealth {
                 healthy: false,
                 ..Default::default()
-            }),
+            })),
             remote_config_status: Some(RemoteConfigStatus {
                 last_remote_config_hash: vec![0xab],
                 status: RemoteConfigStatuses::Failed as i32,

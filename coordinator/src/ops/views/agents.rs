@@ -372,7 +372,7 @@ impl AgentDetail {
                 issued_sha256: hex_or_none(&rec.issued_cert_sha256),
                 retired: rec.retired_cert_sha256.iter().map(hex::encode).collect(),
             },
-            health: rec.health.as_ref().map(health),
+            health: rec.health.as_deref().map(health),
             effective_config: effective_map(rec).map(|m| {
                 m.config_map
                     .iter()

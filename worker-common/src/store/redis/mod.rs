@@ -312,7 +312,10 @@ impl Store for RedisStore {
             return Ok(None);
         };
         if rec.effective_config.is_none() && !rec.effective_config_sha256.is_empty() {
-            rec.effective_config = self.effective_config(&rec.effective_config_sha256).await?;
+            rec.effective_config = self
+                .effective_config(&rec.effective_config_sha256)
+                .await?
+                .map(Box::new);
             if rec.effective_config.is_none() {
                 return Err(StoreError::Corrupt(format!(
                     "agent {uid} names an effective config the store does not hold"
