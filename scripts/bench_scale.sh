@@ -35,7 +35,9 @@
 # step 5; the agents are then spread over more gateways, at most 14,000 each, so that the
 # survivors of a gateway's loss hold its agents within their open-file limit), TLS (1: mutual TLS
 # between agents and gateways, with a PKI from `flotilla certs init`; every agent presents the
-# one client certificate, so the gateways hold agents to no uid: --agent-identity none).
+# one client certificate, so the gateways hold agents to no uid: --agent-identity none),
+# REDIS_FLAGS (more flags for redis-server, e.g. "--auto-aof-rewrite-min-size 4gb": see
+# docs/benchmarks.md on the append-only file's rewrites).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -107,7 +109,8 @@ alive() {
 transport="plain WebSocket"
 [ "$tls" = 1 ] && transport="WebSocket over mutual TLS"
 machine_info "agents: $agents over $n gateways and $n swarms (--realistic, $transport)" \
-  "ramp: ${ramp}s, settle: ${settle}s, steady: ${steady}s, heartbeat: 30s, 3 coordinators"
+  "ramp: ${ramp}s, settle: ${settle}s, steady: ${steady}s, heartbeat: 30s, 3 coordinators" \
+  "redis-server: --appendonly yes ${REDIS_FLAGS:-}"
 
 now_ms() { date +%s%3N; }
 started=$(now_ms)

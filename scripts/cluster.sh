@@ -12,6 +12,7 @@
 # Environment: CLUSTER_DIR (default target/cluster: logs, pids, Redis data), CLUSTER_BASE_PORT
 # (default 4400), FLOTILLA_BIN (default: cargo build --release, then target/release/flotilla), REGION (local),
 # GATEWAY_FLAGS (more flags for the gateways, e.g. their TLS files; split on spaces),
+# REDIS_FLAGS (more flags for redis-server, e.g. "--auto-aof-rewrite-min-size 4gb"; split on spaces),
 # COORDINATORS (how many, 1-9, default 3: c1, c2, ...), GATEWAYS (1-9, default 2: g1, g2, ...).
 # status and stop also see every cN and gN with a pid file, whatever COORDINATORS and GATEWAYS say.
 #
@@ -145,8 +146,9 @@ start_region() {
     nats_flags=(-c "$rdir/nats.conf")
   fi
   launch nats nats-server -a 127.0.0.1 -p "$nats_port" "${nats_flags[@]}"
+  # shellcheck disable=SC2086 # REDIS_FLAGS is split on spaces
   launch redis redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$rdir/redis-data" \
-    --save "" --appendonly yes --daemonize no
+    --save "" --appendonly yes --daemonize no ${REDIS_FLAGS:-}
   wait_port "$nats_port"
   wait_port "$redis_port"
   local urls=(--nats-url "nats://127.0.0.1:$nats_port" --redis-url "redis://127.0.0.1:$redis_port"
