@@ -29,7 +29,7 @@
 # Environment: AGENTS (default 100000; fewer agents run on fewer gateways and swarms: at most
 # 17,000 agents each, at least 2, e.g. AGENTS=12000 for a quick check), RAMP (default 180: over
 # 120 s, the ramp's last seconds bring 100,000 agents' first reports faster than the cluster
-# answers them, and the agents answered late heartbeat together for the rest of the run),
+# answers them),
 # SETTLE (30), STEADY (60), PUSH_WAIT (180), SAMPLES (20), MEM_LIMIT_GIB (20), API_TOKEN (bearer
 # token, if the API has --api-tokens), BENCH_DIR (default target/bench/scale-<time>), FAULTS (1:
 # step 5; the agents are then spread over more gateways, at most 14,000 each, so that the

@@ -348,10 +348,13 @@ async fn ws_session(
                     };
                 }
             }
-            // The interval counts from the last message sent, at the server's offered value.
+            // The interval counts from the last message sent, not from its answer, at the
+            // server's offered value: as a real agent's, whose heartbeat does not wait for the
+            // answer. (Counted from the answer, the agents whose answers a stall of the server
+            // held back would beat together from then on.)
             next_heartbeat = match outbox.is_empty() {
-                true => after_send(shared, life.interval(shared), &mut first_phase),
-                false => next_beat(shared, life.interval(shared), Instant::now()),
+                true => after_send(shared, life.interval(shared), &mut first_phase, sent),
+                false => next_beat(shared, life.interval(shared), sent),
             };
             continue;
         }
@@ -493,7 +496,9 @@ async fn http_session(
         outbox.extend(life.react(shared, &reply));
         apply_due(shared, &life.agent, &mut due);
         if outbox.is_empty() {
-            let next_poll = after_send(shared, life.interval(shared), &mut first_phase);
+            // A poller polls an interval after the answer.
+            let now = Instant::now();
+            let next_poll = after_send(shared, life.interval(shared), &mut first_phase, now);
             let wake = life.next_wake(next_poll, due);
             tokio::select! {
                 () = shared.stop.cancelled() => {}
@@ -509,11 +514,16 @@ fn first_phase(shared: &Shared) -> Option<f64> {
 }
 
 /// When an agent that has sent what it had to send beats next: the first time at its own phase
-/// of the interval, then [`next_beat`].
-fn after_send(shared: &Shared, interval: Duration, phase: &mut Option<f64>) -> Instant {
+/// of the interval from now, then [`next_beat`] from `last` (its last message).
+fn after_send(
+    shared: &Shared,
+    interval: Duration,
+    phase: &mut Option<f64>,
+    last: Instant,
+) -> Instant {
     match phase.take() {
         Some(f) => Instant::now() + interval.mul_f64(f),
-        None => next_beat(shared, interval, Instant::now()),
+        None => next_beat(shared, interval, last),
     }
 }
 
@@ -537,7 +547,12 @@ fn on_grid(start: Instant, interval: Duration, now: Instant) -> Instant {
 
 #[cfg(test)]
 mod tests {
+    use super::super::config::{Scenario, SwarmConfig};
+    use super::super::stats::Stats;
     use super::*;
+    use crate::realistic::Dress;
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn synchronized_beats_fall_on_the_next_multiple_of_the_interval() {
@@ -549,6 +564,30 @@ mod tests {
         assert_eq!(on_grid(start, s(30), start + s(95)), start + s(120));
         // A zero interval does not divide by zero: the grid is the start.
         assert_eq!(on_grid(start, Duration::ZERO, start + s(1)), start);
+    }
+
+    /// An agent's next heartbeat is an interval after its last message was sent, however long
+    /// the answer took; the first after connecting at its own phase of the interval.
+    #[test]
+    fn heartbeats_count_from_the_message_sent() {
+        let cfg = SwarmConfig::new(Scenario::Steady, Vec::new(), 1);
+        let shared = Shared {
+            connecting: Semaphore::new(1),
+            stats: Stats::new(),
+            stop: CancellationToken::new(),
+            run_id: "t".into(),
+            own_metrics: None,
+            dress: Dress::new(cfg.shape),
+            cfg,
+        };
+        let s = Duration::from_secs;
+        let sent = Instant::now() - s(12);
+        assert_eq!(after_send(&shared, s(30), &mut None, sent), sent + s(30));
+        let mut phase = Some(0.5);
+        let first = after_send(&shared, s(30), &mut phase, sent);
+        assert!(first >= Instant::now() + s(14) && first <= Instant::now() + s(15));
+        assert_eq!(phase, None, "the phase is for the first beat only");
+        assert_eq!(after_send(&shared, s(30), &mut phase, sent), sent + s(30));
     }
 
     #[test]
