@@ -114,6 +114,8 @@ const OTHER_TOOLS: &[&str] = &[
     "change",
     // perf, for the profiles docs/benchmarks.md reports
     "call-graph",
+    // redis-server, as docs/benchmarks.md runs it
+    "auto-aof-rewrite-min-size",
 ];
 
 #[test]
