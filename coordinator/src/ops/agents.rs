@@ -280,6 +280,8 @@ pub(crate) struct ListPart<'a> {
     kept: Vec<(String, Uuid, Kept)>,
     /// The last kept when they were last cut down.
     last: Option<(String, Uuid)>,
+    /// What the list lists and in which order, in text ([`AgentQuery::listing`]).
+    listing: Option<String>,
 }
 
 /// A match kept by a [`ListPart`]: its summary (from another part), or the record it is made of
@@ -306,7 +308,15 @@ impl<'a> ListPart<'a> {
             after_cursor: 0,
             kept: Vec::new(),
             last: None,
+            listing: q.listing(),
         }
+    }
+
+    /// What the list lists, in text, and whether in descending order: None unless that reads
+    /// the record alone and nothing a touch changes ([`AgentQuery::listing`]).
+    pub(crate) fn listing(&self) -> Option<(&str, bool)> {
+        let listing = self.listing.as_deref()?;
+        Some((listing, self.q.descending))
     }
 
     /// Whether key `a` comes before `b` in the list's order (uids break ties).
@@ -344,8 +354,9 @@ impl<'a> ListPart<'a> {
         if let Some((k, u)) = &self.last
             && !self.before((key, &uid), (k.as_str(), u))
         {
-            // Every record after this one is after the cursor too, but in an order a cursor
-            // does not page through (which the API refuses).
+            // Neither can any after it in the list's order, and those are all after the cursor,
+            // but for a cursor given with an order it does not page through (which the API
+            // refuses): then each is still counted where it falls.
             return self.q.cursor.is_some() && (self.q.sort != SortKey::Uid || self.q.descending);
         }
         let Some(rec) = rec() else {

@@ -58,12 +58,7 @@ impl Owner {
         let desired = self.desired.current();
         let mut part = ListPart::new(&q, &desired, &self.cfg.region, ask.keep);
         let owned = self.shards.owned();
-        let listing = q.listing();
-        let mut walk = ListWalk {
-            part: &mut part,
-            listing: listing.as_deref().map(|l| (l, q.descending)),
-        };
-        let visited = match self.visit_shards(&owned, &mut walk).await {
+        let visited = match self.visit_shards(&owned, &mut part).await {
             Ok(shards) => shards,
             Err(e) => {
                 warn!(error = %e, "an agent list was left to the store");
@@ -93,20 +88,14 @@ impl Owner {
     }
 }
 
-/// A list's walk over an owner's records: its part, and what it lists in which order
-/// ([`AgentQuery::listing`]).
-struct ListWalk<'a, 'p> {
-    part: &'a mut ListPart<'p>,
-    listing: Option<(&'a str, bool)>,
-}
-
-impl Walk for ListWalk<'_, '_> {
+/// A list's part walks an owner's records as the list it is part of.
+impl Walk for ListPart<'_> {
     fn take(&mut self, rec: &AgentRecord) -> Option<String> {
-        self.part.add(rec)
+        self.add(rec)
     }
 
     fn listing(&self) -> Option<(&str, bool)> {
-        self.listing
+        ListPart::listing(self)
     }
 
     fn take_listed<'r>(
@@ -115,11 +104,11 @@ impl Walk for ListWalk<'_, '_> {
         uid: Uuid,
         rec: &dyn Fn() -> Option<&'r AgentRecord>,
     ) -> bool {
-        self.part.add_listed(key, uid, rec)
+        self.add_listed(key, uid, rec)
     }
 
     fn count_listed(&mut self, n: usize) {
-        self.part.count_listed(n);
+        ListPart::count_listed(self, n);
     }
 }
 
@@ -190,16 +179,11 @@ mod tests {
             (vec![("selector", "env=none")], 0, 10),
         ] {
             let q = AgentQuery::parse(params.clone()).unwrap();
-            let listing = q.listing();
-            assert!(listing.is_some(), "{params:?}");
+            assert!(q.listing().is_some(), "{params:?}");
             let walked = || {
                 let mut part = ListPart::new(&q, &desired, "r", skip + take);
-                let mut walk = ListWalk {
-                    part: &mut part,
-                    listing: listing.as_deref().map(|l| (l, q.descending)),
-                };
                 for shard in shards.clone() {
-                    assert!(t.read_whole(shard, &mut walk));
+                    assert!(t.read_whole(shard, &mut part));
                 }
                 seen(part.finish(skip))
             };
