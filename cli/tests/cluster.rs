@@ -20,19 +20,9 @@ fn ws_agents(c: &Cluster, n: usize) -> Vec<LiveAgent> {
 }
 
 async fn wait_known(c: &Cluster, n: u64) {
-    let started = Instant::now();
-    loop {
-        let (_, h) = c.get(c.api(), "/api/v1/fleet/health").await;
-        if h["connected_agents"].as_u64() == Some(n) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "agents not all connected: {h}\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let connected = |h: &serde_json::Value| h["connected_agents"].as_u64() == Some(n);
+    c.get_until("/api/v1/fleet/health", Duration::from_secs(20), connected)
+        .await;
 }
 
 /// Waits (a few seconds at most) for a node's /readyz to answer 200.
@@ -211,19 +201,8 @@ async fn config_and_restart_reach_agents_spread_across_gateways() {
     let gone = agents.remove(0);
     let gone_uid = gone.uid;
     drop(gone);
-    let started = Instant::now();
-    loop {
-        let (_, now) = c.get(c.api(), connected).await;
-        if now["total"] == 29 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "still counted: {now}\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.get_until(connected, Duration::from_secs(10), |now| now["total"] == 29)
+        .await;
     let (_, detail) = c.get(c.api(), &format!("/api/v1/agents/{gone_uid}")).await;
     assert_eq!(detail["status"], "disconnected", "{detail}");
     let traces = &detail["health"]["components"]["pipeline:traces"];

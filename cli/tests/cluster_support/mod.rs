@@ -336,6 +336,29 @@ impl Cluster {
         }
     }
 
+    /// Polls `path` of the API (every 100 ms) until `pred` holds of its body; fails, with the
+    /// last body and the nodes' logs, after `timeout`.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = Instant::now();
+        loop {
+            let (_, body) = self.get(self.api(), path).await;
+            if pred(&body) {
+                return body;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{path} never reached the expected state; last: {body}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stores a config for every agent through `api`; returns its hash (hex).
     pub async fn put_config(&self, api: &str, name: &str, body: &str) -> String {
         let r = self
