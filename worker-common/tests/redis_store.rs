@@ -2,7 +2,7 @@
 
 use flotilla_common::names::shard_of;
 use flotilla_common::store::{
-    AgentCounts, Deadline, Fence, RedisStore, Store, StoreError, StoredConfig, Touch,
+    AgentCounts, Claimed, Deadline, Fence, RedisStore, Store, StoreError, StoredConfig, Touch,
 };
 use flotilla_proto::bus::AgentRecord;
 use flotilla_testkit::RedisServer;
@@ -165,15 +165,27 @@ async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
         .save_agent(f, &record(uid, 1), Deadline::Arm(100), None)
         .await
         .unwrap();
-    assert!(store.claim_due(f, 99, 1000).await.unwrap().is_empty());
-    assert_eq!(store.claim_due(f, 100, 1000).await.unwrap(), vec![uid]);
-    assert!(
-        store.claim_due(f, 500, 1000).await.unwrap().is_empty(),
+    // Each answer names the shard's earliest deadline after the claim.
+    let claimed = |due: Vec<Uuid>, next| Claimed {
+        due,
+        next_unix_ms: Some(next),
+    };
+    assert_eq!(
+        store.claim_due(f, 99, 1000).await.unwrap(),
+        claimed(vec![], 100)
+    );
+    assert_eq!(
+        store.claim_due(f, 100, 1000).await.unwrap(),
+        claimed(vec![uid], 1100)
+    );
+    assert_eq!(
+        store.claim_due(f, 500, 1000).await.unwrap(),
+        claimed(vec![], 1100),
         "claimed"
     );
     assert_eq!(
         store.claim_due(f, 1100, 1000).await.unwrap(),
-        vec![uid],
+        claimed(vec![uid], 2100),
         "claimer died"
     );
     store
@@ -181,11 +193,8 @@ async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
         .await
         .unwrap();
     assert!(
-        store
-            .claim_due(f, 1_000_000, 1000)
-            .await
-            .unwrap()
-            .is_empty()
+        store.claim_due(f, 1_000_000, 1000).await.unwrap() == Claimed::default(),
+        "no deadline left"
     );
 }
 
@@ -252,11 +261,18 @@ async fn a_touch_writes_the_sequence_number_and_last_seen_time_alone_and_is_fenc
         .await
         .unwrap();
     assert_eq!(visited, vec![2], "visits see the touch too");
-    assert!(
-        store.claim_due(f, 8_999, 1000).await.unwrap().is_empty(),
+    assert_eq!(
+        store.claim_due(f, 8_999, 1000).await.unwrap(),
+        Claimed {
+            due: vec![],
+            next_unix_ms: Some(9_000)
+        },
         "the touch moved the deadline"
     );
-    assert_eq!(store.claim_due(f, 9_000, 1000).await.unwrap(), vec![uid]);
+    assert_eq!(
+        store.claim_due(f, 9_000, 1000).await.unwrap().due,
+        vec![uid]
+    );
 
     // A whole save replaces the touch.
     store

@@ -7,7 +7,7 @@
 //! walks after that (alerts, gauges, retention, pushes) read the copies, not the store.
 
 use super::owner::Owner;
-use super::shards::{RecordCopy, ShardCache, ShardGuard, SharedConfigs, Walk};
+use super::shards::{RecordCopy, ShardCache, ShardGuard, ShardTable, Walk};
 use crate::fleet::agents::{encoded_components, encoded_description};
 use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
@@ -25,7 +25,7 @@ const COPIES_BETWEEN_YIELDS: usize = 32;
 /// One owned shard under its lock, with the fence its writes carry.
 pub(crate) struct Locked<'a> {
     held: ShardGuard<'a>,
-    shared: &'a SharedConfigs,
+    shards: &'a ShardTable,
     pub(crate) fence: Fence,
     store: &'a dyn Store,
     /// Whether copies are kept (not when the store itself holds every record in memory).
@@ -42,7 +42,7 @@ impl Owner {
             .record("epoch", fence.epoch);
         Some(Locked {
             held,
-            shared: self.shards.shared_configs(),
+            shards: &self.shards,
             fence,
             store: self.store.as_ref(),
             keep: !self.store.holds_agents_in_memory(),
@@ -195,7 +195,10 @@ impl Locked<'_> {
             config.map(
                 |config| match cache.get(&uid).and_then(|b| b.effective.as_ref()) {
                     Some(kept) if **kept == *config => kept.clone(),
-                    _ => self.shared.share(&rec.effective_config_hash, config),
+                    _ => self
+                        .shards
+                        .shared_configs()
+                        .share(&rec.effective_config_hash, config),
                 },
             );
         cache.keep(uid, Box::new(RecordCopy::new(rec, effective)));
@@ -272,12 +275,14 @@ impl Locked<'_> {
             match touched {
                 Ok(true) => {
                     self.cache().touch(&touch);
+                    self.note_deadline(deadline, true);
                     return Ok(false);
                 }
                 // Gone from the store: written whole below.
                 Ok(false) => {}
                 Err(e) => {
                     self.cache().forget(&touch.uid);
+                    self.note_deadline(deadline, false);
                     return Err(e);
                 }
             }
@@ -288,12 +293,25 @@ impl Locked<'_> {
             .store
             .save_agent(self.fence, rec, deadline, audit)
             .await;
+        self.note_deadline(deadline, saved.is_ok());
         match saved {
             Ok(()) => Ok(self.keep),
             Err(e) => {
                 // Written or not: the store's copy is the one to read next.
                 self.cache().forget(&touch.uid);
                 Err(e)
+            }
+        }
+    }
+
+    /// Tells the shard table of a deadline a write armed (`written`), or may have armed (the
+    /// write failed: the shard's earliest deadline is not known then), for the silence sweep.
+    fn note_deadline(&self, deadline: Deadline, written: bool) {
+        if let Deadline::Arm(at) = deadline {
+            if written {
+                self.shards.armed(self.fence, at);
+            } else {
+                self.shards.due_unknown(self.fence.shard);
             }
         }
     }
@@ -491,6 +509,7 @@ fn heard_only(copy: &mut RecordCopy, new: &mut AgentRecord) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::shards::SharedConfigs;
     use super::*;
     use flotilla_proto::opamp::{
         AgentConfigFile, AgentConfigMap, AgentDescription, AnyValue, ComponentHealth,

@@ -35,6 +35,18 @@ struct Slot {
     /// The epoch under which the store was last asked to count the shard's agents (0: never):
     /// read without the lock, so a sweep skips counted shards without waiting on their work.
     counted_epoch: AtomicU64,
+    /// The shard's earliest silence deadline, as far as this process knows it.
+    next_due: parking_lot::Mutex<NextDue>,
+}
+
+/// The earliest silence deadline of a shard, known under `epoch` (0: not known, ask the store).
+/// The owner alone arms a shard's deadlines (every write is fenced): once a claim has named the
+/// earliest one, only the owner's own writes can bring it forward, and a sweep skips the shard
+/// until then instead of asking the store every second (ADR 0006).
+#[derive(Debug, Default)]
+struct NextDue {
+    epoch: u64,
+    at_ms: u64,
 }
 
 impl ShardTable {
@@ -49,6 +61,7 @@ impl ShardTable {
                     epoch: AtomicU64::new(0),
                     valid_until_ms: AtomicU64::new(0),
                     counted_epoch: AtomicU64::new(0),
+                    next_due: parking_lot::Mutex::new(NextDue::default()),
                 })
                 .collect(),
             shared: SharedConfigs::default(),
@@ -188,6 +201,39 @@ impl ShardTable {
             .store(fence.epoch, Ordering::Release);
     }
 
+    /// Whether a silence sweep must ask the store for the shard's due deadlines at `now_ms`:
+    /// unless a claim under `fence` named the shard's earliest deadline, it is later than
+    /// `now_ms`, and no earlier one was armed since.
+    pub fn may_be_due(&self, fence: Fence, now_ms: u64) -> bool {
+        let next = self.slots[usize::from(fence.shard)].next_due.lock();
+        next.epoch != fence.epoch || next.at_ms <= now_ms
+    }
+
+    /// A claim of the shard's due deadlines goes to the store under `fence`: the earliest
+    /// deadline is from now on what the claim answers ([`ShardTable::armed`] with it) and what
+    /// is armed meanwhile.
+    pub fn claiming(&self, fence: Fence) {
+        *self.slots[usize::from(fence.shard)].next_due.lock() = NextDue {
+            epoch: fence.epoch,
+            at_ms: u64::MAX,
+        };
+    }
+
+    /// The store holds a deadline at `at_ms` in the shard, written under `fence` (called once the
+    /// write returned: a claim sent before it either saw it, or is answered before this).
+    pub fn armed(&self, fence: Fence, at_ms: u64) {
+        let mut next = self.slots[usize::from(fence.shard)].next_due.lock();
+        if next.epoch == fence.epoch {
+            next.at_ms = next.at_ms.min(at_ms);
+        }
+    }
+
+    /// The shard's earliest deadline is not known (a write that may have armed one failed, or
+    /// a claim did): the next sweep asks the store.
+    pub fn due_unknown(&self, shard: u16) {
+        self.slots[usize::from(shard)].next_due.lock().epoch = 0;
+    }
+
     /// Forgets `shard` (released, lost or fenced): nothing acts on it from now on, and its
     /// record copies go (a copy its lock's holder still makes is of an epoch no longer held:
     /// never read, and cleared by the next lock).
@@ -196,6 +242,7 @@ impl ShardTable {
         slot.epoch.store(0, Ordering::Release);
         slot.valid_until_ms.store(0, Ordering::Release);
         slot.cache.lock().clear();
+        *slot.next_due.lock() = NextDue::default();
     }
 
     /// Shards this process may act on now.
@@ -440,6 +487,47 @@ pub fn preferred_owner(shard: u16, members: &[String]) -> Option<&str> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_sweep_skips_a_shard_until_its_earliest_deadline() {
+        let t = ShardTable::none();
+        let f = Fence { shard: 5, epoch: 7 };
+        t.hold(f, Instant::now() + Duration::from_secs(5));
+        assert!(t.may_be_due(f, 0), "never claimed: ask the store");
+        t.claiming(f);
+        // A deadline written while the claim is on its way, then the claim's answer.
+        t.armed(f, 9_000);
+        t.armed(f, 5_000);
+        assert!(!t.may_be_due(f, 4_999));
+        assert!(t.may_be_due(f, 5_000), "the earlier of the two");
+        t.claiming(f);
+        t.armed(f, u64::MAX);
+        assert!(!t.may_be_due(f, 1 << 60), "the shard has no deadline");
+        t.armed(f, 2_000);
+        assert!(t.may_be_due(f, 2_000), "armed since: due then");
+        t.claiming(f);
+        t.armed(f, 8_000);
+        let later = Fence { shard: 5, epoch: 8 };
+        t.hold(later, Instant::now() + Duration::from_secs(5));
+        assert!(
+            t.may_be_due(later, 0),
+            "held again under another epoch: not known"
+        );
+        t.armed(later, 9_000);
+        assert!(
+            t.may_be_due(later, 0),
+            "an arm alone does not make it known"
+        );
+        t.claiming(later);
+        t.armed(later, 9_000);
+        assert!(!t.may_be_due(later, 8_999));
+        t.due_unknown(5);
+        assert!(t.may_be_due(later, 0), "a failed write: ask the store");
+        t.claiming(later);
+        t.armed(later, 9_000);
+        t.drop_shard(5);
+        assert!(t.may_be_due(later, 0), "dropped: forgotten");
+    }
 
     #[test]
     fn fences_follow_holding_and_expiry() {

@@ -29,16 +29,27 @@ impl Owner {
     pub(super) async fn sweep_silent(&self) -> Result<(), StoreError> {
         self.count_shards().await?;
         let now = now_unix_ms();
+        // Only the shards whose earliest deadline may have passed: a claim answers with the
+        // shard's next one, and the owner's own writes are the only ones that arm earlier.
         let claims = futures_util::stream::iter(self.shards.owned())
             .filter_map(|shard| std::future::ready(self.shards.fence(shard)))
+            .filter(|fence| std::future::ready(self.shards.may_be_due(*fence, now)))
             .map(|fence| async move {
+                self.shards.claiming(fence);
                 match self.store.claim_due(fence, now, CLAIM_RETRY_MS).await {
-                    Ok(uids) => Ok((fence, uids)),
+                    Ok(claimed) => {
+                        let next = claimed.next_unix_ms.unwrap_or(u64::MAX);
+                        self.shards.armed(fence, next);
+                        Ok((fence, claimed.due))
+                    }
                     Err(StoreError::Fenced { .. }) => {
                         self.fenced(fence.shard);
                         Ok((fence, Vec::new()))
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        self.shards.due_unknown(fence.shard);
+                        Err(e)
+                    }
                 }
             })
             .buffer_unordered(32)

@@ -3,7 +3,7 @@
 
 use super::tally::AgentCounts;
 use super::types::{
-    AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
+    AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, Deadline, Doc, Fence, ShardFilter, Store,
     StoreError, StoredConfig, Touch,
 };
 use async_trait::async_trait;
@@ -155,7 +155,7 @@ impl Store for Measured {
         fence: Fence,
         now_unix_ms: u64,
         retry_ms: u64,
-    ) -> Result<Vec<Uuid>, StoreError> {
+    ) -> Result<Claimed, StoreError> {
         let f = self.inner.claim_due(fence, now_unix_ms, retry_ms);
         self.call("claim_due", f).await
     }

@@ -19,7 +19,7 @@ pub use embedded::EmbeddedStore;
 pub use measured::Measured;
 pub use tally::{AgentCounts, Tally, in_fleet_view};
 pub use types::{
-    AgentSettings, AuditEntry, AuditOf, AuditPage, AuditQuery, ConfigFile, DEFAULT_AUDIT_RETENTION,
-    Deadline, Doc, Fence, PackageOffer, ShardFilter, Store, StoreError, StoredConfig,
-    TelemetryDestination, Touch,
+    AgentSettings, AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, ConfigFile,
+    DEFAULT_AUDIT_RETENTION, Deadline, Doc, Fence, PackageOffer, ShardFilter, Store, StoreError,
+    StoredConfig, TelemetryDestination, Touch,
 };

@@ -391,6 +391,16 @@ impl AuditQuery {
 /// new config got).
 pub type AuditOf<'a> = &'a (dyn Fn(&StoredConfig) -> AuditEntry + Send + Sync);
 
+/// What [`Store::claim_due`] found in a shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Claimed {
+    /// The agents whose deadline had passed (claimed now).
+    pub due: Vec<Uuid>,
+    /// The shard's earliest deadline after the claim (the claimed ones' included); None when it
+    /// has none.
+    pub next_unix_ms: Option<u64>,
+}
+
 /// The Store. Every admin change takes its audit entry and writes both in one step, so a change is
 /// never on record without its entry or the other way round, whatever the client or the process
 /// does; such writes are durable when they return. Agents' own reports may be written behind.
@@ -462,12 +472,14 @@ pub trait Store: Send + Sync + 'static {
     /// Claims the agents of `fence.shard` whose deadline is at or before `now_unix_ms`: their
     /// deadlines move to `now + retry_ms`, so if the claimer dies before saving them, the next
     /// owner finds them due again. The claimer saves each one (marking it silent, or re-arming).
+    /// The answer names the shard's earliest deadline after the claim, so that the owner need not
+    /// ask again before it (the owner alone arms the shard's deadlines).
     async fn claim_due(
         &self,
         fence: Fence,
         now_unix_ms: u64,
         retry_ms: u64,
-    ) -> Result<Vec<Uuid>, StoreError>;
+    ) -> Result<Claimed, StoreError>;
 
     /// Stores `config` as the next version of its name (the version field is assigned here),
     /// with the audit entry `audit` makes of the stored version; with `activate`, it becomes the

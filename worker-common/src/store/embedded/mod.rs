@@ -18,8 +18,8 @@ mod tests;
 
 use super::tally::{AgentCounts, Tally};
 use super::types::{
-    AuditEntry, AuditOf, AuditPage, AuditQuery, DEFAULT_AUDIT_RETENTION, Deadline, Doc, Fence,
-    ShardFilter, Store, StoreError, StoredConfig, Touch,
+    AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, DEFAULT_AUDIT_RETENTION, Deadline, Doc,
+    Fence, ShardFilter, Store, StoreError, StoredConfig, Touch,
 };
 use crate::names::shard_of;
 use async_trait::async_trait;
@@ -282,9 +282,10 @@ impl Store for EmbeddedStore {
         fence: Fence,
         now_unix_ms: u64,
         retry_ms: u64,
-    ) -> Result<Vec<Uuid>, StoreError> {
+    ) -> Result<Claimed, StoreError> {
         let mut d = self.inner.deadlines.lock();
-        let due: Vec<Uuid> = d.by_shard[usize::from(fence.shard)]
+        let shard = usize::from(fence.shard);
+        let due: Vec<Uuid> = d.by_shard[shard]
             .iter()
             .take_while(|(at, _)| *at <= now_unix_ms)
             .map(|(_, uid)| *uid)
@@ -292,7 +293,8 @@ impl Store for EmbeddedStore {
         for uid in &due {
             d.set(*uid, Some(now_unix_ms.saturating_add(retry_ms)));
         }
-        Ok(due)
+        let next_unix_ms = d.by_shard[shard].first().map(|(at, _)| *at);
+        Ok(Claimed { due, next_unix_ms })
     }
 
     async fn put_config(

@@ -187,10 +187,24 @@ async fn due_deadlines_are_claimed_then_come_back_unless_saved() {
         .save_agent(f, &record(a, 2), Deadline::Arm(3000), None)
         .await
         .unwrap();
-    assert_eq!(store.claim_due(f, 200, 1000).await.unwrap(), vec![b]);
+    // The answer names the earliest deadline left: the claimed one's retry time here.
+    let claimed = |due: Vec<Uuid>, next| Claimed {
+        due,
+        next_unix_ms: Some(next),
+    };
+    assert_eq!(
+        store.claim_due(f, 200, 1000).await.unwrap(),
+        claimed(vec![b], 1200)
+    );
     // Claimed: not due again until the retry time, then due again (the claimer never saved).
-    assert!(store.claim_due(f, 200, 1000).await.unwrap().is_empty());
-    assert_eq!(store.claim_due(f, 1200, 1000).await.unwrap(), vec![b]);
+    assert_eq!(
+        store.claim_due(f, 200, 1000).await.unwrap(),
+        claimed(vec![], 1200)
+    );
+    assert_eq!(
+        store.claim_due(f, 1200, 1000).await.unwrap(),
+        claimed(vec![b], 2200)
+    );
     store
         .save_agent(f, &record(b, 2), Deadline::Clear, None)
         .await
@@ -199,7 +213,11 @@ async fn due_deadlines_are_claimed_then_come_back_unless_saved() {
         .save_agent(f, &record(a, 3), Deadline::Clear, None)
         .await
         .unwrap();
-    assert!(store.claim_due(f, 10_000, 1000).await.unwrap().is_empty());
+    assert_eq!(
+        store.claim_due(f, 10_000, 1000).await.unwrap(),
+        Claimed::default(),
+        "no deadline left"
+    );
 }
 
 #[tokio::test]
@@ -296,10 +314,11 @@ async fn a_touch_changes_the_sequence_number_last_seen_and_deadline_and_is_flush
                 .claim_due(fence(uid), 8_999, 10)
                 .await
                 .unwrap()
+                .due
                 .is_empty()
         );
         assert_eq!(
-            store.claim_due(fence(uid), 9_000, 10).await.unwrap(),
+            store.claim_due(fence(uid), 9_000, 10).await.unwrap().due,
             vec![uid]
         );
         store.flush().await.unwrap();

@@ -40,7 +40,7 @@ mod scripts;
 
 use super::tally::{AgentCounts, Tally};
 use super::types::{
-    AuditEntry, AuditOf, AuditPage, AuditQuery, Deadline, Doc, Fence, ShardFilter, Store,
+    AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, Deadline, Doc, Fence, ShardFilter, Store,
     StoreError, StoredConfig, Touch, stored_record,
 };
 use crate::config::{RedisTls, redact};
@@ -516,8 +516,8 @@ impl Store for RedisStore {
         fence: Fence,
         now_unix_ms: u64,
         retry_ms: u64,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        let due: Vec<String> = CLAIM
+    ) -> Result<Claimed, StoreError> {
+        let (due, next): (Vec<String>, Option<String>) = CLAIM
             .key(self.shard_key(fence.shard, "epoch"))
             .key(self.shard_key(fence.shard, "dl"))
             .arg(fence.epoch.to_string())
@@ -526,9 +526,21 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| fenced_or_io(e, fence))?;
-        due.iter()
+        let due = due
+            .iter()
             .map(|s| Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect()
+            .collect::<Result<_, _>>()?;
+        // A score as Redis writes a double: whole milliseconds print without a fraction.
+        let next_unix_ms = match next {
+            Some(score) => Some(
+                score
+                    .parse::<f64>()
+                    .map_err(|e| StoreError::Corrupt(format!("deadline {score:?}: {e}")))?
+                    as u64,
+            ),
+            None => None,
+        };
+        Ok(Claimed { due, next_unix_ms })
     }
 
     async fn put_config(

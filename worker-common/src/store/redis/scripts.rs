@@ -154,7 +154,8 @@ pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
          local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, 1000)\n\
          for _, m in ipairs(due) do redis.call('ZADD', KEYS[2], 'XX', ARGV[3], m) end\n\
-         return due",
+         local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')\n\
+         return {due, first[2] or false}",
     )
 });
 
