@@ -145,13 +145,10 @@ impl Pusher {
     /// gateways delivered; a batch whose request fails delivers none (those agents get their
     /// desired state in the reply to their next message), except that a gateway that takes no
     /// batches gets its pushes one by one.
-    pub async fn push_many(&self, pushes: Vec<(Origin, ServerToAgent)>) -> usize {
-        self.awaiting.plan(pushes.iter().filter_map(|(_, msg)| {
-            let uid = Uuid::from_slice(&msg.instance_uid).ok()?;
-            Some((
-                uid,
-                msg.remote_config.as_ref().map(|c| c.config_hash.clone()),
-            ))
+    pub async fn push_many(&self, mut pushes: Vec<Push>) -> usize {
+        self.awaiting.plan(pushes.iter_mut().filter_map(|p| {
+            let uid = Uuid::from_slice(&p.down.instance_uid).ok()?;
+            Some((uid, p.config_hash.take()))
         }));
         let batches = batches(pushes, MAX_BATCH_COUNT, self.max_batch_bytes);
         futures_util::stream::iter(batches)
@@ -254,6 +251,28 @@ impl Pusher {
     }
 }
 
+/// One agent's push as planned: small (a push to a fleet plans one for each of tens of thousands
+/// of agents, and a ServerToAgent is over a KB before its contents), its message encoded.
+#[derive(Debug)]
+pub(crate) struct Push {
+    /// The gateway that holds the agent's connection.
+    gateway: String,
+    /// The config the agent is to report applied (None: a push without a config).
+    config_hash: Option<Vec<u8>>,
+    down: Downlink,
+}
+
+impl Push {
+    /// `msg` to the connection `origin`.
+    pub(crate) fn new(origin: Origin, msg: &ServerToAgent) -> Self {
+        Self {
+            config_hash: msg.remote_config.as_ref().map(|c| c.config_hash.clone()),
+            down: downlink(&origin, msg),
+            gateway: origin.gateway_id,
+        }
+    }
+}
+
 /// The Downlink that carries `msg` to the connection `origin`.
 fn downlink(origin: &Origin, msg: &ServerToAgent) -> Downlink {
     Downlink {
@@ -277,15 +296,14 @@ fn uid_of_downlink(d: &Downlink) -> Uuid {
 /// pushes to about 1,000 agents a second, with the machine a fifth idle, the runs so far do not
 /// tell: docs/benchmarks.md.)
 pub(crate) fn batches(
-    mut pushes: Vec<(Origin, ServerToAgent)>,
+    mut pushes: Vec<Push>,
     max_count: usize,
     max_bytes: usize,
 ) -> Vec<(String, Vec<Downlink>)> {
-    pushes.sort_by(|(_, a), (_, b)| a.instance_uid.cmp(&b.instance_uid));
+    pushes.sort_unstable_by(|a, b| a.down.instance_uid.cmp(&b.down.instance_uid));
     let mut by_gateway: BTreeMap<String, Vec<Downlink>> = BTreeMap::new();
-    for (origin, msg) in pushes {
-        let down = downlink(&origin, &msg);
-        by_gateway.entry(origin.gateway_id).or_default().push(down);
+    for push in pushes {
+        by_gateway.entry(push.gateway).or_default().push(push.down);
     }
     let mut each: Vec<(String, VecDeque<Vec<Downlink>>)> = Vec::new();
     for (gateway, downlinks) in by_gateway {

@@ -5,7 +5,13 @@ use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 
 /// A push of `data` bytes to connection `connection` of gateway `gateway`, for agent `uid`.
-fn to(gateway: &str, connection: u64, uid: u8, data: usize) -> (Origin, ServerToAgent) {
+fn to(gateway: &str, connection: u64, uid: u8, data: usize) -> Push {
+    let (origin, msg) = message_to(gateway, connection, uid, data);
+    Push::new(origin, &msg)
+}
+
+/// What [`to`] pushes, and to where.
+fn message_to(gateway: &str, connection: u64, uid: u8, data: usize) -> (Origin, ServerToAgent) {
     let origin = Origin {
         gateway_id: gateway.into(),
         connection_id: connection,
@@ -24,7 +30,7 @@ fn to(gateway: &str, connection: u64, uid: u8, data: usize) -> (Origin, ServerTo
 }
 
 /// Small pushes (10 bytes), each to the connection of its agent's uid: `(gateway, n)`.
-fn small(pushes: &[(&str, u8)]) -> Vec<(Origin, ServerToAgent)> {
+fn small(pushes: &[(&str, u8)]) -> Vec<Push> {
     pushes
         .iter()
         .map(|&(gateway, n)| to(gateway, n.into(), n, 10))
@@ -69,7 +75,7 @@ fn batches_group_by_gateway_in_order_and_split_by_count() {
     );
     // Each downlink carries its agent's message as encoded, addressed to its uid.
     let first = &out[0].1[0];
-    let (origin, msg) = to("gw-a", 2, 2, 10);
+    let (origin, msg) = message_to("gw-a", 2, 2, 10);
     assert_eq!(first, &downlink(&origin, &msg));
     assert_eq!(
         ServerToAgent::decode(first.server_to_agent.as_slice()).unwrap(),
@@ -102,7 +108,7 @@ fn batches_group_by_gateway_in_order_and_split_by_count() {
 #[test]
 fn batches_split_by_encoded_bytes_and_an_oversized_push_goes_alone() {
     let one = {
-        let (o, m) = to("gw", 1, 1, 1000);
+        let (o, m) = message_to("gw", 1, 1, 1000);
         encoded(&[downlink(&o, &m)])
     };
     // Room for exactly three 1000-byte pushes.
@@ -216,14 +222,21 @@ async fn push_many_counts_what_each_gateway_acknowledged() {
     );
     // gw-a: 600 agents, one of them on a connection it does not know; gw-old takes single
     // downlinks only; gw-mute never answers; gw-gone is not there.
-    let mut pushes: Vec<_> = (0..600).map(|i| to("gw-a", 1000 + i, 1, 100)).collect();
-    pushes[300].0.connection_id = 99;
-    pushes.extend((0..3).map(|i| to("gw-old", i, 2, 100)));
-    pushes.extend((0..4).map(|i| to("gw-mute", i, 3, 100)));
-    pushes.extend((0..5).map(|i| to("gw-gone", i, 4, 100)));
-    for (i, (_, msg)) in pushes.iter_mut().enumerate() {
-        msg.instance_uid = uuid::Uuid::from_u128(i as u128 + 1).as_bytes().to_vec();
-    }
+    let mut planned: Vec<_> = (0..600)
+        .map(|i| message_to("gw-a", 1000 + i, 1, 100))
+        .collect();
+    planned[300].0.connection_id = 99;
+    planned.extend((0..3).map(|i| message_to("gw-old", i, 2, 100)));
+    planned.extend((0..4).map(|i| message_to("gw-mute", i, 3, 100)));
+    planned.extend((0..5).map(|i| message_to("gw-gone", i, 4, 100)));
+    let pushes = planned
+        .into_iter()
+        .enumerate()
+        .map(|(i, (origin, mut msg))| {
+            msg.instance_uid = uuid::Uuid::from_u128(i as u128 + 1).as_bytes().to_vec();
+            Push::new(origin, &msg)
+        })
+        .collect();
     let delivered = pusher.push_many(pushes).await;
     assert_eq!(delivered, 599 + 3);
     let mut sizes = gw_a.lock().clone();
@@ -246,10 +259,10 @@ async fn push_many_counts_what_each_gateway_acknowledged() {
         "the unknown connection, the batch not answered, the gateway gone"
     );
     // A single push goes to the single subject.
-    let (origin, msg) = to("gw-old", 7, 7, 100);
+    let (origin, msg) = message_to("gw-old", 7, 7, 100);
     assert!(pusher.push(&origin, &msg).await);
     assert_eq!(gw_old.lock().len(), 4);
-    let (origin, msg) = to("gw-a", 7, 7, 100);
+    let (origin, msg) = message_to("gw-a", 7, 7, 100);
     assert!(!pusher.push(&origin, &msg).await, "gw-a takes batches only");
     assert_eq!(count("undelivered"), 11);
 }

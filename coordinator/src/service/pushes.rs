@@ -2,9 +2,7 @@
 //! differs: after a change, and when shards are acquired; in batches per gateway.
 
 use super::owner::Owner;
-use super::pusher::push_for;
-use flotilla_proto::bus::Origin;
-use flotilla_proto::opamp::ServerToAgent;
+use super::pusher::{Push, push_for};
 use tracing::{info, warn};
 
 impl Owner {
@@ -21,11 +19,11 @@ impl Owner {
     /// run it get nothing.
     pub(crate) async fn push_configs(&self, shards: &(dyn Fn(u16) -> bool + Sync)) {
         let desired = self.desired.current();
-        let mut pushes: Vec<(Origin, ServerToAgent)> = Vec::new();
+        let mut pushes: Vec<Push> = Vec::new();
         let visited = self
             .visit_owned(shards, &mut |rec| {
-                if let Some(push) = push_for(rec, &desired) {
-                    pushes.push(push);
+                if let Some((origin, msg)) = push_for(rec, &desired) {
+                    pushes.push(Push::new(origin, &msg));
                 }
             })
             .await;
