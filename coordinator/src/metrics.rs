@@ -103,7 +103,7 @@ impl OwnerMetrics {
         );
         r.register(
             "pushes_awaiting",
-            "Agents a push or a reply offered a config to that have not answered yet (about 96 \
+            "Agents a push or a reply offered a config to that have not answered yet (about 48 \
              at most: past that, pushes wait and replies offer no config)",
             m.pushes_awaiting.clone(),
         );

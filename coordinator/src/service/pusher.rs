@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 /// Downlinks in one batch at most: a batch's agents answer at once, so a batch is a burst of
 /// reports in front of the owners (ADR 0018).
-pub(crate) const MAX_BATCH_COUNT: usize = 32;
+pub(crate) const MAX_BATCH_COUNT: usize = 16;
 /// Batch requests on their way at once (over all gateways).
 const BATCHES_IN_FLIGHT: usize = 8;
 /// Single requests on their way at once per batch, when its gateway takes no batches.
