@@ -192,8 +192,9 @@ async fn deadlines_are_claimed_once_and_return_if_the_claimer_dies() {
         .save_agent(f, &record(uid, 2), Deadline::Clear, None)
         .await
         .unwrap();
-    assert!(
-        store.claim_due(f, 1_000_000, 1000).await.unwrap() == Claimed::default(),
+    assert_eq!(
+        store.claim_due(f, 1_000_000, 1000).await.unwrap(),
+        Claimed::default(),
         "no deadline left"
     );
 }

@@ -531,15 +531,14 @@ impl Store for RedisStore {
             .map(|s| Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect::<Result<_, _>>()?;
         // A score as Redis writes a double: whole milliseconds print without a fraction.
-        let next_unix_ms = match next {
-            Some(score) => Some(
+        let next_unix_ms = next
+            .map(|score| {
                 score
                     .parse::<f64>()
-                    .map_err(|e| StoreError::Corrupt(format!("deadline {score:?}: {e}")))?
-                    as u64,
-            ),
-            None => None,
-        };
+                    .map(|ms| ms as u64)
+                    .map_err(|e| StoreError::Corrupt(format!("deadline {score:?}: {e}")))
+            })
+            .transpose()?;
         Ok(Claimed { due, next_unix_ms })
     }
 
