@@ -116,6 +116,22 @@ async fn config_and_restart_reach_agents_spread_across_gateways() {
         detail["remote_config_status"]["status"], "APPLIED",
         "{detail}"
     );
+    // Every coordinator reads the records' description and health kept apart (ADR 0016), so
+    // they are stored so: the record (field r) has neither, fields d and k have them.
+    let key = format!(
+        "opamp:{REGION}:{{s{:04}}}:a:{}",
+        shard_of(agents[0].uid.as_bytes()),
+        agents[0].uid
+    );
+    let (r, d, k): (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+        .arg(&key)
+        .arg(&["r", "d", "k"][..])
+        .query_async(&mut c.redis_conn().await)
+        .await
+        .unwrap();
+    let r = <flotilla_proto::bus::AgentRecord as prost::Message>::decode(r.as_slice()).unwrap();
+    assert!(r.description.is_none() && r.health.is_none(), "{r:?}");
+    assert!(d.is_some() && k.is_some(), "parts apart: {d:?} {k:?}");
 
     // Every coordinator's API sees the whole fleet and where each agent is connected.
     for coord in &c.coordinators {

@@ -561,26 +561,13 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
 /// An owner writes from its copy, which keeps the description and the health's components
 /// encoded (bus.proto `copied_description`, `copied_components`): every reader gets the record
 /// they stand for, its effective config kept apart as any other.
-#[tokio::test]
-async fn a_record_in_an_owners_copy_form_reads_back_whole() {
+/// A collector's record, decoded and in an owner's copy's form (description and the health's
+/// components encoded), with a 20 KB effective config.
+fn collector(uid: Uuid) -> (AgentRecord, AgentRecord) {
     use flotilla_proto::opamp::{
-        AgentConfigFile, AgentConfigMap, AgentDescription, AnyValue, ComponentHealth,
-        EffectiveConfig, KeyValue, any_value,
+        AgentConfigFile, AgentConfigMap, AgentDescription, ComponentHealth, EffectiveConfig,
     };
     use prost::Message;
-    let dir = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(dir.path());
-    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
-        .await
-        .unwrap();
-    let uid = Uuid::now_v7();
-    let fence = acquire_for(&store, &[uid]).await[&shard_of(uid.as_bytes())];
-    let attribute = |key: &str, value: &str| KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-    };
     let component = |healthy| ComponentHealth {
         healthy,
         status: "StatusOK".into(),
@@ -623,6 +610,29 @@ async fn a_record_in_an_owners_copy_form_reads_back_whole() {
         ..Default::default()
     }
     .encode_to_vec();
+    (whole, copy)
+}
+
+fn attribute(key: &str, value: &str) -> flotilla_proto::opamp::KeyValue {
+    use flotilla_proto::opamp::{AnyValue, KeyValue, any_value};
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_record_in_an_owners_copy_form_reads_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
+    let uid = Uuid::now_v7();
+    let fence = acquire_for(&store, &[uid]).await[&shard_of(uid.as_bytes())];
+    let (whole, copy) = collector(uid);
     store
         .save_agent(fence, &copy, Deadline::Keep, None)
         .await
@@ -640,6 +650,205 @@ async fn a_record_in_an_owners_copy_form_reads_back_whole() {
         .await
         .unwrap();
     assert_eq!(visited, vec![(whole.description, whole.health)]);
+}
+
+/// Parts kept apart (fields d, k) only while every live coordinator reads them: a version
+/// before names no layout in the membership and reads field r alone. A save that keeps a part
+/// leaves it as it is; where r has a part of its own (written whole by a version before), the
+/// reader takes r's.
+#[tokio::test]
+async fn description_and_health_are_kept_apart_once_every_member_reads_them() {
+    use flotilla_common::store::KeptParts;
+    use flotilla_proto::opamp::AgentDescription;
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path());
+    let store = RedisStore::connect(&redis.url(), "t", &Default::default())
+        .await
+        .unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let uid = Uuid::now_v7();
+    let shard = shard_of(uid.as_bytes());
+    let fence = acquire_for(&store, &[uid]).await[&shard];
+    let key = format!("opamp:t:{{s{shard:04}}}:a:{uid}");
+    let (whole, copy) = collector(uid);
+    let ttl = Duration::from_secs(30);
+    let none = KeptParts::default();
+    let both = KeptParts {
+        description: true,
+        health: true,
+    };
+    let fields = |raw: &mut redis::aio::MultiplexedConnection| {
+        let mut raw = raw.clone();
+        let key = key.clone();
+        async move {
+            let (r, d, k): (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+                .arg(&key)
+                .arg(&["r", "d", "k"][..])
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            (AgentRecord::decode(r.as_slice()).unwrap(), d, k)
+        }
+    };
+    let save = |rec: AgentRecord, kept| {
+        let store = store.clone();
+        async move {
+            store
+                .save_agent_keeping(fence, &rec, Deadline::Keep, None, kept)
+                .await
+                .unwrap()
+        }
+    };
+
+    assert!(!save(copy.clone(), none).await, "no membership yet: whole");
+    let (r, d, k) = fields(&mut raw).await;
+    assert_eq!(
+        (r.description, r.health),
+        (whole.description.clone(), whole.health.clone())
+    );
+    assert_eq!((d, k), (None, None));
+
+    // A member of a version before beats without naming a layout.
+    let _: () = redis::cmd("ZADD")
+        .arg("opamp:t:coords")
+        .arg(i64::MAX / 2)
+        .arg("old")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.heartbeat("new", ttl).await.unwrap(),
+        vec!["new", "old"]
+    );
+    assert!(
+        !save(copy.clone(), none).await,
+        "a member reads r alone: whole"
+    );
+
+    let _: () = redis::cmd("ZREM")
+        .arg("opamp:t:coords")
+        .arg("old")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(store.heartbeat("new", ttl).await.unwrap(), vec!["new"]);
+    assert!(
+        save(copy.clone(), none).await,
+        "every member reads parts apart"
+    );
+    let (r, d, k) = fields(&mut raw).await;
+    assert_eq!((r.description, r.health), (None, None), "r has neither");
+    assert!(d.is_some() && k.is_some());
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(read.description, whole.description);
+    assert_eq!(read.health, whole.health);
+    assert_eq!(read.effective_config, whole.effective_config);
+    let mut visited = Vec::new();
+    store
+        .visit_agents(&|s| s == shard, &mut |r| {
+            visited.push((r.description.clone(), r.health.clone()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        visited,
+        vec![(whole.description.clone(), whole.health.clone())]
+    );
+
+    // A save that keeps both writes neither: a marker put in d stays.
+    let other = AgentDescription {
+        identifying_attributes: vec![attribute("service.name", "marker")],
+        ..Default::default()
+    };
+    let marker = AgentRecord {
+        description: Some(Box::new(other.clone())),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("d")
+        .arg(&marker)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(
+        save(
+            AgentRecord {
+                sequence_num: 4,
+                ..copy.clone()
+            },
+            both
+        )
+        .await
+    );
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(read.sequence_num, 4);
+    assert_eq!(
+        read.description.as_deref(),
+        Some(&other),
+        "kept: not written"
+    );
+    assert_eq!(read.health, whole.health);
+    // Not kept: written again.
+    assert!(
+        save(
+            copy.clone(),
+            KeptParts {
+                health: true,
+                ..none
+            }
+        )
+        .await
+    );
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(read.description, whole.description);
+
+    // A version before writes r whole (a new description) and leaves d and k: r's is read.
+    let mut older = whole.clone();
+    older.effective_config = None;
+    older.description = Some(Box::new(other.clone()));
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("r")
+        .arg(older.encode_to_vec())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!(read.description.as_deref(), Some(&other));
+    assert_eq!(read.health, whole.health);
+
+    // It joins again: this version writes whole, and the parts apart go.
+    let _: () = redis::cmd("ZADD")
+        .arg("opamp:t:coords")
+        .arg(i64::MAX / 2)
+        .arg("old")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    store.heartbeat("new", ttl).await.unwrap();
+    assert!(!save(copy.clone(), both).await);
+    let (r, d, k) = fields(&mut raw).await;
+    assert_eq!(
+        (r.description, r.health),
+        (whole.description.clone(), whole.health.clone())
+    );
+    assert_eq!((d, k), (None, None));
+
+    // The layouts named follow the membership.
+    store.leave("new").await.unwrap();
+    let layouts: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg("opamp:t:formats")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(layouts.is_empty(), "{layouts:?}");
 }
 
 #[tokio::test]

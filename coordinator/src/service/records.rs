@@ -9,7 +9,7 @@
 use super::owner::Owner;
 use super::shards::{RecordCopy, ShardCache, ShardGuard, ShardTable, Walk};
 use crate::fleet::agents::{encoded_components, encoded_description};
-use flotilla_common::store::{AuditEntry, Deadline, Fence, Store, StoreError, Touch};
+use flotilla_common::store::{AuditEntry, Deadline, Fence, KeptParts, Store, StoreError, Touch};
 use flotilla_proto::bus::AgentRecord;
 use flotilla_proto::opamp::EffectiveConfig;
 use futures_util::TryStreamExt;
@@ -182,14 +182,21 @@ impl Locked<'_> {
         if self.keep
             && let Some(rec) = &mut rec
         {
-            self.keep_copy_of(rec);
+            self.keep_copy_of(rec, false);
         }
         Ok(rec)
     }
 
     /// Keeps `rec` (without its effective config) as the copy of agent `uid`'s record, with
-    /// `config` shared with the copy it replaces or any other copy that has the same.
-    fn keep(&self, rec: AgentRecord, config: Option<&EffectiveConfig>, uid: Uuid) {
+    /// `config` shared with the copy it replaces or any other copy that has the same;
+    /// `parts_apart` as [`RecordCopy::parts_apart`].
+    fn keep(
+        &self,
+        rec: AgentRecord,
+        config: Option<&EffectiveConfig>,
+        uid: Uuid,
+        parts_apart: bool,
+    ) {
         let mut cache = self.cache();
         let effective =
             config.map(
@@ -201,23 +208,25 @@ impl Locked<'_> {
                         .share(&rec.effective_config_hash, config),
                 },
             );
-        cache.keep(uid, Box::new(RecordCopy::new(rec, effective)));
+        let mut copy = RecordCopy::new(rec, effective);
+        copy.parts_apart = parts_apart;
+        cache.keep(uid, Box::new(copy));
     }
 
     /// Keeps `rec` itself as its copy ([`Locked::keep`]).
-    fn keep_owned(&self, mut rec: AgentRecord) {
+    fn keep_owned(&self, mut rec: AgentRecord, parts_apart: bool) {
         if let Ok(uid) = Uuid::from_slice(&rec.instance_uid) {
             let config = rec.effective_config.take();
-            self.keep(rec, config.as_deref(), uid);
+            self.keep(rec, config.as_deref(), uid, parts_apart);
         }
     }
 
     /// Keeps a copy of `rec` ([`Locked::keep`]): `rec` is as it was when this returns (its
     /// effective config taken out while the rest is copied, so that it is not copied too).
-    fn keep_copy_of(&self, rec: &mut AgentRecord) {
+    fn keep_copy_of(&self, rec: &mut AgentRecord, parts_apart: bool) {
         if let Ok(uid) = Uuid::from_slice(&rec.instance_uid) {
             let config = rec.effective_config.take();
-            self.keep(rec.clone(), config.as_deref(), uid);
+            self.keep(rec.clone(), config.as_deref(), uid, parts_apart);
             rec.effective_config = config;
         }
     }
@@ -232,8 +241,8 @@ impl Locked<'_> {
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
-        if self.write(rec, deadline, audit).await? {
-            self.keep_copy_of(rec);
+        if let Some(parts_apart) = self.write(rec, deadline, audit).await? {
+            self.keep_copy_of(rec, parts_apart);
         }
         Ok(())
     }
@@ -247,36 +256,39 @@ impl Locked<'_> {
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
-        if self.write(&mut rec, deadline, audit).await? {
-            self.keep_owned(rec);
+        if let Some(parts_apart) = self.write(&mut rec, deadline, audit).await? {
+            self.keep_owned(rec, parts_apart);
         }
         Ok(())
     }
 
     /// The store's side of [`Locked::save`]: a touch when only the sequence number and
-    /// last-seen time differ from the copy (the copy touched too), else the whole record. True
-    /// when the whole record was written and its copy is to be kept (copies are kept); on an
-    /// error the copy goes.
+    /// last-seen time differ from the copy (the copy touched too), else the whole record, but
+    /// for the description and health the store holds as they are (apart, as the copy says).
+    /// Some when the whole record was written and its copy is to be kept (copies are kept):
+    /// whether the store holds its parts apart now. On an error the copy goes.
     async fn write(
         &mut self,
         rec: &mut AgentRecord,
         deadline: Deadline,
         audit: Option<&AuditEntry>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<bool>, StoreError> {
         let touch = Touch::of(rec)
             .ok_or_else(|| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
-        let heard_only = audit.is_none()
-            && self
-                .cache()
-                .get_mut(&touch.uid)
-                .is_some_and(|copy| heard_only(copy, rec));
+        let (heard_only, kept) = match self.cache().get_mut(&touch.uid) {
+            Some(copy) => (
+                audit.is_none() && heard_only(copy, rec),
+                kept_parts(copy, rec),
+            ),
+            None => (false, KeptParts::default()),
+        };
         if heard_only {
             let touched = self.store.touch_agent(self.fence, touch, deadline).await;
             match touched {
                 Ok(true) => {
                     self.cache().touch(&touch);
                     self.note_deadline(deadline, true);
-                    return Ok(false);
+                    return Ok(None);
                 }
                 // Gone from the store: written whole below.
                 Ok(false) => {}
@@ -291,11 +303,11 @@ impl Locked<'_> {
         // encoded parts as what they stand for, and it stays the copy's form for the copy.
         let saved = self
             .store
-            .save_agent(self.fence, rec, deadline, audit)
+            .save_agent_keeping(self.fence, rec, deadline, audit, kept)
             .await;
         self.note_deadline(deadline, saved.is_ok());
         match saved {
-            Ok(()) => Ok(self.keep),
+            Ok(parts_apart) => Ok(self.keep.then_some(parts_apart)),
             Err(e) => {
                 // Written or not: the store's copy is the one to read next.
                 self.cache().forget(&touch.uid);
@@ -373,7 +385,7 @@ impl Locked<'_> {
                     continue;
                 }
             }
-            self.keep_owned(rec);
+            self.keep_owned(rec, false);
         }
         self.cache().set_whole(whole);
         Ok(())
@@ -456,6 +468,21 @@ impl Owner {
             })
             .await?;
         Ok(visited.into_inner())
+    }
+}
+
+/// The parts of `new` the store holds as they are: those of a copy whose parts the store holds
+/// apart ([`RecordCopy::parts_apart`]) where `new` has them alike, in the same form (a part
+/// decoded in one and encoded in the other is written again).
+fn kept_parts(copy: &RecordCopy, new: &AgentRecord) -> KeptParts {
+    let old = &copy.rec;
+    KeptParts {
+        description: copy.parts_apart
+            && old.description == new.description
+            && old.copied_description == new.copied_description,
+        health: copy.parts_apart
+            && old.health == new.health
+            && old.copied_components == new.copied_components,
     }
 }
 
@@ -680,6 +707,54 @@ mod tests {
         assert!(
             !heard_only(&mut copy, &mut new),
             "a tree without components"
+        );
+    }
+
+    /// A save leaves to the store the parts it holds apart as the record has them: none of a
+    /// copy it did not write so, and of one it did, those alike in the same form.
+    #[test]
+    fn a_save_keeps_the_parts_stored_apart_that_did_not_change() {
+        let mut copy = RecordCopy::new(
+            AgentRecord {
+                instance_uid: vec![7; 16],
+                health: Some(Box::new(tree())),
+                description: Some(Box::new(description("prod"))),
+                ..Default::default()
+            },
+            None,
+        );
+        let mut new = copy.for_message();
+        new.sequence_num = 9;
+        new.status = 2;
+        assert_eq!(
+            kept_parts(&copy, &new),
+            KeptParts::default(),
+            "read, not written apart"
+        );
+        copy.parts_apart = true;
+        let both = KeptParts {
+            description: true,
+            health: true,
+        };
+        assert_eq!(kept_parts(&copy, &new), both);
+        new.copied_components = Vec::new();
+        new.health = Some(Box::new(tree()));
+        assert_eq!(
+            kept_parts(&copy, &new),
+            KeptParts {
+                health: false,
+                ..both
+            },
+            "the same tree decoded is written again"
+        );
+        let mut new = copy.for_message();
+        new.health.as_mut().unwrap().healthy = false;
+        new.copied_description = Vec::new();
+        new.description = Some(Box::new(description("dev")));
+        assert_eq!(
+            kept_parts(&copy, &new),
+            KeptParts::default(),
+            "both changed"
         );
     }
 

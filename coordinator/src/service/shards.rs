@@ -417,13 +417,21 @@ impl ShardCache {
 pub(crate) struct RecordCopy {
     pub rec: AgentRecord,
     pub effective: Option<Arc<EffectiveConfig>>,
+    /// The store holds this copy's description and health apart, as the copy has them (it
+    /// wrote them so, [`Store::save_agent_keeping`]): a save that changes neither need not
+    /// write them again. False for a copy of what was read.
+    pub parts_apart: bool,
 }
 
 impl RecordCopy {
     /// The copy of `rec`, whose effective config is `effective` (not in `rec`).
     pub fn new(mut rec: AgentRecord, effective: Option<Arc<EffectiveConfig>>) -> Self {
         copy_form(&mut rec);
-        Self { rec, effective }
+        Self {
+            rec,
+            effective,
+            parts_apart: false,
+        }
     }
 
     /// The record, whole and decoded; None if a part does not decode (the store's is read

@@ -3,8 +3,8 @@
 
 use super::tally::AgentCounts;
 use super::types::{
-    AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, Deadline, Doc, Fence, ShardFilter, Store,
-    StoreError, StoredConfig, Touch,
+    AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, Deadline, Doc, Fence, KeptParts,
+    ShardFilter, Store, StoreError, StoredConfig, Touch,
 };
 use async_trait::async_trait;
 use flotilla_proto::bus::AgentRecord;
@@ -105,6 +105,20 @@ impl Store for Measured {
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
         let f = self.inner.save_agent(fence, record, deadline, audit);
+        self.call("save_agent", f).await
+    }
+
+    async fn save_agent_keeping(
+        &self,
+        fence: Fence,
+        record: &AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+        kept: KeptParts,
+    ) -> Result<bool, StoreError> {
+        let f = self
+            .inner
+            .save_agent_keeping(fence, record, deadline, audit, kept);
         self.call("save_agent", f).await
     }
 

@@ -20,6 +20,6 @@ pub use measured::Measured;
 pub use tally::{AgentCounts, Tally, in_fleet_view};
 pub use types::{
     AgentSettings, AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, ConfigFile,
-    DEFAULT_AUDIT_RETENTION, Deadline, Doc, Fence, PackageOffer, ShardFilter, Store, StoreError,
-    StoredConfig, TelemetryDestination, Touch,
+    DEFAULT_AUDIT_RETENTION, Deadline, Doc, Fence, KeptParts, PackageOffer, ShardFilter, Store,
+    StoreError, StoredConfig, TelemetryDestination, Touch,
 };

@@ -48,11 +48,17 @@ pub const SHARED_EFFECTIVE_CONFIG_MIN: usize = 1024;
 
 /// An agent record as stored ([`stored_record`]).
 pub struct StoredRecord {
-    /// The record's encoding, in the form every reader decodes: an owner's copy's encoded parts
-    /// (bus.proto `copied_description`, `copied_components`) written as the description and
-    /// health they stand for; without the effective config when it is kept apart (naming it by
-    /// its SHA-256 then, and never naming another).
+    /// The record's encoding, in the form every reader decodes, but for its description and
+    /// health (`description`, `health`): an owner's copy's encoded parts (bus.proto
+    /// `copied_description`, `copied_components`) are written as the description and health they
+    /// stand for; without the effective config when it is kept apart (naming it by its SHA-256
+    /// then, and never naming another).
     pub record: Vec<u8>,
+    /// The description's and the health's fields, encoded as in the record (key and length
+    /// first; empty when the record has none): `record` followed by both is the whole record,
+    /// and a store may keep them apart, so that a save that changes neither need not write them.
+    pub description: Vec<u8>,
+    pub health: Vec<u8>,
     /// The SHA-256 the effective config is kept apart under, when it is: its OpAMP config hash
     /// when the record has it (a hash of every file's name, content type and body), else a hash
     /// of its encoding.
@@ -68,6 +74,21 @@ impl StoredRecord {
     pub fn apart_body(&self) -> &[u8] {
         &self.whole[self.body.clone()]
     }
+
+    /// The record with its description and health: what a store that keeps no parts apart
+    /// writes.
+    pub fn joined(&self) -> Vec<u8> {
+        [&self.record[..], &self.description, &self.health].concat()
+    }
+}
+
+/// Which parts of a record ([`StoredRecord::description`], [`StoredRecord::health`]) a save may
+/// leave as the store has them: the caller knows they are stored apart, as they are in the
+/// record saved ([`Store::save_agent_keeping`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeptParts {
+    pub description: bool,
+    pub health: bool,
 }
 
 /// AgentRecord's field numbers (bus.proto) that [`stored_record`] rewrites.
@@ -104,12 +125,14 @@ pub fn stored_record(rec: &AgentRecord) -> Result<StoredRecord, StoreError> {
         RECORD_EFFECTIVE_CONFIG_SHA256 => {}
         _ => record.extend_from_slice(field),
     })?;
+    let mut description_field = Vec::new();
     if let Some(d) = copied_description.or(description) {
-        push_delimited(&mut record, RECORD_DESCRIPTION, &[d]);
+        push_delimited(&mut description_field, RECORD_DESCRIPTION, &[d]);
     }
+    let mut health_field = Vec::new();
     match (health, components) {
         (None, None) => {}
-        (Some(root), None) => push_delimited(&mut record, RECORD_HEALTH, &[root]),
+        (Some(root), None) => push_delimited(&mut health_field, RECORD_HEALTH, &[root]),
         // The copy's components replace any the root has (it has none in the copy's form).
         (root, Some(components)) => {
             let mut kept = Vec::new();
@@ -118,7 +141,7 @@ pub fn stored_record(rec: &AgentRecord) -> Result<StoredRecord, StoreError> {
                     kept.extend_from_slice(field);
                 }
             })?;
-            push_delimited(&mut record, RECORD_HEALTH, &[&kept, components]);
+            push_delimited(&mut health_field, RECORD_HEALTH, &[&kept, components]);
         }
     }
     let apart_sha256 = body.map(|body| {
@@ -137,6 +160,8 @@ pub fn stored_record(rec: &AgentRecord) -> Result<StoredRecord, StoreError> {
     });
     Ok(StoredRecord {
         record,
+        description: description_field,
+        health: health_field,
         apart_sha256,
         whole,
         body,
@@ -420,6 +445,22 @@ pub trait Store: Send + Sync + 'static {
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError>;
+    /// [`Store::save_agent`], leaving the parts `kept` names as the store has them; true when the
+    /// record's description and health are stored apart now, so that a later save of the same
+    /// shard under the same fence may keep them (`kept` is only ever given after such a save).
+    /// A store that keeps no parts apart writes the whole record.
+    async fn save_agent_keeping(
+        &self,
+        fence: Fence,
+        record: &AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+        kept: KeptParts,
+    ) -> Result<bool, StoreError> {
+        let _ = kept;
+        self.save_agent(fence, record, deadline, audit).await?;
+        Ok(false)
+    }
     /// Records that an agent was heard from and nothing else of its record changed: only its
     /// sequence number and last-seen time are written (and its deadline changed), if `fence`
     /// still holds; false if it has no record (the caller saves the whole record instead). What
@@ -606,7 +647,10 @@ mod tests {
             let mut want = rec.clone();
             want.effective_config = None;
             want.effective_config_sha256 = sha;
-            assert_eq!(AgentRecord::decode(stored.record.as_slice()).unwrap(), want);
+            assert_eq!(
+                AgentRecord::decode(stored.joined().as_slice()).unwrap(),
+                want
+            );
         }
         let mut small = record(Vec::new(), vec![3; 32]);
         small.effective_config = Some(Box::new(EffectiveConfig::default()));
@@ -615,12 +659,16 @@ mod tests {
         assert!(stored.apart_body().is_empty());
         let mut want = small.clone();
         want.effective_config_sha256.clear();
-        assert_eq!(AgentRecord::decode(stored.record.as_slice()).unwrap(), want);
+        assert_eq!(
+            AgentRecord::decode(stored.joined().as_slice()).unwrap(),
+            want
+        );
     }
 
     /// A record in an owner's copy's form (description and components below the health's root
     /// encoded) is stored as the record it stands for; a record with a description and health
-    /// of its own, as it is.
+    /// of its own, as it is; its description and health are fields of their own, which the
+    /// rest of the record lacks.
     #[test]
     fn a_copy_is_stored_as_the_record_it_stands_for() {
         let leaf = |status: &str| ComponentHealth {
@@ -653,16 +701,27 @@ mod tests {
         let stored = stored_record(&full).unwrap();
         for rec in [&full, &copy] {
             let again = stored_record(rec).unwrap();
-            let read = AgentRecord::decode(again.record.as_slice()).unwrap();
-            assert_eq!(read, AgentRecord::decode(stored.record.as_slice()).unwrap());
+            let read = AgentRecord::decode(again.joined().as_slice()).unwrap();
+            assert_eq!(
+                read,
+                AgentRecord::decode(stored.joined().as_slice()).unwrap()
+            );
             assert_eq!(read.description, full.description);
             assert_eq!(read.health, full.health);
             assert!(read.copied_description.is_empty() && read.copied_components.is_empty());
+            let rest = AgentRecord::decode(again.record.as_slice()).unwrap();
+            assert!(rest.description.is_none() && rest.health.is_none());
+            let parts = [again.description.as_slice(), &again.health].concat();
+            let parts = AgentRecord::decode(parts.as_slice()).unwrap();
+            assert_eq!(
+                (parts.description, parts.health),
+                (full.description.clone(), full.health.clone())
+            );
         }
         // Components the root still names give way to the copy's (never both in a copy).
         let mut both = copy.clone();
         both.health.as_mut().unwrap().component_health_map = [("c".into(), leaf("x"))].into();
-        let read = AgentRecord::decode(stored_record(&both).unwrap().record.as_slice()).unwrap();
+        let read = AgentRecord::decode(stored_record(&both).unwrap().joined().as_slice()).unwrap();
         assert_eq!(read.health, full.health);
     }
 }

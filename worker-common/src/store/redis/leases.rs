@@ -4,8 +4,13 @@ use super::scripts::{ACQUIRE, HEARTBEAT, RELEASE, RENEW};
 use super::{RedisStore, io};
 use crate::store::types::{Fence, StoreError};
 use futures_util::future::join_all;
-use redis::AsyncCommands;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// The record layout this version reads: 2, an agent's description and health in hash fields of
+/// their own (d, k) where its record (r) lacks them. Versions before read r alone, and name no
+/// layout in the membership.
+const RECORD_LAYOUT: u32 = 2;
 
 /// How long leases last and how they are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,25 +43,36 @@ impl Default for LeaseTiming {
 
 impl RedisStore {
     /// Records that coordinator `node` is alive and returns every live coordinator (sorted).
-    /// Members that have not beaten for `ttl` are dropped.
+    /// Members that have not beaten for `ttl` are dropped. Also learns whether every live
+    /// member reads records with parts kept apart ([`RECORD_LAYOUT`]), which decides how this
+    /// store writes them from now on.
     pub async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<Vec<String>, StoreError> {
-        let mut members: Vec<String> = HEARTBEAT
+        let (mut members, layouts): (Vec<String>, Vec<Option<u32>>) = HEARTBEAT
             .key(format!("{}:coords", self.prefix))
+            .key(format!("{}:formats", self.prefix))
             .arg(node)
             .arg(ttl.as_millis() as u64)
+            .arg(RECORD_LAYOUT)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(io)?;
+        let apart = layouts
+            .iter()
+            .all(|l| l.is_some_and(|l| l >= RECORD_LAYOUT));
+        self.parts_apart.store(apart, Ordering::Relaxed);
         members.sort();
         Ok(members)
     }
 
     /// Removes `node` from the membership at once (a graceful stop).
     pub async fn leave(&self, node: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .conn
-            .clone()
+        let _: () = redis::pipe()
+            .atomic()
             .zrem(format!("{}:coords", self.prefix), node)
+            .ignore()
+            .hdel(format!("{}:formats", self.prefix), node)
+            .ignore()
+            .query_async(&mut self.conn.clone())
             .await
             .map_err(io)?;
         Ok(())

@@ -7,12 +7,16 @@
 //! opamp:r:{sn}:a:<uid>    hash: r = AgentRecord (protobuf), e = epoch of the write,
 //!                         t = "<sequence_num> <last_seen_unix_ms>" when newer than r's (a touch),
 //!                         c = the counters it adds 1 to (its Tally), h = its effective config's
-//!                         SHA-256 in hex when kept apart (r has none then)
+//!                         SHA-256 in hex when kept apart (r has none then), d and k = the
+//!                         description's and the health's fields when kept apart (r has neither
+//!                         then; where r has one, its own is read)
 //! opamp:r:{sn}:agents     set of the shard's uids (what visits iterate)
 //! opamp:r:{sn}:dl         zset uid -> silence deadline (unix ms)
 //! opamp:r:{sn}:counts     hash counter -> agents (total, connected, ...: the sums of the
 //!                         records' tallies, field c of each); v = 1 once complete
 //! opamp:r:coords          zset node -> last membership heartbeat (Redis time, ms)
+//! opamp:r:formats         hash node -> the record layout its version reads (2: d and k
+//!                         apart); records are written so once every live member reads it
 //! opamp:r:ec:<sha256>     an effective config kept apart (EffectiveConfig, protobuf): one for
 //!                         every agent reporting the same, named by field h of their records
 //! opamp:r:ec-refs         hash sha256 -> records naming it (the body goes with the last)
@@ -40,8 +44,8 @@ mod scripts;
 
 use super::tally::{AgentCounts, Tally};
 use super::types::{
-    AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, Deadline, Doc, Fence, ShardFilter, Store,
-    StoreError, StoredConfig, Touch, stored_record,
+    AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, Deadline, Doc, Fence, KeptParts,
+    ShardFilter, Store, StoreError, StoredConfig, Touch, stored_record,
 };
 use crate::config::{RedisTls, redact};
 use crate::names::{SHARD_COUNT, shard_of};
@@ -57,6 +61,7 @@ use scripts::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -74,6 +79,10 @@ pub struct RedisStore {
     audit_retention: Duration,
     /// Effective configs kept apart, by SHA-256, as read (they never change under their hash).
     effective: Arc<parking_lot::Mutex<HashMap<Vec<u8>, Arc<EffectiveConfig>>>>,
+    /// Whether every live coordinator reads records whose description and health are kept
+    /// apart (fields d and k), as the last membership heartbeat found: only then are they
+    /// written so ([`RedisStore::heartbeat`]). A version before reads field r alone.
+    parts_apart: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -190,6 +199,7 @@ impl RedisStore {
             prefix: format!("opamp:{region}"),
             audit_retention: super::types::DEFAULT_AUDIT_RETENTION,
             effective: Default::default(),
+            parts_apart: Default::default(),
         })
     }
 
@@ -249,7 +259,7 @@ impl RedisStore {
         for chunk in keys.chunks(512) {
             let mut pipe = redis::pipe();
             for key in chunk {
-                pipe.hmget(key, &["r", "t"]);
+                pipe.hmget(key, ROW_FIELDS);
             }
             let rows: Vec<Row> = pipe.query_async(&mut conn).await.map_err(io)?;
             for row in rows {
@@ -305,7 +315,7 @@ impl Store for RedisStore {
         let row: Row = self
             .conn
             .clone()
-            .hmget(self.agent_key(uid), &["r", "t"])
+            .hmget(self.agent_key(uid), ROW_FIELDS)
             .await
             .map_err(io)?;
         let Some(mut rec) = record_of(row)? else {
@@ -351,6 +361,19 @@ impl Store for RedisStore {
         deadline: Deadline,
         audit: Option<&AuditEntry>,
     ) -> Result<(), StoreError> {
+        self.save_agent_keeping(fence, record, deadline, audit, KeptParts::default())
+            .await
+            .map(drop)
+    }
+
+    async fn save_agent_keeping(
+        &self,
+        fence: Fence,
+        record: &AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+        kept: KeptParts,
+    ) -> Result<bool, StoreError> {
         let uid = Uuid::from_slice(&record.instance_uid)
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
         let (mode, at) = deadline_args(deadline);
@@ -361,7 +384,18 @@ impl Store for RedisStore {
             .as_deref()
             .map(hex::encode)
             .unwrap_or_default();
-        let bytes = &stored.record;
+        let apart = self.parts_apart.load(Ordering::Relaxed);
+        let joined;
+        let (bytes, description, health) = if apart {
+            (
+                &stored.record,
+                part_args(&stored.description, kept.description),
+                part_args(&stored.health, kept.health),
+            )
+        } else {
+            joined = stored.joined();
+            (&joined, ("-", &[][..]), ("-", &[][..]))
+        };
         let tally = Tally::of(record).names();
         let save = |body: &[u8]| {
             let mut script = SAVE.prepare_invoke();
@@ -379,7 +413,11 @@ impl Store for RedisStore {
                 .arg(tally.as_str())
                 .arg(sha.as_str())
                 .arg(body)
-                .arg(self.effective_prefix());
+                .arg(self.effective_prefix())
+                .arg(description.0)
+                .arg(description.1)
+                .arg(health.0)
+                .arg(health.1);
             script
         };
         // The body goes only when the store lacks it: most agents report what others did.
@@ -395,7 +433,7 @@ impl Store for RedisStore {
                 other.map_err(|e| fenced_or_io(e, fence))?;
             }
         }
-        Ok(())
+        Ok(apart)
     }
 
     async fn touch_agent(
@@ -787,16 +825,42 @@ fn deadline_args(deadline: Deadline) -> (&'static str, u64) {
     }
 }
 
-/// An agent's hash fields `r` (the record) and `t` (the touch since, if any).
-type Row = (Option<Vec<u8>>, Option<Vec<u8>>);
+/// A part of a record kept apart, as SAVE takes it: '=' left as stored, '+' written (the
+/// bytes), '-' removed (the record has none).
+fn part_args(field: &[u8], kept: bool) -> (&'static str, &[u8]) {
+    match (kept, field.is_empty()) {
+        (true, _) => ("=", &[]),
+        (false, false) => ("+", field),
+        (false, true) => ("-", &[]),
+    }
+}
 
-/// An agent's record from its hash fields `r` and `t`.
+/// The agent's hash fields a record is read from, in [`Row`]'s order.
+const ROW_FIELDS: &[&str] = &["r", "t", "d", "k"];
+
+/// An agent's hash fields `r` (the record), `t` (the touch since, if any), `d` and `k` (its
+/// description's and health's fields, when kept apart).
+type Row = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+
+/// An agent's record from its hash fields. A part kept apart is read only where `r` lacks it: a
+/// version that kept no parts apart wrote `r` whole and left them as they were.
 fn record_of(row: Row) -> Result<Option<AgentRecord>, StoreError> {
-    let (Some(bytes), touch) = row else {
+    let (Some(bytes), touch, description, health) = row else {
         return Ok(None);
     };
-    let mut rec =
-        AgentRecord::decode(bytes.as_slice()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let corrupt = |e: prost::DecodeError| StoreError::Corrupt(e.to_string());
+    let mut rec = AgentRecord::decode(bytes.as_slice()).map_err(corrupt)?;
+    if let Some(d) = description.filter(|_| rec.description.is_none()) {
+        rec.merge(d.as_slice()).map_err(corrupt)?;
+    }
+    if let Some(k) = health.filter(|_| rec.health.is_none()) {
+        rec.merge(k.as_slice()).map_err(corrupt)?;
+    }
     if let Some(t) = touch {
         Touch::decode_onto(&t, &mut rec)?;
     }

@@ -79,7 +79,9 @@ fn effective_refs_lua(refs: &str, prefix: &str, old: &str, new: &str) -> String 
 /// counts are complete (field v) from its first record on, or once counted (RECOUNT). An
 /// effective config kept apart (ARGV[9]: its SHA-256 in hex, field h of the record) is stored
 /// under ARGV[11] .. sha unless it is there; without its body (ARGV[10]) the script stops with
-/// NEEDBODY before writing anything, and the caller sends it again with the body.
+/// NEEDBODY before writing anything, and the caller sends it again with the body. The record's
+/// description and health kept apart (fields d, k): ARGV[12] and ARGV[14] say '+' (written from
+/// ARGV[13], ARGV[15]), '=' (left as they are) or '-' (removed: ARGV[2] has it, or it has none).
 pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('FENCED') end\n\
@@ -92,7 +94,13 @@ pub(super) static SAVE: LazyLock<Script> = LazyLock::new(|| {
          local old = redis.call('HGET', KEYS[2], 'c') or ''\n\
          if redis.call('SCARD', KEYS[3]) == 0 then redis.call('HSET', KEYS[6], 'v', '1') end\n\
          redis.call('HSET', KEYS[2], 'r', ARGV[2], 'e', ARGV[1], 'c', ARGV[8])\n\
-         redis.call('HDEL', KEYS[2], 't')\n\
+         local gone = {{'t'}}\n\
+         for i, f in ipairs({{'d', 'k'}}) do\n\
+           local m = ARGV[10 + 2 * i]\n\
+           if m == '+' then redis.call('HSET', KEYS[2], f, ARGV[11 + 2 * i])\n\
+           elseif m == '-' then table.insert(gone, f) end\n\
+         end\n\
+         redis.call('HDEL', KEYS[2], unpack(gone))\n\
          redis.call('SADD', KEYS[3], ARGV[3])\n\
          if old ~= ARGV[8] then\n{}{}end\n\
          {}{}return 1",
@@ -159,11 +167,20 @@ pub(super) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// Membership: node ARGV[1] beats (zset KEYS[1]) and names the record layout it reads
+/// (ARGV[3], hash KEYS[2]); members silent for ARGV[2] ms are dropped, with their layouts (and
+/// any layout of a node no longer a member: an older version drops members without). Returns
+/// the members and, in their order, their layouts (false: a version that names none).
 pub(super) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{NOW_MS}redis.call('ZADD', KEYS[1], now, ARGV[1])\n\
+         redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n\
          redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))\n\
-         return redis.call('ZRANGE', KEYS[1], 0, -1)"
+         for _, n in ipairs(redis.call('HKEYS', KEYS[2])) do\n\
+           if not redis.call('ZSCORE', KEYS[1], n) then redis.call('HDEL', KEYS[2], n) end\n\
+         end\n\
+         local members = redis.call('ZRANGE', KEYS[1], 0, -1)\n\
+         return {{members, redis.call('HMGET', KEYS[2], unpack(members))}}"
     ))
 });
 
