@@ -146,9 +146,11 @@ start_region() {
     nats_flags=(-c "$rdir/nats.conf")
   fi
   launch nats nats-server -a 127.0.0.1 -p "$nats_port" "${nats_flags[@]}"
+  # Agents' hashes kept compact (listpack) with their description and health fields of a few KB,
+  # as docs/deploy.md advises.
   # shellcheck disable=SC2086 # REDIS_FLAGS is split on spaces
   launch redis redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$rdir/redis-data" \
-    --save "" --appendonly yes --daemonize no ${REDIS_FLAGS:-}
+    --save "" --appendonly yes --hash-max-listpack-value 4096 --daemonize no ${REDIS_FLAGS:-}
   wait_port "$nats_port"
   wait_port "$redis_port"
   local urls=(--nats-url "nats://127.0.0.1:$nats_port" --redis-url "redis://127.0.0.1:$redis_port"

@@ -58,3 +58,85 @@ async fn agents_are_told_to_retry_when_no_owner_answers() {
     }
     task.await.unwrap().unwrap();
 }
+
+/// Agents of a shard nobody owns (its owner died; its lease runs for seconds more) wait for an
+/// owner without holding the gateway's room for agent messages: more of them than that room
+/// holds do not stop the message of an agent whose shard has an owner.
+#[tokio::test]
+async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
+    use flotilla_common::names::{Subjects, shard_of};
+    use flotilla_gateway::MAX_UPLINKS_IN_FLIGHT;
+    use flotilla_proto::bus::{Uplink, UplinkReply, uplink};
+    use flotilla_proto::opamp::{AgentToServer, ServerToAgent};
+    use prost::Message;
+
+    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
+    let mut owned = SimAgent::new("otelcol", &[]);
+    let owned_shard = shard_of(owned.uid.as_bytes());
+    let mut uplinks = bus
+        .subscribe(&Subjects::new("test").uplink(owned_shard))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(i) = uplinks.next().await {
+            let up = Uplink::decode(i.msg.payload).unwrap();
+            let Some(uplink::Kind::AgentToServer(a)) = up.kind else {
+                continue;
+            };
+            let answer = ServerToAgent {
+                instance_uid: AgentToServer::decode(a.as_slice()).unwrap().instance_uid,
+                ..Default::default()
+            };
+            let reply = UplinkReply {
+                server_to_agent: answer.encode_to_vec(),
+                ..Default::default()
+            };
+            let _ = i.reply.unwrap().send(reply.encode_to_vec().into()).await;
+        }
+    });
+    let mut cfg = GatewayConfig::new("test", "gw1", 1 << 20);
+    cfg.uplink_deadline = Duration::from_secs(6);
+    let gateway = Gateway::new(cfg, bus, &mut Registry::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
+
+    // More agents than the room holds, each of a shard without owner, all waiting for one.
+    let mut waiting = Vec::new();
+    while waiting.len() < MAX_UPLINKS_IN_FLIGHT + 44 {
+        let mut agent = SimAgent::new("otelcol", &[]);
+        if shard_of(agent.uid.as_bytes()) == owned_shard {
+            continue;
+        }
+        let mut ws = WsClient::connect(&url).await.unwrap();
+        waiting.push(tokio::spawn(async move {
+            ws.request(&agent.full_report()).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "they wait for an owner"
+    );
+
+    let mut ws = WsClient::connect(&url).await.unwrap();
+    let started = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(4), ws.request(&owned.full_report()))
+        .await
+        .expect("answered while the others wait (not once they gave up, after 6 s)")
+        .unwrap();
+    assert!(reply.error_response.is_none(), "{reply:?}");
+    assert_eq!(reply.instance_uid, owned.uid.as_bytes().to_vec());
+    println!(
+        "answered in {:?} with 300 agents waiting",
+        started.elapsed()
+    );
+    assert!(waiting.iter().all(|w| !w.is_finished()), "still waiting");
+
+    for w in waiting {
+        w.abort();
+    }
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}

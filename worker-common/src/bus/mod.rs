@@ -12,5 +12,5 @@ pub use measured::Measured as MeasuredBus;
 pub use nats::NatsBus;
 pub use types::{
     Answers, Bus, BusError, BusMessage, Incoming, Reply, Subscription, request_with_retry,
-    subject_matches,
+    retry_request, subject_matches,
 };

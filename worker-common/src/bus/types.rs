@@ -206,21 +206,38 @@ pub async fn request_with_retry(
     timeout: Duration,
     deadline: Duration,
 ) -> Result<Bytes, BusError> {
-    let give_up = tokio::time::Instant::now() + deadline;
+    retry_request(deadline, || bus.request(msg.clone(), timeout)).await
+}
+
+/// Makes `attempt` (one request) again while nobody serves its subject, the server did not
+/// answer in time or the bus was away, until `deadline` has passed; returns what the last
+/// attempt got. Nothing is held between attempts but what `attempt` holds.
+pub async fn retry_request<F, Fut>(deadline: Duration, mut attempt: F) -> Result<Bytes, BusError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Bytes, BusError>>,
+{
+    let started = tokio::time::Instant::now();
+    let give_up = started + deadline;
     let mut backoff = Duration::from_millis(25);
     loop {
-        match bus.request(msg.clone(), timeout).await {
+        match attempt().await {
             Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_) | BusError::Closed)) => {
                 let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
                 if remaining.is_zero() {
                     return Err(e);
                 }
                 // Nobody serves the subject (a shard no coordinator holds yet, as in the first
-                // second of a cluster, or one between owners): asking costs nothing, so it is
-                // asked again often and answered within 100 ms of an owner taking it. A server
-                // that did not answer in time is given more room.
+                // second of a cluster, or one between owners): asking costs little, so for a
+                // second it is asked again at most 100 ms later, and answered within 100 ms of
+                // an owner taking it; then once a second (a shard whose owner died has none
+                // until its lease runs out, seconds later). A server that did not answer in time
+                // is given more room.
                 let most = match e {
-                    BusError::NoResponders(_) => Duration::from_millis(100),
+                    BusError::NoResponders(_) if started.elapsed() < NO_OWNER_SOON => {
+                        Duration::from_millis(100)
+                    }
+                    BusError::NoResponders(_) => NO_OWNER_SOON,
                     _ => Duration::from_millis(500),
                 };
                 tokio::time::sleep(backoff.min(most).min(remaining)).await;
@@ -230,6 +247,9 @@ pub async fn request_with_retry(
         }
     }
 }
+
+/// How long [`retry_request`] asks often for a subject nobody serves (then once this long).
+const NO_OWNER_SOON: Duration = Duration::from_secs(1);
 
 /// NATS subject matching: `*` matches one token, `>` one or more trailing tokens.
 pub fn subject_matches(pattern: &str, subject: &str) -> bool {
@@ -273,7 +293,42 @@ fn incoming(client: &async_nats::Client, m: async_nats::Message) -> Incoming {
 
 #[cfg(test)]
 mod tests {
-    use super::subject_matches;
+    use super::{BusError, retry_request, subject_matches};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// A subject nobody serves is asked again within 100 ms for a second (an owner taking the
+    /// shard is reached soon), then once a second: a message for a shard whose owner died asks
+    /// 20 times in 5 s, not 50.
+    #[tokio::test(start_paused = true)]
+    async fn a_subject_nobody_serves_is_asked_often_for_a_second_then_seldom() {
+        let started = Instant::now();
+        let owner_at = Duration::from_millis(630);
+        let answered = retry_request(Duration::from_secs(5), || async move {
+            if started.elapsed() >= owner_at {
+                Ok(bytes::Bytes::from_static(b"ok"))
+            } else {
+                Err(BusError::NoResponders("s".into()))
+            }
+        })
+        .await;
+        assert_eq!(answered.unwrap(), "ok");
+        let late = started.elapsed() - owner_at;
+        assert!(
+            late <= Duration::from_millis(100),
+            "{late:?} after the owner came"
+        );
+
+        let mut attempts = 0;
+        let gave_up = retry_request(Duration::from_secs(5), || {
+            attempts += 1;
+            async { Err(BusError::NoResponders("s".into())) }
+        })
+        .await;
+        assert!(matches!(gave_up, Err(BusError::NoResponders(_))));
+        assert_eq!(started.elapsed(), Duration::from_secs(5) + owner_at + late);
+        assert_eq!(attempts, 20);
+    }
 
     #[test]
     fn wildcards() {
