@@ -6,6 +6,7 @@
 use crate::activity::{Activity, ActivityIo, Expiry, Inflight};
 use crate::guard::{AgentTokens, ConnInfo, PeerCert, RefusedCerts};
 use crate::metrics::Metrics;
+use crate::ownerless::Ownerless;
 use crate::slots::{Slot, Slots, Taken};
 use crate::table::ConnectionTable;
 use bytes::Bytes;
@@ -105,6 +106,8 @@ pub struct Gateway {
     pub(crate) downlink_log: LogLimiter,
     /// Room for agent messages sent to owners and not answered yet ([`MAX_UPLINKS_IN_FLIGHT`]).
     uplinks: Arc<Semaphore>,
+    /// Shards nobody served lately: their messages do not wait for an owner once that has lasted.
+    ownerless: Ownerless,
 }
 
 /// Agent messages a gateway has sent to their owners and not had answered, at most. Past it an
@@ -135,6 +138,7 @@ impl Gateway {
             forwarders: Default::default(),
             downlink_log: LogLimiter::default(),
             uplinks: Arc::new(Semaphore::new(MAX_UPLINKS_IN_FLIGHT)),
+            ownerless: Ownerless::default(),
         })
     }
 
@@ -448,11 +452,12 @@ impl Gateway {
 
     /// Sends `uplink` to the owner of `instance_uid`'s shard and returns its answer, asking again
     /// while the shard has no owner or the owner does not answer in time, within the uplink
-    /// deadline. With `room` (an agent's message, holding its room for the first attempt), each
-    /// attempt holds room among [`MAX_UPLINKS_IN_FLIGHT`] and the waits between attempts hold
-    /// none: a shard whose owner died has none until its lease runs out (up to the lease's
-    /// TTL), and its agents' messages, asked again for seconds, would otherwise take all the room
-    /// and stop every other agent's messages (measured at 100,000 agents: docs/benchmarks.md).
+    /// deadline; once, if the shard has had no owner for a while ([`Ownerless`]). With `room` (an
+    /// agent's message, holding its room for the first attempt), each attempt holds room among
+    /// [`MAX_UPLINKS_IN_FLIGHT`] and the waits between attempts hold none: a shard whose owner
+    /// died has none until its lease runs out (up to the lease's TTL), and its agents' messages,
+    /// asked again for seconds, took all the room and stopped every other agent's messages
+    /// (measured at 100,000 agents: docs/benchmarks.md).
     async fn request_owner_in(
         &self,
         instance_uid: &[u8],
@@ -460,7 +465,8 @@ impl Gateway {
         mut room: Option<tokio::sync::SemaphorePermit<'_>>,
     ) -> Result<UplinkReply, BusError> {
         let started = Instant::now();
-        let subject = self.subjects.uplink(shard_of(instance_uid));
+        let shard = shard_of(instance_uid);
+        let subject = self.subjects.uplink(shard);
         let span = traces::child(|| debug_span!("bus.request", otel.kind = "client", %subject));
         let msg = {
             let _entered = span.enter();
@@ -496,12 +502,20 @@ impl Gateway {
                 if roomed {
                     self.metrics.uplinks_in_flight.dec();
                 }
+                match &answer {
+                    Ok(_) => self.ownerless.served(shard),
+                    Err(BusError::NoResponders(_)) => self.ownerless.missed(shard),
+                    Err(_) => {}
+                }
                 answer
             }
         };
-        let bytes = retry_request(self.cfg.uplink_deadline, attempt)
-            .instrument(span)
-            .await?;
+        let deadline = if self.ownerless.for_long(shard) {
+            Duration::ZERO
+        } else {
+            self.cfg.uplink_deadline
+        };
+        let bytes = retry_request(deadline, attempt).instrument(span).await?;
         self.metrics
             .uplink_seconds
             .observe(started.elapsed().as_secs_f64());

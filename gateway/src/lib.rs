@@ -17,6 +17,7 @@ mod metrics_queue;
 pub mod otlp;
 mod otlp_wire;
 mod own_metrics;
+mod ownerless;
 mod slots;
 pub mod table;
 mod ws;

@@ -61,7 +61,8 @@ async fn agents_are_told_to_retry_when_no_owner_answers() {
 
 /// Agents of a shard nobody owns (its owner died; its lease runs for seconds more) wait for an
 /// owner without holding the gateway's room for agent messages: more of them than that room
-/// holds do not stop the message of an agent whose shard has an owner.
+/// holds do not stop the message of an agent whose shard has an owner. Once a shard has had no
+/// owner for a second, a new message of it is answered "retry later" at once.
 #[tokio::test]
 async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
     use flotilla_common::names::{Subjects, shard_of};
@@ -73,6 +74,7 @@ async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
     let mut owned = SimAgent::new("otelcol", &[]);
     let owned_shard = shard_of(owned.uid.as_bytes());
+    let mut unowned_shards = std::collections::BTreeSet::from([owned_shard]);
     let mut uplinks = bus
         .subscribe(&Subjects::new("test").uplink(owned_shard))
         .await
@@ -106,7 +108,7 @@ async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
     let mut waiting = Vec::new();
     while waiting.len() < MAX_UPLINKS_IN_FLIGHT + 44 {
         let mut agent = SimAgent::new("otelcol", &[]);
-        if shard_of(agent.uid.as_bytes()) == owned_shard {
+        if !unowned_shards.insert(shard_of(agent.uid.as_bytes())) {
             continue;
         }
         let mut ws = WsClient::connect(&url).await.unwrap();
@@ -133,6 +135,23 @@ async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
         started.elapsed()
     );
     assert!(waiting.iter().all(|w| !w.is_finished()), "still waiting");
+
+    // A second on, an agent of one of those shards is not kept waiting.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut late = loop {
+        let agent = SimAgent::new("otelcol", &[]);
+        let shard = shard_of(agent.uid.as_bytes());
+        if shard != owned_shard && unowned_shards.contains(&shard) {
+            break agent;
+        }
+    };
+    let mut ws = WsClient::connect(&url).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(2), ws.request(&late.full_report()))
+        .await
+        .expect("answered at once (not after the 6 s deadline)")
+        .unwrap();
+    let err = reply.error_response.expect("retry later");
+    assert_eq!(err.r#type, ServerErrorResponseType::Unavailable as i32);
 
     for w in waiting {
         w.abort();
