@@ -452,7 +452,7 @@ impl Gateway {
 
     /// Sends `uplink` to the owner of `instance_uid`'s shard and returns its answer, asking again
     /// while the shard has no owner or the owner does not answer in time, within the uplink
-    /// deadline, until the shard has had no owner for a while ([`Ownerless`]). With `room` (an
+    /// deadline; once, if the shard has had no owner for a while ([`Ownerless`]). With `room` (an
     /// agent's message, holding its room for the first attempt), each attempt holds room among
     /// [`MAX_UPLINKS_IN_FLIGHT`] and the waits between attempts hold none: a shard whose owner
     /// died has none until its lease runs out (up to the lease's TTL), and its agents' messages,
@@ -510,10 +510,12 @@ impl Gateway {
                 answer
             }
         };
-        let ask_again = || !self.ownerless.for_long(shard);
-        let bytes = retry_request(self.cfg.uplink_deadline, attempt, ask_again)
-            .instrument(span)
-            .await?;
+        let deadline = if self.ownerless.for_long(shard) {
+            Duration::ZERO
+        } else {
+            self.cfg.uplink_deadline
+        };
+        let bytes = retry_request(deadline, attempt).instrument(span).await?;
         self.metrics
             .uplink_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -1,10 +1,10 @@
 //! Shards nobody has served lately, and since when. A shard whose owner died has none until the
 //! owner's lease runs out (up to the lease's TTL, 15 s by default); its agents' messages, each
 //! asked again for the uplink deadline, were most of a gateway's NATS requests then (about 10,000
-//! *no responders* a second per gateway at 100,000 agents, docs/benchmarks.md). Once a shard has
-//! had no owner for [`NO_OWNER_FOR`], its messages are not asked again: a new one is asked once,
-//! and those waiting stop, all answered "retry later"; sooner, they wait for an owner (a handoff
-//! takes tens of ms, the cluster's start a second or two).
+//! *no responders* a second per gateway at 100,000 agents, docs/benchmarks.md). A message for a
+//! shard that has had no owner for [`NO_OWNER_FOR`] is asked once and answered "retry later" at
+//! once; one that arrives sooner still waits for an owner (a handoff takes tens of ms, the
+//! cluster's start a second or two).
 
 use flotilla_common::names::SHARD_COUNT;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -206,17 +206,13 @@ pub async fn request_with_retry(
     timeout: Duration,
     deadline: Duration,
 ) -> Result<Bytes, BusError> {
-    retry_request(deadline, || bus.request(msg.clone(), timeout), || true).await
+    retry_request(deadline, || bus.request(msg.clone(), timeout)).await
 }
 
 /// Makes `attempt` (one request) again while nobody serves its subject, the server did not
-/// answer in time or the bus was away, until `deadline` has passed or `ask_again` says no;
-/// returns what the last attempt got. Nothing is held between attempts but what `attempt` holds.
-pub async fn retry_request<F, Fut>(
-    deadline: Duration,
-    mut attempt: F,
-    ask_again: impl Fn() -> bool,
-) -> Result<Bytes, BusError>
+/// answer in time or the bus was away, until `deadline` has passed; returns what the last
+/// attempt got. Nothing is held between attempts but what `attempt` holds.
+pub async fn retry_request<F, Fut>(deadline: Duration, mut attempt: F) -> Result<Bytes, BusError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Bytes, BusError>>,
@@ -228,7 +224,7 @@ where
         match attempt().await {
             Err(e @ (BusError::NoResponders(_) | BusError::Timeout(_) | BusError::Closed)) => {
                 let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
-                if remaining.is_zero() || !ask_again() {
+                if remaining.is_zero() {
                     return Err(e);
                 }
                 // Nobody serves the subject (a shard no coordinator holds yet, as in the first
@@ -308,17 +304,13 @@ mod tests {
     async fn a_subject_nobody_serves_is_asked_often_for_a_second_then_seldom() {
         let started = Instant::now();
         let owner_at = Duration::from_millis(630);
-        let answered = retry_request(
-            Duration::from_secs(5),
-            || async move {
-                if started.elapsed() >= owner_at {
-                    Ok(bytes::Bytes::from_static(b"ok"))
-                } else {
-                    Err(BusError::NoResponders("s".into()))
-                }
-            },
-            || true,
-        )
+        let answered = retry_request(Duration::from_secs(5), || async move {
+            if started.elapsed() >= owner_at {
+                Ok(bytes::Bytes::from_static(b"ok"))
+            } else {
+                Err(BusError::NoResponders("s".into()))
+            }
+        })
         .await;
         assert_eq!(answered.unwrap(), "ok");
         let late = started.elapsed() - owner_at;
@@ -328,33 +320,14 @@ mod tests {
         );
 
         let mut attempts = 0;
-        let gave_up = retry_request(
-            Duration::from_secs(5),
-            || {
-                attempts += 1;
-                async { Err(BusError::NoResponders("s".into())) }
-            },
-            || true,
-        )
+        let gave_up = retry_request(Duration::from_secs(5), || {
+            attempts += 1;
+            async { Err(BusError::NoResponders("s".into())) }
+        })
         .await;
         assert!(matches!(gave_up, Err(BusError::NoResponders(_))));
         assert_eq!(started.elapsed(), Duration::from_secs(5) + owner_at + late);
         assert_eq!(attempts, 20);
-
-        // Told not to ask again: once.
-        let mut attempts = 0;
-        let at = Instant::now();
-        let gave_up = retry_request(
-            Duration::from_secs(5),
-            || {
-                attempts += 1;
-                async { Err(BusError::NoResponders("s".into())) }
-            },
-            || false,
-        )
-        .await;
-        assert!(matches!(gave_up, Err(BusError::NoResponders(_))));
-        assert_eq!((attempts, at.elapsed()), (1, Duration::ZERO));
     }
 
     #[test]
