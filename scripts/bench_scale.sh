@@ -17,7 +17,7 @@
 #      kill -9 of gateway g1 (its agents fail over to the others), then, once the swarms have
 #      every agent connected again, the push; then kill -9 of coordinator c3 (c1 serves the API
 #      this script asks) and at once the push (its shards are taken over by the others once its
-#      leases expire);
+#      leases expire); from each kill, 30 s of metrics twice a second (metrics/watch-*.txt);
 #   6. resident memory of each role (ps); the swarms stop (writing their report.json), then the
 #      cluster;
 #   7. summary.md and timeline.svg under BENCH_DIR (scripts/bench_scale_summary.py).
@@ -181,16 +181,38 @@ cpu() {
 # scrape MARK: every coordinator's and gateway's /metrics, into metrics/MARK-NAME.txt: what the
 # servers counted between two marks (the summary reads the owners' list walks from them).
 mkdir -p "$out/metrics"
+# metrics_port ROLE NAME: the port of a coordinator's or gateway's /metrics (none for the others).
+metrics_port() {
+  case $1 in
+    coordinator) echo $((4410 + ${2#c} - 1)) ;;
+    gateway) echo $((4430 + ${2#g} - 1)) ;;
+  esac
+}
 scrape() {
   local r role name pid port
   for r in "${roles[@]}"; do
     read -r role name pid <<<"$r"
-    case $role in
-      coordinator) port=$((4410 + ${name#c} - 1)) ;;
-      gateway) port=$((4430 + ${name#g} - 1)) ;;
-      *) continue ;;
-    esac
+    port=$(metrics_port "$role" "$name")
+    [ -n "$port" ] || continue
     curl -s --max-time 5 "http://127.0.0.1:$port/metrics" >"$out/metrics/$1-$name.txt" || true
+  done
+}
+# watch TAG SECONDS: twice a second for SECONDS, each server's agent messages in flight and
+# handled and the gateways' bus requests by outcome, into metrics/watch-TAG.txt ("unix_ms name
+# series value"): what showed a dead coordinator's agents filling the gateways' room for agent
+# messages (docs/benchmarks.md, "Parts of a record kept apart").
+watch() {
+  local until_ms=$(($(now_ms) + $2 * 1000)) r role name pid port
+  while [ "$(now_ms)" -lt "$until_ms" ]; do
+    for r in "${roles[@]}"; do
+      read -r role name pid <<<"$r"
+      port=$(metrics_port "$role" "$name")
+      [ -n "$port" ] || continue
+      curl -s --max-time 1 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+        grep -E '^flotilla_(coordinator_uplinks_in_flight|coordinator_uplink_seconds_count|gateway_uplinks_in_flight|gateway_messages_total|bus_requests_total)' |
+        sed "s/^/$(now_ms) $name /" || true
+    done >>"$out/metrics/watch-$1.txt"
+    nap 0.5
   done
 }
 
@@ -379,6 +401,8 @@ push_again() {
 if [ "$faults" = 1 ]; then
   PHASE=pushed rss
   echo "==> fault: kill -9 gateway g1"
+  watch gateway 30 &
+  pids+=($!)
   event gateway_killed_ms "$(now_ms)"
   event gateway_agents "$(progress connected "$out/swarm-1.progress")"
   kill -KILL "$(cat "$CLUSTER_DIR/g1.pid")"
@@ -395,6 +419,8 @@ if [ "$faults" = 1 ]; then
   echo "    connected again: $back of $agents (as the swarms count)"
   push_again gateway
   echo "==> fault: kill -9 coordinator c3, and a push at once"
+  watch coordinator 30 &
+  pids+=($!)
   event coordinator_killed_ms "$(now_ms)"
   kill -KILL "$(cat "$CLUSTER_DIR/c3.pid")"
   push_again coordinator
