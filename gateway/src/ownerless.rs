@@ -1,10 +1,10 @@
 //! Shards nobody has served lately, and since when. A shard whose owner died has none until the
 //! owner's lease runs out (up to the lease's TTL, 15 s by default); its agents' messages, each
-//! asked again for the uplink deadline, were most of a gateway's NATS requests then (about 10,000
-//! *no responders* a second per gateway at 100,000 agents, docs/benchmarks.md). A message for a
-//! shard that has had no owner for [`NO_OWNER_FOR`] is asked once and answered "retry later" at
-//! once; one that arrives sooner still waits for an owner (a handoff takes tens of ms, the
-//! cluster's start a second or two).
+//! asked again for the uplink deadline, were most of a gateway's NATS requests then (about
+//! 10,000 *no responders* a second at each of the two gateways watched, 100,000 agents,
+//! docs/benchmarks.md). A message for a shard that has had no owner for [`NO_OWNER_FOR`] is
+//! asked once and answered "retry later" at once; one that arrives sooner still waits for an
+//! owner (a handoff takes tens of ms, the cluster's start a second or two).
 
 use flotilla_common::names::SHARD_COUNT;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,21 +17,24 @@ pub(crate) const NO_OWNER_FOR: Duration = Duration::from_secs(1);
 /// A shard's last miss older than this starts a new spell without owner.
 const SPELL_GAP: Duration = Duration::from_secs(2);
 
-/// Per shard: when its spell without owner began and when it was last found without one (ms
+/// When each shard's spell without owner began and when it was last found without one (ms
 /// since `base`, plus one: 0 is "never").
 pub(crate) struct Ownerless {
     base: Instant,
-    first: Box<[AtomicU64]>,
-    last: Box<[AtomicU64]>,
+    spells: Box<[Spell]>,
+}
+
+#[derive(Default)]
+struct Spell {
+    first: AtomicU64,
+    last: AtomicU64,
 }
 
 impl Default for Ownerless {
     fn default() -> Self {
-        let zeros = || (0..SHARD_COUNT).map(|_| AtomicU64::new(0)).collect();
         Self {
             base: Instant::now(),
-            first: zeros(),
-            last: zeros(),
+            spells: (0..SHARD_COUNT).map(|_| Spell::default()).collect(),
         }
     }
 }
@@ -41,40 +44,39 @@ impl Ownerless {
         self.base.elapsed().as_millis() as u64 + 1
     }
 
+    fn spell(&self, shard: u16) -> Option<&Spell> {
+        self.spells.get(usize::from(shard))
+    }
+
     /// Nobody served `shard` just now.
     pub fn missed(&self, shard: u16) {
-        let (Some(first), Some(last)) = (
-            self.first.get(usize::from(shard)),
-            self.last.get(usize::from(shard)),
-        ) else {
+        let Some(spell) = self.spell(shard) else {
             return;
         };
         let now = self.now();
-        let before = last.swap(now, Ordering::Relaxed);
+        let before = spell.last.swap(now, Ordering::Relaxed);
         if before == 0 || now.saturating_sub(before) > SPELL_GAP.as_millis() as u64 {
-            first.store(now, Ordering::Relaxed);
+            spell.first.store(now, Ordering::Relaxed);
         }
     }
 
     /// Someone served `shard`.
     pub fn served(&self, shard: u16) {
-        if let Some(last) = self.last.get(usize::from(shard)) {
-            last.store(0, Ordering::Relaxed);
+        if let Some(spell) = self.spell(shard) {
+            spell.last.store(0, Ordering::Relaxed);
         }
     }
 
     /// Whether `shard` has gone unserved for [`NO_OWNER_FOR`] or longer, up to now.
     pub fn for_long(&self, shard: u16) -> bool {
-        let (Some(first), Some(last)) = (
-            self.first.get(usize::from(shard)),
-            self.last.get(usize::from(shard)),
-        ) else {
+        let Some(spell) = self.spell(shard) else {
             return false;
         };
-        let (now, last) = (self.now(), last.load(Ordering::Relaxed));
+        let (now, last) = (self.now(), spell.last.load(Ordering::Relaxed));
         last != 0
             && now.saturating_sub(last) <= SPELL_GAP.as_millis() as u64
-            && now.saturating_sub(first.load(Ordering::Relaxed)) >= NO_OWNER_FOR.as_millis() as u64
+            && now.saturating_sub(spell.first.load(Ordering::Relaxed))
+                >= NO_OWNER_FOR.as_millis() as u64
     }
 }
 

@@ -3,12 +3,10 @@
 
 mod common;
 
-use flotilla_common::bus::{Bus, InProcessBus};
+use flotilla_common::bus::InProcessBus;
 use flotilla_common::names::Subjects;
 use flotilla_loadtest::client::WsClient;
-use flotilla_proto::bus::{Uplink, UplinkReply, uplink};
 use flotilla_proto::opamp::{AgentToServer, EffectiveConfig, ServerToAgent};
-use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,29 +14,14 @@ use std::time::Duration;
 async fn messages_sent_back_to_back_after_a_large_one_are_all_answered_in_order() {
     let bus = Arc::new(InProcessBus::default());
     // The owner answers each message with its sequence number in `flags`.
-    let mut uplinks = bus
-        .subscribe(&Subjects::new("test").uplink_all())
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Some(i) = uplinks.next().await {
-            let up = Uplink::decode(i.msg.payload).unwrap();
-            let Some(uplink::Kind::AgentToServer(a)) = up.kind else {
-                continue;
-            };
-            let msg = AgentToServer::decode(a.as_slice()).unwrap();
-            let answer = ServerToAgent {
-                instance_uid: msg.instance_uid,
-                flags: msg.sequence_num,
-                ..Default::default()
-            };
-            let reply = UplinkReply {
-                server_to_agent: answer.encode_to_vec(),
-                ..Default::default()
-            };
-            let _ = i.reply.unwrap().send(reply.encode_to_vec().into()).await;
+    common::answer_agents(bus.as_ref(), &Subjects::new("test").uplink_all(), |msg| {
+        ServerToAgent {
+            instance_uid: msg.instance_uid,
+            flags: msg.sequence_num,
+            ..Default::default()
         }
-    });
+    })
+    .await;
     let gateway = common::serve(bus.clone()).await;
     let url = gateway.url.clone();
 

@@ -2,6 +2,8 @@
 //! back later instead of hanging: UNAVAILABLE with retry_info on WebSocket, 503 with Retry-After
 //! on HTTP. The gateway keeps serving and the connection stays open.
 
+mod common;
+
 use flotilla_common::bus::{Bus, InProcessBus};
 use flotilla_gateway::{Gateway, GatewayConfig};
 use flotilla_loadtest::client::{HttpClient, WsClient};
@@ -67,35 +69,21 @@ async fn agents_are_told_to_retry_when_no_owner_answers() {
 async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
     use flotilla_common::names::{Subjects, shard_of};
     use flotilla_gateway::MAX_UPLINKS_IN_FLIGHT;
-    use flotilla_proto::bus::{Uplink, UplinkReply, uplink};
-    use flotilla_proto::opamp::{AgentToServer, ServerToAgent};
-    use prost::Message;
+    use flotilla_proto::opamp::ServerToAgent;
 
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
     let mut owned = SimAgent::new("otelcol", &[]);
     let owned_shard = shard_of(owned.uid.as_bytes());
     let mut unowned_shards = std::collections::BTreeSet::from([owned_shard]);
-    let mut uplinks = bus
-        .subscribe(&Subjects::new("test").uplink(owned_shard))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        while let Some(i) = uplinks.next().await {
-            let up = Uplink::decode(i.msg.payload).unwrap();
-            let Some(uplink::Kind::AgentToServer(a)) = up.kind else {
-                continue;
-            };
-            let answer = ServerToAgent {
-                instance_uid: AgentToServer::decode(a.as_slice()).unwrap().instance_uid,
-                ..Default::default()
-            };
-            let reply = UplinkReply {
-                server_to_agent: answer.encode_to_vec(),
-                ..Default::default()
-            };
-            let _ = i.reply.unwrap().send(reply.encode_to_vec().into()).await;
-        }
-    });
+    common::answer_agents(
+        bus.as_ref(),
+        &Subjects::new("test").uplink(owned_shard),
+        |msg| ServerToAgent {
+            instance_uid: msg.instance_uid,
+            ..Default::default()
+        },
+    )
+    .await;
     let mut cfg = GatewayConfig::new("test", "gw1", 1 << 20);
     cfg.uplink_deadline = Duration::from_secs(6);
     let gateway = Gateway::new(cfg, bus, &mut Registry::default());

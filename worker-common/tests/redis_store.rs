@@ -30,6 +30,15 @@ fn record(uid: Uuid, seq: u64) -> AgentRecord {
     }
 }
 
+/// A connection of its own to `redis`, to read and write what the store keeps as it is.
+async fn raw_connection(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// The fences of the shards of `uids`, each acquired by node "n".
 async fn acquire_for(store: &RedisStore, uids: &[Uuid]) -> BTreeMap<u16, Fence> {
     let mut fences = BTreeMap::new();
@@ -233,11 +242,7 @@ async fn a_touch_writes_the_sequence_number_and_last_seen_time_alone_and_is_fenc
         .save_agent(f, &rec, Deadline::Arm(100), None)
         .await
         .unwrap();
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(&redis).await;
     let key = format!("opamp:t:{{s{shard:04}}}:a:{uid}");
     let whole: Vec<u8> = redis::AsyncCommands::hget(&mut raw, &key, "r")
         .await
@@ -377,11 +382,7 @@ async fn counts_follow_every_write_and_records_from_before_are_counted_once() {
 
     // A record written before counts were kept (no tally, its shard's counts not complete) is
     // not in the counts: none are given until its shard is counted.
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(&redis).await;
     let shard = shard_of(a.as_bytes());
     let key = |what: &str| format!("opamp:t:{{s{shard:04}}}:{what}");
     let _: () = redis::cmd("HDEL")
@@ -461,11 +462,7 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
         effective_config: Some(Box::new(c.clone())),
         ..record(uid, 1)
     };
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(&redis).await;
     let bodies = |raw: &mut redis::aio::MultiplexedConnection| {
         let mut raw = raw.clone();
         async move {
@@ -666,11 +663,7 @@ async fn description_and_health_are_kept_apart_once_every_member_reads_them() {
     let store = RedisStore::connect(&redis.url(), "t", &Default::default())
         .await
         .unwrap();
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(&redis).await;
     let uid = Uuid::now_v7();
     let shard = shard_of(uid.as_bytes());
     let fence = acquire_for(&store, &[uid]).await[&shard];

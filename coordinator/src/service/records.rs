@@ -275,13 +275,11 @@ impl Locked<'_> {
     ) -> Result<Option<bool>, StoreError> {
         let touch = Touch::of(rec)
             .ok_or_else(|| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
-        let (heard_only, kept) = match self.cache().get_mut(&touch.uid) {
-            Some(copy) => (
-                audit.is_none() && heard_only(copy, rec),
-                kept_parts(copy, rec),
-            ),
-            None => (false, KeptParts::default()),
-        };
+        let heard_only = audit.is_none()
+            && self
+                .cache()
+                .get_mut(&touch.uid)
+                .is_some_and(|copy| heard_only(copy, rec));
         if heard_only {
             let touched = self.store.touch_agent(self.fence, touch, deadline).await;
             match touched {
@@ -301,6 +299,10 @@ impl Locked<'_> {
         }
         // A record of the copy's form (from a message) is stored as it is: the store writes its
         // encoded parts as what they stand for, and it stays the copy's form for the copy.
+        let kept = self
+            .cache()
+            .get(&touch.uid)
+            .map_or_else(KeptParts::default, |copy| kept_parts(copy, rec));
         let saved = self
             .store
             .save_agent_keeping(self.fence, rec, deadline, audit, kept)

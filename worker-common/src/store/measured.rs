@@ -97,17 +97,6 @@ impl Store for Measured {
         self.call("get_agent", self.inner.get_agent(uid)).await
     }
 
-    async fn save_agent(
-        &self,
-        fence: Fence,
-        record: &AgentRecord,
-        deadline: Deadline,
-        audit: Option<&AuditEntry>,
-    ) -> Result<(), StoreError> {
-        let f = self.inner.save_agent(fence, record, deadline, audit);
-        self.call("save_agent", f).await
-    }
-
     async fn save_agent_keeping(
         &self,
         fence: Fence,

@@ -437,18 +437,10 @@ pub trait Store: Send + Sync + 'static {
     /// in the same step and both are durable when this returns. A store that does not hold
     /// every record in memory ([`Store::holds_agents_in_memory`]) takes a record in an owner's
     /// copy's form too ([`stored_record`]); one that does is never given one (owners keep no
-    /// copies then) and refuses it.
-    async fn save_agent(
-        &self,
-        fence: Fence,
-        record: &AgentRecord,
-        deadline: Deadline,
-        audit: Option<&AuditEntry>,
-    ) -> Result<(), StoreError>;
-    /// [`Store::save_agent`], leaving the parts `kept` names as the store has them; true when the
-    /// record's description and health are stored apart now, so that a later save of the same
-    /// shard under the same fence may keep them (`kept` is only ever given after such a save).
-    /// A store that keeps no parts apart writes the whole record.
+    /// copies then) and refuses it. The parts `kept` names are left as the store has them;
+    /// true when the record's description and health are stored apart now, so that a later save
+    /// of the same shard under the same fence may keep them (`kept` is only ever given after
+    /// such a save). A store that keeps no parts apart writes the whole record.
     async fn save_agent_keeping(
         &self,
         fence: Fence,
@@ -456,10 +448,18 @@ pub trait Store: Send + Sync + 'static {
         deadline: Deadline,
         audit: Option<&AuditEntry>,
         kept: KeptParts,
-    ) -> Result<bool, StoreError> {
-        let _ = kept;
-        self.save_agent(fence, record, deadline, audit).await?;
-        Ok(false)
+    ) -> Result<bool, StoreError>;
+    /// [`Store::save_agent_keeping`] of the whole record.
+    async fn save_agent(
+        &self,
+        fence: Fence,
+        record: &AgentRecord,
+        deadline: Deadline,
+        audit: Option<&AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.save_agent_keeping(fence, record, deadline, audit, KeptParts::default())
+            .await
+            .map(drop)
     }
     /// Records that an agent was heard from and nothing else of its record changed: only its
     /// sequence number and last-seen time are written (and its deadline changed), if `fence`

@@ -19,7 +19,7 @@ mod tests;
 use super::tally::{AgentCounts, Tally};
 use super::types::{
     AuditEntry, AuditOf, AuditPage, AuditQuery, Claimed, DEFAULT_AUDIT_RETENTION, Deadline, Doc,
-    Fence, ShardFilter, Store, StoreError, StoredConfig, Touch,
+    Fence, KeptParts, ShardFilter, Store, StoreError, StoredConfig, Touch,
 };
 use crate::names::shard_of;
 use async_trait::async_trait;
@@ -182,13 +182,15 @@ impl Store for EmbeddedStore {
         Ok(rec.map(Arc::unwrap_or_clone))
     }
 
-    async fn save_agent(
+    /// Records are held whole and decoded: no parts are kept apart (`_kept` is never given).
+    async fn save_agent_keeping(
         &self,
         _fence: Fence,
         record: &AgentRecord,
         deadline: Deadline,
         audit: Option<&AuditEntry>,
-    ) -> Result<(), StoreError> {
+        _kept: KeptParts,
+    ) -> Result<bool, StoreError> {
         let uid = Uuid::from_slice(&record.instance_uid)
             .map_err(|_| StoreError::Corrupt("agent record without a 16-byte uid".into()))?;
         if !record.copied_description.is_empty() || !record.copied_components.is_empty() {
@@ -212,7 +214,7 @@ impl Store for EmbeddedStore {
         // The record it replaces is freed after the lock.
         let _replaced = inner.agents.lock().insert(uid, record);
         inner.deadlines.lock().apply(uid, deadline);
-        Ok(())
+        Ok(false)
     }
 
     async fn touch_agent(

@@ -354,18 +354,6 @@ impl Store for RedisStore {
         Ok(Some(config))
     }
 
-    async fn save_agent(
-        &self,
-        fence: Fence,
-        record: &AgentRecord,
-        deadline: Deadline,
-        audit: Option<&AuditEntry>,
-    ) -> Result<(), StoreError> {
-        self.save_agent_keeping(fence, record, deadline, audit, KeptParts::default())
-            .await
-            .map(drop)
-    }
-
     async fn save_agent_keeping(
         &self,
         fence: Fence,
