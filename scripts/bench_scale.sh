@@ -17,7 +17,7 @@
 #      kill -9 of gateway g1 (its agents fail over to the others), then, once the swarms have
 #      every agent connected again, the push; then kill -9 of coordinator c3 (c1 serves the API
 #      this script asks) and at once the push (its shards are taken over by the others once its
-#      leases expire); from each kill, 30 s of metrics twice a second (metrics/watch-*.txt);
+#      leases expire); from the push and each kill, 30 s of metrics twice a second (metrics/watch-*.txt);
 #   6. resident memory of each role (ps); the swarms stop (writing their report.json), then the
 #      cluster;
 #   7. summary.md and timeline.svg under BENCH_DIR (scripts/bench_scale_summary.py).
@@ -198,7 +198,8 @@ scrape() {
   done
 }
 # watch TAG SECONDS: twice a second for SECONDS, each server's agent messages in flight and
-# handled and the gateways' bus requests by outcome, into metrics/watch-TAG.txt ("unix_ms name
+# handled (and the owners' time on them and in the store, the agents they await answers from),
+# and the gateways' bus requests by outcome, into metrics/watch-TAG.txt ("unix_ms name
 # series value"): what showed a dead coordinator's agents filling the gateways' room for agent
 # messages (docs/benchmarks.md, "Parts of a record kept apart").
 watch() {
@@ -209,7 +210,7 @@ watch() {
       port=$(metrics_port "$role" "$name")
       [ -n "$port" ] || continue
       curl -s --max-time 1 "http://127.0.0.1:$port/metrics" 2>/dev/null |
-        grep -E '^flotilla_(coordinator_uplinks_in_flight|coordinator_uplink_seconds_count|gateway_uplinks_in_flight|gateway_messages_total|bus_requests_total)' |
+        grep -E '^flotilla_(coordinator_uplinks_in_flight|coordinator_uplink_seconds_(count|sum)|coordinator_pushes_awaiting|store_seconds_(count|sum)\{[^}]*op="(save_agent|touch_agent)"|gateway_uplinks_in_flight|gateway_messages_total|bus_requests_total)' |
         sed "s/^/$(now_ms) $name /" || true
     done >>"$out/metrics/watch-$1.txt"
     nap 0.5
@@ -336,6 +337,7 @@ PY
 config_json push >"$out/config.json"
 put_ms=$(now_ms)
 event put_ms "$put_ms"
+watch push 30 &
 curl -sf --max-time 60 "${auth[@]}" -X PUT -H 'Content-Type: application/json' \
   --data-binary "@$out/config.json" -o "$out/put.json" \
   -w '%{time_total}\n' "$api/api/v1/configs/scale" >"$out/put-time.txt"

@@ -21,7 +21,7 @@ use flotilla_proto::bus::{
 use flotilla_proto::opamp::ServerToAgent;
 use futures_util::StreamExt;
 use prost::Message;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -147,7 +147,7 @@ impl Pusher {
     /// batches gets its pushes one by one.
     pub async fn push_many(&self, mut pushes: Vec<Push>) -> usize {
         self.awaiting.plan(pushes.iter_mut().filter_map(|p| {
-            let uid = Uuid::from_slice(&p.down.instance_uid).ok()?;
+            let uid = Uuid::from_slice(&p.instance_uid).ok()?;
             Some((uid, p.config_hash.take()))
         }));
         let batches = batches(pushes, MAX_BATCH_COUNT, self.max_batch_bytes);
@@ -160,13 +160,14 @@ impl Pusher {
 
     /// One batch to one gateway, once there is room among the agents awaited (less those that
     /// reported the config on their own meanwhile); how many of it were delivered.
-    async fn push_batch(&self, gateway: String, downlinks: Vec<Downlink>) -> usize {
-        let uids: Vec<Uuid> = downlinks.iter().map(uid_of_downlink).collect();
+    async fn push_batch(&self, gateway: String, pushes: Vec<Push>) -> usize {
+        let uids: Vec<Uuid> = pushes.iter().map(Push::uid).collect();
         let due = self.awaiting.take(&uids).await;
-        let downlinks: Vec<Downlink> = downlinks
-            .into_iter()
+        let downlinks: Vec<Downlink> = pushes
+            .iter()
             .zip(due)
-            .filter_map(|(d, due)| due.then_some(d))
+            .filter(|(_, due)| *due)
+            .map(|(p, _)| p.downlink())
             .collect();
         if downlinks.is_empty() {
             return 0;
@@ -221,7 +222,8 @@ impl Pusher {
     /// The agents of `downlinks` answer nothing: they are not awaited.
     fn not_awaited<'d>(&self, downlinks: impl IntoIterator<Item = &'d Downlink>) {
         for d in downlinks {
-            self.awaiting.gone(uid_of_downlink(d));
+            self.awaiting
+                .gone(Uuid::from_slice(&d.instance_uid).unwrap_or_default());
         }
     }
 
@@ -251,25 +253,94 @@ impl Pusher {
     }
 }
 
-/// One agent's push as planned: small (a push to a fleet plans one for each of tens of thousands
-/// of agents, and a ServerToAgent is over a KB before its contents), its message encoded.
+/// One agent's push as planned: small, as a push to a fleet plans one for each of tens of
+/// thousands of agents and holds them until each batch's turn (33,000 an owner at 100,000 agents:
+/// docs/benchmarks.md). Its message is encoded once for every push of the same contents
+/// ([`Bodies`]), without the agent's uid, which its downlink puts in front ([`Push::downlink`]).
 #[derive(Debug)]
 pub(crate) struct Push {
     /// The gateway that holds the agent's connection.
     gateway: String,
+    connection_id: u64,
+    instance_uid: Vec<u8>,
     /// The config the agent is to report applied (None: a push without a config).
     config_hash: Option<Vec<u8>>,
-    down: Downlink,
+    /// The ServerToAgent but for its instance_uid, encoded.
+    rest: Arc<[u8]>,
 }
 
 impl Push {
-    /// `msg` to the connection `origin`.
-    pub(crate) fn new(origin: Origin, msg: &ServerToAgent) -> Self {
+    /// `msg` to the connection `origin`, its encoding shared through `bodies`.
+    pub(crate) fn new(origin: Origin, mut msg: ServerToAgent, bodies: &mut Bodies) -> Self {
+        let instance_uid = std::mem::take(&mut msg.instance_uid);
         Self {
             config_hash: msg.remote_config.as_ref().map(|c| c.config_hash.clone()),
-            down: downlink(&origin, msg),
+            rest: bodies.share(msg.encode_to_vec()),
+            connection_id: origin.connection_id,
+            instance_uid,
             gateway: origin.gateway_id,
         }
+    }
+
+    fn uid(&self) -> Uuid {
+        Uuid::from_slice(&self.instance_uid).unwrap_or_default()
+    }
+
+    /// The message's encoding: its instance_uid (field 1, which prost writes first), then the rest.
+    fn server_to_agent(&self) -> Vec<u8> {
+        let head = ServerToAgent {
+            instance_uid: self.instance_uid.clone(),
+            ..Default::default()
+        };
+        let mut bytes = Vec::with_capacity(head.encoded_len() + self.rest.len());
+        bytes.extend_from_slice(&head.encode_to_vec());
+        bytes.extend_from_slice(&self.rest);
+        bytes
+    }
+
+    /// The downlink that carries it.
+    fn downlink(&self) -> Downlink {
+        Downlink {
+            connection_id: self.connection_id,
+            instance_uid: self.instance_uid.clone(),
+            server_to_agent: self.server_to_agent(),
+        }
+    }
+
+    /// [`Push::downlink`]'s encoded length, without making it.
+    fn encoded_len(&self) -> usize {
+        let uid = self.instance_uid.len();
+        let message = if uid == 0 {
+            self.rest.len()
+        } else {
+            1 + prost::length_delimiter_len(uid) + uid + self.rest.len()
+        };
+        let addressed = Downlink {
+            connection_id: self.connection_id,
+            instance_uid: self.instance_uid.clone(),
+            server_to_agent: Vec::new(),
+        };
+        let body = if message == 0 {
+            0
+        } else {
+            1 + prost::length_delimiter_len(message) + message
+        };
+        addressed.encoded_len() + body
+    }
+}
+
+/// The encoded messages of a push's agents, one copy of each different one.
+#[derive(Debug, Default)]
+pub(crate) struct Bodies(HashSet<Arc<[u8]>>);
+
+impl Bodies {
+    fn share(&mut self, bytes: Vec<u8>) -> Arc<[u8]> {
+        if let Some(held) = self.0.get(bytes.as_slice()) {
+            return held.clone();
+        }
+        let held: Arc<[u8]> = bytes.into();
+        self.0.insert(held.clone());
+        held
     }
 }
 
@@ -280,11 +351,6 @@ fn downlink(origin: &Origin, msg: &ServerToAgent) -> Downlink {
         instance_uid: msg.instance_uid.clone(),
         server_to_agent: msg.encode_to_vec(),
     }
-}
-
-/// The agent a downlink goes to (the nil uuid for a malformed one, which nothing awaits).
-fn uid_of_downlink(d: &Downlink) -> Uuid {
-    Uuid::from_slice(&d.instance_uid).unwrap_or_default()
 }
 
 /// Pushes grouped by gateway, each gateway's in the order of their agents' uids, split into
@@ -299,27 +365,30 @@ pub(crate) fn batches(
     mut pushes: Vec<Push>,
     max_count: usize,
     max_bytes: usize,
-) -> Vec<(String, Vec<Downlink>)> {
-    pushes.sort_unstable_by(|a, b| a.down.instance_uid.cmp(&b.down.instance_uid));
-    let mut by_gateway: BTreeMap<String, Vec<Downlink>> = BTreeMap::new();
-    for push in pushes {
-        by_gateway.entry(push.gateway).or_default().push(push.down);
+) -> Vec<(String, Vec<Push>)> {
+    pushes.sort_unstable_by(|a, b| a.instance_uid.cmp(&b.instance_uid));
+    let mut by_gateway: BTreeMap<String, Vec<Push>> = BTreeMap::new();
+    for mut push in pushes {
+        by_gateway
+            .entry(std::mem::take(&mut push.gateway))
+            .or_default()
+            .push(push);
     }
-    let mut each: Vec<(String, VecDeque<Vec<Downlink>>)> = Vec::new();
-    for (gateway, downlinks) in by_gateway {
+    let mut each: Vec<(String, VecDeque<Vec<Push>>)> = Vec::new();
+    for (gateway, pushes) in by_gateway {
         let mut split = VecDeque::new();
-        let mut batch: Vec<Downlink> = Vec::new();
+        let mut batch: Vec<Push> = Vec::new();
         let mut bytes = 0;
-        for down in downlinks {
-            // What the downlink adds to an encoded DownlinkBatch: its field's tag, length, body.
-            let len = down.encoded_len();
+        for push in pushes {
+            // What its downlink adds to an encoded DownlinkBatch: its field's tag, length, body.
+            let len = push.encoded_len();
             let adds = 1 + prost::length_delimiter_len(len) + len;
             let full = batch.len() >= max_count || bytes + adds > max_bytes;
             if full && !batch.is_empty() {
                 split.push_back(std::mem::take(&mut batch));
                 bytes = 0;
             }
-            batch.push(down);
+            batch.push(push);
             bytes += adds;
         }
         if !batch.is_empty() {

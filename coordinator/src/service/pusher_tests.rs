@@ -7,7 +7,7 @@ use prometheus_client::registry::Registry;
 /// A push of `data` bytes to connection `connection` of gateway `gateway`, for agent `uid`.
 fn to(gateway: &str, connection: u64, uid: u8, data: usize) -> Push {
     let (origin, msg) = message_to(gateway, connection, uid, data);
-    Push::new(origin, &msg)
+    Push::new(origin, msg, &mut Bodies::default())
 }
 
 /// What [`to`] pushes, and to where.
@@ -37,17 +37,17 @@ fn small(pushes: &[(&str, u8)]) -> Vec<Push> {
         .collect()
 }
 
-/// Per batch: its gateway and its downlinks' connection ids.
-fn shape(batches: &[(String, Vec<Downlink>)]) -> Vec<(&str, Vec<u64>)> {
+/// Per batch: its gateway and its pushes' connection ids.
+fn shape(batches: &[(String, Vec<Push>)]) -> Vec<(&str, Vec<u64>)> {
     batches
         .iter()
-        .map(|(g, d)| (g.as_str(), d.iter().map(|d| d.connection_id).collect()))
+        .map(|(g, p)| (g.as_str(), p.iter().map(|p| p.connection_id).collect()))
         .collect()
 }
 
-fn encoded(downlinks: &[Downlink]) -> usize {
+fn encoded(pushes: &[Push]) -> usize {
     DownlinkBatch {
-        downlinks: downlinks.to_vec(),
+        downlinks: pushes.iter().map(Push::downlink).collect(),
     }
     .encoded_len()
 }
@@ -74,9 +74,9 @@ fn batches_group_by_gateway_in_order_and_split_by_count() {
         ]
     );
     // Each downlink carries its agent's message as encoded, addressed to its uid.
-    let first = &out[0].1[0];
+    let first = out[0].1[0].downlink();
     let (origin, msg) = message_to("gw-a", 2, 2, 10);
-    assert_eq!(first, &downlink(&origin, &msg));
+    assert_eq!(first, downlink(&origin, &msg));
     assert_eq!(
         ServerToAgent::decode(first.server_to_agent.as_slice()).unwrap(),
         msg
@@ -106,10 +106,42 @@ fn batches_group_by_gateway_in_order_and_split_by_count() {
 }
 
 #[test]
+fn pushes_of_the_same_contents_hold_one_encoding() {
+    let mut bodies = Bodies::default();
+    let mut planned: Vec<Push> = (1..=3u8)
+        .map(|i| {
+            let (origin, msg) = message_to("gw", i.into(), i, 100);
+            Push::new(origin, msg, &mut bodies)
+        })
+        .collect();
+    let (origin, other) = message_to("gw", 4, 4, 200);
+    planned.push(Push::new(origin, other, &mut bodies));
+    assert!(Arc::ptr_eq(&planned[0].rest, &planned[2].rest));
+    assert!(!Arc::ptr_eq(&planned[0].rest, &planned[3].rest));
+    // Each is still its own agent's message, and its length is known without making it.
+    for (i, push) in planned.iter().enumerate() {
+        let msg = ServerToAgent::decode(push.downlink().server_to_agent.as_slice()).unwrap();
+        assert_eq!(msg.instance_uid, vec![i as u8 + 1; 16]);
+        assert_eq!(push.encoded_len(), push.downlink().encoded_len());
+    }
+    // A message without a uid (a malformed record's), and an empty one.
+    let (origin, mut msg) = message_to("gw", 0, 0, 0);
+    msg.instance_uid.clear();
+    let bare = Push::new(origin.clone(), msg, &mut bodies);
+    assert_eq!(bare.encoded_len(), bare.downlink().encoded_len());
+    let empty = Push::new(origin, ServerToAgent::default(), &mut bodies);
+    assert_eq!(empty.encoded_len(), empty.downlink().encoded_len());
+    assert_eq!(empty.downlink().encoded_len(), 0);
+}
+
+#[test]
 fn batches_split_by_encoded_bytes_and_an_oversized_push_goes_alone() {
     let one = {
         let (o, m) = message_to("gw", 1, 1, 1000);
-        encoded(&[downlink(&o, &m)])
+        DownlinkBatch {
+            downlinks: vec![downlink(&o, &m)],
+        }
+        .encoded_len()
     };
     // Room for exactly three 1000-byte pushes.
     let max = 3 * one;
@@ -229,12 +261,13 @@ async fn push_many_counts_what_each_gateway_acknowledged() {
     planned.extend((0..3).map(|i| message_to("gw-old", i, 2, 100)));
     planned.extend((0..4).map(|i| message_to("gw-mute", i, 3, 100)));
     planned.extend((0..5).map(|i| message_to("gw-gone", i, 4, 100)));
+    let mut bodies = Bodies::default();
     let pushes = planned
         .into_iter()
         .enumerate()
         .map(|(i, (origin, mut msg))| {
             msg.instance_uid = uuid::Uuid::from_u128(i as u128 + 1).as_bytes().to_vec();
-            Push::new(origin, &msg)
+            Push::new(origin, msg, &mut bodies)
         })
         .collect();
     let delivered = pusher.push_many(pushes).await;

@@ -2,7 +2,7 @@
 //! differs: after a change, and when shards are acquired; in batches per gateway.
 
 use super::owner::Owner;
-use super::pusher::{Push, push_for};
+use super::pusher::{Bodies, Push, push_for};
 use tracing::{info, warn};
 
 impl Owner {
@@ -20,10 +20,11 @@ impl Owner {
     pub(crate) async fn push_configs(&self, shards: &(dyn Fn(u16) -> bool + Sync)) {
         let desired = self.desired.current();
         let mut pushes: Vec<Push> = Vec::new();
+        let mut bodies = Bodies::default();
         let visited = self
             .visit_owned(shards, &mut |rec| {
                 if let Some((origin, msg)) = push_for(rec, &desired) {
-                    pushes.push(Push::new(origin, &msg));
+                    pushes.push(Push::new(origin, msg, &mut bodies));
                 }
             })
             .await;
