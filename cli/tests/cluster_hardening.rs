@@ -26,7 +26,7 @@ fn with_effective_config(
             config_map: [(
                 String::new(),
                 AgentConfigFile {
-                    body: vec![b'#'; bytes],
+                    body: vec![b'#'; bytes].into(),
                     content_type: "text/yaml".into(),
                 },
             )]

@@ -79,7 +79,7 @@ fn record(i: usize, now: u64) -> AgentRecord {
     let files = HashMap::from([(
         "collector.yaml".to_owned(),
         AgentConfigFile {
-            body: CONFIG.as_bytes().to_vec(),
+            body: CONFIG.as_bytes().to_vec().into(),
             content_type: "text/yaml".into(),
         },
     )]);

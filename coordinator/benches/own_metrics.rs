@@ -45,7 +45,7 @@ fn sample(i: u64, width: usize) -> OwnMetricsSample {
 /// A rollup after an hour of exports every 10 s, in a record that holds an 8 KB effective config.
 fn hour(width: usize) -> AgentRecord {
     let file = AgentConfigFile {
-        body: vec![b'x'; 8 * 1024],
+        body: vec![b'x'; 8 * 1024].into(),
         content_type: "text/yaml".into(),
     };
     let mut rec = AgentRecord {

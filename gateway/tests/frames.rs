@@ -34,7 +34,7 @@ async fn messages_sent_back_to_back_after_a_large_one_are_all_answered_in_order(
                 config_map: [(
                     "collector.yaml".to_owned(),
                     flotilla_proto::opamp::AgentConfigFile {
-                        body: vec![b'x'; config_bytes],
+                        body: vec![b'x'; config_bytes].into(),
                         content_type: "text/yaml".into(),
                     },
                 )]

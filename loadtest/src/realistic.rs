@@ -215,7 +215,7 @@ service:
 
 fn yaml_file(body: String) -> AgentConfigFile {
     AgentConfigFile {
-        body: body.into_bytes(),
+        body: body.into_bytes().into(),
         content_type: "text/yaml".into(),
     }
 }
@@ -329,7 +329,7 @@ mod tests {
         assert!(map.config_map.contains_key(PADDING_FILE));
         // The padding is YAML a collector would take.
         use saphyr::LoadableYamlNode;
-        let padding = String::from_utf8(map.config_map[PADDING_FILE].body.clone()).unwrap();
+        let padding = String::from_utf8(map.config_map[PADDING_FILE].body.to_vec()).unwrap();
         assert!(saphyr::Yaml::load_from_str(&padding).is_ok());
         // Keys are unique, values are the agent's own.
         let b = dressed(Shape::REALISTIC, 8).full_report();

@@ -565,7 +565,7 @@ mod tests {
                     config_map: std::collections::HashMap::from([(
                         "collector.yaml".into(),
                         flotilla_proto::opamp::AgentConfigFile {
-                            body: body.into(),
+                            body: body.to_owned().into_bytes().into(),
                             content_type: "text/yaml".into(),
                         },
                     )]),
@@ -619,7 +619,7 @@ mod tests {
         assert_eq!(s.status, RemoteConfigStatuses::Failed as i32);
         assert!(!s.error_message.is_empty());
         let effective = &a.effective.as_ref().unwrap().config_map["collector.yaml"].body;
-        assert_eq!(effective, b"good");
+        assert_eq!(&effective[..], b"good");
 
         let mut b = SimAgent::new("svc", &[]);
         b.fail_marker = Some("BROKEN".into());
@@ -649,7 +649,7 @@ mod tests {
             ]
         );
         let effective = &a.effective.as_ref().unwrap().config_map["collector.yaml"].body;
-        assert_eq!(effective, b"good");
+        assert_eq!(&effective[..], b"good");
 
         let mut quiet = SimAgent::new("svc", &[]);
         quiet.capabilities &= !(Cap::ReportsRemoteConfig as u64);

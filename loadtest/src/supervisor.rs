@@ -154,7 +154,7 @@ pub fn compose(files: &AgentConfigMap, uid: &str) -> Result<AgentConfigMap, Stri
         config_map: [(
             String::new(),
             AgentConfigFile {
-                body: body.into_bytes(),
+                body: body.into_bytes().into(),
                 content_type: String::new(),
             },
         )]
@@ -222,7 +222,7 @@ mod tests {
                     (
                         k.to_string(),
                         AgentConfigFile {
-                            body: v.as_bytes().to_vec(),
+                            body: v.as_bytes().to_vec().into(),
                             content_type: "text/plain".into(),
                         },
                     )

@@ -446,7 +446,7 @@ async fn effective_configs_are_kept_once_for_every_agent_reporting_them() {
             config_map: [(
                 String::new(),
                 AgentConfigFile {
-                    body: body.into_bytes(),
+                    body: body.into_bytes().into(),
                     content_type: "text/yaml".into(),
                 },
             )]
@@ -590,7 +590,7 @@ fn collector(uid: Uuid) -> (AgentRecord, AgentRecord) {
                 config_map: [(
                     String::new(),
                     AgentConfigFile {
-                        body: "x".repeat(20_000).into_bytes(),
+                        body: "x".repeat(20_000).into_bytes().into(),
                         content_type: "text/yaml".into(),
                     },
                 )]

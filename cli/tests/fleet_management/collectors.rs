@@ -254,7 +254,7 @@ async fn an_effective_config_that_differs_from_the_desired_one_is_drift_past_wha
         config_map: [(
             String::new(),
             AgentConfigFile {
-                body: body.into_bytes(),
+                body: body.into_bytes().into(),
                 content_type: "text/yaml".into(),
             },
         )]

@@ -149,7 +149,7 @@ async fn half_sent_messages_are_cut_off_and_oversized_reports_refused() {
             config_map: [(
                 String::new(),
                 AgentConfigFile {
-                    body: vec![b'#'; 2 << 20],
+                    body: vec![b'#'; 2 << 20].into(),
                     content_type: "text/yaml".into(),
                 },
             )]

@@ -235,7 +235,7 @@ pub fn hash_of_config_map(map: &AgentConfigMap) -> [u8; 32] {
     config_hash(
         map.config_map
             .iter()
-            .map(|(n, f)| (n.as_str(), f.content_type.as_str(), f.body.as_slice())),
+            .map(|(n, f)| (n.as_str(), f.content_type.as_str(), &f.body[..])),
     )
 }
 

@@ -26,7 +26,7 @@ pub fn remote_config_message(cfg: &StoredConfig) -> AgentRemoteConfig {
                 .iter()
                 .map(|(name, f)| {
                     let file = AgentConfigFile {
-                        body: f.body.clone().into_bytes(),
+                        body: f.body.clone().into_bytes().into(),
                         content_type: f.content_type.clone(),
                     };
                     (name.clone(), file)

@@ -552,7 +552,7 @@ mod tests {
                 config_map: [(
                     String::new(),
                     AgentConfigFile {
-                        body: body.into(),
+                        body: body.to_owned().into_bytes().into(),
                         content_type: "text/yaml".into(),
                     },
                 )]

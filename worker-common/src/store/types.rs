@@ -594,7 +594,7 @@ mod tests {
 
     fn record(effective_config_hash: Vec<u8>, earlier_sha256: Vec<u8>) -> AgentRecord {
         let file = AgentConfigFile {
-            body: vec![b'x'; 4000],
+            body: vec![b'x'; 4000].into(),
             content_type: "text/yaml".into(),
         };
         let health = (0..30)

@@ -336,7 +336,7 @@ fn reports_beyond_the_record_limits_are_refused_and_nothing_is_stored() {
             config_map: [(
                 String::new(),
                 flotilla_proto::opamp::AgentConfigFile {
-                    body: vec![b'x'; 200],
+                    body: vec![b'x'; 200].into(),
                     content_type: String::new(),
                 },
             )]
@@ -518,7 +518,7 @@ fn drift_is_judged_when_the_effective_or_the_desired_config_changes() {
                 config_map: [(
                     String::new(),
                     AgentConfigFile {
-                        body: body.into(),
+                        body: body.to_owned().into_bytes().into(),
                         content_type: "text/yaml".into(),
                     },
                 )]

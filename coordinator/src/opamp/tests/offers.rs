@@ -12,7 +12,10 @@ fn config_is_offered_until_the_agent_reports_its_hash() {
     let out = process(None, full(uid, 0), ws(), &ctx(&configs));
     let offered = out.reply.remote_config.clone().expect("config offered");
     assert_eq!(hex::encode(&offered.config_hash), configs[0].hash);
-    assert_eq!(offered.config.unwrap().config_map["c.yaml"].body, b"a: 1");
+    assert_eq!(
+        offered.config.unwrap().config_map["c.yaml"].body,
+        &b"a: 1"[..]
+    );
 
     // Still APPLYING with the new hash: not offered again. APPLIED: no offer, an event.
     let mut applying = heartbeat(uid, 1);
