@@ -288,12 +288,11 @@ impl Push {
 
     /// The message's encoding: its instance_uid (field 1, which prost writes first), then the rest.
     fn server_to_agent(&self) -> Vec<u8> {
-        let head = ServerToAgent {
+        let mut bytes = ServerToAgent {
             instance_uid: self.instance_uid.clone(),
             ..Default::default()
-        };
-        let mut bytes = Vec::with_capacity(head.encoded_len() + self.rest.len());
-        bytes.extend_from_slice(&head.encode_to_vec());
+        }
+        .encode_to_vec();
         bytes.extend_from_slice(&self.rest);
         bytes
     }
@@ -307,25 +306,23 @@ impl Push {
         }
     }
 
-    /// [`Push::downlink`]'s encoded length, without making it.
+    /// [`Push::downlink`]'s encoded length, without making it: the Downlink's connection id,
+    /// uid and message, the message being the ServerToAgent's uid and the rest (every field
+    /// number below 16, a one-byte tag; an empty field is not encoded).
     fn encoded_len(&self) -> usize {
-        let uid = self.instance_uid.len();
-        let message = if uid == 0 {
-            self.rest.len()
-        } else {
-            1 + prost::length_delimiter_len(uid) + uid + self.rest.len()
+        let field = |n: usize| {
+            if n == 0 {
+                0
+            } else {
+                1 + prost::length_delimiter_len(n) + n
+            }
         };
-        let addressed = Downlink {
-            connection_id: self.connection_id,
-            instance_uid: self.instance_uid.clone(),
-            server_to_agent: Vec::new(),
+        let id = match self.connection_id {
+            0 => 0,
+            id => 1 + prost::encoding::encoded_len_varint(id),
         };
-        let body = if message == 0 {
-            0
-        } else {
-            1 + prost::length_delimiter_len(message) + message
-        };
-        addressed.encoded_len() + body
+        let uid = field(self.instance_uid.len());
+        id + uid + field(uid + self.rest.len())
     }
 }
 
