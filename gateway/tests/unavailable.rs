@@ -74,7 +74,8 @@ async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::default());
     let mut owned = SimAgent::new("otelcol", &[]);
     let owned_shard = shard_of(owned.uid.as_bytes());
-    let mut unowned_shards = std::collections::BTreeSet::from([owned_shard]);
+    // The owned shard, and each waiting agent's (one agent a shard).
+    let mut shards_used = std::collections::BTreeSet::from([owned_shard]);
     common::answer_agents(
         bus.as_ref(),
         &Subjects::new("test").uplink(owned_shard),
@@ -96,7 +97,7 @@ async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
     let mut waiting = Vec::new();
     while waiting.len() < MAX_UPLINKS_IN_FLIGHT + 44 {
         let mut agent = SimAgent::new("otelcol", &[]);
-        if !unowned_shards.insert(shard_of(agent.uid.as_bytes())) {
+        if !shards_used.insert(shard_of(agent.uid.as_bytes())) {
             continue;
         }
         let mut ws = WsClient::connect(&url).await.unwrap();
@@ -129,7 +130,7 @@ async fn agents_of_a_shard_without_owner_do_not_stop_the_others() {
     let mut late = loop {
         let agent = SimAgent::new("otelcol", &[]);
         let shard = shard_of(agent.uid.as_bytes());
-        if shard != owned_shard && unowned_shards.contains(&shard) {
+        if shard != owned_shard && shards_used.contains(&shard) {
             break agent;
         }
     };
