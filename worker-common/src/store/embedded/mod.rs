@@ -199,6 +199,10 @@ impl Store for EmbeddedStore {
             ));
         }
         let inner = &self.inner;
+        // The record it replaces is freed after the lock.
+        let replace = || {
+            let _replaced = inner.agents.lock().insert(uid, Arc::new(record.clone()));
+        };
         if audit.is_some() {
             // What an admin changed is on disk, with its audit entry, before anyone is told.
             let bytes = record.encode_to_vec();
@@ -207,12 +211,15 @@ impl Store for EmbeddedStore {
                     .insert(uid.as_bytes().as_slice(), bytes.as_slice())?;
                 Ok(())
             })?;
+            replace();
         } else {
+            // A heartbeat changes the record held in place, with no copy of it made.
+            if !inner.touch_if_only_heard(record) {
+                replace();
+            }
+            // Marked after the change: a flush that takes the mark writes the change.
             inner.dirty.lock().insert(uid);
         }
-        let record = Arc::new(record.clone());
-        // The record it replaces is freed after the lock.
-        let _replaced = inner.agents.lock().insert(uid, record);
         inner.deadlines.lock().apply(uid, deadline);
         Ok(false)
     }

@@ -2,7 +2,7 @@
 //! write path (`Inner::commit`) that every change to the file goes through.
 
 use crate::names::{SHARD_COUNT, shard_of};
-use crate::store::types::{AuditEntry, Deadline, StoreError, StoredConfig};
+use crate::store::types::{AuditEntry, Deadline, StoreError, StoredConfig, Touch};
 use flotilla_proto::bus::AgentRecord;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -162,6 +162,31 @@ impl Inner {
             }
         }
         result.map_err(|e| StoreError::Io(format!("cannot write to {}: {e}", self.path.display())))
+    }
+
+    /// Turns the record held for `record`'s agent into `record` in place when the two differ
+    /// in the sequence number and last-seen time alone (a heartbeat); false (the record held as
+    /// it was) when they differ in more, or the record held is shared (a flush is encoding it).
+    pub(super) fn touch_if_only_heard(&self, record: &AgentRecord) -> bool {
+        let Some(touch) = Touch::of(record) else {
+            return false;
+        };
+        let mut agents = self.agents.lock();
+        let Some(held) = agents.get_mut(&touch.uid).and_then(Arc::get_mut) else {
+            return false;
+        };
+        let before = Touch {
+            sequence_num: held.sequence_num,
+            last_seen_unix_ms: held.last_seen_unix_ms,
+            ..touch
+        };
+        touch.apply(held);
+        if held == record {
+            true
+        } else {
+            before.apply(held);
+            false
+        }
     }
 
     pub(super) fn flush(&self) -> Result<usize, StoreError> {

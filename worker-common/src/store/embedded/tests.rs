@@ -328,6 +328,63 @@ async fn a_touch_changes_the_sequence_number_last_seen_and_deadline_and_is_flush
     assert_eq!((read.sequence_num, read.last_seen_unix_ms), (6, 7_000));
 }
 
+/// A save that differs from the record held in the sequence number and last-seen time alone
+/// changes that record in place; one that differs in more, or finds the record shared (a flush
+/// encoding it), replaces it. Every one is flushed, and comes back after a reopen.
+#[tokio::test]
+async fn a_heartbeats_save_changes_the_record_in_place_and_is_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let uid = Uuid::now_v7();
+    let held = |store: &EmbeddedStore| store.inner.agents.lock().get(&uid).cloned().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut rec = record(uid, 5);
+        store
+            .save_agent(fence(uid), &rec, Deadline::Keep, None)
+            .await
+            .unwrap();
+        let first = Arc::as_ptr(&held(&store));
+        rec.sequence_num = 6;
+        rec.last_seen_unix_ms = 7_000;
+        store
+            .save_agent(fence(uid), &rec, Deadline::Arm(9_000), None)
+            .await
+            .unwrap();
+        assert_eq!(Arc::as_ptr(&held(&store)), first, "changed in place");
+        assert_eq!(*held(&store), rec);
+        assert_eq!(
+            store.claim_due(fence(uid), 9_000, 10).await.unwrap().due,
+            vec![uid],
+            "the deadline armed"
+        );
+        store.flush().await.unwrap();
+
+        // More than a touch: replaced.
+        rec.sequence_num = 7;
+        rec.status = AgentStatus::Disconnected as i32;
+        store
+            .save_agent(fence(uid), &rec, Deadline::Keep, None)
+            .await
+            .unwrap();
+        assert_ne!(Arc::as_ptr(&held(&store)), first);
+        assert_eq!(*held(&store), rec);
+
+        // Shared: replaced, the sharer's record as it was.
+        let shared = held(&store);
+        rec.sequence_num = 8;
+        store
+            .save_agent(fence(uid), &rec, Deadline::Keep, None)
+            .await
+            .unwrap();
+        assert_eq!(shared.sequence_num, 7);
+        assert_eq!(*held(&store), rec);
+        store.flush().await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let read = store.get_agent(uid).await.unwrap().unwrap();
+    assert_eq!((read.sequence_num, read.last_seen_unix_ms), (8, 7_000));
+}
+
 /// Owners keep no copies with a store that holds every record in memory: a record in a copy's
 /// form is refused, and the record saved before stays as it was.
 #[tokio::test]
