@@ -35,6 +35,7 @@ use state::{
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -154,24 +155,66 @@ impl EmbeddedStore {
             .map_err(io)?
     }
 
-    /// Flushes about once a second until `cancel`, then a last time.
+    /// Flushes about once a second until `cancel`, then a last time, in a thread of its own
+    /// at a lower CPU priority: the flush's burst of encoding and writing gives way to the
+    /// agents' messages when the cores are busy (docs/benchmarks.md). Runs the flushes in the
+    /// runtime's blocking threads if that thread cannot be started.
     pub async fn run_flusher(self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = cancel.cancelled() => break,
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let inner = self.inner.clone();
+        let started = std::thread::Builder::new()
+            .name("flotilla-flush".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_EVERY) {
+                    report_flush(inner.flush(), false);
+                }
+                report_flush(inner.flush(), true);
+                let _ = done.send(());
+            });
+        match started {
+            Ok(_) => {
+                cancel.cancelled().await;
+                let _ = stop.send(());
+                let _ = finished.await;
             }
-            if let Err(e) = self.flush().await {
-                tracing::error!(error = %e, "writing agent records failed; will retry");
-            }
-        }
-        match self.flush().await {
-            Ok(n) => tracing::debug!(records = n, "final agent flush"),
             Err(e) => {
-                tracing::error!(error = %e, "final agent flush failed; agent reports since the last flush are lost")
+                tracing::warn!(error = %e, "no thread for the flushes; they run in the runtime's");
+                let mut tick = tokio::time::interval(FLUSH_EVERY);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = cancel.cancelled() => break,
+                    }
+                    report_flush(self.flush().await, false);
+                }
+                report_flush(self.flush().await, true);
             }
         }
+    }
+}
+
+/// How often changed agent records are written to the data directory.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+fn report_flush(flushed: Result<usize, StoreError>, last: bool) {
+    match (flushed, last) {
+        (Ok(_), false) => {}
+        (Ok(n), true) => tracing::debug!(records = n, "final agent flush"),
+        (Err(e), false) => tracing::error!(error = %e, "writing agent records failed; will retry"),
+        (Err(e), true) => tracing::error!(
+            error = %e,
+            "final agent flush failed; agent reports since the last flush are lost"
+        ),
+    }
+}
+
+/// Gives the calling thread (alone: on Linux the nice value is a thread's) the nice value 10.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!(error = %e, "the flush thread keeps its priority");
     }
 }
 

@@ -407,3 +407,54 @@ async fn a_record_in_an_owners_copy_form_is_refused() {
     );
     assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 5);
 }
+
+/// The flusher writes changed records about once a second from a thread of its own (on Linux
+/// at nice 10), and once more when cancelled: what was saved comes back after a reopen.
+#[tokio::test]
+async fn the_flusher_writes_in_a_thread_of_lower_priority_and_once_more_when_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (early, late) = (Uuid::now_v7(), Uuid::now_v7());
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cancel = CancellationToken::new();
+        let flusher = tokio::spawn(store.clone().run_flusher(cancel.clone()));
+        store
+            .save_agent(fence(early), &record(early, 1), Deadline::Keep, None)
+            .await
+            .unwrap();
+        let flushed = tokio::time::timeout(Duration::from_secs(10), async {
+            while !store.inner.dirty.lock().is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        flushed.await.expect("flushed within 10 s");
+        #[cfg(target_os = "linux")]
+        {
+            let nice_of_flush_threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| {
+                    let t = t.unwrap().path();
+                    let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                    let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                    // The fields after the command's closing parenthesis; nice is the 19th field.
+                    let after = stat.rsplit_once(')')?.1;
+                    (comm.trim() == "flotilla-flush")
+                        .then(|| after.split_whitespace().nth(16).unwrap().to_owned())
+                })
+                .collect();
+            assert_eq!(nice_of_flush_threads, ["10"]);
+        }
+        store
+            .save_agent(fence(late), &record(late, 2), Deadline::Keep, None)
+            .await
+            .unwrap();
+        cancel.cancel();
+        flusher.await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert!(store.get_agent(early).await.unwrap().is_some());
+    assert!(
+        store.get_agent(late).await.unwrap().is_some(),
+        "the last flush"
+    );
+}
