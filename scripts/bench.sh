@@ -12,6 +12,8 @@
 #   scripts/bench.sh --scale    100,000 agents with realistic reports through a local cluster of
 #                               6 gateways, one config push, API latency and memory per role
 #                               (scripts/bench_scale.sh; AGENTS=12000 for a quick check)
+#   scripts/bench.sh --pairs    the standalone server against the echo in alternating pairs, the
+#                               median ratio of their p99s (scripts/bench_pairs.sh; PAIRS=4)
 #
 # Environment: AGENTS (default 10000, quick 1000), MAX_AGENTS (the connect-storm that finds how
 # many agents one process holds; default 19000, quick 2000: the machine's open-file limit per
@@ -19,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${1:-}" = "--scale" ] && exec scripts/bench_scale.sh
+[ "${1:-}" = "--pairs" ] && exec scripts/bench_pairs.sh
 
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1

@@ -110,6 +110,7 @@ const OTHER_TOOLS: &[&str] = &[
     // scripts/bench.sh
     "quick",
     "scale",
+    "pairs",
     // the `duplicates` tool CONTRIBUTING.md names
     "change",
     // perf, for the profiles docs/benchmarks.md reports
