@@ -253,10 +253,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             store.register_metrics(&mut registry);
             let probe = store.clone();
             ready.push(Arc::new(move || probe.health()));
-            rest.push(spawn_named(
-                "store",
-                store.clone().run_flusher(rest_cancel.clone()),
-            ));
+            let flusher = store
+                .start_flusher(rest_cancel.clone())
+                .context("cannot start the thread that writes agent records")?;
+            rest.push(spawn_named("store", flusher));
             let store = Measured::new(Arc::new(store), "embedded", &mut registry);
             let coordinator = Service::new(
                 coord_cfg,

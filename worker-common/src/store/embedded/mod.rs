@@ -155,60 +155,45 @@ impl EmbeddedStore {
             .map_err(io)?
     }
 
-    /// Flushes about once a second until `cancel`, then a last time, in a thread of its own
-    /// at a lower CPU priority: the flush's burst of encoding and writing gives way to the
-    /// agents' messages when the cores are busy (docs/benchmarks.md). Runs the flushes in the
-    /// runtime's blocking threads if that thread cannot be started.
-    pub async fn run_flusher(self, cancel: CancellationToken) {
+    /// Starts the flushes: about once a second until `cancel`, then a last time, in a thread
+    /// of its own at a lower CPU priority, so that a flush's burst of encoding and writing gives
+    /// way to the agents' messages when the cores are busy (docs/benchmarks.md). The future
+    /// returned ends after the last flush.
+    pub fn start_flusher(
+        &self,
+        cancel: CancellationToken,
+    ) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let inner = self.inner.clone();
-        let started = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("flotilla-flush".into())
             .spawn(move || {
                 lower_this_threads_priority();
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_EVERY) {
-                    report_flush(inner.flush(), false);
-                }
-                report_flush(inner.flush(), true);
-                let _ = done.send(());
-            });
-        match started {
-            Ok(_) => {
-                cancel.cancelled().await;
-                let _ = stop.send(());
-                let _ = finished.await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for the flushes; they run in the runtime's");
-                let mut tick = tokio::time::interval(FLUSH_EVERY);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        () = cancel.cancelled() => break,
+                    if let Err(e) = inner.flush() {
+                        tracing::error!(error = %e, "writing agent records failed; will retry");
                     }
-                    report_flush(self.flush().await, false);
                 }
-                report_flush(self.flush().await, true);
-            }
-        }
+                match inner.flush() {
+                    Ok(n) => tracing::debug!(records = n, "final agent flush"),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "final agent flush failed; agent reports since the last flush are lost"
+                    ),
+                }
+                let _ = done.send(());
+            })?;
+        Ok(async move {
+            cancel.cancelled().await;
+            let _ = stop.send(());
+            let _ = finished.await;
+        })
     }
 }
 
 /// How often changed agent records are written to the data directory.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
-
-fn report_flush(flushed: Result<usize, StoreError>, last: bool) {
-    match (flushed, last) {
-        (Ok(_), false) => {}
-        (Ok(n), true) => tracing::debug!(records = n, "final agent flush"),
-        (Err(e), false) => tracing::error!(error = %e, "writing agent records failed; will retry"),
-        (Err(e), true) => tracing::error!(
-            error = %e,
-            "final agent flush failed; agent reports since the last flush are lost"
-        ),
-    }
-}
 
 /// Gives the calling thread (alone: on Linux the nice value is a thread's) the nice value 10.
 fn lower_this_threads_priority() {

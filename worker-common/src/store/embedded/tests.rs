@@ -417,7 +417,7 @@ async fn the_flusher_writes_in_a_thread_of_lower_priority_and_once_more_when_can
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let cancel = CancellationToken::new();
-        let flusher = tokio::spawn(store.clone().run_flusher(cancel.clone()));
+        let flusher = tokio::spawn(store.start_flusher(cancel.clone()).unwrap());
         store
             .save_agent(fence(early), &record(early, 1), Deadline::Keep, None)
             .await
