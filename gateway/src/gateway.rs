@@ -195,7 +195,7 @@ impl Gateway {
             let conn_tracker = tracker.clone();
             tracker.spawn(
                 async move { this.accept(stream, peer, conn_cancel, conn_tracker).await }
-                    .instrument(info_span!("conn", %peer)),
+                    .instrument(debug_span!("conn", %peer)),
             );
         }
         tracker.close();

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, handshake::derive_accept_key};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, debug_span, info_span};
+use tracing::{Instrument, debug, debug_span};
 
 /// The bytes an agent's WebSocket reads at a time, and keeps for its life: 2 KiB rather than 4
 /// (measured in docs/benchmarks.md: with mutual TLS, where rustls keeps a 4 KiB buffer of its own,
@@ -101,7 +101,7 @@ impl Gateway {
                     Err(e) => debug!(error = %e, "upgrade failed"),
                 }
             }
-            .instrument(info_span!("ws", %peer)),
+            .instrument(debug_span!("ws", %peer)),
         );
         http::Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
