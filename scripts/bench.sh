@@ -49,12 +49,9 @@ swarm=$bin/flotilla-swarm
 source scripts/bench_lib.sh
 machine_info "agents: $agents, max agents: $max_agents, steady: $steady"
 
-pki=$out/pki
-"$flotilla" certs init --out "$pki" --clients 1 >/dev/null
-tls=(--ca "$pki/ca.pem" --cert "$pki/client-1.pem" --key "$pki/client-1-key.pem")
+bench_pki "$flotilla"
 # Every swarm agent presents the one client certificate, which names one instance uid: the
 # identity rule that holds agents to the uid their certificate names is off for the benchmark.
-echo_tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --client-ca "$pki/ca.pem")
 server_tls=("${echo_tls[@]}" --agent-identity none)
 
 # run NAME ARGS...: one swarm run into $out/NAME.

@@ -34,3 +34,12 @@ wait_port() {
   echo "$(basename "$0"): nothing listens on 127.0.0.1:$1" >&2
   return 1
 }
+
+# bench_pki FLOTILLA: a CA, a server certificate and one client certificate under $out/pki (made
+# by FLOTILLA certs init); sets tls (the swarm's flags) and echo_tls (a server's, mutual TLS).
+bench_pki() {
+  local pki=$out/pki
+  "$1" certs init --out "$pki" --clients 1 >/dev/null
+  tls=(--ca "$pki/ca.pem" --cert "$pki/client-1.pem" --key "$pki/client-1-key.pem")
+  echo_tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --client-ca "$pki/ca.pem")
+}

@@ -22,10 +22,7 @@ bin=$PWD/target/release
 source scripts/bench_lib.sh
 machine_info "pairs: $pairs, agents: $agents, steady: $steady"
 
-pki=$out/pki
-"$bin/flotilla" certs init --out "$pki" --clients 1 >/dev/null
-tls=(--ca "$pki/ca.pem" --cert "$pki/client-1.pem" --key "$pki/client-1-key.pem")
-server_tls=(--tls-cert "$pki/server.pem" --tls-key "$pki/server-key.pem" --client-ca "$pki/ca.pem")
+bench_pki "$bin/flotilla"
 
 # steady NAME PORT: the swarm's steady run against 127.0.0.1:PORT, into $out/NAME.
 steady() {
@@ -34,7 +31,7 @@ steady() {
     --heartbeat 10s --connect-rate 2000 --duration "$steady" >"$out/$1.txt"
 }
 echo_run() {
-  "$bin/flotilla-echo" --listen 127.0.0.1:4330 "${server_tls[@]}" >"$out/echo.log" 2>&1 &
+  "$bin/flotilla-echo" --listen 127.0.0.1:4330 "${echo_tls[@]}" >"$out/echo.log" 2>&1 &
   local pid=$!; pids+=("$pid")
   wait_port 4330
   steady "echo-$1" 4330
@@ -44,7 +41,7 @@ standalone_run() {
   rm -rf "$out/standalone-data"
   # Every swarm agent presents the one client certificate: the identity rule is off.
   "$bin/flotilla" serve --opamp-listen 127.0.0.1:4320 --api-listen 127.0.0.1:4321 \
-    --data-dir "$out/standalone-data" --heartbeat-interval 10s "${server_tls[@]}" \
+    --data-dir "$out/standalone-data" --heartbeat-interval 10s "${echo_tls[@]}" \
     --agent-identity none >>"$out/standalone.log" 2>&1 &
   local pid=$!; pids+=("$pid")
   wait_port 4320
