@@ -222,8 +222,7 @@ impl Pusher {
     /// The agents of `downlinks` answer nothing: they are not awaited.
     fn not_awaited<'d>(&self, downlinks: impl IntoIterator<Item = &'d Downlink>) {
         for d in downlinks {
-            self.awaiting
-                .gone(Uuid::from_slice(&d.instance_uid).unwrap_or_default());
+            self.awaiting.gone(uid_of(&d.instance_uid));
         }
     }
 
@@ -283,18 +282,22 @@ impl Push {
     }
 
     fn uid(&self) -> Uuid {
-        Uuid::from_slice(&self.instance_uid).unwrap_or_default()
+        uid_of(&self.instance_uid)
     }
 
     /// The message's encoding: its instance_uid (field 1, which prost writes first), then the rest.
     fn server_to_agent(&self) -> Vec<u8> {
-        let mut bytes = ServerToAgent {
-            instance_uid: self.instance_uid.clone(),
-            ..Default::default()
+        let mut bytes = Vec::with_capacity(self.message_len());
+        if !self.instance_uid.is_empty() {
+            prost::encoding::bytes::encode(1, &self.instance_uid, &mut bytes);
         }
-        .encode_to_vec();
         bytes.extend_from_slice(&self.rest);
         bytes
+    }
+
+    /// [`Push::server_to_agent`]'s length: the uid's field and the rest.
+    fn message_len(&self) -> usize {
+        field_len(self.instance_uid.len()) + self.rest.len()
     }
 
     /// The downlink that carries it.
@@ -307,22 +310,23 @@ impl Push {
     }
 
     /// [`Push::downlink`]'s encoded length, without making it: the Downlink's connection id,
-    /// uid and message, the message being the ServerToAgent's uid and the rest (every field
-    /// number below 16, a one-byte tag; an empty field is not encoded).
+    /// uid and message (every field number below 16, a one-byte tag; an empty field is not
+    /// encoded).
     fn encoded_len(&self) -> usize {
-        let field = |n: usize| {
-            if n == 0 {
-                0
-            } else {
-                1 + prost::length_delimiter_len(n) + n
-            }
-        };
         let id = match self.connection_id {
             0 => 0,
             id => 1 + prost::encoding::encoded_len_varint(id),
         };
-        let uid = field(self.instance_uid.len());
-        id + uid + field(uid + self.rest.len())
+        id + field_len(self.instance_uid.len()) + field_len(self.message_len())
+    }
+}
+
+/// The encoded length of a length-delimited field of `n` bytes and a one-byte tag (none if empty).
+fn field_len(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        1 + prost::length_delimiter_len(n) + n
     }
 }
 
@@ -339,6 +343,11 @@ impl Bodies {
         self.0.insert(held.clone());
         held
     }
+}
+
+/// The agent named by `uid` (the nil uuid for a malformed one, which nothing awaits).
+fn uid_of(uid: &[u8]) -> Uuid {
+    Uuid::from_slice(uid).unwrap_or_default()
 }
 
 /// The Downlink that carries `msg` to the connection `origin`.
