@@ -118,7 +118,7 @@ impl Gateway {
 
     async fn session<S>(
         self: Arc<Self>,
-        ws: WebSocketStream<S>,
+        mut ws: WebSocketStream<S>,
         conn: Arc<ConnInfo>,
         authority: String,
         cancel: CancellationToken,
@@ -152,7 +152,6 @@ impl Gateway {
         let (tx, mut pushes) = mpsc::channel(PUSH_QUEUE);
         self.table.insert(origin.connection_id, tx);
         self.metrics.connections.inc();
-        let (mut sink, mut stream) = ws.split();
         // Whether an agent has spoken on the connection yet (the agents themselves are in the
         // connection table).
         let mut spoken = false;
@@ -162,29 +161,36 @@ impl Gateway {
             self.metrics
                 .messages
                 .get_or_create(&vec![("transport", "websocket"), ("direction", dir)])
-                .inc()
+                .clone()
         };
+        let (count_in, count_out) = (count("in"), count("out"));
+        // Made once, not for every message: waiting on a token or a notification registers
+        // with it (under its lock), and stops waiting when the wait is dropped.
+        let cancelled = cancel.cancelled();
+        let expired = conn.activity.expired();
+        let first_message = tokio::time::sleep_until(first_message_by);
+        tokio::pin!(cancelled, expired, first_message);
 
         let close: Option<CloseFrame> = loop {
             let reply = tokio::select! {
-                () = cancel.cancelled() => break Some(close_frame(CloseCode::Away, "server shutting down")),
+                () = &mut cancelled => break Some(close_frame(CloseCode::Away, "server shutting down")),
                 () = &mut retire => {
                     self.count_rejected("connection_age");
                     break Some(close_frame(CloseCode::Away, "connection age limit; reconnect"));
                 }
-                () = tokio::time::sleep_until(first_message_by), if !spoken => {
+                () = &mut first_message, if !spoken => {
                     self.count_rejected("first_message_timeout");
                     break Some(close_frame(CloseCode::Policy, "no OpAMP message in time"));
                 }
-                _ = conn.activity.expired() => {
+                _ = &mut expired => {
                     // A message begun and not finished: its bytes sit in memory until it is.
                     self.count_rejected("slow_message");
                     break Some(close_frame(CloseCode::Policy, "message not completed in time"));
                 }
                 Some(push) = pushes.recv() => push,
-                frame = stream.next() => match frame.inspect(|f| if f.is_ok() { conn.activity.settled() }) {
+                frame = ws.next() => match frame.inspect(|f| if f.is_ok() { conn.activity.settled() }) {
                     Some(Ok(Message::Binary(data))) => {
-                        count("in");
+                        count_in.inc();
                         if conn.limiter.check().is_err() {
                             self.count_rejected("rate_limited");
                             strikes += 1;
@@ -205,7 +211,7 @@ impl Gateway {
                             match self.ws_message(&data, &conn, &origin, &mut spoken).await {
                                 Next::Reply(reply) => reply,
                                 Next::ReplyAndClose(reply, why) => {
-                                    let _ = sink.send(Message::Binary(encode_ws_frame(&reply).into())).await;
+                                    let _ = ws.send(Message::Binary(encode_ws_frame(&reply).into())).await;
                                     break Some(close_frame(CloseCode::Policy, why));
                                 }
                             }
@@ -230,20 +236,20 @@ impl Gateway {
                     }
                 },
             };
-            if let Err(e) = sink
+            if let Err(e) = ws
                 .send(Message::Binary(encode_ws_frame(&reply).into()))
                 .await
             {
                 debug!(error = %e, "write failed");
                 break None;
             }
-            count("out");
+            count_out.inc();
         };
 
         if let Some(frame) = close {
-            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ = ws.send(Message::Close(Some(frame))).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut ws)).await;
         let agents = self.table.remove(origin.connection_id);
         self.metrics.connections.dec();
         for uid in agents {

@@ -43,12 +43,14 @@ impl Owner {
             };
             let this = self.clone();
             this.metrics.uplinks_in_flight.inc();
+            // Boxed: the handling is a large future, moved once into its box rather than
+            // copied along the spawn's calls (3.8% of a standalone server's samples).
             tracker.spawn(
-                async move {
+                Box::pin(async move {
                     this.handle_uplink(incoming).await;
                     this.metrics.uplinks_in_flight.dec();
                     drop(permit);
-                }
+                })
                 .in_current_span(),
             );
         };
