@@ -8,7 +8,7 @@
 machine_info() {
   {
     echo "date: $(date -u +%FT%TZ)"
-    echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with uncommitted changes)')"
+    echo "commit: $(git rev-parse --short HEAD)$(git diff HEAD --quiet || echo ' (with uncommitted changes)')"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs) x $(nproc)"
     echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
     echo "kernel: $(uname -r)"
