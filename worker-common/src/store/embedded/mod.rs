@@ -182,6 +182,9 @@ impl EmbeddedStore {
                         "final agent flush failed; agent reports since the last flush are lost"
                     ),
                 }
+                // The database let go of before saying so: a server started again in this
+                // process opens the data directory the moment this one's flusher has ended.
+                drop(inner);
                 let _ = done.send(());
             })?;
         Ok(async move {

@@ -408,6 +408,27 @@ async fn a_record_in_an_owners_copy_form_is_refused() {
     assert_eq!(store.get_agent(uid).await.unwrap().unwrap().sequence_num, 5);
 }
 
+#[tokio::test]
+async fn the_data_directory_opens_again_as_soon_as_the_flusher_has_ended() {
+    // A server restarted in the same process (as the tests do) opens the directory the moment
+    // the last one's flusher ended: the flush thread let go of the database before saying so.
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..50 {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let cancel = CancellationToken::new();
+        let flusher = store.start_flusher(cancel.clone()).unwrap();
+        cancel.cancel();
+        flusher.await;
+        assert_eq!(
+            Arc::strong_count(&store.inner),
+            1,
+            "the flush thread holds the store"
+        );
+        drop(store);
+    }
+    EmbeddedStore::open(dir.path()).unwrap();
+}
+
 /// The flusher writes changed records about once a second from a thread of its own (on Linux
 /// at nice 10), and once more when cancelled: what was saved comes back after a reopen.
 #[tokio::test]
