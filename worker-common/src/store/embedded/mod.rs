@@ -146,15 +146,6 @@ impl EmbeddedStore {
         );
     }
 
-    /// Writes every agent record changed since the last flush; those that could not be written
-    /// stay queued for the next one.
-    pub async fn flush(&self) -> Result<usize, StoreError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.flush())
-            .await
-            .map_err(io)?
-    }
-
     /// Starts the flushes: about once a second until `cancel`, then a last time, in a thread
     /// of its own at a lower CPU priority, so that a flush's burst of encoding and writing gives
     /// way to the agents' messages when the cores are busy (docs/benchmarks.md). The future
