@@ -6,7 +6,9 @@ mod common;
 use common::{config, connect, full_state_requested, start};
 use flotilla_loadtest::client::{WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
-use flotilla_proto::opamp::{AgentToServer, AgentToServerFlags, ServerErrorResponseType};
+use flotilla_proto::opamp::{
+    AgentToServer, AgentToServerFlags, ServerErrorResponseType, ServerToAgent,
+};
 use prost::Message;
 use serde_json::json;
 use std::time::Duration;
@@ -263,8 +265,9 @@ async fn a_config_change_reaches_the_agents_of_a_gateway_in_one_batch() {
     );
     assert_eq!(
         srv.metric(downlinks).await,
-        1.0,
-        "one bus request for the twelve agents"
+        2.0,
+        "one bus request ending the gateway's grants to answer heartbeats (ADR 0021), and one \
+         for the twelve agents"
     );
     srv.stop().await;
 }
@@ -393,5 +396,105 @@ async fn agents_that_stop_talking_are_marked_silent_once_and_recover() {
     ws.request(&agent.heartbeat()).await.unwrap();
     srv.wait_agent(agent.uid, T, |v| v["status"] == "connected")
         .await;
+    srv.stop().await;
+}
+
+/// A metric's value in a Prometheus exposition (0 when absent).
+fn metric(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_gateway_answers_heartbeats_under_the_owners_grant_and_the_owner_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let mut agent = SimAgent::new("otelcol", &[]);
+    let mut ws = connect(&srv, &mut agent).await;
+    // From here on the test numbers the messages itself.
+    let template = agent.heartbeat();
+    let hb = |seq| AgentToServer {
+        sequence_num: seq,
+        ..template.clone()
+    };
+    let full = AgentToServer {
+        sequence_num: 0,
+        ..agent.full_report()
+    };
+    let report = |seq| AgentToServer {
+        sequence_num: seq,
+        ..full.clone()
+    };
+    // The owner's reply that ended the agent's first exchange granted: its heartbeats are
+    // answered by the gateway, as the owner answers them.
+    let owners = ws.request(&template).await.unwrap();
+    let bare = ServerToAgent {
+        instance_uid: agent.uid.as_bytes().to_vec(),
+        capabilities: owners.capabilities,
+        ..Default::default()
+    };
+    assert_eq!(
+        owners, bare,
+        "nothing but the uid and the server's capabilities"
+    );
+    assert_ne!(owners.capabilities, 0);
+    let mut seq = template.sequence_num;
+    for _ in 0..5 {
+        seq += 1;
+        assert_eq!(ws.request(&hb(seq)).await.unwrap(), owners);
+    }
+    let answered = "flotilla_gateway_heartbeats_total{outcome=\"answered\"}";
+    let m = srv.metrics().await;
+    assert_eq!(metric(&m, answered), 6, "{m}");
+    // Recorded by the owner within a flush (half a second): its sequence number, as connected.
+    let view = srv
+        .wait_agent(agent.uid, T, |v| v["sequence_num"] == seq)
+        .await;
+    assert_eq!(view["status"], "connected");
+    let recorded = "flotilla_coordinator_uplinks_total{result=\"heartbeat\"}";
+    assert!(metric(&srv.metrics().await, recorded) >= 1);
+
+    // A repeat of an answered heartbeat goes to the owner, which asks for the full state; so
+    // does a gap. The message after the last heartbeat the gateway answered is in sequence.
+    assert!(full_state_requested(&ws.request(&hb(seq)).await.unwrap()));
+    assert!(!full_state_requested(
+        &ws.request(&report(seq + 1)).await.unwrap()
+    ));
+    seq += 5;
+    assert!(full_state_requested(&ws.request(&hb(seq)).await.unwrap()));
+    assert!(!full_state_requested(
+        &ws.request(&report(seq + 1)).await.unwrap()
+    ));
+    assert_eq!(ws.request(&hb(seq + 2)).await.unwrap(), owners);
+    assert!(
+        !full_state_requested(&ws.request(&report(seq + 3)).await.unwrap()),
+        "in sequence after a heartbeat the gateway answered"
+    );
+    seq += 3;
+
+    // The agent is removed while the gateway answers its heartbeats: the owner ends the grant,
+    // and the next heartbeat's reply (the owner's) asks for the full state that brings it back.
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/v1/agents/{}", srv.api, agent.uid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let asked = async {
+        loop {
+            seq += 1;
+            if full_state_requested(&ws.request(&hb(seq)).await.unwrap()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(T, asked)
+        .await
+        .expect("the full state asked for within a few flushes");
+    let ended = "flotilla_gateway_heartbeats_total{outcome=\"grant_ended\"}";
+    assert!(metric(&srv.metrics().await, ended) >= 1);
     srv.stop().await;
 }

@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         server_ca_pem: None,
         // Room for some configs and not for others: both ways of a reply are taken.
         may_offer_config: &|_, hash| hash.first().is_none_or(|b| b % 2 == 0),
+        heartbeats_answered_through: None,
     };
     let first = process(None, msg.clone(), Origin::default(), &ctx);
     let known = AgentRecord {

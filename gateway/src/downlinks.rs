@@ -69,11 +69,15 @@ impl Gateway {
             )
         });
         let acks: Vec<bool> = span.in_scope(|| match DownlinkBatch::decode(incoming.msg.payload) {
-            Ok(b) => b
-                .downlinks
-                .into_iter()
-                .map(|d| self.deliver_one(d))
-                .collect(),
+            Ok(b) => {
+                if b.end_heartbeat_grants {
+                    self.end_grants();
+                }
+                b.downlinks
+                    .into_iter()
+                    .map(|d| self.deliver_one(d))
+                    .collect()
+            }
             Err(e) => {
                 self.malformed_downlink(&e);
                 Vec::new()

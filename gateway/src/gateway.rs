@@ -7,6 +7,7 @@ use crate::activity::{Activity, ActivityIo, Expiry, Inflight};
 use crate::guard::{AgentTokens, ConnInfo, PeerCert, RefusedCerts};
 use crate::metrics::Metrics;
 use crate::ownerless::Ownerless;
+use crate::shard_queue::ShardQueue;
 use crate::slots::{Slot, Slots, Taken};
 use crate::table::ConnectionTable;
 use bytes::Bytes;
@@ -15,7 +16,10 @@ use flotilla_common::config::{AgentIdentity, AgentLimits, DEFAULT_MAX_INFLIGHT_B
 use flotilla_common::names::{Subjects, shard_of, uid_text};
 use flotilla_common::telemetry::{LogLimiter, traces};
 use flotilla_common::tls::ReloadingTls;
-use flotilla_proto::bus::{IdentityRule, Origin, Transport, Uplink, UplinkReply, uplink};
+use flotilla_proto::bus::{
+    AnsweredHeartbeat, IdentityRule, Origin, OwnMetricsSample, Transport, Uplink, UplinkReply,
+    uplink,
+};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
@@ -99,7 +103,11 @@ pub struct Gateway {
     inflight: Arc<Inflight>,
     pub(crate) metrics: Metrics,
     /// Agents' own metrics waiting for their owners.
-    pub(crate) own_metrics_queue: crate::metrics_queue::MetricsQueue,
+    pub(crate) own_metrics_queue: Arc<ShardQueue<OwnMetricsSample>>,
+    /// Heartbeats answered here, waiting for their owners.
+    pub(crate) heartbeats: Arc<ShardQueue<AnsweredHeartbeat>>,
+    /// Ends of all grants to answer heartbeats so far (crate::heartbeats).
+    pub(crate) grant_epoch: AtomicU64,
     /// Copies of them for other destinations, once the gateway runs.
     pub(crate) forwarders: std::sync::OnceLock<crate::forward::Forwarders>,
     /// Pushes from owners that did not decode.
@@ -135,6 +143,8 @@ impl Gateway {
             refused: RefusedCerts::default(),
             metrics,
             own_metrics_queue: Default::default(),
+            heartbeats: Default::default(),
+            grant_epoch: AtomicU64::new(0),
             forwarders: Default::default(),
             downlink_log: LogLimiter::default(),
             uplinks: Arc::new(Semaphore::new(MAX_UPLINKS_IN_FLIGHT)),
@@ -174,6 +184,11 @@ impl Gateway {
             self.clone()
                 .flush_own_metrics(cancel.clone())
                 .instrument(info_span!("own_metrics")),
+        );
+        tracker.spawn(
+            self.clone()
+                .flush_heartbeats(cancel.clone())
+                .instrument(info_span!("heartbeats")),
         );
         info!(gateway = %self.cfg.gateway_id, addr = ?listener.local_addr().ok(), "gateway accepting agents");
         loop {
@@ -411,6 +426,7 @@ impl Gateway {
         agent_to_server: &[u8],
         instance_uid: &[u8],
         origin: &Origin,
+        heartbeats_answered_through: Option<u64>,
     ) -> Result<UplinkReply, BusError> {
         // Each message is a trace of its own (a session lasts for days).
         let span = traces::root(|| {
@@ -432,7 +448,7 @@ impl Gateway {
         let Ok(room) = self.uplinks.acquire().await else {
             return Err(BusError::Closed);
         };
-        let uplink = agent_uplink(origin, agent_to_server);
+        let uplink = agent_uplink(origin, agent_to_server, heartbeats_answered_through);
         self.request_owner_in(instance_uid, uplink, origin.connection_id, Some(room))
             .instrument(span)
             .await
@@ -526,6 +542,7 @@ impl Gateway {
                     instance_uid: instance_uid.to_vec(),
                 },
             )),
+            heartbeats_answered_through: None,
         };
         if let Err(e) = self.request_owner(instance_uid, uplink).await {
             debug!(error = %e, "disconnect not recorded; the agent will be found silent instead");
@@ -538,17 +555,27 @@ impl Gateway {
     }
 }
 
-/// The encoded [`Uplink`] of an agent's message, as prost encodes it (the origin, field 1, then
-/// the message, field 2), written without a copy of the origin or of the message made for it.
-fn agent_uplink(origin: &Origin, agent_to_server: &[u8]) -> Bytes {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+/// The encoded [`Uplink`] of an agent's message, as prost encodes it (the origin, field 1, the
+/// message, field 2, then the last heartbeat answered, field 11), written without a copy of the
+/// origin or of the message made for it.
+fn agent_uplink(origin: &Origin, agent_to_server: &[u8], answered_through: Option<u64>) -> Bytes {
+    use prost::encoding::{
+        WireType, encode_key, encode_varint, encoded_len_varint, message, uint64,
+    };
     let n = agent_to_server.len() as u64;
-    let len = message::encoded_len(1, origin) + 1 + encoded_len_varint(n) + agent_to_server.len();
+    let len = message::encoded_len(1, origin)
+        + 1
+        + encoded_len_varint(n)
+        + agent_to_server.len()
+        + answered_through.map_or(0, |seq| uint64::encoded_len(11, &seq));
     let mut bytes = Vec::with_capacity(len);
     message::encode(1, origin, &mut bytes);
     encode_key(2, WireType::LengthDelimited, &mut bytes);
     encode_varint(n, &mut bytes);
     bytes.extend_from_slice(agent_to_server);
+    if let Some(seq) = answered_through {
+        uint64::encode(11, &seq, &mut bytes);
+    }
     bytes.into()
 }
 
@@ -557,7 +584,8 @@ mod tests {
     use super::*;
 
     /// Written by hand, it is what prost writes for the same Uplink: a message of 300 bytes
-    /// (a two-byte length), and an empty one too (a oneof's field is written when set).
+    /// (a two-byte length), and an empty one too (a oneof's field is written when set); with the
+    /// last heartbeat answered (0 too: an optional field is written when set) and without.
     #[test]
     fn an_agents_uplink_is_encoded_as_prost_encodes_it() {
         let origin = Origin {
@@ -570,12 +598,14 @@ mod tests {
             client_cert_uids: vec![vec![1; 16]],
             authority: "https://opamp.example:4320".into(),
         };
-        for message in [vec![], vec![0x0a, 0x10, 1, 2, 3], vec![9; 300]] {
+        let messages = [vec![], vec![0x0a, 0x10, 1, 2, 3], vec![9; 300]];
+        for (message, through) in messages.into_iter().zip([None, Some(0), Some(300)]) {
             let uplink = Uplink {
                 origin: Some(origin.clone()),
                 kind: Some(uplink::Kind::AgentToServer(message.clone())),
+                heartbeats_answered_through: through,
             };
-            let written = agent_uplink(&origin, &message);
+            let written = agent_uplink(&origin, &message, through);
             assert_eq!(written, uplink.encode_to_vec());
             assert_eq!(Uplink::decode(written).unwrap(), uplink);
         }

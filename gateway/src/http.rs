@@ -195,7 +195,7 @@ impl Gateway {
             return self.reject("identity", protobuf(StatusCode::FORBIDDEN, reply, false));
         }
         let origin = self.origin(Transport::Http, conn, authority);
-        match self.forward(&body, &uid, &origin).await {
+        match self.forward(&body, &uid, &origin, None).await {
             Ok(reply) if reply.close_connection => {
                 self.refuse_certificate(conn);
                 self.reject(

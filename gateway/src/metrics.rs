@@ -19,6 +19,7 @@ pub struct Metrics {
     pub uplinks_in_flight: Gauge,
     pub own_metrics: Family<Labels, Counter>,
     pub own_metrics_forwarded: Outcomes,
+    pub heartbeats: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -31,6 +32,7 @@ impl Metrics {
             uplinks_in_flight: Gauge::default(),
             own_metrics: Family::default(),
             own_metrics_forwarded: Family::default(),
+            heartbeats: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("flotilla_gateway");
         r.register(
@@ -72,6 +74,14 @@ impl Metrics {
             "Copies of agents' own-metrics exports for --agent-metrics-forward destinations, by \
              destination and outcome (sent, failed, queue_full, unknown_destination)",
             m.own_metrics_forwarded.clone(),
+        );
+        r.register(
+            "heartbeats",
+            "Agents' heartbeats the gateway answered itself under their owners' grants (answered), \
+             and of those: delivered to and not taken by their owners (recorded, not_delivered), \
+             whose grant the owner ended (grant_ended); heartbeats sent to the owner as they \
+             came for a full queue (queue_full)",
+            m.heartbeats.clone(),
         );
         m
     }

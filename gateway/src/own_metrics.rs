@@ -1,6 +1,6 @@
 //! Agents' own metrics on `/v1/metrics` (OTLP/HTTP, protobuf, optionally gzipped): the same
 //! connection checks as OpAMP (TLS, mutual TLS, tokens, the connection cap and rate), what is kept
-//! of each export ([`crate::otlp`]), and the queue ([`crate::metrics_queue`]) that takes it to the
+//! of each export ([`crate::otlp`]), and the queue ([`crate::shard_queue`]) that takes it to the
 //! agents' owners over the bus in batches, each shard's every second. The agent is answered once
 //! its sample is queued; a full queue answers 503 with Retry-After, and what the owners never take
 //! is counted, not retried forever (these are measurements: the next export carries the same
@@ -9,8 +9,8 @@
 use crate::gateway::Gateway;
 use crate::guard::ConnInfo;
 use crate::http::{HttpResponse, PROTOBUF, header_has, protobuf, retry_later, text};
-use crate::metrics_queue::{FLUSH_EVERY, Pushed};
 use crate::otlp::{self, Refused};
+use crate::shard_queue::{Pushed, flush};
 use flotilla_common::config::AgentIdentity;
 use flotilla_common::names::FORWARD_HEADER;
 use flotilla_common::telemetry::now_unix_ms;
@@ -22,18 +22,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResp
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 use uuid::Uuid;
 
 /// How long a connection that carried an export may idle.
 const EXPORT_KEEP_ALIVE: Duration = Duration::from_secs(130);
-/// Shards whose batches are on their way at once.
-const CONCURRENT_BATCHES: usize = 64;
-/// How long a stopping gateway waits for the owners to take what it holds.
-const FINAL_FLUSH: Duration = Duration::from_secs(5);
 
 impl Gateway {
     /// One OTLP/HTTP metrics export.
@@ -135,43 +129,18 @@ impl Gateway {
         )
     }
 
-    /// Sends queued samples to their owners every [`FLUSH_EVERY`] until `cancel`, then once more
-    /// (waiting at most [`FINAL_FLUSH`] for the owners). Each shard's batches go on their own, so
-    /// a shard without an owner delays no other.
+    /// Sends queued samples to their owners until `cancel` ([`crate::shard_queue::flush`]).
     pub(crate) async fn flush_own_metrics(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(CONCURRENT_BATCHES));
-        loop {
-            let stopping = tokio::select! {
-                _ = tick.tick() => false,
-                () = cancel.cancelled() => true,
-            };
-            for (shard, batches) in self.own_metrics_queue.take() {
-                let (this, permits) = (self.clone(), permits.clone());
-                tracker.spawn(async move {
-                    let _permit = permits.acquire().await;
-                    for batch in batches {
-                        this.send_batch(batch).await;
-                    }
-                    this.own_metrics_queue.sent(shard);
-                });
-            }
-            if stopping {
-                break;
-            }
-        }
-        tracker.close();
-        if tokio::time::timeout(FINAL_FLUSH, tracker.wait())
-            .await
-            .is_err()
-        {
-            debug!("agents' metrics still on their way at shutdown are given up");
-        }
+        let queue = self.own_metrics_queue.clone();
+        flush(queue, cancel, move |batch| {
+            let this = self.clone();
+            async move { this.send_own_metrics(batch).await }
+        })
+        .await;
     }
 
-    async fn send_batch(&self, samples: Vec<OwnMetricsSample>) {
+    /// One shard's batch of samples to its owner.
+    async fn send_own_metrics(&self, samples: Vec<OwnMetricsSample>) {
         let Some(uid) = samples.first().map(|s| s.instance_uid.clone()) else {
             return;
         };
@@ -179,6 +148,7 @@ impl Gateway {
         let uplink = Uplink {
             origin: None,
             kind: Some(uplink::Kind::OwnMetrics(OwnMetricsBatch { samples })),
+            heartbeats_answered_through: None,
         };
         let outcome = match self.request_owner(&uid, uplink).await {
             Ok(_) => "delivered",

@@ -6,6 +6,7 @@
 
 use crate::gateway::Gateway;
 use crate::guard::ConnInfo;
+use crate::heartbeats::Grant;
 use crate::http::{HttpResponse, header_has, text};
 use crate::table::{Bind, MAX_AGENTS_PER_CONNECTION};
 use flotilla_common::codec::{decode_ws_frame, encode_ws_frame};
@@ -155,6 +156,8 @@ impl Gateway {
         // Whether an agent has spoken on the connection yet (the agents themselves are in the
         // connection table).
         let mut spoken = false;
+        // The owner's leave to answer an agent's heartbeats here (crate::heartbeats).
+        let mut grant: Option<Grant> = None;
         // A WebSocket may idle between heartbeats; only a message left half-sent is timed.
         conn.activity.set_idle(None);
         let count = |dir| {
@@ -187,7 +190,16 @@ impl Gateway {
                     self.count_rejected("slow_message");
                     break Some(close_frame(CloseCode::Policy, "message not completed in time"));
                 }
-                Some(push) = pushes.recv() => push,
+                Some(push) = pushes.recv() => {
+                    if push.is_empty() {
+                        // Not for the agent: its owner wants its next heartbeat.
+                        if let Some(g) = grant.as_mut() {
+                            g.end();
+                        }
+                        continue;
+                    }
+                    push
+                }
                 frame = ws.next() => match frame.inspect(|f| if f.is_ok() { conn.activity.settled() }) {
                     Some(Ok(Message::Binary(data))) => {
                         count_in.inc();
@@ -208,7 +220,7 @@ impl Gateway {
                             if !spoken && !session.is_disabled() {
                                 session.record("uid", first_uid(&data));
                             }
-                            match self.ws_message(&data, &conn, &origin, &mut spoken).await {
+                            match self.ws_message(&data, &conn, &origin, &mut spoken, &mut grant).await {
                                 Next::Reply(reply) => reply,
                                 Next::ReplyAndClose(reply, why) => {
                                     let _ = ws.send(Message::Binary(encode_ws_frame(&reply).into())).await;
@@ -264,12 +276,13 @@ impl Gateway {
         conn: &ConnInfo,
         origin: &flotilla_proto::bus::Origin,
         spoken: &mut bool,
+        grant: &mut Option<Grant>,
     ) -> Next {
         let payload = decode_ws_frame(data);
         // Decoded to check it and learn its uid; only the uid is kept while the owner works (a
         // full report is tens of KB, and a busy cluster keeps many waiting).
-        let uid = match AgentToServer::decode(payload) {
-            Ok(m) => m.instance_uid,
+        let msg = match AgentToServer::decode(payload) {
+            Ok(m) => m,
             Err(e) => {
                 self.count_rejected("bad_request");
                 return Next::Reply(opamp_error_reply(
@@ -280,23 +293,34 @@ impl Gateway {
                 ));
             }
         };
-        if let Err(why) = conn.may_speak_for(self.cfg.identity, &uid) {
+        let uid = &msg.instance_uid;
+        if let Err(why) = conn.may_speak_for(self.cfg.identity, uid) {
             self.count_rejected("identity");
             self.refuse_certificate(conn);
-            let reply = opamp_error_reply(uid, ErrorKind::BadRequest, why, None);
+            let reply = opamp_error_reply(uid.clone(), ErrorKind::BadRequest, why, None);
             return Next::ReplyAndClose(reply, "certificate does not name this instance_uid");
         }
-        if self.table.bind(origin.connection_id, &uid) == Bind::Full {
+        if self.table.bind(origin.connection_id, uid) == Bind::Full {
             self.count_rejected("too_many_agents");
             let why = format!(
                 "one connection may speak for at most {MAX_AGENTS_PER_CONNECTION} agents; \
                  open another connection"
             );
-            let reply = opamp_error_reply(uid, ErrorKind::BadRequest, why, None);
+            let reply = opamp_error_reply(uid.clone(), ErrorKind::BadRequest, why, None);
             return Next::Reply(reply);
         }
         *spoken = true;
-        match self.forward(payload, &uid, origin).await {
+        if let Some(reply) = grant
+            .as_mut()
+            .and_then(|g| self.answer_heartbeat(g, &msg, origin.connection_id))
+        {
+            return Next::Reply(reply);
+        }
+        let uid = msg.instance_uid;
+        let through = Grant::answered_through(grant.take(), &uid);
+        // Read before the owner answers: an end of all grants meanwhile voids this one.
+        let epoch = self.grant_epoch();
+        match self.forward(payload, &uid, origin, through).await {
             Ok(reply) if reply.close_connection => {
                 self.count_rejected("identity");
                 self.refuse_certificate(conn);
@@ -311,6 +335,7 @@ impl Gateway {
                     self.table
                         .bind(origin.connection_id, &reply.new_instance_uid);
                 }
+                *grant = Grant::of(&uid, &reply, epoch);
                 Next::Reply(reply.server_to_agent)
             }
             Err(e) => {

@@ -114,6 +114,7 @@ async fn a_batch_reaches_each_agent_on_its_connection_and_is_acknowledged_in_ord
             downlink(conns[2], &agents[2].0, "a2"),
             downlink(conns[3], &agents[3].0, "a3"),
         ],
+        end_heartbeat_grants: false,
     };
     let subjects = Subjects::new("test");
     let req = BusMessage::new(subjects.downlink_batch("gw1"), batch.encode_to_vec());

@@ -14,7 +14,8 @@ use flotilla_common::error::{ErrorKind, opamp_error};
 use flotilla_common::names::{SHARD_COUNT, shard_of};
 use flotilla_common::store::Deadline;
 use flotilla_proto::bus::{
-    AgentRecord, AgentStatus, Drift, Origin, PendingCustomMessage, ReceivedCustomMessage, Transport,
+    AgentRecord, AgentStatus, Drift, HeartbeatGrant, Origin, PendingCustomMessage,
+    ReceivedCustomMessage, Transport,
 };
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentIdentification, AgentToServer, AgentToServerFlags, CommandType,
@@ -59,6 +60,10 @@ pub struct Ctx<'a> {
     /// paces configs to the answers it can take (ADR 0018). When not, a later reply or a push
     /// offers it.
     pub may_offer_config: &'a MayOfferConfig<'a>,
+    /// The agent's gateway answered its heartbeats on this connection up to this sequence
+    /// number under the owner's grant (`HeartbeatGrant`): the message is in sequence when it is
+    /// the next one, whatever the record has seen of them yet.
+    pub heartbeats_answered_through: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -260,9 +265,15 @@ pub fn process(
         return Outcome::nothing_stored(reply, ctx);
     };
 
-    let in_sequence = stored
-        .as_ref()
-        .is_some_and(|r| msg.sequence_num == r.sequence_num.wrapping_add(1));
+    // After heartbeats the gateway answered on the agent's connection, the last of them is
+    // the one before (the record may not have seen them yet).
+    let in_sequence = stored.as_ref().is_some_and(|r| {
+        let before = ctx
+            .heartbeats_answered_through
+            .filter(|_| same_connection(r.origin.as_ref(), &origin))
+            .unwrap_or(r.sequence_num);
+        msg.sequence_num == before.wrapping_add(1)
+    });
     let was_connected = stored
         .as_ref()
         .is_some_and(|r| r.status == AgentStatus::Connected as i32);
@@ -376,8 +387,40 @@ pub fn process(
     }
 }
 
-/// Moves the sub-messages present in `msg` into the record; an absent one means "unchanged".
-/// Returns true when the server should ask for the full map of available components.
+/// Whether `recorded` (a record's origin) is the WebSocket connection `origin`.
+pub fn same_connection(recorded: Option<&Origin>, origin: &Origin) -> bool {
+    recorded.is_some_and(|r| {
+        r.transport() == Transport::Websocket
+            && origin.transport() == Transport::Websocket
+            && r.connection_id == origin.connection_id
+            && r.gateway_id == origin.gateway_id
+    })
+}
+
+/// The leave the owner gives the agent's gateway to answer its next heartbeats itself
+/// (`HeartbeatGrant`, gateway/src/heartbeats.rs), if the outcome allows it: the agent is
+/// connected over a WebSocket, the reply says nothing but its uid and the server's capabilities,
+/// and nothing waits for the agent's next message (a custom message, a restart).
+pub fn heartbeat_grant(out: &Outcome, now_unix_ms: u64) -> Option<HeartbeatGrant> {
+    let rec = out.record.as_ref()?;
+    let origin = rec.origin.as_ref()?;
+    let bare = ServerToAgent {
+        instance_uid: rec.instance_uid.clone(),
+        capabilities: out.reply.capabilities,
+        ..Default::default()
+    };
+    let quiet = origin.transport() == Transport::Websocket
+        && rec.status == AgentStatus::Connected as i32
+        && out.reply == bare
+        && out.left_behind.is_none()
+        && rec.pending_custom_messages.is_empty()
+        && rec.restart_expires_unix_ms <= now_unix_ms;
+    quiet.then_some(HeartbeatGrant {
+        sequence_num: rec.sequence_num,
+        capabilities: rec.capabilities,
+    })
+}
+
 /// The origin a record keeps. A plain-HTTP request's connection id is the gateway's count of
 /// requests, and its source port changes with each connection the poller opens: nothing can be
 /// sent to either, and keeping them would make every poll a change of the record rather than a
@@ -392,6 +435,8 @@ fn recorded(mut origin: Origin) -> Origin {
     origin
 }
 
+/// Moves the sub-messages present in `msg` into the record; an absent one means "unchanged".
+/// Returns true when the server should ask for the full map of available components.
 fn merge(rec: &mut AgentRecord, msg: AgentToServer) -> bool {
     rec.sequence_num = msg.sequence_num;
     rec.capabilities = msg.capabilities;

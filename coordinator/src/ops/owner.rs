@@ -134,6 +134,7 @@ impl OwnerClient {
         let ask = Uplink {
             origin: None,
             kind: Some(kind),
+            heartbeats_answered_through: None,
         };
         let msg = BusMessage::new(
             self.subjects.uplink(shard_of(uid.as_bytes())),

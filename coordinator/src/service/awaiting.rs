@@ -152,6 +152,15 @@ impl Awaiting {
         true
     }
 
+    /// Whether a push plans to reach agent `uid` (bytes) or awaits its answer.
+    pub(crate) fn expects(&self, uid: &[u8]) -> bool {
+        let Ok(uid) = Uuid::from_slice(uid) else {
+            return false;
+        };
+        let s = self.state.lock();
+        s.planned.contains_key(&uid) || s.awaited.contains_key(&uid)
+    }
+
     /// The owner took `msg` from an agent: if it answers a push, that agent is no longer
     /// awaited; if it reports the config a push plans to bring it, it is no longer planned.
     pub(crate) fn heard(&self, msg: &AgentToServer) {

@@ -18,6 +18,7 @@ mod awaiting;
 mod commands;
 mod config;
 mod events;
+mod heartbeats;
 mod lists;
 mod own_metrics;
 mod owner;

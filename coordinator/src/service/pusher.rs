@@ -183,7 +183,10 @@ impl Pusher {
                 delivered = tracing::field::Empty,
             )
         });
-        let batch = DownlinkBatch { downlinks };
+        let batch = DownlinkBatch {
+            downlinks,
+            end_heartbeat_grants: false,
+        };
         let subject = self.subjects.downlink_batch(&gateway);
         let acks = match self.request(&span, subject, batch.encode_to_vec()).await {
             Ok(ack) => DownlinkBatchAck::decode(ack)
@@ -217,6 +220,25 @@ impl Pusher {
         span.record("delivered", delivered);
         self.count(delivered, size);
         delivered
+    }
+
+    /// Ends the leave to answer heartbeats that `gateways` hold (`DownlinkBatch.end_heartbeat_grants`):
+    /// the desired state changed, and the replies to the agents' next heartbeats, the owners',
+    /// may carry some of it. A gateway that does not answer keeps its grants: what they withhold
+    /// reaches the agents one heartbeat later (the owner ends each grant when it records a
+    /// heartbeat whose reply would carry something).
+    pub async fn end_grants(&self, gateways: impl IntoIterator<Item = String>) {
+        let end = DownlinkBatch {
+            downlinks: Vec::new(),
+            end_heartbeat_grants: true,
+        }
+        .encode_to_vec();
+        let span = traces::child_or_root(|| debug_span!("opamp.end_grants", otel.kind = "client"));
+        let ends = gateways.into_iter().map(|gateway| {
+            let subject = self.subjects.downlink_batch(&gateway);
+            self.request(&span, subject, end.clone())
+        });
+        futures_util::future::join_all(ends).await;
     }
 
     /// The agents of `downlinks` answer nothing: they are not awaited.

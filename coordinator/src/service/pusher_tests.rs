@@ -48,6 +48,7 @@ fn shape(batches: &[(String, Vec<Push>)]) -> Vec<(&str, Vec<u64>)> {
 fn encoded(pushes: &[Push]) -> usize {
     DownlinkBatch {
         downlinks: pushes.iter().map(Push::downlink).collect(),
+        end_heartbeat_grants: false,
     }
     .encoded_len()
 }
@@ -140,6 +141,7 @@ fn batches_split_by_encoded_bytes_and_an_oversized_push_goes_alone() {
         let (o, m) = message_to("gw", 1, 1, 1000);
         DownlinkBatch {
             downlinks: vec![downlink(&o, &m)],
+            end_heartbeat_grants: false,
         }
         .encoded_len()
     };

@@ -7,6 +7,8 @@ use super::millis;
 use super::owner::Owner;
 use super::records::Locked;
 use crate::fleet::agents::uid_of;
+use crate::fleet::configs::Desired;
+use crate::opamp::desired::MayOfferConfig;
 use crate::opamp::identity::{check_identity, record_certificate};
 use crate::opamp::{Ctx, EventKind, process};
 use crate::ops::audit;
@@ -91,10 +93,15 @@ impl Owner {
                 Ok(Uplink {
                     origin: Some(origin),
                     kind: Some(uplink::Kind::AgentToServer(bytes)),
-                }) => self.agent_message_guarded(&bytes, origin).await,
+                    heartbeats_answered_through,
+                }) => {
+                    self.agent_message_guarded(&bytes, origin, heartbeats_answered_through)
+                        .await
+                }
                 Ok(Uplink {
                     origin: Some(origin),
                     kind: Some(uplink::Kind::Closed(c)),
+                    ..
                 }) => self
                     .connection_closed(&c.instance_uid, &origin)
                     .await
@@ -138,6 +145,10 @@ impl Owner {
                     kind: Some(uplink::Kind::OwnMetrics(batch)),
                     ..
                 }) => self.own_metrics_here(batch).await,
+                Ok(Uplink {
+                    kind: Some(uplink::Kind::Heartbeats(batch)),
+                    ..
+                }) => self.heartbeats_here(batch).await,
                 _ => {
                     warn!("dropping a malformed bus uplink envelope");
                     Some(UplinkReply::default())
@@ -156,8 +167,13 @@ impl Owner {
 
     /// [`Owner::agent_message`], answering the agent with an error should processing panic (a
     /// bug), instead of leaving it without an answer until its gateway gives up.
-    async fn agent_message_guarded(&self, bytes: &[u8], origin: Origin) -> Option<UplinkReply> {
-        match AssertUnwindSafe(self.agent_message(bytes, origin))
+    async fn agent_message_guarded(
+        &self,
+        bytes: &[u8],
+        origin: Origin,
+        heartbeats_answered_through: Option<u64>,
+    ) -> Option<UplinkReply> {
+        match AssertUnwindSafe(self.agent_message(bytes, origin, heartbeats_answered_through))
             .catch_unwind()
             .await
         {
@@ -181,7 +197,7 @@ impl Owner {
         }
     }
 
-    fn count_uplink(&self, result: &'static str) {
+    pub(super) fn count_uplink(&self, result: &'static str) {
         Span::current().record("outcome", result);
         self.metrics
             .uplinks
@@ -210,8 +226,14 @@ impl Owner {
     }
 
     /// Processes one encoded AgentToServer and returns the encoded ServerToAgent reply; None if
-    /// this process does not own the agent's shard.
-    pub(crate) async fn agent_message(&self, bytes: &[u8], origin: Origin) -> Option<UplinkReply> {
+    /// this process does not own the agent's shard. `heartbeats_answered_through`: as
+    /// [`Ctx::heartbeats_answered_through`].
+    pub(crate) async fn agent_message(
+        &self,
+        bytes: &[u8],
+        origin: Origin,
+        heartbeats_answered_through: Option<u64>,
+    ) -> Option<UplinkReply> {
         let started = Instant::now();
         let msg = match AgentToServer::decode(bytes) {
             Ok(m) => m,
@@ -255,27 +277,15 @@ impl Owner {
             .map(|c| c.csr.clone());
         let desired = self.desired.current();
         let awaiting = self.pusher.awaiting();
+        let may_offer = |uid: &[u8], hash: &[u8]| awaiting.may_offer(uid, hash);
         let ctx = Ctx {
-            now_unix_ms: now_unix_ms(),
-            heartbeat_interval: self.cfg.heartbeat_interval,
-            desired: &desired,
-            limits: &self.cfg.limits,
             hold_restart: csr.is_some(),
-            agent_metrics: &self.cfg.agent_metrics,
-            region: &self.cfg.region,
-            regions: &self.cfg.regions,
-            server_ca_pem: self
-                .cfg
-                .issuer
-                .as_ref()
-                .and_then(|i| i.server_ca_pem.as_deref()),
-            may_offer_config: &|uid, hash| awaiting.may_offer(uid, hash),
+            heartbeats_answered_through,
+            ..self.message_ctx(&desired, &may_offer)
         };
         let origin_seen = origin.clone();
-        let mut out = process(stored, msg, origin, &ctx);
-        if self.cfg.issuer.is_some() {
-            out.reply.capabilities |= ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
-        }
+        let mut out = process::process(stored, msg, origin, &ctx);
+        self.add_own_capabilities(&mut out.reply);
         let mut audit = None;
         if let (Some(marker), Some(rec)) = (out.left_behind.as_ref(), out.record.as_ref()) {
             // The moved record is written with its audit entry (durable before the reply names
@@ -301,6 +311,7 @@ impl Owner {
                 "a config is too large to reach its agents; store a smaller version"
             );
         }
+        let heartbeat_grant = process::heartbeat_grant(&out, ctx.now_unix_ms);
         let Some(rec) = out.record.take() else {
             // Nothing to store: a uid was assigned (it becomes a record when the agent uses it),
             // or the report was refused.
@@ -354,8 +365,43 @@ impl Owner {
             new_instance_uid: assigned_uid(&out.reply),
             server_to_agent: out.reply.encode_to_vec(),
             poll_interval_ms: millis(out.interval),
+            heartbeat_grant,
             ..Default::default()
         })
+    }
+
+    /// The capabilities of this server beyond [`crate::opamp::SERVER_CAPABILITIES`]: CSRs are
+    /// taken when it has an issuer.
+    pub(super) fn add_own_capabilities(&self, reply: &mut ServerToAgent) {
+        if self.cfg.issuer.is_some() {
+            reply.capabilities |= ServerCapabilities::AcceptsConnectionSettingsRequest as u64;
+        }
+    }
+
+    /// The context an agent's message is processed in (no restart held, no heartbeats answered
+    /// by the gateway), with `may_offer_config` deciding config offers.
+    pub(super) fn message_ctx<'a>(
+        &'a self,
+        desired: &'a Desired,
+        may_offer_config: &'a MayOfferConfig<'a>,
+    ) -> Ctx<'a> {
+        Ctx {
+            now_unix_ms: now_unix_ms(),
+            heartbeat_interval: self.cfg.heartbeat_interval,
+            desired,
+            limits: &self.cfg.limits,
+            hold_restart: false,
+            agent_metrics: &self.cfg.agent_metrics,
+            region: &self.cfg.region,
+            regions: &self.cfg.regions,
+            server_ca_pem: self
+                .cfg
+                .issuer
+                .as_ref()
+                .and_then(|i| i.server_ca_pem.as_deref()),
+            may_offer_config,
+            heartbeats_answered_through: None,
+        }
     }
 
     /// The answer while the agent's state cannot be read or written: UNAVAILABLE with a retry

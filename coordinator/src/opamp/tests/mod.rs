@@ -7,7 +7,7 @@ use crate::fleet::agents::attributes;
 use crate::fleet::configs::{self, Aspect, Desired};
 use flotilla_common::config::RecordLimits;
 use flotilla_common::store::{AgentSettings, ConfigFile, Deadline, PackageOffer, StoredConfig};
-use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, Transport};
+use flotilla_proto::bus::{AgentRecord, AgentStatus, Origin, PendingCustomMessage, Transport};
 use flotilla_proto::opamp::{
     AgentCapabilities as Cap, AgentDescription, AgentDisconnect, AgentToServer, AgentToServerFlags,
     AnyValue, CommandType, ComponentHealth, KeyValue, RemoteConfigStatus, RemoteConfigStatuses,
@@ -50,6 +50,7 @@ fn with_desired(desired: Desired) -> Ctx<'static> {
         regions: Box::leak(Box::default()),
         server_ca_pem: None,
         may_offer_config: &always,
+        heartbeats_answered_through: None,
     }
 }
 
@@ -390,6 +391,94 @@ fn an_interval_near_the_limits_of_time_does_not_overflow() {
     });
     let out = process(None, full(uid, 0), ws(), &ctx(&[forever]));
     assert_eq!(out.deadline, Deadline::Arm(u64::MAX));
+}
+
+/// The gateway answered heartbeats 1 to 3 on the agent's connection; the record saw none.
+fn answered_through(seq: u64) -> Ctx<'static> {
+    Ctx {
+        heartbeats_answered_through: Some(seq),
+        ..ctx(&[])
+    }
+}
+
+#[test]
+fn after_heartbeats_a_gateway_answered_the_next_message_is_in_sequence_and_a_repeat_is_not() {
+    let uid = Uuid::now_v7();
+    let rec = process(None, full(uid, 0), ws(), &ctx(&[])).record.unwrap();
+    let next = process(Some(rec.clone()), full(uid, 4), ws(), &answered_through(3));
+    assert!(!full_state_asked(&next));
+    assert_eq!(next.record.unwrap().sequence_num, 4);
+    // The record's next number is not: the gateway answered it already.
+    let repeat = process(Some(rec.clone()), full(uid, 1), ws(), &answered_through(3));
+    assert!(full_state_asked(&repeat));
+    // Named by a connection the agent is not recorded on: the record's own number counts.
+    let elsewhere = Origin {
+        connection_id: 8,
+        ..ws()
+    };
+    let other = process(
+        Some(rec.clone()),
+        full(uid, 4),
+        elsewhere.clone(),
+        &answered_through(3),
+    );
+    assert!(full_state_asked(&other));
+    let other = process(Some(rec), full(uid, 1), elsewhere, &answered_through(3));
+    assert!(!full_state_asked(&other));
+}
+
+#[test]
+fn a_gateway_may_answer_heartbeats_only_after_a_bare_reply_with_nothing_waiting() {
+    let uid = Uuid::now_v7();
+    let granted = |out: &Outcome| process::heartbeat_grant(out, NOW);
+    let first = process(None, full(uid, 0), ws(), &ctx(&[]));
+    assert_eq!(granted(&first), None, "the reply asks for the full state");
+    let quiet = process(first.record, heartbeat(uid, 1), ws(), &ctx(&[]));
+    let grant = granted(&quiet).expect("a bare reply");
+    assert_eq!((grant.sequence_num, grant.capabilities), (1, CAPS));
+
+    // A reply with an offer in it, or a restart or custom message waiting: none.
+    let offered = process(
+        quiet.record.clone(),
+        heartbeat(uid, 2),
+        ws(),
+        &ctx(&[prod_config()]),
+    );
+    assert!(offered.reply.remote_config.is_some());
+    assert_eq!(granted(&offered), None);
+    // Held for a later reply (the agent's CSR is answered first), and not declared by the agent:
+    // each waits with a bare reply.
+    let mut rec = quiet.record.clone().unwrap();
+    rec.restart_expires_unix_ms = NOW + 1000;
+    let held = Ctx {
+        hold_restart: true,
+        ..ctx(&[])
+    };
+    let out = process(Some(rec), heartbeat(uid, 2), ws(), &held);
+    assert!(out.reply.command.is_none());
+    assert_eq!(granted(&out), None, "not while a restart waits");
+    // Two custom messages for the agent: one goes, one waits for the next reply.
+    let mut rec = declaring_ping(uid);
+    let ping = PendingCustomMessage {
+        capability: "io.example.ping".into(),
+        expires_unix_ms: NOW + 1000,
+        ..Default::default()
+    };
+    rec.pending_custom_messages = vec![ping.clone(), ping];
+    let mut out = process(Some(rec), heartbeat(uid, 1), ws(), &ctx(&[]));
+    assert!(out.reply.custom_message.take().is_some());
+    assert_eq!(granted(&out), None, "not while a custom message waits");
+
+    // Plain HTTP and a leaving agent: none.
+    let http = Origin {
+        transport: Transport::Http as i32,
+        ..ws()
+    };
+    let polled = process(quiet.record.clone(), heartbeat(uid, 2), http, &ctx(&[]));
+    assert_eq!(granted(&polled), None);
+    let mut bye = heartbeat(uid, 2);
+    bye.agent_disconnect = Some(AgentDisconnect {});
+    assert_eq!(granted(&process(quiet.record, bye, ws(), &ctx(&[]))), None);
 }
 
 #[test]

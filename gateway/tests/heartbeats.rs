@@ -1,0 +1,199 @@
+//! Heartbeats the gateway answers under an owner's grant, against a scripted owner on the
+//! in-process bus: the heartbeats after a grant are answered without the owner and reach it in a
+//! batch; the message after them names the last one; the owner's answer to a batch, an end of
+//! all grants, and a batch the owner did not take each send the next heartbeat to the owner.
+
+use flotilla_common::bus::{Bus, BusMessage, InProcessBus};
+use flotilla_common::names::Subjects;
+use flotilla_gateway::{Gateway, GatewayConfig};
+use flotilla_loadtest::client::WsClient;
+use flotilla_proto::bus::{
+    AnsweredHeartbeats, DownlinkBatch, HeartbeatGrant, Uplink, UplinkReply, uplink,
+};
+use flotilla_proto::opamp::{AgentToServer, ServerToAgent};
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(5);
+
+/// How the scripted owner answers a batch of answered heartbeats.
+#[derive(Clone, Copy, PartialEq)]
+enum Batches {
+    Take,
+    EndGrants,
+    /// As an owner of a version before grants: a reply without `heartbeats_taken`.
+    Ignore,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Agent messages that reached the owner, with the last heartbeat answered before each.
+    messages: Vec<(u64, Option<u64>)>,
+    batches: Vec<AnsweredHeartbeats>,
+}
+
+struct Owner {
+    seen: Mutex<Seen>,
+    batches: Mutex<Batches>,
+}
+
+/// Answers every agent message with a bare reply and a grant; batches as `batches` says.
+async fn owner(bus: &InProcessBus) -> Arc<Owner> {
+    let mut uplinks = bus
+        .subscribe(&Subjects::new("test").uplink_all())
+        .await
+        .unwrap();
+    let owner = Arc::new(Owner {
+        seen: Mutex::default(),
+        batches: Mutex::new(Batches::Take),
+    });
+    let this = owner.clone();
+    tokio::spawn(async move {
+        while let Some(i) = uplinks.next().await {
+            let up = Uplink::decode(i.msg.payload).unwrap();
+            let mut reply = UplinkReply::default();
+            match up.kind {
+                Some(uplink::Kind::AgentToServer(a)) => {
+                    let msg = AgentToServer::decode(a.as_slice()).unwrap();
+                    let bare = ServerToAgent {
+                        instance_uid: msg.instance_uid.clone(),
+                        capabilities: 3,
+                        ..Default::default()
+                    };
+                    reply.server_to_agent = bare.encode_to_vec();
+                    reply.heartbeat_grant = Some(HeartbeatGrant {
+                        sequence_num: msg.sequence_num,
+                        capabilities: msg.capabilities,
+                    });
+                    let through = up.heartbeats_answered_through;
+                    this.seen.lock().messages.push((msg.sequence_num, through));
+                }
+                Some(uplink::Kind::Heartbeats(batch)) => {
+                    let mode = *this.batches.lock();
+                    if mode != Batches::Ignore {
+                        reply.heartbeats_taken = true;
+                    }
+                    if mode == Batches::EndGrants {
+                        reply.grants_ended =
+                            batch.heartbeats.iter().map(|h| h.connection_id).collect();
+                    }
+                    this.seen.lock().batches.push(batch);
+                }
+                _ => {}
+            }
+            if let Some(r) = i.reply {
+                let _ = r.send(reply.encode_to_vec().into()).await;
+            }
+        }
+    });
+    owner
+}
+
+fn heartbeat(seq: u64) -> AgentToServer {
+    AgentToServer {
+        instance_uid: vec![7; 16],
+        sequence_num: seq,
+        capabilities: 0x2001,
+        ..Default::default()
+    }
+}
+
+/// Waits until the owner has had `n` batches; the last one's (sequence number, connection).
+async fn batch(owner: &Owner, n: usize) -> (u64, u64) {
+    tokio::time::timeout(T, async {
+        loop {
+            if let Some(b) = owner.seen.lock().batches.get(n - 1) {
+                let [h] = &b.heartbeats[..] else {
+                    panic!("one agent's latest heartbeat: {b:?}")
+                };
+                assert_eq!(b.gateway_id, "gw1");
+                return (h.sequence_num, h.connection_id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a batch of answered heartbeats")
+}
+
+#[tokio::test]
+async fn heartbeats_under_a_grant_are_answered_here_and_reach_the_owner_in_batches() {
+    let bus = Arc::new(InProcessBus::default());
+    let owner = owner(&bus).await;
+    let mut registry = Registry::default();
+    let gateway = Gateway::new(
+        GatewayConfig::new("test", "gw1", 1 << 20),
+        bus.clone(),
+        &mut registry,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
+    let mut ws = WsClient::connect(&url).await.unwrap();
+    let messages = || owner.seen.lock().messages.clone();
+
+    // The first message goes to the owner and is granted; the next three are answered here
+    // with the same reply, and the owner hears of the latest in a batch.
+    let granted = ws.request(&heartbeat(0)).await.unwrap();
+    for seq in 1..=3 {
+        assert_eq!(ws.request(&heartbeat(seq)).await.unwrap(), granted);
+    }
+    assert_eq!(messages(), [(0, None)]);
+    let (seq, connection) = batch(&owner, 1).await;
+    assert_eq!(seq, 3);
+    // Anything but the next heartbeat goes to the owner, naming the last one answered.
+    let mut report = heartbeat(4);
+    report.health = Some(Default::default());
+    ws.request(&report).await.unwrap();
+    assert_eq!(messages(), [(0, None), (4, Some(3))]);
+
+    // The owner ends the grant when it takes the batch: the heartbeat after goes to it.
+    *owner.batches.lock() = Batches::EndGrants;
+    ws.request(&heartbeat(5)).await.unwrap();
+    assert_eq!(batch(&owner, 2).await, (5, connection));
+    ws.request(&heartbeat(6)).await.unwrap();
+    assert_eq!(messages().last(), Some(&(6, Some(5))));
+
+    // An end of all grants (a change of the desired state): the next heartbeat goes on.
+    *owner.batches.lock() = Batches::Take;
+    ws.request(&heartbeat(7)).await.unwrap();
+    assert_eq!(messages().len(), 3, "answered here");
+    let end = DownlinkBatch {
+        downlinks: Vec::new(),
+        end_heartbeat_grants: true,
+    };
+    let subject = Subjects::new("test").downlink_batch("gw1");
+    let req = BusMessage::new(subject, end.encode_to_vec());
+    bus.request(req, T).await.unwrap();
+    ws.request(&heartbeat(8)).await.unwrap();
+    assert_eq!(messages().last(), Some(&(8, Some(7))));
+
+    // A batch the owner did not take (a version before grants) ends the grants in it.
+    *owner.batches.lock() = Batches::Ignore;
+    ws.request(&heartbeat(9)).await.unwrap();
+    assert_eq!(messages().len(), 4, "answered here");
+    let n = owner.seen.lock().batches.len();
+    batch(&owner, n + 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ws.request(&heartbeat(10)).await.unwrap();
+    assert_eq!(messages().last(), Some(&(10, Some(9))));
+
+    let metrics = {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        out
+    };
+    for line in [
+        "flotilla_gateway_heartbeats_total{outcome=\"answered\"} 6",
+        "flotilla_gateway_heartbeats_total{outcome=\"not_delivered\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
