@@ -245,6 +245,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
                 "coordinator",
                 coordinator.clone().run_duties(rest_cancel.clone()),
             ));
+            rest.push(spawn_named(
+                "heartbeats",
+                coordinator.clone().serve_heartbeats(rest_cancel.clone()),
+            ));
             coordinator
         } else {
             let store = EmbeddedStore::open_with(&cfg.data_dir, cfg.audit_retention).with_context(

@@ -7,7 +7,7 @@ use crate::activity::{Activity, ActivityIo, Expiry, Inflight};
 use crate::guard::{AgentTokens, ConnInfo, PeerCert, RefusedCerts};
 use crate::metrics::Metrics;
 use crate::ownerless::Ownerless;
-use crate::shard_queue::ShardQueue;
+use crate::shard_queue::{Answered, ShardQueue};
 use crate::slots::{Slot, Slots, Taken};
 use crate::table::ConnectionTable;
 use bytes::Bytes;
@@ -17,8 +17,7 @@ use flotilla_common::names::{Subjects, shard_of, uid_text};
 use flotilla_common::telemetry::{LogLimiter, traces};
 use flotilla_common::tls::ReloadingTls;
 use flotilla_proto::bus::{
-    AnsweredHeartbeat, IdentityRule, Origin, OwnMetricsSample, Transport, Uplink, UplinkReply,
-    uplink,
+    IdentityRule, Origin, OwnMetricsSample, Transport, Uplink, UplinkReply, uplink,
 };
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -91,8 +90,8 @@ impl GatewayConfig {
 
 pub struct Gateway {
     pub(crate) cfg: GatewayConfig,
-    bus: Arc<dyn Bus>,
-    subjects: Subjects,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) subjects: Subjects,
     pub(crate) table: ConnectionTable,
     next_connection: AtomicU64,
     /// One per open connection, up to `limits.max_connections`.
@@ -105,7 +104,7 @@ pub struct Gateway {
     /// Agents' own metrics waiting for their owners.
     pub(crate) own_metrics_queue: Arc<ShardQueue<OwnMetricsSample>>,
     /// Heartbeats answered here, waiting for their owners.
-    pub(crate) heartbeats: Arc<ShardQueue<AnsweredHeartbeat>>,
+    pub(crate) heartbeats: Arc<ShardQueue<Answered>>,
     /// Ends of all grants to answer heartbeats so far (crate::heartbeats).
     pub(crate) grant_epoch: AtomicU64,
     /// Copies of them for other destinations, once the gateway runs.

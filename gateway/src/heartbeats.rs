@@ -4,7 +4,7 @@
 //! such a reply the owner may give the gateway leave to answer the agent's next heartbeats on the
 //! connection itself ([`HeartbeatGrant`]): the gateway answers the heartbeats that follow, one
 //! sequence number after the other with the same capabilities, with that reply at once, and tells
-//! the owner of them in batches per shard ([`AnsweredHeartbeats`], every half second), which
+//! the owner of them in batches ([`AnsweredHeartbeats`], one per owner every 50 ms), which
 //! the owner records as it would have recorded the heartbeats (last seen, silence deadline). Any
 //! other message goes to the owner, naming the last heartbeat answered (so the owner sees it in
 //! sequence), and ends the leave; the owner ends it too when a batch shows it has something for
@@ -12,11 +12,13 @@
 //! next heartbeats go to the owner, as without a grant). docs/adr/0021-heartbeats-answered-by-gateways.md.
 
 use crate::gateway::Gateway;
-use crate::shard_queue::{Pushed, flush};
+use crate::shard_queue::{Answered, Pushed, flush};
+use flotilla_common::bus::BusMessage;
 use flotilla_proto::bus::{
-    AnsweredHeartbeat, AnsweredHeartbeats, HeartbeatGrant, Uplink, UplinkReply, uplink,
+    AnsweredHeartbeat, AnsweredHeartbeats, AnsweredHeartbeatsAck, HeartbeatGrant, UplinkReply,
 };
 use flotilla_proto::opamp::AgentToServer;
+use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -32,6 +34,8 @@ pub(crate) struct Grant {
     capabilities: u64,
     /// The owner's reply (an encoded ServerToAgent), sent for each heartbeat answered.
     reply: Vec<u8>,
+    /// The owner's node id, which the heartbeats answered go to.
+    owner: String,
     /// The last heartbeat answered under it.
     answered: Option<u64>,
     /// The gateway's count of ends of all grants when it was given ([`Gateway::end_grants`]).
@@ -48,12 +52,14 @@ impl Grant {
         let HeartbeatGrant {
             sequence_num,
             capabilities,
-        } = reply.heartbeat_grant?;
+            owner,
+        } = reply.heartbeat_grant.clone()?;
         Some(Self {
             instance_uid: instance_uid.to_vec(),
             next: sequence_num.wrapping_add(1),
             capabilities,
             reply: reply.server_to_agent.clone(),
+            owner,
             answered: None,
             epoch,
             ended: false,
@@ -101,10 +107,13 @@ impl Gateway {
         if grant.epoch != self.grant_epoch() || !grant.covers(msg) {
             return None;
         }
-        let answered = AnsweredHeartbeat {
-            instance_uid: msg.instance_uid.clone(),
-            sequence_num: msg.sequence_num,
-            connection_id,
+        let answered = Answered {
+            owner: grant.owner.clone(),
+            heartbeat: AnsweredHeartbeat {
+                instance_uid: msg.instance_uid.clone(),
+                sequence_num: msg.sequence_num,
+                connection_id,
+            },
         };
         if self.heartbeats.push(vec![answered]) == Pushed::Full {
             self.count_heartbeats("queue_full", 1);
@@ -119,41 +128,38 @@ impl Gateway {
     /// Sends answered heartbeats to their owners until `cancel` ([`crate::shard_queue::flush`]).
     pub(crate) async fn flush_heartbeats(self: Arc<Self>, cancel: CancellationToken) {
         let queue = self.heartbeats.clone();
-        flush(queue, cancel, move |batch| {
+        flush(queue, cancel, move |owner, batch| {
             let this = self.clone();
-            async move { this.send_heartbeats(batch).await }
+            async move { this.send_heartbeats(&owner, batch).await }
         })
         .await;
     }
 
-    /// One shard's answered heartbeats to its owner; ends the leave of the connections the owner
-    /// names, or of all of them if no owner took the batch.
-    async fn send_heartbeats(&self, heartbeats: Vec<AnsweredHeartbeat>) {
-        let Some(uid) = heartbeats.first().map(|h| h.instance_uid.clone()) else {
-            return;
-        };
-        let n = heartbeats.len() as u64;
-        let on: HashMap<u64, Vec<u8>> = heartbeats
+    /// Heartbeats answered under grants of coordinator `owner`, to it; ends the grants of the
+    /// connections it names, or of all of them if it did not take the batch (it is gone, or of a
+    /// version before grants: nobody answers on its subject).
+    async fn send_heartbeats(&self, owner: &str, batch: Vec<Answered>) {
+        let n = batch.len() as u64;
+        let on: HashMap<u64, Vec<u8>> = batch
             .iter()
-            .map(|h| (h.connection_id, h.instance_uid.clone()))
+            .map(|a| (a.heartbeat.connection_id, a.heartbeat.instance_uid.clone()))
             .collect();
-        let uplink = Uplink {
-            origin: None,
-            kind: Some(uplink::Kind::Heartbeats(AnsweredHeartbeats {
-                gateway_id: self.cfg.gateway_id.clone(),
-                heartbeats,
-            })),
-            heartbeats_answered_through: None,
+        let heartbeats = AnsweredHeartbeats {
+            gateway_id: self.cfg.gateway_id.clone(),
+            heartbeats: batch.into_iter().map(|a| a.heartbeat).collect(),
         };
-        let ended: Vec<u64> = match self.request_owner(&uid, uplink).await {
-            Ok(reply) if reply.heartbeats_taken => {
+        let subject = self.subjects.answered_heartbeats(owner);
+        let request = BusMessage::new(subject, heartbeats.encode_to_vec());
+        let answer = self.bus.request(request, self.cfg.uplink_timeout).await;
+        let ended: Vec<u64> = match answer.map(AnsweredHeartbeatsAck::decode) {
+            Ok(Ok(ack)) => {
                 self.count_heartbeats("recorded", n);
-                reply.grants_ended
+                ack.grants_ended
             }
             answer => {
-                let error = answer.err().map(|e| e.to_string());
                 debug!(
-                    ?error,
+                    ?answer,
+                    owner,
                     heartbeats = n,
                     "answered heartbeats not taken by their owner"
                 );
@@ -164,7 +170,7 @@ impl Gateway {
         self.count_heartbeats("grant_ended", ended.len() as u64);
         for connection_id in ended {
             if let Some(uid) = on.get(&connection_id) {
-                // An empty push: the session drops its grant.
+                // An empty push: the session ends its grant.
                 self.table.deliver(connection_id, uid, Vec::new());
             }
         }
@@ -198,6 +204,7 @@ mod tests {
             heartbeat_grant: Some(HeartbeatGrant {
                 sequence_num: seq,
                 capabilities: 7,
+                owner: "c1".into(),
             }),
             ..Default::default()
         };

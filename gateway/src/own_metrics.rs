@@ -132,7 +132,7 @@ impl Gateway {
     /// Sends queued samples to their owners until `cancel` ([`crate::shard_queue::flush`]).
     pub(crate) async fn flush_own_metrics(self: Arc<Self>, cancel: CancellationToken) {
         let queue = self.own_metrics_queue.clone();
-        flush(queue, cancel, move |batch| {
+        flush(queue, cancel, move |_shard, batch| {
             let this = self.clone();
             async move { this.send_own_metrics(batch).await }
         })

@@ -1,14 +1,16 @@
 //! Heartbeats the gateway answers under an owner's grant, against a scripted owner on the
 //! in-process bus: the heartbeats after a grant are answered without the owner and reach it in a
-//! batch; the message after them names the last one; the owner's answer to a batch, an end of
-//! all grants, and a batch the owner did not take each send the next heartbeat to the owner.
+//! batch to the owner the grant names; the message after them names the last one; the owner's
+//! answer to a batch, an end of all grants, and a batch nobody took each send the next heartbeat
+//! to the owner.
 
 use flotilla_common::bus::{Bus, BusMessage, InProcessBus};
 use flotilla_common::names::Subjects;
 use flotilla_gateway::{Gateway, GatewayConfig};
 use flotilla_loadtest::client::WsClient;
 use flotilla_proto::bus::{
-    AnsweredHeartbeats, DownlinkBatch, HeartbeatGrant, Uplink, UplinkReply, uplink,
+    AnsweredHeartbeats, AnsweredHeartbeatsAck, DownlinkBatch, HeartbeatGrant, Uplink, UplinkReply,
+    uplink,
 };
 use flotilla_proto::opamp::{AgentToServer, ServerToAgent};
 use parking_lot::Mutex;
@@ -25,8 +27,8 @@ const T: Duration = Duration::from_secs(5);
 enum Batches {
     Take,
     EndGrants,
-    /// As an owner of a version before grants: a reply without `heartbeats_taken`.
-    Ignore,
+    /// Grants name an owner nobody answers for (gone, or of a version before grants).
+    Elsewhere,
 }
 
 #[derive(Default)]
@@ -41,10 +43,13 @@ struct Owner {
     batches: Mutex<Batches>,
 }
 
-/// Answers every agent message with a bare reply and a grant; batches as `batches` says.
+/// Answers every agent message with a bare reply and a grant naming it ("c1"); batches as
+/// `batches` says.
 async fn owner(bus: &InProcessBus) -> Arc<Owner> {
-    let mut uplinks = bus
-        .subscribe(&Subjects::new("test").uplink_all())
+    let subjects = Subjects::new("test");
+    let mut uplinks = bus.subscribe(&subjects.uplink_all()).await.unwrap();
+    let mut answered = bus
+        .subscribe(&subjects.answered_heartbeats("c1"))
         .await
         .unwrap();
     let owner = Arc::new(Owner {
@@ -55,42 +60,56 @@ async fn owner(bus: &InProcessBus) -> Arc<Owner> {
     tokio::spawn(async move {
         while let Some(i) = uplinks.next().await {
             let up = Uplink::decode(i.msg.payload).unwrap();
-            let mut reply = UplinkReply::default();
-            match up.kind {
-                Some(uplink::Kind::AgentToServer(a)) => {
-                    let msg = AgentToServer::decode(a.as_slice()).unwrap();
-                    let bare = ServerToAgent {
-                        instance_uid: msg.instance_uid.clone(),
-                        capabilities: 3,
-                        ..Default::default()
-                    };
-                    reply.server_to_agent = bare.encode_to_vec();
-                    reply.heartbeat_grant = Some(HeartbeatGrant {
-                        sequence_num: msg.sequence_num,
-                        capabilities: msg.capabilities,
-                    });
-                    let through = up.heartbeats_answered_through;
-                    this.seen.lock().messages.push((msg.sequence_num, through));
-                }
-                Some(uplink::Kind::Heartbeats(batch)) => {
-                    let mode = *this.batches.lock();
-                    if mode != Batches::Ignore {
-                        reply.heartbeats_taken = true;
-                    }
-                    if mode == Batches::EndGrants {
-                        reply.grants_ended =
-                            batch.heartbeats.iter().map(|h| h.connection_id).collect();
-                    }
-                    this.seen.lock().batches.push(batch);
-                }
-                _ => {}
-            }
+            let Some(uplink::Kind::AgentToServer(a)) = up.kind else {
+                continue;
+            };
+            let msg = AgentToServer::decode(a.as_slice()).unwrap();
+            let bare = ServerToAgent {
+                instance_uid: msg.instance_uid.clone(),
+                capabilities: 3,
+                ..Default::default()
+            };
+            let to = match *this.batches.lock() {
+                Batches::Elsewhere => "nobody",
+                _ => "c1",
+            };
+            let reply = UplinkReply {
+                server_to_agent: bare.encode_to_vec(),
+                heartbeat_grant: Some(HeartbeatGrant {
+                    sequence_num: msg.sequence_num,
+                    capabilities: msg.capabilities,
+                    owner: to.into(),
+                }),
+                ..Default::default()
+            };
+            let through = up.heartbeats_answered_through;
+            this.seen.lock().messages.push((msg.sequence_num, through));
             if let Some(r) = i.reply {
                 let _ = r.send(reply.encode_to_vec().into()).await;
             }
         }
     });
+    let this = owner.clone();
+    tokio::spawn(async move {
+        while let Some(i) = answered.next().await {
+            let batch = AnsweredHeartbeats::decode(i.msg.payload).unwrap();
+            let mut ack = AnsweredHeartbeatsAck::default();
+            if *this.batches.lock() == Batches::EndGrants {
+                ack.grants_ended = batch.heartbeats.iter().map(|h| h.connection_id).collect();
+            }
+            this.seen.lock().batches.push(batch);
+            if let Some(r) = i.reply {
+                let _ = r.send(ack.encode_to_vec().into()).await;
+            }
+        }
+    });
     owner
+}
+
+fn metrics(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+    out
 }
 
 fn heartbeat(seq: u64) -> AgentToServer {
@@ -173,27 +192,28 @@ async fn heartbeats_under_a_grant_are_answered_here_and_reach_the_owner_in_batch
     ws.request(&heartbeat(8)).await.unwrap();
     assert_eq!(messages().last(), Some(&(8, Some(7))));
 
-    // A batch the owner did not take (a version before grants) ends the grants in it.
-    *owner.batches.lock() = Batches::Ignore;
-    ws.request(&heartbeat(9)).await.unwrap();
-    assert_eq!(messages().len(), 4, "answered here");
-    let n = owner.seen.lock().batches.len();
-    batch(&owner, n + 1).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A grant naming an owner nobody answers for: the batch is not taken, and its grants end.
+    *owner.batches.lock() = Batches::Elsewhere;
+    let mut report = heartbeat(9);
+    report.health = Some(Default::default());
+    ws.request(&report).await.unwrap();
     ws.request(&heartbeat(10)).await.unwrap();
-    assert_eq!(messages().last(), Some(&(10, Some(9))));
+    assert_eq!(messages().len(), 5, "answered here");
+    let not_delivered = "flotilla_gateway_heartbeats_total{outcome=\"not_delivered\"} 1";
+    tokio::time::timeout(T, async {
+        while !metrics(&registry).contains(not_delivered) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the batch given up");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ws.request(&heartbeat(11)).await.unwrap();
+    assert_eq!(messages().last(), Some(&(11, Some(10))));
 
-    let metrics = {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-        out
-    };
-    for line in [
-        "flotilla_gateway_heartbeats_total{outcome=\"answered\"} 6",
-        "flotilla_gateway_heartbeats_total{outcome=\"not_delivered\"} 1",
-    ] {
-        assert!(metrics.contains(line), "{line} in {metrics}");
-    }
+    let metrics = metrics(&registry);
+    let answered = "flotilla_gateway_heartbeats_total{outcome=\"answered\"} 6";
+    assert!(metrics.contains(answered), "{metrics}");
     cancel.cancel();
     task.await.unwrap().unwrap();
 }

@@ -72,6 +72,12 @@ impl Subjects {
         format!("opamp.{}.gw.{gateway_id}.down.batch", self.region)
     }
 
+    /// gateway -> the coordinator `node_id`: heartbeats the gateway answered under its grants
+    /// (request/reply).
+    pub fn answered_heartbeats(&self, node_id: &str) -> String {
+        format!("opamp.{}.owner.{node_id}.heartbeats", self.region)
+    }
+
     /// A coordinator stored a new config version: the others re-read configs and push.
     pub fn desired_changed(&self) -> String {
         format!("opamp.{}.ctl.desired", self.region)

@@ -397,11 +397,11 @@ pub fn same_connection(recorded: Option<&Origin>, origin: &Origin) -> bool {
     })
 }
 
-/// The leave the owner gives the agent's gateway to answer its next heartbeats itself
-/// (`HeartbeatGrant`, gateway/src/heartbeats.rs), if the outcome allows it: the agent is
+/// The leave owner `owner` (its node id) gives the agent's gateway to answer its next heartbeats
+/// itself (`HeartbeatGrant`, gateway/src/heartbeats.rs), if the outcome allows it: the agent is
 /// connected over a WebSocket, the reply says nothing but its uid and the server's capabilities,
 /// and nothing waits for the agent's next message (a custom message, a restart).
-pub fn heartbeat_grant(out: &Outcome, now_unix_ms: u64) -> Option<HeartbeatGrant> {
+pub fn heartbeat_grant(out: &Outcome, now_unix_ms: u64, owner: &str) -> Option<HeartbeatGrant> {
     let rec = out.record.as_ref()?;
     let origin = rec.origin.as_ref()?;
     let bare = ServerToAgent {
@@ -415,9 +415,10 @@ pub fn heartbeat_grant(out: &Outcome, now_unix_ms: u64) -> Option<HeartbeatGrant
         && out.left_behind.is_none()
         && rec.pending_custom_messages.is_empty()
         && rec.restart_expires_unix_ms <= now_unix_ms;
-    quiet.then_some(HeartbeatGrant {
+    quiet.then(|| HeartbeatGrant {
         sequence_num: rec.sequence_num,
         capabilities: rec.capabilities,
+        owner: owner.to_owned(),
     })
 }
 

@@ -6,11 +6,25 @@
 
 use super::owner::Owner;
 use crate::opamp::process::{self, same_connection};
+use flotilla_common::bus::Subscription;
 use flotilla_common::names::shard_of;
-use flotilla_proto::bus::{AnsweredHeartbeat, AnsweredHeartbeats, Origin, Transport, UplinkReply};
+use flotilla_proto::bus::{
+    AnsweredHeartbeat, AnsweredHeartbeats, AnsweredHeartbeatsAck, Origin, Transport,
+};
 use flotilla_proto::opamp::AgentToServer;
+use futures_util::StreamExt;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
 use uuid::Uuid;
+
+/// Batches recorded at once.
+const BATCHES_AT_ONCE: usize = 8;
 
 /// What became of one answered heartbeat.
 enum Heard {
@@ -20,41 +34,106 @@ enum Heard {
     /// Not recorded, or recorded but the owner has something for the agent: the gateway sends
     /// the agent's next heartbeat on.
     EndGrant,
-    /// Another coordinator holds the shard now.
+    /// This process does not own the agent's shard (any more): the gateway sends the agent's next
+    /// heartbeat to its shard's owner.
     NotOwner,
 }
 
+/// Shards of one batch recorded at once.
+const SHARDS_AT_ONCE: usize = 16;
+
 impl Owner {
-    /// Records a batch of one shard's answered heartbeats; the reply names the connections whose
-    /// grant ends. None if this process does not own the shard (the gateway asks again until its
-    /// owner answers; heartbeats recorded already are stale then).
-    pub(super) async fn heartbeats_here(&self, batch: AnsweredHeartbeats) -> Option<UplinkReply> {
-        let shard = shard_of(&batch.heartbeats.first()?.instance_uid);
-        let mut locked = self.lock_for_uplink(shard).await?;
-        let mut ended = Vec::new();
-        for heartbeat in batch.heartbeats {
-            let connection_id = heartbeat.connection_id;
-            let heard = if shard_of(&heartbeat.instance_uid) == shard {
-                self.answered_heartbeat(&mut locked, &batch.gateway_id, heartbeat)
-                    .await
-            } else {
-                Heard::EndGrant
+    /// Records the batches of answered heartbeats gateways send this coordinator (subject
+    /// `opamp.<region>.owner.<node_id>.heartbeats`) until `cancel`, a few at a time.
+    pub(crate) async fn serve_heartbeats(
+        self: Arc<Self>,
+        mut batches: Subscription,
+        cancel: CancellationToken,
+    ) {
+        let tracker = TaskTracker::new();
+        let room = Arc::new(Semaphore::new(BATCHES_AT_ONCE));
+        loop {
+            let incoming = tokio::select! {
+                i = batches.next() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+                () = cancel.cancelled() => break,
             };
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                break;
+            };
+            let this = self.clone();
+            tracker.spawn(async move {
+                let ack = match AnsweredHeartbeats::decode(incoming.msg.payload) {
+                    Ok(batch) => this.heartbeats_here(batch).await,
+                    Err(e) => {
+                        warn!(error = %e, "a batch of answered heartbeats did not decode");
+                        AnsweredHeartbeatsAck::default()
+                    }
+                };
+                if let Some(reply) = incoming.reply {
+                    let _ = reply.send(ack.encode_to_vec().into()).await;
+                }
+                drop(permit);
+            });
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Records a batch of answered heartbeats, shard by shard; the answer names the connections
+    /// whose grant ends (those of shards this process does not own among them: their agents'
+    /// next heartbeats find the owner).
+    async fn heartbeats_here(&self, batch: AnsweredHeartbeats) -> AnsweredHeartbeatsAck {
+        let mut by_shard: BTreeMap<u16, Vec<AnsweredHeartbeat>> = BTreeMap::new();
+        for h in batch.heartbeats {
+            by_shard
+                .entry(shard_of(&h.instance_uid))
+                .or_default()
+                .push(h);
+        }
+        let gateway = batch.gateway_id.as_str();
+        let ended: Vec<Vec<u64>> = futures_util::stream::iter(by_shard)
+            .map(|(shard, heartbeats)| self.shard_heartbeats(shard, gateway, heartbeats))
+            .buffer_unordered(SHARDS_AT_ONCE)
+            .collect()
+            .await;
+        AnsweredHeartbeatsAck {
+            grants_ended: ended.into_iter().flatten().collect(),
+        }
+    }
+
+    /// One shard's answered heartbeats; the connections whose grant ends.
+    async fn shard_heartbeats(
+        &self,
+        shard: u16,
+        gateway_id: &str,
+        heartbeats: Vec<AnsweredHeartbeat>,
+    ) -> Vec<u64> {
+        let mut ended = Vec::new();
+        let mut locked = self.lock_owned(shard).await;
+        for heartbeat in heartbeats {
+            let connection_id = heartbeat.connection_id;
+            let heard = match locked.as_mut() {
+                Some(l) => self.answered_heartbeat(l, gateway_id, heartbeat).await,
+                None => Heard::NotOwner,
+            };
+            if matches!(heard, Heard::NotOwner) {
+                locked = None;
+            }
             self.count_uplink(match heard {
                 Heard::Recorded => "heartbeat",
                 Heard::Stale => "heartbeat_stale",
-                Heard::EndGrant => {
+                Heard::EndGrant | Heard::NotOwner => {
                     ended.push(connection_id);
                     "heartbeat_grant_ended"
                 }
-                Heard::NotOwner => return None,
             });
+            // Agents' messages waiting for this thread go first: these heartbeats are answered.
+            tokio::task::yield_now().await;
         }
-        Some(UplinkReply {
-            grants_ended: ended,
-            heartbeats_taken: true,
-            ..Default::default()
-        })
+        ended
     }
 
     async fn answered_heartbeat(
@@ -113,7 +192,7 @@ impl Owner {
         self.add_own_capabilities(&mut out.reply);
         // The reply the gateway sent was the grant's; anything else waits for the owner's reply
         // to the next heartbeat (nothing is taken from the record for it here).
-        if process::heartbeat_grant(&out, ctx.now_unix_ms).is_none() {
+        if process::heartbeat_grant(&out, ctx.now_unix_ms, &self.cfg.node_id).is_none() {
             return Heard::EndGrant;
         }
         let Some(rec) = out.record.take() else {

@@ -174,9 +174,24 @@ impl Service {
         let uplinks = self.bus.subscribe(&self.subjects.uplink_all()).await?;
         info!(node = %self.owner.cfg.node_id, region = %self.owner.cfg.region, "coordinator serving all shards");
         let duties = tokio::spawn(self.clone().run_duties(cancel.clone()));
+        let heartbeats = tokio::spawn(self.clone().serve_heartbeats(cancel.clone()));
         self.owner.clone().serve(uplinks, cancel).await;
         let _ = duties.await;
+        let _ = heartbeats.await;
         Ok(())
+    }
+
+    /// Records the heartbeats gateways answered under this coordinator's grants until `cancel`
+    /// (ADR 0021). Without the subscription gateways find nobody taking them, end their grants,
+    /// and send the agents' heartbeats to the owners as they come.
+    pub async fn serve_heartbeats(self: Arc<Self>, cancel: CancellationToken) {
+        let subject = self.subjects.answered_heartbeats(&self.owner.cfg.node_id);
+        match self.bus.subscribe(&subject).await {
+            Ok(batches) => self.owner.clone().serve_heartbeats(batches, cancel).await,
+            Err(e) => {
+                warn!(error = %e, %subject, "cannot take answered heartbeats; gateways will send every heartbeat on")
+            }
+        }
     }
 
     /// Until `cancel`, each under the duty supervisor: sweeps silence deadlines and steps

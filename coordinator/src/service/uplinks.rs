@@ -145,10 +145,6 @@ impl Owner {
                     kind: Some(uplink::Kind::OwnMetrics(batch)),
                     ..
                 }) => self.own_metrics_here(batch).await,
-                Ok(Uplink {
-                    kind: Some(uplink::Kind::Heartbeats(batch)),
-                    ..
-                }) => self.heartbeats_here(batch).await,
                 _ => {
                     warn!("dropping a malformed bus uplink envelope");
                     Some(UplinkReply::default())
@@ -311,7 +307,7 @@ impl Owner {
                 "a config is too large to reach its agents; store a smaller version"
             );
         }
-        let heartbeat_grant = process::heartbeat_grant(&out, ctx.now_unix_ms);
+        let heartbeat_grant = process::heartbeat_grant(&out, ctx.now_unix_ms, &self.cfg.node_id);
         let Some(rec) = out.record.take() else {
             // Nothing to store: a uid was assigned (it becomes a record when the agent uses it),
             // or the report was refused.

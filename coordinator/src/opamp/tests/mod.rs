@@ -430,12 +430,13 @@ fn after_heartbeats_a_gateway_answered_the_next_message_is_in_sequence_and_a_rep
 #[test]
 fn a_gateway_may_answer_heartbeats_only_after_a_bare_reply_with_nothing_waiting() {
     let uid = Uuid::now_v7();
-    let granted = |out: &Outcome| process::heartbeat_grant(out, NOW);
+    let granted = |out: &Outcome| process::heartbeat_grant(out, NOW, "c1");
     let first = process(None, full(uid, 0), ws(), &ctx(&[]));
     assert_eq!(granted(&first), None, "the reply asks for the full state");
     let quiet = process(first.record, heartbeat(uid, 1), ws(), &ctx(&[]));
     let grant = granted(&quiet).expect("a bare reply");
     assert_eq!((grant.sequence_num, grant.capabilities), (1, CAPS));
+    assert_eq!(grant.owner, "c1");
 
     // A reply with an offer in it, or a restart or custom message waiting: none.
     let offered = process(
