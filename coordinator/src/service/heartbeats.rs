@@ -112,6 +112,12 @@ impl Owner {
         heartbeats: Vec<AnsweredHeartbeat>,
     ) -> Vec<u64> {
         let mut ended = Vec::new();
+        // A place among the owner's agent messages in flight, as each of them takes, before the
+        // shard's lock (the order they take them in): these store writes queue with theirs,
+        // not ahead of them.
+        let Ok(_room) = self.pusher.room().acquire().await else {
+            return heartbeats.iter().map(|h| h.connection_id).collect();
+        };
         let mut locked = self.lock_owned(shard).await;
         for heartbeat in heartbeats {
             let connection_id = heartbeat.connection_id;
