@@ -4,9 +4,10 @@
 //! answer to a batch, an end of all grants, and a batch nobody took each send the next heartbeat
 //! to the owner.
 
+mod common;
+
 use flotilla_common::bus::{Bus, BusMessage, InProcessBus};
 use flotilla_common::names::Subjects;
-use flotilla_gateway::{Gateway, GatewayConfig};
 use flotilla_loadtest::client::WsClient;
 use flotilla_proto::bus::{
     AnsweredHeartbeats, AnsweredHeartbeatsAck, DownlinkBatch, HeartbeatGrant, Uplink, UplinkReply,
@@ -14,11 +15,9 @@ use flotilla_proto::bus::{
 };
 use flotilla_proto::opamp::{AgentToServer, ServerToAgent};
 use parking_lot::Mutex;
-use prometheus_client::registry::Registry;
 use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -106,12 +105,6 @@ async fn owner(bus: &InProcessBus) -> Arc<Owner> {
     owner
 }
 
-fn metrics(registry: &Registry) -> String {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
-    out
-}
-
 fn heartbeat(seq: u64) -> AgentToServer {
     AgentToServer {
         instance_uid: vec![7; 16],
@@ -143,16 +136,8 @@ async fn batch(owner: &Owner, n: usize) -> (u64, u64) {
 async fn heartbeats_under_a_grant_are_answered_here_and_reach_the_owner_in_batches() {
     let bus = Arc::new(InProcessBus::default());
     let owner = owner(&bus).await;
-    let mut registry = Registry::default();
-    let gateway = Gateway::new(
-        GatewayConfig::new("test", "gw1", 1 << 20),
-        bus.clone(),
-        &mut registry,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
+    let gateway = common::serve(bus.clone()).await;
+    let url = gateway.url.clone();
     let mut ws = WsClient::connect(&url).await.unwrap();
     let messages = || owner.seen.lock().messages.clone();
 
@@ -201,7 +186,7 @@ async fn heartbeats_under_a_grant_are_answered_here_and_reach_the_owner_in_batch
     assert_eq!(messages().len(), 5, "answered here");
     let not_delivered = "flotilla_gateway_heartbeats_total{outcome=\"not_delivered\"} 1";
     tokio::time::timeout(T, async {
-        while !metrics(&registry).contains(not_delivered) {
+        while !gateway.metrics().contains(not_delivered) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -211,9 +196,8 @@ async fn heartbeats_under_a_grant_are_answered_here_and_reach_the_owner_in_batch
     ws.request(&heartbeat(11)).await.unwrap();
     assert_eq!(messages().last(), Some(&(11, Some(10))));
 
-    let metrics = metrics(&registry);
+    let metrics = gateway.metrics();
     let answered = "flotilla_gateway_heartbeats_total{outcome=\"answered\"} 6";
     assert!(metrics.contains(answered), "{metrics}");
-    cancel.cancel();
-    task.await.unwrap().unwrap();
+    gateway.stop().await;
 }

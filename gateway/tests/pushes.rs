@@ -3,9 +3,10 @@
 //! gateway does not hold (or an agent that does not speak on it) is acknowledged undelivered
 //! without holding back the others; a batch that does not decode is answered with an empty ack.
 
+mod common;
+
 use flotilla_common::bus::{Bus, BusMessage, InProcessBus};
 use flotilla_common::names::Subjects;
-use flotilla_gateway::{Gateway, GatewayConfig};
 use flotilla_loadtest::client::WsClient;
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::bus::{
@@ -13,12 +14,10 @@ use flotilla_proto::bus::{
 };
 use flotilla_proto::opamp::{AgentToServer, CustomMessage, ServerToAgent};
 use parking_lot::Mutex;
-use prometheus_client::registry::Registry;
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -77,16 +76,8 @@ fn marker(m: &ServerToAgent) -> &str {
 async fn a_batch_reaches_each_agent_on_its_connection_and_is_acknowledged_in_order() {
     let bus = Arc::new(InProcessBus::default());
     let origins = owner(&bus).await;
-    let mut registry = Registry::default();
-    let gateway = Gateway::new(
-        GatewayConfig::new("test", "gw1", 1 << 20),
-        bus.clone(),
-        &mut registry,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(gateway.clone().run(listener, cancel.clone()));
+    let gateway = common::serve(bus.clone()).await;
+    let url = gateway.url.clone();
 
     let mut agents = Vec::new();
     for _ in 0..4 {
@@ -143,12 +134,10 @@ async fn a_batch_reaches_each_agent_on_its_connection_and_is_acknowledged_in_ord
     let req = BusMessage::new(subjects.downlink_batch("gw1"), vec![0xff; 8]);
     let ack = DownlinkBatchAck::decode(bus.request(req, T).await.unwrap()).unwrap();
     assert!(ack.delivered.is_empty());
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let text = gateway.metrics();
     let line = r#"flotilla_gateway_rejected_total{reason="malformed_downlink"} 1"#;
     assert!(text.contains(line), "{line} missing from\n{text}");
     assert!(agents[0].1.recv(Duration::from_millis(200)).await.is_err());
 
-    cancel.cancel();
-    task.await.unwrap().unwrap();
+    gateway.stop().await;
 }

@@ -15,25 +15,40 @@ use tokio_util::sync::CancellationToken;
 pub struct Running {
     /// Its OpAMP WebSocket endpoint.
     pub url: String,
+    /// Its metrics.
+    pub registry: Registry,
     cancel: CancellationToken,
     task: JoinHandle<Result<(), BusError>>,
 }
 
 /// Gateway "gw1" of region "test" on `bus`, serving until [`Running::stop`].
 pub async fn serve(bus: Arc<dyn Bus>) -> Running {
+    let mut registry = Registry::default();
     let gateway = Gateway::new(
         GatewayConfig::new("test", "gw1", 1 << 20),
         bus,
-        &mut Registry::default(),
+        &mut registry,
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/v1/opamp", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(gateway.run(listener, cancel.clone()));
-    Running { url, cancel, task }
+    Running {
+        url,
+        registry,
+        cancel,
+        task,
+    }
 }
 
 impl Running {
+    /// Its metrics, in Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).unwrap();
+        out
+    }
+
     /// Stops it and waits until it has.
     pub async fn stop(self) {
         self.cancel.cancel();
