@@ -281,7 +281,7 @@ impl Gateway {
         let payload = decode_ws_frame(data);
         // Decoded to check it and learn its uid; only the uid is kept while the owner works (a
         // full report is tens of KB, and a busy cluster keeps many waiting).
-        let msg = match AgentToServer::decode(payload) {
+        let mut msg = match AgentToServer::decode(payload) {
             Ok(m) => m,
             Err(e) => {
                 self.count_rejected("bad_request");
@@ -316,7 +316,9 @@ impl Gateway {
         {
             return Next::Reply(reply);
         }
-        let uid = msg.instance_uid;
+        // Only the uid is kept while the owner works (see above).
+        let uid = std::mem::take(&mut msg.instance_uid);
+        drop(msg);
         let through = Grant::answered_through(grant.take(), &uid);
         // Read before the owner answers: an end of all grants meanwhile voids this one.
         let epoch = self.grant_epoch();
