@@ -167,13 +167,13 @@ impl Gateway {
                 on.keys().copied().collect()
             }
         };
-        self.count_heartbeats("grant_ended", ended.len() as u64);
-        for connection_id in ended {
-            if let Some(uid) = on.get(&connection_id) {
+        for connection_id in &ended {
+            if let Some(uid) = on.get(connection_id) {
                 // An empty push: the session ends its grant.
-                self.table.deliver(connection_id, uid, Vec::new());
+                self.table.deliver(*connection_id, uid, Vec::new());
             }
         }
+        self.count_heartbeats("grant_ended", ended.len() as u64);
     }
 
     /// Ends every grant this gateway holds (its sessions see it at their agents' next message).

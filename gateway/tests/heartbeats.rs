@@ -114,22 +114,35 @@ fn heartbeat(seq: u64) -> AgentToServer {
     }
 }
 
-/// Waits until the owner has had `n` batches; the last one's (sequence number, connection).
-async fn batch(owner: &Owner, n: usize) -> (u64, u64) {
+/// Waits until a batch has brought the owner the agent's heartbeat `seq` (batches go every 50 ms:
+/// the heartbeats before it may have come in others); the connection it names.
+async fn recorded(owner: &Owner, seq: u64) -> u64 {
     tokio::time::timeout(T, async {
         loop {
-            if let Some(b) = owner.seen.lock().batches.get(n - 1) {
-                let [h] = &b.heartbeats[..] else {
-                    panic!("one agent's latest heartbeat: {b:?}")
-                };
+            let found = owner.seen.lock().batches.iter().find_map(|b| {
                 assert_eq!(b.gateway_id, "gw1");
-                return (h.sequence_num, h.connection_id);
+                let h = b.heartbeats.iter().find(|h| h.sequence_num == seq)?;
+                Some(h.connection_id)
+            });
+            if let Some(connection) = found {
+                return connection;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
-    .expect("a batch of answered heartbeats")
+    .expect("the heartbeat in a batch")
+}
+
+/// Waits until the gateway's metrics show `line`.
+async fn shows(gateway: &common::Running, line: &str) {
+    tokio::time::timeout(T, async {
+        while !gateway.metrics().contains(line) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{line} in {}", gateway.metrics()));
 }
 
 #[tokio::test]
@@ -148,8 +161,7 @@ async fn heartbeats_under_a_grant_are_answered_here_and_reach_the_owner_in_batch
         assert_eq!(ws.request(&heartbeat(seq)).await.unwrap(), granted);
     }
     assert_eq!(messages(), [(0, None)]);
-    let (seq, connection) = batch(&owner, 1).await;
-    assert_eq!(seq, 3);
+    let connection = recorded(&owner, 3).await;
     // Anything but the next heartbeat goes to the owner, naming the last one answered.
     let mut report = heartbeat(4);
     report.health = Some(Default::default());
@@ -159,7 +171,12 @@ async fn heartbeats_under_a_grant_are_answered_here_and_reach_the_owner_in_batch
     // The owner ends the grant when it takes the batch: the heartbeat after goes to it.
     *owner.batches.lock() = Batches::EndGrants;
     ws.request(&heartbeat(5)).await.unwrap();
-    assert_eq!(batch(&owner, 2).await, (5, connection));
+    assert_eq!(recorded(&owner, 5).await, connection);
+    shows(
+        &gateway,
+        "flotilla_gateway_heartbeats_total{outcome=\"grant_ended\"} 1",
+    )
+    .await;
     ws.request(&heartbeat(6)).await.unwrap();
     assert_eq!(messages().last(), Some(&(6, Some(5))));
 
@@ -185,13 +202,7 @@ async fn heartbeats_under_a_grant_are_answered_here_and_reach_the_owner_in_batch
     ws.request(&heartbeat(10)).await.unwrap();
     assert_eq!(messages().len(), 5, "answered here");
     let not_delivered = "flotilla_gateway_heartbeats_total{outcome=\"not_delivered\"} 1";
-    tokio::time::timeout(T, async {
-        while !gateway.metrics().contains(not_delivered) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the batch given up");
+    shows(&gateway, not_delivered).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     ws.request(&heartbeat(11)).await.unwrap();
     assert_eq!(messages().last(), Some(&(11, Some(10))));

@@ -25,6 +25,8 @@ use uuid::Uuid;
 
 /// Batches recorded at once.
 const BATCHES_AT_ONCE: usize = 8;
+/// Shards of one batch recorded at once.
+const SHARDS_AT_ONCE: usize = 16;
 
 /// What became of one answered heartbeat.
 enum Heard {
@@ -38,9 +40,6 @@ enum Heard {
     /// heartbeat to its shard's owner.
     NotOwner,
 }
-
-/// Shards of one batch recorded at once.
-const SHARDS_AT_ONCE: usize = 16;
 
 impl Owner {
     /// Records the batches of answered heartbeats gateways send this coordinator (subject
@@ -65,15 +64,17 @@ impl Owner {
             };
             let this = self.clone();
             tracker.spawn(async move {
-                let ack = match AnsweredHeartbeats::decode(incoming.msg.payload) {
-                    Ok(batch) => this.heartbeats_here(batch).await,
-                    Err(e) => {
-                        warn!(error = %e, "a batch of answered heartbeats did not decode");
-                        AnsweredHeartbeatsAck::default()
+                match AnsweredHeartbeats::decode(incoming.msg.payload) {
+                    Ok(batch) => {
+                        let ack = this.heartbeats_here(batch).await;
+                        if let Some(reply) = incoming.reply {
+                            let _ = reply.send(ack.encode_to_vec().into()).await;
+                        }
                     }
-                };
-                if let Some(reply) = incoming.reply {
-                    let _ = reply.send(ack.encode_to_vec().into()).await;
+                    // Not answered: the gateway gives the batch up and ends its grants, so
+                    // those agents' heartbeats come to their owners (an empty answer would
+                    // say every one was recorded).
+                    Err(e) => warn!(error = %e, "a batch of answered heartbeats did not decode"),
                 }
                 drop(permit);
             });
