@@ -164,15 +164,13 @@ impl Owner {
             ..Default::default()
         };
         // The agent is known on another connection now, or disconnected.
-        if !same_connection(stored.origin.as_ref(), &here) {
-            return Heard::EndGrant;
-        }
+        let origin = match &stored.origin {
+            Some(o) if same_connection(Some(o), &here) => o.clone(),
+            _ => return Heard::EndGrant,
+        };
         if heartbeat.sequence_num <= stored.sequence_num {
             return Heard::Stale;
         }
-        let Some(origin) = stored.origin.clone() else {
-            return Heard::EndGrant;
-        };
         let msg = AgentToServer {
             instance_uid: heartbeat.instance_uid,
             sequence_num: heartbeat.sequence_num,
