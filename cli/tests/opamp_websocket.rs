@@ -265,9 +265,70 @@ async fn a_config_change_reaches_the_agents_of_a_gateway_in_one_batch() {
     );
     assert_eq!(
         srv.metric(downlinks).await,
+        1.0,
+        "one bus request for the twelve agents; none ending the gateway's grants to answer \
+         heartbeats (ADR 0021): the push brings all that changed"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn a_push_of_files_leaves_heartbeats_to_the_gateway_and_new_settings_end_its_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start(config(dir.path())).await;
+    let mut agent = SimAgent::new("otelcol", &[("env", "grants")]);
+    let mut ws = connect(&srv, &mut agent).await;
+    let answered = "flotilla_gateway_heartbeats_total{outcome=\"answered\"}";
+    let downlinks = r#"flotilla_bus_requests_total{kind="downlink""#;
+    let bare = ws.request(&agent.heartbeat()).await.unwrap();
+    assert!(bare.connection_settings.is_none() && bare.remote_config.is_none());
+    assert_eq!(metric(&srv.metrics().await, answered), 1, "granted");
+
+    // New files: pushed, and the agent's heartbeats are still its gateway's to answer.
+    let body = "receivers: {otlp: {}}\nexporters: {debug: {}}\nservice: {pipelines: {traces: {receivers: [otlp], exporters: [debug]}}}\n";
+    let (status, cfg) = srv
+        .put(
+            "/api/v1/configs/files",
+            json!({"selector": {"env": "grants"}, "files": {"collector.yaml": body}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{cfg}");
+    let push = ws.recv(T).await.unwrap();
+    assert!(push.remote_config.is_some(), "pushed");
+    let mut outbox = agent.handle(&push);
+    while let Some(msg) = outbox.pop() {
+        let reply = ws.request(&msg).await.unwrap();
+        outbox.extend(agent.handle(&reply));
+    }
+    assert_eq!(ws.request(&agent.heartbeat()).await.unwrap(), bare);
+    assert_eq!(metric(&srv.metrics().await, answered), 2, "still granted");
+    assert_eq!(srv.metric(downlinks).await, 1.0, "the push alone");
+
+    // A new heartbeat interval: the gateway's grants end before anything else of the change is
+    // sent (nothing is pushed), and the agent's next heartbeat gets the owner's reply, with it.
+    let (status, cfg) = srv
+        .put(
+            "/api/v1/configs/settings",
+            json!({"selector": {"env": "grants"}, "settings": {"heartbeat_interval": "10s"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{cfg}");
+    let deadline = std::time::Instant::now() + T;
+    while srv.metric(downlinks).await < 2.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        srv.metric(downlinks).await,
         2.0,
-        "one bus request ending the gateway's grants to answer heartbeats (ADR 0021), and one \
-         for the twelve agents"
+        "one request ending the grants"
+    );
+    let reply = ws.request(&agent.heartbeat()).await.unwrap();
+    let opamp = reply.connection_settings.and_then(|s| s.opamp);
+    assert_eq!(opamp.map(|o| o.heartbeat_interval_seconds), Some(10));
+    assert_eq!(
+        metric(&srv.metrics().await, answered),
+        2,
+        "the owner's reply"
     );
     srv.stop().await;
 }

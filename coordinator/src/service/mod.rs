@@ -369,7 +369,9 @@ impl Owner {
         let announced = self.pending_push.swap(false, Ordering::AcqRel);
         if changed || announced {
             info!("desired state changed; pushing to connected agents");
-            self.push_configs(&|_| true).await;
+            let now = self.desired.current();
+            let before = std::mem::replace(&mut *self.pushed_under.lock(), now);
+            self.push_configs(&|_| true, Some(&before)).await;
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use super::config::CoordinatorConfig;
 use super::events::Events;
 use super::pusher::Pusher;
 use super::shards::ShardTable;
+use crate::fleet::configs::Desired;
 use crate::metrics::OwnerMetrics;
 use crate::ops::DesiredState;
 use flotilla_common::store::Store;
@@ -24,6 +25,9 @@ pub struct Owner {
     pub(crate) metrics: OwnerMetrics,
     /// A change of desired state was announced since the last push to connected agents.
     pub(super) pending_push: AtomicBool,
+    /// The desired state as of the last push after a change (at start, as loaded): what the
+    /// gateways' grants to answer heartbeats were given under, as far as a push needs to know.
+    pub(super) pushed_under: parking_lot::Mutex<Arc<Desired>>,
     pub(super) alert_state: parking_lot::Mutex<super::sinks::AlertState>,
     pub(super) alert_client: reqwest::Client,
 }
@@ -42,6 +46,7 @@ impl Owner {
             cfg,
             store,
             shards: Arc::new(shards),
+            pushed_under: parking_lot::Mutex::new(desired.current()),
             desired,
             pusher,
             events,
