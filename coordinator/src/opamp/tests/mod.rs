@@ -51,6 +51,7 @@ fn with_desired(desired: Desired) -> Ctx<'static> {
         server_ca_pem: None,
         may_offer_config: &always,
         heartbeats_answered_through: None,
+        judged_at_report: false,
     }
 }
 
@@ -636,8 +637,29 @@ fn drift_is_judged_when_the_effective_or_the_desired_config_changes() {
     let rec = out.record.unwrap();
     assert_eq!(rec.config_drift, Drift::Unknown as i32);
 
+    // No desired config any more, and a push on its way: the heartbeat (the gateway answered
+    // it) leaves the judgement for the agent's report; its effective config is judged anyway.
+    let later = Ctx {
+        judged_at_report: true,
+        ..ctx(&[])
+    };
+    let out = process(Some(rec), heartbeat(uid, 3), ws(), &later);
+    let rec = out.record.unwrap();
+    assert_eq!(rec.config_drift, Drift::Unknown as i32);
+    assert_eq!(hex::encode(&rec.drift_checked_hash), configs[0].hash);
+    let mut reported = heartbeat(uid, 4);
+    reported.effective_config = effective("a: 1\n");
+    let out = process(Some(rec), reported, ws(), &later);
+    let rec = out.record.unwrap();
+    assert!(
+        rec.drift_checked_hash.is_empty(),
+        "judged: no desired config"
+    );
+
     // No desired config any more: judged again at the next message, unknown.
-    let out = process(Some(rec), heartbeat(uid, 3), ws(), &ctx(&[]));
+    let mut rec = rec;
+    rec.drift_checked_hash = hex::decode(&configs[0].hash).unwrap();
+    let out = process(Some(rec), heartbeat(uid, 5), ws(), &ctx(&[]));
     let rec = out.record.unwrap();
     assert_eq!(rec.config_drift, Drift::Unknown as i32);
     assert!(rec.drift_checked_hash.is_empty());
