@@ -224,9 +224,10 @@ impl Pusher {
 
     /// Ends the leave to answer heartbeats that `gateways` hold (`DownlinkBatch.end_heartbeat_grants`):
     /// the desired state changed, and the replies to the agents' next heartbeats, the owners',
-    /// may carry some of it (connection settings). None when `gateways` is empty. A gateway that does not answer keeps its grants: what they withhold
-    /// reaches the agents one heartbeat later (the owner ends each grant when it records a
-    /// heartbeat whose reply would carry something).
+    /// may carry some of it (connection settings); no request when `gateways` is empty. A gateway
+    /// that does not answer keeps its grants: what they withhold reaches the agents one
+    /// heartbeat later (the owner ends each grant when it records a heartbeat whose reply would
+    /// carry something).
     pub async fn end_grants(&self, gateways: impl IntoIterator<Item = String>) {
         let end = DownlinkBatch {
             downlinks: Vec::new(),

@@ -637,29 +637,22 @@ fn drift_is_judged_when_the_effective_or_the_desired_config_changes() {
     let rec = out.record.unwrap();
     assert_eq!(rec.config_drift, Drift::Unknown as i32);
 
-    // No desired config any more, and a push on its way: the heartbeat (the gateway answered
-    // it) leaves the judgement for the agent's report; its effective config is judged anyway.
+    // No desired config any more, and a push on its way: a heartbeat the gateway answered
+    // leaves the judgement to the agent's report; an effective config is judged anyway.
     let later = Ctx {
         judged_at_report: true,
         ..ctx(&[])
     };
-    let out = process(Some(rec), heartbeat(uid, 3), ws(), &later);
-    let rec = out.record.unwrap();
-    assert_eq!(rec.config_drift, Drift::Unknown as i32);
-    assert_eq!(hex::encode(&rec.drift_checked_hash), configs[0].hash);
-    let mut reported = heartbeat(uid, 4);
+    let out = process(Some(rec.clone()), heartbeat(uid, 3), ws(), &later);
+    let kept = out.record.unwrap();
+    assert_eq!(hex::encode(&kept.drift_checked_hash), configs[0].hash);
+    let mut reported = heartbeat(uid, 3);
     reported.effective_config = effective("a: 1\n");
-    let out = process(Some(rec), reported, ws(), &later);
-    let rec = out.record.unwrap();
-    assert!(
-        rec.drift_checked_hash.is_empty(),
-        "judged: no desired config"
-    );
+    let out = process(Some(rec.clone()), reported, ws(), &later);
+    assert!(out.record.unwrap().drift_checked_hash.is_empty(), "judged");
 
     // No desired config any more: judged again at the next message, unknown.
-    let mut rec = rec;
-    rec.drift_checked_hash = hex::decode(&configs[0].hash).unwrap();
-    let out = process(Some(rec), heartbeat(uid, 5), ws(), &ctx(&[]));
+    let out = process(Some(rec), heartbeat(uid, 3), ws(), &ctx(&[]));
     let rec = out.record.unwrap();
     assert_eq!(rec.config_drift, Drift::Unknown as i32);
     assert!(rec.drift_checked_hash.is_empty());

@@ -52,7 +52,6 @@ fn a_config_the_owner_has_no_room_for_is_offered_by_a_later_reply() {
     let busy = Ctx {
         may_offer_config: &full_window,
         heartbeats_answered_through: None,
-        judged_at_report: false,
         ..ctx(&configs)
     };
     let out = process(None, full(uid, 0), ws(), &busy);
