@@ -93,7 +93,6 @@ fn websocket_messages_never_panic_the_state_machine() {
         // Room for some configs and not for others: both ways of a reply are taken.
         may_offer_config: &|_, hash| hash.first().is_none_or(|b| b % 2 == 0),
         heartbeats_answered_through: None,
-        judged_at_report: false,
     };
     let mut agent = SimAgent::new("otelcol", &[("env", "prod"), ("cloud.region", "us")]);
     let real = [0u8]

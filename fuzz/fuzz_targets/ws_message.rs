@@ -34,8 +34,6 @@ fuzz_target!(|data: &[u8]| {
         // Room for some configs and not for others: both ways of a reply are taken.
         may_offer_config: &|_, hash| hash.first().is_none_or(|b| b % 2 == 0),
         heartbeats_answered_through: None,
-        // A push on its way, or not: both ways of judging the config are taken.
-        judged_at_report: msg.sequence_num % 2 == 0,
     };
     let first = process(None, msg.clone(), Origin::default(), &ctx);
     let known = AgentRecord {

@@ -64,12 +64,6 @@ pub struct Ctx<'a> {
     /// number under the owner's grant (`HeartbeatGrant`): the message is in sequence when it is
     /// the next one, whatever the record has seen of them yet.
     pub heartbeats_answered_through: Option<u64>,
-    /// A push is on its way to the agent (or planned), and the agent's report of it judges
-    /// again whether it runs its desired config: a change of the desired state alone does not
-    /// judge it again on this message. For the heartbeats the gateways answered: they stay
-    /// touches of the record during a push. What the record says was judged against
-    /// (`drift_checked_hash`) stays, and readers compare it with the config they want.
-    pub judged_at_report: bool,
 }
 
 #[derive(Debug)]
@@ -344,9 +338,7 @@ pub fn process(
     let attrs = attributes(&rec);
     let home = home_region(&attrs, ctx.regions);
     rec.home_region = home.unwrap_or_default().to_owned();
-    if effective_reported || !ctx.judged_at_report {
-        refresh_drift(&mut rec, &attrs, ctx.desired, effective_reported);
-    }
+    refresh_drift(&mut rec, &attrs, ctx.desired, effective_reported);
     let interval = heartbeat_interval(&rec, &attrs, ctx.desired, ctx.heartbeat_interval);
     let deadline = match silence_deadline(&rec, interval) {
         Some(at) => Deadline::Arm(at),

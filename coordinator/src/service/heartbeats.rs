@@ -206,7 +206,6 @@ impl Owner {
         let desired = self.desired.current();
         let ctx = crate::opamp::Ctx {
             heartbeats_answered_through: Some(heartbeat.sequence_num.wrapping_sub(1)),
-            judged_at_report: awaiting.expects(&msg.instance_uid),
             ..self.message_ctx(&desired, &may_offer)
         };
         let mut out = process::process(Some(stored), msg, origin, &ctx);

@@ -397,7 +397,6 @@ impl Owner {
                 .and_then(|i| i.server_ca_pem.as_deref()),
             may_offer_config,
             heartbeats_answered_through: None,
-            judged_at_report: false,
         }
     }
 

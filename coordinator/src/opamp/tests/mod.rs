@@ -51,7 +51,6 @@ fn with_desired(desired: Desired) -> Ctx<'static> {
         server_ca_pem: None,
         may_offer_config: &always,
         heartbeats_answered_through: None,
-        judged_at_report: false,
     }
 }
 
@@ -636,20 +635,6 @@ fn drift_is_judged_when_the_effective_or_the_desired_config_changes() {
     let out = process(Some(rec), deep, ws(), &ctx(&configs));
     let rec = out.record.unwrap();
     assert_eq!(rec.config_drift, Drift::Unknown as i32);
-
-    // No desired config any more, and a push on its way: a heartbeat the gateway answered
-    // leaves the judgement to the agent's report; an effective config is judged anyway.
-    let later = Ctx {
-        judged_at_report: true,
-        ..ctx(&[])
-    };
-    let out = process(Some(rec.clone()), heartbeat(uid, 3), ws(), &later);
-    let kept = out.record.unwrap();
-    assert_eq!(hex::encode(&kept.drift_checked_hash), configs[0].hash);
-    let mut reported = heartbeat(uid, 3);
-    reported.effective_config = effective("a: 1\n");
-    let out = process(Some(rec.clone()), reported, ws(), &later);
-    assert!(out.record.unwrap().drift_checked_hash.is_empty(), "judged");
 
     // No desired config any more: judged again at the next message, unknown.
     let out = process(Some(rec), heartbeat(uid, 3), ws(), &ctx(&[]));
