@@ -458,11 +458,8 @@ async fn an_operator_sends_a_custom_message_and_sees_which_builds_a_version_woul
     let mut agent = SimAgent::supervisor("otelcol", &[("env", "prod")], build);
     agent.custom_capabilities = vec!["io.example.ping".into()];
     let mut ws = WsClient::connect(&s.ws).await.unwrap();
-    let mut outbox = vec![agent.full_report()];
-    while let Some(msg) = outbox.pop() {
-        let reply = ws.request(&msg).await.unwrap();
-        outbox.extend(agent.handle(&reply));
-    }
+    let first = agent.full_report();
+    common::converse(&mut ws, &mut agent, vec![first]).await;
     put_config(
         &s,
         "otel",

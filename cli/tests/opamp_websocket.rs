@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, connect, full_state_requested, start};
+use common::{config, connect, converse, full_state_requested, start};
 use flotilla_loadtest::client::{WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
 use flotilla_proto::opamp::{
@@ -295,11 +295,8 @@ async fn a_push_of_files_leaves_heartbeats_to_the_gateway_and_new_settings_end_i
     assert_eq!(status, 200, "{cfg}");
     let push = ws.recv(T).await.unwrap();
     assert!(push.remote_config.is_some(), "pushed");
-    let mut outbox = agent.handle(&push);
-    while let Some(msg) = outbox.pop() {
-        let reply = ws.request(&msg).await.unwrap();
-        outbox.extend(agent.handle(&reply));
-    }
+    let answers = agent.handle(&push);
+    converse(&mut ws, &mut agent, answers).await;
     assert_eq!(ws.request(&agent.heartbeat()).await.unwrap(), bare);
     assert_eq!(metric(&srv.metrics().await, answered), 2, "still granted");
     assert_eq!(srv.metric(downlinks).await, 1.0, "the push alone");

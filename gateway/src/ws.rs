@@ -316,7 +316,6 @@ impl Gateway {
         {
             return Next::Reply(reply);
         }
-        // Only the uid is kept while the owner works (see above).
         let uid = std::mem::take(&mut msg.instance_uid);
         drop(msg);
         let through = Grant::answered_through(grant.take(), &uid);

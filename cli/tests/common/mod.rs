@@ -189,12 +189,26 @@ pub async fn connect(
     let mut ws = flotilla_loadtest::client::WsClient::connect(&srv.ws_url)
         .await
         .unwrap();
-    let mut outbox = vec![agent.full_report()];
-    while let Some(msg) = outbox.pop() {
-        let reply = ws.request(&msg).await.unwrap();
-        outbox.extend(agent.handle(&reply));
-    }
+    let first = agent.full_report();
+    converse(&mut ws, agent, vec![first]).await;
     ws
+}
+
+/// Sends `first` and whatever the agent answers to each reply, until it has nothing more to say;
+/// returns how many configs the server sent it meanwhile.
+pub async fn converse(
+    ws: &mut flotilla_loadtest::client::WsClient,
+    agent: &mut flotilla_loadtest::sim::SimAgent,
+    first: Vec<flotilla_proto::opamp::AgentToServer>,
+) -> usize {
+    let mut queue = std::collections::VecDeque::from(first);
+    let mut configs = 0;
+    while let Some(msg) = queue.pop_front() {
+        let reply = ws.request(&msg).await.expect("answered");
+        configs += usize::from(reply.remote_config.is_some());
+        queue.extend(agent.handle(&reply));
+    }
+    configs
 }
 
 /// Sends `msg` and asserts the server answered it without an error.

@@ -2,24 +2,11 @@
 //! that did not come up (FAILED for it, then APPLIED for the previous one), and accepting configs
 //! without reporting their status (its default).
 
+use super::common::converse;
 use super::*;
 use flotilla_loadtest::client::{WsClient, WsEvent};
 use flotilla_loadtest::sim::SimAgent;
-use flotilla_proto::opamp::{AgentCapabilities as Cap, AgentToServer};
-use std::collections::VecDeque;
-
-/// Sends `first` and whatever the agent answers to each reply, until it has nothing more to say;
-/// returns how many configs the server sent it meanwhile.
-async fn converse(ws: &mut WsClient, agent: &mut SimAgent, first: Vec<AgentToServer>) -> usize {
-    let mut queue = VecDeque::from(first);
-    let mut configs = 0;
-    while let Some(msg) = queue.pop_front() {
-        let reply = ws.request(&msg).await.expect("answered");
-        configs += usize::from(reply.remote_config.is_some());
-        queue.extend(agent.handle(&reply));
-    }
-    configs
-}
+use flotilla_proto::opamp::AgentCapabilities as Cap;
 
 /// The next push the server sends unasked, answered; how many configs were sent meanwhile.
 async fn take_push(ws: &mut WsClient, agent: &mut SimAgent) -> usize {
